@@ -1,1 +1,595 @@
-//! (being written)
+//! The Noise_IKpsk2 handshake, as WireGuard uses it (kernel `noise.c`).
+//!
+//! This module knows messages and keys, never peers, sockets or index tables: the device facade
+//! looks peers up and hands this code the [`Handshake`] state of one peer.
+//!
+//! States of a [`Handshake`] (kernel `enum noise_handshake_state`):
+//!
+//! | state | entered by | left by |
+//! |---|---|---|
+//! | `Zeroed` | start, [`Handshake::begin_session`], [`Handshake::clear`] | creating or consuming an initiation |
+//! | `CreatedInitiation` | [`Handshake::create_initiation`] | consuming the matching response |
+//! | `ConsumedInitiation` | [`Handshake::consume_initiation`] | [`Handshake::create_response`] |
+//! | `CreatedResponse` | [`Handshake::create_response`] | [`Handshake::begin_session`] (responder) |
+//! | `ConsumedResponse` | [`Handshake::consume_response`] | [`Handshake::begin_session`] (initiator) |
+//!
+//! Message construction (whitepaper §5.4, initiator I, responder R):
+//! ```text
+//! Ci = HASH(CONSTRUCTION); Hi = HASH(Ci || IDENTIFIER); Hi = HASH(Hi || S_R.pub)
+//! initiation: e, es, s, ss, {t}     response: e, ee, se, psk, {}
+//! ```
+//! The MAC fields are not touched here; `cookie` fills and checks them.
+
+use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroize;
+
+use crate::crypto::{aead_open, aead_seal, ct_eq, hash, kdf, PrivateKey, Secret};
+use crate::messages::{
+    HASH_LEN, INITIATION_LEN, INITIATIONS_PER_SECOND, KEY_LEN, MESSAGE_HANDSHAKE_INITIATION,
+    MESSAGE_HANDSHAKE_RESPONSE, NOISE_CONSTRUCTION, RESPONSE_LEN, TAG_LEN, TIMESTAMP_LEN,
+    WG_IDENTIFIER,
+};
+use crate::time::Timestamp;
+
+/// Field offsets inside the two handshake messages (sizes from `messages`).
+mod layout {
+    use crate::messages::{KEY_LEN, TAG_LEN, TIMESTAMP_LEN};
+    pub const INIT_SENDER: usize = 4;
+    pub const INIT_EPHEMERAL: usize = 8;
+    pub const INIT_STATIC: usize = INIT_EPHEMERAL + KEY_LEN;
+    pub const INIT_TIMESTAMP: usize = INIT_STATIC + KEY_LEN + TAG_LEN;
+    pub const INIT_MAC1: usize = INIT_TIMESTAMP + TIMESTAMP_LEN + TAG_LEN;
+    pub const RESP_SENDER: usize = 4;
+    pub const RESP_RECEIVER: usize = 8;
+    pub const RESP_EPHEMERAL: usize = 12;
+    pub const RESP_EMPTY: usize = RESP_EPHEMERAL + KEY_LEN;
+    pub const RESP_MAC1: usize = RESP_EMPTY + TAG_LEN;
+}
+use layout::*;
+
+/// Why a handshake step failed. Each is a counted drop reason in the facade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoiseError {
+    /// The message arrived in a state that does not expect it (e.g. a response with no
+    /// initiation outstanding).
+    #[error("handshake message does not match the handshake state")]
+    WrongState,
+    /// A Diffie-Hellman result was all zeros (low-order point), or a peer's static-static DH is.
+    #[error("Diffie-Hellman produced the all-zero value")]
+    DhFailure,
+    /// The initiator's static key did not decrypt: not for us, or corrupted.
+    #[error("initiation's encrypted static key did not decrypt")]
+    DecryptStatic,
+    /// The timestamp did not decrypt: the peer's static-static DH or PSK disagree.
+    #[error("initiation's encrypted timestamp did not decrypt")]
+    DecryptTimestamp,
+    /// The response's empty payload did not decrypt (wrong PSK, or forged).
+    #[error("response did not authenticate")]
+    DecryptResponse,
+    /// The initiation's timestamp is not newer than the last accepted one.
+    #[error("initiation replayed (timestamp not newer)")]
+    Replay,
+    /// Initiations from this peer arrive faster than INITIATIONS_PER_SECOND.
+    #[error("initiation flood (more than 50/s from one peer)")]
+    Flood,
+    /// The device has no private key configured.
+    #[error("no private key configured")]
+    NoIdentity,
+}
+
+/// The device's static identity.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    private: PrivateKey,
+    public: [u8; KEY_LEN],
+}
+
+impl Identity {
+    /// From a private key (any 32 bytes; X25519 clamps).
+    pub fn new(private: PrivateKey) -> Self {
+        let public = private.public_key();
+        Identity { private, public }
+    }
+    /// Our public key.
+    pub fn public_key(&self) -> &[u8; KEY_LEN] {
+        &self.public
+    }
+    /// Our private key.
+    pub fn private_key(&self) -> &PrivateKey {
+        &self.private
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Zeroed,
+    CreatedInitiation,
+    ConsumedInitiation,
+    CreatedResponse,
+    ConsumedResponse,
+}
+
+/// The chaining key and hash every handshake starts from, computed once.
+struct Initial {
+    ck: [u8; HASH_LEN],
+    h: [u8; HASH_LEN],
+}
+
+fn initial() -> &'static Initial {
+    static INIT: std::sync::OnceLock<Initial> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        let ck = hash(&[NOISE_CONSTRUCTION]);
+        let h = hash(&[&ck, WG_IDENTIFIER]);
+        Initial { ck, h }
+    })
+}
+
+/// Running handshake hash and chaining key.
+#[derive(Clone, Default, Zeroize)]
+struct Symmetric {
+    ck: [u8; HASH_LEN],
+    h: [u8; HASH_LEN],
+}
+
+impl Drop for Symmetric {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl Symmetric {
+    fn start(responder_static: &[u8; KEY_LEN]) -> Self {
+        let i = initial();
+        Symmetric { ck: i.ck, h: hash(&[&i.h, responder_static]) }
+    }
+    fn mix_hash(&mut self, data: &[u8]) {
+        self.h = hash(&[&self.h, data]);
+    }
+    /// `e`: mix a public ephemeral into hash and chaining key.
+    fn mix_ephemeral(&mut self, e: &[u8; KEY_LEN]) {
+        self.mix_hash(e);
+        let [ck] = kdf::<1>(&self.ck, e);
+        self.ck = ck.0;
+    }
+    /// DH into the chaining key, returning a fresh key.
+    fn mix_dh_key(&mut self, dh: Option<Secret>) -> Result<Secret, NoiseError> {
+        let dh = dh.ok_or(NoiseError::DhFailure)?;
+        let [ck, key] = kdf::<2>(&self.ck, &dh.0);
+        self.ck = ck.0;
+        Ok(key)
+    }
+    /// DH into the chaining key only.
+    fn mix_dh(&mut self, dh: Option<Secret>) -> Result<(), NoiseError> {
+        let dh = dh.ok_or(NoiseError::DhFailure)?;
+        let [ck] = kdf::<1>(&self.ck, &dh.0);
+        self.ck = ck.0;
+        Ok(())
+    }
+    fn mix_psk(&mut self, psk: &Secret) -> Secret {
+        let [ck, tau, key] = kdf::<3>(&self.ck, &psk.0);
+        self.ck = ck.0;
+        self.mix_hash(&tau.0);
+        key
+    }
+    fn encrypt(&mut self, key: &Secret, plain: &[u8], out: &mut [u8]) {
+        aead_seal(&key.0, 0, &self.h, plain, out);
+        self.mix_hash(out);
+    }
+    fn decrypt(&mut self, key: &Secret, sealed: &[u8], out: &mut [u8]) -> Result<(), crate::crypto::AeadError> {
+        aead_open(&key.0, 0, &self.h, sealed, out)?;
+        self.mix_hash(sealed);
+        Ok(())
+    }
+}
+
+fn read_u32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn read_key(b: &[u8], at: usize) -> [u8; KEY_LEN] {
+    let mut k = [0u8; KEY_LEN];
+    k.copy_from_slice(&b[at..at + KEY_LEN]);
+    k
+}
+
+/// The first half of consuming an initiation: everything that needs only our identity. It
+/// reveals the initiator's static public key, by which the caller finds the peer and its
+/// [`Handshake`] to finish with [`Handshake::consume_initiation`].
+pub struct InitiationStart {
+    sym: Symmetric,
+    remote_ephemeral: [u8; KEY_LEN],
+    remote_static: [u8; KEY_LEN],
+    sender_index: u32,
+    sealed_timestamp: [u8; TIMESTAMP_LEN + TAG_LEN],
+}
+
+impl InitiationStart {
+    /// The initiator's static public key.
+    pub fn remote_static(&self) -> &[u8; KEY_LEN] {
+        &self.remote_static
+    }
+    /// The initiator's sender index.
+    pub fn sender_index(&self) -> u32 {
+        self.sender_index
+    }
+}
+
+/// Decrypt an initiation's static key with our identity: the work done before the peer is known
+/// (one DH: `es`). `msg` is a whole initiation whose MAC1 the caller already checked.
+pub fn begin_consume_initiation(identity: &Identity, msg: &[u8; INITIATION_LEN]) -> Result<InitiationStart, NoiseError> {
+    let mut sym = Symmetric::start(&identity.public);
+    let e = read_key(msg, INIT_EPHEMERAL);
+    sym.mix_ephemeral(&e);
+    let key = sym.mix_dh_key(identity.private.dh(&e))?;
+    let mut s = [0u8; KEY_LEN];
+    sym.decrypt(&key, &msg[INIT_STATIC..INIT_TIMESTAMP], &mut s)
+        .map_err(|_| NoiseError::DecryptStatic)?;
+    let mut sealed_timestamp = [0u8; TIMESTAMP_LEN + TAG_LEN];
+    sealed_timestamp.copy_from_slice(&msg[INIT_TIMESTAMP..INIT_MAC1]);
+    Ok(InitiationStart {
+        sym,
+        remote_ephemeral: e,
+        remote_static: s,
+        sender_index: read_u32(msg, INIT_SENDER),
+        sealed_timestamp,
+    })
+}
+
+/// Keys for a new session, produced by [`Handshake::begin_session`]. Wiped on drop.
+pub struct SessionKeys {
+    /// Key for sealing.
+    pub send: Secret,
+    /// Key for opening.
+    pub recv: Secret,
+    /// Whether we initiated this handshake.
+    pub initiator: bool,
+    /// Our index for this session (the handshake's index, reused, as the kernel does).
+    pub local_index: u32,
+    /// The peer's index, written into our data messages.
+    pub remote_index: u32,
+}
+
+/// The handshake state of one peer.
+pub struct Handshake {
+    remote_static: [u8; KEY_LEN],
+    psk: Secret,
+    /// DH(our static, peer static), or `None` when that is the all-zero value (then every
+    /// handshake with this peer fails, as in the kernel).
+    precomputed_ss: Option<Secret>,
+    state: State,
+    sym: Symmetric,
+    ephemeral: Option<PrivateKey>,
+    remote_ephemeral: [u8; KEY_LEN],
+    local_index: u32,
+    remote_index: u32,
+    latest_timestamp: [u8; TIMESTAMP_LEN],
+    last_initiation_consumption: Option<Timestamp>,
+}
+
+impl Handshake {
+    /// Handshake state for the peer with static key `remote_static`.
+    pub fn new(identity: Option<&Identity>, remote_static: [u8; KEY_LEN], psk: Secret) -> Self {
+        let mut h = Handshake {
+            remote_static,
+            psk,
+            precomputed_ss: None,
+            state: State::Zeroed,
+            sym: Symmetric::default(),
+            ephemeral: None,
+            remote_ephemeral: [0; KEY_LEN],
+            local_index: 0,
+            remote_index: 0,
+            latest_timestamp: [0; TIMESTAMP_LEN],
+            last_initiation_consumption: None,
+        };
+        h.set_identity(identity);
+        h
+    }
+
+    /// Recompute the static-static DH after the device key changed (and forget any handshake in
+    /// flight, which was made with the old key).
+    pub fn set_identity(&mut self, identity: Option<&Identity>) {
+        self.precomputed_ss = identity.and_then(|id| id.private.dh(&self.remote_static));
+        self.clear();
+    }
+
+    /// Replace the pre-shared key (all zeros = none).
+    pub fn set_psk(&mut self, psk: Secret) {
+        self.psk = psk;
+    }
+
+    /// The pre-shared key.
+    pub fn psk(&self) -> &Secret {
+        &self.psk
+    }
+
+    /// The peer's static public key.
+    pub fn remote_static(&self) -> &[u8; KEY_LEN] {
+        &self.remote_static
+    }
+
+    /// Our index of the handshake in flight (0 when none).
+    pub fn local_index(&self) -> u32 {
+        if self.state == State::Zeroed {
+            0
+        } else {
+            self.local_index
+        }
+    }
+
+    /// Whether we sent an initiation and wait for its response.
+    pub fn is_initiation_pending(&self) -> bool {
+        self.state == State::CreatedInitiation
+    }
+
+    /// Forget the handshake in flight (kernel `handshake_zero`): keys, hash and state.
+    pub fn clear(&mut self) {
+        self.sym.zeroize();
+        self.ephemeral = None;
+        self.remote_ephemeral.zeroize();
+        self.remote_index = 0;
+        self.state = State::Zeroed;
+    }
+
+    /// Build a handshake initiation into `out` (MAC fields left zero) with sender index
+    /// `local_index` and the TAI64N `timestamp`.
+    pub fn create_initiation<R: RngCore + CryptoRng>(
+        &mut self,
+        identity: &Identity,
+        rng: &mut R,
+        timestamp: [u8; TIMESTAMP_LEN],
+        local_index: u32,
+        out: &mut [u8; INITIATION_LEN],
+    ) -> Result<(), NoiseError> {
+        let ss = self.precomputed_ss.clone().ok_or(NoiseError::DhFailure)?;
+        self.clear();
+        out.fill(0);
+        out[0] = MESSAGE_HANDSHAKE_INITIATION;
+        out[INIT_SENDER..INIT_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
+        let mut sym = Symmetric::start(&self.remote_static);
+        // e
+        let eph = PrivateKey::generate(rng);
+        let e_pub = eph.public_key();
+        out[INIT_EPHEMERAL..INIT_STATIC].copy_from_slice(&e_pub);
+        sym.mix_ephemeral(&e_pub);
+        // es
+        let key = sym.mix_dh_key(eph.dh(&self.remote_static))?;
+        // s
+        sym.encrypt(&key, &identity.public, &mut out[INIT_STATIC..INIT_TIMESTAMP]);
+        // ss
+        let key = sym.mix_dh_key(Some(ss))?;
+        // {t}
+        sym.encrypt(&key, &timestamp, &mut out[INIT_TIMESTAMP..INIT_MAC1]);
+        self.sym = sym;
+        self.ephemeral = Some(eph);
+        self.local_index = local_index;
+        self.state = State::CreatedInitiation;
+        Ok(())
+    }
+
+    /// Finish consuming an initiation addressed to this peer: `ss`, the timestamp, and the
+    /// per-peer acceptance rules (timestamp newer than the last accepted; at most
+    /// INITIATIONS_PER_SECOND). On success the state is ready for [`Self::create_response`].
+    pub fn consume_initiation(&mut self, start: InitiationStart, now: Timestamp) -> Result<(), NoiseError> {
+        let InitiationStart { mut sym, remote_ephemeral, remote_static, sender_index, sealed_timestamp } = start;
+        if !ct_eq(&remote_static, &self.remote_static) {
+            return Err(NoiseError::WrongState);
+        }
+        let key = sym.mix_dh_key(self.precomputed_ss.clone())?;
+        let mut t = [0u8; TIMESTAMP_LEN];
+        sym.decrypt(&key, &sealed_timestamp, &mut t)
+            .map_err(|_| NoiseError::DecryptTimestamp)?;
+        // TAI64N is big-endian, so byte order is time order.
+        if t <= self.latest_timestamp {
+            return Err(NoiseError::Replay);
+        }
+        if let Some(last) = self.last_initiation_consumption {
+            if !last.has_expired(core::time::Duration::from_nanos(1_000_000_000 / INITIATIONS_PER_SECOND), now) {
+                return Err(NoiseError::Flood);
+            }
+        }
+        self.clear();
+        self.remote_ephemeral = remote_ephemeral;
+        self.latest_timestamp = t;
+        self.sym = sym;
+        self.remote_index = sender_index;
+        self.last_initiation_consumption = Some(now);
+        self.state = State::ConsumedInitiation;
+        Ok(())
+    }
+
+    /// Build the response to the initiation just consumed, with sender index `local_index`
+    /// (MAC fields left zero).
+    pub fn create_response<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        local_index: u32,
+        out: &mut [u8; RESPONSE_LEN],
+    ) -> Result<(), NoiseError> {
+        if self.state != State::ConsumedInitiation {
+            return Err(NoiseError::WrongState);
+        }
+        out.fill(0);
+        out[0] = MESSAGE_HANDSHAKE_RESPONSE;
+        out[RESP_SENDER..RESP_SENDER + 4].copy_from_slice(&local_index.to_le_bytes());
+        out[RESP_RECEIVER..RESP_RECEIVER + 4].copy_from_slice(&self.remote_index.to_le_bytes());
+        let mut sym = self.sym.clone();
+        // e
+        let eph = PrivateKey::generate(rng);
+        let e_pub = eph.public_key();
+        out[RESP_EPHEMERAL..RESP_EMPTY].copy_from_slice(&e_pub);
+        sym.mix_ephemeral(&e_pub);
+        // ee
+        sym.mix_dh(eph.dh(&self.remote_ephemeral))?;
+        // se
+        sym.mix_dh(eph.dh(&self.remote_static))?;
+        // psk
+        let key = sym.mix_psk(&self.psk);
+        // {}
+        sym.encrypt(&key, &[], &mut out[RESP_EMPTY..RESP_MAC1]);
+        self.sym = sym;
+        self.ephemeral = Some(eph);
+        self.local_index = local_index;
+        self.state = State::CreatedResponse;
+        Ok(())
+    }
+
+    /// Consume a response to our initiation (the caller found this handshake by the response's
+    /// receiver index and checked MAC1).
+    pub fn consume_response(&mut self, identity: &Identity, msg: &[u8; RESPONSE_LEN]) -> Result<(), NoiseError> {
+        if self.state != State::CreatedInitiation || read_u32(msg, RESP_RECEIVER) != self.local_index {
+            return Err(NoiseError::WrongState);
+        }
+        let eph = self.ephemeral.as_ref().ok_or(NoiseError::WrongState)?;
+        let mut sym = self.sym.clone();
+        let e = read_key(msg, RESP_EPHEMERAL);
+        // e
+        sym.mix_ephemeral(&e);
+        // ee
+        sym.mix_dh(eph.dh(&e))?;
+        // se
+        sym.mix_dh(identity.private.dh(&e))?;
+        // psk
+        let key = sym.mix_psk(&self.psk);
+        // {}
+        sym.decrypt(&key, &msg[RESP_EMPTY..RESP_MAC1], &mut [])
+            .map_err(|_| NoiseError::DecryptResponse)?;
+        self.sym = sym;
+        self.remote_ephemeral = e;
+        self.remote_index = read_u32(msg, RESP_SENDER);
+        self.state = State::ConsumedResponse;
+        Ok(())
+    }
+
+    /// Derive the transport keys once the handshake is complete (after sending a response, or
+    /// after consuming one) and zero the handshake state.
+    pub fn begin_session(&mut self) -> Result<SessionKeys, NoiseError> {
+        let initiator = match self.state {
+            State::ConsumedResponse => true,
+            State::CreatedResponse => false,
+            _ => return Err(NoiseError::WrongState),
+        };
+        let [t1, t2] = kdf::<2>(&self.sym.ck, &[]);
+        let (send, recv) = if initiator { (t1, t2) } else { (t2, t1) };
+        let keys = SessionKeys { send, recv, initiator, local_index: self.local_index, remote_index: self.remote_index };
+        self.clear();
+        Ok(keys)
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.remote_ephemeral.zeroize();
+        self.latest_timestamp.zeroize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn pair(psk: [u8; 32]) -> (Identity, Identity, Handshake, Handshake) {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let a = Identity::new(PrivateKey::generate(&mut rng));
+        let b = Identity::new(PrivateKey::generate(&mut rng));
+        let ha = Handshake::new(Some(&a), *b.public_key(), Secret(psk));
+        let hb = Handshake::new(Some(&b), *a.public_key(), Secret(psk));
+        (a, b, ha, hb)
+    }
+
+    fn run(psk_a: [u8; 32], psk_b: [u8; 32]) -> Result<(SessionKeys, SessionKeys), NoiseError> {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let (a, b, mut ha, _) = pair(psk_a);
+        let mut hb = Handshake::new(Some(&b), *a.public_key(), Secret(psk_b));
+        let mut init = [0u8; INITIATION_LEN];
+        ha.create_initiation(&a, &mut rng, crate::time::tai64n(5_000_000_000), 0x11, &mut init)?;
+        let start = begin_consume_initiation(&b, &init)?;
+        assert_eq!(start.remote_static(), a.public_key());
+        assert_eq!(start.sender_index(), 0x11);
+        hb.consume_initiation(start, Timestamp::from_secs(1))?;
+        let mut resp = [0u8; RESPONSE_LEN];
+        hb.create_response(&mut rng, 0x22, &mut resp)?;
+        ha.consume_response(&a, &resp)?;
+        Ok((ha.begin_session()?, hb.begin_session()?))
+    }
+
+    #[test]
+    fn handshake_agrees_on_keys() {
+        for psk in [[0u8; 32], [7u8; 32]] {
+            let (ka, kb) = run(psk, psk).unwrap();
+            assert!(ka.initiator && !kb.initiator);
+            assert_eq!(ka.send.0, kb.recv.0);
+            assert_eq!(ka.recv.0, kb.send.0);
+            assert_ne!(ka.send.0, ka.recv.0);
+            assert_eq!((ka.local_index, ka.remote_index), (0x11, 0x22));
+            assert_eq!((kb.local_index, kb.remote_index), (0x22, 0x11));
+        }
+    }
+
+    #[test]
+    fn psk_mismatch_fails_at_the_initiator() {
+        assert_eq!(run([1; 32], [2; 32]).err(), Some(NoiseError::DecryptResponse));
+    }
+
+    #[test]
+    fn initiation_for_someone_else_fails_to_decrypt() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (a, _b, mut ha, _) = pair([0; 32]);
+        let c = Identity::new(PrivateKey::generate(&mut rng));
+        let mut init = [0u8; INITIATION_LEN];
+        ha.create_initiation(&a, &mut rng, [0; 12], 1, &mut init).unwrap();
+        assert_eq!(begin_consume_initiation(&c, &init).err(), Some(NoiseError::DecryptStatic));
+    }
+
+    #[test]
+    fn replayed_and_flooding_initiations_are_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let (a, b, mut ha, mut hb) = pair([0; 32]);
+        let mut init = [0u8; INITIATION_LEN];
+        ha.create_initiation(&a, &mut rng, crate::time::tai64n(10_000_000_000), 1, &mut init).unwrap();
+        hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
+        // The very same message again: its timestamp is not newer.
+        let again = hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(2));
+        assert_eq!(again, Err(NoiseError::Replay));
+        // A newer timestamp 10 ms after the last accepted one: flood.
+        ha.create_initiation(&a, &mut rng, crate::time::tai64n(11_000_000_000), 2, &mut init).unwrap();
+        let t = Timestamp::from_nanos(1_010_000_000);
+        assert_eq!(hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), t), Err(NoiseError::Flood));
+        // 20 ms after: accepted.
+        let t = Timestamp::from_nanos(1_020_000_000);
+        hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), t).unwrap();
+    }
+
+    #[test]
+    fn response_in_wrong_state_or_tampered_is_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let (a, b, mut ha, mut hb) = pair([0; 32]);
+        let mut resp = [0u8; RESPONSE_LEN];
+        assert_eq!(hb.create_response(&mut rng, 1, &mut resp), Err(NoiseError::WrongState));
+        let mut init = [0u8; INITIATION_LEN];
+        ha.create_initiation(&a, &mut rng, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], 9, &mut init).unwrap();
+        hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
+        hb.create_response(&mut rng, 10, &mut resp).unwrap();
+        let mut bad = resp;
+        bad[RESP_EPHEMERAL] ^= 1;
+        assert!(ha.consume_response(&a, &bad).is_err());
+        // The failed attempt leaves the initiation pending: the genuine response still works.
+        ha.consume_response(&a, &resp).unwrap();
+        assert_eq!(ha.consume_response(&a, &resp), Err(NoiseError::WrongState));
+        assert!(ha.begin_session().is_ok());
+        assert_eq!(ha.begin_session().err(), Some(NoiseError::WrongState));
+    }
+
+    #[test]
+    fn low_order_peer_key_fails_without_panic() {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let a = Identity::new(PrivateKey::generate(&mut rng));
+        let mut h = Handshake::new(Some(&a), [0u8; 32], Secret::zero());
+        let mut init = [0u8; INITIATION_LEN];
+        assert_eq!(h.create_initiation(&a, &mut rng, [0; 12], 1, &mut init), Err(NoiseError::DhFailure));
+    }
+}
