@@ -1,1 +1,755 @@
-//! (being written)
+//! MAC1, MAC2 and cookie replies: the stateless half of WireGuard's handshake DoS defence.
+//!
+//! Follows the Linux kernel's `drivers/net/wireguard/cookie.c`. Rules:
+//! - Every handshake message (initiation, 148 B; response, 92 B) ends in `mac1 ‖ mac2`, 16 bytes
+//!   each. `mac1 = MAC(HASH("mac1----" ‖ receiver's static public key), msg[..len − 32])` is always
+//!   checked, in constant time; a wrong mac1 drops the message silently.
+//! - `mac2 = MAC(cookie, msg[..len − 16])`, or 16 zero bytes when the sender holds no cookie
+//!   younger than [`COOKIE_SECRET_MAX_AGE`] − [`COOKIE_SECRET_LATENCY`] (115 s).
+//! - The responder's cookie for a source is `MAC(secret, source IP (4 or 16 B) ‖ source UDP port
+//!   (big-endian))`; the 32-byte random secret is replaced once it is [`COOKIE_SECRET_MAX_AGE`]
+//!   (120 s) old, which invalidates every cookie handed out before.
+//! - Under load, a message with a valid mac1 but no valid mac2 is answered with a cookie reply
+//!   (type 3, 64 B): the cookie sealed with XChaCha20-Poly1305 under
+//!   `HASH("cookie--" ‖ responder's static public key)`, a random 24-byte nonce, and the
+//!   triggering message's mac1 as associated data. A valid mac2 proves the source receives at
+//!   its address; such messages then pass the per-source [`RateLimiter`].
+//! - The initiator accepts a cookie reply only while it has a mac1 outstanding, and only for the
+//!   mac1 it last sent; it stores the cookie and never roams on a cookie reply.
+//!
+//! States: [`CookieChecker`] (one per device, the responder side: our mac1 and cookie keys, the
+//! secret and its birth) and [`CookieState`] (one per peer, the initiator side: the peer's mac1
+//! and cookie keys, the last mac1 sent, the latest cookie and its birth). The only timer is the
+//! two ages above, checked against the `now` handed in.
+//!
+//! What is *not* here: the message type check (the caller dispatches on the type first, as the
+//! kernel's `receive.c` does), the under-load decision ([`crate::ratelimit::LoadDetector`]), and
+//! finding the peer a cookie reply is for (the caller looks its receiver index up).
+
+use std::net::SocketAddr;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use arc_swap::ArcSwap;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::crypto::{ct_eq, hash, mac, xopen_cookie, xseal_cookie, Secret};
+use crate::messages::{
+    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE,
+    HEADER_LEN, KEY_LEN, MESSAGE_HANDSHAKE_COOKIE, TAG_LEN, WG_LABEL_COOKIE, WG_LABEL_MAC1,
+};
+use crate::ratelimit::RateLimiter;
+use crate::time::Timestamp;
+
+/// Bytes of `mac1 ‖ mac2` at the end of every handshake message (kernel `struct message_macs`).
+const MACS_LEN: usize = 2 * COOKIE_LEN;
+/// Length of a sender/receiver index.
+const INDEX_LEN: usize = core::mem::size_of::<u32>();
+/// Cookie reply layout: header, receiver index, nonce, encrypted cookie.
+const REPLY_INDEX_AT: usize = HEADER_LEN;
+const REPLY_NONCE_AT: usize = REPLY_INDEX_AT + INDEX_LEN;
+const REPLY_COOKIE_AT: usize = REPLY_NONCE_AT + COOKIE_NONCE_LEN;
+const SEALED_COOKIE_LEN: usize = COOKIE_LEN + TAG_LEN;
+const _: () = assert!(REPLY_COOKIE_AT + SEALED_COOKIE_LEN == COOKIE_REPLY_LEN);
+
+/// The two MACs of a handshake message and the bytes each covers.
+struct Macs<'a> {
+    before_mac1: &'a [u8],
+    mac1: &'a [u8],
+    before_mac2: &'a [u8],
+    mac2: &'a [u8],
+}
+
+/// Split `msg` into the parts the MACs cover; `None` if it is too short to hold them.
+fn split_macs(msg: &[u8]) -> Option<Macs<'_>> {
+    let mac1_at = msg.len().checked_sub(MACS_LEN)?;
+    let mac2_at = mac1_at + COOKIE_LEN;
+    Some(Macs {
+        before_mac1: msg.get(..mac1_at)?,
+        mac1: msg.get(mac1_at..mac2_at)?,
+        before_mac2: msg.get(..mac2_at)?,
+        mac2: msg.get(mac2_at..)?,
+    })
+}
+
+/// `N` bytes of `b` from `at`, if present.
+fn field<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// A key derived from a static public key and a label (kernel `precompute_key`).
+fn precompute_key(public_key: &[u8; KEY_LEN], label: &[u8]) -> [u8; KEY_LEN] {
+    hash(&[label, public_key])
+}
+
+/// What [`CookieChecker::validate`] found (kernel `enum cookie_mac_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacState {
+    /// mac1 is wrong (or the message is too short to carry MACs): drop silently.
+    Invalid,
+    /// mac1 is right; mac2 was not checked (not under load) or is wrong. Under load the caller
+    /// answers with [`CookieChecker::create_reply`] instead of processing the handshake.
+    ValidMacButNoCookie,
+    /// Both MACs are right but the source is over its rate: drop.
+    ValidMacWithCookieButRatelimited,
+    /// Both MACs are right and the source is within its rate: process the handshake.
+    ValidMacWithCookie,
+}
+
+/// Keys derived from our static public key.
+#[derive(Zeroize, ZeroizeOnDrop)]
+struct DeviceKeys {
+    mac1: [u8; KEY_LEN],
+    cookie: [u8; KEY_LEN],
+}
+
+impl DeviceKeys {
+    /// Without an identity the kernel zeroes both keys.
+    fn new(public_key: Option<&[u8; KEY_LEN]>) -> Self {
+        match public_key {
+            Some(pk) => DeviceKeys {
+                mac1: precompute_key(pk, WG_LABEL_MAC1),
+                cookie: precompute_key(pk, WG_LABEL_COOKIE),
+            },
+            None => DeviceKeys { mac1: [0; KEY_LEN], cookie: [0; KEY_LEN] },
+        }
+    }
+}
+
+/// The random secret cookies are made from, with its birth.
+struct CookieSecret {
+    secret: Secret,
+    birth: Timestamp,
+}
+
+/// The responder side (kernel `struct cookie_checker`): checks MACs on incoming handshakes and
+/// makes cookie replies. One per device, shared by every core (`&self` methods).
+pub struct CookieChecker {
+    /// Swapped whole by [`set_public_key`](Self::set_public_key); read lock-free on every packet.
+    keys: ArcSwap<DeviceKeys>,
+    secret: RwLock<CookieSecret>,
+}
+
+impl core::fmt::Debug for CookieChecker {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("CookieChecker(..)")
+    }
+}
+
+impl CookieChecker {
+    /// A checker for a device whose static public key is `public_key` (`None`: no identity yet,
+    /// keys all zero as in the kernel), with a fresh secret born at `now`.
+    pub fn new<R: rand_core::RngCore + rand_core::CryptoRng>(
+        now: Timestamp,
+        rng: &mut R,
+        public_key: Option<&[u8; KEY_LEN]>,
+    ) -> Self {
+        let mut secret = Secret::zero();
+        rng.fill_bytes(&mut secret.0);
+        CookieChecker {
+            keys: ArcSwap::from_pointee(DeviceKeys::new(public_key)),
+            secret: RwLock::new(CookieSecret { secret, birth: now }),
+        }
+    }
+
+    /// Recompute the mac1 and cookie keys after the device's key changed (kernel
+    /// `wg_cookie_checker_precompute_device_keys`).
+    pub fn set_public_key(&self, public_key: Option<&[u8; KEY_LEN]>) {
+        self.keys.store(std::sync::Arc::new(DeviceKeys::new(public_key)));
+    }
+
+    /// Whether `msg`'s mac1 is right for our key (cheap: no secret, no lock).
+    pub fn check_mac1(&self, msg: &[u8]) -> bool {
+        let Some(m) = split_macs(msg) else { return false };
+        let computed = mac(&self.keys.load().mac1, &[m.before_mac1]);
+        ct_eq(&computed, m.mac1)
+    }
+
+    /// Check a handshake message's MACs (kernel `wg_cookie_validate_packet`). mac2 is checked
+    /// only when `under_load`, and only a message with a valid mac2 reaches `limiter`.
+    pub fn validate<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &[u8],
+        src: SocketAddr,
+        under_load: bool,
+        limiter: &RateLimiter,
+    ) -> MacState {
+        let Some(m) = split_macs(msg) else { return MacState::Invalid };
+        if !self.check_mac1(msg) {
+            return MacState::Invalid;
+        }
+        if !under_load {
+            return MacState::ValidMacButNoCookie;
+        }
+        let cookie = self.make_cookie(now, rng, src);
+        let computed = mac(&cookie[..], &[m.before_mac2]);
+        if !ct_eq(&computed, m.mac2) {
+            return MacState::ValidMacButNoCookie;
+        }
+        if !limiter.allow(now, src.ip()) {
+            return MacState::ValidMacWithCookieButRatelimited;
+        }
+        MacState::ValidMacWithCookie
+    }
+
+    /// The cookie reply to `triggering_msg` from `src` (kernel `wg_cookie_message_create`):
+    /// `sender_index` is the triggering message's sender index, which becomes the reply's
+    /// receiver index. Call it only for a message whose mac1 verified; a message too short to
+    /// carry a mac1 gets a reply no initiator can open.
+    pub fn create_reply<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        triggering_msg: &[u8],
+        sender_index: u32,
+        src: SocketAddr,
+    ) -> [u8; COOKIE_REPLY_LEN] {
+        let mut out = [0u8; COOKIE_REPLY_LEN];
+        let mut nonce = [0u8; COOKIE_NONCE_LEN];
+        rng.fill_bytes(&mut nonce);
+        let cookie = self.make_cookie(now, rng, src);
+        let aad = split_macs(triggering_msg).map_or(&[][..], |m| m.mac1);
+        let sealed = xseal_cookie(&self.keys.load().cookie, &nonce, aad, &cookie);
+        out[0] = MESSAGE_HANDSHAKE_COOKIE;
+        out[REPLY_INDEX_AT..REPLY_NONCE_AT].copy_from_slice(&sender_index.to_le_bytes());
+        out[REPLY_NONCE_AT..REPLY_COOKIE_AT].copy_from_slice(&nonce);
+        out[REPLY_COOKIE_AT..].copy_from_slice(&sealed);
+        out
+    }
+
+    /// The cookie for `src` (kernel `make_cookie`), first replacing the secret if it is
+    /// [`COOKIE_SECRET_MAX_AGE`] old.
+    fn make_cookie<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+    ) -> Zeroizing<[u8; COOKIE_LEN]> {
+        {
+            let s = self.read_secret();
+            if !s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
+                return cookie_for(&s.secret, src);
+            }
+        }
+        let mut s = self.write_secret();
+        // Another core may have rotated it while we waited for the lock.
+        if s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
+            rng.fill_bytes(&mut s.secret.0);
+            s.birth = now;
+        }
+        cookie_for(&s.secret, src)
+    }
+
+    fn read_secret(&self) -> RwLockReadGuard<'_, CookieSecret> {
+        self.secret.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_secret(&self) -> RwLockWriteGuard<'_, CookieSecret> {
+        self.secret.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `MAC(secret, source IP ‖ source port big-endian)`.
+fn cookie_for(secret: &Secret, src: SocketAddr) -> Zeroizing<[u8; COOKIE_LEN]> {
+    let port = src.port().to_be_bytes();
+    Zeroizing::new(match src {
+        SocketAddr::V4(a) => mac(&secret.0, &[&a.ip().octets(), &port]),
+        SocketAddr::V6(a) => mac(&secret.0, &[&a.ip().octets(), &port]),
+    })
+}
+
+/// Why a cookie reply was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CookieError {
+    /// Shorter than a cookie reply.
+    #[error("cookie reply shorter than {COOKIE_REPLY_LEN} bytes")]
+    Truncated,
+    /// Longer than a cookie reply.
+    #[error("cookie reply longer than {COOKIE_REPLY_LEN} bytes")]
+    Oversized,
+    /// The header is not type 3 followed by three zero bytes.
+    #[error("not a cookie reply")]
+    WrongType,
+    /// No handshake message with a mac1 was sent since the last cookie was accepted.
+    #[error("cookie reply without an outstanding mac1")]
+    NoMac1Sent,
+    /// The encrypted cookie did not open (wrong key, or not for the mac1 we last sent).
+    #[error("could not decrypt cookie reply")]
+    Decrypt,
+}
+
+/// The initiator side for one peer (kernel `struct cookie`): adds MACs to the handshake
+/// messages we send the peer and takes in its cookie replies.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct CookieState {
+    mac1_key: [u8; KEY_LEN],
+    decryption_key: [u8; KEY_LEN],
+    last_mac1_sent: [u8; COOKIE_LEN],
+    have_sent_mac1: bool,
+    cookie: [u8; COOKIE_LEN],
+    #[zeroize(skip)]
+    birth: Timestamp,
+    is_valid: bool,
+}
+
+impl core::fmt::Debug for CookieState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CookieState")
+            .field("have_sent_mac1", &self.have_sent_mac1)
+            .field("is_valid", &self.is_valid)
+            .field("birth", &self.birth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CookieState {
+    /// State for the peer whose static public key is `peer_public_key` (kernel
+    /// `wg_cookie_init` + `wg_cookie_checker_precompute_peer_keys`).
+    pub fn new(peer_public_key: &[u8; KEY_LEN]) -> Self {
+        CookieState {
+            mac1_key: precompute_key(peer_public_key, WG_LABEL_MAC1),
+            decryption_key: precompute_key(peer_public_key, WG_LABEL_COOKIE),
+            last_mac1_sent: [0; COOKIE_LEN],
+            have_sent_mac1: false,
+            cookie: [0; COOKIE_LEN],
+            birth: Timestamp::ZERO,
+            is_valid: false,
+        }
+    }
+
+    /// Write mac1 and mac2 into the last 32 bytes of the outgoing handshake message `msg`
+    /// (kernel `wg_cookie_add_mac_to_packet`). mac2 is zero unless we hold a cookie younger
+    /// than [`COOKIE_SECRET_MAX_AGE`] − [`COOKIE_SECRET_LATENCY`]. A `msg` shorter than 32 bytes
+    /// (never a handshake message) is left alone.
+    pub fn add_macs(&mut self, now: Timestamp, msg: &mut [u8]) {
+        let Some(mac1_at) = msg.len().checked_sub(MACS_LEN) else { return };
+        let mac2_at = mac1_at + COOKIE_LEN;
+        let (before_mac2, mac2_field) = msg.split_at_mut(mac2_at);
+        let (before_mac1, mac1_field) = before_mac2.split_at_mut(mac1_at);
+        let mac1 = mac(&self.mac1_key, &[before_mac1]);
+        mac1_field.copy_from_slice(&mac1);
+        self.last_mac1_sent = mac1;
+        self.have_sent_mac1 = true;
+        let fresh = self.is_valid
+            && !self.birth.has_expired(COOKIE_SECRET_MAX_AGE.saturating_sub(COOKIE_SECRET_LATENCY), now);
+        let mac2 = if fresh { mac(&self.cookie, &[before_mac2]) } else { [0u8; COOKIE_LEN] };
+        mac2_field.copy_from_slice(&mac2);
+    }
+
+    /// Take in a cookie reply (kernel `wg_cookie_message_consume`, after the caller found this
+    /// peer by the reply's receiver index). On success the cookie is used by the next
+    /// [`add_macs`](Self::add_macs) and no further reply is accepted until one is sent.
+    pub fn consume_reply(&mut self, now: Timestamp, reply: &[u8]) -> Result<(), CookieError> {
+        match reply.len().cmp(&COOKIE_REPLY_LEN) {
+            core::cmp::Ordering::Less => return Err(CookieError::Truncated),
+            core::cmp::Ordering::Greater => return Err(CookieError::Oversized),
+            core::cmp::Ordering::Equal => {}
+        }
+        let header: [u8; HEADER_LEN] = field(reply, 0).ok_or(CookieError::Truncated)?;
+        let mut want = [0u8; HEADER_LEN];
+        want[0] = MESSAGE_HANDSHAKE_COOKIE;
+        if header != want {
+            return Err(CookieError::WrongType);
+        }
+        if !self.have_sent_mac1 {
+            return Err(CookieError::NoMac1Sent);
+        }
+        let nonce: [u8; COOKIE_NONCE_LEN] = field(reply, REPLY_NONCE_AT).ok_or(CookieError::Truncated)?;
+        let sealed: [u8; SEALED_COOKIE_LEN] = field(reply, REPLY_COOKIE_AT).ok_or(CookieError::Truncated)?;
+        let cookie = Zeroizing::new(
+            xopen_cookie(&self.decryption_key, &nonce, &self.last_mac1_sent, &sealed)
+                .map_err(|_| CookieError::Decrypt)?,
+        );
+        self.cookie = *cookie;
+        self.birth = now;
+        self.is_valid = true;
+        self.have_sent_mac1 = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::PrivateKey;
+    use crate::messages::{INITIATION_LEN, MESSAGE_HANDSHAKE_INITIATION, RATELIMIT_MAX_ENTRIES, RESPONSE_LEN};
+    use boringtun::noise::{rate_limiter::RateLimiter as BtRateLimiter, Tunn, TunnResult};
+    use boringtun::x25519;
+    use core::time::Duration;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+    const INITIATOR_SK: [u8; 32] = [0x11; 32];
+    const RESPONDER_SK: [u8; 32] = [0x22; 32];
+    fn responder_pk() -> [u8; 32] {
+        PrivateKey::from_bytes(RESPONDER_SK).public_key()
+    }
+    fn src() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820)
+    }
+    fn rng() -> ChaCha20Rng {
+        ChaCha20Rng::seed_from_u64(42)
+    }
+    fn limiter() -> RateLimiter {
+        RateLimiter::new(RATELIMIT_MAX_ENTRIES, &mut rng())
+    }
+    const T0: Timestamp = Timestamp::from_secs(1000);
+
+    /// An initiation-shaped message (the MACs only cover bytes; the Noise payload is someone
+    /// else's test), prefilled with 0xa5 and our sender index.
+    fn initiation(sender: u32) -> [u8; INITIATION_LEN] {
+        let mut m = [0xa5u8; INITIATION_LEN];
+        m[..HEADER_LEN].copy_from_slice(&[MESSAGE_HANDSHAKE_INITIATION, 0, 0, 0]);
+        m[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&sender.to_le_bytes());
+        m
+    }
+
+    /// A real handshake initiation as boringtun (an independent implementation) puts it on the
+    /// wire, from the initiator's key to the responder's.
+    fn boringtun_initiator() -> Tunn {
+        Tunn::new(
+            x25519::StaticSecret::from(INITIATOR_SK),
+            x25519::PublicKey::from(responder_pk()),
+            None,
+            None,
+            7,
+            None,
+        )
+    }
+    fn boringtun_initiation(t: &mut Tunn, force: bool) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        match t.format_handshake_initiation(&mut buf, force) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("boringtun made no initiation"),
+        }
+    }
+
+    #[test]
+    fn mac1_of_a_real_initiation_matches_an_independent_blake2s() {
+        use blake2::digest::{FixedOutput, Mac as _};
+        use blake2::{Blake2s256, Blake2sMac, Digest};
+        let msg = boringtun_initiation(&mut boringtun_initiator(), false);
+        assert_eq!(msg.len(), INITIATION_LEN);
+        assert_eq!(&msg[..4], &[1, 0, 0, 0]);
+        // mac1 key = BLAKE2s-256("mac1----" || responder public), mac1 = BLAKE2s-128 keyed.
+        let key = Blake2s256::new().chain_update(b"mac1----").chain_update(responder_pk()).finalize();
+        let mut m = <Blake2sMac<blake2::digest::consts::U16> as blake2::digest::KeyInit>::new_from_slice(&key).unwrap();
+        m.update(&msg[..116]);
+        let want: [u8; 16] = m.finalize_fixed().into();
+        assert_eq!(&msg[116..132], &want);
+        assert_eq!(&msg[132..148], &[0u8; 16], "no cookie yet: mac2 is zero");
+
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        assert!(checker.check_mac1(&msg));
+        assert_eq!(checker.validate(T0, &mut rng(), &msg, src(), false, &limiter()), MacState::ValidMacButNoCookie);
+        // Our initiator side writes the same mac1 over the same bytes.
+        let mut ours = msg.clone();
+        ours[116..].fill(0xa5);
+        CookieState::new(&responder_pk()).add_macs(T0, &mut ours);
+        assert_eq!(ours, msg);
+        // Another responder key does not verify it.
+        let other = CookieChecker::new(T0, &mut rng(), Some(&[9u8; 32]));
+        assert!(!other.check_mac1(&msg));
+    }
+
+    /// Our responder hands boringtun a cookie; boringtun's next initiation carries a mac2 we accept.
+    #[test]
+    fn boringtun_initiator_takes_our_cookie_reply() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut bt = boringtun_initiator();
+        let first = boringtun_initiation(&mut bt, false);
+        assert_eq!(checker.validate(T0, &mut rng(), &first, src(), true, &rl), MacState::ValidMacButNoCookie);
+        let sender = u32::from_le_bytes(first[4..8].try_into().unwrap());
+        let reply = checker.create_reply(T0, &mut rng(), &first, sender, src());
+        assert_eq!(&reply[..4], &[3, 0, 0, 0]);
+        assert_eq!(&reply[4..8], &first[4..8]);
+        let mut buf = [0u8; 256];
+        assert!(matches!(bt.decapsulate(None, &reply, &mut buf), TunnResult::Done));
+        let second = boringtun_initiation(&mut bt, true);
+        assert_ne!(&second[132..], &[0u8; 16]);
+        assert_eq!(checker.validate(T0, &mut rng(), &second, src(), true, &rl), MacState::ValidMacWithCookie);
+        // The cookie is bound to the source port as well as the address.
+        let moved = SocketAddr::new(src().ip(), 51821);
+        assert_eq!(checker.validate(T0, &mut rng(), &second, moved, true, &rl), MacState::ValidMacButNoCookie);
+    }
+
+    /// boringtun's responder (always under load with limit 0) hands us a cookie; our next
+    /// message passes its mac2 check.
+    #[test]
+    fn we_take_a_boringtun_cookie_reply() {
+        let bt = BtRateLimiter::new(&x25519::PublicKey::from(responder_pk()), 0);
+        let mut state = CookieState::new(&responder_pk());
+        let mut msg = initiation(0x0102_0304);
+        state.add_macs(T0, &mut msg);
+        let mut buf = [0u8; 256];
+        let reply = match bt.verify_packet(Some(src().ip()), &msg, &mut buf) {
+            Err(TunnResult::WriteToNetwork(r)) => r.to_vec(),
+            _ => panic!("boringtun under load should answer with a cookie reply"),
+        };
+        assert_eq!(reply.len(), COOKIE_REPLY_LEN);
+        assert_eq!(&reply[4..8], &0x0102_0304u32.to_le_bytes());
+        state.consume_reply(T0, &reply).unwrap();
+        state.add_macs(T0, &mut msg);
+        assert!(bt.verify_packet(Some(src().ip()), &msg, &mut buf).is_ok());
+    }
+
+    #[test]
+    fn round_trip_initiation_and_response() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut r = rng();
+        for len in [INITIATION_LEN, RESPONSE_LEN] {
+            let mut state = CookieState::new(&responder_pk());
+            let mut msg = vec![0xa5u8; len];
+            msg[0] = if len == INITIATION_LEN { 1 } else { 2 };
+            state.add_macs(T0, &mut msg);
+            assert_eq!(&msg[len - 16..], &[0u8; 16]);
+            assert_eq!(checker.validate(T0, &mut r, &msg, src(), false, &rl), MacState::ValidMacButNoCookie);
+            assert_eq!(checker.validate(T0, &mut r, &msg, src(), true, &rl), MacState::ValidMacButNoCookie);
+            let reply = checker.create_reply(T0, &mut r, &msg, 77, src());
+            assert_eq!(&reply[4..8], &77u32.to_le_bytes());
+            state.consume_reply(T0, &reply).unwrap();
+            state.add_macs(T0, &mut msg);
+            let mac2 = &msg[len - 16..];
+            assert_ne!(mac2, &[0u8; 16]);
+            assert_eq!(checker.validate(T0, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+            // Not under load a valid mac2 is not even looked at.
+            assert_eq!(checker.validate(T0, &mut r, &msg, src(), false, &rl), MacState::ValidMacButNoCookie);
+            // A changed mac1 fails first; a changed mac2 leaves mac1 valid but the cookie not.
+            let mut bad = msg.clone();
+            bad[len - 17] ^= 1;
+            assert_eq!(checker.validate(T0, &mut r, &bad, src(), true, &rl), MacState::Invalid);
+            let mut bad = msg.clone();
+            bad[len - 1] ^= 1;
+            assert_eq!(checker.validate(T0, &mut r, &bad, src(), true, &rl), MacState::ValidMacButNoCookie);
+        }
+    }
+
+    #[test]
+    fn wrong_mac1_is_invalid_and_short_messages_do_not_panic() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut r = rng();
+        let mut state = CookieState::new(&responder_pk());
+        let mut msg = initiation(1);
+        state.add_macs(T0, &mut msg);
+        for i in [0, 4, 115, 116, 131] {
+            let mut bad = msg;
+            bad[i] ^= 0x80;
+            assert_eq!(checker.validate(T0, &mut r, &bad, src(), false, &rl), MacState::Invalid, "byte {i}");
+            assert_eq!(checker.validate(T0, &mut r, &bad, src(), true, &rl), MacState::Invalid, "byte {i}");
+        }
+        // mac2 is not part of mac1.
+        let mut m2 = msg;
+        m2[140] ^= 1;
+        assert!(checker.check_mac1(&m2));
+        // Sent to another peer's key.
+        let mut other = CookieState::new(&[5u8; 32]);
+        let mut msg2 = initiation(1);
+        other.add_macs(T0, &mut msg2);
+        assert_eq!(checker.validate(T0, &mut r, &msg2, src(), false, &rl), MacState::Invalid);
+        for len in [0usize, 1, 31] {
+            let short = vec![0u8; len];
+            assert_eq!(checker.validate(T0, &mut r, &short, src(), true, &rl), MacState::Invalid);
+            assert!(!checker.check_mac1(&short));
+            let _ = checker.create_reply(T0, &mut r, &short, 0, src());
+            let mut s = short.clone();
+            state.add_macs(T0, &mut s);
+            assert_eq!(s, short);
+        }
+        // Exactly 32 bytes: MACs over the empty prefix.
+        let mut tiny = [0u8; 32];
+        CookieState::new(&responder_pk()).add_macs(T0, &mut tiny);
+        assert!(checker.check_mac1(&tiny));
+        assert!(rl.is_empty(), "nothing reached the rate limiter");
+    }
+
+    #[test]
+    fn set_public_key_changes_the_mac1_key() {
+        let checker = CookieChecker::new(T0, &mut rng(), None);
+        let mut msg = initiation(1);
+        CookieState::new(&responder_pk()).add_macs(T0, &mut msg);
+        assert!(!checker.check_mac1(&msg));
+        checker.set_public_key(Some(&responder_pk()));
+        assert!(checker.check_mac1(&msg));
+        checker.set_public_key(Some(&[3u8; 32]));
+        assert!(!checker.check_mac1(&msg));
+        // The cookie key changes with it: a reply made now is not for the old key.
+        let mut state = CookieState::new(&responder_pk());
+        state.add_macs(T0, &mut msg);
+        let reply = checker.create_reply(T0, &mut rng(), &msg, 1, src());
+        assert_eq!(state.consume_reply(T0, &reply), Err(CookieError::Decrypt));
+    }
+
+    #[test]
+    fn mac2_is_bound_to_source_address_and_port() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut r = rng();
+        let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 51820, 0, 0));
+        for from in [src(), v6] {
+            let mut state = CookieState::new(&responder_pk());
+            let mut msg = initiation(9);
+            state.add_macs(T0, &mut msg);
+            let reply = checker.create_reply(T0, &mut r, &msg, 9, from);
+            state.consume_reply(T0, &reply).unwrap();
+            state.add_macs(T0, &mut msg);
+            assert_eq!(checker.validate(T0, &mut r, &msg, from, true, &rl), MacState::ValidMacWithCookie);
+            let other_port = SocketAddr::new(from.ip(), from.port() + 1);
+            let other_ip = match from {
+                SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), from.port()),
+                SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)), from.port()),
+            };
+            for wrong in [other_port, other_ip] {
+                assert_eq!(checker.validate(T0, &mut r, &msg, wrong, true, &rl), MacState::ValidMacButNoCookie);
+            }
+        }
+        // Independent computation of the cookie for an IPv4 source: MAC(secret, ip ‖ port BE).
+        let s = checker.read_secret();
+        let want = mac(&s.secret.0, &[&[192, 0, 2, 1, 0xca, 0x6c]]);
+        assert_eq!(*cookie_for(&s.secret, src()), want);
+    }
+
+    #[test]
+    fn secret_rotation_after_120_s_invalidates_old_cookies() {
+        let t0 = Timestamp::from_secs(1);
+        let checker = CookieChecker::new(t0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut r = rng();
+        let mut state = CookieState::new(&responder_pk());
+        let mut msg = initiation(3);
+        // Cookie handed out late in the secret's life, so it is still fresh at the initiator.
+        let t_cookie = t0 + Duration::from_secs(110);
+        state.add_macs(t_cookie, &mut msg);
+        state.consume_reply(t_cookie, &checker.create_reply(t_cookie, &mut r, &msg, 3, src())).unwrap();
+        let just_before = t0 + Duration::from_nanos(120_000_000_000 - 1);
+        state.add_macs(just_before, &mut msg);
+        assert_eq!(checker.validate(just_before, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+        let at_expiry = t0 + COOKIE_SECRET_MAX_AGE;
+        state.add_macs(at_expiry, &mut msg);
+        assert_ne!(&msg[132..], &[0u8; 16], "the initiator still sends the 10 s old cookie");
+        assert_eq!(checker.validate(at_expiry, &mut r, &msg, src(), true, &rl), MacState::ValidMacButNoCookie);
+        assert_eq!(checker.read_secret().birth, at_expiry);
+        // A new cookie from the new secret works again.
+        state.consume_reply(at_expiry, &checker.create_reply(at_expiry, &mut r, &msg, 3, src())).unwrap();
+        state.add_macs(at_expiry, &mut msg);
+        assert_eq!(checker.validate(at_expiry, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+    }
+
+    #[test]
+    fn initiator_drops_cookies_older_than_115_s() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let mut state = CookieState::new(&responder_pk());
+        let mut msg = initiation(4);
+        state.add_macs(T0, &mut msg);
+        state.consume_reply(T0, &checker.create_reply(T0, &mut rng(), &msg, 4, src())).unwrap();
+        let limit = COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY;
+        assert_eq!(limit, Duration::from_secs(115));
+        state.add_macs(T0 + (limit - Duration::from_nanos(1)), &mut msg);
+        assert_ne!(&msg[132..], &[0u8; 16]);
+        state.add_macs(T0 + limit, &mut msg);
+        assert_eq!(&msg[132..], &[0u8; 16]);
+    }
+
+    #[test]
+    fn reply_is_only_accepted_for_the_last_mac1_sent() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let mut r = rng();
+        let mut state = CookieState::new(&responder_pk());
+        let reply_for_nothing = checker.create_reply(T0, &mut r, &initiation(5), 5, src());
+        assert_eq!(state.consume_reply(T0, &reply_for_nothing), Err(CookieError::NoMac1Sent));
+
+        let mut first = initiation(5);
+        state.add_macs(T0, &mut first);
+        let mut second = initiation(6);
+        state.add_macs(T0, &mut second);
+        // A reply to the earlier message has the wrong associated data now.
+        let stale = checker.create_reply(T0, &mut r, &first, 5, src());
+        assert_eq!(state.consume_reply(T0, &stale), Err(CookieError::Decrypt));
+        let mut tampered = checker.create_reply(T0, &mut r, &second, 6, src());
+        tampered[40] ^= 1;
+        assert_eq!(state.consume_reply(T0, &tampered), Err(CookieError::Decrypt));
+        let good = checker.create_reply(T0, &mut r, &second, 6, src());
+        assert_eq!(state.consume_reply(T0, &good), Ok(()));
+        // Only one reply per mac1 sent.
+        assert_eq!(state.consume_reply(T0, &good), Err(CookieError::NoMac1Sent));
+
+        state.add_macs(T0, &mut first);
+        assert_eq!(state.consume_reply(T0, &good[..63]), Err(CookieError::Truncated));
+        assert_eq!(state.consume_reply(T0, &[]), Err(CookieError::Truncated));
+        assert_eq!(state.consume_reply(T0, &[good.as_slice(), &[0]].concat()), Err(CookieError::Oversized));
+        let mut wrong = good;
+        wrong[0] = 2;
+        assert_eq!(state.consume_reply(T0, &wrong), Err(CookieError::WrongType));
+        wrong = good;
+        wrong[3] = 1;
+        assert_eq!(state.consume_reply(T0, &wrong), Err(CookieError::WrongType));
+        assert_eq!(CookieError::NoMac1Sent.to_string(), "cookie reply without an outstanding mac1");
+    }
+
+    #[test]
+    fn replies_use_fresh_random_nonces() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let mut r = rng();
+        let msg = initiation(8);
+        let a = checker.create_reply(T0, &mut r, &msg, 8, src());
+        let b = checker.create_reply(T0, &mut r, &msg, 8, src());
+        assert_ne!(a[8..32], b[8..32]);
+        assert_ne!(a[32..], b[32..]);
+    }
+
+    #[test]
+    fn valid_cookies_then_go_through_the_rate_limiter() {
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut r = rng();
+        let mut state = CookieState::new(&responder_pk());
+        let mut msg = initiation(2);
+        state.add_macs(T0, &mut msg);
+        state.consume_reply(T0, &checker.create_reply(T0, &mut r, &msg, 2, src())).unwrap();
+        state.add_macs(T0, &mut msg);
+        let results: Vec<_> = (0..7).map(|_| checker.validate(T0, &mut r, &msg, src(), true, &rl)).collect();
+        assert_eq!(&results[..5], &[MacState::ValidMacWithCookie; 5]);
+        assert_eq!(&results[5..], &[MacState::ValidMacWithCookieButRatelimited; 2]);
+        let later = T0 + Duration::from_millis(50);
+        assert_eq!(checker.validate(later, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+        assert_eq!(rl.len(), 1);
+    }
+
+    #[test]
+    fn checker_is_shared_by_cores() {
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<CookieChecker>();
+        let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
+        let rl = limiter();
+        let mut state = CookieState::new(&responder_pk());
+        let mut msg = initiation(2);
+        state.add_macs(T0, &mut msg);
+        // Both threads race to rotate the expired secret; they agree on one.
+        let late = T0 + COOKIE_SECRET_MAX_AGE;
+        let replies: Vec<[u8; COOKIE_REPLY_LEN]> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2u64)
+                .map(|i| {
+                    let (checker, msg) = (&checker, &msg);
+                    s.spawn(move || {
+                        let mut r = ChaCha20Rng::seed_from_u64(100 + i);
+                        checker.create_reply(late, &mut r, msg, 2, src())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for reply in replies {
+            let mut st = CookieState::new(&responder_pk());
+            let mut m = msg;
+            st.add_macs(late, &mut m);
+            st.consume_reply(late, &reply).unwrap();
+            st.add_macs(late, &mut m);
+            let mut r = rng();
+            assert_eq!(checker.validate(late, &mut r, &m, src(), true, &rl), MacState::ValidMacWithCookie);
+        }
+    }
+}

@@ -117,6 +117,13 @@ pub const MAX_PEERS_PER_DEVICE: usize = 1 << 20;
 pub const RATELIMIT_PACKETS_PER_SECOND: u64 = 20;
 /// Per-source handshake rate limit: burst.
 pub const RATELIMIT_PACKETS_BURSTABLE: u64 = 5;
+/// Sources the per-source rate limiter tracks at most (kernel `ratelimiter.c`: `max_entries` =
+/// 8 × `table_size`, with 8192 buckets on hosts with over 1 GiB of RAM); new sources beyond it
+/// are refused until idle entries are collected.
+pub const RATELIMIT_MAX_ENTRIES: usize = 8 * 8192;
+/// The rate limiter forgets a source idle for more than this, and collects that often (kernel:
+/// the gc work runs every `HZ` and frees entries older than `NSEC_PER_SEC`).
+pub const RATELIMIT_GC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// DSCP class for handshake packets (AF41), as the kernel marks them.
 pub const HANDSHAKE_DSCP: u8 = 0x88;
