@@ -1,0 +1,551 @@
+//! One keypair: the two transport keys a handshake produced, the send counter and the replay
+//! window, with in-place seal and open of type-4 data messages.
+//!
+//! Follows the kernel's `struct noise_keypair` (drivers/net/wireguard/noise.h) and its users
+//! `encrypt_packet` (send.c), `decrypt_packet` / `counter_validate` (receive.c) and
+//! `keep_key_fresh` (send.c, receive.c). Rules:
+//! - a keypair seals and opens nothing once `birth + REJECT_AFTER_TIME` has passed;
+//! - the send counter is the nonce; it is taken with an atomic increment that refuses to pass
+//!   [`REJECT_AFTER_MESSAGES`], so a nonce is never used twice even under concurrent sealing;
+//! - the receive path pre-checks the replay window, decrypts, then marks the window, and refuses
+//!   everything once the window has reached `REJECT_AFTER_MESSAGES`;
+//! - rekey is wanted on send after `REKEY_AFTER_MESSAGES` messages, or (initiator only) after
+//!   `REKEY_AFTER_TIME`; on receive (initiator only) after `REKEY_AFTER_TIME_RECV`.
+
+use core::ops::Range;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::crypto::{AeadKey, Secret};
+use crate::messages::{
+    message_data_len, DATA_HEADER_LEN, DATA_MIN_LEN, HEADER_LEN, MESSAGE_DATA, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_AFTER_TIME_RECV, TAG_LEN,
+};
+use crate::time::Timestamp;
+
+use super::replay::ReplayWindow;
+
+/// Receiver index field of the data header: right after the 4-byte message header.
+const RECEIVER_INDEX: Range<usize> = HEADER_LEN..HEADER_LEN + core::mem::size_of::<u32>();
+/// Counter field of the data header: the rest of it.
+const COUNTER: Range<usize> = RECEIVER_INDEX.end..DATA_HEADER_LEN;
+const _: () = assert!(COUNTER.end - COUNTER.start == core::mem::size_of::<u64>());
+
+/// Why [`Keypair::seal`] refused to seal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The send counter reached `REJECT_AFTER_MESSAGES`; a new handshake is needed.
+    #[error("sending counter exhausted (REJECT_AFTER_MESSAGES)")]
+    CounterExhausted,
+    /// The keypair is older than `REJECT_AFTER_TIME`, or was expired explicitly.
+    #[error("keypair expired")]
+    Expired,
+    /// The buffer cannot hold the header, the padded plaintext and the tag.
+    #[error("buffer too small for the sealed message")]
+    BufferTooSmall,
+}
+
+/// Why [`Keypair::open`] dropped a data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Shorter than a header and a tag (32 bytes).
+    #[error("data message shorter than header and tag")]
+    TooShort,
+    /// The keypair is older than `REJECT_AFTER_TIME`.
+    #[error("keypair expired")]
+    Expired,
+    /// The counter was already accepted, or is too far behind the replay window.
+    #[error("replayed or too old counter")]
+    Replay,
+    /// The counter, or the keypair's receive window, reached `REJECT_AFTER_MESSAGES`.
+    #[error("counter at the REJECT_AFTER_MESSAGES limit")]
+    CounterLimit,
+    /// The authentication tag did not verify.
+    #[error("authentication failed")]
+    Auth,
+}
+
+/// Keeps a value on a cache line of its own, so the send counter (written by sealing cores) and
+/// the replay window (written by opening cores) do not false-share.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+/// Length of the plaintext once padded: up to a multiple of [`PADDING_MULTIPLE`], but never
+/// beyond `mtu` (kernel `calculate_skb_padding`). A plaintext already longer than `mtu` is not
+/// padded (the kernel's modulo case serves GSO super-packets, which this datapath never builds);
+/// `mtu == 0` means "unknown" and pads to the multiple, as the kernel does.
+pub fn padded_len(plain_len: usize, mtu: usize) -> usize {
+    let rounded = plain_len.checked_next_multiple_of(PADDING_MULTIPLE).unwrap_or(plain_len);
+    if mtu == 0 {
+        rounded
+    } else {
+        rounded.min(plain_len.max(mtu))
+    }
+}
+
+/// The transport state of one completed handshake (kernel `struct noise_keypair`).
+///
+/// Shared between worker threads behind an `Arc`: [`seal`](Self::seal) and
+/// [`open`](Self::open) take `&self`.
+pub struct Keypair {
+    /// Our index for this keypair: peers put it in the receiver field of what they send us.
+    pub local_index: u32,
+    /// The peer's index: we put it in the receiver field of what we send.
+    pub remote_index: u32,
+    /// Whether we initiated the handshake (only the initiator rekeys on age).
+    pub initiator: bool,
+    /// When the handshake completed.
+    pub birth: Timestamp,
+    send: AeadKey,
+    recv: AeadKey,
+    /// Next nonce to use; also the number of messages sealed.
+    send_counter: CacheLine<AtomicU64>,
+    /// Cleared by [`expire_sending`](Self::expire_sending) (kernel `sending.is_valid`).
+    send_valid: AtomicBool,
+    replay: CacheLine<Mutex<ReplayWindow>>,
+}
+
+impl core::fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Keypair")
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .field("initiator", &self.initiator)
+            .field("birth", &self.birth)
+            .field("sending_counter", &self.sending_counter())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keypair {
+    /// A keypair from the handshake's derived transport keys (the caller's `Secret`s may be
+    /// dropped, and so wiped, afterwards).
+    pub fn new(send: &Secret, recv: &Secret, local_index: u32, remote_index: u32, initiator: bool, birth: Timestamp) -> Self {
+        Keypair {
+            local_index,
+            remote_index,
+            initiator,
+            birth,
+            send: AeadKey::new(&send.0),
+            recv: AeadKey::new(&recv.0),
+            send_counter: CacheLine(AtomicU64::new(0)),
+            send_valid: AtomicBool::new(true),
+            replay: CacheLine(Mutex::new(ReplayWindow::new())),
+        }
+    }
+
+    /// Seal one transport data message in place.
+    ///
+    /// `buf[..16]` is room for the data header and `buf[16..16 + plain_len]` holds the
+    /// plaintext. The plaintext is zero-padded (see [`padded_len`]), the header written (type 4,
+    /// receiver index, counter), the whole sealed with the next counter as nonce and the tag
+    /// appended. Returns the message length, `32 + padded_len(plain_len, mtu)`.
+    ///
+    /// Every error is detected before `buf` is touched, so the plaintext stays where it was.
+    pub fn seal(&self, now: Timestamp, buf: &mut [u8], plain_len: usize, mtu: usize) -> Result<usize, SealError> {
+        let padded = padded_len(plain_len, mtu);
+        let total = padded.checked_add(DATA_HEADER_LEN + TAG_LEN).ok_or(SealError::BufferTooSmall)?;
+        let msg = buf.get_mut(..total).ok_or(SealError::BufferTooSmall)?;
+        if !self.send_valid.load(Ordering::Relaxed) || self.is_expired(now) {
+            return Err(SealError::Expired);
+        }
+        let counter = self.take_counter().ok_or(SealError::CounterExhausted)?;
+
+        let (header, body) = msg.split_at_mut(DATA_HEADER_LEN);
+        header[..HEADER_LEN].copy_from_slice(&[MESSAGE_DATA, 0, 0, 0]);
+        header[RECEIVER_INDEX].copy_from_slice(&self.remote_index.to_le_bytes());
+        header[COUNTER].copy_from_slice(&counter.to_le_bytes());
+        let (text, tag) = body.split_at_mut(padded);
+        text[plain_len..].fill(0);
+        tag.copy_from_slice(&self.send.seal_in_place(counter, &[], text));
+        debug_assert_eq!(total, message_data_len(padded));
+        Ok(total)
+    }
+
+    /// Open one transport data message in place.
+    ///
+    /// `msg` is the whole type-4 message; the caller has checked its type and found this keypair
+    /// by its receiver index. Returns the range of `msg` holding the plaintext, still padded (the
+    /// caller trims it by the inner IP length). The replay window is checked before decrypting and
+    /// marked after; on [`OpenError::Auth`] it is left untouched and `msg` is unspecified.
+    pub fn open(&self, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
+        let len = msg.len();
+        if len < DATA_MIN_LEN {
+            return Err(OpenError::TooShort);
+        }
+        if self.is_expired(now) {
+            return Err(OpenError::Expired);
+        }
+        let counter = msg
+            .get(COUNTER)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or(OpenError::TooShort)?;
+        {
+            let window = self.window();
+            if counter >= REJECT_AFTER_MESSAGES || window.counter() >= REJECT_AFTER_MESSAGES {
+                return Err(OpenError::CounterLimit);
+            }
+            if !window.check(counter) {
+                return Err(OpenError::Replay);
+            }
+        }
+        let sealed = msg.get_mut(DATA_HEADER_LEN..).ok_or(OpenError::TooShort)?;
+        self.recv.open_in_place(counter, &[], sealed).map_err(|_| OpenError::Auth)?;
+        // Another core may have accepted the same counter while we decrypted.
+        if !self.window().validate(counter) {
+            return Err(OpenError::Replay);
+        }
+        Ok(DATA_HEADER_LEN..len - TAG_LEN)
+    }
+
+    /// The next counter [`seal`](Self::seal) will use (the number of messages sealed so far).
+    pub fn sending_counter(&self) -> u64 {
+        self.send_counter.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether sending on this keypair should start a new handshake (kernel `keep_key_fresh` on
+    /// send): more than `REKEY_AFTER_MESSAGES` sealed, or we are the initiator and the keypair is
+    /// `REKEY_AFTER_TIME` old.
+    pub fn needs_rekey_on_send(&self, now: Timestamp) -> bool {
+        self.send_valid.load(Ordering::Relaxed)
+            && (self.sending_counter() > REKEY_AFTER_MESSAGES
+                || (self.initiator && self.birth.has_expired(REKEY_AFTER_TIME, now)))
+    }
+
+    /// Whether receiving on this keypair should start one last handshake (kernel `keep_key_fresh`
+    /// on receive): we are the initiator and the keypair is `REKEY_AFTER_TIME_RECV` old.
+    pub fn needs_rekey_on_recv(&self, now: Timestamp) -> bool {
+        self.send_valid.load(Ordering::Relaxed) && self.initiator && self.birth.has_expired(REKEY_AFTER_TIME_RECV, now)
+    }
+
+    /// Whether the keypair is `REJECT_AFTER_TIME` old and so unusable in both directions.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.birth.has_expired(REJECT_AFTER_TIME, now)
+    }
+
+    /// Stop sealing with this keypair (kernel: `sending.is_valid = false`, as done by
+    /// `wg_noise_expire_current_peer_keypairs`); opening is unaffected.
+    pub fn expire_sending(&self) {
+        self.send_valid.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether [`expire_sending`](Self::expire_sending) has been called.
+    pub fn sending_expired(&self) -> bool {
+        !self.send_valid.load(Ordering::Relaxed)
+    }
+
+    /// Set the send counter, so tests can reach the message limits without 2^60 packets.
+    #[doc(hidden)]
+    pub fn set_sending_counter_for_test(&self, v: u64) {
+        self.send_counter.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Take the next nonce, or `None` once `REJECT_AFTER_MESSAGES` is reached. A compare-and-swap
+    /// loop rather than `fetch_add`, so the counter stops at the limit instead of creeping on
+    /// (and eventually wrapping to reused nonces) with every refused call.
+    fn take_counter(&self) -> Option<u64> {
+        self.send_counter
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c < REJECT_AFTER_MESSAGES).then(|| c + 1))
+            .ok()
+    }
+
+    /// The replay window. Nothing that runs under this lock can panic, so it is never poisoned;
+    /// were it, the window would still be consistent, so the guard is taken either way.
+    fn window(&self) -> MutexGuard<'_, ReplayWindow> {
+        self.replay.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::COUNTER_WINDOW_SIZE;
+    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+    use std::collections::HashSet;
+
+    const MTU: usize = 1420;
+    const BIRTH: Timestamp = Timestamp::from_secs(1000);
+    const K1: [u8; 32] = [0x11; 32];
+    const K2: [u8; 32] = [0x22; 32];
+
+    /// The two ends of one session: `(initiator, responder)`.
+    fn pair() -> (Keypair, Keypair) {
+        let (k1, k2) = (Secret(K1), Secret(K2));
+        let a = Keypair::new(&k1, &k2, 0x0a0a_0a0a, 0x1234_5678, true, BIRTH);
+        let b = Keypair::new(&k2, &k1, 0x1234_5678, 0x0a0a_0a0a, false, BIRTH);
+        (a, b)
+    }
+
+    /// A buffer pre-filled with 0xa5, with `payload` at the plaintext offset.
+    fn buffer(payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0xa5u8; DATA_HEADER_LEN + payload.len() + PADDING_MULTIPLE + TAG_LEN];
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        buf
+    }
+
+    fn sealed(kp: &Keypair, payload: &[u8]) -> Vec<u8> {
+        let mut buf = buffer(payload);
+        let n = kp.seal(BIRTH, &mut buf, payload.len(), MTU).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn padding_follows_the_kernel() {
+        for (plain, mtu, want) in [
+            (0, MTU, 0),
+            (1, MTU, 16),
+            (16, MTU, 16),
+            (17, MTU, 32),
+            (1410, MTU, 1420), // would round to 1424: clamped to the MTU
+            (1419, MTU, 1420),
+            (1420, MTU, 1420),
+            (1500, MTU, 1500), // already beyond the MTU: no padding
+            (17, 0, 32),       // unknown MTU: plain rounding
+            (usize::MAX, MTU, usize::MAX),
+        ] {
+            assert_eq!(padded_len(plain, mtu), want, "plain {plain} mtu {mtu}");
+        }
+    }
+
+    /// Seal matches an independent construction with the RustCrypto AEAD, byte for byte, and
+    /// open gives back the padded plaintext.
+    #[test]
+    fn seal_writes_the_wire_format_and_open_reverses_it() {
+        let (a, b) = pair();
+        let reference = chacha20poly1305::ChaCha20Poly1305::new((&K1).into());
+        for (counter, len) in [0usize, 1, 15, 16, 17, 100, 1410, 1419, 1420].into_iter().enumerate() {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let mut buf = buffer(&payload);
+            let n = a.seal(BIRTH, &mut buf, len, MTU).unwrap();
+            let padded = padded_len(len, MTU);
+            assert_eq!(n, 32 + padded);
+            assert_eq!(&buf[..4], &[4, 0, 0, 0]);
+            assert_eq!(&buf[4..8], &[0x78, 0x56, 0x34, 0x12]);
+            assert_eq!(&buf[8..16], &(counter as u64).to_le_bytes());
+            assert_eq!(buf[n], 0xa5, "wrote past the message");
+
+            let mut want = payload.clone();
+            want.resize(padded, 0);
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&(counter as u64).to_le_bytes());
+            let tag = reference.encrypt_in_place_detached((&nonce).into(), &[], &mut want).unwrap();
+            assert_eq!(&buf[16..16 + padded], &want[..]);
+            assert_eq!(&buf[16 + padded..n], tag.as_slice());
+
+            let msg = &mut buf[..n];
+            let range = b.open(BIRTH, msg).unwrap();
+            assert_eq!(range, 16..n - 16);
+            assert_eq!(&msg[range.clone()][..len], &payload[..]);
+            assert!(msg[range][len..].iter().all(|&x| x == 0), "padding is zeros");
+        }
+        assert_eq!(a.sending_counter(), 9);
+    }
+
+    #[test]
+    fn keepalive_is_32_bytes() {
+        let (a, b) = pair();
+        let mut m = sealed(&a, &[]);
+        assert_eq!(m.len(), 32);
+        assert_eq!(b.open(BIRTH, &mut m), Ok(16..16));
+    }
+
+    #[test]
+    fn seal_errors_leave_the_buffer_and_counter_alone() {
+        let (a, _) = pair();
+        let payload = [0x5au8; 100];
+        // Room for 100 bytes padded to 112, minus one byte.
+        let mut short = buffer(&payload);
+        short.truncate(16 + 112 + 16 - 1);
+        let before = short.clone();
+        assert_eq!(a.seal(BIRTH, &mut short, 100, MTU), Err(SealError::BufferTooSmall));
+        assert_eq!(a.seal(BIRTH, &mut short, usize::MAX, MTU), Err(SealError::BufferTooSmall));
+        assert_eq!(a.seal(BIRTH, &mut short, usize::MAX - 8, 0), Err(SealError::BufferTooSmall));
+        assert_eq!(short, before);
+
+        let mut buf = buffer(&payload);
+        let before = buf.clone();
+        let expiry = BIRTH + REJECT_AFTER_TIME;
+        assert_eq!(a.seal(expiry, &mut buf, 100, MTU), Err(SealError::Expired));
+        assert_eq!(buf, before);
+        assert_eq!(a.sending_counter(), 0);
+        assert!(a.seal(Timestamp::from_nanos(expiry.as_nanos() - 1), &mut buf, 100, MTU).is_ok());
+
+        let mut buf = before.clone();
+        a.expire_sending();
+        assert!(a.sending_expired());
+        assert_eq!(a.seal(BIRTH, &mut buf, 100, MTU), Err(SealError::Expired));
+        assert_eq!(buf, before);
+        assert_eq!(a.sending_counter(), 1);
+    }
+
+    #[test]
+    fn send_counter_stops_at_reject_after_messages() {
+        let (a, b) = pair();
+        a.set_sending_counter_for_test(REJECT_AFTER_MESSAGES - 2);
+        let m1 = sealed(&a, b"x");
+        let m2 = sealed(&a, b"y");
+        assert_eq!(m1[8..16], (REJECT_AFTER_MESSAGES - 2).to_le_bytes());
+        assert_eq!(m2[8..16], (REJECT_AFTER_MESSAGES - 1).to_le_bytes());
+        let payload = [1u8; 10];
+        for _ in 0..10_000 {
+            let mut buf = buffer(&payload);
+            let before = buf.clone();
+            assert_eq!(a.seal(BIRTH, &mut buf, 10, MTU), Err(SealError::CounterExhausted));
+            assert_eq!(buf, before);
+        }
+        // Refusals did not move the counter towards a wrap.
+        assert_eq!(a.sending_counter(), REJECT_AFTER_MESSAGES);
+
+        // The receiver accepts the last two counters; then its window is at the limit and it
+        // refuses everything, even a counter the bitmap alone would still take.
+        let mut older = {
+            a.set_sending_counter_for_test(REJECT_AFTER_MESSAGES - 3);
+            sealed(&a, b"z")
+        };
+        let (mut m1, mut m2) = (m1, m2);
+        assert!(b.open(BIRTH, &mut m2).is_ok());
+        assert_eq!(b.open(BIRTH, &mut m1), Err(OpenError::CounterLimit));
+        assert_eq!(b.open(BIRTH, &mut older), Err(OpenError::CounterLimit));
+    }
+
+    #[test]
+    fn counters_at_the_limit_are_refused_before_decrypting() {
+        let (a, b) = pair();
+        let mut m = sealed(&a, b"hello");
+        m[8..16].copy_from_slice(&REJECT_AFTER_MESSAGES.to_le_bytes());
+        assert_eq!(b.open(BIRTH, &mut m), Err(OpenError::CounterLimit));
+        m[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(b.open(BIRTH, &mut m), Err(OpenError::CounterLimit));
+    }
+
+    #[test]
+    fn rekey_thresholds() {
+        let (a, b) = pair();
+        let at = |d: core::time::Duration| BIRTH + d;
+        let just_before = |d: core::time::Duration| Timestamp::from_nanos(at(d).as_nanos() - 1);
+
+        assert!(!a.needs_rekey_on_send(BIRTH));
+        a.set_sending_counter_for_test(REKEY_AFTER_MESSAGES);
+        assert!(!a.needs_rekey_on_send(BIRTH), "kernel uses strictly greater");
+        a.set_sending_counter_for_test(REKEY_AFTER_MESSAGES + 1);
+        assert!(a.needs_rekey_on_send(BIRTH));
+        b.set_sending_counter_for_test(REKEY_AFTER_MESSAGES + 1);
+        assert!(b.needs_rekey_on_send(BIRTH), "message limit applies to the responder too");
+        a.set_sending_counter_for_test(0);
+        b.set_sending_counter_for_test(0);
+
+        assert!(!a.needs_rekey_on_send(just_before(REKEY_AFTER_TIME)));
+        assert!(a.needs_rekey_on_send(at(REKEY_AFTER_TIME)));
+        assert!(!b.needs_rekey_on_send(at(REKEY_AFTER_TIME)), "only the initiator rekeys on age");
+
+        assert!(!a.needs_rekey_on_recv(just_before(REKEY_AFTER_TIME_RECV)));
+        assert!(a.needs_rekey_on_recv(at(REKEY_AFTER_TIME_RECV)));
+        assert!(!b.needs_rekey_on_recv(at(REKEY_AFTER_TIME_RECV)));
+
+        assert!(!a.is_expired(just_before(REJECT_AFTER_TIME)));
+        assert!(a.is_expired(at(REJECT_AFTER_TIME)));
+
+        a.expire_sending();
+        assert!(!a.needs_rekey_on_send(at(REKEY_AFTER_TIME)));
+        assert!(!a.needs_rekey_on_recv(at(REKEY_AFTER_TIME_RECV)));
+    }
+
+    #[test]
+    fn open_errors() {
+        let (a, b) = pair();
+        assert_eq!(b.open(BIRTH, &mut []), Err(OpenError::TooShort));
+        assert_eq!(b.open(BIRTH, &mut [4u8; 31]), Err(OpenError::TooShort));
+
+        let genuine = sealed(&a, b"payload!");
+        let mut m = genuine.clone();
+        assert_eq!(b.open(BIRTH + REJECT_AFTER_TIME, &mut m), Err(OpenError::Expired));
+
+        // Any flipped bit in ciphertext or tag fails, and does not burn the counter.
+        for bit in [16 * 8, 20 * 8 + 3, (genuine.len() - 1) * 8 + 7] {
+            let mut m = genuine.clone();
+            m[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(b.open(BIRTH, &mut m), Err(OpenError::Auth));
+        }
+        // A wrong counter in the header is a wrong nonce.
+        let mut m = genuine.clone();
+        m[8] ^= 1;
+        assert_eq!(b.open(BIRTH, &mut m), Err(OpenError::Auth));
+        // The sender's own key does not open it either (directions are distinct).
+        assert_eq!(a.open(BIRTH, &mut genuine.clone()), Err(OpenError::Auth));
+
+        let mut m = genuine.clone();
+        assert!(b.open(BIRTH, &mut m).is_ok());
+        assert_eq!(b.open(BIRTH, &mut genuine.clone()), Err(OpenError::Replay));
+
+        // Too old: jump the window ahead, then present counter 1.
+        let one = sealed(&a, b"one");
+        a.set_sending_counter_for_test(COUNTER_WINDOW_SIZE + 2);
+        assert!(b.open(BIRTH, &mut sealed(&a, b"far")).is_ok());
+        assert_eq!(b.open(BIRTH, &mut one.clone()), Err(OpenError::Replay));
+    }
+
+    /// Two threads seal with one shared keypair: no counter is used twice, and every message
+    /// opens exactly once on the other end.
+    #[test]
+    fn two_threads_seal_with_one_keypair() {
+        const M: usize = 2000;
+        let (a, b) = pair();
+        let seal_many = |tag: u8| -> Vec<Vec<u8>> { (0..M).map(|i| sealed(&a, &[tag, i as u8, 0, 0, 0])).collect() };
+        let (x, y) = std::thread::scope(|s| {
+            let hx = s.spawn(|| seal_many(1));
+            let hy = s.spawn(|| seal_many(2));
+            (hx.join().unwrap(), hy.join().unwrap())
+        });
+        let counters: HashSet<u64> =
+            x.iter().chain(&y).map(|m| u64::from_le_bytes(m[8..16].try_into().unwrap())).collect();
+        assert_eq!(counters.len(), 2 * M, "a counter was used twice");
+        assert_eq!(counters.iter().max(), Some(&(2 * M as u64 - 1)));
+        for (who, msgs) in [(1u8, x), (2, y)] {
+            for (i, mut m) in msgs.into_iter().enumerate() {
+                let mut again = m.clone();
+                let r = b.open(BIRTH, &mut m).unwrap();
+                assert_eq!(&m[r][..2], &[who, i as u8]);
+                assert_eq!(b.open(BIRTH, &mut again), Err(OpenError::Replay));
+            }
+        }
+    }
+
+    /// Two threads open interleaved halves of one stream through one shared keypair, each also
+    /// receiving a copy of the other's half: every message is accepted exactly once, and every
+    /// duplicate is refused as a replay.
+    #[test]
+    fn two_threads_open_with_one_keypair() {
+        const N: usize = 20_000; // more than the window, so the window slides during the race
+        let (a, b) = pair();
+        let stream: Vec<Vec<u8>> = (0..N).map(|i| sealed(&a, &(i as u32).to_le_bytes())).collect();
+        let open_all = |first: usize| -> Vec<bool> {
+            let mut got = vec![false; N];
+            for i in 0..N {
+                // Own half first at each step, then the duplicate of the other half.
+                let i = if i % 2 == 0 { i + first } else { i - first };
+                let Some(msg) = stream.get(i) else { continue };
+                let mut m = msg.clone();
+                match b.open(BIRTH, &mut m) {
+                    Ok(r) => {
+                        assert_eq!(m[r][..4], (i as u32).to_le_bytes());
+                        got[i] = true;
+                    }
+                    Err(e) => assert_eq!(e, OpenError::Replay, "message {i}"),
+                }
+            }
+            got
+        };
+        let (x, y) = std::thread::scope(|s| {
+            let hx = s.spawn(|| open_all(0));
+            let hy = s.spawn(|| open_all(1));
+            (hx.join().unwrap(), hy.join().unwrap())
+        });
+        for i in 0..N {
+            assert!(x[i] ^ y[i], "message {i} accepted by x={} y={}", x[i], y[i]);
+        }
+    }
+}

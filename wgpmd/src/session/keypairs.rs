@@ -1,0 +1,365 @@
+//! The three keypair slots of one peer — current, previous, next — and their rotation.
+//!
+//! Follows the kernel's `struct noise_keypairs` and `add_new_keypair`,
+//! `wg_noise_received_with_keypair`, `wg_noise_keypairs_clear` and
+//! `wg_noise_expire_current_peer_keypairs` (drivers/net/wireguard/noise.c). States and rules:
+//! - **current** is the only keypair sealed with; **previous** still opens late packets of the
+//!   keypair before it; **next** is a responder's new keypair awaiting key confirmation;
+//! - a new keypair we *initiated* is confirmed (we received the response): it becomes current at
+//!   once. A pending next is demoted to previous and the old current dropped; without a pending
+//!   next, current is demoted to previous. The old previous is dropped either way;
+//! - a new keypair we *responded* to becomes next; the old next and the old previous are dropped,
+//!   current is kept until the initiator proves it has the keys;
+//! - the first message opened with next confirms it: previous is dropped, current becomes
+//!   previous, next becomes current;
+//! - clearing drops all three, next first (so a concurrent confirmation finds nothing to rotate).
+//!
+//! Readers load slots lock-free (`arc_swap`); every transition holds one small mutex, so
+//! transitions are serialised exactly as under the kernel's `keypair_update_lock`. Each transition
+//! returns the local indices of the keypairs that left every slot ([`Dropped`]), for the caller to
+//! remove from its receiver-index table (the kernel's `wg_noise_keypair_put(.., true)`).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwapOption;
+
+use super::keypair::Keypair;
+
+/// Most keypairs one transition can drop (`clear` drops all three slots).
+const MAX_DROPPED: usize = 3;
+
+/// Local indices of keypairs that a transition removed from every slot. Fixed size, no heap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    indices: [u32; MAX_DROPPED],
+    len: u8,
+}
+
+impl Dropped {
+    /// The dropped local indices, in the order the kernel releases them.
+    pub fn as_slice(&self) -> &[u32] {
+        self.indices.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+    /// How many keypairs were dropped.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    /// Whether nothing was dropped.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Iterate over the dropped local indices.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.as_slice().iter().copied()
+    }
+    fn push(&mut self, index: u32) {
+        if let Some(slot) = self.indices.get_mut(usize::from(self.len)) {
+            *slot = index;
+            self.len += 1;
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Dropped {
+    type Item = u32;
+    type IntoIter = core::iter::Copied<core::slice::Iter<'a, u32>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter().copied()
+    }
+}
+
+/// One peer's keypair slots (kernel `struct noise_keypairs`). Shared between worker threads.
+#[derive(Default)]
+pub struct Keypairs {
+    current: ArcSwapOption<Keypair>,
+    previous: ArcSwapOption<Keypair>,
+    next: ArcSwapOption<Keypair>,
+    /// Serialises transitions (kernel `keypair_update_lock`); readers never take it.
+    update: Mutex<()>,
+}
+
+impl core::fmt::Debug for Keypairs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let idx = |s: &ArcSwapOption<Keypair>| s.load().as_ref().map(|k| k.local_index);
+        f.debug_struct("Keypairs")
+            .field("current", &idx(&self.current))
+            .field("previous", &idx(&self.previous))
+            .field("next", &idx(&self.next))
+            .finish()
+    }
+}
+
+fn is(slot: &Option<Arc<Keypair>>, kp: &Arc<Keypair>) -> bool {
+    slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, kp))
+}
+
+impl Keypairs {
+    /// Three empty slots.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The keypair to seal with (lock-free).
+    pub fn current(&self) -> Option<Arc<Keypair>> {
+        self.current.load_full()
+    }
+    /// The keypair awaiting confirmation, if we were the responder of the last handshake.
+    pub fn next(&self) -> Option<Arc<Keypair>> {
+        self.next.load_full()
+    }
+    /// The keypair before current, kept to open packets still in flight.
+    pub fn previous(&self) -> Option<Arc<Keypair>> {
+        self.previous.load_full()
+    }
+
+    /// Install the keypair of a completed handshake (kernel `add_new_keypair`); see the module
+    /// documentation for where it goes and what leaves.
+    pub fn install(&self, kp: Arc<Keypair>) -> Dropped {
+        let _guard = self.lock();
+        let gone: [Option<Arc<Keypair>>; 2] = if kp.initiator {
+            match self.next.swap(None) {
+                Some(next) => {
+                    let old_previous = self.previous.swap(Some(next));
+                    let old_current = self.current.swap(Some(kp));
+                    [old_current, old_previous]
+                }
+                None => {
+                    let old_previous = self.previous.swap(self.current.load_full());
+                    self.current.store(Some(kp));
+                    [old_previous, None]
+                }
+            }
+        } else {
+            let old_next = self.next.swap(Some(kp));
+            let old_previous = self.previous.swap(None);
+            [old_next, old_previous]
+        };
+        self.dropped(&gone)
+    }
+
+    /// Note that a message was opened with `kp` (kernel `wg_noise_received_with_keypair`). If `kp`
+    /// is the pending next keypair, this is its confirmation: rotate and return what was dropped.
+    /// Otherwise `None`, after one lock-free load (the common case).
+    pub fn received_with(&self, kp: &Arc<Keypair>) -> Option<Dropped> {
+        if !is(&self.next.load(), kp) {
+            return None;
+        }
+        let _guard = self.lock();
+        // Re-check: another core may have confirmed it, or a new handshake replaced it.
+        if !is(&self.next.load(), kp) {
+            return None;
+        }
+        let old_previous = self.previous.swap(self.current.load_full());
+        self.current.store(Some(Arc::clone(kp)));
+        self.next.store(None);
+        Some(self.dropped(&[old_previous]))
+    }
+
+    /// Empty all three slots (kernel `wg_noise_keypairs_clear`): next first, then previous, then
+    /// current.
+    pub fn clear(&self) -> Dropped {
+        let _guard = self.lock();
+        let next = self.next.swap(None);
+        let previous = self.previous.swap(None);
+        let current = self.current.swap(None);
+        self.dropped(&[next, previous, current])
+    }
+
+    /// Stop sealing with the current and next keypairs (kernel
+    /// `wg_noise_expire_current_peer_keypairs`, minus the handshake reset that belongs to the
+    /// handshake state); they still open what the peer sends until they age out.
+    pub fn expire_current(&self) {
+        let _guard = self.lock();
+        for slot in [&self.next, &self.current] {
+            if let Some(kp) = slot.load().as_ref() {
+                kp.expire_sending();
+            }
+        }
+    }
+
+    /// The local indices of those of `gone` that are no longer in any slot. Called under the
+    /// update lock, so the slots are stable. (Only a caller installing one keypair twice could
+    /// make a removed keypair still present in another slot.)
+    fn dropped(&self, gone: &[Option<Arc<Keypair>>]) -> Dropped {
+        let slots = [self.current.load_full(), self.previous.load_full(), self.next.load_full()];
+        let mut out = Dropped::default();
+        for (i, kp) in gone.iter().enumerate() {
+            let Some(kp) = kp else { continue };
+            let still_held = slots.iter().any(|s| is(s, kp));
+            let listed = gone.iter().take(i).any(|g| is(g, kp));
+            if !still_held && !listed {
+                out.push(kp.local_index);
+            }
+        }
+        out
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data, so poisoning carries no meaning.
+        self.update.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Secret;
+    use crate::time::Timestamp;
+
+    const NOW: Timestamp = Timestamp::from_secs(1);
+
+    fn kp(local_index: u32, initiator: bool) -> Arc<Keypair> {
+        let (s, r) = (Secret([local_index as u8; 32]), Secret([!(local_index as u8); 32]));
+        Arc::new(Keypair::new(&s, &r, local_index, local_index + 1000, initiator, NOW))
+    }
+
+    fn idx(k: Option<Arc<Keypair>>) -> Option<u32> {
+        k.map(|k| k.local_index)
+    }
+
+    /// (current, previous, next) local indices.
+    fn slots(k: &Keypairs) -> (Option<u32>, Option<u32>, Option<u32>) {
+        (idx(k.current()), idx(k.previous()), idx(k.next()))
+    }
+
+    #[test]
+    fn dropped_is_a_small_list() {
+        let mut d = Dropped::default();
+        assert!(d.is_empty());
+        for i in 1..=5 {
+            d.push(i);
+        }
+        assert_eq!(d.as_slice(), &[1, 2, 3], "holds at most three");
+        assert_eq!(d.len(), 3);
+        assert_eq!((&d).into_iter().sum::<u32>(), 6);
+        assert_eq!(core::mem::size_of::<Dropped>(), 16);
+    }
+
+    #[test]
+    fn initiator_without_pending_next() {
+        let k = Keypairs::new();
+        assert_eq!(k.install(kp(1, true)).as_slice(), &[] as &[u32]);
+        assert_eq!(slots(&k), (Some(1), None, None));
+        assert!(k.install(kp(2, true)).is_empty());
+        assert_eq!(slots(&k), (Some(2), Some(1), None));
+        assert_eq!(k.install(kp(3, true)).as_slice(), &[1], "old previous dropped");
+        assert_eq!(slots(&k), (Some(3), Some(2), None));
+    }
+
+    #[test]
+    fn initiator_with_pending_next() {
+        let k = Keypairs::new();
+        k.install(kp(1, true));
+        k.install(kp(2, true));
+        // A responder handshake left 3 pending; it drops the previous (1).
+        assert_eq!(k.install(kp(3, false)).as_slice(), &[1]);
+        assert_eq!(slots(&k), (Some(2), None, Some(3)));
+        // Our own handshake completes first: the pending next is demoted to previous, the current
+        // is dropped (kernel: "KCI can result in this transition").
+        assert_eq!(k.install(kp(4, true)).as_slice(), &[2]);
+        assert_eq!(slots(&k), (Some(4), Some(3), None));
+    }
+
+    #[test]
+    fn responder_installs_next_and_keeps_current() {
+        let k = Keypairs::new();
+        k.install(kp(1, true));
+        k.install(kp(2, true));
+        assert_eq!(k.install(kp(3, false)).as_slice(), &[1]);
+        assert_eq!(slots(&k), (Some(2), None, Some(3)));
+        // A second responder handshake before confirmation replaces the unconfirmed next.
+        assert_eq!(k.install(kp(4, false)).as_slice(), &[3]);
+        assert_eq!(slots(&k), (Some(2), None, Some(4)));
+        // From empty: next only; nothing to seal with yet.
+        let e = Keypairs::new();
+        assert!(e.install(kp(9, false)).is_empty());
+        assert_eq!(slots(&e), (None, None, Some(9)));
+    }
+
+    #[test]
+    fn confirmation_rotates_next_into_current() {
+        let k = Keypairs::new();
+        let a = kp(1, true);
+        k.install(Arc::clone(&a));
+        let n = kp(2, false);
+        k.install(Arc::clone(&n));
+        assert_eq!(k.received_with(&a), None, "current is not a confirmation");
+        // A different Arc with the same contents is not the pending keypair.
+        assert_eq!(k.received_with(&kp(2, false)), None);
+        assert_eq!(k.received_with(&n), Some(Dropped::default()));
+        assert_eq!(slots(&k), (Some(2), Some(1), None));
+        assert_eq!(k.received_with(&n), None, "confirmed only once");
+        assert_eq!(k.received_with(&a), None, "previous is not a confirmation");
+    }
+
+    #[test]
+    fn confirmation_drops_an_old_previous() {
+        // Only reachable by racing transitions; set the slots directly.
+        let k = Keypairs::new();
+        k.current.store(Some(kp(1, true)));
+        k.previous.store(Some(kp(2, true)));
+        let n = kp(3, false);
+        k.next.store(Some(Arc::clone(&n)));
+        assert_eq!(k.received_with(&n).unwrap().as_slice(), &[2]);
+        assert_eq!(slots(&k), (Some(3), Some(1), None));
+    }
+
+    #[test]
+    fn clear_drops_all_three_next_first() {
+        let k = Keypairs::new();
+        k.current.store(Some(kp(1, true)));
+        k.previous.store(Some(kp(2, true)));
+        k.next.store(Some(kp(3, false)));
+        assert_eq!(k.clear().as_slice(), &[3, 2, 1]);
+        assert_eq!(slots(&k), (None, None, None));
+        assert!(k.clear().is_empty());
+    }
+
+    #[test]
+    fn a_keypair_still_in_a_slot_is_not_reported_dropped() {
+        let k = Keypairs::new();
+        let a = kp(1, true);
+        k.install(Arc::clone(&a));
+        assert!(k.install(Arc::clone(&a)).is_empty()); // misuse: the same keypair twice
+        assert_eq!(slots(&k), (Some(1), Some(1), None));
+        // Previous (1) leaves its slot but stays as the new previous: not dropped.
+        assert!(k.install(kp(2, true)).is_empty());
+        assert_eq!(k.install(kp(3, true)).as_slice(), &[1]);
+    }
+
+    #[test]
+    fn expire_current_stops_sealing_on_current_and_next_only() {
+        let k = Keypairs::new();
+        k.install(kp(1, true));
+        k.install(kp(2, true));
+        k.install(kp(3, false));
+        k.install(kp(4, true)); // current 4, previous 3
+        k.install(kp(5, false)); // next 5, previous dropped
+        let prev = kp(6, true);
+        k.previous.store(Some(Arc::clone(&prev)));
+        k.expire_current();
+        assert!(k.current().unwrap().sending_expired());
+        assert!(k.next().unwrap().sending_expired());
+        assert!(!prev.sending_expired());
+        let mut buf = [0u8; 64];
+        assert_eq!(k.current().unwrap().seal(NOW, &mut buf, 0, 1420), Err(crate::session::SealError::Expired));
+    }
+
+    /// Confirmation raced from two threads: exactly one of them rotates.
+    #[test]
+    fn concurrent_confirmation_rotates_once() {
+        for _ in 0..200 {
+            let k = Keypairs::new();
+            k.install(kp(1, true));
+            let n = kp(2, false);
+            k.install(Arc::clone(&n));
+            let (x, y) = std::thread::scope(|s| {
+                let hx = s.spawn(|| k.received_with(&n));
+                let hy = s.spawn(|| k.received_with(&n));
+                (hx.join().unwrap(), hy.join().unwrap())
+            });
+            assert!(x.is_some() ^ y.is_some());
+            assert_eq!(slots(&k), (Some(2), Some(1), None));
+        }
+    }
+}
