@@ -30,6 +30,10 @@ pub const MESSAGE_DATA: u8 = 4;
 
 /// Size of the message header (type + 3 reserved zero bytes).
 pub const HEADER_LEN: usize = 4;
+/// Size of a sender or receiver index (little-endian u32 on the wire).
+pub const INDEX_LEN: usize = 4;
+/// Size of the transport data counter (little-endian u64 on the wire).
+pub const COUNTER_LEN: usize = 8;
 /// Size of a handshake initiation: 4 + 4 + 32 + (32+16) + (12+16) + 16 + 16.
 pub const INITIATION_LEN: usize = 148;
 /// Size of a handshake response: 4 + 4 + 4 + 32 + 16 + 16 + 16.

@@ -1,0 +1,729 @@
+//! Views of the four WireGuard messages: handshake initiation, handshake response, cookie
+//! reply and transport data.
+//!
+//! Owns their byte layout (sizes and type codes from [`crate::messages`]; every multi-byte
+//! field little-endian) and the acceptance rule of the kernel's `prepare_skb_header`
+//! (`drivers/net/wireguard/receive.c`): the 4-byte header is read as one little-endian u32 that
+//! must equal a type code, so the three reserved bytes must be zero, and the length must be
+//! exact for the handshake messages and at least [`DATA_MIN_LEN`] for transport data. Type and
+//! length are checked together, before any other byte is read ([`classify`]). Nothing here
+//! touches cryptography: `mac1_covered()`/`mac2_covered()` give the bytes the MACs cover and
+//! the `_mut` accessors give the fields to seal or open in place.
+
+use core::fmt;
+
+use super::bytes::{self, Field, Rest};
+use super::{Error, Result};
+use crate::messages::{
+    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COUNTER_LEN, DATA_MIN_LEN, HEADER_LEN, INDEX_LEN, INITIATION_LEN,
+    KEY_LEN, MESSAGE_DATA, MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION, MESSAGE_HANDSHAKE_RESPONSE,
+    RESPONSE_LEN, TAG_LEN, TIMESTAMP_LEN,
+};
+
+mod field {
+    use super::*;
+
+    pub const HEADER: Field = 0..HEADER_LEN;
+
+    pub mod initiation {
+        use super::*;
+        pub const SENDER: Field = HEADER.end..HEADER.end + INDEX_LEN;
+        pub const EPHEMERAL: Field = SENDER.end..SENDER.end + KEY_LEN;
+        pub const STATIC: Field = EPHEMERAL.end..EPHEMERAL.end + KEY_LEN + TAG_LEN;
+        pub const TIMESTAMP: Field = STATIC.end..STATIC.end + TIMESTAMP_LEN + TAG_LEN;
+        pub const MAC1: Field = TIMESTAMP.end..TIMESTAMP.end + COOKIE_LEN;
+        pub const MAC2: Field = MAC1.end..MAC1.end + COOKIE_LEN;
+    }
+
+    pub mod response {
+        use super::*;
+        pub const SENDER: Field = HEADER.end..HEADER.end + INDEX_LEN;
+        pub const RECEIVER: Field = SENDER.end..SENDER.end + INDEX_LEN;
+        pub const EPHEMERAL: Field = RECEIVER.end..RECEIVER.end + KEY_LEN;
+        pub const EMPTY: Field = EPHEMERAL.end..EPHEMERAL.end + TAG_LEN;
+        pub const MAC1: Field = EMPTY.end..EMPTY.end + COOKIE_LEN;
+        pub const MAC2: Field = MAC1.end..MAC1.end + COOKIE_LEN;
+    }
+
+    pub mod cookie {
+        use super::*;
+        pub const RECEIVER: Field = HEADER.end..HEADER.end + INDEX_LEN;
+        pub const NONCE: Field = RECEIVER.end..RECEIVER.end + COOKIE_NONCE_LEN;
+        pub const COOKIE: Field = NONCE.end..NONCE.end + COOKIE_LEN + TAG_LEN;
+    }
+
+    pub mod data {
+        use super::*;
+        pub const RECEIVER: Field = HEADER.end..HEADER.end + INDEX_LEN;
+        pub const COUNTER: Field = RECEIVER.end..RECEIVER.end + COUNTER_LEN;
+        pub const PAYLOAD: Rest = COUNTER.end..;
+    }
+}
+
+// The layouts add up to the sizes messages.rs states.
+const _: () = assert!(field::initiation::MAC2.end == INITIATION_LEN);
+const _: () = assert!(field::response::MAC2.end == RESPONSE_LEN);
+const _: () = assert!(field::cookie::COOKIE.end == COOKIE_REPLY_LEN);
+const _: () = assert!(field::data::PAYLOAD.start + TAG_LEN == DATA_MIN_LEN);
+
+/// The four WireGuard message types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// Type 1, 148 bytes.
+    HandshakeInitiation,
+    /// Type 2, 92 bytes.
+    HandshakeResponse,
+    /// Type 3, 64 bytes.
+    CookieReply,
+    /// Type 4, at least 32 bytes.
+    TransportData,
+}
+
+impl MessageType {
+    /// The type code (the first byte of the header).
+    pub const fn code(self) -> u8 {
+        match self {
+            MessageType::HandshakeInitiation => MESSAGE_HANDSHAKE_INITIATION,
+            MessageType::HandshakeResponse => MESSAGE_HANDSHAKE_RESPONSE,
+            MessageType::CookieReply => MESSAGE_HANDSHAKE_COOKIE,
+            MessageType::TransportData => MESSAGE_DATA,
+        }
+    }
+
+    /// The type for a code.
+    pub const fn from_code(code: u8) -> Option<MessageType> {
+        match code {
+            MESSAGE_HANDSHAKE_INITIATION => Some(MessageType::HandshakeInitiation),
+            MESSAGE_HANDSHAKE_RESPONSE => Some(MessageType::HandshakeResponse),
+            MESSAGE_HANDSHAKE_COOKIE => Some(MessageType::CookieReply),
+            MESSAGE_DATA => Some(MessageType::TransportData),
+            _ => None,
+        }
+    }
+
+    /// The exact length of a handshake message, the smallest length of transport data.
+    pub const fn min_len(self) -> usize {
+        match self {
+            MessageType::HandshakeInitiation => INITIATION_LEN,
+            MessageType::HandshakeResponse => RESPONSE_LEN,
+            MessageType::CookieReply => COOKIE_REPLY_LEN,
+            MessageType::TransportData => DATA_MIN_LEN,
+        }
+    }
+
+    /// Initiation, response or cookie reply: the messages of the handshake queue.
+    pub const fn is_handshake(self) -> bool {
+        !matches!(self, MessageType::TransportData)
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MessageType::HandshakeInitiation => "handshake initiation",
+            MessageType::HandshakeResponse => "handshake response",
+            MessageType::CookieReply => "cookie reply",
+            MessageType::TransportData => "transport data",
+        })
+    }
+}
+
+/// Type and length of a UDP payload, checked together, reading nothing but the 4-byte header.
+///
+/// Shorter than the header, or than its type needs: [`Error::Truncated`]. A known type byte
+/// with non-zero reserved bytes, or a handshake message longer than its exact size:
+/// [`Error::Malformed`]. Any other header: [`Error::Unsupported`].
+pub fn classify(payload: &[u8]) -> Result<MessageType> {
+    if payload.len() < HEADER_LEN {
+        return Err(Error::Truncated);
+    }
+    let word = bytes::le32(payload, field::HEADER);
+    let code = word.to_le_bytes()[0];
+    let ty = MessageType::from_code(code).ok_or(Error::Unsupported)?;
+    if word != u32::from(code) {
+        return Err(Error::Malformed);
+    }
+    let len = payload.len();
+    if len < ty.min_len() {
+        return Err(Error::Truncated);
+    }
+    if ty.is_handshake() && len != ty.min_len() {
+        return Err(Error::Malformed);
+    }
+    Ok(ty)
+}
+
+macro_rules! view {
+    ($(#[$doc:meta])* $name:ident, $ty:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// The message type this view holds.
+            pub const MESSAGE_TYPE: MessageType = $ty;
+
+            /// Wraps `buffer` without checking it.
+            pub const fn new_unchecked(buffer: T) -> Self {
+                Self { buffer }
+            }
+
+            /// Wraps `buffer` after [`check_len`](Self::check_len).
+            pub fn new_checked(buffer: T) -> Result<Self> {
+                let v = Self::new_unchecked(buffer);
+                v.check_len()?;
+                Ok(v)
+            }
+
+            /// [`classify`] accepts the buffer as this type; a valid message of another type is
+            /// [`Error::Unsupported`].
+            pub fn check_len(&self) -> Result<()> {
+                if classify(self.buffer.as_ref())? == $ty {
+                    Ok(())
+                } else {
+                    Err(Error::Unsupported)
+                }
+            }
+
+            /// The wrapped buffer.
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+
+            /// The raw header as a little-endian u32 (the type code when valid).
+            #[inline]
+            pub fn header(&self) -> u32 {
+                bytes::le32(self.buffer.as_ref(), field::HEADER)
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
+            /// Writes the header: this type's code and three zero bytes. Choosing the type
+            /// chooses the length: it invalidates `check_len` until the buffer has it.
+            #[inline]
+            pub fn init_header(&mut self) {
+                bytes::set_le32(self.buffer.as_mut(), field::HEADER, u32::from($ty.code()))
+            }
+        }
+
+        impl<T: AsRef<[u8]>> AsRef<[u8]> for $name<T> {
+            fn as_ref(&self) -> &[u8] {
+                self.buffer.as_ref()
+            }
+        }
+    };
+}
+
+view!(
+    /// A handshake initiation (type 1, 148 bytes).
+    HandshakeInitiation,
+    MessageType::HandshakeInitiation
+);
+view!(
+    /// A handshake response (type 2, 92 bytes).
+    HandshakeResponse,
+    MessageType::HandshakeResponse
+);
+view!(
+    /// A cookie reply (type 3, 64 bytes).
+    CookieReply,
+    MessageType::CookieReply
+);
+view!(
+    /// A transport data message (type 4): header, then ciphertext and tag. 32 bytes at least.
+    TransportData,
+    MessageType::TransportData
+);
+
+impl<T: AsRef<[u8]>> HandshakeInitiation<T> {
+    /// The initiator's index for this handshake.
+    #[inline]
+    pub fn sender_index(&self) -> u32 {
+        bytes::le32(self.buffer.as_ref(), field::initiation::SENDER)
+    }
+    /// The initiator's ephemeral public key.
+    #[inline]
+    pub fn unencrypted_ephemeral(&self) -> [u8; KEY_LEN] {
+        bytes::array(self.buffer.as_ref(), field::initiation::EPHEMERAL)
+    }
+    /// The initiator's static public key, sealed (32 + 16 bytes).
+    #[inline]
+    pub fn encrypted_static(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), field::initiation::STATIC)
+    }
+    /// The TAI64N timestamp, sealed (12 + 16 bytes).
+    #[inline]
+    pub fn encrypted_timestamp(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), field::initiation::TIMESTAMP)
+    }
+    /// MAC1.
+    #[inline]
+    pub fn mac1(&self) -> [u8; COOKIE_LEN] {
+        bytes::array(self.buffer.as_ref(), field::initiation::MAC1)
+    }
+    /// MAC2 (zero without a cookie).
+    #[inline]
+    pub fn mac2(&self) -> [u8; COOKIE_LEN] {
+        bytes::array(self.buffer.as_ref(), field::initiation::MAC2)
+    }
+    /// The bytes MAC1 covers: everything before it.
+    #[inline]
+    pub fn mac1_covered(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), 0..field::initiation::MAC1.start)
+    }
+    /// The bytes MAC2 covers: everything before it (MAC1 included).
+    #[inline]
+    pub fn mac2_covered(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), 0..field::initiation::MAC2.start)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeInitiation<T> {
+    /// Sets the sender index.
+    #[inline]
+    pub fn set_sender_index(&mut self, value: u32) {
+        bytes::set_le32(self.buffer.as_mut(), field::initiation::SENDER, value)
+    }
+    /// Sets the ephemeral public key.
+    #[inline]
+    pub fn set_unencrypted_ephemeral(&mut self, key: &[u8; KEY_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::initiation::EPHEMERAL, key)
+    }
+    /// The sealed static key field, to seal or open in place.
+    #[inline]
+    pub fn encrypted_static_mut(&mut self) -> &mut [u8] {
+        bytes::slice_mut(self.buffer.as_mut(), field::initiation::STATIC)
+    }
+    /// The sealed timestamp field, to seal or open in place.
+    #[inline]
+    pub fn encrypted_timestamp_mut(&mut self) -> &mut [u8] {
+        bytes::slice_mut(self.buffer.as_mut(), field::initiation::TIMESTAMP)
+    }
+    /// Sets MAC1.
+    #[inline]
+    pub fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::initiation::MAC1, mac)
+    }
+    /// Sets MAC2.
+    #[inline]
+    pub fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::initiation::MAC2, mac)
+    }
+}
+
+impl<T: AsRef<[u8]>> HandshakeResponse<T> {
+    /// The responder's index for the new session.
+    #[inline]
+    pub fn sender_index(&self) -> u32 {
+        bytes::le32(self.buffer.as_ref(), field::response::SENDER)
+    }
+    /// The initiator's index, echoed.
+    #[inline]
+    pub fn receiver_index(&self) -> u32 {
+        bytes::le32(self.buffer.as_ref(), field::response::RECEIVER)
+    }
+    /// The responder's ephemeral public key.
+    #[inline]
+    pub fn unencrypted_ephemeral(&self) -> [u8; KEY_LEN] {
+        bytes::array(self.buffer.as_ref(), field::response::EPHEMERAL)
+    }
+    /// The sealed empty payload (16 bytes: the tag only).
+    #[inline]
+    pub fn encrypted_nothing(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), field::response::EMPTY)
+    }
+    /// MAC1.
+    #[inline]
+    pub fn mac1(&self) -> [u8; COOKIE_LEN] {
+        bytes::array(self.buffer.as_ref(), field::response::MAC1)
+    }
+    /// MAC2 (zero without a cookie).
+    #[inline]
+    pub fn mac2(&self) -> [u8; COOKIE_LEN] {
+        bytes::array(self.buffer.as_ref(), field::response::MAC2)
+    }
+    /// The bytes MAC1 covers: everything before it.
+    #[inline]
+    pub fn mac1_covered(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), 0..field::response::MAC1.start)
+    }
+    /// The bytes MAC2 covers: everything before it (MAC1 included).
+    #[inline]
+    pub fn mac2_covered(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), 0..field::response::MAC2.start)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeResponse<T> {
+    /// Sets the sender index.
+    #[inline]
+    pub fn set_sender_index(&mut self, value: u32) {
+        bytes::set_le32(self.buffer.as_mut(), field::response::SENDER, value)
+    }
+    /// Sets the receiver index.
+    #[inline]
+    pub fn set_receiver_index(&mut self, value: u32) {
+        bytes::set_le32(self.buffer.as_mut(), field::response::RECEIVER, value)
+    }
+    /// Sets the ephemeral public key.
+    #[inline]
+    pub fn set_unencrypted_ephemeral(&mut self, key: &[u8; KEY_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::response::EPHEMERAL, key)
+    }
+    /// The sealed empty payload, to seal or open in place.
+    #[inline]
+    pub fn encrypted_nothing_mut(&mut self) -> &mut [u8] {
+        bytes::slice_mut(self.buffer.as_mut(), field::response::EMPTY)
+    }
+    /// Sets MAC1.
+    #[inline]
+    pub fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::response::MAC1, mac)
+    }
+    /// Sets MAC2.
+    #[inline]
+    pub fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::response::MAC2, mac)
+    }
+}
+
+impl<T: AsRef<[u8]>> CookieReply<T> {
+    /// The index of the handshake message this answers.
+    #[inline]
+    pub fn receiver_index(&self) -> u32 {
+        bytes::le32(self.buffer.as_ref(), field::cookie::RECEIVER)
+    }
+    /// The random XChaCha20-Poly1305 nonce.
+    #[inline]
+    pub fn nonce(&self) -> [u8; COOKIE_NONCE_LEN] {
+        bytes::array(self.buffer.as_ref(), field::cookie::NONCE)
+    }
+    /// The sealed cookie (16 + 16 bytes).
+    #[inline]
+    pub fn encrypted_cookie(&self) -> &[u8] {
+        bytes::slice(self.buffer.as_ref(), field::cookie::COOKIE)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> CookieReply<T> {
+    /// Sets the receiver index.
+    #[inline]
+    pub fn set_receiver_index(&mut self, value: u32) {
+        bytes::set_le32(self.buffer.as_mut(), field::cookie::RECEIVER, value)
+    }
+    /// Sets the nonce.
+    #[inline]
+    pub fn set_nonce(&mut self, nonce: &[u8; COOKIE_NONCE_LEN]) {
+        bytes::set_bytes(self.buffer.as_mut(), field::cookie::NONCE, nonce)
+    }
+    /// The sealed cookie field, to seal or open in place.
+    #[inline]
+    pub fn encrypted_cookie_mut(&mut self) -> &mut [u8] {
+        bytes::slice_mut(self.buffer.as_mut(), field::cookie::COOKIE)
+    }
+}
+
+impl<T: AsRef<[u8]>> TransportData<T> {
+    /// The receiver's session index.
+    #[inline]
+    pub fn receiver_index(&self) -> u32 {
+        bytes::le32(self.buffer.as_ref(), field::data::RECEIVER)
+    }
+    /// The nonce counter.
+    #[inline]
+    pub fn counter(&self) -> u64 {
+        bytes::le64(self.buffer.as_ref(), field::data::COUNTER)
+    }
+    /// Ciphertext and tag (16 bytes at least; exactly 16 for a keepalive).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        bytes::rest(self.buffer.as_ref(), field::data::PAYLOAD)
+    }
+    /// Whether this is a keepalive: no ciphertext, only the tag.
+    #[inline]
+    pub fn is_keepalive(&self) -> bool {
+        self.payload().len() == TAG_LEN
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> TransportData<T> {
+    /// Sets the receiver index.
+    #[inline]
+    pub fn set_receiver_index(&mut self, value: u32) {
+        bytes::set_le32(self.buffer.as_mut(), field::data::RECEIVER, value)
+    }
+    /// Sets the counter.
+    #[inline]
+    pub fn set_counter(&mut self, value: u64) {
+        bytes::set_le64(self.buffer.as_mut(), field::data::COUNTER, value)
+    }
+    /// Ciphertext and tag, to seal or open in place.
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        bytes::rest_mut(self.buffer.as_mut(), field::data::PAYLOAD)
+    }
+}
+
+/// A classified WireGuard message: one of the four views.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<T: AsRef<[u8]>> {
+    /// Type 1.
+    HandshakeInitiation(HandshakeInitiation<T>),
+    /// Type 2.
+    HandshakeResponse(HandshakeResponse<T>),
+    /// Type 3.
+    CookieReply(CookieReply<T>),
+    /// Type 4.
+    TransportData(TransportData<T>),
+}
+
+impl<T: AsRef<[u8]>> Message<T> {
+    /// [`classify`]s `buffer` and wraps it in the matching view.
+    pub fn new_checked(buffer: T) -> Result<Message<T>> {
+        Ok(match classify(buffer.as_ref())? {
+            MessageType::HandshakeInitiation => Message::HandshakeInitiation(HandshakeInitiation::new_unchecked(buffer)),
+            MessageType::HandshakeResponse => Message::HandshakeResponse(HandshakeResponse::new_unchecked(buffer)),
+            MessageType::CookieReply => Message::CookieReply(CookieReply::new_unchecked(buffer)),
+            MessageType::TransportData => Message::TransportData(TransportData::new_unchecked(buffer)),
+        })
+    }
+
+    /// Which of the four it is.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Message::HandshakeInitiation(_) => MessageType::HandshakeInitiation,
+            Message::HandshakeResponse(_) => MessageType::HandshakeResponse,
+            Message::CookieReply(_) => MessageType::CookieReply,
+            Message::TransportData(_) => MessageType::TransportData,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // UDP payloads captured between two wireguard-go peers (wg-handshake.pcap, frames 0–3).
+    const INITIATION: &str = concat!(
+        "01000000744ec3433014f5efe575332f4b60707ff3c4e76c033135ab00ac68294c4bc7314dab2c61a2606fbcb23abb4c",
+        "28175ab4b3bb4936310b9f89352ed6cb091acd44469302799cbb142c2f4a88343412660cb2f7a9230df47cb8e7875c94",
+        "decae0fc1f663941a6ee50a2000277611df9840b15e293d1461a4a2633c443b925cb8596000000000000000000000000",
+        "00000000",
+    );
+    const RESPONSE: &str = concat!(
+        "02000000277ef96e744ec3433a631ab07c23a88fc7d57541ee5ae907f5969bcb5a3558ace7b3afbecbd51455803ad93b",
+        "d8edc7a857bb7f201a817d41539f10318a7d5f47415131d97bca949100000000000000000000000000000000",
+    );
+    const KEEPALIVE: &str = "04000000277ef96e00000000000000007000a88283300576edc3cdefe19bf3e8";
+    const DATA: &str = concat!(
+        "04000000277ef96e01000000000000005c6c9f353014ed8dfc0be2fd7350559dd09783c6a647a0495bc3024d656669d1",
+        "83ded46b70a1e141b9f2f46ae6ca281e188fc75dd1888d59427cd200cc2b3c3a09c28022c0ee6ba215a730c6c8701969",
+        "ce823f839f300f2588ae0a2bd0027c9907a2724b0b7bbcb54b1435df4b622781",
+    );
+    // A cookie reply laid out by hand: receiver 0x43c34e74, nonce 0x00..0x17, cookie 0x80..0x9f.
+    const COOKIE: &str = concat!(
+        "03000000744ec343",
+        "000102030405060708090a0b0c0d0e0f1011121314151617",
+        "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f",
+    );
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    #[test]
+    fn classify_captured_messages() {
+        assert_eq!(classify(&h(INITIATION)), Ok(MessageType::HandshakeInitiation));
+        assert_eq!(classify(&h(RESPONSE)), Ok(MessageType::HandshakeResponse));
+        assert_eq!(classify(&h(COOKIE)), Ok(MessageType::CookieReply));
+        assert_eq!(classify(&h(KEEPALIVE)), Ok(MessageType::TransportData));
+        assert_eq!(classify(&h(DATA)), Ok(MessageType::TransportData));
+    }
+
+    #[test]
+    fn classify_rejects_like_the_kernel() {
+        assert_eq!(classify(&[]), Err(Error::Truncated));
+        assert_eq!(classify(&[1, 0, 0]), Err(Error::Truncated));
+        // Unknown types.
+        for t in [0u8, 5, 0xff] {
+            let mut m = h(INITIATION);
+            m[0] = t;
+            assert_eq!(classify(&m), Err(Error::Unsupported), "type {t}");
+        }
+        // Non-zero reserved bytes: the kernel's LE u32 comparison fails.
+        for i in 1..4 {
+            for msg in [INITIATION, RESPONSE, COOKIE, KEEPALIVE] {
+                let mut m = h(msg);
+                m[i] = 1;
+                assert_eq!(classify(&m), Err(Error::Malformed), "byte {i}");
+            }
+        }
+        // Handshake messages have one exact length.
+        for msg in [INITIATION, RESPONSE, COOKIE] {
+            let b = h(msg);
+            let mut longer = b.clone();
+            longer.push(0);
+            assert_eq!(classify(&longer), Err(Error::Malformed));
+            for n in HEADER_LEN..b.len() {
+                assert_eq!(classify(&b[..n]), Err(Error::Truncated), "length {n}");
+            }
+        }
+        // Transport data: at least 32, any length above.
+        let b = h(DATA);
+        for n in 0..b.len() {
+            assert_eq!(classify(&b[..n]).is_ok(), n >= DATA_MIN_LEN, "length {n}");
+        }
+        assert_eq!(classify(&b[..31]), Err(Error::Truncated));
+        // Right length, wrong type: a 92-byte "initiation".
+        let mut m = h(RESPONSE);
+        m[0] = 1;
+        assert_eq!(classify(&m), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn initiation_fields() {
+        let b = h(INITIATION);
+        let v = HandshakeInitiation::new_checked(&b[..]).unwrap();
+        assert_eq!(v.header(), 1);
+        assert_eq!(v.sender_index(), 0x43c3_4e74);
+        assert_eq!(&v.unencrypted_ephemeral()[..4], &[0x30, 0x14, 0xf5, 0xef]);
+        assert_eq!(v.encrypted_static().len(), 48);
+        assert_eq!(v.encrypted_static(), &b[40..88]);
+        assert_eq!(v.encrypted_timestamp(), &b[88..116]);
+        assert_eq!(v.mac1(), <[u8; 16]>::try_from(&b[116..132]).unwrap());
+        assert_eq!(v.mac2(), [0; 16], "no cookie: zero mac2");
+        assert_eq!(v.mac1_covered(), &b[..116]);
+        assert_eq!(v.mac2_covered(), &b[..132]);
+        // Other views refuse it.
+        assert_eq!(HandshakeResponse::new_checked(&b[..]).err(), Some(Error::Unsupported));
+        assert_eq!(TransportData::new_checked(&b[..]).err(), Some(Error::Unsupported));
+    }
+
+    #[test]
+    fn response_matches_the_initiation() {
+        let r = h(RESPONSE);
+        let v = HandshakeResponse::new_checked(&r[..]).unwrap();
+        assert_eq!(v.sender_index(), 0x6ef9_7e27);
+        assert_eq!(v.receiver_index(), 0x43c3_4e74, "echoes the initiator's sender index");
+        assert_eq!(&v.unencrypted_ephemeral()[..], &r[12..44]);
+        assert_eq!(v.encrypted_nothing(), &r[44..60]);
+        assert_eq!(&v.mac1()[..], &r[60..76]);
+        assert_eq!(v.mac2(), [0; 16]);
+        assert_eq!(v.mac1_covered().len(), 60);
+        assert_eq!(v.mac2_covered().len(), 76);
+    }
+
+    #[test]
+    fn transport_data_fields() {
+        let k = h(KEEPALIVE);
+        let v = TransportData::new_checked(&k[..]).unwrap();
+        assert_eq!((v.receiver_index(), v.counter()), (0x6ef9_7e27, 0));
+        assert!(v.is_keepalive());
+        assert_eq!(v.payload(), &k[16..]);
+        let d = h(DATA);
+        let v = TransportData::new_checked(&d[..]).unwrap();
+        assert_eq!((v.receiver_index(), v.counter()), (0x6ef9_7e27, 1));
+        assert!(!v.is_keepalive());
+        assert_eq!(v.payload().len(), 112, "84-byte ping padded to 96, plus the tag");
+        let mut big = d.clone();
+        big[8..16].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(TransportData::new_checked(&big[..]).unwrap().counter(), 0x0102_0304_0506_0708);
+    }
+
+    #[test]
+    fn cookie_fields() {
+        let c = h(COOKIE);
+        let v = CookieReply::new_checked(&c[..]).unwrap();
+        assert_eq!(v.receiver_index(), 0x43c3_4e74);
+        assert_eq!(v.nonce(), core::array::from_fn(|i| i as u8));
+        assert_eq!(v.encrypted_cookie(), &(0x80..0xa0).collect::<Vec<u8>>()[..]);
+    }
+
+    #[test]
+    fn build_every_message_in_place_over_a5() {
+        let want = h(INITIATION);
+        let mut buf = vec![0xa5u8; INITIATION_LEN];
+        let mut v = HandshakeInitiation::new_unchecked(&mut buf[..]);
+        v.init_header();
+        v.set_sender_index(0x43c3_4e74);
+        v.set_unencrypted_ephemeral(want[8..40].try_into().unwrap());
+        v.encrypted_static_mut().copy_from_slice(&want[40..88]);
+        v.encrypted_timestamp_mut().copy_from_slice(&want[88..116]);
+        v.set_mac1(want[116..132].try_into().unwrap());
+        v.set_mac2(&[0; 16]);
+        assert_eq!(buf, want);
+
+        let want = h(RESPONSE);
+        let mut buf = vec![0xa5u8; RESPONSE_LEN];
+        let mut v = HandshakeResponse::new_unchecked(&mut buf[..]);
+        v.init_header();
+        v.set_sender_index(0x6ef9_7e27);
+        v.set_receiver_index(0x43c3_4e74);
+        v.set_unencrypted_ephemeral(want[12..44].try_into().unwrap());
+        v.encrypted_nothing_mut().copy_from_slice(&want[44..60]);
+        v.set_mac1(want[60..76].try_into().unwrap());
+        v.set_mac2(&[0; 16]);
+        assert_eq!(buf, want);
+
+        let want = h(COOKIE);
+        let mut buf = vec![0xa5u8; COOKIE_REPLY_LEN];
+        let mut v = CookieReply::new_unchecked(&mut buf[..]);
+        v.init_header();
+        v.set_receiver_index(0x43c3_4e74);
+        v.set_nonce(&core::array::from_fn(|i| i as u8));
+        v.encrypted_cookie_mut().copy_from_slice(&want[32..]);
+        assert_eq!(buf, want);
+
+        let want = h(DATA);
+        let mut buf = vec![0xa5u8; want.len()];
+        let mut v = TransportData::new_unchecked(&mut buf[..]);
+        v.init_header();
+        v.set_receiver_index(0x6ef9_7e27);
+        v.set_counter(1);
+        v.payload_mut().copy_from_slice(&want[16..]);
+        assert_eq!(buf, want);
+    }
+
+    #[test]
+    fn message_dispatch() {
+        for (msg, ty) in [
+            (INITIATION, MessageType::HandshakeInitiation),
+            (RESPONSE, MessageType::HandshakeResponse),
+            (COOKIE, MessageType::CookieReply),
+            (DATA, MessageType::TransportData),
+        ] {
+            let b = h(msg);
+            let m = Message::new_checked(&b[..]).unwrap();
+            assert_eq!(m.message_type(), ty);
+            assert_eq!(MessageType::from_code(ty.code()), Some(ty));
+            assert_eq!(ty.is_handshake(), ty != MessageType::TransportData);
+        }
+        assert_eq!(Message::new_checked(&[9u8; 40][..]).err(), Some(Error::Unsupported));
+        assert_eq!(MessageType::CookieReply.to_string(), "cookie reply");
+    }
+
+    #[test]
+    fn unchecked_views_on_short_buffers_do_not_panic() {
+        let b = h(INITIATION);
+        for n in 0..b.len() {
+            let s = &b[..n];
+            let i = HandshakeInitiation::new_unchecked(s);
+            let _ = (i.sender_index(), i.unencrypted_ephemeral(), i.encrypted_static(), i.mac1(), i.mac2_covered());
+            let r = HandshakeResponse::new_unchecked(s);
+            let _ = (r.receiver_index(), r.encrypted_nothing(), r.mac2(), r.mac1_covered());
+            let c = CookieReply::new_unchecked(s);
+            let _ = (c.nonce(), c.encrypted_cookie());
+            let d = TransportData::new_unchecked(s);
+            let _ = (d.counter(), d.payload(), d.is_keepalive());
+            let mut m = s.to_vec();
+            let mut w = HandshakeInitiation::new_unchecked(&mut m[..]);
+            w.set_mac2(&[1; 16]);
+            w.encrypted_static_mut().fill(0);
+            let mut w = TransportData::new_unchecked(&mut m[..]);
+            w.set_counter(u64::MAX);
+            w.payload_mut().fill(0);
+        }
+    }
+}
