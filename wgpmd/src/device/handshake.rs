@@ -1,0 +1,363 @@
+//! Handshake and cookie messages, initiations, keepalives and timers (kernel `receive.c`
+//! `wg_receive_handshake_packet`, `send.c`, `timers.c` handlers).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rand_core::{CryptoRng, RngCore};
+
+use super::{Device, DropReason, Event, IndexEntry, Output, Peer, PeerId, Transmit};
+use crate::cookie::MacState;
+use crate::messages::{
+    COOKIE_REPLY_LEN, HEADER_LEN, INITIATION_LEN, MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION,
+    RESPONSE_LEN,
+};
+use crate::noise::{self, NoiseError};
+use crate::session::Keypair;
+use crate::time::{tai64n, Timestamp};
+use crate::timers::TimerAction;
+
+/// What a handshake-stage message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// An initiation was accepted and answered; the peer's new session waits for confirmation.
+    Responded(PeerId),
+    /// A response completed our handshake; the session is ready.
+    Completed(PeerId),
+    /// Under load without a valid MAC2: a cookie reply was sent instead of doing DH work.
+    CookieSent,
+    /// A cookie reply was stored for the next retry to the peer.
+    CookieStored(PeerId),
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        w.copy_from_slice(s);
+    }
+    u32::from_le_bytes(w)
+}
+
+impl Device {
+    /// Process one handshake-stage message (types 1, 2, 3) from `src`. `under_load` comes from
+    /// [`Device::update_load`]. Replies go to `out.transmits`.
+    pub fn receive_handshake<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &[u8],
+        under_load: bool,
+        out: &mut Output,
+    ) -> Result<HandshakeOutcome, DropReason> {
+        let kind = match crate::wire::wireguard::classify(msg) {
+            Ok(k) => k,
+            Err(_) => return Err(out.stats.drop(DropReason::Malformed)),
+        };
+        match kind {
+            crate::wire::wireguard::MessageType::HandshakeInitiation => self.on_initiation(now, rng, src, msg, under_load, out),
+            crate::wire::wireguard::MessageType::HandshakeResponse => self.on_response(now, rng, src, msg, under_load, out),
+            crate::wire::wireguard::MessageType::CookieReply => self.on_cookie_reply(now, msg, out),
+            crate::wire::wireguard::MessageType::TransportData => Err(out.stats.drop(DropReason::Malformed)),
+        }
+    }
+
+    /// MAC checks and the under-load decision shared by initiations and responses. `Ok(true)`:
+    /// go on with DH work; `Ok(false)`: a cookie reply was sent.
+    fn check_macs<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &[u8],
+        under_load: bool,
+        out: &mut Output,
+    ) -> Result<bool, DropReason> {
+        let state = self.cookie_checker.validate(now, rng, msg, src, under_load, &self.ratelimiter);
+        match state {
+            MacState::Invalid => {
+                tracing::debug!("Invalid {} MAC from {}", if msg.first() == Some(&MESSAGE_HANDSHAKE_INITIATION) { "initiation" } else { "response" }, src);
+                Err(out.stats.drop(DropReason::InvalidMac1))
+            }
+            MacState::ValidMacButNoCookie if !under_load => {
+                out.stats.mac1_valid += 1;
+                Ok(true)
+            }
+            MacState::ValidMacWithCookie => {
+                out.stats.mac1_valid += 1;
+                Ok(true)
+            }
+            MacState::ValidMacButNoCookie => {
+                out.stats.mac1_valid += 1;
+                let sender = le32(msg, HEADER_LEN);
+                let reply = self.cookie_checker.create_reply(now, rng, msg, sender, src);
+                debug_assert_eq!(reply.len(), COOKIE_REPLY_LEN);
+                out.transmits.push(Transmit::new(None, src, &reply));
+                out.stats.cookies_sent += 1;
+                Ok(false)
+            }
+            MacState::ValidMacWithCookieButRatelimited => {
+                out.stats.mac1_valid += 1;
+                Err(out.stats.drop(DropReason::RateLimited))
+            }
+        }
+    }
+
+    fn on_initiation<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &[u8],
+        under_load: bool,
+        out: &mut Output,
+    ) -> Result<HandshakeOutcome, DropReason> {
+        let Ok(init) = <&[u8; INITIATION_LEN]>::try_from(msg) else {
+            return Err(out.stats.drop(DropReason::Malformed));
+        };
+        if !self.check_macs(now, rng, src, msg, under_load, out)? {
+            return Ok(HandshakeOutcome::CookieSent);
+        }
+        let Some(identity) = self.identity.as_ref() else {
+            return Err(out.stats.drop(DropReason::NoPrivateKey));
+        };
+        out.stats.dh_operations += 1;
+        let start = match noise::begin_consume_initiation(identity, init) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
+                return Err(out.stats.drop(DropReason::HandshakeFailed));
+            }
+        };
+        let Some(peer) = self.peer_by_key(start.remote_static()).and_then(|id| self.peer(id)).cloned() else {
+            tracing::debug!("Invalid handshake initiation from {}: unknown peer", src);
+            return Err(out.stats.drop(DropReason::UnknownPeer));
+        };
+        let id = peer.id();
+        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
+        let old_index = hs.local_index();
+        if let Err(e) = hs.consume_initiation(start, now) {
+            tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
+            let r = match e {
+                NoiseError::Replay | NoiseError::Flood => DropReason::InitiationReplay,
+                _ => DropReason::HandshakeFailed,
+            };
+            return Err(out.stats.drop(r));
+        }
+        // ss (precomputed: no DH here), then e, ee, se in the response: two more DHs.
+        if old_index != 0 {
+            self.index.remove(old_index);
+        }
+        peer.set_endpoint(src);
+        peer.add_rx(msg.len());
+        tracing::debug!("Receiving handshake initiation from {} ({})", peer.name(), src);
+        let local = self.index.insert_new(rng, IndexEntry::Handshake(id));
+        let mut resp = [0u8; RESPONSE_LEN];
+        out.stats.dh_operations += 2;
+        if let Err(e) = hs.create_response(rng, local, &mut resp) {
+            self.index.remove(local);
+            tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
+            return Err(out.stats.drop(DropReason::HandshakeFailed));
+        }
+        peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).add_macs(now, &mut resp);
+        let keys = match hs.begin_session() {
+            Ok(k) => k,
+            Err(_) => {
+                self.index.remove(local);
+                return Err(out.stats.drop(DropReason::HandshakeFailed));
+            }
+        };
+        drop(hs);
+        self.install_session(&peer, keys, now, out)?;
+        peer.timers.response_sent(now);
+        self.note_authenticated_sent(&peer, now, out);
+        peer.timers.any_authenticated_packet_received(now);
+        out.wake(id, peer.timers.any_authenticated_packet_traversal(now));
+        peer.add_tx(resp.len());
+        out.transmits.push(Transmit::new(Some(id), src, &resp));
+        out.stats.responses_sent += 1;
+        Ok(HandshakeOutcome::Responded(id))
+    }
+
+    fn on_response<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &[u8],
+        under_load: bool,
+        out: &mut Output,
+    ) -> Result<HandshakeOutcome, DropReason> {
+        let Ok(resp) = <&[u8; RESPONSE_LEN]>::try_from(msg) else {
+            return Err(out.stats.drop(DropReason::Malformed));
+        };
+        if !self.check_macs(now, rng, src, msg, under_load, out)? {
+            return Ok(HandshakeOutcome::CookieSent);
+        }
+        let Some(identity) = self.identity.as_ref() else {
+            return Err(out.stats.drop(DropReason::NoPrivateKey));
+        };
+        let receiver = le32(msg, HEADER_LEN + 4);
+        let Some(IndexEntry::Handshake(id)) = self.index.get(receiver) else {
+            return Err(out.stats.drop(DropReason::UnknownIndex));
+        };
+        let Some(peer) = self.peer(id).cloned() else {
+            return Err(out.stats.drop(DropReason::UnknownIndex));
+        };
+        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
+        out.stats.dh_operations += 2;
+        if let Err(e) = hs.consume_response(identity, resp) {
+            tracing::debug!("Invalid handshake response from {}: {}", src, e);
+            return Err(out.stats.drop(DropReason::HandshakeFailed));
+        }
+        let keys = match hs.begin_session() {
+            Ok(k) => k,
+            Err(_) => return Err(out.stats.drop(DropReason::HandshakeFailed)),
+        };
+        drop(hs);
+        tracing::debug!("Receiving handshake response from {} ({})", peer.name(), src);
+        peer.set_endpoint(src);
+        peer.add_rx(msg.len());
+        self.install_session(&peer, keys, now, out)?;
+        peer.timers.handshake_complete(now);
+        peer.timers.any_authenticated_packet_received(now);
+        out.wake(id, peer.timers.any_authenticated_packet_traversal(now));
+        out.events.push(Event::SessionReady(id));
+        Ok(HandshakeOutcome::Completed(id))
+    }
+
+    fn on_cookie_reply(&self, now: Timestamp, msg: &[u8], out: &mut Output) -> Result<HandshakeOutcome, DropReason> {
+        if msg.len() != COOKIE_REPLY_LEN || msg.first() != Some(&MESSAGE_HANDSHAKE_COOKIE) {
+            return Err(out.stats.drop(DropReason::Malformed));
+        }
+        let receiver = le32(msg, HEADER_LEN);
+        let id = match self.index.get(receiver) {
+            Some(IndexEntry::Handshake(id)) | Some(IndexEntry::Keypair(id, _)) => id,
+            None => return Err(out.stats.drop(DropReason::UnknownIndex)),
+        };
+        let Some(peer) = self.peer(id) else {
+            return Err(out.stats.drop(DropReason::UnknownIndex));
+        };
+        // A cookie reply is not authenticated: it never moves the endpoint.
+        match peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).consume_reply(now, msg) {
+            Ok(()) => {
+                tracing::debug!("Receiving cookie response for {}", peer.name());
+                Ok(HandshakeOutcome::CookieStored(id))
+            }
+            Err(e) => {
+                tracing::debug!("Could not decrypt invalid cookie response: {}", e);
+                Err(out.stats.drop(DropReason::InvalidCookie))
+            }
+        }
+    }
+
+    /// Turn derived keys into a keypair in the peer's slots and the index table.
+    fn install_session(&self, peer: &Arc<Peer>, keys: noise::SessionKeys, now: Timestamp, out: &mut Output) -> Result<(), DropReason> {
+        let kp = Arc::new(Keypair::new(&keys.send, &keys.recv, keys.local_index, keys.remote_index, keys.initiator, now));
+        // The handshake's index now names the keypair (kernel wg_index_hashtable_replace). If
+        // the index is gone, the peer was removed or reset meanwhile: drop the session.
+        if !self.index.replace(keys.local_index, IndexEntry::Keypair(peer.id(), kp.clone())) {
+            return Err(out.stats.drop(DropReason::HandshakeFailed));
+        }
+        for idx in peer.keypairs.install(kp).iter() {
+            self.index.remove(idx);
+        }
+        peer.handshake_wanted.store(false, Ordering::Relaxed);
+        out.wake(peer.id(), peer.timers.session_derived(now));
+        out.stats.sessions += 1;
+        Ok(())
+    }
+
+    pub(crate) fn note_authenticated_sent(&self, peer: &Peer, now: Timestamp, out: &mut Output) {
+        out.wake(peer.id(), peer.timers.any_authenticated_packet_traversal(now));
+        peer.timers.any_authenticated_packet_sent(now);
+    }
+
+    /// Send a handshake initiation to the peer if our own rate limit (one per REKEY_TIMEOUT)
+    /// allows (kernel `wg_packet_send_queued_handshake_initiation` with `is_retry = false`).
+    pub fn initiate<R: RngCore + CryptoRng>(&self, now: Timestamp, rng: &mut R, id: PeerId, out: &mut Output) -> Result<(), DropReason> {
+        let peer = self.peer(id).ok_or(DropReason::UnknownPeer)?.clone();
+        peer.handshake_wanted.store(false, Ordering::Relaxed);
+        // Check and record in one step, so two cores asking at once send one initiation.
+        if !peer.timers.claim_initiation(now) {
+            return Err(out.stats.drop(DropReason::InitiationRateLimited));
+        }
+        peer.timers.reset_attempts();
+        self.send_initiation(now, rng, &peer, out)
+    }
+
+    fn send_initiation<R: RngCore + CryptoRng>(&self, now: Timestamp, rng: &mut R, peer: &Arc<Peer>, out: &mut Output) -> Result<(), DropReason> {
+        let Some(identity) = self.identity.as_ref() else {
+            return Err(out.stats.drop(DropReason::NoPrivateKey));
+        };
+        let Some(to) = peer.endpoint() else {
+            return Err(out.stats.drop(DropReason::NoEndpoint));
+        };
+        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
+        let old = hs.local_index();
+        let local = self.index.insert_new(rng, IndexEntry::Handshake(peer.id()));
+        let mut msg = [0u8; INITIATION_LEN];
+        out.stats.dh_operations += 1;
+        let made = hs.create_initiation(identity, rng, tai64n(self.wall_ns(now)), local, &mut msg);
+        drop(hs);
+        if old != 0 {
+            self.index.remove(old);
+        }
+        if let Err(e) = made {
+            self.index.remove(local);
+            tracing::debug!("Could not create handshake initiation for {}: {}", peer.name(), e);
+            return Err(out.stats.drop(DropReason::HandshakeFailed));
+        }
+        peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).add_macs(now, &mut msg);
+        tracing::debug!("Sending handshake initiation to {} ({})", peer.name(), to);
+        self.note_authenticated_sent(peer, now, out);
+        peer.timers.initiation_sent(now);
+        out.wake(peer.id(), peer.timers.handshake_initiated(now));
+        peer.add_tx(msg.len());
+        out.transmits.push(Transmit::new(Some(peer.id()), to, &msg));
+        out.stats.initiations_sent += 1;
+        Ok(())
+    }
+
+    /// Send a keepalive (an empty data message) on the peer's current session; with no session,
+    /// ask for a handshake instead (kernel `wg_packet_send_keepalive`).
+    pub fn send_keepalive(&self, now: Timestamp, id: PeerId, out: &mut Output) -> Result<(), DropReason> {
+        let mut buf = [0u8; crate::messages::DATA_MIN_LEN];
+        match self.encapsulate_to(now, id, &mut buf, 0, out) {
+            Ok(e) => {
+                tracing::debug!("Sending keepalive packet to {}", self.peer(id).map(|p| p.name()).unwrap_or("?"));
+                out.transmits.push(Transmit::new(Some(id), e.to, &buf[..e.len]));
+                Ok(())
+            }
+            Err(r) => Err(r),
+        }
+    }
+
+    /// Run the peer's due timers (kernel `timers.c` handlers) and return its next deadline, for
+    /// the caller's timer wheel.
+    pub fn poll_timers<R: RngCore + CryptoRng>(&self, now: Timestamp, rng: &mut R, id: PeerId, out: &mut Output) -> Option<Timestamp> {
+        let peer = self.peer(id)?.clone();
+        let fired = peer.timers.poll(now, rng);
+        for action in fired.actions.iter() {
+            tracing::debug!("{}", action.log_message(peer.name()));
+            match *action {
+                TimerAction::SendInitiation { retry, .. } => {
+                    if !retry {
+                        peer.timers.reset_attempts();
+                    }
+                    // Retries bypass nothing: REKEY_TIMEOUT has passed since the last one.
+                    if peer.timers.may_send_initiation(now) {
+                        let _ = self.send_initiation(now, rng, &peer, out);
+                    }
+                }
+                TimerAction::SendKeepalive => {
+                    let _ = self.send_keepalive(now, id, out);
+                }
+                TimerAction::GiveUp => out.events.push(Event::GiveUp(id)),
+                TimerAction::ZeroKeyMaterial => self.forget_sessions(&peer),
+            }
+        }
+        peer.timers.next_deadline()
+    }
+}

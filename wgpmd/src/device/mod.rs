@@ -1,0 +1,490 @@
+//! The device facade: one WireGuard interface's peers, keys and tables, driven without I/O.
+//!
+//! A caller (the daemon's workers, a test, a fuzzer) hands the [`Device`] what arrived and
+//! what wants to leave, with the current time, and gets back what to send where, or a counted
+//! drop with its [`DropReason`]. Work is split so that a data-plane core never does
+//! Diffie-Hellman work:
+//!
+//! | call | who calls it | crypto |
+//! |---|---|---|
+//! | [`Device::decapsulate`] | any worker, per transport-data message | ChaCha20-Poly1305 in place |
+//! | [`Device::encapsulate`] / [`Device::encapsulate_to`] | any worker, per inner packet | ChaCha20-Poly1305 in place |
+//! | [`Device::receive_handshake`] | the handshake stage (budgeted per poll, or a core of its own) | X25519, BLAKE2s |
+//! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
+//! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
+//!
+//! Data-path calls take `&self` and may run on several cores at once for the same peer; see
+//! docs/ARCHITECTURE.md for why state is shared rather than handed to an owning core.
+//! Configuration calls take `&mut self`.
+//!
+//! Everything a call produces goes into the caller-owned [`Output`] (reused across bursts, so
+//! the data path does not allocate once its vectors have grown): control messages to send,
+//! events for the caller (a session is ready: flush staged packets; a timer was armed: put the
+//! peer on the wheel; a handshake is wanted), and per-worker counters.
+
+mod data;
+mod handshake;
+mod peer;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use rand_core::{CryptoRng, RngCore};
+
+use crate::allowedips::AllowedIps;
+use crate::cookie::CookieChecker;
+use crate::crypto::{PrivateKey, Secret};
+use crate::index::IndexTable;
+use crate::messages::{DEFAULT_TUNNEL_MTU, INITIATION_LEN, KEY_LEN};
+use crate::noise::Identity;
+use crate::ratelimit::{LoadDetector, RateLimiter};
+use crate::session::Keypair;
+use crate::time::Timestamp;
+
+pub use data::{Decapsulated, Encapsulated};
+pub use handshake::HandshakeOutcome;
+pub use peer::{Peer, PeerId};
+
+/// What a receiver index refers to.
+#[derive(Clone)]
+pub(crate) enum IndexEntry {
+    /// A handshake in flight of this peer.
+    Handshake(PeerId),
+    /// A keypair of this peer.
+    Keypair(PeerId, Arc<Keypair>),
+}
+
+/// Why a packet was dropped. Every drop has one; [`Stats::drops`] counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Not a well-formed WireGuard message (type, reserved bytes or length).
+    #[error("malformed WireGuard message")]
+    Malformed,
+    /// Handshake message whose MAC1 did not verify (no DH work was done).
+    #[error("invalid MAC1")]
+    InvalidMac1,
+    /// Under load: MAC2 valid but the source exceeded its handshake rate.
+    #[error("handshake rate limit exceeded")]
+    RateLimited,
+    /// A handshake message that failed Noise processing.
+    #[error("handshake failed")]
+    HandshakeFailed,
+    /// An initiation from a public key that is not one of our peers.
+    #[error("initiation from an unknown peer")]
+    UnknownPeer,
+    /// Replayed or flooding initiation.
+    #[error("initiation replayed or too frequent")]
+    InitiationReplay,
+    /// A receiver index we do not know (or of the wrong kind).
+    #[error("unknown receiver index")]
+    UnknownIndex,
+    /// A cookie reply that did not decrypt or was not expected.
+    #[error("invalid cookie reply")]
+    InvalidCookie,
+    /// Transport data that failed authentication.
+    #[error("data packet failed authentication")]
+    DecryptFailed,
+    /// Transport data with a counter seen before or too old.
+    #[error("replayed data packet")]
+    Replay,
+    /// The keypair is past REJECT_AFTER_TIME or REJECT_AFTER_MESSAGES.
+    #[error("keypair expired")]
+    KeypairExpired,
+    /// Decrypted packet is not a valid IPv4/IPv6 packet.
+    #[error("invalid inner packet")]
+    InvalidInner,
+    /// Decrypted packet's source is not in the peer's allowed IPs.
+    #[error("inner source not allowed for this peer")]
+    DisallowedSource,
+    /// No peer's allowed IPs cover the inner destination.
+    #[error("no route to inner destination")]
+    NoRoute,
+    /// The peer has no endpoint to send to.
+    #[error("peer has no endpoint")]
+    NoEndpoint,
+    /// No usable session yet: the caller stages the packet (a handshake was requested).
+    #[error("no session with peer (handshake requested)")]
+    NoSession,
+    /// The output buffer lacks head- or tailroom.
+    #[error("buffer too small")]
+    BufferTooSmall,
+    /// The device has no private key.
+    #[error("device has no private key")]
+    NoPrivateKey,
+    /// Our own initiation rate limit (one per REKEY_TIMEOUT per peer).
+    #[error("initiation rate-limited")]
+    InitiationRateLimited,
+}
+
+impl DropReason {
+    /// Number of reasons (size of [`Stats::drops`]).
+    pub const COUNT: usize = DropReason::InitiationRateLimited as usize + 1;
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Malformed,
+        DropReason::InvalidMac1,
+        DropReason::RateLimited,
+        DropReason::HandshakeFailed,
+        DropReason::UnknownPeer,
+        DropReason::InitiationReplay,
+        DropReason::UnknownIndex,
+        DropReason::InvalidCookie,
+        DropReason::DecryptFailed,
+        DropReason::Replay,
+        DropReason::KeypairExpired,
+        DropReason::InvalidInner,
+        DropReason::DisallowedSource,
+        DropReason::NoRoute,
+        DropReason::NoEndpoint,
+        DropReason::NoSession,
+        DropReason::BufferTooSmall,
+        DropReason::NoPrivateKey,
+        DropReason::InitiationRateLimited,
+    ];
+}
+
+/// Per-worker counters, summed by whoever reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Drops by [`DropReason`] (index = `reason as usize`).
+    pub drops: [u64; DropReason::COUNT],
+    /// Handshake messages whose MAC1 verified.
+    pub mac1_valid: u64,
+    /// X25519 operations performed (handshakes, not key generation).
+    pub dh_operations: u64,
+    /// Transport data messages that passed authentication.
+    pub aead_opened: u64,
+    /// Transport data messages sealed.
+    pub aead_sealed: u64,
+    /// Cookie replies sent.
+    pub cookies_sent: u64,
+    /// Handshake initiations sent.
+    pub initiations_sent: u64,
+    /// Handshake responses sent.
+    pub responses_sent: u64,
+    /// Sessions established (either role).
+    pub sessions: u64,
+    /// Keepalives received.
+    pub keepalives_received: u64,
+}
+
+impl Stats {
+    /// Count a drop.
+    pub fn drop(&mut self, r: DropReason) -> DropReason {
+        self.drops[r as usize] += 1;
+        r
+    }
+    /// Drops counted for `r`.
+    pub fn drops_for(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+}
+
+/// A control message (handshake, cookie reply or keepalive) to send.
+#[derive(Clone)]
+pub struct Transmit {
+    /// The peer it belongs to (`None` for cookie replies, sent to an unauthenticated source).
+    pub peer: Option<PeerId>,
+    /// Where to send it.
+    pub to: SocketAddr,
+    len: usize,
+    bytes: [u8; INITIATION_LEN],
+}
+
+impl Transmit {
+    pub(crate) fn new(peer: Option<PeerId>, to: SocketAddr, msg: &[u8]) -> Self {
+        let mut bytes = [0u8; INITIATION_LEN];
+        let len = msg.len().min(INITIATION_LEN);
+        bytes[..len].copy_from_slice(&msg[..len]);
+        Transmit { peer, to, len, bytes }
+    }
+    /// The UDP payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl core::fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Transmit").field("peer", &self.peer).field("to", &self.to).field("len", &self.len).finish()
+    }
+}
+
+/// Something the caller must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A session with the peer became usable: send its staged packets, or if there are none,
+    /// call [`Device::send_keepalive`] (the kernel's "send keepalive or staged" after a
+    /// response is consumed).
+    SessionReady(PeerId),
+    /// The peer needs a handshake: call [`Device::initiate`] from the control core.
+    HandshakeWanted(PeerId),
+    /// A timer of the peer was armed at `at`: make sure the peer is on the wheel no later.
+    Wake {
+        /// The peer.
+        peer: PeerId,
+        /// Its new earliest deadline.
+        at: Timestamp,
+    },
+    /// Handshake retries gave up: drop the peer's staged packets.
+    GiveUp(PeerId),
+}
+
+/// Everything calls produce, owned by the caller and reused across bursts.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Control messages to send (handshakes, cookie replies, keepalives).
+    pub transmits: Vec<Transmit>,
+    /// Events for the caller.
+    pub events: Vec<Event>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Output {
+    /// An output with room for a burst of `n` items without growing.
+    pub fn with_capacity(n: usize) -> Self {
+        Output { transmits: Vec::with_capacity(n), events: Vec::with_capacity(n), stats: Stats::default() }
+    }
+    /// Forget transmits and events (keeps counters).
+    pub fn clear(&mut self) {
+        self.transmits.clear();
+        self.events.clear();
+    }
+    pub(crate) fn wake(&mut self, peer: PeerId, at: Option<Timestamp>) {
+        if let Some(at) = at {
+            self.events.push(Event::Wake { peer, at });
+        }
+    }
+}
+
+/// Errors of configuration calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No peer with that id.
+    #[error("no such peer")]
+    NoSuchPeer,
+    /// The device's peer limit is reached.
+    #[error("too many peers (limit {0})")]
+    TooManyPeers(usize),
+    /// The prefix length is longer than the address.
+    #[error("invalid allowed-IP prefix length")]
+    BadPrefix,
+    /// A peer cannot have the device's own public key.
+    #[error("peer public key equals the device's own")]
+    OwnKey,
+}
+
+/// One WireGuard interface.
+pub struct Device {
+    identity: Option<Identity>,
+    cookie_checker: CookieChecker,
+    ratelimiter: RateLimiter,
+    load: LoadDetector,
+    peers: Vec<Option<Arc<Peer>>>,
+    free_ids: Vec<PeerId>,
+    by_key: HashMap<[u8; KEY_LEN], PeerId>,
+    allowed: AllowedIps<PeerId>,
+    index: IndexTable<IndexEntry>,
+    wall_at_epoch_ns: u64,
+    mtu: usize,
+    max_peers: usize,
+}
+
+impl Device {
+    /// A device with no key and no peers. `wall_at_epoch_ns` is the Unix time (ns) at
+    /// [`Timestamp::ZERO`], used only to write TAI64N timestamps into initiations (they must
+    /// increase across restarts, so they derive from wall time).
+    pub fn new<R: RngCore + CryptoRng>(rng: &mut R, wall_at_epoch_ns: u64) -> Self {
+        Device {
+            identity: None,
+            cookie_checker: CookieChecker::new(Timestamp::ZERO, rng, None),
+            ratelimiter: RateLimiter::new(crate::messages::RATELIMIT_MAX_ENTRIES, rng),
+            load: LoadDetector::new(),
+            peers: Vec::new(),
+            free_ids: Vec::new(),
+            by_key: HashMap::new(),
+            allowed: AllowedIps::new(),
+            index: IndexTable::new(),
+            wall_at_epoch_ns,
+            mtu: DEFAULT_TUNNEL_MTU,
+            max_peers: crate::messages::MAX_PEERS_PER_DEVICE,
+        }
+    }
+
+    /// The tunnel MTU used to bound padding.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+    /// Set the tunnel MTU.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu;
+    }
+
+    /// Our public key, if a private key is set.
+    pub fn public_key(&self) -> Option<[u8; KEY_LEN]> {
+        self.identity.as_ref().map(|i| *i.public_key())
+    }
+    /// Our private key, if set.
+    pub fn private_key(&self) -> Option<&PrivateKey> {
+        self.identity.as_ref().map(|i| i.private_key())
+    }
+
+    /// Set or remove the private key. Recomputes every peer's static-static DH and drops
+    /// handshakes in flight; a peer whose public key equals the new public key is removed (as
+    /// the kernel does).
+    pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
+        self.identity = key.map(Identity::new);
+        let public = self.public_key();
+        self.cookie_checker.set_public_key(public.as_ref());
+        if let Some(id) = public.and_then(|k| self.by_key.get(&k).copied()) {
+            let _ = self.remove_peer(id);
+        }
+        for p in self.peers.iter().flatten() {
+            let mut hs = p.handshake.lock().unwrap_or_else(|e| e.into_inner());
+            let old = hs.local_index();
+            hs.set_identity(self.identity.as_ref());
+            if old != 0 {
+                self.index.remove(old);
+            }
+        }
+    }
+
+    /// Add a peer (or return the existing one with that key). `rng` seeds its timer jitter.
+    pub fn add_peer<R: RngCore + CryptoRng>(&mut self, rng: &mut R, public_key: [u8; KEY_LEN]) -> Result<PeerId, ConfigError> {
+        if let Some(&id) = self.by_key.get(&public_key) {
+            return Ok(id);
+        }
+        if self.public_key() == Some(public_key) {
+            return Err(ConfigError::OwnKey);
+        }
+        if self.by_key.len() >= self.max_peers {
+            return Err(ConfigError::TooManyPeers(self.max_peers));
+        }
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None => {
+                self.peers.push(None);
+                (self.peers.len() - 1) as PeerId
+            }
+        };
+        let peer = Peer::new(rng, id, public_key, self.identity.as_ref());
+        self.peers[id as usize] = Some(Arc::new(peer));
+        self.by_key.insert(public_key, id);
+        Ok(id)
+    }
+
+    /// Remove a peer with its allowed IPs, sessions and indices.
+    pub fn remove_peer(&mut self, id: PeerId) -> Result<(), ConfigError> {
+        let peer = self.peers.get_mut(id as usize).and_then(Option::take).ok_or(ConfigError::NoSuchPeer)?;
+        self.by_key.remove(peer.public_key());
+        self.allowed.remove_peer(id);
+        self.forget_sessions(&peer);
+        peer.timers.disarm_all();
+        self.free_ids.push(id);
+        Ok(())
+    }
+
+    /// Remove every peer.
+    pub fn clear_peers(&mut self) {
+        let ids: Vec<PeerId> = self.by_key.values().copied().collect();
+        for id in ids {
+            let _ = self.remove_peer(id);
+        }
+    }
+
+    /// The peer with this public key.
+    pub fn peer_by_key(&self, public_key: &[u8; KEY_LEN]) -> Option<PeerId> {
+        self.by_key.get(public_key).copied()
+    }
+
+    /// A peer's state (counters, endpoint, ...).
+    pub fn peer(&self, id: PeerId) -> Option<&Arc<Peer>> {
+        self.peers.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Every peer, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.peers.iter().flatten()
+    }
+
+    /// Number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Set a peer's pre-shared key (all zeros = none).
+    pub fn set_preshared_key(&mut self, id: PeerId, psk: Secret) -> Result<(), ConfigError> {
+        let p = self.peer(id).ok_or(ConfigError::NoSuchPeer)?;
+        p.handshake.lock().unwrap_or_else(|e| e.into_inner()).set_psk(psk);
+        Ok(())
+    }
+
+    /// Set a peer's endpoint.
+    pub fn set_endpoint(&mut self, id: PeerId, endpoint: SocketAddr) -> Result<(), ConfigError> {
+        self.peer(id).ok_or(ConfigError::NoSuchPeer)?.set_endpoint(endpoint);
+        Ok(())
+    }
+
+    /// Set a peer's persistent keepalive interval in seconds (0 = off). Returns whether a
+    /// keepalive should be sent now (it was just turned on and the peer has a session), as wg
+    /// does; the caller then calls [`Device::send_keepalive`].
+    pub fn set_persistent_keepalive(&mut self, id: PeerId, secs: u16, now: Timestamp, out: &mut Output) -> Result<bool, ConfigError> {
+        let p = self.peer(id).ok_or(ConfigError::NoSuchPeer)?;
+        let was = p.timers.persistent_keepalive_interval();
+        let at = p.timers.set_persistent_keepalive(secs, now);
+        out.wake(id, at);
+        Ok(was == 0 && secs != 0)
+    }
+
+    /// Add an allowed-IP prefix to a peer (moving it from any other peer).
+    pub fn add_allowed_ip(&mut self, id: PeerId, addr: IpAddr, cidr: u8) -> Result<(), ConfigError> {
+        if self.peer(id).is_none() {
+            return Err(ConfigError::NoSuchPeer);
+        }
+        self.allowed.insert(addr, cidr, id).map_err(|_| ConfigError::BadPrefix)
+    }
+
+    /// Remove every allowed-IP prefix of a peer.
+    pub fn clear_allowed_ips(&mut self, id: PeerId) {
+        self.allowed.remove_peer(id);
+    }
+
+    /// A peer's allowed-IP prefixes.
+    pub fn allowed_ips(&self, id: PeerId) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
+        self.allowed.iter_peer(id)
+    }
+
+    /// The peer whose allowed IPs most specifically cover `addr`.
+    pub fn route(&self, addr: IpAddr) -> Option<PeerId> {
+        self.allowed.lookup(addr)
+    }
+
+    /// Feed the under-load detector with the depth of the caller's handshake queue; returns
+    /// whether the device is under load (then initiations need a valid MAC2).
+    pub fn update_load(&self, now: Timestamp, queued_handshakes: usize) -> bool {
+        self.load.update(now, queued_handshakes)
+    }
+
+    /// Drop a peer's keypairs and handshake, removing their indices.
+    fn forget_sessions(&self, peer: &Peer) {
+        for idx in peer.keypairs.clear().iter() {
+            self.index.remove(idx);
+        }
+        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
+        let old = hs.local_index();
+        hs.clear();
+        if old != 0 {
+            self.index.remove(old);
+        }
+    }
+
+    fn wall_ns(&self, now: Timestamp) -> u64 {
+        self.wall_at_epoch_ns.saturating_add(now.as_nanos())
+    }
+}
+
+#[cfg(test)]
+mod tests;
