@@ -206,6 +206,9 @@ impl Device {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
         let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
+        if !hs.is_initiation_pending() {
+            return Err(out.stats.drop(DropReason::HandshakeFailed));
+        }
         out.stats.dh_operations += 2;
         if let Err(e) = hs.consume_response(identity, resp) {
             tracing::debug!("Invalid handshake response from {}: {}", src, e);
