@@ -27,6 +27,8 @@ pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod messages;
 pub mod noise;

@@ -403,11 +403,11 @@ mod tests {
         let mut buf = vec![0xa5u8; r.buffer_len()];
         assert_eq!(r.emit(&mut Packet::new_unchecked(&mut buf[..]), &Default::default()), Ok(16));
         assert_eq!(buf, b);
-        let mut short = vec![0xa5u8; 15];
+        let mut short = [0xa5u8; 15];
         assert_eq!(r.emit(&mut Packet::new_unchecked(&mut short[..]), &Default::default()), Err(Error::Truncated));
 
         // Build with setters; turn it into the reply a responder sends.
-        let mut buf = vec![0xa5u8; 16];
+        let mut buf = [0xa5u8; 16];
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.set_msg_type(Message::ECHO_REPLY);
         p.set_msg_code(0);
@@ -454,7 +454,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let mut buf = vec![0xa5u8; 35];
+        let mut buf = [0xa5u8; 35];
         assert_eq!(r.emit(&mut Packet::new_unchecked(&mut buf[..]), &Default::default()), Err(Error::Truncated));
         // A long datagram is cut at 548 bytes even with room to spare.
         let long = vec![0x45u8; 1500];

@@ -690,11 +690,11 @@ mod tests {
             let p = Packet::new_checked(&buf[..]).unwrap();
             assert_eq!(Repr::parse(&p, &src, &dst, &Default::default()), Ok(Repr::PktTooBig { mtu: 1420, packet: &big[..room - 8] }));
         }
-        let mut buf = vec![0xa5u8; 55];
+        let mut buf = [0xa5u8; 55];
         assert_eq!(r.emit(&mut Packet::new_unchecked(&mut buf[..]), &src, &dst, &Default::default()), Err(Error::Truncated));
         // A quote without an IPv6 header is malformed.
         let caps = ChecksumCapabilities::ignored();
-        let mut buf = vec![0xa5u8; 47];
+        let mut buf = [0xa5u8; 47];
         buf[0] = 2;
         buf[1] = 0;
         assert_eq!(Repr::parse(&Packet::new_checked(&buf[..]).unwrap(), &src, &dst, &caps), Err(Error::Malformed));

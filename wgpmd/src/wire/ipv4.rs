@@ -515,7 +515,7 @@ mod tests {
         repr().emit(&mut Packet::new_unchecked(&mut buf[..]), &ChecksumCapabilities::ignored()).unwrap();
         assert_eq!(&buf[10..12], &[0, 0]);
         assert_eq!(repr().buffer_len(), 176);
-        let mut short = vec![0xa5u8; 175];
+        let mut short = [0xa5u8; 175];
         assert_eq!(repr().emit(&mut Packet::new_unchecked(&mut short[..]), &Default::default()), Err(Error::Truncated));
         for bad in [Repr { dscp: 64, ..repr() }, Repr { ecn: 4, ..repr() }, Repr { frag_offset: 12, ..repr() }, Repr { payload_len: 65_516, ..repr() }] {
             assert_eq!(bad.emit(&mut Packet::new_unchecked(&mut buf[..]), &Default::default()), Err(Error::Malformed));
@@ -546,7 +546,7 @@ mod tests {
     #[test]
     fn options_are_skipped_and_padding_is_not_payload() {
         // IHL 6 with a 4-byte option (NOP NOP NOP EOL), 4 bytes of payload, 6 of padding.
-        let mut b = vec![0u8; 34];
+        let mut b = [0u8; 34];
         {
             let mut p = Packet::new_unchecked(&mut b[..]);
             p.set_version(4);

@@ -346,7 +346,7 @@ mod tests {
         }
         assert_eq!(buf, want);
 
-        let mut short = vec![0u8; 71];
+        let mut short = [0u8; 71];
         assert_eq!(repr().emit(&mut Packet::new_unchecked(&mut short[..])), Err(Error::Truncated));
         let big = Repr { flow_label: 0x10_0000, ..repr() };
         assert_eq!(big.emit(&mut Packet::new_unchecked(&mut buf[..])), Err(Error::Malformed));
