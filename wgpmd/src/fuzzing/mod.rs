@@ -13,6 +13,10 @@
 //! Only on a broken invariant (a parse/emit round trip that does not hold, a view that
 //! disagrees with [`classify`]): that is what the fuzzer looks for.
 
+mod device;
+
+pub use device::{device_message, DeviceReached};
+
 use std::net::Ipv6Addr;
 
 use crate::wire::{
