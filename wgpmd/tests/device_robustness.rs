@@ -134,12 +134,8 @@ fn mutate(rng: &mut ChaCha20Rng, m: &mut Vec<u8>) {
         }
         4 => m[0] = rng.gen_range(0..6),
         5 => m[rng.gen_range(1..4)] = rng.gen(),
-        6 => {
-            // Swap the index fields between message kinds.
-            if m.len() >= 12 {
-                m.copy_within(4..8, 8);
-            }
-        }
+        // Copy one index field over the next (sender/receiver confusion).
+        6 if m.len() >= 12 => m.copy_within(4..8, 8),
         _ => {} // unchanged: replays of valid messages
     }
 }

@@ -79,7 +79,7 @@ impl Pair {
 
     /// Feed one datagram from us to boringtun; returns what it wrote to the network (flushing
     /// its queue as its API requires) and the inner packets it delivered.
-    fn to_bt(&mut self, msg: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    fn deliver_to_bt(&mut self, msg: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let mut net = Vec::new();
         let mut tun = Vec::new();
         let mut buf = vec![0u8; 2048];
@@ -120,7 +120,7 @@ impl Pair {
     }
 
     /// We receive one datagram from boringtun (data or handshake).
-    fn from_bt(&mut self, msg: &[u8]) -> Result<Option<Vec<u8>>, DropReason> {
+    fn receive_from_bt(&mut self, msg: &[u8]) -> Result<Option<Vec<u8>>, DropReason> {
         if msg[0] == 4 {
             let mut m = msg.to_vec();
             let d = self.dev.decapsulate(self.now, BT_ADDR, &mut m, &mut self.out)?;
@@ -145,7 +145,7 @@ impl Pair {
         let tx = self.take_transmits();
         assert_eq!(tx.len(), 1);
         assert_eq!(tx[0].len(), 148);
-        let (net, _) = self.to_bt(&tx[0]);
+        let (net, _) = self.deliver_to_bt(&tx[0]);
         assert_eq!(net.len(), 1, "boringtun answers with one response");
         assert_eq!(net[0].len(), 92);
         let r = self.dev.receive_handshake(self.now, &mut self.rng, BT_ADDR, &net[0], false, &mut self.out);
@@ -156,7 +156,7 @@ impl Pair {
         self.dev.send_keepalive(self.now, self.peer, &mut self.out).unwrap();
         let ka = self.take_transmits();
         assert_eq!(ka[0].len(), 32);
-        let (net, tun) = self.to_bt(&ka[0]);
+        let (net, tun) = self.deliver_to_bt(&ka[0]);
         assert!(net.is_empty() && tun.is_empty());
     }
 
@@ -164,11 +164,11 @@ impl Pair {
         let p = ipv4_udp(OUR_INNER, BT_INNER, tag);
         let m = self.our_send(&p).unwrap();
         assert_eq!((m.len() - 32) % 16, 0, "we pad to 16");
-        let (_, tun) = self.to_bt(&m);
+        let (_, tun) = self.deliver_to_bt(&m);
         assert_eq!(tun, vec![p.clone()]);
         let q = ipv4_udp(BT_INNER, OUR_INNER, tag);
         let m = self.bt_send(&q);
-        assert_eq!(self.from_bt(&m), Ok(Some(q)));
+        assert_eq!(self.receive_from_bt(&m), Ok(Some(q)));
     }
 }
 
@@ -202,7 +202,7 @@ fn boringtun_initiates_with_psk() {
     let resp = p.take_transmits();
     assert_eq!(resp.len(), 1);
     // Boringtun completes and sends its keepalive, which confirms our (responder) keypair.
-    let (net, _) = p.to_bt(&resp[0]);
+    let (net, _) = p.deliver_to_bt(&resp[0]);
     assert_eq!(net.len(), 1);
     assert_eq!(net[0].len(), 32);
     let mut ka = net[0].clone();
@@ -214,7 +214,7 @@ fn boringtun_initiates_with_psk() {
     assert_eq!(q.len(), 84);
     let m = p.bt_send(&q);
     assert_eq!(m.len(), 116);
-    assert_eq!(p.from_bt(&m), Ok(Some(q)));
+    assert_eq!(p.receive_from_bt(&m), Ok(Some(q)));
     p.ping_both_ways(b"after psk handshake");
 }
 
@@ -226,7 +226,7 @@ fn psk_mismatch_never_completes() {
     let tx = p.take_transmits();
     // Boringtun can decrypt our initiation (the PSK enters only at the response) and answers;
     // its response fails our check.
-    let (net, _) = p.to_bt(&tx[0]);
+    let (net, _) = p.deliver_to_bt(&tx[0]);
     let r = p.dev.receive_handshake(p.now, &mut p.rng, BT_ADDR, &net[0], false, &mut p.out);
     assert_eq!(r, Err(DropReason::HandshakeFailed));
     assert!(p.dev.peer(p.peer).unwrap().current_local_index().is_none());
@@ -243,12 +243,12 @@ fn keepalives_both_ways() {
         other => panic!("{other:?}"),
     };
     assert_eq!(ka.len(), 32);
-    assert_eq!(p.from_bt(&ka), Ok(Some(Vec::new())));
+    assert_eq!(p.receive_from_bt(&ka), Ok(Some(Vec::new())));
     assert_eq!(p.out.stats.keepalives_received, before + 1);
     // Ours: boringtun accepts it silently (no tunnel output).
     p.dev.send_keepalive(p.now, p.peer, &mut p.out).unwrap();
     let ka = p.take_transmits();
-    let (net, tun) = p.to_bt(&ka[0]);
+    let (net, tun) = p.deliver_to_bt(&ka[0]);
     assert!(net.is_empty() && tun.is_empty());
     // And boringtun's session still carries data afterwards (its counter window advanced).
     p.ping_both_ways(b"x");
@@ -266,13 +266,13 @@ fn rekey_while_traffic_flows_loses_nothing() {
     let m = p.our_send(&a1).unwrap();
     assert!(p.out.events.contains(&Event::HandshakeWanted(p.peer)));
     p.out.events.clear();
-    assert_eq!(p.to_bt(&m).1, vec![a1]);
+    assert_eq!(p.deliver_to_bt(&m).1, vec![a1]);
     // Boringtun keeps sending on the old session while the handshake is in flight.
     let b1 = ipv4_udp(BT_INNER, OUR_INNER, b"B1");
     let b1m = p.bt_send(&b1);
     p.dev.initiate(p.now, &mut p.rng, p.peer, &mut p.out).unwrap();
     let init = p.take_transmits();
-    let (net, _) = p.to_bt(&init[0]);
+    let (net, _) = p.deliver_to_bt(&init[0]);
     let resp = net[0].clone();
     let bt_new_index = u32::from_le_bytes(resp[4..8].try_into().unwrap());
     let b2 = ipv4_udp(BT_INNER, OUR_INNER, b"B2");
@@ -281,19 +281,19 @@ fn rekey_while_traffic_flows_loses_nothing() {
     let new_local = p.dev.peer(p.peer).unwrap().current_local_index().unwrap();
     assert_ne!(new_local, old_local);
     // Old-session packets arriving after the switch still open (previous keypair).
-    assert_eq!(p.from_bt(&b1m), Ok(Some(b1)));
-    assert_eq!(p.from_bt(&b2m), Ok(Some(b2)));
+    assert_eq!(p.receive_from_bt(&b1m), Ok(Some(b1)));
+    assert_eq!(p.receive_from_bt(&b2m), Ok(Some(b2)));
     // Our next packet uses the new keypair, addressed to boringtun's new index.
     let a2 = ipv4_udp(OUR_INNER, BT_INNER, b"A2");
     let m = p.our_send(&a2).unwrap();
     assert_eq!(u32::from_le_bytes(m[4..8].try_into().unwrap()), bt_new_index);
-    assert_eq!(p.to_bt(&m).1, vec![a2]);
+    assert_eq!(p.deliver_to_bt(&m).1, vec![a2]);
     // Boringtun switches too: its packets now name our new index.
     for i in 0..5u8 {
         let b = ipv4_udp(BT_INNER, OUR_INNER, &[i; 40]);
         let m = p.bt_send(&b);
         assert_eq!(u32::from_le_bytes(m[4..8].try_into().unwrap()), new_local);
-        assert_eq!(p.from_bt(&m), Ok(Some(b)));
+        assert_eq!(p.receive_from_bt(&m), Ok(Some(b)));
     }
     assert_eq!(p.out.stats.drops.iter().sum::<u64>(), 0, "no drops: {:?}", p.out.stats);
 }
@@ -313,7 +313,7 @@ fn our_cookie_reply_is_consumed_by_boringtun_which_retries_with_mac2() {
     assert_eq!(p.out.stats.dh_operations, dh_before);
     let reply = p.take_transmits();
     assert_eq!(reply[0].len(), 64);
-    let (net, tun) = p.to_bt(&reply[0]);
+    let (net, tun) = p.deliver_to_bt(&reply[0]);
     assert!(net.is_empty() && tun.is_empty());
     // Boringtun's retry carries a MAC2 made from our cookie and is accepted under load.
     let retry = match p.bt.format_handshake_initiation(&mut buf, true) {
@@ -332,7 +332,7 @@ fn boringtun_cookie_reply_is_consumed_by_us_and_our_retry_passes() {
     let mut p = Pair::new(7, None, Some(0));
     p.dev.initiate(p.now, &mut p.rng, p.peer, &mut p.out).unwrap();
     let init = p.take_transmits();
-    let (net, _) = p.to_bt(&init[0]);
+    let (net, _) = p.deliver_to_bt(&init[0]);
     assert_eq!(net[0].len(), 64, "boringtun under load sends a cookie reply");
     let r = p.dev.receive_handshake(p.now, &mut p.rng, BT_ADDR, &net[0], false, &mut p.out);
     assert_eq!(r, Ok(HandshakeOutcome::CookieStored(p.peer)));
@@ -352,7 +352,7 @@ fn boringtun_cookie_reply_is_consumed_by_us_and_our_retry_passes() {
     let retry = p.take_transmits();
     assert_eq!(retry.len(), 1);
     assert_ne!(&retry[0][132..148], &[0u8; 16], "retry carries MAC2");
-    let (net, _) = p.to_bt(&retry[0]);
+    let (net, _) = p.deliver_to_bt(&retry[0]);
     assert_eq!(net[0].len(), 92, "boringtun accepts the retry and responds");
     let r = p.dev.receive_handshake(p.now, &mut p.rng, BT_ADDR, &net[0], false, &mut p.out);
     assert_eq!(r, Ok(HandshakeOutcome::Completed(p.peer)));

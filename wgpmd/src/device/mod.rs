@@ -332,9 +332,10 @@ impl Device {
         self.identity.as_ref().map(|i| i.private_key())
     }
 
-    /// Set or remove the private key. Recomputes every peer's static-static DH and drops
-    /// handshakes in flight; a peer whose public key equals the new public key is removed (as
-    /// the kernel does).
+    /// Set or remove the private key. Recomputes every peer's static-static DH, drops
+    /// handshakes in flight and stops sealing with existing sessions (kernel
+    /// `wg_noise_expire_current_peer_keypairs`: the next packet asks for a handshake with the new
+    /// key); a peer whose public key equals the new public key is removed (as the kernel does).
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
         self.identity = key.map(Identity::new);
         let public = self.public_key();
@@ -349,6 +350,7 @@ impl Device {
             if old != 0 {
                 self.index.remove(old);
             }
+            p.keypairs.expire_current();
         }
     }
 

@@ -539,10 +539,25 @@ fn two_threads_drive_one_peer() {
 #[test]
 fn removing_a_peer_removes_its_indices_and_routes() {
     let mut p = Pair::established(15);
-    assert!(p.a.dev.index.len() > 0);
+    assert!(!p.a.dev.index.is_empty());
     p.a.dev.remove_peer(p.a.peer).unwrap();
     assert_eq!(p.a.dev.index.len(), 0);
     assert_eq!(p.a.dev.route(IpAddr::V4(B_IN)), None);
     assert_eq!(p.send(true, 10), Err(DropReason::NoRoute));
     assert_eq!(p.a.dev.remove_peer(p.a.peer), Err(ConfigError::NoSuchPeer));
+}
+
+#[test]
+fn changing_the_private_key_forces_a_new_handshake() {
+    let mut p = Pair::established(17);
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    p.a.dev.set_private_key(Some(PrivateKey::generate(&mut rng)));
+    p.a.out.events.clear();
+    // The old session no longer seals: the packet is refused for staging, a handshake wanted.
+    let now = p.now;
+    let inner = ipv4_packet(A_IN, B_IN, 20);
+    let mut buf = vec![0u8; 16 + inner.len() + 32];
+    buf[16..16 + inner.len()].copy_from_slice(&inner);
+    assert_eq!(p.a.dev.encapsulate(now, &mut buf, inner.len(), &mut p.a.out), Err(DropReason::NoSession));
+    assert!(p.a.out.events.contains(&Event::HandshakeWanted(p.a.peer)));
 }
