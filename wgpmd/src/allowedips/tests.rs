@@ -194,6 +194,22 @@ fn default_routes_and_exact_hosts() {
 }
 
 #[test]
+fn batch_lookup_of_empty_table_and_short_output() {
+    let mut t = AllowedIps::<u32>::new();
+    let addrs = [Ipv4Addr::new(1, 2, 3, 4); 20];
+    let mut out = [Some(9); 20];
+    t.lookup_v4_batch(&addrs, &mut out);
+    assert_eq!(out, [None; 20]);
+    t.insert(ip4(1, 2, 0, 0), 16, 5).unwrap();
+    let mut short = [None; 11];
+    t.lookup_v4_batch(&addrs, &mut short);
+    assert_eq!(short, [Some(5); 11]);
+    let mut out6 = [Some(9); 3];
+    t.lookup_v6_batch(&[Ipv6Addr::LOCALHOST; 2], &mut out6);
+    assert_eq!(out6, [None, None, Some(9)]);
+}
+
+#[test]
 fn invalid_cidr_is_an_error() {
     let mut t = AllowedIps::new();
     assert_eq!(
@@ -344,12 +360,28 @@ fn random_cidr(rng: &mut ChaCha20Rng, v6: bool) -> u8 {
 
 fn check_lookups(t: &AllowedIps<u32>, m: &Model, rng: &mut ChaCha20Rng, v6: bool, count: usize) {
     let nets: Vec<_> = m.entries.iter().filter(|e| e.2 == v6).map(|e| e.0).collect();
+    let mut addrs = Vec::with_capacity(count);
     for _ in 0..count {
         let near = if nets.is_empty() { None } else { Some(nets[rng.gen_range(0..nets.len())]) };
         // Half inside or next to inserted networks, half uniformly random.
         let near = if rng.gen_bool(0.5) { near } else { None };
         let addr = random_addr(rng, v6, near);
         assert_eq!(t.lookup(addr), m.lookup(addr), "lookup {addr}");
+        addrs.push(addr);
+    }
+    // The batched lookup agrees, including a ragged last group of lanes.
+    let len = count - 3;
+    let mut out = vec![Some(u32::MAX); count];
+    if v6 {
+        let a: Vec<Ipv6Addr> = addrs.iter().map(|a| match a { IpAddr::V6(a) => *a, _ => unreachable!() }).collect();
+        t.lookup_v6_batch(&a[..len], &mut out);
+    } else {
+        let a: Vec<Ipv4Addr> = addrs.iter().map(|a| match a { IpAddr::V4(a) => *a, _ => unreachable!() }).collect();
+        t.lookup_v4_batch(&a[..len], &mut out);
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        let want = if i < len { m.lookup(*addr) } else { Some(u32::MAX) };
+        assert_eq!(out[i], want, "batched lookup {i} {addr}");
     }
 }
 

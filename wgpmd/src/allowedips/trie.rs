@@ -87,6 +87,33 @@ fn below(bit: u32) -> u64 {
     (1u64 << bit) - 1
 }
 
+/// "No node" / "no result": past the end of any arena.
+const NONE: usize = usize::MAX;
+
+/// Lookups walked in lockstep by [`Trie::lookup_batch`].
+pub(super) const LANES: usize = 8;
+
+/// One level of a lookup: matches `addr` against node `idx`, records the longest prefix found
+/// there in `best` (a result index), and returns the child to visit next or [`NONE`].
+#[inline(always)]
+fn step<K: Key>(nodes: &[Node<K>], addr: K, idx: usize, best: &mut usize) -> usize {
+    let Some(node) = nodes.get(idx) else { return NONE };
+    if !addr.prefix_eq(node.key, node.depth) {
+        return NONE;
+    }
+    let v = addr.chunk(node.depth) & (SLOTS - 1);
+    let matches = node.internal & ANCESTORS[v];
+    if matches != 0 {
+        let pos = 63 - matches.leading_zeros();
+        *best = node.results as usize + (node.internal & below(pos)).count_ones() as usize;
+    }
+    let bit = v as u32;
+    if node.external & (1u64 << bit) == 0 {
+        return NONE;
+    }
+    node.children as usize + (node.external & below(bit)).count_ones() as usize
+}
+
 /// Depth of the node that holds a prefix of length `cidr`.
 #[inline(always)]
 fn home_depth(cidr: u8) -> u8 {
@@ -130,29 +157,37 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
     #[inline]
     pub(super) fn lookup(&self, addr: K) -> Option<P> {
         let nodes = self.nodes.slots();
-        let mut node = nodes.first()?;
-        let mut best = None;
-        loop {
-            if !addr.prefix_eq(node.key, node.depth) {
-                break;
+        let (mut idx, mut best) = (0, NONE);
+        while idx != NONE {
+            idx = step(nodes, addr, idx, &mut best);
+        }
+        self.results.get(best).copied()
+    }
+
+    /// Longest-prefix match of every address in `addrs` into `out` (up to the shorter of the
+    /// two). Walks [`LANES`] lookups in lockstep, one level of each per round, so their cache
+    /// misses overlap instead of queueing: on tables larger than the cache this is several
+    /// times the throughput of calling [`Trie::lookup`] in a loop.
+    pub(super) fn lookup_batch(&self, addrs: &[K], out: &mut [Option<P>]) {
+        let nodes = self.nodes.slots();
+        for (addrs, out) in addrs.chunks(LANES).zip(out.chunks_mut(LANES)) {
+            let mut idx = [NONE; LANES];
+            let mut best = [NONE; LANES];
+            if !nodes.is_empty() {
+                idx = [0; LANES];
             }
-            let v = addr.chunk(node.depth) & (SLOTS - 1);
-            let matches = node.internal & ANCESTORS[v];
-            if matches != 0 {
-                let pos = 63 - matches.leading_zeros();
-                best = Some(node.results as usize + (node.internal & below(pos)).count_ones() as usize);
+            let mut live = true;
+            while live {
+                live = false;
+                for ((i, b), &addr) in idx.iter_mut().zip(best.iter_mut()).zip(addrs) {
+                    *i = step(nodes, addr, *i, b);
+                    live |= *i != NONE;
+                }
             }
-            let bit = v as u32;
-            if node.external & (1u64 << bit) == 0 {
-                break;
-            }
-            let child = node.children as usize + (node.external & below(bit)).count_ones() as usize;
-            match nodes.get(child) {
-                Some(next) => node = next,
-                None => break,
+            for (o, &b) in out.iter_mut().zip(&best) {
+                *o = self.results.get(b).copied();
             }
         }
-        best.and_then(|i| self.results.get(i).copied())
     }
 
     /// Maps the prefix `key/cidr` (`key` already masked, `cidr <= K::WIDTH`) to `peer`,
