@@ -1,5 +1,11 @@
-//! The per-family trie: a path-compressed multibit trie with popcount-compressed nodes (a
-//! tree bitmap, Eatherton et al. 2004) over `u32` (IPv4) or `u128` (IPv6) keys.
+//! The per-family trie: a direct table over the top [`TOP_BITS`] address bits, under it a
+//! path-compressed multibit trie with popcount-compressed nodes (a tree bitmap, Eatherton et
+//! al. 2004), over `u32` (IPv4) or `u128` (IPv6) keys.
+//!
+//! The direct table (poptrie's "direct pointing") replaces the two levels every lookup would
+//! otherwise walk first: slot `s` holds the subtree for addresses starting with `s` and, leaf-
+//! pushed, the longest prefix shorter than [`TOP_BITS`] covering `s`. Those short prefixes are
+//! also kept unexpanded in a heap-indexed array, from which a slot is recomputed on removal.
 //!
 //! Each node covers [`STRIDE`] bits of the address starting at its `depth` (a multiple of the
 //! stride). Its `internal` bitmap holds the prefixes that end inside those bits, heap-indexed
@@ -8,13 +14,18 @@
 //! block in heap order, so both are found by popcount. A child may sit deeper than `depth +
 //! STRIDE` (path compression): a node stores its key, and a lookup stops at the first node whose
 //! key disagrees with the address. Canonical form, restored after every removal: every node
-//! but the root holds a prefix or has two children, so there are at most `2n + 1` nodes.
+//! holds a prefix or has two children, so there are at most `2n` nodes.
 
 use super::arena::{Arena, ArenaFull};
 
 /// Address bits consumed per node. Six gives 63 + 64 bitmap bits, exactly two `u64`s.
 pub(super) const STRIDE: u8 = 6;
 const SLOTS: usize = 1 << STRIDE;
+/// Address bits resolved by the direct table: two strides, 4096 slots of 12 bytes.
+pub(super) const TOP_BITS: u8 = 2 * STRIDE;
+const TOP_SLOTS: usize = 1 << TOP_BITS;
+/// "None" in `u32` index fields: never a valid arena index (arenas stop below `u32::MAX`).
+const NIL: u32 = u32::MAX;
 
 /// An address family's key: a big-endian address as an unsigned integer.
 pub(super) trait Key: Copy + Eq + Default + core::fmt::Debug {
@@ -22,6 +33,8 @@ pub(super) trait Key: Copy + Eq + Default + core::fmt::Debug {
     const WIDTH: u8;
     /// The [`STRIDE`] bits starting at bit `start` (MSB first), zero past the end.
     fn chunk(self, start: u8) -> usize;
+    /// The top [`TOP_BITS`] bits: the key's direct-table slot.
+    fn top(self) -> usize;
     /// The top `len` bits kept, the rest cleared.
     fn masked(self, len: u8) -> Self;
     /// Whether `self` and `other` agree on their top `len` bits.
@@ -37,6 +50,10 @@ macro_rules! impl_key {
             #[inline(always)]
             fn chunk(self, start: u8) -> usize {
                 (self.checked_shl(u32::from(start)).unwrap_or(0) >> (Self::WIDTH - STRIDE)) as usize
+            }
+            #[inline(always)]
+            fn top(self) -> usize {
+                (self >> (Self::WIDTH - TOP_BITS)) as usize
             }
             #[inline(always)]
             fn masked(self, len: u8) -> Self {
@@ -132,10 +149,33 @@ pub(super) struct Node<K> {
     depth: u8,
 }
 
+/// One direct-table slot.
+#[derive(Debug, Clone, Copy)]
+struct Top {
+    /// Root of the subtree for this slot (a node at depth >= [`TOP_BITS`]), or [`NIL`].
+    node: u32,
+    /// Result index of the longest prefix shorter than [`TOP_BITS`] covering the slot, or NIL.
+    short: u32,
+    /// That prefix's length (meaningless while `short` is NIL).
+    short_len: u8,
+}
+
+const EMPTY_TOP: Top = Top { node: NIL, short: NIL, short_len: 0 };
+
+/// Heap index of a prefix shorter than [`TOP_BITS`] whose top bits are `top` (a slot number).
+#[inline]
+fn short_index(cidr: u8, top: usize) -> usize {
+    (1 << cidr) | (top >> (TOP_BITS - cidr))
+}
+
 /// One address family's table from prefix to `P`.
 #[derive(Debug, Clone)]
 pub(super) struct Trie<K, P> {
-    /// Index 0 is the root (depth 0) once anything was inserted.
+    /// [`TOP_SLOTS`] slots once anything was inserted, else empty.
+    top: Vec<Top>,
+    /// Result index of each prefix shorter than [`TOP_BITS`], heap-indexed by
+    /// [`short_index`] (index 0 unused), or [`NIL`]; sized with `top`.
+    short: Vec<u32>,
     nodes: Arena<Node<K>>,
     results: Arena<P>,
     len: usize,
@@ -144,7 +184,7 @@ pub(super) struct Trie<K, P> {
 impl<K: Key, P: Copy + Eq> Trie<K, P> {
     /// An empty trie; allocates nothing.
     pub(super) const fn new() -> Self {
-        Trie { nodes: Arena::new(), results: Arena::new(), len: 0 }
+        Trie { top: Vec::new(), short: Vec::new(), nodes: Arena::new(), results: Arena::new(), len: 0 }
     }
 
     /// Number of prefixes.
@@ -152,14 +192,18 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         self.len
     }
 
-    /// Longest-prefix match. The hot path: no allocation, no recursion, one node load per
-    /// [`STRIDE`] bits and one result load at the end.
+    /// Longest-prefix match. The hot path: no allocation, no recursion; one direct-table load,
+    /// one node load per [`STRIDE`] bits below it, one result load at the end.
     #[inline]
     pub(super) fn lookup(&self, addr: K) -> Option<P> {
+        let top = self.top.get(addr.top())?;
         let nodes = self.nodes.slots();
-        let (mut idx, mut best) = (0, NONE);
+        let (mut idx, mut best) = (top.node as usize, NONE);
         while idx != NONE {
             idx = step(nodes, addr, idx, &mut best);
+        }
+        if best == NONE {
+            best = top.short as usize;
         }
         self.results.get(best).copied()
     }
@@ -173,8 +217,11 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         for (addrs, out) in addrs.chunks(LANES).zip(out.chunks_mut(LANES)) {
             let mut idx = [NONE; LANES];
             let mut best = [NONE; LANES];
-            if !nodes.is_empty() {
-                idx = [0; LANES];
+            let mut short = [NIL; LANES];
+            for ((i, s), addr) in idx.iter_mut().zip(short.iter_mut()).zip(addrs) {
+                if let Some(top) = self.top.get(addr.top()) {
+                    (*i, *s) = (top.node as usize, top.short);
+                }
             }
             let mut live = true;
             while live {
@@ -184,8 +231,8 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
                     live |= *i != NONE;
                 }
             }
-            for (o, &b) in out.iter_mut().zip(&best) {
-                *o = self.results.get(b).copied();
+            for ((o, &b), &s) in out.iter_mut().zip(&best).zip(&short) {
+                *o = self.results.get(if b == NONE { s as usize } else { b }).copied();
             }
         }
     }
@@ -193,11 +240,32 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
     /// Maps the prefix `key/cidr` (`key` already masked, `cidr <= K::WIDTH`) to `peer`,
     /// returning the peer it replaced.
     pub(super) fn insert(&mut self, key: K, cidr: u8, peer: P) -> Result<Option<P>, ArenaFull> {
-        if self.nodes.slots().is_empty() {
-            self.nodes.alloc_one(Node::default())?;
+        if self.top.is_empty() {
+            self.top.resize(TOP_SLOTS, EMPTY_TOP);
+            self.short.resize(TOP_SLOTS, NIL);
+        }
+        if cidr < TOP_BITS {
+            return self.insert_short(key, cidr, peer);
         }
         let target = home_depth(cidr);
-        let mut cur = 0usize;
+        let slot = self.top.get_mut(key.top()).ok_or(ArenaFull)?;
+        if slot.node == NIL {
+            let leaf = self.leaf(key, cidr, peer)?;
+            let idx = match self.nodes.alloc_one(leaf) {
+                Ok(idx) => idx,
+                Err(e) => {
+                    self.results.release(leaf.results, 1);
+                    return Err(e);
+                }
+            };
+            if let Some(slot) = self.top.get_mut(key.top()) {
+                slot.node = idx;
+            }
+            self.len += 1;
+            return Ok(None);
+        }
+        let mut cur = slot.node as usize;
+        self.enter(cur, key, target)?;
         loop {
             let node = *self.nodes.get(cur).ok_or(ArenaFull)?;
             // Invariant: `key` agrees with `node.key` on `node.depth` bits and cidr >= depth.
@@ -217,26 +285,16 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
                 self.len += 1;
                 return Ok(None);
             }
-            let v = key.chunk(node.depth) & (SLOTS - 1);
-            let bit = v as u32;
+            let bit = (key.chunk(node.depth) & (SLOTS - 1)) as u32;
             let rank = (node.external & below(bit)).count_ones() as usize;
             if node.external & (1 << bit) == 0 {
                 // A fresh leaf straight at the prefix's home depth: path compression.
-                let results = self.results.alloc_one(peer)?;
-                let rel = cidr - target;
-                let leaf = Node {
-                    key: key.masked(target),
-                    internal: 1 << heap_pos(rel, key.chunk(target) >> (STRIDE - rel)),
-                    external: 0,
-                    children: 0,
-                    results,
-                    depth: target,
-                };
+                let leaf = self.leaf(key, cidr, peer)?;
                 let count = node.external.count_ones() as usize;
                 let children = match self.nodes.insert(node.children, count, rank, leaf) {
                     Ok(c) => c,
                     Err(e) => {
-                        self.results.release(results, 1);
+                        self.results.release(leaf.results, 1);
                         return Err(e);
                     }
                 };
@@ -246,36 +304,82 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
                 self.len += 1;
                 return Ok(None);
             }
-            let ci = node.children as usize + rank;
-            let child = *self.nodes.get(ci).ok_or(ArenaFull)?;
-            if child.depth <= target && key.prefix_eq(child.key, child.depth) {
-                cur = ci;
-                continue;
-            }
-            // The child skips past where the new prefix diverges or lives: put a node at the
-            // deepest stride boundary above both, holding the child; then continue into it.
-            let split = key.common_prefix(child.key).min(target) / STRIDE * STRIDE;
-            let block = self.nodes.alloc_one(child)?;
-            let mid = Node {
-                key: key.masked(split),
-                internal: 0,
-                external: 1 << (child.key.chunk(split) & (SLOTS - 1)),
-                children: block,
-                results: 0,
-                depth: split,
-            };
-            *self.nodes.get_mut(ci).ok_or(ArenaFull)? = mid;
-            cur = ci;
+            cur = node.children as usize + rank;
+            self.enter(cur, key, target)?;
         }
+    }
+
+    /// A new node at the home depth of `key/cidr` holding just that prefix.
+    fn leaf(&mut self, key: K, cidr: u8, peer: P) -> Result<Node<K>, ArenaFull> {
+        let depth = home_depth(cidr);
+        let rel = cidr - depth;
+        Ok(Node {
+            key: key.masked(depth),
+            internal: 1 << heap_pos(rel, key.chunk(depth) >> (STRIDE - rel)),
+            external: 0,
+            children: 0,
+            results: self.results.alloc_one(peer)?,
+            depth,
+        })
+    }
+
+    /// Makes node `idx`, reached on the way to inserting `key` with home depth `target`, one
+    /// that `key` continues through: if it skips past where `key` diverges or lives, puts a node
+    /// at the deepest stride boundary above both in its place, holding it as its only child.
+    fn enter(&mut self, idx: usize, key: K, target: u8) -> Result<(), ArenaFull> {
+        let node = *self.nodes.get(idx).ok_or(ArenaFull)?;
+        if node.depth <= target && key.prefix_eq(node.key, node.depth) {
+            return Ok(());
+        }
+        // Both agree on the bits that led here, so `split` is at least the depth of this
+        // position (a stride below the parent, or TOP_BITS), and below `node.depth`.
+        let split = key.common_prefix(node.key).min(target) / STRIDE * STRIDE;
+        let block = self.nodes.alloc_one(node)?;
+        let mid = Node {
+            key: key.masked(split),
+            internal: 0,
+            external: 1 << (node.key.chunk(split) & (SLOTS - 1)),
+            children: block,
+            results: 0,
+            depth: split,
+        };
+        *self.nodes.get_mut(idx).ok_or(ArenaFull)? = mid;
+        Ok(())
+    }
+
+    /// [`Trie::insert`] of a prefix shorter than [`TOP_BITS`]: stored unexpanded and pushed
+    /// into the direct-table slots it covers unless they have a longer one.
+    fn insert_short(&mut self, key: K, cidr: u8, peer: P) -> Result<Option<P>, ArenaFull> {
+        let h = short_index(cidr, key.top());
+        let existing = *self.short.get(h).ok_or(ArenaFull)?;
+        if let Some(slot) = self.results.get_mut(existing as usize) {
+            return Ok(Some(core::mem::replace(slot, peer)));
+        }
+        let r = self.results.alloc_one(peer)?;
+        if let Some(s) = self.short.get_mut(h) {
+            *s = r;
+        }
+        let span = 1usize << (TOP_BITS - cidr);
+        let first = key.top() & !(span - 1);
+        for slot in self.top.iter_mut().skip(first).take(span) {
+            if slot.short == NIL || slot.short_len < cidr {
+                (slot.short, slot.short_len) = (r, cidr);
+            }
+        }
+        self.len += 1;
+        Ok(None)
     }
 
     /// Removes the prefix `key/cidr` (`key` masked) if `keep` says so of its peer; returns
     /// the removed peer.
     pub(super) fn remove_if(&mut self, key: K, cidr: u8, keep: impl FnOnce(&P) -> bool) -> Option<P> {
+        if cidr < TOP_BITS {
+            return self.remove_short(key, cidr, keep);
+        }
         let target = home_depth(cidr);
-        // Node indices from the root down to the prefix's home node.
-        let mut path: Vec<usize> = Vec::with_capacity(usize::from(K::WIDTH / STRIDE) + 2);
-        let mut cur = 0usize;
+        // Node indices from the subtree root down to the prefix's home node.
+        let mut path: Vec<usize> = Vec::with_capacity(usize::from(K::WIDTH / STRIDE));
+        let mut cur = self.top.get(key.top())?.node as usize;
         let node = loop {
             let node = *self.nodes.get(cur)?;
             if !key.prefix_eq(node.key, node.depth) || node.depth > target {
@@ -307,19 +411,19 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
             n.internal &= !(1 << pos);
         }
         self.len -= 1;
-        self.restore_canonical(&path);
+        self.restore_canonical(key.top(), &path);
         Some(peer)
     }
 
-    /// After a removal at the end of `path`, drops nodes left empty and splices out nodes left
-    /// with no prefix and a single child, walking up while that changes a parent.
-    fn restore_canonical(&mut self, path: &[usize]) {
+    /// After a removal at the end of `path` (which starts at slot `top`'s subtree root), drops
+    /// nodes left empty and splices out nodes left with no prefix and one child, walking up
+    /// while that changes a parent.
+    fn restore_canonical(&mut self, top: usize, path: &[usize]) {
         let mut level = path.len();
-        while level >= 2 {
-            let (idx, parent_idx) = (path[level - 1], path[level - 2]);
+        while let Some(&idx) = path.get(level.wrapping_sub(1)) {
             let Some(&node) = self.nodes.get(idx) else { return };
             if node.internal != 0 || node.external.count_ones() >= 2 {
-                return;
+                break;
             }
             if node.external != 0 {
                 // One child: it takes this node's place (its own key keeps lookups exact).
@@ -328,9 +432,17 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
                 if let Some(slot) = self.nodes.get_mut(idx) {
                     *slot = child;
                 }
-                return;
+                break;
             }
-            // Empty: remove it from the parent's children, then look at the parent.
+            // Empty: unlink it from its parent, then look at the parent.
+            let Some(&parent_idx) = path.get(level.wrapping_sub(2)) else {
+                // The subtree root: a block of its own, referenced by the direct table.
+                if let Some(slot) = self.top.get_mut(top) {
+                    slot.node = NIL;
+                }
+                self.nodes.release(idx as u32, 1);
+                break;
+            };
             let Some(&parent) = self.nodes.get(parent_idx) else { return };
             let bit = (node.key.chunk(parent.depth) & (SLOTS - 1)) as u32;
             let rank = (parent.external & below(bit)).count_ones() as usize;
@@ -346,33 +458,83 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         }
     }
 
+    /// [`Trie::remove_if`] of a prefix shorter than [`TOP_BITS`]: the slots it covered fall
+    /// back to the next shorter prefix covering them.
+    fn remove_short(&mut self, key: K, cidr: u8, keep: impl FnOnce(&P) -> bool) -> Option<P> {
+        let h = short_index(cidr, key.top());
+        let r = *self.short.get(h)?;
+        let peer = *self.results.get(r as usize)?;
+        if !keep(&peer) {
+            return None;
+        }
+        self.results.release(r, 1);
+        if let Some(s) = self.short.get_mut(h) {
+            *s = NIL;
+        }
+        let span = 1usize << (TOP_BITS - cidr);
+        let first = key.top() & !(span - 1);
+        for (s, slot) in self.top.iter_mut().enumerate().skip(first).take(span) {
+            if slot.short == r {
+                *slot = Top { short: NIL, short_len: 0, ..*slot };
+                for len in (0..cidr).rev() {
+                    let shorter = self.short.get(short_index(len, s)).copied().unwrap_or(NIL);
+                    if shorter != NIL {
+                        (slot.short, slot.short_len) = (shorter, len);
+                        break;
+                    }
+                }
+            }
+        }
+        self.len -= 1;
+        if self.len == 0 {
+            self.clear();
+        }
+        Some(peer)
+    }
+
     /// Removes every prefix, keeping allocations.
     pub(super) fn clear(&mut self) {
+        self.top.clear();
+        self.short.clear();
         self.nodes.clear();
         self.results.clear();
         self.len = 0;
     }
 
-    /// Repacks both arenas densely, nodes in breadth-first order (so the top levels, which
-    /// every lookup visits, share cache lines), dropping free blocks and spare capacity.
+    /// Repacks both arenas densely, nodes in breadth-first order (so the upper levels, which
+    /// lookups visit most, share cache lines), dropping free blocks and spare capacity.
     /// Linear in the table size; allocates the new arenas before freeing the old.
     pub(super) fn compact(&mut self) {
         let old_nodes = self.nodes.slots();
         let old_results = self.results.slots();
-        let Some(&root) = old_nodes.first() else { return };
         let mut nodes = Vec::with_capacity(self.nodes.live());
         let mut results = Vec::with_capacity(self.results.live());
-        nodes.push(root);
+        let index = |len: usize| u32::try_from(len).unwrap_or(NIL);
+        for s in self.short.iter_mut().filter(|s| **s != NIL) {
+            if let Some(&r) = old_results.get(*s as usize) {
+                *s = index(results.len());
+                results.push(r);
+            }
+        }
+        for (s, slot) in self.top.iter_mut().enumerate() {
+            if slot.short != NIL {
+                slot.short = self.short.get(short_index(slot.short_len, s)).copied().unwrap_or(NIL);
+            }
+            if let Some(&root) = old_nodes.get(slot.node as usize) {
+                slot.node = index(nodes.len());
+                nodes.push(root);
+            }
+        }
         let mut i = 0;
         while let Some(&node) = nodes.get(i) {
             let mut node = node;
             let (r, c) = (node.results as usize, node.children as usize);
             if let Some(block) = old_results.get(r..r + node.internal.count_ones() as usize) {
-                node.results = u32::try_from(results.len()).unwrap_or(u32::MAX);
+                node.results = index(results.len());
                 results.extend_from_slice(block);
             }
             if let Some(block) = old_nodes.get(c..c + node.external.count_ones() as usize) {
-                node.children = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+                node.children = index(nodes.len());
                 nodes.extend_from_slice(block);
             }
             if let Some(slot) = nodes.get_mut(i) {
@@ -382,14 +544,19 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         }
         self.nodes = Arena::from_vec(nodes);
         self.results = Arena::from_vec(results);
+        self.top.shrink_to_fit();
+        self.short.shrink_to_fit();
     }
 
     /// Heap bytes held by the trie.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.nodes.heap_bytes() + self.results.heap_bytes()
+        self.top.capacity() * core::mem::size_of::<Top>()
+            + self.short.capacity() * 4
+            + self.nodes.heap_bytes()
+            + self.results.heap_bytes()
     }
 
-    /// Live nodes (root included), for statistics.
+    /// Live nodes, for statistics.
     pub(super) fn node_count(&self) -> usize {
         self.nodes.live()
     }
