@@ -551,6 +551,6 @@ fn memory_per_prefix_is_small() {
     let packed = per_prefix(t.stats());
     eprintln!("{:?}\nB/prefix v4 trie, v6 trie, all-in: grown {grown:.1?}, compacted {packed:.1?}", t.stats());
     assert_eq!(probe.iter().map(|&a| t.lookup(a)).collect::<Vec<_>>(), answers);
-    assert!(grown.0 < 100.0 && grown.1 < 160.0 && grown.2 < 200.0, "{grown:?}");
+    assert!(grown.0 < 120.0 && grown.1 < 170.0 && grown.2 < 200.0, "{grown:?}");
     assert!(packed.0 < 45.0 && packed.1 < 75.0 && packed.2 < 100.0, "{packed:?}");
 }

@@ -31,6 +31,12 @@ const NIL: u32 = u32::MAX;
 pub(super) trait Key: Copy + Eq + Default + core::fmt::Debug {
     /// Address width in bits.
     const WIDTH: u8;
+    /// How a node stores a key: `u128` as two `u64`s, so IPv6 nodes need only 8-byte alignment.
+    type Packed: Copy + core::fmt::Debug;
+    /// The key in node storage form.
+    fn pack(self) -> Self::Packed;
+    /// The key back from node storage form.
+    fn unpack(packed: Self::Packed) -> Self;
     /// The [`STRIDE`] bits starting at bit `start` (MSB first), zero past the end.
     fn chunk(self, start: u8) -> usize;
     /// The top [`TOP_BITS`] bits: the key's direct-table slot.
@@ -44,9 +50,18 @@ pub(super) trait Key: Copy + Eq + Default + core::fmt::Debug {
 }
 
 macro_rules! impl_key {
-    ($t:ty) => {
+    ($t:ty, $packed:ty, $pack:expr, $unpack:expr) => {
         impl Key for $t {
             const WIDTH: u8 = <$t>::BITS as u8;
+            type Packed = $packed;
+            #[inline(always)]
+            fn pack(self) -> $packed {
+                $pack(self)
+            }
+            #[inline(always)]
+            fn unpack(packed: $packed) -> Self {
+                $unpack(packed)
+            }
             #[inline(always)]
             fn chunk(self, start: u8) -> usize {
                 (self.checked_shl(u32::from(start)).unwrap_or(0) >> (Self::WIDTH - STRIDE)) as usize
@@ -73,8 +88,10 @@ macro_rules! impl_key {
         }
     };
 }
-impl_key!(u32);
-impl_key!(u128);
+impl_key!(u32, u32, |k| k, |p| p);
+impl_key!(u128, [u64; 2], |k: u128| [(k >> 64) as u64, k as u64], |p: [u64; 2]| {
+    u128::from(p[0]) << 64 | u128::from(p[1])
+});
 
 /// For each chunk value `v`, the heap positions of all prefixes inside a node that cover `v`:
 /// `internal & ANCESTORS[v]` are the node's matches, its highest bit the longest.
@@ -110,19 +127,27 @@ const NONE: usize = usize::MAX;
 /// Lookups walked in lockstep by [`Trie::lookup_batch`].
 pub(super) const LANES: usize = 8;
 
-/// One level of a lookup: matches `addr` against node `idx`, records the longest prefix found
-/// there in `best` (a result index), and returns the child to visit next or [`NONE`].
+/// One level of a lookup: matches `addr` against node `idx`, records the peer of the longest
+/// prefix found there in `best`, and returns the child to visit next or [`NONE`].
+///
+/// A node holding one prefix keeps its peer inline, so the last node of most lookups needs
+/// no further load; a node holding several reads its result block here, off the chain of
+/// dependent node loads (the next node's address does not depend on it), so it overlaps.
 #[inline(always)]
-fn step<K: Key>(nodes: &[Node<K>], addr: K, idx: usize, best: &mut usize) -> usize {
+fn step<K: Key, P: Copy>(nodes: &[Node<K, P>], results: &[P], addr: K, idx: usize, best: &mut Option<P>) -> usize {
     let Some(node) = nodes.get(idx) else { return NONE };
-    if !addr.prefix_eq(node.key, node.depth) {
+    if !addr.prefix_eq(node.key(), node.depth) {
         return NONE;
     }
     let v = addr.chunk(node.depth) & (SLOTS - 1);
     let matches = node.internal & ANCESTORS[v];
     if matches != 0 {
-        let pos = 63 - matches.leading_zeros();
-        *best = node.results as usize + (node.internal & below(pos)).count_ones() as usize;
+        *best = if node.internal & (node.internal - 1) == 0 {
+            Some(node.value)
+        } else {
+            let pos = 63 - matches.leading_zeros();
+            results.get(node.results as usize + (node.internal & below(pos)).count_ones() as usize).copied()
+        };
     }
     let bit = v as u32;
     if node.external & (1u64 << bit) == 0 {
@@ -131,22 +156,46 @@ fn step<K: Key>(nodes: &[Node<K>], addr: K, idx: usize, best: &mut usize) -> usi
     node.children as usize + (node.external & below(bit)).count_ones() as usize
 }
 
+/// A new node at the home depth of `key/cidr` holding just that prefix, inline.
+fn leaf<K: Key, P>(key: K, cidr: u8, peer: P) -> Node<K, P> {
+    let depth = home_depth(cidr);
+    let rel = cidr - depth;
+    Node {
+        key: key.masked(depth).pack(),
+        internal: 1 << heap_pos(rel, key.chunk(depth) >> (STRIDE - rel)),
+        external: 0,
+        children: 0,
+        results: 0,
+        value: peer,
+        depth,
+    }
+}
+
 /// Depth of the node that holds a prefix of length `cidr`.
 #[inline(always)]
 fn home_depth(cidr: u8) -> u8 {
     cidr / STRIDE * STRIDE
 }
 
-/// One trie node; see the module doc. `children` / `results` are meaningless while the
-/// matching bitmap is zero.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Node<K> {
-    key: K,
+/// One trie node; see the module doc. `children` is meaningless while `external` is zero;
+/// `value` holds the peer while `internal` has exactly one bit, `results` the start of the
+/// result block while it has two or more.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Node<K: Key, P> {
+    key: K::Packed,
     internal: u64,
     external: u64,
     children: u32,
     results: u32,
+    value: P,
     depth: u8,
+}
+
+impl<K: Key, P> Node<K, P> {
+    #[inline(always)]
+    fn key(&self) -> K {
+        K::unpack(self.key)
+    }
 }
 
 /// One direct-table slot.
@@ -170,13 +219,13 @@ fn short_index(cidr: u8, top: usize) -> usize {
 
 /// One address family's table from prefix to `P`.
 #[derive(Debug, Clone)]
-pub(super) struct Trie<K, P> {
+pub(super) struct Trie<K: Key, P> {
     /// [`TOP_SLOTS`] slots once anything was inserted, else empty.
     top: Vec<Top>,
     /// Result index of each prefix shorter than [`TOP_BITS`], heap-indexed by
     /// [`short_index`] (index 0 unused), or [`NIL`]; sized with `top`.
     short: Vec<u32>,
-    nodes: Arena<Node<K>>,
+    nodes: Arena<Node<K, P>>,
     results: Arena<P>,
     len: usize,
 }
@@ -197,15 +246,12 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
     #[inline]
     pub(super) fn lookup(&self, addr: K) -> Option<P> {
         let top = self.top.get(addr.top())?;
-        let nodes = self.nodes.slots();
-        let (mut idx, mut best) = (top.node as usize, NONE);
+        let (nodes, results) = (self.nodes.slots(), self.results.slots());
+        let (mut idx, mut best) = (top.node as usize, None);
         while idx != NONE {
-            idx = step(nodes, addr, idx, &mut best);
+            idx = step(nodes, results, addr, idx, &mut best);
         }
-        if best == NONE {
-            best = top.short as usize;
-        }
-        self.results.get(best).copied()
+        best.or_else(|| results.get(top.short as usize).copied())
     }
 
     /// Longest-prefix match of every address in `addrs` into `out` (up to the shorter of the
@@ -213,10 +259,10 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
     /// misses overlap instead of queueing: on tables larger than the cache this is several
     /// times the throughput of calling [`Trie::lookup`] in a loop.
     pub(super) fn lookup_batch(&self, addrs: &[K], out: &mut [Option<P>]) {
-        let nodes = self.nodes.slots();
+        let (nodes, results) = (self.nodes.slots(), self.results.slots());
         for (addrs, out) in addrs.chunks(LANES).zip(out.chunks_mut(LANES)) {
             let mut idx = [NONE; LANES];
-            let mut best = [NONE; LANES];
+            let mut best = [None; LANES];
             let mut short = [NIL; LANES];
             for ((i, s), addr) in idx.iter_mut().zip(short.iter_mut()).zip(addrs) {
                 if let Some(top) = self.top.get(addr.top()) {
@@ -227,12 +273,12 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
             while live {
                 live = false;
                 for ((i, b), &addr) in idx.iter_mut().zip(best.iter_mut()).zip(addrs) {
-                    *i = step(nodes, addr, *i, b);
+                    *i = step(nodes, results, addr, *i, b);
                     live |= *i != NONE;
                 }
             }
             for ((o, &b), &s) in out.iter_mut().zip(&best).zip(&short) {
-                *o = self.results.get(if b == NONE { s as usize } else { b }).copied();
+                *o = b.or_else(|| results.get(s as usize).copied());
             }
         }
     }
@@ -250,14 +296,7 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         let target = home_depth(cidr);
         let slot = self.top.get_mut(key.top()).ok_or(ArenaFull)?;
         if slot.node == NIL {
-            let leaf = self.leaf(key, cidr, peer)?;
-            let idx = match self.nodes.alloc_one(leaf) {
-                Ok(idx) => idx,
-                Err(e) => {
-                    self.results.release(leaf.results, 1);
-                    return Err(e);
-                }
-            };
+            let idx = self.nodes.alloc_one(leaf(key, cidr, peer))?;
             if let Some(slot) = self.top.get_mut(key.top()) {
                 slot.node = idx;
             }
@@ -273,14 +312,26 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
                 let rel = cidr - target;
                 let pos = heap_pos(rel, key.chunk(target) >> (STRIDE - rel));
                 let rank = (node.internal & below(pos)).count_ones() as usize;
+                let count = node.internal.count_ones() as usize;
                 if node.internal & (1 << pos) != 0 {
-                    let slot = self.results.get_mut(node.results as usize + rank).ok_or(ArenaFull)?;
+                    let slot = if count == 1 {
+                        &mut self.nodes.get_mut(cur).ok_or(ArenaFull)?.value
+                    } else {
+                        self.results.get_mut(node.results as usize + rank).ok_or(ArenaFull)?
+                    };
                     return Ok(Some(core::mem::replace(slot, peer)));
                 }
-                let count = node.internal.count_ones() as usize;
-                let results = self.results.insert(node.results, count, rank, peer)?;
+                let (results, value) = match count {
+                    0 => (node.results, peer),
+                    // The inline peer and the new one move to a block of two.
+                    1 => {
+                        let block = self.results.alloc_one(node.value)?;
+                        (self.results.insert(block, 1, rank, peer)?, node.value)
+                    }
+                    _ => (self.results.insert(node.results, count, rank, peer)?, node.value),
+                };
                 let n = self.nodes.get_mut(cur).ok_or(ArenaFull)?;
-                n.results = results;
+                (n.results, n.value) = (results, value);
                 n.internal |= 1 << pos;
                 self.len += 1;
                 return Ok(None);
@@ -289,15 +340,8 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
             let rank = (node.external & below(bit)).count_ones() as usize;
             if node.external & (1 << bit) == 0 {
                 // A fresh leaf straight at the prefix's home depth: path compression.
-                let leaf = self.leaf(key, cidr, peer)?;
                 let count = node.external.count_ones() as usize;
-                let children = match self.nodes.insert(node.children, count, rank, leaf) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.results.release(leaf.results, 1);
-                        return Err(e);
-                    }
-                };
+                let children = self.nodes.insert(node.children, count, rank, leaf(key, cidr, peer))?;
                 let n = self.nodes.get_mut(cur).ok_or(ArenaFull)?;
                 n.children = children;
                 n.external |= 1 << bit;
@@ -309,38 +353,25 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         }
     }
 
-    /// A new node at the home depth of `key/cidr` holding just that prefix.
-    fn leaf(&mut self, key: K, cidr: u8, peer: P) -> Result<Node<K>, ArenaFull> {
-        let depth = home_depth(cidr);
-        let rel = cidr - depth;
-        Ok(Node {
-            key: key.masked(depth),
-            internal: 1 << heap_pos(rel, key.chunk(depth) >> (STRIDE - rel)),
-            external: 0,
-            children: 0,
-            results: self.results.alloc_one(peer)?,
-            depth,
-        })
-    }
-
     /// Makes node `idx`, reached on the way to inserting `key` with home depth `target`, one
     /// that `key` continues through: if it skips past where `key` diverges or lives, puts a node
     /// at the deepest stride boundary above both in its place, holding it as its only child.
     fn enter(&mut self, idx: usize, key: K, target: u8) -> Result<(), ArenaFull> {
         let node = *self.nodes.get(idx).ok_or(ArenaFull)?;
-        if node.depth <= target && key.prefix_eq(node.key, node.depth) {
+        if node.depth <= target && key.prefix_eq(node.key(), node.depth) {
             return Ok(());
         }
         // Both agree on the bits that led here, so `split` is at least the depth of this
         // position (a stride below the parent, or TOP_BITS), and below `node.depth`.
-        let split = key.common_prefix(node.key).min(target) / STRIDE * STRIDE;
+        let split = key.common_prefix(node.key()).min(target) / STRIDE * STRIDE;
         let block = self.nodes.alloc_one(node)?;
         let mid = Node {
-            key: key.masked(split),
+            key: key.masked(split).pack(),
             internal: 0,
-            external: 1 << (node.key.chunk(split) & (SLOTS - 1)),
+            external: 1 << (node.key().chunk(split) & (SLOTS - 1)),
             children: block,
             results: 0,
+            value: node.value,
             depth: split,
         };
         *self.nodes.get_mut(idx).ok_or(ArenaFull)? = mid;
@@ -382,7 +413,7 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         let mut cur = self.top.get(key.top())?.node as usize;
         let node = loop {
             let node = *self.nodes.get(cur)?;
-            if !key.prefix_eq(node.key, node.depth) || node.depth > target {
+            if !key.prefix_eq(node.key(), node.depth) || node.depth > target {
                 return None;
             }
             path.push(cur);
@@ -401,13 +432,23 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
             return None;
         }
         let rank = (node.internal & below(pos)).count_ones() as usize;
-        let peer = *self.results.get(node.results as usize + rank)?;
+        let count = node.internal.count_ones() as usize;
+        let peer = if count == 1 { node.value } else { *self.results.get(node.results as usize + rank)? };
         if !keep(&peer) {
             return None;
         }
-        let results = self.results.remove(node.results, node.internal.count_ones() as usize, rank);
+        let (results, value) = match count {
+            1 => (node.results, node.value),
+            // The one left goes back inline.
+            2 => {
+                let other = *self.results.get(node.results as usize + (1 - rank))?;
+                self.results.release(node.results, 2);
+                (0, other)
+            }
+            _ => (self.results.remove(node.results, count, rank), node.value),
+        };
         if let Some(n) = self.nodes.get_mut(cur) {
-            n.results = results;
+            (n.results, n.value) = (results, value);
             n.internal &= !(1 << pos);
         }
         self.len -= 1;
@@ -444,7 +485,7 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
                 break;
             };
             let Some(&parent) = self.nodes.get(parent_idx) else { return };
-            let bit = (node.key.chunk(parent.depth) & (SLOTS - 1)) as u32;
+            let bit = (node.key().chunk(parent.depth) & (SLOTS - 1)) as u32;
             let rank = (parent.external & below(bit)).count_ones() as usize;
             let children = self.nodes.remove(parent.children, parent.external.count_ones() as usize, rank);
             if let Some(p) = self.nodes.get_mut(parent_idx) {
@@ -529,7 +570,8 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         while let Some(&node) = nodes.get(i) {
             let mut node = node;
             let (r, c) = (node.results as usize, node.children as usize);
-            if let Some(block) = old_results.get(r..r + node.internal.count_ones() as usize) {
+            let count = node.internal.count_ones() as usize;
+            if let Some(block) = old_results.get(r..r + count).filter(|_| count >= 2) {
                 node.results = index(results.len());
                 results.extend_from_slice(block);
             }
