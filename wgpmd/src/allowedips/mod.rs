@@ -28,14 +28,13 @@
 //! `ArcSwap` snapshot or a lock (the kernel uses RCU).
 
 mod arena;
+mod peers;
 mod trie;
 
 use core::hash::Hash;
-use core::mem::size_of;
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::index::BuildIndexHasher;
+use peers::PeerLists;
 use trie::Trie;
 
 /// Errors from [`AllowedIps::insert`].
@@ -58,10 +57,17 @@ pub enum AllowedIpsError {
 /// such as a `u32` slot number).
 #[derive(Clone)]
 pub struct AllowedIps<P: Copy + Eq + Hash> {
-    v4: Trie<u32, P>,
-    v6: Trie<u128, P>,
+    v4: Trie<u32, Route<P>>,
+    v6: Trie<u128, Route<P>>,
     /// Each peer's prefixes (masked) in insertion order.
-    by_peer: HashMap<P, Vec<(IpAddr, u8)>, BuildIndexHasher>,
+    by_peer: PeerLists<P>,
+}
+
+/// What a trie maps a prefix to: the peer, and the prefix's entry in the peer's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route<P> {
+    peer: P,
+    entry: u32,
 }
 
 impl<P: Copy + Eq + Hash> Default for AllowedIps<P> {
@@ -75,7 +81,7 @@ impl<P: Copy + Eq + Hash> core::fmt::Debug for AllowedIps<P> {
         f.debug_struct("AllowedIps")
             .field("v4", &self.v4.len())
             .field("v6", &self.v6.len())
-            .field("peers", &self.by_peer.len())
+            .field("peers", &self.by_peer.peers())
             .finish()
     }
 }
@@ -94,22 +100,27 @@ fn masked(addr: IpAddr, cidr: u8) -> Result<IpAddr, AllowedIpsError> {
 impl<P: Copy + Eq + Hash> AllowedIps<P> {
     /// An empty table; allocates nothing until the first insert.
     pub fn new() -> Self {
-        AllowedIps { v4: Trie::new(), v6: Trie::new(), by_peer: HashMap::default() }
+        AllowedIps { v4: Trie::new(), v6: Trie::new(), by_peer: PeerLists::new() }
     }
 
     /// Routes `addr/cidr` to `peer`. Bits of `addr` beyond `cidr` are ignored; an existing
-    /// prefix is taken over by `peer`.
+    /// prefix is taken over by `peer` and moves to the end of its list.
     pub fn insert(&mut self, addr: IpAddr, cidr: u8, peer: P) -> Result<(), AllowedIpsError> {
         let net = masked(addr, cidr)?;
+        let entry = self.by_peer.push(peer, net, cidr).map_err(|_| AllowedIpsError::TableFull)?;
+        let route = Route { peer, entry };
         let old = match net {
-            IpAddr::V4(a) => self.v4.insert(a.into(), cidr, peer),
-            IpAddr::V6(a) => self.v6.insert(a.into(), cidr, peer),
+            IpAddr::V4(a) => self.v4.insert(a.into(), cidr, route),
+            IpAddr::V6(a) => self.v6.insert(a.into(), cidr, route),
+        };
+        match old {
+            Ok(Some(old)) => self.by_peer.remove(old.peer, old.entry),
+            Ok(None) => {}
+            Err(_) => {
+                self.by_peer.remove(peer, entry);
+                return Err(AllowedIpsError::TableFull);
+            }
         }
-        .map_err(|_| AllowedIpsError::TableFull)?;
-        if let Some(old) = old {
-            self.unindex(old, net, cidr);
-        }
-        self.by_peer.entry(peer).or_default().push((net, cidr));
         Ok(())
     }
 
@@ -118,36 +129,25 @@ impl<P: Copy + Eq + Hash> AllowedIps<P> {
     pub fn remove(&mut self, addr: IpAddr, cidr: u8, peer: P) -> bool {
         let Ok(net) = masked(addr, cidr) else { return false };
         let removed = match net {
-            IpAddr::V4(a) => self.v4.remove_if(a.into(), cidr, |p| *p == peer),
-            IpAddr::V6(a) => self.v6.remove_if(a.into(), cidr, |p| *p == peer),
+            IpAddr::V4(a) => self.v4.remove_if(a.into(), cidr, |r| r.peer == peer),
+            IpAddr::V6(a) => self.v6.remove_if(a.into(), cidr, |r| r.peer == peer),
         };
-        if removed.is_some() {
-            self.unindex(peer, net, cidr);
+        if let Some(route) = removed {
+            self.by_peer.remove(peer, route.entry);
         }
         removed.is_some()
     }
 
     /// Removes every prefix of `peer`, in time proportional to its own prefix count.
     pub fn remove_peer(&mut self, peer: P) {
-        let Some(prefixes) = self.by_peer.remove(&peer) else { return };
-        for (net, cidr) in prefixes {
+        let (v4, v6) = (&mut self.v4, &mut self.v6);
+        self.by_peer.remove_peer(peer, |entry, net, cidr| {
+            let this = |r: &Route<P>| r.entry == entry;
             match net {
-                IpAddr::V4(a) => self.v4.remove_if(a.into(), cidr, |p| *p == peer),
-                IpAddr::V6(a) => self.v6.remove_if(a.into(), cidr, |p| *p == peer),
+                IpAddr::V4(a) => v4.remove_if(a.into(), cidr, this),
+                IpAddr::V6(a) => v6.remove_if(a.into(), cidr, this),
             };
-        }
-    }
-
-    /// Drops `net/cidr` from `peer`'s list (order of the rest kept).
-    fn unindex(&mut self, peer: P, net: IpAddr, cidr: u8) {
-        if let Some(list) = self.by_peer.get_mut(&peer) {
-            if let Some(pos) = list.iter().position(|&e| e == (net, cidr)) {
-                list.remove(pos);
-            }
-            if list.is_empty() {
-                self.by_peer.remove(&peer);
-            }
-        }
+        });
     }
 
     /// The peer with the most specific prefix containing `addr`.
@@ -162,18 +162,51 @@ impl<P: Copy + Eq + Hash> AllowedIps<P> {
     /// [`AllowedIps::lookup`] for an IPv4 address. Allocates nothing.
     #[inline]
     pub fn lookup_v4(&self, addr: Ipv4Addr) -> Option<P> {
-        self.v4.lookup(u32::from(addr))
+        self.v4.lookup(u32::from(addr)).map(|r| r.peer)
     }
 
     /// [`AllowedIps::lookup`] for an IPv6 address. Allocates nothing.
     #[inline]
     pub fn lookup_v6(&self, addr: Ipv6Addr) -> Option<P> {
-        self.v6.lookup(u128::from(addr))
+        self.v6.lookup(u128::from(addr)).map(|r| r.peer)
+    }
+
+    /// [`AllowedIps::lookup_v4`] of each address of `addrs`, into the same position of `out`
+    /// (up to the shorter of the two). Interleaves several lookups so their cache misses
+    /// overlap: use it for a burst of packets. Allocates nothing.
+    pub fn lookup_v4_batch(&self, addrs: &[Ipv4Addr], out: &mut [Option<P>]) {
+        let mut keys = [0u32; trie::LANES];
+        for (addrs, out) in addrs.chunks(trie::LANES).zip(out.chunks_mut(trie::LANES)) {
+            for (k, a) in keys.iter_mut().zip(addrs) {
+                *k = u32::from(*a);
+            }
+            let mut routes = [None; trie::LANES];
+            self.v4.lookup_batch(&keys[..addrs.len()], &mut routes);
+            for (o, r) in out.iter_mut().zip(routes).take(addrs.len()) {
+                *o = r.map(|r: Route<P>| r.peer);
+            }
+        }
+    }
+
+    /// [`AllowedIps::lookup_v6`] of each address of `addrs` into `out`; see
+    /// [`AllowedIps::lookup_v4_batch`].
+    pub fn lookup_v6_batch(&self, addrs: &[Ipv6Addr], out: &mut [Option<P>]) {
+        let mut keys = [0u128; trie::LANES];
+        for (addrs, out) in addrs.chunks(trie::LANES).zip(out.chunks_mut(trie::LANES)) {
+            for (k, a) in keys.iter_mut().zip(addrs) {
+                *k = u128::from(*a);
+            }
+            let mut routes = [None; trie::LANES];
+            self.v6.lookup_batch(&keys[..addrs.len()], &mut routes);
+            for (o, r) in out.iter_mut().zip(routes).take(addrs.len()) {
+                *o = r.map(|r: Route<P>| r.peer);
+            }
+        }
     }
 
     /// `peer`'s prefixes (host bits cleared) in the order they were inserted.
     pub fn iter_peer(&self, peer: P) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
-        self.by_peer.get(&peer).into_iter().flatten().copied()
+        self.by_peer.iter(peer)
     }
 
     /// Number of prefixes, both families.
@@ -200,18 +233,13 @@ impl<P: Copy + Eq + Hash> AllowedIps<P> {
     pub fn compact(&mut self) {
         self.v4.compact();
         self.v6.compact();
-        for list in self.by_peer.values_mut() {
-            list.shrink_to_fit();
-        }
         self.by_peer.shrink_to_fit();
     }
 
-    /// Heap bytes held: both tries' arenas by capacity, plus the per-peer index (its lists by
-    /// capacity and an estimate of the map's buckets).
+    /// Heap bytes held: both tries' arenas and the per-peer lists, by capacity (the map's
+    /// buckets estimated as key, value and one control byte each).
     pub fn memory_bytes(&self) -> usize {
-        let lists: usize = self.by_peer.values().map(|l| l.capacity() * size_of::<(IpAddr, u8)>()).sum();
-        let map = self.by_peer.capacity() * (size_of::<(P, Vec<(IpAddr, u8)>)>() + 1);
-        self.v4.heap_bytes() + self.v6.heap_bytes() + lists + map
+        self.v4.heap_bytes() + self.v6.heap_bytes() + self.by_peer.heap_bytes()
     }
 
     /// Statistics for tuning and the benchmark report.
