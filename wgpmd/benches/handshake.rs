@@ -1,0 +1,353 @@
+//! Handshake cost, in one run: complete handshakes between two of our `Device`s and between
+//! two boringtun 0.7.1 `Tunn`s; the responder's share alone (consume an initiation, produce
+//! the response); the cheap rejection of an initiation whose MAC1 is wrong; and one X25519
+//! operation (variable-base DH and fixed-base key generation), to count what a handshake costs.
+//!
+//! `cargo bench -p wgpmd --bench handshake`; set `WGPMD_BENCH_QUICK=1` for a short run
+//! (0.3 s warm-up, 1 s measurement). Results: docs/PERFORMANCE-handshake.md.
+//!
+//! Every timed handshake is a fresh one that passes every rule. Ours runs on virtual time: each
+//! iteration moves the clock 6 s on, past the initiator's one-initiation-per-REKEY_TIMEOUT and
+//! the responder's 50-initiations-per-second rule, and the TAI64N timestamp (derived from the
+//! same clock) grows with it. Boringtun stamps initiations from the real clock, which moves
+//! between iterations; its handshake rate limiter is given an unreachable limit, since nothing
+//! here calls `update_timers` to reset its counter (with the default limit of 10 it would turn
+//! the 11th message away as "under load").
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use boringtun::noise::rate_limiter::RateLimiter as BtRateLimiter;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519 as bx;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use wgpmd::crypto::PrivateKey;
+use wgpmd::device::{Device, DropReason, HandshakeOutcome, Output, PeerId};
+use wgpmd::messages::{COOKIE_LEN, INITIATION_LEN, REKEY_TIMEOUT, RESPONSE_LEN};
+use wgpmd::time::Timestamp;
+
+const A_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
+const B_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 51820);
+const A_INNER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B_INNER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// Virtual time between two handshakes: more than REKEY_TIMEOUT (our initiator's own limit) and
+/// far more than 1/50 s (the responder's per-peer limit).
+const STEP: Duration = Duration::from_secs(6);
+/// Offset of MAC1 in an initiation (MAC1 and MAC2 close the message, COOKIE_LEN bytes each).
+const INIT_MAC1: usize = INITIATION_LEN - 2 * COOKIE_LEN;
+
+/// An IPv4/UDP packet from `src` to `dst` (boringtun reads the inner header on decapsulate).
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    p[..20].copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p
+}
+
+/// One of our devices with a single peer (the other side).
+struct Side {
+    dev: Device,
+    peer: PeerId,
+    out: Output,
+}
+
+fn side(rng: &mut ChaCha20Rng, key: PrivateKey, peer_key: [u8; 32], peer_addr: SocketAddr, peer_inner: Ipv4Addr) -> Side {
+    let mut dev = Device::new(rng, 1_700_000_000_000_000_000);
+    dev.set_private_key(Some(key));
+    let peer = dev.add_peer(rng, peer_key).unwrap();
+    dev.set_endpoint(peer, peer_addr).unwrap();
+    dev.add_allowed_ip(peer, IpAddr::V4(peer_inner), 32).unwrap();
+    Side { dev, peer, out: Output::with_capacity(16) }
+}
+
+/// Two of our devices: `a` initiates, `b` responds. Each has its own RNG so that the
+/// initiator's and the responder's halves can be driven from separate closures.
+struct Ours {
+    a: Side,
+    b: Side,
+    rng_a: ChaCha20Rng,
+    rng_b: ChaCha20Rng,
+    now: Timestamp,
+}
+
+impl Ours {
+    fn new(seed: u64) -> Ours {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let (ka, kb) = (PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng));
+        let (pa, pb) = (ka.public_key(), kb.public_key());
+        let a = side(&mut rng, ka, pb, B_ADDR, B_INNER);
+        let b = side(&mut rng, kb, pa, A_ADDR, A_INNER);
+        Ours { a, b, rng_a: ChaCha20Rng::seed_from_u64(seed + 1), rng_b: ChaCha20Rng::seed_from_u64(seed + 2), now: Timestamp::from_secs(1) }
+    }
+}
+
+/// Move the clock on by [`STEP`] and have `a` send an initiation; returns it with its time.
+fn our_initiation(a: &mut Side, rng: &mut ChaCha20Rng, now: &mut Timestamp) -> (Timestamp, [u8; INITIATION_LEN]) {
+    *now = *now + STEP;
+    a.out.clear();
+    a.dev.initiate(*now, rng, a.peer, &mut a.out).expect("initiation refused");
+    let t = a.out.transmits.pop().expect("no initiation sent");
+    let mut m = [0u8; INITIATION_LEN];
+    m.copy_from_slice(t.payload());
+    (*now, m)
+}
+
+/// `b` consumes an initiation and answers; returns the response.
+fn our_response(b: &mut Side, rng: &mut ChaCha20Rng, now: Timestamp, init: &[u8]) -> [u8; RESPONSE_LEN] {
+    b.out.clear();
+    let r = b.dev.receive_handshake(now, rng, A_ADDR, init, false, &mut b.out);
+    assert_eq!(r, Ok(HandshakeOutcome::Responded(b.peer)));
+    let t = b.out.transmits.pop().expect("no response sent");
+    let mut m = [0u8; RESPONSE_LEN];
+    m.copy_from_slice(t.payload());
+    m
+}
+
+/// One complete handshake: initiation, response, and the initiator consuming the response.
+fn our_handshake(o: &mut Ours) -> HandshakeOutcome {
+    let (now, init) = our_initiation(&mut o.a, &mut o.rng_a, &mut o.now);
+    let resp = our_response(&mut o.b, &mut o.rng_b, now, &init);
+    o.a.out.clear();
+    let r = o.a.dev.receive_handshake(now, &mut o.rng_a, B_ADDR, &resp, false, &mut o.a.out);
+    r.expect("response refused")
+}
+
+/// Once, untimed: a handshake completes and data then flows both ways on the new session.
+fn verify_ours(o: &mut Ours) {
+    assert_eq!(our_handshake(o), HandshakeOutcome::Completed(o.a.peer));
+    our_data(&mut o.a, &mut o.b, o.now, A_INNER, B_INNER);
+    our_data(&mut o.b, &mut o.a, o.now, B_INNER, A_INNER);
+}
+
+/// One data packet from `from` to `to` on their current session.
+fn our_data(from: &mut Side, to: &mut Side, now: Timestamp, src: Ipv4Addr, dst: Ipv4Addr) {
+    let p = ipv4(src, dst, 100);
+    let mut buf = vec![0u8; 16 + p.len() + 64];
+    buf[16..16 + p.len()].copy_from_slice(&p);
+    let e = from.dev.encapsulate(now, &mut buf, p.len(), &mut from.out).expect("no session after the handshake");
+    let mut m = buf[..e.len].to_vec();
+    let d = to.dev.decapsulate(now, e.to, &mut m, &mut to.out).expect("data did not open");
+    assert_eq!(&m[d.range], &p[..]);
+}
+
+/// Two boringtun tunnels; `a` initiates. Their handshake rate limiters never report load.
+fn boringtun_pair(seed: u64) -> (Tunn, Tunn) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let sa = bx::StaticSecret::random_from_rng(&mut rng);
+    let sb = bx::StaticSecret::random_from_rng(&mut rng);
+    let (pa, pb) = (bx::PublicKey::from(&sa), bx::PublicKey::from(&sb));
+    let la = Arc::new(BtRateLimiter::new(&pa, u64::MAX));
+    let lb = Arc::new(BtRateLimiter::new(&pb, u64::MAX));
+    (Tunn::new(sa, pb, None, None, 1, Some(la)), Tunn::new(sb, pa, None, None, 2, Some(lb)))
+}
+
+fn bt_initiation(a: &mut Tunn, buf: &mut [u8]) -> Vec<u8> {
+    match a.format_handshake_initiation(buf, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("boringtun made no initiation: {other:?}"),
+    }
+}
+
+/// One complete boringtun handshake; returns the length of the initiator's keepalive (which
+/// boringtun seals as part of consuming the response).
+fn bt_handshake(a: &mut Tunn, b: &mut Tunn, buf1: &mut [u8], buf2: &mut [u8]) -> usize {
+    let init = match a.format_handshake_initiation(buf1, true) {
+        TunnResult::WriteToNetwork(p) => p,
+        other => panic!("boringtun made no initiation: {other:?}"),
+    };
+    let resp = match b.decapsulate(None, init, buf2) {
+        TunnResult::WriteToNetwork(p) => p,
+        other => panic!("boringtun did not respond: {other:?}"),
+    };
+    match a.decapsulate(None, resp, buf1) {
+        TunnResult::WriteToNetwork(p) => p.len(),
+        other => panic!("boringtun did not complete: {other:?}"),
+    }
+}
+
+/// Once, untimed: a boringtun handshake completes and data then flows both ways.
+fn verify_boringtun(a: &mut Tunn, b: &mut Tunn) {
+    let (mut buf1, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
+    assert_eq!(bt_handshake(a, b, &mut buf1, &mut buf2), 32, "keepalive expected");
+    bt_data(a, b, A_INNER, B_INNER);
+    bt_data(b, a, B_INNER, A_INNER);
+}
+
+/// One data packet from `from` to `to` on boringtun's current session.
+fn bt_data(from: &mut Tunn, to: &mut Tunn, src: Ipv4Addr, dst: Ipv4Addr) {
+    let (mut buf1, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let p = ipv4(src, dst, 100);
+    let m = match from.encapsulate(&p, &mut buf1) {
+        TunnResult::WriteToNetwork(m) => m.to_vec(),
+        other => panic!("boringtun has no session: {other:?}"),
+    };
+    match to.decapsulate(None, &m, &mut buf2) {
+        TunnResult::WriteToTunnelV4(q, _) => assert_eq!(q, &p[..]),
+        other => panic!("boringtun data did not open: {other:?}"),
+    }
+}
+
+fn complete(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake_complete");
+    g.throughput(Throughput::Elements(1));
+
+    let mut o = Ours::new(1);
+    verify_ours(&mut o);
+    let before = (o.a.out.stats.sessions, o.b.out.stats.sessions);
+    let mut done = 0u64;
+    g.bench_function("wgpmd", |bench| {
+        bench.iter(|| {
+            let r = our_handshake(&mut o);
+            done += 1;
+            black_box(r)
+        })
+    });
+    // Every timed iteration was a genuine handshake on both sides, and nothing was dropped.
+    assert_eq!((o.a.out.stats.sessions - before.0, o.b.out.stats.sessions - before.1), (done, done));
+    for s in [&o.a.out.stats, &o.b.out.stats] {
+        assert_eq!(s.drops.iter().sum::<u64>(), 0, "drops: {s:?}");
+    }
+    verify_ours(&mut o);
+
+    let (mut a, mut b) = boringtun_pair(2);
+    verify_boringtun(&mut a, &mut b);
+    let (mut buf1, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
+    g.bench_function("boringtun", |bench| bench.iter(|| black_box(bt_handshake(&mut a, &mut b, &mut buf1, &mut buf2))));
+    verify_boringtun(&mut a, &mut b);
+    g.finish();
+}
+
+fn respond(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake_respond");
+    g.throughput(Throughput::Elements(1));
+
+    // The responder alone: MAC1, es, decrypt static, ss (precomputed), timestamp and the
+    // per-peer rules, then the response (keygen, ee, se) and its session. Initiations are made
+    // untimed, in order, each 6 s of virtual time after the last.
+    let Ours { mut a, mut b, mut rng_a, mut rng_b, mut now } = Ours::new(3);
+    g.bench_function("wgpmd", |bench| {
+        bench.iter_batched(
+            || our_initiation(&mut a, &mut rng_a, &mut now),
+            |(t, init)| {
+                b.out.clear();
+                let r = b.dev.receive_handshake(t, &mut rng_b, A_ADDR, &init, false, &mut b.out);
+                assert!(matches!(r, Ok(HandshakeOutcome::Responded(_))));
+                r
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    assert_eq!(b.out.stats.drops.iter().sum::<u64>(), 0);
+
+    let (mut ba, mut bb) = boringtun_pair(4);
+    let mut buf = vec![0u8; 2048];
+    let mut dst = vec![0u8; 2048];
+    g.bench_function("boringtun", |bench| {
+        bench.iter_batched(
+            || bt_initiation(&mut ba, &mut buf),
+            |init| match bb.decapsulate(None, &init, &mut dst) {
+                TunnResult::WriteToNetwork(p) => p.len(),
+                other => panic!("boringtun did not respond: {other:?}"),
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn reject_bad_mac1(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake_bad_mac1");
+    g.throughput(Throughput::Elements(1));
+
+    let mut o = Ours::new(5);
+    let (now, mut init) = our_initiation(&mut o.a, &mut o.rng_a, &mut o.now);
+    init[INIT_MAC1] ^= 1;
+    let b = &mut o.b;
+    let rng = &mut o.rng_b;
+    g.bench_function("wgpmd", |bench| {
+        bench.iter(|| {
+            let r = b.dev.receive_handshake(now, rng, A_ADDR, black_box(&init), false, &mut b.out);
+            assert_eq!(r, Err(DropReason::InvalidMac1));
+            r
+        })
+    });
+    assert_eq!(b.out.stats.dh_operations, 0, "a wrong MAC1 must cost no DH");
+
+    let (mut ba, mut bb) = boringtun_pair(6);
+    let mut buf = vec![0u8; 2048];
+    let mut init = bt_initiation(&mut ba, &mut buf);
+    init[INIT_MAC1] ^= 1;
+    g.bench_function("boringtun", |bench| {
+        bench.iter(|| match bb.decapsulate(None, black_box(&init), &mut buf) {
+            TunnResult::Err(e) => black_box(e),
+            other => panic!("boringtun accepted a bad MAC1: {other:?}"),
+        })
+    });
+    g.finish();
+}
+
+fn x25519(c: &mut Criterion) {
+    let mut g = c.benchmark_group("x25519");
+    g.throughput(Throughput::Elements(1));
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let key = PrivateKey::generate(&mut rng);
+    let public = PrivateKey::generate(&mut rng).public_key();
+    // Variable-base scalar multiplication (es, ee, se; the Montgomery ladder).
+    g.bench_function("dh", |bench| bench.iter(|| black_box(key.dh(black_box(&public)))));
+    // An ephemeral key pair: random scalar and a fixed-base multiplication (precomputed table).
+    g.bench_function("keygen", |bench| bench.iter(|| black_box(PrivateKey::generate(&mut rng).public_key())));
+    g.finish();
+}
+
+/// The BLAKE2s primitives a handshake is built from besides X25519: our HMAC (42 per complete
+/// handshake: Noise KDFs of 2 to 4 HMACs each) and MAC (MAC1 over an initiation), against the
+/// RustCrypto compositions boringtun uses (`hmac::SimpleHmac<Blake2s256>`, `Blake2sMac`).
+fn blake2s(c: &mut Criterion) {
+    use blake2::digest::{FixedOutput, KeyInit, Update};
+    let mut g = c.benchmark_group("blake2s");
+    g.throughput(Throughput::Elements(1));
+    let key = [9u8; 32];
+    let data = [0x42u8; 32];
+    g.bench_function("hmac/wgpmd", |bench| bench.iter(|| black_box(wgpmd::crypto::hmac(black_box(&key), &[black_box(&data[..])]))));
+    g.bench_function("hmac/rustcrypto", |bench| {
+        bench.iter(|| {
+            let mut m = <hmac_ref::SimpleHmac<blake2::Blake2s256> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
+            Update::update(&mut m, black_box(&data[..]));
+            black_box(m.finalize_fixed())
+        })
+    });
+    let msg = [0x17u8; INIT_MAC1];
+    g.bench_function("mac1/wgpmd", |bench| bench.iter(|| black_box(wgpmd::crypto::mac(black_box(&key), &[black_box(&msg[..])]))));
+    g.bench_function("mac1/rustcrypto", |bench| {
+        bench.iter(|| {
+            let mut m = <blake2::Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
+            Update::update(&mut m, black_box(&msg[..]));
+            black_box(m.finalize_fixed())
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    // REKEY_TIMEOUT is what forces STEP to be large; keep them tied.
+    assert!(STEP > REKEY_TIMEOUT);
+    let c = Criterion::default();
+    if std::env::var("WGPMD_BENCH_QUICK").as_deref() == Ok("1") {
+        c.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1)).sample_size(20)
+    } else {
+        c
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = complete, respond, reject_bad_mac1, x25519, blake2s
+}
+criterion_main!(benches);
