@@ -24,6 +24,8 @@ const SLOTS: usize = 1 << STRIDE;
 /// Address bits resolved by the direct table: two strides, 4096 slots of 12 bytes.
 pub(super) const TOP_BITS: u8 = 2 * STRIDE;
 const TOP_SLOTS: usize = 1 << TOP_BITS;
+/// Free arena slots tolerated beyond half the live ones before an update repacks the trie.
+const COMPACT_SLACK: usize = 4096;
 /// "None" in `u32` index fields: never a valid arena index (arenas stop below `u32::MAX`).
 const NIL: u32 = u32::MAX;
 
@@ -286,6 +288,12 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
     /// Maps the prefix `key/cidr` (`key` already masked, `cidr <= K::WIDTH`) to `peer`,
     /// returning the peer it replaced.
     pub(super) fn insert(&mut self, key: K, cidr: u8, peer: P) -> Result<Option<P>, ArenaFull> {
+        let old = self.insert_unpacked(key, cidr, peer)?;
+        self.compact_if_fragmented();
+        Ok(old)
+    }
+
+    fn insert_unpacked(&mut self, key: K, cidr: u8, peer: P) -> Result<Option<P>, ArenaFull> {
         if self.top.is_empty() {
             self.top.resize(TOP_SLOTS, EMPTY_TOP);
             self.short.resize(TOP_SLOTS, NIL);
@@ -404,6 +412,12 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
     /// Removes the prefix `key/cidr` (`key` masked) if `keep` says so of its peer; returns
     /// the removed peer.
     pub(super) fn remove_if(&mut self, key: K, cidr: u8, keep: impl FnOnce(&P) -> bool) -> Option<P> {
+        let removed = self.remove_unpacked(key, cidr, keep);
+        self.compact_if_fragmented();
+        removed
+    }
+
+    fn remove_unpacked(&mut self, key: K, cidr: u8, keep: impl FnOnce(&P) -> bool) -> Option<P> {
         if cidr < TOP_BITS {
             return self.remove_short(key, cidr, keep);
         }
@@ -588,6 +602,18 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
         self.results = Arena::from_vec(results);
         self.top.shrink_to_fit();
         self.short.shrink_to_fit();
+    }
+
+    /// Repacks once free blocks exceed half the live slots (and [`COMPACT_SLACK`]) in either
+    /// arena, bounding the waste of growth and churn. The repack is linear in the table size
+    /// and needs that much waste to build up first, so its cost is amortized O(1) per update.
+    fn compact_if_fragmented(&mut self) {
+        let wasteful = |free: usize, live: usize| free > live / 2 + COMPACT_SLACK;
+        if wasteful(self.nodes.free_slots(), self.nodes.live())
+            || wasteful(self.results.free_slots(), self.results.live())
+        {
+            self.compact();
+        }
     }
 
     /// Heap bytes held by the trie.
