@@ -600,3 +600,10 @@ fn churn_keeps_memory_bounded_and_answers_right() {
     eprintln!("churn: peak {peak} B, settled {settled} B, compacted {packed} B");
     assert!(peak < packed * 2, "churn grew the table to {peak} B against {packed} B packed");
 }
+
+#[test]
+fn node_layout_stays_compact() {
+    // The memory figures in the module doc assume these sizes (u32 peer ids).
+    assert_eq!(core::mem::size_of::<trie::Node<u32, Route<u32>>>(), 40);
+    assert_eq!(core::mem::size_of::<trie::Node<u128, Route<u32>>>(), 56);
+}

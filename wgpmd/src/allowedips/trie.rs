@@ -10,8 +10,9 @@
 //! Each node covers [`STRIDE`] bits of the address starting at its `depth` (a multiple of the
 //! stride). Its `internal` bitmap holds the prefixes that end inside those bits, heap-indexed
 //! (`1 << rel_len | rel_bits`, so a longer prefix has a higher bit); its `external` bitmap holds
-//! one bit per child slot. Children sit in one arena block in slot order, peers in one result
-//! block in heap order, so both are found by popcount. A child may sit deeper than `depth +
+//! one bit per child slot. Children sit in one arena block in slot order, found by popcount;
+//! the peer of a node's only prefix sits inline in the node, the peers of two or more in one
+//! result block in heap order, again found by popcount. A child may sit deeper than `depth +
 //! STRIDE` (path compression): a node stores its key, and a lookup stops at the first node whose
 //! key disagrees with the address. Canonical form, restored after every removal: every node
 //! holds a prefix or has two children, so there are at most `2n` nodes.
