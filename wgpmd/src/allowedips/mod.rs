@@ -183,7 +183,8 @@ impl<P: Copy + Eq + Hash> AllowedIps<P> {
 
     /// [`AllowedIps::lookup_v4`] of each address of `addrs`, into the same position of `out`
     /// (up to the shorter of the two). Interleaves several lookups so their cache misses
-    /// overlap: use it for a burst of packets. Allocates nothing.
+    /// overlap: use it for a burst of packets when the table is larger than the cache (it
+    /// gains nothing on small tables). Allocates nothing.
     pub fn lookup_v4_batch(&self, addrs: &[Ipv4Addr], out: &mut [Option<P>]) {
         let mut keys = [0u32; trie::LANES];
         for (addrs, out) in addrs.chunks(trie::LANES).zip(out.chunks_mut(trie::LANES)) {

@@ -259,8 +259,8 @@ impl<K: Key, P: Copy + Eq> Trie<K, P> {
 
     /// Longest-prefix match of every address in `addrs` into `out` (up to the shorter of the
     /// two). Walks [`LANES`] lookups in lockstep, one level of each per round, so their cache
-    /// misses overlap instead of queueing: on tables larger than the cache this is several
-    /// times the throughput of calling [`Trie::lookup`] in a loop.
+    /// misses overlap instead of queueing: about three times the throughput of single lookups
+    /// on a table far larger than the cache (IPv6, a million prefixes), no gain on one that fits.
     pub(super) fn lookup_batch(&self, addrs: &[K], out: &mut [Option<P>]) {
         let (nodes, results) = (self.nodes.slots(), self.results.slots());
         for (addrs, out) in addrs.chunks(LANES).zip(out.chunks_mut(LANES)) {
