@@ -120,8 +120,9 @@ impl<V> IndexTable<V> {
         &self.shards[index as usize & (SHARDS - 1)].0
     }
 
-    // A panic in another thread while it held a lock (impossible in this module: no user code
-    // runs under a write lock) must not take the data path down: take the data as it is.
+    // A panic while a write lock was held can only come from a `remove_if` predicate (or
+    // allocation failure), which runs before the map is changed: the map is intact, so a
+    // poisoned lock is used as is rather than taking the data path down.
     #[inline]
     fn read(&self, index: u32) -> RwLockReadGuard<'_, HashMap<u32, V, BuildIndexHasher>> {
         self.shard(index).read().unwrap_or_else(PoisonError::into_inner)
