@@ -87,8 +87,9 @@ pub fn hmac(key: &[u8; HASH_LEN], parts: &[&[u8]]) -> [u8; HASH_LEN] {
     Digest::update(&mut outer, opad);
     Digest::update(&mut outer, inner_hash);
     let out = outer.finalize().into();
-    ipad.zeroize();
-    opad.zeroize();
+    // Only the first HASH_LEN bytes of each pad depend on the key; the rest are constants.
+    ipad[..HASH_LEN].zeroize();
+    opad[..HASH_LEN].zeroize();
     inner_hash.zeroize();
     out
 }
