@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this). Installs what the tests need.
 #
-#   scripts/test.sh          everything (unit, interop, robustness, fuzz-target build, quick benches)
+#   scripts/test.sh          everything (unit, interop, robustness, e2e in network namespaces,
+#                            fuzz-target build, quick benches); run as root
 #   QUICK_BENCH=0 scripts/test.sh   skip the quick benchmark run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,16 +10,35 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# End-to-end tests (crate wgpmd-e2e in tests/, docs/TESTING.md): real WireGuard peers in network
+# namespaces. --no-install-recommends matters: wireguard-tools recommends a kernel image.
+{ command -v ip && command -v ss; } >/dev/null || need_apt+=(iproute2)
+command -v sysctl >/dev/null || need_apt+=(procps)
+command -v wireguard-go >/dev/null || need_apt+=(wireguard-go)
+command -v wg >/dev/null || need_apt+=(wireguard-tools)
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# boringtun-cli, the second peer implementation of the e2e tests: built once into .tools/
+# (git-ignored; about a minute), reused while the installed version matches.
+BORINGTUN_VERSION=0.7.1
+if [[ "$(.tools/bin/boringtun-cli --version 2>/dev/null)" != "boringtun $BORINGTUN_VERSION" ]]; then
+    echo "== installing boringtun-cli $BORINGTUN_VERSION into .tools/"
+    cargo install boringtun-cli --version "$BORINGTUN_VERSION" --locked --root .tools
+fi
+export WGPMD_E2E_BORINGTUN="$PWD/.tools/bin/boringtun-cli"
+
 echo "== build (release: the tests run crypto in loops of a million inputs)"
 cargo build --workspace --release --all-targets
 
 echo "== tests"
+# Includes the e2e tests (wgpmd-e2e): they need root, and serialise themselves (one lock per
+# test binary), so the default test threads are fine. Only them: cargo test -p wgpmd-e2e --release
 cargo test --workspace --release
 
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"

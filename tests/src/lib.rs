@@ -1,0 +1,44 @@
+//! End-to-end test harness for wgpmd: real WireGuard peers (wireguard-go, boringtun-cli) in
+//! network namespaces that each test creates and removes itself.
+//!
+//! Everything a test creates is owned by a guard whose `Drop` undoes it, also when the test
+//! fails: [`Netns`] (deleted, processes we started inside it killed), [`VethPair`], [`Proc`]
+//! (SIGTERM, then SIGKILL), [`WgDevice`] (its daemon and UAPI socket). Logs of every process go
+//! to the per-test directory of a [`Ctx`]; when the test fails, [`run`] prints their tails and
+//! keeps the directory. See docs/TESTING.md.
+//!
+//! A test looks like this:
+//! ```ignore
+//! #[test]
+//! fn my_test() {
+//!     wgpmd_e2e::run("my_test", |ctx| {
+//!         let topo = Topology::new(1)?;
+//!         let conc = WgGo::start(ctx, &topo.concentrator.ns, &topo.concentrator_device())?;
+//!         let peer = WgGo::start(ctx, &topo.peers[0].ns, &topo.peer_device(0))?;
+//!         wait_for_ping(&topo.peers[0].ns, topo.concentrator.inner_ip, secs(30))?;
+//!         Ok(())
+//!     });
+//! }
+//! ```
+
+mod ctx;
+mod keys;
+mod net;
+mod netns;
+mod proc;
+mod tools;
+mod topology;
+mod util;
+mod wg;
+
+pub use ctx::{run, Ctx};
+pub use keys::{public_key_b64, KeyPair};
+pub use net::{iperf3, iperf3_report, ping, wait_for_ping, IperfReport, PingStats};
+pub use netns::{Netns, VethPair, OWNER_ENV};
+pub use proc::Proc;
+pub use tools::{boringtun_cli, require_tools, TOOLS};
+pub use topology::{Site, Topology, CONCENTRATOR_PORT, INNER_NET, OUTER_NET};
+pub use util::{run_cmd, secs, timeout_scale, unique_ifname, wait_until};
+pub use wg::{
+    wg_show, BoringtunPeer, DeviceConfig, PeerConfig, WgDevice, WgGo, WgImpl, WgShow, WgShowPeer,
+};
