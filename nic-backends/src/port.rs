@@ -1,0 +1,268 @@
+//! The port abstraction: a [`Port`] has N [`Queue`]s (one rx/tx pair per worker), which are
+//! moved out to the threads that poll them. [`open`] builds a port from its string.
+
+use std::os::fd::RawFd;
+
+use crate::buffer::{Buffer, Pool};
+use crate::error::PortError;
+
+/// Counters of one queue. Each queue counts on its own (no shared atomics); sum them for a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Frames/packets delivered by `rx_burst`.
+    pub rx_packets: u64,
+    /// Bytes delivered by `rx_burst`.
+    pub rx_bytes: u64,
+    /// Frames/packets taken by `tx_burst` and handed to the wire/kernel/peer.
+    pub tx_packets: u64,
+    /// Bytes of those.
+    pub tx_bytes: u64,
+    /// Received but discarded: too long for a buffer, or (AF_PACKET) the kernel ring was full.
+    pub rx_dropped: u64,
+    /// Taken by `tx_burst` but discarded by the backend (not counted as `tx_errors`).
+    pub tx_dropped: u64,
+    /// Received but malformed or truncated.
+    pub rx_errors: u64,
+    /// Taken by `tx_burst` but refused by the kernel (bad length, bad IP version, link gone).
+    pub tx_errors: u64,
+}
+
+impl std::ops::AddAssign for QueueStats {
+    fn add_assign(&mut self, o: QueueStats) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_dropped += o.rx_dropped;
+        self.tx_dropped += o.tx_dropped;
+        self.rx_errors += o.rx_errors;
+        self.tx_errors += o.tx_errors;
+    }
+}
+
+/// One rx/tx queue pair, owned and polled by one worker thread.
+pub trait Queue: Send {
+    /// Receive up to `max` frames/packets into buffers from `pool`, appended to `out`; returns how many.
+    ///
+    /// The socket backends copy each frame into a fresh buffer at `HEADROOM`; when `pool` runs
+    /// dry they stop and leave the rest in the kernel. `mem` ignores `pool`: it moves the
+    /// sender's buffers, which still return to the sender's pool.
+    fn rx_burst(&mut self, pool: &Pool, out: &mut Vec<Buffer>, max: usize) -> usize;
+    /// Transmit from the front of `bufs`; returns how many were taken (those are removed from the Vec and freed); the rest stay, in order (DPDK semantics: the caller retries or drops+counts).
+    ///
+    /// A buffer the kernel refuses outright (e.g. a frame too short to be Ethernet) is taken and
+    /// counted in `tx_errors`, so one bad buffer cannot block the queue.
+    fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize;
+    /// An fd that becomes readable when rx has work (for adaptive polling with poll(2)); None for mem.
+    fn poll_fd(&self) -> Option<RawFd>;
+    /// This queue's counters.
+    fn stats(&self) -> QueueStats;
+}
+
+/// What a port is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    /// The interface (or mem port) name.
+    pub name: String,
+    /// Ethernet address; `None` for IP-only devices (TUN).
+    pub mac: Option<[u8; 6]>,
+    /// Link MTU (IP packet size, without the Ethernet header).
+    pub mtu: usize,
+    /// Backend: `"mem"`, `"af_packet"` or `"tun"`.
+    pub kind: &'static str,
+}
+
+/// A network port with `num_queues()` queue pairs.
+pub trait Port: Send {
+    /// Name, MAC, MTU, backend.
+    fn info(&self) -> &PortInfo;
+    /// Number of queue pairs.
+    fn num_queues(&self) -> usize;
+    /// Move queue `q` out (to the worker thread that will own it); None if already taken / out of range.
+    fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>>;
+    /// Administratively up and carrier present.
+    fn link_up(&self) -> bool;
+}
+
+/// How an AF_PACKET port spreads received frames over its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fanout {
+    /// By flow hash (`PACKET_FANOUT_HASH`, IP fragments reassembled first): one flow, one queue.
+    #[default]
+    Hash,
+    /// Round robin (`PACKET_FANOUT_LB`): one flow over all queues.
+    LoadBalance,
+}
+
+/// Options for [`open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortOptions {
+    /// Queue pairs (one per worker); at least 1.
+    pub queues: usize,
+    /// AF_PACKET fanout mode; ignored by the other backends.
+    pub fanout: Fanout,
+    /// MTU to set: TUN default 1420; AF_PACKET leaves the interface's MTU unless given; mem
+    /// reports it (default 1500).
+    pub mtu: Option<usize>,
+}
+
+impl Default for PortOptions {
+    fn default() -> Self {
+        PortOptions {
+            queues: 1,
+            fanout: Fanout::Hash,
+            mtu: None,
+        }
+    }
+}
+
+/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
+    let Some((backend, name)) = spec.split_once(':') else {
+        return Err(PortError::BadSpec {
+            spec: spec.to_string(),
+        });
+    };
+    if opts.queues == 0 {
+        return Err(PortError::BadOptions {
+            spec: spec.to_string(),
+            problem: "queues must be at least 1".into(),
+        });
+    }
+    let missing = |example| PortError::MissingName {
+        spec: spec.to_string(),
+        example,
+    };
+    match backend {
+        "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),
+        "af_packet" => Ok(Box::new(crate::af_packet::AfPacketPort::open(
+            spec, name, opts,
+        )?)),
+        "tun" if name.is_empty() => Err(missing("tun:wg0")),
+        "tun" => Ok(Box::new(crate::tun::TunPort::open(spec, name, opts)?)),
+        "mem" if name.is_empty() => Err(missing("mem:test")),
+        "mem" => {
+            let mut p = crate::mem::loopback(name, opts.queues, crate::mem::DEFAULT_DEPTH);
+            if let Some(mtu) = opts.mtu {
+                p.set_mtu(mtu);
+            }
+            Ok(Box::new(p))
+        }
+        _ => Err(PortError::UnknownBackend {
+            spec: spec.to_string(),
+            backend: backend.to_string(),
+        }),
+    }
+}
+
+/// Check a requested MTU against what fits in a buffer. `l2` is the link header length the
+/// backend adds (14 + 4 for Ethernet with a VLAN tag, 0 for TUN).
+pub(crate) fn check_mtu(spec: &str, mtu: usize, l2: usize) -> Result<(), PortError> {
+    let max = crate::buffer::MAX_DATA - l2;
+    if !(68..=max).contains(&mtu) {
+        return Err(PortError::BadOptions {
+            spec: spec.to_string(),
+            problem: format!(
+                "MTU {mtu} out of range 68..={max} (a packet plus headers must fit a {}-byte buffer with room to seal in place)",
+                crate::buffer::BUF_SIZE
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(spec: &str) -> String {
+        match open(spec, &PortOptions::default()) {
+            Ok(_) => panic!("{spec} opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_strings_are_named() {
+        assert_eq!(
+            err("eth0"),
+            "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0 or mem:test"
+        );
+        assert_eq!(
+            err("xdp:eth0"),
+            "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem)"
+        );
+        assert_eq!(
+            err("af_packet:"),
+            "af_packet:: missing interface name after the colon (e.g. af_packet:eth1)"
+        );
+        assert_eq!(
+            err("tun:"),
+            "tun:: missing interface name after the colon (e.g. tun:wg0)"
+        );
+        assert!(err("mem:").contains("missing interface name"));
+        assert_eq!(
+            err("tun:a234567890123456"),
+            "tun:a234567890123456: invalid interface name: longer than 15 bytes"
+        );
+        assert!(err("af_packet:a/b").contains("invalid interface name"));
+        let e = open(
+            "mem:x",
+            &PortOptions {
+                queues: 0,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.to_string(), "mem:x: queues must be at least 1");
+        let e = open(
+            "tun:x",
+            &PortOptions {
+                mtu: Some(9000),
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("tun:x: MTU 9000 out of range 68..=1888"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mem_string_opens_a_loopback() {
+        let mut p = open(
+            "mem:lo0",
+            &PortOptions {
+                queues: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (p.info().kind, p.info().name.as_str(), p.num_queues()),
+            ("mem", "lo0", 2)
+        );
+        assert!(p.link_up());
+        let pool = Pool::new("t", 8).unwrap();
+        let mut q1 = p.take_queue(1).unwrap();
+        assert!(p.take_queue(1).is_none());
+        assert!(p.take_queue(2).is_none());
+        let mut b = pool.alloc().unwrap();
+        b.append(3).unwrap().copy_from_slice(b"abc");
+        let mut v = vec![b];
+        assert_eq!(q1.tx_burst(&mut v), 1);
+        let mut out = Vec::new();
+        assert_eq!(q1.rx_burst(&pool, &mut out, 32), 1);
+        assert_eq!(out[0].data(), b"abc");
+        let mut q0 = p.take_queue(0).unwrap();
+        assert_eq!(
+            q0.rx_burst(&pool, &mut out, 32),
+            0,
+            "loopback stays on the queue index"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The only place in the crate where `unsafe` is allowed: mmap'd memory (buffer regions and
+//! the AF_PACKET ring), ioctls, and socket calls. Each block carries a `// SAFETY:` comment;
+//! every function exported from here is safe to call with any arguments.
+
+pub(crate) mod ioctl;
+pub(crate) mod packet;
+pub(crate) mod slots;

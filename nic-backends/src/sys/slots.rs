@@ -1,0 +1,293 @@
+//! Buffer memory: regions, the slots carved out of them, and the lock-free free list.
+//!
+//! States of a slot: **free** (its index is in the pool's free list; nobody may touch its bytes)
+//! or **owned** (exactly one [`Slot`] value exists for it; only that value's owner reads or writes
+//! the bytes). `alloc` moves free → owned, dropping the `Slot` moves owned → free, from any thread.
+//! Devices (VFIO, later) touch a slot only while the driver holds its `Slot` in a ring and does
+//! not read it: the ownership token stays with the CPU side, the bytes are lent to the device.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::buffer::BUF_SIZE;
+use crate::error::PoolError;
+
+/// Memory that a [`Pool`](crate::Pool) carves into `BUF_SIZE`-byte slots.
+///
+/// The pool asks for the CPU address of the region, its size, and the device address (IOVA) of
+/// its first byte; slot `i` lives at `base + i * BUF_SIZE` and its IOVA is
+/// `iova_base + i * BUF_SIZE` (the region is contiguous in both address spaces).
+///
+/// # Safety
+/// An implementor guarantees, for as long as the value lives:
+/// - `base()` points to `size()` bytes that are mapped readable and writable for the CPU, and
+///   `base()` and `size()` never change;
+/// - nothing else (other CPU code, a device) reads or writes those bytes except through the
+///   [`Buffer`](crate::Buffer)s of the pool the region is given to;
+/// - `base()` is aligned to 64 bytes (one cache line).
+pub unsafe trait Region: Send + Sync + 'static {
+    /// CPU address of the first byte.
+    fn base(&self) -> NonNull<u8>;
+    /// Size in bytes.
+    fn size(&self) -> usize;
+    /// Device-visible address of the first byte.
+    fn iova_base(&self) -> u64;
+}
+
+/// Anonymous private memory (`mmap(MAP_ANONYMOUS | MAP_POPULATE)`), owned by the value and
+/// unmapped on drop. Its IOVA is its virtual address: what the socket backends and `mem` use.
+#[derive(Debug)]
+pub struct MmapRegion {
+    base: NonNull<u8>,
+    size: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving the owner to another thread
+// moves no thread-affine state, and `&MmapRegion` only hands out the address, never the bytes.
+unsafe impl Send for MmapRegion {}
+// SAFETY: as above; shared references expose only `base()`/`size()` (plain values).
+unsafe impl Sync for MmapRegion {}
+
+impl MmapRegion {
+    /// Map `size` bytes (rounded up to whole pages) of zeroed anonymous memory.
+    pub fn new(size: usize) -> std::io::Result<MmapRegion> {
+        let page = page_size();
+        let size = size
+            .max(1)
+            .checked_next_multiple_of(page)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks: no existing memory is
+        // affected; the result is checked against MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(MmapRegion { base, size })
+    }
+}
+
+impl Drop for MmapRegion {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`size` are exactly the mapping created in `new`, and no slot outlives
+        // the region (every `Slot` holds an `Arc` to the pool that owns the region).
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.size);
+        }
+    }
+}
+
+// SAFETY: `base` comes from a successful page-aligned mmap of `size` readable/writable bytes
+// that this value alone owns until drop; page alignment implies 64-byte alignment.
+unsafe impl Region for MmapRegion {
+    fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn iova_base(&self) -> u64 {
+        self.base.as_ptr() as usize as u64
+    }
+}
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
+
+/// The shared part of a pool: the region, the free list of slot indices, identity.
+pub(crate) struct Slots {
+    region: Box<dyn Region>,
+    free: ArrayQueue<u32>,
+    count: u32,
+    id: u32,
+    name: String,
+}
+
+impl Slots {
+    pub(crate) fn new(
+        name: &str,
+        region: Box<dyn Region>,
+        count: usize,
+    ) -> Result<Slots, PoolError> {
+        let name = name.to_string();
+        let max = Slots::max_count();
+        if count == 0 || count > max {
+            return Err(PoolError::BadCount { name, count, max });
+        }
+        let need = count * BUF_SIZE;
+        if region.size() < need {
+            return Err(PoolError::RegionTooSmall {
+                name,
+                count,
+                need,
+                have: region.size(),
+            });
+        }
+        if region.base().as_ptr() as usize % 64 != 0 {
+            return Err(PoolError::Misaligned { name });
+        }
+        if region.iova_base().checked_add(need as u64).is_none() {
+            return Err(PoolError::IovaOverflow { name });
+        }
+        let free = ArrayQueue::new(count);
+        for i in 0..count as u32 {
+            // Cannot fail: the queue holds exactly `count` entries.
+            let _ = free.push(i);
+        }
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Slots {
+            region,
+            free,
+            count: count as u32,
+            id,
+            name,
+        })
+    }
+
+    /// Largest buffer count of one pool (slot indices are `u32`, the region fits in `isize`).
+    pub(crate) fn max_count() -> usize {
+        (u32::MAX as usize).min(isize::MAX as usize / BUF_SIZE)
+    }
+
+    pub(crate) fn alloc(self: &Arc<Self>) -> Option<Slot> {
+        let index = self.free.pop()?;
+        // In bounds: index < count and count * BUF_SIZE <= region size (checked in `new`), so
+        // the offset stays inside one allocation; `wrapping_add` keeps this free of `unsafe`.
+        let ptr = self
+            .region
+            .base()
+            .as_ptr()
+            .wrapping_add(index as usize * BUF_SIZE);
+        let ptr = NonNull::new(ptr)?;
+        Some(Slot {
+            ptr,
+            index,
+            home: Arc::clone(self),
+        })
+    }
+
+    pub(crate) fn available(&self) -> usize {
+        self.free.len()
+    }
+    pub(crate) fn capacity(&self) -> usize {
+        self.count as usize
+    }
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+    pub(crate) fn region_base(&self) -> usize {
+        self.region.base().as_ptr() as usize
+    }
+    pub(crate) fn region_size(&self) -> usize {
+        self.region.size()
+    }
+    pub(crate) fn region_iova(&self) -> u64 {
+        self.region.iova_base()
+    }
+}
+
+/// Exclusive ownership of one slot. Dropping it puts the index back on its pool's free list
+/// (lock-free, any thread).
+pub(crate) struct Slot {
+    ptr: NonNull<u8>,
+    index: u32,
+    home: Arc<Slots>,
+}
+
+// SAFETY: a `Slot` is the only handle to its BUF_SIZE bytes (the free list hands each index out
+// once until it is pushed back by `Drop`), and `home` is `Send + Sync` (Region: Send + Sync,
+// ArrayQueue: Sync), so moving the handle to another thread moves sole access with it.
+unsafe impl Send for Slot {}
+
+impl Slot {
+    /// The whole slot.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` points to BUF_SIZE bytes inside the region (see `Slots::alloc`), which
+        // outlives `self` (we hold an Arc to its owner); this slot is exclusively ours, so no
+        // one writes the bytes while the shared borrow of `self` lasts.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), BUF_SIZE) }
+    }
+
+    /// The whole slot, mutably.
+    #[inline]
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` guarantees this is the only live borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), BUF_SIZE) }
+    }
+
+    #[inline]
+    pub(crate) fn iova(&self) -> u64 {
+        self.home.region.iova_base() + self.index as u64 * BUF_SIZE as u64
+    }
+    #[inline]
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+    #[inline]
+    pub(crate) fn pool_id(&self) -> u32 {
+        self.home.id
+    }
+    #[inline]
+    pub(crate) fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Cannot be full: each index is out at most once and the queue holds all of them.
+        let pushed = self.home.free.push(self.index);
+        debug_assert!(
+            pushed.is_ok(),
+            "slot returned twice to pool {}",
+            self.home.name
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mmap_region_is_page_aligned_and_zeroed() {
+        let r = MmapRegion::new(3 * BUF_SIZE).unwrap();
+        assert_eq!(r.base().as_ptr() as usize % page_size(), 0);
+        assert!(r.size() >= 3 * BUF_SIZE);
+        assert_eq!(r.iova_base(), r.base().as_ptr() as usize as u64);
+    }
+
+    #[test]
+    fn slots_go_back_from_another_thread() {
+        let s =
+            Arc::new(Slots::new("t", Box::new(MmapRegion::new(4 * BUF_SIZE).unwrap()), 4).unwrap());
+        let a = s.alloc().unwrap();
+        let b = s.alloc().unwrap();
+        assert_eq!(s.available(), 2);
+        assert_ne!(a.index(), b.index());
+        std::thread::spawn(move || drop((a, b))).join().unwrap();
+        assert_eq!(s.available(), 4);
+    }
+}
