@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# The UAPI end-to-end test drives the daemon's socket with the stock `wg` tool (and needs root
+# for /var/run/wireguard).
+command -v wg >/dev/null || need_apt+=(wireguard-tools)
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
