@@ -15,7 +15,7 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 { command -v ip && command -v ss; } >/dev/null || need_apt+=(iproute2)
 command -v sysctl >/dev/null || need_apt+=(procps)
 command -v wireguard-go >/dev/null || need_apt+=(wireguard-go)
-command -v wg >/dev/null || need_apt+=(wireguard-tools)
+command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket tests (stock wg)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 if ((${#need_apt[@]})); then

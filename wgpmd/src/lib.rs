@@ -15,7 +15,9 @@
 //! - [`session`]: keypairs, in-place seal/open and the replay window;
 //! - [`timers`]: every timer rule, driven by events and an explicit `now`;
 //! - [`allowedips`] and [`index`]: cryptokey routing and receiver-index tables;
-//! - [`device`]: the facade tying them together for bursts of packets.
+//! - [`device`]: the facade tying them together for bursts of packets;
+//! - [`config`] and [`uapi`]: the wg.conf(5) file and the `wg` tool's control socket, which
+//!   configure a device (the UAPI server is the one module here that does I/O).
 //!
 //! # Panics
 //! No function reachable from packet input panics on any input; the robustness tests feed every
@@ -24,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod allowedips;
+pub mod config;
 pub mod cookie;
 pub mod crypto;
 pub mod device;
@@ -36,4 +39,5 @@ pub mod ratelimit;
 pub mod session;
 pub mod time;
 pub mod timers;
+pub mod uapi;
 pub mod wire;
