@@ -29,6 +29,7 @@ pub mod allowedips;
 pub mod config;
 pub mod cookie;
 pub mod crypto;
+pub mod daemon;
 pub mod device;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,199 @@
+//! The control core: handshakes (a bounded budget per iteration), events from the workers,
+//! the timer wheel, staged packets, the UAPI socket and the stats socket.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nic_backends::Pool;
+use rand_core::OsRng;
+
+use super::stats::StatsServer;
+use super::wheel::Wheel;
+use super::{cores, DaemonError, Shared, TxJob};
+use crate::device::{Device, DropReason, Event, Output, PeerId, Transmit};
+use crate::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP};
+use crate::time::Timestamp;
+use crate::uapi::{self, SetRequest, UapiError, UapiHandler, UapiServer};
+
+/// Handshake messages processed per control iteration (each costs up to 3 X25519).
+const HANDSHAKE_BUDGET: usize = 64;
+
+/// The UAPI handler: `get` under the read lock, `set` under the write lock.
+struct Handler {
+    sh: Arc<Shared>,
+    /// What `set` produced (keepalives, initiations), for the control loop to send.
+    pending: Arc<Mutex<Output>>,
+}
+
+impl UapiHandler for Handler {
+    fn get(&self) -> String {
+        let dev = self.sh.device.read().unwrap_or_else(|e| e.into_inner());
+        let iface = self.sh.iface.lock().unwrap_or_else(|e| e.into_inner());
+        uapi::format_get(&dev, &iface, |t| self.sh.clock.to_unix(t))
+    }
+    fn set(&self, req: SetRequest) -> Result<(), UapiError> {
+        let now = self.sh.clock.now();
+        let mut dev = self.sh.device.write().unwrap_or_else(|e| e.into_inner());
+        let mut iface = self.sh.iface.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
+        self.sh.listen_port.store(iface.listen_port, Ordering::Relaxed);
+        r
+    }
+}
+
+struct Control {
+    sh: Arc<Shared>,
+    pool: Pool,
+    out: Output,
+    wheel: Wheel,
+    due: Vec<PeerId>,
+}
+
+pub(crate) fn run(sh: Arc<Shared>, core: usize, pool: Pool, stop: Arc<AtomicBool>, sockets: bool) -> Result<(), DaemonError> {
+    cores::pin(core);
+    let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
+    let _sockets = if sockets {
+        let uapi = UapiServer::bind(&sh.name, Handler { sh: sh.clone(), pending: pending.clone() });
+        let uapi = match uapi {
+            Ok(u) => u,
+            Err(e) => {
+                sh.stop.store(true, Ordering::Relaxed);
+                return Err(DaemonError::Uapi(e));
+            }
+        };
+        let stats = match StatsServer::start(sh.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                sh.stop.store(true, Ordering::Relaxed);
+                return Err(DaemonError::Stats(e));
+            }
+        };
+        Some((uapi, stats))
+    } else {
+        None
+    };
+    let now = sh.clock.now();
+    let mut c = Control { sh: sh.clone(), pool, out: Output::with_capacity(256), wheel: Wheel::new(now), due: Vec::new() };
+    // Every peer gets a first look from the wheel (persistent keepalives configured at start).
+    {
+        let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
+        for p in dev.peers() {
+            c.wheel.insert(now, p.id());
+        }
+    }
+    let mut sleep = Duration::from_micros(50);
+    while !stop.load(Ordering::Relaxed) && !sh.stopping() {
+        let now = sh.clock.now();
+        {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            c.out.events.append(&mut p.events);
+            c.out.transmits.append(&mut p.transmits);
+        }
+        let work = c.iteration(now);
+        if work > 0 {
+            sleep = Duration::from_micros(50);
+        } else {
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(Duration::from_millis(2));
+        }
+    }
+    sh.stop.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+impl Control {
+    fn iteration(&mut self, now: Timestamp) -> usize {
+        let sh = self.sh.clone();
+        let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
+        let mut work = 0;
+        // Handshakes, within budget.
+        let under_load = dev.update_load(now, sh.handshakes.len());
+        for _ in 0..HANDSHAKE_BUDGET {
+            let Some(job) = sh.handshakes.pop() else { break };
+            let _ = dev.receive_handshake(now, &mut OsRng, job.src, &job.msg[..job.len], under_load, &mut self.out);
+            sh.control_counters.handshakes_processed.fetch_add(1, Ordering::Relaxed);
+            work += 1;
+        }
+        // Events from the workers, then our own, until quiet.
+        for _ in 0..4096 {
+            let Some(e) = sh.events.pop() else { break };
+            self.out.events.push(e);
+        }
+        for _ in 0..8 {
+            if self.out.events.is_empty() {
+                break;
+            }
+            let events: Vec<Event> = self.out.events.drain(..).collect();
+            work += events.len();
+            for e in events {
+                self.event(&dev, now, e);
+            }
+        }
+        // Timers.
+        self.wheel.advance(now, &mut self.due);
+        let due = std::mem::take(&mut self.due);
+        for &p in &due {
+            if let Some(next) = dev.poll_timers(now, &mut OsRng, p, &mut self.out) {
+                self.wheel.insert(next, p);
+            }
+        }
+        work += due.len();
+        self.due = due;
+        self.due.clear();
+        // Control messages to the workers' WAN queues.
+        let transmits: Vec<Transmit> = self.out.transmits.drain(..).collect();
+        for t in transmits {
+            let tos = if t.payload().first().is_some_and(|&ty| ty != crate::messages::MESSAGE_DATA) { HANDSHAKE_DSCP } else { 0 };
+            if let Some(mut b) = self.pool.alloc() {
+                if let Ok(d) = b.append(t.payload().len()) {
+                    d.copy_from_slice(t.payload());
+                    let _ = sh.tx_jobs.push(TxJob { to: t.to, buf: b, tos });
+                }
+            }
+            work += 1;
+        }
+        *sh.control_counters.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.out.stats.clone();
+        work
+    }
+
+    fn event(&mut self, dev: &Device, now: Timestamp, e: Event) {
+        match e {
+            Event::HandshakeWanted(p) => {
+                let _ = dev.initiate(now, &mut OsRng, p, &mut self.out);
+            }
+            Event::Wake { peer, at } => self.wheel.insert(at, peer),
+            Event::GiveUp(p) => {
+                let n = self.sh.take_staged(p).len();
+                self.sh.control_counters.staged_dropped_giveup.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Event::SessionReady(p) => {
+                let staged = self.sh.take_staged(p);
+                if staged.is_empty() {
+                    let _ = dev.send_keepalive(now, p, &mut self.out);
+                    return;
+                }
+                for mut buf in staged {
+                    let len = buf.len();
+                    if buf.prepend(DATA_HEADER_LEN).is_err() {
+                        continue;
+                    }
+                    match dev.encapsulate_to(now, p, buf.data_and_tailroom_mut(), len, &mut self.out) {
+                        Ok(e) => {
+                            if buf.set_len(e.len).is_ok() {
+                                let _ = self.sh.tx_jobs.push(TxJob { to: e.to, buf, tos: 0 });
+                                self.sh.control_counters.staged_flushed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(DropReason::NoSession) => {
+                            let _ = buf.trim_front(DATA_HEADER_LEN);
+                            self.sh.stage(p, buf);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The WAN side's frames: what arrived (classify), replies built in place (ARP, ICMP echo),
+//! and the outer Ethernet/IPv4/UDP header put in front of a WireGuard message.
+//!
+//! Everything works on byte slices so it is testable without a port; the worker applies it to
+//! its buffers. IPv4 only here; IPv6 and 802.1Q on the WAN arrive with the daemon's completion.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::wire::{arp, ethernet, icmpv4, ipv4, udp, ChecksumCapabilities, EthernetAddress, IpProtocol};
+
+/// Ethernet + IPv4 (no options) + UDP.
+pub const OUTER_V4_LEN: usize = 14 + 20 + 8;
+
+/// Why a WAN frame was not for WireGuard or a reply (each counted per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum WanDrop {
+    /// Not a valid Ethernet frame, or an EtherType we do not handle (IPv6, 802.1Q tagged).
+    Ethernet,
+    /// Malformed ARP, or ARP not about our address.
+    Arp,
+    /// Malformed IPv4 header or bad header checksum.
+    Ipv4,
+    /// IPv4 not addressed to us.
+    NotForUs,
+    /// IPv4 fragment (WireGuard messages are never fragmented by a sane peer).
+    Fragment,
+    /// A protocol other than UDP or ICMP echo, or UDP to another port.
+    Unhandled,
+    /// Malformed UDP or bad UDP checksum.
+    Udp,
+    /// ICMP that is not an echo request, or malformed.
+    Icmp,
+}
+
+impl WanDrop {
+    /// Number of reasons.
+    pub const COUNT: usize = WanDrop::Icmp as usize + 1;
+    /// Every reason, in counter order.
+    pub const ALL: [WanDrop; Self::COUNT] = [
+        WanDrop::Ethernet,
+        WanDrop::Arp,
+        WanDrop::Ipv4,
+        WanDrop::NotForUs,
+        WanDrop::Fragment,
+        WanDrop::Unhandled,
+        WanDrop::Udp,
+        WanDrop::Icmp,
+    ];
+}
+
+/// What a WAN frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classified {
+    /// An ARP request for our address: answer with [`arp_reply_in_place`]. Carries the asker.
+    ArpRequest {
+        /// The sender's IPv4 address.
+        ip: Ipv4Addr,
+        /// The sender's MAC.
+        mac: EthernetAddress,
+    },
+    /// An ARP reply (or a request from a neighbour about someone else): learn the sender.
+    ArpLearn {
+        /// The sender's IPv4 address.
+        ip: Ipv4Addr,
+        /// The sender's MAC.
+        mac: EthernetAddress,
+    },
+    /// An ICMP echo request to us: answer with [`icmp_echo_reply_in_place`].
+    EchoRequest,
+    /// A UDP datagram to our WireGuard port: the payload is `frame[offset..offset + len]`.
+    WireGuard {
+        /// The datagram's source.
+        src: SocketAddr,
+        /// The source MAC (the next hop back towards the sender).
+        src_mac: EthernetAddress,
+        /// Payload start.
+        offset: usize,
+        /// Payload length.
+        len: usize,
+    },
+}
+
+/// Classify one WAN frame addressed to `our_ip`, with WireGuard on `listen_port`.
+pub fn classify(frame: &[u8], our_ip: Ipv4Addr, listen_port: u16) -> Result<Classified, WanDrop> {
+    let eth = ethernet::Frame::new_checked(frame).map_err(|_| WanDrop::Ethernet)?;
+    if eth.is_tagged() {
+        return Err(WanDrop::Ethernet);
+    }
+    let src_mac = eth.src_addr();
+    match eth.ethertype() {
+        ethernet::EtherType::ARP => {
+            let p = arp::Packet::new_checked(eth.payload()).map_err(|_| WanDrop::Arp)?;
+            let r = arp::Repr::parse(&p).map_err(|_| WanDrop::Arp)?;
+            match r.operation {
+                arp::Operation::Request if r.target_protocol_addr == our_ip => {
+                    Ok(Classified::ArpRequest { ip: r.source_protocol_addr, mac: r.source_hardware_addr })
+                }
+                _ if r.source_protocol_addr.is_unspecified() => Err(WanDrop::Arp),
+                arp::Operation::Reply if r.target_protocol_addr == our_ip => {
+                    Ok(Classified::ArpLearn { ip: r.source_protocol_addr, mac: r.source_hardware_addr })
+                }
+                _ => Err(WanDrop::Arp),
+            }
+        }
+        ethernet::EtherType::IPV4 => {
+            let ip = ipv4::Packet::new_checked(eth.payload()).map_err(|_| WanDrop::Ipv4)?;
+            if !ip.verify_checksum() {
+                return Err(WanDrop::Ipv4);
+            }
+            if ip.dst_addr() != our_ip {
+                return Err(WanDrop::NotForUs);
+            }
+            if ip.is_fragment() {
+                return Err(WanDrop::Fragment);
+            }
+            let l4_off = 14 + usize::from(ip.header_len());
+            match ip.protocol() {
+                IpProtocol::UDP => {
+                    let u = udp::Packet::new_checked(ip.payload()).map_err(|_| WanDrop::Udp)?;
+                    if u.dst_port() != listen_port {
+                        return Err(WanDrop::Unhandled);
+                    }
+                    // The UDP checksum is not verified: every WireGuard message is authenticated
+                    // (MAC1 or AEAD), which catches corruption a checksum would, and packet
+                    // sockets on veth or offloading NICs hand over frames whose checksum is only
+                    // the pseudo-header sum (CHECKSUM_PARTIAL).
+                    let len = u.payload().len();
+                    Ok(Classified::WireGuard {
+                        src: SocketAddr::V4(SocketAddrV4::new(ip.src_addr(), u.src_port())),
+                        src_mac,
+                        offset: l4_off + 8,
+                        len,
+                    })
+                }
+                IpProtocol::ICMP => {
+                    let p = icmpv4::Packet::new_checked(ip.payload()).map_err(|_| WanDrop::Icmp)?;
+                    match icmpv4::Repr::parse(&p, &ChecksumCapabilities::default()) {
+                        Ok(icmpv4::Repr::EchoRequest { .. }) => Ok(Classified::EchoRequest),
+                        _ => Err(WanDrop::Icmp),
+                    }
+                }
+                _ => Err(WanDrop::Unhandled),
+            }
+        }
+        _ => Err(WanDrop::Ethernet),
+    }
+}
+
+/// Turn an ARP request for `our_ip` into the reply, in place. Returns the frame length.
+pub fn arp_reply_in_place(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv4Addr) -> Option<usize> {
+    let mut eth = ethernet::Frame::new_checked(&mut *frame).ok()?;
+    let asker = eth.src_addr();
+    eth.set_dst_addr(asker);
+    eth.set_src_addr(our_mac);
+    let p = arp::Packet::new_checked(eth.payload_mut()).ok()?;
+    let req = arp::Repr::parse(&p).ok()?;
+    let reply = arp::Repr {
+        operation: arp::Operation::Reply,
+        source_hardware_addr: our_mac,
+        source_protocol_addr: our_ip,
+        target_hardware_addr: req.source_hardware_addr,
+        target_protocol_addr: req.source_protocol_addr,
+    };
+    let mut p = arp::Packet::new_unchecked(eth.payload_mut());
+    reply.emit(&mut p).ok()?;
+    Some(14 + 28)
+}
+
+/// Build an ARP request for `target` into `frame` (at least 42 bytes). Returns the length.
+pub fn arp_request(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv4Addr, target: Ipv4Addr) -> Option<usize> {
+    let buf = frame.get_mut(..42)?;
+    let eth_repr = ethernet::Repr { src_addr: our_mac, dst_addr: EthernetAddress::BROADCAST, vlan: None, ethertype: ethernet::EtherType::ARP };
+    let mut eth = ethernet::Frame::new_unchecked(&mut *buf);
+    eth_repr.emit(&mut eth).ok()?;
+    let req = arp::Repr {
+        operation: arp::Operation::Request,
+        source_hardware_addr: our_mac,
+        source_protocol_addr: our_ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    req.emit(&mut arp::Packet::new_unchecked(eth.payload_mut())).ok()?;
+    Some(42)
+}
+
+/// Turn an ICMP echo request to us into the reply, in place. Returns the frame length.
+pub fn icmp_echo_reply_in_place(frame: &mut [u8], our_mac: EthernetAddress) -> Option<usize> {
+    let mut eth = ethernet::Frame::new_checked(&mut *frame).ok()?;
+    let asker = eth.src_addr();
+    eth.set_dst_addr(asker);
+    eth.set_src_addr(our_mac);
+    let mut ip = ipv4::Packet::new_checked(eth.payload_mut()).ok()?;
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    ip.set_src_addr(dst);
+    ip.set_dst_addr(src);
+    ip.set_ttl(64);
+    ip.fill_checksum();
+    let total = usize::from(ip.total_len());
+    let mut icmp = icmpv4::Packet::new_checked(ip.payload_mut()).ok()?;
+    icmp.set_msg_type(icmpv4::Message::ECHO_REPLY);
+    icmp.fill_checksum();
+    Some(14 + total)
+}
+
+/// The outer headers of a WireGuard datagram, written into the `OUTER_V4_LEN` bytes in front
+/// of the `payload_len`-byte message. The UDP checksum is left zero ("none", valid on IPv4),
+/// as a NIC without checksum offload would otherwise spend a pass over the ciphertext.
+#[derive(Debug, Clone, Copy)]
+pub struct OuterV4 {
+    /// Our MAC.
+    pub src_mac: EthernetAddress,
+    /// The next hop's MAC.
+    pub dst_mac: EthernetAddress,
+    /// Our address.
+    pub src: SocketAddrV4,
+    /// The peer's endpoint.
+    pub dst: SocketAddrV4,
+    /// DSCP/ECN byte (the kernel marks handshakes 0x88).
+    pub tos: u8,
+    /// IPv4 identification.
+    pub ident: u16,
+}
+
+impl OuterV4 {
+    /// Write the headers into `hdr` (exactly `OUTER_V4_LEN` bytes).
+    pub fn write(&self, hdr: &mut [u8], payload_len: usize) -> Option<()> {
+        let hdr = hdr.get_mut(..OUTER_V4_LEN)?;
+        hdr[0..6].copy_from_slice(&self.dst_mac.0);
+        hdr[6..12].copy_from_slice(&self.src_mac.0);
+        hdr[12..14].copy_from_slice(&ethernet::EtherType::IPV4.0.to_be_bytes());
+        let total = u16::try_from(20 + 8 + payload_len).ok()?;
+        let ip = &mut hdr[14..34];
+        ip[0] = 0x45;
+        ip[1] = self.tos;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[4..6].copy_from_slice(&self.ident.to_be_bytes());
+        ip[6..8].copy_from_slice(&[0, 0]);
+        ip[8] = 64;
+        ip[9] = IpProtocol::UDP.0;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        ip[12..16].copy_from_slice(&self.src.ip().octets());
+        ip[16..20].copy_from_slice(&self.dst.ip().octets());
+        ipv4::Packet::new_unchecked(&mut *ip).fill_checksum();
+        let u = &mut hdr[34..42];
+        u[0..2].copy_from_slice(&self.src.port().to_be_bytes());
+        u[2..4].copy_from_slice(&self.dst.port().to_be_bytes());
+        u[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        u[6..8].copy_from_slice(&[0, 0]);
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUR_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
+    const PEER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 2]);
+    const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+    #[test]
+    fn outer_header_round_trips_through_classify() {
+        let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9];
+        let mut f = vec![0xa5u8; OUTER_V4_LEN + payload.len()];
+        f[OUTER_V4_LEN..].copy_from_slice(&payload);
+        let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7 };
+        o.write(&mut f, payload.len()).unwrap();
+        let c = classify(&f, OUR_IP, 51820).unwrap();
+        assert_eq!(c, Classified::WireGuard { src: "192.0.2.2:4000".parse().unwrap(), src_mac: PEER_MAC, offset: OUTER_V4_LEN, len: payload.len() });
+        assert_eq!(classify(&f, OUR_IP, 51821), Err(WanDrop::Unhandled));
+        assert_eq!(classify(&f, PEER_IP, 51820), Err(WanDrop::NotForUs));
+        f[20] ^= 1; // IPv4 header byte: checksum now wrong
+        assert_eq!(classify(&f, OUR_IP, 51820), Err(WanDrop::Ipv4));
+    }
+
+    #[test]
+    fn arp_request_is_answered_in_place() {
+        let mut f = [0u8; 60];
+        arp_request(&mut f, PEER_MAC, PEER_IP, OUR_IP).unwrap();
+        assert_eq!(classify(&f, OUR_IP, 1), Ok(Classified::ArpRequest { ip: PEER_IP, mac: PEER_MAC }));
+        assert_eq!(classify(&f, Ipv4Addr::new(192, 0, 2, 9), 1), Err(WanDrop::Arp));
+        let n = arp_reply_in_place(&mut f, OUR_MAC, OUR_IP).unwrap();
+        // The reply, seen by the asker, teaches it our MAC.
+        assert_eq!(classify(&f[..n], PEER_IP, 1), Ok(Classified::ArpLearn { ip: OUR_IP, mac: OUR_MAC }));
+        assert_eq!(&f[..6], &PEER_MAC.0);
+    }
+
+    #[test]
+    fn echo_request_gets_a_valid_reply() {
+        // An echo request from PEER to OUR: IPv4 + ICMP built by hand.
+        let mut f = vec![0u8; 14 + 20 + 8 + 4];
+        f[0..6].copy_from_slice(&OUR_MAC.0);
+        f[6..12].copy_from_slice(&PEER_MAC.0);
+        f[12..14].copy_from_slice(&[8, 0]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 1;
+        ip[12..16].copy_from_slice(&PEER_IP.octets());
+        ip[16..20].copy_from_slice(&OUR_IP.octets());
+        ipv4::Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+        f[34] = 8;
+        f[38..42].copy_from_slice(&[0, 1, 0, 2]);
+        f[42..46].copy_from_slice(b"ping");
+        icmpv4::Packet::new_unchecked(&mut f[34..]).fill_checksum();
+        assert_eq!(classify(&f, OUR_IP, 51820), Ok(Classified::EchoRequest));
+        let n = icmp_echo_reply_in_place(&mut f, OUR_MAC).unwrap();
+        let eth = ethernet::Frame::new_checked(&f[..n]).unwrap();
+        assert_eq!(eth.dst_addr(), PEER_MAC);
+        let ip = ipv4::Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (OUR_IP, PEER_IP));
+        let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(icmp.msg_type(), icmpv4::Message::ECHO_REPLY);
+        assert_eq!(icmp.data(), b"ping");
+    }
+
+    #[test]
+    fn garbage_is_dropped_not_panicking() {
+        for n in 0..80 {
+            let f: Vec<u8> = (0..n).map(|i| (i * 37) as u8).collect();
+            let _ = classify(&f, OUR_IP, 51820);
+        }
+    }
+}

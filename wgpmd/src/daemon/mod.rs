@@ -1,0 +1,334 @@
+//! The daemon: ports, pinned workers, the control core, and the state they share.
+//!
+//! ```text
+//!  WAN port (af_packet, queue per worker)          inner port (tun, queue per worker)
+//!        │ rx_burst                                        │ rx_burst
+//!        ▼                                                 ▼
+//!  worker: classify ─ ARP/ICMP echo: reply in place   worker: route → encapsulate in place
+//!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
+//!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
+//!        ▼                                          ▼
+//!   inner tx_burst                      control core: handshakes (budget), events, timer
+//!                                       wheel, UAPI, staged flush → tx jobs → workers
+//! ```
+//!
+//! The `Device` sits behind an `RwLock`: workers and the control core take the read lock once
+//! per burst, configuration (UAPI `set`) takes the write lock briefly. Everything workers need
+//! from each other goes through bounded lock-free queues.
+
+pub mod cores;
+mod control;
+pub mod frames;
+mod neigh;
+mod stats;
+pub mod wheel;
+mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crossbeam_queue::ArrayQueue;
+use nic_backends::{Buffer, Fanout, Port, PortOptions};
+
+use crate::device::{Device, Event, PeerId};
+use crate::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, MAX_STAGED_PACKETS};
+use crate::time::Timestamp;
+use crate::uapi::InterfaceState;
+use crate::wire::EthernetAddress;
+
+pub use stats::{query_stats, WorkerCounters};
+
+/// UDP port when the configuration names none (wg picks a random one; a concentrator's peers
+/// need a known port, so we take WireGuard's customary one).
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+
+/// How workers wait for packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollMode {
+    /// Spin on the queues (dedicated cores; the production default).
+    #[default]
+    Busy,
+    /// Back off with short sleeps after a run of empty polls (shared or small machines).
+    Adaptive,
+}
+
+/// Everything `wgpmd run` needs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Interface name (UAPI socket /var/run/wireguard/<name>.sock).
+    pub name: String,
+    /// wg.conf(5) file applied at start.
+    pub config: Option<PathBuf>,
+    /// WAN port string (`af_packet:IFACE`, `mem:`...).
+    pub wan_port: String,
+    /// Inner port string (`tun:NAME`).
+    pub inner_port: String,
+    /// Our IPv4 address on the WAN.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// Default gateway for endpoints off the WAN subnet.
+    pub gateway: Option<Ipv4Addr>,
+    /// Cores, EAL-style.
+    pub cores: Vec<usize>,
+    /// Run the control plane on the first worker's core.
+    pub control_shares_core: bool,
+    /// Worker polling.
+    pub poll: PollMode,
+    /// How the WAN port spreads packets over workers.
+    pub fanout: Fanout,
+    /// Tunnel MTU (inner).
+    pub mtu: usize,
+    /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets.
+    pub sockets: bool,
+}
+
+/// A handshake message waiting for the control core.
+pub(crate) struct HandshakeJob {
+    pub src: SocketAddr,
+    pub len: usize,
+    pub msg: [u8; INITIATION_LEN],
+}
+
+/// A WireGuard message the control core wants sent (the worker adds the outer headers).
+pub(crate) struct TxJob {
+    pub to: SocketAddr,
+    pub buf: Buffer,
+    pub tos: u8,
+}
+
+/// Our WAN identity.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wan {
+    pub mac: EthernetAddress,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Wan {
+    /// The next hop for `dst`: itself when on our subnet, else the gateway.
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
+        if u32::from(dst) & mask == u32::from(self.ip) & mask {
+            Some(dst)
+        } else {
+            self.gateway
+        }
+    }
+}
+
+/// The monotonic clock the core sees, and its wall-clock anchor.
+pub(crate) struct Clock {
+    start: Instant,
+    pub wall_at_start_ns: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        Clock { start: Instant::now(), wall_at_start_ns: wall }
+    }
+    /// Now, never zero (zero means "never" in timer atomics).
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(1 + self.start.elapsed().as_nanos() as u64)
+    }
+    /// Unix time (seconds, nanoseconds) of a monotonic timestamp.
+    pub fn to_unix(&self, t: Timestamp) -> (u64, u32) {
+        let ns = self.wall_at_start_ns + t.as_nanos().saturating_sub(1);
+        (ns / 1_000_000_000, (ns % 1_000_000_000) as u32)
+    }
+}
+
+/// State shared by the workers and the control core.
+pub(crate) struct Shared {
+    pub name: String,
+    pub device: RwLock<Device>,
+    pub iface: Mutex<InterfaceState>,
+    pub listen_port: AtomicU16,
+    pub wan: Wan,
+    pub neigh: neigh::Neighbours,
+    pub handshakes: ArrayQueue<HandshakeJob>,
+    pub events: ArrayQueue<Event>,
+    pub tx_jobs: ArrayQueue<TxJob>,
+    pub staged: Mutex<HashMap<PeerId, VecDeque<Buffer>>>,
+    pub stop: AtomicBool,
+    pub clock: Clock,
+    pub poll: PollMode,
+    pub workers: Vec<WorkerCounters>,
+    pub control_counters: stats::ControlCounters,
+}
+
+impl Shared {
+    /// Stage an inner packet for a peer with no session (at most MAX_STAGED_PACKETS; the
+    /// oldest goes first). Returns false if one was dropped.
+    pub fn stage(&self, peer: PeerId, buf: Buffer) -> bool {
+        let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let q = s.entry(peer).or_default();
+        let mut kept = true;
+        if q.len() >= MAX_STAGED_PACKETS {
+            q.pop_front();
+            kept = false;
+        }
+        q.push_back(buf);
+        kept
+    }
+    pub fn take_staged(&self, peer: PeerId) -> VecDeque<Buffer> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer).unwrap_or_default()
+    }
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Errors that stop the daemon from starting, each naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Core list problem.
+    #[error(transparent)]
+    Cores(#[from] cores::CoreError),
+    /// A port would not open.
+    #[error("port `{spec}`: {source}")]
+    Port {
+        /// The port string.
+        spec: String,
+        /// Why.
+        #[source]
+        source: nic_backends::PortError,
+    },
+    /// The WAN port has no MAC address (it must be an Ethernet port).
+    #[error("port `{0}` has no MAC address: the WAN port must be an Ethernet port")]
+    NoMac(String),
+    /// The configuration file.
+    #[error("{path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: crate::config::ConfigError,
+    },
+    /// Reading the configuration file.
+    #[error("{path}: {source}")]
+    ConfigIo {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Applying the configuration.
+    #[error("applying the configuration: {0}")]
+    Apply(crate::uapi::UapiError),
+    /// The UAPI socket.
+    #[error("UAPI socket: {0}")]
+    Uapi(crate::uapi::ServerError),
+    /// The stats socket.
+    #[error("stats socket: {0}")]
+    Stats(std::io::Error),
+    /// A port has fewer queues than workers.
+    #[error("port `{spec}` has no queue {queue}")]
+    NoQueue {
+        /// The port string.
+        spec: String,
+        /// The queue.
+        queue: usize,
+    },
+    /// Buffer pool.
+    #[error("buffer pool: {0}")]
+    Pool(nic_backends::PoolError),
+}
+
+/// Run the daemon until SIGINT/SIGTERM (or `stop` is set), opening its ports by their strings.
+pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
+    let nworkers = layout.workers.len();
+    // The WAN keeps its own MTU; the inner port gets the tunnel MTU.
+    let wan_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: None };
+    let inner_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: Some(cfg.mtu) };
+    let wan_port = nic_backends::open(&cfg.wan_port, &wan_opts).map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
+    let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts).map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
+    run_with_ports(cfg, wan_port, inner_port, stop)
+}
+
+/// Run the daemon on ports the caller opened (each with at least one queue per worker): the
+/// benchmark and tests use `mem` pairs.
+pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_port: Box<dyn Port>, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
+    let nworkers = layout.workers.len();
+    let mac = wan_port.info().mac.ok_or_else(|| DaemonError::NoMac(cfg.wan_port.clone()))?;
+    let mut rng = rand_core::OsRng;
+    let clock = Clock::new();
+    let mut dev = Device::new(&mut rng, clock.wall_at_start_ns);
+    dev.set_mtu(cfg.mtu);
+    let mut iface = InterfaceState { listen_port: DEFAULT_LISTEN_PORT, fwmark: 0 };
+    let mut boot_out = crate::device::Output::with_capacity(64);
+    if let Some(path) = &cfg.config {
+        let text = std::fs::read_to_string(path).map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
+        let parsed = crate::config::InterfaceConfig::parse(&text).map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
+        crate::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out).map_err(DaemonError::Apply)?;
+    }
+    let shared = Arc::new(Shared {
+        name: cfg.name.clone(),
+        device: RwLock::new(dev),
+        listen_port: AtomicU16::new(iface.listen_port),
+        iface: Mutex::new(iface),
+        wan: Wan { mac: EthernetAddress(mac), ip: cfg.address, prefix: cfg.prefix, gateway: cfg.gateway },
+        neigh: neigh::Neighbours::new(),
+        handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
+        events: ArrayQueue::new(65_536),
+        tx_jobs: ArrayQueue::new(8192),
+        staged: Mutex::new(HashMap::new()),
+        stop: AtomicBool::new(false),
+        clock,
+        poll: cfg.poll,
+        workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
+        control_counters: stats::ControlCounters::default(),
+    });
+    for e in boot_out.events.drain(..) {
+        let _ = shared.events.push(e);
+    }
+    tracing::info!(
+        "{}: WAN {} ({}, {}/{}), inner {}, {} worker(s) on cores {:?}, control on core {}, listening on UDP {}",
+        cfg.name,
+        cfg.wan_port,
+        EthernetAddress(mac),
+        cfg.address,
+        cfg.prefix,
+        cfg.inner_port,
+        nworkers,
+        layout.workers,
+        layout.control,
+        shared.listen_port.load(Ordering::Relaxed)
+    );
+    let mut handles = Vec::new();
+    for (i, &core) in layout.workers.iter().enumerate() {
+        let wan_q = wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
+        let inner_q = inner_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.inner_port.clone(), queue: i })?;
+        let pool = nic_backends::Pool::new(&format!("w{i}"), 4096).map_err(DaemonError::Pool)?;
+        let sh = shared.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("wgpmd-w{i}"))
+                .spawn(move || {
+                    cores::pin(core);
+                    worker::Worker::new(i, sh, wan_q, inner_q, pool).run();
+                })
+                .expect("spawn worker thread"),
+        );
+    }
+    let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets);
+    shared.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    // Ports close here: the TUN interface disappears with its queues.
+    drop(wan_port);
+    drop(inner_port);
+    result
+}

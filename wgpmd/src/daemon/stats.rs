@@ -1,0 +1,176 @@
+//! Counters: each worker counts locally and publishes every few iterations; the stats socket
+//! (/var/run/wgpmd/<name>.sock, `wgpmd stats <name>`) prints them as `key=value` lines.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nic_backends::QueueStats;
+
+use super::frames::WanDrop;
+use super::Shared;
+use crate::device::{DropReason, Stats};
+
+/// Directory of the stats sockets.
+pub const STATS_DIR: &str = "/var/run/wgpmd";
+
+/// A worker's counters, owned by the worker while it runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Local {
+    pub wan_rx: u64,
+    pub inner_rx: u64,
+    pub data_rx: u64,
+    pub data_tx: u64,
+    pub arp_replies: u64,
+    pub arp_requests: u64,
+    pub icmp_replies: u64,
+    pub handshakes_queued: u64,
+    pub handshake_queue_full: u64,
+    pub staged_dropped: u64,
+    pub unresolved_dropped: u64,
+    pub wan_tx_dropped: u64,
+    pub inner_tx_dropped: u64,
+    pub events_dropped: u64,
+    pub no_ipv6_wan: u64,
+    pub no_route: u64,
+    pub wan_drops: [u64; WanDrop::COUNT],
+    pub device: Stats,
+    pub wan_queue: QueueStats,
+    pub inner_queue: QueueStats,
+}
+
+/// A worker's published counters (a snapshot under a lock only the publisher and readers
+/// take, every 64 iterations: never per packet).
+#[derive(Debug, Default)]
+pub struct WorkerCounters(Mutex<Local>);
+
+impl WorkerCounters {
+    pub(crate) fn store(&self, l: &Local) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = l.clone();
+    }
+    pub(crate) fn load(&self) -> Local {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The control core's counters.
+#[derive(Debug, Default)]
+pub(crate) struct ControlCounters {
+    pub handshakes_processed: AtomicU64,
+    pub stats: Mutex<Stats>,
+    pub staged_flushed: AtomicU64,
+    pub staged_dropped_giveup: AtomicU64,
+}
+
+/// Every counter as `key=value` lines.
+pub(crate) fn render(sh: &Shared) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: u64| {
+        s.push_str(k);
+        s.push('=');
+        s.push_str(&v.to_string());
+        s.push('\n');
+    };
+    for (i, w) in sh.workers.iter().enumerate() {
+        let l = w.load();
+        let p = format!("worker{i}.");
+        for (k, v) in [
+            ("wan_rx", l.wan_rx),
+            ("inner_rx", l.inner_rx),
+            ("data_rx", l.data_rx),
+            ("data_tx", l.data_tx),
+            ("arp_replies", l.arp_replies),
+            ("arp_requests", l.arp_requests),
+            ("icmp_replies", l.icmp_replies),
+            ("handshakes_queued", l.handshakes_queued),
+            ("handshake_queue_full", l.handshake_queue_full),
+            ("staged_dropped", l.staged_dropped),
+            ("unresolved_dropped", l.unresolved_dropped),
+            ("wan_tx_dropped", l.wan_tx_dropped),
+            ("inner_tx_dropped", l.inner_tx_dropped),
+            ("events_dropped", l.events_dropped),
+            ("no_ipv6_wan", l.no_ipv6_wan),
+            ("no_route", l.no_route),
+            ("aead_opened", l.device.aead_opened),
+            ("aead_sealed", l.device.aead_sealed),
+            ("keepalives_received", l.device.keepalives_received),
+            ("wan_queue_rx_packets", l.wan_queue.rx_packets),
+            ("wan_queue_tx_packets", l.wan_queue.tx_packets),
+            ("wan_queue_rx_dropped", l.wan_queue.rx_dropped),
+            ("inner_queue_rx_packets", l.inner_queue.rx_packets),
+            ("inner_queue_tx_packets", l.inner_queue.tx_packets),
+        ] {
+            line(&format!("{p}{k}"), v);
+        }
+        for r in WanDrop::ALL {
+            line(&format!("{p}wan_drop.{r:?}"), l.wan_drops[r as usize]);
+        }
+        for r in DropReason::ALL {
+            line(&format!("{p}drop.{r:?}"), l.device.drops_for(r));
+        }
+    }
+    let c = &sh.control_counters;
+    line("control.handshakes_processed", c.handshakes_processed.load(Ordering::Relaxed));
+    line("control.staged_flushed", c.staged_flushed.load(Ordering::Relaxed));
+    line("control.staged_dropped_giveup", c.staged_dropped_giveup.load(Ordering::Relaxed));
+    let st = c.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (k, v) in [
+        ("mac1_valid", st.mac1_valid),
+        ("dh_operations", st.dh_operations),
+        ("cookies_sent", st.cookies_sent),
+        ("initiations_sent", st.initiations_sent),
+        ("responses_sent", st.responses_sent),
+        ("sessions", st.sessions),
+    ] {
+        line(&format!("control.{k}"), v);
+    }
+    for r in DropReason::ALL {
+        line(&format!("control.drop.{r:?}"), st.drops_for(r));
+    }
+    line("neighbours", sh.neigh.len() as u64);
+    s
+}
+
+/// Serves `render` on /var/run/wgpmd/<name>.sock until dropped.
+pub(crate) struct StatsServer {
+    path: PathBuf,
+}
+
+impl StatsServer {
+    pub fn start(sh: Arc<Shared>) -> std::io::Result<StatsServer> {
+        std::fs::create_dir_all(STATS_DIR)?;
+        let path = PathBuf::from(STATS_DIR).join(format!("{}.sock", sh.name));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        std::thread::Builder::new().name("wgpmd-stats".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if sh.stopping() {
+                    break;
+                }
+                if let Ok(mut c) = conn {
+                    let _ = c.write_all(render(&sh).as_bytes());
+                }
+            }
+        })?;
+        Ok(StatsServer { path })
+    }
+}
+
+impl Drop for StatsServer {
+    fn drop(&mut self) {
+        // Wake the accept loop so it sees the stop flag, then remove the socket.
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Read a running daemon's counters (what `wgpmd stats NAME` prints).
+pub fn query_stats(name: &str) -> std::io::Result<String> {
+    let path = PathBuf::from(STATS_DIR).join(format!("{name}.sock"));
+    let mut c = UnixStream::connect(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e} (is `wgpmd run --name {name}` running?)", path.display())))?;
+    let mut s = String::new();
+    c.read_to_string(&mut s)?;
+    Ok(s)
+}

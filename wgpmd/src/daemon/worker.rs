@@ -1,0 +1,336 @@
+//! One data-plane worker: polls its WAN and inner queues in bursts and runs each packet to
+//! completion (DATAPATH.md "One poll iteration of a worker").
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nic_backends::{Buffer, Pool, Queue};
+
+use super::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
+use super::stats::Local;
+use super::{HandshakeJob, PollMode, Shared};
+use crate::device::{Device, DropReason, Output};
+use crate::messages::{DATA_HEADER_LEN, INITIATION_LEN, MESSAGE_DATA};
+use crate::time::Timestamp;
+
+/// Packets per burst.
+pub const BURST: usize = 32;
+/// Empty iterations before an adaptive worker starts sleeping.
+const SPIN_BEFORE_SLEEP: u32 = 64;
+/// Longest adaptive sleep.
+const MAX_SLEEP: Duration = Duration::from_millis(1);
+
+pub(crate) struct Worker {
+    id: usize,
+    sh: Arc<Shared>,
+    wan: Box<dyn Queue>,
+    inner: Box<dyn Queue>,
+    pool: Pool,
+    out: Output,
+    rx: Vec<Buffer>,
+    wan_tx: Vec<Buffer>,
+    inner_tx: Vec<Buffer>,
+    c: Local,
+    ident: u16,
+}
+
+/// Destination address of an inner IP packet.
+fn inner_dst(p: &[u8]) -> Option<IpAddr> {
+    match p.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = p.get(16..20)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 => {
+            let b: [u8; 16] = p.get(24..40)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+impl Worker {
+    pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool) -> Self {
+        Worker {
+            id,
+            sh,
+            wan,
+            inner,
+            pool,
+            out: Output::with_capacity(BURST * 2),
+            rx: Vec::with_capacity(BURST),
+            wan_tx: Vec::with_capacity(BURST * 4),
+            inner_tx: Vec::with_capacity(BURST * 2),
+            c: Local::default(),
+            ident: 0,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut idle = 0u32;
+        let mut sleep = Duration::from_micros(10);
+        let mut iter = 0u64;
+        while !self.sh.stopping() {
+            let now = self.sh.clock.now();
+            let mut work = 0;
+            {
+                let sh = self.sh.clone();
+                let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
+                work += self.wan_rx(&dev, now);
+                work += self.inner_rx(&dev, now);
+            }
+            work += self.tx_jobs(now);
+            self.flush();
+            self.forward_events();
+            iter += 1;
+            if iter % 64 == 0 {
+                self.publish();
+            }
+            if work > 0 || self.sh.poll == PollMode::Busy {
+                idle = 0;
+                sleep = Duration::from_micros(10);
+                continue;
+            }
+            idle += 1;
+            if idle > SPIN_BEFORE_SLEEP {
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(MAX_SLEEP);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        self.flush();
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.c.device = self.out.stats.clone();
+        self.c.wan_queue = self.wan.stats();
+        self.c.inner_queue = self.inner.stats();
+        self.sh.workers[self.id].store(&self.c);
+    }
+
+    /// WAN: classify, answer ARP/ICMP, decrypt data, queue handshakes.
+    fn wan_rx(&mut self, dev: &Device, now: Timestamp) -> usize {
+        let mut rx = std::mem::take(&mut self.rx);
+        let n = self.wan.rx_burst(&self.pool, &mut rx, BURST);
+        self.c.wan_rx += n as u64;
+        let wan = self.sh.wan;
+        let port = self.sh.listen_port.load(Ordering::Relaxed);
+        for mut buf in rx.drain(..) {
+            match frames::classify(buf.data(), wan.ip, port) {
+                Ok(Classified::ArpRequest { ip, mac }) => {
+                    self.learn(ip, mac, now);
+                    if let Some(len) = frames::arp_reply_in_place(buf.data_mut(), wan.mac, wan.ip) {
+                        buf.truncate(len);
+                        self.wan_tx.push(buf);
+                        self.c.arp_replies += 1;
+                    }
+                }
+                Ok(Classified::ArpLearn { ip, mac }) => self.learn(ip, mac, now),
+                Ok(Classified::EchoRequest) => {
+                    if let Some(len) = frames::icmp_echo_reply_in_place(buf.data_mut(), wan.mac) {
+                        buf.truncate(len);
+                        self.wan_tx.push(buf);
+                        self.c.icmp_replies += 1;
+                    }
+                }
+                Ok(Classified::WireGuard { src, src_mac, offset, len }) => {
+                    if buf.trim_front(offset).is_err() {
+                        continue;
+                    }
+                    buf.truncate(len);
+                    if buf.data().first() == Some(&MESSAGE_DATA) {
+                        self.data_in(dev, now, src, src_mac, buf);
+                    } else {
+                        self.handshake_in(src, &buf);
+                    }
+                }
+                Err(r) => self.c.wan_drops[r as usize] += 1,
+            }
+        }
+        self.rx = rx;
+        n
+    }
+
+    fn data_in(&mut self, dev: &Device, now: Timestamp, src: SocketAddr, src_mac: crate::wire::EthernetAddress, mut buf: Buffer) {
+        match dev.decapsulate(now, src, buf.data_mut(), &mut self.out) {
+            Ok(d) => {
+                // The sender's MAC is the next hop back to it: learn from authenticated traffic.
+                if let SocketAddr::V4(s) = src {
+                    if let Some(hop) = self.sh.wan.next_hop(*s.ip()) {
+                        if self.sh.neigh.lookup(hop) != Some(src_mac) {
+                            self.learn(hop, src_mac, now);
+                        }
+                    }
+                }
+                if d.is_keepalive() {
+                    return;
+                }
+                self.c.data_rx += 1;
+                if buf.trim_front(d.range.start).is_ok() {
+                    buf.truncate(d.range.len());
+                    self.inner_tx.push(buf);
+                }
+            }
+            Err(_) => {} // counted in out.stats by reason
+        }
+    }
+
+    fn handshake_in(&mut self, src: SocketAddr, buf: &Buffer) {
+        let data = buf.data();
+        if data.len() > INITIATION_LEN {
+            self.out.stats.drop(DropReason::Malformed);
+            return;
+        }
+        let mut job = HandshakeJob { src, len: data.len(), msg: [0u8; INITIATION_LEN] };
+        job.msg[..data.len()].copy_from_slice(data);
+        if self.sh.handshakes.push(job).is_err() {
+            self.c.handshake_queue_full += 1;
+        } else {
+            self.c.handshakes_queued += 1;
+        }
+    }
+
+    /// Inner side: route, encrypt in place, add the outer header.
+    fn inner_rx(&mut self, dev: &Device, now: Timestamp) -> usize {
+        let mut rx = std::mem::take(&mut self.rx);
+        let n = self.inner.rx_burst(&self.pool, &mut rx, BURST);
+        self.c.inner_rx += n as u64;
+        for mut buf in rx.drain(..) {
+            let plain_len = buf.len();
+            let Some(peer) = inner_dst(buf.data()).and_then(|d| dev.route(d)) else {
+                self.out.stats.drop(DropReason::NoRoute);
+                continue;
+            };
+            if buf.prepend(DATA_HEADER_LEN).is_err() {
+                self.out.stats.drop(DropReason::BufferTooSmall);
+                continue;
+            }
+            match dev.encapsulate_to(now, peer, buf.data_and_tailroom_mut(), plain_len, &mut self.out) {
+                Ok(e) => {
+                    if buf.set_len(e.len).is_ok() {
+                        self.c.data_tx += 1;
+                        self.send_wg(buf, e.to, 0, now);
+                    }
+                }
+                Err(DropReason::NoSession) => {
+                    let _ = buf.trim_front(DATA_HEADER_LEN);
+                    if !self.sh.stage(peer, buf) {
+                        self.c.staged_dropped += 1;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        self.rx = rx;
+        n
+    }
+
+    /// Messages the control core wants sent.
+    fn tx_jobs(&mut self, now: Timestamp) -> usize {
+        let mut n = 0;
+        while n < BURST {
+            let Some(job) = self.sh.tx_jobs.pop() else { break };
+            self.send_wg(job.buf, job.to, job.tos, now);
+            n += 1;
+        }
+        n
+    }
+
+    /// Put the outer headers in front of a WireGuard message and queue it on the WAN, or park
+    /// it until the next hop resolves.
+    fn send_wg(&mut self, mut buf: Buffer, to: SocketAddr, tos: u8, now: Timestamp) {
+        let SocketAddr::V4(to) = to else {
+            self.c.no_ipv6_wan += 1;
+            return;
+        };
+        let wan = self.sh.wan;
+        let Some(hop) = wan.next_hop(*to.ip()) else {
+            self.c.no_route += 1;
+            return;
+        };
+        let payload_len = buf.len();
+        let port = self.sh.listen_port.load(Ordering::Relaxed);
+        self.ident = self.ident.wrapping_add(1);
+        let dst_mac = self.sh.neigh.lookup(hop);
+        let outer = OuterV4 {
+            src_mac: wan.mac,
+            dst_mac: dst_mac.unwrap_or(crate::wire::EthernetAddress([0; 6])),
+            src: SocketAddrV4::new(wan.ip, port),
+            dst: to,
+            tos,
+            ident: self.ident,
+        };
+        let Ok(hdr) = buf.prepend(OUTER_V4_LEN) else {
+            self.out.stats.drop(DropReason::BufferTooSmall);
+            return;
+        };
+        if outer.write(hdr, payload_len).is_none() {
+            return;
+        }
+        if dst_mac.is_some() {
+            self.wan_tx.push(buf);
+            return;
+        }
+        let (ask, dropped) = self.sh.neigh.park(hop, buf, now);
+        if dropped {
+            self.c.unresolved_dropped += 1;
+        }
+        if ask {
+            if let Some(mut req) = self.pool.alloc() {
+                if let Ok(b) = req.append(60) {
+                    if let Some(len) = frames::arp_request(b, wan.mac, wan.ip, hop) {
+                        req.truncate(len.max(60));
+                        self.wan_tx.push(req);
+                        self.c.arp_requests += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn learn(&mut self, ip: Ipv4Addr, mac: crate::wire::EthernetAddress, now: Timestamp) {
+        for mut f in self.sh.neigh.learn(ip, mac, now) {
+            if let Some(d) = f.data_mut().get_mut(..6) {
+                d.copy_from_slice(&mac.0);
+            }
+            self.wan_tx.push(f);
+        }
+    }
+
+    fn flush(&mut self) {
+        for (q, list, drops) in [(&mut self.wan, &mut self.wan_tx, &mut self.c.wan_tx_dropped), (&mut self.inner, &mut self.inner_tx, &mut self.c.inner_tx_dropped)] {
+            if list.is_empty() {
+                continue;
+            }
+            q.tx_burst(list);
+            if !list.is_empty() {
+                q.tx_burst(list);
+            }
+            *drops += list.len() as u64;
+            list.clear();
+        }
+    }
+
+    fn forward_events(&mut self) {
+        for e in self.out.events.drain(..) {
+            if self.sh.events.push(e).is_err() {
+                self.c.events_dropped += 1;
+            }
+        }
+        // The data path sends no control messages itself; anything here is a keepalive.
+        let now = self.sh.clock.now();
+        let transmits: Vec<_> = self.out.transmits.drain(..).collect();
+        for t in transmits {
+            if let Some(mut b) = self.pool.alloc() {
+                if let Ok(d) = b.append(t.payload().len()) {
+                    d.copy_from_slice(t.payload());
+                    self.send_wg(b, t.to, 0, now);
+                }
+            }
+        }
+    }
+}
