@@ -224,9 +224,9 @@ impl Slot {
     /// The whole slot.
     #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` points to BUF_SIZE bytes inside the region (see `Slots::alloc`), which
-        // outlives `self` (we hold an Arc to its owner); this slot is exclusively ours, so no
-        // one writes the bytes while the shared borrow of `self` lasts.
+        // The region outlives `self` (we hold an Arc to its owner).
+        // SAFETY: `ptr` points to BUF_SIZE bytes of the live region (see `Slots::alloc`); the slot
+        // is exclusively ours, so no one writes them while the shared borrow of `self` lasts.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), BUF_SIZE) }
     }
 
