@@ -176,7 +176,10 @@ impl Slots {
             .base()
             .as_ptr()
             .wrapping_add(index as usize * BUF_SIZE);
-        let ptr = NonNull::new(ptr)?;
+        let Some(ptr) = NonNull::new(ptr) else {
+            let _ = self.free.push(index); // unreachable (base is non-null); do not leak the slot
+            return None;
+        };
         Some(Slot {
             ptr,
             index,
