@@ -18,8 +18,9 @@
 //! `sendmmsg` gives the DPDK contract directly: the count it returns is what was taken, the rest
 //! stay with the caller. `PACKET_QDISC_BYPASS` is not set, so `tc` still applies to our frames.
 //!
-//! Aggregated frames (GRO/LRO) longer than a buffer are dropped and counted: turn those
-//! offloads off on interfaces given to wgpmd (`ethtool -K IFACE gro off lro off`).
+//! Frames longer than a buffer (`BUF_SIZE - HEADROOM` = 1920 bytes) are dropped and counted in
+//! `rx_dropped`: jumbo MTUs, and aggregates built by GRO/LRO. Turn those offloads off on
+//! interfaces given to wgpmd (`ethtool -K IFACE gro off lro off`).
 
 use std::cell::Cell;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

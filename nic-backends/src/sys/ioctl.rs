@@ -78,9 +78,9 @@ pub(crate) fn control_socket() -> io::Result<OwnedFd> {
 
 /// ioctl(`fd`, `req`, `ifr`).
 fn ifreq_ioctl(fd: BorrowedFd<'_>, req: libc::Ioctl, ifr: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: every request passed here (SIOC[GS]IF*, TUNSETIFF) reads and/or writes one
-    // `struct ifreq`, and `ifr` is a valid, exclusively borrowed `ifreq` for the whole call;
-    // `fd` is an open descriptor borrowed for the call.
+    // Every request passed here (SIOC[GS]IF*, TUNSETIFF) reads and/or writes one `struct ifreq`.
+    // SAFETY: `ifr` is a valid, exclusively borrowed `ifreq` for the whole call, `fd` is open;
+    // the kernel accesses nothing else.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, ifr as *mut libc::ifreq) }).map(|_| ())
 }
 

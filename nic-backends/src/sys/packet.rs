@@ -42,9 +42,8 @@ impl AsFd for PacketSocket {
 
 impl PacketSocket {
     pub(crate) fn new() -> io::Result<PacketSocket> {
-        // SAFETY: socket(2) with constant arguments; returns a new fd or -1. Protocol 0: the
-        // socket receives nothing until `bind` names a protocol, so no frame lands before the
-        // ring exists.
+        // Protocol 0: nothing is received until `bind` names one, so no frame precedes the ring.
+        // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
         let fd = cvt(unsafe {
             libc::socket(
                 libc::AF_PACKET,
@@ -53,9 +52,8 @@ impl PacketSocket {
             )
         })?;
         // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-        Ok(PacketSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(PacketSocket { fd })
     }
 
     fn setsockopt<T>(&self, name: libc::c_int, val: &T) -> io::Result<()> {
@@ -122,9 +120,9 @@ impl PacketSocket {
         };
         self.setsockopt(libc::PACKET_RX_RING, &req)?;
         let len = block_size.checked_mul(block_nr).ok_or_else(einval)?;
-        // SAFETY: maps the ring the kernel just allocated for this socket (offset 0, exactly
-        // its size); a fresh mapping at a kernel-chosen address affects no existing memory.
-        // The result is checked against MAP_FAILED.
+        // Maps the ring the kernel just allocated for this socket: offset 0, exactly its size.
+        // SAFETY: a fresh mapping at a kernel-chosen address affects no existing memory; the
+        // result is checked against MAP_FAILED.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -216,9 +214,9 @@ impl PacketSocket {
             m.msg_hdr.msg_iov = iov.as_mut_ptr().wrapping_add(i);
             m.msg_hdr.msg_iovlen = 1;
         }
-        // SAFETY: `msgs[..n]` are valid headers whose single iovec each points into a frame
-        // slice borrowed for the duration of the call (`frames`), and `iov` outlives the call;
-        // the kernel writes only `msg_len` of each header.
+        // The kernel reads `msgs[..n]` and their iovecs, and writes only each `msg_len`.
+        // SAFETY: each header's single iovec points into a frame slice borrowed for the whole
+        // call (`frames`), and `iov` and `msgs` outlive the call.
         let r = unsafe {
             libc::sendmmsg(
                 self.fd.as_raw_fd(),
@@ -293,9 +291,9 @@ impl RxRing {
 
     fn status_word(&self, b: usize) -> Option<&AtomicU32> {
         let p = self.at(b, BLOCK_STATUS, 4, 4)?;
-        // SAFETY: `p` is 4-byte aligned, inside the mapping, which lives as long as `&self`.
-        // The kernel writes this word concurrently; an `AtomicU32` (an `UnsafeCell`) is the
-        // type that allows that, and we only ever access it atomically.
+        // The kernel writes this word concurrently: an `AtomicU32` (an `UnsafeCell`) allows it.
+        // SAFETY: `p` is 4-byte aligned and inside the mapping, which lives as long as `&self`;
+        // the word is only ever accessed atomically from our side.
         Some(unsafe { AtomicU32::from_ptr(p.cast()) })
     }
 
@@ -364,9 +362,9 @@ impl RxRing {
         let Some(p) = self.at(b, off, dst.len(), 1) else {
             return false;
         };
-        // SAFETY: the source range is inside the mapping (checked by `at`) and in a block the
-        // kernel does not write while it is in the user state; `dst` is a distinct, exclusively
-        // borrowed Rust slice of the same length, so the ranges cannot overlap.
+        // `dst` is an exclusively borrowed Rust slice of the same length: no overlap possible.
+        // SAFETY: the source range is inside the mapping (checked by `at`), in a block the kernel
+        // does not write while it is in the user state.
         unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), dst.as_mut_ptr(), dst.len()) };
         true
     }

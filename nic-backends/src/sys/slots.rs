@@ -176,7 +176,10 @@ impl Slots {
             .base()
             .as_ptr()
             .wrapping_add(index as usize * BUF_SIZE);
-        let ptr = NonNull::new(ptr)?;
+        let Some(ptr) = NonNull::new(ptr) else {
+            let _ = self.free.push(index); // unreachable (base is non-null); do not leak the slot
+            return None;
+        };
         Some(Slot {
             ptr,
             index,
@@ -224,9 +227,9 @@ impl Slot {
     /// The whole slot.
     #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` points to BUF_SIZE bytes inside the region (see `Slots::alloc`), which
-        // outlives `self` (we hold an Arc to its owner); this slot is exclusively ours, so no
-        // one writes the bytes while the shared borrow of `self` lasts.
+        // The region outlives `self` (we hold an Arc to its owner).
+        // SAFETY: `ptr` points to BUF_SIZE bytes of the live region (see `Slots::alloc`); the slot
+        // is exclusively ours, so no one writes them while the shared borrow of `self` lasts.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), BUF_SIZE) }
     }
 
