@@ -208,7 +208,7 @@ fn boringtun_initiates_with_psk() {
     let mut ka = net[0].clone();
     let d = p.dev.decapsulate(p.now, BT_ADDR, &mut ka, &mut p.out).unwrap();
     assert!(d.is_keepalive());
-    assert!(p.out.events.contains(&Event::SessionReady(p.peer)));
+    assert!(p.out.events.contains(&Event::SessionConfirmed(p.peer)));
     // Boringtun does not pad: an 84-byte packet travels as 116 bytes, and we accept it.
     let q = ipv4_udp(BT_INNER, OUR_INNER, &[0xab; 56]);
     assert_eq!(q.len(), 84);

@@ -168,10 +168,12 @@ impl Control {
                 let n = self.sh.take_staged(p).len();
                 self.sh.control_counters.staged_dropped_giveup.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Event::SessionReady(p) => {
+            Event::SessionReady(p) | Event::SessionConfirmed(p) => {
                 let staged = self.sh.take_staged(p);
                 if staged.is_empty() {
-                    let _ = dev.send_keepalive(now, p, &mut self.out);
+                    if matches!(e, Event::SessionReady(_)) {
+                        let _ = dev.send_keepalive(now, p, &mut self.out);
+                    }
                     return;
                 }
                 for mut buf in staged {

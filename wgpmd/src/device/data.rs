@@ -155,7 +155,7 @@ impl Device {
                 self.index.remove(idx);
             }
             peer.timers.handshake_complete(now);
-            out.events.push(Event::SessionReady(id));
+            out.events.push(Event::SessionConfirmed(id));
         }
         // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME.
         if kp.needs_rekey_on_recv(now) && peer.timers.claim_lastminute_handshake() && !peer.handshake_wanted.swap(true, Ordering::Relaxed) {

@@ -343,7 +343,7 @@ impl Device {
         let peer = self.peer(id)?.clone();
         let fired = peer.timers.poll(now, rng);
         for action in fired.actions.iter() {
-            tracing::debug!("{}", action.log_message(peer.name()));
+            tracing::debug!("{}", action.log_message(peer.short_key()));
             match *action {
                 TimerAction::SendInitiation { retry, .. } => {
                     if !retry {

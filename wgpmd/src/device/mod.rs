@@ -215,10 +215,13 @@ impl core::fmt::Debug for Transmit {
 /// Something the caller must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// A session with the peer became usable: send its staged packets, or if there are none,
-    /// call [`Device::send_keepalive`] (the kernel's "send keepalive or staged" after a
-    /// response is consumed).
+    /// Our handshake completed (we initiated): send the peer's staged packets, or if there are
+    /// none, call [`Device::send_keepalive`] to confirm the session at once (the kernel's
+    /// `wg_packet_send_keepalive` after a response is consumed).
     SessionReady(PeerId),
+    /// The peer confirmed the session it initiated (its first data arrived on our new
+    /// keypair): send the peer's staged packets, if any (kernel: staged only, no keepalive).
+    SessionConfirmed(PeerId),
     /// The peer needs a handshake: call [`Device::initiate`] from the control core.
     HandshakeWanted(PeerId),
     /// A timer of the peer was armed at `at`: make sure the peer is on the wheel no later.

@@ -31,6 +31,7 @@ pub struct Peer {
     id: PeerId,
     public_key: [u8; KEY_LEN],
     name: String,
+    short: String,
     pub(crate) handshake: Mutex<Handshake>,
     pub(crate) cookie: Mutex<CookieState>,
     pub(crate) keypairs: Keypairs,
@@ -46,11 +47,13 @@ impl Peer {
     pub(crate) fn new<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R, id: PeerId, public_key: [u8; KEY_LEN], identity: Option<&Identity>) -> Self {
         let b64 = base64::engine::general_purpose::STANDARD.encode(public_key);
         // wireguard-go's short form: "peer(AbCd…wXyZ)".
-        let name = format!("peer({}…{})", &b64[..4], &b64[39..43]);
+        let short = format!("{}…{}", &b64[..4], &b64[39..43]);
+        let name = format!("peer({short})");
         Peer {
             id,
             public_key,
             name,
+            short,
             handshake: Mutex::new(Handshake::new(identity, public_key, Secret::zero())),
             cookie: Mutex::new(CookieState::new(&public_key)),
             keypairs: Keypairs::new(),
@@ -73,6 +76,10 @@ impl Peer {
     /// Short printable name for logs, as wireguard-go writes it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// The key's short form alone ("AbCd…wXyZ"), for messages that say "peer X" themselves.
+    pub fn short_key(&self) -> &str {
+        &self.short
     }
     /// The pre-shared key (all zeros = none).
     pub fn preshared_key(&self) -> Secret {

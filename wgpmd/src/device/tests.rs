@@ -114,6 +114,7 @@ impl Pair {
                         Event::SessionReady(p) => {
                             let _ = s.dev.send_keepalive(now, p, &mut s.out);
                         }
+                        Event::SessionConfirmed(_) => {}
                         Event::Wake { peer, at } => {
                             s.wheel.insert((at, peer));
                         }
