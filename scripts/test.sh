@@ -39,13 +39,17 @@ cargo build --workspace --release --all-targets
 echo "== tests"
 # Includes the e2e tests (wgpmd-e2e): they need root, and serialise themselves (one lock per
 # test binary), so the default test threads are fine. Only them: cargo test -p wgpmd-e2e --release
-cargo test --workspace --release
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --release 2>&1 | tee "$results"
 
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"
 (cd fuzz && cargo build --release --bins)
 
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd; see docs/PERFORMANCE.md)"
-    WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd
+    WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd --benches
 fi
-echo "== all tests passed"
+# One closing line for the whole suite, summed over every test binary's "test result" line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
