@@ -55,12 +55,24 @@ impl Device {
             Ok(k) => k,
             Err(_) => return Err(out.stats.drop(DropReason::Malformed)),
         };
+        use crate::wire::wireguard::MessageType;
         match kind {
-            crate::wire::wireguard::MessageType::HandshakeInitiation => self.on_initiation(now, rng, src, msg, under_load, out),
-            crate::wire::wireguard::MessageType::HandshakeResponse => self.on_response(now, rng, src, msg, under_load, out),
-            crate::wire::wireguard::MessageType::CookieReply => self.on_cookie_reply(now, msg, out),
-            crate::wire::wireguard::MessageType::TransportData => Err(out.stats.drop(DropReason::Malformed)),
+            MessageType::CookieReply => return self.on_cookie_reply(now, msg, out),
+            MessageType::TransportData => return Err(out.stats.drop(DropReason::Malformed)),
+            MessageType::HandshakeInitiation | MessageType::HandshakeResponse => {}
         }
+        // Cheap checks before any DH work: MAC1, and under load MAC2 and the rate limit.
+        if !self.check_macs(now, rng, src, msg, under_load, out)? {
+            return Ok(HandshakeOutcome::CookieSent);
+        }
+        let Some(identity) = self.identity.as_ref() else {
+            return Err(out.stats.drop(DropReason::NoPrivateKey));
+        };
+        let done = match kind {
+            MessageType::HandshakeInitiation => <&[u8; INITIATION_LEN]>::try_from(msg).ok().map(|m| self.on_initiation(now, rng, src, m, identity, out)),
+            _ => <&[u8; RESPONSE_LEN]>::try_from(msg).ok().map(|m| self.on_response(now, src, m, identity, out)),
+        };
+        done.unwrap_or_else(|| Err(out.stats.drop(DropReason::Malformed)))
     }
 
     /// MAC checks and the under-load decision shared by initiations and responses. `Ok(true)`:
@@ -109,19 +121,11 @@ impl Device {
         now: Timestamp,
         rng: &mut R,
         src: SocketAddr,
-        msg: &[u8],
-        under_load: bool,
+        init: &[u8; INITIATION_LEN],
+        identity: &crate::noise::Identity,
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
-        let Ok(init) = <&[u8; INITIATION_LEN]>::try_from(msg) else {
-            return Err(out.stats.drop(DropReason::Malformed));
-        };
-        if !self.check_macs(now, rng, src, msg, under_load, out)? {
-            return Ok(HandshakeOutcome::CookieSent);
-        }
-        let Some(identity) = self.identity.as_ref() else {
-            return Err(out.stats.drop(DropReason::NoPrivateKey));
-        };
+        let msg = &init[..];
         out.stats.dh_operations += 1;
         let start = match noise::begin_consume_initiation(identity, init) {
             Ok(s) => s,
@@ -180,24 +184,15 @@ impl Device {
         Ok(HandshakeOutcome::Responded(id))
     }
 
-    fn on_response<R: RngCore + CryptoRng>(
+    fn on_response(
         &self,
         now: Timestamp,
-        rng: &mut R,
         src: SocketAddr,
-        msg: &[u8],
-        under_load: bool,
+        resp: &[u8; RESPONSE_LEN],
+        identity: &crate::noise::Identity,
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
-        let Ok(resp) = <&[u8; RESPONSE_LEN]>::try_from(msg) else {
-            return Err(out.stats.drop(DropReason::Malformed));
-        };
-        if !self.check_macs(now, rng, src, msg, under_load, out)? {
-            return Ok(HandshakeOutcome::CookieSent);
-        }
-        let Some(identity) = self.identity.as_ref() else {
-            return Err(out.stats.drop(DropReason::NoPrivateKey));
-        };
+        let msg = &resp[..];
         let receiver = le32(msg, HEADER_LEN + 4);
         let Some(IndexEntry::Handshake(id)) = self.index.get(receiver) else {
             return Err(out.stats.drop(DropReason::UnknownIndex));
