@@ -35,7 +35,7 @@ mod wgpmd;
 
 pub use ctx::{run, Ctx};
 pub use keys::{public_key_b64, KeyPair};
-pub use net::{iperf3, iperf3_report, ping, wait_for_ping, IperfReport, PingStats};
+pub use net::{iperf3, iperf3_report, ping, ping_replied, wait_for_ping, IperfReport, PingStats};
 pub use netns::{Netns, VethPair, OWNER_ENV};
 pub use proc::Proc;
 pub use tools::{boringtun_cli, require_tools, TOOLS};

@@ -243,25 +243,40 @@ impl Netns {
         .map_err(|_| anyhow::anyhow!("the udp_send thread panicked"))?
     }
 
-    /// The namespace's UDP counters from `/proc/net/snmp` (`InDatagrams`, `RcvbufErrors`,
-    /// `SndbufErrors`, ...): the kernel's count of datagrams it dropped for a full socket
-    /// buffer, e.g. under a userspace WireGuard daemon that falls behind.
-    pub fn udp_counters(&self) -> Result<std::collections::HashMap<String, u64>> {
+    /// The namespace's counters of one protocol (`Udp`, `Icmp`, `Ip`, ...) from
+    /// `/proc/net/snmp`, by name.
+    pub fn snmp(&self, proto: &str) -> Result<std::collections::HashMap<String, u64>> {
         let text = self.run(&["cat", "/proc/net/snmp"])?;
+        let prefix = format!("{proto}:");
         let rows: Vec<Vec<&str>> = text
             .lines()
-            .filter(|l| l.starts_with("Udp:"))
+            .filter(|l| l.starts_with(&prefix))
             .map(|l| l.split_whitespace().skip(1).collect())
             .collect();
         anyhow::ensure!(
             rows.len() == 2,
-            "no Udp: lines in /proc/net/snmp of {self}: {text}"
+            "no {prefix} lines in /proc/net/snmp of {self}: {text}"
         );
         Ok(rows[0]
             .iter()
             .zip(&rows[1])
             .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
             .collect())
+    }
+
+    /// The namespace's UDP counters (`InDatagrams`, `RcvbufErrors`, `SndbufErrors`, ...): the
+    /// kernel's count of datagrams it dropped for a full socket buffer, e.g. under a userspace
+    /// WireGuard daemon that falls behind.
+    pub fn udp_counters(&self) -> Result<std::collections::HashMap<String, u64>> {
+        self.snmp("Udp")
+    }
+
+    /// One counter of [`Netns::snmp`], e.g. `("Icmp", "InEchoReps")`.
+    pub fn snmp_counter(&self, proto: &str, name: &str) -> Result<u64> {
+        self.snmp(proto)?
+            .get(name)
+            .copied()
+            .with_context(|| format!("no {proto} {name} in /proc/net/snmp of {self}"))
     }
 
     /// True if an interface of that name exists in the namespace.

@@ -367,6 +367,21 @@ impl Wgpmd {
 impl Drop for Wgpmd {
     fn drop(&mut self) {
         if !self.stopped {
+            // Not stopped through `stop`: the test failed. Keep the counters for the post-mortem
+            // (`<ifname>-counters.log`, printed with the other logs).
+            if self.proc.is_running() {
+                let text = match self.stats() {
+                    Ok(c) => sorted(&c)
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}\n"))
+                        .collect::<String>(),
+                    Err(e) => format!("cannot read the counters: {e:#}\n"),
+                };
+                if let Some(dir) = self.proc.log_path().parent() {
+                    let p = dir.join(format!("{}-counters.log", self.ifname));
+                    let _ = std::fs::write(p, format!("non-zero counters at teardown:\n{text}"));
+                }
+            }
             self.proc.stop();
         }
         // Our interface name is unique: sockets left by a killed daemon are ours to remove.
