@@ -79,33 +79,40 @@ const MAX_DATA_MSG: u64 = 1420 + 32;
 /// few seconds: a keepalive may be crossing while they are read.
 fn check_counters_agree(d: &Wgpmd, peer: &WgDevice, site: &Site, conc_key: &KeyPair) -> Result<()> {
     let mut last = String::new();
-    wait_until("wgpmd's and the peer's byte counters to agree", secs(15), || {
-        let (w, p) = both_views(d, peer, conc_key)?;
-        let st = d.stats()?;
-        let udp = site.ns.udp_counters()?;
-        let udp_get = |k: &str| udp.get(k).copied().with_context(|| format!("no Udp {k}"));
-        // wgpmd -> peer: lost in wgpmd's tx or in the peer's socket buffer.
-        let drops_to_peer = st.workers_sum("wan_tx_dropped")? + udp_get("RcvbufErrors")?;
-        // peer -> wgpmd: lost in the peer's send buffer or wgpmd's ring.
-        let drops_to_wgpmd = udp_get("SndbufErrors")? + st.workers_sum("wan_queue_rx_dropped")?;
-        let ok = |dir: &str, tx: u64, rx: u64, drops: u64| -> Option<String> {
-            let lost = tx as i128 - rx as i128;
-            let (lo, hi) = (
-                (32 * drops) as i128 - KEEPALIVE_BYTES as i128,
-                (MAX_DATA_MSG * drops + KEEPALIVE_BYTES) as i128,
-            );
-            (lost < lo || lost > hi).then(|| {
-                format!("{dir}: sent {tx}, received {rx}: {lost} bytes lost, {drops} datagrams dropped (allowed {lo}..={hi})")
-            })
-        };
-        let errs: Vec<String> = [
-            ok("wgpmd -> peer", w.tx_bytes, p.rx_bytes, drops_to_peer),
-            ok("peer -> wgpmd", p.tx_bytes, w.rx_bytes, drops_to_wgpmd),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        last = format!(
+    wait_until(
+        "wgpmd's and the peer's byte counters to agree",
+        secs(15),
+        || {
+            let (w, p) = both_views(d, peer, conc_key)?;
+            let st = d.stats()?;
+            let udp = site.ns.udp_counters()?;
+            let udp_get = |k: &str| udp.get(k).copied().with_context(|| format!("no Udp {k}"));
+            // wgpmd -> peer: lost in wgpmd's tx or in the peer's socket buffer.
+            let drops_to_peer = st.workers_sum("wan_tx_dropped")? + udp_get("RcvbufErrors")?;
+            // peer -> wgpmd: lost in the peer's send buffer or wgpmd's ring.
+            let drops_to_wgpmd =
+                udp_get("SndbufErrors")? + st.workers_sum("wan_queue_rx_dropped")?;
+            let ok = |dir: &str, tx: u64, rx: u64, drops: u64| -> Option<String> {
+                let lost = tx as i128 - rx as i128;
+                let (lo, hi) = (
+                    (32 * drops) as i128 - KEEPALIVE_BYTES as i128,
+                    (MAX_DATA_MSG * drops + KEEPALIVE_BYTES) as i128,
+                );
+                (lost < lo || lost > hi).then(|| {
+                    format!(
+                        "{dir}: sent {tx}, received {rx}: {lost} bytes lost, {drops} datagrams \
+                     dropped (allowed {lo}..={hi})"
+                    )
+                })
+            };
+            let errs: Vec<String> = [
+                ok("wgpmd -> peer", w.tx_bytes, p.rx_bytes, drops_to_peer),
+                ok("peer -> wgpmd", p.tx_bytes, w.rx_bytes, drops_to_wgpmd),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            last = format!(
             "wgpmd tx {} rx {}; {:?} peer tx {} rx {}; dropped towards the peer {drops_to_peer}, \
              towards wgpmd {drops_to_wgpmd}",
             w.tx_bytes,
@@ -114,14 +121,15 @@ fn check_counters_agree(d: &Wgpmd, peer: &WgDevice, site: &Site, conc_key: &KeyP
             p.tx_bytes,
             p.rx_bytes
         );
-        if errs.is_empty() {
-            eprintln!("counters agree: {last}");
-            Ok(Some(()))
-        } else {
-            last.push_str(&format!("; {}", errs.join("; ")));
-            Ok(None)
-        }
-    })
+            if errs.is_empty() {
+                eprintln!("counters agree: {last}");
+                Ok(Some(()))
+            } else {
+                last.push_str(&format!("; {}", errs.join("; ")));
+                Ok(None)
+            }
+        },
+    )
     .with_context(|| last.clone())
 }
 
