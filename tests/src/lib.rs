@@ -5,7 +5,8 @@
 //! fails: [`Netns`] (deleted, processes we started inside it killed), [`VethPair`], [`Proc`]
 //! (SIGTERM, then SIGKILL), [`WgDevice`] (its daemon and UAPI socket). Logs of every process go
 //! to the per-test directory of a [`Ctx`]; when the test fails, [`run`] prints their tails and
-//! keeps the directory. See docs/TESTING.md.
+//! keeps the directory. [`Wgpmd`] runs the daemon under test (the binary from [`wgpmd_bin`]),
+//! reads its counters and checks that it shuts down cleanly. See docs/TESTING.md.
 //!
 //! A test looks like this:
 //! ```ignore
@@ -30,10 +31,11 @@ mod tools;
 mod topology;
 mod util;
 mod wg;
+mod wgpmd;
 
 pub use ctx::{run, Ctx};
 pub use keys::{public_key_b64, KeyPair};
-pub use net::{iperf3, iperf3_report, ping, wait_for_ping, IperfReport, PingStats};
+pub use net::{iperf3, iperf3_report, ping, ping_replied, wait_for_ping, IperfReport, PingStats};
 pub use netns::{Netns, VethPair, OWNER_ENV};
 pub use proc::Proc;
 pub use tools::{boringtun_cli, require_tools, TOOLS};
@@ -41,4 +43,8 @@ pub use topology::{Site, Topology, CONCENTRATOR_PORT, INNER_NET, OUTER_NET};
 pub use util::{run_cmd, secs, timeout_scale, unique_ifname, wait_until};
 pub use wg::{
     wg_show, BoringtunPeer, DeviceConfig, PeerConfig, WgDevice, WgGo, WgImpl, WgShow, WgShowPeer,
+    UAPI_DIR,
+};
+pub use wgpmd::{
+    wgpmd_bin, wgpmd_run_to_exit, Counters, FailedRun, Wgpmd, WgpmdOptions, STATS_DIR,
 };

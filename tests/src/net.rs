@@ -72,6 +72,47 @@ pub fn ping(ns: &Netns, addr: impl Display, count: u32) -> Result<PingStats> {
     })
 }
 
+/// Like [`ping`], but requires every one of the `count` echo requests to be answered, and
+/// tells a late reply from a lost one. iputils ping, once it has a reply, waits only
+/// max(2 x the largest RTT, the interval) after its last request, so on a loaded machine a
+/// reply that took a few hundred milliseconds shows as lost. The namespace's kernel counts
+/// every echo reply that reaches it (`Icmp: InEchoReps` in /proc/net/snmp), also after ping
+/// has exited: when ping reports fewer replies than requests, this waits up to 10 s (scaled)
+/// for that counter to show all of them, and fails only if they never come.
+pub fn ping_replied(ns: &Netns, addr: impl Display, count: u32) -> Result<PingStats> {
+    let addr = addr.to_string();
+    let reps0 = ns.snmp_counter("Icmp", "InEchoReps")?;
+    let st = ping(ns, &addr, count)?;
+    if st.transmitted != count {
+        bail!(
+            "ping {addr} from {ns}: sent {} of {count} requests: {st:?}",
+            st.transmitted
+        );
+    }
+    if st.received == count {
+        return Ok(st);
+    }
+    let mut got = 0;
+    wait_until(
+        &format!("{count} echo replies from {addr} in {ns} (ping saw {st:?})"),
+        secs(10),
+        || {
+            got = ns.snmp_counter("Icmp", "InEchoReps")? - reps0;
+            Ok((got >= count as u64).then_some(()))
+        },
+    )
+    .with_context(|| format!("the kernel of {ns} received {got} echo replies"))?;
+    eprintln!(
+        "[e2e] ping {addr} from {ns}: ping saw {} of {count} replies, the rest came late",
+        st.received
+    );
+    Ok(PingStats {
+        received: count,
+        loss_percent: 0.0,
+        ..st
+    })
+}
+
 /// Pings `addr` from `ns` once a second (one packet each) until a reply comes back, and returns
 /// how long that took. Use it to wait for a tunnel (the first packet triggers the handshake).
 pub fn wait_for_ping(ns: &Netns, addr: impl Display, timeout: Duration) -> Result<Duration> {

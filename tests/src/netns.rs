@@ -214,6 +214,71 @@ impl Netns {
             .collect())
     }
 
+    /// Sends one UDP datagram from inside the namespace (an ephemeral port, the kernel's
+    /// routing and ARP), from a thread of this process that joins the namespace with setns(2)
+    /// and exits afterwards. For crafted packets such as a handshake with a bad MAC.
+    pub fn udp_send(&self, to: std::net::SocketAddr, payload: &[u8]) -> Result<()> {
+        let path = format!("/var/run/netns/{}", self.name());
+        let payload = payload.to_vec();
+        std::thread::spawn(move || -> Result<()> {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            // SAFETY: a valid descriptor of a network namespace; setns changes only this
+            // thread's namespace, and the thread ends right after the send.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+            }
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
+            let n = s
+                .send_to(&payload, to)
+                .with_context(|| format!("send to {to}"))?;
+            anyhow::ensure!(
+                n == payload.len(),
+                "short send: {n} of {} bytes",
+                payload.len()
+            );
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the udp_send thread panicked"))?
+    }
+
+    /// The namespace's counters of one protocol (`Udp`, `Icmp`, `Ip`, ...) from
+    /// `/proc/net/snmp`, by name.
+    pub fn snmp(&self, proto: &str) -> Result<std::collections::HashMap<String, u64>> {
+        let text = self.run(&["cat", "/proc/net/snmp"])?;
+        let prefix = format!("{proto}:");
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.split_whitespace().skip(1).collect())
+            .collect();
+        anyhow::ensure!(
+            rows.len() == 2,
+            "no {prefix} lines in /proc/net/snmp of {self}: {text}"
+        );
+        Ok(rows[0]
+            .iter()
+            .zip(&rows[1])
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect())
+    }
+
+    /// The namespace's UDP counters (`InDatagrams`, `RcvbufErrors`, `SndbufErrors`, ...): the
+    /// kernel's count of datagrams it dropped for a full socket buffer, e.g. under a userspace
+    /// WireGuard daemon that falls behind.
+    pub fn udp_counters(&self) -> Result<std::collections::HashMap<String, u64>> {
+        self.snmp("Udp")
+    }
+
+    /// One counter of [`Netns::snmp`], e.g. `("Icmp", "InEchoReps")`.
+    pub fn snmp_counter(&self, proto: &str, name: &str) -> Result<u64> {
+        self.snmp(proto)?
+            .get(name)
+            .copied()
+            .with_context(|| format!("no {proto} {name} in /proc/net/snmp of {self}"))
+    }
+
     /// True if an interface of that name exists in the namespace.
     pub fn has_link(&self, ifname: &str) -> bool {
         let out = Command::new("ip")
