@@ -191,8 +191,8 @@ pub enum DaemonError {
     /// Core list problem.
     #[error(transparent)]
     Cores(#[from] cores::CoreError),
-    /// A port would not open.
-    #[error("port `{spec}`: {source}")]
+    /// A port would not open (the port error names the port string).
+    #[error("{source}")]
     Port {
         /// The port string.
         spec: String,
