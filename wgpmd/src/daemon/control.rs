@@ -38,6 +38,11 @@ impl UapiHandler for Handler {
         let mut iface = self.sh.iface.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
+        if iface.listen_port == 0 {
+            // `wg setconf` of a file without ListenPort sends 0 ("any port"): keep serving on
+            // the customary one rather than on none.
+            iface.listen_port = super::DEFAULT_LISTEN_PORT;
+        }
         self.sh.listen_port.store(iface.listen_port, Ordering::Relaxed);
         r
     }

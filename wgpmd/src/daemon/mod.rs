@@ -230,6 +230,9 @@ pub enum DaemonError {
     /// The stats socket.
     #[error("stats socket: {0}")]
     Stats(std::io::Error),
+    /// Another process serves this interface name.
+    #[error("{0} is in use by a running process (another wgpmd or wireguard-go with this interface name)")]
+    InUse(String),
     /// A port has fewer queues than workers.
     #[error("port `{spec}` has no queue {queue}")]
     NoQueue {
@@ -245,6 +248,11 @@ pub enum DaemonError {
 
 /// Run the daemon until SIGINT/SIGTERM (or `stop` is set), opening its ports by their strings.
 pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    // Refuse a name that a live daemon serves before touching its ports (its TUN has our name).
+    let sock = std::path::Path::new(crate::uapi::SOCKET_DIR).join(format!("{}.sock", cfg.name));
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        return Err(DaemonError::InUse(sock.display().to_string()));
+    }
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
     // The WAN keeps its own MTU; the inner port gets the tunnel MTU.
@@ -271,6 +279,11 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
         let text = std::fs::read_to_string(path).map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
         let parsed = crate::config::InterfaceConfig::parse(&text).map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
         crate::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out).map_err(DaemonError::Apply)?;
+    }
+    if iface.listen_port == 0 {
+        // No ListenPort: wg would pick a random port; our peers need to know it, so we take
+        // the customary one.
+        iface.listen_port = DEFAULT_LISTEN_PORT;
     }
     let shared = Arc::new(Shared {
         name: cfg.name.clone(),
