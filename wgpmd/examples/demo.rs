@@ -1,6 +1,7 @@
 //! In-memory demo of the protocol core: a wgpmd device and boringtun (an independent WireGuard
 //! implementation) complete a handshake, exchange traffic both ways, rekey, and print what
-//! happened. No NIC, no root, no network: this is what exists until the daemon lands.
+//! happened. No NIC, no root, no network: the protocol core alone (scripts/demo.sh runs the
+//! daemon).
 //!
 //!     cargo run --release -p wgpmd --example demo [packets]
 
