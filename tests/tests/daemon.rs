@@ -785,3 +785,23 @@ fn bad_operator_input() {
         d.stop()
     });
 }
+
+/// A configuration without `ListenPort` (wg's "any port") serves on 51820, where the peers of a
+/// concentrator look for it, rather than on no port at all.
+#[test]
+fn no_listen_port_means_51820() {
+    run("no_listen_port_means_51820", |ctx| {
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        ensure!(c.port == 51820, "the topology's concentrator port is {}", c.port);
+        let mut dcfg = topo.concentrator_device();
+        dcfg.listen_port = None;
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &dcfg, &WgpmdOptions::default())?;
+        let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
+        ping_all(&p.ns, c.inner_ip)?;
+        let conf = d.showconf()?;
+        ensure!(conf.contains("ListenPort = 51820"), "wg showconf: {conf}");
+        d.ensure_running()?;
+        d.stop()
+    });
+}
