@@ -566,14 +566,20 @@ impl Generator {
             }
             if !pushing {
                 for q in 0..workers {
-                    let backlog = if dir == Direction::Tx { self.inner[q].tx_pending() } else { self.wan[q].tx_pending() };
-                    if backlog < BACKLOG {
+                    let input = if dir == Direction::Tx { &self.inner[q] } else { &self.wan[q] };
+                    let before = input.tx_pending();
+                    if before < BACKLOG {
                         continue;
                     }
                     let Some(t) = self.workers[q].now_ns() else { continue };
-                    let backlog = if dir == Direction::Tx { self.inner[q].tx_pending() } else { self.wan[q].tx_pending() };
-                    first[q].get_or_insert((t, backlog));
-                    last[q] = Some((t, backlog));
+                    let after = input.tx_pending();
+                    // The clock and the ring must be read at one moment: if the worker took
+                    // more than a burst meanwhile (this thread was descheduled), skip the sample.
+                    if before - after > BURST {
+                        continue;
+                    }
+                    first[q].get_or_insert((t, after));
+                    last[q] = Some((t, after));
                 }
             }
             self.poll();
