@@ -72,11 +72,13 @@ impl Worker {
         let mut idle = 0u32;
         let mut sleep = Duration::from_micros(10);
         let mut iter = 0u64;
-        while !self.sh.stopping() {
-            let now = self.sh.clock.now();
+        // One reference for the whole loop: cloning the Arc per iteration would bounce its
+        // counter between every worker's and the control core's caches.
+        let sh = self.sh.clone();
+        while !sh.stopping() {
+            let now = sh.clock.now();
             let mut work = 0;
             {
-                let sh = self.sh.clone();
                 let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
                 work += self.wan_rx(&dev, now);
                 work += self.inner_rx(&dev, now);
@@ -88,7 +90,7 @@ impl Worker {
             if iter % 64 == 0 {
                 self.publish();
             }
-            if work > 0 || self.sh.poll == PollMode::Busy {
+            if work > 0 || sh.poll == PollMode::Busy {
                 idle = 0;
                 sleep = Duration::from_micros(10);
                 continue;
@@ -321,16 +323,24 @@ impl Worker {
                 self.c.events_dropped += 1;
             }
         }
-        // The data path sends no control messages itself; anything here is a keepalive.
+        // The data path sends no control messages itself; anything here is a keepalive (rare:
+        // most iterations stop here, without a clock read or a vector to build).
+        if self.out.transmits.is_empty() {
+            return;
+        }
         let now = self.sh.clock.now();
-        let transmits: Vec<_> = self.out.transmits.drain(..).collect();
-        for t in transmits {
+        let mut transmits = std::mem::take(&mut self.out.transmits);
+        for t in transmits.drain(..) {
             if let Some(mut b) = self.pool.alloc() {
                 if let Ok(d) = b.append(t.payload().len()) {
                     d.copy_from_slice(t.payload());
                     self.send_wg(b, t.to, 0, now);
                 }
             }
+        }
+        // Keep the capacity for the next keepalive.
+        if self.out.transmits.is_empty() {
+            self.out.transmits = transmits;
         }
     }
 }
