@@ -15,7 +15,7 @@ fn check(what: &str, m: &Measurement) {
     assert_eq!(m.out_of_order, 0, "{what}: {m:?}");
     assert_eq!((m.other_frames, m.control_dropped), (0, 0), "{what}: unexpected frames: {m:?}");
     assert!(m.busy_packets > 0 && m.busy_cpu_ns > 0, "{what}: no stretch with a backlog was timed: {m:?}");
-    assert!(m.mpps_per_core() > 0.0 && m.wall_mpps() > 0.0, "{what}: {m:?}");
+    assert!(m.mpps_per_core() > 0.0 && m.wall_mpps(1) > 0.0 && m.on_cpu() > 0.0, "{what}: {m:?}");
     assert!(m.worker_cpu_ns >= m.busy_cpu_ns, "{what}: {m:?}");
 }
 

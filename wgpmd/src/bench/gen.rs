@@ -41,6 +41,9 @@ const CHUNK: usize = 8192;
 pub(crate) const DEPTH: usize = 2 * CHUNK;
 /// A worker with at least this many packets waiting in its input ring is busy.
 const BACKLOG: usize = 2 * BURST;
+/// How often the generator looks at the input rings while the workers are busy, at most
+/// (about 40 packets of a worker's time at 64 bytes; an input ring holds a chunk, 8192).
+const PACE: Duration = Duration::from_micros(16);
 /// Packets of the untimed warm-up chunk of each direction.
 const WARMUP: usize = 2048;
 /// Packets moved per ring operation.
@@ -531,25 +534,32 @@ impl Generator {
 
     /// Release a built chunk into the daemon and wait until all of it came out.
     ///
-    /// The whole chunk goes into the rings at once (they hold it), so the workers have a
-    /// backlog that shrinks as they work. Per core, only the stretch during which a worker
-    /// provably had work counts: from the first sample after the last push to the last sample
-    /// that still saw `BACKLOG` packets waiting for it, each sample reading the worker's CPU
-    /// clock and its input ring. The generator being descheduled meanwhile costs the worker
-    /// nothing (it has a backlog); a worker idling at the end of a chunk, or preempted, does not
-    /// count either. The wall clock runs from the first push to the last packet out.
+    /// The whole chunk goes into the workers' input rings at once (every ring holds a chunk),
+    /// so each worker has a backlog that shrinks as it works. Only the stretch during which a
+    /// worker provably had work counts: from the first sample after the last push to the last
+    /// sample that still saw `BACKLOG` packets waiting for it, each sample reading the worker's
+    /// CPU clock, the wall clock and the input ring at one moment. The generator being
+    /// descheduled meanwhile costs the worker nothing (it has a backlog); a worker idling at the
+    /// end of a chunk does not count, and one preempted shows as on-CPU below 1.
+    ///
+    /// While a worker has a backlog the generator leaves the rings alone apart from a sample
+    /// every `PACE`, and collects the output when the workers are done (the output rings hold a
+    /// chunk too): a consumer spinning on a worker's output ring pulls the ring's cache lines
+    /// away on every push, which would be charged to the worker.
     fn drain(&mut self, dir: Direction, chunk: &mut [VecDeque<Buffer>]) -> Result<(), BenchError> {
         let total: u64 = chunk.iter().map(|q| q.len() as u64).sum();
         let delivered_before = self.m.packets;
         let workers = self.workers.len();
-        let mut first: Vec<Option<(u64, usize)>> = vec![None; workers];
-        let mut last: Vec<Option<(u64, usize)>> = vec![None; workers];
+        // Per worker: (CPU ns, wall ns since t0, backlog) at its first and last busy sample.
+        let mut first: Vec<Option<(u64, u64, usize)>> = vec![None; workers];
+        let mut last: Vec<Option<(u64, u64, usize)>> = vec![None; workers];
         let mut last_progress = Instant::now();
-        let mut last_delivered = 0;
+        let mut last_mark = (0, 0);
         let cpu0 = cpu::sum_ns(&self.workers);
         let mut cpu_at_progress = cpu0.unwrap_or(0);
         let t0 = Instant::now();
         loop {
+            let started = Instant::now();
             let mut pushing = false;
             for (q, pending) in chunk.iter_mut().enumerate() {
                 if pending.is_empty() {
@@ -564,31 +574,38 @@ impl Generator {
                     pending.push_front(b);
                 }
             }
+            let mut busy = false;
+            let mut backlog = 0;
             if !pushing {
                 for q in 0..workers {
                     let input = if dir == Direction::Tx { &self.inner[q] } else { &self.wan[q] };
                     let before = input.tx_pending();
+                    backlog += before;
                     if before < BACKLOG {
                         continue;
                     }
-                    let Some(t) = self.workers[q].now_ns() else { continue };
+                    busy = true;
+                    let Some(cpu) = self.workers[q].now_ns() else { continue };
+                    let wall = t0.elapsed().as_nanos() as u64;
                     let after = input.tx_pending();
-                    // The clock and the ring must be read at one moment: if the worker took
+                    // The clocks and the ring must be read at one moment: if the worker took
                     // more than a burst meanwhile (this thread was descheduled), skip the sample.
                     if before - after > BURST {
                         continue;
                     }
-                    first[q].get_or_insert((t, after));
-                    last[q] = Some((t, after));
+                    first[q].get_or_insert((cpu, wall, after));
+                    last[q] = Some((cpu, wall, after));
+                }
+                if !busy {
+                    self.poll();
                 }
             }
-            self.poll();
             let delivered = self.m.packets - delivered_before;
             if !pushing && delivered >= total {
                 break;
             }
-            if delivered != last_delivered {
-                last_delivered = delivered;
+            if (delivered, backlog) != last_mark {
+                last_mark = (delivered, backlog);
                 last_progress = Instant::now();
                 cpu_at_progress = cpu::sum_ns(&self.workers).unwrap_or(0);
             } else if last_progress.elapsed() > Duration::from_millis(100) {
@@ -599,6 +616,11 @@ impl Generator {
                     break;
                 }
             }
+            if busy {
+                // Sleep rather than spin: with as many workers as cores, this core is a
+                // worker's too.
+                std::thread::sleep(PACE.saturating_sub(started.elapsed()));
+            }
         }
         let wall = t0.elapsed();
         let cpu1 = cpu::sum_ns(&self.workers);
@@ -606,8 +628,9 @@ impl Generator {
             return Err(BenchError::Run("a worker thread exited during the measurement".into()));
         };
         for (f, l) in first.iter().zip(&last) {
-            if let (Some((c0, b0)), Some((c1, b1))) = (f, l) {
+            if let (Some((c0, w0, b0)), Some((c1, w1, b1))) = (f, l) {
                 self.m.busy_cpu_ns += c1 - c0;
+                self.m.busy_wall_ns += w1 - w0;
                 self.m.busy_packets += (b0 - b1) as u64;
             }
         }

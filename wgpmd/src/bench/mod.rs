@@ -144,11 +144,13 @@ pub struct Measurement {
     pub chunks: u32,
     /// Packets the workers took from their input rings while they had a backlog.
     pub busy_packets: u64,
-    /// The workers' CPU time over those stretches.
+    /// The workers' CPU time over those stretches (summed over workers).
     pub busy_cpu_ns: u64,
+    /// The wall time of those stretches (summed over workers).
+    pub busy_wall_ns: u64,
     /// CPU time of all workers while chunks drained (first push to last packet out).
     pub worker_cpu_ns: u64,
-    /// Wall time while chunks drained.
+    /// Wall time while chunks drained (first push to last packet out).
     pub wall_ns: u64,
 }
 
@@ -165,19 +167,20 @@ impl Measurement {
     pub fn gbps_per_core(&self, size: usize) -> f64 {
         self.mpps_per_core() * size as f64 * 8.0 / 1e3
     }
-    /// Million packets per second of wall time, all workers together.
-    pub fn wall_mpps(&self) -> f64 {
-        if self.wall_ns == 0 {
+    /// Million packets per second of wall time while the workers had a backlog, all
+    /// `workers` together (each worker's rate, summed).
+    pub fn wall_mpps(&self, workers: usize) -> f64 {
+        if self.busy_wall_ns == 0 {
             return 0.0;
         }
-        self.packets as f64 * 1e3 / self.wall_ns as f64
+        self.busy_packets as f64 * 1e3 / self.busy_wall_ns as f64 * workers as f64
     }
-    /// Share of the wall time the workers were on a CPU (1.0: each had its core throughout).
-    pub fn on_cpu(&self, workers: usize) -> f64 {
-        if self.wall_ns == 0 {
+    /// Share of those stretches the workers were on a CPU (1.0: never preempted).
+    pub fn on_cpu(&self) -> f64 {
+        if self.busy_wall_ns == 0 {
             return 0.0;
         }
-        self.worker_cpu_ns as f64 / (self.wall_ns as f64 * workers as f64)
+        self.busy_cpu_ns as f64 / self.busy_wall_ns as f64
     }
 }
 
@@ -378,7 +381,7 @@ impl fmt::Display for Report {
             None => ", generator unpinned".into(),
         }, o.seconds)?;
         writeln!(f, "machine: {}", self.machine)?;
-        writeln!(f, "per core = per second of worker CPU time while the worker had a backlog; wall = all workers, while chunks drained; on-CPU = worker CPU / (wall x workers)")?;
+        writeln!(f, "measured while each worker had a backlog: per core = per second of its CPU time; wall = all workers, per second of wall time; on-CPU = CPU / wall time")?;
         writeln!(f, "reference for rx: ring open, boringtun decapsulate; for tx: ring seal, boringtun encapsulate (one core each)")?;
         writeln!(f)?;
         writeln!(f, "| size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | packets | lost | checked |")?;
@@ -397,8 +400,8 @@ impl fmt::Display for Report {
                     "| {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
                     r.size,
                     m.gbps_per_core(r.size),
-                    m.wall_mpps(),
-                    m.on_cpu(w),
+                    m.wall_mpps(w),
+                    m.on_cpu(),
                     rate(aead),
                     rate(bt),
                     ratio(mpps, aead),
