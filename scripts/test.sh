@@ -47,5 +47,7 @@ echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd; see docs/PERFORMANCE.md)"
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd
+    echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
+    target/release/wgpmd bench --quick
 fi
 echo "== all tests passed"
