@@ -49,6 +49,8 @@ echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd; see docs/PERFORMANCE.md)"
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd --benches
+    echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
+    target/release/wgpmd bench --quick
 fi
 # One closing line for the whole suite, summed over every test binary's "test result" line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -104,6 +104,14 @@ fn mac_for(name: &str) -> [u8; 6] {
     [0x02, b[3], b[4], b[5], b[6], b[7]]
 }
 
+impl MemQueue {
+    /// Buffers this queue transmitted that the other end has not received yet (a benchmark
+    /// reads it to know the receiver still has a backlog).
+    pub fn tx_pending(&self) -> usize {
+        self.tx.len()
+    }
+}
+
 impl Port for MemPort {
     fn info(&self) -> &PortInfo {
         &self.info
@@ -211,6 +219,17 @@ mod tests {
             (3, 24, 3, 24)
         );
         assert!(a1.poll_fd().is_none());
+    }
+
+    #[test]
+    fn tx_pending_counts_what_the_other_end_has_not_taken() {
+        let pool = Pool::new("t", 8).unwrap();
+        let (mut a, mut b) = pair("a", "b", 1, 4);
+        let (mut qa, mut qb) = (a.take_mem_queue(0).unwrap(), b.take_mem_queue(0).unwrap());
+        assert_eq!(qa.tx_burst(&mut frames(&pool, 3)), 3);
+        assert_eq!((qa.tx_pending(), qb.tx_pending()), (3, 0));
+        assert_eq!(qb.rx_burst(&pool, &mut Vec::new(), 2), 2);
+        assert_eq!(qa.tx_pending(), 1);
     }
 
     #[test]

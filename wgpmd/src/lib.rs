@@ -17,7 +17,9 @@
 //! - [`allowedips`] and [`index`]: cryptokey routing and receiver-index tables;
 //! - [`device`]: the facade tying them together for bursts of packets;
 //! - [`config`] and [`uapi`]: the wg.conf(5) file and the `wg` tool's control socket, which
-//!   configure a device (the UAPI server is the one module here that does I/O).
+//!   configure a device (the UAPI server is the one module here that does I/O);
+//! - [`daemon`]: `wgpmd run` (ports, workers, control core) and [`bench`]: `wgpmd bench`, the
+//!   daemon's pipeline over `mem` ports with a built-in traffic generator.
 //!
 //! # Panics
 //! No function reachable from packet input panics on any input; the robustness tests feed every
@@ -26,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod allowedips;
+pub mod bench;
 pub mod config;
 pub mod cookie;
 pub mod crypto;

@@ -63,6 +63,9 @@ pub struct DaemonConfig {
     pub name: String,
     /// wg.conf(5) file applied at start.
     pub config: Option<PathBuf>,
+    /// A configuration applied at start without a file (after `config`, if both are given;
+    /// `wgpmd bench` and tests use it).
+    pub inline_config: Option<crate::config::InterfaceConfig>,
     /// WAN port string (`af_packet:IFACE`, `mem:`...).
     pub wan_port: String,
     /// Inner port string (`tun:NAME`).
@@ -279,6 +282,9 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
         let text = std::fs::read_to_string(path).map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
         let parsed = crate::config::InterfaceConfig::parse(&text).map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
         crate::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out).map_err(DaemonError::Apply)?;
+    }
+    if let Some(parsed) = &cfg.inline_config {
+        crate::uapi::apply_config(&mut dev, &mut iface, parsed, &mut rng, clock.now(), &mut boot_out).map_err(DaemonError::Apply)?;
     }
     if iface.listen_port == 0 {
         // No ListenPort: wg would pick a random port; our peers need to know it, so we take

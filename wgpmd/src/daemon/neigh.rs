@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use nic_backends::Buffer;
@@ -25,11 +26,19 @@ pub(crate) struct Pending {
 pub(crate) struct Neighbours {
     map: RwLock<HashMap<Ipv4Addr, (EthernetAddress, Timestamp)>>,
     pending: Mutex<HashMap<Ipv4Addr, Pending>>,
+    /// Bumped after every change of `map`: a worker's private copy of entries is valid while
+    /// this has not moved.
+    generation: AtomicU64,
 }
 
 impl Neighbours {
     pub fn new() -> Self {
-        Neighbours { map: RwLock::new(HashMap::new()), pending: Mutex::new(HashMap::new()) }
+        Neighbours { map: RwLock::new(HashMap::new()), pending: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+    }
+
+    /// Changes of the table so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn lookup(&self, ip: Ipv4Addr) -> Option<EthernetAddress> {
@@ -41,6 +50,7 @@ impl Neighbours {
         let known = self.map.read().unwrap_or_else(|e| e.into_inner()).get(&ip).map(|e| e.0);
         if known != Some(mac) {
             self.map.write().unwrap_or_else(|e| e.into_inner()).insert(ip, (mac, now));
+            self.generation.fetch_add(1, Ordering::Release);
         }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.remove(&ip).map(|p| p.frames).unwrap_or_default()

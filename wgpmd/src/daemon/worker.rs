@@ -9,6 +9,7 @@ use std::time::Duration;
 use nic_backends::{Buffer, Pool, Queue};
 
 use super::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
+use super::neigh::Neighbours;
 use super::stats::Local;
 use super::{HandshakeJob, PollMode, Shared};
 use crate::device::{Device, DropReason, Output};
@@ -22,6 +23,53 @@ const SPIN_BEFORE_SLEEP: u32 = 64;
 /// Longest adaptive sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
 
+/// Slots of a worker's neighbour cache.
+const NEIGH_SLOTS: usize = 256;
+
+/// A worker's private copy of neighbour entries it used, valid for one generation of the
+/// shared table: the data path reads it without the shared table's lock (an atomic
+/// read-modify-write on a line every worker shares) and without hashing with SipHash, twice
+/// per packet otherwise (learning check on receive, next hop on send). Direct-mapped; a
+/// miss falls through to the shared table.
+struct NeighCache {
+    generation: u64,
+    slots: Box<[Option<(Ipv4Addr, crate::wire::EthernetAddress)>; NEIGH_SLOTS]>,
+}
+
+impl NeighCache {
+    fn new() -> Self {
+        NeighCache { generation: 0, slots: Box::new([None; NEIGH_SLOTS]) }
+    }
+    fn slot(ip: Ipv4Addr) -> usize {
+        (u32::from(ip).wrapping_mul(0x9e37_79b9) >> 24) as usize % NEIGH_SLOTS
+    }
+    /// Forget everything if the shared table changed since the copies were taken.
+    fn sync(&mut self, shared: &Neighbours) {
+        let g = shared.generation();
+        if g != self.generation {
+            self.slots.fill(None);
+            self.generation = g;
+        }
+    }
+    fn lookup(&mut self, shared: &Neighbours, ip: Ipv4Addr) -> Option<crate::wire::EthernetAddress> {
+        let slot = &mut self.slots[Self::slot(ip)];
+        if let Some((cached, mac)) = *slot {
+            if cached == ip {
+                return Some(mac);
+            }
+        }
+        let mac = shared.lookup(ip)?;
+        *slot = Some((ip, mac));
+        Some(mac)
+    }
+    fn forget(&mut self, ip: Ipv4Addr) {
+        let slot = &mut self.slots[Self::slot(ip)];
+        if slot.is_some_and(|(cached, _)| cached == ip) {
+            *slot = None;
+        }
+    }
+}
+
 pub(crate) struct Worker {
     id: usize,
     sh: Arc<Shared>,
@@ -34,6 +82,7 @@ pub(crate) struct Worker {
     inner_tx: Vec<Buffer>,
     c: Local,
     ident: u16,
+    neigh: NeighCache,
 }
 
 /// Destination address of an inner IP packet.
@@ -65,6 +114,7 @@ impl Worker {
             inner_tx: Vec::with_capacity(BURST * 2),
             c: Local::default(),
             ident: 0,
+            neigh: NeighCache::new(),
         }
     }
 
@@ -72,11 +122,14 @@ impl Worker {
         let mut idle = 0u32;
         let mut sleep = Duration::from_micros(10);
         let mut iter = 0u64;
-        while !self.sh.stopping() {
-            let now = self.sh.clock.now();
+        // One reference for the whole loop: cloning the Arc per iteration would bounce its
+        // counter between every worker's and the control core's caches.
+        let sh = self.sh.clone();
+        while !sh.stopping() {
+            let now = sh.clock.now();
+            self.neigh.sync(&sh.neigh);
             let mut work = 0;
             {
-                let sh = self.sh.clone();
                 let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
                 work += self.wan_rx(&dev, now);
                 work += self.inner_rx(&dev, now);
@@ -88,7 +141,7 @@ impl Worker {
             if iter % 64 == 0 {
                 self.publish();
             }
-            if work > 0 || self.sh.poll == PollMode::Busy {
+            if work > 0 || sh.poll == PollMode::Busy {
                 idle = 0;
                 sleep = Duration::from_micros(10);
                 continue;
@@ -161,7 +214,7 @@ impl Worker {
                 // The sender's MAC is the next hop back to it: learn from authenticated traffic.
                 if let SocketAddr::V4(s) = src {
                     if let Some(hop) = self.sh.wan.next_hop(*s.ip()) {
-                        if self.sh.neigh.lookup(hop) != Some(src_mac) {
+                        if self.neigh.lookup(&self.sh.neigh, hop) != Some(src_mac) {
                             self.learn(hop, src_mac, now);
                         }
                     }
@@ -255,7 +308,7 @@ impl Worker {
         let payload_len = buf.len();
         let port = self.sh.listen_port.load(Ordering::Relaxed);
         self.ident = self.ident.wrapping_add(1);
-        let dst_mac = self.sh.neigh.lookup(hop);
+        let dst_mac = self.neigh.lookup(&self.sh.neigh, hop);
         let outer = OuterV4 {
             src_mac: wan.mac,
             dst_mac: dst_mac.unwrap_or(crate::wire::EthernetAddress([0; 6])),
@@ -293,6 +346,8 @@ impl Worker {
     }
 
     fn learn(&mut self, ip: Ipv4Addr, mac: crate::wire::EthernetAddress, now: Timestamp) {
+        // Our copy may be the old address; the others drop theirs at the generation change.
+        self.neigh.forget(ip);
         for mut f in self.sh.neigh.learn(ip, mac, now) {
             if let Some(d) = f.data_mut().get_mut(..6) {
                 d.copy_from_slice(&mac.0);
@@ -321,10 +376,14 @@ impl Worker {
                 self.c.events_dropped += 1;
             }
         }
-        // The data path sends no control messages itself; anything here is a keepalive.
+        // The data path sends no control messages itself; anything here is a keepalive (rare:
+        // most iterations stop here, without a clock read or a vector to build).
+        if self.out.transmits.is_empty() {
+            return;
+        }
         let now = self.sh.clock.now();
-        let transmits: Vec<_> = self.out.transmits.drain(..).collect();
-        for t in transmits {
+        let mut transmits = std::mem::take(&mut self.out.transmits);
+        for t in transmits.drain(..) {
             if let Some(mut b) = self.pool.alloc() {
                 if let Ok(d) = b.append(t.payload().len()) {
                     d.copy_from_slice(t.payload());
@@ -332,5 +391,41 @@ impl Worker {
                 }
             }
         }
+        // Keep the capacity for the next keepalive.
+        if self.out.transmits.is_empty() {
+            self.out.transmits = transmits;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::EthernetAddress;
+
+    #[test]
+    fn neighbour_cache_follows_the_shared_table() {
+        let shared = Neighbours::new();
+        let (ip, other) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+        let (a, b) = (EthernetAddress([2, 0, 0, 0, 0, 0xa]), EthernetAddress([2, 0, 0, 0, 0, 0xb]));
+        let now = Timestamp::from_nanos(1);
+        let mut c = NeighCache::new();
+        c.sync(&shared);
+        assert_eq!(c.lookup(&shared, ip), None, "unresolved hops are not cached");
+        shared.learn(ip, a, now);
+        assert_eq!(c.lookup(&shared, ip), Some(a));
+        let g = shared.generation();
+        shared.learn(ip, a, now);
+        assert_eq!(shared.generation(), g, "learning what is known changes nothing");
+        // Another worker learns a new address: ours holds the old one until the next sync.
+        shared.learn(ip, b, now);
+        assert_eq!(c.lookup(&shared, ip), Some(a));
+        c.sync(&shared);
+        assert_eq!(c.lookup(&shared, ip), Some(b));
+        shared.learn(other, a, now);
+        c.sync(&shared);
+        assert_eq!((c.lookup(&shared, ip), c.lookup(&shared, other)), (Some(b), Some(a)));
+        c.forget(ip);
+        assert!(c.slots.iter().flatten().all(|(i, _)| *i != ip));
     }
 }

@@ -1,0 +1,420 @@
+//! `wgpmd bench`: the full worker pipeline over `mem` ports, driven by a built-in traffic
+//! generator, next to raw AEAD and boringtun measured in the same run.
+//!
+//! For each packet size the bench
+//! 1. times the references on one core ([`reference`]): ring ChaCha20-Poly1305 seal and open,
+//!    boringtun 0.7.1 `encapsulate` and `decapsulate` (feature `bench-boringtun`);
+//! 2. starts a concentrator exactly as `wgpmd run` does ([`crate::daemon::run_with_ports`]:
+//!    workers, control core, busy polling), on two `mem` pairs (WAN and inner) instead of
+//!    AF_PACKET and TUN, configured with N peers (one /32 allowed IP each);
+//! 3. runs the generator (`gen`) on the other ends: N peers, each a [`crate::device::Device`]
+//!    of its own, handshake with the concentrator (answering its ARP requests), then measure
+//!    rx (WAN → inner: decrypt) and tx (inner → WAN: encrypt);
+//! 4. stops the concentrator.
+//!
+//! Rates per core are packets per second of the workers' own CPU time
+//! ([`cpu::ThreadClock`]): the machine may be shared and the generator competes for its cores,
+//! so the wall clock alone would measure the neighbours.
+
+pub mod cpu;
+mod gen;
+pub mod reference;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nic_backends::{mem, Port};
+use rand_core::OsRng;
+
+use crate::config::{InterfaceConfig, PeerConfig};
+use crate::crypto::PrivateKey;
+use crate::daemon::{cores, DaemonConfig, DaemonError, PollMode};
+use crate::messages::DEFAULT_TUNNEL_MTU;
+pub use gen::MIN_SIZE;
+pub use reference::{Rate, References};
+
+/// Most peers the generator can address (one per address of the WAN /16).
+pub const MAX_PEERS: usize = 65_000;
+/// Longest measurement: sessions must not reach REJECT_AFTER_TIME (180 s) within one size.
+pub const MAX_SECONDS: f64 = 60.0;
+
+/// Which way packets cross the concentrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// WAN → inner: the workers decrypt.
+    Rx,
+    /// Inner → WAN: the workers encrypt.
+    Tx,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Simulated peers.
+    pub peers: usize,
+    /// Inner packet sizes in bytes (IPv4 packet length, what the tunnel carries).
+    pub sizes: Vec<usize>,
+    /// Timed seconds per measurement (each direction, each reference).
+    pub seconds: f64,
+    /// Concentrator workers.
+    pub workers: usize,
+    /// Directions to measure, in order.
+    pub directions: Vec<Direction>,
+    /// Decrypt and compare every n-th tx frame (every rx packet is compared).
+    pub verify_every: u64,
+    /// Time the references (raw AEAD, boringtun).
+    pub references: bool,
+}
+
+impl BenchOptions {
+    /// The defaults of `wgpmd bench`: 16 peers, 64/512/1420 bytes, 3 s, one worker.
+    pub fn full() -> Self {
+        BenchOptions { peers: 16, sizes: vec![64, 512, 1420], seconds: 3.0, workers: 1, directions: vec![Direction::Rx, Direction::Tx], verify_every: 64, references: true }
+    }
+    /// `wgpmd bench --quick`: 4 peers, 0.5 s per measurement.
+    pub fn quick() -> Self {
+        BenchOptions { peers: 4, seconds: 0.5, ..Self::full() }
+    }
+
+    fn check(&self) -> Result<(), BenchError> {
+        let bad = |s: String| Err(BenchError::Options(s));
+        if !(1..=MAX_PEERS).contains(&self.peers) {
+            return bad(format!("--peers {}: 1 to {MAX_PEERS}", self.peers));
+        }
+        if self.sizes.is_empty() {
+            return bad("--sizes: at least one size".into());
+        }
+        if let Some(s) = self.sizes.iter().find(|s| !(MIN_SIZE..=DEFAULT_TUNNEL_MTU).contains(s)) {
+            return bad(format!("--sizes: {s} is not an inner packet size of {MIN_SIZE} to {DEFAULT_TUNNEL_MTU} bytes"));
+        }
+        if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
+            return bad(format!("--seconds {}: more than 0, at most {MAX_SECONDS}", self.seconds));
+        }
+        if self.workers == 0 {
+            return bad("--workers: at least 1".into());
+        }
+        if self.directions.is_empty() {
+            return bad("no direction to measure".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why the bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// The concentrator did not start or failed.
+    #[error("concentrator: {0}")]
+    Daemon(#[from] DaemonError),
+    /// The run went wrong (handshakes, a stalled worker, ...).
+    #[error("{0}")]
+    Run(String),
+}
+
+/// One pipeline measurement (one size, one direction), summed over its chunks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measurement {
+    /// Packets the generator released into the concentrator.
+    pub sent: u64,
+    /// Packets that came out the other side (counted once each).
+    pub packets: u64,
+    /// Packets that never came out.
+    pub lost: u64,
+    /// Delivered packets checked intact (rx: all of them, byte for byte; tx: every
+    /// `verify_every`-th, decrypted by its peer).
+    pub verified: u64,
+    /// Delivered packets that were not what was sent.
+    pub verify_failed: u64,
+    /// Packets out of order within a peer (rx: sequence number; tx: WireGuard counter).
+    pub out_of_order: u64,
+    /// Keepalives from the concentrator (expected: one per peer after its handshake, and
+    /// after 10 s of receiving without sending).
+    pub keepalives: u64,
+    /// Any other frame (ARP requests are answered and not counted here).
+    pub other_frames: u64,
+    /// Generator control frames (ARP replies, handshakes) the WAN ring refused.
+    pub control_dropped: u64,
+    /// Chunks measured.
+    pub chunks: u32,
+    /// Packets the workers took from their input rings while they had a backlog.
+    pub busy_packets: u64,
+    /// The workers' CPU time over those stretches (summed over workers).
+    pub busy_cpu_ns: u64,
+    /// The wall time of those stretches (summed over workers).
+    pub busy_wall_ns: u64,
+    /// CPU time of all workers while chunks drained (first push to last packet out).
+    pub worker_cpu_ns: u64,
+    /// Wall time while chunks drained (first push to last packet out).
+    pub wall_ns: u64,
+}
+
+impl Measurement {
+    /// Million packets per second of worker CPU time (per worker core), over the stretches
+    /// when the workers had a backlog.
+    pub fn mpps_per_core(&self) -> f64 {
+        if self.busy_cpu_ns == 0 {
+            return 0.0;
+        }
+        self.busy_packets as f64 * 1e3 / self.busy_cpu_ns as f64
+    }
+    /// Gbit/s of inner packets per worker core.
+    pub fn gbps_per_core(&self, size: usize) -> f64 {
+        self.mpps_per_core() * size as f64 * 8.0 / 1e3
+    }
+    /// Million packets per second of wall time while the workers had a backlog, all
+    /// `workers` together (each worker's rate, summed).
+    pub fn wall_mpps(&self, workers: usize) -> f64 {
+        if self.busy_wall_ns == 0 {
+            return 0.0;
+        }
+        self.busy_packets as f64 * 1e3 / self.busy_wall_ns as f64 * workers as f64
+    }
+    /// Share of those stretches the workers were on a CPU (1.0: never preempted).
+    pub fn on_cpu(&self) -> f64 {
+        if self.busy_wall_ns == 0 {
+            return 0.0;
+        }
+        self.busy_cpu_ns as f64 / self.busy_wall_ns as f64
+    }
+}
+
+/// Results for one packet size.
+#[derive(Debug, Clone)]
+pub struct SizeResult {
+    /// Inner packet size.
+    pub size: usize,
+    /// The references, if timed.
+    pub references: Option<References>,
+    /// WAN → inner.
+    pub rx: Option<Measurement>,
+    /// Inner → WAN.
+    pub tx: Option<Measurement>,
+}
+
+/// Where the threads ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorePlan {
+    /// The concentrator's core list (as `wgpmd run -l`).
+    pub cores: Vec<usize>,
+    /// The control plane shares the first worker's core.
+    pub control_shares_core: bool,
+    /// The control plane's core.
+    pub control: usize,
+    /// The workers' cores.
+    pub workers: Vec<usize>,
+    /// The generator's (and the references') core, if pinned.
+    pub generator: Option<usize>,
+}
+
+impl CorePlan {
+    /// Workers on their own cores when there are enough; the control plane and the generator
+    /// share the first available core (the control plane mostly sleeps).
+    pub fn new(available: &[usize], workers: usize) -> Result<CorePlan, BenchError> {
+        if workers > available.len() {
+            return Err(BenchError::Options(format!("--workers {workers}: this process may use {} core(s) ({available:?})", available.len())));
+        }
+        let (cores, shares) = if available.len() > workers { (available[..=workers].to_vec(), false) } else { (available.to_vec(), true) };
+        let layout = cores::layout(&cores, available, shares).map_err(DaemonError::from)?;
+        let generator = (!shares).then_some(layout.control);
+        Ok(CorePlan { cores, control_shares_core: shares, control: layout.control, workers: layout.workers, generator })
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What was asked.
+    pub options: BenchOptions,
+    /// Where it ran.
+    pub plan: CorePlan,
+    /// CPU model and load at the start.
+    pub machine: String,
+    /// One entry per size.
+    pub results: Vec<SizeResult>,
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_else(|| "unknown CPU".into());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{model}, {} CPU(s) online, load average {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), load.join(" "))
+}
+
+/// Run a closure on a thread pinned to `core` (if any).
+fn on_core<T: Send>(core: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("wgpmd-bench".into())
+            .spawn_scoped(s, move || {
+                if let Some(c) = core {
+                    cores::pin(c);
+                }
+                f()
+            })
+            .expect("spawn bench thread")
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Run the whole bench. Call it from a thread that may use every core the bench should use
+/// (not one pinned to a single core): the concentrator checks its cores against that set.
+pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
+    opts.check()?;
+    let plan = CorePlan::new(&cores::available(), opts.workers)?;
+    let machine = machine();
+    let secs = Duration::from_secs_f64(opts.seconds);
+    let mut results = Vec::new();
+    for &size in &opts.sizes {
+        let references = opts.references.then(|| on_core(plan.generator, || reference::measure(size, secs / 2)));
+        let mut r = SizeResult { size, references, rx: None, tx: None };
+        for (dir, m) in opts.directions.iter().zip(pipeline(opts, size, &plan)?) {
+            match dir {
+                Direction::Rx => r.rx = Some(m),
+                Direction::Tx => r.tx = Some(m),
+            }
+        }
+        results.push(r);
+    }
+    Ok(Report { options: opts.clone(), plan, machine, results })
+}
+
+/// One concentrator with N peers, its generator, and the measurements of `opts.directions`.
+fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Measurement>, BenchError> {
+    let w = plan.workers.len();
+    let conc_key = PrivateKey::generate(&mut OsRng);
+    let keys: Vec<PrivateKey> = (0..opts.peers).map(|_| PrivateKey::generate(&mut OsRng)).collect();
+    let config = InterfaceConfig {
+        private_key: Some(conc_key.to_bytes()),
+        listen_port: Some(gen::PORT),
+        fwmark: None,
+        peers: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| PeerConfig {
+                public_key: k.public_key(),
+                preshared_key: None,
+                endpoint: None,
+                persistent_keepalive: None,
+                allowed_ips: vec![(IpAddr::V4(gen::inner_ip(i)), 32)],
+            })
+            .collect(),
+    };
+    let (wan_d, mut wan_g) = mem::pair("bench-wan", "bench-peers", w, gen::DEPTH);
+    let (inner_d, mut inner_g) = mem::pair("bench-inner", "bench-host", w, gen::DEPTH);
+    let setup = gen::Setup {
+        wan: (0..w).filter_map(|q| wan_g.take_mem_queue(q)).collect(),
+        inner: (0..w).filter_map(|q| inner_g.take_mem_queue(q)).collect(),
+        mac: wan_g.info().mac.unwrap_or_default(),
+        conc_mac: wan_d.info().mac.unwrap_or_default(),
+        conc_public: conc_key.public_key(),
+        keys,
+        size,
+        verify_every: opts.verify_every,
+        daemon_done: Arc::new(AtomicBool::new(false)),
+        tids_before: cpu::tids(),
+    };
+    let cfg = DaemonConfig {
+        name: "bench".into(),
+        config: None,
+        inline_config: Some(config),
+        wan_port: "mem:bench-wan".into(),
+        inner_port: "mem:bench-inner".into(),
+        address: gen::CONC_IP,
+        prefix: 16,
+        gateway: None,
+        cores: plan.cores.clone(),
+        control_shares_core: plan.control_shares_core,
+        poll: PollMode::Busy,
+        fanout: nic_backends::Fanout::Hash,
+        mtu: DEFAULT_TUNNEL_MTU,
+        sockets: false,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = setup.daemon_done.clone();
+    let secs = Duration::from_secs_f64(opts.seconds);
+    std::thread::scope(|s| {
+        let daemon = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("wgpmd-bench-daemon".into())
+                .spawn_scoped(s, move || {
+                    let r = crate::daemon::run_with_ports(cfg, Box::new(wan_d), Box::new(inner_d), stop);
+                    done.store(true, Ordering::Relaxed);
+                    r
+                })
+                .expect("spawn daemon thread")
+        };
+        let generated = on_core(plan.generator, || gen::Generator::new(setup).and_then(|mut g| g.run(&opts.directions, secs)));
+        stop.store(true, Ordering::Relaxed);
+        let daemon = daemon.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        daemon?;
+        generated
+    })
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "—".into(),
+    }
+}
+
+fn rate(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        let p = &self.plan;
+        let w = p.workers.len();
+        writeln!(f, "wgpmd bench: {} peers, {w} worker(s) on core(s) {:?}, control on core {}{}, {} s per measurement", o.peers, p.workers, p.control, match p.generator {
+            Some(g) => format!(", generator and references on core {g}"),
+            None => ", generator unpinned".into(),
+        }, o.seconds)?;
+        writeln!(f, "machine: {}", self.machine)?;
+        writeln!(f, "measured while each worker had a backlog: per core = per second of its CPU time; wall = all workers, per second of wall time; on-CPU = CPU / wall time")?;
+        writeln!(f, "reference for rx: ring open, boringtun decapsulate; for tx: ring seal, boringtun encapsulate (one core each)")?;
+        writeln!(f)?;
+        writeln!(f, "| size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | packets | lost | checked |")?;
+        writeln!(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for r in &self.results {
+            for (dir, m) in [("rx", &r.rx), ("tx", &r.tx)] {
+                let Some(m) = m else { continue };
+                let (aead, bt) = match (dir, &r.references) {
+                    (_, None) => (None, None),
+                    ("rx", Some(x)) => (Some(x.ring_open.mpps()), x.boringtun_decap.map(|b| b.mpps())),
+                    (_, Some(x)) => (Some(x.ring_seal.mpps()), x.boringtun_encap.map(|b| b.mpps())),
+                };
+                let mpps = m.mpps_per_core();
+                writeln!(
+                    f,
+                    "| {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.size,
+                    m.gbps_per_core(r.size),
+                    m.wall_mpps(w),
+                    m.on_cpu(),
+                    rate(aead),
+                    rate(bt),
+                    ratio(mpps, aead),
+                    ratio(mpps, bt),
+                    m.packets,
+                    m.lost,
+                    if m.verify_failed > 0 { format!("{} BAD", m.verify_failed) } else { format!("{} ok", m.verified) },
+                )?;
+            }
+        }
+        let bad: u64 = self.results.iter().flat_map(|r| [&r.rx, &r.tx]).flatten().map(|m| m.lost + m.verify_failed + m.out_of_order).sum();
+        writeln!(f)?;
+        writeln!(f, "checked: rx packets byte for byte with their per-peer sequence; tx frames by WireGuard counter, 1 in {} decrypted and compared", o.verify_every.max(1))?;
+        writeln!(f, "lost, damaged or out of order: {bad}")
+    }
+}

@@ -1,0 +1,52 @@
+//! `wgpmd bench` in miniature: the whole daemon pipeline over mem ports, both directions, two
+//! sizes, a few peers, every packet checked. The bench must report what it measured and
+//! nothing may be lost, damaged or reordered.
+//!
+//! One test in this binary: the bench finds the daemon's worker threads by name.
+
+use wgpmd::bench::{self, BenchOptions, Direction, Measurement};
+
+fn check(what: &str, m: &Measurement) {
+    assert!(m.sent > 0, "{what}: nothing sent: {m:?}");
+    assert_eq!(m.packets, m.sent, "{what}: every packet sent must come out once: {m:?}");
+    assert_eq!(m.lost, 0, "{what}: {m:?}");
+    assert_eq!(m.verify_failed, 0, "{what}: damaged packets: {m:?}");
+    assert_eq!(m.verified, m.packets, "{what}: verify_every = 1 checks every packet: {m:?}");
+    assert_eq!(m.out_of_order, 0, "{what}: {m:?}");
+    assert_eq!((m.other_frames, m.control_dropped), (0, 0), "{what}: unexpected frames: {m:?}");
+    assert!(m.busy_packets > 0 && m.busy_cpu_ns > 0, "{what}: no stretch with a backlog was timed: {m:?}");
+    assert!(m.mpps_per_core() > 0.0 && m.wall_mpps(1) > 0.0 && m.on_cpu() > 0.0, "{what}: {m:?}");
+    assert!(m.worker_cpu_ns >= m.busy_cpu_ns, "{what}: {m:?}");
+}
+
+#[test]
+fn quick_bench_moves_every_packet_intact_both_ways() {
+    let opts = BenchOptions {
+        peers: 4,
+        sizes: vec![64, 1420],
+        seconds: 0.02,
+        workers: 1,
+        directions: vec![Direction::Rx, Direction::Tx],
+        verify_every: 1,
+        references: true,
+    };
+    let report = bench::run(&opts).unwrap_or_else(|e| panic!("bench failed: {e}"));
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        check(&format!("{} B rx", r.size), r.rx.as_ref().expect("rx measured"));
+        check(&format!("{} B tx", r.size), r.tx.as_ref().expect("tx measured"));
+        let refs = r.references.expect("references timed");
+        assert!(refs.ring_seal.mpps() > 0.0 && refs.ring_open.mpps() > 0.0, "{refs:?}");
+        #[cfg(feature = "bench-boringtun")]
+        assert!(refs.boringtun_encap.unwrap().mpps() > 0.0 && refs.boringtun_decap.unwrap().mpps() > 0.0, "{refs:?}");
+    }
+    let table = report.to_string();
+    assert!(table.contains("| 1420 | tx |"), "{table}");
+    assert!(table.contains("lost, damaged or out of order: 0"), "{table}");
+
+    // Bad options are refused with the option's name.
+    let bad = BenchOptions { sizes: vec![20], ..opts.clone() };
+    assert!(bench::run(&bad).unwrap_err().to_string().contains("--sizes: 20"));
+    let bad = BenchOptions { workers: 1000, ..opts };
+    assert!(bench::run(&bad).unwrap_err().to_string().contains("--workers 1000"));
+}
