@@ -2,7 +2,7 @@
 # wgpmd on this machine, no spare NIC needed: a concentrator and four WireGuard peers in network
 # namespaces on one virtual LAN, traffic through the tunnels, then everything removed again.
 #
-#   sudo scripts/demo.sh            (root: namespaces, veths, a TUN device)
+#   scripts/demo.sh                 (as root: namespaces, veths, a TUN device)
 #
 #   LAN namespace: bridge br0
 #    ├─ veth ── wgpmd namespace: wgpmd on af_packet:wan0 (WAN 10.99.0.1, answered by wgpmd
@@ -33,7 +33,7 @@ strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
 
 if [[ $EUID -ne 0 ]]; then
     echo "scripts/demo.sh must run as root: it creates network namespaces, veth pairs and a TUN" >&2
-    echo "device (nothing outside its own namespaces is touched). Run: sudo scripts/demo.sh" >&2
+    echo "device (nothing outside its own namespaces is touched). Run it as root." >&2
     exit 1
 fi
 
