@@ -66,7 +66,7 @@ fn ping_log_stats(p: &Proc) -> Result<PingStats> {
     PingStats::parse(&p.log())
 }
 
-/// 1. Packets for a peer with an endpoint but no session are staged, at most 128 of them, the
+/// (1) Packets for a peer with an endpoint but no session are staged, at most 128 of them, the
 /// oldest dropped first and counted (`worker*.staged_dropped`), and delivered once the
 /// handshake completes. The wireguard-go peer is started only after the burst, so wgpmd's first
 /// initiation goes unanswered and the burst waits for the retry 5 s later.
@@ -163,7 +163,7 @@ fn staging_bounded_oldest_dropped() {
     });
 }
 
-/// 2. Roaming: the peer moves to another UDP port, then to another outer address (and port);
+/// (2) Roaming: the peer moves to another UDP port, then to another outer address (and port);
 /// wgpmd's endpoint follows the next authenticated packet and traffic continues both ways.
 #[test]
 fn roaming_endpoint_follows_peer() {
@@ -191,9 +191,18 @@ fn roaming_endpoint_follows_peer() {
         check(SocketAddr::from((p.outer_ip, 51821)))?;
         // New outer address: the old one removed, the new one promoted.
         let new_ip = Ipv4Addr::new(10, 99, 0, 60);
-        p.ns.sysctl(&format!("net.ipv4.conf.{}.promote_secondaries", p.outer_if), "1")?;
+        p.ns.sysctl(
+            &format!("net.ipv4.conf.{}.promote_secondaries", p.outer_if),
+            "1",
+        )?;
         p.ns.ip(&["addr", "add", &format!("{new_ip}/24"), "dev", &p.outer_if])?;
-        p.ns.ip(&["addr", "del", &format!("{}/24", p.outer_ip), "dev", &p.outer_if])?;
+        p.ns.ip(&[
+            "addr",
+            "del",
+            &format!("{}/24", p.outer_ip),
+            "dev",
+            &p.outer_if,
+        ])?;
         // wireguard-go pins the source address it last used (IP_PKTINFO) and fails with
         // "network is unreachable" once it is gone, until its 15 s timer; a rebind (new port)
         // clears the pinned source, so the move is immediate.
@@ -204,7 +213,7 @@ fn roaming_endpoint_follows_peer() {
     });
 }
 
-/// 3. Restarts. The wireguard-go peer restarts (same keys and address): it initiates at once and
+/// (3) Restarts. The wireguard-go peer restarts (same keys and address): it initiates at once and
 /// traffic resumes long before wgpmd's own 15 s timer. Then wgpmd restarts with the same
 /// configuration: the peer, still sending on its old session, starts a new handshake when its
 /// timers give up on it (15 s), and traffic resumes.
@@ -258,7 +267,7 @@ fn restarts_of_peer_and_wgpmd() {
     });
 }
 
-/// 4. Live changes with `wg set` and `wg syncconf` while peer A pings continuously: adding a
+/// (4) Live changes with `wg set` and `wg syncconf` while peer A pings continuously: adding a
 /// peer B, changing its PSK, endpoint, allowed IPs and keepalive, removing it, changing A's own
 /// keepalive and allowed IPs, and syncconf adding and removing a peer C. A loses (next to)
 /// nothing and does not handshake again.
@@ -275,7 +284,15 @@ fn live_changes_keep_traffic() {
             ctx,
             &p.ns,
             "ping-a",
-            &["ping", "-n", "-i", "0.2", "-c", "50", &c.inner_ip.to_string()],
+            &[
+                "ping",
+                "-n",
+                "-i",
+                "0.2",
+                "-c",
+                "50",
+                &c.inner_ip.to_string(),
+            ],
             &[],
         )?;
         std::thread::sleep(Duration::from_secs(1));
@@ -300,7 +317,14 @@ fn live_changes_keep_traffic() {
         ensure!(has(&b)?.is_some(), "peer B not added");
         wg(&["set", &ifn, "peer", &b, "preshared-key", &psk])?;
         wg(&["set", &ifn, "peer", &b, "endpoint", "10.99.0.77:51820"])?;
-        wg(&["set", &ifn, "peer", &b, "allowed-ips", "10.100.0.78/32,10.100.5.0/24"])?;
+        wg(&[
+            "set",
+            &ifn,
+            "peer",
+            &b,
+            "allowed-ips",
+            "10.100.0.78/32,10.100.5.0/24",
+        ])?;
         wg(&["set", &ifn, "peer", &b, "persistent-keepalive", "25"])?;
         let eb = has(&b)?.context("peer B vanished")?;
         ensure!(
@@ -315,7 +339,16 @@ fn live_changes_keep_traffic() {
 
         // Changing the live peer A itself.
         let ia = format!("{}/32", p.inner_ip);
-        wg(&["set", &ifn, "peer", &a, "persistent-keepalive", "30", "allowed-ips", &format!("{ia},10.100.9.0/24")])?;
+        wg(&[
+            "set",
+            &ifn,
+            "peer",
+            &a,
+            "persistent-keepalive",
+            "30",
+            "allowed-ips",
+            &format!("{ia},10.100.9.0/24"),
+        ])?;
         let ea = has(&a)?.context("peer A vanished")?;
         ensure!(
             ea.persistent_keepalive == Some(30)
@@ -326,13 +359,18 @@ fn live_changes_keep_traffic() {
         // syncconf: the original file plus a peer C, then the original file again.
         let orig = topo.concentrator_device();
         let cpk = KeyPair::generate().public_b64();
-        let with_c = orig.clone().peer(PeerConfig::new(&cpk, &["10.100.0.88/32"]));
+        let with_c = orig
+            .clone()
+            .peer(PeerConfig::new(&cpk, &["10.100.0.88/32"]));
         let f1 = ctx.write_file("sync-with-c.conf", &with_c.to_setconf())?;
         let f2 = ctx.write_file("sync-orig.conf", &orig.to_setconf())?;
         wg(&["syncconf", &ifn, &f1.to_string_lossy()])?;
         ensure!(has(&cpk)?.is_some(), "syncconf did not add peer C");
         let ea = has(&a)?.context("peer A vanished")?;
-        ensure!(ea.allowed_ips == vec![ia.clone()], "syncconf did not reset A's allowed IPs: {ea:?}");
+        ensure!(
+            ea.allowed_ips == vec![ia.clone()],
+            "syncconf did not reset A's allowed IPs: {ea:?}"
+        );
         wg(&["syncconf", &ifn, &f2.to_string_lossy()])?;
         ensure!(has(&cpk)?.is_none(), "syncconf did not remove peer C");
         ensure!(d.show()?.peers.len() == 1, "{:?}", d.show()?);
@@ -354,7 +392,11 @@ fn live_changes_keep_traffic() {
             st.transmitted == 50 && st.received >= 49,
             "A lost pings while the configuration changed: {st:?}"
         );
-        ensure!(ea.latest_handshake == hs0, "A handshook again: {hs0} -> {}", ea.latest_handshake);
+        ensure!(
+            ea.latest_handshake == hs0,
+            "A handshook again: {hs0} -> {}",
+            ea.latest_handshake
+        );
         ensure!(
             st1.get("control.sessions")? == st0.get("control.sessions")?,
             "a new session was made"
@@ -365,7 +407,7 @@ fn live_changes_keep_traffic() {
     });
 }
 
-/// 5. `wg set ... persistent-keepalive 2` on wgpmd: while idle, keepalives (32-byte data
+/// (5) `wg set ... persistent-keepalive 2` on wgpmd: while idle, keepalives (32-byte data
 /// messages) reach the peer every 2 s.
 #[test]
 fn persistent_keepalive_on_schedule() {
@@ -423,7 +465,7 @@ fn persistent_keepalive_on_schedule() {
     });
 }
 
-/// 6. The peer goes silent (its wireguard-go killed) while wgpmd keeps sending: 15 s after its
+/// (6) The peer goes silent (its wireguard-go killed) while wgpmd keeps sending: 15 s after its
 /// first unanswered packet wgpmd starts a new handshake ("Retrying handshake with peer ...
 /// because we stopped hearing back after 15 seconds"), then retries every 5 s ("Handshake for
 /// peer ... did not complete after 5 seconds, retrying (try N)"), as wg(4) logs them.
@@ -441,7 +483,15 @@ fn new_handshake_after_silence_and_retries() {
             ctx,
             &c.ns,
             "ping-silent",
-            &["ping", "-n", "-i", "0.5", "-c", "80", &p.inner_ip.to_string()],
+            &[
+                "ping",
+                "-n",
+                "-i",
+                "0.5",
+                "-c",
+                "80",
+                &p.inner_ip.to_string(),
+            ],
             &[],
         )?;
         const RETRY: &str = "because we stopped hearing back after 15 seconds";
@@ -517,7 +567,10 @@ fn valid_mac1_initiations(responder: [u8; 32], count: usize) -> Result<Vec<Vec<u
         dev.initiate(Timestamp::from_secs(10 + 6 * i), &mut OsRng, id, &mut out)
             .map_err(|e| anyhow::anyhow!("initiate: {e:?}"))?;
         let t = out.transmits.first().context("initiate sent nothing")?;
-        ensure!(t.payload().len() == 148 && t.payload()[0] == 1, "not an initiation");
+        ensure!(
+            t.payload().len() == 148 && t.payload()[0] == 1,
+            "not an initiation"
+        );
         msgs.push(t.payload().to_vec());
     }
     Ok(msgs)
@@ -525,8 +578,13 @@ fn valid_mac1_initiations(responder: [u8; 32], count: usize) -> Result<Vec<Vec<u
 
 /// Sends `msgs` to `to` from inside `ns` in bursts of all of them every `every`, for `dur`
 /// (one thread in the namespace, one socket). Returns the number sent.
-fn flood(ns: &Netns, to: SocketAddr, msgs: Vec<Vec<u8>>, every: Duration, dur: Duration)
-    -> std::thread::JoinHandle<Result<u64>> {
+fn flood(
+    ns: &Netns,
+    to: SocketAddr,
+    msgs: Vec<Vec<u8>>,
+    every: Duration,
+    dur: Duration,
+) -> std::thread::JoinHandle<Result<u64>> {
     let path = format!("/var/run/netns/{}", ns.name());
     std::thread::spawn(move || -> Result<u64> {
         use std::os::fd::AsRawFd;
@@ -553,7 +611,7 @@ fn flood(ns: &Netns, to: SocketAddr, msgs: Vec<Vec<u8>>, every: Duration, dur: D
     })
 }
 
-/// 7. Under load: a flood of initiations with a valid MAC1 (from an identity wgpmd does not
+/// (7) Under load: a flood of initiations with a valid MAC1 (from an identity wgpmd does not
 /// know, so each would cost it a DH) arriving faster than it can process them (bursts of 1000,
 /// more than the 512 queued handshakes that mean "under load") makes wgpmd answer with cookie
 /// replies; an established peer's ping and iperf3 keep working. Prints iperf3 with and without
@@ -570,20 +628,39 @@ fn under_load_cookies_and_established_traffic() {
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
         let t = Instant::now();
         let msgs = valid_mac1_initiations(c.key.public_bytes(), 1000)?;
-        eprintln!("1000 initiations crafted in {:.2} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "1000 initiations crafted in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
 
         let base = iperf3_report(&p.ns, &c.ns, c.inner_ip, 5, false)?;
         let st0 = d.stats()?;
-        let fl = flood(&f.ns, c.endpoint(), msgs, Duration::from_millis(250), Duration::from_secs(6));
+        let fl = flood(
+            &f.ns,
+            c.endpoint(),
+            msgs,
+            Duration::from_millis(250),
+            Duration::from_secs(6),
+        );
         let ping = Proc::spawn(
             ctx,
             &p.ns,
             "ping-under-load",
-            &["ping", "-n", "-i", "0.2", "-c", "25", &c.inner_ip.to_string()],
+            &[
+                "ping",
+                "-n",
+                "-i",
+                "0.2",
+                "-c",
+                "25",
+                &c.inner_ip.to_string(),
+            ],
             &[],
         )?;
         let loaded = iperf3_report(&p.ns, &c.ns, c.inner_ip, 5, false);
-        let sent = fl.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        let sent = fl
+            .join()
+            .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
         let mut ping = ping;
         ping.wait_timeout(secs(30))?;
         let pst = ping_log_stats(&ping)?;
@@ -602,12 +679,18 @@ fn under_load_cookies_and_established_traffic() {
             base.bits_per_second / 1e6,
             loaded.bits_per_second / 1e6
         );
-        ensure!(delta("control.cookies_sent")? > 0, "no cookie reply under load");
+        ensure!(
+            delta("control.cookies_sent")? > 0,
+            "no cookie reply under load"
+        );
         ensure!(
             pst.received * 10 >= pst.transmitted * 9,
             "the established peer's ping suffered: {pst:?}"
         );
-        ensure!(loaded.bits_per_second > 1e6, "iperf3 under load: {loaded:?}");
+        ensure!(
+            loaded.bits_per_second > 1e6,
+            "iperf3 under load: {loaded:?}"
+        );
         ping_replied(&p.ns, c.inner_ip, 3)?;
         d.ensure_running()?;
         d.stop()
