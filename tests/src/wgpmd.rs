@@ -21,8 +21,9 @@ pub const STATS_DIR: &str = "/var/run/wgpmd";
 
 /// The wgpmd binary: `$WGPMD_BIN` if set, else `wgpmd` in the target profile directory of this
 /// test executable (`target/<profile>/deps/<test>-<hash>` -> `target/<profile>/wgpmd`). The
-/// e2e crate does not depend on the daemon's crate, so `cargo test -p wgpmd-e2e` does not build
-/// it: scripts/test.sh builds the workspace first. Fails, saying how to build it, if absent.
+/// e2e crate uses the daemon's crate only as a library (a dev-dependency), so
+/// `cargo test -p wgpmd-e2e` does not build the binary: scripts/test.sh builds the workspace
+/// first. Fails, saying how to build it, if absent.
 pub fn wgpmd_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("WGPMD_BIN") {
         let p = PathBuf::from(p);
