@@ -9,7 +9,7 @@
 //! original destination routes back through the tunnel, so it passes reverse-path checks and
 //! the sender's stack matches it to the route it must lower.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use crate::time::Timestamp;
 use crate::wire::{icmpv4, icmpv6, ipv4, ipv6, ChecksumCapabilities, IpProtocol};
@@ -91,15 +91,14 @@ fn too_big_v6(packet: &[u8], mtu: usize, out: &mut [u8]) -> TooBig {
     let Ok(ip) = ipv6::Repr::parse(&p) else { return TooBig::Drop };
     let mtu = mtu.max(ipv6::MIN_MTU);
     let src = ip.src_addr;
-    if packet.len() <= mtu || src.is_unspecified() || src.is_multicast() || src.is_loopback() {
+    let from = ip.dst_addr;
+    if packet.len() <= mtu || src.is_unspecified() || src.is_multicast() || src.is_loopback() || from.is_multicast() {
         return TooBig::Drop;
     }
     // Never an error about an error (RFC 4443 2.4 e): ICMPv6 types below 128 are errors.
-    // (Packet too big is the one error allowed for multicast destinations; we send it too.)
     if ip.next_header == IpProtocol::ICMPV6 && packet.get(ipv6::HEADER_LEN).is_some_and(|t| *t < 128) {
         return TooBig::Drop;
     }
-    let from: Ipv6Addr = if ip.dst_addr.is_multicast() { return TooBig::Drop } else { ip.dst_addr };
     let repr = icmpv6::Repr::PktTooBig { mtu: mtu.min(u32::MAX as usize) as u32, packet };
     let room = out.len().min(MAX_ERROR_LEN);
     let Some(body) = out.get_mut(ipv6::HEADER_LEN..room) else { return TooBig::Drop };
@@ -165,6 +164,7 @@ impl Default for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn v4_packet(len: usize, df: bool, proto: IpProtocol, first: u8) -> Vec<u8> {
         let mut b = vec![0u8; len];
