@@ -19,6 +19,7 @@
 pub mod cores;
 mod control;
 pub mod frames;
+pub mod icmp;
 mod neigh;
 mod stats;
 pub mod wheel;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use nic_backends::{Buffer, Pool, Queue};
 
 use super::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
+use super::icmp;
 use super::neigh::Neighbours;
 use super::stats::Local;
 use super::{HandshakeJob, PollMode, Shared};
@@ -83,6 +84,7 @@ pub(crate) struct Worker {
     c: Local,
     ident: u16,
     neigh: NeighCache,
+    pmtu_limit: icmp::RateLimit,
 }
 
 /// Destination address of an inner IP packet.
@@ -115,6 +117,7 @@ impl Worker {
             c: Local::default(),
             ident: 0,
             neigh: NeighCache::new(),
+            pmtu_limit: icmp::RateLimit::new(),
         }
     }
 
@@ -258,6 +261,10 @@ impl Worker {
                 self.out.stats.drop(DropReason::NoRoute);
                 continue;
             };
+            if plain_len > dev.mtu() {
+                self.too_big(buf, dev.mtu(), now);
+                continue;
+            }
             if buf.prepend(DATA_HEADER_LEN).is_err() {
                 self.out.stats.drop(DropReason::BufferTooSmall);
                 continue;
@@ -280,6 +287,22 @@ impl Worker {
         }
         self.rx = rx;
         n
+    }
+
+    /// An inner packet longer than the tunnel MTU: dropped, and answered (rate-limited) with
+    /// a fragmentation-needed / packet-too-big error written back into the inner port.
+    fn too_big(&mut self, buf: Buffer, mtu: usize, now: Timestamp) {
+        self.c.too_big_dropped += 1;
+        if !self.pmtu_limit.allow(now) {
+            return;
+        }
+        let Some(mut err) = self.pool.alloc() else { return };
+        let Ok(out) = err.append(icmp::MAX_ERROR_LEN) else { return };
+        if let icmp::TooBig::Error(len) = icmp::too_big(buf.data(), mtu, out) {
+            err.truncate(len);
+            self.inner_tx.push(err);
+            self.c.pmtu_icmp_sent += 1;
+        }
     }
 
     /// Messages the control core wants sent.
