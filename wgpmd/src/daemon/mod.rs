@@ -76,6 +76,8 @@ pub struct DaemonConfig {
     pub prefix: u8,
     /// Default gateway for endpoints off the WAN subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// 802.1Q VLAN of the WAN (1..=4094): frames in and out carry this tag.
+    pub vlan: Option<u16>,
     /// Cores, EAL-style.
     pub cores: Vec<usize>,
     /// Run the control plane on the first worker's core.
@@ -111,6 +113,8 @@ pub(crate) struct Wan {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// 802.1Q VLAN id every WAN frame carries, if any.
+    pub vlan: Option<u16>,
 }
 
 impl Wan {
@@ -296,7 +300,7 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
         device: RwLock::new(dev),
         listen_port: AtomicU16::new(iface.listen_port),
         iface: Mutex::new(iface),
-        wan: Wan { mac: EthernetAddress(mac), ip: cfg.address, prefix: cfg.prefix, gateway: cfg.gateway },
+        wan: Wan { mac: EthernetAddress(mac), ip: cfg.address, prefix: cfg.prefix, gateway: cfg.gateway, vlan: cfg.vlan },
         neigh: neigh::Neighbours::new(),
         handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
         events: ArrayQueue::new(65_536),

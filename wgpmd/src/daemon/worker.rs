@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nic_backends::{Buffer, Pool, Queue};
 
-use super::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
+use super::frames::{self, Classified, OuterV4};
 use super::neigh::Neighbours;
 use super::stats::Local;
 use super::{HandshakeJob, PollMode, Shared};
@@ -173,7 +173,7 @@ impl Worker {
         let wan = self.sh.wan;
         let port = self.sh.listen_port.load(Ordering::Relaxed);
         for mut buf in rx.drain(..) {
-            match frames::classify(buf.data(), wan.ip, port) {
+            match frames::classify_vlan(buf.data(), wan.ip, port, wan.vlan) {
                 Ok(Classified::ArpRequest { ip, mac }) => {
                     self.learn(ip, mac, now);
                     if let Some(len) = frames::arp_reply_in_place(buf.data_mut(), wan.mac, wan.ip) {
@@ -316,8 +316,9 @@ impl Worker {
             dst: to,
             tos,
             ident: self.ident,
+            vlan: wan.vlan,
         };
-        let Ok(hdr) = buf.prepend(OUTER_V4_LEN) else {
+        let Ok(hdr) = buf.prepend(outer.len()) else {
             self.out.stats.drop(DropReason::BufferTooSmall);
             return;
         };
@@ -334,8 +335,8 @@ impl Worker {
         }
         if ask {
             if let Some(mut req) = self.pool.alloc() {
-                if let Ok(b) = req.append(60) {
-                    if let Some(len) = frames::arp_request(b, wan.mac, wan.ip, hop) {
+                if let Ok(b) = req.append(64) {
+                    if let Some(len) = frames::arp_request(b, wan.mac, wan.ip, hop, wan.vlan) {
                         req.truncate(len.max(60));
                         self.wan_tx.push(req);
                         self.c.arp_requests += 1;
