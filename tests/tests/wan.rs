@@ -73,3 +73,37 @@ fn vlan_wan() {
         d.stop()
     });
 }
+
+/// wgpmd's neighbour entry for a peer ages out and is re-resolved: with a reachable time of
+/// 3 s (the hidden `--neigh-reachable-ms`), the peer's veth changes its MAC while the tunnel is
+/// up. wgpmd keeps sending to the old MAC (the peer's kernel drops those frames, and the peer,
+/// receiving nothing, sends nothing back) until the entry goes stale: the next packet sends an
+/// ARP request, the peer answers from its new MAC, and pings from the concentrator's side get
+/// through again, within the reachable time plus the retries.
+#[test]
+fn neighbour_re_resolution_after_mac_change() {
+    run("neighbour_re_resolution_after_mac_change", |ctx| {
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        let opts = WgpmdOptions {
+            extra_args: vec!["--neigh-reachable-ms".into(), "3000".into()],
+            ..Default::default()
+        };
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
+        let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
+        wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+        ping_replied(&c.ns, p.inner_ip, 3)?;
+
+        let arp0 = d.stats()?.workers_sum("arp_requests")?;
+        p.ns.ip(&["link", "set", "dev", &p.outer_if, "address", "02:00:00:99:99:10"])?;
+        let t = wait_for_ping(&c.ns, p.inner_ip, secs(30))?;
+        let arp = d.stats()?.workers_sum("arp_requests")? - arp0;
+        eprintln!("traffic to the peer recovered {:.1} s after its MAC changed ({arp} ARP request(s))", t.as_secs_f64());
+        ensure!(arp >= 1, "wgpmd sent no ARP request for the stale entry");
+        ensure!(t < secs(15), "recovery took {t:?}: longer than the reachable time (3 s) and retries");
+        ping_replied(&c.ns, p.inner_ip, 3)?;
+        ping_replied(&p.ns, c.inner_ip, 3)?;
+        d.ensure_running()?;
+        d.stop()
+    });
+}

@@ -80,6 +80,7 @@ pub(crate) struct Neighbours {
 }
 
 impl Neighbours {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::with_timing(NeighTiming::default())
     }
