@@ -56,6 +56,8 @@ pub struct WgpmdOptions {
     pub fanout: Option<String>,
     /// Tunnel MTU (`--mtu`).
     pub mtu: u32,
+    /// More arguments for `wgpmd run` (e.g. `--vlan 100`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for WgpmdOptions {
@@ -66,6 +68,7 @@ impl Default for WgpmdOptions {
             control_shares_core: false,
             fanout: None,
             mtu: 1420,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl Wgpmd {
         if let Some(f) = &opts.fanout {
             args.extend(["--fanout", f]);
         }
+        args.extend(opts.extra_args.iter().map(String::as_str));
         let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &[("NO_COLOR", "1")])?;
         proc.set_grace(secs(10));
         let mut d = Wgpmd {

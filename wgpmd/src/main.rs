@@ -67,6 +67,13 @@ enum Cmd {
         /// Next hop for endpoints outside the WAN subnet.
         #[arg(long)]
         gateway: Option<Ipv4Addr>,
+        /// 802.1Q VLAN of the WAN (1-4094): only frames tagged N are accepted, all sent
+        /// frames carry the tag.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+        vlan: Option<u16>,
+        /// Neighbour reachable time in ms (default 30000). For tests only (docs/OPERATIONS.md).
+        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+        neigh_reachable_ms: Option<u64>,
         /// Cores as an EAL list (0-3,6); the first runs the control plane.
         #[arg(short = 'l', long = "lcores", conflicts_with = "coremask")]
         lcores: Option<String>,
@@ -184,7 +191,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run { name, config, port, inner, address, gateway, lcores, coremask, control_shares_core, poll, fanout, mtu } => {
+        Cmd::Run { name, config, port, inner, address, gateway, vlan, neigh_reachable_ms, lcores, coremask, control_shares_core, poll, fanout, mtu } => {
             let fail = |msg: String| {
                 eprintln!("wgpmd: {msg}");
                 ExitCode::FAILURE
@@ -214,6 +221,8 @@ fn main() -> ExitCode {
                 address,
                 prefix,
                 gateway,
+                vlan,
+                neigh_reachable: neigh_reachable_ms.map(std::time::Duration::from_millis),
                 cores,
                 control_shares_core,
                 poll: match poll {

@@ -302,7 +302,7 @@ impl Generator {
     fn frame(&mut self, mut buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
         let len = buf.len();
         self.ident = self.ident.wrapping_add(1);
-        let o = OuterV4 { src_mac: self.mac, dst_mac: self.conc_mac, src: from, dst: self.conc, tos: 0, ident: self.ident };
+        let o = OuterV4 { src_mac: self.mac, dst_mac: self.conc_mac, src: from, dst: self.conc, tos: 0, ident: self.ident, vlan: None };
         o.write(buf.prepend(OUTER_V4_LEN).ok()?, len)?;
         Some(buf)
     }

@@ -330,6 +330,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         address: gen::CONC_IP,
         prefix: 16,
         gateway: None,
+        vlan: None,
+        neigh_reachable: None,
         cores: plan.cores.clone(),
         control_shares_core: plan.control_shares_core,
         poll: PollMode::Busy,

@@ -2,7 +2,8 @@
 //! and the outer Ethernet/IPv4/UDP header put in front of a WireGuard message.
 //!
 //! Everything works on byte slices so it is testable without a port; the worker applies it to
-//! its buffers. IPv4 only here; IPv6 and 802.1Q on the WAN arrive with the daemon's completion.
+//! its buffers. IPv4 only here. With a WAN VLAN (`--vlan N`) every frame in and out carries
+//! the 802.1Q tag N; without one, tagged frames are dropped.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -10,6 +11,8 @@ use crate::wire::{arp, ethernet, icmpv4, ipv4, udp, ChecksumCapabilities, Ethern
 
 /// Ethernet + IPv4 (no options) + UDP.
 pub const OUTER_V4_LEN: usize = 14 + 20 + 8;
+/// The same behind an 802.1Q tag.
+pub const OUTER_V4_VLAN_LEN: usize = OUTER_V4_LEN + ethernet::VLAN_TAG_LEN;
 
 /// Why a WAN frame was not for WireGuard or a reply (each counted per worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,11 +34,15 @@ pub enum WanDrop {
     Udp,
     /// ICMP that is not an echo request, or malformed.
     Icmp,
+    /// An untagged frame while the WAN is a VLAN (`--vlan`).
+    Untagged,
+    /// A frame tagged with another VLAN than ours (or tagged at all without `--vlan`).
+    WrongVlan,
 }
 
 impl WanDrop {
     /// Number of reasons.
-    pub const COUNT: usize = WanDrop::Icmp as usize + 1;
+    pub const COUNT: usize = WanDrop::WrongVlan as usize + 1;
     /// Every reason, in counter order.
     pub const ALL: [WanDrop; Self::COUNT] = [
         WanDrop::Ethernet,
@@ -46,6 +53,8 @@ impl WanDrop {
         WanDrop::Unhandled,
         WanDrop::Udp,
         WanDrop::Icmp,
+        WanDrop::Untagged,
+        WanDrop::WrongVlan,
     ];
 }
 
@@ -81,14 +90,23 @@ pub enum Classified {
     },
 }
 
-/// Classify one WAN frame addressed to `our_ip`, with WireGuard on `listen_port`.
+/// Classify one untagged WAN frame addressed to `our_ip`, with WireGuard on `listen_port`.
 pub fn classify(frame: &[u8], our_ip: Ipv4Addr, listen_port: u16) -> Result<Classified, WanDrop> {
+    classify_vlan(frame, our_ip, listen_port, None)
+}
+
+/// [`classify`] on a WAN that is VLAN `vlan` (when given): only frames tagged `vlan` pass;
+/// without one, only untagged frames.
+pub fn classify_vlan(frame: &[u8], our_ip: Ipv4Addr, listen_port: u16, vlan: Option<u16>) -> Result<Classified, WanDrop> {
     let eth = ethernet::Frame::new_checked(frame).map_err(|_| WanDrop::Ethernet)?;
-    if eth.is_tagged() {
-        return Err(WanDrop::Ethernet);
+    match (eth.vlan_tag(), vlan) {
+        (None, None) => {}
+        (Some(t), Some(v)) if t.vid == v => {}
+        (None, Some(_)) => return Err(WanDrop::Untagged),
+        (Some(_), _) => return Err(WanDrop::WrongVlan),
     }
     let src_mac = eth.src_addr();
-    match eth.ethertype() {
+    match eth.inner_ethertype() {
         ethernet::EtherType::ARP => {
             let p = arp::Packet::new_checked(eth.payload()).map_err(|_| WanDrop::Arp)?;
             let r = arp::Repr::parse(&p).map_err(|_| WanDrop::Arp)?;
@@ -114,7 +132,7 @@ pub fn classify(frame: &[u8], our_ip: Ipv4Addr, listen_port: u16) -> Result<Clas
             if ip.is_fragment() {
                 return Err(WanDrop::Fragment);
             }
-            let l4_off = 14 + usize::from(ip.header_len());
+            let l4_off = eth.header_len() + usize::from(ip.header_len());
             match ip.protocol() {
                 IpProtocol::UDP => {
                     let u = udp::Packet::new_checked(ip.payload()).map_err(|_| WanDrop::Udp)?;
@@ -162,15 +180,18 @@ pub fn arp_reply_in_place(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ip
         target_hardware_addr: req.source_hardware_addr,
         target_protocol_addr: req.source_protocol_addr,
     };
+    let hl = eth.header_len();
     let mut p = arp::Packet::new_unchecked(eth.payload_mut());
     reply.emit(&mut p).ok()?;
-    Some(14 + 28)
+    Some(hl + 28)
 }
 
-/// Build an ARP request for `target` into `frame` (at least 42 bytes). Returns the length.
-pub fn arp_request(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv4Addr, target: Ipv4Addr) -> Option<usize> {
-    let buf = frame.get_mut(..42)?;
-    let eth_repr = ethernet::Repr { src_addr: our_mac, dst_addr: EthernetAddress::BROADCAST, vlan: None, ethertype: ethernet::EtherType::ARP };
+/// Build an ARP request for `target` into `frame` (at least 42 bytes, 46 with a VLAN tag),
+/// tagged `vlan` when given. Returns the length.
+pub fn arp_request(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv4Addr, target: Ipv4Addr, vlan: Option<u16>) -> Option<usize> {
+    let len = if vlan.is_some() { 46 } else { 42 };
+    let buf = frame.get_mut(..len)?;
+    let eth_repr = ethernet::Repr { src_addr: our_mac, dst_addr: EthernetAddress::BROADCAST, vlan: vlan.map(ethernet::VlanTag::new), ethertype: ethernet::EtherType::ARP };
     let mut eth = ethernet::Frame::new_unchecked(&mut *buf);
     eth_repr.emit(&mut eth).ok()?;
     let req = arp::Repr {
@@ -181,7 +202,7 @@ pub fn arp_request(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv4Addr,
         target_protocol_addr: target,
     };
     req.emit(&mut arp::Packet::new_unchecked(eth.payload_mut())).ok()?;
-    Some(42)
+    Some(len)
 }
 
 /// Turn an ICMP echo request to us into the reply, in place. Returns the frame length.
@@ -190,6 +211,7 @@ pub fn icmp_echo_reply_in_place(frame: &mut [u8], our_mac: EthernetAddress) -> O
     let asker = eth.src_addr();
     eth.set_dst_addr(asker);
     eth.set_src_addr(our_mac);
+    let hl = eth.header_len();
     let mut ip = ipv4::Packet::new_checked(eth.payload_mut()).ok()?;
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     ip.set_src_addr(dst);
@@ -200,10 +222,10 @@ pub fn icmp_echo_reply_in_place(frame: &mut [u8], our_mac: EthernetAddress) -> O
     let mut icmp = icmpv4::Packet::new_checked(ip.payload_mut()).ok()?;
     icmp.set_msg_type(icmpv4::Message::ECHO_REPLY);
     icmp.fill_checksum();
-    Some(14 + total)
+    Some(hl + total)
 }
 
-/// The outer headers of a WireGuard datagram, written into the `OUTER_V4_LEN` bytes in front
+/// The outer headers of a WireGuard datagram, written into the [`OuterV4::len`] bytes in front
 /// of the `payload_len`-byte message. The UDP checksum is left zero ("none", valid on IPv4),
 /// as a NIC without checksum offload would otherwise spend a pass over the ciphertext.
 #[derive(Debug, Clone, Copy)]
@@ -220,14 +242,33 @@ pub struct OuterV4 {
     pub tos: u8,
     /// IPv4 identification.
     pub ident: u16,
+    /// The WAN's 802.1Q VLAN, if any.
+    pub vlan: Option<u16>,
 }
 
 impl OuterV4 {
-    /// Write the headers into `hdr` (exactly `OUTER_V4_LEN` bytes).
+    /// Length of the headers: [`OUTER_V4_LEN`], or [`OUTER_V4_VLAN_LEN`] with a tag.
+    pub fn len(&self) -> usize {
+        if self.vlan.is_some() {
+            OUTER_V4_VLAN_LEN
+        } else {
+            OUTER_V4_LEN
+        }
+    }
+
+    /// Write the headers into `hdr` (exactly [`len`](Self::len) bytes).
     pub fn write(&self, hdr: &mut [u8], payload_len: usize) -> Option<()> {
-        let hdr = hdr.get_mut(..OUTER_V4_LEN)?;
+        let hdr = hdr.get_mut(..self.len())?;
         hdr[0..6].copy_from_slice(&self.dst_mac.0);
         hdr[6..12].copy_from_slice(&self.src_mac.0);
+        let hdr = match self.vlan {
+            Some(v) => {
+                hdr[12..14].copy_from_slice(&ethernet::EtherType::VLAN.0.to_be_bytes());
+                hdr[14..16].copy_from_slice(&ethernet::VlanTag::new(v).tci().to_be_bytes());
+                &mut hdr[4..]
+            }
+            None => hdr,
+        };
         hdr[12..14].copy_from_slice(&ethernet::EtherType::IPV4.0.to_be_bytes());
         let total = u16::try_from(20 + 8 + payload_len).ok()?;
         let ip = &mut hdr[14..34];
@@ -265,7 +306,7 @@ mod tests {
         let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9];
         let mut f = vec![0xa5u8; OUTER_V4_LEN + payload.len()];
         f[OUTER_V4_LEN..].copy_from_slice(&payload);
-        let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7 };
+        let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7, vlan: None };
         o.write(&mut f, payload.len()).unwrap();
         let c = classify(&f, OUR_IP, 51820).unwrap();
         assert_eq!(c, Classified::WireGuard { src: "192.0.2.2:4000".parse().unwrap(), src_mac: PEER_MAC, offset: OUTER_V4_LEN, len: payload.len() });
@@ -278,7 +319,7 @@ mod tests {
     #[test]
     fn arp_request_is_answered_in_place() {
         let mut f = [0u8; 60];
-        arp_request(&mut f, PEER_MAC, PEER_IP, OUR_IP).unwrap();
+        arp_request(&mut f, PEER_MAC, PEER_IP, OUR_IP, None).unwrap();
         assert_eq!(classify(&f, OUR_IP, 1), Ok(Classified::ArpRequest { ip: PEER_IP, mac: PEER_MAC }));
         assert_eq!(classify(&f, Ipv4Addr::new(192, 0, 2, 9), 1), Err(WanDrop::Arp));
         let n = arp_reply_in_place(&mut f, OUR_MAC, OUR_IP).unwrap();
@@ -320,10 +361,73 @@ mod tests {
     }
 
     #[test]
+    fn tagged_outer_header_round_trips_on_its_vlan_only() {
+        let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9];
+        let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7, vlan: Some(100) };
+        assert_eq!(o.len(), OUTER_V4_VLAN_LEN);
+        let mut f = vec![0xa5u8; o.len() + payload.len()];
+        f[o.len()..].copy_from_slice(&payload);
+        o.write(&mut f, payload.len()).unwrap();
+        let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
+        assert_eq!(eth.vlan_tag(), Some(ethernet::VlanTag::new(100)));
+        assert_eq!(eth.inner_ethertype(), ethernet::EtherType::IPV4);
+        assert!(ipv4::Packet::new_checked(eth.payload()).unwrap().verify_checksum());
+        let want = Classified::WireGuard { src: "192.0.2.2:4000".parse().unwrap(), src_mac: PEER_MAC, offset: OUTER_V4_VLAN_LEN, len: payload.len() };
+        assert_eq!(classify_vlan(&f, OUR_IP, 51820, Some(100)), Ok(want));
+        assert_eq!(classify_vlan(&f, OUR_IP, 51820, Some(101)), Err(WanDrop::WrongVlan));
+        assert_eq!(classify(&f, OUR_IP, 51820), Err(WanDrop::WrongVlan), "tagged frames stay dropped without --vlan");
+        // The same datagram untagged is dropped on a VLAN WAN.
+        let u = OuterV4 { vlan: None, ..o };
+        let mut g = vec![0u8; OUTER_V4_LEN + payload.len()];
+        u.write(&mut g, payload.len()).unwrap();
+        assert_eq!(classify_vlan(&g, OUR_IP, 51820, Some(100)), Err(WanDrop::Untagged));
+        assert!(classify(&g, OUR_IP, 51820).is_ok());
+    }
+
+    #[test]
+    fn tagged_arp_and_echo_replies_keep_the_tag() {
+        let mut f = [0u8; 64];
+        let n = arp_request(&mut f, PEER_MAC, PEER_IP, OUR_IP, Some(7)).unwrap();
+        assert_eq!(n, 46);
+        assert_eq!(classify_vlan(&f, OUR_IP, 1, Some(7)), Ok(Classified::ArpRequest { ip: PEER_IP, mac: PEER_MAC }));
+        assert_eq!(classify_vlan(&f, OUR_IP, 1, Some(8)), Err(WanDrop::WrongVlan));
+        let n = arp_reply_in_place(&mut f, OUR_MAC, OUR_IP).unwrap();
+        assert_eq!(n, 46);
+        assert_eq!(classify_vlan(&f[..n], PEER_IP, 1, Some(7)), Ok(Classified::ArpLearn { ip: OUR_IP, mac: OUR_MAC }));
+        // Echo: a tagged request, built by hand.
+        let mut f = vec![0u8; 18 + 20 + 8 + 4];
+        f[0..6].copy_from_slice(&OUR_MAC.0);
+        f[6..12].copy_from_slice(&PEER_MAC.0);
+        f[12..14].copy_from_slice(&[0x81, 0]);
+        f[14..16].copy_from_slice(&7u16.to_be_bytes());
+        f[16..18].copy_from_slice(&[8, 0]);
+        let ip = &mut f[18..38];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 1;
+        ip[12..16].copy_from_slice(&PEER_IP.octets());
+        ip[16..20].copy_from_slice(&OUR_IP.octets());
+        ipv4::Packet::new_unchecked(&mut f[18..38]).fill_checksum();
+        f[38] = 8;
+        f[46..50].copy_from_slice(b"ping");
+        icmpv4::Packet::new_unchecked(&mut f[38..]).fill_checksum();
+        assert_eq!(classify_vlan(&f, OUR_IP, 51820, Some(7)), Ok(Classified::EchoRequest));
+        assert_eq!(classify_vlan(&f, OUR_IP, 51820, None), Err(WanDrop::WrongVlan));
+        let n = icmp_echo_reply_in_place(&mut f, OUR_MAC).unwrap();
+        assert_eq!(n, 50);
+        let eth = ethernet::Frame::new_checked(&f[..n]).unwrap();
+        assert_eq!((eth.dst_addr(), eth.vlan_tag()), (PEER_MAC, Some(ethernet::VlanTag::new(7))));
+        let ip = ipv4::Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (OUR_IP, PEER_IP));
+    }
+
+    #[test]
     fn garbage_is_dropped_not_panicking() {
         for n in 0..80 {
             let f: Vec<u8> = (0..n).map(|i| (i * 37) as u8).collect();
             let _ = classify(&f, OUR_IP, 51820);
+            let _ = classify_vlan(&f, OUR_IP, 51820, Some(100));
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct DaemonConfig {
     pub prefix: u8,
     /// Default gateway for endpoints off the WAN subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// 802.1Q VLAN of the WAN (1..=4094): frames in and out carry this tag.
+    pub vlan: Option<u16>,
+    /// How long a neighbour entry is used before it is refreshed (default 30 s; tests shorten
+    /// it with the hidden `--neigh-reachable-ms`).
+    pub neigh_reachable: Option<std::time::Duration>,
     /// Cores, EAL-style.
     pub cores: Vec<usize>,
     /// Run the control plane on the first worker's core.
@@ -112,6 +117,8 @@ pub(crate) struct Wan {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// 802.1Q VLAN id every WAN frame carries, if any.
+    pub vlan: Option<u16>,
 }
 
 impl Wan {
@@ -297,8 +304,11 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
         device: RwLock::new(dev),
         listen_port: AtomicU16::new(iface.listen_port),
         iface: Mutex::new(iface),
-        wan: Wan { mac: EthernetAddress(mac), ip: cfg.address, prefix: cfg.prefix, gateway: cfg.gateway },
-        neigh: neigh::Neighbours::new(),
+        wan: Wan { mac: EthernetAddress(mac), ip: cfg.address, prefix: cfg.prefix, gateway: cfg.gateway, vlan: cfg.vlan },
+        neigh: neigh::Neighbours::with_timing(neigh::NeighTiming {
+            reachable_ns: cfg.neigh_reachable.map_or(neigh::NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
+            ..neigh::NeighTiming::default()
+        }),
         handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
         events: ArrayQueue::new(65_536),
         tx_jobs: ArrayQueue::new(8192),

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use nic_backends::{Buffer, Pool, Queue};
 
-use super::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
+use super::frames::{self, Classified, OuterV4};
 use super::icmp;
-use super::neigh::Neighbours;
+use super::neigh::{Neighbours, Resolution};
 use super::stats::Local;
 use super::{HandshakeJob, PollMode, Shared};
 use crate::device::{Device, DropReason, Output};
@@ -34,7 +34,17 @@ const NEIGH_SLOTS: usize = 256;
 /// miss falls through to the shared table.
 struct NeighCache {
     generation: u64,
-    slots: Box<[Option<(Ipv4Addr, crate::wire::EthernetAddress)>; NEIGH_SLOTS]>,
+    slots: Box<[Option<NeighSlot>; NEIGH_SLOTS]>,
+}
+
+/// A fresh entry: its MAC, until when it is used without asking the shared table, and until
+/// when traffic from it need not confirm it there.
+#[derive(Clone, Copy)]
+struct NeighSlot {
+    ip: Ipv4Addr,
+    mac: crate::wire::EthernetAddress,
+    stale_at: Timestamp,
+    refresh_after: Timestamp,
 }
 
 impl NeighCache {
@@ -52,20 +62,29 @@ impl NeighCache {
             self.generation = g;
         }
     }
-    fn lookup(&mut self, shared: &Neighbours, ip: Ipv4Addr) -> Option<crate::wire::EthernetAddress> {
+    /// The next hop's MAC for a frame sent now; stale and unknown hops go to the shared table
+    /// (which says whether to send an ARP request).
+    fn lookup(&mut self, shared: &Neighbours, ip: Ipv4Addr, now: Timestamp) -> Resolution {
         let slot = &mut self.slots[Self::slot(ip)];
-        if let Some((cached, mac)) = *slot {
-            if cached == ip {
-                return Some(mac);
+        if let Some(s) = *slot {
+            if s.ip == ip && now < s.stale_at {
+                return Resolution { mac: Some(s.mac), probe: false, stale_at: s.stale_at, refresh_after: s.refresh_after };
             }
         }
-        let mac = shared.lookup(ip)?;
-        *slot = Some((ip, mac));
-        Some(mac)
+        let r = shared.resolve(ip, now);
+        *slot = match r.mac {
+            Some(mac) if now < r.stale_at => Some(NeighSlot { ip, mac, stale_at: r.stale_at, refresh_after: r.refresh_after }),
+            _ => None,
+        };
+        r
+    }
+    /// Whether traffic from `ip` at `mac` needs no confirmation in the shared table now.
+    fn confirmed(&self, ip: Ipv4Addr, mac: crate::wire::EthernetAddress, now: Timestamp) -> bool {
+        self.slots[Self::slot(ip)].is_some_and(|s| s.ip == ip && s.mac == mac && now < s.refresh_after)
     }
     fn forget(&mut self, ip: Ipv4Addr) {
         let slot = &mut self.slots[Self::slot(ip)];
-        if slot.is_some_and(|(cached, _)| cached == ip) {
+        if slot.is_some_and(|s| s.ip == ip) {
             *slot = None;
         }
     }
@@ -176,7 +195,7 @@ impl Worker {
         let wan = self.sh.wan;
         let port = self.sh.listen_port.load(Ordering::Relaxed);
         for mut buf in rx.drain(..) {
-            match frames::classify(buf.data(), wan.ip, port) {
+            match frames::classify_vlan(buf.data(), wan.ip, port, wan.vlan) {
                 Ok(Classified::ArpRequest { ip, mac }) => {
                     self.learn(ip, mac, now);
                     if let Some(len) = frames::arp_reply_in_place(buf.data_mut(), wan.mac, wan.ip) {
@@ -217,8 +236,10 @@ impl Worker {
                 // The sender's MAC is the next hop back to it: learn from authenticated traffic.
                 if let SocketAddr::V4(s) = src {
                     if let Some(hop) = self.sh.wan.next_hop(*s.ip()) {
-                        if self.neigh.lookup(&self.sh.neigh, hop) != Some(src_mac) {
+                        if !self.neigh.confirmed(hop, src_mac, now) {
                             self.learn(hop, src_mac, now);
+                            // Cache it again (fresh now) so the next packets skip the check.
+                            self.neigh.lookup(&self.sh.neigh, hop, now);
                         }
                     }
                 }
@@ -331,7 +352,8 @@ impl Worker {
         let payload_len = buf.len();
         let port = self.sh.listen_port.load(Ordering::Relaxed);
         self.ident = self.ident.wrapping_add(1);
-        let dst_mac = self.neigh.lookup(&self.sh.neigh, hop);
+        let res = self.neigh.lookup(&self.sh.neigh, hop, now);
+        let dst_mac = res.mac;
         let outer = OuterV4 {
             src_mac: wan.mac,
             dst_mac: dst_mac.unwrap_or(crate::wire::EthernetAddress([0; 6])),
@@ -339,8 +361,9 @@ impl Worker {
             dst: to,
             tos,
             ident: self.ident,
+            vlan: wan.vlan,
         };
-        let Ok(hdr) = buf.prepend(OUTER_V4_LEN) else {
+        let Ok(hdr) = buf.prepend(outer.len()) else {
             self.out.stats.drop(DropReason::BufferTooSmall);
             return;
         };
@@ -349,6 +372,9 @@ impl Worker {
         }
         if dst_mac.is_some() {
             self.wan_tx.push(buf);
+            if res.probe {
+                self.arp_request(hop);
+            }
             return;
         }
         let (ask, dropped) = self.sh.neigh.park(hop, buf, now);
@@ -356,14 +382,19 @@ impl Worker {
             self.c.unresolved_dropped += 1;
         }
         if ask {
-            if let Some(mut req) = self.pool.alloc() {
-                if let Ok(b) = req.append(60) {
-                    if let Some(len) = frames::arp_request(b, wan.mac, wan.ip, hop) {
-                        req.truncate(len.max(60));
-                        self.wan_tx.push(req);
-                        self.c.arp_requests += 1;
-                    }
-                }
+            self.arp_request(hop);
+        }
+    }
+
+    /// Ask who has `hop` (a broadcast ARP request on the WAN).
+    fn arp_request(&mut self, hop: Ipv4Addr) {
+        let wan = self.sh.wan;
+        let Some(mut req) = self.pool.alloc() else { return };
+        if let Ok(b) = req.append(64) {
+            if let Some(len) = frames::arp_request(b, wan.mac, wan.ip, hop, wan.vlan) {
+                req.truncate(len.max(60));
+                self.wan_tx.push(req);
+                self.c.arp_requests += 1;
             }
         }
     }
@@ -434,21 +465,42 @@ mod tests {
         let now = Timestamp::from_nanos(1);
         let mut c = NeighCache::new();
         c.sync(&shared);
-        assert_eq!(c.lookup(&shared, ip), None, "unresolved hops are not cached");
+        assert_eq!(c.lookup(&shared, ip, now).mac, None, "unresolved hops are not cached");
         shared.learn(ip, a, now);
-        assert_eq!(c.lookup(&shared, ip), Some(a));
+        assert_eq!(c.lookup(&shared, ip, now).mac, Some(a));
         let g = shared.generation();
         shared.learn(ip, a, now);
         assert_eq!(shared.generation(), g, "learning what is known changes nothing");
         // Another worker learns a new address: ours holds the old one until the next sync.
         shared.learn(ip, b, now);
-        assert_eq!(c.lookup(&shared, ip), Some(a));
+        assert_eq!(c.lookup(&shared, ip, now).mac, Some(a));
         c.sync(&shared);
-        assert_eq!(c.lookup(&shared, ip), Some(b));
+        assert_eq!(c.lookup(&shared, ip, now).mac, Some(b));
         shared.learn(other, a, now);
         c.sync(&shared);
-        assert_eq!((c.lookup(&shared, ip), c.lookup(&shared, other)), (Some(b), Some(a)));
+        assert_eq!((c.lookup(&shared, ip, now).mac, c.lookup(&shared, other, now).mac), (Some(b), Some(a)));
         c.forget(ip);
-        assert!(c.slots.iter().flatten().all(|(i, _)| *i != ip));
+        assert!(c.slots.iter().flatten().all(|s| s.ip != ip));
+    }
+
+    #[test]
+    fn neighbour_cache_hands_stale_entries_to_the_shared_table() {
+        let shared = Neighbours::with_timing(super::super::neigh::NeighTiming { reachable_ns: 1000, retrans_ns: 100, probes: 1 });
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let a = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
+        let mut c = NeighCache::new();
+        shared.learn(ip, a, Timestamp::from_nanos(1));
+        c.sync(&shared);
+        let r = c.lookup(&shared, ip, Timestamp::from_nanos(10));
+        assert_eq!((r.mac, r.probe), (Some(a), false));
+        assert!(c.confirmed(ip, a, Timestamp::from_nanos(10)));
+        assert!(!c.confirmed(ip, a, Timestamp::from_nanos(600)), "half the reachable time: confirm again");
+        // Stale: the shared table asks once, keeps the MAC, then drops it.
+        let r = c.lookup(&shared, ip, Timestamp::from_nanos(1100));
+        assert_eq!((r.mac, r.probe), (Some(a), true));
+        assert_eq!(c.lookup(&shared, ip, Timestamp::from_nanos(1150)).mac, Some(a));
+        assert_eq!(c.lookup(&shared, ip, Timestamp::from_nanos(1200)).mac, None);
+        c.sync(&shared);
+        assert!(c.slots.iter().all(Option::is_none));
     }
 }
