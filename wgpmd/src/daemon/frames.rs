@@ -248,7 +248,7 @@ pub struct OuterV4 {
 
 impl OuterV4 {
     /// Length of the headers: [`OUTER_V4_LEN`], or [`OUTER_V4_VLAN_LEN`] with a tag.
-    pub fn len(&self) -> usize {
+    pub fn header_len(&self) -> usize {
         if self.vlan.is_some() {
             OUTER_V4_VLAN_LEN
         } else {
@@ -258,7 +258,7 @@ impl OuterV4 {
 
     /// Write the headers into `hdr` (exactly [`len`](Self::len) bytes).
     pub fn write(&self, hdr: &mut [u8], payload_len: usize) -> Option<()> {
-        let hdr = hdr.get_mut(..self.len())?;
+        let hdr = hdr.get_mut(..self.header_len())?;
         hdr[0..6].copy_from_slice(&self.dst_mac.0);
         hdr[6..12].copy_from_slice(&self.src_mac.0);
         let hdr = match self.vlan {
@@ -364,9 +364,9 @@ mod tests {
     fn tagged_outer_header_round_trips_on_its_vlan_only() {
         let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9];
         let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7, vlan: Some(100) };
-        assert_eq!(o.len(), OUTER_V4_VLAN_LEN);
-        let mut f = vec![0xa5u8; o.len() + payload.len()];
-        f[o.len()..].copy_from_slice(&payload);
+        assert_eq!(o.header_len(), OUTER_V4_VLAN_LEN);
+        let mut f = vec![0xa5u8; o.header_len() + payload.len()];
+        f[o.header_len()..].copy_from_slice(&payload);
         o.write(&mut f, payload.len()).unwrap();
         let eth = ethernet::Frame::new_checked(&f[..]).unwrap();
         assert_eq!(eth.vlan_tag(), Some(ethernet::VlanTag::new(100)));

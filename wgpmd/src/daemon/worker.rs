@@ -231,29 +231,26 @@ impl Worker {
     }
 
     fn data_in(&mut self, dev: &Device, now: Timestamp, src: SocketAddr, src_mac: crate::wire::EthernetAddress, mut buf: Buffer) {
-        match dev.decapsulate(now, src, buf.data_mut(), &mut self.out) {
-            Ok(d) => {
-                // The sender's MAC is the next hop back to it: learn from authenticated traffic.
-                if let SocketAddr::V4(s) = src {
-                    if let Some(hop) = self.sh.wan.next_hop(*s.ip()) {
-                        if !self.neigh.confirmed(hop, src_mac, now) {
-                            self.learn(hop, src_mac, now);
-                            // Cache it again (fresh now) so the next packets skip the check.
-                            self.neigh.lookup(&self.sh.neigh, hop, now);
-                        }
+        // Drops are counted in out.stats by reason.
+        let Ok(d) = dev.decapsulate(now, src, buf.data_mut(), &mut self.out) else { return };
+            // The sender's MAC is the next hop back to it: learn from authenticated traffic.
+            if let SocketAddr::V4(s) = src {
+                if let Some(hop) = self.sh.wan.next_hop(*s.ip()) {
+                    if !self.neigh.confirmed(hop, src_mac, now) {
+                        self.learn(hop, src_mac, now);
+                        // Cache it again (fresh now) so the next packets skip the check.
+                        self.neigh.lookup(&self.sh.neigh, hop, now);
                     }
                 }
-                if d.is_keepalive() {
-                    return;
-                }
-                self.c.data_rx += 1;
-                if buf.trim_front(d.range.start).is_ok() {
-                    buf.truncate(d.range.len());
-                    self.inner_tx.push(buf);
-                }
             }
-            Err(_) => {} // counted in out.stats by reason
-        }
+            if d.is_keepalive() {
+                return;
+            }
+            self.c.data_rx += 1;
+            if buf.trim_front(d.range.start).is_ok() {
+                buf.truncate(d.range.len());
+                self.inner_tx.push(buf);
+            }
     }
 
     fn handshake_in(&mut self, src: SocketAddr, buf: &Buffer) {
@@ -363,7 +360,7 @@ impl Worker {
             ident: self.ident,
             vlan: wan.vlan,
         };
-        let Ok(hdr) = buf.prepend(outer.len()) else {
+        let Ok(hdr) = buf.prepend(outer.header_len()) else {
             self.out.stats.drop(DropReason::BufferTooSmall);
             return;
         };
