@@ -696,3 +696,105 @@ fn under_load_cookies_and_established_traffic() {
         d.stop()
     });
 }
+
+/// (7b) Under load, an initiator that took our cookie and retries with a valid MAC2 is
+/// answered, and the per-source rate limit holds for valid-MAC2 initiations beyond the burst.
+/// The initiator is a real peer of wgpmd's (topology peer 1) played by the wgpmd library from
+/// inside peer 1's namespace, while a flood from the same namespace keeps wgpmd under load.
+#[test]
+fn under_load_mac2_retry_answered_and_rate_limited() {
+    run("under_load_mac2_retry_answered_and_rate_limited", |ctx| {
+        use rand_core::OsRng;
+        use wgpmd::crypto::PrivateKey;
+        use wgpmd::device::{Device, HandshakeOutcome, Output};
+        use wgpmd::time::Timestamp;
+        let topo = Topology::new(2)?;
+        let (c, f) = (&topo.concentrator, &topo.peers[1]);
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
+        let flood_msgs = valid_mac1_initiations(c.key.public_bytes(), 1000)?;
+        let st0 = d.stats()?;
+        let fl = flood(&f.ns, c.endpoint(), flood_msgs, Duration::from_millis(200), Duration::from_secs(8));
+        // Peer 1's identity, from inside its namespace (one thread, one socket).
+        let path = format!("/var/run/netns/{}", f.ns.name());
+        let conc_key = c.key.public_bytes();
+        let my_key = f.key.private_bytes();
+        let to = c.endpoint();
+        let player = std::thread::spawn(move || -> Result<(bool, u32)> {
+            use std::os::fd::AsRawFd;
+            let nsf = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            // SAFETY: a valid network namespace descriptor; only this thread changes namespace.
+            if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+            }
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut dev = Device::new(&mut OsRng, 0);
+            dev.set_private_key(Some(PrivateKey::from_bytes(my_key)));
+            let id = dev.add_peer(&mut OsRng, conc_key).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            dev.set_endpoint(id, to).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let mut out = Output::with_capacity(4);
+            let mut t = 10u64;
+            let mut buf = [0u8; 256];
+            // Let the flood build the queue up first.
+            std::thread::sleep(Duration::from_millis(600));
+            let mut got_cookie = false;
+            let mut answered = false;
+            let deadline = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < deadline && !answered {
+                out.clear();
+                t += 6;
+                dev.initiate(Timestamp::from_secs(t), &mut OsRng, id, &mut out).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let init = out.transmits.first().context("no initiation")?.payload().to_vec();
+                s.send_to(&init, to)?;
+                let until = Instant::now() + Duration::from_millis(800);
+                while Instant::now() < until {
+                    let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+                    out.clear();
+                    match dev.receive_handshake(Timestamp::from_secs(t), &mut OsRng, from, &buf[..n], false, &mut out) {
+                        Ok(HandshakeOutcome::CookieStored(_)) => got_cookie = true,
+                        Ok(HandshakeOutcome::Completed(_)) => answered = true,
+                        _ => {}
+                    }
+                    if answered || got_cookie {
+                        break;
+                    }
+                }
+            }
+            ensure!(got_cookie, "wgpmd under load sent no cookie reply to a MAC2-less initiation");
+            ensure!(answered, "the retry with a valid MAC2 was not answered under load");
+            // Now ten valid-MAC2 initiations at once from this one source: the token bucket
+            // (burst 5, 20/s) lets only the first few reach the handshake.
+            for _ in 0..10 {
+                out.clear();
+                t += 6;
+                dev.initiate(Timestamp::from_secs(t), &mut OsRng, id, &mut out).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let m = out.transmits.first().context("no initiation")?.payload().to_vec();
+                ensure!(m[132..148] != [0u8; 16], "the burst lacks MAC2 (cookie expired?)");
+                s.send_to(&m, to)?;
+            }
+            let mut responses = 0u32;
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    if n == 92 {
+                        responses += 1;
+                    }
+                }
+            }
+            Ok((answered, responses))
+        });
+        let (_, responses) = player.join().map_err(|_| anyhow::anyhow!("player thread panicked"))??;
+        let _ = fl.join();
+        let st1 = d.stats()?;
+        let delta = |k: &str| -> Result<u64> { Ok(st1.get(k)? - st0.get(k)?) };
+        eprintln!(
+            "MAC2 retry answered under load; burst of 10: {responses} response(s), RateLimited +{}, cookies +{}",
+            delta("control.drop.RateLimited")?,
+            delta("control.cookies_sent")?
+        );
+        ensure!(delta("control.drop.RateLimited")? >= 3, "the per-source rate limit did not hold");
+        ensure!(responses <= 6, "{responses} responses to a burst of 10 from one source");
+        d.ensure_running()?;
+        d.stop()
+    });
+}
