@@ -223,6 +223,8 @@ impl Worker {
                         self.handshake_in(src, &buf);
                     }
                 }
+                // Not produced without an IPv6 WAN address.
+                Ok(Classified::NeighborSolicit { .. } | Classified::NeighborLearn { .. }) => self.c.wan_drops[frames::WanDrop::Icmpv6 as usize] += 1,
                 Err(r) => self.c.wan_drops[r as usize] += 1,
             }
         }
