@@ -107,3 +107,83 @@ fn neighbour_re_resolution_after_mac_change() {
         d.stop()
     });
 }
+
+/// IPv6 on the WAN: wgpmd runs with `--address 10.99.0.1/24 --address fd00:99::1/64` (the
+/// kernel holds no address on its veth); the wireguard-go peer's outer address is
+/// fd00:99::2/64 and its endpoint for wgpmd is `[fd00:99::1]:51820`, so the peer's kernel
+/// resolves wgpmd by neighbour solicitation and the whole tunnel runs over IPv6 outer. Both
+/// tunnel ends have an IPv4 and an IPv6 inner address: ping and ping -6 get through both ways,
+/// wgpmd answers ping -6 to its WAN address, and `wg show` on wgpmd shows the IPv6 endpoint.
+#[test]
+fn ipv6_outer_carries_v4_and_v6_inner() {
+    run("ipv6_outer_carries_v4_and_v6_inner", |ctx| {
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        p.ns.ip(&["addr", "add", "fd00:99::2/64", "dev", &p.outer_if, "nodad"])?;
+        let conc_cfg = DeviceConfig::new(c.key.clone(), Some(c.port), Some(&format!("{}/24", c.inner_ip)))
+            .peer(PeerConfig::new(&p.key.public_b64(), &[&format!("{}/32", p.inner_ip), "fd00:100::10/128"]));
+        let opts = WgpmdOptions {
+            extra_args: vec!["--address".into(), "fd00:99::1/64".into()],
+            ..Default::default()
+        };
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &conc_cfg, &opts)?;
+        c.ns.ip(&["addr", "add", "fd00:100::1/64", "dev", d.ifname(), "nodad"])?;
+        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET, "fd00:100::/64"]).endpoint("[fd00:99::1]:51820".parse()?));
+        let peer = WgGo::start(ctx, &p.ns, &peer_cfg)?;
+        p.ns.ip(&["addr", "add", "fd00:100::10/64", "dev", peer.0.ifname(), "nodad"])?;
+
+        let t = wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+        eprintln!("first IPv4 reply over the IPv6 outer after {:.2} s", t.as_secs_f64());
+        ping_replied(&p.ns, c.inner_ip, 5)?;
+        ping_replied(&c.ns, p.inner_ip, 5)?;
+        for (ns, to) in [(&p.ns, "fd00:100::1"), (&c.ns, "fd00:100::10"), (&p.ns, "fd00:99::1")] {
+            wait_for_ping(ns, to, secs(10))?;
+            let s = ping(ns, to, 5)?;
+            ensure!(s.received >= 4, "ping -6 {to} from {ns}: {s:?}");
+        }
+        let eps = c.ns.run(&["wg", "show", d.ifname(), "endpoints"])?;
+        ensure!(eps.contains("[fd00:99::2]:51820"), "wg show endpoints: {eps}");
+        let st = d.stats()?;
+        ensure!(st.workers_sum("arp_replies")? >= 1 && st.workers_sum("icmp_replies")? >= 4, "{st:?}");
+        ensure!(st.workers_sum("no_ipv6_wan")? == 0, "{st:?}");
+        d.ensure_running()?;
+        d.stop()
+    });
+}
+
+/// wgpmd initiates to an IPv6 endpoint: its configuration names the peer's endpoint
+/// `[fd00:99::2]:51820` and the peer has none, so the first packet from the concentrator's side
+/// makes wgpmd resolve the peer by neighbour solicitation (to the solicited-node group), park
+/// the handshake initiation until the peer's kernel advertises, and send it over IPv6.
+#[test]
+fn ipv6_wgpmd_initiates_with_neighbour_solicitation() {
+    run("ipv6_wgpmd_initiates_with_neighbour_solicitation", |ctx| {
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        p.ns.ip(&["addr", "add", "fd00:99::2/64", "dev", &p.outer_if, "nodad"])?;
+        let conc_cfg = DeviceConfig::new(c.key.clone(), Some(c.port), Some(&format!("{}/24", c.inner_ip)))
+            .peer(PeerConfig::new(&p.key.public_b64(), &[&format!("{}/32", p.inner_ip), "fd00:100::10/128"]).endpoint("[fd00:99::2]:51820".parse()?));
+        let opts = WgpmdOptions {
+            extra_args: vec!["--address".into(), "fd00:99::1/64".into()],
+            ..Default::default()
+        };
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &conc_cfg, &opts)?;
+        c.ns.ip(&["addr", "add", "fd00:100::1/64", "dev", d.ifname(), "nodad"])?;
+        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET, "fd00:100::/64"]));
+        let peer = WgGo::start(ctx, &p.ns, &peer_cfg)?;
+        p.ns.ip(&["addr", "add", "fd00:100::10/64", "dev", peer.0.ifname(), "nodad"])?;
+
+        let t = wait_for_ping(&c.ns, "fd00:100::10", secs(30))?;
+        eprintln!("first reply with wgpmd initiating over IPv6 after {:.2} s", t.as_secs_f64());
+        let st = d.stats()?;
+        ensure!(st.workers_sum("arp_requests")? >= 1, "no neighbour solicitation sent: {st:?}");
+        ping_replied(&c.ns, p.inner_ip, 5)?;
+        ping_replied(&p.ns, c.inner_ip, 5)?;
+        let ep = peer.0.show()?.peer(&c.key.public_b64()).and_then(|x| x.endpoint);
+        ensure!(ep == Some("[fd00:99::1]:51820".parse()?), "the peer learned {ep:?}");
+        d.ensure_running()?;
+        d.stop()
+    });
+}

@@ -1,7 +1,7 @@
 //! `wgpmd`: the command line. `run` starts a concentrator, `stats` reads a running one's
 //! counters, `bench` measures the worker pipeline over in-memory ports.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -61,12 +61,14 @@ enum Cmd {
         /// Inner port for decrypted traffic (default tun:<NAME>).
         #[arg(long)]
         inner: Option<String>,
-        /// Our IPv4 address on the WAN, with its prefix (e.g. 192.0.2.1/24).
+        /// Our address on the WAN, with its prefix (e.g. 192.0.2.1/24 or 2001:db8::1/64).
+        /// Give it twice for both families (one IPv4, one IPv6).
+        #[arg(long, required = true)]
+        address: Vec<String>,
+        /// Next hop for endpoints outside the WAN subnet; give it twice for an IPv4 and an
+        /// IPv6 gateway.
         #[arg(long)]
-        address: String,
-        /// Next hop for endpoints outside the WAN subnet.
-        #[arg(long)]
-        gateway: Option<Ipv4Addr>,
+        gateway: Vec<IpAddr>,
         /// 802.1Q VLAN of the WAN (1-4094): only frames tagged N are accepted, all sent
         /// frames carry the tag.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
@@ -129,11 +131,39 @@ enum Cmd {
     },
 }
 
-fn parse_address(s: &str) -> Result<(Ipv4Addr, u8), String> {
+fn parse_address(s: &str) -> Result<(IpAddr, u8), String> {
     let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("--address `{s}`: expected ADDRESS/PREFIX, e.g. 192.0.2.1/24"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("--address `{s}`: `{ip}` is not an IPv4 address"))?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("--address `{s}`: `{prefix}` is not a prefix length 0-32"))?;
+    let ip: IpAddr = ip.parse().map_err(|_| format!("--address `{s}`: `{ip}` is not an IPv4 or IPv6 address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| format!("--address `{s}`: `{prefix}` is not a prefix length 0-{max}"))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("--address `{s}`: not a unicast address"));
+    }
     Ok((ip, prefix))
+}
+
+/// The WAN addressing from the repeated `--address` and `--gateway`: at most one of each
+/// family, a gateway only for a family with an address. IPv4 0.0.0.0/0 stands for none.
+#[allow(clippy::type_complexity)]
+fn wan_addresses(addresses: &[String], gateways: &[IpAddr]) -> Result<((Ipv4Addr, u8, Option<Ipv4Addr>), Option<(Ipv6Addr, u8)>, Option<Ipv6Addr>), String> {
+    let (mut v4, mut v6) = (None, None);
+    for a in addresses {
+        match parse_address(a)? {
+            (IpAddr::V4(ip), p) if v4.is_none() => v4 = Some((ip, p)),
+            (IpAddr::V6(ip), p) if v6.is_none() => v6 = Some((ip, p)),
+            _ => return Err(format!("--address `{a}`: at most one IPv4 and one IPv6 address")),
+        }
+    }
+    let (mut g4, mut g6) = (None, None);
+    for g in gateways {
+        match *g {
+            IpAddr::V4(ip) if g4.is_none() && v4.is_some() => g4 = Some(ip),
+            IpAddr::V6(ip) if g6.is_none() && v6.is_some() => g6 = Some(ip),
+            _ => return Err(format!("--gateway {g}: at most one per family, and only for a family with an --address")),
+        }
+    }
+    let (ip4, p4) = v4.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+    Ok(((ip4, p4, g4), v6, g6))
 }
 
 fn main() -> ExitCode {
@@ -196,7 +226,7 @@ fn main() -> ExitCode {
                 eprintln!("wgpmd: {msg}");
                 ExitCode::FAILURE
             };
-            let (address, prefix) = match parse_address(&address) {
+            let ((address, prefix, gateway), address6, gateway6) = match wan_addresses(&address, &gateway) {
                 Ok(a) => a,
                 Err(e) => return fail(e),
             };
@@ -221,6 +251,8 @@ fn main() -> ExitCode {
                 address,
                 prefix,
                 gateway,
+                address6,
+                gateway6,
                 vlan,
                 neigh_reachable: neigh_reachable_ms.map(std::time::Duration::from_millis),
                 cores,
@@ -250,5 +282,27 @@ fn main() -> ExitCode {
                 Err(e) => fail(e.to_string()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan_addresses_one_per_family() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let ((ip, p, g), v6, g6) = wan_addresses(&s(&["192.0.2.1/24"]), &["192.0.2.254".parse().unwrap()]).unwrap();
+        assert_eq!((ip, p, g, v6, g6), (Ipv4Addr::new(192, 0, 2, 1), 24, Some(Ipv4Addr::new(192, 0, 2, 254)), None, None));
+        let ((ip, _, _), v6, g6) = wan_addresses(&s(&["2001:db8::1/64"]), &["2001:db8::ff".parse().unwrap()]).unwrap();
+        assert!(ip.is_unspecified(), "no IPv4 address");
+        assert_eq!((v6, g6), (Some(("2001:db8::1".parse().unwrap(), 64)), Some("2001:db8::ff".parse().unwrap())));
+        let ((ip, _, _), v6, _) = wan_addresses(&s(&["2001:db8::1/64", "10.0.0.1/8"]), &[]).unwrap();
+        assert_eq!((ip, v6.map(|a| a.1)), (Ipv4Addr::new(10, 0, 0, 1), Some(64)));
+        assert!(wan_addresses(&s(&["10.0.0.1/8", "10.0.0.2/8"]), &[]).is_err());
+        assert!(wan_addresses(&s(&["10.0.0.1/8"]), &["2001:db8::ff".parse().unwrap()]).is_err(), "IPv6 gateway without an IPv6 address");
+        assert!(wan_addresses(&s(&["2001:db8::1/129"]), &[]).is_err());
+        assert!(wan_addresses(&s(&["10.0.0.1/33"]), &[]).is_err());
+        assert!(wan_addresses(&s(&["ff02::1/64"]), &[]).is_err());
     }
 }

@@ -330,6 +330,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         address: gen::CONC_IP,
         prefix: 16,
         gateway: None,
+        address6: None,
+        gateway6: None,
         vlan: None,
         neigh_reachable: None,
         cores: plan.cores.clone(),

@@ -26,7 +26,7 @@ pub mod wheel;
 mod worker;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -71,12 +71,16 @@ pub struct DaemonConfig {
     pub wan_port: String,
     /// Inner port string (`tun:NAME`).
     pub inner_port: String,
-    /// Our IPv4 address on the WAN.
+    /// Our IPv4 address on the WAN (0.0.0.0: none, an IPv6-only WAN).
     pub address: Ipv4Addr,
     /// Its prefix length.
     pub prefix: u8,
     /// Default gateway for endpoints off the WAN subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// Our IPv6 address on the WAN and its prefix length, if any.
+    pub address6: Option<(Ipv6Addr, u8)>,
+    /// IPv6 next hop for endpoints off the WAN's IPv6 subnet.
+    pub gateway6: Option<Ipv6Addr>,
     /// 802.1Q VLAN of the WAN (1..=4094): frames in and out carry this tag.
     pub vlan: Option<u16>,
     /// How long a neighbour entry is used before it is refreshed (default 30 s; tests shorten
@@ -117,6 +121,10 @@ pub(crate) struct Wan {
     pub ip: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// Our IPv6 address (None: IPv6 frames are dropped, IPv6 endpoints unreachable).
+    pub ip6: Option<Ipv6Addr>,
+    pub prefix6: u8,
+    pub gateway6: Option<Ipv6Addr>,
     /// 802.1Q VLAN id every WAN frame carries, if any.
     pub vlan: Option<u16>,
 }
@@ -124,11 +132,29 @@ pub(crate) struct Wan {
 impl Wan {
     /// The next hop for `dst`: itself when on our subnet, else the gateway.
     pub fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.ip4()?;
         let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
         if u32::from(dst) & mask == u32::from(self.ip) & mask {
             Some(dst)
         } else {
             self.gateway
+        }
+    }
+
+    /// Our IPv4 address, if we have one.
+    pub fn ip4(&self) -> Option<Ipv4Addr> {
+        Some(self.ip).filter(|ip| !ip.is_unspecified())
+    }
+
+    /// The IPv6 next hop for `dst`: itself when on our IPv6 subnet, else the
+    /// IPv6 gateway; None without an IPv6 address.
+    pub fn next_hop6(&self, dst: Ipv6Addr) -> Option<Ipv6Addr> {
+        let ours = self.ip6?;
+        let mask = if self.prefix6 == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix6.min(128))) };
+        if u128::from(dst) & mask == u128::from(ours) & mask {
+            Some(dst)
+        } else {
+            self.gateway6
         }
     }
 }
@@ -304,7 +330,16 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
         device: RwLock::new(dev),
         listen_port: AtomicU16::new(iface.listen_port),
         iface: Mutex::new(iface),
-        wan: Wan { mac: EthernetAddress(mac), ip: cfg.address, prefix: cfg.prefix, gateway: cfg.gateway, vlan: cfg.vlan },
+        wan: Wan {
+            mac: EthernetAddress(mac),
+            ip: cfg.address,
+            prefix: cfg.prefix,
+            gateway: cfg.gateway,
+            ip6: cfg.address6.map(|a| a.0),
+            prefix6: cfg.address6.map_or(0, |a| a.1),
+            gateway6: cfg.gateway6,
+            vlan: cfg.vlan,
+        },
         neigh: neigh::Neighbours::with_timing(neigh::NeighTiming {
             reachable_ns: cfg.neigh_reachable.map_or(neigh::NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
             ..neigh::NeighTiming::default()
@@ -323,12 +358,13 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
         let _ = shared.events.push(e);
     }
     tracing::info!(
-        "{}: WAN {} ({}, {}/{}), inner {}, {} worker(s) on cores {:?}, control on core {}, listening on UDP {}",
+        "{}: WAN {} ({}, {}/{}{}), inner {}, {} worker(s) on cores {:?}, control on core {}, listening on UDP {}",
         cfg.name,
         cfg.wan_port,
         EthernetAddress(mac),
         cfg.address,
         cfg.prefix,
+        cfg.address6.map_or(String::new(), |(a, p)| format!(", {a}/{p}")),
         cfg.inner_port,
         nworkers,
         layout.workers,
@@ -361,4 +397,26 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
     drop(wan_port);
     drop(inner_port);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops_per_family() {
+        let mut w = Wan { mac: EthernetAddress([2, 0, 0, 0, 0, 1]), ip: Ipv4Addr::new(192, 0, 2, 1), prefix: 24, gateway: None, ip6: None, prefix6: 0, gateway6: None, vlan: None };
+        assert_eq!(w.next_hop(Ipv4Addr::new(192, 0, 2, 9)), Some(Ipv4Addr::new(192, 0, 2, 9)));
+        assert_eq!(w.next_hop6("2001:db8::9".parse().unwrap()), None, "no IPv6 address");
+        w.ip6 = Some("2001:db8::1".parse().unwrap());
+        w.prefix6 = 64;
+        assert_eq!(w.next_hop6("2001:db8::9".parse().unwrap()), Some("2001:db8::9".parse().unwrap()));
+        assert_eq!(w.next_hop6("2001:db9::9".parse().unwrap()), None, "off-link without a gateway");
+        w.gateway6 = Some("2001:db8::ff".parse().unwrap());
+        assert_eq!(w.next_hop6("2001:db9::9".parse().unwrap()), w.gateway6);
+        // IPv6 only: no IPv4 next hop at all.
+        w.ip = Ipv4Addr::UNSPECIFIED;
+        w.prefix = 0;
+        assert_eq!(w.next_hop(Ipv4Addr::new(192, 0, 2, 9)), None);
+    }
 }

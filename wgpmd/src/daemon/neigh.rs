@@ -1,15 +1,17 @@
-//! The WAN neighbour cache (IPv4 → MAC), learned from ARP and from authenticated traffic, and
+//! The WAN neighbour cache (IPv4 and IPv6 → MAC), learned from ARP, neighbour discovery and
+//! authenticated traffic, and
 //! the frames waiting for a resolution (bounded per next hop).
 //!
 //! Entries age (the kernel's NUD states, simplified): an entry confirmed (learned, or seen
 //! again in an ARP message or authenticated traffic) within the reachable time is used as is.
 //! After that it is stale: the next use sends an ARP request (broadcast, so a next hop that
-//! changed its MAC answers too) and keeps using the old MAC; unanswered, a request goes out
+//! changed its MAC answers too; for IPv6 a neighbour solicitation to the solicited-node
+//! multicast address) and keeps using the old MAC; unanswered, a request goes out
 //! per retransmit interval up to `probes` times, and one interval after the last the entry is
 //! dropped: frames then wait for a resolution as for an unknown next hop.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -72,8 +74,8 @@ pub(crate) struct Pending {
 /// The cache.
 pub(crate) struct Neighbours {
     timing: NeighTiming,
-    map: RwLock<HashMap<Ipv4Addr, Entry>>,
-    pending: Mutex<HashMap<Ipv4Addr, Pending>>,
+    map: RwLock<HashMap<IpAddr, Entry>>,
+    pending: Mutex<HashMap<IpAddr, Pending>>,
     /// Bumped after every change of `map`: a worker's private copy of entries is valid while
     /// this has not moved.
     generation: AtomicU64,
@@ -101,7 +103,8 @@ impl Neighbours {
 
     /// The MAC to send to `ip` at `now`, and whether to ask for it again (see the module
     /// documentation). Drops an entry whose requests went unanswered.
-    pub fn resolve(&self, ip: Ipv4Addr, now: Timestamp) -> Resolution {
+    pub fn resolve(&self, ip: impl Into<IpAddr>, now: Timestamp) -> Resolution {
+        let ip = ip.into();
         let none = Resolution { mac: None, probe: false, stale_at: Timestamp::ZERO, refresh_after: Timestamp::ZERO };
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -137,14 +140,16 @@ impl Neighbours {
 
     /// The entry's MAC, whatever its age.
     #[cfg(test)]
-    pub fn lookup(&self, ip: Ipv4Addr) -> Option<EthernetAddress> {
+    pub fn lookup(&self, ip: impl Into<IpAddr>) -> Option<EthernetAddress> {
+        let ip = ip.into();
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(&ip).map(|e| e.mac)
     }
 
     /// Learn (or confirm) `ip` at `mac`; returns frames that were waiting for it. Takes the
     /// write lock only for a new or changed MAC, a stale entry, or one confirmed more than
     /// half the reachable time ago.
-    pub fn learn(&self, ip: Ipv4Addr, mac: EthernetAddress, now: Timestamp) -> VecDeque<Buffer> {
+    pub fn learn(&self, ip: impl Into<IpAddr>, mac: EthernetAddress, now: Timestamp) -> VecDeque<Buffer> {
+        let ip = ip.into();
         let need = match self.map.read().unwrap_or_else(|e| e.into_inner()).get(&ip) {
             Some(e) => e.mac != mac || e.probes > 0 || now >= self.fresh(e).refresh_after,
             None => true,
@@ -161,7 +166,8 @@ impl Neighbours {
 
     /// Park a frame for an unresolved next hop. Returns (whether to send an ARP request now,
     /// whether a frame was dropped for lack of room).
-    pub fn park(&self, hop: Ipv4Addr, frame: Buffer, now: Timestamp) -> (bool, bool) {
+    pub fn park(&self, hop: impl Into<IpAddr>, frame: Buffer, now: Timestamp) -> (bool, bool) {
+        let hop = hop.into();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let e = p.entry(hop).or_insert(Pending { frames: VecDeque::new(), last_request: Timestamp::ZERO });
         let mut dropped = false;
@@ -185,6 +191,7 @@ impl Neighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const HOP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     const A: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xa]);

@@ -1,14 +1,14 @@
 //! One data-plane worker: polls its WAN and inner queues in bursts and runs each packet to
 //! completion (DATAPATH.md "One poll iteration of a worker").
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nic_backends::{Buffer, Pool, Queue};
 
-use super::frames::{self, Classified, OuterV4};
+use super::frames::{self, Classified, OuterV4, OuterV6};
 use super::icmp;
 use super::neigh::{Neighbours, Resolution};
 use super::stats::Local;
@@ -41,7 +41,7 @@ struct NeighCache {
 /// when traffic from it need not confirm it there.
 #[derive(Clone, Copy)]
 struct NeighSlot {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     mac: crate::wire::EthernetAddress,
     stale_at: Timestamp,
     refresh_after: Timestamp,
@@ -51,8 +51,15 @@ impl NeighCache {
     fn new() -> Self {
         NeighCache { generation: 0, slots: Box::new([None; NEIGH_SLOTS]) }
     }
-    fn slot(ip: Ipv4Addr) -> usize {
-        (u32::from(ip).wrapping_mul(0x9e37_79b9) >> 24) as usize % NEIGH_SLOTS
+    fn slot(ip: IpAddr) -> usize {
+        let key = match ip {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                u32::from_be_bytes([o[12], o[13], o[14], o[15]]) ^ u32::from_be_bytes([o[8], o[9], o[10], o[11]])
+            }
+        };
+        (key.wrapping_mul(0x9e37_79b9) >> 24) as usize % NEIGH_SLOTS
     }
     /// Forget everything if the shared table changed since the copies were taken.
     fn sync(&mut self, shared: &Neighbours) {
@@ -64,7 +71,8 @@ impl NeighCache {
     }
     /// The next hop's MAC for a frame sent now; stale and unknown hops go to the shared table
     /// (which says whether to send an ARP request).
-    fn lookup(&mut self, shared: &Neighbours, ip: Ipv4Addr, now: Timestamp) -> Resolution {
+    fn lookup(&mut self, shared: &Neighbours, ip: impl Into<IpAddr>, now: Timestamp) -> Resolution {
+        let ip = ip.into();
         let slot = &mut self.slots[Self::slot(ip)];
         if let Some(s) = *slot {
             if s.ip == ip && now < s.stale_at {
@@ -79,10 +87,12 @@ impl NeighCache {
         r
     }
     /// Whether traffic from `ip` at `mac` needs no confirmation in the shared table now.
-    fn confirmed(&self, ip: Ipv4Addr, mac: crate::wire::EthernetAddress, now: Timestamp) -> bool {
+    fn confirmed(&self, ip: impl Into<IpAddr>, mac: crate::wire::EthernetAddress, now: Timestamp) -> bool {
+        let ip = ip.into();
         self.slots[Self::slot(ip)].is_some_and(|s| s.ip == ip && s.mac == mac && now < s.refresh_after)
     }
-    fn forget(&mut self, ip: Ipv4Addr) {
+    fn forget(&mut self, ip: impl Into<IpAddr>) {
+        let ip = ip.into();
         let slot = &mut self.slots[Self::slot(ip)];
         if slot.is_some_and(|s| s.ip == ip) {
             *slot = None;
@@ -195,7 +205,7 @@ impl Worker {
         let wan = self.sh.wan;
         let port = self.sh.listen_port.load(Ordering::Relaxed);
         for mut buf in rx.drain(..) {
-            match frames::classify_vlan(buf.data(), wan.ip, port, wan.vlan) {
+            match frames::classify_dual(buf.data(), wan.ip4(), wan.ip6, port, wan.vlan) {
                 Ok(Classified::ArpRequest { ip, mac }) => {
                     self.learn(ip, mac, now);
                     if let Some(len) = frames::arp_reply_in_place(buf.data_mut(), wan.mac, wan.ip) {
@@ -223,6 +233,24 @@ impl Worker {
                         self.handshake_in(src, &buf);
                     }
                 }
+                Ok(Classified::NeighborSolicit { ip, mac, learn }) => {
+                    if learn {
+                        self.learn(ip, mac, now);
+                    }
+                    let Some(ours) = wan.ip6 else { continue };
+                    // Answered from a fresh buffer: the solicitation may be too short for the
+                    // advertisement with its option. The request buffer goes back to the pool.
+                    drop(buf);
+                    let Some(mut na) = self.pool.alloc() else { continue };
+                    if let Ok(b) = na.append(frames::ND_FRAME_LEN + 4) {
+                        if let Some(len) = frames::neighbor_advert(b, wan.mac, ours, mac, ip, wan.vlan) {
+                            na.truncate(len);
+                            self.wan_tx.push(na);
+                            self.c.arp_replies += 1;
+                        }
+                    }
+                }
+                Ok(Classified::NeighborLearn { ip, mac }) => self.learn(ip, mac, now),
                 Err(r) => self.c.wan_drops[r as usize] += 1,
             }
         }
@@ -234,13 +262,15 @@ impl Worker {
         // Drops are counted in out.stats by reason.
         let Ok(d) = dev.decapsulate(now, src, buf.data_mut(), &mut self.out) else { return };
             // The sender's MAC is the next hop back to it: learn from authenticated traffic.
-            if let SocketAddr::V4(s) = src {
-                if let Some(hop) = self.sh.wan.next_hop(*s.ip()) {
-                    if !self.neigh.confirmed(hop, src_mac, now) {
-                        self.learn(hop, src_mac, now);
-                        // Cache it again (fresh now) so the next packets skip the check.
-                        self.neigh.lookup(&self.sh.neigh, hop, now);
-                    }
+            let hop: Option<IpAddr> = match src {
+                SocketAddr::V4(s) => self.sh.wan.next_hop(*s.ip()).map(IpAddr::V4),
+                SocketAddr::V6(s) => self.sh.wan.next_hop6(*s.ip()).map(IpAddr::V6),
+            };
+            if let Some(hop) = hop {
+                if !self.neigh.confirmed(hop, src_mac, now) {
+                    self.learn(hop, src_mac, now);
+                    // Cache it again (fresh now) so the next packets skip the check.
+                    self.neigh.lookup(&self.sh.neigh, hop, now);
                 }
             }
             if d.is_keepalive() {
@@ -336,11 +366,12 @@ impl Worker {
 
     /// Put the outer headers in front of a WireGuard message and queue it on the WAN, or park
     /// it until the next hop resolves.
-    fn send_wg(&mut self, mut buf: Buffer, to: SocketAddr, tos: u8, now: Timestamp) {
-        let SocketAddr::V4(to) = to else {
-            self.c.no_ipv6_wan += 1;
-            return;
+    fn send_wg(&mut self, buf: Buffer, to: SocketAddr, tos: u8, now: Timestamp) {
+        let to = match to {
+            SocketAddr::V4(to) => to,
+            SocketAddr::V6(to) => return self.send_wg6(buf, to, tos, now),
         };
+        let mut buf = buf;
         let wan = self.sh.wan;
         let Some(hop) = wan.next_hop(*to.ip()) else {
             self.c.no_route += 1;
@@ -383,6 +414,67 @@ impl Worker {
         }
     }
 
+    /// [`send_wg`](Self::send_wg) to an IPv6 endpoint: OuterV6 via the IPv6 next hop,
+    /// resolved by neighbour solicitation.
+    fn send_wg6(&mut self, mut buf: Buffer, to: SocketAddrV6, tclass: u8, now: Timestamp) {
+        let wan = self.sh.wan;
+        let Some(ours) = wan.ip6 else {
+            self.c.no_ipv6_wan += 1;
+            return;
+        };
+        let Some(hop) = wan.next_hop6(*to.ip()) else {
+            self.c.no_route += 1;
+            return;
+        };
+        let payload_len = buf.len();
+        let port = self.sh.listen_port.load(Ordering::Relaxed);
+        let res = self.neigh.lookup(&self.sh.neigh, hop, now);
+        let dst_mac = res.mac;
+        let outer = OuterV6 {
+            src_mac: wan.mac,
+            dst_mac: dst_mac.unwrap_or(crate::wire::EthernetAddress([0; 6])),
+            src: SocketAddrV6::new(ours, port, 0, 0),
+            dst: SocketAddrV6::new(*to.ip(), to.port(), 0, 0),
+            tclass,
+            vlan: wan.vlan,
+        };
+        if buf.prepend(outer.header_len()).is_err() {
+            self.out.stats.drop(DropReason::BufferTooSmall);
+            return;
+        }
+        if outer.write(buf.data_mut(), payload_len).is_none() {
+            return;
+        }
+        if dst_mac.is_some() {
+            self.wan_tx.push(buf);
+            if res.probe {
+                self.neighbor_solicit(hop);
+            }
+            return;
+        }
+        let (ask, dropped) = self.sh.neigh.park(hop, buf, now);
+        if dropped {
+            self.c.unresolved_dropped += 1;
+        }
+        if ask {
+            self.neighbor_solicit(hop);
+        }
+    }
+
+    /// Ask who has `hop` (a neighbour solicitation to its solicited-node multicast address).
+    fn neighbor_solicit(&mut self, hop: std::net::Ipv6Addr) {
+        let wan = self.sh.wan;
+        let Some(ours) = wan.ip6 else { return };
+        let Some(mut req) = self.pool.alloc() else { return };
+        if let Ok(b) = req.append(frames::ND_FRAME_LEN + 4) {
+            if let Some(len) = frames::neighbor_solicit(b, wan.mac, ours, hop, wan.vlan) {
+                req.truncate(len);
+                self.wan_tx.push(req);
+                self.c.arp_requests += 1;
+            }
+        }
+    }
+
     /// Ask who has `hop` (a broadcast ARP request on the WAN).
     fn arp_request(&mut self, hop: Ipv4Addr) {
         let wan = self.sh.wan;
@@ -396,7 +488,8 @@ impl Worker {
         }
     }
 
-    fn learn(&mut self, ip: Ipv4Addr, mac: crate::wire::EthernetAddress, now: Timestamp) {
+    fn learn(&mut self, ip: impl Into<IpAddr>, mac: crate::wire::EthernetAddress, now: Timestamp) {
+        let ip = ip.into();
         // Our copy may be the old address; the others drop theirs at the generation change.
         self.neigh.forget(ip);
         for mut f in self.sh.neigh.learn(ip, mac, now) {
