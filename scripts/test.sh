@@ -18,6 +18,7 @@ command -v wireguard-go >/dev/null || need_apt+=(wireguard-go)
 command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket tests (stock wg)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)  # captures in the behaviour tests
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq

@@ -12,6 +12,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("ping", "iputils-ping"),
     ("sysctl", "procps"),
+    ("tcpdump", "tcpdump"),
 ];
 
 /// The boringtun-cli binary: `$WGPMD_E2E_BORINGTUN` if set, else `<repo>/.tools/bin/boringtun-cli`

@@ -428,6 +428,20 @@ fn persistent_keepalive_on_schedule() {
             secs(15),
         )?;
         std::thread::sleep(Duration::from_millis(2500));
+        // Capture on the peer's veth at the same time: what wgpmd actually sends.
+        let pcap = ctx.dir().join("keepalive.pcap");
+        let pcap_s = pcap.to_string_lossy().into_owned();
+        let port = c.port.to_string();
+        let mut capture = Proc::spawn(
+            ctx,
+            &p.ns,
+            "tcpdump",
+            &["tcpdump", "-i", &p.outer_if, "-n", "-U", "-Z", "root", "-w", &pcap_s, "udp", "port", &port],
+            &[],
+        )?;
+        wait_until("tcpdump listening", secs(10), || {
+            Ok(capture.log().contains("listening on").then_some(()))
+        })?;
         // Poll the peer's rx counter; record when it grows, and by how much.
         let t0 = Instant::now();
         let mut last = entry(&peer.show()?, &ck, "the peer")?.rx_bytes;
@@ -458,6 +472,41 @@ fn persistent_keepalive_on_schedule() {
             ensure!(
                 (1.5..=2.5).contains(&gap),
                 "keepalives {gap:.2} s apart: {arrivals:?}"
+            );
+        }
+
+        // The capture: 3-4 UDP datagrams of length 32 (a keepalive: 16-byte header and an
+        // empty AEAD tag) from wgpmd's address and port, 1.5-2.5 s apart by their timestamps.
+        capture.stop();
+        let text = run_cmd(std::process::Command::new("tcpdump").args(["-r", &pcap_s, "-n"]), secs(15))?;
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        eprintln!("capture on the peer's veth:\n{text}");
+        let from = format!("IP {}.{} > ", c.outer_ip, c.port);
+        let mut times = Vec::new();
+        for line in text.lines().filter(|l| l.contains(&from)) {
+            ensure!(line.ends_with("UDP, length 32"), "wgpmd sent more than keepalives: {line}");
+            let ts = line.split_whitespace().next().unwrap_or_default();
+            let secs_of_day = ts
+                .split(':')
+                .map(|x| x.parse::<f64>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .ok()
+                .filter(|v| v.len() == 3)
+                .map(|v| v[0] * 3600.0 + v[1] * 60.0 + v[2])
+                .with_context(|| format!("no timestamp in tcpdump's line {line:?}"))?;
+            times.push(secs_of_day);
+        }
+        eprintln!("keepalives captured at {times:.3?}");
+        ensure!(
+            (3..=4).contains(&times.len()),
+            "{} keepalives from wgpmd captured in 7 s with a 2 s interval:\n{text}",
+            times.len()
+        );
+        for w in times.windows(2) {
+            let gap = (w[1] - w[0]).rem_euclid(86400.0); // across midnight
+            ensure!(
+                (1.5..=2.5).contains(&gap),
+                "captured keepalives {gap:.3} s apart: {times:?}"
             );
         }
         d.ensure_running()?;
