@@ -7,8 +7,9 @@
 //!
 //! That a cookie reply cannot move a peer's endpoint (only authenticated data and handshake
 //! messages can) is unit-tested in wgpmd/src/device/tests.rs
-//! (`cookie_reply_does_not_move_the_endpoint`, `endpoint_roams_on_authenticated_data_only`); it
-//! needs no end-to-end test.
+//! (`cookie_reply_does_not_move_the_endpoint`, `endpoint_roams_on_authenticated_data_only`) and
+//! checked end to end with a forged cookie reply from another address
+//! (`cookie_reply_from_elsewhere_does_not_move_endpoint`).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -844,6 +845,244 @@ fn under_load_mac2_retry_answered_and_rate_limited() {
         ensure!(delta("control.drop.RateLimited")? >= 3, "the per-source rate limit did not hold");
         ensure!(responses <= 6, "{responses} responses to a burst of 10 from one source");
         d.ensure_running()?;
+        d.stop()
+    });
+}
+
+/// Captures, from inside `ns` on interface `ifname` (a raw AF_PACKET socket in a thread that
+/// joins the namespace with setns(2)), the UDP payloads of the 148-byte handshake initiations
+/// `from` sends, each with the time it was seen, until `stop` is set.
+fn capture_initiations(
+    ns: &Netns,
+    ifname: &str,
+    from: Ipv4Addr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(
+    std::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
+    std::thread::JoinHandle<Result<()>>,
+)> {
+    let path = format!("/var/run/netns/{}", ns.name());
+    let ifname = std::ffi::CString::new(ifname)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let h = std::thread::spawn(move || -> Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let setup = || -> Result<OwnedFd> {
+            let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            // SAFETY: a valid network namespace descriptor; only this thread changes namespace.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
+            }
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            // SAFETY: plain socket(2); the descriptor is owned right away.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
+            }
+            // SAFETY: fd is a fresh descriptor we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+            ensure!(index != 0, "no interface {ifname:?}");
+            // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            // SAFETY: a valid sockaddr_ll and its size.
+            if unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            } != 0
+            {
+                return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
+            }
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: a valid timeval and its size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    &tv as *const libc::timeval as *const libc::c_void,
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            Ok(fd)
+        };
+        let fd = match setup() {
+            Ok(fd) => {
+                let _ = ready_tx.send(Ok(()));
+                fd
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
+                return Err(e);
+            }
+        };
+        let mut buf = [0u8; 2048];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: buf is writable for its length.
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if n <= 0 {
+                continue;
+            }
+            let fr = &buf[..n as usize];
+            // Ethernet, IPv4, UDP to port 51820, a 148-byte payload of type 1.
+            if fr.len() < 14 + 20 + 8 || fr[12..14] != [0x08, 0x00] || fr[14] >> 4 != 4 {
+                continue;
+            }
+            let ihl = usize::from(fr[14] & 0xf) * 4;
+            let udp = 14 + ihl;
+            if fr[14 + 9] != 17 || fr[26..30] != from.octets() || fr.len() < udp + 8 {
+                continue;
+            }
+            let dport = u16::from_be_bytes([fr[udp + 2], fr[udp + 3]]);
+            let payload = &fr[udp + 8..];
+            if dport == CONCENTRATOR_PORT && payload.len() == 148 && payload[0] == 1 {
+                let _ = tx.send((Instant::now(), payload.to_vec()));
+            }
+        }
+        Ok(())
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the capture thread ended"))??;
+    Ok((rx, h))
+}
+
+/// (8) A cookie reply does not move the endpoint, even one anybody can forge and wgpmd accepts:
+/// the cookie-encryption key comes from the responder's PUBLIC key and the AAD is the
+/// initiation's MAC1, both visible on the wire. wgpmd has the peer with its endpoint; the
+/// peer's wireguard-go is not running, so wgpmd's initiations go unanswered and are retried
+/// every 5 s. Its first initiation is captured on the peer's veth, a valid cookie reply for it
+/// is made with the wgpmd library and sent from another namespace (another address). wgpmd's
+/// endpoint stays the configured one, and it took the cookie: its retry carries a MAC2 (the
+/// first had none). Then wireguard-go starts (not under load, it ignores MAC2): the handshake
+/// completes and pings pass.
+#[test]
+fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
+    run("cookie_reply_from_elsewhere_does_not_move_endpoint", |ctx| {
+        use rand_core::OsRng;
+        use wgpmd::cookie::CookieChecker;
+        use wgpmd::time::Timestamp;
+        let topo = Topology::new(2)?;
+        let (c, p, other) = (&topo.concentrator, &topo.peers[0], &topo.peers[1]);
+        let mut dcfg = topo.concentrator_device();
+        dcfg.peers.truncate(1);
+        dcfg.peers[0].endpoint = Some(p.endpoint());
+        let mut pcfg = topo.peer_device(0);
+        pcfg.peers[0].endpoint = None; // responder only: the handshake is wgpmd's
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &dcfg, &WgpmdOptions::default())?;
+        let key = p.key.public_b64();
+        ensure!(entry(&d.show()?, &key, "wgpmd")?.endpoint == Some(p.endpoint()));
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (inits, cap) = capture_initiations(&p.ns, &p.outer_if, c.outer_ip, stop.clone())?;
+        let result = (|| -> Result<()> {
+            // One packet towards the peer makes wgpmd initiate (after resolving its MAC).
+            let _trigger = Proc::spawn(
+                ctx,
+                &c.ns,
+                "ping-trigger",
+                &["ping", "-n", "-c", "1", "-W", "1", &p.inner_ip.to_string()],
+                &[],
+            )?;
+            let (t1, first) = inits
+                .recv_timeout(secs(10))
+                .context("no initiation from wgpmd captured on the peer's veth")?;
+            ensure!(
+                first[132..148] == [0u8; 16],
+                "the first initiation already has a MAC2"
+            );
+            // The forged reply: keyed by the peer's public key, bound to this initiation's MAC1,
+            // addressed to its sender index.
+            let sender = u32::from_le_bytes(first[4..8].try_into()?);
+            let checker =
+                CookieChecker::new(Timestamp::from_secs(1), &mut OsRng, Some(&p.key.public_bytes()));
+            let reply = checker.create_reply(
+                Timestamp::from_secs(1),
+                &mut OsRng,
+                &first,
+                sender,
+                SocketAddr::from((other.outer_ip, 40000)),
+            );
+            other.ns.udp_send(c.endpoint(), &reply)?;
+            eprintln!(
+                "forged cookie reply sent from {} {:.3} s after the initiation (index {sender:#x})",
+                other.outer_ip,
+                t1.elapsed().as_secs_f64()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let e = entry(&d.show()?, &key, "wgpmd")?.endpoint;
+            ensure!(
+                e == Some(p.endpoint()),
+                "wgpmd's endpoint is {e:?} after a cookie reply from {}, want {}",
+                other.outer_ip,
+                p.endpoint()
+            );
+            // The retry, 5 s (plus jitter) after the first: it carries the cookie's MAC2.
+            let (t2, second) = inits
+                .recv_timeout(secs(10))
+                .context("no retried initiation within 10 s")?;
+            eprintln!(
+                "retry {:.2} s after the first initiation, MAC2 {:02x?}",
+                (t2 - t1).as_secs_f64(),
+                &second[132..148]
+            );
+            ensure!(
+                second[4..8] != first[4..8],
+                "the second capture is the same initiation"
+            );
+            ensure!(
+                second[132..148] != [0u8; 16],
+                "wgpmd's retry has no MAC2: it did not take the forged cookie"
+            );
+            let st = d.stats()?;
+            ensure!(
+                st.get("control.drop.InvalidCookie")? == 0,
+                "wgpmd rejected the cookie reply"
+            );
+            let e = entry(&d.show()?, &key, "wgpmd")?.endpoint;
+            ensure!(
+                e == Some(p.endpoint()),
+                "wgpmd's endpoint is {e:?}, want {}",
+                p.endpoint()
+            );
+
+            // Now the peer: wgpmd's next retry (with MAC2) completes the handshake.
+            let _peer = WgGo::start(ctx, &p.ns, &pcfg)?;
+            let t = wait_for_ping(&c.ns, p.inner_ip, secs(20))?;
+            eprintln!("tunnel up {:.2} s after wireguard-go started", t.as_secs_f64());
+            ping_replied(&p.ns, c.inner_ip, 3)?;
+            let later: Vec<Vec<u8>> = inits.try_iter().map(|(_, m)| m).collect();
+            ensure!(
+                !later.is_empty() && later.iter().all(|m| m[132..148] != [0u8; 16]),
+                "wgpmd's later initiations ({}) should all carry MAC2",
+                later.len()
+            );
+            let e = entry(&d.show()?, &key, "wgpmd")?.endpoint;
+            ensure!(e == Some(p.endpoint()), "endpoint {e:?} after the handshake");
+            d.ensure_running()?;
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        cap.join()
+            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
+        result?;
         d.stop()
     });
 }
