@@ -34,6 +34,10 @@ if [[ "$(.tools/bin/boringtun-cli --version 2>/dev/null)" != "boringtun $BORINGT
 fi
 export WGPMD_E2E_BORINGTUN="$PWD/.tools/bin/boringtun-cli"
 
+echo "== formatting (rustfmt.toml)"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+
 echo "== build (release: the tests run crypto in loops of a million inputs)"
 cargo build --workspace --release --all-targets
 

@@ -66,24 +66,14 @@ struct Cursor {
 }
 
 impl AfPacketPort {
-    pub(crate) fn open(
-        spec: &str,
-        name: &str,
-        opts: &PortOptions,
-    ) -> Result<AfPacketPort, PortError> {
-        let name = IfName::new(name).map_err(|reason| PortError::BadName {
-            spec: spec.to_string(),
-            reason,
-        })?;
+    pub(crate) fn open(spec: &str, name: &str, opts: &PortOptions) -> Result<AfPacketPort, PortError> {
+        let name = IfName::new(name).map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })?;
         let os = |op| move |e| PortError::os(spec, op, e);
         let ctl = ioctl::control_socket().map_err(os("socket(AF_INET)"))?;
         let ifindex = ioctl::if_index(ctl.as_fd(), &name).map_err(os("SIOCGIFINDEX"))?;
         let (hw, mac) = ioctl::hw_addr(ctl.as_fd(), &name).map_err(os("SIOCGIFHWADDR"))?;
         if hw != libc::ARPHRD_ETHER {
-            return Err(PortError::NotEthernet {
-                spec: spec.to_string(),
-                hw_type: hw,
-            });
+            return Err(PortError::NotEthernet { spec: spec.to_string(), hw_type: hw });
         }
         if let Some(want) = opts.mtu {
             check_mtu(spec, want, L2_MAX)?;
@@ -102,16 +92,13 @@ impl AfPacketPort {
         for _ in 0..opts.queues {
             let sock = PacketSocket::new().map_err(os("socket(AF_PACKET)"))?;
             sock.set_version_v3().map_err(os("PACKET_VERSION"))?;
-            let ring = sock
-                .rx_ring(BLOCK_SIZE, BLOCK_NR, RETIRE_MS)
-                .map_err(os("PACKET_RX_RING"))?;
+            let ring = sock.rx_ring(BLOCK_SIZE, BLOCK_NR, RETIRE_MS).map_err(os("PACKET_RX_RING"))?;
             // Best effort (Linux 4.20+): the rx walk also drops PACKET_OUTGOING frames.
             let _ = sock.set_ignore_outgoing();
             sock.bind(ifindex).map_err(os("bind"))?;
             match group {
                 None => {
-                    sock.join_fanout(0, mode | libc::PACKET_FANOUT_FLAG_UNIQUEID)
-                        .map_err(os("PACKET_FANOUT"))?;
+                    sock.join_fanout(0, mode | libc::PACKET_FANOUT_FLAG_UNIQUEID).map_err(os("PACKET_FANOUT"))?;
                     group = Some(sock.fanout_id().map_err(os("PACKET_FANOUT"))?);
                 }
                 Some(id) => sock.join_fanout(id, mode).map_err(os("PACKET_FANOUT"))?,
@@ -124,18 +111,8 @@ impl AfPacketPort {
                 kernel_drops: Cell::new(0),
             }));
         }
-        let info = PortInfo {
-            name: name.as_str(),
-            mac: Some(mac),
-            mtu,
-            kind: "af_packet",
-        };
-        Ok(AfPacketPort {
-            info,
-            name,
-            ctl,
-            queues,
-        })
+        let info = PortInfo { name: name.as_str(), mac: Some(mac), mtu, kind: "af_packet" };
+        Ok(AfPacketPort { info, name, ctl, queues })
     }
 }
 
@@ -147,10 +124,7 @@ impl Port for AfPacketPort {
         self.queues.len()
     }
     fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>> {
-        self.queues
-            .get_mut(q)?
-            .take()
-            .map(|q| Box::new(q) as Box<dyn Queue>)
+        self.queues.get_mut(q)?.take().map(|q| Box::new(q) as Box<dyn Queue>)
     }
     fn link_up(&self) -> bool {
         let up = libc::IFF_UP | libc::IFF_RUNNING;
@@ -199,8 +173,7 @@ impl Queue for AfPacketQueue {
 
     fn stats(&self) -> QueueStats {
         if let Ok(d) = self.sock.take_drops() {
-            self.kernel_drops
-                .set(self.kernel_drops.get() + u64::from(d));
+            self.kernel_drops.set(self.kernel_drops.get() + u64::from(d));
         }
         let mut s = self.stats;
         s.rx_dropped += self.kernel_drops.get();
@@ -209,10 +182,7 @@ impl Queue for AfPacketQueue {
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR)
-    )
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR))
 }
 
 /// Copy up to `max` frames out of the ring into buffers from `pool`, returning blocks to the
@@ -262,11 +232,7 @@ fn rx_walk(
             let Some(mut b) = pool.alloc() else { break };
             let room = b.data_and_tailroom_mut();
             let copied = if vlan {
-                let tpid = if f.status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-                    f.vlan_tpid
-                } else {
-                    0x8100
-                };
+                let tpid = if f.status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { f.vlan_tpid } else { 0x8100 };
                 room[12..14].copy_from_slice(&tpid.to_be_bytes());
                 room[14..16].copy_from_slice(&f.vlan_tci.to_be_bytes());
                 ring.copy_out(cur.block, start, &mut room[..12])
@@ -331,11 +297,7 @@ mod tests {
         let (out, _) = walk(&ring, &mut cur, &pool, 1);
         assert_eq!(out[0].data(), b"a-frame-0000");
         assert_eq!(out[0].headroom(), crate::buffer::HEADROOM);
-        assert_ne!(
-            ring.block_status(0),
-            0,
-            "block 0 still has a frame: not released"
-        );
+        assert_ne!(ring.block_status(0), 0, "block 0 still has a frame: not released");
         let (out, st) = walk(&ring, &mut cur, &pool, 32);
         assert_eq!(
             out.iter().map(|b| b.data().to_vec()).collect::<Vec<_>>(),
@@ -366,15 +328,7 @@ mod tests {
         let ring = RxRing::mock(4096, 2);
         let pool = Pool::new("t", 4).unwrap();
         let o2 = ring.mock_frame(0, 48, 0, b"mine", 0, None, libc::PACKET_OUTGOING);
-        ring.mock_frame(
-            0,
-            48,
-            (o2 - 48) as u32,
-            b"mine",
-            0,
-            None,
-            libc::PACKET_OUTGOING,
-        );
+        ring.mock_frame(0, 48, (o2 - 48) as u32, b"mine", 0, None, libc::PACKET_OUTGOING);
         let o3 = ring.mock_frame(0, o2, 0, b"ok", 0, None, 0);
         ring.mock_frame(0, o2, (o3 - o2) as u32, b"ok", 0, None, 0);
         ring.mock_frame(0, o3, 4000, b"x", 0, None, 0); // next offset points out of the block
@@ -385,11 +339,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].data(), out[1].data()), (&b"ok"[..], &b"x"[..]));
         assert_eq!(st.rx_errors, 2 + 3);
-        assert_eq!(
-            (ring.block_status(0), ring.block_status(1)),
-            (0, 0),
-            "both blocks handed back"
-        );
+        assert_eq!((ring.block_status(0), ring.block_status(1)), (0, 0), "both blocks handed back");
     }
 
     #[test]

@@ -44,37 +44,24 @@ impl Pool {
     pub fn new(name: &str, count: usize) -> Result<Pool, PoolError> {
         let max = Slots::max_count();
         if count == 0 || count > max {
-            return Err(PoolError::BadCount {
-                name: name.to_string(),
-                count,
-                max,
-            });
+            return Err(PoolError::BadCount { name: name.to_string(), count, max });
         }
         let bytes = count * BUF_SIZE;
-        let region = MmapRegion::new(bytes).map_err(|source| PoolError::Mmap {
-            name: name.to_string(),
-            bytes,
-            source,
-        })?;
+        let region =
+            MmapRegion::new(bytes).map_err(|source| PoolError::Mmap { name: name.to_string(), bytes, source })?;
         Pool::with_region(name, region, count)
     }
 
     /// `count` buffers carved from memory the caller supplies (for VFIO: a hugepage DMA region
     /// with its own IOVA). The pool keeps the region until the pool and all its buffers are gone.
     pub fn with_region(name: &str, region: impl Region, count: usize) -> Result<Pool, PoolError> {
-        Ok(Pool {
-            inner: Arc::new(Slots::new(name, Box::new(region), count)?),
-        })
+        Ok(Pool { inner: Arc::new(Slots::new(name, Box::new(region), count)?) })
     }
 
     /// One empty buffer with its window at `HEADROOM`, or `None` if the pool is exhausted.
     #[inline]
     pub fn alloc(&self) -> Option<Buffer> {
-        self.inner.alloc().map(|slot| Buffer {
-            slot,
-            off: HEADROOM as u32,
-            len: 0,
-        })
+        self.inner.alloc().map(|slot| Buffer { slot, off: HEADROOM as u32, len: 0 })
     }
 
     /// Append up to `n` fresh buffers to `out`; returns how many (fewer when the pool runs dry).
@@ -107,11 +94,7 @@ impl Pool {
     }
     /// `(cpu address, size, iova)` of the pool's region.
     pub fn region(&self) -> (usize, usize, u64) {
-        (
-            self.inner.region_base(),
-            self.inner.region_size(),
-            self.inner.region_iova(),
-        )
+        (self.inner.region_base(), self.inner.region_size(), self.inner.region_iova())
     }
 }
 
@@ -190,10 +173,7 @@ impl Buffer {
     #[inline]
     pub fn trim_front(&mut self, n: usize) -> Result<(), BufError> {
         if n > self.len() {
-            return Err(BufError::TooShort {
-                need: n,
-                have: self.len(),
-            });
+            return Err(BufError::TooShort { need: n, have: self.len() });
         }
         self.off += n as u32;
         self.len -= n as u32;
@@ -292,10 +272,7 @@ mod tests {
     fn fresh_buffer_window() {
         let pool = Pool::new("t", 2).unwrap();
         let b = pool.alloc().unwrap();
-        assert_eq!(
-            (b.headroom(), b.len(), b.tailroom()),
-            (HEADROOM, 0, BUF_SIZE - HEADROOM)
-        );
+        assert_eq!((b.headroom(), b.len(), b.tailroom()), (HEADROOM, 0, BUF_SIZE - HEADROOM));
         assert!(b.is_empty());
         assert_eq!(b.pool_id(), pool.id());
     }
@@ -327,25 +304,10 @@ mod tests {
         let mut b = pool.alloc().unwrap();
         b.data_and_tailroom_mut().fill(0xa5);
         assert_eq!(b.append(8).unwrap(), &[0; 8]);
-        assert_eq!(
-            b.prepend(HEADROOM + 1),
-            Err(BufError::NoHeadroom {
-                need: HEADROOM + 1,
-                have: HEADROOM
-            })
-        );
-        assert_eq!(
-            b.trim_front(9),
-            Err(BufError::TooShort { need: 9, have: 8 })
-        );
+        assert_eq!(b.prepend(HEADROOM + 1), Err(BufError::NoHeadroom { need: HEADROOM + 1, have: HEADROOM }));
+        assert_eq!(b.trim_front(9), Err(BufError::TooShort { need: 9, have: 8 }));
         let room = b.tailroom();
-        assert_eq!(
-            b.append(room + 1),
-            Err(BufError::NoTailroom {
-                need: room + 1,
-                have: room
-            })
-        );
+        assert_eq!(b.append(room + 1), Err(BufError::NoTailroom { need: room + 1, have: room }));
         assert_eq!(b.append(room).unwrap().len(), room);
         assert_eq!(b.tailroom(), 0);
         assert_eq!(b.len(), BUF_SIZE - HEADROOM);
@@ -365,10 +327,7 @@ mod tests {
         assert_eq!(b.data(), b"abc");
         assert_eq!(
             b.set_len(BUF_SIZE - HEADROOM + 1),
-            Err(BufError::TooLong {
-                len: BUF_SIZE - HEADROOM + 1,
-                max: BUF_SIZE - HEADROOM
-            })
+            Err(BufError::TooLong { len: BUF_SIZE - HEADROOM + 1, max: BUF_SIZE - HEADROOM })
         );
         b.set_len(BUF_SIZE - HEADROOM).unwrap();
         b.trim_front(1).unwrap();
@@ -398,8 +357,7 @@ mod tests {
         let mut v = Vec::new();
         a.alloc_burst(&mut v, 64);
         b.alloc_burst(&mut v, 64);
-        let (left, right): (Vec<Buffer>, Vec<Buffer>) =
-            v.into_iter().partition(|x| x.slot_index() % 2 == 0);
+        let (left, right): (Vec<Buffer>, Vec<Buffer>) = v.into_iter().partition(|x| x.slot_index() % 2 == 0);
         let t1 = std::thread::spawn(move || drop(left));
         let t2 = std::thread::spawn(move || drop(right));
         t1.join().unwrap();
@@ -411,10 +369,7 @@ mod tests {
     fn iova_is_the_address_inside_the_region_buf_size_apart() {
         let pool = Pool::new("t", 100).unwrap();
         let (base, size, iova) = pool.region();
-        assert_eq!(
-            iova, base as u64,
-            "anonymous memory: IOVA == virtual address"
-        );
+        assert_eq!(iova, base as u64, "anonymous memory: IOVA == virtual address");
         assert!(size >= 100 * BUF_SIZE);
         let mut v = Vec::new();
         assert_eq!(pool.alloc_burst(&mut v, 100), 100);

@@ -21,7 +21,9 @@ pub enum PoolError {
         max: usize,
     },
     /// The region given to `Pool::with_region` cannot hold `count` buffers.
-    #[error("pool {name}: region of {have} bytes is too small for {count} buffers of {BUF_SIZE} bytes ({need} needed)")]
+    #[error(
+        "pool {name}: region of {have} bytes is too small for {count} buffers of {BUF_SIZE} bytes ({need} needed)"
+    )]
     RegionTooSmall {
         /// Pool name.
         name: String,
@@ -85,9 +87,7 @@ pub enum BufError {
         have: usize,
     },
     /// `set_len(len)` beyond the end of the slot.
-    #[error(
-        "buffer: length {len} exceeds the {max} bytes from the data start to the end of the slot"
-    )]
+    #[error("buffer: length {len} exceeds the {max} bytes from the data start to the end of the slot")]
     TooLong {
         /// Length asked for.
         len: usize,
@@ -233,54 +233,26 @@ mod tests {
 
     #[test]
     fn messages_name_the_port_and_what_to_do() {
-        let e = PortError::os(
-            "af_packet:eth9",
-            "SIOCGIFINDEX",
-            io::Error::from_raw_os_error(libc::ENODEV),
-        );
+        let e = PortError::os("af_packet:eth9", "SIOCGIFINDEX", io::Error::from_raw_os_error(libc::ENODEV));
         assert_eq!(
             e.to_string(),
             "af_packet:eth9: no such interface (see `ip link`; is it in another network namespace?)"
         );
-        let e = PortError::os(
-            "tun:wg0",
-            "open /dev/net/tun",
-            io::Error::from_raw_os_error(libc::EACCES),
-        );
-        assert_eq!(
-            e.to_string(),
-            "tun:wg0: open /dev/net/tun: permission denied (run as root or with CAP_NET_ADMIN)"
-        );
-        assert_eq!(
-            e.source().unwrap().to_string(),
-            io::Error::from_raw_os_error(libc::EACCES).to_string()
-        );
-        let e = PortError::os(
-            "tun:wg0",
-            "open /dev/net/tun",
-            io::Error::from_raw_os_error(libc::ENOENT),
-        );
+        let e = PortError::os("tun:wg0", "open /dev/net/tun", io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(e.to_string(), "tun:wg0: open /dev/net/tun: permission denied (run as root or with CAP_NET_ADMIN)");
+        assert_eq!(e.source().unwrap().to_string(), io::Error::from_raw_os_error(libc::EACCES).to_string());
+        let e = PortError::os("tun:wg0", "open /dev/net/tun", io::Error::from_raw_os_error(libc::ENOENT));
         assert!(e.to_string().contains("modprobe tun"), "{e}");
-        let e = PortError::os(
-            "tun:eth0",
-            "TUNSETIFF",
-            io::Error::from_raw_os_error(libc::EINVAL),
-        );
+        let e = PortError::os("tun:eth0", "TUNSETIFF", io::Error::from_raw_os_error(libc::EINVAL));
         assert!(e.to_string().contains("not a multi-queue TUN"), "{e}");
         assert!(e.source().is_some());
     }
 
     #[test]
     fn buf_errors_are_copy_and_readable() {
-        let e = BufError::NoHeadroom {
-            need: 200,
-            have: 128,
-        };
+        let e = BufError::NoHeadroom { need: 200, have: 128 };
         let f = e;
         assert_eq!(e, f);
-        assert_eq!(
-            e.to_string(),
-            "buffer: prepend of 200 bytes but only 128 bytes of headroom"
-        );
+        assert_eq!(e.to_string(), "buffer: prepend of 200 bytes but only 128 bytes of headroom");
     }
 }

@@ -40,16 +40,8 @@ pub fn pair(name_a: &str, name_b: &str, queues: usize, depth: usize) -> (MemPort
     for _ in 0..queues {
         let ab: Ring = Arc::new(ArrayQueue::new(depth));
         let ba: Ring = Arc::new(ArrayQueue::new(depth));
-        a.push(Some(MemQueue {
-            rx: Arc::clone(&ba),
-            tx: Arc::clone(&ab),
-            stats: QueueStats::default(),
-        }));
-        b.push(Some(MemQueue {
-            rx: ab,
-            tx: ba,
-            stats: QueueStats::default(),
-        }));
+        a.push(Some(MemQueue { rx: Arc::clone(&ba), tx: Arc::clone(&ab), stats: QueueStats::default() }));
+        b.push(Some(MemQueue { rx: ab, tx: ba, stats: QueueStats::default() }));
     }
     (MemPort::new(name_a, a), MemPort::new(name_b, b))
 }
@@ -60,11 +52,7 @@ pub fn loopback(name: &str, queues: usize, depth: usize) -> MemPort {
     let qs = (0..queues)
         .map(|_| {
             let r: Ring = Arc::new(ArrayQueue::new(depth));
-            Some(MemQueue {
-                rx: Arc::clone(&r),
-                tx: r,
-                stats: QueueStats::default(),
-            })
+            Some(MemQueue { rx: Arc::clone(&r), tx: r, stats: QueueStats::default() })
         })
         .collect();
     MemPort::new(name, qs)
@@ -72,15 +60,7 @@ pub fn loopback(name: &str, queues: usize, depth: usize) -> MemPort {
 
 impl MemPort {
     fn new(name: &str, queues: Vec<Option<MemQueue>>) -> MemPort {
-        MemPort {
-            info: PortInfo {
-                name: name.to_string(),
-                mac: Some(mac_for(name)),
-                mtu: 1500,
-                kind: "mem",
-            },
-            queues,
-        }
+        MemPort { info: PortInfo { name: name.to_string(), mac: Some(mac_for(name)), mtu: 1500, kind: "mem" }, queues }
     }
 
     /// Change the MTU the port reports (mem does not enforce it).
@@ -97,9 +77,7 @@ impl MemPort {
 /// A stable locally administered unicast MAC from the name (FNV-1a), so a traffic generator
 /// can address a mem port.
 fn mac_for(name: &str) -> [u8; 6] {
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let b = h.to_be_bytes();
     [0x02, b[3], b[4], b[5], b[6], b[7]]
 }
@@ -120,8 +98,7 @@ impl Port for MemPort {
         self.queues.len()
     }
     fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>> {
-        self.take_mem_queue(q)
-            .map(|q| Box::new(q) as Box<dyn Queue>)
+        self.take_mem_queue(q).map(|q| Box::new(q) as Box<dyn Queue>)
     }
     fn link_up(&self) -> bool {
         true
@@ -182,9 +159,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let mut b = pool.alloc().unwrap();
-                b.append(8)
-                    .unwrap()
-                    .copy_from_slice(&(i as u64).to_be_bytes());
+                b.append(8).unwrap().copy_from_slice(&(i as u64).to_be_bytes());
                 b
             })
             .collect()
@@ -205,19 +180,12 @@ mod tests {
         assert_eq!(b0.rx_burst(&pool, &mut out, 32), 0);
         assert_eq!(b1.rx_burst(&pool, &mut out, 2), 2);
         assert_eq!(b1.rx_burst(&pool, &mut out, 32), 1);
-        assert_eq!(
-            out.iter().map(Buffer::iova).collect::<Vec<_>>(),
-            iovas,
-            "same buffers, in order"
-        );
+        assert_eq!(out.iter().map(Buffer::iova).collect::<Vec<_>>(), iovas, "same buffers, in order");
         assert_eq!(out[2].data(), &2u64.to_be_bytes());
         assert_eq!(b1.tx_burst(&mut out), 3);
         assert_eq!(a1.rx_burst(&pool, &mut out, 32), 3);
         let s = a1.stats();
-        assert_eq!(
-            (s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes),
-            (3, 24, 3, 24)
-        );
+        assert_eq!((s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes), (3, 24, 3, 24));
         assert!(a1.poll_fd().is_none());
     }
 

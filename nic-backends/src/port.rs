@@ -108,36 +108,22 @@ pub struct PortOptions {
 
 impl Default for PortOptions {
     fn default() -> Self {
-        PortOptions {
-            queues: 1,
-            fanout: Fanout::Hash,
-            mtu: None,
-        }
+        PortOptions { queues: 1, fanout: Fanout::Hash, mtu: None }
     }
 }
 
 /// Open a port from its string: "af_packet:IFACE", "tun:NAME", "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
-        return Err(PortError::BadSpec {
-            spec: spec.to_string(),
-        });
+        return Err(PortError::BadSpec { spec: spec.to_string() });
     };
     if opts.queues == 0 {
-        return Err(PortError::BadOptions {
-            spec: spec.to_string(),
-            problem: "queues must be at least 1".into(),
-        });
+        return Err(PortError::BadOptions { spec: spec.to_string(), problem: "queues must be at least 1".into() });
     }
-    let missing = |example| PortError::MissingName {
-        spec: spec.to_string(),
-        example,
-    };
+    let missing = |example| PortError::MissingName { spec: spec.to_string(), example };
     match backend {
         "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),
-        "af_packet" => Ok(Box::new(crate::af_packet::AfPacketPort::open(
-            spec, name, opts,
-        )?)),
+        "af_packet" => Ok(Box::new(crate::af_packet::AfPacketPort::open(spec, name, opts)?)),
         "tun" if name.is_empty() => Err(missing("tun:wg0")),
         "tun" => Ok(Box::new(crate::tun::TunPort::open(spec, name, opts)?)),
         "mem" if name.is_empty() => Err(missing("mem:test")),
@@ -148,10 +134,7 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
             }
             Ok(Box::new(p))
         }
-        _ => Err(PortError::UnknownBackend {
-            spec: spec.to_string(),
-            backend: backend.to_string(),
-        }),
+        _ => Err(PortError::UnknownBackend { spec: spec.to_string(), backend: backend.to_string() }),
     }
 }
 
@@ -184,68 +167,23 @@ mod tests {
 
     #[test]
     fn bad_strings_are_named() {
-        assert_eq!(
-            err("eth0"),
-            "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0 or mem:test"
-        );
-        assert_eq!(
-            err("xdp:eth0"),
-            "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem)"
-        );
-        assert_eq!(
-            err("af_packet:"),
-            "af_packet:: missing interface name after the colon (e.g. af_packet:eth1)"
-        );
-        assert_eq!(
-            err("tun:"),
-            "tun:: missing interface name after the colon (e.g. tun:wg0)"
-        );
+        assert_eq!(err("eth0"), "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0 or mem:test");
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem)");
+        assert_eq!(err("af_packet:"), "af_packet:: missing interface name after the colon (e.g. af_packet:eth1)");
+        assert_eq!(err("tun:"), "tun:: missing interface name after the colon (e.g. tun:wg0)");
         assert!(err("mem:").contains("missing interface name"));
-        assert_eq!(
-            err("tun:a234567890123456"),
-            "tun:a234567890123456: invalid interface name: longer than 15 bytes"
-        );
+        assert_eq!(err("tun:a234567890123456"), "tun:a234567890123456: invalid interface name: longer than 15 bytes");
         assert!(err("af_packet:a/b").contains("invalid interface name"));
-        let e = open(
-            "mem:x",
-            &PortOptions {
-                queues: 0,
-                ..Default::default()
-            },
-        )
-        .err()
-        .unwrap();
+        let e = open("mem:x", &PortOptions { queues: 0, ..Default::default() }).err().unwrap();
         assert_eq!(e.to_string(), "mem:x: queues must be at least 1");
-        let e = open(
-            "tun:x",
-            &PortOptions {
-                mtu: Some(9000),
-                ..Default::default()
-            },
-        )
-        .err()
-        .unwrap();
-        assert!(
-            e.to_string()
-                .starts_with("tun:x: MTU 9000 out of range 68..=1888"),
-            "{e}"
-        );
+        let e = open("tun:x", &PortOptions { mtu: Some(9000), ..Default::default() }).err().unwrap();
+        assert!(e.to_string().starts_with("tun:x: MTU 9000 out of range 68..=1888"), "{e}");
     }
 
     #[test]
     fn mem_string_opens_a_loopback() {
-        let mut p = open(
-            "mem:lo0",
-            &PortOptions {
-                queues: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            (p.info().kind, p.info().name.as_str(), p.num_queues()),
-            ("mem", "lo0", 2)
-        );
+        let mut p = open("mem:lo0", &PortOptions { queues: 2, ..Default::default() }).unwrap();
+        assert_eq!((p.info().kind, p.info().name.as_str(), p.num_queues()), ("mem", "lo0", 2));
         assert!(p.link_up());
         let pool = Pool::new("t", 8).unwrap();
         let mut q1 = p.take_queue(1).unwrap();
@@ -259,10 +197,6 @@ mod tests {
         assert_eq!(q1.rx_burst(&pool, &mut out, 32), 1);
         assert_eq!(out[0].data(), b"abc");
         let mut q0 = p.take_queue(0).unwrap();
-        assert_eq!(
-            q0.rx_burst(&pool, &mut out, 32),
-            0,
-            "loopback stays on the queue index"
-        );
+        assert_eq!(q0.rx_burst(&pool, &mut out, 32), 0, "loopback stays on the queue index");
     }
 }

@@ -39,10 +39,7 @@ pub struct TunQueue {
 
 impl TunPort {
     pub(crate) fn open(spec: &str, name: &str, opts: &PortOptions) -> Result<TunPort, PortError> {
-        let mut name = IfName::new(name).map_err(|reason| PortError::BadName {
-            spec: spec.to_string(),
-            reason,
-        })?;
+        let mut name = IfName::new(name).map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })?;
         let mtu = opts.mtu.unwrap_or(DEFAULT_MTU);
         check_mtu(spec, mtu, 0)?;
         let os = |op| move |e| PortError::os(spec, op, e);
@@ -57,10 +54,7 @@ impl TunPort {
                 .map_err(os("open /dev/net/tun"))?;
             // The first attach may resolve a "%d" template; the others use the result.
             name = ioctl::tun_set_iff(file.as_fd(), &name, flags).map_err(os("TUNSETIFF"))?;
-            queues.push(Some(TunQueue {
-                file,
-                stats: QueueStats::default(),
-            }));
+            queues.push(Some(TunQueue { file, stats: QueueStats::default() }));
         }
         let ctl = ioctl::control_socket().map_err(os("socket(AF_INET)"))?;
         ioctl::set_mtu(ctl.as_fd(), &name, mtu).map_err(os("SIOCSIFMTU"))?;
@@ -68,18 +62,8 @@ impl TunPort {
         if f & libc::IFF_UP == 0 {
             ioctl::set_flags(ctl.as_fd(), &name, f | libc::IFF_UP).map_err(os("SIOCSIFFLAGS"))?;
         }
-        let info = PortInfo {
-            name: name.as_str(),
-            mac: None,
-            mtu,
-            kind: "tun",
-        };
-        Ok(TunPort {
-            info,
-            name,
-            ctl,
-            queues,
-        })
+        let info = PortInfo { name: name.as_str(), mac: None, mtu, kind: "tun" };
+        Ok(TunPort { info, name, ctl, queues })
     }
 }
 
@@ -91,10 +75,7 @@ impl Port for TunPort {
         self.queues.len()
     }
     fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>> {
-        self.queues
-            .get_mut(q)?
-            .take()
-            .map(|q| Box::new(q) as Box<dyn Queue>)
+        self.queues.get_mut(q)?.take().map(|q| Box::new(q) as Box<dyn Queue>)
     }
     fn link_up(&self) -> bool {
         let up = libc::IFF_UP | libc::IFF_RUNNING;
@@ -139,9 +120,7 @@ impl Queue for TunQueue {
                     self.stats.tx_packets += 1;
                     self.stats.tx_bytes += b.len() as u64;
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                    break
-                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
                 // Refused for itself (not IPv4/IPv6, too short): take it, count it.
                 Err(_) => self.stats.tx_errors += 1,

@@ -25,15 +25,7 @@ fn veth() -> NetNs {
 }
 
 fn port(name: &str, queues: usize, fanout: Fanout) -> Box<dyn Port> {
-    open(
-        &format!("af_packet:{name}"),
-        &PortOptions {
-            queues,
-            fanout,
-            mtu: None,
-        },
-    )
-    .unwrap()
+    open(&format!("af_packet:{name}"), &PortOptions { queues, fanout, mtu: None }).unwrap()
 }
 
 /// Ethernet frame `dst <- src`, EtherType ETH_TEST, `len` bytes in all, carrying `seq`.
@@ -76,10 +68,7 @@ fn frames_cross_the_veth_and_port_info_is_read() {
     let mut a = port("va", 1, Fanout::Hash);
     let mut b = port("vb", 1, Fanout::Hash);
     let i = a.info();
-    assert_eq!(
-        (i.name.as_str(), i.mac, i.mtu, i.kind),
-        ("va", Some(MAC_A), 1500, "af_packet")
-    );
+    assert_eq!((i.name.as_str(), i.mac, i.mtu, i.kind), ("va", Some(MAC_A), 1500, "af_packet"));
     assert_eq!(b.info().mac, Some(MAC_B));
     assert!(a.link_up() && b.link_up());
     let (mut qa, mut qb) = (a.take_queue(0).unwrap(), b.take_queue(0).unwrap());
@@ -87,19 +76,11 @@ fn frames_cross_the_veth_and_port_info_is_read() {
     assert!(qa.poll_fd().is_some());
     let pool = Pool::new("afp", 256).unwrap();
 
-    let v: Vec<Buffer> = (0..10)
-        .map(|s| frame(&pool, MAC_A, MAC_B, s, 64 + s as usize))
-        .collect();
+    let v: Vec<Buffer> = (0..10).map(|s| frame(&pool, MAC_A, MAC_B, s, 64 + s as usize)).collect();
     let sent: Vec<Vec<u8>> = v.iter().map(|b| b.data().to_vec()).collect();
     send_all(qb.as_mut(), v);
-    let got = rx_until(qa.as_mut(), &pool, |g| {
-        g.iter().filter(|b| ours(b)).count() >= 10
-    });
-    let got: Vec<Vec<u8>> = got
-        .iter()
-        .filter(|b| ours(b))
-        .map(|b| b.data().to_vec())
-        .collect();
+    let got = rx_until(qa.as_mut(), &pool, |g| g.iter().filter(|b| ours(b)).count() >= 10);
+    let got: Vec<Vec<u8>> = got.iter().filter(|b| ours(b)).map(|b| b.data().to_vec()).collect();
     assert_eq!(got, sent);
     assert_eq!(qb.stats().tx_packets, 10);
     assert!(qa.stats().rx_packets >= 10);
@@ -110,25 +91,15 @@ fn frames_cross_the_veth_and_port_info_is_read() {
     let mut qa2 = a2.take_queue(0).unwrap();
     send_all(qa2.as_mut(), vec![frame(&pool, MAC_B, MAC_A, 99, 80)]);
     let at_b = rx_until(qb.as_mut(), &pool, |g| g.iter().any(ours));
-    assert_eq!(
-        at_b.iter().filter(|b| ours(b)).map(seq).collect::<Vec<_>>(),
-        [99]
-    );
+    assert_eq!(at_b.iter().filter(|b| ours(b)).map(seq).collect::<Vec<_>>(), [99]);
     let echo = rx_for(qa.as_mut(), &pool, Duration::from_millis(100));
-    assert_eq!(
-        echo.iter().filter(|b| ours(b)).count(),
-        0,
-        "outgoing frames received"
-    );
+    assert_eq!(echo.iter().filter(|b| ours(b)).count(), 0, "outgoing frames received");
 
     // And the other way.
     send_all(qa.as_mut(), vec![frame(&pool, MAC_B, MAC_A, 77, 1514)]);
     let got = rx_until(qb.as_mut(), &pool, |g| g.iter().any(ours));
     let f = got.iter().find(|b| ours(b)).unwrap();
-    assert_eq!(
-        (seq(f), f.len(), f.headroom()),
-        (77, 1514, nic_backends::HEADROOM)
-    );
+    assert_eq!((seq(f), f.len(), f.headroom()), (77, 1514, nic_backends::HEADROOM));
 
     ns.ip("link set va down");
     assert!(!a.link_up());
@@ -145,17 +116,13 @@ fn a_burst_of_1000_frames_of_varying_sizes_arrives_intact() {
     let mut expect = Vec::new();
     let mut got = Vec::new();
     for chunk in 0..1000u32 / 50 {
-        let v: Vec<Buffer> = (chunk * 50..chunk * 50 + 50)
-            .map(|s| frame(&txp, MAC_A, MAC_B, s, sizes(s)))
-            .collect();
+        let v: Vec<Buffer> = (chunk * 50..chunk * 50 + 50).map(|s| frame(&txp, MAC_A, MAC_B, s, sizes(s))).collect();
         expect.extend(v.iter().map(|b| b.data().to_vec()));
         send_all(qb.as_mut(), v);
         qa.rx_burst(&rxp, &mut got, 64);
         got.retain(ours);
     }
-    got.extend(rx_until(qa.as_mut(), &rxp, |g| {
-        g.iter().filter(|b| ours(b)).count() + got.len() >= 1000
-    }));
+    got.extend(rx_until(qa.as_mut(), &rxp, |g| g.iter().filter(|b| ours(b)).count() + got.len() >= 1000));
     got.retain(ours);
     assert_eq!(got.len(), 1000, "stats: {:?}", qa.stats());
     for (g, e) in got.iter().zip(&expect) {
@@ -163,11 +130,7 @@ fn a_burst_of_1000_frames_of_varying_sizes_arrives_intact() {
     }
     assert_eq!(qa.stats().rx_dropped + qa.stats().rx_errors, 0);
     drop(got);
-    assert_eq!(
-        txp.available(),
-        1024,
-        "sent buffers went back to their pool"
-    );
+    assert_eq!(txp.available(), 1024, "sent buffers went back to their pool");
 }
 
 /// Send `n` frames b -> a and collect what each of a's queues got.
@@ -183,9 +146,7 @@ fn fanout_counts(fanout: Fanout, n: u32) -> (Vec<Vec<u32>>, NetNs) {
     send_all(qb.as_mut(), v);
     let mut seen = vec![Vec::new(), Vec::new()];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while seen.iter().map(Vec::len).sum::<usize>() < n as usize
-        && std::time::Instant::now() < deadline
-    {
+    while seen.iter().map(Vec::len).sum::<usize>() < n as usize && std::time::Instant::now() < deadline {
         for (q, s) in qs.iter_mut().zip(seen.iter_mut()) {
             let mut out = Vec::new();
             q.rx_burst(&pool, &mut out, 64);
@@ -205,34 +166,21 @@ fn fanout_counts(fanout: Fanout, n: u32) -> (Vec<Vec<u32>>, NetNs) {
 fn each_once(seen: &[Vec<u32>], n: u32) {
     let all: Vec<u32> = seen.iter().flatten().copied().collect();
     assert_eq!(all.len(), n as usize, "duplicates or losses: {seen:?}");
-    assert_eq!(
-        all.iter().copied().collect::<HashSet<_>>(),
-        (0..n).collect()
-    );
+    assert_eq!(all.iter().copied().collect::<HashSet<_>>(), (0..n).collect());
 }
 
 #[test]
 fn load_balance_fanout_spreads_one_flow_over_both_queues() {
     let (seen, _ns) = fanout_counts(Fanout::LoadBalance, 200);
     each_once(&seen, 200);
-    assert!(
-        seen[0].len() >= 50 && seen[1].len() >= 50,
-        "{} / {}",
-        seen[0].len(),
-        seen[1].len()
-    );
+    assert!(seen[0].len() >= 50 && seen[1].len() >= 50, "{} / {}", seen[0].len(), seen[1].len());
 }
 
 #[test]
 fn hash_fanout_delivers_each_frame_once_and_keeps_a_flow_on_one_queue() {
     let (seen, _ns) = fanout_counts(Fanout::Hash, 200);
     each_once(&seen, 200);
-    assert!(
-        seen[0].is_empty() || seen[1].is_empty(),
-        "one flow split: {} / {}",
-        seen[0].len(),
-        seen[1].len()
-    );
+    assert!(seen[0].is_empty() || seen[1].is_empty(), "one flow split: {} / {}", seen[0].len(), seen[1].len());
 }
 
 #[test]
@@ -250,28 +198,15 @@ fn vlan_tag_arrives_in_the_frame() {
     d[18..].fill(0x5a);
     let want = d.to_vec();
     send_all(qb.as_mut(), vec![f]);
-    let got = rx_until(qa.as_mut(), &pool, |g| {
-        g.iter().any(|b| b.data().starts_with(&want[..12]))
-    });
-    let g = got
-        .iter()
-        .find(|b| b.data().starts_with(&want[..12]))
-        .unwrap();
+    let got = rx_until(qa.as_mut(), &pool, |g| g.iter().any(|b| b.data().starts_with(&want[..12])));
+    let g = got.iter().find(|b| b.data().starts_with(&want[..12])).unwrap();
     assert_eq!(g.data(), &want[..]);
 }
 
 #[test]
 fn bad_frames_are_counted_not_stuck_and_mtu_option_is_applied() {
     let ns = veth();
-    let mut b = open(
-        "af_packet:vb",
-        &PortOptions {
-            queues: 1,
-            fanout: Fanout::Hash,
-            mtu: Some(1400),
-        },
-    )
-    .unwrap();
+    let mut b = open("af_packet:vb", &PortOptions { queues: 1, fanout: Fanout::Hash, mtu: Some(1400) }).unwrap();
     assert_eq!(b.info().mtu, 1400);
     let (ok, out) = ns.ip_try("link show vb");
     assert!(ok && out.contains("mtu 1400"), "{out}");
@@ -289,17 +224,8 @@ fn bad_frames_are_counted_not_stuck_and_mtu_option_is_applied() {
 #[test]
 fn errors_name_the_port() {
     let _ns = NetNs::enter("afperr");
-    let e = open("af_packet:eth9", &PortOptions::default())
-        .err()
-        .unwrap();
-    assert_eq!(
-        e.to_string(),
-        "af_packet:eth9: no such interface (see `ip link`; is it in another network namespace?)"
-    );
+    let e = open("af_packet:eth9", &PortOptions::default()).err().unwrap();
+    assert_eq!(e.to_string(), "af_packet:eth9: no such interface (see `ip link`; is it in another network namespace?)");
     let e = open("af_packet:lo", &PortOptions::default()).err().unwrap();
-    assert!(
-        e.to_string()
-            .starts_with("af_packet:lo: not an Ethernet interface"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("af_packet:lo: not an Ethernet interface"), "{e}");
 }

@@ -11,22 +11,11 @@ use common::NetNs;
 use nic_backends::{open, Buffer, Pool, Port, PortOptions};
 
 fn tun(name: &str, queues: usize, mtu: Option<usize>) -> Box<dyn Port> {
-    open(
-        &format!("tun:{name}"),
-        &PortOptions {
-            queues,
-            mtu,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    open(&format!("tun:{name}"), &PortOptions { queues, mtu, ..Default::default() }).unwrap()
 }
 
 fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut s: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
@@ -38,9 +27,7 @@ fn udp4(pool: &Pool, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8])
     let mut b = pool.alloc().unwrap();
     let total = 28 + payload.len();
     let p = b.append(total).unwrap();
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
+    p[..20].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     p[12..16].copy_from_slice(&src.0.octets());
     p[16..20].copy_from_slice(&dst.0.octets());
@@ -56,18 +43,10 @@ fn udp4(pool: &Pool, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8])
 /// Is `b` an IPv4/UDP packet to `dst`? Then its source and payload.
 fn parse_udp4(b: &Buffer, dst: (Ipv4Addr, u16)) -> Option<((Ipv4Addr, u16), Vec<u8>)> {
     let p = b.data();
-    if p.len() < 28
-        || p[0] != 0x45
-        || p[9] != 17
-        || p[16..20] != dst.0.octets()
-        || p[22..24] != dst.1.to_be_bytes()
-    {
+    if p.len() < 28 || p[0] != 0x45 || p[9] != 17 || p[16..20] != dst.0.octets() || p[22..24] != dst.1.to_be_bytes() {
         return None;
     }
-    let src = (
-        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
-        u16::from_be_bytes([p[20], p[21]]),
-    );
+    let src = (Ipv4Addr::new(p[12], p[13], p[14], p[15]), u16::from_be_bytes([p[20], p[21]]));
     Some((src, p[28..].to_vec()))
 }
 
@@ -76,21 +55,13 @@ fn kernel_traffic_is_read_and_written_packets_reach_a_socket() {
     let ns = NetNs::enter("tun");
     let mut port = tun("nbtun0", 2, None);
     assert_eq!(
-        (
-            port.info().name.as_str(),
-            port.info().mtu,
-            port.info().mac,
-            port.info().kind
-        ),
+        (port.info().name.as_str(), port.info().mtu, port.info().mac, port.info().kind),
         ("nbtun0", 1420, None, "tun")
     );
     assert_eq!(port.num_queues(), 2);
     assert!(port.link_up());
     let (ok, out) = ns.ip_try("link show nbtun0");
-    assert!(
-        ok && out.contains("mtu 1420") && out.contains(",UP"),
-        "{out}"
-    );
+    assert!(ok && out.contains("mtu 1420") && out.contains(",UP"), "{out}");
     ns.ip("addr add 10.77.0.1/24 dev nbtun0");
     let mut qs = [port.take_queue(0).unwrap(), port.take_queue(1).unwrap()];
     assert!(qs[0].poll_fd().is_some());
@@ -98,10 +69,7 @@ fn kernel_traffic_is_read_and_written_packets_reach_a_socket() {
 
     let sock = UdpSocket::bind("10.77.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let me = (
-        Ipv4Addr::new(10, 77, 0, 1),
-        sock.local_addr().unwrap().port(),
-    );
+    let me = (Ipv4Addr::new(10, 77, 0, 1), sock.local_addr().unwrap().port());
     let peer = (Ipv4Addr::new(10, 77, 0, 2), 9999);
     sock.send_to(b"hello tun", (peer.0, peer.1)).unwrap();
 
@@ -125,13 +93,8 @@ fn kernel_traffic_is_read_and_written_packets_reach_a_socket() {
     assert_eq!(qs[1].tx_burst(&mut v), 1);
     assert!(v.is_empty());
     let mut buf = [0u8; 64];
-    let (n, from) = sock
-        .recv_from(&mut buf)
-        .expect("packet written to the TUN reaches the socket");
-    assert_eq!(
-        (&buf[..n], from),
-        (&b"hello kernel"[..], (peer.0, peer.1).into())
-    );
+    let (n, from) = sock.recv_from(&mut buf).expect("packet written to the TUN reaches the socket");
+    assert_eq!((&buf[..n], from), (&b"hello kernel"[..], (peer.0, peer.1).into()));
     assert_eq!(qs[1].stats().tx_packets, 1);
 
     // Not an IP packet: refused by the kernel, taken and counted.
@@ -151,10 +114,7 @@ fn interface_disappears_when_the_port_and_all_queues_are_dropped() {
     assert!(ok && out.contains("mtu 1280"), "{out}");
     let q = port.take_queue(0).unwrap();
     drop(port);
-    assert!(
-        ns.ip_try("link show nbtun1").0,
-        "one queue still open: the interface stays"
-    );
+    assert!(ns.ip_try("link show nbtun1").0, "one queue still open: the interface stays");
     drop(q);
     assert!(!ns.ip_try("link show nbtun1").0, "interface left behind");
 }
@@ -164,19 +124,13 @@ fn errors_name_the_port_and_what_to_do() {
     let ns = NetNs::enter("tunerr");
     ns.ip("link add nbveth0 type veth peer name nbveth1");
     let e = open("tun:nbveth0", &PortOptions::default()).err().unwrap();
-    assert!(e.to_string().starts_with("tun:nbveth0: TUNSETIFF failed (an interface of that name exists and is not a multi-queue TUN)"), "{e}");
-    let e = open(
-        "tun:nbtun2",
-        &PortOptions {
-            mtu: Some(60),
-            ..Default::default()
-        },
-    )
-    .err()
-    .unwrap();
     assert!(
-        e.to_string().starts_with("tun:nbtun2: MTU 60 out of range"),
+        e.to_string().starts_with(
+            "tun:nbveth0: TUNSETIFF failed (an interface of that name exists and is not a multi-queue TUN)"
+        ),
         "{e}"
     );
+    let e = open("tun:nbtun2", &PortOptions { mtu: Some(60), ..Default::default() }).err().unwrap();
+    assert!(e.to_string().starts_with("tun:nbtun2: MTU 60 out of range"), "{e}");
     assert!(!ns.ip_try("link show nbtun2").0);
 }

@@ -24,19 +24,9 @@ pub struct Ctx {
 impl Ctx {
     /// Creates `$TMPDIR/wgpmd-e2e-<name>-<pid>-<counter>/`.
     pub fn new(name: &str) -> Result<Ctx> {
-        let dir = std::env::temp_dir().join(format!(
-            "wgpmd-e2e-{name}-{}-{}",
-            std::process::id(),
-            next_id()
-        ));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Ctx {
-            name: name.to_string(),
-            dir,
-            failed: Cell::new(false),
-            started: Instant::now(),
-        })
+        let dir = std::env::temp_dir().join(format!("wgpmd-e2e-{name}-{}-{}", std::process::id(), next_id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Ctx { name: name.to_string(), dir, failed: Cell::new(false), started: Instant::now() })
     }
 
     pub fn name(&self) -> &str {
@@ -93,11 +83,7 @@ impl Drop for Ctx {
             self.print_logs(40);
             eprintln!("[e2e] logs and configs kept in {}", self.dir.display());
         } else if std::env::var_os("WGPMD_E2E_KEEP").is_some_and(|v| v == "1") {
-            eprintln!(
-                "[e2e] {} passed in {secs:.1} s; kept {}",
-                self.name,
-                self.dir.display()
-            );
+            eprintln!("[e2e] {} passed in {secs:.1} s; kept {}", self.name, self.dir.display());
         } else {
             eprintln!("[e2e] {} passed in {secs:.1} s", self.name);
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -17,9 +17,7 @@ impl KeyPair {
     /// A fresh key pair from /dev/urandom, clamped like `wg genkey`.
     pub fn generate() -> KeyPair {
         let mut b = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut b))
-            .expect("reading /dev/urandom");
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).expect("reading /dev/urandom");
         b[0] &= 248;
         b[31] = (b[31] & 127) | 64;
         Self::from_private(b)
@@ -63,9 +61,7 @@ pub fn public_key_b64(private_b64: &str) -> Result<String> {
 }
 
 pub(crate) fn decode_key(s: &str) -> Result<[u8; 32]> {
-    let v = B64
-        .decode(s.trim())
-        .with_context(|| format!("key {s:?} is not base64"))?;
+    let v = B64.decode(s.trim()).with_context(|| format!("key {s:?} is not base64"))?;
     if v.len() != 32 {
         bail!("key {s:?} is {} bytes, not 32", v.len());
     }

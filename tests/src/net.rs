@@ -27,14 +27,10 @@ impl PingStats {
             .find(|l| l.contains("packets transmitted"))
             .with_context(|| format!("no summary in ping output: {text:?}"))?;
         let num_before = |word: &str| -> Result<f64> {
-            let part = line
-                .split(',')
-                .find(|p| p.contains(word))
-                .with_context(|| format!("no {word:?} in {line:?}"))?;
+            let part =
+                line.split(',').find(|p| p.contains(word)).with_context(|| format!("no {word:?} in {line:?}"))?;
             let tok = part.split_whitespace().next().unwrap_or("");
-            tok.trim_end_matches('%')
-                .parse::<f64>()
-                .with_context(|| format!("{word:?} in {line:?}"))
+            tok.trim_end_matches('%').parse::<f64>().with_context(|| format!("{word:?} in {line:?}"))
         };
         let transmitted = num_before("transmitted")? as u32;
         let received = num_before("received")? as u32;
@@ -45,12 +41,7 @@ impl PingStats {
             .and_then(|l| l.split('=').nth(1))
             .and_then(|v| v.trim().split('/').nth(1))
             .and_then(|v| v.parse().ok());
-        Ok(PingStats {
-            transmitted,
-            received,
-            loss_percent,
-            rtt_avg_ms,
-        })
+        Ok(PingStats { transmitted, received, loss_percent, rtt_avg_ms })
     }
 }
 
@@ -64,12 +55,8 @@ pub fn ping(ns: &Netns, addr: impl Display, count: u32) -> Result<PingStats> {
         secs(30) + Duration::from_millis(200 * count as u64),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
-    PingStats::parse(&text).with_context(|| {
-        format!(
-            "ping {addr} in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })
+    PingStats::parse(&text)
+        .with_context(|| format!("ping {addr} in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim()))
 }
 
 /// Like [`ping`], but requires every one of the `count` echo requests to be answered, and
@@ -84,33 +71,19 @@ pub fn ping_replied(ns: &Netns, addr: impl Display, count: u32) -> Result<PingSt
     let reps0 = ns.snmp_counter("Icmp", "InEchoReps")?;
     let st = ping(ns, &addr, count)?;
     if st.transmitted != count {
-        bail!(
-            "ping {addr} from {ns}: sent {} of {count} requests: {st:?}",
-            st.transmitted
-        );
+        bail!("ping {addr} from {ns}: sent {} of {count} requests: {st:?}", st.transmitted);
     }
     if st.received == count {
         return Ok(st);
     }
     let mut got = 0;
-    wait_until(
-        &format!("{count} echo replies from {addr} in {ns} (ping saw {st:?})"),
-        secs(10),
-        || {
-            got = ns.snmp_counter("Icmp", "InEchoReps")? - reps0;
-            Ok((got >= count as u64).then_some(()))
-        },
-    )
-    .with_context(|| format!("the kernel of {ns} received {got} echo replies"))?;
-    eprintln!(
-        "[e2e] ping {addr} from {ns}: ping saw {} of {count} replies, the rest came late",
-        st.received
-    );
-    Ok(PingStats {
-        received: count,
-        loss_percent: 0.0,
-        ..st
+    wait_until(&format!("{count} echo replies from {addr} in {ns} (ping saw {st:?})"), secs(10), || {
+        got = ns.snmp_counter("Icmp", "InEchoReps")? - reps0;
+        Ok((got >= count as u64).then_some(()))
     })
+    .with_context(|| format!("the kernel of {ns} received {got} echo replies"))?;
+    eprintln!("[e2e] ping {addr} from {ns}: ping saw {} of {count} replies, the rest came late", st.received);
+    Ok(PingStats { received: count, loss_percent: 0.0, ..st })
 }
 
 /// Pings `addr` from `ns` once a second (one packet each) until a reply comes back, and returns
@@ -118,14 +91,10 @@ pub fn ping_replied(ns: &Netns, addr: impl Display, count: u32) -> Result<PingSt
 pub fn wait_for_ping(ns: &Netns, addr: impl Display, timeout: Duration) -> Result<Duration> {
     let addr = addr.to_string();
     let t0 = Instant::now();
-    wait_until(
-        &format!("a ping reply from {addr} in {ns}"),
-        timeout,
-        || {
-            let out = ns.exec_timeout(&["ping", "-n", "-c", "1", "-W", "1", &addr], secs(30))?;
-            Ok(out.status.success().then_some(()))
-        },
-    )?;
+    wait_until(&format!("a ping reply from {addr} in {ns}"), timeout, || {
+        let out = ns.exec_timeout(&["ping", "-n", "-c", "1", "-W", "1", &addr], secs(30))?;
+        Ok(out.status.success().then_some(()))
+    })?;
     Ok(t0.elapsed())
 }
 
@@ -164,54 +133,24 @@ pub fn iperf3_report(
 ) -> Result<IperfReport> {
     const PORT: &str = "5201";
     let addr = server_addr.to_string();
-    let log = std::env::temp_dir().join(format!(
-        "wgpmd-e2e-iperf3-server-{}-{}.log",
-        std::process::id(),
-        next_id()
-    ));
-    let mut server = Proc::spawn_logged(
-        server_ns,
-        "iperf3-server",
-        &["iperf3", "-s", "-1", "-B", &addr, "-p", PORT],
-        &[],
-        &log,
-    )?;
+    let log = std::env::temp_dir().join(format!("wgpmd-e2e-iperf3-server-{}-{}.log", std::process::id(), next_id()));
+    let mut server =
+        Proc::spawn_logged(server_ns, "iperf3-server", &["iperf3", "-s", "-1", "-B", &addr, "-p", PORT], &[], &log)?;
     let result = (|| -> Result<IperfReport> {
-        wait_until(
-            &format!("iperf3 server listening on {addr}:{PORT} in {server_ns}"),
-            secs(30),
-            || {
-                server.ensure_running()?;
-                let out =
-                    server_ns.run(&["ss", "-H", "-l", "-t", "-n", &format!("sport = :{PORT}")])?;
-                Ok((!out.trim().is_empty()).then_some(()))
-            },
-        )?;
+        wait_until(&format!("iperf3 server listening on {addr}:{PORT} in {server_ns}"), secs(30), || {
+            server.ensure_running()?;
+            let out = server_ns.run(&["ss", "-H", "-l", "-t", "-n", &format!("sport = :{PORT}")])?;
+            Ok((!out.trim().is_empty()).then_some(()))
+        })?;
         let t = duration_secs.to_string();
-        let mut args = vec![
-            "iperf3",
-            "-c",
-            &addr,
-            "-p",
-            PORT,
-            "-t",
-            &t,
-            "-J",
-            "--connect-timeout",
-            "10000",
-        ];
+        let mut args = vec!["iperf3", "-c", &addr, "-p", PORT, "-t", &t, "-J", "--connect-timeout", "10000"];
         if reverse {
             args.push("-R");
         }
-        let out =
-            client_ns.exec_timeout(&args, secs(60) + Duration::from_secs(duration_secs as u64))?;
-        let report =
-            parse_iperf3_json(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
-                format!(
-                    "iperf3 client in {client_ns}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-            })?;
+        let out = client_ns.exec_timeout(&args, secs(60) + Duration::from_secs(duration_secs as u64))?;
+        let report = parse_iperf3_json(&String::from_utf8_lossy(&out.stdout)).with_context(|| {
+            format!("iperf3 client in {client_ns}: {}", String::from_utf8_lossy(&out.stderr).trim())
+        })?;
         // The one-shot server exits by itself after the test.
         let _ = server.wait_timeout(secs(10));
         Ok(report)
@@ -222,25 +161,22 @@ pub fn iperf3_report(
             let _ = std::fs::remove_file(&log);
             Ok(r)
         }
-        Err(e) => Err(e.context(format!(
-            "iperf3 server log ({}):\n{}",
-            log.display(),
-            crate::util::tail_file(&log, 20)
-        ))),
+        Err(e) => {
+            Err(e.context(format!("iperf3 server log ({}):\n{}", log.display(), crate::util::tail_file(&log, 20))))
+        }
     }
 }
 
 /// Parses iperf3's `-J` output of a TCP test.
 pub(crate) fn parse_iperf3_json(text: &str) -> Result<IperfReport> {
-    let v: serde_json::Value = serde_json::from_str(text)
-        .with_context(|| format!("iperf3 output is not JSON: {text:.300}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("iperf3 output is not JSON: {text:.300}"))?;
     if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
         bail!("iperf3: {err}");
     }
     let recv = &v["end"]["sum_received"];
-    let bits_per_second = recv["bits_per_second"]
-        .as_f64()
-        .context("iperf3 JSON has no end.sum_received.bits_per_second")?;
+    let bits_per_second =
+        recv["bits_per_second"].as_f64().context("iperf3 JSON has no end.sum_received.bits_per_second")?;
     Ok(IperfReport {
         bits_per_second,
         bytes: recv["bytes"].as_u64().unwrap_or(0),
@@ -267,10 +203,7 @@ mod tests {
         let lossy = "--- x ping statistics ---\n\
                      4 packets transmitted, 0 received, +4 errors, 100% packet loss, time 3055ms\n";
         let s = PingStats::parse(lossy).unwrap();
-        assert_eq!(
-            (s.transmitted, s.received, s.loss_percent, s.rtt_avg_ms),
-            (4, 0, 100.0, None)
-        );
+        assert_eq!((s.transmitted, s.received, s.loss_percent, s.rtt_avg_ms), (4, 0, 100.0, None));
 
         let partial = "3 packets transmitted, 2 received, 33.3333% packet loss, time 400ms\n";
         assert!((PingStats::parse(partial).unwrap().loss_percent - 33.3333).abs() < 1e-9);
@@ -282,10 +215,7 @@ mod tests {
         let j = r#"{"start":{},"intervals":[],"end":{"sum_sent":{"bytes":1000,"retransmits":7},
                    "sum_received":{"seconds":3.0,"bytes":990,"bits_per_second":2640.0}}}"#;
         let r = parse_iperf3_json(j).unwrap();
-        assert_eq!(
-            (r.bits_per_second, r.bytes, r.retransmits),
-            (2640.0, 990, Some(7))
-        );
+        assert_eq!((r.bits_per_second, r.bytes, r.retransmits), (2640.0, 990, Some(7)));
         let e = parse_iperf3_json(r#"{"start":{},"end":{},"error":"unable to connect to server"}"#);
         assert!(e.unwrap_err().to_string().contains("unable to connect"));
     }

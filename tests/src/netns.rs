@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 static STARTED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
 pub(crate) fn register_pid(pid: u32) {
-    STARTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(pid);
+    STARTED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashSet::new).insert(pid);
 }
 
 pub(crate) fn unregister_pid(pid: u32) {
@@ -26,11 +22,7 @@ pub(crate) fn unregister_pid(pid: u32) {
 }
 
 fn is_registered(pid: u32) -> bool {
-    STARTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|s| s.contains(&pid))
+    STARTED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.contains(&pid))
 }
 
 /// State and parent of a process from /proc/PID/stat, or None if it is gone.
@@ -102,10 +94,7 @@ pub(crate) fn terminate(pids: &[u32], grace: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
     for &pid in pids.iter().filter(|&&p| !is_gone(p)) {
-        eprintln!(
-            "[e2e] pid {pid} ignored SIGTERM for {:.1} s: SIGKILL",
-            grace.as_secs_f64()
-        );
+        eprintln!("[e2e] pid {pid} ignored SIGTERM for {:.1} s: SIGKILL", grace.as_secs_f64());
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -147,9 +136,7 @@ impl Netns {
     /// `ip netns exec` execs, so the child's PID is the program's own.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.name()])
-            .args(args)
-            .env(OWNER_ENV, self.name());
+        cmd.args(["netns", "exec", self.name()]).args(args).env(OWNER_ENV, self.name());
         cmd
     }
 
@@ -173,21 +160,10 @@ impl Netns {
 
     /// Starts `args` inside the namespace with the given extra environment and stdio. The PID is
     /// registered as ours; prefer [`crate::Proc`], which also kills it on drop.
-    pub fn spawn(
-        &self,
-        args: &[&str],
-        envs: &[(&str, &str)],
-        stdout: Stdio,
-        stderr: Stdio,
-    ) -> Result<Child> {
+    pub fn spawn(&self, args: &[&str], envs: &[(&str, &str)], stdout: Stdio, stderr: Stdio) -> Result<Child> {
         let mut cmd = self.command(args);
-        cmd.envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
+        cmd.envs(envs.iter().copied()).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        let child = cmd.spawn().with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
         register_pid(child.id());
         Ok(child)
     }
@@ -208,10 +184,7 @@ impl Netns {
     /// PIDs of all processes inside the namespace (`ip netns pids NAME`).
     pub fn pids(&self) -> Result<Vec<u32>> {
         let out = host(&["ip", "netns", "pids", self.name()])?;
-        Ok(out
-            .split_whitespace()
-            .filter_map(|s| s.parse().ok())
-            .collect())
+        Ok(out.split_whitespace().filter_map(|s| s.parse().ok()).collect())
     }
 
     /// Sends one UDP datagram from inside the namespace (an ephemeral port, the kernel's
@@ -229,14 +202,8 @@ impl Netns {
                 return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
             }
             let s = std::net::UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
-            let n = s
-                .send_to(&payload, to)
-                .with_context(|| format!("send to {to}"))?;
-            anyhow::ensure!(
-                n == payload.len(),
-                "short send: {n} of {} bytes",
-                payload.len()
-            );
+            let n = s.send_to(&payload, to).with_context(|| format!("send to {to}"))?;
+            anyhow::ensure!(n == payload.len(), "short send: {n} of {} bytes", payload.len());
             Ok(())
         })
         .join()
@@ -248,20 +215,10 @@ impl Netns {
     pub fn snmp(&self, proto: &str) -> Result<std::collections::HashMap<String, u64>> {
         let text = self.run(&["cat", "/proc/net/snmp"])?;
         let prefix = format!("{proto}:");
-        let rows: Vec<Vec<&str>> = text
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .map(|l| l.split_whitespace().skip(1).collect())
-            .collect();
-        anyhow::ensure!(
-            rows.len() == 2,
-            "no {prefix} lines in /proc/net/snmp of {self}: {text}"
-        );
-        Ok(rows[0]
-            .iter()
-            .zip(&rows[1])
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            .collect())
+        let rows: Vec<Vec<&str>> =
+            text.lines().filter(|l| l.starts_with(&prefix)).map(|l| l.split_whitespace().skip(1).collect()).collect();
+        anyhow::ensure!(rows.len() == 2, "no {prefix} lines in /proc/net/snmp of {self}: {text}");
+        Ok(rows[0].iter().zip(&rows[1]).filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?))).collect())
     }
 
     /// The namespace's UDP counters (`InDatagrams`, `RcvbufErrors`, `SndbufErrors`, ...): the
@@ -273,10 +230,7 @@ impl Netns {
 
     /// One counter of [`Netns::snmp`], e.g. `("Icmp", "InEchoReps")`.
     pub fn snmp_counter(&self, proto: &str, name: &str) -> Result<u64> {
-        self.snmp(proto)?
-            .get(name)
-            .copied()
-            .with_context(|| format!("no {proto} {name} in /proc/net/snmp of {self}"))
+        self.snmp(proto)?.get(name).copied().with_context(|| format!("no {proto} {name} in /proc/net/snmp of {self}"))
     }
 
     /// True if an interface of that name exists in the namespace.
@@ -306,12 +260,8 @@ impl Drop for NetnsInner {
     fn drop(&mut self) {
         let name = &self.name;
         if let Ok(out) = host(&["ip", "netns", "pids", name]) {
-            let pids: Vec<u32> = out
-                .split_whitespace()
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            let (ours, others): (Vec<u32>, Vec<u32>) =
-                pids.into_iter().partition(|&p| started_by_us(p, name));
+            let pids: Vec<u32> = out.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+            let (ours, others): (Vec<u32>, Vec<u32>) = pids.into_iter().partition(|&p| started_by_us(p, name));
             if !ours.is_empty() {
                 eprintln!("[e2e] netns {name}: stopping processes still inside: {ours:?}");
                 terminate(&ours, Duration::from_secs(5));
@@ -348,12 +298,7 @@ pub struct VethPair {
 }
 
 impl VethPair {
-    pub fn new(
-        a: &Netns,
-        a_addr: Option<&str>,
-        b: &Netns,
-        b_addr: Option<&str>,
-    ) -> Result<VethPair> {
+    pub fn new(a: &Netns, a_addr: Option<&str>, b: &Netns, b_addr: Option<&str>) -> Result<VethPair> {
         // The ends are created directly inside their namespaces, never in the host namespace;
         // the names are unique anyway, to make logs and captures unambiguous.
         let a_if = crate::util::unique_ifname("va");
@@ -373,12 +318,7 @@ impl VethPair {
             "netns",
             b.name(),
         ])?;
-        let pair = VethPair {
-            a: a.clone(),
-            b: b.clone(),
-            a_if,
-            b_if,
-        };
+        let pair = VethPair { a: a.clone(), b: b.clone(), a_if, b_if };
         for (ns, ifname, addr) in [(a, &pair.a_if, a_addr), (b, &pair.b_if, b_addr)] {
             if let Some(addr) = addr {
                 ns.ip(&["addr", "add", addr, "dev", ifname])?;
@@ -399,10 +339,7 @@ impl Drop for VethPair {
     fn drop(&mut self) {
         if self.a.has_link(&self.a_if) {
             if let Err(e) = self.a.ip(&["link", "del", &self.a_if]) {
-                eprintln!(
-                    "[e2e] cannot delete veth {} in {}: {e:#}",
-                    self.a_if, self.a
-                );
+                eprintln!("[e2e] cannot delete veth {} in {}: {e:#}", self.a_if, self.a);
             }
         }
     }

@@ -23,26 +23,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `args` in `ns` with extra environment `envs`, logging to `<ctx dir>/<name>.log`.
-    pub fn spawn(
-        ctx: &Ctx,
-        ns: &Netns,
-        name: &str,
-        args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Result<Proc> {
+    pub fn spawn(ctx: &Ctx, ns: &Netns, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Proc> {
         Self::spawn_logged(ns, name, args, envs, &ctx.log_path(name))
     }
 
     /// [`Proc::spawn`] with an explicit log file path.
-    pub fn spawn_logged(
-        ns: &Netns,
-        name: &str,
-        args: &[&str],
-        envs: &[(&str, &str)],
-        log: &Path,
-    ) -> Result<Proc> {
-        let file = std::fs::File::create(log)
-            .with_context(|| format!("cannot create log file {}", log.display()))?;
+    pub fn spawn_logged(ns: &Netns, name: &str, args: &[&str], envs: &[(&str, &str)], log: &Path) -> Result<Proc> {
+        let file = std::fs::File::create(log).with_context(|| format!("cannot create log file {}", log.display()))?;
         let file2 = file.try_clone()?;
         let child = ns.spawn(args, envs, Stdio::from(file), Stdio::from(file2))?;
         Ok(Proc {
@@ -103,11 +90,7 @@ impl Proc {
     /// Fails, with the tail of the log, if the process has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
         if let Some(st) = self.try_wait() {
-            bail!(
-                "{} exited ({st}); last lines of its log:\n{}",
-                self.name,
-                self.log_tail(30)
-            );
+            bail!("{} exited ({st}); last lines of its log:\n{}", self.name, self.log_tail(30));
         }
         Ok(())
     }
@@ -120,11 +103,7 @@ impl Proc {
                 return Ok(st);
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "{} still running after {:.1} s",
-                    self.name,
-                    timeout.as_secs_f64()
-                );
+                bail!("{} still running after {:.1} s", self.name, timeout.as_secs_f64());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -156,12 +135,6 @@ impl Drop for Proc {
 
 impl std::fmt::Debug for Proc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Proc({}, pid {}, log {})",
-            self.name,
-            self.pid(),
-            self.log.display()
-        )
+        write!(f, "Proc({}, pid {}, log {})", self.name, self.pid(), self.log.display())
     }
 }

@@ -30,9 +30,7 @@ pub fn boringtun_cli() -> PathBuf {
 
 fn find_on_path(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -62,10 +60,8 @@ pub fn require_tools() -> Result<()> {
         problems.push(format!("missing: {}", missing.join(", ")));
     }
     if unsafe { libc::geteuid() } != 0 {
-        problems.push(
-            "not running as root: the e2e tests create network namespaces, veths and TUN devices"
-                .to_string(),
-        );
+        problems
+            .push("not running as root: the e2e tests create network namespaces, veths and TUN devices".to_string());
     }
     if !Path::new("/dev/net/tun").exists() {
         problems.push("/dev/net/tun does not exist: wireguard-go and boringtun need TUN".into());

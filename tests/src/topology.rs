@@ -82,16 +82,8 @@ impl Topology {
             Ok(s)
         };
         let concentrator = site("conc", 1)?;
-        let peers = (0..n_peers)
-            .map(|i| site(&format!("peer{i}"), 10 + i as u8))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Topology {
-            concentrator,
-            peers,
-            lan,
-            bridge,
-            links,
-        })
+        let peers = (0..n_peers).map(|i| site(&format!("peer{i}"), 10 + i as u8)).collect::<Result<Vec<_>>>()?;
+        Ok(Topology { concentrator, peers, lan, bridge, links })
     }
 
     /// Configuration for a WireGuard stand-in on the concentrator: inner 10.100.0.1/24, one
@@ -118,14 +110,8 @@ impl Topology {
     /// (AllowedIPs = the inner /24, endpoint = the concentrator's outer address).
     pub fn peer_device(&self, i: usize) -> DeviceConfig {
         let p = &self.peers[i];
-        DeviceConfig::new(
-            p.key.clone(),
-            Some(p.port),
-            Some(&format!("{}/24", p.inner_ip)),
-        )
-        .peer(
-            PeerConfig::new(&self.concentrator.key.public_b64(), &[INNER_NET])
-                .endpoint(self.concentrator.endpoint()),
+        DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip))).peer(
+            PeerConfig::new(&self.concentrator.key.public_b64(), &[INNER_NET]).endpoint(self.concentrator.endpoint()),
         )
     }
 

@@ -18,10 +18,7 @@ pub(crate) fn next_id() -> u32 {
 /// UAPI interface names (`/var/run/wireguard/<ifname>.sock` is shared by all network namespaces).
 pub fn unique_ifname(prefix: &str) -> String {
     let name = format!("{prefix}{:x}x{}", std::process::id(), next_id());
-    assert!(
-        name.len() <= 15,
-        "interface name {name:?} longer than 15 bytes: shorten the prefix"
-    );
+    assert!(name.len() <= 15, "interface name {name:?} longer than 15 bytes: shorten the prefix");
     name
 }
 
@@ -43,21 +40,14 @@ pub fn secs(n: u64) -> Duration {
 /// Polls `f` every 100 ms until it returns `Ok(Some(v))` (-> `Ok(v)`) or an error (returned at
 /// once), failing after `timeout` with a message naming `what` and the last state seen.
 /// `f` returns `Ok(None)` for "not yet".
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f()? {
             return Ok(v);
         }
         if Instant::now() >= deadline {
-            bail!(
-                "timed out after {:.1} s waiting for {what}",
-                timeout.as_secs_f64()
-            );
+            bail!("timed out after {:.1} s waiting for {what}", timeout.as_secs_f64());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -87,10 +77,7 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             // Our own direct child, still unreaped (the waiter thread reaps it after the kill).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             let _ = waiter.join();
-            bail!(
-                "`{desc}` did not finish within {:.1} s (killed)",
-                timeout.as_secs_f64()
-            )
+            bail!("`{desc}` did not finish within {:.1} s (killed)", timeout.as_secs_f64())
         }
     }
 }

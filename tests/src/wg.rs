@@ -68,13 +68,7 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     pub fn new(key: KeyPair, listen_port: Option<u16>, address: Option<&str>) -> DeviceConfig {
-        DeviceConfig {
-            key,
-            listen_port,
-            address: address.map(str::to_string),
-            mtu: 1420,
-            peers: vec![],
-        }
+        DeviceConfig { key, listen_port, address: address.map(str::to_string), mtu: 1420, peers: vec![] }
     }
 
     pub fn peer(mut self, p: PeerConfig) -> Self {
@@ -140,23 +134,11 @@ impl WgDevice {
         });
         let bt;
         let (args, envs): (Vec<&str>, Vec<(&str, &str)>) = match kind {
-            WgImpl::WireguardGo => (
-                vec!["wireguard-go", "-f", &ifname],
-                vec![("LOG_LEVEL", "verbose")],
-            ),
+            WgImpl::WireguardGo => (vec!["wireguard-go", "-f", &ifname], vec![("LOG_LEVEL", "verbose")]),
             WgImpl::Boringtun => {
                 bt = crate::tools::boringtun_cli().to_string_lossy().into_owned();
                 (
-                    vec![
-                        &bt,
-                        "-f",
-                        "--disable-drop-privileges",
-                        "-v",
-                        "info",
-                        "-t",
-                        "2",
-                        &ifname,
-                    ],
+                    vec![&bt, "-f", "--disable-drop-privileges", "-v", "info", "-t", "2", &ifname],
                     vec![("NO_COLOR", "1")], // plain log lines, no ANSI colours
                 )
             }
@@ -173,24 +155,13 @@ impl WgDevice {
         let sock = dev.uapi_socket();
         let ifname = dev.ifname.clone();
         let ns2 = ns.clone();
-        wait_until(
-            &format!("{kind:?} {ifname}: UAPI socket {} and TUN", sock.display()),
-            secs(30),
-            || {
-                dev.proc.ensure_running()?;
-                Ok((sock.exists() && ns2.has_link(&ifname)).then_some(()))
-            },
-        )
+        wait_until(&format!("{kind:?} {ifname}: UAPI socket {} and TUN", sock.display()), secs(30), || {
+            dev.proc.ensure_running()?;
+            Ok((sock.exists() && ns2.has_link(&ifname)).then_some(()))
+        })
         .with_context(|| format!("log of {ifname}:\n{}", dev.proc.log_tail(30)))?;
         dev.setconf(cfg)?;
-        dev.ns.ip(&[
-            "link",
-            "set",
-            "dev",
-            &dev.ifname,
-            "mtu",
-            &cfg.mtu.to_string(),
-        ])?;
+        dev.ns.ip(&["link", "set", "dev", &dev.ifname, "mtu", &cfg.mtu.to_string()])?;
         if let Some(addr) = &cfg.address {
             dev.ns.ip(&["addr", "add", addr, "dev", &dev.ifname])?;
         }
@@ -268,11 +239,7 @@ impl Drop for WgDevice {
 
 impl std::fmt::Debug for WgDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "WgDevice({:?} {} in {})",
-            self.kind, self.ifname, self.ns
-        )
+        write!(f, "WgDevice({:?} {} in {})", self.kind, self.ifname, self.ns)
     }
 }
 
@@ -361,10 +328,7 @@ impl WgShow {
         let first = lines.next().context("empty `wg show dump` output")?;
         let f: Vec<&str> = first.split('\t').collect();
         if f.len() != 4 {
-            bail!(
-                "interface line of `wg show dump` has {} fields, not 4: {first:?}",
-                f.len()
-            );
+            bail!("interface line of `wg show dump` has {} fields, not 4: {first:?}", f.len());
         }
         let mut show = WgShow {
             private_key: opt(f[0]),
@@ -376,24 +340,16 @@ impl WgShow {
         for line in lines {
             let f: Vec<&str> = line.split('\t').collect();
             if f.len() != 8 {
-                bail!(
-                    "peer line of `wg show dump` has {} fields, not 8: {line:?}",
-                    f.len()
-                );
+                bail!("peer line of `wg show dump` has {} fields, not 8: {line:?}", f.len());
             }
             show.peers.push(WgShowPeer {
                 public_key: f[0].to_string(),
                 preshared_key: opt(f[1]),
-                endpoint: opt(f[2])
-                    .map(|s| s.parse())
-                    .transpose()
-                    .with_context(|| format!("endpoint in {line:?}"))?,
+                endpoint: opt(f[2]).map(|s| s.parse()).transpose().with_context(|| format!("endpoint in {line:?}"))?,
                 allowed_ips: opt(f[3])
                     .map(|s| s.split(',').map(|a| a.trim().to_string()).collect())
                     .unwrap_or_default(),
-                latest_handshake: f[4]
-                    .parse()
-                    .with_context(|| format!("handshake in {line:?}"))?,
+                latest_handshake: f[4].parse().with_context(|| format!("handshake in {line:?}"))?,
                 rx_bytes: f[5].parse().with_context(|| format!("rx in {line:?}"))?,
                 tx_bytes: f[6].parse().with_context(|| format!("tx in {line:?}"))?,
                 persistent_keepalive: opt(f[7]).and_then(|s| s.parse().ok()),
@@ -433,25 +389,16 @@ mod tests {
         let p = s.peer("UGVlcg==").unwrap();
         assert_eq!(p.endpoint, Some("10.99.0.2:51820".parse().unwrap()));
         assert_eq!(p.allowed_ips, vec!["10.100.0.2/32", "fd00::2/128"]);
-        assert_eq!(
-            (p.latest_handshake, p.rx_bytes, p.tx_bytes),
-            (1764078000, 1234, 5678)
-        );
+        assert_eq!((p.latest_handshake, p.rx_bytes, p.tx_bytes), (1764078000, 1234, 5678));
         assert_eq!(p.persistent_keepalive, Some(5));
         let q = s.peer("UGVlcjI=").unwrap();
-        assert_eq!(
-            (q.endpoint, q.allowed_ips.len(), q.persistent_keepalive),
-            (None, 0, None)
-        );
+        assert_eq!((q.endpoint, q.allowed_ips.len(), q.persistent_keepalive), (None, 0, None));
     }
 
     #[test]
     fn parses_boringtun_style_dump_and_rejects_garbage() {
         let s = WgShow::parse_dump("(none)\t(none)\t51820\t0x1f\n").unwrap();
-        assert_eq!(
-            (s.private_key, s.public_key, s.fwmark),
-            (None, None, Some(31))
-        );
+        assert_eq!((s.private_key, s.public_key, s.fwmark), (None, None, Some(31)));
         assert!(WgShow::parse_dump("").is_err());
         assert!(WgShow::parse_dump("a\tb\n").is_err());
         assert!(WgShow::parse_dump("a\tb\t1\toff\nx\ty\n").is_err());
@@ -466,10 +413,7 @@ mod tests {
                 .keepalive(25),
         );
         let text = cfg.to_setconf();
-        assert!(text.starts_with(&format!(
-            "[Interface]\nPrivateKey = {}\nListenPort = 51820\n",
-            k.private_b64()
-        )));
+        assert!(text.starts_with(&format!("[Interface]\nPrivateKey = {}\nListenPort = 51820\n", k.private_b64())));
         assert!(text.contains("[Peer]\nPublicKey = UGVlcg==\nAllowedIPs = 10.100.0.2/32, 10.100.1.0/24\nEndpoint = 10.99.0.2:51820\nPersistentKeepalive = 25\n"));
         assert!(!text.contains("Address"));
     }

@@ -31,10 +31,8 @@ pub fn wgpmd_bin() -> Result<PathBuf> {
         return Ok(p);
     }
     let exe = std::env::current_exe().context("current_exe")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target/<profile>/deps parent")?;
+    let profile_dir =
+        exe.parent().and_then(Path::parent).context("test executable has no target/<profile>/deps parent")?;
     let bin = profile_dir.join("wgpmd");
     ensure!(
         bin.is_file(),
@@ -63,13 +61,7 @@ pub struct WgpmdOptions {
 impl Default for WgpmdOptions {
     /// One worker on core 0, adaptive polling (the machine is shared), MTU 1420.
     fn default() -> Self {
-        WgpmdOptions {
-            lcores: "0".into(),
-            control_shares_core: false,
-            fanout: None,
-            mtu: 1420,
-            extra_args: Vec::new(),
-        }
+        WgpmdOptions { lcores: "0".into(), control_shares_core: false, fanout: None, mtu: 1420, extra_args: Vec::new() }
     }
 }
 
@@ -88,13 +80,8 @@ impl Counters {
     pub fn parse(text: &str) -> Result<Counters> {
         let mut m = HashMap::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let (k, v) = line
-                .split_once('=')
-                .with_context(|| format!("stats line without `=`: {line:?}"))?;
-            let v: u64 = v
-                .trim()
-                .parse()
-                .with_context(|| format!("stats line {line:?}"))?;
+            let (k, v) = line.split_once('=').with_context(|| format!("stats line without `=`: {line:?}"))?;
+            let v: u64 = v.trim().parse().with_context(|| format!("stats line {line:?}"))?;
             m.insert(k.trim().to_string(), v);
         }
         ensure!(!m.is_empty(), "empty stats output");
@@ -103,26 +90,19 @@ impl Counters {
 
     /// One counter; fails if wgpmd does not print it (a renamed counter must fail loudly).
     pub fn get(&self, key: &str) -> Result<u64> {
-        self.0
-            .get(key)
-            .copied()
-            .with_context(|| format!("wgpmd stats has no counter {key:?}"))
+        self.0.get(key).copied().with_context(|| format!("wgpmd stats has no counter {key:?}"))
     }
 
     /// The number of workers (`worker<i>.wan_rx` keys).
     pub fn workers(&self) -> usize {
-        (0..)
-            .take_while(|i| self.0.contains_key(&format!("worker{i}.wan_rx")))
-            .count()
+        (0..).take_while(|i| self.0.contains_key(&format!("worker{i}.wan_rx"))).count()
     }
 
     /// `worker<i>.<name>` for every worker, in order.
     pub fn per_worker(&self, name: &str) -> Result<Vec<u64>> {
         let n = self.workers();
         ensure!(n > 0, "wgpmd stats lists no worker");
-        (0..n)
-            .map(|i| self.get(&format!("worker{i}.{name}")))
-            .collect()
+        (0..n).map(|i| self.get(&format!("worker{i}.{name}"))).collect()
     }
 
     /// The sum of `worker<i>.<name>` over the workers.
@@ -192,22 +172,11 @@ impl Wgpmd {
         args.extend(opts.extra_args.iter().map(String::as_str));
         let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &[("NO_COLOR", "1")])?;
         proc.set_grace(secs(10));
-        let mut d = Wgpmd {
-            ns: ns.clone(),
-            ifname,
-            wan_if: wan_if.to_string(),
-            conf_path,
-            proc,
-            stopped: false,
-        };
+        let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false };
         let (uapi, stats) = (d.uapi_socket(), d.stats_socket());
         let (ifname, ns2) = (d.ifname.clone(), ns.clone());
         wait_until(
-            &format!(
-                "wgpmd {ifname}: sockets {} {} and TUN",
-                uapi.display(),
-                stats.display()
-            ),
+            &format!("wgpmd {ifname}: sockets {} {} and TUN", uapi.display(), stats.display()),
             secs(30),
             || {
                 d.proc.ensure_running()?;
@@ -224,22 +193,10 @@ impl Wgpmd {
     /// Starts wgpmd as the concentrator of `topo`: its veth (after removing the kernel's
     /// address from it), WAN address `<concentrator outer ip>/24`, configuration `cfg` (usually
     /// [`Topology::concentrator_device`]).
-    pub fn start_concentrator(
-        ctx: &Ctx,
-        topo: &Topology,
-        cfg: &DeviceConfig,
-        opts: &WgpmdOptions,
-    ) -> Result<Wgpmd> {
+    pub fn start_concentrator(ctx: &Ctx, topo: &Topology, cfg: &DeviceConfig, opts: &WgpmdOptions) -> Result<Wgpmd> {
         let c = &topo.concentrator;
         c.ns.ip(&["addr", "flush", "dev", &c.outer_if])?;
-        Self::start(
-            ctx,
-            &c.ns,
-            &c.outer_if,
-            &format!("{}/24", c.outer_ip),
-            cfg,
-            opts,
-        )
+        Self::start(ctx, &c.ns, &c.outer_if, &format!("{}/24", c.outer_ip), cfg, opts)
     }
 
     pub fn ifname(&self) -> &str {
@@ -296,11 +253,7 @@ impl Wgpmd {
 
     /// Waits until the counters satisfy `f` (workers publish every few iterations, the control
     /// core once per iteration), returning them.
-    pub fn wait_stats(
-        &self,
-        what: &str,
-        f: impl Fn(&Counters) -> Result<bool>,
-    ) -> Result<Counters> {
+    pub fn wait_stats(&self, what: &str, f: impl Fn(&Counters) -> Result<bool>) -> Result<Counters> {
         let mut last = None;
         wait_until(&format!("wgpmd counters: {what}"), secs(30), || {
             let c = self.stats()?;
@@ -324,13 +277,11 @@ impl Wgpmd {
     /// Sends one raw UAPI request (e.g. `"get=1\n\n"`) and returns the whole answer.
     pub fn uapi_request(&self, request: &str) -> Result<String> {
         let path = self.uapi_socket();
-        let mut s =
-            UnixStream::connect(&path).with_context(|| format!("connect {}", path.display()))?;
+        let mut s = UnixStream::connect(&path).with_context(|| format!("connect {}", path.display()))?;
         s.set_read_timeout(Some(secs(15)))?;
         s.write_all(request.as_bytes())?;
         let mut answer = String::new();
-        s.read_to_string(&mut answer)
-            .with_context(|| format!("reading the answer of {}", path.display()))?;
+        s.read_to_string(&mut answer).with_context(|| format!("reading the answer of {}", path.display()))?;
         Ok(answer)
     }
 
@@ -340,8 +291,7 @@ impl Wgpmd {
         self.stopped = true;
         let status = self.proc.stop();
         let tail = || self.proc.log_tail(20);
-        let status: ExitStatus =
-            status.with_context(|| format!("wgpmd {}: no exit status", self.ifname))?;
+        let status: ExitStatus = status.with_context(|| format!("wgpmd {}: no exit status", self.ifname))?;
         ensure!(
             status.code() == Some(0),
             "wgpmd {} did not exit 0 on SIGTERM: {status}; last lines of its log:\n{}",
@@ -359,11 +309,7 @@ impl Wgpmd {
             left.push(format!("TUN interface {} in {}", self.ifname, self.ns));
         }
         if !left.is_empty() {
-            bail!(
-                "wgpmd {} exited 0 but left behind: {}",
-                self.ifname,
-                left.join(", ")
-            );
+            bail!("wgpmd {} exited 0 but left behind: {}", self.ifname, left.join(", "));
         }
         Ok(())
     }
@@ -376,10 +322,7 @@ impl Drop for Wgpmd {
             // (`<ifname>-counters.log`, printed with the other logs).
             if self.proc.is_running() {
                 let text = match self.stats() {
-                    Ok(c) => sorted(&c)
-                        .into_iter()
-                        .map(|(k, v)| format!("{k}={v}\n"))
-                        .collect::<String>(),
+                    Ok(c) => sorted(&c).into_iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>(),
                     Err(e) => format!("cannot read the counters: {e:#}\n"),
                 };
                 if let Some(dir) = self.proc.log_path().parent() {
@@ -397,20 +340,12 @@ impl Drop for Wgpmd {
 
 impl std::fmt::Debug for Wgpmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Wgpmd({} in {}, WAN {})",
-            self.ifname, self.ns, self.wan_if
-        )
+        write!(f, "Wgpmd({} in {}, WAN {})", self.ifname, self.ns, self.wan_if)
     }
 }
 
 fn sorted(c: &Counters) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> =
-        c.0.iter()
-            .filter(|(_, v)| **v != 0)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
+    let mut v: Vec<(String, u64)> = c.0.iter().filter(|(_, v)| **v != 0).map(|(k, v)| (k.clone(), *v)).collect();
     v.sort();
     v
 }
@@ -426,27 +361,17 @@ pub struct FailedRun {
 /// Runs `wgpmd args...` (prefixed by `wrapper`, e.g. `setpriv ...`) in `ns` to completion and
 /// returns its status and output; fails if it is still running after `timeout` (then killed).
 /// For operator errors, which must end the daemon at startup.
-pub fn wgpmd_run_to_exit(
-    ns: &Netns,
-    wrapper: &[&str],
-    args: &[&str],
-    timeout: Duration,
-) -> Result<FailedRun> {
+pub fn wgpmd_run_to_exit(ns: &Netns, wrapper: &[&str], args: &[&str], timeout: Duration) -> Result<FailedRun> {
     let bin = wgpmd_bin()?;
     let bin = bin.to_string_lossy().into_owned();
     let mut v: Vec<&str> = wrapper.to_vec();
     v.push(&bin);
     v.extend_from_slice(args);
-    let out = ns
-        .exec_timeout(&v, timeout)
-        .with_context(|| format!("wgpmd {args:?} was expected to exit at startup"))?;
+    let out =
+        ns.exec_timeout(&v, timeout).with_context(|| format!("wgpmd {args:?} was expected to exit at startup"))?;
     Ok(FailedRun {
         status: out.status,
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     })
 }
 

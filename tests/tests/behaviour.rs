@@ -20,21 +20,14 @@ use wgpmd_e2e::*;
 const MAX_STAGED: u64 = 128;
 
 fn entry(show: &WgShow, key: &str, who: &str) -> Result<WgShowPeer> {
-    show.peer(key)
-        .cloned()
-        .with_context(|| format!("{who}'s `wg show` lacks peer {key}: {show:?}"))
+    show.peer(key).cloned().with_context(|| format!("{who}'s `wg show` lacks peer {key}: {show:?}"))
 }
 
 /// wgpmd (concentrator, no endpoint configured) and one wireguard-go peer that initiates; waits
 /// for the first ping through the tunnel.
 fn established(ctx: &Ctx, topo: &Topology) -> Result<(Wgpmd, WgGo)> {
     let (c, p) = (&topo.concentrator, &topo.peers[0]);
-    let d = Wgpmd::start_concentrator(
-        ctx,
-        topo,
-        &topo.concentrator_device(),
-        &WgpmdOptions::default(),
-    )?;
+    let d = Wgpmd::start_concentrator(ctx, topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
     let peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
     let t = wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
     eprintln!("tunnel up after {:.2} s", t.as_secs_f64());
@@ -46,19 +39,13 @@ fn log_time(line: &str) -> Option<f64> {
     let ts = line.split_whitespace().next()?;
     let t = ts.split_once('T')?.1.trim_end_matches('Z');
     let mut it = t.split(':');
-    let (h, m, s): (f64, f64, f64) = (
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-        it.next()?.parse().ok()?,
-    );
+    let (h, m, s): (f64, f64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
     Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// The wall clock as seconds since midnight UTC (compared with [`log_time`]).
 fn utc_secs_of_day() -> f64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_nanos()) / 1e9
 }
 
@@ -99,9 +86,7 @@ fn staging_bounded_oldest_dropped() {
             ],
             &[],
         )?;
-        wait_until("the UDP receiver", secs(10), || {
-            Ok(recv.log().contains("ready").then_some(()))
-        })?;
+        wait_until("the UDP receiver", secs(10), || Ok(recv.log().contains("ready").then_some(())))?;
 
         // The burst: N datagrams numbered 0..N, sent back to back from wgpmd's side.
         let script = format!(
@@ -110,28 +95,20 @@ fn staging_bounded_oldest_dropped() {
             p.inner_ip
         );
         c.ns.run(&["/usr/bin/python3", "-c", &script])?;
-        let st = d.wait_stats("the overflow counted", |s| {
-            Ok(s.workers_sum("staged_dropped")? >= N - MAX_STAGED)
-        })?;
+        let st = d.wait_stats("the overflow counted", |s| Ok(s.workers_sum("staged_dropped")? >= N - MAX_STAGED))?;
         let dropped = st.workers_sum("staged_dropped")?;
         ensure!(
             dropped == N - MAX_STAGED,
             "staged_dropped = {dropped}, want {} ({N} sent, {MAX_STAGED} kept)",
             N - MAX_STAGED
         );
-        ensure!(
-            st.get("control.sessions")? == 0,
-            "a session exists before the peer runs"
-        );
+        ensure!(st.get("control.sessions")? == 0, "a session exists before the peer runs");
 
         // Now the peer; wgpmd's retry (5 s after its first initiation) completes the handshake.
         let t0 = Instant::now();
         let _peer = WgGo::start(ctx, &p.ns, &pcfg)?;
         let got = |log: &str| -> Vec<u64> {
-            log.lines()
-                .filter_map(|l| l.strip_prefix("got "))
-                .filter_map(|n| n.trim().parse().ok())
-                .collect()
+            log.lines().filter_map(|l| l.strip_prefix("got ")).filter_map(|n| n.trim().parse().ok()).collect()
         };
         wait_until("the staged datagrams at the peer", secs(20), || {
             Ok((got(&recv.log()).len() as u64 >= MAX_STAGED).then_some(()))
@@ -147,9 +124,7 @@ fn staging_bounded_oldest_dropped() {
             rx,
             N - MAX_STAGED
         );
-        let st = d.wait_stats("staged packets flushed", |s| {
-            Ok(s.get("control.staged_flushed")? >= MAX_STAGED)
-        })?;
+        let st = d.wait_stats("staged packets flushed", |s| Ok(s.get("control.staged_flushed")? >= MAX_STAGED))?;
         eprintln!(
             "{N} sent: {} dropped oldest-first, {} flushed {:.1} s after the peer started \
              ({} initiations)",
@@ -178,11 +153,7 @@ fn roaming_endpoint_follows_peer() {
         let check = |want: SocketAddr| -> Result<()> {
             ping_replied(&p.ns, c.inner_ip, 3)?;
             let e = entry(&d.show()?, &key, "wgpmd")?;
-            ensure!(
-                e.endpoint == Some(want),
-                "wgpmd's endpoint is {:?}, want {want} after the peer moved",
-                e.endpoint
-            );
+            ensure!(e.endpoint == Some(want), "wgpmd's endpoint is {:?}, want {want} after the peer moved", e.endpoint);
             ping_replied(&c.ns, p.inner_ip, 3)?;
             eprintln!("endpoint followed to {want}");
             Ok(())
@@ -192,18 +163,9 @@ fn roaming_endpoint_follows_peer() {
         check(SocketAddr::from((p.outer_ip, 51821)))?;
         // New outer address: the old one removed, the new one promoted.
         let new_ip = Ipv4Addr::new(10, 99, 0, 60);
-        p.ns.sysctl(
-            &format!("net.ipv4.conf.{}.promote_secondaries", p.outer_if),
-            "1",
-        )?;
+        p.ns.sysctl(&format!("net.ipv4.conf.{}.promote_secondaries", p.outer_if), "1")?;
         p.ns.ip(&["addr", "add", &format!("{new_ip}/24"), "dev", &p.outer_if])?;
-        p.ns.ip(&[
-            "addr",
-            "del",
-            &format!("{}/24", p.outer_ip),
-            "dev",
-            &p.outer_if,
-        ])?;
+        p.ns.ip(&["addr", "del", &format!("{}/24", p.outer_ip), "dev", &p.outer_if])?;
         // wireguard-go pins the source address it last used (IP_PKTINFO) and fails with
         // "network is unreachable" once it is gone, until its 15 s timer; a rebind (new port)
         // clears the pinned source, so the move is immediate.
@@ -234,34 +196,15 @@ fn restarts_of_peer_and_wgpmd() {
             t.as_secs_f64(),
             after - before
         );
-        ensure!(
-            after > before,
-            "wgpmd sent no handshake response: the restarted peer did not initiate"
-        );
-        ensure!(
-            t < Duration::from_secs(10),
-            "traffic resumed only after {:.1} s",
-            t.as_secs_f64()
-        );
+        ensure!(after > before, "wgpmd sent no handshake response: the restarted peer did not initiate");
+        ensure!(t < Duration::from_secs(10), "traffic resumed only after {:.1} s", t.as_secs_f64());
         ping_replied(&c.ns, p.inner_ip, 3)?;
 
         d.stop()?;
-        let mut d = Wgpmd::start_concentrator(
-            ctx,
-            &topo,
-            &topo.concentrator_device(),
-            &WgpmdOptions::default(),
-        )?;
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
         let t = wait_for_ping(&p.ns, c.inner_ip, secs(40))?;
-        eprintln!(
-            "wgpmd restarted: the peer's traffic resumed after {:.2} s",
-            t.as_secs_f64()
-        );
-        ensure!(
-            t < Duration::from_secs(25),
-            "the peer's traffic resumed only after {:.1} s",
-            t.as_secs_f64()
-        );
+        eprintln!("wgpmd restarted: the peer's traffic resumed after {:.2} s", t.as_secs_f64());
+        ensure!(t < Duration::from_secs(25), "the peer's traffic resumed only after {:.1} s", t.as_secs_f64());
         ping_replied(&c.ns, p.inner_ip, 3)?;
         d.ensure_running()?;
         d.stop()
@@ -281,32 +224,15 @@ fn live_changes_keep_traffic() {
         let a = p.key.public_b64();
         let hs0 = entry(&d.show()?, &a, "wgpmd")?.latest_handshake;
         let st0 = d.stats()?;
-        let ping = Proc::spawn(
-            ctx,
-            &p.ns,
-            "ping-a",
-            &[
-                "ping",
-                "-n",
-                "-i",
-                "0.2",
-                "-c",
-                "50",
-                &c.inner_ip.to_string(),
-            ],
-            &[],
-        )?;
+        let ping =
+            Proc::spawn(ctx, &p.ns, "ping-a", &["ping", "-n", "-i", "0.2", "-c", "50", &c.inner_ip.to_string()], &[])?;
         std::thread::sleep(Duration::from_secs(1));
         let ifn = d.ifname().to_string();
         let wg = |args: &[&str]| -> Result<()> {
             let mut cmd = std::process::Command::new("wg");
             cmd.args(args);
             let out = run_cmd(&mut cmd, secs(15))?;
-            ensure!(
-                out.status.success(),
-                "wg {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ensure!(out.status.success(), "wg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
             Ok(())
         };
         let b = KeyPair::generate().public_b64();
@@ -318,14 +244,7 @@ fn live_changes_keep_traffic() {
         ensure!(has(&b)?.is_some(), "peer B not added");
         wg(&["set", &ifn, "peer", &b, "preshared-key", &psk])?;
         wg(&["set", &ifn, "peer", &b, "endpoint", "10.99.0.77:51820"])?;
-        wg(&[
-            "set",
-            &ifn,
-            "peer",
-            &b,
-            "allowed-ips",
-            "10.100.0.78/32,10.100.5.0/24",
-        ])?;
+        wg(&["set", &ifn, "peer", &b, "allowed-ips", "10.100.0.78/32,10.100.5.0/24"])?;
         wg(&["set", &ifn, "peer", &b, "persistent-keepalive", "25"])?;
         let eb = has(&b)?.context("peer B vanished")?;
         ensure!(
@@ -340,38 +259,23 @@ fn live_changes_keep_traffic() {
 
         // Changing the live peer A itself.
         let ia = format!("{}/32", p.inner_ip);
-        wg(&[
-            "set",
-            &ifn,
-            "peer",
-            &a,
-            "persistent-keepalive",
-            "30",
-            "allowed-ips",
-            &format!("{ia},10.100.9.0/24"),
-        ])?;
+        wg(&["set", &ifn, "peer", &a, "persistent-keepalive", "30", "allowed-ips", &format!("{ia},10.100.9.0/24")])?;
         let ea = has(&a)?.context("peer A vanished")?;
         ensure!(
-            ea.persistent_keepalive == Some(30)
-                && ea.allowed_ips == vec![ia.clone(), "10.100.9.0/24".to_string()],
+            ea.persistent_keepalive == Some(30) && ea.allowed_ips == vec![ia.clone(), "10.100.9.0/24".to_string()],
             "peer A after wg set: {ea:?}"
         );
 
         // syncconf: the original file plus a peer C, then the original file again.
         let orig = topo.concentrator_device();
         let cpk = KeyPair::generate().public_b64();
-        let with_c = orig
-            .clone()
-            .peer(PeerConfig::new(&cpk, &["10.100.0.88/32"]));
+        let with_c = orig.clone().peer(PeerConfig::new(&cpk, &["10.100.0.88/32"]));
         let f1 = ctx.write_file("sync-with-c.conf", &with_c.to_setconf())?;
         let f2 = ctx.write_file("sync-orig.conf", &orig.to_setconf())?;
         wg(&["syncconf", &ifn, &f1.to_string_lossy()])?;
         ensure!(has(&cpk)?.is_some(), "syncconf did not add peer C");
         let ea = has(&a)?.context("peer A vanished")?;
-        ensure!(
-            ea.allowed_ips == vec![ia.clone()],
-            "syncconf did not reset A's allowed IPs: {ea:?}"
-        );
+        ensure!(ea.allowed_ips == vec![ia.clone()], "syncconf did not reset A's allowed IPs: {ea:?}");
         wg(&["syncconf", &ifn, &f2.to_string_lossy()])?;
         ensure!(has(&cpk)?.is_none(), "syncconf did not remove peer C");
         ensure!(d.show()?.peers.len() == 1, "{:?}", d.show()?);
@@ -389,19 +293,9 @@ fn live_changes_keep_traffic() {
             st0.get("control.sessions")?,
             st1.get("control.sessions")?
         );
-        ensure!(
-            st.transmitted == 50 && st.received >= 49,
-            "A lost pings while the configuration changed: {st:?}"
-        );
-        ensure!(
-            ea.latest_handshake == hs0,
-            "A handshook again: {hs0} -> {}",
-            ea.latest_handshake
-        );
-        ensure!(
-            st1.get("control.sessions")? == st0.get("control.sessions")?,
-            "a new session was made"
-        );
+        ensure!(st.transmitted == 50 && st.received >= 49, "A lost pings while the configuration changed: {st:?}");
+        ensure!(ea.latest_handshake == hs0, "A handshook again: {hs0} -> {}", ea.latest_handshake);
+        ensure!(st1.get("control.sessions")? == st0.get("control.sessions")?, "a new session was made");
         ping_replied(&c.ns, p.inner_ip, 3)?;
         d.ensure_running()?;
         d.stop()
@@ -440,9 +334,7 @@ fn persistent_keepalive_on_schedule() {
             &["tcpdump", "-i", &p.outer_if, "-n", "-U", "-Z", "root", "-w", &pcap_s, "udp", "port", &port],
             &[],
         )?;
-        wait_until("tcpdump listening", secs(10), || {
-            Ok(capture.log().contains("listening on").then_some(()))
-        })?;
+        wait_until("tcpdump listening", secs(10), || Ok(capture.log().contains("listening on").then_some(())))?;
         // Poll the peer's rx counter; record when it grows, and by how much.
         let t0 = Instant::now();
         let mut last = entry(&peer.show()?, &ck, "the peer")?.rx_bytes;
@@ -451,11 +343,7 @@ fn persistent_keepalive_on_schedule() {
             std::thread::sleep(Duration::from_millis(100));
             let rx = entry(&peer.show()?, &ck, "the peer")?.rx_bytes;
             if rx != last {
-                ensure!(
-                    (rx - last) % 32 == 0,
-                    "the peer received {} bytes: not keepalives",
-                    rx - last
-                );
+                ensure!((rx - last) % 32 == 0, "the peer received {} bytes: not keepalives", rx - last);
                 for _ in 0..(rx - last) / 32 {
                     arrivals.push(t0.elapsed().as_secs_f64());
                 }
@@ -463,17 +351,10 @@ fn persistent_keepalive_on_schedule() {
             }
         }
         eprintln!("keepalives at the peer at {arrivals:.2?} s");
-        ensure!(
-            (3..=4).contains(&arrivals.len()),
-            "{} keepalives in 7 s with a 2 s interval",
-            arrivals.len()
-        );
+        ensure!((3..=4).contains(&arrivals.len()), "{} keepalives in 7 s with a 2 s interval", arrivals.len());
         for w in arrivals.windows(2) {
             let gap = w[1] - w[0];
-            ensure!(
-                (1.5..=2.5).contains(&gap),
-                "keepalives {gap:.2} s apart: {arrivals:?}"
-            );
+            ensure!((1.5..=2.5).contains(&gap), "keepalives {gap:.2} s apart: {arrivals:?}");
         }
 
         // The capture: 3-4 UDP datagrams of length 32 (a keepalive: 16-byte header and an
@@ -505,10 +386,7 @@ fn persistent_keepalive_on_schedule() {
         );
         for w in times.windows(2) {
             let gap = (w[1] - w[0]).rem_euclid(86400.0); // across midnight
-            ensure!(
-                (1.5..=2.5).contains(&gap),
-                "captured keepalives {gap:.3} s apart: {times:?}"
-            );
+            ensure!((1.5..=2.5).contains(&gap), "captured keepalives {gap:.3} s apart: {times:?}");
         }
         d.ensure_running()?;
         d.stop()
@@ -533,21 +411,12 @@ fn new_handshake_after_silence_and_retries() {
             ctx,
             &c.ns,
             "ping-silent",
-            &[
-                "ping",
-                "-n",
-                "-i",
-                "0.5",
-                "-c",
-                "80",
-                &p.inner_ip.to_string(),
-            ],
+            &["ping", "-n", "-i", "0.5", "-c", "80", &p.inner_ip.to_string()],
             &[],
         )?;
         const RETRY: &str = "because we stopped hearing back after 15 seconds";
-        let line_of = |log: &str, pat: &str| -> Option<String> {
-            log.lines().find(|l| l.contains(pat)).map(str::to_string)
-        };
+        let line_of =
+            |log: &str, pat: &str| -> Option<String> { log.lines().find(|l| l.contains(pat)).map(str::to_string) };
         let lines = wait_until("wgpmd's log: retry (try 3)", secs(40), || {
             let log = d.log();
             let r = line_of(&log, RETRY);
@@ -566,11 +435,7 @@ fn new_handshake_after_silence_and_retries() {
         for l in &lines {
             eprintln!("{l}");
         }
-        ensure!(
-            lines[0].contains("Retrying handshake with peer"),
-            "{}",
-            lines[0]
-        );
+        ensure!(lines[0].contains("Retrying handshake with peer"), "{}", lines[0]);
         for w in times.windows(2) {
             let gap = w[1] - w[0];
             if !(4.5..=5.5).contains(&gap) {
@@ -605,11 +470,8 @@ fn valid_mac1_initiations(responder: [u8; 32], count: usize) -> Result<Vec<Vec<u
     use wgpmd::time::Timestamp;
     let mut dev = Device::new(&mut OsRng, 0);
     dev.set_private_key(Some(PrivateKey::generate(&mut OsRng)));
-    let id = dev
-        .add_peer(&mut OsRng, responder)
-        .map_err(|e| anyhow::anyhow!("add_peer: {e:?}"))?;
-    dev.set_endpoint(id, "10.99.0.1:51820".parse()?)
-        .map_err(|e| anyhow::anyhow!("set_endpoint: {e:?}"))?;
+    let id = dev.add_peer(&mut OsRng, responder).map_err(|e| anyhow::anyhow!("add_peer: {e:?}"))?;
+    dev.set_endpoint(id, "10.99.0.1:51820".parse()?).map_err(|e| anyhow::anyhow!("set_endpoint: {e:?}"))?;
     let mut out = Output::with_capacity(4);
     let mut msgs = Vec::with_capacity(count);
     for i in 0..count as u64 {
@@ -617,10 +479,7 @@ fn valid_mac1_initiations(responder: [u8; 32], count: usize) -> Result<Vec<Vec<u
         dev.initiate(Timestamp::from_secs(10 + 6 * i), &mut OsRng, id, &mut out)
             .map_err(|e| anyhow::anyhow!("initiate: {e:?}"))?;
         let t = out.transmits.first().context("initiate sent nothing")?;
-        ensure!(
-            t.payload().len() == 148 && t.payload()[0] == 1,
-            "not an initiation"
-        );
+        ensure!(t.payload().len() == 148 && t.payload()[0] == 1, "not an initiation");
         msgs.push(t.payload().to_vec());
     }
     Ok(msgs)
@@ -678,39 +537,20 @@ fn under_load_cookies_and_established_traffic() {
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
         let t = Instant::now();
         let msgs = valid_mac1_initiations(c.key.public_bytes(), 1000)?;
-        eprintln!(
-            "1000 initiations crafted in {:.2} s",
-            t.elapsed().as_secs_f64()
-        );
+        eprintln!("1000 initiations crafted in {:.2} s", t.elapsed().as_secs_f64());
 
         let base = iperf3_report(&p.ns, &c.ns, c.inner_ip, 5, false)?;
         let st0 = d.stats()?;
-        let fl = flood(
-            &f.ns,
-            c.endpoint(),
-            msgs,
-            Duration::from_millis(250),
-            Duration::from_secs(6),
-        );
+        let fl = flood(&f.ns, c.endpoint(), msgs, Duration::from_millis(250), Duration::from_secs(6));
         let ping = Proc::spawn(
             ctx,
             &p.ns,
             "ping-under-load",
-            &[
-                "ping",
-                "-n",
-                "-i",
-                "0.2",
-                "-c",
-                "25",
-                &c.inner_ip.to_string(),
-            ],
+            &["ping", "-n", "-i", "0.2", "-c", "25", &c.inner_ip.to_string()],
             &[],
         )?;
         let loaded = iperf3_report(&p.ns, &c.ns, c.inner_ip, 5, false);
-        let sent = fl
-            .join()
-            .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        let sent = fl.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
         let mut ping = ping;
         ping.wait_timeout(secs(30))?;
         let pst = ping_log_stats(&ping)?;
@@ -729,18 +569,9 @@ fn under_load_cookies_and_established_traffic() {
             base.bits_per_second / 1e6,
             loaded.bits_per_second / 1e6
         );
-        ensure!(
-            delta("control.cookies_sent")? > 0,
-            "no cookie reply under load"
-        );
-        ensure!(
-            pst.received * 10 >= pst.transmitted * 9,
-            "the established peer's ping suffered: {pst:?}"
-        );
-        ensure!(
-            loaded.bits_per_second > 1e6,
-            "iperf3 under load: {loaded:?}"
-        );
+        ensure!(delta("control.cookies_sent")? > 0, "no cookie reply under load");
+        ensure!(pst.received * 10 >= pst.transmitted * 9, "the established peer's ping suffered: {pst:?}");
+        ensure!(loaded.bits_per_second > 1e6, "iperf3 under load: {loaded:?}");
         ping_replied(&p.ns, c.inner_ip, 3)?;
         d.ensure_running()?;
         d.stop()
@@ -793,7 +624,8 @@ fn under_load_mac2_retry_answered_and_rate_limited() {
             while Instant::now() < deadline && !answered {
                 out.clear();
                 t += 6;
-                dev.initiate(Timestamp::from_secs(t), &mut OsRng, id, &mut out).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                dev.initiate(Timestamp::from_secs(t), &mut OsRng, id, &mut out)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                 let init = out.transmits.first().context("no initiation")?.payload().to_vec();
                 s.send_to(&init, to)?;
                 let until = Instant::now() + Duration::from_millis(800);
@@ -817,7 +649,8 @@ fn under_load_mac2_retry_answered_and_rate_limited() {
             for _ in 0..10 {
                 out.clear();
                 t += 6;
-                dev.initiate(Timestamp::from_secs(t), &mut OsRng, id, &mut out).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                dev.initiate(Timestamp::from_secs(t), &mut OsRng, id, &mut out)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                 let m = out.transmits.first().context("no initiation")?.payload().to_vec();
                 ensure!(m[132..148] != [0u8; 16], "the burst lacks MAC2 (cookie expired?)");
                 s.send_to(&m, to)?;
@@ -857,10 +690,7 @@ fn capture_initiations(
     ifname: &str,
     from: Ipv4Addr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(
-    std::sync::mpsc::Receiver<(Instant, Vec<u8>)>,
-    std::thread::JoinHandle<Result<()>>,
-)> {
+) -> Result<(std::sync::mpsc::Receiver<(Instant, Vec<u8>)>, std::thread::JoinHandle<Result<()>>)> {
     let path = format!("/var/run/netns/{}", ns.name());
     let ifname = std::ffi::CString::new(ifname)?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -900,10 +730,7 @@ fn capture_initiations(
             {
                 return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
             }
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
             // SAFETY: a valid timeval and its size.
             unsafe {
                 libc::setsockopt(
@@ -929,14 +756,7 @@ fn capture_initiations(
         let mut buf = [0u8; 2048];
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             // SAFETY: buf is writable for its length.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n <= 0 {
                 continue;
             }
@@ -958,9 +778,7 @@ fn capture_initiations(
         }
         Ok(())
     });
-    ready_rx
-        .recv()
-        .map_err(|_| anyhow::anyhow!("the capture thread ended"))??;
+    ready_rx.recv().map_err(|_| anyhow::anyhow!("the capture thread ended"))??;
     Ok((rx, h))
 }
 
@@ -1001,18 +819,13 @@ fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
                 &["ping", "-n", "-c", "1", "-W", "1", &p.inner_ip.to_string()],
                 &[],
             )?;
-            let (t1, first) = inits
-                .recv_timeout(secs(10))
-                .context("no initiation from wgpmd captured on the peer's veth")?;
-            ensure!(
-                first[132..148] == [0u8; 16],
-                "the first initiation already has a MAC2"
-            );
+            let (t1, first) =
+                inits.recv_timeout(secs(10)).context("no initiation from wgpmd captured on the peer's veth")?;
+            ensure!(first[132..148] == [0u8; 16], "the first initiation already has a MAC2");
             // The forged reply: keyed by the peer's public key, bound to this initiation's MAC1,
             // addressed to its sender index.
             let sender = u32::from_le_bytes(first[4..8].try_into()?);
-            let checker =
-                CookieChecker::new(Timestamp::from_secs(1), &mut OsRng, Some(&p.key.public_bytes()));
+            let checker = CookieChecker::new(Timestamp::from_secs(1), &mut OsRng, Some(&p.key.public_bytes()));
             let reply = checker.create_reply(
                 Timestamp::from_secs(1),
                 &mut OsRng,
@@ -1035,33 +848,18 @@ fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
                 p.endpoint()
             );
             // The retry, 5 s (plus jitter) after the first: it carries the cookie's MAC2.
-            let (t2, second) = inits
-                .recv_timeout(secs(10))
-                .context("no retried initiation within 10 s")?;
+            let (t2, second) = inits.recv_timeout(secs(10)).context("no retried initiation within 10 s")?;
             eprintln!(
                 "retry {:.2} s after the first initiation, MAC2 {:02x?}",
                 (t2 - t1).as_secs_f64(),
                 &second[132..148]
             );
-            ensure!(
-                second[4..8] != first[4..8],
-                "the second capture is the same initiation"
-            );
-            ensure!(
-                second[132..148] != [0u8; 16],
-                "wgpmd's retry has no MAC2: it did not take the forged cookie"
-            );
+            ensure!(second[4..8] != first[4..8], "the second capture is the same initiation");
+            ensure!(second[132..148] != [0u8; 16], "wgpmd's retry has no MAC2: it did not take the forged cookie");
             let st = d.stats()?;
-            ensure!(
-                st.get("control.drop.InvalidCookie")? == 0,
-                "wgpmd rejected the cookie reply"
-            );
+            ensure!(st.get("control.drop.InvalidCookie")? == 0, "wgpmd rejected the cookie reply");
             let e = entry(&d.show()?, &key, "wgpmd")?.endpoint;
-            ensure!(
-                e == Some(p.endpoint()),
-                "wgpmd's endpoint is {e:?}, want {}",
-                p.endpoint()
-            );
+            ensure!(e == Some(p.endpoint()), "wgpmd's endpoint is {e:?}, want {}", p.endpoint());
 
             // Now the peer: wgpmd's next retry (with MAC2) completes the handshake.
             let _peer = WgGo::start(ctx, &p.ns, &pcfg)?;
@@ -1080,8 +878,7 @@ fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
             Ok(())
         })();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        cap.join()
-            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
+        cap.join().map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
         result?;
         d.stop()
     });

@@ -27,25 +27,17 @@ fn ping_all(ns: &Netns, addr: Ipv4Addr) -> Result<PingStats> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn entry(show: &WgShow, key: &str, who: &str) -> Result<WgShowPeer> {
-    show.peer(key)
-        .cloned()
-        .with_context(|| format!("{who}'s `wg show` lacks peer {key}: {show:?}"))
+    show.peer(key).cloned().with_context(|| format!("{who}'s `wg show` lacks peer {key}: {show:?}"))
 }
 
 /// wgpmd's entry for the peer, and the peer's entry for wgpmd, read back to back.
 fn both_views(d: &Wgpmd, peer: &WgDevice, conc_key: &KeyPair) -> Result<(WgShowPeer, WgShowPeer)> {
     let (sd, sp) = (d.show()?, peer.show()?);
-    Ok((
-        entry(&sd, &peer.public_key(), "wgpmd")?,
-        entry(&sp, &conc_key.public_b64(), "the peer")?,
-    ))
+    Ok((entry(&sd, &peer.public_key(), "wgpmd")?, entry(&sp, &conc_key.public_b64(), "the peer")?))
 }
 
 /// Checks wgpmd's `wg show` entry for a peer: a recent handshake (a Unix time), the endpoint.
@@ -57,11 +49,7 @@ fn check_wgpmd_entry(e: &WgShowPeer, endpoint: SocketAddr) -> Result<()> {
         "wgpmd's latest handshake {} is not recent (now {now}): {e:?}",
         e.latest_handshake
     );
-    ensure!(
-        e.endpoint == Some(endpoint),
-        "wgpmd's endpoint for the peer is {:?}, want {endpoint}",
-        e.endpoint
-    );
+    ensure!(e.endpoint == Some(endpoint), "wgpmd's endpoint for the peer is {:?}, want {endpoint}", e.endpoint);
     Ok(())
 }
 
@@ -79,40 +67,34 @@ const MAX_DATA_MSG: u64 = 1420 + 32;
 /// few seconds: a keepalive may be crossing while they are read.
 fn check_counters_agree(d: &Wgpmd, peer: &WgDevice, site: &Site, conc_key: &KeyPair) -> Result<()> {
     let mut last = String::new();
-    wait_until(
-        "wgpmd's and the peer's byte counters to agree",
-        secs(15),
-        || {
-            let (w, p) = both_views(d, peer, conc_key)?;
-            let st = d.stats()?;
-            let udp = site.ns.udp_counters()?;
-            let udp_get = |k: &str| udp.get(k).copied().with_context(|| format!("no Udp {k}"));
-            // wgpmd -> peer: lost in wgpmd's tx or in the peer's socket buffer.
-            let drops_to_peer = st.workers_sum("wan_tx_dropped")? + udp_get("RcvbufErrors")?;
-            // peer -> wgpmd: lost in the peer's send buffer or wgpmd's ring.
-            let drops_to_wgpmd =
-                udp_get("SndbufErrors")? + st.workers_sum("wan_queue_rx_dropped")?;
-            let ok = |dir: &str, tx: u64, rx: u64, drops: u64| -> Option<String> {
-                let lost = tx as i128 - rx as i128;
-                let (lo, hi) = (
-                    (32 * drops) as i128 - KEEPALIVE_BYTES as i128,
-                    (MAX_DATA_MSG * drops + KEEPALIVE_BYTES) as i128,
-                );
-                (lost < lo || lost > hi).then(|| {
-                    format!(
-                        "{dir}: sent {tx}, received {rx}: {lost} bytes lost, {drops} datagrams \
+    wait_until("wgpmd's and the peer's byte counters to agree", secs(15), || {
+        let (w, p) = both_views(d, peer, conc_key)?;
+        let st = d.stats()?;
+        let udp = site.ns.udp_counters()?;
+        let udp_get = |k: &str| udp.get(k).copied().with_context(|| format!("no Udp {k}"));
+        // wgpmd -> peer: lost in wgpmd's tx or in the peer's socket buffer.
+        let drops_to_peer = st.workers_sum("wan_tx_dropped")? + udp_get("RcvbufErrors")?;
+        // peer -> wgpmd: lost in the peer's send buffer or wgpmd's ring.
+        let drops_to_wgpmd = udp_get("SndbufErrors")? + st.workers_sum("wan_queue_rx_dropped")?;
+        let ok = |dir: &str, tx: u64, rx: u64, drops: u64| -> Option<String> {
+            let lost = tx as i128 - rx as i128;
+            let (lo, hi) =
+                ((32 * drops) as i128 - KEEPALIVE_BYTES as i128, (MAX_DATA_MSG * drops + KEEPALIVE_BYTES) as i128);
+            (lost < lo || lost > hi).then(|| {
+                format!(
+                    "{dir}: sent {tx}, received {rx}: {lost} bytes lost, {drops} datagrams \
                      dropped (allowed {lo}..={hi})"
-                    )
-                })
-            };
-            let errs: Vec<String> = [
-                ok("wgpmd -> peer", w.tx_bytes, p.rx_bytes, drops_to_peer),
-                ok("peer -> wgpmd", p.tx_bytes, w.rx_bytes, drops_to_wgpmd),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            last = format!(
+                )
+            })
+        };
+        let errs: Vec<String> = [
+            ok("wgpmd -> peer", w.tx_bytes, p.rx_bytes, drops_to_peer),
+            ok("peer -> wgpmd", p.tx_bytes, w.rx_bytes, drops_to_wgpmd),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        last = format!(
             "wgpmd tx {} rx {}; {:?} peer tx {} rx {}; dropped towards the peer {drops_to_peer}, \
              towards wgpmd {drops_to_wgpmd}",
             w.tx_bytes,
@@ -121,15 +103,14 @@ fn check_counters_agree(d: &Wgpmd, peer: &WgDevice, site: &Site, conc_key: &KeyP
             p.tx_bytes,
             p.rx_bytes
         );
-            if errs.is_empty() {
-                eprintln!("counters agree: {last}");
-                Ok(Some(()))
-            } else {
-                last.push_str(&format!("; {}", errs.join("; ")));
-                Ok(None)
-            }
-        },
-    )
+        if errs.is_empty() {
+            eprintln!("counters agree: {last}");
+            Ok(Some(()))
+        } else {
+            last.push_str(&format!("; {}", errs.join("; ")));
+            Ok(None)
+        }
+    })
     .with_context(|| last.clone())
 }
 
@@ -144,48 +125,32 @@ fn wire_len(inner: u64) -> u64 {
 /// (84-byte packets) crossing, they can: over `count` pings from each side, boringtun's tx and rx
 /// each grow by 2 * count * 84; wgpmd's tx by 2 * count * 128 (84 padded to 96, plus 32) and
 /// its rx by 2 * count * 116 (84 + 32), each plus a keepalive or two.
-fn check_counters_agree_boringtun(
-    d: &Wgpmd,
-    peer: &WgDevice,
-    site: &Site,
-    conc: &Site,
-    count: u32,
-) -> Result<()> {
+fn check_counters_agree_boringtun(d: &Wgpmd, peer: &WgDevice, site: &Site, conc: &Site, count: u32) -> Result<()> {
     const PING_IP: u64 = 84;
     let before = both_views(d, peer, &conc.key)?;
     ping_n(&site.ns, conc.inner_ip, count)?;
     ping_n(&conc.ns, site.inner_ip, count)?;
     let n = 2 * count as u64;
     let mut last = String::new();
-    wait_until(
-        "wgpmd's and boringtun's counters to grow by the pings",
-        secs(15),
-        || {
-            let (w, b) = both_views(d, peer, &conc.key)?;
-            let dw = (
-                w.tx_bytes - before.0.tx_bytes,
-                w.rx_bytes - before.0.rx_bytes,
-            );
-            let db = (
-                b.tx_bytes - before.1.tx_bytes,
-                b.rx_bytes - before.1.rx_bytes,
-            );
-            let (tx, rx) = (n * wire_len(PING_IP), n * (PING_IP + 32));
-            let ok = db == (n * PING_IP, n * PING_IP)
-                && (tx..=tx + 2 * KEEPALIVE_BYTES).contains(&dw.0)
-                && (rx..=rx + 2 * KEEPALIVE_BYTES).contains(&dw.1);
-            last = format!(
-                "{n} packets each way: wgpmd tx +{} rx +{} (want {tx} and {rx}, + keepalives), \
+    wait_until("wgpmd's and boringtun's counters to grow by the pings", secs(15), || {
+        let (w, b) = both_views(d, peer, &conc.key)?;
+        let dw = (w.tx_bytes - before.0.tx_bytes, w.rx_bytes - before.0.rx_bytes);
+        let db = (b.tx_bytes - before.1.tx_bytes, b.rx_bytes - before.1.rx_bytes);
+        let (tx, rx) = (n * wire_len(PING_IP), n * (PING_IP + 32));
+        let ok = db == (n * PING_IP, n * PING_IP)
+            && (tx..=tx + 2 * KEEPALIVE_BYTES).contains(&dw.0)
+            && (rx..=rx + 2 * KEEPALIVE_BYTES).contains(&dw.1);
+        last = format!(
+            "{n} packets each way: wgpmd tx +{} rx +{} (want {tx} and {rx}, + keepalives), \
              boringtun tx +{} rx +{} (want {})",
-                dw.0,
-                dw.1,
-                db.0,
-                db.1,
-                n * PING_IP
-            );
-            Ok(ok.then_some(()))
-        },
-    )
+            dw.0,
+            dw.1,
+            db.0,
+            db.1,
+            n * PING_IP
+        );
+        Ok(ok.then_some(()))
+    })
     .with_context(|| last.clone())?;
     eprintln!("counters agree: {last}");
     // Cumulatively, what one side received never exceeds what the other sent (a message is
@@ -208,20 +173,13 @@ fn check_counters_agree_boringtun(
 /// can only come from wgpmd, and its ARP and ICMP reply counters must show them.
 fn check_wan_arp_and_ping(d: &Wgpmd, site: &Site, wan_ip: Ipv4Addr) -> Result<()> {
     let kernel_addrs = d.ns().ip(&["-4", "addr", "show", "dev", d.wan_if()])?;
-    ensure!(
-        !kernel_addrs.contains("inet "),
-        "the kernel holds an IPv4 address on wgpmd's WAN veth: {kernel_addrs}"
-    );
+    ensure!(!kernel_addrs.contains("inet "), "the kernel holds an IPv4 address on wgpmd's WAN veth: {kernel_addrs}");
     let before = d.stats()?;
     site.ns.ip(&["neigh", "flush", "dev", &site.outer_if])?;
     ping_all(&site.ns, wan_ip)?;
-    let (arp0, icmp0) = (
-        before.workers_sum("arp_replies")?,
-        before.workers_sum("icmp_replies")?,
-    );
+    let (arp0, icmp0) = (before.workers_sum("arp_replies")?, before.workers_sum("icmp_replies")?);
     let after = d.wait_stats("ARP and ICMP replies counted", |c| {
-        Ok(c.workers_sum("arp_replies")? > arp0
-            && c.workers_sum("icmp_replies")? >= icmp0 + PING_COUNT as u64)
+        Ok(c.workers_sum("arp_replies")? > arp0 && c.workers_sum("icmp_replies")? >= icmp0 + PING_COUNT as u64)
     })?;
     eprintln!(
         "wgpmd answered {} ARP request(s) and {} echo request(s) on its WAN",
@@ -238,12 +196,7 @@ fn wggo_initiates_to_wgpmd() {
     run("wggo_initiates_to_wgpmd", |ctx| {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let mut d = Wgpmd::start_concentrator(
-            ctx,
-            &topo,
-            &topo.concentrator_device(),
-            &WgpmdOptions::default(),
-        )?;
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
         let peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
 
         let t = wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
@@ -253,11 +206,7 @@ fn wggo_initiates_to_wgpmd() {
 
         for reverse in [false, true] {
             let r = iperf3_report(&p.ns, &c.ns, c.inner_ip, 5, reverse)?;
-            let dir = if reverse {
-                "wgpmd -> wg-go"
-            } else {
-                "wg-go -> wgpmd"
-            };
+            let dir = if reverse { "wgpmd -> wg-go" } else { "wg-go -> wgpmd" };
             eprintln!(
                 "iperf3 {dir}: {:.0} Mbit/s, {} bytes, retransmits {:?}",
                 r.bits_per_second / 1e6,
@@ -296,25 +245,10 @@ fn wgpmd_initiates_to_wggo() {
 
         // One packet, a long wait: it is staged, the handshake (after ARP) sends it.
         let wait = secs(15).as_secs().to_string();
-        let out = c.ns.exec_timeout(
-            &[
-                "ping",
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                &wait,
-                &p.inner_ip.to_string(),
-            ],
-            secs(30),
-        )?;
+        let out = c.ns.exec_timeout(&["ping", "-n", "-c", "1", "-W", &wait, &p.inner_ip.to_string()], secs(30))?;
         let first = PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
         let st = d.stats()?;
-        ensure!(
-            first.received == 1,
-            "the first packet was lost: {first:?}; counters {:?}",
-            st.0
-        );
+        ensure!(first.received == 1, "the first packet was lost: {first:?}; counters {:?}", st.0);
         let st = d.wait_stats("ARP request, initiation, staged packet flushed", |s| {
             Ok(s.workers_sum("arp_requests")? >= 1
                 && s.get("control.initiations_sent")? >= 1
@@ -331,12 +265,7 @@ fn wgpmd_initiates_to_wggo() {
 
         let (w, pe) = both_views(&d, &peer, &c.key)?;
         check_wgpmd_entry(&w, p.endpoint())?;
-        ensure!(
-            pe.endpoint == Some(c.endpoint()),
-            "the peer learnt endpoint {:?}, want {}",
-            pe.endpoint,
-            c.endpoint()
-        );
+        ensure!(pe.endpoint == Some(c.endpoint()), "the peer learnt endpoint {:?}, want {}", pe.endpoint, c.endpoint());
         check_counters_agree(&d, &peer, p, &c.key)?;
         check_wan_arp_and_ping(&d, p, c.outer_ip)?;
         d.ensure_running()?;
@@ -350,23 +279,14 @@ fn boringtun_to_wgpmd() {
     run("boringtun_to_wgpmd", |ctx| {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let mut d = Wgpmd::start_concentrator(
-            ctx,
-            &topo,
-            &topo.concentrator_device(),
-            &WgpmdOptions::default(),
-        )?;
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
         let peer = BoringtunPeer::start(ctx, &p.ns, &topo.peer_device(0))?;
 
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
         ping_all(&p.ns, c.inner_ip)?;
         ping_all(&c.ns, p.inner_ip)?;
         let r = iperf3_report(&p.ns, &c.ns, c.inner_ip, 5, false)?;
-        eprintln!(
-            "iperf3 boringtun -> wgpmd: {:.0} Mbit/s, retransmits {:?}",
-            r.bits_per_second / 1e6,
-            r.retransmits
-        );
+        eprintln!("iperf3 boringtun -> wgpmd: {:.0} Mbit/s, retransmits {:?}", r.bits_per_second / 1e6, r.retransmits);
         ensure!(r.bits_per_second > 1e6, "iperf3: {r:?}");
 
         let (w, _) = both_views(&d, &peer, &c.key)?;
@@ -390,12 +310,7 @@ fn eight_peers_and_source_filtering() {
     run("eight_peers_and_source_filtering", |ctx| {
         let topo = Topology::new(PEERS)?;
         let c = &topo.concentrator;
-        let mut d = Wgpmd::start_concentrator(
-            ctx,
-            &topo,
-            &topo.concentrator_device(),
-            &WgpmdOptions::default(),
-        )?;
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
         let peers = (0..PEERS)
             .map(|i| WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -406,11 +321,7 @@ fn eight_peers_and_source_filtering() {
             ping_n(&c.ns, p.inner_ip, 2)?;
         }
         let show = d.show()?;
-        ensure!(
-            show.peers.len() == PEERS,
-            "wgpmd lists {} peers",
-            show.peers.len()
-        );
+        ensure!(show.peers.len() == PEERS, "wgpmd lists {} peers", show.peers.len());
         for (p, dev) in topo.peers.iter().zip(&peers) {
             let e = entry(&show, &dev.public_key(), "wgpmd")?;
             check_wgpmd_entry(&e, p.endpoint())?;
@@ -420,46 +331,22 @@ fn eight_peers_and_source_filtering() {
         // Peer 0 claims peer 1's inner address.
         let (liar, victim) = (&topo.peers[0], &topo.peers[1]);
         let spoofed = victim.inner_ip.to_string();
-        liar.ns.ip(&[
-            "addr",
-            "add",
-            &format!("{spoofed}/32"),
-            "dev",
-            peers[0].ifname(),
-        ])?;
+        liar.ns.ip(&["addr", "add", &format!("{spoofed}/32"), "dev", peers[0].ifname()])?;
         let before = d.stats()?.workers_sum("drop.DisallowedSource")?;
         let conc_echos = c.ns.snmp_counter("Icmp", "InEchos")?;
         let victim_reps = victim.ns.snmp_counter("Icmp", "InEchoReps")?;
         let count = 3;
         let out = liar.ns.exec_timeout(
-            &[
-                "ping",
-                "-n",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                "-I",
-                &spoofed,
-                &c.inner_ip.to_string(),
-            ],
+            &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-W", "2", "-I", &spoofed, &c.inner_ip.to_string()],
             secs(30),
         )?;
         let st = PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
-        ensure!(
-            st.transmitted == count && st.received == 0,
-            "spoofed ping from {spoofed}: {st:?}"
-        );
+        ensure!(st.transmitted == count && st.received == 0, "spoofed ping from {spoofed}: {st:?}");
         let after = d.wait_stats("DisallowedSource drops", |s| {
             Ok(s.workers_sum("drop.DisallowedSource")? >= before + count as u64)
         })?;
         let dropped = after.workers_sum("drop.DisallowedSource")? - before;
-        ensure!(
-            dropped == count as u64,
-            "{dropped} packets dropped as DisallowedSource, {count} sent"
-        );
+        ensure!(dropped == count as u64, "{dropped} packets dropped as DisallowedSource, {count} sent");
         eprintln!("spoofed source {spoofed}: {dropped} packets dropped as DisallowedSource");
         // Nothing reached the concentrator's kernel, so no reply went to the real owner.
         ensure!(
@@ -470,15 +357,9 @@ fn eight_peers_and_source_filtering() {
             victim.ns.snmp_counter("Icmp", "InEchoReps")? == victim_reps,
             "the owner of {spoofed} received echo replies"
         );
-        wait_until(
-            "\"Packet has disallowed src IP\" in wgpmd's log",
-            secs(10),
-            || {
-                Ok(d.log()
-                    .contains("Packet has disallowed src IP")
-                    .then_some(()))
-            },
-        )?;
+        wait_until("\"Packet has disallowed src IP\" in wgpmd's log", secs(10), || {
+            Ok(d.log().contains("Packet has disallowed src IP").then_some(()))
+        })?;
         // The real owner of the address still gets through, and its endpoint is its own.
         ping_all(&victim.ns, c.inner_ip)?;
         ping_all(&c.ns, victim.inner_ip)?;
@@ -496,13 +377,8 @@ fn eight_peers_and_source_filtering() {
 #[test]
 fn two_workers_one_peer() {
     run("two_workers_one_peer", |ctx| {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        ensure!(
-            cores >= 2,
-            "this test needs 2 cores, the machine has {cores}"
-        );
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ensure!(cores >= 2, "this test needs 2 cores, the machine has {cores}");
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
         let opts = WgpmdOptions {
@@ -524,14 +400,9 @@ fn two_workers_one_peer() {
         let st = d.wait_stats("both workers' counters published", |s| {
             Ok(s.workers() == 2 && s.per_worker("data_rx")?.iter().all(|&n| n > 0))
         })?;
-        let (data_rx, opened, replay) = (
-            st.per_worker("data_rx")?,
-            st.per_worker("aead_opened")?,
-            st.per_worker("drop.Replay")?,
-        );
-        eprintln!(
-            "per worker: data_rx {data_rx:?}, aead_opened {opened:?}, drop.Replay {replay:?}"
-        );
+        let (data_rx, opened, replay) =
+            (st.per_worker("data_rx")?, st.per_worker("aead_opened")?, st.per_worker("drop.Replay")?);
+        eprintln!("per worker: data_rx {data_rx:?}, aead_opened {opened:?}, drop.Replay {replay:?}");
         ensure!(opened.iter().all(|&n| n > 0), "aead_opened {opened:?}");
         ensure!(replay.iter().all(|&n| n == 0), "drop.Replay {replay:?}");
         ensure!(st.get("control.drop.Replay")? == 0, "control.drop.Replay");
@@ -549,12 +420,7 @@ fn bad_mac1_initiation_costs_no_dh() {
     run("bad_mac1_initiation_costs_no_dh", |ctx| {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let mut d = Wgpmd::start_concentrator(
-            ctx,
-            &topo,
-            &topo.concentrator_device(),
-            &WgpmdOptions::default(),
-        )?;
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
         let before = d.stats()?;
         let mut msg = [0u8; 148];
         let mut x: u32 = 0x9e37_79b9;
@@ -567,27 +433,15 @@ fn bad_mac1_initiation_costs_no_dh() {
         msg[..4].copy_from_slice(&[1, 0, 0, 0]);
         p.ns.udp_send(c.endpoint(), &msg)?;
         let mac1 = before.get("control.drop.InvalidMac1")?;
-        let after = d.wait_stats("InvalidMac1 + 1", |s| {
-            Ok(s.get("control.drop.InvalidMac1")? > mac1)
-        })?;
+        let after = d.wait_stats("InvalidMac1 + 1", |s| Ok(s.get("control.drop.InvalidMac1")? > mac1))?;
         ensure!(
             after.get("control.drop.InvalidMac1")? == mac1 + 1,
             "InvalidMac1 {} -> {}",
             mac1,
             after.get("control.drop.InvalidMac1")?
         );
-        for k in [
-            "control.dh_operations",
-            "control.mac1_valid",
-            "control.responses_sent",
-            "control.sessions",
-        ] {
-            ensure!(
-                after.get(k)? == before.get(k)?,
-                "{k}: {} -> {}",
-                before.get(k)?,
-                after.get(k)?
-            );
+        for k in ["control.dh_operations", "control.mac1_valid", "control.responses_sent", "control.sessions"] {
+            ensure!(after.get(k)? == before.get(k)?, "{k}: {} -> {}", before.get(k)?, after.get(k)?);
         }
         ensure!(
             after.workers_sum("handshakes_queued")? == before.workers_sum("handshakes_queued")? + 1,
@@ -628,11 +482,7 @@ fn bad_operator_input() {
             want: want.iter().map(|s| s.to_string()).collect(),
         };
         let cases = vec![
-            case(
-                "a malformed line",
-                Some(format!("{good_head}ListenPort 51820\n")),
-                &["line 3", "Key = Value"],
-            ),
+            case("a malformed line", Some(format!("{good_head}ListenPort 51820\n")), &["line 3", "Key = Value"]),
             case(
                 "a bad key",
                 Some("[Interface]\nPrivateKey = bm90IGEga2V5\n".into()),
@@ -643,29 +493,10 @@ fn bad_operator_input() {
                 Some(format!("{good_head}Address = 10.100.0.1/24\n")),
                 &["line 3", "`Address`", "wg-quick"],
             ),
+            Case { port: "foo:bar".into(), ..case("an unknown port", None, &["foo:bar", "unknown backend `foo`"]) },
+            Case { lcores: "0-63", ..case("a core that does not exist", None, &["does not exist", "available"]) },
             Case {
-                port: "foo:bar".into(),
-                ..case(
-                    "an unknown port",
-                    None,
-                    &["foo:bar", "unknown backend `foo`"],
-                )
-            },
-            Case {
-                lcores: "0-63",
-                ..case(
-                    "a core that does not exist",
-                    None,
-                    &["does not exist", "available"],
-                )
-            },
-            Case {
-                wrapper: &[
-                    "setpriv",
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                ],
+                wrapper: &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
                 ..case("no privilege", None, &[af.as_str(), "permission denied"])
             },
         ];
@@ -694,26 +525,10 @@ fn bad_operator_input() {
             }
             let r = wgpmd_run_to_exit(&ns, c.wrapper, &args, secs(30))?;
             eprintln!("{}: {} -> {}", c.what, r.status, r.output.trim());
-            ensure!(
-                r.status.code() == Some(1),
-                "{}: wgpmd exited with {}, not 1: {}",
-                c.what,
-                r.status,
-                r.output
-            );
-            ensure!(
-                !r.output.contains("panicked"),
-                "{}: a panic: {}",
-                c.what,
-                r.output
-            );
+            ensure!(r.status.code() == Some(1), "{}: wgpmd exited with {}, not 1: {}", c.what, r.status, r.output);
+            ensure!(!r.output.contains("panicked"), "{}: a panic: {}", c.what, r.output);
             for w in &c.want {
-                ensure!(
-                    r.output.contains(w.as_str()),
-                    "{}: the message does not contain {w:?}: {}",
-                    c.what,
-                    r.output
-                );
+                ensure!(r.output.contains(w.as_str()), "{}: the message does not contain {w:?}: {}", c.what, r.output);
             }
             if c.what == "a core that does not exist" {
                 // "core N does not exist": N is one this machine lacks.
@@ -724,23 +539,11 @@ fn bad_operator_input() {
                     .and_then(|s| s.split_whitespace().next())
                     .and_then(|s| s.parse().ok())
                     .with_context(|| format!("no core number in {:?}", r.output))?;
-                let have = std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1);
-                ensure!(
-                    (have..64).contains(&n),
-                    "named core {n}, the machine has {have}"
-                );
+                let have = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                ensure!((have..64).contains(&n), "named core {n}, the machine has {have}");
             }
-            for sock in [
-                format!("{UAPI_DIR}/{name}.sock"),
-                format!("{STATS_DIR}/{name}.sock"),
-            ] {
-                ensure!(
-                    !std::path::Path::new(&sock).exists(),
-                    "{}: left {sock}",
-                    c.what
-                );
+            for sock in [format!("{UAPI_DIR}/{name}.sock"), format!("{STATS_DIR}/{name}.sock")] {
+                ensure!(!std::path::Path::new(&sock).exists(), "{}: left {sock}", c.what);
             }
             ensure!(!ns.has_link(&name), "{}: left the TUN {name}", c.what);
         }
@@ -748,39 +551,18 @@ fn bad_operator_input() {
         // A running wgpmd, and malformed UAPI requests.
         let peer = KeyPair::generate();
         let cfg = DeviceConfig::new(key.clone(), Some(51820), Some("10.100.0.1/24")).peer(
-            PeerConfig::new(&peer.public_b64(), &["10.100.0.2/32"])
-                .endpoint("10.99.0.2:51820".parse()?)
-                .keepalive(25),
+            PeerConfig::new(&peer.public_b64(), &["10.100.0.2/32"]).endpoint("10.99.0.2:51820".parse()?).keepalive(25),
         );
-        let mut d = Wgpmd::start(
-            ctx,
-            &ns,
-            &wire.a_if,
-            "10.99.0.1/24",
-            &cfg,
-            &WgpmdOptions::default(),
-        )?;
+        let mut d = Wgpmd::start(ctx, &ns, &wire.a_if, "10.99.0.1/24", &cfg, &WgpmdOptions::default())?;
         let before = d.showconf()?;
-        ensure!(
-            before.contains("ListenPort = 51820") && before.contains(&peer.public_b64()),
-            "showconf: {before}"
-        );
-        for req in [
-            "set=1\nbogus_key=1\n\n",
-            "set=1\nlisten_port=4000\nbogus_key=1\n\n",
-        ] {
+        ensure!(before.contains("ListenPort = 51820") && before.contains(&peer.public_b64()), "showconf: {before}");
+        for req in ["set=1\nbogus_key=1\n\n", "set=1\nlisten_port=4000\nbogus_key=1\n\n"] {
             let answer = d.uapi_request(req)?;
             ensure!(answer == "errno=-22\n\n", "answer to {req:?}: {answer:?}");
             let after = d.showconf()?;
-            ensure!(
-                after == before,
-                "{req:?} changed the device:\n{before}\n---\n{after}"
-            );
+            ensure!(after == before, "{req:?} changed the device:\n{before}\n---\n{after}");
         }
-        ensure!(
-            d.log().contains("IPC error -22"),
-            "no `IPC error -22` in the log"
-        );
+        ensure!(d.log().contains("IPC error -22"), "no `IPC error -22` in the log");
         d.ensure_running()?;
         d.stop()
     });

@@ -13,18 +13,12 @@ const PING_COUNT: u32 = 5;
 /// Pings `count` times and requires every reply.
 fn ping_all(ns: &Netns, addr: Ipv4Addr) -> Result<PingStats> {
     let st = ping(ns, addr, PING_COUNT)?;
-    ensure!(
-        st.received == st.transmitted && st.transmitted == PING_COUNT,
-        "ping {addr} from {ns}: {st:?}"
-    );
+    ensure!(st.received == st.transmitted && st.transmitted == PING_COUNT, "ping {addr} from {ns}: {st:?}");
     Ok(st)
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// wireguard-go <-> wireguard-go over a plain veth between two namespaces: handshake, ping both
@@ -43,25 +37,18 @@ fn wggo_to_wggo() {
         let wg_b = WgGo::start(
             ctx,
             &b,
-            &DeviceConfig::new(kb.clone(), Some(51820), Some("10.100.0.2/24")).peer(
-                PeerConfig::new(&ka.public_b64(), &["10.100.0.1/32"])
-                    .endpoint("10.99.0.1:51820".parse()?),
-            ),
+            &DeviceConfig::new(kb.clone(), Some(51820), Some("10.100.0.2/24"))
+                .peer(PeerConfig::new(&ka.public_b64(), &["10.100.0.1/32"]).endpoint("10.99.0.1:51820".parse()?)),
         )?;
         let wg_a = WgGo::start(
             ctx,
             &a,
-            &DeviceConfig::new(ka.clone(), Some(51820), Some("10.100.0.1/24")).peer(
-                PeerConfig::new(&kb.public_b64(), &["10.100.0.2/32"])
-                    .endpoint("10.99.0.2:51820".parse()?),
-            ),
+            &DeviceConfig::new(ka.clone(), Some(51820), Some("10.100.0.1/24"))
+                .peer(PeerConfig::new(&kb.public_b64(), &["10.100.0.2/32"]).endpoint("10.99.0.2:51820".parse()?)),
         )?;
 
         let t = wait_for_ping(&a, ib, secs(30))?;
-        eprintln!(
-            "first reply through the tunnel after {:.2} s",
-            t.as_secs_f64()
-        );
+        eprintln!("first reply through the tunnel after {:.2} s", t.as_secs_f64());
         let st = ping_all(&a, ib)?;
         ping_all(&b, ia)?;
         eprintln!("ping a->b {st:?}");
@@ -73,10 +60,7 @@ fn wggo_to_wggo() {
         // Both dumps back to back, so that no keepalive slips in between.
         let (show_a, show_b) = (wg_a.show()?, wg_b.show()?);
         eprintln!("wg show a: {show_a:?}\nwg show b: {show_b:?}");
-        ensure!(
-            show_a.public_key.as_deref() == Some(ka.public_b64().as_str()),
-            "a's public key"
-        );
+        ensure!(show_a.public_key.as_deref() == Some(ka.public_b64().as_str()), "a's public key");
         ensure!(show_a.listen_port == Some(51820), "a's listen port");
         let pa = show_a.peer(&kb.public_b64()).context("a has no peer b")?;
         let pb = show_b.peer(&ka.public_b64()).context("b has no peer a")?;
@@ -88,29 +72,14 @@ fn wggo_to_wggo() {
                 "{who}: handshake time {} vs now {now}",
                 p.latest_handshake
             );
-            ensure!(
-                p.endpoint == Some(ep.parse()?),
-                "{who}: endpoint {:?}",
-                p.endpoint
-            );
+            ensure!(p.endpoint == Some(ep.parse()?), "{who}: endpoint {:?}", p.endpoint);
         }
         // iperf3 alone moved megabytes a->b. Under iperf3 the receiving kernel drops UDP
         // datagrams when wireguard-go falls behind, so here rx is only bounded by tx.
-        ensure!(
-            pa.tx_bytes > 1_000_000 && pb.rx_bytes > 1_000_000,
-            "a tx {} b rx {}",
-            pa.tx_bytes,
-            pb.rx_bytes
-        );
-        for (dir, tx, rx) in [
-            ("a->b", pa.tx_bytes, pb.rx_bytes),
-            ("b->a", pb.tx_bytes, pa.rx_bytes),
-        ] {
+        ensure!(pa.tx_bytes > 1_000_000 && pb.rx_bytes > 1_000_000, "a tx {} b rx {}", pa.tx_bytes, pb.rx_bytes);
+        for (dir, tx, rx) in [("a->b", pa.tx_bytes, pb.rx_bytes), ("b->a", pb.tx_bytes, pa.rx_bytes)] {
             ensure!(rx <= tx, "{dir}: received {rx} > sent {tx}");
-            ensure!(
-                rx as f64 >= 0.5 * tx as f64,
-                "{dir}: sent {tx}, received only {rx}"
-            );
+            ensure!(rx as f64 >= 0.5 * tx as f64, "{dir}: sent {tx}, received only {rx}");
         }
         // At a low rate nothing is dropped: what A sends B receives, byte for byte. 10 pings of
         // 84 bytes are 10 data messages of 128 bytes each way (wireguard-go pads to 16).
@@ -119,10 +88,7 @@ fn wggo_to_wggo() {
         ping_all(&a, ib)?;
         let after = (wg_a.show()?, wg_b.show()?);
         let delta = |s0: &WgShow, s1: &WgShow, k: &KeyPair| -> Result<(u64, u64)> {
-            let (p0, p1) = (
-                s0.peer(&k.public_b64()).context("peer")?,
-                s1.peer(&k.public_b64()).context("peer")?,
-            );
+            let (p0, p1) = (s0.peer(&k.public_b64()).context("peer")?, s1.peer(&k.public_b64()).context("peer")?);
             Ok((p1.tx_bytes - p0.tx_bytes, p1.rx_bytes - p0.rx_bytes))
         };
         let (a_tx, a_rx) = delta(&before.0, &after.0, &kb)?;
@@ -133,10 +99,7 @@ fn wggo_to_wggo() {
             a_tx.abs_diff(b_rx) <= 32 && b_tx.abs_diff(a_rx) <= 32,
             "counters disagree: a tx {a_tx} rx {a_rx}, b tx {b_tx} rx {b_rx}"
         );
-        ensure!(
-            a_tx >= 10 * 128 && b_tx >= 10 * 128,
-            "too few bytes for 10 pings: a tx {a_tx}, b tx {b_tx}"
-        );
+        ensure!(a_tx >= 10 * 128 && b_tx >= 10 * 128, "too few bytes for 10 pings: a tx {a_tx}, b tx {b_tx}");
         Ok(())
     });
 }
@@ -156,27 +119,13 @@ fn wggo_to_boringtun() {
         ping_all(cns, topo.peers[0].inner_ip)?;
 
         let sp = peer.show()?;
-        let p = sp
-            .peer(&topo.concentrator.key.public_b64())
-            .context("peer lacks the concentrator")?;
-        ensure!(
-            p.latest_handshake > 0 && p.rx_bytes > 0 && p.tx_bytes > 0,
-            "wg-go side: {p:?}"
-        );
+        let p = sp.peer(&topo.concentrator.key.public_b64()).context("peer lacks the concentrator")?;
+        ensure!(p.latest_handshake > 0 && p.rx_bytes > 0 && p.tx_bytes > 0, "wg-go side: {p:?}");
         // boringtun reports no interface keys and the handshake age, not a Unix time.
         let sc = conc.show()?;
-        let c = sc
-            .peer(&topo.peers[0].key.public_b64())
-            .context("concentrator lacks the peer")?;
-        ensure!(
-            c.latest_handshake > 0 && c.rx_bytes > 0 && c.tx_bytes > 0,
-            "boringtun side: {c:?}"
-        );
-        ensure!(
-            c.endpoint == Some(topo.peers[0].endpoint()),
-            "boringtun learnt endpoint {:?}",
-            c.endpoint
-        );
+        let c = sc.peer(&topo.peers[0].key.public_b64()).context("concentrator lacks the peer")?;
+        ensure!(c.latest_handshake > 0 && c.rx_bytes > 0 && c.tx_bytes > 0, "boringtun side: {c:?}");
+        ensure!(c.endpoint == Some(topo.peers[0].endpoint()), "boringtun learnt endpoint {:?}", c.endpoint);
         Ok(())
     });
 }
@@ -201,15 +150,8 @@ fn star_through_concentrator() {
         let show = conc.show()?;
         ensure!(show.peers.len() == 2, "{show:?}");
         for p in &topo.peers {
-            let e = show
-                .peer(&p.key.public_b64())
-                .context("concentrator lacks a peer")?;
-            ensure!(
-                e.endpoint == Some(p.endpoint()),
-                "learnt endpoint {:?}, want {}",
-                e.endpoint,
-                p.endpoint()
-            );
+            let e = show.peer(&p.key.public_b64()).context("concentrator lacks a peer")?;
+            ensure!(e.endpoint == Some(p.endpoint()), "learnt endpoint {:?}, want {}", e.endpoint, p.endpoint());
             ensure!(e.allowed_ips == vec![format!("{}/32", p.inner_ip)], "{e:?}");
             ensure!(e.latest_handshake > 0 && e.rx_bytes > 0, "{e:?}");
         }
@@ -225,51 +167,26 @@ fn guards_clean_up() {
         let (ns_names, sock, pids) = {
             let topo = Topology::new(1)?;
             let dev = WgGo::start(ctx, &topo.peers[0].ns, &topo.peer_device(0))?;
-            let sleeper = Proc::spawn(
-                ctx,
-                &topo.concentrator.ns,
-                "sleeper",
-                &["sleep", "1000"],
-                &[],
-            )?;
+            let sleeper = Proc::spawn(ctx, &topo.concentrator.ns, "sleeper", &["sleep", "1000"], &[])?;
             // A daemon: the shell exits at once, its child is reparented away from us.
-            let out =
-                topo.concentrator
-                    .ns
-                    .run(&["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"])?;
+            let out = topo.concentrator.ns.run(&["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"])?;
             let orphan: u32 = out.trim().parse()?;
-            let names: Vec<String> = [&topo.lan, &topo.concentrator.ns, &topo.peers[0].ns]
-                .iter()
-                .map(|n| n.name().to_string())
-                .collect();
-            let listed = std::process::Command::new("ip")
-                .args(["netns", "list"])
-                .output()?;
+            let names: Vec<String> =
+                [&topo.lan, &topo.concentrator.ns, &topo.peers[0].ns].iter().map(|n| n.name().to_string()).collect();
+            let listed = std::process::Command::new("ip").args(["netns", "list"]).output()?;
             let listed = String::from_utf8_lossy(&listed.stdout);
-            ensure!(
-                names.iter().all(|n| listed.contains(n.as_str())),
-                "namespaces not listed"
-            );
+            ensure!(names.iter().all(|n| listed.contains(n.as_str())), "namespaces not listed");
             ensure!(dev.uapi_socket().exists(), "no socket");
-            (
-                names,
-                dev.uapi_socket(),
-                vec![dev.proc().pid(), sleeper.pid(), orphan],
-            )
+            (names, dev.uapi_socket(), vec![dev.proc().pid(), sleeper.pid(), orphan])
         };
-        let listed = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()?;
+        let listed = std::process::Command::new("ip").args(["netns", "list"]).output()?;
         let listed = String::from_utf8_lossy(&listed.stdout);
         for n in &ns_names {
             ensure!(!listed.contains(n.as_str()), "namespace {n} left behind");
         }
         ensure!(!sock.exists(), "UAPI socket {} left behind", sock.display());
         wait_until("the processes to disappear", secs(10), || {
-            Ok(pids
-                .iter()
-                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-                .then_some(()))
+            Ok(pids.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).then_some(()))
         })
         .with_context(|| format!("processes left: {pids:?}"))?;
         Ok(())
@@ -284,16 +201,8 @@ fn failure_keeps_logs() {
         run("deliberate_failure", |ctx| {
             *dir.lock().unwrap() = Some(ctx.dir().to_path_buf());
             let ns = Netns::new("fail")?;
-            let mut p = Proc::spawn(
-                ctx,
-                &ns,
-                "echoer",
-                &["sh", "-c", "echo marker-in-log; exec sleep 1000"],
-                &[],
-            )?;
-            wait_until("the marker", secs(10), || {
-                Ok(p.log().contains("marker-in-log").then_some(()))
-            })?;
+            let mut p = Proc::spawn(ctx, &ns, "echoer", &["sh", "-c", "echo marker-in-log; exec sleep 1000"], &[])?;
+            wait_until("the marker", secs(10), || Ok(p.log().contains("marker-in-log").then_some(())))?;
             p.ensure_running()?;
             anyhow::bail!("deliberate failure")
         })
@@ -318,12 +227,7 @@ fn keys_agree_with_wg_pubkey() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("wg (wireguard-tools; scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(k.private_b64().as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(k.private_b64().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), k.public_b64());
     assert_eq!(public_key_b64(&k.private_b64()).unwrap(), k.public_b64());

@@ -25,7 +25,10 @@ fn frag_needed_lowers_the_path_mtu() {
         let peer_ip = p.inner_ip.to_string();
 
         // 1450 + 28 = 1478 bytes with DF: too big for the tunnel, fits the TUN.
-        let out = c.ns.exec_timeout(&["ping", "-n", "-M", "do", "-c", "2", "-i", "0.3", "-W", "2", "-s", "1450", &peer_ip], secs(20))?;
+        let out = c.ns.exec_timeout(
+            &["ping", "-n", "-M", "do", "-c", "2", "-i", "0.3", "-W", "2", "-s", "1450", &peer_ip],
+            secs(20),
+        )?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         eprintln!("ping -M do -s 1450:\n{text}");
         let st = d.stats()?;
@@ -43,7 +46,8 @@ fn frag_needed_lowers_the_path_mtu() {
 
         // The next one fails locally, before reaching wgpmd ("message too long, mtu=1400").
         let sent = d.stats()?.workers_sum("too_big_dropped")?;
-        let out = c.ns.exec_timeout(&["ping", "-n", "-M", "do", "-c", "1", "-W", "2", "-s", "1450", &peer_ip], secs(10))?;
+        let out =
+            c.ns.exec_timeout(&["ping", "-n", "-M", "do", "-c", "1", "-W", "2", "-s", "1450", &peer_ip], secs(10))?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         eprintln!("again:\n{text}");
         ensure!(text.contains(&format!("mtu={MTU}")) || text.contains(&format!("mtu = {MTU}")), "{text}");
@@ -52,7 +56,8 @@ fn frag_needed_lowers_the_path_mtu() {
         // Packets that fit still pass, and the peer can still send us big ones.
         let s = ping_replied(&c.ns, &peer_ip, 3)?;
         ensure!(s.received == 3, "{s:?}");
-        let out = c.ns.exec_timeout(&["ping", "-n", "-M", "do", "-c", "3", "-W", "2", "-s", "1300", &peer_ip], secs(15))?;
+        let out =
+            c.ns.exec_timeout(&["ping", "-n", "-M", "do", "-c", "3", "-W", "2", "-s", "1300", &peer_ip], secs(15))?;
         let s = PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
         ensure!(s.received == 3, "ping -s 1300 through the tunnel: {s:?}");
         d.ensure_running()?;
@@ -75,8 +80,10 @@ fn pmtu_ipv6_inner_packet_too_big() {
         let opts = WgpmdOptions { mtu: MTU, ..WgpmdOptions::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &conc_cfg, &opts)?;
         c.ns.ip(&["addr", "add", "fd00:100::1/64", "dev", d.ifname(), "nodad"])?;
-        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
-            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET, "fd00:100::1/128", "fd00:100::/64"]).endpoint(c.endpoint()));
+        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip))).peer(
+            PeerConfig::new(&c.key.public_b64(), &[INNER_NET, "fd00:100::1/128", "fd00:100::/64"])
+                .endpoint(c.endpoint()),
+        );
         let peer = WgGo::start(ctx, &p.ns, &peer_cfg)?;
         p.ns.ip(&["addr", "add", "fd00:100::10/64", "dev", peer.0.ifname(), "nodad"])?;
         let peer_ip = "fd00:100::10";
@@ -88,7 +95,10 @@ fn pmtu_ipv6_inner_packet_too_big() {
         let sent0 = d.stats()?.workers_sum("pmtu_icmp_sent")?;
 
         // 1450 + 8 + 40 = 1498 bytes: too big for the tunnel, fits the TUN.
-        let out = c.ns.exec_timeout(&["ping", "-6", "-n", "-M", "do", "-c", "2", "-i", "0.3", "-W", "2", "-s", "1450", peer_ip], secs(20))?;
+        let out = c.ns.exec_timeout(
+            &["ping", "-6", "-n", "-M", "do", "-c", "2", "-i", "0.3", "-W", "2", "-s", "1450", peer_ip],
+            secs(20),
+        )?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         eprintln!("ping -6 -M do -s 1450:\n{text}");
         let st = d.wait_stats("packet too big sent", |s| Ok(s.workers_sum("pmtu_icmp_sent")? > sent0))?;
@@ -104,7 +114,10 @@ fn pmtu_ipv6_inner_packet_too_big() {
         let route = c.ns.ip(&["-6", "route", "get", peer_ip])?;
         eprintln!("ip -6 route get {peer_ip}: {route}");
         if !route.contains(&format!("mtu {MTU}")) {
-            let out = c.ns.exec_timeout(&["ping", "-6", "-n", "-M", "do", "-c", "1", "-W", "2", "-s", "1450", peer_ip], secs(10))?;
+            let out = c.ns.exec_timeout(
+                &["ping", "-6", "-n", "-M", "do", "-c", "1", "-W", "2", "-s", "1450", peer_ip],
+                secs(10),
+            )?;
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             eprintln!("again:\n{text}");
             ensure!(
@@ -114,7 +127,9 @@ fn pmtu_ipv6_inner_packet_too_big() {
         }
 
         // Packets that fit still pass.
-        let out = c.ns.exec_timeout(&["ping", "-6", "-n", "-M", "do", "-c", "3", "-W", "2", "-s", "1300", peer_ip], secs(15))?;
+        let out = c
+            .ns
+            .exec_timeout(&["ping", "-6", "-n", "-M", "do", "-c", "3", "-W", "2", "-s", "1300", peer_ip], secs(15))?;
         let s = PingStats::parse(&String::from_utf8_lossy(&out.stdout))?;
         ensure!(s.received == 3, "ping -6 -s 1300 through the tunnel: {s:?}");
         d.ensure_running()?;

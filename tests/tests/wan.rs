@@ -44,10 +44,7 @@ fn vlan_wan() {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
         let (_relay, vif) = peer_behind_vlan(ctx, &topo, 100)?;
-        let opts = WgpmdOptions {
-            extra_args: vec!["--vlan".into(), "100".into()],
-            ..Default::default()
-        };
+        let opts = WgpmdOptions { extra_args: vec!["--vlan".into(), "100".into()], ..Default::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
         let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
 
@@ -85,10 +82,8 @@ fn neighbour_re_resolution_after_mac_change() {
     run("neighbour_re_resolution_after_mac_change", |ctx| {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let opts = WgpmdOptions {
-            extra_args: vec!["--neigh-reachable-ms".into(), "3000".into()],
-            ..Default::default()
-        };
+        let opts =
+            WgpmdOptions { extra_args: vec!["--neigh-reachable-ms".into(), "3000".into()], ..Default::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
         let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
@@ -98,7 +93,10 @@ fn neighbour_re_resolution_after_mac_change() {
         p.ns.ip(&["link", "set", "dev", &p.outer_if, "address", "02:00:00:99:99:10"])?;
         let t = wait_for_ping(&c.ns, p.inner_ip, secs(30))?;
         let arp = d.stats()?.workers_sum("arp_requests")? - arp0;
-        eprintln!("traffic to the peer recovered {:.1} s after its MAC changed ({arp} ARP request(s))", t.as_secs_f64());
+        eprintln!(
+            "traffic to the peer recovered {:.1} s after its MAC changed ({arp} ARP request(s))",
+            t.as_secs_f64()
+        );
         ensure!(arp >= 1, "wgpmd sent no ARP request for the stale entry");
         ensure!(t < secs(15), "recovery took {t:?}: longer than the reachable time (3 s) and retries");
         ping_replied(&c.ns, p.inner_ip, 3)?;
@@ -122,14 +120,12 @@ fn ipv6_outer_carries_v4_and_v6_inner() {
         p.ns.ip(&["addr", "add", "fd00:99::2/64", "dev", &p.outer_if, "nodad"])?;
         let conc_cfg = DeviceConfig::new(c.key.clone(), Some(c.port), Some(&format!("{}/24", c.inner_ip)))
             .peer(PeerConfig::new(&p.key.public_b64(), &[&format!("{}/32", p.inner_ip), "fd00:100::10/128"]));
-        let opts = WgpmdOptions {
-            extra_args: vec!["--address".into(), "fd00:99::1/64".into()],
-            ..Default::default()
-        };
+        let opts = WgpmdOptions { extra_args: vec!["--address".into(), "fd00:99::1/64".into()], ..Default::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &conc_cfg, &opts)?;
         c.ns.ip(&["addr", "add", "fd00:100::1/64", "dev", d.ifname(), "nodad"])?;
-        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
-            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET, "fd00:100::/64"]).endpoint("[fd00:99::1]:51820".parse()?));
+        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip))).peer(
+            PeerConfig::new(&c.key.public_b64(), &[INNER_NET, "fd00:100::/64"]).endpoint("[fd00:99::1]:51820".parse()?),
+        );
         let peer = WgGo::start(ctx, &p.ns, &peer_cfg)?;
         p.ns.ip(&["addr", "add", "fd00:100::10/64", "dev", peer.0.ifname(), "nodad"])?;
 
@@ -162,12 +158,11 @@ fn ipv6_wgpmd_initiates_with_neighbour_solicitation() {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
         p.ns.ip(&["addr", "add", "fd00:99::2/64", "dev", &p.outer_if, "nodad"])?;
-        let conc_cfg = DeviceConfig::new(c.key.clone(), Some(c.port), Some(&format!("{}/24", c.inner_ip)))
-            .peer(PeerConfig::new(&p.key.public_b64(), &[&format!("{}/32", p.inner_ip), "fd00:100::10/128"]).endpoint("[fd00:99::2]:51820".parse()?));
-        let opts = WgpmdOptions {
-            extra_args: vec!["--address".into(), "fd00:99::1/64".into()],
-            ..Default::default()
-        };
+        let conc_cfg = DeviceConfig::new(c.key.clone(), Some(c.port), Some(&format!("{}/24", c.inner_ip))).peer(
+            PeerConfig::new(&p.key.public_b64(), &[&format!("{}/32", p.inner_ip), "fd00:100::10/128"])
+                .endpoint("[fd00:99::2]:51820".parse()?),
+        );
+        let opts = WgpmdOptions { extra_args: vec!["--address".into(), "fd00:99::1/64".into()], ..Default::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &conc_cfg, &opts)?;
         c.ns.ip(&["addr", "add", "fd00:100::1/64", "dev", d.ifname(), "nodad"])?;
         let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))

@@ -58,7 +58,13 @@ struct Side {
     out: Output,
 }
 
-fn side(rng: &mut ChaCha20Rng, key: PrivateKey, peer_key: [u8; 32], peer_addr: SocketAddr, peer_inner: Ipv4Addr) -> Side {
+fn side(
+    rng: &mut ChaCha20Rng,
+    key: PrivateKey,
+    peer_key: [u8; 32],
+    peer_addr: SocketAddr,
+    peer_inner: Ipv4Addr,
+) -> Side {
     let mut dev = Device::new(rng, 1_700_000_000_000_000_000);
     dev.set_private_key(Some(key));
     let peer = dev.add_peer(rng, peer_key).unwrap();
@@ -84,7 +90,13 @@ impl Ours {
         let (pa, pb) = (ka.public_key(), kb.public_key());
         let a = side(&mut rng, ka, pb, B_ADDR, B_INNER);
         let b = side(&mut rng, kb, pa, A_ADDR, A_INNER);
-        Ours { a, b, rng_a: ChaCha20Rng::seed_from_u64(seed + 1), rng_b: ChaCha20Rng::seed_from_u64(seed + 2), now: Timestamp::from_secs(1) }
+        Ours {
+            a,
+            b,
+            rng_a: ChaCha20Rng::seed_from_u64(seed + 1),
+            rng_b: ChaCha20Rng::seed_from_u64(seed + 2),
+            now: Timestamp::from_secs(1),
+        }
     }
 }
 
@@ -316,7 +328,9 @@ fn blake2s(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let key = [9u8; 32];
     let data = [0x42u8; 32];
-    g.bench_function("hmac/wgpmd", |bench| bench.iter(|| black_box(wgpmd::crypto::hmac(black_box(&key), &[black_box(&data[..])]))));
+    g.bench_function("hmac/wgpmd", |bench| {
+        bench.iter(|| black_box(wgpmd::crypto::hmac(black_box(&key), &[black_box(&data[..])])))
+    });
     g.bench_function("hmac/rustcrypto", |bench| {
         bench.iter(|| {
             let mut m = <hmac_ref::SimpleHmac<blake2::Blake2s256> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
@@ -325,10 +339,13 @@ fn blake2s(c: &mut Criterion) {
         })
     });
     let msg = [0x17u8; INIT_MAC1];
-    g.bench_function("mac1/wgpmd", |bench| bench.iter(|| black_box(wgpmd::crypto::mac(black_box(&key), &[black_box(&msg[..])]))));
+    g.bench_function("mac1/wgpmd", |bench| {
+        bench.iter(|| black_box(wgpmd::crypto::mac(black_box(&key), &[black_box(&msg[..])])))
+    });
     g.bench_function("mac1/rustcrypto", |bench| {
         bench.iter(|| {
-            let mut m = <blake2::Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
+            let mut m =
+                <blake2::Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
             Update::update(&mut m, black_box(&msg[..]));
             black_box(m.finalize_fixed())
         })

@@ -71,7 +71,11 @@ fn main() {
     dev.set_endpoint(peer, BT_ADDR).expect("endpoint");
     dev.add_allowed_ip(peer, IpAddr::V4(BT_INNER), 32).expect("allowed ip");
     let mut out = Output::with_capacity(64);
-    println!("wgpmd device {} <-> boringtun peer {}", peer, dev.peer(peer).map(|p| p.name().to_string()).unwrap_or_default());
+    println!(
+        "wgpmd device {} <-> boringtun peer {}",
+        peer,
+        dev.peer(peer).map(|p| p.name().to_string()).unwrap_or_default()
+    );
 
     // First packet: no session, so the core asks for a handshake.
     let inner = ipv4(OUR_INNER, BT_INNER, 1400);
@@ -112,8 +116,14 @@ fn main() {
     }
     let down = t.elapsed();
     let gbps = |n: usize, d: Duration| (n * 1400 * 8) as f64 / d.as_secs_f64() / 1e9;
-    println!("wgpmd -> boringtun: {delivered}/{packets} packets of 1400 B delivered ({:.2} Gbit/s incl. boringtun's open)", gbps(delivered, up));
-    println!("boringtun -> wgpmd: {received}/{packets} packets of 1400 B delivered ({:.2} Gbit/s incl. boringtun's seal)", gbps(received, down));
+    println!(
+        "wgpmd -> boringtun: {delivered}/{packets} packets of 1400 B delivered ({:.2} Gbit/s incl. boringtun's open)",
+        gbps(delivered, up)
+    );
+    println!(
+        "boringtun -> wgpmd: {received}/{packets} packets of 1400 B delivered ({:.2} Gbit/s incl. boringtun's seal)",
+        gbps(received, down)
+    );
     let p = dev.peer(peer).expect("peer");
     println!("peer counters: rx {} B, tx {} B; worker stats: {:?}", p.rx_bytes(), p.tx_bytes(), out.stats);
     if delivered != packets || received != packets {

@@ -88,7 +88,10 @@ fn keys_eq(a: &Option<[u8; KEY_LEN]>, b: &Option<[u8; KEY_LEN]>) -> bool {
 
 impl PartialEq for InterfaceConfig {
     fn eq(&self, o: &Self) -> bool {
-        keys_eq(&self.private_key, &o.private_key) && self.listen_port == o.listen_port && self.fwmark == o.fwmark && self.peers == o.peers
+        keys_eq(&self.private_key, &o.private_key)
+            && self.listen_port == o.listen_port
+            && self.fwmark == o.fwmark
+            && self.peers == o.peers
     }
 }
 impl Eq for InterfaceConfig {}
@@ -201,7 +204,8 @@ pub enum ConfigErrorKind {
 }
 
 /// wg-quick(8)'s `[Interface]` keys, which wg(8) refuses.
-const WG_QUICK_KEYS: [&str; 9] = ["Address", "DNS", "MTU", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig"];
+const WG_QUICK_KEYS: [&str; 9] =
+    ["Address", "DNS", "MTU", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Section {
@@ -243,7 +247,10 @@ impl InterfaceConfig {
 
     /// Parse a wg.conf(5) file; `resolve(host, port)` turns an endpoint host that is not an IP
     /// literal into an address (wg(8) takes the resolver's first answer) or says why it cannot.
-    pub fn parse_with_resolver(text: &str, mut resolve: impl FnMut(&str, u16) -> Result<SocketAddr, String>) -> Result<Self, ConfigError> {
+    pub fn parse_with_resolver(
+        text: &str,
+        mut resolve: impl FnMut(&str, u16) -> Result<SocketAddr, String>,
+    ) -> Result<Self, ConfigError> {
         let mut cfg = InterfaceConfig::default();
         let mut section = Section::None;
         let mut peer: Option<PendingPeer> = None;
@@ -263,7 +270,14 @@ impl InterfaceConfig {
                 } else if line.eq_ignore_ascii_case("[Peer]") {
                     finish_peer(&mut cfg, &mut seen, peer.take())?;
                     section = Section::Peer;
-                    peer = Some(PendingPeer { line: line_no, public_key: None, preshared_key: None, endpoint: None, persistent_keepalive: None, allowed_ips: Vec::new() });
+                    peer = Some(PendingPeer {
+                        line: line_no,
+                        public_key: None,
+                        preshared_key: None,
+                        endpoint: None,
+                        persistent_keepalive: None,
+                        allowed_ips: Vec::new(),
+                    });
                 } else {
                     return Err(err(ConfigErrorKind::UnknownSection(line.to_string())));
                 }
@@ -283,10 +297,15 @@ impl InterfaceConfig {
                         cfg.private_key = Some(parse_key(k, value).map_err(err)?);
                     } else if let Some(k) = known("ListenPort") {
                         let v = nonempty(k, value).map_err(err)?;
-                        cfg.listen_port = Some(parse_decimal(v, u16::MAX.into()).ok_or_else(|| err(ConfigErrorKind::InvalidListenPort(v.to_string())))? as u16);
+                        cfg.listen_port = Some(
+                            parse_decimal(v, u16::MAX.into())
+                                .ok_or_else(|| err(ConfigErrorKind::InvalidListenPort(v.to_string())))?
+                                as u16,
+                        );
                     } else if let Some(k) = known("FwMark") {
                         let v = nonempty(k, value).map_err(err)?;
-                        cfg.fwmark = Some(parse_fwmark(v).ok_or_else(|| err(ConfigErrorKind::InvalidFwMark(v.to_string())))?);
+                        cfg.fwmark =
+                            Some(parse_fwmark(v).ok_or_else(|| err(ConfigErrorKind::InvalidFwMark(v.to_string())))?);
                     } else {
                         return Err(err(ConfigErrorKind::UnknownKey { key: key.to_string(), section: "Interface" }));
                     }
@@ -301,12 +320,17 @@ impl InterfaceConfig {
                         p.endpoint = Some(parse_endpoint(v, &mut resolve).map_err(err)?);
                     } else if let Some(k) = known("PersistentKeepalive") {
                         let v = nonempty(k, value).map_err(err)?;
-                        let secs = if v.eq_ignore_ascii_case("off") { Some(0) } else { parse_decimal(v, u16::MAX.into()) };
-                        p.persistent_keepalive = Some(secs.ok_or_else(|| err(ConfigErrorKind::InvalidKeepalive(v.to_string())))? as u16);
+                        let secs =
+                            if v.eq_ignore_ascii_case("off") { Some(0) } else { parse_decimal(v, u16::MAX.into()) };
+                        p.persistent_keepalive =
+                            Some(secs.ok_or_else(|| err(ConfigErrorKind::InvalidKeepalive(v.to_string())))? as u16);
                     } else if let Some(k) = known("AllowedIPs") {
                         let v = nonempty(k, value).map_err(err)?;
                         for entry in v.split(',') {
-                            p.allowed_ips.push(parse_allowed_ip(entry).ok_or_else(|| err(ConfigErrorKind::InvalidAllowedIp(entry.to_string())))?);
+                            p.allowed_ips.push(
+                                parse_allowed_ip(entry)
+                                    .ok_or_else(|| err(ConfigErrorKind::InvalidAllowedIp(entry.to_string())))?,
+                            );
                         }
                     } else {
                         return Err(err(ConfigErrorKind::UnknownKey { key: key.to_string(), section: "Peer" }));
@@ -439,7 +463,9 @@ fn parse_fwmark(v: &str) -> Option<u32> {
         return Some(0);
     }
     let n = match v.strip_prefix("0x") {
-        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => u64::from_str_radix(hex, 16).ok()?,
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16).ok()?
+        }
         Some(_) => return None,
         None => parse_decimal(v, u64::MAX)?,
     };
@@ -448,7 +474,10 @@ fn parse_fwmark(v: &str) -> Option<u32> {
 
 /// wireguard-tools `parse_endpoint`: `[host]:port` or `host:port` split at the last colon; an
 /// IP literal is used as is, anything else goes to the resolver.
-fn parse_endpoint(v: &str, resolve: &mut impl FnMut(&str, u16) -> Result<SocketAddr, String>) -> Result<SocketAddr, ConfigErrorKind> {
+fn parse_endpoint(
+    v: &str,
+    resolve: &mut impl FnMut(&str, u16) -> Result<SocketAddr, String>,
+) -> Result<SocketAddr, ConfigErrorKind> {
     let bad = |reason: &str| ConfigErrorKind::InvalidEndpoint { value: v.to_string(), reason: reason.to_string() };
     let (host, port) = if let Some(rest) = v.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(|| bad("no closing `]`"))?;
@@ -472,7 +501,11 @@ fn parse_allowed_ip(entry: &str) -> Option<(IpAddr, u8)> {
         Some((ip, mask)) => (ip, Some(mask)),
         None => (entry, None),
     };
-    let addr: IpAddr = if ip.contains(':') { IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?) } else { IpAddr::V4(ip.parse::<Ipv4Addr>().ok()?) };
+    let addr: IpAddr = if ip.contains(':') {
+        IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?)
+    } else {
+        IpAddr::V4(ip.parse::<Ipv4Addr>().ok()?)
+    };
     let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
     let cidr = match mask {
         Some(m) => parse_decimal(m, max.into())? as u8,
@@ -482,13 +515,20 @@ fn parse_allowed_ip(entry: &str) -> Option<(IpAddr, u8)> {
 }
 
 /// Close a `[Peer]` section: it must have a public key no earlier peer has.
-fn finish_peer(cfg: &mut InterfaceConfig, seen: &mut HashMap<[u8; KEY_LEN], usize>, peer: Option<PendingPeer>) -> Result<(), ConfigError> {
+fn finish_peer(
+    cfg: &mut InterfaceConfig,
+    seen: &mut HashMap<[u8; KEY_LEN], usize>,
+    peer: Option<PendingPeer>,
+) -> Result<(), ConfigError> {
     let Some(mut p) = peer else { return Ok(()) };
     let Some((public_key, key_line)) = p.public_key else {
         return Err(ConfigError { line: p.line, kind: ConfigErrorKind::MissingPublicKey });
     };
     if let Some(&first_line) = seen.get(&public_key) {
-        return Err(ConfigError { line: key_line, kind: ConfigErrorKind::DuplicatePeer { key: b64(&public_key), first_line } });
+        return Err(ConfigError {
+            line: key_line,
+            kind: ConfigErrorKind::DuplicatePeer { key: b64(&public_key), first_line },
+        });
     }
     seen.insert(public_key, key_line);
     cfg.peers.push(PeerConfig {

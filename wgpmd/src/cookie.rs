@@ -34,8 +34,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{ct_eq, hash, mac, xopen_cookie, xseal_cookie, Secret};
 use crate::messages::{
-    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE,
-    HEADER_LEN, KEY_LEN, MESSAGE_HANDSHAKE_COOKIE, TAG_LEN, WG_LABEL_COOKIE, WG_LABEL_MAC1,
+    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, HEADER_LEN, KEY_LEN,
+    MESSAGE_HANDSHAKE_COOKIE, TAG_LEN, WG_LABEL_COOKIE, WG_LABEL_MAC1,
 };
 use crate::ratelimit::RateLimiter;
 use crate::time::Timestamp;
@@ -106,10 +106,9 @@ impl DeviceKeys {
     /// Without an identity the kernel zeroes both keys.
     fn new(public_key: Option<&[u8; KEY_LEN]>) -> Self {
         match public_key {
-            Some(pk) => DeviceKeys {
-                mac1: precompute_key(pk, WG_LABEL_MAC1),
-                cookie: precompute_key(pk, WG_LABEL_COOKIE),
-            },
+            Some(pk) => {
+                DeviceKeys { mac1: precompute_key(pk, WG_LABEL_MAC1), cookie: precompute_key(pk, WG_LABEL_COOKIE) }
+            }
             None => DeviceKeys { mac1: [0; KEY_LEN], cookie: [0; KEY_LEN] },
         }
     }
@@ -331,8 +330,8 @@ impl CookieState {
         mac1_field.copy_from_slice(&mac1);
         self.last_mac1_sent = mac1;
         self.have_sent_mac1 = true;
-        let fresh = self.is_valid
-            && !self.birth.has_expired(COOKIE_SECRET_MAX_AGE.saturating_sub(COOKIE_SECRET_LATENCY), now);
+        let fresh =
+            self.is_valid && !self.birth.has_expired(COOKIE_SECRET_MAX_AGE.saturating_sub(COOKIE_SECRET_LATENCY), now);
         let mac2 = if fresh { mac(&self.cookie, &[before_mac2]) } else { [0u8; COOKIE_LEN] };
         mac2_field.copy_from_slice(&mac2);
     }
@@ -601,7 +600,9 @@ mod tests {
             let other_port = SocketAddr::new(from.ip(), from.port() + 1);
             let other_ip = match from {
                 SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), from.port()),
-                SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)), from.port()),
+                SocketAddr::V6(_) => {
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)), from.port())
+                }
             };
             for wrong in [other_port, other_ip] {
                 assert_eq!(checker.validate(T0, &mut r, &msg, wrong, true, &rl), MacState::ValidMacButNoCookie);

@@ -129,9 +129,7 @@ impl AeadKey {
     /// Prepare `key` for sealing and opening.
     pub fn new(key: &[u8; KEY_LEN]) -> Self {
         // CHACHA20_POLY1305 takes exactly 32 bytes, which the type guarantees.
-        AeadKey(LessSafeKey::new(
-            UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte ChaCha20-Poly1305 key"),
-        ))
+        AeadKey(LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte ChaCha20-Poly1305 key")))
     }
 
     /// Encrypt `buf` in place and return the tag.
@@ -151,10 +149,7 @@ impl AeadKey {
         if buf.len() < TAG_LEN {
             return Err(AeadError);
         }
-        self.0
-            .open_in_place(nonce(counter), aead::Aad::from(aad), buf)
-            .map(|p| p.len())
-            .map_err(|_| AeadError)
+        self.0.open_in_place(nonce(counter), aead::Aad::from(aad), buf).map(|p| p.len()).map_err(|_| AeadError)
     }
 }
 
@@ -167,7 +162,13 @@ pub fn aead_seal(key: &[u8; KEY_LEN], counter: u64, aad: &[u8], plain: &[u8], ou
 }
 
 /// One-shot ChaCha20-Poly1305 open of `sealed` into `out` (`sealed.len() - 16` bytes).
-pub fn aead_open(key: &[u8; KEY_LEN], counter: u64, aad: &[u8], sealed: &[u8], out: &mut [u8]) -> Result<(), AeadError> {
+pub fn aead_open(
+    key: &[u8; KEY_LEN],
+    counter: u64,
+    aad: &[u8],
+    sealed: &[u8],
+    out: &mut [u8],
+) -> Result<(), AeadError> {
     if sealed.len() < TAG_LEN || out.len() != sealed.len() - TAG_LEN {
         return Err(AeadError);
     }
@@ -183,12 +184,15 @@ pub fn aead_open(key: &[u8; KEY_LEN], counter: u64, aad: &[u8], sealed: &[u8], o
 }
 
 /// XChaCha20-Poly1305 seal of a cookie: `out` receives 16 bytes of ciphertext and the tag.
-pub fn xseal_cookie(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN], aad: &[u8], cookie: &[u8; COOKIE_LEN]) -> [u8; COOKIE_LEN + TAG_LEN] {
+pub fn xseal_cookie(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; COOKIE_NONCE_LEN],
+    aad: &[u8],
+    cookie: &[u8; COOKIE_LEN],
+) -> [u8; COOKIE_LEN + TAG_LEN] {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut buf = *cookie;
-    let tag = cipher
-        .encrypt_in_place_detached(nonce.into(), aad, &mut buf)
-        .expect("16-byte XChaCha20-Poly1305 input");
+    let tag = cipher.encrypt_in_place_detached(nonce.into(), aad, &mut buf).expect("16-byte XChaCha20-Poly1305 input");
     let mut out = [0u8; COOKIE_LEN + TAG_LEN];
     out[..COOKIE_LEN].copy_from_slice(&buf);
     out[COOKIE_LEN..].copy_from_slice(&tag);
@@ -197,14 +201,17 @@ pub fn xseal_cookie(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN], aad: &[
 }
 
 /// XChaCha20-Poly1305 open of an encrypted cookie.
-pub fn xopen_cookie(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN], aad: &[u8], sealed: &[u8; COOKIE_LEN + TAG_LEN]) -> Result<[u8; COOKIE_LEN], AeadError> {
+pub fn xopen_cookie(
+    key: &[u8; KEY_LEN],
+    nonce: &[u8; COOKIE_NONCE_LEN],
+    aad: &[u8],
+    sealed: &[u8; COOKIE_LEN + TAG_LEN],
+) -> Result<[u8; COOKIE_LEN], AeadError> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut buf = [0u8; COOKIE_LEN];
     buf.copy_from_slice(&sealed[..COOKIE_LEN]);
     let tag = chacha20poly1305::Tag::from_slice(&sealed[COOKIE_LEN..]);
-    cipher
-        .decrypt_in_place_detached(nonce.into(), aad, &mut buf, tag)
-        .map_err(|_| AeadError)?;
+    cipher.decrypt_in_place_detached(nonce.into(), aad, &mut buf, tag).map_err(|_| AeadError)?;
     Ok(buf)
 }
 
@@ -259,14 +266,14 @@ mod tests {
     /// chacha20poly1305 crate below).
     #[test]
     fn rfc8439_aead_vector() {
-        let key: [u8; 32] = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f").try_into().unwrap();
+        let key: [u8; 32] =
+            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f").try_into().unwrap();
         let nonce: [u8; 12] = unhex("070000004041424344454647").try_into().unwrap();
         let aad = unhex("50515253c0c1c2c3c4c5c6c7");
         let mut pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
         let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).unwrap());
-        let tag = k
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aead::Aad::from(&aad), &mut pt)
-            .unwrap();
+        let tag =
+            k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aead::Aad::from(&aad), &mut pt).unwrap();
         assert_eq!(&pt[..16], &unhex("d31a8d34648e60db7b86afbc53ef7ec2")[..]);
         assert_eq!(tag.as_ref(), &unhex("1ae10b594f09e26a7e902ecbd0600691")[..]);
         let c = chacha20poly1305::ChaCha20Poly1305::new((&key).into());
@@ -322,7 +329,8 @@ mod tests {
     #[test]
     fn x25519_rfc7748_vector_and_low_order_rejection() {
         let a: [u8; 32] = unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").try_into().unwrap();
-        let b_pub: [u8; 32] = unhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f").try_into().unwrap();
+        let b_pub: [u8; 32] =
+            unhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f").try_into().unwrap();
         let k = PrivateKey::from_bytes(a);
         assert_eq!(k.public_key().to_vec(), unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
         assert_eq!(

@@ -132,10 +132,15 @@ enum Cmd {
 }
 
 fn parse_address(s: &str) -> Result<(IpAddr, u8), String> {
-    let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("--address `{s}`: expected ADDRESS/PREFIX, e.g. 192.0.2.1/24"))?;
+    let (ip, prefix) =
+        s.split_once('/').ok_or_else(|| format!("--address `{s}`: expected ADDRESS/PREFIX, e.g. 192.0.2.1/24"))?;
     let ip: IpAddr = ip.parse().map_err(|_| format!("--address `{s}`: `{ip}` is not an IPv4 or IPv6 address"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| format!("--address `{s}`: `{prefix}` is not a prefix length 0-{max}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("--address `{s}`: `{prefix}` is not a prefix length 0-{max}"))?;
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("--address `{s}`: not a unicast address"));
     }
@@ -145,7 +150,10 @@ fn parse_address(s: &str) -> Result<(IpAddr, u8), String> {
 /// The WAN addressing from the repeated `--address` and `--gateway`: at most one of each
 /// family, a gateway only for a family with an address. IPv4 0.0.0.0/0 stands for none.
 #[allow(clippy::type_complexity)]
-fn wan_addresses(addresses: &[String], gateways: &[IpAddr]) -> Result<((Ipv4Addr, u8, Option<Ipv4Addr>), Option<(Ipv6Addr, u8)>, Option<Ipv6Addr>), String> {
+fn wan_addresses(
+    addresses: &[String],
+    gateways: &[IpAddr],
+) -> Result<((Ipv4Addr, u8, Option<Ipv4Addr>), Option<(Ipv6Addr, u8)>, Option<Ipv6Addr>), String> {
     let (mut v4, mut v6) = (None, None);
     for a in addresses {
         match parse_address(a)? {
@@ -176,7 +184,10 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
@@ -198,7 +209,13 @@ fn main() -> ExitCode {
             match bench::run(&opts) {
                 Ok(report) => {
                     print!("{report}");
-                    let bad: u64 = report.results.iter().flat_map(|r| [&r.rx, &r.tx]).flatten().map(|m| m.lost + m.verify_failed).sum();
+                    let bad: u64 = report
+                        .results
+                        .iter()
+                        .flat_map(|r| [&r.rx, &r.tx])
+                        .flatten()
+                        .map(|m| m.lost + m.verify_failed)
+                        .sum();
                     if bad > 0 {
                         eprintln!("wgpmd: {bad} packet(s) lost or damaged");
                         return ExitCode::FAILURE;
@@ -221,7 +238,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run { name, config, port, inner, address, gateway, vlan, neigh_reachable_ms, lcores, coremask, control_shares_core, poll, fanout, mtu } => {
+        Cmd::Run {
+            name,
+            config,
+            port,
+            inner,
+            address,
+            gateway,
+            vlan,
+            neigh_reachable_ms,
+            lcores,
+            coremask,
+            control_shares_core,
+            poll,
+            fanout,
+            mtu,
+        } => {
             let fail = |msg: String| {
                 eprintln!("wgpmd: {msg}");
                 ExitCode::FAILURE
@@ -293,14 +325,20 @@ mod tests {
     fn wan_addresses_one_per_family() {
         let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         let ((ip, p, g), v6, g6) = wan_addresses(&s(&["192.0.2.1/24"]), &["192.0.2.254".parse().unwrap()]).unwrap();
-        assert_eq!((ip, p, g, v6, g6), (Ipv4Addr::new(192, 0, 2, 1), 24, Some(Ipv4Addr::new(192, 0, 2, 254)), None, None));
+        assert_eq!(
+            (ip, p, g, v6, g6),
+            (Ipv4Addr::new(192, 0, 2, 1), 24, Some(Ipv4Addr::new(192, 0, 2, 254)), None, None)
+        );
         let ((ip, _, _), v6, g6) = wan_addresses(&s(&["2001:db8::1/64"]), &["2001:db8::ff".parse().unwrap()]).unwrap();
         assert!(ip.is_unspecified(), "no IPv4 address");
         assert_eq!((v6, g6), (Some(("2001:db8::1".parse().unwrap(), 64)), Some("2001:db8::ff".parse().unwrap())));
         let ((ip, _, _), v6, _) = wan_addresses(&s(&["2001:db8::1/64", "10.0.0.1/8"]), &[]).unwrap();
         assert_eq!((ip, v6.map(|a| a.1)), (Ipv4Addr::new(10, 0, 0, 1), Some(64)));
         assert!(wan_addresses(&s(&["10.0.0.1/8", "10.0.0.2/8"]), &[]).is_err());
-        assert!(wan_addresses(&s(&["10.0.0.1/8"]), &["2001:db8::ff".parse().unwrap()]).is_err(), "IPv6 gateway without an IPv6 address");
+        assert!(
+            wan_addresses(&s(&["10.0.0.1/8"]), &["2001:db8::ff".parse().unwrap()]).is_err(),
+            "IPv6 gateway without an IPv6 address"
+        );
         assert!(wan_addresses(&s(&["2001:db8::1/129"]), &[]).is_err());
         assert!(wan_addresses(&s(&["10.0.0.1/33"]), &[]).is_err());
         assert!(wan_addresses(&s(&["ff02::1/64"]), &[]).is_err());

@@ -87,9 +87,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Number of initiation retransmits before giving up: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
 pub const MAX_TIMER_HANDSHAKES: u32 = (REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs()) as u32;
 /// Receiving on a keypair this old (initiator side) triggers one last-minute handshake.
-pub const REKEY_AFTER_TIME_RECV: Duration = Duration::from_secs(
-    REJECT_AFTER_TIME.as_secs() - KEEPALIVE_TIMEOUT.as_secs() - REKEY_TIMEOUT.as_secs(),
-);
+pub const REKEY_AFTER_TIME_RECV: Duration =
+    Duration::from_secs(REJECT_AFTER_TIME.as_secs() - KEEPALIVE_TIMEOUT.as_secs() - REKEY_TIMEOUT.as_secs());
 /// Zero all key material after this long without a new handshake: 3 × REJECT_AFTER_TIME.
 pub const ZERO_KEY_MATERIAL_AFTER: Duration = Duration::from_secs(3 * REJECT_AFTER_TIME.as_secs());
 

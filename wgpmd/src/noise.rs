@@ -25,9 +25,8 @@ use zeroize::Zeroize;
 
 use crate::crypto::{aead_open, aead_seal, ct_eq, hash, kdf, PrivateKey, Secret};
 use crate::messages::{
-    HASH_LEN, INITIATION_LEN, INITIATIONS_PER_SECOND, KEY_LEN, MESSAGE_HANDSHAKE_INITIATION,
-    MESSAGE_HANDSHAKE_RESPONSE, NOISE_CONSTRUCTION, RESPONSE_LEN, TAG_LEN, TIMESTAMP_LEN,
-    WG_IDENTIFIER,
+    HASH_LEN, INITIATIONS_PER_SECOND, INITIATION_LEN, KEY_LEN, MESSAGE_HANDSHAKE_INITIATION,
+    MESSAGE_HANDSHAKE_RESPONSE, NOISE_CONSTRUCTION, RESPONSE_LEN, TAG_LEN, TIMESTAMP_LEN, WG_IDENTIFIER,
 };
 use crate::time::Timestamp;
 
@@ -218,14 +217,16 @@ impl InitiationStart {
 
 /// Decrypt an initiation's static key with our identity: the work done before the peer is known
 /// (one DH: `es`). `msg` is a whole initiation whose MAC1 the caller already checked.
-pub fn begin_consume_initiation(identity: &Identity, msg: &[u8; INITIATION_LEN]) -> Result<InitiationStart, NoiseError> {
+pub fn begin_consume_initiation(
+    identity: &Identity,
+    msg: &[u8; INITIATION_LEN],
+) -> Result<InitiationStart, NoiseError> {
     let mut sym = Symmetric::start(&identity.public);
     let e = read_key(msg, INIT_EPHEMERAL);
     sym.mix_ephemeral(&e);
     let key = sym.mix_dh_key(identity.private.dh(&e))?;
     let mut s = [0u8; KEY_LEN];
-    sym.decrypt(&key, &msg[INIT_STATIC..INIT_TIMESTAMP], &mut s)
-        .map_err(|_| NoiseError::DecryptStatic)?;
+    sym.decrypt(&key, &msg[INIT_STATIC..INIT_TIMESTAMP], &mut s).map_err(|_| NoiseError::DecryptStatic)?;
     let mut sealed_timestamp = [0u8; TIMESTAMP_LEN + TAG_LEN];
     sealed_timestamp.copy_from_slice(&msg[INIT_TIMESTAMP..INIT_MAC1]);
     Ok(InitiationStart {
@@ -379,8 +380,7 @@ impl Handshake {
         }
         let key = sym.mix_dh_key(self.precomputed_ss.clone())?;
         let mut t = [0u8; TIMESTAMP_LEN];
-        sym.decrypt(&key, &sealed_timestamp, &mut t)
-            .map_err(|_| NoiseError::DecryptTimestamp)?;
+        sym.decrypt(&key, &sealed_timestamp, &mut t).map_err(|_| NoiseError::DecryptTimestamp)?;
         // TAI64N is big-endian, so byte order is time order.
         if t <= self.latest_timestamp {
             return Err(NoiseError::Replay);
@@ -454,8 +454,7 @@ impl Handshake {
         // psk
         let key = sym.mix_psk(&self.psk);
         // {}
-        sym.decrypt(&key, &msg[RESP_EMPTY..RESP_MAC1], &mut [])
-            .map_err(|_| NoiseError::DecryptResponse)?;
+        sym.decrypt(&key, &msg[RESP_EMPTY..RESP_MAC1], &mut []).map_err(|_| NoiseError::DecryptResponse)?;
         self.sym = sym;
         self.remote_ephemeral = e;
         self.remote_index = read_u32(msg, RESP_SENDER);
@@ -473,7 +472,8 @@ impl Handshake {
         };
         let [t1, t2] = kdf::<2>(&self.sym.ck, &[]);
         let (send, recv) = if initiator { (t1, t2) } else { (t2, t1) };
-        let keys = SessionKeys { send, recv, initiator, local_index: self.local_index, remote_index: self.remote_index };
+        let keys =
+            SessionKeys { send, recv, initiator, local_index: self.local_index, remote_index: self.remote_index };
         self.clear();
         Ok(keys)
     }

@@ -72,8 +72,7 @@ use core::time::Duration;
 use rand_core::{CryptoRng, RngCore};
 
 use crate::messages::{
-    KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
-    ZERO_KEY_MATERIAL_AFTER,
+    KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, ZERO_KEY_MATERIAL_AFTER,
 };
 use crate::time::{duration_nanos, Timestamp};
 
@@ -159,10 +158,7 @@ pub struct TimerActions {
 
 impl TimerActions {
     const fn new() -> Self {
-        TimerActions {
-            buf: [TimerAction::SendKeepalive; MAX_TIMER_ACTIONS],
-            len: 0,
-        }
+        TimerActions { buf: [TimerAction::SendKeepalive; MAX_TIMER_ACTIONS], len: 0 }
     }
     fn push(&mut self, a: TimerAction) {
         if let Some(slot) = self.buf.get_mut(self.len) {
@@ -243,10 +239,7 @@ fn arm_if_unarmed(timer: &AtomicU64, deadline: Timestamp) -> Option<Timestamp> {
         return None; // read-only fast path: no cache-line write per packet
     }
     let d = stored(deadline);
-    timer
-        .compare_exchange(0, d, ORD, ORD)
-        .ok()
-        .map(|_| Timestamp::from_nanos(d))
+    timer.compare_exchange(0, d, ORD, ORD).ok().map(|_| Timestamp::from_nanos(d))
 }
 
 /// Kernel `mod_timer(t, d)`: `Some(d)` if the timer was unarmed or is now earlier.
@@ -345,10 +338,7 @@ impl PeerTimers {
     /// An authenticated data packet (not a keepalive) was sent (kernel `wg_timers_data_sent`):
     /// expect to hear back within `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` + jitter.
     pub fn data_sent(&self, now: Timestamp) -> Option<Timestamp> {
-        arm_if_unarmed(
-            &self.new_handshake,
-            now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter(),
-        )
+        arm_if_unarmed(&self.new_handshake, now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter())
     }
 
     /// An authenticated data packet (not a keepalive) was received (kernel
@@ -376,10 +366,7 @@ impl PeerTimers {
     pub fn any_authenticated_packet_traversal(&self, now: Timestamp) -> Option<Timestamp> {
         match self.persistent_keepalive_interval.load(ORD) {
             0 => None,
-            secs => rearm(
-                &self.persistent_keepalive,
-                now + Duration::from_secs(u64::from(secs)),
-            ),
+            secs => rearm(&self.persistent_keepalive, now + Duration::from_secs(u64::from(secs))),
         }
     }
 
@@ -387,10 +374,7 @@ impl PeerTimers {
     /// from the later of `now` and the last recorded send, so the retry is never rate-limited.
     pub fn handshake_initiated(&self, now: Timestamp) -> Option<Timestamp> {
         let base = now.max(Timestamp::from_nanos(self.last_sent_handshake.load(ORD)));
-        rearm(
-            &self.retransmit_handshake,
-            base + REKEY_TIMEOUT + self.jitter(),
-        )
+        rearm(&self.retransmit_handshake, base + REKEY_TIMEOUT + self.jitter())
     }
 
     /// A handshake response was received and processed, or the first data packet confirmed
@@ -412,21 +396,13 @@ impl PeerTimers {
     /// Set the persistent keepalive interval in seconds (0 turns it off and disarms the timer).
     /// When it becomes enabled the caller sends a keepalive at once, as `wg` does; this arms
     /// the timer at now + interval.
-    pub fn set_persistent_keepalive(
-        &self,
-        interval_secs: u16,
-        now: Timestamp,
-    ) -> Option<Timestamp> {
-        self.persistent_keepalive_interval
-            .store(u32::from(interval_secs), ORD);
+    pub fn set_persistent_keepalive(&self, interval_secs: u16, now: Timestamp) -> Option<Timestamp> {
+        self.persistent_keepalive_interval.store(u32::from(interval_secs), ORD);
         if interval_secs == 0 {
             disarm(&self.persistent_keepalive);
             None
         } else {
-            rearm(
-                &self.persistent_keepalive,
-                now + Duration::from_secs(u64::from(interval_secs)),
-            )
+            rearm(&self.persistent_keepalive, now + Duration::from_secs(u64::from(interval_secs)))
         }
     }
 
@@ -456,10 +432,7 @@ impl PeerTimers {
     pub fn claim_initiation(&self, now: Timestamp) -> bool {
         let last = self.last_sent_handshake.load(ORD);
         self.rate_limit_expired(last, now)
-            && self
-                .last_sent_handshake
-                .compare_exchange(last, stored(now), ORD, ORD)
-                .is_ok()
+            && self.last_sent_handshake.compare_exchange(last, stored(now), ORD, ORD).is_ok()
     }
 
     /// A handshake response is being sent now; the kernel rate-limits our initiations on it too.
@@ -476,9 +449,7 @@ impl PeerTimers {
     /// Receive-side rekey (`receive.c` `keep_key_fresh`): `true` once per handshake, for the
     /// core that gets to send the last-minute initiation.
     pub fn claim_lastminute_handshake(&self) -> bool {
-        self.sent_lastminute_handshake
-            .compare_exchange(false, true, ORD, ORD)
-            .is_ok()
+        self.sent_lastminute_handshake.compare_exchange(false, true, ORD, ORD).is_ok()
     }
 
     /// Retransmits of the current handshake so far.
@@ -517,10 +488,7 @@ impl PeerTimers {
                 arm_if_unarmed(&self.zero_key_material, now + ZERO_KEY_MATERIAL_AFTER);
             } else {
                 let attempts = self.handshake_attempts.fetch_add(1, ORD).saturating_add(1);
-                initiation = Some(TimerAction::SendInitiation {
-                    retry: true,
-                    attempts,
-                });
+                initiation = Some(TimerAction::SendInitiation { retry: true, attempts });
             }
         }
         // wg_expired_send_keepalive
@@ -535,19 +503,14 @@ impl PeerTimers {
         // rate-limit the other, with the attempts reset either way round).
         if take_expired(&self.new_handshake, now) {
             self.handshake_attempts.store(0, ORD);
-            initiation = Some(TimerAction::SendInitiation {
-                retry: false,
-                attempts: 0,
-            });
+            initiation = Some(TimerAction::SendInitiation { retry: false, attempts: 0 });
         }
         // wg_expired_zero_key_material
         if take_expired(&self.zero_key_material, now) {
             zero = true;
         }
         // wg_expired_send_persistent_keepalive
-        if take_expired(&self.persistent_keepalive, now)
-            && self.persistent_keepalive_interval.load(ORD) > 0
-        {
+        if take_expired(&self.persistent_keepalive, now) && self.persistent_keepalive_interval.load(ORD) > 0 {
             keepalive = true;
         }
 
@@ -564,10 +527,7 @@ impl PeerTimers {
         if let Some(a) = initiation {
             actions.push(a);
         }
-        TimerPoll {
-            actions,
-            next: self.next_deadline(),
-        }
+        TimerPoll { actions, next: self.next_deadline() }
     }
 }
 

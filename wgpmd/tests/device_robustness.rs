@@ -55,7 +55,17 @@ impl World {
         let i_peer = i.add_peer(&mut rng, pd).unwrap();
         i.set_endpoint(i_peer, D_ADDR).unwrap();
         i.add_allowed_ip(i_peer, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 32).unwrap();
-        World { d, i, d_peer, i_peer, rng, now: Timestamp::from_secs(1), d_out: Output::with_capacity(64), i_out: Output::with_capacity(64), d_public: pd }
+        World {
+            d,
+            i,
+            d_peer,
+            i_peer,
+            rng,
+            now: Timestamp::from_secs(1),
+            d_out: Output::with_capacity(64),
+            i_out: Output::with_capacity(64),
+            d_public: pd,
+        }
     }
 
     /// A fresh initiation from I to D (I's own rate limit is passed by moving time on).
@@ -163,7 +173,11 @@ fn a_million_mutated_messages_and_the_session_survives() {
     for n in 0..N {
         let kind = w.rng.gen_range(0..100);
         let under_load = w.rng.gen_bool(0.2);
-        let src = if w.rng.gen_bool(0.9) { I_ADDR } else { SocketAddr::new(IpAddr::V4(Ipv4Addr::from(w.rng.gen::<u32>())), w.rng.gen()) };
+        let src = if w.rng.gen_bool(0.9) {
+            I_ADDR
+        } else {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(w.rng.gen::<u32>())), w.rng.gen())
+        };
         let mut m = match kind {
             0..=29 => inits[w.rng.gen_range(0..inits.len())].clone(),
             30..=39 => response.clone(),

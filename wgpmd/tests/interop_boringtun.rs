@@ -74,7 +74,15 @@ impl Pair {
         }
         let limiter = bt_limiter.map(|l| Arc::new(BtRateLimiter::new(&bx::PublicKey::from(&bt_secret), l)));
         let bt = Tunn::new(bt_secret, our_public, psk, None, 7, limiter);
-        Pair { dev, peer, bt, rng, out: Output::with_capacity(64), now: Timestamp::from_secs(1), bt_public: bt_public.to_bytes() }
+        Pair {
+            dev,
+            peer,
+            bt,
+            rng,
+            out: Output::with_capacity(64),
+            now: Timestamp::from_secs(1),
+            bt_public: bt_public.to_bytes(),
+        }
     }
 
     /// Feed one datagram from us to boringtun; returns what it wrote to the network (flushing
@@ -321,7 +329,14 @@ fn our_cookie_reply_is_consumed_by_boringtun_which_retries_with_mac2() {
         other => panic!("{other:?}"),
     };
     assert_ne!(&retry[132..148], &[0u8; 16]);
-    let r = p.dev.receive_handshake(p.now + std::time::Duration::from_millis(30), &mut p.rng, BT_ADDR, &retry, true, &mut p.out);
+    let r = p.dev.receive_handshake(
+        p.now + std::time::Duration::from_millis(30),
+        &mut p.rng,
+        BT_ADDR,
+        &retry,
+        true,
+        &mut p.out,
+    );
     assert_eq!(r, Ok(HandshakeOutcome::Responded(p.peer)));
 }
 

@@ -17,7 +17,9 @@ use wgpmd::config::InterfaceConfig;
 use wgpmd::crypto::PrivateKey;
 use wgpmd::device::{Device, Output};
 use wgpmd::time::Timestamp;
-use wgpmd::uapi::{apply_set, format_get, InterfaceState, ServerError, SetRequest, UapiError, UapiHandler, UapiServer, SOCKET_DIR};
+use wgpmd::uapi::{
+    apply_set, format_get, InterfaceState, ServerError, SetRequest, UapiError, UapiHandler, UapiServer, SOCKET_DIR,
+};
 
 /// A device behind a mutex, as the daemon will hold it.
 struct State {
@@ -33,7 +35,9 @@ struct Handler(Arc<Mutex<State>>);
 impl UapiHandler for Handler {
     fn get(&self) -> String {
         let s = self.0.lock().unwrap();
-        format_get(&s.dev, &s.iface, |t| (1_700_000_000 + t.as_nanos() / 1_000_000_000, (t.as_nanos() % 1_000_000_000) as u32))
+        format_get(&s.dev, &s.iface, |t| {
+            (1_700_000_000 + t.as_nanos() / 1_000_000_000, (t.as_nanos() % 1_000_000_000) as u32)
+        })
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let mut s = self.0.lock().unwrap();
@@ -48,7 +52,12 @@ fn handler() -> Handler {
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let mut dev = Device::new(&mut rng, 1_700_000_000_000_000_000);
     dev.set_private_key(Some(PrivateKey::from_bytes(PRIV)));
-    Handler(Arc::new(Mutex::new(State { dev, iface: InterfaceState { listen_port: 51820, fwmark: 0 }, rng, out: Output::default() })))
+    Handler(Arc::new(Mutex::new(State {
+        dev,
+        iface: InterfaceState { listen_port: 51820, fwmark: 0 },
+        rng,
+        out: Output::default(),
+    })))
 }
 
 fn b64(k: &[u8; 32]) -> String {
@@ -96,7 +105,10 @@ fn raw_requests_on_the_socket() {
     let ok = format!("set=1\npublic_key={}\nallowed_ip=10.0.0.2/32\n\n", hex(&peer));
     assert_eq!(request(&path, ok.as_bytes()), "errno=0\n\n");
     let before = request(&path, b"get=1\n\n");
-    assert!(before.contains(&format!("public_key={}\n", hex(&peer))) && before.contains("allowed_ip=10.0.0.2/32\n"), "{before}");
+    assert!(
+        before.contains(&format!("public_key={}\n", hex(&peer))) && before.contains("allowed_ip=10.0.0.2/32\n"),
+        "{before}"
+    );
     // Malformed: an error, and nothing changes (the first lines are valid).
     let bad = format!("set=1\nreplace_peers=true\npublic_key={}\nbogus_key=1\n\n", hex(&own_pub));
     assert_eq!(request(&path, bad.as_bytes()), "errno=-22\n\n");
@@ -165,11 +177,17 @@ fn the_stock_wg_tool_drives_the_device() {
     );
     let name = format!("wgpt{}", std::process::id());
     let h = handler();
-    let server = UapiServer::bind(&name, h.clone()).unwrap_or_else(|e| panic!("cannot serve {SOCKET_DIR}/{name}.sock (root needed): {e}"));
+    let server = UapiServer::bind(&name, h.clone())
+        .unwrap_or_else(|e| panic!("cannot serve {SOCKET_DIR}/{name}.sock (root needed): {e}"));
     let own_pub = PrivateKey::from_bytes(PRIV).public_key();
 
     let show = wg(&["show", &name]);
-    for line in [format!("interface: {name}"), format!("public key: {}", b64(&own_pub)), "private key: (hidden)".into(), "listening port: 51820".into()] {
+    for line in [
+        format!("interface: {name}"),
+        format!("public key: {}", b64(&own_pub)),
+        "private key: (hidden)".into(),
+        "listening port: 51820".into(),
+    ] {
         assert!(show.contains(&line), "missing {line:?} in:\n{show}");
     }
 

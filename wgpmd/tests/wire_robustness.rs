@@ -18,9 +18,9 @@ use rand_chacha::ChaCha20Rng;
 use wgpmd::fuzzing::{wire_frame, wireguard_message, Reached};
 use wgpmd::messages::{COOKIE_REPLY_LEN, DATA_MIN_LEN, INITIATION_LEN, PADDING_MULTIPLE, RESPONSE_LEN, TAG_LEN};
 use wgpmd::wire::{
-    self, ArpOperation, ArpRepr, ChecksumCapabilities, Error, EtherType, EthernetAddress, EthernetFrame,
-    EthernetRepr, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpPair, IpProtocol,
-    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, MessageType, NeighborFlags, UdpPacket, UdpRepr, VlanTag,
+    self, ArpOperation, ArpRepr, ChecksumCapabilities, Error, EtherType, EthernetAddress, EthernetFrame, EthernetRepr,
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpPair, IpProtocol, Ipv4Packet, Ipv4Repr,
+    Ipv6Packet, Ipv6Repr, MessageType, NeighborFlags, UdpPacket, UdpRepr, VlanTag,
 };
 
 const FRAMES: usize = 1_000_000;
@@ -204,7 +204,11 @@ impl Gen {
             }
         };
         // Sometimes less room than the whole quote.
-        let room = if least > 0 && self.rng.gen_bool(0.3) { self.rng.gen_range(least..=repr.buffer_len()) } else { repr.buffer_len() };
+        let room = if least > 0 && self.rng.gen_bool(0.3) {
+            self.rng.gen_range(least..=repr.buffer_len())
+        } else {
+            repr.buffer_len()
+        };
         let mut out = vec![0u8; room];
         let n = repr.emit(&mut Icmpv4Packet::new_unchecked(&mut out[..]), &CAPS).unwrap();
         out.truncate(n);
@@ -230,7 +234,11 @@ impl Gen {
             }
             3 | 4 => Icmpv6Repr::NeighborSolicit { target_addr, source_lladdr: lladdr },
             _ => {
-                let flags = NeighborFlags { router: self.rng.gen(), solicited: !dst.is_multicast() && self.rng.gen(), override_: self.rng.gen() };
+                let flags = NeighborFlags {
+                    router: self.rng.gen(),
+                    solicited: !dst.is_multicast() && self.rng.gen(),
+                    override_: self.rng.gen(),
+                };
                 Icmpv6Repr::NeighborAdvert { flags, target_addr, target_lladdr: lladdr }
             }
         };
@@ -372,7 +380,13 @@ fn mutate(rng: &mut ChaCha20Rng, frame: &mut Vec<u8>) {
     for _ in 0..rng.gen_range(1..=3) {
         let len = frame.len();
         // Most damage lands in the headers, where the parsers look.
-        let pos = |rng: &mut ChaCha20Rng| if rng.gen_bool(0.7) { rng.gen_range(0..len.clamp(1, 80)) } else { rng.gen_range(0..len.max(1)) };
+        let pos = |rng: &mut ChaCha20Rng| {
+            if rng.gen_bool(0.7) {
+                rng.gen_range(0..len.clamp(1, 80))
+            } else {
+                rng.gen_range(0..len.max(1))
+            }
+        };
         match rng.gen_range(0..10) {
             0 | 1 if len > 0 => {
                 let i = pos(rng);
@@ -416,7 +430,23 @@ fn mutate(rng: &mut ChaCha20Rng, frame: &mut Vec<u8>) {
             }
             _ => {
                 // The WireGuard message length, near the boundaries that matter.
-                let sizes = [0, 3, 4, 31, DATA_MIN_LEN, 33, 63, COOKIE_REPLY_LEN, 65, 91, RESPONSE_LEN, 93, 147, INITIATION_LEN, 149];
+                let sizes = [
+                    0,
+                    3,
+                    4,
+                    31,
+                    DATA_MIN_LEN,
+                    33,
+                    63,
+                    COOKIE_REPLY_LEN,
+                    65,
+                    91,
+                    RESPONSE_LEN,
+                    93,
+                    147,
+                    INITIATION_LEN,
+                    149,
+                ];
                 let n = *sizes.choose(rng).unwrap();
                 resize_udp_payload(frame, n, rng.gen());
             }
@@ -542,7 +572,12 @@ fn wireguard_messages_alone() {
                     }
                     1 => m.truncate(g.rng.gen_range(0..=m.len())),
                     2 => m.push(g.rng.gen()),
-                    _ => m.resize(*[TAG_LEN, DATA_MIN_LEN, COOKIE_REPLY_LEN, RESPONSE_LEN, INITIATION_LEN].choose(&mut g.rng).unwrap(), 0),
+                    _ => m.resize(
+                        *[TAG_LEN, DATA_MIN_LEN, COOKIE_REPLY_LEN, RESPONSE_LEN, INITIATION_LEN]
+                            .choose(&mut g.rng)
+                            .unwrap(),
+                        0,
+                    ),
                 }
             }
         }

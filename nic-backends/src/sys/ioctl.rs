@@ -25,9 +25,7 @@ impl IfName {
         if name == "." || name == ".." {
             return Err("`.` and `..` are not interface names");
         }
-        if b.iter()
-            .any(|&c| c == b'/' || c == b':' || c == 0 || c.is_ascii_whitespace())
-        {
+        if b.iter().any(|&c| c == b'/' || c == b':' || c == 0 || c.is_ascii_whitespace()) {
             return Err("contains '/', ':', NUL or whitespace");
         }
         let mut raw = [0 as libc::c_char; libc::IFNAMSIZ];
@@ -39,10 +37,7 @@ impl IfName {
 
     /// The name as bytes (without the terminating NUL).
     pub(crate) fn as_str(&self) -> String {
-        self.raw[..self.len]
-            .iter()
-            .map(|&c| c as u8 as char)
-            .collect()
+        self.raw[..self.len].iter().map(|&c| c as u8 as char).collect()
     }
 
     fn req(&self) -> libc::ifreq {
@@ -115,8 +110,7 @@ pub(crate) fn mtu(ctl: BorrowedFd<'_>, name: &IfName) -> io::Result<usize> {
 
 pub(crate) fn set_mtu(ctl: BorrowedFd<'_>, name: &IfName, mtu: usize) -> io::Result<()> {
     let mut r = name.req();
-    r.ifr_ifru.ifru_mtu =
-        i32::try_from(mtu).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    r.ifr_ifru.ifru_mtu = i32::try_from(mtu).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     ifreq_ioctl(ctl, libc::SIOCSIFMTU as libc::Ioctl, &mut r)
 }
 
@@ -140,15 +134,8 @@ pub(crate) fn tun_set_iff(fd: BorrowedFd<'_>, name: &IfName, flags: i32) -> io::
     let mut r = name.req();
     r.ifr_ifru.ifru_flags = flags as libc::c_short;
     ifreq_ioctl(fd, libc::TUNSETIFF as libc::Ioctl, &mut r)?;
-    let len = r
-        .ifr_name
-        .iter()
-        .position(|&c| c == 0)
-        .unwrap_or(libc::IFNAMSIZ - 1);
-    Ok(IfName {
-        raw: r.ifr_name,
-        len,
-    })
+    let len = r.ifr_name.iter().position(|&c| c == 0).unwrap_or(libc::IFNAMSIZ - 1);
+    Ok(IfName { raw: r.ifr_name, len })
 }
 
 #[cfg(test)]

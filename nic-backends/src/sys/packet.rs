@@ -45,11 +45,7 @@ impl PacketSocket {
         // Protocol 0: nothing is received until `bind` names one, so no frame precedes the ring.
         // SAFETY: socket(2) with constant arguments; returns a new fd or -1.
         let fd = cvt(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
         })?;
         // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -77,22 +73,13 @@ impl PacketSocket {
         // SAFETY: `val`/`len` are live, writable and sized for `T`; the kernel writes at most
         // `len` bytes; `T` is a plain integer or C struct valid for any bytes.
         cvt(unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                name,
-                (&mut val as *mut T).cast(),
-                &mut len,
-            )
+            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, name, (&mut val as *mut T).cast(), &mut len)
         })?;
         Ok(val)
     }
 
     pub(crate) fn set_version_v3(&self) -> io::Result<()> {
-        self.setsockopt(
-            libc::PACKET_VERSION,
-            &(libc::tpacket_versions::TPACKET_V3 as libc::c_int),
-        )
+        self.setsockopt(libc::PACKET_VERSION, &(libc::tpacket_versions::TPACKET_V3 as libc::c_int))
     }
 
     /// Do not deliver frames this host transmits on the interface (Linux 4.20+).
@@ -101,12 +88,7 @@ impl PacketSocket {
     }
 
     /// Ask for the TPACKET_V3 rx ring and map it.
-    pub(crate) fn rx_ring(
-        &self,
-        block_size: usize,
-        block_nr: usize,
-        retire_ms: u32,
-    ) -> io::Result<RxRing> {
+    pub(crate) fn rx_ring(&self, block_size: usize, block_nr: usize, retire_ms: u32) -> io::Result<RxRing> {
         let einval = || io::Error::from_raw_os_error(libc::EINVAL);
         let frame_size = 2048usize;
         let req = libc::tpacket_req3 {
@@ -137,12 +119,7 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(einval)?;
-        Ok(RxRing {
-            base,
-            map_len: len,
-            block_size,
-            block_nr,
-        })
+        Ok(RxRing { base, map_len: len, block_size, block_nr })
     }
 
     /// Bind to `ifindex` for all protocols: frames start arriving.
@@ -180,11 +157,7 @@ impl PacketSocket {
     pub(crate) fn take_drops(&self) -> io::Result<u32> {
         let s = self.getsockopt(
             libc::PACKET_STATISTICS,
-            libc::tpacket_stats_v3 {
-                tp_packets: 0,
-                tp_drops: 0,
-                tp_freeze_q_cnt: 0,
-            },
+            libc::tpacket_stats_v3 { tp_packets: 0, tp_drops: 0, tp_freeze_q_cnt: 0 },
         )?;
         Ok(s.tp_drops)
     }
@@ -197,16 +170,10 @@ impl PacketSocket {
         if n == 0 {
             return Ok(0);
         }
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; SEND_BATCH];
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_BATCH];
         for (v, f) in iov.iter_mut().zip(frames) {
             // The kernel only reads through iov_base (the `*mut` is the C type's, not a write).
-            *v = libc::iovec {
-                iov_base: f.as_ptr() as *mut libc::c_void,
-                iov_len: f.len(),
-            };
+            *v = libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() };
         }
         // SAFETY: all-zero is a valid `mmsghdr` (null name/control pointers, zero lengths).
         let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
@@ -217,14 +184,8 @@ impl PacketSocket {
         // The kernel reads `msgs[..n]` and their iovecs, and writes only each `msg_len`.
         // SAFETY: each header's single iovec points into a frame slice borrowed for the whole
         // call (`frames`), and `iov` and `msgs` outlive the call.
-        let r = unsafe {
-            libc::sendmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let r =
+            unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
         Ok(cvt(r)? as usize)
     }
 }
@@ -249,12 +210,10 @@ pub(crate) struct FrameHdr {
     pub(crate) pkttype: u8,
 }
 
-const BLOCK_STATUS: usize =
-    offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, block_status);
-const BLOCK_NUM_PKTS: usize =
-    offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, num_pkts);
-const BLOCK_FIRST: usize = offset_of!(libc::tpacket_block_desc, hdr)
-    + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt);
+const BLOCK_STATUS: usize = offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, block_status);
+const BLOCK_NUM_PKTS: usize = offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, num_pkts);
+const BLOCK_FIRST: usize =
+    offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt);
 const HV1: usize = offset_of!(libc::tpacket3_hdr, hv1);
 /// `sockaddr_ll` follows the frame header at `TPACKET_ALIGN(sizeof(tpacket3_hdr))`.
 const SLL: usize = size_of::<libc::tpacket3_hdr>().next_multiple_of(libc::TPACKET_ALIGNMENT);
@@ -348,10 +307,7 @@ impl RxRing {
             status: f(offset_of!(libc::tpacket3_hdr, tp_status))?,
             mac: self.read_u16(b, off + offset_of!(libc::tpacket3_hdr, tp_mac))? as usize,
             vlan_tci: f(HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci))? as u16,
-            vlan_tpid: self.read_u16(
-                b,
-                off + HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
-            )?,
+            vlan_tpid: self.read_u16(b, off + HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid))?,
             pkttype: self.read_u8(b, off + SLL + offset_of!(libc::sockaddr_ll, sll_pkttype))?,
         })
     }
@@ -397,19 +353,12 @@ impl RxRing {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        RxRing {
-            base: NonNull::new(p.cast()).unwrap(),
-            map_len,
-            block_size,
-            block_nr,
-        }
+        RxRing { base: NonNull::new(p.cast()).unwrap(), map_len, block_size, block_nr }
     }
 
     /// Write `bytes` at `off` in block `b` (as the kernel would).
     pub(crate) fn mock_write(&self, b: usize, off: usize, bytes: &[u8]) {
-        let p = self
-            .at(b, off, bytes.len(), 1)
-            .expect("mock write out of bounds");
+        let p = self.at(b, off, bytes.len(), 1).expect("mock write out of bounds");
         // SAFETY: destination inside the mapping (checked by `at`); the test is the only user.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
     }
@@ -437,35 +386,17 @@ impl RxRing {
     ) -> usize {
         let mac = FRAME_HDR_SPAN.next_multiple_of(16) + 2; // like the kernel: net header 16-aligned
         let w = |o: usize, v: &[u8]| self.mock_write(b, off + o, v);
-        w(
-            offset_of!(libc::tpacket3_hdr, tp_next_offset),
-            &next.to_ne_bytes(),
-        );
-        w(
-            offset_of!(libc::tpacket3_hdr, tp_snaplen),
-            &(data.len() as u32).to_ne_bytes(),
-        );
-        w(
-            offset_of!(libc::tpacket3_hdr, tp_len),
-            &(data.len() as u32).to_ne_bytes(),
-        );
+        w(offset_of!(libc::tpacket3_hdr, tp_next_offset), &next.to_ne_bytes());
+        w(offset_of!(libc::tpacket3_hdr, tp_snaplen), &(data.len() as u32).to_ne_bytes());
+        w(offset_of!(libc::tpacket3_hdr, tp_len), &(data.len() as u32).to_ne_bytes());
         let mut st = status;
         if let Some((tci, tpid)) = vlan {
             st |= libc::TP_STATUS_VLAN_VALID | libc::TP_STATUS_VLAN_TPID_VALID;
-            w(
-                HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci),
-                &u32::from(tci).to_ne_bytes(),
-            );
-            w(
-                HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
-                &tpid.to_ne_bytes(),
-            );
+            w(HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci), &u32::from(tci).to_ne_bytes());
+            w(HV1 + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid), &tpid.to_ne_bytes());
         }
         w(offset_of!(libc::tpacket3_hdr, tp_status), &st.to_ne_bytes());
-        w(
-            offset_of!(libc::tpacket3_hdr, tp_mac),
-            &(mac as u16).to_ne_bytes(),
-        );
+        w(offset_of!(libc::tpacket3_hdr, tp_mac), &(mac as u16).to_ne_bytes());
         w(SLL + offset_of!(libc::sockaddr_ll, sll_pkttype), &[pkttype]);
         w(mac, data);
         (off + mac + data.len()).next_multiple_of(16)
@@ -506,22 +437,10 @@ mod tests {
         let next = r.mock_frame(1, 48, 0, b"hello", 0, Some((7, 0x88a8)), 0);
         assert!(next > 48);
         r.mock_publish(1, 1, 48);
-        assert_eq!(
-            r.block_status(1) & libc::TP_STATUS_USER,
-            libc::TP_STATUS_USER
-        );
-        assert_eq!(
-            r.block_hdr(1),
-            Some(BlockHdr {
-                num_pkts: 1,
-                first_pkt: 48
-            })
-        );
+        assert_eq!(r.block_status(1) & libc::TP_STATUS_USER, libc::TP_STATUS_USER);
+        assert_eq!(r.block_hdr(1), Some(BlockHdr { num_pkts: 1, first_pkt: 48 }));
         let f = r.frame_hdr(1, 48).unwrap();
-        assert_eq!(
-            (f.snaplen, f.len, f.vlan_tci, f.vlan_tpid),
-            (5, 5, 7, 0x88a8)
-        );
+        assert_eq!((f.snaplen, f.len, f.vlan_tci, f.vlan_tpid), (5, 5, 7, 0x88a8));
         let mut d = [0u8; 5];
         assert!(r.copy_out(1, 48 + f.mac, &mut d));
         assert_eq!(&d, b"hello");

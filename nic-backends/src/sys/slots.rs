@@ -74,8 +74,7 @@ impl MmapRegion {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let base = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
         Ok(MmapRegion { base, size })
     }
 }
@@ -122,11 +121,7 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    pub(crate) fn new(
-        name: &str,
-        region: Box<dyn Region>,
-        count: usize,
-    ) -> Result<Slots, PoolError> {
+    pub(crate) fn new(name: &str, region: Box<dyn Region>, count: usize) -> Result<Slots, PoolError> {
         let name = name.to_string();
         let max = Slots::max_count();
         if count == 0 || count > max {
@@ -134,12 +129,7 @@ impl Slots {
         }
         let need = count * BUF_SIZE;
         if region.size() < need {
-            return Err(PoolError::RegionTooSmall {
-                name,
-                count,
-                need,
-                have: region.size(),
-            });
+            return Err(PoolError::RegionTooSmall { name, count, need, have: region.size() });
         }
         if region.base().as_ptr() as usize % 64 != 0 {
             return Err(PoolError::Misaligned { name });
@@ -153,13 +143,7 @@ impl Slots {
             let _ = free.push(i);
         }
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(Slots {
-            region,
-            free,
-            count: count as u32,
-            id,
-            name,
-        })
+        Ok(Slots { region, free, count: count as u32, id, name })
     }
 
     /// Largest buffer count of one pool (slot indices are `u32`, the region fits in `isize`).
@@ -171,20 +155,12 @@ impl Slots {
         let index = self.free.pop()?;
         // In bounds: index < count and count * BUF_SIZE <= region size (checked in `new`), so
         // the offset stays inside one allocation; `wrapping_add` keeps this free of `unsafe`.
-        let ptr = self
-            .region
-            .base()
-            .as_ptr()
-            .wrapping_add(index as usize * BUF_SIZE);
+        let ptr = self.region.base().as_ptr().wrapping_add(index as usize * BUF_SIZE);
         let Some(ptr) = NonNull::new(ptr) else {
             let _ = self.free.push(index); // unreachable (base is non-null); do not leak the slot
             return None;
         };
-        Some(Slot {
-            ptr,
-            index,
-            home: Arc::clone(self),
-        })
+        Some(Slot { ptr, index, home: Arc::clone(self) })
     }
 
     pub(crate) fn available(&self) -> usize {
@@ -262,11 +238,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // Cannot be full: each index is out at most once and the queue holds all of them.
         let pushed = self.home.free.push(self.index);
-        debug_assert!(
-            pushed.is_ok(),
-            "slot returned twice to pool {}",
-            self.home.name
-        );
+        debug_assert!(pushed.is_ok(), "slot returned twice to pool {}", self.home.name);
     }
 }
 
@@ -284,8 +256,7 @@ mod tests {
 
     #[test]
     fn slots_go_back_from_another_thread() {
-        let s =
-            Arc::new(Slots::new("t", Box::new(MmapRegion::new(4 * BUF_SIZE).unwrap()), 4).unwrap());
+        let s = Arc::new(Slots::new("t", Box::new(MmapRegion::new(4 * BUF_SIZE).unwrap()), 4).unwrap());
         let a = s.alloc().unwrap();
         let b = s.alloc().unwrap();
         assert_eq!(s.available(), 2);

@@ -26,22 +26,13 @@ fn setns(f: &File) {
     // SAFETY: setns(2) on an open namespace fd we own; it changes only this thread's network
     // namespace and touches no memory of ours.
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(
-        r,
-        0,
-        "setns: {} (tests must run as root)",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(r, 0, "setns: {} (tests must run as root)", std::io::Error::last_os_error());
 }
 
 impl NetNs {
     /// Create `nicb-TAG-PID-N` and move this thread into it.
     pub fn enter(tag: &str) -> NetNs {
-        let name = format!(
-            "nicb-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("nicb-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run("ip", &["netns", "add", &name]);
         let home = File::open("/proc/thread-self/ns/net").expect("own netns");
         let ns = NetNs { name, home };
@@ -62,41 +53,24 @@ impl NetNs {
         let mut a = vec!["-n", self.name.as_str()];
         a.extend(args.split_whitespace());
         let o = Command::new("ip").args(&a).output().expect("run ip");
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
         setns(&self.home);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 pub fn run(cmd: &str, args: &[&str]) {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(o.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
 }
 
 /// Poll `q` until `pred` holds for what has been received (or 5 s pass); returns it all.
-pub fn rx_until(
-    q: &mut dyn Queue,
-    pool: &Pool,
-    mut pred: impl FnMut(&[Buffer]) -> bool,
-) -> Vec<Buffer> {
+pub fn rx_until(q: &mut dyn Queue, pool: &Pool, mut pred: impl FnMut(&[Buffer]) -> bool) -> Vec<Buffer> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = Vec::new();
     while !pred(&got) && Instant::now() < deadline {

@@ -169,7 +169,10 @@ pub(crate) struct Setup {
 impl Generator {
     pub fn new(s: Setup) -> Result<Generator, BenchError> {
         let workers = s.wan.len();
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         let conc = SocketAddrV4::new(CONC_IP, PORT);
         let mut peers = Vec::with_capacity(s.keys.len());
         for (i, key) in s.keys.into_iter().enumerate() {
@@ -203,7 +206,8 @@ impl Generator {
                 .ok_or_else(|| BenchError::Run(format!("the daemon's worker thread {name} did not start")))?;
             clocks.push(ThreadClock::of_tid(tid));
         }
-        let pool = Pool::new("bench-gen", CHUNK + 4 * BURST * workers + 1024).map_err(|e| BenchError::Run(format!("generator buffer pool: {e}")))?;
+        let pool = Pool::new("bench-gen", CHUNK + 4 * BURST * workers + 1024)
+            .map_err(|e| BenchError::Run(format!("generator buffer pool: {e}")))?;
         Ok(Generator {
             peers,
             wan: s.wan,
@@ -244,7 +248,10 @@ impl Generator {
         for &dir in directions {
             let warm = self.measure(dir, Duration::ZERO, WARMUP)?;
             if warm.lost > 0 || warm.verify_failed > 0 {
-                return Err(BenchError::Run(format!("{dir:?} warm-up: {} lost, {} damaged of {}", warm.lost, warm.verify_failed, warm.sent)));
+                return Err(BenchError::Run(format!(
+                    "{dir:?} warm-up: {} lost, {} damaged of {}",
+                    warm.lost, warm.verify_failed, warm.sent
+                )));
             }
             results.push(self.measure(dir, seconds, CHUNK)?);
         }
@@ -261,7 +268,9 @@ impl Generator {
                 let now = self.now();
                 let p = &mut self.peers[next];
                 p.started = true;
-                p.dev.initiate(now, &mut OsRng, p.conc, &mut self.out).map_err(|e| BenchError::Run(format!("peer {next}: initiation: {e}")))?;
+                p.dev
+                    .initiate(now, &mut OsRng, p.conc, &mut self.out)
+                    .map_err(|e| BenchError::Run(format!("peer {next}: initiation: {e}")))?;
                 self.send_transmits(next);
                 next += 1;
                 room -= 1;
@@ -302,7 +311,15 @@ impl Generator {
     fn frame(&mut self, mut buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
         let len = buf.len();
         self.ident = self.ident.wrapping_add(1);
-        let o = OuterV4 { src_mac: self.mac, dst_mac: self.conc_mac, src: from, dst: self.conc, tos: 0, ident: self.ident, vlan: None };
+        let o = OuterV4 {
+            src_mac: self.mac,
+            dst_mac: self.conc_mac,
+            src: from,
+            dst: self.conc,
+            tos: 0,
+            ident: self.ident,
+            vlan: None,
+        };
         o.write(buf.prepend(OUTER_V4_LEN).ok()?, len)?;
         Some(buf)
     }
@@ -511,7 +528,8 @@ impl Generator {
 
     /// Build `n` packets for `dir`, round robin over the peers, into per-queue lists.
     fn build(&mut self, dir: Direction, n: usize) -> Result<Vec<VecDeque<Buffer>>, BenchError> {
-        let mut chunk: Vec<VecDeque<Buffer>> = (0..self.wan.len()).map(|_| VecDeque::with_capacity(n / self.wan.len() + 1)).collect();
+        let mut chunk: Vec<VecDeque<Buffer>> =
+            (0..self.wan.len()).map(|_| VecDeque::with_capacity(n / self.wan.len() + 1)).collect();
         let size = self.size;
         let now = self.now();
         let npeers = self.peers.len();

@@ -72,7 +72,15 @@ pub struct BenchOptions {
 impl BenchOptions {
     /// The defaults of `wgpmd bench`: 16 peers, 64/512/1420 bytes, 3 s, one worker.
     pub fn full() -> Self {
-        BenchOptions { peers: 16, sizes: vec![64, 512, 1420], seconds: 3.0, workers: 1, directions: vec![Direction::Rx, Direction::Tx], verify_every: 64, references: true }
+        BenchOptions {
+            peers: 16,
+            sizes: vec![64, 512, 1420],
+            seconds: 3.0,
+            workers: 1,
+            directions: vec![Direction::Rx, Direction::Tx],
+            verify_every: 64,
+            references: true,
+        }
     }
     /// `wgpmd bench --quick`: 4 peers, 0.5 s per measurement.
     pub fn quick() -> Self {
@@ -88,7 +96,9 @@ impl BenchOptions {
             return bad("--sizes: at least one size".into());
         }
         if let Some(s) = self.sizes.iter().find(|s| !(MIN_SIZE..=DEFAULT_TUNNEL_MTU).contains(s)) {
-            return bad(format!("--sizes: {s} is not an inner packet size of {MIN_SIZE} to {DEFAULT_TUNNEL_MTU} bytes"));
+            return bad(format!(
+                "--sizes: {s} is not an inner packet size of {MIN_SIZE} to {DEFAULT_TUNNEL_MTU} bytes"
+            ));
         }
         if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
             return bad(format!("--seconds {}: more than 0, at most {MAX_SECONDS}", self.seconds));
@@ -217,9 +227,16 @@ impl CorePlan {
     /// share the first available core (the control plane mostly sleeps).
     pub fn new(available: &[usize], workers: usize) -> Result<CorePlan, BenchError> {
         if workers > available.len() {
-            return Err(BenchError::Options(format!("--workers {workers}: this process may use {} core(s) ({available:?})", available.len())));
+            return Err(BenchError::Options(format!(
+                "--workers {workers}: this process may use {} core(s) ({available:?})",
+                available.len()
+            )));
         }
-        let (cores, shares) = if available.len() > workers { (available[..=workers].to_vec(), false) } else { (available.to_vec(), true) };
+        let (cores, shares) = if available.len() > workers {
+            (available[..=workers].to_vec(), false)
+        } else {
+            (available.to_vec(), true)
+        };
         let layout = cores::layout(&cores, available, shares).map_err(DaemonError::from)?;
         let generator = (!shares).then_some(layout.control);
         Ok(CorePlan { cores, control_shares_core: shares, control: layout.control, workers: layout.workers, generator })
@@ -241,10 +258,18 @@ pub struct Report {
 
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string()).unwrap_or_else(|| "unknown CPU".into());
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{model}, {} CPU(s) online, load average {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), load.join(" "))
+    format!(
+        "{model}, {} CPU(s) online, load average {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load.join(" ")
+    )
 }
 
 /// Run a closure on a thread pinned to `core` (if any).
@@ -356,7 +381,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
                 })
                 .expect("spawn daemon thread")
         };
-        let generated = on_core(plan.generator, || gen::Generator::new(setup).and_then(|mut g| g.run(&opts.directions, secs)));
+        let generated =
+            on_core(plan.generator, || gen::Generator::new(setup).and_then(|mut g| g.run(&opts.directions, secs)));
         stop.store(true, Ordering::Relaxed);
         let daemon = daemon.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         daemon?;
@@ -380,10 +406,18 @@ impl fmt::Display for Report {
         let o = &self.options;
         let p = &self.plan;
         let w = p.workers.len();
-        writeln!(f, "wgpmd bench: {} peers, {w} worker(s) on core(s) {:?}, control on core {}{}, {} s per measurement", o.peers, p.workers, p.control, match p.generator {
-            Some(g) => format!(", generator and references on core {g}"),
-            None => ", generator unpinned".into(),
-        }, o.seconds)?;
+        writeln!(
+            f,
+            "wgpmd bench: {} peers, {w} worker(s) on core(s) {:?}, control on core {}{}, {} s per measurement",
+            o.peers,
+            p.workers,
+            p.control,
+            match p.generator {
+                Some(g) => format!(", generator and references on core {g}"),
+                None => ", generator unpinned".into(),
+            },
+            o.seconds
+        )?;
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(f, "measured while each worker had a backlog: per core = per second of its CPU time; wall = all workers, per second of wall time; on-CPU = CPU / wall time")?;
         writeln!(f, "reference for rx: ring open, boringtun decapsulate; for tx: ring seal, boringtun encapsulate (one core each)")?;
@@ -416,7 +450,13 @@ impl fmt::Display for Report {
                 )?;
             }
         }
-        let bad: u64 = self.results.iter().flat_map(|r| [&r.rx, &r.tx]).flatten().map(|m| m.lost + m.verify_failed + m.out_of_order).sum();
+        let bad: u64 = self
+            .results
+            .iter()
+            .flat_map(|r| [&r.rx, &r.tx])
+            .flatten()
+            .map(|m| m.lost + m.verify_failed + m.out_of_order)
+            .sum();
         writeln!(f)?;
         writeln!(f, "checked: rx packets byte for byte with their per-peer sequence; tx frames by WireGuard counter, 1 in {} decrypted and compared", o.verify_every.max(1))?;
         writeln!(f, "lost, damaged or out of order: {bad}")

@@ -77,7 +77,12 @@ fn a_full_file_with_every_key() {
 
 #[test]
 fn small_values_and_repeats() {
-    let cfg = parse("[Interface]\nFwMark = off\nListenPort = 0\nFwMark = 4294967295\nPrivateKey = {PSK}\n".replace("{PSK}", PSK).as_str()).unwrap();
+    let cfg = parse(
+        "[Interface]\nFwMark = off\nListenPort = 0\nFwMark = 4294967295\nPrivateKey = {PSK}\n"
+            .replace("{PSK}", PSK)
+            .as_str(),
+    )
+    .unwrap();
     assert_eq!(cfg.fwmark, Some(u32::MAX), "a later value replaces an earlier one");
     assert_eq!(cfg.listen_port, Some(0));
     assert_eq!(parse("[Interface]\nFwMark = OFF\n").unwrap().fwmark, Some(0));
@@ -85,7 +90,11 @@ fn small_values_and_repeats() {
     let empty = parse("# nothing\n\n").unwrap();
     assert_eq!(empty, InterfaceConfig::default());
     let v6 = parse(&format!("[Peer]\nPublicKey={PUB_B}\nEndpoint=fd00::9:51820\nPersistentKeepalive=65535\n")).unwrap();
-    assert_eq!(v6.peers[0].endpoint, Some("[fd00::9]:51820".parse().unwrap()), "unbracketed IPv6 splits at the last colon, as wg does");
+    assert_eq!(
+        v6.peers[0].endpoint,
+        Some("[fd00::9]:51820".parse().unwrap()),
+        "unbracketed IPv6 splits at the last colon, as wg does"
+    );
     assert_eq!(v6.peers[0].persistent_keepalive, Some(65535));
 }
 
@@ -103,7 +112,10 @@ fn host_names_go_to_the_resolver() {
 
     let e = InterfaceConfig::parse_with_resolver(&text, |_, _| Err("Name or service not known".into())).unwrap_err();
     assert_eq!(e.line, 3);
-    assert_eq!(e.to_string(), "line 3: invalid Endpoint `vpn.example.net:51820`: cannot resolve `vpn.example.net`: Name or service not known");
+    assert_eq!(
+        e.to_string(),
+        "line 3: invalid Endpoint `vpn.example.net:51820`: cannot resolve `vpn.example.net`: Name or service not known"
+    );
 }
 
 #[test]
@@ -166,10 +178,14 @@ fn each_error_names_its_line_and_problem() {
 
 #[test]
 fn a_public_key_used_twice_is_refused() {
-    let text = format!("[Peer]\nPublicKey = {PUB_B}\n\n[Peer]\nPublicKey = {PUB_C}\n[Peer]\n# again\nPublicKey = {PUB_B}\n");
+    let text =
+        format!("[Peer]\nPublicKey = {PUB_B}\n\n[Peer]\nPublicKey = {PUB_C}\n[Peer]\n# again\nPublicKey = {PUB_B}\n");
     let e = parse(&text).unwrap_err();
     assert_eq!(e.line, 8);
-    assert_eq!(e.to_string(), format!("line 8: PublicKey `{PUB_B}` is already used by the peer whose PublicKey is at line 2"));
+    assert_eq!(
+        e.to_string(),
+        format!("line 8: PublicKey `{PUB_B}` is already used by the peer whose PublicKey is at line 2")
+    );
 }
 
 #[test]
@@ -189,7 +205,10 @@ fn wg_quick_keys_are_refused_by_name() {
         assert_eq!(e.line, 3);
         assert_eq!(e.kind, ConfigErrorKind::WgQuickKey(name));
         let msg = e.to_string();
-        assert!(msg.starts_with(&format!("line 3: `{name}` is a wg-quick(8) key")) && msg.contains("wg-quick strip"), "{msg}");
+        assert!(
+            msg.starts_with(&format!("line 3: `{name}` is a wg-quick(8) key")) && msg.contains("wg-quick strip"),
+            "{msg}"
+        );
     }
 }
 
@@ -221,7 +240,10 @@ const WG_SETCONF_BYTES: &[u8] = b"set=1\nprivate_key=08c32941890bd205fc2720cff87
 
 #[test]
 fn setconf_request_matches_what_wg_sends() {
-    assert!(std::str::from_utf8(WG_SETCONF_BYTES).unwrap().contains(PRIV_HEX) && std::str::from_utf8(WG_SETCONF_BYTES).unwrap().contains(PUB_B_HEX));
+    assert!(
+        std::str::from_utf8(WG_SETCONF_BYTES).unwrap().contains(PRIV_HEX)
+            && std::str::from_utf8(WG_SETCONF_BYTES).unwrap().contains(PUB_B_HEX)
+    );
     let cfg = parse(&format!("[Interface]\nPrivateKey = {PRIV_B64}\nListenPort = 51820\n\n[Peer]\nPublicKey = {PUB_B}\nEndpoint = 10.99.0.2:51820\nPersistentKeepalive = 5\nAllowedIPs = 10.100.0.2/32\n")).unwrap();
     let req = cfg.to_set_request();
     assert_eq!(req.encode().as_bytes(), WG_SETCONF_BYTES);
@@ -231,7 +253,10 @@ fn setconf_request_matches_what_wg_sends() {
     }
     // A file without keys removes them: setconf sends zeros and zeros.
     let bare = parse("[Interface]\n").unwrap().to_set_request();
-    assert_eq!(bare.encode(), format!("set=1\nprivate_key={}\nlisten_port=0\nfwmark=0\nreplace_peers=true\n\n", "0".repeat(64)));
+    assert_eq!(
+        bare.encode(),
+        format!("set=1\nprivate_key={}\nlisten_port=0\nfwmark=0\nreplace_peers=true\n\n", "0".repeat(64))
+    );
 }
 
 #[test]

@@ -56,7 +56,13 @@ struct Control {
     due: Vec<PeerId>,
 }
 
-pub(crate) fn run(sh: Arc<Shared>, core: usize, pool: Pool, stop: Arc<AtomicBool>, sockets: bool) -> Result<(), DaemonError> {
+pub(crate) fn run(
+    sh: Arc<Shared>,
+    core: usize,
+    pool: Pool,
+    stop: Arc<AtomicBool>,
+    sockets: bool,
+) -> Result<(), DaemonError> {
     cores::pin(core);
     let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
     let _sockets = if sockets {
@@ -80,7 +86,8 @@ pub(crate) fn run(sh: Arc<Shared>, core: usize, pool: Pool, stop: Arc<AtomicBool
         None
     };
     let now = sh.clock.now();
-    let mut c = Control { sh: sh.clone(), pool, out: Output::with_capacity(256), wheel: Wheel::new(now), due: Vec::new() };
+    let mut c =
+        Control { sh: sh.clone(), pool, out: Output::with_capacity(256), wheel: Wheel::new(now), due: Vec::new() };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
     {
         let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
@@ -150,7 +157,11 @@ impl Control {
         // Control messages to the workers' WAN queues.
         let transmits: Vec<Transmit> = self.out.transmits.drain(..).collect();
         for t in transmits {
-            let tos = if t.payload().first().is_some_and(|&ty| ty != crate::messages::MESSAGE_DATA) { HANDSHAKE_DSCP } else { 0 };
+            let tos = if t.payload().first().is_some_and(|&ty| ty != crate::messages::MESSAGE_DATA) {
+                HANDSHAKE_DSCP
+            } else {
+                0
+            };
             if let Some(mut b) = self.pool.alloc() {
                 if let Ok(d) = b.append(t.payload().len()) {
                     d.copy_from_slice(t.payload());

@@ -55,7 +55,11 @@ pub fn parse_list(arg: &str) -> Result<Vec<usize>, CoreError> {
 /// Parse a DPDK EAL core mask (`0xf` or `f`).
 pub fn parse_mask(arg: &str) -> Result<Vec<usize>, CoreError> {
     let hex = arg.trim().trim_start_matches("0x").trim_start_matches("0X");
-    let v = u128::from_str_radix(hex, 16).map_err(|_| CoreError::Syntax { what: "mask", arg: arg.to_string(), why: "not a hexadecimal number".into() })?;
+    let v = u128::from_str_radix(hex, 16).map_err(|_| CoreError::Syntax {
+        what: "mask",
+        arg: arg.to_string(),
+        why: "not a hexadecimal number".into(),
+    })?;
     Ok((0..128).filter(|i| v >> i & 1 == 1).collect())
 }
 

@@ -7,7 +7,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use crate::wire::{arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, udp, ChecksumCapabilities, EthernetAddress, IpPair, IpProtocol};
+use crate::wire::{
+    arp, ethernet, icmpv4, icmpv6, ipv4, ipv6, udp, ChecksumCapabilities, EthernetAddress, IpPair, IpProtocol,
+};
 
 /// Ethernet + IPv4 (no options) + UDP.
 pub const OUTER_V4_LEN: usize = 14 + 20 + 8;
@@ -139,14 +141,25 @@ pub fn classify(frame: &[u8], our_ip: Ipv4Addr, listen_port: u16) -> Result<Clas
 
 /// [`classify`] on a WAN that is VLAN `vlan` (when given): only frames tagged `vlan` pass;
 /// without one, only untagged frames.
-pub fn classify_vlan(frame: &[u8], our_ip: Ipv4Addr, listen_port: u16, vlan: Option<u16>) -> Result<Classified, WanDrop> {
+pub fn classify_vlan(
+    frame: &[u8],
+    our_ip: Ipv4Addr,
+    listen_port: u16,
+    vlan: Option<u16>,
+) -> Result<Classified, WanDrop> {
     classify_dual(frame, Some(our_ip), None, listen_port, vlan)
 }
 
 /// [`classify_vlan`] for a WAN with an IPv4 address, an IPv6 address, or both (a family
 /// without an address is dropped: ARP/IPv4 as [`WanDrop::Arp`]/[`WanDrop::NotForUs`], IPv6 as
 /// [`WanDrop::Ipv6`]).
-pub fn classify_dual(frame: &[u8], our_v4: Option<Ipv4Addr>, our_v6: Option<Ipv6Addr>, listen_port: u16, vlan: Option<u16>) -> Result<Classified, WanDrop> {
+pub fn classify_dual(
+    frame: &[u8],
+    our_v4: Option<Ipv4Addr>,
+    our_v6: Option<Ipv6Addr>,
+    listen_port: u16,
+    vlan: Option<u16>,
+) -> Result<Classified, WanDrop> {
     // 0.0.0.0 never matches a target or destination we accept.
     let our_ip = our_v4.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let eth = ethernet::Frame::new_checked(frame).map_err(|_| WanDrop::Ethernet)?;
@@ -220,7 +233,13 @@ pub fn classify_dual(frame: &[u8], our_v4: Option<Ipv4Addr>, our_v6: Option<Ipv6
     }
 }
 
-fn classify_v6(pkt: &[u8], l3_off: usize, src_mac: EthernetAddress, our: Ipv6Addr, listen_port: u16) -> Result<Classified, WanDrop> {
+fn classify_v6(
+    pkt: &[u8],
+    l3_off: usize,
+    src_mac: EthernetAddress,
+    our: Ipv6Addr,
+    listen_port: u16,
+) -> Result<Classified, WanDrop> {
     let ip = ipv6::Packet::new_checked(pkt).map_err(|_| WanDrop::Ipv6)?;
     if ip.version() != 6 {
         return Err(WanDrop::Ipv6);
@@ -246,7 +265,8 @@ fn classify_v6(pkt: &[u8], l3_off: usize, src_mac: EthernetAddress, our: Ipv6Add
         IpProtocol::ICMPV6 if to_us || dst == solicited_node(our) || dst.is_multicast() => {
             let p = icmpv6::Packet::new_checked(payload).map_err(|_| WanDrop::Icmpv6)?;
             // Checksum verified: these messages are small and unauthenticated.
-            let r = icmpv6::Repr::parse(&p, &src, &dst, &ChecksumCapabilities::default()).map_err(|_| WanDrop::Icmpv6)?;
+            let r =
+                icmpv6::Repr::parse(&p, &src, &dst, &ChecksumCapabilities::default()).map_err(|_| WanDrop::Icmpv6)?;
             let nd_ok = ip.hop_limit() == 255;
             match r {
                 icmpv6::Repr::EchoRequest { .. } if to_us => Ok(Classified::EchoRequest),
@@ -255,9 +275,15 @@ fn classify_v6(pkt: &[u8], l3_off: usize, src_mac: EthernetAddress, our: Ipv6Add
                     if src.is_unspecified() {
                         return Err(WanDrop::Icmpv6);
                     }
-                    Ok(Classified::NeighborSolicit { ip: src, mac: source_lladdr.unwrap_or(src_mac), learn: source_lladdr.is_some() })
+                    Ok(Classified::NeighborSolicit {
+                        ip: src,
+                        mac: source_lladdr.unwrap_or(src_mac),
+                        learn: source_lladdr.is_some(),
+                    })
                 }
-                icmpv6::Repr::NeighborAdvert { target_addr, target_lladdr: Some(mac), .. } if nd_ok && target_addr != our => {
+                icmpv6::Repr::NeighborAdvert { target_addr, target_lladdr: Some(mac), .. }
+                    if nd_ok && target_addr != our =>
+                {
                     Ok(Classified::NeighborLearn { ip: target_addr, mac })
                 }
                 _ => Err(WanDrop::Icmpv6),
@@ -279,7 +305,15 @@ fn nd_frame(frame: &mut [u8], eth: ethernet::Repr, src: Ipv6Addr, dst: Ipv6Addr,
     let mut e = ethernet::Frame::new_unchecked(&mut *buf);
     eth.emit(&mut e).ok()?;
     let ip = &mut buf[hl..];
-    let repr = ipv6::Repr { src_addr: src, dst_addr: dst, next_header: IpProtocol::ICMPV6, payload_len: mlen, hop_limit: 255, traffic_class: 0, flow_label: 0 };
+    let repr = ipv6::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::ICMPV6,
+        payload_len: mlen,
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    };
     let mut p = ipv6::Packet::new_unchecked(&mut *ip);
     repr.emit(&mut p).ok()?;
     msg.emit(&mut icmpv6::Packet::new_unchecked(p.payload_mut()), &src, &dst, &ChecksumCapabilities::default()).ok()?;
@@ -288,18 +322,53 @@ fn nd_frame(frame: &mut [u8], eth: ethernet::Repr, src: Ipv6Addr, dst: Ipv6Addr,
 
 /// Build the solicited advertisement of `our_ip` (override, with our link-layer address) to
 /// the asker `to_ip` at `to_mac` into `frame` ([`ND_FRAME_LEN`] bytes, 4 more with a tag).
-pub fn neighbor_advert(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv6Addr, to_mac: EthernetAddress, to_ip: Ipv6Addr, vlan: Option<u16>) -> Option<usize> {
-    let eth = ethernet::Repr { src_addr: our_mac, dst_addr: to_mac, vlan: vlan.map(ethernet::VlanTag::new), ethertype: ethernet::EtherType::IPV6 };
+pub fn neighbor_advert(
+    frame: &mut [u8],
+    our_mac: EthernetAddress,
+    our_ip: Ipv6Addr,
+    to_mac: EthernetAddress,
+    to_ip: Ipv6Addr,
+    vlan: Option<u16>,
+) -> Option<usize> {
+    let eth = ethernet::Repr {
+        src_addr: our_mac,
+        dst_addr: to_mac,
+        vlan: vlan.map(ethernet::VlanTag::new),
+        ethertype: ethernet::EtherType::IPV6,
+    };
     let flags = icmpv6::NeighborFlags { router: false, solicited: true, override_: true };
-    nd_frame(frame, eth, our_ip, to_ip, icmpv6::Repr::NeighborAdvert { flags, target_addr: our_ip, target_lladdr: Some(our_mac) })
+    nd_frame(
+        frame,
+        eth,
+        our_ip,
+        to_ip,
+        icmpv6::Repr::NeighborAdvert { flags, target_addr: our_ip, target_lladdr: Some(our_mac) },
+    )
 }
 
 /// Build a neighbour solicitation for `target` (to its solicited-node multicast address, with
 /// our link-layer address) into `frame` ([`ND_FRAME_LEN`] bytes, 4 more with a tag).
-pub fn neighbor_solicit(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv6Addr, target: Ipv6Addr, vlan: Option<u16>) -> Option<usize> {
+pub fn neighbor_solicit(
+    frame: &mut [u8],
+    our_mac: EthernetAddress,
+    our_ip: Ipv6Addr,
+    target: Ipv6Addr,
+    vlan: Option<u16>,
+) -> Option<usize> {
     let group = solicited_node(target);
-    let eth = ethernet::Repr { src_addr: our_mac, dst_addr: multicast_mac(group), vlan: vlan.map(ethernet::VlanTag::new), ethertype: ethernet::EtherType::IPV6 };
-    nd_frame(frame, eth, our_ip, group, icmpv6::Repr::NeighborSolicit { target_addr: target, source_lladdr: Some(our_mac) })
+    let eth = ethernet::Repr {
+        src_addr: our_mac,
+        dst_addr: multicast_mac(group),
+        vlan: vlan.map(ethernet::VlanTag::new),
+        ethertype: ethernet::EtherType::IPV6,
+    };
+    nd_frame(
+        frame,
+        eth,
+        our_ip,
+        group,
+        icmpv6::Repr::NeighborSolicit { target_addr: target, source_lladdr: Some(our_mac) },
+    )
 }
 
 /// Turn an ARP request for `our_ip` into the reply, in place. Returns the frame length.
@@ -325,10 +394,21 @@ pub fn arp_reply_in_place(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ip
 
 /// Build an ARP request for `target` into `frame` (at least 42 bytes, 46 with a VLAN tag),
 /// tagged `vlan` when given. Returns the length.
-pub fn arp_request(frame: &mut [u8], our_mac: EthernetAddress, our_ip: Ipv4Addr, target: Ipv4Addr, vlan: Option<u16>) -> Option<usize> {
+pub fn arp_request(
+    frame: &mut [u8],
+    our_mac: EthernetAddress,
+    our_ip: Ipv4Addr,
+    target: Ipv4Addr,
+    vlan: Option<u16>,
+) -> Option<usize> {
     let len = if vlan.is_some() { 46 } else { 42 };
     let buf = frame.get_mut(..len)?;
-    let eth_repr = ethernet::Repr { src_addr: our_mac, dst_addr: EthernetAddress::BROADCAST, vlan: vlan.map(ethernet::VlanTag::new), ethertype: ethernet::EtherType::ARP };
+    let eth_repr = ethernet::Repr {
+        src_addr: our_mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        vlan: vlan.map(ethernet::VlanTag::new),
+        ethertype: ethernet::EtherType::ARP,
+    };
     let mut eth = ethernet::Frame::new_unchecked(&mut *buf);
     eth_repr.emit(&mut eth).ok()?;
     let req = arp::Repr {
@@ -478,7 +558,12 @@ impl OuterV6 {
         let hl = self.header_len();
         let frame = frame.get_mut(..hl + payload_len)?;
         let udp_len = u16::try_from(8 + payload_len).ok()?;
-        let eth = ethernet::Repr { src_addr: self.src_mac, dst_addr: self.dst_mac, vlan: self.vlan.map(ethernet::VlanTag::new), ethertype: ethernet::EtherType::IPV6 };
+        let eth = ethernet::Repr {
+            src_addr: self.src_mac,
+            dst_addr: self.dst_mac,
+            vlan: self.vlan.map(ethernet::VlanTag::new),
+            ethertype: ethernet::EtherType::IPV6,
+        };
         eth.emit(&mut ethernet::Frame::new_unchecked(&mut *frame)).ok()?;
         let l3 = hl - ipv6::HEADER_LEN - 8;
         let repr = ipv6::Repr {
@@ -515,10 +600,26 @@ mod tests {
         let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9];
         let mut f = vec![0xa5u8; OUTER_V4_LEN + payload.len()];
         f[OUTER_V4_LEN..].copy_from_slice(&payload);
-        let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7, vlan: None };
+        let o = OuterV4 {
+            src_mac: PEER_MAC,
+            dst_mac: OUR_MAC,
+            src: SocketAddrV4::new(PEER_IP, 4000),
+            dst: SocketAddrV4::new(OUR_IP, 51820),
+            tos: 0,
+            ident: 7,
+            vlan: None,
+        };
         o.write(&mut f, payload.len()).unwrap();
         let c = classify(&f, OUR_IP, 51820).unwrap();
-        assert_eq!(c, Classified::WireGuard { src: "192.0.2.2:4000".parse().unwrap(), src_mac: PEER_MAC, offset: OUTER_V4_LEN, len: payload.len() });
+        assert_eq!(
+            c,
+            Classified::WireGuard {
+                src: "192.0.2.2:4000".parse().unwrap(),
+                src_mac: PEER_MAC,
+                offset: OUTER_V4_LEN,
+                len: payload.len()
+            }
+        );
         assert_eq!(classify(&f, OUR_IP, 51821), Err(WanDrop::Unhandled));
         assert_eq!(classify(&f, PEER_IP, 51820), Err(WanDrop::NotForUs));
         f[20] ^= 1; // IPv4 header byte: checksum now wrong
@@ -572,7 +673,15 @@ mod tests {
     #[test]
     fn tagged_outer_header_round_trips_on_its_vlan_only() {
         let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9];
-        let o = OuterV4 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV4::new(PEER_IP, 4000), dst: SocketAddrV4::new(OUR_IP, 51820), tos: 0, ident: 7, vlan: Some(100) };
+        let o = OuterV4 {
+            src_mac: PEER_MAC,
+            dst_mac: OUR_MAC,
+            src: SocketAddrV4::new(PEER_IP, 4000),
+            dst: SocketAddrV4::new(OUR_IP, 51820),
+            tos: 0,
+            ident: 7,
+            vlan: Some(100),
+        };
         assert_eq!(o.header_len(), OUTER_V4_VLAN_LEN);
         let mut f = vec![0xa5u8; o.header_len() + payload.len()];
         f[o.header_len()..].copy_from_slice(&payload);
@@ -581,7 +690,12 @@ mod tests {
         assert_eq!(eth.vlan_tag(), Some(ethernet::VlanTag::new(100)));
         assert_eq!(eth.inner_ethertype(), ethernet::EtherType::IPV4);
         assert!(ipv4::Packet::new_checked(eth.payload()).unwrap().verify_checksum());
-        let want = Classified::WireGuard { src: "192.0.2.2:4000".parse().unwrap(), src_mac: PEER_MAC, offset: OUTER_V4_VLAN_LEN, len: payload.len() };
+        let want = Classified::WireGuard {
+            src: "192.0.2.2:4000".parse().unwrap(),
+            src_mac: PEER_MAC,
+            offset: OUTER_V4_VLAN_LEN,
+            len: payload.len(),
+        };
         assert_eq!(classify_vlan(&f, OUR_IP, 51820, Some(100)), Ok(want));
         assert_eq!(classify_vlan(&f, OUR_IP, 51820, Some(101)), Err(WanDrop::WrongVlan));
         assert_eq!(classify(&f, OUR_IP, 51820), Err(WanDrop::WrongVlan), "tagged frames stay dropped without --vlan");
@@ -644,7 +758,14 @@ mod tests {
     fn outer_v6_round_trips_with_a_valid_udp_checksum() {
         let payload = [4u8, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 7];
         for vlan in [None, Some(42)] {
-            let o = OuterV6 { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: SocketAddrV6::new(PEER6, 4000, 0, 0), dst: SocketAddrV6::new(OUR6, 51820, 0, 0), tclass: 0x88, vlan };
+            let o = OuterV6 {
+                src_mac: PEER_MAC,
+                dst_mac: OUR_MAC,
+                src: SocketAddrV6::new(PEER6, 4000, 0, 0),
+                dst: SocketAddrV6::new(OUR6, 51820, 0, 0),
+                tclass: 0x88,
+                vlan,
+            };
             let hl = o.header_len();
             let mut f = vec![0xa5u8; hl + payload.len()];
             f[hl..].copy_from_slice(&payload);
@@ -657,12 +778,21 @@ mod tests {
             assert_ne!(u.checksum(), 0);
             assert!(u.verify_checksum(&ip.pair()));
             assert_eq!(u.payload(), &payload);
-            let want = Classified::WireGuard { src: "[2001:db8::ab:cd02]:4000".parse().unwrap(), src_mac: PEER_MAC, offset: hl, len: payload.len() };
+            let want = Classified::WireGuard {
+                src: "[2001:db8::ab:cd02]:4000".parse().unwrap(),
+                src_mac: PEER_MAC,
+                offset: hl,
+                len: payload.len(),
+            };
             assert_eq!(classify_dual(&f, None, Some(OUR6), 51820, vlan), Ok(want));
             assert_eq!(classify_dual(&f, Some(OUR_IP), Some(OUR6), 51820, vlan), Ok(want));
             assert_eq!(classify_dual(&f, Some(OUR_IP), Some(OUR6), 51821, vlan), Err(WanDrop::Unhandled));
             assert_eq!(classify_dual(&f, Some(OUR_IP), Some(PEER6), 51820, vlan), Err(WanDrop::Ipv6));
-            assert_eq!(classify_vlan(&f, OUR_IP, 51820, vlan), Err(WanDrop::Ipv6), "IPv6 dropped without an IPv6 address");
+            assert_eq!(
+                classify_vlan(&f, OUR_IP, 51820, vlan),
+                Err(WanDrop::Ipv6),
+                "IPv6 dropped without an IPv6 address"
+            );
         }
     }
 
@@ -694,20 +824,35 @@ mod tests {
         let r = icmpv6::Repr::parse(&p, &OUR6, &PEER6, &ChecksumCapabilities::default()).unwrap();
         let flags = icmpv6::NeighborFlags { router: false, solicited: true, override_: true };
         assert_eq!(r, icmpv6::Repr::NeighborAdvert { flags, target_addr: OUR6, target_lladdr: Some(OUR_MAC) });
-        assert_eq!(classify_dual(&a[..n], None, Some(PEER6), 51820, None), Ok(Classified::NeighborLearn { ip: OUR6, mac: OUR_MAC }));
+        assert_eq!(
+            classify_dual(&a[..n], None, Some(PEER6), 51820, None),
+            Ok(Classified::NeighborLearn { ip: OUR6, mac: OUR_MAC })
+        );
         // Tagged.
         let n = neighbor_solicit(&mut f, PEER_MAC, PEER6, OUR6, Some(9)).unwrap();
         assert_eq!(n, ND_FRAME_LEN + 4);
-        assert!(matches!(classify_dual(&f[..n], None, Some(OUR6), 51820, Some(9)), Ok(Classified::NeighborSolicit { .. })));
+        assert!(matches!(
+            classify_dual(&f[..n], None, Some(OUR6), 51820, Some(9)),
+            Ok(Classified::NeighborSolicit { .. })
+        ));
         assert_eq!(classify_dual(&f[..n], None, Some(OUR6), 51820, None), Err(WanDrop::WrongVlan));
     }
 
     #[test]
     fn icmpv6_echo_request_gets_a_valid_reply() {
         let mut f = vec![0u8; 14 + 40 + 8 + 4];
-        let eth = ethernet::Repr { src_addr: PEER_MAC, dst_addr: OUR_MAC, vlan: None, ethertype: ethernet::EtherType::IPV6 };
+        let eth =
+            ethernet::Repr { src_addr: PEER_MAC, dst_addr: OUR_MAC, vlan: None, ethertype: ethernet::EtherType::IPV6 };
         eth.emit(&mut ethernet::Frame::new_unchecked(&mut f[..])).unwrap();
-        let repr = ipv6::Repr { src_addr: PEER6, dst_addr: OUR6, next_header: IpProtocol::ICMPV6, payload_len: 12, hop_limit: 64, traffic_class: 0, flow_label: 0 };
+        let repr = ipv6::Repr {
+            src_addr: PEER6,
+            dst_addr: OUR6,
+            next_header: IpProtocol::ICMPV6,
+            payload_len: 12,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        };
         let mut ip = ipv6::Packet::new_unchecked(&mut f[14..]);
         repr.emit(&mut ip).unwrap();
         icmpv6::Repr::EchoRequest { ident: 1, seq_no: 2, data: b"ping" }

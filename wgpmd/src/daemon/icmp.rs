@@ -218,7 +218,11 @@ mod tests {
         let ip = ipv4::Packet::new_checked(&out[..n]).unwrap();
         assert!(ip.verify_checksum());
         let r = ipv4::Repr::parse(&ip, &ChecksumCapabilities::default()).unwrap();
-        assert_eq!((r.src_addr, r.dst_addr), (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 1)), "from the destination to the source");
+        assert_eq!(
+            (r.src_addr, r.dst_addr),
+            (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 1)),
+            "from the destination to the source"
+        );
         assert_eq!((r.protocol, r.payload_len, r.ttl), (IpProtocol::ICMP, n - 20, TTL));
         let icmp = icmpv4::Packet::new_checked(&out[20..n]).unwrap();
         assert!(icmp.verify_checksum());
@@ -227,7 +231,11 @@ mod tests {
         assert_eq!(&out[28..n], &pkt[..n - 28], "the quote is the offending packet's start");
         assert_eq!(
             icmpv4::Repr::parse(&icmp, &ChecksumCapabilities::default()).unwrap(),
-            icmpv4::Repr::DstUnreachable { reason: icmpv4::DstUnreachable::FragRequired, next_hop_mtu: 1400, datagram: &pkt[..n - 28] }
+            icmpv4::Repr::DstUnreachable {
+                reason: icmpv4::DstUnreachable::FragRequired,
+                next_hop_mtu: 1400,
+                datagram: &pkt[..n - 28]
+            }
         );
     }
 

@@ -16,8 +16,8 @@
 //! per burst, configuration (UAPI `set`) takes the write lock briefly. Everything workers need
 //! from each other goes through bounded lock-free queues.
 
-pub mod cores;
 mod control;
+pub mod cores;
 pub mod frames;
 pub mod icmp;
 mod neigh;
@@ -167,7 +167,10 @@ pub(crate) struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Clock { start: Instant::now(), wall_at_start_ns: wall }
     }
     /// Now, never zero (zero means "never" in timer atomics).
@@ -295,14 +298,21 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
     // The WAN keeps its own MTU; the inner port gets the tunnel MTU.
     let wan_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: None };
     let inner_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: Some(cfg.mtu) };
-    let wan_port = nic_backends::open(&cfg.wan_port, &wan_opts).map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
-    let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts).map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
+    let wan_port = nic_backends::open(&cfg.wan_port, &wan_opts)
+        .map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
+    let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts)
+        .map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
     run_with_ports(cfg, wan_port, inner_port, stop)
 }
 
 /// Run the daemon on ports the caller opened (each with at least one queue per worker): the
 /// benchmark and tests use `mem` pairs.
-pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_port: Box<dyn Port>, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+pub fn run_with_ports(
+    cfg: DaemonConfig,
+    mut wan_port: Box<dyn Port>,
+    mut inner_port: Box<dyn Port>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
     let mac = wan_port.info().mac.ok_or_else(|| DaemonError::NoMac(cfg.wan_port.clone()))?;
@@ -313,12 +323,16 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
     let mut iface = InterfaceState { listen_port: DEFAULT_LISTEN_PORT, fwmark: 0 };
     let mut boot_out = crate::device::Output::with_capacity(64);
     if let Some(path) = &cfg.config {
-        let text = std::fs::read_to_string(path).map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
-        let parsed = crate::config::InterfaceConfig::parse(&text).map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
-        crate::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out).map_err(DaemonError::Apply)?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
+        let parsed = crate::config::InterfaceConfig::parse(&text)
+            .map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
+        crate::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out)
+            .map_err(DaemonError::Apply)?;
     }
     if let Some(parsed) = &cfg.inline_config {
-        crate::uapi::apply_config(&mut dev, &mut iface, parsed, &mut rng, clock.now(), &mut boot_out).map_err(DaemonError::Apply)?;
+        crate::uapi::apply_config(&mut dev, &mut iface, parsed, &mut rng, clock.now(), &mut boot_out)
+            .map_err(DaemonError::Apply)?;
     }
     if iface.listen_port == 0 {
         // No ListenPort: wg would pick a random port; our peers need to know it, so we take
@@ -341,7 +355,9 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
             vlan: cfg.vlan,
         },
         neigh: neigh::Neighbours::with_timing(neigh::NeighTiming {
-            reachable_ns: cfg.neigh_reachable.map_or(neigh::NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
+            reachable_ns: cfg
+                .neigh_reachable
+                .map_or(neigh::NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
             ..neigh::NeighTiming::default()
         }),
         handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
@@ -373,8 +389,10 @@ pub fn run_with_ports(cfg: DaemonConfig, mut wan_port: Box<dyn Port>, mut inner_
     );
     let mut handles = Vec::new();
     for (i, &core) in layout.workers.iter().enumerate() {
-        let wan_q = wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
-        let inner_q = inner_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.inner_port.clone(), queue: i })?;
+        let wan_q =
+            wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
+        let inner_q =
+            inner_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.inner_port.clone(), queue: i })?;
         let pool = nic_backends::Pool::new(&format!("w{i}"), 4096).map_err(DaemonError::Pool)?;
         let sh = shared.clone();
         handles.push(
@@ -405,7 +423,16 @@ mod tests {
 
     #[test]
     fn next_hops_per_family() {
-        let mut w = Wan { mac: EthernetAddress([2, 0, 0, 0, 0, 1]), ip: Ipv4Addr::new(192, 0, 2, 1), prefix: 24, gateway: None, ip6: None, prefix6: 0, gateway6: None, vlan: None };
+        let mut w = Wan {
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            ip: Ipv4Addr::new(192, 0, 2, 1),
+            prefix: 24,
+            gateway: None,
+            ip6: None,
+            prefix6: 0,
+            gateway6: None,
+            vlan: None,
+        };
         assert_eq!(w.next_hop(Ipv4Addr::new(192, 0, 2, 9)), Some(Ipv4Addr::new(192, 0, 2, 9)));
         assert_eq!(w.next_hop6("2001:db8::9".parse().unwrap()), None, "no IPv6 address");
         w.ip6 = Some("2001:db8::1".parse().unwrap());

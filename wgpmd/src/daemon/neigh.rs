@@ -88,7 +88,12 @@ impl Neighbours {
     }
 
     pub fn with_timing(timing: NeighTiming) -> Self {
-        Neighbours { timing, map: RwLock::new(HashMap::new()), pending: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+        Neighbours {
+            timing,
+            map: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
     }
 
     fn fresh(&self, e: &Entry) -> Resolution {
@@ -155,7 +160,11 @@ impl Neighbours {
             None => true,
         };
         if need {
-            let old = self.map.write().unwrap_or_else(|e| e.into_inner()).insert(ip, Entry { mac, confirmed: now, probes: 0, last_probe: Timestamp::ZERO });
+            let old = self
+                .map
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ip, Entry { mac, confirmed: now, probes: 0, last_probe: Timestamp::ZERO });
             if old.map(|e| e.mac) != Some(mac) {
                 self.generation.fetch_add(1, Ordering::Release);
             }
@@ -176,7 +185,8 @@ impl Neighbours {
             dropped = true;
         }
         e.frames.push_back(frame);
-        let ask = e.last_request == Timestamp::ZERO || now.as_nanos().saturating_sub(e.last_request.as_nanos()) >= ARP_RETRY_NS;
+        let ask = e.last_request == Timestamp::ZERO
+            || now.as_nanos().saturating_sub(e.last_request.as_nanos()) >= ARP_RETRY_NS;
         if ask {
             e.last_request = now;
         }

@@ -173,7 +173,9 @@ impl Drop for StatsServer {
 /// Read a running daemon's counters (what `wgpmd stats NAME` prints).
 pub fn query_stats(name: &str) -> std::io::Result<String> {
     let path = PathBuf::from(STATS_DIR).join(format!("{name}.sock"));
-    let mut c = UnixStream::connect(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e} (is `wgpmd run --name {name}` running?)", path.display())))?;
+    let mut c = UnixStream::connect(&path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("{}: {e} (is `wgpmd run --name {name}` running?)", path.display()))
+    })?;
     let mut s = String::new();
     c.read_to_string(&mut s)?;
     Ok(s)

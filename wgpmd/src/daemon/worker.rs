@@ -76,12 +76,19 @@ impl NeighCache {
         let slot = &mut self.slots[Self::slot(ip)];
         if let Some(s) = *slot {
             if s.ip == ip && now < s.stale_at {
-                return Resolution { mac: Some(s.mac), probe: false, stale_at: s.stale_at, refresh_after: s.refresh_after };
+                return Resolution {
+                    mac: Some(s.mac),
+                    probe: false,
+                    stale_at: s.stale_at,
+                    refresh_after: s.refresh_after,
+                };
             }
         }
         let r = shared.resolve(ip, now);
         *slot = match r.mac {
-            Some(mac) if now < r.stale_at => Some(NeighSlot { ip, mac, stale_at: r.stale_at, refresh_after: r.refresh_after }),
+            Some(mac) if now < r.stale_at => {
+                Some(NeighSlot { ip, mac, stale_at: r.stale_at, refresh_after: r.refresh_after })
+            }
             _ => None,
         };
         r
@@ -258,29 +265,36 @@ impl Worker {
         n
     }
 
-    fn data_in(&mut self, dev: &Device, now: Timestamp, src: SocketAddr, src_mac: crate::wire::EthernetAddress, mut buf: Buffer) {
+    fn data_in(
+        &mut self,
+        dev: &Device,
+        now: Timestamp,
+        src: SocketAddr,
+        src_mac: crate::wire::EthernetAddress,
+        mut buf: Buffer,
+    ) {
         // Drops are counted in out.stats by reason.
         let Ok(d) = dev.decapsulate(now, src, buf.data_mut(), &mut self.out) else { return };
-            // The sender's MAC is the next hop back to it: learn from authenticated traffic.
-            let hop: Option<IpAddr> = match src {
-                SocketAddr::V4(s) => self.sh.wan.next_hop(*s.ip()).map(IpAddr::V4),
-                SocketAddr::V6(s) => self.sh.wan.next_hop6(*s.ip()).map(IpAddr::V6),
-            };
-            if let Some(hop) = hop {
-                if !self.neigh.confirmed(hop, src_mac, now) {
-                    self.learn(hop, src_mac, now);
-                    // Cache it again (fresh now) so the next packets skip the check.
-                    self.neigh.lookup(&self.sh.neigh, hop, now);
-                }
+        // The sender's MAC is the next hop back to it: learn from authenticated traffic.
+        let hop: Option<IpAddr> = match src {
+            SocketAddr::V4(s) => self.sh.wan.next_hop(*s.ip()).map(IpAddr::V4),
+            SocketAddr::V6(s) => self.sh.wan.next_hop6(*s.ip()).map(IpAddr::V6),
+        };
+        if let Some(hop) = hop {
+            if !self.neigh.confirmed(hop, src_mac, now) {
+                self.learn(hop, src_mac, now);
+                // Cache it again (fresh now) so the next packets skip the check.
+                self.neigh.lookup(&self.sh.neigh, hop, now);
             }
-            if d.is_keepalive() {
-                return;
-            }
-            self.c.data_rx += 1;
-            if buf.trim_front(d.range.start).is_ok() {
-                buf.truncate(d.range.len());
-                self.inner_tx.push(buf);
-            }
+        }
+        if d.is_keepalive() {
+            return;
+        }
+        self.c.data_rx += 1;
+        if buf.trim_front(d.range.start).is_ok() {
+            buf.truncate(d.range.len());
+            self.inner_tx.push(buf);
+        }
     }
 
     fn handshake_in(&mut self, src: SocketAddr, buf: &Buffer) {
@@ -501,7 +515,10 @@ impl Worker {
     }
 
     fn flush(&mut self) {
-        for (q, list, drops) in [(&mut self.wan, &mut self.wan_tx, &mut self.c.wan_tx_dropped), (&mut self.inner, &mut self.inner_tx, &mut self.c.inner_tx_dropped)] {
+        for (q, list, drops) in [
+            (&mut self.wan, &mut self.wan_tx, &mut self.c.wan_tx_dropped),
+            (&mut self.inner, &mut self.inner_tx, &mut self.c.inner_tx_dropped),
+        ] {
             if list.is_empty() {
                 continue;
             }
@@ -575,7 +592,11 @@ mod tests {
 
     #[test]
     fn neighbour_cache_hands_stale_entries_to_the_shared_table() {
-        let shared = Neighbours::with_timing(super::super::neigh::NeighTiming { reachable_ns: 1000, retrans_ns: 100, probes: 1 });
+        let shared = Neighbours::with_timing(super::super::neigh::NeighTiming {
+            reachable_ns: 1000,
+            retrans_ns: 100,
+            probes: 1,
+        });
         let ip = Ipv4Addr::new(10, 0, 0, 2);
         let a = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
         let mut c = NeighCache::new();

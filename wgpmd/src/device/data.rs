@@ -77,7 +77,13 @@ impl Device {
     ///
     /// `Err(NoSession)` means the caller should stage the packet: a handshake was requested
     /// with [`Event::HandshakeWanted`].
-    pub fn encapsulate(&self, now: Timestamp, buf: &mut [u8], plain_len: usize, out: &mut Output) -> Result<Encapsulated, DropReason> {
+    pub fn encapsulate(
+        &self,
+        now: Timestamp,
+        buf: &mut [u8],
+        plain_len: usize,
+        out: &mut Output,
+    ) -> Result<Encapsulated, DropReason> {
         let dst = buf.get(DATA_HEADER_LEN..DATA_HEADER_LEN + plain_len).and_then(inner_dst);
         let Some(dst) = dst else {
             return Err(out.stats.drop(DropReason::InvalidInner));
@@ -89,7 +95,14 @@ impl Device {
     }
 
     /// Like [`Device::encapsulate`] for a known peer (keepalives, staged packets).
-    pub fn encapsulate_to(&self, now: Timestamp, id: PeerId, buf: &mut [u8], plain_len: usize, out: &mut Output) -> Result<Encapsulated, DropReason> {
+    pub fn encapsulate_to(
+        &self,
+        now: Timestamp,
+        id: PeerId,
+        buf: &mut [u8],
+        plain_len: usize,
+        out: &mut Output,
+    ) -> Result<Encapsulated, DropReason> {
         let Some(peer) = self.peer(id) else {
             return Err(out.stats.drop(DropReason::NoRoute));
         };
@@ -130,7 +143,13 @@ impl Device {
     /// Open a transport data message in place. On success the inner packet is at
     /// `msg[result.range]`, authenticated and allowed for the peer; the peer's endpoint follows
     /// `src` (roaming) only after authentication.
-    pub fn decapsulate(&self, now: Timestamp, src: SocketAddr, msg: &mut [u8], out: &mut Output) -> Result<Decapsulated, DropReason> {
+    pub fn decapsulate(
+        &self,
+        now: Timestamp,
+        src: SocketAddr,
+        msg: &mut [u8],
+        out: &mut Output,
+    ) -> Result<Decapsulated, DropReason> {
         if msg.len() < DATA_MIN_LEN || msg[..4] != [MESSAGE_DATA, 0, 0, 0] {
             return Err(out.stats.drop(DropReason::Malformed));
         }
@@ -158,7 +177,10 @@ impl Device {
             out.events.push(Event::SessionConfirmed(id));
         }
         // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME.
-        if kp.needs_rekey_on_recv(now) && peer.timers.claim_lastminute_handshake() && !peer.handshake_wanted.swap(true, Ordering::Relaxed) {
+        if kp.needs_rekey_on_recv(now)
+            && peer.timers.claim_lastminute_handshake()
+            && !peer.handshake_wanted.swap(true, Ordering::Relaxed)
+        {
             out.events.push(Event::HandshakeWanted(id));
         }
         peer.timers.any_authenticated_packet_received(now);
@@ -186,8 +208,13 @@ impl Device {
 
     /// [`Device::decapsulate`] for a burst of messages sharing one `now`; `verdicts` receives
     /// one result per message, in order.
-    pub fn decapsulate_burst<'a, I>(&self, now: Timestamp, msgs: I, verdicts: &mut Vec<Result<Decapsulated, DropReason>>, out: &mut Output)
-    where
+    pub fn decapsulate_burst<'a, I>(
+        &self,
+        now: Timestamp,
+        msgs: I,
+        verdicts: &mut Vec<Result<Decapsulated, DropReason>>,
+        out: &mut Output,
+    ) where
         I: IntoIterator<Item = (SocketAddr, &'a mut [u8])>,
     {
         for (src, msg) in msgs {
@@ -197,8 +224,13 @@ impl Device {
 
     /// [`Device::encapsulate`] for a burst of inner packets (each `(buffer, plaintext length)`,
     /// laid out as `encapsulate` expects) sharing one `now`.
-    pub fn encapsulate_burst<'a, I>(&self, now: Timestamp, pkts: I, verdicts: &mut Vec<Result<Encapsulated, DropReason>>, out: &mut Output)
-    where
+    pub fn encapsulate_burst<'a, I>(
+        &self,
+        now: Timestamp,
+        pkts: I,
+        verdicts: &mut Vec<Result<Encapsulated, DropReason>>,
+        out: &mut Output,
+    ) where
         I: IntoIterator<Item = (&'a mut [u8], usize)>,
     {
         for (buf, len) in pkts {

@@ -10,8 +10,7 @@ use rand_core::{CryptoRng, RngCore};
 use super::{Device, DropReason, Event, IndexEntry, Output, Peer, PeerId, Transmit};
 use crate::cookie::MacState;
 use crate::messages::{
-    COOKIE_REPLY_LEN, HEADER_LEN, INITIATION_LEN, MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION,
-    RESPONSE_LEN,
+    COOKIE_REPLY_LEN, HEADER_LEN, INITIATION_LEN, MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION, RESPONSE_LEN,
 };
 use crate::noise::{self, NoiseError};
 use crate::session::Keypair;
@@ -69,7 +68,9 @@ impl Device {
             return Err(out.stats.drop(DropReason::NoPrivateKey));
         };
         let done = match kind {
-            MessageType::HandshakeInitiation => <&[u8; INITIATION_LEN]>::try_from(msg).ok().map(|m| self.on_initiation(now, rng, src, m, identity, out)),
+            MessageType::HandshakeInitiation => {
+                <&[u8; INITIATION_LEN]>::try_from(msg).ok().map(|m| self.on_initiation(now, rng, src, m, identity, out))
+            }
             _ => <&[u8; RESPONSE_LEN]>::try_from(msg).ok().map(|m| self.on_response(now, src, m, identity, out)),
         };
         done.unwrap_or_else(|| Err(out.stats.drop(DropReason::Malformed)))
@@ -89,7 +90,11 @@ impl Device {
         let state = self.cookie_checker.validate(now, rng, msg, src, under_load, &self.ratelimiter);
         match state {
             MacState::Invalid => {
-                tracing::debug!("Invalid {} MAC from {}", if msg.first() == Some(&MESSAGE_HANDSHAKE_INITIATION) { "initiation" } else { "response" }, src);
+                tracing::debug!(
+                    "Invalid {} MAC from {}",
+                    if msg.first() == Some(&MESSAGE_HANDSHAKE_INITIATION) { "initiation" } else { "response" },
+                    src
+                );
                 Err(out.stats.drop(DropReason::InvalidMac1))
             }
             MacState::ValidMacButNoCookie if !under_load => {
@@ -251,8 +256,15 @@ impl Device {
     }
 
     /// Turn derived keys into a keypair in the peer's slots and the index table.
-    fn install_session(&self, peer: &Arc<Peer>, keys: noise::SessionKeys, now: Timestamp, out: &mut Output) -> Result<(), DropReason> {
-        let kp = Arc::new(Keypair::new(&keys.send, &keys.recv, keys.local_index, keys.remote_index, keys.initiator, now));
+    fn install_session(
+        &self,
+        peer: &Arc<Peer>,
+        keys: noise::SessionKeys,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), DropReason> {
+        let kp =
+            Arc::new(Keypair::new(&keys.send, &keys.recv, keys.local_index, keys.remote_index, keys.initiator, now));
         // The handshake's index now names the keypair (kernel wg_index_hashtable_replace). If
         // the index is gone, the peer was removed or reset meanwhile: drop the session.
         if !self.index.replace(keys.local_index, IndexEntry::Keypair(peer.id(), kp.clone())) {
@@ -274,7 +286,13 @@ impl Device {
 
     /// Send a handshake initiation to the peer if our own rate limit (one per REKEY_TIMEOUT)
     /// allows (kernel `wg_packet_send_queued_handshake_initiation` with `is_retry = false`).
-    pub fn initiate<R: RngCore + CryptoRng>(&self, now: Timestamp, rng: &mut R, id: PeerId, out: &mut Output) -> Result<(), DropReason> {
+    pub fn initiate<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        id: PeerId,
+        out: &mut Output,
+    ) -> Result<(), DropReason> {
         let peer = self.peer(id).ok_or(DropReason::UnknownPeer)?.clone();
         peer.handshake_wanted.store(false, Ordering::Relaxed);
         // Check and record in one step, so two cores asking at once send one initiation.
@@ -285,7 +303,13 @@ impl Device {
         self.send_initiation(now, rng, &peer, out)
     }
 
-    fn send_initiation<R: RngCore + CryptoRng>(&self, now: Timestamp, rng: &mut R, peer: &Arc<Peer>, out: &mut Output) -> Result<(), DropReason> {
+    fn send_initiation<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        peer: &Arc<Peer>,
+        out: &mut Output,
+    ) -> Result<(), DropReason> {
         let Some(identity) = self.identity.as_ref() else {
             return Err(out.stats.drop(DropReason::NoPrivateKey));
         };
@@ -334,7 +358,13 @@ impl Device {
 
     /// Run the peer's due timers (kernel `timers.c` handlers) and return its next deadline, for
     /// the caller's timer wheel.
-    pub fn poll_timers<R: RngCore + CryptoRng>(&self, now: Timestamp, rng: &mut R, id: PeerId, out: &mut Output) -> Option<Timestamp> {
+    pub fn poll_timers<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        id: PeerId,
+        out: &mut Output,
+    ) -> Option<Timestamp> {
         let peer = self.peer(id)?.clone();
         let fired = peer.timers.poll(now, rng);
         for action in fired.actions.iter() {

@@ -358,7 +358,11 @@ impl Device {
     }
 
     /// Add a peer (or return the existing one with that key). `rng` seeds its timer jitter.
-    pub fn add_peer<R: RngCore + CryptoRng>(&mut self, rng: &mut R, public_key: [u8; KEY_LEN]) -> Result<PeerId, ConfigError> {
+    pub fn add_peer<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+        public_key: [u8; KEY_LEN],
+    ) -> Result<PeerId, ConfigError> {
         if let Some(&id) = self.by_key.get(&public_key) {
             return Ok(id);
         }
@@ -436,7 +440,13 @@ impl Device {
     /// Set a peer's persistent keepalive interval in seconds (0 = off). Returns whether a
     /// keepalive should be sent now (it was just turned on and the peer has a session), as wg
     /// does; the caller then calls [`Device::send_keepalive`].
-    pub fn set_persistent_keepalive(&mut self, id: PeerId, secs: u16, now: Timestamp, out: &mut Output) -> Result<bool, ConfigError> {
+    pub fn set_persistent_keepalive(
+        &mut self,
+        id: PeerId,
+        secs: u16,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<bool, ConfigError> {
         let p = self.peer(id).ok_or(ConfigError::NoSuchPeer)?;
         let was = p.timers.persistent_keepalive_interval();
         let at = p.timers.set_persistent_keepalive(secs, now);

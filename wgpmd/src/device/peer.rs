@@ -44,7 +44,12 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub(crate) fn new<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R, id: PeerId, public_key: [u8; KEY_LEN], identity: Option<&Identity>) -> Self {
+    pub(crate) fn new<R: rand_core::RngCore + rand_core::CryptoRng>(
+        rng: &mut R,
+        id: PeerId,
+        public_key: [u8; KEY_LEN],
+        identity: Option<&Identity>,
+    ) -> Self {
         let b64 = base64::engine::general_purpose::STANDARD.encode(public_key);
         // wireguard-go's short form: "peer(AbCd…wXyZ)".
         let short = format!("{}…{}", &b64[..4], &b64[39..43]);

@@ -66,13 +66,33 @@ struct Pair {
     blackhole_b: bool,
 }
 
-fn side(rng: &mut ChaCha20Rng, key: PrivateKey, peer_key: [u8; 32], addr: SocketAddr, peer_addr: SocketAddr, inner: Ipv4Addr, peer_inner: Ipv4Addr) -> Side {
+fn side(
+    rng: &mut ChaCha20Rng,
+    key: PrivateKey,
+    peer_key: [u8; 32],
+    addr: SocketAddr,
+    peer_addr: SocketAddr,
+    inner: Ipv4Addr,
+    peer_inner: Ipv4Addr,
+) -> Side {
     let mut dev = Device::new(rng, 1_700_000_000_000_000_000);
     dev.set_private_key(Some(key));
     let peer = dev.add_peer(rng, peer_key).unwrap();
     dev.set_endpoint(peer, peer_addr).unwrap();
     dev.add_allowed_ip(peer, IpAddr::V4(peer_inner), 32).unwrap();
-    Side { dev, peer, addr, inner, out: Output::with_capacity(64), wheel: BTreeSet::new(), sent: Vec::new(), delivered: Vec::new(), data_out: Vec::new(), under_load: false, gave_up: 0 }
+    Side {
+        dev,
+        peer,
+        addr,
+        inner,
+        out: Output::with_capacity(64),
+        wheel: BTreeSet::new(),
+        sent: Vec::new(),
+        delivered: Vec::new(),
+        data_out: Vec::new(),
+        under_load: false,
+        gave_up: 0,
+    }
 }
 
 impl Pair {
@@ -149,7 +169,13 @@ impl Pair {
             let next_a = self.a.wheel.iter().next().copied();
             let next_b = self.b.wheel.iter().next().copied();
             let (at, from_a) = match (next_a, next_b) {
-                (Some(x), Some(y)) => if x.0 <= y.0 { (x, true) } else { (y, false) },
+                (Some(x), Some(y)) => {
+                    if x.0 <= y.0 {
+                        (x, true)
+                    } else {
+                        (y, false)
+                    }
+                }
                 (Some(x), None) => (x, true),
                 (None, Some(y)) => (y, false),
                 (None, None) => break,
@@ -275,7 +301,10 @@ fn new_handshake_after_fifteen_seconds_without_reply() {
     let i = p.sent_by(true, 1);
     assert_eq!(i.len(), inits + 1);
     let dt = i[inits] - t0;
-    assert!(dt >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT && dt <= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX, "{dt:?}");
+    assert!(
+        dt >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT && dt <= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX,
+        "{dt:?}"
+    );
 }
 
 #[test]
@@ -411,7 +440,10 @@ fn wrong_mac1_is_dropped_without_dh_work() {
     // Corrupt the body instead: MAC1 now fails as well (it covers the body).
     msg[120] ^= 0x40;
     msg[50] ^= 1;
-    assert_eq!(p.b.dev.receive_handshake(now, &mut p.rng, A_ADDR, &msg, false, &mut p.b.out), Err(DropReason::InvalidMac1));
+    assert_eq!(
+        p.b.dev.receive_handshake(now, &mut p.rng, A_ADDR, &msg, false, &mut p.b.out),
+        Err(DropReason::InvalidMac1)
+    );
     assert_eq!(p.b.out.stats.dh_operations, 0);
 }
 

@@ -166,7 +166,9 @@ fn icmpv4_message(data: &[u8], reached: &mut Reached) {
     let Some((repr, _)) = lenient(|caps| icmpv4::Repr::parse(&packet, caps)) else { return };
     reached.icmpv4 = true;
     let mut out = vec![0xa5; repr.buffer_len()];
-    let n = repr.emit(&mut icmpv4::Packet::new_unchecked(&mut out[..]), &ChecksumCapabilities::default()).expect("emit ICMPv4");
+    let n = repr
+        .emit(&mut icmpv4::Packet::new_unchecked(&mut out[..]), &ChecksumCapabilities::default())
+        .expect("emit ICMPv4");
     let again = icmpv4::Packet::new_checked(&out[..n]).expect("emitted ICMPv4 is well formed");
     assert_eq!(icmpv4::Repr::parse(&again, &ChecksumCapabilities::default()), Ok(repr), "ICMPv4 round trip");
     if let icmpv4::Repr::DstUnreachable { datagram, .. } = repr {
@@ -260,7 +262,8 @@ fn touch_unchecked(data: &[u8]) {
     let i4 = icmpv4::Packet::new_unchecked(data);
     let _ = (i4.next_hop_mtu(), i4.data(), i4.verify_checksum());
     let i6 = icmpv6::Packet::new_unchecked(data);
-    let _ = (i6.target_addr(), i6.neighbor_flags(), i6.nd_options(), i6.verify_checksum(&p6.src_addr(), &p6.dst_addr()));
+    let _ =
+        (i6.target_addr(), i6.neighbor_flags(), i6.nd_options(), i6.verify_checksum(&p6.src_addr(), &p6.dst_addr()));
     let _ = icmpv6::find_lladdr(data, icmpv6::OPTION_SOURCE_LLADDR);
     let t = wireguard::TransportData::new_unchecked(data);
     let _ = (t.counter(), t.payload(), t.is_keepalive());

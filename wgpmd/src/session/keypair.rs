@@ -120,7 +120,14 @@ impl core::fmt::Debug for Keypair {
 impl Keypair {
     /// A keypair from the handshake's derived transport keys (the caller's `Secret`s may be
     /// dropped, and so wiped, afterwards).
-    pub fn new(send: &Secret, recv: &Secret, local_index: u32, remote_index: u32, initiator: bool, birth: Timestamp) -> Self {
+    pub fn new(
+        send: &Secret,
+        recv: &Secret,
+        local_index: u32,
+        remote_index: u32,
+        initiator: bool,
+        birth: Timestamp,
+    ) -> Self {
         Keypair {
             local_index,
             remote_index,
@@ -176,11 +183,8 @@ impl Keypair {
         if self.is_expired(now) {
             return Err(OpenError::Expired);
         }
-        let counter = msg
-            .get(COUNTER)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .ok_or(OpenError::TooShort)?;
+        let counter =
+            msg.get(COUNTER).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or(OpenError::TooShort)?;
         {
             let window = self.window();
             if counter >= REJECT_AFTER_MESSAGES || window.counter() >= REJECT_AFTER_MESSAGES {
@@ -257,7 +261,6 @@ impl Keypair {
         self.replay.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

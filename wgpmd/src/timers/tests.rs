@@ -65,11 +65,7 @@ fn need_another_keepalive_rearms_once() {
     let mut rng = rng();
     let t = PeerTimers::new(&mut rng);
     assert_eq!(t.data_received(T0), Some(T0 + KEEPALIVE_TIMEOUT));
-    assert_eq!(
-        t.data_received(T0 + secs(2)),
-        None,
-        "armed: sets need_another_keepalive"
-    );
+    assert_eq!(t.data_received(T0 + secs(2)), None, "armed: sets need_another_keepalive");
     let p = t.poll(T0 + KEEPALIVE_TIMEOUT, &mut rng);
     assert_eq!(actions(&p), [SendKeepalive]);
     assert_eq!(p.next, Some(T0 + KEEPALIVE_TIMEOUT + KEEPALIVE_TIMEOUT));
@@ -86,21 +82,12 @@ fn new_handshake_fifteen_seconds_plus_jitter_after_data_sent() {
     let j = t.current_jitter();
     let due = t.data_sent(T0).expect("armed from unarmed");
     assert_eq!(due, T0 + secs(15) + j);
-    assert!(
-        due >= T0 + secs(15) && due <= T0 + secs(15) + JMAX,
-        "{due:?}"
-    );
+    assert!(due >= T0 + secs(15) && due <= T0 + secs(15) + JMAX, "{due:?}");
     assert_eq!(t.data_sent(T0 + secs(1)), None, "armed: not pushed back");
     assert_eq!(t.deadline(Timer::NewHandshake), Some(due));
     assert!(t.poll(before(due), &mut rng).actions.is_empty());
     let p = t.poll(due, &mut rng);
-    assert_eq!(
-        actions(&p),
-        [SendInitiation {
-            retry: false,
-            attempts: 0
-        }]
-    );
+    assert_eq!(actions(&p), [SendInitiation { retry: false, attempts: 0 }]);
     assert_eq!(p.next, None);
 }
 
@@ -120,25 +107,13 @@ fn new_handshake_resets_attempts_and_replaces_a_due_retry() {
     let t = PeerTimers::new(&mut rng);
     assert!(send_initiation(&t, T0));
     let r = t.next_deadline().unwrap();
-    assert_eq!(
-        actions(&t.poll(r, &mut rng)),
-        [SendInitiation {
-            retry: true,
-            attempts: 1
-        }]
-    );
+    assert_eq!(actions(&t.poll(r, &mut rng)), [SendInitiation { retry: true, attempts: 1 }]);
     assert!(send_initiation(&t, r));
     t.data_sent(r);
     // Both the retransmit (r + 5 s) and the new-handshake timer (r + 15 s) are due: one
     // initiation, a non-retry, with the attempts reset.
     let p = t.poll(r + secs(20), &mut rng);
-    assert_eq!(
-        actions(&p),
-        [SendInitiation {
-            retry: false,
-            attempts: 0
-        }]
-    );
+    assert_eq!(actions(&p), [SendInitiation { retry: false, attempts: 0 }]);
     assert_eq!(t.handshake_attempts(), 0);
     assert_eq!(p.next, None);
 }
@@ -160,17 +135,11 @@ fn retransmit_every_five_seconds_then_give_up() {
         let at = t.next_deadline().expect("retransmit armed");
         assert_eq!(Some(at), t.deadline(Timer::RetransmitHandshake));
         let gap = at - last;
-        assert!(
-            gap >= REKEY_TIMEOUT && gap <= REKEY_TIMEOUT + JMAX,
-            "{gap:?}"
-        );
+        assert!(gap >= REKEY_TIMEOUT && gap <= REKEY_TIMEOUT + JMAX, "{gap:?}");
         assert!(t.may_send_initiation(at), "a retry is never rate-limited");
         let p = t.poll(at, &mut rng);
         match actions(&p).as_slice() {
-            [SendInitiation {
-                retry: true,
-                attempts,
-            }] => {
+            [SendInitiation { retry: true, attempts }] => {
                 tries.push(*attempts);
                 assert_eq!(t.handshake_attempts(), *attempts);
                 assert!(send_initiation(&t, at));
@@ -190,11 +159,7 @@ fn retransmit_every_five_seconds_then_give_up() {
     assert_eq!(tries.len(), 19);
     let gap = give_up_at - last;
     assert!(gap >= REKEY_TIMEOUT && gap <= REKEY_TIMEOUT + JMAX);
-    assert_eq!(
-        t.deadline(Timer::RetransmitHandshake),
-        None,
-        "poll never re-arms it"
-    );
+    assert_eq!(t.deadline(Timer::RetransmitHandshake), None, "poll never re-arms it");
     assert_eq!(t.deadline(Timer::SendKeepalive), None);
     let zero_at = give_up_at + ZERO_KEY_MATERIAL_AFTER;
     assert_eq!(t.deadline(Timer::ZeroKeyMaterial), Some(zero_at));
@@ -232,13 +197,7 @@ fn handshake_complete_stops_retransmits() {
     assert_eq!(t.last_handshake(), None);
     assert!(send_initiation(&t, T0));
     let r = t.next_deadline().unwrap();
-    assert_eq!(
-        actions(&t.poll(r, &mut rng)),
-        [SendInitiation {
-            retry: true,
-            attempts: 1
-        }]
-    );
+    assert_eq!(actions(&t.poll(r, &mut rng)), [SendInitiation { retry: true, attempts: 1 }]);
     assert!(send_initiation(&t, r));
     assert!(t.claim_lastminute_handshake());
     t.handshake_complete(r + secs(1));
@@ -269,11 +228,7 @@ fn zero_key_material_540_seconds_after_session_derived() {
 fn persistent_keepalive_every_interval_rearmed_by_traversal() {
     let mut rng = rng();
     let t = PeerTimers::new(&mut rng);
-    assert_eq!(
-        t.any_authenticated_packet_traversal(T0),
-        None,
-        "off by default"
-    );
+    assert_eq!(t.any_authenticated_packet_traversal(T0), None, "off by default");
     assert_eq!(t.set_persistent_keepalive(25, T0), Some(T0 + secs(25)));
     assert_eq!(t.persistent_keepalive_interval(), 25);
     let mut fired = Vec::new();
@@ -284,10 +239,7 @@ fn persistent_keepalive_every_interval_rearmed_by_traversal() {
         assert_eq!(p.next, None);
         fired.push(at);
         // The caller sends the keepalive: traversal re-arms the unarmed timer.
-        assert_eq!(
-            t.any_authenticated_packet_traversal(at),
-            Some(at + secs(25))
-        );
+        assert_eq!(t.any_authenticated_packet_traversal(at), Some(at + secs(25)));
         t.any_authenticated_packet_sent(at);
     }
     assert_eq!(fired, [T0 + secs(25), T0 + secs(50), T0 + secs(75)]);
@@ -295,10 +247,7 @@ fn persistent_keepalive_every_interval_rearmed_by_traversal() {
     assert_eq!(t.any_authenticated_packet_traversal(T0 + secs(80)), None);
     assert_eq!(t.next_deadline(), Some(T0 + secs(105)));
     // A shorter interval moves it earlier: the wheel must hear of it.
-    assert_eq!(
-        t.set_persistent_keepalive(5, T0 + secs(81)),
-        Some(T0 + secs(86))
-    );
+    assert_eq!(t.set_persistent_keepalive(5, T0 + secs(81)), Some(T0 + secs(86)));
     assert_eq!(t.set_persistent_keepalive(0, T0 + secs(82)), None);
     assert_eq!(t.persistent_keepalive_interval(), 0);
     assert_eq!(t.next_deadline(), None);
@@ -318,22 +267,14 @@ fn own_initiations_limited_to_one_per_rekey_timeout() {
     assert!(t.claim_initiation(T0));
     assert!(!t.claim_initiation(T0 + secs(1)));
     assert!(!t.may_send_initiation(before(T0 + secs(5))));
-    assert!(
-        t.may_send_initiation(T0 + secs(5)),
-        "exactly 5 s counts as expired"
-    );
+    assert!(t.may_send_initiation(T0 + secs(5)), "exactly 5 s counts as expired");
     t.initiation_sent(T0 + secs(5));
     t.response_sent(T0 + secs(7));
-    assert!(
-        !t.may_send_initiation(T0 + secs(11)),
-        "a response restarts the limit"
-    );
+    assert!(!t.may_send_initiation(T0 + secs(11)), "a response restarts the limit");
     assert!(t.may_send_initiation(T0 + secs(12)));
 
     let t = PeerTimers::new(&mut rng);
-    let sent = (0..600u64)
-        .filter(|i| t.claim_initiation(T0 + Duration::from_millis(100 * i)))
-        .count();
+    let sent = (0..600u64).filter(|i| t.claim_initiation(T0 + Duration::from_millis(100 * i))).count();
     assert_eq!(sent, 12, "one per 5 s over 60 s");
 }
 
@@ -375,11 +316,7 @@ fn events_return_a_deadline_only_when_the_wheel_needs_it() {
     assert_eq!(t.data_received(T0), Some(T0 + KEEPALIVE_TIMEOUT));
     assert_eq!(t.data_received(T0 + secs(1)), None);
     t.any_authenticated_packet_sent(T0 + secs(2));
-    assert_eq!(
-        t.data_received(T0 + secs(3)),
-        Some(T0 + secs(13)),
-        "unarmed again"
-    );
+    assert_eq!(t.data_received(T0 + secs(3)), Some(T0 + secs(13)), "unarmed again");
     let h = t.handshake_initiated(T0).unwrap();
     assert_eq!(Some(h), t.deadline(Timer::RetransmitHandshake));
     assert_eq!(t.handshake_initiated(T0 + secs(1)), None, "later");
@@ -387,11 +324,7 @@ fn events_return_a_deadline_only_when_the_wheel_needs_it() {
     assert_eq!(t.session_derived(T0 + secs(1)), None);
     assert_eq!(t.set_persistent_keepalive(30, T0), Some(T0 + secs(30)));
     assert_eq!(t.set_persistent_keepalive(30, T0 + secs(1)), None);
-    assert_eq!(
-        t.set_persistent_keepalive(10, T0 + secs(2)),
-        Some(T0 + secs(12)),
-        "earlier"
-    );
+    assert_eq!(t.set_persistent_keepalive(10, T0 + secs(2)), Some(T0 + secs(12)), "earlier");
     // Fired timers are unarmed: the next event reports again.
     t.poll(T0 + secs(1000), &mut rng);
     assert!(t.data_sent(T0 + secs(1000)).is_some());
@@ -411,13 +344,7 @@ fn next_is_the_minimum_armed_deadline() {
     assert_eq!(actions(&p), [SendKeepalive]);
     assert_eq!(p.next, Some(hs));
     let p = t.poll(hs, &mut rng);
-    assert_eq!(
-        actions(&p),
-        [SendInitiation {
-            retry: false,
-            attempts: 0
-        }]
-    );
+    assert_eq!(actions(&p), [SendInitiation { retry: false, attempts: 0 }]);
     assert_eq!(p.next, Some(T0 + secs(25)));
     let p = t.poll(T0 + secs(25), &mut rng);
     assert_eq!(p.next, Some(T0 + ZERO_KEY_MATERIAL_AFTER));
@@ -435,18 +362,7 @@ fn all_due_at_once_gives_one_of_each_in_order() {
     t.set_persistent_keepalive(1, T0);
     let p = t.poll(T0 + secs(600), &mut rng);
     assert_eq!(p.actions.len(), MAX_TIMER_ACTIONS);
-    assert_eq!(
-        actions(&p),
-        [
-            GiveUp,
-            SendKeepalive,
-            ZeroKeyMaterial,
-            SendInitiation {
-                retry: false,
-                attempts: 0
-            }
-        ]
-    );
+    assert_eq!(actions(&p), [GiveUp, SendKeepalive, ZeroKeyMaterial, SendInitiation { retry: false, attempts: 0 }]);
     assert_eq!(p.next, None);
 }
 
@@ -472,11 +388,7 @@ fn log_messages_match_the_kernel() {
         "Handshake for peer 7 (192.0.2.1:51820) did not complete after 20 attempts, giving up"
     );
     assert_eq!(
-        SendInitiation {
-            retry: true,
-            attempts: 3
-        }
-        .log_message(p),
+        SendInitiation { retry: true, attempts: 3 }.log_message(p),
         "Handshake for peer 7 (192.0.2.1:51820) did not complete after 5 seconds, retrying (try 4)"
     );
     assert_eq!(
@@ -487,10 +399,7 @@ fn log_messages_match_the_kernel() {
         ZeroKeyMaterial.log_message(p),
         "Zeroing out all keys for peer 7 (192.0.2.1:51820), since we haven't received a new one in 540 seconds"
     );
-    assert_eq!(
-        SendKeepalive.log_message(p),
-        "Sending keepalive packet to peer 7 (192.0.2.1:51820)"
-    );
+    assert_eq!(SendKeepalive.log_message(p), "Sending keepalive packet to peer 7 (192.0.2.1:51820)");
 }
 
 /// Two cores hammer every event on shared virtual time while a third polls: nothing panics,
@@ -507,10 +416,7 @@ fn events_race_with_poll() {
     let span = duration_nanos(ZERO_KEY_MATERIAL_AFTER + JMAX);
     let sane = |d: Timestamp, clock: &AtomicU64| {
         let c = clock.load(ORD);
-        assert!(
-            d >= T0 && d.as_nanos() <= c + span + TICK,
-            "deadline {d:?} at clock {c}"
-        );
+        assert!(d >= T0 && d.as_nanos() <= c + span + TICK, "deadline {d:?} at clock {c}");
     };
     thread::scope(|s| {
         let workers: Vec<_> = (0..2u64)

@@ -24,7 +24,14 @@ use crate::time::Timestamp;
 ///
 /// The only error after validation is the peer limit, which is checked before anything changes
 /// (conservatively: a request that both removes and adds peers at the limit is refused).
-pub fn apply_set<R: RngCore + CryptoRng>(dev: &mut Device, iface: &mut InterfaceState, req: &SetRequest, rng: &mut R, now: Timestamp, out: &mut Output) -> Result<(), UapiError> {
+pub fn apply_set<R: RngCore + CryptoRng>(
+    dev: &mut Device,
+    iface: &mut InterfaceState,
+    req: &SetRequest,
+    rng: &mut R,
+    now: Timestamp,
+    out: &mut Output,
+) -> Result<(), UapiError> {
     check_capacity(dev, req)?;
     if let Some(k) = &req.private_key {
         set_private_key(dev, k);
@@ -51,7 +58,14 @@ pub fn apply_set<R: RngCore + CryptoRng>(dev: &mut Device, iface: &mut Interface
 /// Apply a configuration file as `wg setconf` does (what the daemon's `--config` does at
 /// startup): every setting it names or omits, and `replace_peers`. See
 /// [`InterfaceConfig::to_set_request`].
-pub fn apply_config<R: RngCore + CryptoRng>(dev: &mut Device, iface: &mut InterfaceState, cfg: &InterfaceConfig, rng: &mut R, now: Timestamp, out: &mut Output) -> Result<(), UapiError> {
+pub fn apply_config<R: RngCore + CryptoRng>(
+    dev: &mut Device,
+    iface: &mut InterfaceState,
+    cfg: &InterfaceConfig,
+    rng: &mut R,
+    now: Timestamp,
+    out: &mut Output,
+) -> Result<(), UapiError> {
     apply_set(dev, iface, &cfg.to_set_request(), rng, now, out)
 }
 
@@ -90,7 +104,14 @@ enum Target {
     Peer(PeerId, bool),
 }
 
-fn apply_peer<R: RngCore + CryptoRng>(dev: &mut Device, ps: &PeerSet, own: Option<&[u8; KEY_LEN]>, rng: &mut R, now: Timestamp, out: &mut Output) -> Result<(), UapiError> {
+fn apply_peer<R: RngCore + CryptoRng>(
+    dev: &mut Device,
+    ps: &PeerSet,
+    own: Option<&[u8; KEY_LEN]>,
+    rng: &mut R,
+    now: Timestamp,
+    out: &mut Output,
+) -> Result<(), UapiError> {
     let mut target = if own == Some(&ps.public_key) {
         Target::Dummy
     } else {
@@ -132,12 +153,18 @@ fn apply_peer<R: RngCore + CryptoRng>(dev: &mut Device, ps: &PeerSet, own: Optio
 }
 
 /// The peer a key applies to, creating it if the section is still waiting to.
-fn ensure_peer<R: RngCore + CryptoRng>(dev: &mut Device, target: &mut Target, key: &[u8; KEY_LEN], rng: &mut R) -> Result<Option<PeerId>, UapiError> {
+fn ensure_peer<R: RngCore + CryptoRng>(
+    dev: &mut Device,
+    target: &mut Target,
+    key: &[u8; KEY_LEN],
+    rng: &mut R,
+) -> Result<Option<PeerId>, UapiError> {
     match *target {
         Target::Dummy => Ok(None),
         Target::Peer(id, _) => Ok(Some(id)),
         Target::Missing => {
-            let id = dev.add_peer(rng, *key).map_err(|e| UapiError::invalid(format!("failed to create new peer: {e}")))?;
+            let id =
+                dev.add_peer(rng, *key).map_err(|e| UapiError::invalid(format!("failed to create new peer: {e}")))?;
             tracing::debug!("{} - UAPI: Created", name(dev, id));
             *target = Target::Peer(id, true);
             Ok(Some(id))
@@ -145,7 +172,14 @@ fn ensure_peer<R: RngCore + CryptoRng>(dev: &mut Device, target: &mut Target, ke
     }
 }
 
-fn apply_peer_op(dev: &mut Device, id: PeerId, op: &PeerOp, now: Timestamp, out: &mut Output, keepalive_on: &mut bool) -> Result<(), UapiError> {
+fn apply_peer_op(
+    dev: &mut Device,
+    id: PeerId,
+    op: &PeerOp,
+    now: Timestamp,
+    out: &mut Output,
+    keepalive_on: &mut bool,
+) -> Result<(), UapiError> {
     match op {
         PeerOp::PresharedKey(k) => {
             tracing::debug!("{} - UAPI: Updating preshared key", name(dev, id));

@@ -103,7 +103,11 @@ impl PartialEq for SetRequest {
             (None, None) => true,
             _ => false,
         };
-        keys_eq && self.listen_port == other.listen_port && self.fwmark == other.fwmark && self.replace_peers == other.replace_peers && self.peers == other.peers
+        keys_eq
+            && self.listen_port == other.listen_port
+            && self.fwmark == other.fwmark
+            && self.replace_peers == other.replace_peers
+            && self.peers == other.peers
     }
 }
 impl Eq for SetRequest {}
@@ -173,7 +177,9 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, UapiError> {
     match op {
         b"get=1" => match it.next() {
             None | Some(b"") => Ok(Request::Get),
-            Some(rest) => Err(UapiError::invalid(format!("trailing characters in UAPI get: {:?}", String::from_utf8_lossy(rest)))),
+            Some(rest) => {
+                Err(UapiError::invalid(format!("trailing characters in UAPI get: {:?}", String::from_utf8_lossy(rest))))
+            }
         },
         b"set=1" => parse_set(it).map(Request::Set),
         _ => Err(UapiError::invalid(format!("invalid UAPI operation: {:?}", String::from_utf8_lossy(op)))),
@@ -187,12 +193,15 @@ fn parse_set<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<SetRequest, Ua
         if raw.is_empty() {
             break;
         }
-        let line = std::str::from_utf8(raw).map_err(|_| UapiError::protocol(format!("line {} of the set request is not UTF-8", n + 2)))?;
+        let line = std::str::from_utf8(raw)
+            .map_err(|_| UapiError::protocol(format!("line {} of the set request is not UTF-8", n + 2)))?;
         let Some((key, value)) = line.split_once('=') else {
             return Err(UapiError::protocol(format!("failed to parse line {line:?}")));
         };
         if key == "public_key" {
-            let public_key = parse_hex_key(value).ok_or_else(|| UapiError::invalid(format!("failed to get peer by public key: invalid hex key {value:?}")))?;
+            let public_key = parse_hex_key(value).ok_or_else(|| {
+                UapiError::invalid(format!("failed to get peer by public key: invalid hex key {value:?}"))
+            })?;
             req.peers.extend(peer.replace(PeerSet { public_key, ops: Vec::new() }));
             continue;
         }
@@ -208,15 +217,18 @@ fn parse_set<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<SetRequest, Ua
 fn parse_device_line(req: &mut SetRequest, key: &str, value: &str) -> Result<(), UapiError> {
     match key {
         "private_key" => {
-            let k = parse_hex_key(value).ok_or_else(|| UapiError::invalid("failed to set private_key: not 64 hex digits"))?;
+            let k = parse_hex_key(value)
+                .ok_or_else(|| UapiError::invalid("failed to set private_key: not 64 hex digits"))?;
             req.private_key = Some(Secret(k));
         }
         "listen_port" => {
-            let p = parse_decimal(value, u16::MAX.into()).ok_or_else(|| UapiError::invalid(format!("failed to parse listen_port: invalid value {value:?}")))?;
+            let p = parse_decimal(value, u16::MAX.into())
+                .ok_or_else(|| UapiError::invalid(format!("failed to parse listen_port: invalid value {value:?}")))?;
             req.listen_port = Some(p as u16);
         }
         "fwmark" => {
-            let m = parse_decimal(value, u32::MAX.into()).ok_or_else(|| UapiError::invalid(format!("invalid fwmark: {value:?}")))?;
+            let m = parse_decimal(value, u32::MAX.into())
+                .ok_or_else(|| UapiError::invalid(format!("invalid fwmark: {value:?}")))?;
             req.fwmark = Some(m as u32);
         }
         "replace_peers" => {
@@ -238,10 +250,16 @@ fn parse_peer_line(key: &str, value: &str) -> Result<PeerOp, UapiError> {
             expect_true(value, "failed to set remove, invalid value")?;
             PeerOp::Remove
         }
-        "preshared_key" => PeerOp::PresharedKey(Secret(parse_hex_key(value).ok_or_else(|| UapiError::invalid("failed to set preshared key: not 64 hex digits"))?)),
-        "endpoint" => PeerOp::Endpoint(value.parse().map_err(|_| UapiError::invalid(format!("failed to set endpoint {value}: not an IP:port or [IPv6]:port")))?),
+        "preshared_key" => PeerOp::PresharedKey(Secret(
+            parse_hex_key(value).ok_or_else(|| UapiError::invalid("failed to set preshared key: not 64 hex digits"))?,
+        )),
+        "endpoint" => PeerOp::Endpoint(value.parse().map_err(|_| {
+            UapiError::invalid(format!("failed to set endpoint {value}: not an IP:port or [IPv6]:port"))
+        })?),
         "persistent_keepalive_interval" => {
-            let s = parse_decimal(value, u16::MAX.into()).ok_or_else(|| UapiError::invalid(format!("failed to set persistent keepalive interval: invalid value {value:?}")))?;
+            let s = parse_decimal(value, u16::MAX.into()).ok_or_else(|| {
+                UapiError::invalid(format!("failed to set persistent keepalive interval: invalid value {value:?}"))
+            })?;
             PeerOp::PersistentKeepalive(s as u16)
         }
         "replace_allowed_ips" => {
@@ -249,7 +267,8 @@ fn parse_peer_line(key: &str, value: &str) -> Result<PeerOp, UapiError> {
             PeerOp::ReplaceAllowedIps
         }
         "allowed_ip" => {
-            let (a, c) = parse_prefix(value).ok_or_else(|| UapiError::invalid(format!("failed to set allowed ip: invalid prefix {value:?}")))?;
+            let (a, c) = parse_prefix(value)
+                .ok_or_else(|| UapiError::invalid(format!("failed to set allowed ip: invalid prefix {value:?}")))?;
             PeerOp::AllowedIp(a, c)
         }
         "protocol_version" => {
@@ -312,7 +331,11 @@ pub(crate) fn push_hex_line(w: &mut impl std::fmt::Write, key: &str, k: &[u8; KE
 /// without leading zeros, no longer than the address.
 fn parse_prefix(v: &str) -> Option<(IpAddr, u8)> {
     let (ip, bits) = v.split_once('/')?;
-    let addr: IpAddr = if ip.contains(':') { IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?) } else { IpAddr::V4(ip.parse::<Ipv4Addr>().ok()?) };
+    let addr: IpAddr = if ip.contains(':') {
+        IpAddr::V6(ip.parse::<Ipv6Addr>().ok()?)
+    } else {
+        IpAddr::V4(ip.parse::<Ipv4Addr>().ok()?)
+    };
     if bits.len() > 1 && bits.starts_with('0') {
         return None;
     }

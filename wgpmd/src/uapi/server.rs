@@ -107,7 +107,9 @@ impl UapiServer {
                 }
                 tracing::info!("Removing stale UAPI socket {}", path.display());
                 match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove stale socket", &path)(e)),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err("remove stale socket", &path)(e))
+                    }
                     _ => {}
                 }
             }
@@ -170,7 +172,11 @@ impl core::fmt::Debug for UapiServer {
 
 /// The kernel's `dev_valid_name`.
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() < IFNAMSIZ && name != "." && name != ".." && !name.chars().any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    !name.is_empty()
+        && name.len() < IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
 }
 
 /// Bind in a fresh 0700 directory, make the socket 0600, and rename it to `path`.
@@ -221,7 +227,10 @@ fn handle(mut stream: UnixStream, handler: &dyn UapiHandler) {
             break n;
         }
         if buf.len() > MAX_REQUEST_LEN {
-            let e = UapiError { errno: super::IPC_ERROR_INVALID, message: format!("request longer than {MAX_REQUEST_LEN} bytes") };
+            let e = UapiError {
+                errno: super::IPC_ERROR_INVALID,
+                message: format!("request longer than {MAX_REQUEST_LEN} bytes"),
+            };
             tracing::error!("{e}");
             reply(&mut stream, &format!("errno={}\n\n", e.errno), deadline);
             return;

@@ -22,7 +22,8 @@ const WG_SET_PEER: &[u8] = b"set=1\npublic_key=b9b608da874b848c3710fea258192814e
 /// The set transcript's requests, in order.
 const T_ADD: &[u8] = b"set=1\npublic_key=afab5d57d5f2ede5dc2d2d989d2d5ef45e7879ec37be1d97d3b5197b72b20559\nendpoint=10.99.0.77:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.100.0.77/32\nallowed_ip=fd00::77/128\n\n";
 const T_UPDATE_ONLY: &[u8] = b"set=1\npublic_key=afab5d57d5f2ede5dc2d2d989d2d5ef45e7879ec37be1d97d3b5197b72b20559\nupdate_only=true\npersistent_keepalive_interval=0\n\n";
-const T_REMOVE: &[u8] = b"set=1\npublic_key=afab5d57d5f2ede5dc2d2d989d2d5ef45e7879ec37be1d97d3b5197b72b20559\nremove=true\n\n";
+const T_REMOVE: &[u8] =
+    b"set=1\npublic_key=afab5d57d5f2ede5dc2d2d989d2d5ef45e7879ec37be1d97d3b5197b72b20559\nremove=true\n\n";
 const T_BOGUS: &[u8] = b"set=1\nbogus_key=1\n\n";
 const T_BAD_KEY: &[u8] = b"set=1\npublic_key=zz\n\n";
 /// wireguard-go's answer to `get=1` in the get transcript (468 bytes).
@@ -49,7 +50,14 @@ fn parses_what_wg_sends() {
     assert_eq!(
         set_req(WG_SET_PEER),
         SetRequest {
-            peers: vec![PeerSet { public_key: key(PUB_B), ops: vec![PeerOp::PersistentKeepalive(5), PeerOp::ReplaceAllowedIps, PeerOp::AllowedIp(ip("10.100.0.2"), 32)] }],
+            peers: vec![PeerSet {
+                public_key: key(PUB_B),
+                ops: vec![
+                    PeerOp::PersistentKeepalive(5),
+                    PeerOp::ReplaceAllowedIps,
+                    PeerOp::AllowedIp(ip("10.100.0.2"), 32)
+                ]
+            }],
             ..SetRequest::default()
         }
     );
@@ -92,7 +100,11 @@ fn every_key_and_its_value_are_checked() {
         (format!("{pb}listen_port=1\n\n"), -22, "invalid UAPI peer key: listen_port".into()),
         (format!("{pb}bogus=1\n\n"), -22, "invalid UAPI peer key: bogus".into()),
         ("set=1\nprivate_key=abc\n\n".into(), -22, "failed to set private_key: not 64 hex digits".into()),
-        (format!("set=1\nprivate_key={}g\n\n", &PRIV_A[..63]), -22, "failed to set private_key: not 64 hex digits".into()),
+        (
+            format!("set=1\nprivate_key={}g\n\n", &PRIV_A[..63]),
+            -22,
+            "failed to set private_key: not 64 hex digits".into(),
+        ),
         ("set=1\nlisten_port=65536\n\n".into(), -22, "failed to parse listen_port: invalid value \"65536\"".into()),
         ("set=1\nlisten_port=+1\n\n".into(), -22, "failed to parse listen_port: invalid value \"+1\"".into()),
         ("set=1\nlisten_port=\n\n".into(), -22, "failed to parse listen_port: invalid value \"\"".into()),
@@ -101,14 +113,38 @@ fn every_key_and_its_value_are_checked() {
         (format!("{pb}update_only=1\n\n"), -22, "failed to set update only, invalid value: 1".into()),
         (format!("{pb}remove=yes\n\n"), -22, "failed to set remove, invalid value: yes".into()),
         (format!("{pb}preshared_key=00\n\n"), -22, "failed to set preshared key: not 64 hex digits".into()),
-        (format!("{pb}endpoint=example.com:51820\n\n"), -22, "failed to set endpoint example.com:51820: not an IP:port or [IPv6]:port".into()),
-        (format!("{pb}endpoint=fd00::1:51820\n\n"), -22, "failed to set endpoint fd00::1:51820: not an IP:port or [IPv6]:port".into()),
-        (format!("{pb}persistent_keepalive_interval=65536\n\n"), -22, "failed to set persistent keepalive interval: invalid value \"65536\"".into()),
+        (
+            format!("{pb}endpoint=example.com:51820\n\n"),
+            -22,
+            "failed to set endpoint example.com:51820: not an IP:port or [IPv6]:port".into(),
+        ),
+        (
+            format!("{pb}endpoint=fd00::1:51820\n\n"),
+            -22,
+            "failed to set endpoint fd00::1:51820: not an IP:port or [IPv6]:port".into(),
+        ),
+        (
+            format!("{pb}persistent_keepalive_interval=65536\n\n"),
+            -22,
+            "failed to set persistent keepalive interval: invalid value \"65536\"".into(),
+        ),
         (format!("{pb}replace_allowed_ips=TRUE\n\n"), -22, "failed to replace allowedips, invalid value: TRUE".into()),
         (format!("{pb}allowed_ip=10.0.0.1\n\n"), -22, "failed to set allowed ip: invalid prefix \"10.0.0.1\"".into()),
-        (format!("{pb}allowed_ip=10.0.0.0/08\n\n"), -22, "failed to set allowed ip: invalid prefix \"10.0.0.0/08\"".into()),
-        (format!("{pb}allowed_ip=10.0.0.0/33\n\n"), -22, "failed to set allowed ip: invalid prefix \"10.0.0.0/33\"".into()),
-        (format!("{pb}allowed_ip=fe80::1%eth0/128\n\n"), -22, "failed to set allowed ip: invalid prefix \"fe80::1%eth0/128\"".into()),
+        (
+            format!("{pb}allowed_ip=10.0.0.0/08\n\n"),
+            -22,
+            "failed to set allowed ip: invalid prefix \"10.0.0.0/08\"".into(),
+        ),
+        (
+            format!("{pb}allowed_ip=10.0.0.0/33\n\n"),
+            -22,
+            "failed to set allowed ip: invalid prefix \"10.0.0.0/33\"".into(),
+        ),
+        (
+            format!("{pb}allowed_ip=fe80::1%eth0/128\n\n"),
+            -22,
+            "failed to set allowed ip: invalid prefix \"fe80::1%eth0/128\"".into(),
+        ),
         (format!("{pb}protocol_version=2\n\n"), -22, "invalid protocol version: 2".into()),
         ("get=1\nx\n\n".into(), -22, "trailing characters in UAPI get: \"x\"".into()),
         ("set=2\n\n".into(), -22, "invalid UAPI operation: \"set=2\"".into()),
@@ -128,7 +164,13 @@ fn every_key_and_its_value_are_checked() {
 fn lenient_where_wireguard_go_is() {
     // Upper-case hex, CRLF line ends, a request cut short without its empty line, and
     // anything after the empty line (the next request, which we do not read).
-    let r = set_req(format!("set=1\r\nprivate_key={}\r\nlisten_port=0051820\r\nfwmark=0\r\npublic_key={PUB_B}\r\nprotocol_version=1", PRIV_A.to_uppercase()).as_bytes());
+    let r = set_req(
+        format!(
+            "set=1\r\nprivate_key={}\r\nlisten_port=0051820\r\nfwmark=0\r\npublic_key={PUB_B}\r\nprotocol_version=1",
+            PRIV_A.to_uppercase()
+        )
+        .as_bytes(),
+    );
     assert_eq!(r.private_key.as_ref().map(|k| k.0), Some(key(PRIV_A)));
     assert_eq!(r.listen_port, Some(51820));
     assert_eq!(r.peers[0].ops, vec![PeerOp::ProtocolVersion]);
@@ -202,7 +244,11 @@ fn the_transcripts_requests_add_update_and_remove_a_peer() {
     // Removing or updating a missing peer creates nothing.
     f.set(T_REMOVE).unwrap();
     f.set(T_UPDATE_ONLY).unwrap();
-    f.set(format!("set=1\npublic_key={PUB_C}\nendpoint=10.0.0.1:1\nallowed_ip=10.0.0.1/32\nupdate_only=true\n\n").as_bytes()).unwrap();
+    f.set(
+        format!("set=1\npublic_key={PUB_C}\nendpoint=10.0.0.1:1\nallowed_ip=10.0.0.1/32\nupdate_only=true\n\n")
+            .as_bytes(),
+    )
+    .unwrap();
     assert_eq!(f.dev.peer_count(), 0, "update_only after other keys drops the peer they created");
     assert_eq!(f.dev.route(ip("10.0.0.1")), None);
     // A bare public_key creates the peer.
@@ -218,13 +264,23 @@ fn replace_peers_and_replace_allowed_ips() {
     assert_eq!(f.dev.peer_count(), 2);
     // An existing prefix moves to the peer that claims it; order within a section matters.
     f.set(format!("set=1\npublic_key={PUB_B}\nallowed_ip=10.9.9.9/32\nreplace_allowed_ips=true\nallowed_ip=10.100.0.77/32\nallowed_ip=10.100.1.1/24\n\n").as_bytes()).unwrap();
-    assert_eq!(f.ips(PUB_B), vec![(ip("10.100.0.77"), 32), (ip("10.100.1.0"), 24)], "cleared, then added; host bits masked");
+    assert_eq!(
+        f.ips(PUB_B),
+        vec![(ip("10.100.0.77"), 32), (ip("10.100.1.0"), 24)],
+        "cleared, then added; host bits masked"
+    );
     assert_eq!(f.ips(PUB_C), vec![(ip("fd00::77"), 128)]);
     // Without replace_allowed_ips, prefixes add up.
     f.set(format!("set=1\npublic_key={PUB_B}\nallowed_ip=fd00::b/128\n\n").as_bytes()).unwrap();
     assert_eq!(f.ips(PUB_B).len(), 3);
 
-    f.set(format!("set=1\nlisten_port=51820\nfwmark=7\nreplace_peers=true\npublic_key={PUB_B}\nallowed_ip=10.0.0.2/32\n\n").as_bytes()).unwrap();
+    f.set(
+        format!(
+            "set=1\nlisten_port=51820\nfwmark=7\nreplace_peers=true\npublic_key={PUB_B}\nallowed_ip=10.0.0.2/32\n\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     assert_eq!(f.dev.peer_count(), 1);
     assert_eq!(f.peer(PUB_C), None);
     assert_eq!(f.ips(PUB_B), vec![(ip("10.0.0.2"), 32)], "the re-created peer starts empty");
@@ -269,7 +325,8 @@ fn established() -> (Fixture, PeerId) {
     let mut a = Fixture::new();
     let b_priv = PrivateKey::from_bytes([0x42; 32]);
     let b_pub_hex: String = b_priv.public_key().iter().map(|x| format!("{x:02x}")).collect();
-    a.set(format!("set=1\npublic_key={b_pub_hex}\nendpoint=192.0.2.2:51820\nallowed_ip=10.0.0.2/32\n\n").as_bytes()).unwrap();
+    a.set(format!("set=1\npublic_key={b_pub_hex}\nendpoint=192.0.2.2:51820\nallowed_ip=10.0.0.2/32\n\n").as_bytes())
+        .unwrap();
     let pb = a.peer(&b_pub_hex).unwrap();
 
     let mut rng = ChaCha20Rng::seed_from_u64(9);

@@ -78,22 +78,15 @@ pub fn update_bytes(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
 pub fn pseudo_header_v4(src: &Ipv4Addr, dst: &Ipv4Addr, protocol: IpProtocol, length: u32) -> u16 {
     let s = src.octets();
     let d = dst.octets();
-    let acc = u64::from(u32::from_be_bytes(s))
-        + u64::from(u32::from_be_bytes(d))
-        + u64::from(protocol.0)
-        + u64::from(length);
+    let acc =
+        u64::from(u32::from_be_bytes(s)) + u64::from(u32::from_be_bytes(d)) + u64::from(protocol.0) + u64::from(length);
     fold(acc)
 }
 
 /// The folded IPv6 pseudo-header sum: source, destination, 32-bit upper-layer length, three
 /// zero bytes and the next header.
 pub fn pseudo_header_v6(src: &Ipv6Addr, dst: &Ipv6Addr, next_header: IpProtocol, length: u32) -> u16 {
-    combine(&[
-        data(&src.octets()),
-        data(&dst.octets()),
-        fold(u64::from(length)),
-        u16::from(next_header.0),
-    ])
+    combine(&[data(&src.octets()), data(&dst.octets()), fold(u64::from(length)), u16::from(next_header.0)])
 }
 
 #[cfg(test)]

@@ -196,8 +196,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
     /// The 802.1Q tag, if the frame carries one.
     #[inline]
     pub fn vlan_tag(&self) -> Option<VlanTag> {
-        self.is_tagged()
-            .then(|| VlanTag::from_tci(bytes::be16(self.buffer.as_ref(), field::VLAN_TCI)))
+        self.is_tagged().then(|| VlanTag::from_tci(bytes::be16(self.buffer.as_ref(), field::VLAN_TCI)))
     }
 
     /// The EtherType of the payload: after the tag for a tagged frame, else [`ethertype`](Self::ethertype).
@@ -299,12 +298,7 @@ impl Repr {
         if ethertype < EtherType::MIN {
             return Err(Error::Unsupported);
         }
-        Ok(Repr {
-            src_addr: frame.src_addr(),
-            dst_addr: frame.dst_addr(),
-            vlan: frame.vlan_tag(),
-            ethertype,
-        })
+        Ok(Repr { src_addr: frame.src_addr(), dst_addr: frame.dst_addr(), vlan: frame.vlan_tag(), ethertype })
     }
 
     /// Length of the header this emits: 14, or 18 with a tag.

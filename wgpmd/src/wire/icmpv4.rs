@@ -337,7 +337,11 @@ impl<'a> Repr<'a> {
     /// unreachable copies as much of the datagram as fits in the buffer and in
     /// [`MAX_QUOTE_LEN`], but at least its IPv4 header and 8 bytes of payload (or the whole
     /// datagram if shorter); a buffer too small for that is [`Error::Truncated`].
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>, caps: &ChecksumCapabilities) -> Result<usize> {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        caps: &ChecksumCapabilities,
+    ) -> Result<usize> {
         let room = packet.buffer.as_ref().len();
         let len = match *self {
             Repr::EchoRequest { ident, seq_no, data } | Repr::EchoReply { ident, seq_no, data } => {
@@ -345,7 +349,8 @@ impl<'a> Repr<'a> {
                 if room < len {
                     return Err(Error::Truncated);
                 }
-                let ty = if matches!(self, Repr::EchoRequest { .. }) { Message::ECHO_REQUEST } else { Message::ECHO_REPLY };
+                let ty =
+                    if matches!(self, Repr::EchoRequest { .. }) { Message::ECHO_REQUEST } else { Message::ECHO_REPLY };
                 packet.set_msg_type(ty);
                 packet.set_msg_code(0);
                 packet.set_echo_ident(ident);
@@ -429,7 +434,10 @@ mod tests {
         assert_eq!(p.next_hop_mtu(), 1420);
         assert!(p.verify_checksum());
         let r = Repr::parse(&p, &Default::default()).unwrap();
-        assert_eq!(r, Repr::DstUnreachable { reason: DstUnreachable::FragRequired, next_hop_mtu: 1420, datagram: &b[8..] });
+        assert_eq!(
+            r,
+            Repr::DstUnreachable { reason: DstUnreachable::FragRequired, next_hop_mtu: 1420, datagram: &b[8..] }
+        );
         let mut buf = vec![0xa5u8; r.buffer_len()];
         assert_eq!(r.emit(&mut Packet::new_unchecked(&mut buf[..]), &Default::default()), Ok(36));
         assert_eq!(buf, b);

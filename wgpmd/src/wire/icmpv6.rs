@@ -100,7 +100,11 @@ pub struct NeighborFlags {
 
 impl NeighborFlags {
     const fn from_byte(b: u8) -> NeighborFlags {
-        NeighborFlags { router: b & FLAG_ROUTER != 0, solicited: b & FLAG_SOLICITED != 0, override_: b & FLAG_OVERRIDE != 0 }
+        NeighborFlags {
+            router: b & FLAG_ROUTER != 0,
+            solicited: b & FLAG_SOLICITED != 0,
+            override_: b & FLAG_OVERRIDE != 0,
+        }
     }
     const fn to_byte(self) -> u8 {
         (if self.router { FLAG_ROUTER } else { 0 })
@@ -382,7 +386,11 @@ impl<'a> Repr<'a> {
         let ty = packet.msg_type();
         let handled = matches!(
             ty,
-            Message::ECHO_REQUEST | Message::ECHO_REPLY | Message::PKT_TOO_BIG | Message::NEIGHBOR_SOLICIT | Message::NEIGHBOR_ADVERT
+            Message::ECHO_REQUEST
+                | Message::ECHO_REPLY
+                | Message::PKT_TOO_BIG
+                | Message::NEIGHBOR_SOLICIT
+                | Message::NEIGHBOR_ADVERT
         );
         if !handled {
             return Err(Error::Unsupported);
@@ -395,7 +403,9 @@ impl<'a> Repr<'a> {
             Message::ECHO_REQUEST => {
                 Ok(Repr::EchoRequest { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data })
             }
-            Message::ECHO_REPLY => Ok(Repr::EchoReply { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data }),
+            Message::ECHO_REPLY => {
+                Ok(Repr::EchoReply { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data })
+            }
             Message::PKT_TOO_BIG => {
                 if data.len() < ipv6::HEADER_LEN || ipv6::Packet::new_unchecked(data).version() != 6 {
                     return Err(Error::Malformed);
@@ -540,7 +550,10 @@ mod tests {
         assert_eq!(r.emit(&mut Packet::new_unchecked(&mut buf[..]), src, dst, &Default::default()), Ok(want.len()));
         assert_eq!(buf, want);
         let mut short = vec![0xa5u8; r.buffer_len() - 1];
-        assert_eq!(r.emit(&mut Packet::new_unchecked(&mut short[..]), src, dst, &Default::default()), Err(Error::Truncated));
+        assert_eq!(
+            r.emit(&mut Packet::new_unchecked(&mut short[..]), src, dst, &Default::default()),
+            Err(Error::Truncated)
+        );
     }
 
     #[test]
@@ -596,7 +609,10 @@ mod tests {
         let mc = a("ff02::1");
         let mut m = b.clone();
         Packet::new_unchecked(&mut m[..]).fill_checksum(&src, &mc);
-        assert_eq!(Repr::parse(&Packet::new_checked(&m[..]).unwrap(), &src, &mc, &Default::default()), Err(Error::Malformed));
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&m[..]).unwrap(), &src, &mc, &Default::default()),
+            Err(Error::Malformed)
+        );
         // A multicast target is malformed.
         let mut m = b.clone();
         m[8] = 0xff;
@@ -646,9 +662,15 @@ mod tests {
         assert_eq!(Repr::parse(&p, &src, &a("fd00::3"), &Default::default()), Err(Error::Checksum));
         let mut m = b.clone();
         m[1] = 1;
-        assert_eq!(Repr::parse(&Packet::new_checked(&m[..]).unwrap(), &src, &dst, &ChecksumCapabilities::ignored()), Err(Error::Malformed));
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&m[..]).unwrap(), &src, &dst, &ChecksumCapabilities::ignored()),
+            Err(Error::Malformed)
+        );
         m[0] = 133;
-        assert_eq!(Repr::parse(&Packet::new_checked(&m[..]).unwrap(), &src, &dst, &ChecksumCapabilities::ignored()), Err(Error::Unsupported));
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&m[..]).unwrap(), &src, &dst, &ChecksumCapabilities::ignored()),
+            Err(Error::Unsupported)
+        );
     }
 
     /// A 1500-byte IPv6/UDP packet that did not fit a 1420-byte link.
@@ -681,17 +703,26 @@ mod tests {
         assert_eq!(&buf[8..n], &big[..1232]);
         let p = Packet::new_checked(&buf[..n]).unwrap();
         assert_eq!(p.pkt_too_big_mtu(), 1420);
-        assert_eq!(Repr::parse(&p, &src, &dst, &Default::default()), Ok(Repr::PktTooBig { mtu: 1420, packet: &big[..1232] }));
+        assert_eq!(
+            Repr::parse(&p, &src, &dst, &Default::default()),
+            Ok(Repr::PktTooBig { mtu: 1420, packet: &big[..1232] })
+        );
         // Less room: as much as fits, down to header + 8.
         for room in [56usize, 57, 300] {
             let mut buf = vec![0xa5u8; room];
             let n = r.emit(&mut Packet::new_unchecked(&mut buf[..]), &src, &dst, &Default::default()).unwrap();
             assert_eq!(n, room);
             let p = Packet::new_checked(&buf[..]).unwrap();
-            assert_eq!(Repr::parse(&p, &src, &dst, &Default::default()), Ok(Repr::PktTooBig { mtu: 1420, packet: &big[..room - 8] }));
+            assert_eq!(
+                Repr::parse(&p, &src, &dst, &Default::default()),
+                Ok(Repr::PktTooBig { mtu: 1420, packet: &big[..room - 8] })
+            );
         }
         let mut buf = [0xa5u8; 55];
-        assert_eq!(r.emit(&mut Packet::new_unchecked(&mut buf[..]), &src, &dst, &Default::default()), Err(Error::Truncated));
+        assert_eq!(
+            r.emit(&mut Packet::new_unchecked(&mut buf[..]), &src, &dst, &Default::default()),
+            Err(Error::Truncated)
+        );
         // A quote without an IPv6 header is malformed.
         let caps = ChecksumCapabilities::ignored();
         let mut buf = [0xa5u8; 47];
@@ -707,7 +738,13 @@ mod tests {
             let (src, dst) = (a(src), a(dst));
             for n in 0..b.len() {
                 let p = Packet::new_unchecked(&b[..n]);
-                let _ = (p.target_addr(), p.neighbor_flags(), p.nd_options(), p.pkt_too_big_mtu(), p.verify_checksum(&src, &dst));
+                let _ = (
+                    p.target_addr(),
+                    p.neighbor_flags(),
+                    p.nd_options(),
+                    p.pkt_too_big_mtu(),
+                    p.verify_checksum(&src, &dst),
+                );
                 let r = Repr::parse(&p, &src, &dst, &ChecksumCapabilities::ignored());
                 // 24 (no options) parses; 25..31 leave a broken option.
                 assert_eq!(r.is_ok(), n == 24, "length {n}");

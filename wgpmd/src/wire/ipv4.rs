@@ -402,7 +402,11 @@ impl Repr {
     /// a total length over 65535) are [`Error::Malformed`]; a buffer shorter than
     /// [`buffer_len`](Self::buffer_len) is [`Error::Truncated`]. The checksum is filled if
     /// `caps` says so, else left zero for the NIC.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>, caps: &ChecksumCapabilities) -> Result<()> {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        caps: &ChecksumCapabilities,
+    ) -> Result<()> {
         let total = self.buffer_len();
         if total > MAX_PACKET_LEN || self.dscp >= 64 || self.ecn >= 4 || self.frag_offset % 8 != 0 {
             return Err(Error::Malformed);
@@ -517,7 +521,12 @@ mod tests {
         assert_eq!(repr().buffer_len(), 176);
         let mut short = [0xa5u8; 175];
         assert_eq!(repr().emit(&mut Packet::new_unchecked(&mut short[..]), &Default::default()), Err(Error::Truncated));
-        for bad in [Repr { dscp: 64, ..repr() }, Repr { ecn: 4, ..repr() }, Repr { frag_offset: 12, ..repr() }, Repr { payload_len: 65_516, ..repr() }] {
+        for bad in [
+            Repr { dscp: 64, ..repr() },
+            Repr { ecn: 4, ..repr() },
+            Repr { frag_offset: 12, ..repr() },
+            Repr { payload_len: 65_516, ..repr() },
+        ] {
             assert_eq!(bad.emit(&mut Packet::new_unchecked(&mut buf[..]), &Default::default()), Err(Error::Malformed));
         }
     }

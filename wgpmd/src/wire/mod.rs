@@ -83,23 +83,18 @@ pub mod udp;
 pub mod wireguard;
 
 pub use self::arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
-pub use self::ethernet::{
-    EtherType, EthernetAddress, Frame as EthernetFrame, Repr as EthernetRepr, VlanTag,
-};
+pub use self::ethernet::{EtherType, EthernetAddress, Frame as EthernetFrame, Repr as EthernetRepr, VlanTag};
 pub use self::icmpv4::{
-    DstUnreachable as Icmpv4DstUnreachable, Message as Icmpv4Message, Packet as Icmpv4Packet,
-    Repr as Icmpv4Repr,
+    DstUnreachable as Icmpv4DstUnreachable, Message as Icmpv4Message, Packet as Icmpv4Packet, Repr as Icmpv4Repr,
 };
-pub use self::icmpv6::{
-    Message as Icmpv6Message, NeighborFlags, Packet as Icmpv6Packet, Repr as Icmpv6Repr,
-};
+pub use self::icmpv6::{Message as Icmpv6Message, NeighborFlags, Packet as Icmpv6Packet, Repr as Icmpv6Repr};
 pub use self::ip::{IpPair, IpProtocol};
 pub use self::ipv4::{Packet as Ipv4Packet, Repr as Ipv4Repr};
 pub use self::ipv6::{Packet as Ipv6Packet, Repr as Ipv6Repr};
 pub use self::udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use self::wireguard::{
-    classify, CookieReply, HandshakeInitiation, HandshakeResponse, Message as WireguardMessage,
-    MessageType, TransportData,
+    classify, CookieReply, HandshakeInitiation, HandshakeResponse, Message as WireguardMessage, MessageType,
+    TransportData,
 };
 
 /// Why a view or a `Repr` refused a buffer. Small and `Copy`, so that a datapath can count drops

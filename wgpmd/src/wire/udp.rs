@@ -209,7 +209,12 @@ impl Repr {
     /// offset 8 when `caps` fills the checksum (it is summed); otherwise the checksum field is
     /// zero (IPv4: none) and the NIC or [`Packet::fill_partial_checksum`] takes over. A
     /// datagram over 65535 bytes is [`Error::Malformed`], a short buffer [`Error::Truncated`].
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>, pair: &IpPair, caps: &ChecksumCapabilities) -> Result<()> {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        pair: &IpPair,
+        caps: &ChecksumCapabilities,
+    ) -> Result<()> {
         let length = self.buffer_len();
         if length > MAX_LEN {
             return Err(Error::Malformed);
@@ -295,10 +300,16 @@ mod tests {
         }
         let r = Repr { src_port: 1, dst_port: 2, payload_len: 4 };
         let mut short = [0xa5u8; 11];
-        assert_eq!(r.emit(&mut Packet::new_unchecked(&mut short[..]), &v4(), &Default::default()), Err(Error::Truncated));
+        assert_eq!(
+            r.emit(&mut Packet::new_unchecked(&mut short[..]), &v4(), &Default::default()),
+            Err(Error::Truncated)
+        );
         let huge = Repr { payload_len: MAX_LEN, ..r };
         assert_eq!(huge.buffer_len(), MAX_LEN + 8);
-        assert_eq!(huge.emit(&mut Packet::new_unchecked(&mut short[..]), &v4(), &Default::default()), Err(Error::Malformed));
+        assert_eq!(
+            huge.emit(&mut Packet::new_unchecked(&mut short[..]), &v4(), &Default::default()),
+            Err(Error::Malformed)
+        );
     }
 
     #[test]
@@ -312,7 +323,10 @@ mod tests {
         let mut b = hex::decode(V6).unwrap();
         b[6] = 0;
         b[7] = 0;
-        assert_eq!(Repr::parse(&Packet::new_checked(&b[..]).unwrap(), &v6(), &Default::default()), Err(Error::Checksum));
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&b[..]).unwrap(), &v6(), &Default::default()),
+            Err(Error::Checksum)
+        );
         // A datagram whose checksum computes to zero is sent as 0xffff (and verifies).
         let pair = IpPair::V4 { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 2) };
         let mut b = hex::decode("04d2162e000a0000d0d7").unwrap();

@@ -483,7 +483,9 @@ impl<T: AsRef<[u8]>> Message<T> {
     /// [`classify`]s `buffer` and wraps it in the matching view.
     pub fn new_checked(buffer: T) -> Result<Message<T>> {
         Ok(match classify(buffer.as_ref())? {
-            MessageType::HandshakeInitiation => Message::HandshakeInitiation(HandshakeInitiation::new_unchecked(buffer)),
+            MessageType::HandshakeInitiation => {
+                Message::HandshakeInitiation(HandshakeInitiation::new_unchecked(buffer))
+            }
             MessageType::HandshakeResponse => Message::HandshakeResponse(HandshakeResponse::new_unchecked(buffer)),
             MessageType::CookieReply => Message::CookieReply(CookieReply::new_unchecked(buffer)),
             MessageType::TransportData => Message::TransportData(TransportData::new_unchecked(buffer)),
