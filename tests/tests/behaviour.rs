@@ -685,12 +685,15 @@ fn under_load_mac2_retry_answered_and_rate_limited() {
 /// Captures, from inside `ns` on interface `ifname` (a raw AF_PACKET socket in a thread that
 /// joins the namespace with setns(2)), the UDP payloads of the 148-byte handshake initiations
 /// `from` sends, each with the time it was seen, until `stop` is set.
+/// Captured initiations (arrival time, UDP payload), and the capturing thread.
+type Capture = (std::sync::mpsc::Receiver<(Instant, Vec<u8>)>, std::thread::JoinHandle<Result<()>>);
+
 fn capture_initiations(
     ns: &Netns,
     ifname: &str,
     from: Ipv4Addr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(std::sync::mpsc::Receiver<(Instant, Vec<u8>)>, std::thread::JoinHandle<Result<()>>)> {
+) -> Result<Capture> {
     let path = format!("/var/run/netns/{}", ns.name());
     let ifname = std::ffi::CString::new(ifname)?;
     let (tx, rx) = std::sync::mpsc::channel();
