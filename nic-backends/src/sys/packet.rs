@@ -182,10 +182,10 @@ impl PacketSocket {
             m.msg_hdr.msg_iovlen = 1;
         }
         // The kernel reads `msgs[..n]` and their iovecs, and writes only each `msg_len`.
+        let (fd, vlen) = (self.fd.as_raw_fd(), n as libc::c_uint);
         // SAFETY: each header's single iovec points into a frame slice borrowed for the whole
         // call (`frames`), and `iov` and `msgs` outlive the call.
-        let r =
-            unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT) };
         Ok(cvt(r)? as usize)
     }
 }
