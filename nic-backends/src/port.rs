@@ -82,6 +82,17 @@ pub trait Port: Send {
     fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>>;
     /// Administratively up and carrier present.
     fn link_up(&self) -> bool;
+    /// The pool the worker polling queue `q` should allocate from, so that what it sends on this
+    /// port needs no copy: device-visible (DMA-mapped) memory for VFIO, mbuf-backed for DPDK.
+    /// `None` (the default): the backend copies at its boundary and any pool will do.
+    ///
+    /// A queue must still accept buffers from other pools in `tx_burst` (the control core's
+    /// handshake replies, a buffer received on another port): a zero-copy backend copies those
+    /// into one of its own buffers and counts the copy; it never posts an address it has not
+    /// mapped.
+    fn queue_pool(&self, _q: usize) -> Option<Pool> {
+        None
+    }
 }
 
 /// How an AF_PACKET port spreads received frames over its queues.

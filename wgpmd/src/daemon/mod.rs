@@ -393,7 +393,12 @@ pub fn run_with_ports(
             wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
         let inner_q =
             inner_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.inner_port.clone(), queue: i })?;
-        let pool = nic_backends::Pool::new(&format!("w{i}"), 4096).map_err(DaemonError::Pool)?;
+        // The WAN port's own pool when it has one (VFIO DMA memory, DPDK mbufs): what the
+        // worker reads from the inner port and seals is then sent without a copy.
+        let pool = match wan_port.queue_pool(i) {
+            Some(p) => p,
+            None => nic_backends::Pool::new(&format!("w{i}"), 4096).map_err(DaemonError::Pool)?,
+        };
         let sh = shared.clone();
         handles.push(
             std::thread::Builder::new()
