@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn pagemap_entries() {
-        assert_eq!(pagemap_phys((1 << 63) | 0x1234, 0x7f00_0000_0abc, 4096), Some(0x1234_abc));
+        assert_eq!(pagemap_phys((1 << 63) | 0x1234, 0x7f00_0000_0abc, 4096), Some(0x0123_4abc));
         assert_eq!(pagemap_phys(0x1234, 0x1000, 4096), None, "not present");
         assert_eq!(pagemap_phys(1 << 63, 0x1000, 4096), None, "PFN hidden without CAP_SYS_ADMIN");
         assert_eq!(pagemap_phys((1 << 63) | (1 << 55) | 7, 0, 4096), Some(7 * 4096), "soft-dirty bit ignored");
