@@ -430,7 +430,7 @@ fn err(spec: &str, problem: impl Into<String>) -> PortError {
 impl VirtioNetPort {
     /// Open `bdf` (bound to vfio-pci) with `opts.queues` queue pairs.
     pub fn open(spec: &str, bdf: &str, opts: &PortOptions) -> Result<VirtioNetPort, PortError> {
-        let verr = |source| PortError::Vfio { spec: spec.to_string(), source };
+        let verr = |source| PortError::Vfio { spec: spec.to_string(), source: Box::new(source) };
         let sys = vfio::Sysfs::default();
         let allow_noiommu = std::env::var(NOIOMMU_ENV).is_ok_and(|v| v == "1");
         let vdev = vfio::Container::open_device(&sys, bdf, allow_noiommu).map_err(verr)?;
