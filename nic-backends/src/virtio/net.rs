@@ -470,6 +470,7 @@ impl Queue for VirtioQueue {
         let mut s = self.core.stats;
         s.rx_errors += self.core.rx.bad_used_id + self.core.rx.bad_used_len;
         s.tx_errors += self.core.tx.bad_used_id;
+        s.tx_copied = self.core.counters.tx_copied;
         s
     }
 
