@@ -69,6 +69,7 @@ setup_mq() {
 # wgpmd_start PORT LCORES [ENV=VALUE...]: starts `wgpmd run` (name wg0, WAN 10.50.0.1/24) in the background,
 # waits for its UAPI and stats sockets and its TUN; WPID, /tmp/wgpmd-$NAME.log.
 wgpmd_start() {
+    local port lcores i
     port=$1; lcores=$2; shift 2
     WLOG=/tmp/wgpmd-$NAME.log
     log "wgpmd run --port $port -l $lcores $*"
@@ -86,6 +87,7 @@ wgpmd_start() {
 
 # wgpmd_stop: SIGTERM; must exit 0 within 30 s and remove its sockets and TUN.
 wgpmd_stop() {
+    local i rc f
     kill -TERM $WPID
     for i in $(seq 1 300); do kill -0 $WPID 2>/dev/null || break; sleep 0.1; done
     if kill -0 $WPID 2>/dev/null; then log "wgpmd ignored SIGTERM for 30 s"; tailog $WLOG; kill -KILL $WPID; return 1; fi
@@ -100,6 +102,7 @@ wgpmd_stop() {
 # wgpmd_expect_fail PORT "REGEX" [ENV=VALUE...]: `wgpmd run` must exit non-zero within 60 s and its
 # error must match REGEX (grep -iE). ERRLINE is its last stderr line.
 wgpmd_expect_fail() {
+    local port re rc
     port=$1; re=$2; shift 2
     WLOG=/tmp/wgpmd-$NAME.log
     env "$@" NO_COLOR=1 timeout -s KILL 60 /usr/local/bin/wgpmd run --name wg0 --config /tmp/wgpmd.conf \
@@ -125,6 +128,7 @@ stat() { awk -F= -v k="$1" '$1==k{print $2}' /tmp/stats-$NAME; }
 
 # ping_ok [ip netns exec NS] -- DST: the first ping may wait for the handshake; then 3 of 3 must come back
 ping_ok() {
+    local ns dst ok i out
     ns=""; [ "$1" != "--" ] && { ns="ip netns exec $1"; }; shift; [ "$1" = "--" ] && shift
     dst=$1
     ok=0
@@ -138,6 +142,7 @@ ping_ok() {
 # bulk_to_peer: $BULKKB KiB of random bytes from the root netns to nc in netns peer over the tunnel; the
 # md5 of what arrived must equal the md5 of what was sent.
 bulk_to_peer() {
+    local t0 t1 want got s1 s2 i
     dd if=/dev/urandom of=/tmp/bulk.bin bs=1024 count=$BULKKB 2>/dev/null
     rm -f /tmp/bulk.rx
     # the receiver's stdin must stay open (busybox nc half-closes on stdin EOF, and the sender then stops)
@@ -279,15 +284,16 @@ sc_vfio_badiova() {
 # traffic_mq BULKBASE: ping every peer; send $BULKKB/4 KiB to each peer's nc on port BULKBASE+i (the host
 # test compares what arrived with the "BULK" lines).
 traffic_mq() {
-    i=0; while [ $i -lt $MQPEERS ]; do ip addr add 10.61.$i.1/24 dev wg0 || return 1; i=$((i + 1)); done
+    local p kb w k
+    p=0; while [ $p -lt $MQPEERS ]; do ip addr add 10.61.$p.1/24 dev wg0 || return 1; p=$((p + 1)); done
     ip link set wg0 up || return 1
-    i=0; while [ $i -lt $MQPEERS ]; do ping_ok -- 10.61.$i.2 || return 1; i=$((i + 1)); done
+    p=0; while [ $p -lt $MQPEERS ]; do ping_ok -- 10.61.$p.2 || return 1; p=$((p + 1)); done
     kb=$((BULKKB / 4))
-    i=0; while [ $i -lt $MQPEERS ]; do
-        dd if=/dev/urandom of=/tmp/bulk.$i bs=1024 count=$kb 2>/dev/null
-        nc -w 20 10.61.$i.2 $(($1 + i)) < /tmp/bulk.$i || { log "nc to 10.61.$i.2:$(($1 + i)) exited $?"; return 1; }
-        echo "BULK $NAME $i $((kb * 1024)) $(md5sum < /tmp/bulk.$i | cut -d' ' -f1)"
-        i=$((i + 1))
+    p=0; while [ $p -lt $MQPEERS ]; do
+        dd if=/dev/urandom of=/tmp/bulk.$p bs=1024 count=$kb 2>/dev/null
+        nc -w 20 10.61.$p.2 $(($1 + p)) < /tmp/bulk.$p || { log "nc to 10.61.$p.2:$(($1 + p)) exited $?"; return 1; }
+        echo "BULK $NAME $p $((kb * 1024)) $(md5sum < /tmp/bulk.$p | cut -d' ' -f1)"
+        p=$((p + 1))
     done
     /usr/local/bin/wgpmd stats wg0 > /tmp/stats-$NAME || { log "wgpmd stats failed"; return 1; }
     grep -v '=0$' /tmp/stats-$NAME | grep -v 'drop\.' | tr '\n' ' ' | sed 's/^/  stats: /'; echo
