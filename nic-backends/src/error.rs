@@ -101,13 +101,13 @@ pub enum BufError {
 #[non_exhaustive]
 pub enum PortError {
     /// The string has no `BACKEND:` prefix.
-    #[error("{spec}: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0 or mem:test")]
+    #[error("{spec}: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test")]
     BadSpec {
         /// The port string.
         spec: String,
     },
     /// The backend before the colon is not one this build knows.
-    #[error("{spec}: unknown backend `{backend}` (known: af_packet, tun, mem)")]
+    #[error("{spec}: unknown backend `{backend}` (known: af_packet, tun, mem, vfio)")]
     UnknownBackend {
         /// The port string.
         spec: String,
@@ -175,6 +175,15 @@ pub enum PortError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// Opening the VFIO device failed (the error says what to do).
+    #[error("{spec}: {source}")]
+    Vfio {
+        /// The port string.
+        spec: String,
+        /// What went wrong.
+        #[source]
+        source: vfio::VfioError,
     },
     /// Creating the port's memory failed.
     #[error("{spec}: {source}")]

@@ -1,10 +1,11 @@
 //! wgpmd's ports: the [`Port`]/[`Queue`] abstraction, packet [`Buffer`]s and their [`Pool`]s,
-//! and the backends `mem`, `af_packet` and `tun`.
+//! and the backends `mem`, `af_packet`, `tun` and `vfio` (a virtio-net poll-mode driver).
 //!
 //! # Layering
 //! - [`buffer`]: pools of fixed 2 KiB slots with headroom for in-place encapsulation; safe code
 //!   over `sys::slots`, which owns the memory.
-//! - [`port`]: the traits, [`open`] (`"af_packet:eth1"`, `"tun:wg0"`, `"mem:test"`).
+//! - [`port`]: the traits, [`open`] (`"af_packet:eth1"`, `"tun:wg0"`, `"mem:test"`, `"vfio:0000:00:02.0"`).
+//! - [`virtio`]: the virtio-net driver on a VFIO device (rings in DMA memory, polled).
 //! - [`mem`], [`af_packet`], [`tun`]: the backends, safe code over `sys`.
 //! - `sys` (private): every `unsafe` block of the crate: mmap, ioctls, socket calls, the
 //!   AF_PACKET ring. The rest of the crate is `#![deny(unsafe_code)]`.
@@ -35,6 +36,7 @@ pub mod port;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tun;
+pub mod virtio;
 
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};
 pub use error::{BufError, PoolError, PortError};

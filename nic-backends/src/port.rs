@@ -57,6 +57,13 @@ pub trait Queue: Send {
     fn poll_fd(&self) -> Option<RawFd>;
     /// This queue's counters.
     fn stats(&self) -> QueueStats;
+    /// `Err(message)` once the queue has met a fault it cannot recover from (a device that set
+    /// NEEDS_RESET, stalled transmit completions): the worker then stops the daemon, which exits
+    /// non-zero with the message. Cheap (no device access): the queue's own watchdog, run from
+    /// `rx_burst`, sets the state. Default: always healthy.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What a port is.
@@ -68,7 +75,7 @@ pub struct PortInfo {
     pub mac: Option<[u8; 6]>,
     /// Link MTU (IP packet size, without the Ethernet header).
     pub mtu: usize,
-    /// Backend: `"mem"`, `"af_packet"` or `"tun"`.
+    /// Backend: `"mem"`, `"af_packet"`, `"tun"` or `"vfio"`.
     pub kind: &'static str,
 }
 
@@ -123,7 +130,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -137,6 +144,8 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
         "af_packet" => Ok(Box::new(crate::af_packet::AfPacketPort::open(spec, name, opts)?)),
         "tun" if name.is_empty() => Err(missing("tun:wg0")),
         "tun" => Ok(Box::new(crate::tun::TunPort::open(spec, name, opts)?)),
+        "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
+        "vfio" => Ok(Box::new(crate::virtio::VirtioNetPort::open(spec, name, opts)?)),
         "mem" if name.is_empty() => Err(missing("mem:test")),
         "mem" => {
             let mut p = crate::mem::loopback(name, opts.queues, crate::mem::DEFAULT_DEPTH);
@@ -178,8 +187,14 @@ mod tests {
 
     #[test]
     fn bad_strings_are_named() {
-        assert_eq!(err("eth0"), "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0 or mem:test");
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem)");
+        assert_eq!(
+            err("eth0"),
+            "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
+        );
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem, vfio)");
+        assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
+        assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
+        assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));
         assert_eq!(err("af_packet:"), "af_packet:: missing interface name after the colon (e.g. af_packet:eth1)");
         assert_eq!(err("tun:"), "tun:: missing interface name after the colon (e.g. tun:wg0)");
         assert!(err("mem:").contains("missing interface name"));

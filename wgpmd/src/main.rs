@@ -1,5 +1,6 @@
 //! `wgpmd`: the command line. `run` starts a concentrator, `stats` reads a running one's
-//! counters, `bench` measures the worker pipeline over in-memory ports.
+//! counters, `bench` measures the worker pipeline over in-memory ports, `status`/`bind`/`unbind`
+//! hand a NIC to vfio-pci and back (the `vfio:BDF` port).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -55,7 +56,7 @@ enum Cmd {
         /// wg.conf(5) file to apply at start (the format `wg setconf` reads).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// WAN port: af_packet:IFACE (or mem:NAME).
+        /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`), or mem:NAME.
         #[arg(short = 'a', long = "port")]
         port: String,
         /// Inner port for decrypted traffic (default tun:<NAME>).
@@ -128,6 +129,31 @@ enum Cmd {
         /// Interface name.
         #[arg(default_value = "wg0")]
         name: String,
+    },
+    /// List network PCI devices: vendor:device, driver, IOMMU group, interface, default route.
+    Status {
+        /// Root of sysfs/procfs (tests use a fake tree).
+        #[arg(long, hide = true, default_value = "/")]
+        sysfs_root: PathBuf,
+    },
+    /// Hand a NIC to vfio-pci for `--port vfio:BDF` (its kernel driver is remembered).
+    Bind {
+        /// PCI address, e.g. 0000:01:00.0 (see `wgpmd status`).
+        bdf: String,
+        /// Root of sysfs/procfs (tests use a fake tree).
+        #[arg(long, hide = true, default_value = "/")]
+        sysfs_root: PathBuf,
+    },
+    /// Give a NIC back to its kernel driver (the one it had before `bind`, or --driver).
+    Unbind {
+        /// PCI address.
+        bdf: String,
+        /// Kernel driver to bind to (default: the one `wgpmd bind` remembered).
+        #[arg(long)]
+        driver: Option<String>,
+        /// Root of sysfs/procfs (tests use a fake tree).
+        #[arg(long, hide = true, default_value = "/")]
+        sysfs_root: PathBuf,
     },
 }
 
@@ -228,6 +254,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Status { sysfs_root } => {
+            print!("{}", vfio::Sysfs::new(sysfs_root).status_text());
+            ExitCode::SUCCESS
+        }
+        Cmd::Bind { bdf, sysfs_root } => match vfio::Sysfs::new(sysfs_root).bind(&bdf) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wgpmd: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Unbind { bdf, driver, sysfs_root } => match vfio::Sysfs::new(sysfs_root).unbind(&bdf, driver.as_deref()) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wgpmd: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Stats { name } => match daemon::query_stats(&name) {
             Ok(s) => {
                 print!("{s}");

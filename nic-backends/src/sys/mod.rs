@@ -4,4 +4,5 @@
 
 pub(crate) mod ioctl;
 pub(crate) mod packet;
+pub(crate) mod ring;
 pub(crate) mod slots;

@@ -201,6 +201,8 @@ pub(crate) struct Shared {
     pub poll: PollMode,
     pub workers: Vec<WorkerCounters>,
     pub control_counters: stats::ControlCounters,
+    /// The first fatal port fault (see `Queue::health`): the daemon stops and returns it.
+    pub fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -219,6 +221,11 @@ impl Shared {
     }
     pub fn take_staged(&self, peer: PeerId) -> VecDeque<Buffer> {
         self.staged.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer).unwrap_or_default()
+    }
+    /// Record a fatal fault (the first one wins) and stop every thread.
+    pub fn fail(&self, msg: String) {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(msg);
+        self.stop.store(true, Ordering::Relaxed);
     }
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
@@ -281,6 +288,9 @@ pub enum DaemonError {
         /// The queue.
         queue: usize,
     },
+    /// A port failed while running (its queue reported a fault): the daemon stopped.
+    #[error("stopped: {0}")]
+    PortFault(String),
     /// Buffer pool.
     #[error("buffer pool: {0}")]
     Pool(nic_backends::PoolError),
@@ -369,6 +379,7 @@ pub fn run_with_ports(
         poll: cfg.poll,
         workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
         control_counters: stats::ControlCounters::default(),
+        fatal: Mutex::new(None),
     });
     for e in boot_out.events.drain(..) {
         let _ = shared.events.push(e);
@@ -419,6 +430,9 @@ pub fn run_with_ports(
     // Ports close here: the TUN interface disappears with its queues.
     drop(wan_port);
     drop(inner_port);
+    if let Some(msg) = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(DaemonError::PortFault(msg));
+    }
     result
 }
 

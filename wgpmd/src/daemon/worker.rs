@@ -179,6 +179,9 @@ impl Worker {
             iter += 1;
             if iter % 64 == 0 {
                 self.publish();
+                if self.port_fault() {
+                    break;
+                }
             }
             if work > 0 || sh.poll == PollMode::Busy {
                 idle = 0;
@@ -195,6 +198,20 @@ impl Worker {
         }
         self.flush();
         self.publish();
+    }
+
+    /// A queue that reports a fault it cannot recover from (a VFIO device that set NEEDS_RESET,
+    /// stalled transmits) stops the daemon: it exits non-zero with the message instead of
+    /// running on with a dead port.
+    fn port_fault(&mut self) -> bool {
+        for (which, q) in [("WAN", &self.wan), ("inner", &self.inner)] {
+            if let Err(msg) = q.health() {
+                tracing::error!("worker {}: {which} port failed: {msg}", self.id);
+                self.sh.fail(format!("{which} port: {msg}"));
+                return true;
+            }
+        }
+        false
     }
 
     fn publish(&mut self) {

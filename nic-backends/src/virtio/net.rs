@@ -1,0 +1,825 @@
+//! The virtio-net port (virtio 1.1/1.2 §5.1 "Network Device") on a VFIO device.
+//!
+//! Queue pair i is receiveq i (vq 2i) and transmitq i (vq 2i+1) (§5.1.2); the control queue is
+//! vq 2 * max_virtqueue_pairs. Every frame carries the 12-byte `struct virtio_net_hdr` (§5.1.6,
+//! VERSION_1 makes `num_buffers` part of it), kept in the buffer's headroom:
+//!
+//! ```text
+//! rx: posted at slot + HEADROOM - 12, so the frame lands at HEADROOM (the Buffer's window)
+//! tx: prepend 12 zero bytes (no offloads: flags 0, gso_type NONE) and post from there
+//! ```
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::pci::{common, feature, find_caps, negotiate, status, Window, NO_VECTOR};
+use super::virtq::{layout, Seg, Used, Virtq, MAX_QUEUE};
+use crate::buffer::{Buffer, Pool, BUF_SIZE, HEADROOM};
+use crate::error::PortError;
+use crate::port::{Port, PortInfo, PortOptions, Queue, QueueStats};
+use crate::sys::ring::{DmaPoolRegion, RingMem, SharedMem};
+
+/// `struct virtio_net_hdr` with VERSION_1 (§5.1.6): 12 bytes.
+pub(crate) const NET_HDR: usize = 12;
+/// Offset in the slot where the device writes a received header.
+const RX_OFF: usize = HEADROOM - NET_HDR;
+/// Device-writable bytes of an rx buffer: header + frame up to the slot end (≥ 1526, as §5.1.6.3.1
+/// asks without MRG_RXBUF and without GUEST_TSO/UFO).
+const RX_LEN: usize = BUF_SIZE - RX_OFF;
+/// Buffers of each queue's pool (DMA memory: 2048 × 2 KiB = 4 MiB, two hugepages).
+pub const POOL_BUFS: usize = 2048;
+/// Refill the rx ring once this many descriptors are free (batched refill).
+const REFILL_BATCH: usize = 32;
+/// Device status is checked every this many polls of a queue.
+const WATCHDOG_POLLS: u64 = 1024;
+/// Transmit completions missing this long with descriptors in flight: the device is stuck.
+const TX_STALL: Duration = Duration::from_secs(5);
+/// `VIRTIO_NET_S_LINK_UP` in the device configuration's status (§5.1.4).
+const LINK_UP: u16 = 1;
+/// Device configuration (§5.1.4): mac[6], status le16, max_virtqueue_pairs le16.
+const CFG_STATUS: usize = 6;
+const CFG_MAX_PAIRS: usize = 8;
+/// `VIRTIO_NET_CTRL_MQ`, `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`, `VIRTIO_NET_OK` (§5.1.6.5.5).
+const CTRL_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
+const CTRL_OK: u8 = 0;
+
+/// Environment variable of the DMA-safety test hook: queue 0 posts one transmit descriptor whose
+/// address lies outside every mapped region (bypassing the bounds check). Only for the guest test
+/// that checks the IOMMU stops it and the driver notices (docs/TESTING.md).
+pub const TEST_BAD_IOVA_ENV: &str = "WGPMD_VFIO_TEST_BAD_IOVA";
+/// Environment variable that allows no-IOMMU mode (`/dev/vfio/noiommu-N`).
+pub const NOIOMMU_ENV: &str = "WGPMD_VFIO_NOIOMMU";
+
+/// The transport registers of one device.
+struct Transport {
+    common: Window,
+    notify: Window,
+    notify_mult: u32,
+    device: Window,
+}
+
+impl Transport {
+    fn status(&self) -> u8 {
+        self.common.read8(common::DEVICE_STATUS)
+    }
+    fn set_status(&self, s: u8) {
+        self.common.write8(common::DEVICE_STATUS, s);
+    }
+    /// Write 0 to device_status and wait until it reads back 0 (§4.1.4.3.2: "the driver MUST ...
+    /// wait for device_status to return 0 before reinitializing the device").
+    fn reset(&self) -> bool {
+        self.set_status(0);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(1) {
+            if self.status() == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        false
+    }
+}
+
+/// The device, shared by the port, its queues and its pools' regions.
+pub(crate) struct NetDev {
+    t: Transport,
+    features: u64,
+    quiesced: AtomicBool,
+    bdf: String,
+    // Dropped after the device is reset in Drop: BAR mappings (in `t`), then the ring memory,
+    // then the VFIO device fd.
+    _rings: Arc<dyn SharedMem>,
+    vfio: vfio::Device,
+}
+
+impl NetDev {
+    /// Stop the device for good (idempotent): reset it and wait until it is, then disable bus
+    /// mastering. After this it touches no memory, so buffers in its rings may be freed and DMA
+    /// memory unmapped.
+    pub(crate) fn quiesce(&self) {
+        if self.quiesced.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.t.reset() {
+            eprintln!("vfio:{}: device did not finish its reset within 1 s", self.bdf);
+        }
+        let _ = self.vfio.disable_bus_master();
+    }
+    fn is_quiesced(&self) -> bool {
+        self.quiesced.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for NetDev {
+    fn drop(&mut self) {
+        self.quiesce();
+    }
+}
+
+/// Device-visible ranges a queue may post: `[start, end)` IOVAs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bounds(Vec<(u64, u64)>);
+
+impl Bounds {
+    pub(crate) fn add(&mut self, iova: u64, len: u64) {
+        self.0.push((iova, iova.saturating_add(len)));
+    }
+    /// `[iova, iova + len)` lies inside one mapped range.
+    pub(crate) fn check(&self, iova: u64, len: usize) -> bool {
+        let Some(end) = iova.checked_add(len as u64) else { return false };
+        self.0.iter().any(|&(s, e)| iova >= s && end <= e)
+    }
+}
+
+/// Counters beyond [`QueueStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VirtioCounters {
+    /// Transmitted buffers from another pool, copied into this queue's DMA memory.
+    pub tx_copied: u64,
+    /// Rx refills that found the pool empty.
+    pub rx_no_buffers: u64,
+    /// Buffers refused because their IOVA range is outside the mapped regions.
+    pub iova_refused: u64,
+}
+
+/// The data path of one queue pair, without the device registers (unit-tested with a simulated
+/// device): returns whether a queue needs a notification.
+pub(crate) struct QueueCore {
+    pub rx: Virtq,
+    pub tx: Virtq,
+    pub pool: Pool,
+    pub bounds: Bounds,
+    pub stats: QueueStats,
+    pub counters: VirtioCounters,
+    used: Vec<Used>,
+    /// Test hook: post the next transmit descriptor at this IOVA.
+    pub bad_iova: Option<u64>,
+    pub tx_completions: u64,
+}
+
+impl QueueCore {
+    pub(crate) fn new(rx: Virtq, tx: Virtq, pool: Pool, bounds: Bounds) -> QueueCore {
+        QueueCore {
+            rx,
+            tx,
+            pool,
+            bounds,
+            stats: QueueStats::default(),
+            counters: VirtioCounters::default(),
+            used: Vec::with_capacity(MAX_QUEUE as usize),
+            bad_iova: None,
+            tx_completions: 0,
+        }
+    }
+
+    /// Post fresh buffers while descriptors are free (all of them when `force`, else only once a
+    /// batch is free). Returns true if the device wants a notification.
+    pub(crate) fn refill(&mut self, force: bool) -> bool {
+        if !force && self.rx.free_descs() < REFILL_BATCH.min(self.rx.size() as usize) {
+            return false;
+        }
+        while self.rx.free_descs() > 0 {
+            let Some(b) = self.pool.alloc() else {
+                self.counters.rx_no_buffers += 1;
+                break;
+            };
+            // The fresh buffer's window starts at HEADROOM: the header goes just before it.
+            let iova = b.iova() - NET_HDR as u64;
+            if !self.bounds.check(iova, RX_LEN) {
+                self.counters.iova_refused += 1;
+                break;
+            }
+            if self.rx.push(&[Seg { iova, len: RX_LEN as u32, write: true }], Some(b)).is_err() {
+                break;
+            }
+        }
+        self.rx.publish()
+    }
+
+    /// Received frames, up to `max`, appended to `out` with their window on the frame.
+    pub(crate) fn receive(&mut self, out: &mut Vec<Buffer>, max: usize) -> usize {
+        let mut used = std::mem::take(&mut self.used);
+        self.rx.pop_used(max, &mut used);
+        let mut n = 0;
+        for u in used.drain(..) {
+            let Some(mut b) = u.token else {
+                self.stats.rx_errors += 1;
+                continue;
+            };
+            let len = u.len as usize;
+            if u.len > u.writable || len < NET_HDR + 14 {
+                // Longer than what we posted, or shorter than a header and an Ethernet header.
+                self.stats.rx_errors += 1;
+                continue;
+            }
+            if b.set_len(len - NET_HDR).is_err() {
+                self.stats.rx_errors += 1;
+                continue;
+            }
+            self.stats.rx_packets += 1;
+            self.stats.rx_bytes += b.len() as u64;
+            out.push(b);
+            n += 1;
+        }
+        self.used = used;
+        n
+    }
+
+    /// Free transmitted buffers the device has returned.
+    pub(crate) fn reclaim(&mut self) -> usize {
+        let mut used = std::mem::take(&mut self.used);
+        let n = self.tx.pop_used(usize::MAX, &mut used);
+        used.clear();
+        self.used = used;
+        self.tx_completions += n as u64;
+        n
+    }
+
+    /// A buffer ready to post: ours, with 12 bytes of headroom for the header; others are copied.
+    fn own(&mut self, b: Buffer) -> Option<Buffer> {
+        if b.pool_id() == self.pool.id() && b.headroom() >= NET_HDR {
+            return Some(b);
+        }
+        let Some(mut c) = self.pool.alloc() else {
+            self.stats.tx_dropped += 1;
+            return None;
+        };
+        match c.append(b.len()) {
+            Ok(dst) => dst.copy_from_slice(b.data()),
+            Err(_) => {
+                self.stats.tx_errors += 1;
+                return None;
+            }
+        }
+        self.counters.tx_copied += 1;
+        Some(c)
+    }
+
+    /// Take up to the free descriptors from the front of `bufs`; true if a notification is due.
+    pub(crate) fn transmit(&mut self, bufs: &mut Vec<Buffer>) -> (usize, bool) {
+        self.reclaim();
+        let k = bufs.len().min(self.tx.free_descs());
+        for b in bufs.drain(..k) {
+            let Some(mut b) = self.own(b) else { continue };
+            let frame = b.len() as u64;
+            match b.prepend(NET_HDR) {
+                Ok(h) => h.fill(0),
+                Err(_) => {
+                    self.stats.tx_errors += 1;
+                    continue;
+                }
+            }
+            let (iova, len) = (b.iova(), b.len());
+            if !self.bounds.check(iova, len) {
+                // Never post an address we have not mapped.
+                self.counters.iova_refused += 1;
+                self.stats.tx_errors += 1;
+                continue;
+            }
+            if self.tx.push(&[Seg { iova, len: len as u32, write: false }], Some(b)).is_err() {
+                self.stats.tx_dropped += 1;
+                continue;
+            }
+            if let Some(bad) = self.bad_iova.take() {
+                self.tx.poison_last_addr(bad);
+                eprintln!(
+                    "{TEST_BAD_IOVA_ENV}: posted one transmit descriptor at IOVA {bad:#x}, outside every mapped region"
+                );
+            }
+            self.stats.tx_packets += 1;
+            self.stats.tx_bytes += frame;
+        }
+        (k, self.tx.publish())
+    }
+}
+
+/// One queue pair of a [`VirtioNetPort`], polled by one worker.
+pub struct VirtioQueue {
+    core: QueueCore,
+    dev: Arc<NetDev>,
+    rx_vq: u16,
+    tx_vq: u16,
+    rx_notify: usize,
+    tx_notify: usize,
+    polls: u64,
+    last_completions: u64,
+    stalled_since: Option<Instant>,
+    fault: Option<String>,
+}
+
+impl VirtioQueue {
+    /// §4.1.5.2 "Available Buffer Notifications": write the queue index at the queue's notify
+    /// address.
+    fn notify(&self, vq: u16, at: usize) {
+        self.dev.t.notify.write16(at, vq);
+    }
+
+    /// The watchdog: every WATCHDOG_POLLS polls, read device_status and look for stuck transmits.
+    fn watchdog(&mut self) {
+        self.polls += 1;
+        if self.polls % WATCHDOG_POLLS != 0 || self.fault.is_some() || self.dev.is_quiesced() {
+            return;
+        }
+        let bdf = &self.dev.bdf;
+        let st = self.dev.t.status();
+        let q = self.rx_vq / 2;
+        if st == 0xff {
+            self.fault = Some(format!("vfio:{bdf}: device not responding (status reads 0xff): removed or in error"));
+        } else if st & status::NEEDS_RESET != 0 {
+            self.fault = Some(format!(
+                "vfio:{bdf}: the device set DEVICE_NEEDS_RESET (status {st:#04x}) on queue pair {q}: it met an error it cannot recover from, e.g. a DMA fault (see dmesg for DMAR/IOMMU faults) or a malformed descriptor"
+            ));
+        } else if st & status::DRIVER_OK == 0 || st & status::FAILED != 0 {
+            self.fault = Some(format!("vfio:{bdf}: the device was reset or failed under us (status {st:#04x})"));
+        } else if self.core.rx.bad_used_idx + self.core.tx.bad_used_idx > 0 {
+            self.fault = Some(format!(
+                "vfio:{bdf}: the device advanced a used ring index past the ring size on queue pair {q}: broken device"
+            ));
+        }
+        if self.fault.is_some() {
+            return;
+        }
+        self.core.reclaim();
+        if self.core.tx.in_flight() == 0 || self.core.tx_completions != self.last_completions {
+            self.last_completions = self.core.tx_completions;
+            self.stalled_since = None;
+            return;
+        }
+        let since = *self.stalled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= TX_STALL {
+            self.fault = Some(format!(
+                "vfio:{bdf}: transmit completions stalled for {} s on queue pair {q} with {} descriptors in flight (device status {st:#04x})",
+                TX_STALL.as_secs(),
+                self.core.tx.in_flight()
+            ));
+        }
+    }
+
+    /// Counters beyond QueueStats.
+    pub fn counters(&self) -> VirtioCounters {
+        self.core.counters
+    }
+}
+
+impl Drop for VirtioQueue {
+    fn drop(&mut self) {
+        // The device may still write the posted rx buffers: stop it before they return to the
+        // pool (the Virtq fields drop after this and free them).
+        self.dev.quiesce();
+    }
+}
+
+impl Queue for VirtioQueue {
+    fn rx_burst(&mut self, _pool: &Pool, out: &mut Vec<Buffer>, max: usize) -> usize {
+        self.watchdog();
+        if self.fault.is_some() {
+            return 0;
+        }
+        let n = self.core.receive(out, max);
+        if self.core.refill(false) {
+            self.notify(self.rx_vq, self.rx_notify);
+        }
+        n
+    }
+
+    fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize {
+        if self.fault.is_some() {
+            return 0;
+        }
+        let (n, kick) = self.core.transmit(bufs);
+        if kick {
+            self.notify(self.tx_vq, self.tx_notify);
+        }
+        n
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    fn stats(&self) -> QueueStats {
+        let mut s = self.core.stats;
+        s.rx_errors += self.core.rx.bad_used_id + self.core.rx.bad_used_len;
+        s.tx_errors += self.core.tx.bad_used_id;
+        s
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &self.fault {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A virtio-net device driven from user space through VFIO: `vfio:0000:00:02.0`.
+pub struct VirtioNetPort {
+    info: PortInfo,
+    dev: Arc<NetDev>,
+    queues: Vec<Option<VirtioQueue>>,
+    pools: Vec<Pool>,
+}
+
+fn err(spec: &str, problem: impl Into<String>) -> PortError {
+    PortError::BadOptions { spec: spec.to_string(), problem: problem.into() }
+}
+
+impl VirtioNetPort {
+    /// Open `bdf` (bound to vfio-pci) with `opts.queues` queue pairs.
+    pub fn open(spec: &str, bdf: &str, opts: &PortOptions) -> Result<VirtioNetPort, PortError> {
+        let verr = |source| PortError::Vfio { spec: spec.to_string(), source };
+        let sys = vfio::Sysfs::default();
+        let allow_noiommu = std::env::var(NOIOMMU_ENV).is_ok_and(|v| v == "1");
+        let vdev = vfio::Container::open_device(&sys, bdf, allow_noiommu).map_err(verr)?;
+        let (vendor, device) = vdev.ids().map_err(verr)?;
+        if (vendor, device) != (0x1af4, 0x1041) {
+            return Err(err(
+                spec,
+                format!("{vendor:04x}:{device:04x} is not a modern virtio-net device (1af4:1041); the vfio backend drives only that"),
+            ));
+        }
+        vdev.reset().map_err(verr)?;
+        vdev.enable_bus_master().map_err(verr)?;
+        let caps = find_caps(&vdev.capabilities().map_err(verr)?).map_err(|e| err(spec, e))?;
+        let mut bars: [Option<Arc<vfio::Mmio>>; 6] = Default::default();
+        let mut window = |loc: super::pci::CapLoc, min: usize, what: &str| -> Result<Window, PortError> {
+            let bar = loc.bar as usize;
+            if bars[bar].is_none() {
+                bars[bar] = Some(Arc::new(vdev.map_bar(loc.bar).map_err(verr)?));
+            }
+            let mmio = bars[bar].clone().ok_or_else(|| err(spec, "BAR mapping vanished"))?;
+            if (loc.length as usize) < min {
+                return Err(err(
+                    spec,
+                    format!("virtio {what} structure is {} bytes, at least {min} needed", loc.length),
+                ));
+            }
+            Window::new(mmio, loc.offset as usize, loc.length as usize)
+                .ok_or_else(|| err(spec, format!("virtio {what} structure lies outside BAR{}", loc.bar)))
+        };
+        let t = Transport {
+            common: window(caps.common, common::LEN, "common configuration")?,
+            notify: window(caps.notify, 2, "notification")?,
+            notify_mult: caps.notify.extra,
+            device: window(caps.device, 6, "device configuration")?,
+        };
+        // §3.1.1 "Driver Requirements: Device Initialization".
+        if !t.reset() {
+            return Err(err(spec, "device did not complete its reset (device_status stays non-zero)"));
+        }
+        t.set_status(status::ACKNOWLEDGE);
+        t.set_status(status::ACKNOWLEDGE | status::DRIVER);
+        t.common.write32(common::DEVICE_FEATURE_SELECT, 0);
+        let lo = t.common.read32(common::DEVICE_FEATURE) as u64;
+        t.common.write32(common::DEVICE_FEATURE_SELECT, 1);
+        let hi = t.common.read32(common::DEVICE_FEATURE) as u64;
+        let offered = hi << 32 | lo;
+        let features = negotiate(offered, opts.queues).map_err(|e| err(spec, e))?;
+        t.common.write32(common::DRIVER_FEATURE_SELECT, 0);
+        t.common.write32(common::DRIVER_FEATURE, features as u32);
+        t.common.write32(common::DRIVER_FEATURE_SELECT, 1);
+        t.common.write32(common::DRIVER_FEATURE, (features >> 32) as u32);
+        t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        if t.status() & status::FEATURES_OK == 0 {
+            t.set_status(status::FAILED);
+            return Err(err(spec, format!("device refused features {features:#x} (FEATURES_OK not kept)")));
+        }
+        let mac = if features & feature::MAC != 0 {
+            let m: Vec<u8> = (0..6).map(|i| t.device.read8(i)).collect();
+            [m[0], m[1], m[2], m[3], m[4], m[5]]
+        } else {
+            t.set_status(status::FAILED);
+            return Err(err(spec, "device offers no MAC address (VIRTIO_NET_F_MAC): give the NIC a mac= in QEMU"));
+        };
+        let max_pairs = if features & feature::MQ != 0 { t.device.read16(CFG_MAX_PAIRS) as usize } else { 1 };
+        if opts.queues > max_pairs {
+            t.set_status(status::FAILED);
+            return Err(err(spec, format!("{} queue pairs asked for, the device has {max_pairs}", opts.queues)));
+        }
+        let num_vqs = t.common.read16(common::NUM_QUEUES) as usize;
+        let mut vqs: Vec<u16> = (0..2 * opts.queues as u16).collect();
+        let ctrl_vq = (opts.queues > 1).then_some(2 * max_pairs as u16);
+        vqs.extend(ctrl_vq);
+        let mut sizes = Vec::new();
+        for &vq in &vqs {
+            if vq as usize >= num_vqs {
+                t.set_status(status::FAILED);
+                return Err(err(spec, format!("device has {num_vqs} virtqueues, queue {vq} needed")));
+            }
+            t.common.write16(common::QUEUE_SELECT, vq);
+            let max = t.common.read16(common::QUEUE_SIZE);
+            if max == 0 {
+                t.set_status(status::FAILED);
+                return Err(err(spec, format!("virtqueue {vq} is not available (size 0)")));
+            }
+            // Largest power of two ≤ min(device max, MAX_QUEUE).
+            let n = 1u16 << (15 - max.min(MAX_QUEUE).leading_zeros().min(15));
+            sizes.push(n);
+        }
+        let ring_bytes: usize = sizes.iter().map(|&n| layout(n).0).sum::<usize>() + 4096;
+        let container = vdev.container().clone();
+        let rings: Arc<dyn SharedMem> = Arc::new(container.alloc_dma(ring_bytes).map_err(verr)?);
+        let bad_iova = std::env::var(TEST_BAD_IOVA_ENV)
+            .is_ok_and(|v| v == "1")
+            .then(|| (container.iova_high_water() + (1 << 30)) & !0xfff);
+        let dev = Arc::new(NetDev {
+            t,
+            features,
+            quiesced: AtomicBool::new(false),
+            bdf: vdev.bdf().to_string(),
+            _rings: rings.clone(),
+            vfio: vdev,
+        });
+        // Program every queue (§4.1.5.1.3 "Virtqueue Configuration").
+        let mut off = 0;
+        let mut rings_v = Vec::new();
+        let mut notify_offs = Vec::new();
+        for (&vq, &n) in vqs.iter().zip(&sizes) {
+            let len = layout(n).0;
+            let mem = RingMem::new(rings.clone(), off, len).ok_or_else(|| err(spec, "ring memory layout"))?;
+            off += len;
+            let q = Virtq::new(mem, n).ok_or_else(|| err(spec, "ring memory layout"))?;
+            let (d, a, u) = q.addresses();
+            let c = &dev.t.common;
+            c.write16(common::QUEUE_SELECT, vq);
+            c.write16(common::QUEUE_SIZE, n);
+            c.write16(common::QUEUE_MSIX_VECTOR, NO_VECTOR);
+            c.write64(common::QUEUE_DESC, d);
+            c.write64(common::QUEUE_DRIVER, a);
+            c.write64(common::QUEUE_DEVICE, u);
+            let noff = c.read16(common::QUEUE_NOTIFY_OFF) as usize * dev.t.notify_mult as usize;
+            if noff + 2 > caps.notify.length as usize {
+                dev.t.set_status(status::FAILED);
+                return Err(err(spec, format!("notify offset of queue {vq} lies outside the notification structure")));
+            }
+            c.write16(common::QUEUE_ENABLE, 1);
+            rings_v.push(q);
+            notify_offs.push(noff);
+        }
+        dev.t.common.write16(common::CONFIG_MSIX_VECTOR, NO_VECTOR);
+        dev.t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        // The control queue: VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (§5.1.6.5.5), before any traffic.
+        if let Some(cvq) = ctrl_vq {
+            let mut q = rings_v.pop().ok_or_else(|| err(spec, "control queue"))?;
+            let noff = notify_offs.pop().unwrap_or(0);
+            let cmd = RingMem::new(rings.clone(), off, 64).ok_or_else(|| err(spec, "control buffer"))?;
+            let pairs = opts.queues as u16;
+            cmd.write_u8(0, CTRL_MQ);
+            cmd.write_u8(1, CTRL_MQ_VQ_PAIRS_SET);
+            cmd.write_u16(2, pairs);
+            cmd.write_u8(8, 0xff);
+            let segs =
+                [Seg { iova: cmd.iova(), len: 4, write: false }, Seg { iova: cmd.iova() + 8, len: 1, write: true }];
+            let _ = q.push(&segs, None);
+            if q.publish() {
+                dev.t.notify.write16(noff, cvq);
+            }
+            let t0 = Instant::now();
+            let mut used = Vec::new();
+            while q.pop_used(1, &mut used) == 0 && t0.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let ack = cmd.read_u8(8);
+            if used.is_empty() || ack != CTRL_OK {
+                dev.t.set_status(status::FAILED);
+                return Err(err(
+                    spec,
+                    format!("device did not accept {pairs} queue pairs (control queue ack {ack:#x})"),
+                ));
+            }
+        }
+        let mut queues = Vec::new();
+        let mut pools = Vec::new();
+        let mut it = rings_v.into_iter().zip(notify_offs);
+        for i in 0..opts.queues {
+            let (Some((rx, rxn)), Some((tx, txn))) = (it.next(), it.next()) else {
+                return Err(err(spec, "queue setup"));
+            };
+            let region = container.alloc_dma(POOL_BUFS * BUF_SIZE).map_err(verr)?;
+            let mut bounds = Bounds::default();
+            bounds.add(region.iova().0, region.size() as u64);
+            let d2 = dev.clone();
+            let r = DmaPoolRegion { before_unmap: Some(Box::new(move || d2.quiesce())), region };
+            let pool = Pool::with_region(&format!("vfio{i}"), r, POOL_BUFS)
+                .map_err(|source| PortError::Pool { spec: spec.to_string(), source })?;
+            let mut core = QueueCore::new(rx, tx, pool.clone(), bounds);
+            if i == 0 {
+                core.bad_iova = bad_iova;
+            }
+            let mut q = VirtioQueue {
+                core,
+                dev: dev.clone(),
+                rx_vq: 2 * i as u16,
+                tx_vq: 2 * i as u16 + 1,
+                rx_notify: rxn,
+                tx_notify: txn,
+                polls: 0,
+                last_completions: 0,
+                stalled_since: None,
+                fault: None,
+            };
+            if q.core.refill(true) {
+                q.notify(q.rx_vq, q.rx_notify);
+            }
+            queues.push(Some(q));
+            pools.push(pool);
+        }
+        let info = PortInfo { name: dev.bdf.clone(), mac: Some(mac), mtu: opts.mtu.unwrap_or(1500), kind: "vfio" };
+        Ok(VirtioNetPort { info, dev, queues, pools })
+    }
+}
+
+impl Port for VirtioNetPort {
+    fn info(&self) -> &PortInfo {
+        &self.info
+    }
+    fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+    fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>> {
+        self.queues.get_mut(q)?.take().map(|q| Box::new(q) as Box<dyn Queue>)
+    }
+    fn link_up(&self) -> bool {
+        if self.dev.features & feature::STATUS == 0 {
+            return true;
+        }
+        self.dev.t.device.read16(CFG_STATUS) & LINK_UP != 0
+    }
+    fn queue_pool(&self, q: usize) -> Option<Pool> {
+        self.pools.get(q).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::virtq::sim::SimDevice;
+    use super::*;
+    use crate::MmapRegion;
+
+    fn core_with(n: u16, pool_bufs: usize) -> (QueueCore, SimDevice, SimDevice) {
+        let bytes = 2 * layout(n).0;
+        let region: Arc<dyn SharedMem> = Arc::new(MmapRegion::new(bytes).unwrap());
+        let rx = Virtq::new(RingMem::new(region.clone(), 0, layout(n).0).unwrap(), n).unwrap();
+        let tx = Virtq::new(RingMem::new(region, layout(n).0, layout(n).0).unwrap(), n).unwrap();
+        let (sr, st) = (SimDevice::new(&rx), SimDevice::new(&tx));
+        let pool = Pool::new("dma", pool_bufs).unwrap();
+        let (base, size, iova) = pool.region();
+        let _ = base;
+        let mut b = Bounds::default();
+        b.add(iova, size as u64);
+        (QueueCore::new(rx, tx, pool, b), sr, st)
+    }
+
+    #[test]
+    fn bounds_check() {
+        let mut b = Bounds::default();
+        b.add(0x1000, 0x1000);
+        b.add(0x10000, 0x100);
+        assert!(b.check(0x1000, 0x1000));
+        assert!(b.check(0x10080, 0x80));
+        assert!(!b.check(0x1800, 0x1000), "crosses the end");
+        assert!(!b.check(0x2000, 1), "between ranges");
+        assert!(!b.check(0xfff, 2), "starts before");
+        assert!(!b.check(u64::MAX - 1, 4), "wraps");
+        assert!(!Bounds::default().check(0, 0));
+    }
+
+    #[test]
+    fn rx_frames_land_at_headroom_and_refill_is_batched() {
+        let (mut c, mut dev, _) = core_with(64, 256);
+        let region = c.pool.region();
+        assert!(c.refill(true));
+        assert_eq!(c.rx.free_descs(), 0);
+        assert_eq!(c.pool.available(), 256 - 64);
+        let chains = dev.take_avail();
+        assert_eq!(chains.len(), 64);
+        for (i, ch) in chains.iter().enumerate().take(40) {
+            let (iova, len, flags) = ch.segs[0];
+            assert_eq!((len as usize, flags), (RX_LEN, 2));
+            assert_eq!((iova - region.2) % BUF_SIZE as u64, RX_OFF as u64, "header just before HEADROOM");
+            let mut frame = vec![0u8; NET_HDR];
+            frame.extend(std::iter::repeat_n(i as u8, 60));
+            assert!(crate::sys::ring::sim_dma_write(region, iova, &frame));
+            dev.put_used(ch.head as u32, frame.len() as u32);
+        }
+        dev.publish_used();
+        let mut out = Vec::new();
+        assert_eq!(c.receive(&mut out, 32), 32);
+        assert_eq!(c.receive(&mut out, 32), 8);
+        for (i, b) in out.iter().enumerate() {
+            assert_eq!(b.headroom(), HEADROOM);
+            assert_eq!(b.data(), &[i as u8; 60][..]);
+        }
+        assert_eq!((c.stats.rx_packets, c.stats.rx_bytes), (40, 2400));
+        // 40 free: one batch of 32 is due, refill takes all 40.
+        assert!(c.refill(false));
+        assert_eq!(c.rx.free_descs(), 0);
+        assert_eq!(dev.take_avail().len(), 40);
+        assert!(!c.refill(false), "nothing free, nothing published");
+    }
+
+    #[test]
+    fn rx_short_and_overlong_lengths_are_counted_not_trusted() {
+        let (mut c, mut dev, _) = core_with(8, 64);
+        c.refill(true);
+        let ch = dev.take_avail();
+        dev.put_used(ch[0].head as u32, 5); // shorter than the header
+        dev.put_used(ch[1].head as u32, RX_LEN as u32 + 1); // longer than posted
+        dev.put_used(ch[2].head as u32, (NET_HDR + 13) as u32); // header + 13: no Ethernet header
+        dev.put_used(99, 100); // not an id
+        dev.publish_used();
+        let mut out = Vec::new();
+        assert_eq!(c.receive(&mut out, 32), 0);
+        assert_eq!(c.stats.rx_errors, 3);
+        assert_eq!(c.rx.bad_used_id, 1);
+        assert_eq!(c.rx.bad_used_len, 1);
+        assert_eq!(c.pool.available(), 64 - 8 + 3, "the three buffers went back to the pool");
+    }
+
+    #[test]
+    fn tx_prepends_a_zero_header_copies_foreign_buffers_and_reclaims() {
+        let (mut c, _, mut dev) = core_with(8, 64);
+        let region = c.pool.region();
+        let foreign = Pool::new("ctl", 8).unwrap();
+        let mut bufs = Vec::new();
+        for i in 0..10u8 {
+            let p = if i % 2 == 0 { &c.pool } else { &foreign };
+            let mut b = p.alloc().unwrap();
+            b.prepend(NET_HDR).unwrap().fill(0xee); // stale bytes where the header goes
+            b.trim_front(NET_HDR).unwrap();
+            b.append(20).unwrap().fill(i);
+            bufs.push(b);
+        }
+        let (n, kick) = c.transmit(&mut bufs);
+        assert_eq!((n, kick), (8, true));
+        assert_eq!(bufs.len(), 2, "ring full: the rest stays, in order");
+        assert_eq!(bufs[0].data()[0], 8);
+        assert_eq!(c.counters.tx_copied, 4);
+        assert_eq!(foreign.available(), 7, "foreign buffers taken were copied and freed (one is still queued)");
+        let chains = dev.take_avail();
+        for (i, ch) in chains.iter().enumerate() {
+            let (iova, len, flags) = ch.segs[0];
+            assert_eq!((len, flags), (32, 0));
+            let bytes = crate::sys::ring::sim_dma_read(region, iova, 32).expect("inside the DMA pool");
+            assert_eq!(&bytes[..NET_HDR], &[0; NET_HDR], "zeroed header");
+            assert_eq!(&bytes[NET_HDR..], &[i as u8; 20]);
+        }
+        assert_eq!(c.tx.free_descs(), 0);
+        for ch in &chains {
+            dev.put_used(ch.head as u32, 0);
+        }
+        dev.publish_used();
+        let (n, _) = c.transmit(&mut bufs);
+        assert_eq!(n, 2, "completions reclaimed first");
+        assert_eq!((c.stats.tx_packets, c.stats.tx_bytes), (10, 200));
+        assert_eq!(c.tx_completions, 8);
+    }
+
+    #[test]
+    fn tx_never_posts_outside_the_mapped_regions() {
+        let (mut c, _, mut dev) = core_with(8, 16);
+        c.bounds = Bounds::default();
+        c.bounds.add(0, 1); // the pool is not "mapped"
+        let mut b = c.pool.alloc().unwrap();
+        b.append(60).unwrap();
+        let mut v = vec![b];
+        assert_eq!(c.transmit(&mut v).0, 1, "taken (and counted), not posted");
+        assert_eq!((c.counters.iova_refused, c.stats.tx_errors, c.stats.tx_packets), (1, 1, 0));
+        assert!(dev.take_avail().is_empty());
+        assert_eq!(c.rx.free_descs(), 8);
+        c.refill(true);
+        assert_eq!(c.rx.free_descs(), 8, "rx refuses to post unmapped buffers too");
+        assert_eq!(c.counters.iova_refused, 2);
+        assert_eq!(c.pool.available(), 16);
+    }
+
+    #[test]
+    fn bad_iova_hook_posts_once_outside_the_bounds() {
+        let (mut c, _, mut dev) = core_with(8, 16);
+        c.bad_iova = Some(0xdead_0000);
+        let mk = |c: &QueueCore| {
+            let mut b = c.pool.alloc().unwrap();
+            b.append(60).unwrap();
+            vec![b]
+        };
+        let mut v = mk(&c);
+        c.transmit(&mut v);
+        let mut v = mk(&c);
+        c.transmit(&mut v);
+        let ch = dev.take_avail();
+        assert_eq!(ch[0].segs[0].0, 0xdead_0000);
+        assert!(!c.bounds.check(ch[0].segs[0].0, 1));
+        assert!(c.bounds.check(ch[1].segs[0].0, 72), "only the first");
+    }
+
+    #[test]
+    fn pool_exhaustion_stops_refill_and_is_counted() {
+        let (mut c, _, _) = core_with(16, 4);
+        c.refill(true);
+        assert_eq!(c.rx.in_flight(), 4);
+        assert_eq!(c.counters.rx_no_buffers, 1);
+    }
+}
