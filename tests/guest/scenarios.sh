@@ -270,14 +270,25 @@ sc_vfio_badiova() {
     # started like a real run: it must come up, hit the fault when it first sends, and then exit non-zero
     # the watchdog's errors (device status NEEDS_RESET / not responding / reset, or transmit completions stalled)
     FAILWAIT=$(arg badiova_wait 30)
-    wgpmd_expect_fail vfio:$A_BDF 'NEEDS_RESET|not responding|reset or failed|stalled' $BAD_IOVA_ENV=1 &
+    wgpmd_expect_fail vfio:$A_BDF 'NEEDS_RESET|not responding|reset or failed|stalled' $BAD_IOVA_ENV=1 > /tmp/bad.why &
     EPID=$!
     sleep 5; ip netns exec peer ping -c 3 -W 1 10.50.0.1 > /dev/null 2>&1   # underlay traffic to NIC A
     wait $EPID; rc=$?
     t1=$(up)
     ERRLINE=$(grep -v '^\s*$' /tmp/wgpmd-$NAME.log | tail -n 1)
+    cat /tmp/bad.why
     dmesg | grep -i dmar | head -3 | sed 's/^/    | /'
-    [ $rc = 0 ] || { fail "wgpmd with $BAD_IOVA_ENV=1: see above"; return; }
+    if [ $rc != 0 ]; then
+        if dmesg | grep -qi 'DMAR.*fault' && grep -q 'still running' /tmp/bad.why 2>/dev/null; then
+            # Measured with QEMU 7.2: a single bad segment of at most 4 KiB is read through QEMU's one bounce
+            # buffer (from unassigned memory) and completed normally; only a mapping that needs a second
+            # bounce (a segment > 4 KiB, or two bad segments) makes QEMU call virtio_error -> NEEDS_RESET.
+            fail "DMAR fault seen, but wgpmd kept running: the device never reported it (QEMU completes a bad single segment of <= 4 KiB through its bounce buffer without setting NEEDS_RESET; post a bad segment > 4 KiB)"
+        else
+            fail "wgpmd with $BAD_IOVA_ENV=1: see above"
+        fi
+        return
+    fi
     dmesg | grep -qi 'DMAR.*fault' || { fail "no DMAR fault in dmesg"; return; }
     nothing_left $A_BDF vfio-pci $hp || { fail "left something behind"; return; }
     pass "DMAR fault, wgpmd exited non-zero after $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}') s: $ERRLINE"
