@@ -181,9 +181,9 @@ pub enum PortError {
     Vfio {
         /// The port string.
         spec: String,
-        /// What went wrong.
+        /// What went wrong (boxed: keeps `PortError` small).
         #[source]
-        source: vfio::VfioError,
+        source: Box<vfio::VfioError>,
     },
     /// Creating the port's memory failed.
     #[error("{spec}: {source}")]

@@ -83,12 +83,74 @@ impl Transport {
     }
 }
 
+/// Whether a kernel log line reports an IOMMU fault for device `bdf` (`DDDD:BB:DD.F`): Intel
+/// (`DMAR: [DMA Read NO_PASID] Request device [00:02.0] fault addr ...`) and AMD
+/// (`AMD-Vi: Event logged [IO_PAGE_FAULT device=0000:00:02.0 ...]`) formats.
+pub(crate) fn iommu_fault_line(line: &str, bdf: &str) -> bool {
+    let short = bdf.get(5..).unwrap_or(bdf);
+    (line.contains("DMAR") && line.contains("fault") && line.contains(&format!("[{short}]")))
+        || (line.contains("IO_PAGE_FAULT")
+            && (line.contains(&format!("device={bdf}")) || line.contains(&format!("device={short}"))))
+}
+
+/// The kernel log (`/dev/kmsg`, non-blocking, positioned at its end when the port opened): the
+/// IOMMU reports a blocked DMA there, not to the device. QEMU's virtio-net, for one, completes a
+/// descriptor whose address the vIOMMU refused without setting NEEDS_RESET; this is how the
+/// driver learns of it.
+struct KernelLog {
+    file: Option<std::fs::File>,
+    fault: Option<String>,
+}
+
+impl KernelLog {
+    fn open() -> KernelLog {
+        use std::io::Seek;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()
+            .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)).ok().map(|_| f));
+        KernelLog { file, fault: None }
+    }
+
+    /// Read what the kernel logged since the last call (bounded) and remember the first IOMMU
+    /// fault for `bdf`.
+    fn check(&mut self, bdf: &str) -> Option<String> {
+        use std::io::Read;
+        if self.fault.is_none() {
+            if let Some(f) = self.file.as_mut() {
+                let mut buf = [0u8; 2048];
+                for _ in 0..1024 {
+                    match f.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            // A record: "prio,seq,time,flags;message\n".
+                            let rec = String::from_utf8_lossy(&buf[..n]);
+                            let msg = rec.split_once(';').map_or(&*rec, |r| r.1).trim();
+                            if iommu_fault_line(msg, bdf) {
+                                self.fault = Some(msg.to_string());
+                                break;
+                            }
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // records overwritten
+                        Err(_) => break,                                             // EAGAIN: nothing new
+                    }
+                }
+            }
+        }
+        self.fault.clone()
+    }
+}
+
 /// The device, shared by the port, its queues and its pools' regions.
 pub(crate) struct NetDev {
     t: Transport,
     features: u64,
     quiesced: AtomicBool,
     bdf: String,
+    kmsg: std::sync::Mutex<KernelLog>,
     // Dropped after the device is reset in Drop: BAR mappings (in `t`), then the ring memory,
     // then the VFIO device fd.
     _rings: Arc<dyn SharedMem>,
@@ -334,6 +396,10 @@ impl VirtioQueue {
             ));
         } else if st & status::DRIVER_OK == 0 || st & status::FAILED != 0 {
             self.fault = Some(format!("vfio:{bdf}: the device was reset or failed under us (status {st:#04x})"));
+        } else if let Some(line) = self.dev.kmsg.lock().unwrap_or_else(|e| e.into_inner()).check(bdf) {
+            self.fault = Some(format!(
+                "vfio:{bdf}: the IOMMU blocked a DMA of this device (kernel log: `{line}`): a descriptor pointed outside the driver's mapped memory; stopping"
+            ));
         } else if self.core.rx.bad_used_idx + self.core.tx.bad_used_idx > 0 {
             self.fault = Some(format!(
                 "vfio:{bdf}: the device advanced a used ring index past the ring size on queue pair {q}: broken device"
@@ -430,7 +496,7 @@ fn err(spec: &str, problem: impl Into<String>) -> PortError {
 impl VirtioNetPort {
     /// Open `bdf` (bound to vfio-pci) with `opts.queues` queue pairs.
     pub fn open(spec: &str, bdf: &str, opts: &PortOptions) -> Result<VirtioNetPort, PortError> {
-        let verr = |source| PortError::Vfio { spec: spec.to_string(), source };
+        let verr = |source| PortError::Vfio { spec: spec.to_string(), source: Box::new(source) };
         let sys = vfio::Sysfs::default();
         let allow_noiommu = std::env::var(NOIOMMU_ENV).is_ok_and(|v| v == "1");
         let vdev = vfio::Container::open_device(&sys, bdf, allow_noiommu).map_err(verr)?;
@@ -530,6 +596,7 @@ impl VirtioNetPort {
             features,
             quiesced: AtomicBool::new(false),
             bdf: vdev.bdf().to_string(),
+            kmsg: std::sync::Mutex::new(KernelLog::open()),
             _rings: rings.clone(),
             vfio: vdev,
         });
@@ -671,6 +738,18 @@ mod tests {
         let mut b = Bounds::default();
         b.add(iova, size as u64);
         (QueueCore::new(rx, tx, pool, b), sr, st)
+    }
+
+    #[test]
+    fn iommu_faults_in_the_kernel_log() {
+        let intel = "DMAR: [DMA Read NO_PASID] Request device [00:02.0] fault addr 0x50200000 [fault reason 0x06] PTE Read access is not set";
+        assert!(iommu_fault_line(intel, "0000:00:02.0"));
+        assert!(!iommu_fault_line(intel, "0000:00:03.0"), "another device");
+        let amd = "iommu ivhd0: AMD-Vi: Event logged [IO_PAGE_FAULT device=0000:00:02.0 domain=0x000b address=0x50200000 flags=0x0000]";
+        assert!(iommu_fault_line(amd, "0000:00:02.0"));
+        assert!(!iommu_fault_line(amd, "0000:01:02.0"));
+        assert!(!iommu_fault_line("DMAR: IOMMU enabled", "0000:00:02.0"));
+        assert!(!iommu_fault_line("virtio_net virtio0 [00:02.0]: link up", "0000:00:02.0"));
     }
 
     #[test]
