@@ -19,11 +19,30 @@ command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket 
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)  # captures in the behaviour tests
+# --- Guest tests (tests/tests/guest.rs, tests/guest/; docs/TESTING.md "Guest tests (VFIO)") --------------
+# A QEMU TCG guest with a vIOMMU runs wgpmd's VFIO driver. The guest kernel is a Debian linux-image package
+# that tests/guest/kernel.sh downloads (apt-get download, not installed) into .tools/guest/kernel/.
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)  # pulls seabios and ipxe-qemu (NIC ROMs)
+# the initramfs needs a static busybox (the dynamic `busybox` package cannot run in it)
+if ! command -v busybox >/dev/null || ldd "$(command -v busybox)" >/dev/null 2>&1; then need_apt+=(busybox-static); fi
+command -v cpio >/dev/null || need_apt+=(cpio)
+{ command -v depmod && command -v modprobe; } >/dev/null || need_apt+=(kmod)
+command -v xz >/dev/null || need_apt+=(xz-utils)    # kernel.sh unpacks the vmlinux for QEMU's PVH entry
+command -v flock >/dev/null || need_apt+=(util-linux) # one guest at a time (/tmp/wgpmd-qemu.lock)
+command -v md5sum >/dev/null || need_apt+=(coreutils)
+# --- end of the guest tests' packages ---------------------------------------------------------------------
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+
+# --- Guest tests: the guest kernel (kernel.sh resolves linux-image-amd64's dependency, downloads and unpacks
+# it into .tools/guest/kernel/, reused while the version stays the same; a fresh machine needs apt's lists) ---
+if ! apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'Depends: linux-image-[0-9]'; then apt-get update -qq; fi
+echo "== guest kernel for the QEMU guest tests"
+tests/guest/kernel.sh .tools/guest/kernel
+# --- end of the guest tests' kernel ---
 
 # boringtun-cli, the second peer implementation of the e2e tests: built once into .tools/
 # (git-ignored; about a minute), reused while the installed version matches.

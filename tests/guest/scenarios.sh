@@ -1,0 +1,345 @@
+# Scenarios of the wgpmd QEMU test guest, sourced by /init (busybox sh). Each sc_<name> prints exactly one
+# "SCENARIO <name> PASS|FAIL|SKIP <detail>" line (through pass/fail/skip). Addresses: see /init.
+ip() { /usr/local/bin/ip "$@"; }   # busybox sh would run its own ip applet before searching PATH
+export WG_COLOR_MODE=never
+up() { cut -d' ' -f1 /proc/uptime; }
+arg() { for a in $(cat /proc/cmdline); do case "$a" in "$1"=*) echo "${a#*=}"; return;; esac; done; echo "$2"; }
+log() { echo "  [$NAME] $*"; }
+result() { echo "SCENARIO $NAME $1 $2"; echo "$NAME $1" >> /tmp/scenario.results; }
+pass() { result PASS "$*"; }
+fail() { result FAIL "$*"; return 1; }
+skip() { result SKIP "$*"; }
+run_scenario() {
+    NAME=$1
+    if ! type sc_$1 >/dev/null 2>&1; then fail "no such scenario"; return; fi
+    sc_$1
+    grep -q "^$NAME " /tmp/scenario.results 2>/dev/null || fail "sc_$NAME ended without a verdict"
+}
+
+A_BDF=0000:00:02.0             # NIC A: the first PCI NIC of both boots
+A_MAC=52:54:00:12:34:56
+B_MAC=52:54:00:12:34:57
+BAD_IOVA_ENV=WGPMD_VFIO_TEST_BAD_IOVA
+HUGEPAGES=$(arg hugepages 64)   # 2 MiB pages reserved for the vfio runs
+BULKKB=$(arg bulkkb 1024)
+
+nic_by_mac() { for n in /sys/class/net/*; do [ "$(cat $n/address 2>/dev/null)" = "$1" ] && { basename $n; return; }; done; }
+drv_of() { basename "$(readlink /sys/bus/pci/devices/$1/driver 2>/dev/null)" 2>/dev/null; }
+meminfo() { awk -v k="$1:" '$1==k{print $2}' /proc/meminfo; }
+vfio_fds() { n=0; for f in /proc/[0-9]*/fd/*; do case "$(readlink $f 2>/dev/null)" in /dev/vfio*) n=$((n+1));; esac; done; echo $n; }
+has_vfio_driver() { /usr/local/bin/wgpmd bind --help >/dev/null 2>&1; }
+tailog() { tail -n ${2:-15} "$1" | sed 's/^/    | /'; }
+
+# --- boot setups (run once by /init) ---------------------------------------------------------------------
+setup_local() {
+    ip link set lo up
+    A=$(nic_by_mac $A_MAC); B=$(nic_by_mac $B_MAC)
+    echo "INIT: NIC A=$A ($A_BDF, driver $(drv_of $A_BDF)), NIC B=$B"
+    ip link set $A up
+    ip netns add peer
+    ip -n peer link set lo up
+    ip link set $B netns peer
+    ip -n peer addr add 10.50.0.2/24 dev $B
+    ip -n peer link set $B up
+    ip -n peer link add wg1 type wireguard      # created inside the netns: its UDP socket lives there
+    ip netns exec peer wg set wg1 private-key /wgkeys/b.key listen-port 51820 \
+        peer "$(cat /wgkeys/a.pub)" allowed-ips 10.60.0.0/24 endpoint 10.50.0.1:51820
+    ip -n peer addr add 10.60.0.2/24 dev wg1
+    ip -n peer link set wg1 up
+    for i in $(seq 1 50); do [ "$(ip netns exec peer cat /sys/class/net/$B/carrier 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+    { echo "[Interface]"; echo "PrivateKey = $(cat /wgkeys/a.key)"; echo "ListenPort = 51820"
+      echo "[Peer]"; echo "PublicKey = $(cat /wgkeys/b.pub)"; echo "AllowedIPs = 10.60.0.2/32"
+      echo "Endpoint = 10.50.0.2:51820"; } > /tmp/wgpmd.conf
+    echo "$A" > /tmp/nic_a
+}
+
+setup_mq() {
+    ip link set lo up
+    A=$(nic_by_mac $A_MAC)
+    echo "INIT: NIC A=$A ($A_BDF, driver $(drv_of $A_BDF), $(ls /sys/class/net/$A/queues 2>/dev/null | tr '\n' ' '))"
+    ip link set $A up
+    { echo "[Interface]"; echo "PrivateKey = $(cat /wgkeys/a.key)"; echo "ListenPort = 51820"
+      i=0; while [ $i -lt $MQPEERS ]; do
+        echo "[Peer]"; echo "PublicKey = $(cat /wgkeys/h$i.pub)"; echo "AllowedIPs = 10.61.$i.2/32"
+        echo "Endpoint = 10.50.0.2:$((52000 + i))"; i=$((i + 1)); done; } > /tmp/wgpmd.conf
+    echo "$A" > /tmp/nic_a
+}
+
+# --- wgpmd helpers ---------------------------------------------------------------------------------------
+# wgpmd_start PORT LCORES [ENV=VALUE...]: starts `wgpmd run` (name wg0, WAN 10.50.0.1/24) in the background,
+# waits for its UAPI and stats sockets and its TUN; WPID, /tmp/wgpmd-$NAME.log.
+wgpmd_start() {
+    local port lcores i
+    port=$1; lcores=$2; shift 2
+    WLOG=/tmp/wgpmd-$NAME.log
+    log "wgpmd run --port $port -l $lcores $*"
+    env "$@" NO_COLOR=1 /usr/local/bin/wgpmd -v run --name wg0 --config /tmp/wgpmd.conf --port $port \
+        --address 10.50.0.1/24 -l $lcores --control-shares-core --poll adaptive > $WLOG 2>&1 &
+    WPID=$!
+    for i in $(seq 1 600); do
+        if ! kill -0 $WPID 2>/dev/null; then wait $WPID; log "wgpmd exited (rc=$?) while starting:"; tailog $WLOG 30; return 1; fi
+        [ -S /var/run/wireguard/wg0.sock ] && [ -S /var/run/wgpmd/wg0.sock ] && [ -e /sys/class/net/wg0 ] && break
+        sleep 0.1
+    done
+    [ -e /sys/class/net/wg0 ] || { log "wgpmd: no sockets/TUN after 60 s:"; tailog $WLOG 30; return 1; }
+    log "wgpmd up (pid $WPID) at uptime $(up) s"
+}
+
+# wgpmd_stop: SIGTERM; must exit 0 within 30 s and remove its sockets and TUN.
+wgpmd_stop() {
+    local i rc f
+    kill -TERM $WPID
+    for i in $(seq 1 300); do kill -0 $WPID 2>/dev/null || break; sleep 0.1; done
+    if kill -0 $WPID 2>/dev/null; then log "wgpmd ignored SIGTERM for 30 s"; tailog $WLOG; kill -KILL $WPID; return 1; fi
+    wait $WPID; rc=$?
+    [ $rc = 0 ] || { log "wgpmd exited $rc on SIGTERM:"; tailog $WLOG; return 1; }
+    for f in /var/run/wireguard/wg0.sock /var/run/wgpmd/wg0.sock /sys/class/net/wg0; do
+        [ -e $f ] && { log "wgpmd left $f behind"; return 1; }
+    done
+    return 0
+}
+
+# wgpmd_expect_fail PORT "REGEX" [ENV=VALUE...]: `wgpmd run` must exit non-zero within $FAILWAIT s (default
+# 60) and its
+# error must match REGEX (grep -iE). ERRLINE is its last stderr line.
+wgpmd_expect_fail() {
+    local port re rc
+    port=$1; re=$2; shift 2
+    WLOG=/tmp/wgpmd-$NAME.log
+    env "$@" NO_COLOR=1 timeout -s KILL ${FAILWAIT:-60} /usr/local/bin/wgpmd run --name wg0 --config /tmp/wgpmd.conf \
+        --port $port --address 10.50.0.1/24 -l 0 --control-shares-core --poll adaptive > $WLOG 2>&1
+    rc=$?
+    ERRLINE=$(grep -v '^\s*$' $WLOG | tail -n 1)
+    [ $rc = 137 ] && { log "wgpmd still running after ${FAILWAIT:-60} s (killed)"; tailog $WLOG; return 1; }
+    [ $rc != 0 ] || { log "wgpmd exited 0"; tailog $WLOG; return 1; }
+    grep -qiE "$re" $WLOG || { log "exit $rc, but no /$re/ in its output:"; tailog $WLOG; return 1; }
+    log "exit $rc: $ERRLINE"
+}
+
+# nothing_left BDF DRIVER HP_FREE_BEFORE: the device is still on DRIVER, every hugepage is free again and
+# no process holds a /dev/vfio file.
+nothing_left() {
+    [ "$(drv_of $1)" = "$2" ] || { log "$1 is on driver '$(drv_of $1)', expected $2"; return 1; }
+    [ "$(meminfo HugePages_Free)" = "$3" ] || { log "HugePages_Free $(meminfo HugePages_Free), was $3"; return 1; }
+    [ "$(vfio_fds)" = 0 ] || { log "$(vfio_fds) open /dev/vfio file(s)"; return 1; }
+}
+
+stat_sum() { awk -F= -v k="$1" '{n=split($1,p,"."); if (p[1] ~ /^worker/ && substr($1, length(p[1])+2) == k) s += $2} END{print s+0}' /tmp/stats-$NAME; }
+stat() { awk -F= -v k="$1" '$1==k{print $2}' /tmp/stats-$NAME; }
+
+# ping_ok [ip netns exec NS] -- DST: the first ping may wait for the handshake; then 3 of 3 must come back
+ping_ok() {
+    local ns dst ok i out
+    ns=""; [ "$1" != "--" ] && { ns="ip netns exec $1"; }; shift; [ "$1" = "--" ] && shift
+    dst=$1
+    ok=0
+    for i in 1 2 3; do $ns ping -c 1 -W 10 $dst > /dev/null 2>&1 && { ok=1; break; }; done
+    [ $ok = 1 ] || { log "no reply from $dst ${ns:+($ns)} in 3 tries"; return 1; }
+    out=$($ns ping -c 3 -W 5 $dst 2>&1)
+    echo "$out" | grep -q "3 packets received" || { log "ping $dst ${ns:+($ns)}:"; echo "$out" | sed 's/^/    | /'; return 1; }
+    log "ping $dst ${ns:+($ns)}: $(echo "$out" | grep round-trip)"
+}
+
+# bulk_to_peer: $BULKKB KiB of random bytes from the root netns to nc in netns peer over the tunnel; the
+# md5 of what arrived must equal the md5 of what was sent.
+bulk_to_peer() {
+    local t0 t1 want got s1 s2 i
+    dd if=/dev/urandom of=/tmp/bulk.bin bs=1024 count=$BULKKB 2>/dev/null
+    rm -f /tmp/bulk.rx
+    # the receiver's stdin must stay open (busybox nc half-closes on stdin EOF, and the sender then stops)
+    ip netns exec peer sh -c 'sleep 300 | nc -l -p 5001 > /tmp/bulk.rx' &
+    sleep 0.5
+    t0=$(up)
+    nc -w 20 10.60.0.2 5001 < /tmp/bulk.bin || log "sending nc exited $?"
+    want=$((BULKKB * 1024))
+    for i in $(seq 1 200); do [ "$(wc -c < /tmp/bulk.rx 2>/dev/null)" = $want ] && break; sleep 0.1; done
+    t1=$(up)
+    got=$(wc -c < /tmp/bulk.rx)
+    s1=$(md5sum < /tmp/bulk.bin | cut -d' ' -f1); s2=$(md5sum < /tmp/bulk.rx | cut -d' ' -f1)
+    [ "$got" = "$want" ] && [ "$s1" = "$s2" ] || { log "bulk: sent $want bytes md5 $s1, received $got bytes md5 $s2"; return 1; }
+    BULKMSG="bulk ${BULKKB} KiB md5 equal in $(awk -v a=$t0 -v b=$t1 -v k=$BULKKB 'BEGIN{printf "%.1f s (%.0f KiB/s)", b-a, k/(b-a)}')"
+    log "$BULKMSG"
+}
+
+# traffic_local: the checks shared by the af_packet and vfio runs of boot=local
+traffic_local() {
+    ip addr add 10.60.0.1/24 dev wg0 && ip link set wg0 up || return 1
+    ping_ok -- 10.60.0.2 || return 1                 # root netns -> kernel WireGuard peer through wgpmd
+    ping_ok peer -- 10.60.0.1 || return 1            # and back: peer netns -> wgpmd's TUN
+    bulk_to_peer || return 1
+    /usr/local/bin/wgpmd stats wg0 > /tmp/stats-$NAME || { log "wgpmd stats failed"; return 1; }
+    grep -v '=0$' /tmp/stats-$NAME | grep -v 'drop\.' | tr '\n' ' ' | sed 's/^/  stats: /'; echo
+    rx=$(stat_sum data_rx); tx=$(stat_sum data_tx)
+    [ "${rx:-0}" -gt 0 ] && [ "${tx:-0}" -gt 0 ] || { log "stats: data_rx=$rx data_tx=$tx"; return 1; }
+    STATMSG="data_rx=$rx data_tx=$tx"
+}
+
+# --- scenarios -------------------------------------------------------------------------------------------
+# boot=local, NIC A on its kernel driver through AF_PACKET (needs no VFIO driver)
+sc_afp_local() {
+    A=$(cat /tmp/nic_a)
+    ip addr flush dev $A
+    wgpmd_start af_packet:$A 0 || { fail "wgpmd did not start"; return; }
+    if ! traffic_local; then kill -KILL $WPID; fail "traffic (see the lines above)"; return; fi
+    wgpmd_stop || { fail "shutdown"; return; }
+    pass "af_packet:$A: pings both ways, $BULKMSG, $STATMSG, SIGTERM exit 0"
+}
+
+sc_vfio_nodev() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver (no 'wgpmd bind')"; return; }
+    hp=$(meminfo HugePages_Free)
+    wgpmd_expect_fail vfio:0000:00:1f.6 '0000:00:1f.6.*(not exist|no such|not found|no pci device)|(not exist|no such|not found|no pci device).*0000:00:1f.6' \
+        || { fail "no clear error for a BDF that does not exist"; return; }
+    nothing_left $A_BDF virtio-pci $hp || { fail "left something behind"; return; }
+    pass "$ERRLINE"
+}
+
+sc_vfio_kdrv() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver (no 'wgpmd bind')"; return; }
+    [ "$(drv_of $A_BDF)" = virtio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not virtio-pci"; return; }
+    hp=$(meminfo HugePages_Free)
+    wgpmd_expect_fail vfio:$A_BDF 'virtio-pci|vfio-pci|bind' || { fail "no clear error for a device on its kernel driver"; return; }
+    nothing_left $A_BDF virtio-pci $hp || { fail "left something behind"; return; }
+    [ -e /sys/class/net/$(cat /tmp/nic_a) ] || { fail "the kernel interface $(cat /tmp/nic_a) is gone"; return; }
+    pass "$ERRLINE"
+}
+
+sc_vfio_status() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver (no 'wgpmd status')"; return; }
+    out=$(/usr/local/bin/wgpmd status 2>&1); rc=$?
+    echo "$out" | sed 's/^/    | /'
+    [ $rc = 0 ] || { fail "wgpmd status exited $rc"; return; }
+    echo "$out" | grep -q "$A_BDF" || { fail "wgpmd status does not list $A_BDF"; return; }
+    pass "lists $A_BDF: $(echo "$out" | grep "$A_BDF" | head -1)"
+}
+
+sc_vfio_bind() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver (no 'wgpmd bind')"; return; }
+    out=$(/usr/local/bin/wgpmd bind $A_BDF 2>&1); rc=$?
+    echo "$out" | sed 's/^/    | /'
+    [ $rc = 0 ] || { fail "wgpmd bind exited $rc"; return; }
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "driver after bind: '$(drv_of $A_BDF)'"; return; }
+    grp=$(basename "$(readlink /sys/bus/pci/devices/$A_BDF/iommu_group)")
+    [ -e /dev/vfio/$grp ] || { fail "no /dev/vfio/$grp"; return; }
+    pass "$A_BDF on vfio-pci, /dev/vfio/$grp"
+}
+
+sc_vfio_nohuge() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
+    echo 0 > /proc/sys/vm/nr_hugepages
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci (vfio_bind)"; return; }
+    wgpmd_expect_fail vfio:$A_BDF 'huge ?page' || { fail "no clear error without hugepages"; return; }
+    nothing_left $A_BDF vfio-pci 0 || { fail "left something behind"; return; }
+    pass "$ERRLINE"
+}
+
+sc_vfio_run() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
+    echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
+    hp=$(meminfo HugePages_Free)
+    [ "$hp" -gt 0 ] || { fail "could not reserve hugepages"; return; }
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci"; return; }
+    wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start"; return; }
+    if ! traffic_local; then kill -KILL $WPID; tailog $WLOG 20; fail "traffic (see the lines above)"; return; fi
+    wgpmd_stop || { fail "shutdown"; return; }
+    nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
+    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, SIGTERM exit 0, hugepages and /dev/vfio released"
+}
+
+sc_vfio_unbind() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver (no 'wgpmd unbind')"; return; }
+    out=$(/usr/local/bin/wgpmd unbind $A_BDF 2>&1); rc=$?
+    echo "$out" | sed 's/^/    | /'
+    [ $rc = 0 ] || { fail "wgpmd unbind exited $rc"; return; }
+    [ "$(drv_of $A_BDF)" = virtio-pci ] || { fail "driver after unbind: '$(drv_of $A_BDF)'"; return; }
+    for i in $(seq 1 100); do n=$(nic_by_mac $A_MAC); [ -n "$n" ] && break; sleep 0.1; done
+    [ -n "$n" ] || { fail "no kernel interface with $A_MAC 10 s after unbind"; return; }
+    ip link set $n up || { fail "cannot bring $n up"; return; }
+    echo $n > /tmp/nic_a
+    pass "$A_BDF back on virtio-pci, interface $n ($A_MAC) is back and comes up"
+}
+
+sc_vfio_badiova() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
+    echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || /usr/local/bin/wgpmd bind $A_BDF > /dev/null 2>&1
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "cannot bind $A_BDF"; return; }
+    hp=$(meminfo HugePages_Free)
+    dmesg -c > /dev/null
+    t0=$(up)
+    # started like a real run: it must come up, hit the fault when it first sends, and then exit non-zero
+    # the watchdog's errors (device status NEEDS_RESET / not responding / reset, or transmit completions stalled)
+    FAILWAIT=$(arg badiova_wait 30)
+    wgpmd_expect_fail vfio:$A_BDF 'NEEDS_RESET|not responding|reset or failed|stalled' $BAD_IOVA_ENV=1 > /tmp/bad.why &
+    EPID=$!
+    sleep 5; ip netns exec peer ping -c 3 -W 1 10.50.0.1 > /dev/null 2>&1   # underlay traffic to NIC A
+    wait $EPID; rc=$?
+    t1=$(up)
+    ERRLINE=$(grep -v '^\s*$' /tmp/wgpmd-$NAME.log | tail -n 1)
+    cat /tmp/bad.why
+    dmesg | grep -i dmar | head -3 | sed 's/^/    | /'
+    if [ $rc != 0 ]; then
+        if dmesg | grep -qi 'DMAR.*fault' && grep -q 'still running' /tmp/bad.why 2>/dev/null; then
+            # Measured with QEMU 7.2: a single bad segment of at most 4 KiB is read through QEMU's one bounce
+            # buffer (from unassigned memory) and completed normally; only a mapping that needs a second
+            # bounce (a segment > 4 KiB, or two bad segments) makes QEMU call virtio_error -> NEEDS_RESET.
+            fail "DMAR fault seen, but wgpmd kept running: the device never reported it (QEMU completes a bad single segment of <= 4 KiB through its bounce buffer without setting NEEDS_RESET; post a bad segment > 4 KiB)"
+        else
+            fail "wgpmd with $BAD_IOVA_ENV=1: see above"
+        fi
+        return
+    fi
+    dmesg | grep -qi 'DMAR.*fault' || { fail "no DMAR fault in dmesg"; return; }
+    nothing_left $A_BDF vfio-pci $hp || { fail "left something behind"; return; }
+    pass "DMAR fault, wgpmd exited non-zero after $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}') s: $ERRLINE"
+}
+
+# boot=mq: wgpmd with two workers on NIC A, wireguard-go peers h0..h(N-1) on the host side of the TAP.
+# traffic_mq BULKBASE: ping every peer; send $BULKKB/4 KiB to each peer's nc on port BULKBASE+i (the host
+# test compares what arrived with the "BULK" lines).
+traffic_mq() {
+    local p kb w k
+    p=0; while [ $p -lt $MQPEERS ]; do ip addr add 10.61.$p.1/24 dev wg0 || return 1; p=$((p + 1)); done
+    ip link set wg0 up || return 1
+    p=0; while [ $p -lt $MQPEERS ]; do ping_ok -- 10.61.$p.2 || return 1; p=$((p + 1)); done
+    kb=$((BULKKB / 4))
+    p=0; while [ $p -lt $MQPEERS ]; do
+        dd if=/dev/urandom of=/tmp/bulk.$p bs=1024 count=$kb 2>/dev/null
+        nc -w 20 10.61.$p.2 $(($1 + p)) < /tmp/bulk.$p || { log "nc to 10.61.$p.2:$(($1 + p)) exited $?"; return 1; }
+        echo "BULK $NAME $p $((kb * 1024)) $(md5sum < /tmp/bulk.$p | cut -d' ' -f1)"
+        p=$((p + 1))
+    done
+    /usr/local/bin/wgpmd stats wg0 > /tmp/stats-$NAME || { log "wgpmd stats failed"; return 1; }
+    grep -v '=0$' /tmp/stats-$NAME | grep -v 'drop\.' | tr '\n' ' ' | sed 's/^/  stats: /'; echo
+    STATMSG=""
+    for w in 0 1; do
+        for k in wan_queue_rx_packets wan_queue_tx_packets data_rx data_tx; do STATMSG="$STATMSG w$w.$k=$(stat worker$w.$k)"; done
+    done
+}
+
+sc_mq_afp() {
+    A=$(cat /tmp/nic_a)
+    wgpmd_start af_packet:$A 0-1 || { fail "wgpmd did not start"; return; }
+    if ! traffic_mq 5100; then kill -KILL $WPID; fail "traffic (see the lines above)"; return; fi
+    [ "$(stat worker1.wan_rx)" != "" ] || { kill -KILL $WPID; fail "wgpmd has no second worker"; return; }
+    wgpmd_stop || { fail "shutdown"; return; }
+    pass "af_packet:$A, 2 workers, $MQPEERS wireguard-go peers pinged, bulk sent to each,$STATMSG"
+}
+
+sc_mq_vfio() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
+    echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
+    hp=$(meminfo HugePages_Free)
+    /usr/local/bin/wgpmd bind $A_BDF || { fail "wgpmd bind $A_BDF"; return; }
+    wgpmd_start vfio:$A_BDF 0-1 || { fail "wgpmd did not start"; return; }
+    if ! traffic_mq 5200; then kill -KILL $WPID; tailog $WLOG 20; fail "traffic (see the lines above)"; return; fi
+    for w in 0 1; do
+        for k in wan_queue_rx_packets wan_queue_tx_packets; do
+            [ "$(stat worker$w.$k)" -gt 0 ] 2>/dev/null || { kill -KILL $WPID; fail "queue $w carried no traffic: worker$w.$k=$(stat worker$w.$k);$STATMSG"; return; }
+        done
+    done
+    wgpmd_stop || { fail "shutdown"; return; }
+    nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
+    /usr/local/bin/wgpmd unbind $A_BDF || { fail "wgpmd unbind"; return; }
+    pass "vfio:$A_BDF, 2 queue pairs, $MQPEERS wireguard-go peers pinged, bulk sent to each, both queues rx+tx:$STATMSG"
+}

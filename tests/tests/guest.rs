@@ -1,0 +1,297 @@
+//! Guest tests (issue 4): wgpmd inside a QEMU guest (TCG, q35, intel-iommu vIOMMU), where its
+//! WAN NIC can be a virtio-net device driven from userspace through VFIO. The harness lives in
+//! tests/guest/ (kernel.sh, mkinitramfs.sh, init, scenarios.sh, run-vm.sh): the guest /init runs
+//! the scenarios named on the kernel command line and prints `SCENARIO <name> PASS|FAIL|SKIP
+//! <detail>` lines on the serial console, which these tests parse.
+//!
+//! * `guest_local_boot`: NIC A (virtio-net, 00:02.0) cross-wired by QEMU to NIC B (e1000e) in
+//!   guest netns `peer`, where the guest kernel's WireGuard runs: wgpmd over AF_PACKET, then the
+//!   VFIO failure paths, bind, a vfio run, unbind.
+//! * `guest_bad_iova`: the same guest, the bad-IOVA test hook (DMAR fault, wgpmd must exit).
+//! * `guest_mq_boot`: NIC A with two queue pairs on a multiqueue TAP in a host namespace of this
+//!   test, where wireguard-go peers run; wgpmd with two workers.
+//!
+//! The VFIO scenarios report SKIP while the wgpmd under test has no VFIO driver (no `wgpmd bind`);
+//! once it has one, a SKIP fails the test. Run (as root, after `cargo build --release -p wgpmd`):
+//! `cargo test -p wgpmd-e2e --release --test guest`. See docs/TESTING.md, "Guest tests (VFIO)".
+
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wgpmd_e2e::*;
+
+/// Seconds QEMU may run before run-vm.sh's `timeout` kills it.
+const QEMU_TIMEOUT_S: u64 = 300;
+/// Host-side wireguard-go peers in the multiqueue boot: 8 flows make it very unlikely (1/128) that
+/// the TAP's flow hash puts them all on one queue.
+const MQ_PEERS: usize = 8;
+
+fn harness_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("guest")
+}
+
+/// The kernel cache (git-ignored): `<workspace>/.tools/guest/kernel`.
+fn kernel_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/guest/kernel")
+}
+
+fn run_script(what: &str, args: &[&str], timeout: Duration) -> Result<String> {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    let out = run_cmd(&mut cmd, timeout)?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    Ok(text)
+}
+
+/// Does the wgpmd under test have the VFIO driver (`wgpmd bind`)?
+fn has_vfio_driver(bin: &Path) -> bool {
+    Command::new(bin).args(["bind", "--help"]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// What a boot needs: the kernel (cached across runs) and an initramfs with this wgpmd and fresh
+/// keys, in the test directory.
+struct Guest {
+    kcache: PathBuf,
+    out: PathBuf,
+    vfio: bool,
+}
+
+impl Guest {
+    fn prepare(ctx: &Ctx) -> Result<Guest> {
+        let mut missing = Vec::new();
+        for t in ["qemu-system-x86_64", "busybox", "cpio", "depmod", "flock", "md5sum", "apt-get", "dpkg-deb", "xz"] {
+            if !Command::new("sh").args(["-c", &format!("command -v {t}")]).output()?.status.success() {
+                missing.push(t);
+            }
+        }
+        ensure!(
+            missing.is_empty(),
+            "guest tests need {} (scripts/test.sh installs qemu-system-x86 busybox-static cpio kmod util-linux xz-utils)",
+            missing.join(", ")
+        );
+        let kcache = kernel_cache();
+        let h = harness_dir();
+        let t = Instant::now();
+        run_script("kernel.sh", &[&h.join("kernel.sh").to_string_lossy(), &kcache.to_string_lossy()], secs(600))?;
+        let bin = wgpmd_bin()?;
+        let out = ctx.dir().join("guest");
+        run_script(
+            "mkinitramfs.sh",
+            &[
+                &h.join("mkinitramfs.sh").to_string_lossy(),
+                &kcache.to_string_lossy(),
+                &bin.to_string_lossy(),
+                &out.to_string_lossy(),
+            ],
+            secs(120),
+        )?;
+        eprintln!("[guest] kernel and initramfs ready in {:.1} s", t.elapsed().as_secs_f64());
+        Ok(Guest { kcache, out, vfio: has_vfio_driver(&bin) })
+    }
+
+    fn key(&self, name: &str) -> Result<String> {
+        let p = self.out.join("keys").join(format!("{name}.key"));
+        Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
+    }
+
+    fn public(&self, name: &str) -> Result<String> {
+        let p = self.out.join("keys").join(format!("{name}.pub"));
+        Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
+    }
+
+    /// Boots `boot` (local|mq) in `ns` with the scenarios `scen`, waits for the guest to power
+    /// off, returns the serial console log.
+    fn boot(&self, ctx: &Ctx, ns: &Netns, boot: &str, scen: &[&str], envs: &[(&str, &str)]) -> Result<String> {
+        let run_vm = harness_dir().join("run-vm.sh").to_string_lossy().into_owned();
+        let initrd = self.out.join("initramfs.cpio.gz").to_string_lossy().into_owned();
+        let kcache = self.kcache.to_string_lossy().into_owned();
+        let cmdline = format!("scen={} mqpeers={MQ_PEERS}", scen.join(","));
+        let timeout = QEMU_TIMEOUT_S.to_string();
+        let mut env = vec![("TIMEOUT", timeout.as_str())];
+        env.extend_from_slice(envs);
+        let t = Instant::now();
+        let mut qemu =
+            Proc::spawn(ctx, ns, &format!("serial-{boot}"), &[&run_vm, boot, &initrd, &kcache, &cmdline], &env)?;
+        // QEMU kills itself after QEMU_TIMEOUT_S; the rest is for waiting on the lock (another guest).
+        let status = qemu.wait_timeout(secs(QEMU_TIMEOUT_S + 600));
+        let log = qemu.log().replace('\r', "");
+        let status = status.with_context(|| format!("QEMU ({boot}) did not end; serial log:\n{}", tail(&log, 40)))?;
+        eprintln!("[guest] boot {boot}: QEMU exited ({status}) after {:.1} s", t.elapsed().as_secs_f64());
+        ensure!(
+            log.contains("GUEST DONE"),
+            "boot {boot}: the guest did not finish its scenarios (QEMU {status}); serial log:\n{}",
+            tail(&log, 60)
+        );
+        Ok(log)
+    }
+}
+
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The serial log from `=== scenario NAME` to its `SCENARIO NAME` line.
+fn excerpt(log: &str, name: &str) -> String {
+    let start = format!("=== scenario {name} ");
+    let end = format!("SCENARIO {name} ");
+    let mut out = Vec::new();
+    let mut on = false;
+    for l in log.lines() {
+        if l.contains(&start) {
+            on = true;
+        }
+        if on {
+            out.push(l);
+        }
+        if on && l.starts_with(&end) {
+            break;
+        }
+    }
+    out.join("\n")
+}
+
+/// Parses the `SCENARIO` lines and checks every expected scenario: PASS, or SKIP where `may_skip`.
+fn check_scenarios(log: &str, expected: &[&str], may_skip: impl Fn(&str) -> bool) -> Result<()> {
+    let mut verdicts: HashMap<String, (String, String)> = HashMap::new();
+    for l in log.lines() {
+        if let Some(rest) = l.strip_prefix("SCENARIO ") {
+            let mut it = rest.splitn(3, ' ');
+            let (name, verdict, detail) = (it.next().unwrap_or(""), it.next().unwrap_or(""), it.next().unwrap_or(""));
+            verdicts.insert(name.to_string(), (verdict.to_string(), detail.to_string()));
+        }
+    }
+    let mut failures = Vec::new();
+    for name in expected {
+        match verdicts.get(*name) {
+            Some((v, d)) if v == "PASS" => eprintln!("[guest] {name}: PASS {d}"),
+            Some((v, d)) if v == "SKIP" && may_skip(name) => eprintln!("[guest] {name}: SKIP {d}"),
+            Some((v, d)) => failures.push(format!("{name}: {v} {d}\n{}", excerpt(log, name))),
+            None => failures.push(format!("{name}: no SCENARIO line\n{}", excerpt(log, name))),
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} scenario(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    }
+    Ok(())
+}
+
+fn is_vfio_scenario(name: &str) -> bool {
+    name.contains("vfio")
+}
+
+#[test]
+fn guest_local_boot() {
+    run("guest_local_boot", |ctx| {
+        let g = Guest::prepare(ctx)?;
+        if !g.vfio {
+            eprintln!("[guest] this wgpmd has no VFIO driver (no `wgpmd bind`): the vfio_* scenarios report SKIP");
+        }
+        let ns = Netns::new("gl")?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        let scen = [
+            "afp_local",
+            "vfio_nodev",
+            "vfio_kdrv",
+            "vfio_status",
+            "vfio_bind",
+            "vfio_nohuge",
+            "vfio_run",
+            "vfio_unbind",
+        ];
+        let log = g.boot(ctx, &ns, "local", &scen, &[])?;
+        check_scenarios(&log, &scen, |n| !g.vfio && is_vfio_scenario(n))
+    });
+}
+
+/// The bad-IOVA hook (`WGPMD_VFIO_TEST_BAD_IOVA=1`: one transmit descriptor points outside every
+/// mapped region): the vIOMMU must report a DMAR fault and wgpmd must exit non-zero, in bounded
+/// time. A boot of its own, so that the other VFIO scenarios report separately.
+#[test]
+fn guest_bad_iova() {
+    run("guest_bad_iova", |ctx| {
+        let g = Guest::prepare(ctx)?;
+        let ns = Netns::new("gb")?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        let scen = ["vfio_badiova"];
+        let log = g.boot(ctx, &ns, "local", &scen, &[])?;
+        check_scenarios(&log, &scen, |_| !g.vfio)
+    });
+}
+
+#[test]
+fn guest_mq_boot() {
+    run("guest_mq_boot", |ctx| {
+        let g = Guest::prepare(ctx)?;
+        let ns = Netns::new("gmq")?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        let tap = "wgtap0";
+        ns.ip(&["tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"])?;
+        ns.ip(&["addr", "add", "10.50.0.2/24", "dev", tap])?;
+        ns.ip(&["link", "set", tap, "up"])?;
+        let wgpmd_pub = g.public("a")?;
+        let mut peers = Vec::new();
+        for i in 0..MQ_PEERS {
+            let key = KeyPair::from_private_b64(&g.key(&format!("h{i}"))?)?;
+            let addr = format!("10.61.{i}.2/24");
+            let cfg = DeviceConfig::new(key, Some(52000 + i as u16), Some(&addr)).peer(
+                PeerConfig::new(&wgpmd_pub, &[&format!("10.61.{i}.0/24")])
+                    .endpoint("10.50.0.1:51820".parse::<SocketAddr>()?),
+            );
+            peers.push(WgDevice::start(ctx, WgImpl::WireguardGo, &ns, &cfg)?);
+        }
+        let mut scen = vec!["mq_afp"];
+        let mut bases = vec![("mq_afp", 5100)];
+        if g.vfio {
+            scen.push("mq_vfio");
+            bases.push(("mq_vfio", 5200));
+        }
+        // Bulk receivers: one nc per scenario and peer; stdin must stay open (busybox nc half-closes
+        // on stdin EOF, which makes the guest's sender stop early).
+        let mut receivers = Vec::new();
+        for (name, base) in &bases {
+            for i in 0..MQ_PEERS {
+                let port = base + i;
+                let file = ctx.dir().join(format!("bulk-{name}-{i}.rx"));
+                let script = format!("sleep 600 | busybox nc -l -p {port} > {}", file.display());
+                receivers.push(Proc::spawn(ctx, &ns, &format!("nc-{port}"), &["sh", "-c", &script], &[])?);
+            }
+        }
+        let log = g.boot(ctx, &ns, "mq", &scen, &[("TAP", tap)])?;
+        for p in peers.iter_mut() {
+            p.ensure_running()?;
+        }
+        check_scenarios(&log, &scen, |_| false)?;
+        if !g.vfio {
+            eprintln!("[guest] mq_vfio not run: this wgpmd has no VFIO driver (no `wgpmd bind`)");
+        }
+        // What each host peer received must be what the guest sent ("BULK <scenario> <i> <bytes> <md5>").
+        let mut checked = 0;
+        for l in log.lines().filter(|l| l.starts_with("BULK ")) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            ensure!(f.len() == 5, "bad BULK line {l:?}");
+            let file = ctx.dir().join(format!("bulk-{}-{}.rx", f[1], f[2]));
+            let got = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let out = Command::new("md5sum").arg(&file).output()?;
+            let md5 = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+            ensure!(
+                got.len().to_string() == f[3] && md5 == f[4],
+                "peer {} ({}): received {} bytes md5 {md5}, the guest sent {} bytes md5 {}",
+                f[2],
+                f[1],
+                got.len(),
+                f[3],
+                f[4]
+            );
+            checked += 1;
+        }
+        ensure!(checked == MQ_PEERS * scen.len(), "{checked} BULK lines, expected {}", MQ_PEERS * scen.len());
+        eprintln!("[guest] {checked} bulk transfers arrived intact at the wireguard-go peers");
+        drop(receivers);
+        Ok(())
+    });
+}
