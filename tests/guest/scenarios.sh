@@ -270,7 +270,8 @@ sc_vfio_badiova() {
     # started like a real run: it must come up, hit the fault when it first sends, and then exit non-zero
     # the watchdog's errors (device status NEEDS_RESET / not responding / reset, or transmit completions stalled)
     FAILWAIT=$(arg badiova_wait 30)
-    wgpmd_expect_fail vfio:$A_BDF 'NEEDS_RESET|not responding|reset or failed|stalled' $BAD_IOVA_ENV=1 > /tmp/bad.why &
+    # or the IOMMU fault for the device read from the kernel log (what QEMU 7.2 leaves for a short segment)
+    wgpmd_expect_fail vfio:$A_BDF 'NEEDS_RESET|not responding|reset or failed|stalled|IOMMU blocked a DMA' $BAD_IOVA_ENV=1 > /tmp/bad.why &
     EPID=$!
     sleep 5; ip netns exec peer ping -c 3 -W 1 10.50.0.1 > /dev/null 2>&1   # underlay traffic to NIC A
     wait $EPID; rc=$?
