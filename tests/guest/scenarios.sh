@@ -268,9 +268,10 @@ sc_vfio_badiova() {
     dmesg -c > /dev/null
     t0=$(up)
     # started like a real run: it must come up, hit the fault when it first sends, and then exit non-zero
-    # the watchdog's errors (device status NEEDS_RESET / not responding / reset, or transmit completions stalled)
+    # the watchdog's errors: an IOMMU fault of the device in the kernel log, device status NEEDS_RESET / not
+    # responding / reset, or transmit completions stalled
     FAILWAIT=$(arg badiova_wait 30)
-    wgpmd_expect_fail vfio:$A_BDF 'NEEDS_RESET|not responding|reset or failed|stalled' $BAD_IOVA_ENV=1 > /tmp/bad.why &
+    wgpmd_expect_fail vfio:$A_BDF 'IOMMU blocked|NEEDS_RESET|not responding|reset or failed|stalled' $BAD_IOVA_ENV=1 > /tmp/bad.why &
     EPID=$!
     sleep 5; ip netns exec peer ping -c 3 -W 1 10.50.0.1 > /dev/null 2>&1   # underlay traffic to NIC A
     wait $EPID; rc=$?
@@ -290,8 +291,12 @@ sc_vfio_badiova() {
         return
     fi
     dmesg | grep -qi 'DMAR.*fault' || { fail "no DMAR fault in dmesg"; return; }
+    # the fault is the hook's descriptor: the IOVA wgpmd says it posted is the address the IOMMU refused
+    iova=$(sed -n 's/.*posted one transmit descriptor at IOVA \(0x[0-9a-f]*\).*/\1/p' /tmp/wgpmd-$NAME.log | head -1)
+    [ -n "$iova" ] || { fail "wgpmd did not say which IOVA it posted"; return; }
+    dmesg | grep -i 'DMAR' | grep -q "fault addr $iova " || { fail "no DMAR fault at the posted IOVA $iova"; return; }
     nothing_left $A_BDF vfio-pci $hp || { fail "left something behind"; return; }
-    pass "DMAR fault, wgpmd exited non-zero after $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}') s: $ERRLINE"
+    pass "DMAR fault at the posted IOVA $iova, wgpmd exited non-zero after $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}') s: $ERRLINE"
 }
 
 # boot=mq: wgpmd with two workers on NIC A, wireguard-go peers h0..h(N-1) on the host side of the TAP.
