@@ -25,6 +25,9 @@ pub struct QueueStats {
     pub rx_errors: u64,
     /// Taken by `tx_burst` but refused by the kernel (bad length, bad IP version, link gone).
     pub tx_errors: u64,
+    /// Zero-copy backends (dpdk): buffers from another pool copied into the port's own memory
+    /// before tx. Always 0 for the copying backends.
+    pub tx_copied: u64,
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -37,6 +40,7 @@ impl std::ops::AddAssign for QueueStats {
         self.tx_dropped += o.tx_dropped;
         self.rx_errors += o.rx_errors;
         self.tx_errors += o.tx_errors;
+        self.tx_copied += o.tx_copied;
     }
 }
 

@@ -48,7 +48,9 @@ const CTRL_OK: u8 = 0;
 
 /// Environment variable of the DMA-safety test hook: queue 0 posts one transmit descriptor whose
 /// address lies outside every mapped region (bypassing the bounds check). Only for the guest test
-/// that checks the IOMMU stops it and the driver notices (docs/TESTING.md).
+/// that checks the IOMMU stops it and the driver notices (docs/TESTING.md). `1`: the descriptor
+/// keeps the frame's length; `big`: its length becomes 8 KiB (QEMU 7.2 then fails the mapping and
+/// sets DEVICE_NEEDS_RESET, where a short one is completed after the vIOMMU refused it).
 pub const TEST_BAD_IOVA_ENV: &str = "WGPMD_VFIO_TEST_BAD_IOVA";
 /// Environment variable that allows no-IOMMU mode (`/dev/vfio/noiommu-N`).
 pub const NOIOMMU_ENV: &str = "WGPMD_VFIO_NOIOMMU";
@@ -217,8 +219,8 @@ pub(crate) struct QueueCore {
     pub stats: QueueStats,
     pub counters: VirtioCounters,
     used: Vec<Used>,
-    /// Test hook: post the next transmit descriptor at this IOVA.
-    pub bad_iova: Option<u64>,
+    /// Test hook: post the next transmit descriptor at this IOVA (and with this length).
+    pub bad_iova: Option<(u64, Option<u32>)>,
     pub tx_completions: u64,
 }
 
@@ -345,10 +347,11 @@ impl QueueCore {
                 self.stats.tx_dropped += 1;
                 continue;
             }
-            if let Some(bad) = self.bad_iova.take() {
-                self.tx.poison_last_addr(bad);
+            if let Some((bad, blen)) = self.bad_iova.take() {
+                self.tx.poison_last(bad, blen);
                 eprintln!(
-                    "{TEST_BAD_IOVA_ENV}: posted one transmit descriptor at IOVA {bad:#x}, outside every mapped region"
+                    "{TEST_BAD_IOVA_ENV}: posted one transmit descriptor at IOVA {bad:#x} ({} bytes), outside every mapped region",
+                    blen.unwrap_or(len as u32)
                 );
             }
             self.stats.tx_packets += 1;
@@ -470,6 +473,7 @@ impl Queue for VirtioQueue {
         let mut s = self.core.stats;
         s.rx_errors += self.core.rx.bad_used_id + self.core.rx.bad_used_len;
         s.tx_errors += self.core.tx.bad_used_id;
+        s.tx_copied = self.core.counters.tx_copied;
         s
     }
 
@@ -588,9 +592,12 @@ impl VirtioNetPort {
         let ring_bytes: usize = sizes.iter().map(|&n| layout(n).0).sum::<usize>() + 4096;
         let container = vdev.container().clone();
         let rings: Arc<dyn SharedMem> = Arc::new(container.alloc_dma(ring_bytes).map_err(verr)?);
-        let bad_iova = std::env::var(TEST_BAD_IOVA_ENV)
-            .is_ok_and(|v| v == "1")
-            .then(|| (container.iova_high_water() + (1 << 30)) & !0xfff);
+        let bad_iova = match std::env::var(TEST_BAD_IOVA_ENV).as_deref() {
+            Ok("1") => Some(None),
+            Ok("big") => Some(Some(8192)),
+            _ => None,
+        }
+        .map(|len| ((container.iova_high_water() + (1 << 30)) & !0xfff, len));
         let dev = Arc::new(NetDev {
             t,
             features,
@@ -878,7 +885,7 @@ mod tests {
     #[test]
     fn bad_iova_hook_posts_once_outside_the_bounds() {
         let (mut c, _, mut dev) = core_with(8, 16);
-        c.bad_iova = Some(0xdead_0000);
+        c.bad_iova = Some((0xdead_0000, Some(8192)));
         let mk = |c: &QueueCore| {
             let mut b = c.pool.alloc().unwrap();
             b.append(60).unwrap();
@@ -889,7 +896,7 @@ mod tests {
         let mut v = mk(&c);
         c.transmit(&mut v);
         let ch = dev.take_avail();
-        assert_eq!(ch[0].segs[0].0, 0xdead_0000);
+        assert_eq!((ch[0].segs[0].0, ch[0].segs[0].1), (0xdead_0000, 8192));
         assert!(!c.bounds.check(ch[0].segs[0].0, 1));
         assert!(c.bounds.check(ch[1].segs[0].0, 72), "only the first");
     }

@@ -240,13 +240,17 @@ impl Virtq {
         v
     }
 
-    /// Test/hook support: overwrite the address of the descriptor at the head of the most recently
-    /// added chain (used only by the bad-IOVA test hook, after the chain was pushed).
-    pub(crate) fn poison_last_addr(&mut self, iova: u64) {
+    /// Test/hook support: overwrite the address (and, if given, the length) of the descriptor at
+    /// the head of the most recently added chain (used only by the bad-IOVA test hook, after the
+    /// chain was pushed and before it is published).
+    pub(crate) fn poison_last(&mut self, iova: u64, len: Option<u32>) {
         let slot = (self.avail_idx.wrapping_sub(1) & (self.n - 1)) as usize;
         let head = self.mem.read_u16(self.avail_off + 4 + 2 * slot);
         if head < self.n {
             self.mem.write_u64(16 * head as usize, iova);
+            if let Some(len) = len {
+                self.mem.write_u32(16 * head as usize + 8, len);
+            }
         }
     }
 

@@ -197,12 +197,12 @@ pub(crate) struct Shared {
     pub tx_jobs: ArrayQueue<TxJob>,
     pub staged: Mutex<HashMap<PeerId, VecDeque<Buffer>>>,
     pub stop: AtomicBool,
+    /// The first fatal port fault (see `Queue::health`): the daemon stops and returns it.
+    pub fatal: Mutex<Option<String>>,
     pub clock: Clock,
     pub poll: PollMode,
     pub workers: Vec<WorkerCounters>,
     pub control_counters: stats::ControlCounters,
-    /// The first fatal port fault (see `Queue::health`): the daemon stops and returns it.
-    pub fatal: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -375,11 +375,11 @@ pub fn run_with_ports(
         tx_jobs: ArrayQueue::new(8192),
         staged: Mutex::new(HashMap::new()),
         stop: AtomicBool::new(false),
+        fatal: Mutex::new(None),
         clock,
         poll: cfg.poll,
         workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
         control_counters: stats::ControlCounters::default(),
-        fatal: Mutex::new(None),
     });
     for e in boot_out.events.drain(..) {
         let _ = shared.events.push(e);

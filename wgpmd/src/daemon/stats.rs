@@ -103,13 +103,14 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("wan_queue_rx_packets", l.wan_queue.rx_packets),
             ("wan_queue_tx_packets", l.wan_queue.tx_packets),
             ("wan_queue_rx_dropped", l.wan_queue.rx_dropped),
+            ("wan_queue_tx_copied", l.wan_queue.tx_copied),
+            ("inner_queue_rx_packets", l.inner_queue.rx_packets),
+            ("inner_queue_tx_packets", l.inner_queue.tx_packets),
             ("wan_queue_rx_bytes", l.wan_queue.rx_bytes),
             ("wan_queue_tx_bytes", l.wan_queue.tx_bytes),
             ("wan_queue_rx_errors", l.wan_queue.rx_errors),
             ("wan_queue_tx_errors", l.wan_queue.tx_errors),
             ("wan_queue_tx_dropped", l.wan_queue.tx_dropped),
-            ("inner_queue_rx_packets", l.inner_queue.rx_packets),
-            ("inner_queue_tx_packets", l.inner_queue.tx_packets),
         ] {
             line(&format!("{p}{k}"), v);
         }
