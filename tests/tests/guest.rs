@@ -165,11 +165,16 @@ fn check_scenarios(log: &str, expected: &[&str], may_skip: impl Fn(&str) -> bool
             verdicts.insert(name.to_string(), (verdict.to_string(), detail.to_string()));
         }
     }
+    // "INIT: scenario NAME took S s"
+    let took = |name: &str| {
+        let prefix = format!("INIT: scenario {name} took ");
+        log.lines().find_map(|l| l.strip_prefix(&prefix).map(|t| format!(" [{t}]"))).unwrap_or_default()
+    };
     let mut failures = Vec::new();
     for name in expected {
         match verdicts.get(*name) {
-            Some((v, d)) if v == "PASS" => eprintln!("[guest] {name}: PASS {d}"),
-            Some((v, d)) if v == "SKIP" && may_skip(name) => eprintln!("[guest] {name}: SKIP {d}"),
+            Some((v, d)) if v == "PASS" => eprintln!("[guest] {name}{}: PASS {d}", took(name)),
+            Some((v, d)) if v == "SKIP" && may_skip(name) => eprintln!("[guest] {name}{}: SKIP {d}", took(name)),
             Some((v, d)) => failures.push(format!("{name}: {v} {d}\n{}", excerpt(log, name))),
             None => failures.push(format!("{name}: no SCENARIO line\n{}", excerpt(log, name))),
         }
@@ -217,7 +222,7 @@ fn guest_bad_iova() {
         let g = Guest::prepare(ctx)?;
         let ns = Netns::new("gb")?;
         ns.ip(&["link", "set", "lo", "up"])?;
-        let scen = ["vfio_badiova"];
+        let scen = ["vfio_badiova", "vfio_badiova_big"];
         let log = g.boot(ctx, &ns, "local", &scen, &[])?;
         check_scenarios(&log, &scen, |_| !g.vfio)
     });
