@@ -241,9 +241,12 @@ sc_vfio_run() {
     [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci"; return; }
     wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start"; return; }
     if ! traffic_local; then kill -KILL $WPID; tailog $WLOG 20; fail "traffic (see the lines above)"; return; fi
+    # the control core's handshake messages come from a plain pool: the port copies them into DMA memory
+    copied=$(stat_sum wan_queue_tx_copied)
+    [ "$copied" -gt 0 ] || { kill -KILL $WPID; fail "wan_queue_tx_copied=0: the handshake went out uncopied or not at all"; return; }
     wgpmd_stop || { fail "shutdown"; return; }
     nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
-    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, SIGTERM exit 0, hugepages and /dev/vfio released"
+    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, SIGTERM exit 0, hugepages and /dev/vfio released"
 }
 
 sc_vfio_unbind() {
@@ -357,8 +360,10 @@ sc_mq_vfio() {
             [ "$(stat worker$w.$k)" -gt 0 ] 2>/dev/null || { kill -KILL $WPID; fail "queue $w carried no traffic: worker$w.$k=$(stat worker$w.$k);$STATMSG"; return; }
         done
     done
+    copied=$(stat_sum wan_queue_tx_copied)
+    [ "$copied" -ge $MQPEERS ] || { kill -KILL $WPID; fail "wan_queue_tx_copied=$copied, expected a copied handshake message per peer"; return; }
     wgpmd_stop || { fail "shutdown"; return; }
     nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
     /usr/local/bin/wgpmd unbind $A_BDF || { fail "wgpmd unbind"; return; }
-    pass "vfio:$A_BDF, 2 queue pairs, $MQPEERS wireguard-go peers pinged, bulk sent to each, both queues rx+tx:$STATMSG"
+    pass "vfio:$A_BDF, 2 queue pairs, $MQPEERS wireguard-go peers pinged, bulk sent to each, tx_copied=$copied, both queues rx+tx:$STATMSG"
 }
