@@ -361,6 +361,26 @@ impl QueueCore {
     }
 }
 
+/// Stuck-transmit detection: descriptors in flight and no completion for a while.
+#[derive(Debug, Default)]
+pub(crate) struct StallDetector {
+    last: u64,
+    since: Option<Instant>,
+}
+
+impl StallDetector {
+    /// True once `in_flight` > 0 and `completions` has not moved for `limit` (checked at `now`).
+    pub(crate) fn stalled(&mut self, in_flight: usize, completions: u64, now: Instant, limit: Duration) -> bool {
+        if in_flight == 0 || completions != self.last {
+            self.last = completions;
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.saturating_duration_since(since) >= limit
+    }
+}
+
 /// One queue pair of a [`VirtioNetPort`], polled by one worker.
 pub struct VirtioQueue {
     core: QueueCore,
@@ -370,8 +390,7 @@ pub struct VirtioQueue {
     rx_notify: usize,
     tx_notify: usize,
     polls: u64,
-    last_completions: u64,
-    stalled_since: Option<Instant>,
+    stall: StallDetector,
     fault: Option<String>,
 }
 
@@ -412,13 +431,7 @@ impl VirtioQueue {
             return;
         }
         self.core.reclaim();
-        if self.core.tx.in_flight() == 0 || self.core.tx_completions != self.last_completions {
-            self.last_completions = self.core.tx_completions;
-            self.stalled_since = None;
-            return;
-        }
-        let since = *self.stalled_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= TX_STALL {
+        if self.stall.stalled(self.core.tx.in_flight(), self.core.tx_completions, Instant::now(), TX_STALL) {
             self.fault = Some(format!(
                 "vfio:{bdf}: transmit completions stalled for {} s on queue pair {q} with {} descriptors in flight (device status {st:#04x})",
                 TX_STALL.as_secs(),
@@ -691,8 +704,7 @@ impl VirtioNetPort {
                 rx_notify: rxn,
                 tx_notify: txn,
                 polls: 0,
-                last_completions: 0,
-                stalled_since: None,
+                stall: StallDetector::default(),
                 fault: None,
             };
             if q.core.refill(true) {
@@ -757,6 +769,23 @@ mod tests {
         assert!(!iommu_fault_line(amd, "0000:01:02.0"));
         assert!(!iommu_fault_line("DMAR: IOMMU enabled", "0000:00:02.0"));
         assert!(!iommu_fault_line("virtio_net virtio0 [00:02.0]: link up", "0000:00:02.0"));
+    }
+
+    #[test]
+    fn stalled_transmits_are_detected_only_without_progress() {
+        let mut d = StallDetector::default();
+        let t = Instant::now();
+        let lim = Duration::from_secs(5);
+        assert!(!d.stalled(0, 0, t, lim), "nothing in flight");
+        assert!(!d.stalled(3, 0, t, lim), "first look: the clock starts");
+        assert!(!d.stalled(3, 0, t + Duration::from_secs(4), lim));
+        assert!(d.stalled(3, 0, t + Duration::from_secs(5), lim), "5 s without a completion");
+        assert!(!d.stalled(3, 1, t + Duration::from_secs(6), lim), "a completion resets it");
+        assert!(!d.stalled(3, 1, t + Duration::from_secs(10), lim), "the clock restarted at 10 s");
+        assert!(!d.stalled(3, 1, t + Duration::from_secs(14), lim));
+        assert!(d.stalled(3, 1, t + Duration::from_secs(15), lim));
+        assert!(!d.stalled(0, 1, t + Duration::from_secs(30), lim), "idle is not stalled");
+        assert!(!d.stalled(1, 1, t + Duration::from_secs(31), lim), "in flight again: a new window");
     }
 
     #[test]
