@@ -82,11 +82,12 @@ fn main() {
     ] {
         b = b.allowlist_function(f);
     }
-    for t in ["rte_eth_conf", "rte_eth_dev_info", "rte_eth_link", "rte_ether_addr", "rte_eth_xstat.*", "rte_memzone"]
-    {
+    for t in ["rte_eth_conf", "rte_eth_dev_info", "rte_eth_link", "rte_ether_addr", "rte_eth_xstat.*", "rte_memzone"] {
         b = b.allowlist_type(t);
     }
-    for v in ["RTE_MEMZONE_.*", "RTE_ETH_.*", "RTE_MAX_ETHPORTS", "RTE_ETH_NAME_MAX_LEN", "SOCKET_ID_ANY", "LCORE_ID_ANY"] {
+    for v in
+        ["RTE_MEMZONE_.*", "RTE_ETH_.*", "RTE_MAX_ETHPORTS", "RTE_ETH_NAME_MAX_LEN", "SOCKET_ID_ANY", "LCORE_ID_ANY"]
+    {
         b = b.allowlist_var(v);
     }
     let bindings = b.generate().unwrap_or_else(|e| panic!("bindgen over the DPDK headers failed: {e}\n{INSTALL_HINT}"));

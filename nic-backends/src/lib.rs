@@ -29,6 +29,8 @@
 
 pub mod af_packet;
 pub mod buffer;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod error;
 pub mod mem;
 pub mod port;
@@ -38,5 +40,5 @@ pub mod tun;
 
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};
 pub use error::{BufError, PoolError, PortError};
-pub use port::{open, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats};
+pub use port::{open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats};
 pub use sys::slots::MmapRegion;

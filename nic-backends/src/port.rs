@@ -25,6 +25,9 @@ pub struct QueueStats {
     pub rx_errors: u64,
     /// Taken by `tx_burst` but refused by the kernel (bad length, bad IP version, link gone).
     pub tx_errors: u64,
+    /// Zero-copy backends (dpdk): buffers from another pool copied into the port's own memory
+    /// before tx. Always 0 for the copying backends.
+    pub tx_copied: u64,
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -37,6 +40,7 @@ impl std::ops::AddAssign for QueueStats {
         self.tx_dropped += o.tx_dropped;
         self.rx_errors += o.rx_errors;
         self.tx_errors += o.tx_errors;
+        self.tx_copied += o.tx_copied;
     }
 }
 
@@ -93,7 +97,16 @@ pub trait Port: Send {
     fn queue_pool(&self, _q: usize) -> Option<Pool> {
         None
     }
+    /// Backend counters beyond [`QueueStats`] (DPDK xstats, link state), readable from any
+    /// thread while the port lives on another: the daemon's stats socket calls it. `None`
+    /// (the default): nothing to add.
+    fn extra_stats(&self) -> Option<ExtraStats> {
+        None
+    }
 }
+
+/// A reader of a port's extra counters as `(name, value)` pairs (see [`Port::extra_stats`]).
+pub type ExtraStats = std::sync::Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 /// How an AF_PACKET port spreads received frames over its queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,7 +136,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "mem:NAME", "dpdk:PORT" (feature `dpdk`) (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -145,6 +158,11 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
             }
             Ok(Box::new(p))
         }
+        "dpdk" if name.is_empty() => Err(missing("dpdk:0")),
+        #[cfg(feature = "dpdk")]
+        "dpdk" => Ok(Box::new(crate::dpdk::DpdkPort::open(spec, name, opts)?)),
+        #[cfg(not(feature = "dpdk"))]
+        "dpdk" => Err(PortError::NotBuilt { spec: spec.to_string(), backend: "dpdk" }),
         _ => Err(PortError::UnknownBackend { spec: spec.to_string(), backend: backend.to_string() }),
     }
 }
@@ -179,7 +197,7 @@ mod tests {
     #[test]
     fn bad_strings_are_named() {
         assert_eq!(err("eth0"), "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0 or mem:test");
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem)");
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem, dpdk)");
         assert_eq!(err("af_packet:"), "af_packet:: missing interface name after the colon (e.g. af_packet:eth1)");
         assert_eq!(err("tun:"), "tun:: missing interface name after the colon (e.g. tun:wg0)");
         assert!(err("mem:").contains("missing interface name"));
