@@ -96,6 +96,7 @@ pub struct DpdkPort {
     port_id: u16,
     driver: String,
     rss: bool,
+    started: bool,
     pools: Vec<Pool>,
     // Keep the mempools alive until after rte_eth_dev_close (declared after nothing that
     // needs them; dropped after `Drop::drop` ran).
@@ -151,6 +152,7 @@ impl DpdkPort {
             port_id,
             driver: info.driver.clone(),
             rss: rss_hf != 0,
+            started: false,
             pools: Vec::new(),
             arenas: Vec::new(),
             queues: Vec::new(),
@@ -164,7 +166,14 @@ impl DpdkPort {
             })?;
             port.pools.push(pool.clone());
             port.arenas.push(Arc::clone(&arena));
-            sys::queue_setup(port_id, q as u16, rxd, txd, socket, &arena).map_err(err)?;
+            sys::queue_setup(port_id, q as u16, rxd, txd, socket, &arena).map_err(|e| {
+                let hint = if info.driver.contains("af_packet") {
+                    " (net_af_packet: add framesz=1952,blocksz=249856 to its --vdev: a frame must fit the 1920 bytes an mbuf holds after the 128-byte headroom, and frames must tile a block)"
+                } else {
+                    ""
+                };
+                err(format!("{e}{hint}"))
+            })?;
             port.queues.push(Some(DpdkQueue {
                 b: sys::Bursts::new(port_id, q as u16, pool, arena),
                 stats: QueueStats::default(),
@@ -172,6 +181,7 @@ impl DpdkPort {
             }));
         }
         sys::start(port_id).map_err(|e| err(format!("rte_eth_dev_start: {e}")))?;
+        port.started = true;
         if let Some(m) = sys::mtu(port_id) {
             port.info.mtu = usize::from(m);
         }
@@ -206,7 +216,7 @@ impl Drop for DpdkPort {
         // Queues still held here have empty scratch arrays; the device returns the mbufs of its
         // rings to the pools on close. The pools (`arenas`) are dropped after this.
         self.queues.clear();
-        sys::stop_close(self.port_id);
+        sys::stop_close(self.port_id, self.started);
     }
 }
 

@@ -55,7 +55,8 @@ enum Cmd {
         /// wg.conf(5) file to apply at start (the format `wg setconf` reads).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// WAN port: af_packet:IFACE (or mem:NAME).
+        /// WAN port: af_packet:IFACE, dpdk:PORT_ID or dpdk:DEVICE_NAME (build feature `dpdk`;
+        /// EAL arguments go after `--`), or mem:NAME.
         #[arg(short = 'a', long = "port")]
         port: String,
         /// Inner port for decrypted traffic (default tun:<NAME>).
@@ -94,6 +95,11 @@ enum Cmd {
         /// Tunnel MTU.
         #[arg(long, default_value_t = 1420)]
         mtu: usize,
+        /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
+        /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds `-l <control
+        /// core>`, `--file-prefix=wgpmd-<NAME>` and `--proc-type=primary` unless given.
+        #[arg(last = true, value_name = "EAL_ARGS")]
+        eal: Vec<String>,
     },
     /// Measure the full worker pipeline over mem ports with a built-in traffic generator,
     /// next to raw AEAD and boringtun timed in the same run.
@@ -253,6 +259,7 @@ fn main() -> ExitCode {
             poll,
             fanout,
             mtu,
+            eal,
         } => {
             let fail = |msg: String| {
                 eprintln!("wgpmd: {msg}");
@@ -274,6 +281,31 @@ fn main() -> ExitCode {
             if name.is_empty() || name.len() > 15 || name.contains('/') {
                 return fail(format!("--name `{name}`: an interface name of 1-15 characters without `/`"));
             }
+            let dpdk = port.starts_with("dpdk:");
+            if !eal.is_empty() && !dpdk {
+                return fail(format!(
+                    "EAL arguments after `--` ({}) are for a dpdk: port, and --port is `{port}`",
+                    eal.join(" ")
+                ));
+            }
+            if dpdk {
+                let args = match eal_args(&name, cores[0], &eal) {
+                    Ok(a) => a,
+                    Err(e) => return fail(e),
+                };
+                #[cfg(feature = "dpdk")]
+                {
+                    tracing::info!("DPDK EAL arguments: {}", args[1..].join(" "));
+                    if let Err(e) = nic_backends::dpdk::init_eal(&args) {
+                        return fail(e.to_string());
+                    }
+                }
+                // Without the feature, opening the port names the missing feature.
+                #[cfg(not(feature = "dpdk"))]
+                let _ = args;
+            }
+            #[cfg(feature = "dpdk")]
+            let cfg_name = name.clone();
             let cfg = DaemonConfig {
                 inner_port: inner.unwrap_or_else(|| format!("tun:{name}")),
                 name,
@@ -306,7 +338,17 @@ fn main() -> ExitCode {
                     return fail(format!("installing a signal handler: {e}"));
                 }
             }
-            match daemon::run(cfg, stop) {
+            let result = daemon::run(cfg, stop);
+            // Every port and pool is gone: free EAL's memory (no hugepage files stay behind),
+            // and remove EAL's runtime directory when the file prefix was ours.
+            #[cfg(feature = "dpdk")]
+            if dpdk {
+                nic_backends::dpdk::cleanup_eal();
+                if !eal.iter().any(|a| a.starts_with("--file-prefix")) {
+                    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/wgpmd-{}", cfg_name));
+                }
+            }
+            match result {
                 Ok(()) => {
                     tracing::info!("stopped");
                     ExitCode::SUCCESS
@@ -317,9 +359,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// The EAL argv for a dpdk: WAN: `wgpmd`, then what wgpmd sets unless the user gave it
+/// (`--file-prefix=wgpmd-<name>` so two instances do not share /var/run/dpdk/<prefix>,
+/// `--proc-type=primary`), `-l <control core>` (EAL's main lcore is the thread that runs the
+/// control plane; workers register themselves with `rte_thread_register`), then the user's
+/// arguments. Cores are wgpmd's (`-l`/`-c` before `--`): EAL core options after `--` are refused.
+fn eal_args(name: &str, control_core: usize, user: &[String]) -> Result<Vec<String>, String> {
+    let opt = |u: &String, o: &str| u == o || u.starts_with(&format!("{o}="));
+    for u in user {
+        for o in ["-l", "-c", "--lcores", "--main-lcore", "-s", "--service-coremask", "--service-corelist"] {
+            if opt(u, o) || (o.len() == 2 && u.starts_with(o) && u.len() > 2 && !u.starts_with("--")) {
+                return Err(format!(
+                    "EAL argument `{u}`: give wgpmd's cores with -l/--lcores or -c before `--` (wgpmd passes EAL the control core itself)"
+                ));
+            }
+        }
+    }
+    let mut args = vec!["wgpmd".to_string()];
+    if !user.iter().any(|u| opt(u, "--file-prefix")) {
+        args.push(format!("--file-prefix=wgpmd-{name}"));
+    }
+    if !user.iter().any(|u| opt(u, "--proc-type")) {
+        args.push("--proc-type=primary".into());
+    }
+    args.push("-l".into());
+    args.push(control_core.to_string());
+    args.extend(user.iter().cloned());
+    Ok(args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eal_arguments_wgpmd_adds_and_refuses() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            eal_args("wg0", 2, &s(&["--no-huge", "--vdev=net_null0"])).unwrap(),
+            s(&["wgpmd", "--file-prefix=wgpmd-wg0", "--proc-type=primary", "-l", "2", "--no-huge", "--vdev=net_null0"])
+        );
+        assert_eq!(
+            eal_args("wg0", 0, &s(&["--file-prefix", "x", "--proc-type=auto"])).unwrap(),
+            s(&["wgpmd", "-l", "0", "--file-prefix", "x", "--proc-type=auto"])
+        );
+        for bad in ["-l", "-l0-1", "-c", "--lcores=0@1", "--main-lcore"] {
+            let e = eal_args("wg0", 0, &s(&[bad, "1"])).unwrap_err();
+            assert!(e.contains("give wgpmd's cores"), "{bad}: {e}");
+        }
+        assert!(eal_args("wg0", 0, &s(&["--log-level=lib.eal:debug"])).is_ok());
+    }
 
     #[test]
     fn wan_addresses_one_per_family() {

@@ -230,10 +230,12 @@ pub(crate) fn start(id: u16) -> Result<(), String> {
 }
 
 /// Stop and close the port (no queue may be polled any more).
-pub(crate) fn stop_close(id: u16) {
+pub(crate) fn stop_close(id: u16, started: bool) {
     // SAFETY: called once, from the port's Drop, after every worker stopped polling.
     unsafe {
-        ffi::rte_eth_dev_stop(id);
+        if started {
+            ffi::rte_eth_dev_stop(id);
+        }
         ffi::rte_eth_dev_close(id);
     }
 }

@@ -103,6 +103,7 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("wan_queue_rx_packets", l.wan_queue.rx_packets),
             ("wan_queue_tx_packets", l.wan_queue.tx_packets),
             ("wan_queue_rx_dropped", l.wan_queue.rx_dropped),
+            ("wan_queue_tx_copied", l.wan_queue.tx_copied),
             ("inner_queue_rx_packets", l.inner_queue.rx_packets),
             ("inner_queue_tx_packets", l.inner_queue.tx_packets),
         ] {
@@ -134,6 +135,12 @@ pub(crate) fn render(sh: &Shared) -> String {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
     line("neighbours", sh.neigh.len() as u64);
+    // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
+    if let Some(extra) = &sh.wan_extra {
+        for (k, v) in extra() {
+            line(&k, v);
+        }
+    }
     s
 }
 
