@@ -161,7 +161,8 @@ impl DpdkPort {
             let pname = format!("wgpmd_p{port_id}_q{q}");
             let (pool, arena) = sys::create_pool(&pname, MBUFS_PER_QUEUE, socket).map_err(|e| {
                 err(format!(
-                    "queue {q}: {e}. Give EAL more memory: -m MB (with --no-huge), or hugepages (echo N > /proc/sys/vm/nr_hugepages and mount hugetlbfs on /dev/hugepages)"
+                    "queue {q}: {e}. Give EAL more memory: -m MB (with --no-huge), or hugepages (echo N > /proc/sys/vm/nr_hugepages and mount hugetlbfs on /dev/hugepages); with hugepages in IOVA-PA mode each queue needs {} MiB of physically contiguous memory: use --iova-mode=va (vfio-pci with an IOMMU, vdevs) or 1 GiB pages",
+                    (MBUFS_PER_QUEUE * crate::BUF_SIZE) >> 20
                 ))
             })?;
             port.pools.push(pool.clone());

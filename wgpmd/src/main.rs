@@ -288,11 +288,13 @@ fn main() -> ExitCode {
                     eal.join(" ")
                 ));
             }
+            let mut eal_prefix = String::new();
             if dpdk {
                 let args = match eal_args(&name, cores[0], &eal) {
                     Ok(a) => a,
                     Err(e) => return fail(e),
                 };
+                eal_prefix = file_prefix(&args);
                 #[cfg(feature = "dpdk")]
                 {
                     tracing::info!("DPDK EAL arguments: {}", args[1..].join(" "));
@@ -304,8 +306,6 @@ fn main() -> ExitCode {
                 #[cfg(not(feature = "dpdk"))]
                 let _ = args;
             }
-            #[cfg(feature = "dpdk")]
-            let cfg_name = name.clone();
             let cfg = DaemonConfig {
                 inner_port: inner.unwrap_or_else(|| format!("tun:{name}")),
                 name,
@@ -339,15 +339,14 @@ fn main() -> ExitCode {
                 }
             }
             let result = daemon::run(cfg, stop);
-            // Every port and pool is gone: free EAL's memory (no hugepage files stay behind),
-            // and remove EAL's runtime directory when the file prefix was ours.
+            // Every port and pool is gone: free EAL's memory, then remove what DPDK 22.11 leaves
+            // behind for our file prefix (see `dpdk_leftovers`).
             #[cfg(feature = "dpdk")]
             if dpdk {
                 nic_backends::dpdk::cleanup_eal();
-                if !eal.iter().any(|a| a.starts_with("--file-prefix")) {
-                    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/wgpmd-{}", cfg_name));
-                }
+                dpdk_leftovers(&eal_prefix, !eal.iter().any(|a| a.starts_with("--file-prefix")));
             }
+            let _ = &eal_prefix;
             match result {
                 Ok(()) => {
                     tracing::info!("stopped");
@@ -388,9 +387,59 @@ fn eal_args(name: &str, control_core: usize, user: &[String]) -> Result<Vec<Stri
     Ok(args)
 }
 
+/// The `--file-prefix` in an EAL argv (EAL's default is `rte`).
+fn file_prefix(args: &[String]) -> String {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--file-prefix=") {
+            return v.to_string();
+        }
+        if a == "--file-prefix" {
+            return it.next().cloned().unwrap_or_default();
+        }
+    }
+    "rte".into()
+}
+
+/// After `rte_eal_cleanup`: DPDK 22.11 never frees ethdev's shared port data, so one hugepage
+/// map file (`<prefix>map_0`) stays in the hugetlbfs mount and keeps its page reserved. The
+/// process is done with DPDK: remove `<prefix>map_*` from every hugetlbfs mount, and the
+/// runtime directory /var/run/dpdk/<prefix> when the prefix was wgpmd's own choice.
+#[cfg(feature = "dpdk")]
+fn dpdk_leftovers(prefix: &str, own_prefix: bool) {
+    if prefix.is_empty() {
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for dir in mounts.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "hugetlbfs").then(|| f[1].replace("\\040", " "))
+    }) {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.strip_prefix(prefix).is_some_and(|r| r.starts_with("map_")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if own_prefix {
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eal_file_prefix() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(file_prefix(&s(&["wgpmd", "--file-prefix=a"])), "a");
+        assert_eq!(file_prefix(&s(&["wgpmd", "--file-prefix", "b", "-l", "0"])), "b");
+        assert_eq!(file_prefix(&s(&["wgpmd", "-l", "0"])), "rte");
+    }
 
     #[test]
     fn eal_arguments_wgpmd_adds_and_refuses() {
