@@ -96,8 +96,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1420)]
         mtu: usize,
         /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
-        /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds `-l <control
-        /// core>`, `--file-prefix=wgpmd-<NAME>` and `--proc-type=primary` unless given.
+        /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds
+        /// `--lcores=0@(<its cores>)`, and `--file-prefix=wgpmd-<NAME>` and
+        /// `--proc-type=primary` unless given.
         #[arg(last = true, value_name = "EAL_ARGS")]
         eal: Vec<String>,
     },
@@ -290,7 +291,7 @@ fn main() -> ExitCode {
             }
             let mut eal_prefix = String::new();
             if dpdk {
-                let args = match eal_args(&name, cores[0], &eal) {
+                let args = match eal_args(&name, &cores, &eal) {
                     Ok(a) => a,
                     Err(e) => return fail(e),
                 };
@@ -360,10 +361,12 @@ fn main() -> ExitCode {
 
 /// The EAL argv for a dpdk: WAN: `wgpmd`, then what wgpmd sets unless the user gave it
 /// (`--file-prefix=wgpmd-<name>` so two instances do not share /var/run/dpdk/<prefix>,
-/// `--proc-type=primary`), `-l <control core>` (EAL's main lcore is the thread that runs the
-/// control plane; workers register themselves with `rte_thread_register`), then the user's
-/// arguments. Cores are wgpmd's (`-l`/`-c` before `--`): EAL core options after `--` are refused.
-fn eal_args(name: &str, control_core: usize, user: &[String]) -> Result<Vec<String>, String> {
+/// `--proc-type=primary`), `--lcores=0@(<wgpmd's cores>)` (EAL's main lcore 0 is the main
+/// thread, which runs the control plane, allowed on all of wgpmd's cores so that wgpmd can pin
+/// its threads itself; workers register with `rte_thread_register` and get further lcore ids),
+/// then the user's arguments. Cores are wgpmd's (`-l`/`-c` before `--`): EAL core options
+/// after `--` are refused.
+fn eal_args(name: &str, cores: &[usize], user: &[String]) -> Result<Vec<String>, String> {
     let opt = |u: &String, o: &str| u == o || u.starts_with(&format!("{o}="));
     for u in user {
         for o in ["-l", "-c", "--lcores", "--main-lcore", "-s", "--service-coremask", "--service-corelist"] {
@@ -381,8 +384,8 @@ fn eal_args(name: &str, control_core: usize, user: &[String]) -> Result<Vec<Stri
     if !user.iter().any(|u| opt(u, "--proc-type")) {
         args.push("--proc-type=primary".into());
     }
-    args.push("-l".into());
-    args.push(control_core.to_string());
+    let set: Vec<String> = cores.iter().map(usize::to_string).collect();
+    args.push(format!("--lcores=0@({})", set.join(",")));
     args.extend(user.iter().cloned());
     Ok(args)
 }
@@ -445,18 +448,25 @@ mod tests {
     fn eal_arguments_wgpmd_adds_and_refuses() {
         let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            eal_args("wg0", 2, &s(&["--no-huge", "--vdev=net_null0"])).unwrap(),
-            s(&["wgpmd", "--file-prefix=wgpmd-wg0", "--proc-type=primary", "-l", "2", "--no-huge", "--vdev=net_null0"])
+            eal_args("wg0", &[2], &s(&["--no-huge", "--vdev=net_null0"])).unwrap(),
+            s(&[
+                "wgpmd",
+                "--file-prefix=wgpmd-wg0",
+                "--proc-type=primary",
+                "--lcores=0@(2)",
+                "--no-huge",
+                "--vdev=net_null0"
+            ])
         );
         assert_eq!(
-            eal_args("wg0", 0, &s(&["--file-prefix", "x", "--proc-type=auto"])).unwrap(),
-            s(&["wgpmd", "-l", "0", "--file-prefix", "x", "--proc-type=auto"])
+            eal_args("wg0", &[0, 1, 3], &s(&["--file-prefix", "x", "--proc-type=auto"])).unwrap(),
+            s(&["wgpmd", "--lcores=0@(0,1,3)", "--file-prefix", "x", "--proc-type=auto"])
         );
         for bad in ["-l", "-l0-1", "-c", "--lcores=0@1", "--main-lcore"] {
-            let e = eal_args("wg0", 0, &s(&[bad, "1"])).unwrap_err();
+            let e = eal_args("wg0", &[0], &s(&[bad, "1"])).unwrap_err();
             assert!(e.contains("give wgpmd's cores"), "{bad}: {e}");
         }
-        assert!(eal_args("wg0", 0, &s(&["--log-level=lib.eal:debug"])).is_ok());
+        assert!(eal_args("wg0", &[0], &s(&["--log-level=lib.eal:debug"])).is_ok());
     }
 
     #[test]
