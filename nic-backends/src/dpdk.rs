@@ -288,3 +288,130 @@ impl Queue for DpdkQueue {
         s
     }
 }
+
+/// Per-packet cost of the backend next to raw `rte_eth_rx_burst`/`rte_eth_tx_burst`, measured in
+/// one run on one loopback queue (`net_ring`: what is sent is received back as the same mbuf).
+#[derive(Debug, Clone, Copy)]
+pub struct BurstBench {
+    /// Packets kept circulating.
+    pub in_flight: usize,
+    /// Raw loop: packets moved (each one rx + tx) and seconds.
+    pub raw_packets: u64,
+    /// Seconds of the raw loop.
+    pub raw_secs: f64,
+    /// Backend loop (`Queue::rx_burst` into Buffers, `Queue::tx_burst` of the same Buffers).
+    pub backend_packets: u64,
+    /// Seconds of the backend loop.
+    pub backend_secs: f64,
+}
+
+impl BurstBench {
+    /// ns per packet (rx + tx) of the raw loop.
+    pub fn raw_ns(&self) -> f64 {
+        self.raw_secs * 1e9 / self.raw_packets.max(1) as f64
+    }
+    /// ns per packet (rx + tx) through the backend.
+    pub fn backend_ns(&self) -> f64 {
+        self.backend_secs * 1e9 / self.backend_packets.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for BurstBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "dpdk burst loop on net_ring, {} packets of 64 bytes in flight, rx+tx per packet:",
+            self.in_flight
+        )?;
+        writeln!(
+            f,
+            "  raw rte_eth_rx_burst/tx_burst : {:7.1} ns/packet ({:.2} Mpps, {} packets)",
+            self.raw_ns(),
+            1e3 / self.raw_ns(),
+            self.raw_packets
+        )?;
+        writeln!(
+            f,
+            "  wgpmd dpdk backend (Buffers)  : {:7.1} ns/packet ({:.2} Mpps, {} packets)",
+            self.backend_ns(),
+            1e3 / self.backend_ns(),
+            self.backend_packets
+        )?;
+        writeln!(
+            f,
+            "  backend adds {:.1} ns/packet (x{:.2})",
+            self.backend_ns() - self.raw_ns(),
+            self.backend_ns() / self.raw_ns()
+        )
+    }
+}
+
+/// Run [`BurstBench`] on `port` (a `net_ring` vdev; EAL initialised), `seconds` per loop.
+/// Fails if a loop loses packets (every packet must keep circulating).
+pub fn bench_ring(port: &str, in_flight: usize, seconds: f64) -> Result<BurstBench, PortError> {
+    let err = |problem: String| PortError::Dpdk { spec: format!("dpdk:{port}"), problem };
+    let mut p = DpdkPort::new(port, &PortOptions::default())?;
+    if !p.driver().contains("ring") {
+        return Err(err(format!("the benchmark needs a net_ring loopback port, this is {}", p.driver())));
+    }
+    let mut q = p.take_dpdk_queue(0).ok_or_else(|| err("no queue 0".into()))?;
+    let pool = q.pool().clone();
+    let scratch = Pool::new("bench-scratch", 1).map_err(|e| err(e.to_string()))?;
+    let fill = |q: &mut DpdkQueue| -> Result<(), PortError> {
+        let mut v = Vec::with_capacity(in_flight);
+        for _ in 0..in_flight {
+            let mut b = pool.alloc().ok_or_else(|| err("pool exhausted".into()))?;
+            b.append(64).map_err(|e| err(e.to_string()))?.fill(0x42);
+            v.push(b);
+        }
+        if q.tx_burst(&mut v) != in_flight {
+            return Err(err("the ring did not take the packets".into()));
+        }
+        Ok(())
+    };
+    let drain = |q: &mut DpdkQueue| {
+        let mut out = Vec::new();
+        while q.rx_burst(&scratch, &mut out, 64) > 0 {}
+        out.len()
+    };
+    let dur = std::time::Duration::from_secs_f64(seconds);
+
+    // Raw: the same mbufs go round through rx_burst/tx_burst, no Buffer in between.
+    fill(&mut q)?;
+    let (mut raw_packets, t0) = (0u64, std::time::Instant::now());
+    while t0.elapsed() < dur {
+        for _ in 0..64 {
+            let (r, s) = q.raw_echo();
+            if s != r {
+                return Err(err(format!("raw loop: {r} received, {s} sent")));
+            }
+            raw_packets += r as u64;
+        }
+    }
+    let raw_secs = t0.elapsed().as_secs_f64();
+    if drain(&mut q) != in_flight {
+        return Err(err("raw loop lost packets".into()));
+    }
+
+    // Backend: mbufs become Buffers on rx and go back as their mbufs on tx.
+    fill(&mut q)?;
+    let mut v = Vec::with_capacity(64);
+    let (mut backend_packets, t0) = (0u64, std::time::Instant::now());
+    while t0.elapsed() < dur {
+        for _ in 0..64 {
+            let r = q.rx_burst(&scratch, &mut v, 64);
+            let s = q.tx_burst(&mut v);
+            if s != r || !v.is_empty() {
+                return Err(err(format!("backend loop: {r} received, {s} sent")));
+            }
+            backend_packets += r as u64;
+        }
+    }
+    let backend_secs = t0.elapsed().as_secs_f64();
+    if drain(&mut q) != in_flight || q.copy_stats().0 != 0 {
+        return Err(err("backend loop lost packets or copied".into()));
+    }
+    drop(q);
+    drop(p);
+    Ok(BurstBench { in_flight, raw_packets, raw_secs, backend_packets, backend_secs })
+}

@@ -130,6 +130,23 @@ enum Cmd {
         #[arg(long)]
         no_references: bool,
     },
+    /// Per-packet cost of the dpdk backend over raw rte_eth_rx_burst/tx_burst on a net_ring
+    /// loopback vdev (build feature `dpdk`). EAL arguments after `--` (default:
+    /// `--no-huge -m 128 --no-pci --vdev=net_ring0`).
+    DpdkBench {
+        /// Timed seconds per loop (default 2; 0.3 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Packets in flight.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        /// Short run for CI.
+        #[arg(long)]
+        quick: bool,
+        /// EAL arguments.
+        #[arg(last = true, value_name = "EAL_ARGS")]
+        eal: Vec<String>,
+    },
     /// Print a running daemon's counters.
     Stats {
         /// Interface name.
@@ -183,7 +200,7 @@ fn wan_addresses(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.cmd, Cmd::Bench { .. });
+    let quiet = matches!(cli.cmd, Cmd::Bench { .. } | Cmd::DpdkBench { .. });
     let filter = match cli.verbose {
         0 if quiet => "warn",
         0 => "info",
@@ -234,6 +251,9 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::DpdkBench { seconds, in_flight, quick, eal } => {
+            dpdk_bench(seconds.unwrap_or(if quick { 0.3 } else { 2.0 }), in_flight, eal)
         }
         Cmd::Stats { name } => match daemon::query_stats(&name) {
             Ok(s) => {
@@ -388,6 +408,44 @@ fn eal_args(name: &str, cores: &[usize], user: &[String]) -> Result<Vec<String>,
     args.push(format!("--lcores=0@({})", set.join(",")));
     args.extend(user.iter().cloned());
     Ok(args)
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk_bench(seconds: f64, in_flight: usize, eal: Vec<String>) -> ExitCode {
+    let user = if eal.is_empty() {
+        ["--no-huge", "-m", "128", "--no-pci", "--no-telemetry", "--vdev=net_ring0"].map(String::from).to_vec()
+    } else {
+        eal
+    };
+    let core = cores::available().first().copied().unwrap_or(0);
+    let args = match eal_args(&format!("bench{}", std::process::id()), &[core], &user) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let prefix = file_prefix(&args);
+    let r = nic_backends::dpdk::init_eal(&args)
+        .and_then(|()| nic_backends::dpdk::bench_ring("net_ring0", in_flight, seconds));
+    nic_backends::dpdk::cleanup_eal();
+    dpdk_leftovers(&prefix, !user.iter().any(|a| a.starts_with("--file-prefix")));
+    match r {
+        Ok(b) => {
+            print!("{b}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn dpdk_bench(_: f64, _: usize, _: Vec<String>) -> ExitCode {
+    eprintln!("wgpmd: dpdk-bench: this binary is built without DPDK: rebuild with --features dpdk");
+    ExitCode::FAILURE
 }
 
 /// The `--file-prefix` in an EAL argv (EAL's default is `rte`).
