@@ -1,11 +1,13 @@
 //! wgpmd's ports: the [`Port`]/[`Queue`] abstraction, packet [`Buffer`]s and their [`Pool`]s,
-//! and the backends `mem`, `af_packet` and `tun`.
+//! and the backends `mem`, `af_packet`, `tun` and (feature `dpdk`) `dpdk`.
 //!
 //! # Layering
 //! - [`buffer`]: pools of fixed 2 KiB slots with headroom for in-place encapsulation; safe code
 //!   over `sys::slots`, which owns the memory.
 //! - [`port`]: the traits, [`open`] (`"af_packet:eth1"`, `"tun:wg0"`, `"mem:test"`).
-//! - [`mem`], [`af_packet`], [`tun`]: the backends, safe code over `sys`.
+//! - [`mem`], [`af_packet`], [`tun`]: the backends, safe code over `sys`; `dpdk` (feature
+//!   `dpdk`): DPDK ethdev ports through our `dpdk-sys` bindings, zero copy between mbufs and
+//!   buffers (see `DESIGN.md`).
 //! - `sys` (private): every `unsafe` block of the crate: mmap, ioctls, socket calls, the
 //!   AF_PACKET ring. The rest of the crate is `#![deny(unsafe_code)]`.
 //!

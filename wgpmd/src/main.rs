@@ -320,6 +320,7 @@ fn main() -> ExitCode {
                 {
                     tracing::info!("DPDK EAL arguments: {}", args[1..].join(" "));
                     if let Err(e) = nic_backends::dpdk::init_eal(&args) {
+                        dpdk_leftovers(&eal_prefix, !eal.iter().any(|a| a.starts_with("--file-prefix")));
                         return fail(e.to_string());
                     }
                 }
