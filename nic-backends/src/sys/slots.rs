@@ -333,6 +333,51 @@ mod tests {
         assert_eq!(r.iova_base(), r.base().as_ptr() as usize as u64);
     }
 
+    /// An external free list (what the DPDK mempool is to its pool), as a plain stack.
+    struct Stack(std::sync::Mutex<Vec<u32>>, std::sync::atomic::AtomicUsize);
+    impl SlotSource for Arc<Stack> {
+        fn take(&self) -> Option<u32> {
+            self.0.lock().unwrap().pop()
+        }
+        fn give(&self, index: u32) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.lock().unwrap().push(index);
+        }
+        fn available(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    #[test]
+    fn external_source_owns_free_and_adopt_into_index_hand_over() {
+        let st = Arc::new(Stack(std::sync::Mutex::new((0..4).rev().collect()), Default::default()));
+        let region = Box::new(MmapRegion::new(4 * BUF_SIZE).unwrap());
+        let s = Arc::new(Slots::with_source("ext", region, 4, Box::new(Arc::clone(&st))).unwrap());
+        assert_eq!(s.available(), 4);
+        let a = s.alloc().unwrap();
+        assert_eq!((a.index(), s.available()), (0, 3), "alloc takes from the source");
+        assert_eq!(a.addr(), s.region_base());
+        // Hand over: the index leaves without going back to the source (a tx ring owns it).
+        let refs = Arc::strong_count(&s);
+        let i = a.into_index();
+        assert_eq!((i, s.available(), st.1.load(Ordering::Relaxed)), (0, 3, 0));
+        assert_eq!(Arc::strong_count(&s), refs - 1, "the handle's reference is released");
+        // The device gives it back: adopt makes an owner again; dropping it returns the index.
+        let b = s.adopt(i).unwrap();
+        assert_eq!(b.addr(), s.region_base());
+        drop(b);
+        assert_eq!((s.available(), st.1.load(Ordering::Relaxed)), (4, 1));
+        assert!(s.adopt(4).is_none(), "out of range");
+        // A local pool never adopts (its free list is its own).
+        let local = Arc::new(Slots::new("loc", Box::new(MmapRegion::new(BUF_SIZE).unwrap()), 1).unwrap());
+        assert!(local.adopt(0).is_none());
+        let mut v = Vec::new();
+        while let Some(x) = s.alloc() {
+            v.push(x);
+        }
+        assert_eq!((v.len(), s.available()), (4, 0));
+    }
+
     #[test]
     fn slots_go_back_from_another_thread() {
         let s = Arc::new(Slots::new("t", Box::new(MmapRegion::new(4 * BUF_SIZE).unwrap()), 4).unwrap());
