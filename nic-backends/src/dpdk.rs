@@ -241,6 +241,9 @@ impl Port for DpdkPort {
         let id = self.port_id;
         let rss = self.rss;
         Some(Arc::new(move || {
+            if !eal_ready() {
+                return Vec::new(); // EAL already cleaned up (the daemon is stopping)
+            }
             let mut v: Vec<(String, u64)> =
                 sys::xstats(id).into_iter().map(|(k, v)| (format!("dpdk_{k}"), v)).collect();
             v.push(("dpdk_link_up".into(), u64::from(sys::link_up(id))));
