@@ -527,7 +527,9 @@ impl Bursts {
             let idx =
                 if f.pool == self.arena.mp.as_ptr() && f.nb_segs == 1 { self.arena.index_of(f.buf_addr) } else { None };
             let fits = f.off as usize + f.len as usize <= BUF_SIZE;
-            let slot = idx.filter(|_| fits).and_then(|i| self.pool.slots().adopt(i));
+            // SAFETY: the PMD handed this mbuf (of our mempool, one segment) to us and no longer
+            // touches it; while it was in the device no Buffer existed for its slot.
+            let slot = idx.filter(|_| fits).and_then(|i| unsafe { self.pool.slots().adopt(i) });
             match slot {
                 Some(slot) => {
                     st.rx_packets += 1;
@@ -600,7 +602,11 @@ impl Bursts {
                 // Not taken: the mbufs are still ours; back to Buffers, in order, at the front.
                 let back: Vec<Buffer> = self.raw[sent..]
                     .iter()
-                    .filter_map(|&(idx, off, len)| self.pool.slots().adopt(idx).map(|s| Buffer::from_slot(s, off, len)))
+                    .filter_map(|&(idx, off, len)| {
+                        // SAFETY: the PMD did not take this mbuf: it is still ours, and its
+                        // Buffer was given up with `into_raw` just above.
+                        unsafe { self.pool.slots().adopt(idx) }.map(|s| Buffer::from_slot(s, off, len))
+                    })
                     .collect();
                 bufs.splice(0..0, back);
                 break;

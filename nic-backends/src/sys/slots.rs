@@ -185,10 +185,14 @@ impl Slots {
     }
 
     /// A `Slot` for `index`, which the external source handed to someone else than `alloc`
-    /// (a device received into it). The caller guarantees what `SlotSource::take` would: the
-    /// index is owned by nobody else now. None for an index out of range or a local pool.
+    /// (a device received into it). None for an index out of range or a local pool.
+    ///
+    /// # Safety
+    /// The caller guarantees what `SlotSource::take` would: the slot is allocated from the
+    /// source, no other `Slot` exists for it, and nothing else (a device) will touch its bytes
+    /// while the returned `Slot` lives. Two live `Slot`s for one index would alias.
     #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
-    pub(crate) fn adopt(self: &Arc<Self>, index: u32) -> Option<Slot> {
+    pub(crate) unsafe fn adopt(self: &Arc<Self>, index: u32) -> Option<Slot> {
         if index >= self.count || !matches!(self.free, FreeList::External(_)) {
             return None;
         }
@@ -363,14 +367,17 @@ mod tests {
         assert_eq!((i, s.available(), st.1.load(Ordering::Relaxed)), (0, 3, 0));
         assert_eq!(Arc::strong_count(&s), refs - 1, "the handle's reference is released");
         // The device gives it back: adopt makes an owner again; dropping it returns the index.
-        let b = s.adopt(i).unwrap();
+        // SAFETY: index i was handed over by `into_index` above and nobody owns it now.
+        let b = unsafe { s.adopt(i) }.unwrap();
         assert_eq!(b.addr(), s.region_base());
         drop(b);
         assert_eq!((s.available(), st.1.load(Ordering::Relaxed)), (4, 1));
-        assert!(s.adopt(4).is_none(), "out of range");
+        // SAFETY: out of range / local pool: refused before any Slot is made.
+        assert!(unsafe { s.adopt(4) }.is_none(), "out of range");
         // A local pool never adopts (its free list is its own).
         let local = Arc::new(Slots::new("loc", Box::new(MmapRegion::new(BUF_SIZE).unwrap()), 1).unwrap());
-        assert!(local.adopt(0).is_none());
+        // SAFETY: as above.
+        assert!(unsafe { local.adopt(0) }.is_none());
         let mut v = Vec::new();
         while let Some(x) = s.alloc() {
             v.push(x);
