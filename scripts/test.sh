@@ -31,6 +31,18 @@ command -v xz >/dev/null || need_apt+=(xz-utils)    # kernel.sh unpacks the vmli
 command -v flock >/dev/null || need_apt+=(util-linux) # one guest at a time (/tmp/wgpmd-qemu.lock)
 command -v md5sum >/dev/null || need_apt+=(coreutils)
 # --- end of the guest tests' packages ---------------------------------------------------------------------
+# --- DPDK backend (issue 5; docs/OPERATIONS.md "Running on a DPDK NIC") -------------------------
+# The dpdk feature builds nic-backends/dpdk-sys: bindgen over the system's DPDK 22.11 headers
+# (libdpdk-dev, with the PMD plugins net_af_packet/net_ring/net_null the tests use; libclang for
+# bindgen). ethtool turns veth offloads off in the DPDK e2e tests. All builds and tests below use
+# WORKSPACE_FEATURES, so target/release/wgpmd is the DPDK-enabled binary the e2e tests run.
+pkg-config --exists libdpdk 2>/dev/null || need_apt+=(libdpdk-dev dpdk)
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || need_apt+=(libclang-dev clang)
+command -v ethtool >/dev/null || need_apt+=(ethtool)
+command -v mount >/dev/null || need_apt+=(mount)
+WORKSPACE_FEATURES="wgpmd/dpdk,nic-backends/dpdk,wgpmd-e2e/dpdk"
+# --- end DPDK ----------------------------------------------------------------------------------
+
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     apt-get update -qq
@@ -62,23 +74,27 @@ else
 fi
 
 echo "== build (release: the tests run crypto in loops of a million inputs)"
-cargo build --workspace --release --all-targets
+cargo build --workspace --release --all-targets --features "$WORKSPACE_FEATURES"
 
 echo "== tests"
 # Includes the e2e tests (wgpmd-e2e): they need root, and serialise themselves (one lock per
 # test binary), so the default test threads are fine. Only them: cargo test -p wgpmd-e2e --release
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
-cargo test --workspace --release 2>&1 | tee "$results"
+cargo test --workspace --release --features "$WORKSPACE_FEATURES" 2>&1 | tee "$results"
 
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"
 (cd fuzz && cargo build --release --bins)
 
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd; see docs/PERFORMANCE.md)"
-    WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd --benches
+    # (--features dpdk: cargo bench rebuilds target/release/wgpmd, which dpdk-bench below runs.)
+    WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd --benches --features dpdk
     echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
     target/release/wgpmd bench --quick
+    # DPDK: the backend's per-packet cost next to raw rx/tx bursts (net_ring, --no-huge).
+    echo "== wgpmd dpdk-bench --quick (docs/PERFORMANCE.md)"
+    target/release/wgpmd dpdk-bench --quick
 fi
 # One closing line for the whole suite, summed over every test binary's "test result" line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

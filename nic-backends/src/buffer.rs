@@ -98,6 +98,18 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// A pool over slots whose free list is an external allocator (DPDK mbufs).
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn from_slots(slots: Slots) -> Pool {
+        Pool { inner: Arc::new(slots) }
+    }
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn slots(&self) -> &Arc<Slots> {
+        &self.inner
+    }
+}
+
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
@@ -122,6 +134,21 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// A buffer over an owned slot with the window `[off, off + len)` (the caller checked it
+    /// fits the slot).
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn from_slot(slot: Slot, off: u32, len: u32) -> Buffer {
+        debug_assert!(off as usize + len as usize <= BUF_SIZE);
+        Buffer { slot, off, len }
+    }
+
+    /// Hand the slot over without freeing it: `(slot index, off, len)`. Whoever gets the index
+    /// now owns the slot (a DPDK tx ring) and must return it through the pool's free list.
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn into_raw(self) -> (u32, u32, u32) {
+        (self.slot.into_index(), self.off, self.len)
+    }
+
     /// The packet bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {

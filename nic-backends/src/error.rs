@@ -107,7 +107,7 @@ pub enum PortError {
         spec: String,
     },
     /// The backend before the colon is not one this build knows.
-    #[error("{spec}: unknown backend `{backend}` (known: af_packet, tun, mem, vfio)")]
+    #[error("{spec}: unknown backend `{backend}` (known: af_packet, tun, mem, vfio, dpdk)")]
     UnknownBackend {
         /// The port string.
         spec: String,
@@ -129,6 +129,22 @@ pub enum PortError {
         spec: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// The backend exists but this binary was built without it.
+    #[error("{spec}: the {backend} backend is not built into this binary: rebuild with `--features {backend}` (cargo build --release --features dpdk)")]
+    NotBuilt {
+        /// The port string.
+        spec: String,
+        /// The backend.
+        backend: &'static str,
+    },
+    /// DPDK (EAL, ethdev, mempool) refused; the text names the call, DPDK's reason and a hint.
+    #[error("{spec}: {problem}")]
+    Dpdk {
+        /// The port string (or `EAL`).
+        spec: String,
+        /// What failed and what to do.
+        problem: String,
     },
     /// The options do not fit this backend.
     #[error("{spec}: {problem}")]

@@ -1,12 +1,15 @@
 //! wgpmd's ports: the [`Port`]/[`Queue`] abstraction, packet [`Buffer`]s and their [`Pool`]s,
-//! and the backends `mem`, `af_packet`, `tun` and `vfio` (a virtio-net poll-mode driver).
+//! and the backends `mem`, `af_packet`, `tun`, `vfio` (a virtio-net poll-mode driver) and
+//! (feature `dpdk`) `dpdk`.
 //!
 //! # Layering
 //! - [`buffer`]: pools of fixed 2 KiB slots with headroom for in-place encapsulation; safe code
 //!   over `sys::slots`, which owns the memory.
 //! - [`port`]: the traits, [`open`] (`"af_packet:eth1"`, `"tun:wg0"`, `"mem:test"`, `"vfio:0000:00:02.0"`).
 //! - [`virtio`]: the virtio-net driver on a VFIO device (rings in DMA memory, polled).
-//! - [`mem`], [`af_packet`], [`tun`]: the backends, safe code over `sys`.
+//! - [`mem`], [`af_packet`], [`tun`]: the backends, safe code over `sys`; `dpdk` (feature
+//!   `dpdk`): DPDK ethdev ports through our `dpdk-sys` bindings, zero copy between mbufs and
+//!   buffers (see `DESIGN.md`).
 //! - `sys` (private): every `unsafe` block of the crate: mmap, ioctls, socket calls, the
 //!   AF_PACKET ring. The rest of the crate is `#![deny(unsafe_code)]`.
 //!
@@ -30,6 +33,8 @@
 
 pub mod af_packet;
 pub mod buffer;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod error;
 pub mod mem;
 pub mod port;
@@ -40,5 +45,5 @@ pub mod virtio;
 
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};
 pub use error::{BufError, PoolError, PortError};
-pub use port::{open, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats};
+pub use port::{open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats};
 pub use sys::slots::MmapRegion;

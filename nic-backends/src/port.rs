@@ -104,7 +104,16 @@ pub trait Port: Send {
     fn queue_pool(&self, _q: usize) -> Option<Pool> {
         None
     }
+    /// Backend counters beyond [`QueueStats`] (DPDK xstats, link state), readable from any
+    /// thread while the port lives on another: the daemon's stats socket calls it. `None`
+    /// (the default): nothing to add.
+    fn extra_stats(&self) -> Option<ExtraStats> {
+        None
+    }
 }
+
+/// A reader of a port's extra counters as `(name, value)` pairs (see [`Port::extra_stats`]).
+pub type ExtraStats = std::sync::Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 /// How an AF_PACKET port spreads received frames over its queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,7 +143,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -158,6 +167,11 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
             }
             Ok(Box::new(p))
         }
+        "dpdk" if name.is_empty() => Err(missing("dpdk:0")),
+        #[cfg(feature = "dpdk")]
+        "dpdk" => Ok(Box::new(crate::dpdk::DpdkPort::open(spec, name, opts)?)),
+        #[cfg(not(feature = "dpdk"))]
+        "dpdk" => Err(PortError::NotBuilt { spec: spec.to_string(), backend: "dpdk" }),
         _ => Err(PortError::UnknownBackend { spec: spec.to_string(), backend: backend.to_string() }),
     }
 }
@@ -195,7 +209,7 @@ mod tests {
             err("eth0"),
             "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
         );
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem, vfio)");
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem, vfio, dpdk)");
         assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
         assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
         assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));

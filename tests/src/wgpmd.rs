@@ -56,12 +56,25 @@ pub struct WgpmdOptions {
     pub mtu: u32,
     /// More arguments for `wgpmd run` (e.g. `--vlan 100`).
     pub extra_args: Vec<String>,
+    /// The WAN port string; None: `af_packet:<wan_if>`. `{wan_if}` in it is replaced by the
+    /// WAN interface (e.g. `dpdk:net_af_packet0` with `--vdev=net_af_packet0,iface={wan_if}`).
+    pub port: Option<String>,
+    /// DPDK EAL arguments, passed after `--` (`{wan_if}` replaced as in `port`).
+    pub eal_args: Vec<String>,
 }
 
 impl Default for WgpmdOptions {
     /// One worker on core 0, adaptive polling (the machine is shared), MTU 1420.
     fn default() -> Self {
-        WgpmdOptions { lcores: "0".into(), control_shares_core: false, fanout: None, mtu: 1420, extra_args: Vec::new() }
+        WgpmdOptions {
+            lcores: "0".into(),
+            control_shares_core: false,
+            fanout: None,
+            mtu: 1420,
+            extra_args: Vec::new(),
+            port: None,
+            eal_args: Vec::new(),
+        }
     }
 }
 
@@ -142,7 +155,8 @@ impl Wgpmd {
         let ifname = unique_ifname("wpm");
         let conf_path = ctx.write_file(&format!("{ifname}.conf"), &cfg.to_setconf())?;
         let conf = conf_path.to_string_lossy().into_owned();
-        let port = format!("af_packet:{wan_if}");
+        let port = opts.port.as_ref().map_or(format!("af_packet:{wan_if}"), |p| p.replace("{wan_if}", wan_if));
+        let eal: Vec<String> = opts.eal_args.iter().map(|a| a.replace("{wan_if}", wan_if)).collect();
         let mtu = opts.mtu.to_string();
         let mut args: Vec<&str> = vec![
             &bin,
@@ -170,6 +184,10 @@ impl Wgpmd {
             args.extend(["--fanout", f]);
         }
         args.extend(opts.extra_args.iter().map(String::as_str));
+        if !eal.is_empty() {
+            args.push("--");
+            args.extend(eal.iter().map(String::as_str));
+        }
         let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &[("NO_COLOR", "1")])?;
         proc.set_grace(secs(10));
         let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false };

@@ -56,7 +56,8 @@ enum Cmd {
         /// wg.conf(5) file to apply at start (the format `wg setconf` reads).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`), or mem:NAME.
+        /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
+        /// dpdk:PORT_ID or dpdk:DEVICE_NAME (build feature `dpdk`; EAL arguments go after `--`), or mem:NAME.
         #[arg(short = 'a', long = "port")]
         port: String,
         /// Inner port for decrypted traffic (default tun:<NAME>).
@@ -95,6 +96,12 @@ enum Cmd {
         /// Tunnel MTU.
         #[arg(long, default_value_t = 1420)]
         mtu: usize,
+        /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
+        /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds
+        /// `--lcores=0@(<its cores>)`, and `--file-prefix=wgpmd-<NAME>` and
+        /// `--proc-type=primary` unless given.
+        #[arg(last = true, value_name = "EAL_ARGS")]
+        eal: Vec<String>,
     },
     /// Measure the full worker pipeline over mem ports with a built-in traffic generator,
     /// next to raw AEAD and boringtun timed in the same run.
@@ -123,6 +130,23 @@ enum Cmd {
         /// Skip the raw AEAD and boringtun references.
         #[arg(long)]
         no_references: bool,
+    },
+    /// Per-packet cost of the dpdk backend over raw rte_eth_rx_burst/tx_burst on a net_ring
+    /// loopback vdev (build feature `dpdk`). EAL arguments after `--` (default:
+    /// `--no-huge -m 128 --no-pci --vdev=net_ring0`).
+    DpdkBench {
+        /// Timed seconds per loop (default 2; 0.3 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Packets in flight.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        /// Short run for CI.
+        #[arg(long)]
+        quick: bool,
+        /// EAL arguments.
+        #[arg(last = true, value_name = "EAL_ARGS")]
+        eal: Vec<String>,
     },
     /// Print a running daemon's counters.
     Stats {
@@ -202,7 +226,7 @@ fn wan_addresses(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.cmd, Cmd::Bench { .. });
+    let quiet = matches!(cli.cmd, Cmd::Bench { .. } | Cmd::DpdkBench { .. });
     let filter = match cli.verbose {
         0 if quiet => "warn",
         0 => "info",
@@ -278,6 +302,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::DpdkBench { seconds, in_flight, quick, eal } => {
+            dpdk_bench(seconds.unwrap_or(if quick { 0.3 } else { 2.0 }), in_flight, eal)
+        }
         Cmd::Stats { name } => match daemon::query_stats(&name) {
             Ok(s) => {
                 print!("{s}");
@@ -303,6 +330,7 @@ fn main() -> ExitCode {
             poll,
             fanout,
             mtu,
+            eal,
         } => {
             let fail = |msg: String| {
                 eprintln!("wgpmd: {msg}");
@@ -323,6 +351,32 @@ fn main() -> ExitCode {
             };
             if name.is_empty() || name.len() > 15 || name.contains('/') {
                 return fail(format!("--name `{name}`: an interface name of 1-15 characters without `/`"));
+            }
+            let dpdk = port.starts_with("dpdk:");
+            if !eal.is_empty() && !dpdk {
+                return fail(format!(
+                    "EAL arguments after `--` ({}) are for a dpdk: port, and --port is `{port}`",
+                    eal.join(" ")
+                ));
+            }
+            let mut eal_prefix = String::new();
+            if dpdk {
+                let args = match eal_args(&name, &cores, &eal) {
+                    Ok(a) => a,
+                    Err(e) => return fail(e),
+                };
+                eal_prefix = file_prefix(&args);
+                #[cfg(feature = "dpdk")]
+                {
+                    tracing::info!("DPDK EAL arguments: {}", args[1..].join(" "));
+                    if let Err(e) = nic_backends::dpdk::init_eal(&args) {
+                        dpdk_leftovers(&eal_prefix, !eal.iter().any(|a| a.starts_with("--file-prefix")));
+                        return fail(e.to_string());
+                    }
+                }
+                // Without the feature, opening the port names the missing feature.
+                #[cfg(not(feature = "dpdk"))]
+                let _ = args;
             }
             let cfg = DaemonConfig {
                 inner_port: inner.unwrap_or_else(|| format!("tun:{name}")),
@@ -356,7 +410,16 @@ fn main() -> ExitCode {
                     return fail(format!("installing a signal handler: {e}"));
                 }
             }
-            match daemon::run(cfg, stop) {
+            let result = daemon::run(cfg, stop);
+            // Every port and pool is gone: free EAL's memory, then remove what DPDK 22.11 leaves
+            // behind for our file prefix (see `dpdk_leftovers`).
+            #[cfg(feature = "dpdk")]
+            if dpdk {
+                nic_backends::dpdk::cleanup_eal();
+                dpdk_leftovers(&eal_prefix, !eal.iter().any(|a| a.starts_with("--file-prefix")));
+            }
+            let _ = &eal_prefix;
+            match result {
                 Ok(()) => {
                     tracing::info!("stopped");
                     ExitCode::SUCCESS
@@ -367,9 +430,153 @@ fn main() -> ExitCode {
     }
 }
 
+/// The EAL argv for a dpdk: WAN: `wgpmd`, then what wgpmd sets unless the user gave it
+/// (`--file-prefix=wgpmd-<name>` so two instances do not share /var/run/dpdk/<prefix>,
+/// `--proc-type=primary`), `--lcores=0@(<wgpmd's cores>)` (EAL's main lcore 0 is the main
+/// thread, which runs the control plane, allowed on all of wgpmd's cores so that wgpmd can pin
+/// its threads itself; workers register with `rte_thread_register` and get further lcore ids),
+/// then the user's arguments. Cores are wgpmd's (`-l`/`-c` before `--`): EAL core options
+/// after `--` are refused.
+fn eal_args(name: &str, cores: &[usize], user: &[String]) -> Result<Vec<String>, String> {
+    let opt = |u: &String, o: &str| u == o || u.starts_with(&format!("{o}="));
+    for u in user {
+        for o in ["-l", "-c", "--lcores", "--main-lcore", "-s", "--service-coremask", "--service-corelist"] {
+            if opt(u, o) || (o.len() == 2 && u.starts_with(o) && u.len() > 2 && !u.starts_with("--")) {
+                return Err(format!(
+                    "EAL argument `{u}`: give wgpmd's cores with -l/--lcores or -c before `--` (wgpmd passes EAL the control core itself)"
+                ));
+            }
+        }
+    }
+    let mut args = vec!["wgpmd".to_string()];
+    if !user.iter().any(|u| opt(u, "--file-prefix")) {
+        args.push(format!("--file-prefix=wgpmd-{name}"));
+    }
+    if !user.iter().any(|u| opt(u, "--proc-type")) {
+        args.push("--proc-type=primary".into());
+    }
+    let set: Vec<String> = cores.iter().map(usize::to_string).collect();
+    args.push(format!("--lcores=0@({})", set.join(",")));
+    args.extend(user.iter().cloned());
+    Ok(args)
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk_bench(seconds: f64, in_flight: usize, eal: Vec<String>) -> ExitCode {
+    let user = if eal.is_empty() {
+        ["--no-huge", "-m", "128", "--no-pci", "--no-telemetry", "--vdev=net_ring0"].map(String::from).to_vec()
+    } else {
+        eal
+    };
+    let core = cores::available().first().copied().unwrap_or(0);
+    let args = match eal_args(&format!("bench{}", std::process::id()), &[core], &user) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let prefix = file_prefix(&args);
+    let r = nic_backends::dpdk::init_eal(&args)
+        .and_then(|()| nic_backends::dpdk::bench_ring("net_ring0", in_flight, seconds));
+    nic_backends::dpdk::cleanup_eal();
+    dpdk_leftovers(&prefix, !user.iter().any(|a| a.starts_with("--file-prefix")));
+    match r {
+        Ok(b) => {
+            print!("{b}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn dpdk_bench(_: f64, _: usize, _: Vec<String>) -> ExitCode {
+    eprintln!("wgpmd: dpdk-bench: this binary is built without DPDK: rebuild with --features dpdk");
+    ExitCode::FAILURE
+}
+
+/// The `--file-prefix` in an EAL argv (EAL's default is `rte`).
+fn file_prefix(args: &[String]) -> String {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--file-prefix=") {
+            return v.to_string();
+        }
+        if a == "--file-prefix" {
+            return it.next().cloned().unwrap_or_default();
+        }
+    }
+    "rte".into()
+}
+
+/// After `rte_eal_cleanup`: DPDK 22.11 never frees ethdev's shared port data, so one hugepage
+/// map file (`<prefix>map_0`) stays in the hugetlbfs mount and keeps its page reserved. The
+/// process is done with DPDK: remove `<prefix>map_*` from every hugetlbfs mount, and the
+/// runtime directory /var/run/dpdk/<prefix> when the prefix was wgpmd's own choice.
+#[cfg(feature = "dpdk")]
+fn dpdk_leftovers(prefix: &str, own_prefix: bool) {
+    if prefix.is_empty() {
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for dir in mounts.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "hugetlbfs").then(|| f[1].replace("\\040", " "))
+    }) {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.strip_prefix(prefix).is_some_and(|r| r.starts_with("map_")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if own_prefix {
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eal_file_prefix() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(file_prefix(&s(&["wgpmd", "--file-prefix=a"])), "a");
+        assert_eq!(file_prefix(&s(&["wgpmd", "--file-prefix", "b", "-l", "0"])), "b");
+        assert_eq!(file_prefix(&s(&["wgpmd", "-l", "0"])), "rte");
+    }
+
+    #[test]
+    fn eal_arguments_wgpmd_adds_and_refuses() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            eal_args("wg0", &[2], &s(&["--no-huge", "--vdev=net_null0"])).unwrap(),
+            s(&[
+                "wgpmd",
+                "--file-prefix=wgpmd-wg0",
+                "--proc-type=primary",
+                "--lcores=0@(2)",
+                "--no-huge",
+                "--vdev=net_null0"
+            ])
+        );
+        assert_eq!(
+            eal_args("wg0", &[0, 1, 3], &s(&["--file-prefix", "x", "--proc-type=auto"])).unwrap(),
+            s(&["wgpmd", "--lcores=0@(0,1,3)", "--file-prefix", "x", "--proc-type=auto"])
+        );
+        for bad in ["-l", "-l0-1", "-c", "--lcores=0@1", "--main-lcore"] {
+            let e = eal_args("wg0", &[0], &s(&[bad, "1"])).unwrap_err();
+            assert!(e.contains("give wgpmd's cores"), "{bad}: {e}");
+        }
+        assert!(eal_args("wg0", &[0], &s(&["--log-level=lib.eal:debug"])).is_ok());
+    }
 
     #[test]
     fn wan_addresses_one_per_family() {

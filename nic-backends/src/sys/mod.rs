@@ -2,6 +2,8 @@
 //! the AF_PACKET ring), ioctls, and socket calls. Each block carries a `// SAFETY:` comment;
 //! every function exported from here is safe to call with any arguments.
 
+#[cfg(feature = "dpdk")]
+pub(crate) mod dpdk;
 pub(crate) mod ioctl;
 pub(crate) mod packet;
 pub(crate) mod ring;

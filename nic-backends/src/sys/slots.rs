@@ -111,10 +111,34 @@ pub(crate) fn page_size() -> usize {
 
 static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 
+/// A free list kept outside the pool: the DPDK backend's mbuf pool. `take` hands out the index
+/// of a slot nobody else owns (the mempool gave us its mbuf), `give` takes one back (the mbuf
+/// goes back to the mempool). The source must never hand out an index twice before it is given
+/// back; the indices are below the pool's count.
+#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+pub(crate) trait SlotSource: Send + Sync + 'static {
+    /// A free slot's index, now owned by the caller.
+    fn take(&self) -> Option<u32>;
+    /// Return a slot taken with `take` (or adopted with `Slots::adopt`).
+    fn give(&self, index: u32);
+    /// Free slots (approximate while other threads allocate).
+    fn available(&self) -> usize;
+}
+
+/// Where free slot indices are kept (the local queue is inline: it is the hot path).
+#[allow(clippy::large_enum_variant)]
+#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+enum FreeList {
+    /// Our own lock-free queue (mmap'd and VFIO pools).
+    Local(ArrayQueue<u32>),
+    /// Somebody else's allocator (DPDK mempool).
+    External(Box<dyn SlotSource>),
+}
+
 /// The shared part of a pool: the region, the free list of slot indices, identity.
 pub(crate) struct Slots {
     region: Box<dyn Region>,
-    free: ArrayQueue<u32>,
+    free: FreeList,
     count: u32,
     id: u32,
     name: String,
@@ -143,7 +167,53 @@ impl Slots {
             let _ = free.push(i);
         }
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(Slots { region, free, count: count as u32, id, name })
+        Ok(Slots { region, free: FreeList::Local(free), count: count as u32, id, name })
+    }
+
+    /// Slots over `region` whose free list is `source` (an external allocator that owns the
+    /// state "free"; see [`SlotSource`]).
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn with_source(
+        name: &str,
+        region: Box<dyn Region>,
+        count: usize,
+        source: Box<dyn SlotSource>,
+    ) -> Result<Slots, PoolError> {
+        let mut s = Slots::new(name, region, count)?;
+        s.free = FreeList::External(source);
+        Ok(s)
+    }
+
+    /// A `Slot` for `index`, which the external source handed to someone else than `alloc`
+    /// (a device received into it). None for an index out of range or a local pool.
+    ///
+    /// # Safety
+    /// The caller guarantees what `SlotSource::take` would: the slot is allocated from the
+    /// source, no other `Slot` exists for it, and nothing else (a device) will touch its bytes
+    /// while the returned `Slot` lives. Two live `Slot`s for one index would alias.
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) unsafe fn adopt(self: &Arc<Self>, index: u32) -> Option<Slot> {
+        if index >= self.count || !matches!(self.free, FreeList::External(_)) {
+            return None;
+        }
+        Some(Slot { ptr: self.slot_ptr(index)?, index, home: Arc::clone(self) })
+    }
+
+    fn slot_ptr(&self, index: u32) -> Option<NonNull<u8>> {
+        // In bounds: index < count and count * BUF_SIZE <= region size (checked in `new`), so
+        // the offset stays inside one allocation; `wrapping_add` keeps this free of `unsafe`.
+        NonNull::new(self.region.base().as_ptr().wrapping_add(index as usize * BUF_SIZE))
+    }
+
+    fn give(&self, index: u32) {
+        match &self.free {
+            FreeList::Local(q) => {
+                // Cannot be full: each index is out at most once and the queue holds all of them.
+                let pushed = q.push(index);
+                debug_assert!(pushed.is_ok(), "slot returned twice to pool {}", self.name);
+            }
+            FreeList::External(src) => src.give(index),
+        }
     }
 
     /// Largest buffer count of one pool (slot indices are `u32`, the region fits in `isize`).
@@ -152,19 +222,22 @@ impl Slots {
     }
 
     pub(crate) fn alloc(self: &Arc<Self>) -> Option<Slot> {
-        let index = self.free.pop()?;
-        // In bounds: index < count and count * BUF_SIZE <= region size (checked in `new`), so
-        // the offset stays inside one allocation; `wrapping_add` keeps this free of `unsafe`.
-        let ptr = self.region.base().as_ptr().wrapping_add(index as usize * BUF_SIZE);
-        let Some(ptr) = NonNull::new(ptr) else {
-            let _ = self.free.push(index); // unreachable (base is non-null); do not leak the slot
+        let index = match &self.free {
+            FreeList::Local(q) => q.pop()?,
+            FreeList::External(src) => src.take()?,
+        };
+        let Some(ptr) = self.slot_ptr(index).filter(|_| index < self.count) else {
+            self.give(index); // unreachable (base is non-null, sources stay in range); no leak
             return None;
         };
         Some(Slot { ptr, index, home: Arc::clone(self) })
     }
 
     pub(crate) fn available(&self) -> usize {
-        self.free.len()
+        match &self.free {
+            FreeList::Local(q) => q.len(),
+            FreeList::External(src) => src.available(),
+        }
     }
     pub(crate) fn capacity(&self) -> usize {
         self.count as usize
@@ -232,13 +305,23 @@ impl Slot {
     pub(crate) fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
+
+    /// Give up the handle without returning the slot to the free list: ownership passes to
+    /// whoever the index is handed to (a DPDK tx ring, which frees the mbuf itself). Returns the
+    /// index.
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) fn into_index(self) -> u32 {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped again, so moving `home` out of it leaves no
+        // second owner of the Arc; dropping the read value releases the reference it held.
+        drop(unsafe { std::ptr::read(&me.home) });
+        me.index
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // Cannot be full: each index is out at most once and the queue holds all of them.
-        let pushed = self.home.free.push(self.index);
-        debug_assert!(pushed.is_ok(), "slot returned twice to pool {}", self.home.name);
+        self.home.give(self.index);
     }
 }
 
@@ -252,6 +335,54 @@ mod tests {
         assert_eq!(r.base().as_ptr() as usize % page_size(), 0);
         assert!(r.size() >= 3 * BUF_SIZE);
         assert_eq!(r.iova_base(), r.base().as_ptr() as usize as u64);
+    }
+
+    /// An external free list (what the DPDK mempool is to its pool), as a plain stack.
+    struct Stack(std::sync::Mutex<Vec<u32>>, std::sync::atomic::AtomicUsize);
+    impl SlotSource for Arc<Stack> {
+        fn take(&self) -> Option<u32> {
+            self.0.lock().unwrap().pop()
+        }
+        fn give(&self, index: u32) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.lock().unwrap().push(index);
+        }
+        fn available(&self) -> usize {
+            self.0.lock().unwrap().len()
+        }
+    }
+
+    #[test]
+    fn external_source_owns_free_and_adopt_into_index_hand_over() {
+        let st = Arc::new(Stack(std::sync::Mutex::new((0..4).rev().collect()), Default::default()));
+        let region = Box::new(MmapRegion::new(4 * BUF_SIZE).unwrap());
+        let s = Arc::new(Slots::with_source("ext", region, 4, Box::new(Arc::clone(&st))).unwrap());
+        assert_eq!(s.available(), 4);
+        let a = s.alloc().unwrap();
+        assert_eq!((a.index(), s.available()), (0, 3), "alloc takes from the source");
+        assert_eq!(a.addr(), s.region_base());
+        // Hand over: the index leaves without going back to the source (a tx ring owns it).
+        let refs = Arc::strong_count(&s);
+        let i = a.into_index();
+        assert_eq!((i, s.available(), st.1.load(Ordering::Relaxed)), (0, 3, 0));
+        assert_eq!(Arc::strong_count(&s), refs - 1, "the handle's reference is released");
+        // The device gives it back: adopt makes an owner again; dropping it returns the index.
+        // SAFETY: index i was handed over by `into_index` above and nobody owns it now.
+        let b = unsafe { s.adopt(i) }.unwrap();
+        assert_eq!(b.addr(), s.region_base());
+        drop(b);
+        assert_eq!((s.available(), st.1.load(Ordering::Relaxed)), (4, 1));
+        // SAFETY: out of range / local pool: refused before any Slot is made.
+        assert!(unsafe { s.adopt(4) }.is_none(), "out of range");
+        // A local pool never adopts (its free list is its own).
+        let local = Arc::new(Slots::new("loc", Box::new(MmapRegion::new(BUF_SIZE).unwrap()), 1).unwrap());
+        // SAFETY: as above.
+        assert!(unsafe { local.adopt(0) }.is_none());
+        let mut v = Vec::new();
+        while let Some(x) = s.alloc() {
+            v.push(x);
+        }
+        assert_eq!((v.len(), s.available()), (4, 0));
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub(crate) struct Shared {
     pub poll: PollMode,
     pub workers: Vec<WorkerCounters>,
     pub control_counters: stats::ControlCounters,
+    /// The WAN port's extra counters (DPDK xstats), read by the stats socket's thread.
+    pub wan_extra: Option<nic_backends::ExtraStats>,
 }
 
 impl Shared {
@@ -380,6 +382,7 @@ pub fn run_with_ports(
         poll: cfg.poll,
         workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
         control_counters: stats::ControlCounters::default(),
+        wan_extra: wan_port.extra_stats(),
     });
     for e in boot_out.events.drain(..) {
         let _ = shared.events.push(e);

@@ -1,0 +1,299 @@
+//! wgpmd on a DPDK port (`--port dpdk:...`, EAL arguments after `--`) against real
+//! wireguard-go peers: the `net_af_packet` vdev on the concentrator's veth, without and with
+//! hugepages, two workers on two queues, xstats and the zero-copy counters in `wgpmd stats`,
+//! and the startup errors (bad EAL arguments, no ports, no memory for the mbuf pool).
+//!
+//! Needs a wgpmd built with `--features dpdk` and this crate's `dpdk` feature:
+//! `cargo build --release -p wgpmd --features dpdk && cargo test -p wgpmd-e2e --release
+//! --features dpdk --test dpdk` (as root). See docs/TESTING.md.
+//!
+//! Every run uses its own `--file-prefix`; a guard removes `/var/run/dpdk/<prefix>` (also on
+//! failure), and the hugepage test restores `nr_hugepages`, unmounts its hugetlbfs and removes
+//! leftover map files.
+
+#![cfg(feature = "dpdk")]
+
+use anyhow::{ensure, Result};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use wgpmd_e2e::*;
+
+/// Removes EAL's runtime directory of a file prefix when dropped.
+struct RuntimeDir(PathBuf);
+impl RuntimeDir {
+    fn new(tag: &str) -> (RuntimeDir, String) {
+        let prefix = format!("wgpmd-e2e-{tag}-{}", std::process::id());
+        (RuntimeDir(PathBuf::from(format!("/var/run/dpdk/{prefix}"))), prefix)
+    }
+}
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// A private hugetlbfs mount and `pages` more 2 MiB pages reserved; dropping it removes the
+/// map files left in the mount, unmounts, removes the directory and restores `nr_hugepages`.
+struct Hugepages {
+    dir: PathBuf,
+    before: u64,
+    mounted: bool,
+}
+
+impl Hugepages {
+    fn reserve(pages: u64) -> Result<Hugepages> {
+        let before: u64 = std::fs::read_to_string(NR_HUGEPAGES)?.trim().parse()?;
+        let dir = PathBuf::from(format!("/tmp/wgpmd-e2e-huge-{}", std::process::id()));
+        let mut h = Hugepages { dir: dir.clone(), before, mounted: false };
+        std::fs::write(NR_HUGEPAGES, (before + pages).to_string())?;
+        let now: u64 = std::fs::read_to_string(NR_HUGEPAGES)?.trim().parse()?;
+        ensure!(now >= before + pages, "asked for {} hugepages, the kernel gave {now}", before + pages);
+        std::fs::create_dir_all(&dir)?;
+        run_cmd(
+            std::process::Command::new("mount").args(["-t", "hugetlbfs", "-o", "pagesize=2M", "nodev"]).arg(&dir),
+            secs(10),
+        )
+        .and_then(|o| {
+            ensure!(o.status.success(), "mount hugetlbfs: {}", String::from_utf8_lossy(&o.stderr));
+            Ok(())
+        })?;
+        h.mounted = true;
+        Ok(h)
+    }
+    fn free_pages() -> Result<u64> {
+        let m = std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")?;
+        Ok(m.trim().parse()?)
+    }
+}
+
+impl Drop for Hugepages {
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                eprintln!("hugepages: removing leftover {}", e.path().display());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::write(NR_HUGEPAGES, self.before.to_string());
+    }
+}
+
+fn dpdk_opts(prefix: &str, lcores: &str, vdev: &str, mem: &[&str]) -> WgpmdOptions {
+    let mut eal = vec!["--no-pci".to_string(), "--no-telemetry".into(), format!("--file-prefix={prefix}"), vdev.into()];
+    eal.extend(mem.iter().map(|s| s.to_string()));
+    WgpmdOptions {
+        lcores: lcores.into(),
+        control_shares_core: lcores != "0",
+        port: Some("dpdk:net_af_packet0".into()),
+        eal_args: eal,
+        ..Default::default()
+    }
+}
+
+/// The concentrator's veth: no kernel address (wgpmd answers ARP itself), offloads that would
+/// hand af_packet super-frames or partial checksums off.
+fn prepare_wan(topo: &Topology) -> Result<()> {
+    let c = &topo.concentrator;
+    c.ns.ip(&["addr", "flush", "dev", &c.outer_if])?;
+    for p in std::iter::once(c).chain(topo.peers.iter()) {
+        let _ = p.ns.run(&["ethtool", "-K", &p.outer_if, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
+    }
+    Ok(())
+}
+
+fn ping_all(ns: &Netns, addr: Ipv4Addr) -> Result<PingStats> {
+    ping_replied(ns, addr, 5)
+}
+
+/// Ping both ways and iperf3 through wgpmd on the DPDK port; xstats and the zero-copy
+/// counters checked in `wgpmd stats`. Returns the counters.
+fn tunnel_traffic(ctx: &Ctx, topo: &Topology, opts: &WgpmdOptions) -> Result<(Wgpmd, Counters)> {
+    let c = &topo.concentrator;
+    let mut d =
+        Wgpmd::start(ctx, &c.ns, &c.outer_if, &format!("{}/24", c.outer_ip), &topo.concentrator_device(), opts)?;
+    let mut peers = Vec::new();
+    for i in 0..topo.peers.len() {
+        peers.push(WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i))?);
+    }
+    for p in &topo.peers {
+        wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+        ping_all(&p.ns, c.inner_ip)?;
+        ping_all(&c.ns, p.inner_ip)?;
+    }
+    let p0 = &topo.peers[0];
+    let r = iperf3_report(&p0.ns, &c.ns, c.inner_ip, 3, false)?;
+    eprintln!("iperf3 wg-go -> wgpmd (dpdk): {:.0} Mbit/s", r.bits_per_second / 1e6);
+    ensure!(r.bits_per_second > 1e6, "iperf3 peer -> wgpmd: {r:?}");
+    let r = iperf3_report(&p0.ns, &c.ns, c.inner_ip, 3, true)?;
+    eprintln!("iperf3 wgpmd -> wg-go (dpdk, -R): {:.0} Mbit/s", r.bits_per_second / 1e6);
+    ensure!(r.bits_per_second > 1e6, "iperf3 wgpmd -> peer: {r:?}");
+    d.ensure_running()?;
+    let st = d.wait_stats("WAN tx published", |s| Ok(s.workers_sum("wan_queue_tx_packets")? > 1000))?;
+    // xstats of the DPDK port are in `wgpmd stats`, and they saw the traffic.
+    let good_rx = st.get("dpdk_rx_good_packets")?;
+    let good_tx = st.get("dpdk_tx_good_packets")?;
+    eprintln!(
+        "dpdk xstats: rx_good_packets {good_rx}, tx_good_packets {good_tx}, link_up {:?}",
+        st.get("dpdk_link_up")
+    );
+    ensure!(good_rx > 1000 && good_tx > 1000, "xstats rx {good_rx} tx {good_tx}");
+    ensure!(st.get("dpdk_link_up")? == 1, "link down");
+    // Zero copy: everything the workers sealed (TUN reads into the port's mbufs) left as its
+    // own mbuf; only the control core's handshake messages (its own pool) were copied.
+    let tx = st.workers_sum("wan_queue_tx_packets")?;
+    let copied = st.workers_sum("wan_queue_tx_copied")?;
+    let hs =
+        st.get("control.responses_sent")? + st.get("control.initiations_sent")? + st.get("control.cookies_sent")?;
+    eprintln!("WAN tx {tx}, copied into an mbuf {copied}, handshake messages sent {hs}");
+    ensure!(copied <= hs + 8 * topo.peers.len() as u64, "{copied} of {tx} WAN frames were copied (handshakes: {hs})");
+    ensure!(st.workers_sum("aead_sealed")? > 1000 && st.workers_sum("aead_opened")? > 1000, "data moved both ways");
+    Ok((d, st))
+}
+
+/// wireguard-go <-> wgpmd on `dpdk:net_af_packet0` (iface = the concentrator's veth),
+/// `--no-huge`: ping both ways, iperf3 both ways, xstats, no copy on the data path.
+#[test]
+fn dpdk_af_packet_nohuge_wggo() {
+    run("dpdk_af_packet_nohuge_wggo", |ctx| {
+        let (_rt, prefix) = RuntimeDir::new("nohuge");
+        let topo = Topology::new(1)?;
+        prepare_wan(&topo)?;
+        let opts = dpdk_opts(
+            &prefix,
+            "0",
+            "--vdev=net_af_packet0,iface={wan_if},framesz=1952,blocksz=249856,framecnt=512",
+            &["--no-huge", "-m", "256"],
+        );
+        let (mut d, _) = tunnel_traffic(ctx, &topo, &opts)?;
+        ensure!(d.log().contains("IOVA mode 'VA'"), "--no-huge runs IOVA as VA");
+        d.stop()
+    });
+}
+
+/// The same with hugepages: a private hugetlbfs mount (`--huge-dir`), 128 pages reserved for
+/// the test; afterwards nr_hugepages, the mount and the map files are as before.
+/// `--iova-mode=va`: in PA mode a queue's 8 MiB pool must be physically contiguous, which 2 MiB
+/// pages on this machine are not (docs/OPERATIONS.md); no `-m` (memory given with -m is never
+/// returned, and its map files stay until the mount goes).
+#[test]
+fn dpdk_af_packet_hugepages_wggo() {
+    run("dpdk_af_packet_hugepages_wggo", |ctx| {
+        let (_rt, prefix) = RuntimeDir::new("huge");
+        let huge = Hugepages::reserve(128)?;
+        let free_before = Hugepages::free_pages()?;
+        let topo = Topology::new(1)?;
+        prepare_wan(&topo)?;
+        let dir = huge.dir.display().to_string();
+        let opts = dpdk_opts(
+            &prefix,
+            "0",
+            "--vdev=net_af_packet0,iface={wan_if},framesz=1952,blocksz=249856,framecnt=512",
+            &["--huge-dir", &dir, "--iova-mode=va"],
+        );
+        let (mut d, _) = tunnel_traffic(ctx, &topo, &opts)?;
+        let log = d.log();
+        ensure!(!log.contains("--no-huge") && !log.contains("No free 2048 kB hugepages"), "ran without hugepages?");
+        d.stop()?;
+        // wgpmd freed its mempools before rte_eal_cleanup: no map files stay in the mount.
+        let left: Vec<_> = std::fs::read_dir(&huge.dir)?.flatten().map(|e| e.path()).collect();
+        ensure!(left.is_empty(), "hugepage map files left behind: {left:?}");
+        let free_after = Hugepages::free_pages()?;
+        ensure!(free_after == free_before, "free hugepages {free_before} before, {free_after} after");
+        Ok(())
+    });
+}
+
+/// Two workers on two queue pairs (`qpairs=2`: the PMD's sockets form a PACKET_FANOUT hash
+/// group): ten peers' flows are spread over both queues, and both carry traffic. (The kernel's
+/// flow hash has a per-boot seed: all ten flows on one queue, a false failure, has probability
+/// 2^-9.)
+#[test]
+fn dpdk_two_workers_two_queues() {
+    run("dpdk_two_workers_two_queues", |ctx| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ensure!(cores >= 2, "this test needs 2 cores, the machine has {cores}");
+        let (_rt, prefix) = RuntimeDir::new("2q");
+        let topo = Topology::new(10)?;
+        prepare_wan(&topo)?;
+        let mut opts = dpdk_opts(
+            &prefix,
+            "0-1",
+            "--vdev=net_af_packet0,iface={wan_if},framesz=1952,blocksz=249856,framecnt=512,qpairs=2",
+            &["--no-huge", "-m", "256"],
+        );
+        opts.control_shares_core = true;
+        let c = &topo.concentrator;
+        let mut d =
+            Wgpmd::start(ctx, &c.ns, &c.outer_if, &format!("{}/24", c.outer_ip), &topo.concentrator_device(), &opts)?;
+        let mut peers = Vec::new();
+        for i in 0..topo.peers.len() {
+            peers.push(WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i))?);
+        }
+        for p in &topo.peers {
+            wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+            ping_all(&p.ns, c.inner_ip)?;
+        }
+        let st = d.wait_stats("both workers published", |s| Ok(s.workers() == 2))?;
+        let rx = st.per_worker("wan_queue_rx_packets")?;
+        let tx = st.per_worker("wan_queue_tx_packets")?;
+        let opened = st.per_worker("aead_opened")?;
+        eprintln!("per queue: rx {rx:?}, tx {tx:?}, aead_opened {opened:?}, rss {:?}", st.get("dpdk_rss"));
+        ensure!(st.get("dpdk_rss")? == 0, "net_af_packet has no RSS offload (spreading is the kernel's fanout)");
+        ensure!(rx.iter().all(|&n| n > 0) && opened.iter().all(|&n| n > 0), "a queue carried no traffic: rx {rx:?}");
+        ensure!(tx.iter().all(|&n| n > 0), "a queue sent nothing: tx {tx:?}");
+        d.ensure_running()?;
+        d.stop()
+    });
+}
+
+/// Operator errors end `wgpmd run` at startup with a message that names the problem.
+#[test]
+fn dpdk_startup_errors() {
+    run("dpdk_startup_errors", |_ctx| {
+        let ns = Netns::new("dpdkerr")?;
+        let (_rt, prefix) = RuntimeDir::new("err");
+        let fp = format!("--file-prefix={prefix}");
+        let name = unique_ifname("wdp");
+        let base = ["run", "--name", &name, "--address", "10.9.9.1/24", "--inner", "mem:x", "--port"];
+        let cases: [(&str, Vec<&str>, &str); 5] = [
+            ("bad EAL argument", vec!["dpdk:0", "--", &fp, "--no-such-eal-option"], "rte_eal_init failed"),
+            ("no ports", vec!["dpdk:0", "--", &fp, "--no-huge", "-m", "64", "--no-pci"], "no DPDK ports found"),
+            (
+                "unknown port name",
+                vec!["dpdk:net_nope0", "--", &fp, "--no-huge", "-m", "64", "--no-pci", "--vdev=net_null0"],
+                "no DPDK port named `net_nope0` (known: net_null0)",
+            ),
+            (
+                "mempool does not fit",
+                vec!["dpdk:0", "--", &fp, "--no-huge", "-m", "8", "--no-pci", "--vdev=net_null0"],
+                "Give EAL more memory",
+            ),
+            ("EAL cores after --", vec!["dpdk:0", "--", "-l", "0-1"], "give wgpmd's cores with -l"),
+        ];
+        for (what, extra, want) in cases {
+            let mut args: Vec<&str> = base.to_vec();
+            args.extend(extra);
+            let r = wgpmd_run_to_exit(&ns, &[], &args, secs(30))?;
+            eprintln!("{what}: {:?}", r.output.lines().filter(|l| l.starts_with("wgpmd:")).collect::<Vec<_>>());
+            ensure!(!r.status.success(), "{what}: wgpmd exited {}", r.status);
+            ensure!(r.status.code() == Some(1), "{what}: not a clean error exit: {}", r.status);
+            ensure!(r.output.contains(want), "{what}: expected {want:?} in:\n{}", r.output);
+            let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+        }
+        // Without the dpdk: port, EAL arguments are refused.
+        let r = wgpmd_run_to_exit(
+            &ns,
+            &[],
+            &["run", "--name", &name, "--address", "10.9.9.1/24", "--port", "mem:y", "--", "--no-huge"],
+            secs(30),
+        )?;
+        ensure!(r.output.contains("are for a dpdk: port"), "{}", r.output);
+        Ok(())
+    });
+}
