@@ -33,7 +33,7 @@ command -v md5sum >/dev/null || need_apt+=(coreutils)
 # --- end of the guest tests' packages ---------------------------------------------------------------------
 # --- DPDK backend (issue 5; docs/OPERATIONS.md "Running on a DPDK NIC") -------------------------
 # The dpdk feature builds nic-backends/dpdk-sys: bindgen over the system's DPDK 22.11 headers
-# (libdpdk-dev, with the PMD plugins net_af_packet/net_ring/net_null the tests use; libclang for
+# (libdpdk-dev, with the PMD plugins net_af_packet/net_tap/net_ring/net_null the tests use; libclang for
 # bindgen). ethtool turns veth offloads off in the DPDK e2e tests. All builds and tests below use
 # WORKSPACE_FEATURES, so target/release/wgpmd is the DPDK-enabled binary the e2e tests run.
 pkg-config --exists libdpdk 2>/dev/null || need_apt+=(libdpdk-dev dpdk)

@@ -19,9 +19,12 @@
 //!
 //! **Queues and RSS**: one rx/tx queue pair per worker. With more than one queue, RSS on the
 //! IPv4/IPv6 UDP 4-tuple is enabled when the device offers it (`flow_type_rss_offloads`);
-//! the vdevs on a test machine (af_packet, tap, ring, null) offer none, and then each queue
-//! gets what the PMD gives it (af_packet: one queue per socket in a fanout group; ring: what
-//! was sent on that queue). [`DpdkPort::rss`] says which.
+//! the vdevs on a test machine (af_packet, ring, null) offer none, and then each queue gets
+//! what the PMD gives it (af_packet: one queue per socket in a fanout group; ring: what was
+//! sent on that queue). `net_tap` claims IP/UDP/TCP hash types but hashes only through
+//! rte_flow RSS rules (its BPF program), not through `rte_eth_dev_configure`, so it is not
+//! asked for RSS: its queues get what the kernel's tun queue selection gives them.
+//! [`DpdkPort::rss`] says which; `dpdk_rss_offloads` in the stats is what the device claims.
 
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +40,10 @@ pub const RING_DESC: u16 = 1024;
 /// RSS hash functions asked for: IPv4, UDP over IPv4, IPv6, UDP over IPv6
 /// (`RTE_ETH_RSS_IPV4 | RTE_ETH_RSS_NONFRAG_IPV4_UDP | RTE_ETH_RSS_IPV6 | RTE_ETH_RSS_NONFRAG_IPV6_UDP`).
 pub const RSS_UDP: u64 = (1 << 2) | (1 << 5) | (1 << 8) | (1 << 11);
+
+/// Drivers that list hash types in `flow_type_rss_offloads` but do not hash on the
+/// `rte_eth_dev_configure` RSS configuration (net_tap: only rte_flow RSS rules, via BPF).
+const NO_CONFIGURE_RSS: &[&str] = &["net_tap"];
 
 #[derive(Debug, PartialEq, Eq)]
 enum Eal {
@@ -96,6 +103,8 @@ pub struct DpdkPort {
     port_id: u16,
     driver: String,
     rss: bool,
+    /// `flow_type_rss_offloads` as the device reports it.
+    rss_offloads: u64,
     started: bool,
     pools: Vec<Pool>,
     // Keep the mempools alive until after rte_eth_dev_close (declared after nothing that
@@ -143,7 +152,10 @@ impl DpdkPort {
                 nq, info.driver, info.max_rx_queues, info.max_tx_queues
             )));
         }
-        let rss_hf = if nq > 1 { info.rss_offloads & RSS_UDP } else { 0 };
+        // net_tap: RSS only via rte_flow rules (module docs); asking for it here would report
+        // RSS that does not happen.
+        let rss_hf =
+            if nq > 1 && !NO_CONFIGURE_RSS.contains(&info.driver.as_str()) { info.rss_offloads & RSS_UDP } else { 0 };
         sys::configure(port_id, nq as u16, rss_hf).map_err(|e| err(format!("rte_eth_dev_configure: {e}")))?;
         let (rxd, txd) = sys::adjust_desc(port_id, RING_DESC, RING_DESC);
         let socket = sys::socket_id(port_id);
@@ -152,6 +164,7 @@ impl DpdkPort {
             port_id,
             driver: info.driver.clone(),
             rss: rss_hf != 0,
+            rss_offloads: info.rss_offloads,
             started: false,
             pools: Vec::new(),
             arenas: Vec::new(),
@@ -240,6 +253,7 @@ impl Port for DpdkPort {
     fn extra_stats(&self) -> Option<ExtraStats> {
         let id = self.port_id;
         let rss = self.rss;
+        let rss_offloads = self.rss_offloads;
         Some(Arc::new(move || {
             if !eal_ready() {
                 return Vec::new(); // EAL already cleaned up (the daemon is stopping)
@@ -248,6 +262,7 @@ impl Port for DpdkPort {
                 sys::xstats(id).into_iter().map(|(k, v)| (format!("dpdk_{k}"), v)).collect();
             v.push(("dpdk_link_up".into(), u64::from(sys::link_up(id))));
             v.push(("dpdk_rss".into(), u64::from(rss)));
+            v.push(("dpdk_rss_offloads".into(), rss_offloads));
             v
         }))
     }

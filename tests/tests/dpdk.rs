@@ -1,7 +1,7 @@
 //! wgpmd on a DPDK port (`--port dpdk:...`, EAL arguments after `--`) against real
 //! wireguard-go peers: the `net_af_packet` vdev on the concentrator's veth, without and with
-//! hugepages, two workers on two queues, xstats and the zero-copy counters in `wgpmd stats`,
-//! and the startup errors (bad EAL arguments, no ports, no memory for the mbuf pool).
+//! hugepages, two workers on two queues; the `net_tap` vdev with two workers on two queues;
+//! xstats and the zero-copy counters in `wgpmd stats`, and the startup errors (bad EAL arguments, no ports, no memory for the mbuf pool).
 //!
 //! Needs a wgpmd built with `--features dpdk` and this crate's `dpdk` feature:
 //! `cargo build --release -p wgpmd --features dpdk && cargo test -p wgpmd-e2e --release
@@ -249,6 +249,77 @@ fn dpdk_two_workers_two_queues() {
         ensure!(tx.iter().all(|&n| n > 0), "a queue sent nothing: tx {tx:?}");
         d.ensure_running()?;
         d.stop()
+    });
+}
+
+/// Two workers on the two queues of a `net_tap` vdev (the PMD opens its TAP netdev with
+/// IFF_MULTI_QUEUE, one descriptor per queue). The TAP is created by wgpmd in the concentrator
+/// namespace; the test bridges it there with the concentrator's veth, so the peers reach wgpmd
+/// through the TAP. Ten wireguard-go peers ping; both queues receive and transmit and both
+/// workers decrypt.
+///
+/// Who spreads the flows: the kernel's tun driver, not RSS. Frames the kernel sends into the
+/// TAP get a queue from `tun_automq_select_queue`: the queue wgpmd last wrote that flow on
+/// (flow table, 3 s expiry), else the symmetric flow hash (per-boot seed) scaled to the queue
+/// count. A peer's first packet (its handshake initiation) lands on the hash's queue; wgpmd's
+/// reply goes out on whichever worker takes it from the shared tx-job queue, and from then on
+/// the flow stays where wgpmd wrote it. Assuming each of the ten flows lands on either queue
+/// with probability 1/2 independently, all ten on one queue (a false failure) has probability
+/// 2^-9. net_tap claims RSS hash types in `flow_type_rss_offloads` but hashes only through
+/// rte_flow RSS rules (a BPF program), which wgpmd does not install: the test prints what the
+/// device claims (`dpdk_rss_offloads`) and checks `dpdk_rss` says RSS is off.
+#[test]
+fn dpdk_net_tap_two_workers_two_queues() {
+    run("dpdk_net_tap_two_workers_two_queues", |ctx| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ensure!(cores >= 2, "this test needs 2 cores, the machine has {cores}");
+        let (_rt, prefix) = RuntimeDir::new("tap2q");
+        let topo = Topology::new(10)?;
+        prepare_wan(&topo)?;
+        let c = &topo.concentrator;
+        // A bridge in the concentrator namespace: the veth to the LAN, and (below) the TAP.
+        // Both go with the namespace when the topology is dropped; the TAP also goes when
+        // wgpmd closes its descriptors.
+        let br = "brtap";
+        c.ns.ip(&["link", "add", br, "type", "bridge"])?;
+        c.ns.ip(&["link", "set", &c.outer_if, "master", br])?;
+        c.ns.ip(&["link", "set", br, "up"])?;
+        let tap = unique_ifname("dtap");
+        let mut opts = dpdk_opts(&prefix, "0-1", &format!("--vdev=net_tap0,iface={tap}"), &["--no-huge", "-m", "256"]);
+        opts.port = Some("dpdk:net_tap0".into());
+        opts.control_shares_core = true;
+        let mut d = Wgpmd::start(ctx, &c.ns, &tap, &format!("{}/24", c.outer_ip), &topo.concentrator_device(), &opts)?;
+        wait_until(&format!("TAP {tap} in {}", c.ns), secs(10), || Ok(c.ns.has_link(&tap).then_some(())))?;
+        // The PMD gives its TAP netdev the port's MAC; a bridge treats its ports' own MACs as
+        // local and would keep frames for wgpmd to itself. A different MAC for the netdev (the
+        // PMD keeps its own and does not filter on the destination).
+        c.ns.ip(&["link", "set", "dev", &tap, "address", "02:00:00:7a:70:01"])?;
+        let _ = c.ns.sysctl(&format!("net.ipv6.conf.{tap}.disable_ipv6"), "1");
+        c.ns.ip(&["link", "set", "dev", &tap, "master", br, "up"])?;
+        let mut peers = Vec::new();
+        for i in 0..topo.peers.len() {
+            peers.push(WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i))?);
+        }
+        for p in &topo.peers {
+            wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+            ping_all(&p.ns, c.inner_ip)?;
+        }
+        let st = d.wait_stats("both workers published", |s| Ok(s.workers() == 2))?;
+        let rx = st.per_worker("wan_queue_rx_packets")?;
+        let tx = st.per_worker("wan_queue_tx_packets")?;
+        let opened = st.per_worker("aead_opened")?;
+        let offloads = st.get("dpdk_rss_offloads")?;
+        eprintln!(
+            "net_tap per queue: rx {rx:?}, tx {tx:?}, aead_opened {opened:?}; flow_type_rss_offloads {offloads:#x}, rss {:?}",
+            st.get("dpdk_rss")
+        );
+        ensure!(st.get("dpdk_rss")? == 0, "net_tap does not hash on dev_configure (RSS only via rte_flow rules)");
+        ensure!(rx.iter().all(|&n| n > 0) && opened.iter().all(|&n| n > 0), "a queue carried no traffic: rx {rx:?}");
+        ensure!(tx.iter().all(|&n| n > 0), "a queue sent nothing: tx {tx:?}");
+        d.ensure_running()?;
+        d.stop()?;
+        ensure!(!c.ns.has_link(&tap), "wgpmd stopped, TAP {tap} still there");
+        Ok(())
     });
 }
 
