@@ -21,6 +21,7 @@
 //!     });
 //! }
 //! ```
+#![forbid(unsafe_code)]
 
 mod ctx;
 mod keys;
@@ -36,7 +37,7 @@ mod wgpmd;
 pub use ctx::{run, Ctx};
 pub use keys::{public_key_b64, KeyPair};
 pub use net::{iperf3, iperf3_report, ping, ping_replied, wait_for_ping, IperfReport, PingStats};
-pub use netns::{Netns, VethPair, OWNER_ENV};
+pub use netns::{enter_netns, Netns, VethPair, OWNER_ENV};
 pub use proc::Proc;
 pub use tools::{boringtun_cli, require_tools, TOOLS};
 pub use topology::{Site, Topology, CONCENTRATOR_PORT, INNER_NET, OUTER_NET};

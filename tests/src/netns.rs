@@ -2,6 +2,10 @@
 
 use crate::util::{check_output, describe, host, next_id, run_cmd, secs};
 use anyhow::{Context, Result};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
 use std::collections::HashSet;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -75,8 +79,7 @@ pub(crate) fn is_gone(pid: u32) -> bool {
         None => true,
         Some(('Z', ppid)) => {
             if ppid == std::process::id() && !is_registered(pid) {
-                let mut status = 0;
-                unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+                let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
             }
             true
         }
@@ -87,7 +90,7 @@ pub(crate) fn is_gone(pid: u32) -> bool {
 /// Sends SIGTERM to `pids`, waits up to `grace` for them to exit, then SIGKILLs the rest.
 pub(crate) fn terminate(pids: &[u32], grace: Duration) {
     for &pid in pids {
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline && !pids.iter().all(|&p| is_gone(p)) {
@@ -95,7 +98,7 @@ pub(crate) fn terminate(pids: &[u32], grace: Duration) {
     }
     for &pid in pids.iter().filter(|&&p| !is_gone(p)) {
         eprintln!("[e2e] pid {pid} ignored SIGTERM for {:.1} s: SIGKILL", grace.as_secs_f64());
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !pids.iter().all(|&p| is_gone(p)) {
@@ -194,13 +197,8 @@ impl Netns {
         let path = format!("/var/run/netns/{}", self.name());
         let payload = payload.to_vec();
         std::thread::spawn(move || -> Result<()> {
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            // SAFETY: a valid descriptor of a network namespace; setns changes only this
-            // thread's namespace, and the thread ends right after the send.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
-            }
+            // Only this thread changes namespace, and it ends right after the send.
+            enter_netns_path(&path)?;
             let s = std::net::UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
             let n = s.send_to(&payload, to).with_context(|| format!("send to {to}"))?;
             anyhow::ensure!(n == payload.len(), "short send: {n} of {} bytes", payload.len());
@@ -242,6 +240,18 @@ impl Netns {
             .status();
         matches!(out, Ok(s) if s.success())
     }
+}
+
+/// Moves the calling thread (only it) into network namespace `name` (a name under
+/// /var/run/netns, as [`Netns::name`] gives it). Meant for a thread spawned for the purpose:
+/// sockets it opens afterwards belong to that namespace.
+pub fn enter_netns(name: &str) -> Result<()> {
+    enter_netns_path(&format!("/var/run/netns/{name}"))
+}
+
+fn enter_netns_path(path: &str) -> Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {path}"))?;
+    setns(&f, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {path}"))
 }
 
 impl std::fmt::Debug for Netns {

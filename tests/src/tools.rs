@@ -59,7 +59,7 @@ pub fn require_tools() -> Result<()> {
     if !missing.is_empty() {
         problems.push(format!("missing: {}", missing.join(", ")));
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         problems
             .push("not running as root: the e2e tests create network namespaces, veths and TUN devices".to_string());
     }

@@ -75,7 +75,7 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         }
         Err(_) => {
             // Our own direct child, still unreaped (the waiter thread reaps it after the kill).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
             let _ = waiter.join();
             bail!("`{desc}` did not finish within {:.1} s (killed)", timeout.as_secs_f64())
         }

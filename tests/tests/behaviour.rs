@@ -11,6 +11,8 @@
 //! checked end to end with a forged cookie reply from another address
 //! (`cookie_reply_from_elsewhere_does_not_move_endpoint`).
 
+#![forbid(unsafe_code)]
+
 use anyhow::{bail, ensure, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -494,14 +496,9 @@ fn flood(
     every: Duration,
     dur: Duration,
 ) -> std::thread::JoinHandle<Result<u64>> {
-    let path = format!("/var/run/netns/{}", ns.name());
+    let name = ns.name().to_string();
     std::thread::spawn(move || -> Result<u64> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-        // SAFETY: a valid network namespace descriptor; only this thread changes namespace.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
-        }
+        enter_netns(&name)?; // only this thread changes namespace
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         let t0 = Instant::now();
         let mut sent = 0u64;
@@ -596,17 +593,12 @@ fn under_load_mac2_retry_answered_and_rate_limited() {
         let st0 = d.stats()?;
         let fl = flood(&f.ns, c.endpoint(), flood_msgs, Duration::from_millis(200), Duration::from_secs(8));
         // Peer 1's identity, from inside its namespace (one thread, one socket).
-        let path = format!("/var/run/netns/{}", f.ns.name());
+        let ns_name = f.ns.name().to_string();
         let conc_key = c.key.public_bytes();
         let my_key = f.key.private_bytes();
         let to = c.endpoint();
         let player = std::thread::spawn(move || -> Result<(bool, u32)> {
-            use std::os::fd::AsRawFd;
-            let nsf = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            // SAFETY: a valid network namespace descriptor; only this thread changes namespace.
-            if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
-            }
+            enter_netns(&ns_name)?; // only this thread changes namespace
             let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
             s.set_read_timeout(Some(Duration::from_millis(200)))?;
             let mut dev = Device::new(&mut OsRng, 0);
@@ -694,62 +686,32 @@ fn capture_initiations(
     from: Ipv4Addr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Capture> {
-    let path = format!("/var/run/netns/{}", ns.name());
-    let ifname = std::ffi::CString::new(ifname)?;
+    let ns_name = ns.name().to_string();
+    let ifname = ifname.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     let h = std::thread::spawn(move || -> Result<()> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let setup = || -> Result<OwnedFd> {
-            let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-            // SAFETY: a valid network namespace descriptor; only this thread changes namespace.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context(format!("setns {path}"));
-            }
-            let proto = (libc::ETH_P_IP as u16).to_be();
-            // SAFETY: plain socket(2); the descriptor is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-            }
-            // SAFETY: fd is a fresh descriptor we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: a NUL-terminated name.
-            let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-            ensure!(index != 0, "no interface {ifname:?}");
-            // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = index as i32;
-            // SAFETY: a valid sockaddr_ll and its size.
-            if unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            } != 0
-            {
-                return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
-            }
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-            // SAFETY: a valid timeval and its size.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    &tv as *const libc::timeval as *const libc::c_void,
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
-            Ok(fd)
+        use nix::sys::socket::SockType;
+        use nix::sys::socket::{
+            recvfrom, setsockopt, socket, sockopt, AddressFamily, LinkAddr, SockFlag, SockProtocol,
         };
-        let fd = match setup() {
-            Ok(fd) => {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        // A packet socket for IPv4 frames of every interface in the namespace; frames of
+        // other interfaces are skipped by index below (what bind(2) to the interface would do).
+        let setup = || -> Result<(OwnedFd, usize)> {
+            enter_netns(&ns_name)?; // only this thread changes namespace
+            let fd = socket(AddressFamily::Packet, SockType::Raw, SockFlag::empty(), SockProtocol::EthIp)
+                .context("socket(AF_PACKET)")?;
+            let index = nix::net::if_::if_nametoindex(ifname.as_str())
+                .with_context(|| format!("no interface {ifname} in {ns_name}"))?;
+            setsockopt(&fd, sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(0, 100_000))
+                .context("SO_RCVTIMEO")?;
+            Ok((fd, index as usize))
+        };
+        let (fd, index) = match setup() {
+            Ok(x) => {
                 let _ = ready_tx.send(Ok(()));
-                fd
+                x
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
@@ -758,12 +720,11 @@ fn capture_initiations(
         };
         let mut buf = [0u8; 2048];
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n <= 0 {
-                continue;
-            }
-            let fr = &buf[..n as usize];
+            let n = match recvfrom::<LinkAddr>(fd.as_raw_fd(), &mut buf) {
+                Ok((n, Some(from_if))) if n > 0 && from_if.ifindex() == index => n,
+                _ => continue,
+            };
+            let fr = &buf[..n];
             // Ethernet, IPv4, UDP to port 51820, a 148-byte payload of type 1.
             if fr.len() < 14 + 20 + 8 || fr[12..14] != [0x08, 0x00] || fr[14] >> 4 != 4 {
                 continue;

@@ -7,6 +7,8 @@
 //! Every test ends with [`Wgpmd::stop`]: SIGTERM, exit status 0, and no UAPI socket, stats
 //! socket or TUN interface left behind.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{ensure, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -11,6 +11,7 @@
 //! failure), and the hugepage test restores `nr_hugepages`, unmounts its hugetlbfs and removes
 //! leftover map files.
 
+#![forbid(unsafe_code)]
 #![cfg(feature = "dpdk")]
 
 use anyhow::{ensure, Result};

@@ -15,6 +15,8 @@
 //! once it has one, a SKIP fails the test. Run (as root, after `cargo build --release -p wgpmd`):
 //! `cargo test -p wgpmd-e2e --release --test guest`. See docs/TESTING.md, "Guest tests (VFIO)".
 
+#![forbid(unsafe_code)]
+
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo test -p wgpmd-e2e --release --test peers` (as root). See docs/TESTING.md.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{ensure, Context, Result};
 use std::net::Ipv4Addr;
 use std::time::{SystemTime, UNIX_EPOCH};

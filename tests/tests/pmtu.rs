@@ -5,6 +5,8 @@
 //! Run: `cargo build --release -p wgpmd && cargo test -p wgpmd-e2e --release --test pmtu`
 //! (as root). See docs/TESTING.md.
 
+#![forbid(unsafe_code)]
+
 use anyhow::ensure;
 use wgpmd_e2e::*;
 

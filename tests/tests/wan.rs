@@ -4,6 +4,8 @@
 //! Run: `cargo build --release -p wgpmd && cargo test -p wgpmd-e2e --release --test wan`
 //! (as root). See docs/TESTING.md.
 
+#![forbid(unsafe_code)]
+
 use anyhow::{ensure, Result};
 use wgpmd_e2e::*;
 
