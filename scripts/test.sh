@@ -73,6 +73,14 @@ else
     echo "rustfmt is not installed with this toolchain: formatting not checked"
 fi
 
+echo "== clippy (warnings are errors)"
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets --release --features "$WORKSPACE_FEATURES" -- -D warnings
+    (cd fuzz && cargo clippy --release --bins -- -D warnings)
+else
+    echo "clippy is not installed with this toolchain: lints not checked"
+fi
+
 echo "== build (release: the tests run crypto in loops of a million inputs)"
 cargo build --workspace --release --all-targets --features "$WORKSPACE_FEATURES"
 
