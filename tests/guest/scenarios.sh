@@ -240,6 +240,9 @@ sc_vfio_run() {
     [ "$hp" -gt 0 ] || { fail "could not reserve hugepages"; return; }
     [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci"; return; }
     wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start"; return; }
+    # what the guest kernel reports as usable IOVA ranges (VFIO_IOMMU_GET_INFO), as wgpmd logged it
+    grep -E 'IOVA ranges|default window' $WLOG | head -2 | sed 's/^/    | /'
+    grep -qE 'IOVA ranges|default window' $WLOG || { kill -KILL $WPID; fail "wgpmd logged no IOVA window"; return; }
     if ! traffic_local; then kill -KILL $WPID; tailog $WLOG 20; fail "traffic (see the lines above)"; return; fi
     # the control core's handshake messages come from a plain pool: the port copies them into DMA memory
     copied=$(stat_sum wan_queue_tx_copied)

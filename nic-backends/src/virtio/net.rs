@@ -610,7 +610,7 @@ impl VirtioNetPort {
             Ok("big") => Some(Some(8192)),
             _ => None,
         }
-        .map(|len| ((container.iova_high_water() + (1 << 30)) & !0xfff, len));
+        .map(|len| (container.unmapped_iova().unwrap_or((container.iova_high_water() + (1 << 30)) & !0xfff), len));
         let dev = Arc::new(NetDev {
             t,
             features,
