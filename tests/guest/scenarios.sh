@@ -247,9 +247,14 @@ sc_vfio_run() {
     # the control core's handshake messages come from a plain pool: the port copies them into DMA memory
     copied=$(stat_sum wan_queue_tx_copied)
     [ "$copied" -gt 0 ] || { kill -KILL $WPID; fail "wan_queue_tx_copied=0: the handshake went out uncopied or not at all"; return; }
+    # the virtio STATUS feature: the link is up, and the driver's own checks found nothing to refuse
+    [ "$(stat wan_link_up)" = 1 ] || { kill -KILL $WPID; fail "wan_link_up='$(stat wan_link_up)', expected 1"; return; }
+    for k in wan_queue_iova_refused wan_queue_bad_used_id wan_queue_bad_used_len wan_queue_bad_used_idx; do
+        [ "$(stat_sum $k)" = 0 ] || { kill -KILL $WPID; fail "$k=$(stat_sum $k), expected 0"; return; }
+    done
     wgpmd_stop || { fail "shutdown"; return; }
     nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
-    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, SIGTERM exit 0, hugepages and /dev/vfio released"
+    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, wan_link_up=1, rx_no_buffers=$(stat_sum wan_queue_rx_no_buffers), SIGTERM exit 0, hugepages and /dev/vfio released"
 }
 
 sc_vfio_unbind() {

@@ -145,6 +145,7 @@ pub(crate) fn render(sh: &Shared) -> String {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
     line("neighbours", sh.neigh.len() as u64);
+    line("wan_link_up", u64::from(sh.wan_link_up.load(Ordering::Relaxed)));
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
     if let Some(extra) = &sh.wan_extra {
         for (k, v) in extra() {
