@@ -22,6 +22,7 @@ type Ring = Arc<ArrayQueue<Buffer>>;
 pub struct MemPort {
     info: PortInfo,
     queues: Vec<Option<MemQueue>>,
+    link: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A queue of a [`MemPort`].
@@ -60,7 +61,17 @@ pub fn loopback(name: &str, queues: usize, depth: usize) -> MemPort {
 
 impl MemPort {
     fn new(name: &str, queues: Vec<Option<MemQueue>>) -> MemPort {
-        MemPort { info: PortInfo { name: name.to_string(), mac: Some(mac_for(name)), mtu: 1500, kind: "mem" }, queues }
+        MemPort {
+            info: PortInfo { name: name.to_string(), mac: Some(mac_for(name)), mtu: 1500, kind: "mem" },
+            queues,
+            link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// The port's carrier, for tests: store `false` and [`Port::link_up`] reports the link down
+    /// (the queues keep moving buffers; only the reported state changes). Up at creation.
+    pub fn link_switch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.link.clone()
     }
 
     /// Change the MTU the port reports (mem does not enforce it).
@@ -101,7 +112,7 @@ impl Port for MemPort {
         self.take_mem_queue(q).map(|q| Box::new(q) as Box<dyn Queue>)
     }
     fn link_up(&self) -> bool {
-        true
+        self.link.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -28,6 +28,21 @@ pub struct QueueStats {
     /// Zero-copy backends (dpdk): buffers from another pool copied into the port's own memory
     /// before tx. Always 0 for the copying backends.
     pub tx_copied: u64,
+    /// Zero-copy backends (vfio): receive-ring refills that found the queue's pool empty (the
+    /// ring runs short until buffers come back). 0 where not counted (copying backends, dpdk).
+    pub rx_no_buffers: u64,
+    /// vfio: buffers not posted to the device because their IOVA range lies outside the
+    /// DMA-mapped regions (the bounds check); transmit ones are also in `tx_errors`.
+    pub iova_refused: u64,
+    /// vfio: used-ring entries whose id the driver has not posted (skipped, never trusted); also
+    /// in `rx_errors` (receive ring) or `tx_errors` (transmit ring).
+    pub bad_used_id: u64,
+    /// vfio: used-ring lengths larger than the space posted (the buffer is dropped); on the
+    /// receive ring also in `rx_errors`.
+    pub bad_used_len: u64,
+    /// vfio: used-index jumps larger than the ring (a broken device; nothing is taken, and the
+    /// watchdog stops the port).
+    pub bad_used_idx: u64,
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -41,6 +56,11 @@ impl std::ops::AddAssign for QueueStats {
         self.rx_errors += o.rx_errors;
         self.tx_errors += o.tx_errors;
         self.tx_copied += o.tx_copied;
+        self.rx_no_buffers += o.rx_no_buffers;
+        self.iova_refused += o.iova_refused;
+        self.bad_used_id += o.bad_used_id;
+        self.bad_used_len += o.bad_used_len;
+        self.bad_used_idx += o.bad_used_idx;
     }
 }
 

@@ -240,13 +240,21 @@ sc_vfio_run() {
     [ "$hp" -gt 0 ] || { fail "could not reserve hugepages"; return; }
     [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci"; return; }
     wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start"; return; }
+    # what the guest kernel reports as usable IOVA ranges (VFIO_IOMMU_GET_INFO), as wgpmd logged it
+    grep -E 'IOVA ranges|default window' $WLOG | head -2 | sed 's/^/    | /'
+    grep -qE 'IOVA ranges|default window' $WLOG || { kill -KILL $WPID; fail "wgpmd logged no IOVA window"; return; }
     if ! traffic_local; then kill -KILL $WPID; tailog $WLOG 20; fail "traffic (see the lines above)"; return; fi
     # the control core's handshake messages come from a plain pool: the port copies them into DMA memory
     copied=$(stat_sum wan_queue_tx_copied)
     [ "$copied" -gt 0 ] || { kill -KILL $WPID; fail "wan_queue_tx_copied=0: the handshake went out uncopied or not at all"; return; }
+    # the virtio STATUS feature: the link is up, and the driver's own checks found nothing to refuse
+    [ "$(stat wan_link_up)" = 1 ] || { kill -KILL $WPID; fail "wan_link_up='$(stat wan_link_up)', expected 1"; return; }
+    for k in wan_queue_iova_refused wan_queue_bad_used_id wan_queue_bad_used_len wan_queue_bad_used_idx; do
+        [ "$(stat_sum $k)" = 0 ] || { kill -KILL $WPID; fail "$k=$(stat_sum $k), expected 0"; return; }
+    done
     wgpmd_stop || { fail "shutdown"; return; }
     nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
-    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, SIGTERM exit 0, hugepages and /dev/vfio released"
+    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, wan_link_up=1, rx_no_buffers=$(stat_sum wan_queue_rx_no_buffers), SIGTERM exit 0, hugepages and /dev/vfio released"
 }
 
 sc_vfio_unbind() {

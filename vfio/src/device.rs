@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-use crate::iova::{Iova, IovaAllocator, DEFAULT_IOVA_END, DEFAULT_IOVA_START};
+use crate::iova::{parse_iommu_info, Iova, IovaAllocator, IovaRange, DEFAULT_IOVA_END, DEFAULT_IOVA_START};
 use crate::pci::{self, Capability};
 use crate::sys::{self, HugeMem, Mmio, HUGEPAGE};
 use crate::sysfs::{describe_others, Sysfs};
@@ -40,6 +40,8 @@ pub struct Container {
     fd: OwnedFd,
     mode: IommuMode,
     iova: Mutex<IovaAllocator>,
+    /// Alignment of every DMA mapping: 2 MiB, or the IOMMU's smallest page if larger.
+    dma_align: u64,
     bdf: String,
 }
 
@@ -146,13 +148,12 @@ impl Container {
             )));
         }
         sys::ioctl_val(fd.as_fd(), sys::VFIO_SET_IOMMU, ty).map_err(|e| VfioError::io("VFIO_SET_IOMMU", e))?;
-        let container = Arc::new(Container {
-            group: gfd,
-            fd,
-            mode,
-            iova: Mutex::new(IovaAllocator::new(DEFAULT_IOVA_START, DEFAULT_IOVA_END)),
-            bdf: bdf.clone(),
-        });
+        let (alloc, dma_align) = match mode {
+            IommuMode::Type1 => iova_window(&bdf, fd.as_fd())?,
+            IommuMode::NoIommu => (IovaAllocator::new(DEFAULT_IOVA_START, DEFAULT_IOVA_END), HUGEPAGE as u64),
+        };
+        let container =
+            Arc::new(Container { group: gfd, fd, mode, iova: Mutex::new(alloc), dma_align, bdf: bdf.clone() });
         let dfd = sys::group_get_device_fd(container.group.as_fd(), &bdf)
             .map_err(|e| VfioError::io(format!("{bdf}: VFIO_GROUP_GET_DEVICE_FD"), e))?;
         let info = sys::device_info(dfd.as_fd()).map_err(|e| VfioError::io("VFIO_DEVICE_GET_INFO", e))?;
@@ -177,6 +178,19 @@ impl Container {
         self.iova.lock().unwrap_or_else(|e| e.into_inner()).high_water()
     }
 
+    /// An IOVA inside the usable ranges that nothing maps (1 GiB above everything handed out,
+    /// with 64 KiB of room): for the bad-IOVA test hook. None when the ranges have no such room.
+    pub fn unmapped_iova(&self) -> Option<u64> {
+        let mut a = self.iova.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        a.alloc(1 << 30, 1 << 12)?;
+        a.alloc(1 << 16, 1 << 12).map(|i| i.0)
+    }
+
+    /// The usable IOVA ranges the allocator hands out from (clipped to its floor).
+    pub fn iova_ranges(&self) -> Vec<IovaRange> {
+        self.iova.lock().unwrap_or_else(|e| e.into_inner()).ranges().to_vec()
+    }
+
     /// `bytes` (rounded up to 2 MiB) of hugepage memory, mapped for the device.
     pub fn alloc_dma(self: &Arc<Self>, bytes: usize) -> Result<DmaRegion, VfioError> {
         let mem = HugeMem::new(bytes)
@@ -187,7 +201,7 @@ impl Container {
                     .iova
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .alloc(mem.size() as u64, HUGEPAGE as u64)
+                    .alloc(mem.size() as u64, self.dma_align)
                     .ok_or(VfioError::NoIova { bytes })?;
                 sys::map_dma(self.fd.as_fd(), mem.base().as_ptr() as usize, iova.0, mem.size()).map_err(|e| {
                     VfioError::io(format!("{}: VFIO_IOMMU_MAP_DMA of {} bytes at {iova}", self.bdf, mem.size()), e)
@@ -216,6 +230,56 @@ impl Container {
         };
         Ok(DmaRegion { iova, mem, container: self.clone() })
     }
+}
+
+/// The usable IOVA ranges and the mapping alignment, from VFIO_IOMMU_GET_INFO (its IOVA range
+/// capability and `iova_pgsizes`): reserved ranges (the x86 MSI window, RMRRs) are holes the
+/// allocator skips. When the kernel reports no ranges (older kernels), the default window
+/// 256 MiB .. 64 GiB is used, and a line says so.
+fn iova_window(bdf: &str, container: std::os::fd::BorrowedFd<'_>) -> Result<(IovaAllocator, u64), VfioError> {
+    let bad = |problem: String| VfioError::Device { bdf: bdf.to_string(), problem };
+    let mut len = 256;
+    let info = loop {
+        let buf =
+            sys::iommu_info(container, len).map_err(|e| VfioError::io(format!("{bdf}: VFIO_IOMMU_GET_INFO"), e))?;
+        let info = parse_iommu_info(&buf).map_err(bad)?;
+        if !info.needs_more {
+            break info;
+        }
+        // The kernel says how much it needs: ask once more with that (bounded), then give up.
+        let want = info.argsz as usize;
+        if want <= len || want > 1 << 20 {
+            return Err(bad(format!("VFIO_IOMMU_GET_INFO asks for {want} bytes after {len}: not retrying")));
+        }
+        len = want;
+    };
+    let min_page = info.min_page().unwrap_or(4096);
+    if min_page > HUGEPAGE as u64 {
+        return Err(bad(format!(
+            "the IOMMU's smallest page is {min_page:#x} bytes, larger than the 2 MiB hugepages DMA memory is made of"
+        )));
+    }
+    let align = (HUGEPAGE as u64).max(min_page);
+    let alloc = match info.ranges.filter(|r| !r.is_empty()) {
+        Some(r) => {
+            let a = IovaAllocator::with_ranges(&r, DEFAULT_IOVA_START);
+            let list: Vec<String> = r.iter().map(|r| r.to_string()).collect();
+            eprintln!(
+                "vfio:{bdf}: usable IOVA ranges from the kernel: {}; IOMMU page sizes {:#x}; DMA memory at or above {DEFAULT_IOVA_START:#x}",
+                list.join(", "),
+                info.pgsizes.unwrap_or(0)
+            );
+            a
+        }
+        None => {
+            eprintln!(
+                "vfio:{bdf}: the kernel reports no usable IOVA ranges (no VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE): using the default window {DEFAULT_IOVA_START:#x}-{:#x}",
+                DEFAULT_IOVA_END - 1
+            );
+            IovaAllocator::new(DEFAULT_IOVA_START, DEFAULT_IOVA_END)
+        }
+    };
+    Ok((alloc, align))
 }
 
 impl DmaRegion {

@@ -25,7 +25,7 @@ mod sys;
 pub mod sysfs;
 
 pub use device::{Container, Device, DmaRegion, IommuMode};
-pub use iova::{Iova, IovaAllocator};
+pub use iova::{parse_iommu_info, IommuInfo, Iova, IovaAllocator, IovaRange};
 pub use sys::{Mmio, HUGEPAGE};
 pub use sysfs::{parse_bdf, Sysfs};
 

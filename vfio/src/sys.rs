@@ -19,6 +19,7 @@ pub(crate) const VFIO_GROUP_GET_DEVICE_FD: u64 = 0x3b6a;
 pub(crate) const VFIO_DEVICE_GET_INFO: u64 = 0x3b6b;
 pub(crate) const VFIO_DEVICE_GET_REGION_INFO: u64 = 0x3b6c;
 pub(crate) const VFIO_DEVICE_RESET: u64 = 0x3b6f;
+pub(crate) const VFIO_IOMMU_GET_INFO: u64 = 0x3b70;
 pub(crate) const VFIO_IOMMU_MAP_DMA: u64 = 0x3b71;
 pub(crate) const VFIO_IOMMU_UNMAP_DMA: u64 = 0x3b72;
 
@@ -164,6 +165,26 @@ pub(crate) fn unmap_dma(container: BorrowedFd<'_>, iova: u64, size: usize) -> io
     // SAFETY: the kernel reads and writes back (size unmapped) the live structure.
     cvt(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_UNMAP_DMA as libc::Ioctl, &mut u as *mut DmaUnmap) })?;
     Ok(())
+}
+
+/// VFIO_IOMMU_GET_INFO into a buffer of `len` bytes (`struct vfio_iommu_type1_info` followed by
+/// room for its capability chain): returns the bytes the kernel filled in (all `len` of them;
+/// unused space stays zero). The caller parses them and retries with a larger `len` when the
+/// `argsz` the kernel wrote back says the chain did not fit.
+pub(crate) fn iommu_info(container: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    // At least the fixed part (24 bytes); u64 words so the structure is 8-aligned.
+    let words = len.max(24).div_ceil(8);
+    let mut buf = vec![0u64; words];
+    let bytes = words * 8;
+    let argsz = u32::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut first = [0u8; 8];
+    first[..4].copy_from_slice(&argsz.to_ne_bytes());
+    buf[0] = u64::from_ne_bytes(first);
+    // SAFETY: `buf` is a live, writable, 8-aligned allocation of `argsz` bytes; the kernel reads
+    // `argsz` from its first field and writes at most `argsz` bytes (the structure and, when they
+    // fit, the capabilities after it).
+    cvt(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_GET_INFO as libc::Ioctl, buf.as_mut_ptr()) })?;
+    Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect())
 }
 
 /// `pread` exactly `buf.len()` bytes at `offset`.

@@ -361,6 +361,21 @@ impl QueueCore {
     }
 }
 
+/// A queue's counters: the core's, plus the rings' checks of what the device returned. An
+/// overlong receive length is already in `rx_errors` (counted by `receive`).
+pub(crate) fn queue_stats(c: &QueueCore) -> QueueStats {
+    let mut s = c.stats;
+    s.rx_errors += c.rx.bad_used_id;
+    s.tx_errors += c.tx.bad_used_id;
+    s.tx_copied = c.counters.tx_copied;
+    s.rx_no_buffers = c.counters.rx_no_buffers;
+    s.iova_refused = c.counters.iova_refused;
+    s.bad_used_id = c.rx.bad_used_id + c.tx.bad_used_id;
+    s.bad_used_len = c.rx.bad_used_len + c.tx.bad_used_len;
+    s.bad_used_idx = c.rx.bad_used_idx + c.tx.bad_used_idx;
+    s
+}
+
 /// Stuck-transmit detection: descriptors in flight and no completion for a while.
 #[derive(Debug, Default)]
 pub(crate) struct StallDetector {
@@ -483,11 +498,7 @@ impl Queue for VirtioQueue {
     }
 
     fn stats(&self) -> QueueStats {
-        let mut s = self.core.stats;
-        s.rx_errors += self.core.rx.bad_used_id + self.core.rx.bad_used_len;
-        s.tx_errors += self.core.tx.bad_used_id;
-        s.tx_copied = self.core.counters.tx_copied;
-        s
+        queue_stats(&self.core)
     }
 
     fn health(&self) -> Result<(), String> {
@@ -610,7 +621,7 @@ impl VirtioNetPort {
             Ok("big") => Some(Some(8192)),
             _ => None,
         }
-        .map(|len| ((container.iova_high_water() + (1 << 30)) & !0xfff, len));
+        .map(|len| (container.unmapped_iova().unwrap_or((container.iova_high_water() + (1 << 30)) & !0xfff), len));
         let dev = Arc::new(NetDev {
             t,
             features,
@@ -852,6 +863,9 @@ mod tests {
         assert_eq!(c.rx.bad_used_id, 1);
         assert_eq!(c.rx.bad_used_len, 1);
         assert_eq!(c.pool.available(), 64 - 8 + 3, "the three buffers went back to the pool");
+        // What `wgpmd stats` shows: the overlong length once in rx_errors, the bad id added.
+        let s = queue_stats(&c);
+        assert_eq!((s.rx_errors, s.bad_used_id, s.bad_used_len, s.bad_used_idx), (4, 1, 1, 0));
     }
 
     #[test]
@@ -909,6 +923,8 @@ mod tests {
         assert_eq!(c.rx.free_descs(), 8, "rx refuses to post unmapped buffers too");
         assert_eq!(c.counters.iova_refused, 2);
         assert_eq!(c.pool.available(), 16);
+        let s = queue_stats(&c);
+        assert_eq!((s.iova_refused, s.tx_errors, s.rx_no_buffers), (2, 1, 0));
     }
 
     #[test]
@@ -936,5 +952,6 @@ mod tests {
         c.refill(true);
         assert_eq!(c.rx.in_flight(), 4);
         assert_eq!(c.counters.rx_no_buffers, 1);
+        assert_eq!(queue_stats(&c).rx_no_buffers, 1);
     }
 }

@@ -56,12 +56,63 @@ struct Control {
     due: Vec<PeerId>,
 }
 
+/// How often the control loop reads the WAN port's link state.
+const LINK_CHECK: Duration = Duration::from_millis(250);
+
+/// Watches the WAN port's link (`Port::link_up`): logs each transition once (and a link down
+/// at start), and keeps the state for `wgpmd stats` (`wan_link_up`).
+pub(crate) struct LinkWatch<'a> {
+    port: String,
+    read: &'a dyn Fn() -> bool,
+    last: Option<bool>,
+    checked: Option<std::time::Instant>,
+}
+
+impl<'a> LinkWatch<'a> {
+    pub(crate) fn new(port: &str, read: &'a dyn Fn() -> bool) -> LinkWatch<'a> {
+        LinkWatch { port: port.to_string(), read, last: None, checked: None }
+    }
+
+    /// Read the link now; `Some(up)` when it changed since the last look (the first look
+    /// reports only a link that is down).
+    pub(crate) fn poll(&mut self) -> Option<bool> {
+        let up = (self.read)();
+        let changed = match self.last {
+            None => !up,
+            Some(l) => l != up,
+        };
+        self.last = Some(up);
+        changed.then_some(up)
+    }
+
+    /// At most every LINK_CHECK: read the link, publish it in `sh`, log a transition.
+    fn tick(&mut self, sh: &Shared) {
+        let now = std::time::Instant::now();
+        if self.checked.is_some_and(|t| now.duration_since(t) < LINK_CHECK) {
+            return;
+        }
+        self.checked = Some(now);
+        let change = self.poll();
+        sh.wan_link_up.store(self.last.unwrap_or(true), Ordering::Relaxed);
+        match change {
+            Some(false) => tracing::warn!(
+                "{}: WAN link {} is DOWN (no carrier): nothing is sent or received until it comes back",
+                sh.name,
+                self.port
+            ),
+            Some(true) => tracing::info!("{}: WAN link {} is up again", sh.name, self.port),
+            None => {}
+        }
+    }
+}
+
 pub(crate) fn run(
     sh: Arc<Shared>,
     core: usize,
     pool: Pool,
     stop: Arc<AtomicBool>,
     sockets: bool,
+    mut link: LinkWatch<'_>,
 ) -> Result<(), DaemonError> {
     cores::pin(core);
     let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
@@ -104,6 +155,7 @@ pub(crate) fn run(
             c.out.transmits.append(&mut p.transmits);
         }
         let work = c.iteration(now);
+        link.tick(&sh);
         if work > 0 {
             sleep = Duration::from_micros(50);
         } else {
@@ -213,5 +265,35 @@ impl Control {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use nic_backends::Port;
+
+    use super::LinkWatch;
+
+    #[test]
+    fn link_transitions_are_reported_once_each() {
+        let (port, _other) = nic_backends::mem::pair("wan", "peer", 1, 8);
+        let carrier = port.link_switch();
+        let read = || port.link_up();
+        let mut w = LinkWatch::new("mem:wan", &read);
+        assert_eq!(w.poll(), None, "up at start: nothing to say");
+        assert_eq!(w.poll(), None);
+        carrier.store(false, Ordering::Relaxed);
+        assert_eq!(w.poll(), Some(false), "went down");
+        assert_eq!(w.poll(), None, "still down: said once");
+        carrier.store(true, Ordering::Relaxed);
+        assert_eq!(w.poll(), Some(true), "came back");
+        assert_eq!(w.poll(), None);
+        // Down at start is worth a line too.
+        carrier.store(false, Ordering::Relaxed);
+        let mut w = LinkWatch::new("mem:wan", &read);
+        assert_eq!(w.poll(), Some(false));
+        assert_eq!(w.poll(), None);
     }
 }

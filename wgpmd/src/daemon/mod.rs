@@ -205,6 +205,8 @@ pub(crate) struct Shared {
     pub control_counters: stats::ControlCounters,
     /// The WAN port's extra counters (DPDK xstats), read by the stats socket's thread.
     pub wan_extra: Option<nic_backends::ExtraStats>,
+    /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
+    pub wan_link_up: AtomicBool,
 }
 
 impl Shared {
@@ -383,6 +385,7 @@ pub fn run_with_ports(
         workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
         control_counters: stats::ControlCounters::default(),
         wan_extra: wan_port.extra_stats(),
+        wan_link_up: AtomicBool::new(wan_port.link_up()),
     });
     for e in boot_out.events.drain(..) {
         let _ = shared.events.push(e);
@@ -425,7 +428,9 @@ pub fn run_with_ports(
         );
     }
     let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
-    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets);
+    let wan_link = || wan_port.link_up();
+    let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link);
     shared.stop.store(true, Ordering::Relaxed);
     for h in handles {
         let _ = h.join();

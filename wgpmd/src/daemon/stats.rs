@@ -111,6 +111,11 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("wan_queue_rx_errors", l.wan_queue.rx_errors),
             ("wan_queue_tx_errors", l.wan_queue.tx_errors),
             ("wan_queue_tx_dropped", l.wan_queue.tx_dropped),
+            ("wan_queue_rx_no_buffers", l.wan_queue.rx_no_buffers),
+            ("wan_queue_iova_refused", l.wan_queue.iova_refused),
+            ("wan_queue_bad_used_id", l.wan_queue.bad_used_id),
+            ("wan_queue_bad_used_len", l.wan_queue.bad_used_len),
+            ("wan_queue_bad_used_idx", l.wan_queue.bad_used_idx),
         ] {
             line(&format!("{p}{k}"), v);
         }
@@ -140,6 +145,7 @@ pub(crate) fn render(sh: &Shared) -> String {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
     line("neighbours", sh.neigh.len() as u64);
+    line("wan_link_up", u64::from(sh.wan_link_up.load(Ordering::Relaxed)));
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
     if let Some(extra) = &sh.wan_extra {
         for (k, v) in extra() {
