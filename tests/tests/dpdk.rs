@@ -112,6 +112,29 @@ fn ping_all(ns: &Netns, addr: Ipv4Addr) -> Result<PingStats> {
     ping_replied(ns, addr, 5)
 }
 
+/// Starts a wireguard-go peer per topology peer, pings wgpmd through each tunnel, and checks
+/// that both workers' queues received, sent and decrypted. Returns the peers (alive until
+/// dropped) and the counters.
+fn both_queues_carry_traffic(ctx: &Ctx, topo: &Topology, d: &Wgpmd, what: &str) -> Result<(Vec<WgGo>, Counters)> {
+    let c = &topo.concentrator;
+    let mut peers = Vec::new();
+    for i in 0..topo.peers.len() {
+        peers.push(WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i))?);
+    }
+    for p in &topo.peers {
+        wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+        ping_all(&p.ns, c.inner_ip)?;
+    }
+    let st = d.wait_stats("both workers published", |s| Ok(s.workers() == 2))?;
+    let rx = st.per_worker("wan_queue_rx_packets")?;
+    let tx = st.per_worker("wan_queue_tx_packets")?;
+    let opened = st.per_worker("aead_opened")?;
+    eprintln!("{what} per queue: rx {rx:?}, tx {tx:?}, aead_opened {opened:?}, rss {:?}", st.get("dpdk_rss"));
+    ensure!(rx.iter().all(|&n| n > 0) && opened.iter().all(|&n| n > 0), "a queue carried no traffic: rx {rx:?}");
+    ensure!(tx.iter().all(|&n| n > 0), "a queue sent nothing: tx {tx:?}");
+    Ok((peers, st))
+}
+
 /// Ping both ways and iperf3 through wgpmd on the DPDK port; xstats and the zero-copy
 /// counters checked in `wgpmd stats`. Returns the counters.
 fn tunnel_traffic(ctx: &Ctx, topo: &Topology, opts: &WgpmdOptions) -> Result<(Wgpmd, Counters)> {
@@ -232,22 +255,8 @@ fn dpdk_two_workers_two_queues() {
         let c = &topo.concentrator;
         let mut d =
             Wgpmd::start(ctx, &c.ns, &c.outer_if, &format!("{}/24", c.outer_ip), &topo.concentrator_device(), &opts)?;
-        let mut peers = Vec::new();
-        for i in 0..topo.peers.len() {
-            peers.push(WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i))?);
-        }
-        for p in &topo.peers {
-            wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
-            ping_all(&p.ns, c.inner_ip)?;
-        }
-        let st = d.wait_stats("both workers published", |s| Ok(s.workers() == 2))?;
-        let rx = st.per_worker("wan_queue_rx_packets")?;
-        let tx = st.per_worker("wan_queue_tx_packets")?;
-        let opened = st.per_worker("aead_opened")?;
-        eprintln!("per queue: rx {rx:?}, tx {tx:?}, aead_opened {opened:?}, rss {:?}", st.get("dpdk_rss"));
+        let (_peers, st) = both_queues_carry_traffic(ctx, &topo, &d, "net_af_packet")?;
         ensure!(st.get("dpdk_rss")? == 0, "net_af_packet has no RSS offload (spreading is the kernel's fanout)");
-        ensure!(rx.iter().all(|&n| n > 0) && opened.iter().all(|&n| n > 0), "a queue carried no traffic: rx {rx:?}");
-        ensure!(tx.iter().all(|&n| n > 0), "a queue sent nothing: tx {tx:?}");
         d.ensure_running()?;
         d.stop()
     });
@@ -297,26 +306,9 @@ fn dpdk_net_tap_two_workers_two_queues() {
         c.ns.ip(&["link", "set", "dev", &tap, "address", "02:00:00:7a:70:01"])?;
         let _ = c.ns.sysctl(&format!("net.ipv6.conf.{tap}.disable_ipv6"), "1");
         c.ns.ip(&["link", "set", "dev", &tap, "master", br, "up"])?;
-        let mut peers = Vec::new();
-        for i in 0..topo.peers.len() {
-            peers.push(WgGo::start(ctx, &topo.peers[i].ns, &topo.peer_device(i))?);
-        }
-        for p in &topo.peers {
-            wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
-            ping_all(&p.ns, c.inner_ip)?;
-        }
-        let st = d.wait_stats("both workers published", |s| Ok(s.workers() == 2))?;
-        let rx = st.per_worker("wan_queue_rx_packets")?;
-        let tx = st.per_worker("wan_queue_tx_packets")?;
-        let opened = st.per_worker("aead_opened")?;
-        let offloads = st.get("dpdk_rss_offloads")?;
-        eprintln!(
-            "net_tap per queue: rx {rx:?}, tx {tx:?}, aead_opened {opened:?}; flow_type_rss_offloads {offloads:#x}, rss {:?}",
-            st.get("dpdk_rss")
-        );
+        let (_peers, st) = both_queues_carry_traffic(ctx, &topo, &d, "net_tap")?;
+        eprintln!("net_tap flow_type_rss_offloads {:#x}", st.get("dpdk_rss_offloads")?);
         ensure!(st.get("dpdk_rss")? == 0, "net_tap does not hash on dev_configure (RSS only via rte_flow rules)");
-        ensure!(rx.iter().all(|&n| n > 0) && opened.iter().all(|&n| n > 0), "a queue carried no traffic: rx {rx:?}");
-        ensure!(tx.iter().all(|&n| n > 0), "a queue sent nothing: tx {tx:?}");
         d.ensure_running()?;
         d.stop()?;
         ensure!(!c.ns.has_link(&tap), "wgpmd stopped, TAP {tap} still there");

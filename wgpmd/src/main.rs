@@ -282,26 +282,8 @@ fn main() -> ExitCode {
             print!("{}", vfio::Sysfs::new(sysfs_root).status_text());
             ExitCode::SUCCESS
         }
-        Cmd::Bind { bdf, sysfs_root } => match vfio::Sysfs::new(sysfs_root).bind(&bdf) {
-            Ok(msg) => {
-                println!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("wgpmd: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Cmd::Unbind { bdf, driver, sysfs_root } => match vfio::Sysfs::new(sysfs_root).unbind(&bdf, driver.as_deref()) {
-            Ok(msg) => {
-                println!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("wgpmd: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Cmd::Bind { bdf, sysfs_root } => report(vfio::Sysfs::new(sysfs_root).bind(&bdf)),
+        Cmd::Unbind { bdf, driver, sysfs_root } => report(vfio::Sysfs::new(sysfs_root).unbind(&bdf, driver.as_deref())),
         Cmd::DpdkBench { seconds, in_flight, quick, eal } => {
             dpdk_bench(seconds.unwrap_or(if quick { 0.3 } else { 2.0 }), in_flight, eal)
         }
@@ -538,6 +520,20 @@ fn dpdk_leftovers(prefix: &str, own_prefix: bool) {
     }
     if own_prefix {
         let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{prefix}"));
+    }
+}
+
+/// A devbind command's outcome: its message on stdout, or the error on stderr and a failure status.
+fn report(r: Result<String, vfio::VfioError>) -> ExitCode {
+    match r {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
