@@ -40,7 +40,7 @@ command -v xz >/dev/null 2>&1 || need="$need xz-utils"
 if [ -n "$need" ]; then
     echo "noiommu-modules.sh: apt-get install$need"
     # shellcheck disable=SC2086
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades $need > "$OUT/apt.log" 2>&1; then
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends --allow-downgrades $need > "$OUT/apt.log" 2>&1; then
         tail -n 15 "$OUT/apt.log" >&2
         echo "noiommu-modules.sh: cannot install$need: the guest kernel $KV is linux-image version $VER; the headers and the source must be that version too (apt-cache policy $HDR $SRC shows what the archive has; after a kernel update run apt-get update, then kernel.sh)" >&2
         exit 1
