@@ -30,6 +30,7 @@ command -v cpio >/dev/null || need_apt+=(cpio)
 command -v xz >/dev/null || need_apt+=(xz-utils)    # kernel.sh unpacks the vmlinux for QEMU's PVH entry
 command -v flock >/dev/null || need_apt+=(util-linux) # one guest at a time (/tmp/wgpmd-qemu.lock)
 command -v md5sum >/dev/null || need_apt+=(coreutils)
+command -v make >/dev/null || need_apt+=(make)        # noiommu-modules.sh (kernel headers/source: it installs them)
 # --- end of the guest tests' packages ---------------------------------------------------------------------
 # --- DPDK backend (issue 5; docs/OPERATIONS.md "Running on a DPDK NIC") -------------------------
 # The dpdk feature builds nic-backends/dpdk-sys: bindgen over the system's DPDK 22.11 headers
@@ -55,6 +56,13 @@ if ! apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'Depends: linux-i
 echo "== guest kernel for the QEMU guest tests"
 tests/guest/kernel.sh .tools/guest/kernel
 # --- end of the guest tests' kernel ---
+# --- Guest tests: vfio modules with no-IOMMU support for guest_noiommu_boot (Debian's kernel lacks
+# CONFIG_VFIO_NOIOMMU). noiommu-modules.sh apt-get installs linux-headers-<guest kernel> and linux-source-<x.y>
+# at the guest kernel package's version, rebuilds the 5 vfio modules from drivers/vfio with
+# -DCONFIG_VFIO_NOIOMMU=1 into .tools/guest/noiommu/<kver>-<version>/ (cached); ~20 s when nothing is cached ---
+echo "== no-IOMMU vfio modules for the QEMU guest tests"
+tests/guest/noiommu-modules.sh .tools/guest/kernel .tools/guest/noiommu
+# --- end of the guest tests' no-IOMMU modules ---
 
 # boringtun-cli, the second peer implementation of the e2e tests: built once into .tools/
 # (git-ignored; about a minute), reused while the installed version matches.

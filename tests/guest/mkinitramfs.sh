@@ -1,14 +1,17 @@
 #!/bin/sh
-# Usage: tests/guest/mkinitramfs.sh KERNEL_CACHE WGPMD_BIN OUT_DIR
+# Usage: tests/guest/mkinitramfs.sh KERNEL_CACHE WGPMD_BIN OUT_DIR [NOIOMMU_MODULES_DIR]
 # Builds OUT_DIR/initramfs.cpio.gz for the QEMU guest tests (docs/TESTING.md, "Guest tests (VFIO)"):
 #   busybox-static, /init and /scenarios.sh (from this folder), the kernel modules the scenarios need
 #   (resolved with modprobe --show-depends against the unpacked kernel in KERNEL_CACHE, see kernel.sh),
 #   iproute2 `ip`, wireguard-tools `wg` and the given wgpmd binary with the shared libraries ldd names,
 #   and fresh WireGuard keys made with `wg genkey` (also left in OUT_DIR/keys/ for the host-side peers).
+#   NOIOMMU_MODULES_DIR: the five vfio modules rebuilt with CONFIG_VFIO_NOIOMMU (noiommu-modules.sh) replace
+#   the stock ones (for boot=noiommu).
 set -eu
 KCACHE=${1:?usage: mkinitramfs.sh KERNEL_CACHE WGPMD_BIN OUT_DIR}
 WGPMD=${2:?usage: mkinitramfs.sh KERNEL_CACHE WGPMD_BIN OUT_DIR}
 OUT=${3:?usage: mkinitramfs.sh KERNEL_CACHE WGPMD_BIN OUT_DIR}
+NOIOMMU=${4:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 KCACHE=$(cd "$KCACHE" && pwd)
 KV=$(cat "$KCACHE/kver")
@@ -46,6 +49,13 @@ for f in $(for m in $MODS; do modprobe -d "$KPKG" -S "$KV" --show-depends $m; do
     mkdir -p "$R/$(dirname "$rel")"
     cp "$f" "$R/$rel"
 done
+if [ -n "$NOIOMMU" ]; then
+    for m in vfio.ko vfio_iommu_type1.ko vfio_virqfd.ko vfio-pci-core.ko vfio-pci.ko; do
+        dst=$(find "$R/lib/modules/$KV" -name "$m" | head -1)
+        [ -n "$dst" ] && [ -f "$NOIOMMU/$m" ] || { echo "mkinitramfs.sh: cannot replace $m with $NOIOMMU/$m" >&2; exit 1; }
+        cp "$NOIOMMU/$m" "$dst"
+    done
+fi
 cp "$KPKG/lib/modules/$KV/modules.order" "$KPKG"/lib/modules/$KV/modules.builtin* "$R/lib/modules/$KV/"
 depmod -b "$R" "$KV"
 
@@ -64,4 +74,4 @@ cp -L /lib64/ld-linux-x86-64.so.2 "$R/lib64/"
 (cd "$R" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/initramfs.cpio.gz.tmp"
 mv "$OUT/initramfs.cpio.gz.tmp" "$OUT/initramfs.cpio.gz"
 rm -rf "$R"
-echo "mkinitramfs.sh: $OUT/initramfs.cpio.gz ($(du -k "$OUT/initramfs.cpio.gz" | cut -f1) KiB, kernel $KV)"
+echo "mkinitramfs.sh: $OUT/initramfs.cpio.gz ($(du -k "$OUT/initramfs.cpio.gz" | cut -f1) KiB, kernel $KV${NOIOMMU:+, vfio modules from $NOIOMMU})"

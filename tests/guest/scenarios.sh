@@ -233,28 +233,85 @@ sc_vfio_nohuge() {
     pass "$ERRLINE"
 }
 
+# vfio_run_checks [ENV=VALUE...]: wgpmd on vfio:NIC A (bound to vfio-pci) with the afp_local traffic checks,
+# its driver counters, SIGTERM, and nothing left behind. RUNMSG: the summary.
+vfio_run_checks() {
+    echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
+    hp=$(meminfo HugePages_Free)
+    [ "$hp" -gt 0 ] || { log "could not reserve hugepages"; return 1; }
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { log "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci"; return 1; }
+    wgpmd_start vfio:$A_BDF 0 "$@" || { log "wgpmd did not start"; return 1; }
+    if [ "$BOOT" = noiommu ]; then
+        # no-IOMMU mode: wgpmd says so, and its DMA addresses are the physical ones from /proc/self/pagemap
+        grep -E 'no-IOMMU' $WLOG | head -4 | sed 's/^/    | /'
+        grep -q 'no-IOMMU mode' $WLOG || { kill -KILL $WPID; log "wgpmd did not log no-IOMMU mode"; return 1; }
+        grep -qE 'no-IOMMU DMA memory: .* at physical address 0x[0-9a-f]+' $WLOG \
+            || { kill -KILL $WPID; log "wgpmd logged no physical address of its DMA memory"; return 1; }
+    else
+        # what the guest kernel reports as usable IOVA ranges (VFIO_IOMMU_GET_INFO), as wgpmd logged it
+        grep -E 'IOVA ranges|default window' $WLOG | head -2 | sed 's/^/    | /'
+        grep -qE 'IOVA ranges|default window' $WLOG || { kill -KILL $WPID; log "wgpmd logged no IOVA window"; return 1; }
+    fi
+    if ! traffic_local; then kill -KILL $WPID; tailog $WLOG 20; log "traffic (see the lines above)"; return 1; fi
+    # the control core's handshake messages come from a plain pool: the port copies them into DMA memory
+    copied=$(stat_sum wan_queue_tx_copied)
+    [ "$copied" -gt 0 ] || { kill -KILL $WPID; log "wan_queue_tx_copied=0: the handshake went out uncopied or not at all"; return 1; }
+    # the virtio STATUS feature: the link is up, and the driver's own checks found nothing to refuse
+    [ "$(stat wan_link_up)" = 1 ] || { kill -KILL $WPID; log "wan_link_up='$(stat wan_link_up)', expected 1"; return 1; }
+    for k in wan_queue_iova_refused wan_queue_bad_used_id wan_queue_bad_used_len wan_queue_bad_used_idx; do
+        [ "$(stat_sum $k)" = 0 ] || { kill -KILL $WPID; log "$k=$(stat_sum $k), expected 0"; return 1; }
+    done
+    wgpmd_stop || { log "shutdown failed"; return 1; }
+    nothing_left $A_BDF vfio-pci $hp || { log "after SIGTERM: left something behind"; return 1; }
+    RUNMSG="vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, wan_link_up=1, rx_no_buffers=$(stat_sum wan_queue_rx_no_buffers), SIGTERM exit 0, hugepages and /dev/vfio released"
+}
+
 sc_vfio_run() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
+    vfio_run_checks || { fail "see the lines above"; return; }
+    pass "$RUNMSG"
+}
+
+# --- boot=noiommu: VFIO without an IOMMU (/dev/vfio/noiommu-N, the kernel taints itself) -----------------
+setup_noiommu() {
+    setup_local
+    echo "INIT: vfio enable_unsafe_noiommu_mode=$(cat /sys/module/vfio/parameters/enable_unsafe_noiommu_mode 2>/dev/null)"
+}
+
+sc_noiommu_bind() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver (no 'wgpmd bind')"; return; }
+    [ "$(cat /sys/module/vfio/parameters/enable_unsafe_noiommu_mode 2>/dev/null)" = Y ] \
+        || { fail "vfio has no enable_unsafe_noiommu_mode=Y (not the rebuilt modules?)"; return; }
+    [ -e /sys/bus/pci/devices/$A_BDF/iommu_group ] && { fail "$A_BDF has an IOMMU group before bind: is there an IOMMU?"; return; }
+    dmesg -c > /dev/null
+    out=$(/usr/local/bin/wgpmd bind $A_BDF 2>&1); rc=$?
+    echo "$out" | sed 's/^/    | /'
+    [ $rc = 0 ] || { fail "wgpmd bind exited $rc"; return; }
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "driver after bind: '$(drv_of $A_BDF)'"; return; }
+    grp=$(basename "$(readlink /sys/bus/pci/devices/$A_BDF/iommu_group)")
+    [ -e /dev/vfio/noiommu-$grp ] || { fail "no /dev/vfio/noiommu-$grp ($(ls /dev/vfio | tr '\n' ' '))"; return; }
+    [ -e /dev/vfio/$grp ] && { fail "/dev/vfio/$grp exists: not a no-IOMMU group"; return; }
+    taint=$(dmesg | grep -i 'taint.*vfio-noiommu' | head -1)
+    echo "    | $taint"
+    [ -n "$taint" ] || { fail "no 'Adding kernel taint for vfio-noiommu' line in dmesg"; return; }
+    pass "$A_BDF on vfio-pci, /dev/vfio/noiommu-$grp, kernel: ${taint#*] }"
+}
+
+# without WGPMD_VFIO_NOIOMMU=1, wgpmd must refuse a no-IOMMU group and say how to allow it
+sc_noiommu_refuse() {
     has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
     echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
     hp=$(meminfo HugePages_Free)
-    [ "$hp" -gt 0 ] || { fail "could not reserve hugepages"; return; }
-    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci"; return; }
-    wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start"; return; }
-    # what the guest kernel reports as usable IOVA ranges (VFIO_IOMMU_GET_INFO), as wgpmd logged it
-    grep -E 'IOVA ranges|default window' $WLOG | head -2 | sed 's/^/    | /'
-    grep -qE 'IOVA ranges|default window' $WLOG || { kill -KILL $WPID; fail "wgpmd logged no IOVA window"; return; }
-    if ! traffic_local; then kill -KILL $WPID; tailog $WLOG 20; fail "traffic (see the lines above)"; return; fi
-    # the control core's handshake messages come from a plain pool: the port copies them into DMA memory
-    copied=$(stat_sum wan_queue_tx_copied)
-    [ "$copied" -gt 0 ] || { kill -KILL $WPID; fail "wan_queue_tx_copied=0: the handshake went out uncopied or not at all"; return; }
-    # the virtio STATUS feature: the link is up, and the driver's own checks found nothing to refuse
-    [ "$(stat wan_link_up)" = 1 ] || { kill -KILL $WPID; fail "wan_link_up='$(stat wan_link_up)', expected 1"; return; }
-    for k in wan_queue_iova_refused wan_queue_bad_used_id wan_queue_bad_used_len wan_queue_bad_used_idx; do
-        [ "$(stat_sum $k)" = 0 ] || { kill -KILL $WPID; fail "$k=$(stat_sum $k), expected 0"; return; }
-    done
-    wgpmd_stop || { fail "shutdown"; return; }
-    nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
-    pass "vfio:$A_BDF: pings both ways, $BULKMSG, $STATMSG, tx_copied=$copied, wan_link_up=1, rx_no_buffers=$(stat_sum wan_queue_rx_no_buffers), SIGTERM exit 0, hugepages and /dev/vfio released"
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "precondition: $A_BDF on '$(drv_of $A_BDF)', not vfio-pci (noiommu_bind)"; return; }
+    wgpmd_expect_fail vfio:$A_BDF 'noiommu-[0-9]+.*WGPMD_VFIO_NOIOMMU=1' || { fail "no clear refusal of the no-IOMMU group"; return; }
+    nothing_left $A_BDF vfio-pci $hp || { fail "left something behind"; return; }
+    pass "$ERRLINE"
+}
+
+sc_noiommu_run() {
+    has_vfio_driver || { skip "this wgpmd has no VFIO driver"; return; }
+    vfio_run_checks WGPMD_VFIO_NOIOMMU=1 || { fail "see the lines above"; return; }
+    pass "no-IOMMU, $RUNMSG"
 }
 
 sc_vfio_unbind() {

@@ -10,6 +10,9 @@
 //!   wgpmd must exit non-zero in bounded time).
 //! * `guest_mq_boot`: NIC A with two queue pairs on a multiqueue TAP in a host namespace of this
 //!   test, where wireguard-go peers run; wgpmd with two workers.
+//! * `guest_noiommu_boot`: the local topology without a vIOMMU, with the guest's vfio modules
+//!   rebuilt with CONFIG_VFIO_NOIOMMU (tests/guest/noiommu-modules.sh): wgpmd refuses the
+//!   no-IOMMU group unless WGPMD_VFIO_NOIOMMU=1, then runs on it with physical DMA addresses.
 //!
 //! The VFIO scenarios report SKIP while the wgpmd under test has no VFIO driver (no `wgpmd bind`);
 //! once it has one, a SKIP fails the test. Run (as root, after `cargo build --release -p wgpmd`):
@@ -40,6 +43,11 @@ fn kernel_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/guest/kernel")
 }
 
+/// The cache of the rebuilt no-IOMMU vfio modules (git-ignored): `<workspace>/.tools/guest/noiommu`.
+fn noiommu_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/guest/noiommu")
+}
+
 fn run_script(what: &str, args: &[&str], timeout: Duration) -> Result<String> {
     let mut cmd = Command::new(args[0]);
     cmd.args(&args[1..]);
@@ -64,6 +72,13 @@ struct Guest {
 
 impl Guest {
     fn prepare(ctx: &Ctx) -> Result<Guest> {
+        Self::prepare_with(ctx, false)
+    }
+
+    /// `noiommu`: the initramfs gets the vfio modules rebuilt with CONFIG_VFIO_NOIOMMU
+    /// (noiommu-modules.sh builds them once per kernel version; it apt-get installs the kernel's
+    /// headers and source when they are not cached).
+    fn prepare_with(ctx: &Ctx, noiommu: bool) -> Result<Guest> {
         let mut missing = Vec::new();
         for t in ["qemu-system-x86_64", "busybox", "cpio", "depmod", "flock", "md5sum", "apt-get", "dpkg-deb", "xz"] {
             if !Command::new("sh").args(["-c", &format!("command -v {t}")]).output()?.status.success() {
@@ -79,18 +94,28 @@ impl Guest {
         let h = harness_dir();
         let t = Instant::now();
         run_script("kernel.sh", &[&h.join("kernel.sh").to_string_lossy(), &kcache.to_string_lossy()], secs(600))?;
+        let mut mods = String::new();
+        if noiommu {
+            let cache = noiommu_cache();
+            let text = run_script(
+                "noiommu-modules.sh",
+                &[&h.join("noiommu-modules.sh").to_string_lossy(), &kcache.to_string_lossy(), &cache.to_string_lossy()],
+                secs(900),
+            )?;
+            eprint!("[guest] {text}");
+            let kv = std::fs::read_to_string(kcache.join("kver"))?.trim().to_string();
+            let ver = std::fs::read_to_string(kcache.join("kpkgver"))?.trim().to_string();
+            mods = cache.join(format!("{kv}-{ver}")).to_string_lossy().into_owned();
+        }
         let bin = wgpmd_bin()?;
         let out = ctx.dir().join("guest");
-        run_script(
-            "mkinitramfs.sh",
-            &[
-                &h.join("mkinitramfs.sh").to_string_lossy(),
-                &kcache.to_string_lossy(),
-                &bin.to_string_lossy(),
-                &out.to_string_lossy(),
-            ],
-            secs(120),
-        )?;
+        let mkinit = h.join("mkinitramfs.sh").to_string_lossy().into_owned();
+        let (kc, b, o) = (kcache.to_string_lossy(), bin.to_string_lossy(), out.to_string_lossy());
+        let mut args: Vec<&str> = vec![&mkinit, &kc, &b, &o];
+        if noiommu {
+            args.push(&mods);
+        }
+        run_script("mkinitramfs.sh", &args, secs(120))?;
         eprintln!("[guest] kernel and initramfs ready in {:.1} s", t.elapsed().as_secs_f64());
         Ok(Guest { kcache, out, vfio: has_vfio_driver(&bin) })
     }
@@ -105,7 +130,7 @@ impl Guest {
         Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
     }
 
-    /// Boots `boot` (local|mq) in `ns` with the scenarios `scen`, waits for the guest to power
+    /// Boots `boot` (local|mq|noiommu) in `ns` with the scenarios `scen`, waits for the guest to power
     /// off, returns the serial console log.
     fn boot(&self, ctx: &Ctx, ns: &Netns, boot: &str, scen: &[&str], envs: &[(&str, &str)]) -> Result<String> {
         let run_vm = harness_dir().join("run-vm.sh").to_string_lossy().into_owned();
@@ -214,6 +239,21 @@ fn guest_local_boot() {
         ];
         let log = g.boot(ctx, &ns, "local", &scen, &[])?;
         check_scenarios(&log, &scen, |n| !g.vfio && is_vfio_scenario(n))
+    });
+}
+
+#[test]
+fn guest_noiommu_boot() {
+    run("guest_noiommu_boot", |ctx| {
+        let g = Guest::prepare_with(ctx, true)?;
+        if !g.vfio {
+            eprintln!("[guest] this wgpmd has no VFIO driver (no `wgpmd bind`): the noiommu_* scenarios report SKIP");
+        }
+        let ns = Netns::new("gno")?;
+        ns.ip(&["link", "set", "lo", "up"])?;
+        let scen = ["noiommu_bind", "noiommu_refuse", "noiommu_run", "vfio_unbind"];
+        let log = g.boot(ctx, &ns, "noiommu", &scen, &[])?;
+        check_scenarios(&log, &scen, |_| !g.vfio)
     });
 }
 

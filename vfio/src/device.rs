@@ -128,6 +128,9 @@ impl Container {
                     )));
                 }
                 let g = sys::open_rw(&npath).map_err(|e| VfioError::io(format!("open {npath}"), e))?;
+                eprintln!(
+                    "vfio:{bdf}: no-IOMMU mode ({npath}, allowed by WGPMD_VFIO_NOIOMMU=1): nothing confines this device's DMA; DMA addresses are physical addresses from /proc/self/pagemap"
+                );
                 (g, IommuMode::NoIommu)
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(VfioError::NoVfio { path: gpath }),
@@ -170,6 +173,16 @@ impl Container {
     /// The IOMMU mode.
     pub fn mode(&self) -> IommuMode {
         self.mode
+    }
+
+    /// The largest DMA region [`Container::alloc_dma`] can always provide: in no-IOMMU mode a
+    /// region must be physically contiguous, which only one 2 MiB hugepage is guaranteed to be;
+    /// with the IOMMU, no limit (None).
+    pub fn max_dma_region(&self) -> Option<usize> {
+        match self.mode {
+            IommuMode::Type1 => None,
+            IommuMode::NoIommu => Some(HUGEPAGE),
+        }
     }
 
     /// The lowest IOVA never handed out (every IOVA at or above it is unmapped: the bad-IOVA
@@ -225,6 +238,7 @@ impl Container {
                         )));
                     }
                 }
+                eprintln!("vfio:{}: no-IOMMU DMA memory: {} bytes at physical address {p0:#x}", self.bdf, mem.size());
                 Iova(p0)
             }
         };

@@ -30,6 +30,15 @@ const RX_OFF: usize = HEADROOM - NET_HDR;
 const RX_LEN: usize = BUF_SIZE - RX_OFF;
 /// Buffers of each queue's pool (DMA memory: 2048 × 2 KiB = 4 MiB, two hugepages).
 pub const POOL_BUFS: usize = 2048;
+
+/// Buffers of a queue's pool when one DMA region may be at most `max_region` bytes: in no-IOMMU
+/// mode a region must be physically contiguous, which only a single 2 MiB hugepage is sure to be
+/// (the hugepages of a larger region are often not adjacent, or in descending order), so the pool
+/// gets 1024 buffers there instead of [`POOL_BUFS`]; that still covers a full receive ring and a
+/// full transmit ring (256 each) with room for the daemon's bursts.
+pub(crate) fn pool_bufs(max_region: Option<usize>) -> usize {
+    max_region.map_or(POOL_BUFS, |m| (m / BUF_SIZE).clamp(1, POOL_BUFS))
+}
 /// Refill the rx ring once this many descriptors are free (batched refill).
 const REFILL_BATCH: usize = 32;
 /// Device status is checked every this many polls of a queue.
@@ -696,12 +705,13 @@ impl VirtioNetPort {
             let (Some((rx, rxn)), Some((tx, txn))) = (it.next(), it.next()) else {
                 return Err(err(spec, "queue setup"));
             };
-            let region = container.alloc_dma(POOL_BUFS * BUF_SIZE).map_err(verr)?;
+            let bufs = pool_bufs(container.max_dma_region());
+            let region = container.alloc_dma(bufs * BUF_SIZE).map_err(verr)?;
             let mut bounds = Bounds::default();
             bounds.add(region.iova().0, region.size() as u64);
             let d2 = dev.clone();
             let r = DmaPoolRegion { before_unmap: Some(Box::new(move || d2.quiesce())), region };
-            let pool = Pool::with_region(&format!("vfio{i}"), r, POOL_BUFS)
+            let pool = Pool::with_region(&format!("vfio{i}"), r, bufs)
                 .map_err(|source| PortError::Pool { spec: spec.to_string(), source })?;
             let mut core = QueueCore::new(rx, tx, pool.clone(), bounds);
             if i == 0 {
@@ -768,6 +778,17 @@ mod tests {
         let mut b = Bounds::default();
         b.add(iova, size as u64);
         (QueueCore::new(rx, tx, pool, b), sr, st)
+    }
+
+    #[test]
+    fn pool_fits_one_contiguous_region() {
+        assert_eq!(pool_bufs(None), POOL_BUFS, "IOMMU: the full pool");
+        let n = pool_bufs(Some(vfio::HUGEPAGE));
+        assert_eq!(n, 1024, "no-IOMMU: one 2 MiB hugepage");
+        assert!(n * BUF_SIZE <= vfio::HUGEPAGE);
+        assert!(n >= 2 * MAX_QUEUE as usize, "a full receive and transmit ring must fit");
+        assert_eq!(pool_bufs(Some(64 << 20)), POOL_BUFS, "never more than POOL_BUFS");
+        assert_eq!(pool_bufs(Some(100)), 1, "never zero");
     }
 
     #[test]
