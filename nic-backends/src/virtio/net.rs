@@ -159,9 +159,9 @@ impl KernelLog {
 pub(crate) struct NetDev {
     t: Transport,
     features: u64,
-    quiesced: AtomicBool,
     bdf: String,
     kmsg: std::sync::Mutex<KernelLog>,
+    quiesced: StopOnce,
     // Dropped after the device is reset in Drop: BAR mappings (in `t`), then the ring memory,
     // then the VFIO device fd.
     _rings: Arc<dyn SharedMem>,
@@ -172,17 +172,44 @@ impl NetDev {
     /// Stop the device for good (idempotent): reset it and wait until it is, then disable bus
     /// mastering. After this it touches no memory, so buffers in its rings may be freed and DMA
     /// memory unmapped.
+    ///
+    /// Every caller returns only once the reset is done, also one that comes while another
+    /// thread is still resetting (two queues dropped at once, or a pool's last buffer freed on
+    /// another core): its caller frees posted buffers and unmaps DMA memory right after.
     pub(crate) fn quiesce(&self) {
-        if self.quiesced.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if !self.t.reset() {
-            eprintln!("vfio:{}: device did not finish its reset within 1 s", self.bdf);
-        }
-        let _ = self.vfio.disable_bus_master();
+        self.quiesced.run(|| {
+            if !self.t.reset() {
+                eprintln!("vfio:{}: device did not finish its reset within 1 s", self.bdf);
+            }
+            let _ = self.vfio.disable_bus_master();
+        });
     }
     fn is_quiesced(&self) -> bool {
-        self.quiesced.load(Ordering::Acquire)
+        self.quiesced.started()
+    }
+}
+
+/// A stop action run once: the first caller runs it, every other caller (also a concurrent
+/// one) waits until it has finished. `started` turns true as soon as a caller arrives.
+#[derive(Debug)]
+pub(crate) struct StopOnce {
+    started: AtomicBool,
+    done: std::sync::Once,
+}
+
+impl Default for StopOnce {
+    fn default() -> Self {
+        StopOnce { started: AtomicBool::new(false), done: std::sync::Once::new() }
+    }
+}
+
+impl StopOnce {
+    pub(crate) fn run(&self, f: impl FnOnce()) {
+        self.started.store(true, Ordering::Release);
+        self.done.call_once(f);
+    }
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 }
 
@@ -634,9 +661,9 @@ impl VirtioNetPort {
         let dev = Arc::new(NetDev {
             t,
             features,
-            quiesced: AtomicBool::new(false),
             bdf: vdev.bdf().to_string(),
             kmsg: std::sync::Mutex::new(KernelLog::open()),
+            quiesced: StopOnce::default(),
             _rings: rings.clone(),
             vfio: vdev,
         });
@@ -778,6 +805,29 @@ mod tests {
         let mut b = Bounds::default();
         b.add(iova, size as u64);
         (QueueCore::new(rx, tx, pool, b), sr, st)
+    }
+
+    /// A second `quiesce` that arrives while the first is still resetting the device must wait
+    /// for it: its caller frees the posted buffers and unmaps the DMA memory when it returns (the
+    /// old `AtomicBool::swap` let it return at once).
+    #[test]
+    fn a_concurrent_quiesce_waits_for_the_reset() {
+        let stop = Arc::new(StopOnce::default());
+        let reset_done = Arc::new(AtomicBool::new(false));
+        let (s, d) = (stop.clone(), reset_done.clone());
+        let first = std::thread::spawn(move || {
+            s.run(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                d.store(true, Ordering::Release);
+            })
+        });
+        while !stop.started() {
+            std::thread::yield_now();
+        }
+        stop.run(|| panic!("the reset runs once"));
+        assert!(reset_done.load(Ordering::Acquire), "returned before the reset finished");
+        first.join().unwrap();
+        stop.run(|| panic!("the reset runs once"));
     }
 
     #[test]
