@@ -26,6 +26,7 @@
 //! asked for RSS: its queues get what the kernel's tun queue selection gives them.
 //! [`DpdkPort::rss`] says which; `dpdk_rss_offloads` in the stats is what the device claims.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::{Buffer, Pool};
@@ -86,14 +87,46 @@ pub fn eal_ready() -> bool {
     *EAL.lock().unwrap_or_else(|e| e.into_inner()) == Eal::Ready
 }
 
+/// Ports (also while opening) and mbuf arenas alive: all need EAL's memory and state.
+static EAL_USERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Held by whatever needs EAL alive (a `DpdkPort` from the start of `open`, a pool's arena):
+/// [`cleanup_eal`] refuses while one exists. A port counts itself before it checks that EAL is
+/// ready, and `cleanup_eal` reads the count under the EAL lock, so one of them sees the other.
+pub(crate) struct EalUser(());
+
+impl EalUser {
+    pub(crate) fn new() -> EalUser {
+        EAL_USERS.fetch_add(1, Ordering::SeqCst);
+        EalUser(())
+    }
+}
+
+impl Drop for EalUser {
+    fn drop(&mut self) {
+        EAL_USERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// `rte_eal_cleanup()`: call after every DPDK port is dropped and every buffer of their pools
 /// freed (the mempools are then freed, so no hugepage files stay behind). No-op without EAL.
-pub fn cleanup_eal() {
+///
+/// Returns false, and leaves EAL running, while a DPDK port or a pool (or one of its buffers)
+/// still exists: EAL's cleanup unmaps the memory those buffers point into and frees the
+/// mempools and queues they use, so cleaning up then would leave dangling buffers.
+pub fn cleanup_eal() -> bool {
     let mut st = EAL.lock().unwrap_or_else(|e| e.into_inner());
-    if *st == Eal::Ready {
-        sys::eal_cleanup();
-        *st = Eal::Cleaned;
+    if *st != Eal::Ready {
+        return true;
     }
+    let users = EAL_USERS.load(Ordering::SeqCst);
+    if users != 0 {
+        eprintln!("dpdk: not cleaning up EAL: {users} DPDK port(s) or pool(s) still exist");
+        return false;
+    }
+    sys::eal_cleanup();
+    *st = Eal::Cleaned;
+    true
 }
 
 /// A DPDK port; closes the device (stop, close) when dropped, then frees its pools once their
@@ -111,6 +144,8 @@ pub struct DpdkPort {
     // needs them; dropped after `Drop::drop` ran).
     arenas: Vec<Arc<sys::Arena>>,
     queues: Vec<Option<DpdkQueue>>,
+    /// Last: EAL stays up until the port is closed and its arenas dropped.
+    _eal: EalUser,
 }
 
 /// One rx/tx queue pair of a [`DpdkPort`].
@@ -123,6 +158,7 @@ pub struct DpdkQueue {
 impl DpdkPort {
     pub(crate) fn open(spec: &str, name: &str, opts: &PortOptions) -> Result<DpdkPort, PortError> {
         let err = |problem: String| PortError::Dpdk { spec: spec.to_string(), problem };
+        let eal = EalUser::new();
         if !eal_ready() {
             return Err(err("DPDK's EAL is not initialised: call nic_backends::dpdk::init_eal first (`wgpmd run` does, with the EAL arguments after `--`)".into()));
         }
@@ -169,6 +205,7 @@ impl DpdkPort {
             pools: Vec::new(),
             arenas: Vec::new(),
             queues: Vec::new(),
+            _eal: eal,
         };
         for q in 0..nq {
             let pname = format!("wgpmd_p{port_id}_q{q}");

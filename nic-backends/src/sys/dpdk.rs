@@ -300,6 +300,8 @@ pub(crate) struct Arena {
     size: usize,
     iova: u64,
     table: Vec<NonNull<ffi::rte_mbuf>>,
+    /// Keeps `cleanup_eal` from freeing EAL under this arena; dropped after `Drop::drop`.
+    _eal: crate::dpdk::EalUser,
 }
 
 // SAFETY: the pointers are to DPDK objects that live until Drop; mempool get/put are
@@ -311,8 +313,8 @@ unsafe impl Sync for Arena {}
 impl Drop for Arena {
     fn drop(&mut self) {
         if !crate::dpdk::eal_ready() {
-            // EAL was cleaned up with this pool still referenced (a buffer outlived it): its
-            // memory went with EAL, there is nothing left to free (and calling DPDK would crash).
+            // Not reached: `cleanup_eal` refuses while this arena's `EalUser` lives. Kept as a
+            // guard: calling DPDK after its cleanup would crash.
             return;
         }
         // SAFETY: every mbuf is back in the mempool (each Buffer holds an Arc to the Slots that
@@ -476,7 +478,7 @@ pub(crate) fn create_pool(name: &str, count: usize, socket: i32) -> Result<(Pool
             "the extbuf mbuf pool does not map mbufs 1:1 onto {BUF_SIZE}-byte slots with {HEADROOM} bytes of headroom"
         ));
     };
-    let arena = Arc::new(Arena { mz, mp, base, size: bytes, iova, table });
+    let arena = Arc::new(Arena { mz, mp, base, size: bytes, iova, table, _eal: crate::dpdk::EalUser::new() });
     let slots = Slots::with_source(
         name,
         Box::new(ArenaRegion(Arc::clone(&arena))),
