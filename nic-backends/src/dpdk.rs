@@ -129,8 +129,8 @@ pub fn cleanup_eal() -> bool {
     true
 }
 
-/// A DPDK port; closes the device (stop, close) when dropped, then frees its pools once their
-/// buffers are back.
+/// A DPDK port; closes the device (stop, close) once it and every queue taken from it are
+/// dropped, then frees its pools once their buffers are back.
 pub struct DpdkPort {
     info: PortInfo,
     port_id: u16,
@@ -138,19 +138,37 @@ pub struct DpdkPort {
     rss: bool,
     /// `flow_type_rss_offloads` as the device reports it.
     rss_offloads: u64,
-    started: bool,
     pools: Vec<Pool>,
-    // Keep the mempools alive until after rte_eth_dev_close (declared after nothing that
-    // needs them; dropped after `Drop::drop` ran).
-    arenas: Vec<Arc<sys::Arena>>,
     queues: Vec<Option<DpdkQueue>>,
+    dev: Arc<Device>,
+}
+
+/// The started device, shared by the port and every queue taken from it: stopped and closed
+/// when the last of them is gone. A queue may still be polled on a worker thread after the
+/// port was dropped; closing the device under it would free the queue structures the burst
+/// functions use, and a later vdev could reuse the port id.
+struct Device {
+    port_id: u16,
+    started: std::sync::atomic::AtomicBool,
+    /// Keep the mempools alive until after rte_eth_dev_close (dropped after `Drop::drop`).
+    arenas: Mutex<Vec<Arc<sys::Arena>>>,
     /// Last: EAL stays up until the port is closed and its arenas dropped.
     _eal: EalUser,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // Every queue is gone (each holds an Arc to this): nobody polls; the device returns the
+        // mbufs of its rings to the pools on close. The arenas are dropped after this.
+        sys::stop_close(self.port_id, *self.started.get_mut());
+    }
 }
 
 /// One rx/tx queue pair of a [`DpdkPort`].
 pub struct DpdkQueue {
     b: sys::Bursts,
+    /// The device stays open while this queue exists.
+    _dev: Arc<Device>,
     stats: QueueStats,
     copies: sys::CopyStats,
 }
@@ -201,11 +219,9 @@ impl DpdkPort {
             driver: info.driver.clone(),
             rss: rss_hf != 0,
             rss_offloads: info.rss_offloads,
-            started: false,
             pools: Vec::new(),
-            arenas: Vec::new(),
             queues: Vec::new(),
-            _eal: eal,
+            dev: Arc::new(Device { port_id, started: Default::default(), arenas: Mutex::new(Vec::new()), _eal: eal }),
         };
         for q in 0..nq {
             let pname = format!("wgpmd_p{port_id}_q{q}");
@@ -216,7 +232,7 @@ impl DpdkPort {
                 ))
             })?;
             port.pools.push(pool.clone());
-            port.arenas.push(Arc::clone(&arena));
+            port.dev.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&arena));
             sys::queue_setup(port_id, q as u16, rxd, txd, socket, &arena).map_err(|e| {
                 let hint = if info.driver.contains("af_packet") {
                     " (net_af_packet: add framesz=1952,blocksz=249856 to its --vdev: a frame must fit the 1920 bytes an mbuf holds after the 128-byte headroom, and frames must tile a block)"
@@ -227,12 +243,13 @@ impl DpdkPort {
             })?;
             port.queues.push(Some(DpdkQueue {
                 b: sys::Bursts::new(port_id, q as u16, pool, arena),
+                _dev: Arc::clone(&port.dev),
                 stats: QueueStats::default(),
                 copies: sys::CopyStats::default(),
             }));
         }
         sys::start(port_id).map_err(|e| err(format!("rte_eth_dev_start: {e}")))?;
-        port.started = true;
+        port.dev.started.store(true, Ordering::Relaxed);
         if let Some(m) = sys::mtu(port_id) {
             port.info.mtu = usize::from(m);
         }
@@ -259,15 +276,6 @@ impl DpdkPort {
     /// Take queue `q` as its concrete type (benchmarks, tests).
     pub fn take_dpdk_queue(&mut self, q: usize) -> Option<DpdkQueue> {
         self.queues.get_mut(q)?.take()
-    }
-}
-
-impl Drop for DpdkPort {
-    fn drop(&mut self) {
-        // Queues still held here have empty scratch arrays; the device returns the mbufs of its
-        // rings to the pools on close. The pools (`arenas`) are dropped after this.
-        self.queues.clear();
-        sys::stop_close(self.port_id, self.started);
     }
 }
 

@@ -231,7 +231,8 @@ pub(crate) fn start(id: u16) -> Result<(), String> {
 
 /// Stop and close the port (no queue may be polled any more).
 pub(crate) fn stop_close(id: u16, started: bool) {
-    // SAFETY: called once, from the port's Drop, after every worker stopped polling.
+    // SAFETY: called once, from the Drop of the device shared by the port and its queues, so
+    // when the last queue is gone: no burst function runs on this port any more.
     unsafe {
         if started {
             ffi::rte_eth_dev_stop(id);
