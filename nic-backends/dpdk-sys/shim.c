@@ -7,8 +7,9 @@ int wgpmd_rte_errno(void) { return rte_errno; }
 uint16_t wgpmd_pktmbuf_headroom(void) { return RTE_PKTMBUF_HEADROOM; }
 
 void wgpmd_mbuf_get(const struct rte_mbuf *m, void **buf_addr, uint16_t *data_off, uint16_t *data_len,
-		    uint16_t *nb_segs, struct rte_mempool **pool)
+		    uint16_t *nb_segs, struct rte_mempool **pool, uint16_t *refcnt)
 {
+	*refcnt = rte_mbuf_refcnt_read(m);
 	*buf_addr = m->buf_addr;
 	*data_off = m->data_off;
 	*data_len = m->data_len;

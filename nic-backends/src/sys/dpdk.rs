@@ -384,15 +384,16 @@ struct MbufFields {
     len: u16,
     nb_segs: u16,
     pool: *mut ffi::rte_mempool,
+    refcnt: u16,
 }
 
 fn mbuf_get(m: NonNull<ffi::rte_mbuf>) -> MbufFields {
-    let (mut a, mut off, mut len, mut segs, mut pool) =
-        (std::ptr::null_mut(), 0u16, 0u16, 0u16, std::ptr::null_mut::<ffi::rte_mempool>());
+    let (mut a, mut off, mut len, mut segs, mut pool, mut refcnt) =
+        (std::ptr::null_mut(), 0u16, 0u16, 0u16, std::ptr::null_mut::<ffi::rte_mempool>(), 0u16);
     // SAFETY: `m` is an mbuf the caller owns (just received or allocated); the shim only reads
     // its fields into the out pointers.
-    unsafe { ffi::wgpmd_mbuf_get(m.as_ptr(), &mut a, &mut off, &mut len, &mut segs, &mut pool) };
-    MbufFields { buf_addr: a as usize, off, len, nb_segs: segs, pool }
+    unsafe { ffi::wgpmd_mbuf_get(m.as_ptr(), &mut a, &mut off, &mut len, &mut segs, &mut pool, &mut refcnt) };
+    MbufFields { buf_addr: a as usize, off, len, nb_segs: segs, pool, refcnt }
 }
 
 /// A queue's pool: `count` mbufs whose data buffers are the slots of one memzone.
@@ -495,7 +496,7 @@ pub(crate) fn create_pool(name: &str, count: usize, socket: i32) -> Result<(Pool
 pub(crate) struct CopyStats {
     /// Buffers from another pool copied into an mbuf before tx.
     pub tx_copied: u64,
-    /// Multi-segment or foreign mbufs dropped on rx.
+    /// Multi-segment, foreign or shared (indirect, refcnt > 1) mbufs dropped on rx.
     pub rx_multiseg: u64,
 }
 
@@ -527,11 +528,18 @@ impl Bursts {
         for i in 0..n.min(BURST) {
             let Some(m) = NonNull::new(self.mbufs[i]) else { continue };
             let f = mbuf_get(m);
-            let idx =
-                if f.pool == self.arena.mp.as_ptr() && f.nb_segs == 1 { self.arena.index_of(f.buf_addr) } else { None };
+            // Only the slot's own mbuf, unshared, is adopted: an indirect mbuf (or a clone with
+            // refcnt > 1) can point at a slot whose mbuf someone else still holds, and dropping
+            // the adopted Slot frees `table[idx]`, not `m`.
+            let idx = if f.pool == self.arena.mp.as_ptr() && f.nb_segs == 1 && f.refcnt == 1 {
+                self.arena.index_of(f.buf_addr).filter(|&i| self.arena.table[i as usize] == m)
+            } else {
+                None
+            };
             let fits = f.off as usize + f.len as usize <= BUF_SIZE;
-            // SAFETY: the PMD handed this mbuf (of our mempool, one segment) to us and no longer
-            // touches it; while it was in the device no Buffer existed for its slot.
+            // SAFETY: the PMD handed this mbuf to us and no longer touches it; it is the direct,
+            // unshared, single-segment mbuf of slot `idx` of our mempool (checked above), so
+            // nobody else refers to it; while it was in the device no Buffer existed for its slot.
             let slot = idx.filter(|_| fits).and_then(|i| unsafe { self.pool.slots().adopt(i) });
             match slot {
                 Some(slot) => {
