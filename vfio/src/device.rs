@@ -89,7 +89,9 @@ pub fn pagemap_phys(entry: u64, vaddr: u64, page: u64) -> Option<u64> {
     if !present || pfn == 0 {
         return None;
     }
-    Some(pfn * page + vaddr % page)
+    // Checked: a PFN field that does not fit the address space must not wrap to an address
+    // the device would then be given (no-IOMMU mode DMAs to it unchecked).
+    pfn.checked_mul(page)?.checked_add(vaddr % page)
 }
 
 fn phys_of(vaddr: usize) -> Option<u64> {
@@ -230,8 +232,10 @@ impl Container {
                             .into(),
                     )
                 })?;
-                for off in (HUGEPAGE..mem.size()).step_by(HUGEPAGE) {
-                    if phys_of(base + off) != Some(p0 + off as u64) {
+                for off in (HUGEPAGE..mem.size() + HUGEPAGE).step_by(HUGEPAGE) {
+                    // The last step only checks that the physical range does not wrap.
+                    let want = p0.checked_add(off as u64);
+                    if want.is_none() || (off < mem.size() && phys_of(base + off) != want) {
                         return Err(VfioError::Unsupported(format!(
                             "no-IOMMU mode: {} bytes are not physically contiguous; use at most {HUGEPAGE} bytes per region",
                             mem.size()
@@ -440,6 +444,7 @@ mod tests {
         assert_eq!(pagemap_phys(0x1234, 0x1000, 4096), None, "not present");
         assert_eq!(pagemap_phys(1 << 63, 0x1000, 4096), None, "PFN hidden without CAP_SYS_ADMIN");
         assert_eq!(pagemap_phys((1 << 63) | (1 << 55) | 7, 0, 4096), Some(7 * 4096), "soft-dirty bit ignored");
+        assert_eq!(pagemap_phys((1 << 63) | ((1 << 55) - 1), 0xfff, 4096), None, "PFN * page overflows: no address");
     }
 
     #[test]
