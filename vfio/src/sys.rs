@@ -262,8 +262,10 @@ impl HugeMem {
 
 impl Drop for HugeMem {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`; the owner (DmaRegion) unmaps it from the
-        // IOMMU first, and no reference into it exists (see the type's comment).
+        // SAFETY: exactly the mapping made in `new`; no reference into it exists (see the
+        // type's comment). The owner (DmaRegion) unmaps it from the IOMMU first in type1 mode;
+        // in no-IOMMU mode nothing stops a device but its driver, which resets it before the
+        // region drops (nic-backends: `DmaPoolRegion`, `NetDev`'s field order).
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.size);
         }

@@ -284,9 +284,9 @@ pub(crate) fn xstats(id: u16) -> Vec<(String, u64)> {
     vals.iter()
         .filter_map(|v| {
             let nm = names.get(v.id as usize)?;
-            // SAFETY: the name is a NUL-terminated string inside a fixed array that DPDK filled.
-            let s = unsafe { CStr::from_ptr(nm.name.as_ptr()) }.to_string_lossy().into_owned();
-            Some((s, v.value))
+            // Up to the first NUL, never past the array (a PMD's name that fills it has none).
+            let b: Vec<u8> = nm.name.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+            Some((String::from_utf8_lossy(&b).into_owned(), v.value))
         })
         .collect()
 }

@@ -95,8 +95,9 @@ impl RingMem {
         if !self.ok(off, 2) {
             return 0;
         }
-        // SAFETY: in bounds and aligned (checked; the base is 64-byte aligned); the memory is
-        // mapped while `owner` lives; a volatile load forms no reference.
+        // SAFETY: in bounds and aligned (checked against the window base, which is 8-aligned:
+        // the owner's base is by SharedMem's contract, and `new` adds a multiple of 64); the
+        // memory is mapped while `owner` lives; a volatile load forms no reference.
         u16::from_le(unsafe { self.base.as_ptr().add(off).cast::<u16>().read_volatile() })
     }
     pub(crate) fn read_u32(&self, off: usize) -> u32 {

@@ -26,7 +26,9 @@ use crate::error::PoolError;
 /// - `base()` points to `size()` bytes that are mapped readable and writable for the CPU, and
 ///   `base()` and `size()` never change;
 /// - nothing else (other CPU code, a device) reads or writes those bytes except through the
-///   [`Buffer`](crate::Buffer)s of the pool the region is given to;
+///   [`Buffer`](crate::Buffer)s of the pool the region is given to, or a device a slot is lent
+///   to while its owner does not touch it (the virtio driver holds the slot's `Buffer` in a
+///   ring until the used ring returns it; a DPDK slot in a device ring has no `Buffer` at all);
 /// - `base()` is aligned to 64 bytes (one cache line).
 pub unsafe trait Region: Send + Sync + 'static {
     /// CPU address of the first byte.
