@@ -73,11 +73,15 @@ pub(crate) fn eal_cleanup() -> i32 {
     unsafe { ffi::rte_eal_cleanup() }
 }
 
-struct Registration(bool);
+/// A thread's EAL registration, undone at thread exit. Holds an `EalUser`: a thread that used a
+/// queue may exit after the port is gone, and unregistering after `rte_eal_cleanup` would call
+/// into a torn-down EAL, so cleanup waits for it.
+struct Registration(Option<crate::dpdk::EalUser>);
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.0 {
-            // SAFETY: this thread registered itself with rte_thread_register (below).
+        if self.0.is_some() {
+            // SAFETY: this thread registered itself with rte_thread_register (below), and EAL is
+            // still up (the EalUser in `self.0` keeps cleanup_eal from running).
             unsafe { ffi::rte_thread_unregister() };
         }
     }
@@ -96,10 +100,12 @@ pub(crate) fn ensure_registered() {
         return;
     }
     REGISTERED.with(|r| r.set(true));
+    // Counted before registering, so cleanup_eal cannot run in between.
+    let user = crate::dpdk::EalUser::new();
     // SAFETY: rte_lcore_id reads a thread-local; rte_thread_register has no preconditions
     // beyond an initialised EAL (a port exists, so it is).
     let ok = unsafe { ffi::rte_lcore_id() == u32::MAX && ffi::rte_thread_register() == 0 };
-    REGISTRATION.with(|r| *r.borrow_mut() = Some(Registration(ok)));
+    REGISTRATION.with(|r| *r.borrow_mut() = Some(Registration(ok.then_some(user))));
 }
 
 /// The lcore id of this thread (u32::MAX: none).
