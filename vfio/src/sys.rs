@@ -180,9 +180,9 @@ pub(crate) fn iommu_info(container: BorrowedFd<'_>, len: usize) -> io::Result<Ve
     let mut first = [0u8; 8];
     first[..4].copy_from_slice(&argsz.to_ne_bytes());
     buf[0] = u64::from_ne_bytes(first);
-    // SAFETY: `buf` is a live, writable, 8-aligned allocation of `argsz` bytes; the kernel reads
-    // `argsz` from its first field and writes at most `argsz` bytes (the structure and, when they
-    // fit, the capabilities after it).
+    // The kernel reads `argsz` from the first field and writes the structure and, when they fit,
+    // the capabilities after it.
+    // SAFETY: `buf` is a live, writable, 8-aligned allocation of `argsz` bytes; the kernel writes at most that.
     cvt(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_GET_INFO as libc::Ioctl, buf.as_mut_ptr()) })?;
     Ok(buf.iter().flat_map(|w| w.to_ne_bytes()).collect())
 }
@@ -262,10 +262,10 @@ impl HugeMem {
 
 impl Drop for HugeMem {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`; no reference into it exists (see the
-        // type's comment). The owner (DmaRegion) unmaps it from the IOMMU first in type1 mode;
-        // in no-IOMMU mode nothing stops a device but its driver, which resets it before the
-        // region drops (nic-backends: `DmaPoolRegion`, `NetDev`'s field order).
+        // The owner (DmaRegion) unmaps it from the IOMMU first in type1 mode; in no-IOMMU mode
+        // the driver resets the device before the region drops (nic-backends: `DmaPoolRegion`,
+        // `NetDev`'s field order).
+        // SAFETY: exactly the mapping made in `new`; no reference into it exists (see the type's comment).
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.size);
         }

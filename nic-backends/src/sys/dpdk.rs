@@ -211,9 +211,9 @@ pub(crate) fn socket_id(id: u16) -> i32 {
 }
 
 pub(crate) fn queue_setup(id: u16, q: u16, rx_desc: u16, tx_desc: u16, socket: i32, a: &Arena) -> Result<(), String> {
-    // SAFETY: the port is configured with more than `q` queues (checked by the caller), a NULL
-    // conf means the driver's defaults, and the mempool lives as long as the port (the port
-    // keeps the arena until after rte_eth_dev_close).
+    // The mempool lives as long as the port: the port keeps the arena until after rte_eth_dev_close.
+    // SAFETY: the port has more than `q` queues (checked by the caller), a NULL conf means the
+    // driver's defaults, and the mempool outlives the queue (above).
     let r = unsafe { ffi::rte_eth_rx_queue_setup(id, q, rx_desc, socket as u32, std::ptr::null(), a.mp.as_ptr()) };
     if r != 0 {
         return Err(format!("rx queue {q} setup: {}", strerror(r)));
@@ -324,9 +324,10 @@ impl Drop for Arena {
             // guard: calling DPDK after its cleanup would crash.
             return;
         }
-        // SAFETY: every mbuf is back in the mempool (each Buffer holds an Arc to the Slots that
-        // own this arena, and the port closed the device, which returned its ring's mbufs,
-        // before dropping its handle); nothing refers to the memzone after the mempool is gone.
+        // Every mbuf is back in the mempool: each Buffer holds an Arc to the Slots that own this
+        // arena, and the port closed the device (returning its rings' mbufs) before dropping it.
+        // SAFETY: no mbuf of the pool is in use (above); nothing refers to the memzone after
+        // the mempool is gone.
         unsafe {
             ffi::rte_mempool_free(self.mp.as_ptr());
             ffi::rte_memzone_free(self.mz.as_ptr());
@@ -342,9 +343,9 @@ impl Arena {
 }
 
 struct ArenaRegion(Arc<Arena>);
-// SAFETY: the memzone is `size` bytes of mapped memory reserved for this arena until it is
-// dropped, 2048-byte aligned (reserve_aligned), and its bytes are touched only through the
-// Buffers of the pool (the CPU) or by a device while the mbuf is in a ring and no Buffer exists.
+// A device touches a slot only while its mbuf is in a ring and no Buffer exists for it.
+// SAFETY: the memzone is `size` bytes of mapped memory, 2048-byte aligned, reserved for this arena
+// until it drops; its bytes are touched only through the pool's Buffers or as said above.
 unsafe impl Region for ArenaRegion {
     fn base(&self) -> NonNull<u8> {
         self.0.base
@@ -543,9 +544,10 @@ impl Bursts {
                 None
             };
             let fits = f.off as usize + f.len as usize <= BUF_SIZE;
-            // SAFETY: the PMD handed this mbuf to us and no longer touches it; it is the direct,
-            // unshared, single-segment mbuf of slot `idx` of our mempool (checked above), so
-            // nobody else refers to it; while it was in the device no Buffer existed for its slot.
+            // The PMD handed this mbuf to us and no longer touches it; while it was in the device
+            // no Buffer existed for its slot.
+            // SAFETY: it is the direct, unshared, single-segment mbuf of slot `idx` of our
+            // mempool (checked above), so no other Slot for `idx` exists.
             let slot = idx.filter(|_| fits).and_then(|i| unsafe { self.pool.slots().adopt(i) });
             match slot {
                 Some(slot) => {
@@ -606,10 +608,10 @@ impl Bursts {
                 self.mbufs[i] = m.as_ptr();
                 self.raw.push((idx, off, len));
             }
+            let (port, queue, mbufs) = (self.port, self.queue, self.mbufs.as_mut_ptr());
             // SAFETY: `ready` prepared mbufs we own; the PMD takes the first `sent` of them.
-            let sent =
-                unsafe { ffi::rte_eth_tx_burst(self.port, self.queue, self.mbufs.as_mut_ptr(), ready as u16) } as usize;
-            let sent = sent.min(ready);
+            let sent = unsafe { ffi::rte_eth_tx_burst(port, queue, mbufs, ready as u16) };
+            let sent = usize::from(sent).min(ready);
             for &(_, _, len) in &self.raw[..sent] {
                 st.tx_packets += 1;
                 st.tx_bytes += u64::from(len);

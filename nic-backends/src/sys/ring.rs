@@ -95,9 +95,9 @@ impl RingMem {
         if !self.ok(off, 2) {
             return 0;
         }
-        // SAFETY: in bounds and aligned (checked against the window base, which is 8-aligned:
-        // the owner's base is by SharedMem's contract, and `new` adds a multiple of 64); the
-        // memory is mapped while `owner` lives; a volatile load forms no reference.
+        // The window base is 8-aligned: the owner's base is by SharedMem's contract, `new` adds a multiple of 64.
+        // SAFETY: in bounds and 2-aligned (checked against that base); the memory is mapped while
+        // `owner` lives; a volatile load forms no reference.
         u16::from_le(unsafe { self.base.as_ptr().add(off).cast::<u16>().read_volatile() })
     }
     pub(crate) fn read_u32(&self, off: usize) -> u32 {
@@ -174,9 +174,10 @@ impl Drop for DmaPoolRegion {
     }
 }
 
-// SAFETY: the DmaRegion is a live, 2 MiB-aligned hugepage mapping of `size()` bytes owned by this
-// value; the virtio driver lends slots to the device only while it holds their `Buffer` in a
-// ring and does not read them, so outside that window only the pool's buffers touch the bytes.
+// The virtio driver lends slots to the device only while it holds their `Buffer` in a ring and
+// does not read them.
+// SAFETY: a live, 2 MiB-aligned hugepage mapping of `size()` bytes owned by this value; outside
+// the lending window above only the pool's buffers touch the bytes.
 unsafe impl Region for DmaPoolRegion {
     fn base(&self) -> NonNull<u8> {
         self.region.base()
@@ -200,9 +201,9 @@ pub(crate) fn sim_dma_write(region: (usize, usize, u64), iova: u64, bytes: &[u8]
         return false;
     }
     for (i, b) in bytes.iter().enumerate() {
-        // SAFETY: `[off, off + len)` is inside the pool's live mapping (checked above); the test
-        // plays the device, which owns the slot while its Buffer is in the ring (nobody holds a
-        // reference to it); a volatile store forms no reference.
+        // The test plays the device, which owns the slot while its Buffer is in the ring.
+        // SAFETY: `[off, off + len)` is inside the pool's live mapping (checked above); nobody
+        // holds a reference to the slot (above); a volatile store forms no reference.
         unsafe { ((base + off as usize + i) as *mut u8).write_volatile(*b) }
     }
     true

@@ -269,9 +269,9 @@ pub(crate) struct Slot {
     home: Arc<Slots>,
 }
 
-// SAFETY: a `Slot` is the only handle to its BUF_SIZE bytes (the free list hands each index out
-// once until it is pushed back by `Drop`), and `home` is `Send + Sync` (Region: Send + Sync,
-// ArrayQueue: Sync), so moving the handle to another thread moves sole access with it.
+// The free list hands each index out once until `Drop` pushes it back.
+// SAFETY: a `Slot` is the only handle to its BUF_SIZE bytes (above) and `home` is `Send + Sync`,
+// so moving the handle to another thread moves sole access with it.
 unsafe impl Send for Slot {}
 
 impl Slot {
