@@ -190,7 +190,7 @@ impl NetDev {
 }
 
 /// A stop action run once: the first caller runs it, every other caller (also a concurrent
-/// one) waits until it has finished. `started` turns true as soon as a caller arrives.
+/// one) waits until it has finished. `started` turns true when the first caller begins it.
 #[derive(Debug)]
 pub(crate) struct StopOnce {
     started: AtomicBool,
@@ -205,8 +205,12 @@ impl Default for StopOnce {
 
 impl StopOnce {
     pub(crate) fn run(&self, f: impl FnOnce()) {
-        self.started.store(true, Ordering::Release);
-        self.done.call_once(f);
+        // `started` is set inside `call_once`: whoever sees it set and calls `run` blocks until
+        // `f` has finished (set before `call_once`, a caller could see it and win the race).
+        self.done.call_once(|| {
+            self.started.store(true, Ordering::Release);
+            f()
+        });
     }
     pub(crate) fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
