@@ -105,7 +105,7 @@ echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd; see docs/PERFORMANCE.md)"
     # (--features dpdk: cargo bench rebuilds target/release/wgpmd, which dpdk-bench below runs.)
-    WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd --benches --features dpdk
+    WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches
     echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
     target/release/wgpmd bench --quick
     # DPDK: the backend's per-packet cost next to raw rx/tx bursts (net_ring, --no-huge).

@@ -1,10 +1,10 @@
 //! Handshake, cookie and data messages into a device with a live session and a pending
-//! initiation. The body is `wgpmd::fuzzing::device_message`, which the stable test suite also
+//! initiation. The body is `wgpmd_proto::fuzzing::device_message`, which the stable test suite also
 //! runs (tests/device_robustness.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wgpmd::fuzzing::device_message(data);
+    let _ = wgpmd_proto::fuzzing::device_message(data);
 });

@@ -1,10 +1,10 @@
 //! One UDP payload through `classify` and the four WireGuard message views, rebuilt with the
-//! setters. The body is `wgpmd::fuzzing::wireguard_message`, which the stable test suite also
+//! setters. The body is `wgpmd_proto::fuzzing::wireguard_message`, which the stable test suite also
 //! runs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wgpmd::fuzzing::wireguard_message(data);
+    let _ = wgpmd_proto::fuzzing::wireguard_message(data);
 });

@@ -467,9 +467,9 @@ fn new_handshake_after_silence_and_retries() {
 /// time advancing past the 5 s own-initiation limit between them.
 fn valid_mac1_initiations(responder: [u8; 32], count: usize) -> Result<Vec<Vec<u8>>> {
     use rand_core::OsRng;
-    use wgpmd::crypto::PrivateKey;
-    use wgpmd::device::{Device, Output};
-    use wgpmd::time::Timestamp;
+    use wgpmd_proto::crypto::PrivateKey;
+    use wgpmd_proto::device::{Device, Output};
+    use wgpmd_proto::time::Timestamp;
     let mut dev = Device::new(&mut OsRng, 0);
     dev.set_private_key(Some(PrivateKey::generate(&mut OsRng)));
     let id = dev.add_peer(&mut OsRng, responder).map_err(|e| anyhow::anyhow!("add_peer: {e:?}"))?;
@@ -583,9 +583,9 @@ fn under_load_cookies_and_established_traffic() {
 fn under_load_mac2_retry_answered_and_rate_limited() {
     run("under_load_mac2_retry_answered_and_rate_limited", |ctx| {
         use rand_core::OsRng;
-        use wgpmd::crypto::PrivateKey;
-        use wgpmd::device::{Device, HandshakeOutcome, Output};
-        use wgpmd::time::Timestamp;
+        use wgpmd_proto::crypto::PrivateKey;
+        use wgpmd_proto::device::{Device, HandshakeOutcome, Output};
+        use wgpmd_proto::time::Timestamp;
         let topo = Topology::new(2)?;
         let (c, f) = (&topo.concentrator, &topo.peers[1]);
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &WgpmdOptions::default())?;
@@ -759,8 +759,8 @@ fn capture_initiations(
 fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
     run("cookie_reply_from_elsewhere_does_not_move_endpoint", |ctx| {
         use rand_core::OsRng;
-        use wgpmd::cookie::CookieChecker;
-        use wgpmd::time::Timestamp;
+        use wgpmd_proto::cookie::CookieChecker;
+        use wgpmd_proto::time::Timestamp;
         let topo = Topology::new(2)?;
         let (c, p, other) = (&topo.concentrator, &topo.peers[0], &topo.peers[1]);
         let mut dcfg = topo.concentrator_device();

@@ -13,13 +13,11 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use wgpmd::config::InterfaceConfig;
-use wgpmd::crypto::PrivateKey;
-use wgpmd::device::{Device, Output};
-use wgpmd::time::Timestamp;
-use wgpmd::uapi::{
-    apply_set, format_get, InterfaceState, ServerError, SetRequest, UapiError, UapiHandler, UapiServer, SOCKET_DIR,
-};
+use wgpmd::uapi_server::{ServerError, UapiHandler, UapiServer, SOCKET_DIR};
+use wgpmd_proto::crypto::PrivateKey;
+use wgpmd_proto::device::{Device, Output};
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::uapi::{apply_set, format_get, InterfaceState, SetRequest, UapiError};
 
 /// A device behind a mutex, as the daemon will hold it.
 struct State {
@@ -204,7 +202,7 @@ fn the_stock_wg_tool_drives_the_device() {
         showconf,
         format!("[Interface]\nListenPort = 51820\nPrivateKey = {}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.0.0.2/32\nPersistentKeepalive = 5\n", b64(&PRIV), b64(&peer))
     );
-    let cfg = InterfaceConfig::parse(&showconf).unwrap();
+    let cfg = wgpmd::conf::parse(&showconf).unwrap();
     assert_eq!(cfg.to_wg_conf(), showconf, "our writer prints what wg prints");
 
     // setconf: the peer above is replaced; endpoints, PSKs and IPv6 go through wg's encoding.
@@ -227,8 +225,8 @@ fn the_stock_wg_tool_drives_the_device() {
         assert_eq!(s.dev.peer(id).unwrap().preshared_key().0, [0x55; 32]);
         assert_eq!(s.dev.peer(id).unwrap().endpoint(), Some("[fd00::9]:51820".parse().unwrap()));
     }
-    let back = InterfaceConfig::parse(&wg(&["showconf", &name])).unwrap();
-    assert_eq!(back, InterfaceConfig::parse(&conf).unwrap());
+    let back = wgpmd::conf::parse(&wg(&["showconf", &name])).unwrap();
+    assert_eq!(back, wgpmd::conf::parse(&conf).unwrap());
 
     wg(&["set", &name, "peer", &b64(&other), "remove"]);
     assert_eq!(h.0.lock().unwrap().dev.peer_count(), 0);

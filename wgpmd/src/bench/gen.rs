@@ -27,12 +27,12 @@ use rand_core::OsRng;
 
 use super::cpu::{self, ThreadClock};
 use super::{BenchError, Direction, Measurement};
-use crate::crypto::PrivateKey;
 use crate::daemon::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
-use crate::device::{Device, HandshakeOutcome, Output, PeerId};
-use crate::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, KEY_LEN, MESSAGE_DATA};
-use crate::time::Timestamp;
-use crate::wire::{ipv4, EthernetAddress};
+use wgpmd_proto::crypto::PrivateKey;
+use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
+use wgpmd_proto::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, KEY_LEN, MESSAGE_DATA};
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::wire::{ipv4, EthernetAddress};
 
 /// Packets per measured chunk.
 const CHUNK: usize = 8192;
@@ -178,7 +178,7 @@ impl Generator {
         for (i, key) in s.keys.into_iter().enumerate() {
             let mut dev = Device::new(&mut OsRng, wall);
             dev.set_private_key(Some(key));
-            let setup = |e: crate::device::ConfigError| BenchError::Run(format!("generator peer {i}: {e}"));
+            let setup = |e: wgpmd_proto::device::ConfigError| BenchError::Run(format!("generator peer {i}: {e}"));
             let id = dev.add_peer(&mut OsRng, s.conc_public).map_err(setup)?;
             dev.set_endpoint(id, SocketAddr::V4(conc)).map_err(setup)?;
             dev.add_allowed_ip(id, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).map_err(setup)?;

@@ -7,7 +7,7 @@
 //! 2. starts a concentrator exactly as `wgpmd run` does ([`crate::daemon::run_with_ports`]:
 //!    workers, control core, busy polling), on two `mem` pairs (WAN and inner) instead of
 //!    AF_PACKET and TUN, configured with N peers (one /32 allowed IP each);
-//! 3. runs the generator (`gen`) on the other ends: N peers, each a [`crate::device::Device`]
+//! 3. runs the generator (`gen`) on the other ends: N peers, each a [`wgpmd_proto::device::Device`]
 //!    of its own, handshake with the concentrator (answering its ARP requests), then measure
 //!    rx (WAN → inner: decrypt) and tx (inner → WAN: encrypt);
 //! 4. stops the concentrator.
@@ -29,12 +29,12 @@ use std::time::Duration;
 use nic_backends::{mem, Port};
 use rand_core::OsRng;
 
-use crate::config::{InterfaceConfig, PeerConfig};
-use crate::crypto::PrivateKey;
 use crate::daemon::{cores, DaemonConfig, DaemonError, PollMode};
-use crate::messages::DEFAULT_TUNNEL_MTU;
 pub use gen::MIN_SIZE;
 pub use reference::{Rate, References};
+use wgpmd_proto::config::{InterfaceConfig, PeerConfig};
+use wgpmd_proto::crypto::PrivateKey;
+use wgpmd_proto::messages::DEFAULT_TUNNEL_MTU;
 
 /// Most peers the generator can address (one per address of the WAN /16).
 pub const MAX_PEERS: usize = 65_000;

@@ -1,5 +1,5 @@
 //! The references `wgpmd bench` reports the pipeline against, timed on the calling thread's
-//! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`crate::crypto::AeadKey`]) and
+//! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`wgpmd_proto::crypto::AeadKey`]) and
 //! boringtun 0.7.1 `encapsulate` / `decapsulate` on an established session (the bodies of
 //! `benches/crypto.rs`, without criterion).
 //!
@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use super::cpu::ThreadClock;
-use crate::crypto::AeadKey;
-use crate::messages::TAG_LEN;
+use wgpmd_proto::crypto::AeadKey;
+use wgpmd_proto::messages::TAG_LEN;
 
 /// Messages per timed batch (the clock is read around each batch).
 const BATCH: usize = 1024;

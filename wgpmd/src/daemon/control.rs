@@ -11,10 +11,11 @@ use rand_core::OsRng;
 use super::stats::StatsServer;
 use super::wheel::Wheel;
 use super::{cores, DaemonError, Shared, TxJob};
-use crate::device::{Device, DropReason, Event, Output, PeerId, Transmit};
-use crate::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP};
-use crate::time::Timestamp;
-use crate::uapi::{self, SetRequest, UapiError, UapiHandler, UapiServer};
+use crate::uapi_server::{UapiHandler, UapiServer};
+use wgpmd_proto::device::{Device, DropReason, Event, Output, PeerId, Transmit};
+use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP};
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::uapi::{self, SetRequest, UapiError};
 
 /// Handshake messages processed per control iteration (each costs up to 3 X25519).
 const HANDSHAKE_BUDGET: usize = 64;
@@ -209,7 +210,7 @@ impl Control {
         // Control messages to the workers' WAN queues.
         let transmits: Vec<Transmit> = self.out.transmits.drain(..).collect();
         for t in transmits {
-            let tos = if t.payload().first().is_some_and(|&ty| ty != crate::messages::MESSAGE_DATA) {
+            let tos = if t.payload().first().is_some_and(|&ty| ty != wgpmd_proto::messages::MESSAGE_DATA) {
                 HANDSHAKE_DSCP
             } else {
                 0

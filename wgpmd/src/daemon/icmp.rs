@@ -11,8 +11,8 @@
 
 use std::net::Ipv4Addr;
 
-use crate::time::Timestamp;
-use crate::wire::{icmpv4, icmpv6, ipv4, ipv6, ChecksumCapabilities, IpProtocol};
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::wire::{icmpv4, icmpv6, ipv4, ipv6, ChecksumCapabilities, IpProtocol};
 
 /// Hop limit / TTL of the errors.
 const TTL: u8 = 64;

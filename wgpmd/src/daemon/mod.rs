@@ -35,11 +35,11 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use nic_backends::{Buffer, Fanout, Port, PortOptions};
 
-use crate::device::{Device, Event, PeerId};
-use crate::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, MAX_STAGED_PACKETS};
-use crate::time::Timestamp;
-use crate::uapi::InterfaceState;
-use crate::wire::EthernetAddress;
+use wgpmd_proto::device::{Device, Event, PeerId};
+use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, MAX_STAGED_PACKETS};
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::uapi::InterfaceState;
+use wgpmd_proto::wire::EthernetAddress;
 
 pub use stats::{query_stats, WorkerCounters};
 
@@ -66,7 +66,7 @@ pub struct DaemonConfig {
     pub config: Option<PathBuf>,
     /// A configuration applied at start without a file (after `config`, if both are given;
     /// `wgpmd bench` and tests use it).
-    pub inline_config: Option<crate::config::InterfaceConfig>,
+    pub inline_config: Option<wgpmd_proto::config::InterfaceConfig>,
     /// WAN port string (`af_packet:IFACE`, `mem:`...).
     pub wan_port: String,
     /// Inner port string (`tun:NAME`).
@@ -261,7 +261,7 @@ pub enum DaemonError {
         path: String,
         /// Why.
         #[source]
-        source: crate::config::ConfigError,
+        source: wgpmd_proto::config::ConfigError,
     },
     /// Reading the configuration file.
     #[error("{path}: {source}")]
@@ -274,10 +274,10 @@ pub enum DaemonError {
     },
     /// Applying the configuration.
     #[error("applying the configuration: {0}")]
-    Apply(crate::uapi::UapiError),
+    Apply(wgpmd_proto::uapi::UapiError),
     /// The UAPI socket.
     #[error("UAPI socket: {0}")]
-    Uapi(crate::uapi::ServerError),
+    Uapi(crate::uapi_server::ServerError),
     /// The stats socket.
     #[error("stats socket: {0}")]
     Stats(std::io::Error),
@@ -303,7 +303,7 @@ pub enum DaemonError {
 /// Run the daemon until SIGINT/SIGTERM (or `stop` is set), opening its ports by their strings.
 pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     // Refuse a name that a live daemon serves before touching its ports (its TUN has our name).
-    let sock = std::path::Path::new(crate::uapi::SOCKET_DIR).join(format!("{}.sock", cfg.name));
+    let sock = std::path::Path::new(crate::uapi_server::SOCKET_DIR).join(format!("{}.sock", cfg.name));
     if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
         return Err(DaemonError::InUse(sock.display().to_string()));
     }
@@ -335,17 +335,17 @@ pub fn run_with_ports(
     let mut dev = Device::new(&mut rng, clock.wall_at_start_ns);
     dev.set_mtu(cfg.mtu);
     let mut iface = InterfaceState { listen_port: DEFAULT_LISTEN_PORT, fwmark: 0 };
-    let mut boot_out = crate::device::Output::with_capacity(64);
+    let mut boot_out = wgpmd_proto::device::Output::with_capacity(64);
     if let Some(path) = &cfg.config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
-        let parsed = crate::config::InterfaceConfig::parse(&text)
+        let parsed = crate::conf::parse(&text)
             .map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
-        crate::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out)
+        wgpmd_proto::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out)
             .map_err(DaemonError::Apply)?;
     }
     if let Some(parsed) = &cfg.inline_config {
-        crate::uapi::apply_config(&mut dev, &mut iface, parsed, &mut rng, clock.now(), &mut boot_out)
+        wgpmd_proto::uapi::apply_config(&mut dev, &mut iface, parsed, &mut rng, clock.now(), &mut boot_out)
             .map_err(DaemonError::Apply)?;
     }
     if iface.listen_port == 0 {

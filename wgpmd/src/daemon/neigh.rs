@@ -17,8 +17,8 @@ use std::sync::{Mutex, RwLock};
 
 use nic_backends::Buffer;
 
-use crate::time::Timestamp;
-use crate::wire::EthernetAddress;
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::wire::EthernetAddress;
 
 /// Frames waiting per unresolved next hop (the kernel's default `unres_qlen_bytes` holds a
 /// handful of packets; so do we).

@@ -11,7 +11,7 @@ use nic_backends::QueueStats;
 
 use super::frames::WanDrop;
 use super::Shared;
-use crate::device::{DropReason, Stats};
+use wgpmd_proto::device::{DropReason, Stats};
 
 /// Directory of the stats sockets.
 pub const STATS_DIR: &str = "/var/run/wgpmd";

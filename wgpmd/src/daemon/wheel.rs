@@ -5,8 +5,8 @@
 //! `Device::poll_timers`, which fires nothing early and returns the true next deadline, and
 //! files the peer again. Several entries for one peer are harmless for the same reason.
 
-use crate::device::PeerId;
-use crate::time::Timestamp;
+use wgpmd_proto::device::PeerId;
+use wgpmd_proto::time::Timestamp;
 
 /// Slot width: 10 ms (timer rules are in seconds; jitter is up to 333 ms).
 const TICK_NS: u64 = 10_000_000;

@@ -13,9 +13,9 @@ use super::icmp;
 use super::neigh::{Neighbours, Resolution};
 use super::stats::Local;
 use super::{HandshakeJob, PollMode, Shared};
-use crate::device::{Device, DropReason, Output};
-use crate::messages::{DATA_HEADER_LEN, INITIATION_LEN, MESSAGE_DATA};
-use crate::time::Timestamp;
+use wgpmd_proto::device::{Device, DropReason, Output};
+use wgpmd_proto::messages::{DATA_HEADER_LEN, INITIATION_LEN, MESSAGE_DATA};
+use wgpmd_proto::time::Timestamp;
 
 /// Packets per burst.
 pub const BURST: usize = 32;
@@ -42,7 +42,7 @@ struct NeighCache {
 #[derive(Clone, Copy)]
 struct NeighSlot {
     ip: IpAddr,
-    mac: crate::wire::EthernetAddress,
+    mac: wgpmd_proto::wire::EthernetAddress,
     stale_at: Timestamp,
     refresh_after: Timestamp,
 }
@@ -94,7 +94,7 @@ impl NeighCache {
         r
     }
     /// Whether traffic from `ip` at `mac` needs no confirmation in the shared table now.
-    fn confirmed(&self, ip: impl Into<IpAddr>, mac: crate::wire::EthernetAddress, now: Timestamp) -> bool {
+    fn confirmed(&self, ip: impl Into<IpAddr>, mac: wgpmd_proto::wire::EthernetAddress, now: Timestamp) -> bool {
         let ip = ip.into();
         self.slots[Self::slot(ip)].is_some_and(|s| s.ip == ip && s.mac == mac && now < s.refresh_after)
     }
@@ -287,7 +287,7 @@ impl Worker {
         dev: &Device,
         now: Timestamp,
         src: SocketAddr,
-        src_mac: crate::wire::EthernetAddress,
+        src_mac: wgpmd_proto::wire::EthernetAddress,
         mut buf: Buffer,
     ) {
         // Drops are counted in out.stats by reason.
@@ -415,7 +415,7 @@ impl Worker {
         let dst_mac = res.mac;
         let outer = OuterV4 {
             src_mac: wan.mac,
-            dst_mac: dst_mac.unwrap_or(crate::wire::EthernetAddress([0; 6])),
+            dst_mac: dst_mac.unwrap_or(wgpmd_proto::wire::EthernetAddress([0; 6])),
             src: SocketAddrV4::new(wan.ip, port),
             dst: to,
             tos,
@@ -463,7 +463,7 @@ impl Worker {
         let dst_mac = res.mac;
         let outer = OuterV6 {
             src_mac: wan.mac,
-            dst_mac: dst_mac.unwrap_or(crate::wire::EthernetAddress([0; 6])),
+            dst_mac: dst_mac.unwrap_or(wgpmd_proto::wire::EthernetAddress([0; 6])),
             src: SocketAddrV6::new(ours, port, 0, 0),
             dst: SocketAddrV6::new(*to.ip(), to.port(), 0, 0),
             tclass,
@@ -519,7 +519,7 @@ impl Worker {
         }
     }
 
-    fn learn(&mut self, ip: impl Into<IpAddr>, mac: crate::wire::EthernetAddress, now: Timestamp) {
+    fn learn(&mut self, ip: impl Into<IpAddr>, mac: wgpmd_proto::wire::EthernetAddress, now: Timestamp) {
         let ip = ip.into();
         // Our copy may be the old address; the others drop theirs at the generation change.
         self.neigh.forget(ip);
@@ -579,7 +579,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::EthernetAddress;
+    use wgpmd_proto::wire::EthernetAddress;
 
     #[test]
     fn neighbour_cache_follows_the_shared_table() {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use wgpmd::allowedips::AllowedIps;
-use wgpmd::index::BuildIndexHasher;
+use wgpmd_proto::allowedips::AllowedIps;
+use wgpmd_proto::index::BuildIndexHasher;
 
 const BATCH: usize = 1024;
 

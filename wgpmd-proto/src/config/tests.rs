@@ -119,13 +119,6 @@ fn host_names_go_to_the_resolver() {
 }
 
 #[test]
-fn localhost_resolves_with_the_system_resolver() {
-    let cfg = InterfaceConfig::parse(&format!("[Peer]\nPublicKey = {PUB_B}\nEndpoint = localhost:51820\n")).unwrap();
-    let ep = cfg.peers[0].endpoint.unwrap();
-    assert!(ep.ip().is_loopback() && ep.port() == 51820, "{ep}");
-}
-
-#[test]
 fn each_error_names_its_line_and_problem() {
     let p = format!("[Peer]\nPublicKey = {PUB_B}\n");
     let cases: Vec<(String, usize, String)> = vec![

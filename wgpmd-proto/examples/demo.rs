@@ -12,9 +12,9 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519 as bx;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use wgpmd::crypto::PrivateKey;
-use wgpmd::device::{Device, DropReason, Event, Output};
-use wgpmd::time::Timestamp;
+use wgpmd_proto::crypto::PrivateKey;
+use wgpmd_proto::device::{Device, DropReason, Event, Output};
+use wgpmd_proto::time::Timestamp;
 
 const BT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 51820);
 const OUR_INNER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);

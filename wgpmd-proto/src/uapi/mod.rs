@@ -16,12 +16,11 @@
 //! first bad one: a request is parsed and validated whole ([`parse_request`]) before
 //! [`apply_set`] touches the device, so a malformed request changes nothing.
 //!
-//! Submodules: [`apply_set`]/[`apply_config`] (the semantics of each key), [`format_get`], and
-//! [`UapiServer`] (the socket, which is the only I/O here).
+//! Submodules: [`apply_set`]/[`apply_config`] (the semantics of each key) and [`format_get`].
+//! The socket is the caller's (the daemon's `uapi_server`): this module parses and renders text.
 
 mod apply;
 mod get;
-mod server;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -31,7 +30,6 @@ use crate::messages::KEY_LEN;
 
 pub use apply::{apply_config, apply_set};
 pub use get::format_get;
-pub use server::{ServerError, UapiHandler, UapiServer, SOCKET_DIR};
 
 /// wireguard-go `ipc.IpcErrorIO`: `-EIO`.
 pub const IPC_ERROR_IO: i32 = -5;

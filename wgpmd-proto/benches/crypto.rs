@@ -12,10 +12,10 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgpmd::crypto::{AeadKey, Secret};
-use wgpmd::messages::{DATA_HEADER_LEN, DEFAULT_TUNNEL_MTU, TAG_LEN};
-use wgpmd::session::Keypair;
-use wgpmd::time::Timestamp;
+use wgpmd_proto::crypto::{AeadKey, Secret};
+use wgpmd_proto::messages::{DATA_HEADER_LEN, DEFAULT_TUNNEL_MTU, TAG_LEN};
+use wgpmd_proto::session::Keypair;
+use wgpmd_proto::time::Timestamp;
 
 const SIZES: [usize; 3] = [64, 512, DEFAULT_TUNNEL_MTU];
 const MTU: usize = DEFAULT_TUNNEL_MTU;

@@ -11,9 +11,9 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519 as bx;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use wgpmd::crypto::{PrivateKey, Secret};
-use wgpmd::device::{Device, DropReason, Event, HandshakeOutcome, Output, PeerId};
-use wgpmd::time::Timestamp;
+use wgpmd_proto::crypto::{PrivateKey, Secret};
+use wgpmd_proto::device::{Device, DropReason, Event, HandshakeOutcome, Output, PeerId};
+use wgpmd_proto::time::Timestamp;
 
 const OUR_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
 const BT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 40000);

@@ -19,12 +19,12 @@
 //! numbers (wg(8) also accepts service names from /etc/services).
 //!
 //! Endpoint host names are resolved while parsing (wg(8) resolves them before it talks to the
-//! device too); [`InterfaceConfig::parse_with_resolver`] takes the resolver, so tests and callers
-//! that must not touch DNS can supply their own.
+//! device too), by the resolver the caller passes to [`InterfaceConfig::parse_with_resolver`]:
+//! this crate does no I/O, so the daemon supplies the system resolver and tests their own.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use base64::Engine as _;
 use zeroize::{Zeroize, Zeroizing};
@@ -234,17 +234,6 @@ impl Drop for PendingPeer {
 }
 
 impl InterfaceConfig {
-    /// Parse a wg.conf(5) file, resolving endpoint host names with the system resolver.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        Self::parse_with_resolver(text, |host, port| {
-            (host, port)
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| "the name has no address".to_string())
-        })
-    }
-
     /// Parse a wg.conf(5) file; `resolve(host, port)` turns an endpoint host that is not an IP
     /// literal into an address (wg(8) takes the resolver's first answer) or says why it cannot.
     pub fn parse_with_resolver(
@@ -408,10 +397,11 @@ impl InterfaceConfig {
     }
 }
 
+/// Parses with no resolver: endpoints must be IP literals; a host name is an error naming it.
 impl std::str::FromStr for InterfaceConfig {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        Self::parse(s)
+        Self::parse_with_resolver(s, |_, _| Err("no resolver (endpoints must be IP addresses here)".into()))
     }
 }
 

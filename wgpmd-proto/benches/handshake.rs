@@ -26,10 +26,10 @@ use boringtun::x25519 as bx;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use wgpmd::crypto::PrivateKey;
-use wgpmd::device::{Device, DropReason, HandshakeOutcome, Output, PeerId};
-use wgpmd::messages::{COOKIE_LEN, INITIATION_LEN, REKEY_TIMEOUT, RESPONSE_LEN};
-use wgpmd::time::Timestamp;
+use wgpmd_proto::crypto::PrivateKey;
+use wgpmd_proto::device::{Device, DropReason, HandshakeOutcome, Output, PeerId};
+use wgpmd_proto::messages::{COOKIE_LEN, INITIATION_LEN, REKEY_TIMEOUT, RESPONSE_LEN};
+use wgpmd_proto::time::Timestamp;
 
 const A_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
 const B_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 51820);
@@ -329,7 +329,7 @@ fn blake2s(c: &mut Criterion) {
     let key = [9u8; 32];
     let data = [0x42u8; 32];
     g.bench_function("hmac/wgpmd", |bench| {
-        bench.iter(|| black_box(wgpmd::crypto::hmac(black_box(&key), &[black_box(&data[..])])))
+        bench.iter(|| black_box(wgpmd_proto::crypto::hmac(black_box(&key), &[black_box(&data[..])])))
     });
     g.bench_function("hmac/rustcrypto", |bench| {
         bench.iter(|| {
@@ -340,7 +340,7 @@ fn blake2s(c: &mut Criterion) {
     });
     let msg = [0x17u8; INIT_MAC1];
     g.bench_function("mac1/wgpmd", |bench| {
-        bench.iter(|| black_box(wgpmd::crypto::mac(black_box(&key), &[black_box(&msg[..])])))
+        bench.iter(|| black_box(wgpmd_proto::crypto::mac(black_box(&key), &[black_box(&msg[..])])))
     });
     g.bench_function("mac1/rustcrypto", |bench| {
         bench.iter(|| {

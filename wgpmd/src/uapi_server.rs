@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{parse_request, Request, SetRequest, UapiError};
+use wgpmd_proto::uapi::{parse_request, Request, SetRequest, UapiError};
 
 /// Where `wg` looks for userspace interfaces (shared by every network namespace).
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -42,9 +42,9 @@ const IFNAMSIZ: usize = 16;
 
 /// What the server asks of the daemon. Called from the server's thread.
 pub trait UapiHandler: Send + Sync {
-    /// The full `get` response ([`super::format_get`]), ending with `errno=0\n\n`.
+    /// The full `get` response ([`wgpmd_proto::uapi::format_get`]), ending with `errno=0\n\n`.
     fn get(&self) -> String;
-    /// Apply a validated `set` request ([`super::apply_set`]).
+    /// Apply a validated `set` request ([`wgpmd_proto::uapi::apply_set`]).
     fn set(&self, req: SetRequest) -> Result<(), UapiError>;
 }
 
@@ -228,7 +228,7 @@ fn handle(mut stream: UnixStream, handler: &dyn UapiHandler) {
         }
         if buf.len() > MAX_REQUEST_LEN {
             let e = UapiError {
-                errno: super::IPC_ERROR_INVALID,
+                errno: wgpmd_proto::uapi::IPC_ERROR_INVALID,
                 message: format!("request longer than {MAX_REQUEST_LEN} bytes"),
             };
             tracing::error!("{e}");

@@ -428,7 +428,8 @@ fn apply_config_is_setconf() {
     let mut f = Fixture::new();
     f.set(T_ADD).unwrap();
     let conf = "[Interface]\nListenPort = 51820\n[Peer]\nPublicKey = ubYI2odLhIw3EP6iWBkoFOjVfu9Oli/E2ZAqHvnNFkY=\nEndpoint = 10.99.0.2:51820\nPersistentKeepalive = 5\nAllowedIPs = 10.100.0.2/32\n";
-    let cfg = crate::config::InterfaceConfig::parse(conf).unwrap();
+    let cfg =
+        crate::config::InterfaceConfig::parse_with_resolver(conf, |h, _| Err(format!("no resolver for {h}"))).unwrap();
     apply_config(&mut f.dev, &mut f.iface, &cfg, &mut f.rng, f.now, &mut f.out).unwrap();
     assert!(f.dev.private_key().is_none(), "no PrivateKey in the file removes the key, as setconf does");
     assert_eq!(f.peer(PUB_C), None, "replace_peers");

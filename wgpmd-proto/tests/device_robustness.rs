@@ -8,10 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use wgpmd::cookie::CookieState;
-use wgpmd::crypto::PrivateKey;
-use wgpmd::device::{Device, DropReason, Output, PeerId};
-use wgpmd::time::Timestamp;
+use wgpmd_proto::cookie::CookieState;
+use wgpmd_proto::crypto::PrivateKey;
+use wgpmd_proto::device::{Device, DropReason, Output, PeerId};
+use wgpmd_proto::time::Timestamp;
 
 const D_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
 const I_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 51820);
@@ -234,7 +234,7 @@ fn a_million_mutated_messages_and_the_session_survives() {
 /// drawn from a seeded RNG instead of libFuzzer.
 #[test]
 fn fuzz_target_body_device_message_on_stable() {
-    use wgpmd::fuzzing::device_message;
+    use wgpmd_proto::fuzzing::device_message;
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let (mut mac1, mut dh, mut opened, mut n) = (0u32, 0u32, 0u32, 0u32);
     for _ in 0..200_000 {

@@ -5,7 +5,7 @@
 //! errors, or neighbour discovery) built with a seeded RNG, and most are then mutated: bit
 //! flips, byte overwrites, truncation, extension, length-field edits, WireGuard header edits
 //! and resizes, with checksums repaired afterwards most of the time so mutations reach the
-//! upper layers. Each input runs through `wgpmd::fuzzing::wire_frame`, the same body the
+//! upper layers. Each input runs through `wgpmd_proto::fuzzing::wire_frame`, the same body the
 //! cargo-fuzz target runs: `new_checked`, `Repr::parse`, every accessor, and `emit` back with
 //! `parse(emit(x)) == x`. Counters of how far inputs got are printed and must be substantial,
 //! so the test proves it reached deep rather than bouncing off length checks.
@@ -15,9 +15,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use wgpmd::fuzzing::{wire_frame, wireguard_message, Reached};
-use wgpmd::messages::{COOKIE_REPLY_LEN, DATA_MIN_LEN, INITIATION_LEN, PADDING_MULTIPLE, RESPONSE_LEN, TAG_LEN};
-use wgpmd::wire::{
+use wgpmd_proto::fuzzing::{wire_frame, wireguard_message, Reached};
+use wgpmd_proto::messages::{COOKIE_REPLY_LEN, DATA_MIN_LEN, INITIATION_LEN, PADDING_MULTIPLE, RESPONSE_LEN, TAG_LEN};
+use wgpmd_proto::wire::{
     self, ArpOperation, ArpRepr, ChecksumCapabilities, Error, EtherType, EthernetAddress, EthernetFrame, EthernetRepr,
     Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpPair, IpProtocol, Ipv4Packet, Ipv4Repr,
     Ipv6Packet, Ipv6Repr, MessageType, NeighborFlags, UdpPacket, UdpRepr, VlanTag,

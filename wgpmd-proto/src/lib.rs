@@ -1,0 +1,96 @@
+//! wgpmd-proto: the WireGuard protocol core of wgpmd, as a library.
+//!
+//! It is *sans-IO*: nothing here opens a socket, reads a clock, starts a thread or draws from the
+//! operating system's RNG. Time comes in as a [`time::Timestamp`], randomness from an injected
+//! `rand_core::RngCore + CryptoRng`, and every operation takes bytes in and returns bytes and
+//! actions out, so the same code runs under the daemon's poll loop, in tests on virtual time, and
+//! under a fuzzer. The crate forbids `unsafe`, and its normal dependencies hold no I/O crate
+//! (`tests/deps.rs` checks the dependency tree).
+//!
+//! Layers, bottom up:
+//! - [`messages`]: every wire size, type code and protocol limit;
+//! - [`crypto`]: BLAKE2s, HMAC/KDF, ChaCha20-Poly1305, XChaCha20-Poly1305, X25519;
+//! - [`wire`]: zero-copy views of Ethernet, 802.1Q, ARP, IPv4, IPv6, UDP, ICMP(v6) and the four
+//!   WireGuard messages (the one owner of their layout);
+//! - [`noise`]: the Noise_IKpsk2 handshake; [`cookie`] and [`ratelimit`]: DoS defences;
+//! - [`session`]: keypairs, in-place seal/open and the replay window;
+//! - [`timers`]: every timer rule, driven by events and an explicit `now`;
+//! - [`allowedips`] and [`index`]: cryptokey routing and receiver-index tables;
+//! - [`device`]: the facade tying them together;
+//! - [`config`] and [`uapi`]: the wg.conf(5) file and the text protocol the `wg` tool speaks on
+//!   its control socket (parsing and rendering only: the caller owns the file, the socket and
+//!   name resolution).
+//!
+//! # Example: two devices complete a handshake in memory
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use rand_core::{CryptoRng, RngCore};
+//! use wgpmd_proto::crypto::PrivateKey;
+//! use wgpmd_proto::device::{Device, Event, Output};
+//! use wgpmd_proto::time::Timestamp;
+//!
+//! // The core takes its randomness from the caller; a real one seeds a CSPRNG from the OS.
+//! struct Counter(u64);
+//! impl RngCore for Counter {
+//!     fn next_u32(&mut self) -> u32 { self.next_u64() as u32 }
+//!     fn next_u64(&mut self) -> u64 { self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); self.0 }
+//!     fn fill_bytes(&mut self, d: &mut [u8]) { for b in d { *b = (self.next_u64() >> 56) as u8 } }
+//!     fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), rand_core::Error> { self.fill_bytes(d); Ok(()) }
+//! }
+//! impl CryptoRng for Counter {}
+//!
+//! let mut rng = Counter(7);
+//! let now = Timestamp::from_secs(1);
+//! let (ka, kb) = (PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng));
+//! let (pa, pb) = (ka.public_key(), kb.public_key());
+//! let (mut a, mut b) = (Device::new(&mut rng, 0), Device::new(&mut rng, 0));
+//! a.set_private_key(Some(ka));
+//! b.set_private_key(Some(kb));
+//! let b_at_a = a.add_peer(&mut rng, pb).unwrap();
+//! b.add_peer(&mut rng, pa).unwrap();
+//! let addr_a: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+//! let addr_b: SocketAddr = "192.0.2.2:51820".parse().unwrap();
+//! a.set_endpoint(b_at_a, addr_b).unwrap();
+//!
+//! // A initiates: the initiation comes out as a transmit for the caller to send.
+//! let mut out = Output::default();
+//! a.initiate(now, &mut rng, b_at_a, &mut out).unwrap();
+//! let initiation = out.transmits.pop().unwrap();
+//! assert_eq!(initiation.to, addr_b);
+//!
+//! // B receives it from A's address and answers with a response.
+//! let mut out = Output::default();
+//! b.receive_handshake(now, &mut rng, addr_a, initiation.payload(), false, &mut out).unwrap();
+//! let response = out.transmits.pop().unwrap();
+//! assert_eq!(response.to, addr_a);
+//!
+//! // A consumes the response: its session with B is ready.
+//! let mut out = Output::default();
+//! a.receive_handshake(now, &mut rng, addr_b, response.payload(), false, &mut out).unwrap();
+//! assert!(out.events.contains(&Event::SessionReady(b_at_a)));
+//! ```
+//!
+//! # Panics
+//! No function reachable from packet input panics on any input; the robustness tests feed every
+//! parser and the facade millions of mutated messages to hold us to that.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod allowedips;
+pub mod config;
+pub mod cookie;
+pub mod crypto;
+pub mod device;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod index;
+pub mod messages;
+pub mod noise;
+pub mod ratelimit;
+pub mod session;
+pub mod time;
+pub mod timers;
+pub mod uapi;
+pub mod wire;
