@@ -103,8 +103,7 @@ echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz
 (cd fuzz && cargo build --release --bins)
 
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
-    echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd; see docs/PERFORMANCE.md)"
-    # (--features dpdk: cargo bench rebuilds target/release/wgpmd, which dpdk-bench below runs.)
+    echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd-proto; see docs/PERFORMANCE.md)"
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches
     echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
     target/release/wgpmd bench --quick
