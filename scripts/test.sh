@@ -73,6 +73,19 @@ if [[ "$(.tools/bin/boringtun-cli --version 2>/dev/null)" != "boringtun $BORINGT
 fi
 export WGPMD_E2E_BORINGTUN="$PWD/.tools/bin/boringtun-cli"
 
+# rust-version (Cargo.toml) is honest only if the suite builds with exactly that toolchain.
+rust_version="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
+echo "== rust-version $rust_version: the suite builds with that toolchain"
+if [[ "$(rustc --version)" == "rustc $rust_version."* ]]; then
+    echo "default toolchain: $(rustc --version)"
+elif rustup run "$rust_version" rustc --version >/dev/null 2>&1; then
+    echo "building with rustup toolchain $rust_version as well"
+    cargo "+$rust_version" check --workspace --all-targets
+else
+    echo "rust-version $rust_version: no such toolchain here ($(rustc --version)); change rust-version or install it" >&2
+    exit 1
+fi
+
 echo "== formatting (rustfmt.toml)"
 if cargo fmt --version >/dev/null 2>&1; then
     cargo fmt --all --check
