@@ -2,10 +2,11 @@
 //! in place, `reply.rs`), a UDP datagram to our WireGuard port, or a counted drop.
 //!
 //! The order of checks: the Ethernet header and the 802.1Q tag against our VLAN; then per
-//! EtherType: ARP about our IPv4 address; IPv4 with a valid header checksum, addressed to us,
-//! not a fragment, then UDP to our port or an ICMP echo request; IPv6 (only with an IPv6
-//! address), then UDP to our port, ICMPv6 echo to us, or neighbour discovery with hop limit
-//! 255 and a valid checksum (RFC 4861 §7.1.1, §7.1.2).
+//! EtherType: ARP about our IPv4 address; IPv4 with a valid header checksum and a unicast
+//! source, addressed to us, not a fragment, then UDP to our port or an ICMP echo request; IPv6
+//! (only with an IPv6 address) with a non-multicast source, then UDP to our port, ICMPv6 echo
+//! to us, or neighbour discovery with hop limit 255 and a valid checksum (RFC 4861 §7.1.1,
+//! §7.1.2).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -23,7 +24,8 @@ pub enum WanDrop {
     Ethernet,
     /// Malformed ARP, ARP not about our address, or ARP without an IPv4 address.
     Arp,
-    /// Malformed IPv4 header (version other than 4, bad lengths) or bad header checksum.
+    /// Malformed IPv4 header (version other than 4, bad lengths), bad header checksum, or a
+    /// multicast or broadcast source.
     Ipv4,
     /// IPv4 not addressed to us (or no IPv4 address on the WAN).
     NotForUs,
@@ -39,7 +41,8 @@ pub enum WanDrop {
     Untagged,
     /// A frame tagged with another VLAN than ours (or tagged at all without `--vlan`).
     WrongVlan,
-    /// Malformed IPv6 header, IPv6 not addressed to us, or IPv6 without a WAN IPv6 address.
+    /// Malformed IPv6 header (or a multicast source), IPv6 not addressed to us, or IPv6 without
+    /// a WAN IPv6 address.
     Ipv6,
     /// ICMPv6 we do not answer or learn from, malformed, with a bad checksum, or neighbour
     /// discovery with a hop limit other than 255.
@@ -175,6 +178,12 @@ fn classify_v4(
     if ip.version() != 4 || !ip.verify_checksum() {
         return Err(WanDrop::Ipv4);
     }
+    // A multicast or broadcast source is a martian (the kernel's `ip_route_input_slow`): never
+    // answered, never a peer.
+    let src = ip.src_addr();
+    if src.is_multicast() || src.is_broadcast() {
+        return Err(WanDrop::Ipv4);
+    }
     if Some(ip.dst_addr()) != ours {
         return Err(WanDrop::NotForUs);
     }
@@ -193,7 +202,7 @@ fn classify_v4(
             // or offloading NICs hand over frames whose checksum is only the pseudo-header sum
             // (CHECKSUM_PARTIAL).
             Ok(Classified::WireGuard {
-                src: SocketAddr::V4(SocketAddrV4::new(ip.src_addr(), u.src_port())),
+                src: SocketAddr::V4(SocketAddrV4::new(src, u.src_port())),
                 src_mac,
                 offset: l4_off + udp::HEADER_LEN,
                 len: u.payload().len(),
@@ -218,10 +227,11 @@ fn classify_v6(
     listen_port: u16,
 ) -> Result<Classified, WanDrop> {
     let ip = ipv6::Packet::new_checked(pkt).map_err(|_| WanDrop::Ipv6)?;
-    if ip.version() != 6 {
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    // A multicast source is invalid (RFC 4291 §2.7; the kernel's `ip6_rcv_core` drops it).
+    if ip.version() != 6 || src.is_multicast() {
         return Err(WanDrop::Ipv6);
     }
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
     let to_us = dst == our;
     let payload = ip.payload();
     match ip.next_header() {
@@ -331,6 +341,24 @@ mod tests {
         ipv4::Packet::new_unchecked(&mut g[14..]).set_more_frags(true);
         ipv4::Packet::new_unchecked(&mut g[14..]).fill_checksum();
         assert_eq!(us.classify(&g, PORT), Err(WanDrop::Fragment));
+        // Martian sources.
+        for src in [Ipv4Addr::new(224, 0, 0, 1), Ipv4Addr::BROADCAST] {
+            let g = datagram(v4(src, 4000), v4(OUR4, PORT), None);
+            assert_eq!(us.classify(&g, PORT), Err(WanDrop::Ipv4), "from {src}");
+            let echo = frame(
+                PEER_MAC,
+                OUR_MAC,
+                None,
+                EtherType::IPV4,
+                &ipv4(
+                    src,
+                    OUR4,
+                    IpProtocol::ICMP,
+                    &icmp4(icmpv4::Repr::EchoRequest { ident: 1, seq_no: 1, data: b"" }),
+                ),
+            );
+            assert_eq!(us.classify(&echo, PORT), Err(WanDrop::Ipv4), "echo from {src}");
+        }
         // Truncated below the UDP length.
         let mut g = f.clone();
         udp::Packet::new_unchecked(&mut g[34..]).set_length(200);
@@ -484,6 +512,13 @@ mod tests {
             &ipv6(Ipv6Addr::UNSPECIFIED, group, IpProtocol::ICMPV6, 255, &dad),
         );
         assert_eq!(us.classify(&f, PORT), Err(WanDrop::Icmpv6));
+        // A solicitation from a multicast source (the wan_frame fuzz body found that our
+        // advertisement to it, solicited flag set, is then invalid): dropped as IPv6.
+        let mcast: Ipv6Addr = "ff80::6005".parse().unwrap();
+        let msg =
+            icmp6(icmpv6::Repr::NeighborSolicit { target_addr: OUR6, source_lladdr: Some(PEER_MAC) }, mcast, OUR6);
+        let f = frame(PEER_MAC, OUR_MAC, None, EtherType::IPV6, &ipv6(mcast, OUR6, IpProtocol::ICMPV6, 255, &msg));
+        assert_eq!(us.classify(&f, PORT), Err(WanDrop::Ipv6));
         // An advertisement teaches its target.
         let mut a = [0u8; 128];
         let n = peer(None).neighbor_advert(&mut a, OUR6, OUR_MAC).unwrap();
