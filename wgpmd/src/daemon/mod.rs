@@ -4,7 +4,7 @@
 //!  WAN port (af_packet, queue per worker)          inner port (tun, queue per worker)
 //!        │ rx_burst                                        │ rx_burst
 //!        ▼                                                 ▼
-//!  worker: classify ─ ARP/ICMP echo: reply in place   worker: route → encapsulate in place
+//!  worker: classify ─ ARP/ND/echo: reply in place     worker: route → encapsulate in place
 //!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
 //!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
 //!        ▼                                          ▼

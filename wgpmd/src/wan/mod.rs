@@ -2,7 +2,8 @@
 //! neighbour table, the outer headers of WireGuard datagrams, and the ICMP errors of the path
 //! MTU. No sockets, no clock reads, no threads: functions take bytes, addresses and `now`, and
 //! say what to do; the daemon's workers (`daemon::worker`) apply that to their buffers and
-//! queues.
+//! queues. (The neighbour table takes locks, since the workers share it, and holds the
+//! caller's frames while their next hop resolves.)
 //!
 //! | file | what it owns |
 //! |---|---|

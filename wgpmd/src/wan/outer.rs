@@ -26,7 +26,8 @@ pub const OUTER_V6_VLAN_LEN: usize = OUTER_V6_LEN + ethernet::VLAN_TAG_LEN;
 /// TTL / hop limit of our datagrams.
 const HOP_LIMIT: u8 = 64;
 
-/// Software fills the IPv4 header checksum and, over IPv6 only, the UDP checksum.
+/// Over IPv4 software fills the header checksum and leaves the UDP checksum to no one (`Rx`:
+/// `udp::Repr::emit` writes 0, "none"); over IPv6 it fills the UDP checksum.
 const CAPS_V4: ChecksumCapabilities =
     ChecksumCapabilities { ipv4: Checksum::Both, udp: Checksum::Rx, icmpv4: Checksum::Both, icmpv6: Checksum::Both };
 const CAPS_V6: ChecksumCapabilities =
