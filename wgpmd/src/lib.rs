@@ -4,6 +4,8 @@
 //! randomness and sockets:
 //! - [`daemon`]: `wgpmd run` — the WAN and inner ports (from `nic-backends`), pinned workers, the
 //!   control core (handshakes, timer wheel, staged packets), counters;
+//! - [`wan`]: the WAN side without I/O — what a frame from the wire is, ARP/ND/echo replies in
+//!   place, the neighbour table, the outer Ethernet/IP/UDP headers, path MTU errors;
 //! - [`uapi_server`]: the unix socket the stock `wg` tool talks to (the text protocol itself is
 //!   [`wgpmd_proto::uapi`]);
 //! - [`conf`]: reading a wg.conf(5) file with the system resolver;
@@ -16,3 +18,4 @@ pub mod bench;
 pub mod conf;
 pub mod daemon;
 pub mod uapi_server;
+pub mod wan;

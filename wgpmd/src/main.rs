@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use wgpmd::bench::{self, BenchOptions, Direction};
 use wgpmd::daemon::{self, cores, DaemonConfig, PollMode};
+use wgpmd::wan::WanAddr;
 
 #[derive(Parser)]
 #[command(name = "wgpmd", version, about = "Userspace WireGuard concentrator built as a poll-mode NIC driver")]
@@ -198,12 +199,12 @@ fn parse_address(s: &str) -> Result<(IpAddr, u8), String> {
 }
 
 /// The WAN addressing from the repeated `--address` and `--gateway`: at most one of each
-/// family, a gateway only for a family with an address. IPv4 0.0.0.0/0 stands for none.
+/// family, a gateway only for a family with an address. `None`: no address of that family.
 #[allow(clippy::type_complexity)]
 fn wan_addresses(
     addresses: &[String],
     gateways: &[IpAddr],
-) -> Result<((Ipv4Addr, u8, Option<Ipv4Addr>), Option<(Ipv6Addr, u8)>, Option<Ipv6Addr>), String> {
+) -> Result<(Option<WanAddr<Ipv4Addr>>, Option<WanAddr<Ipv6Addr>>), String> {
     let (mut v4, mut v6) = (None, None);
     for a in addresses {
         match parse_address(a)? {
@@ -220,8 +221,10 @@ fn wan_addresses(
             _ => return Err(format!("--gateway {g}: at most one per family, and only for a family with an --address")),
         }
     }
-    let (ip4, p4) = v4.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-    Ok(((ip4, p4, g4), v6, g6))
+    Ok((
+        v4.map(|(addr, prefix)| WanAddr { addr, prefix, gateway: g4 }),
+        v6.map(|(addr, prefix)| WanAddr { addr, prefix, gateway: g6 }),
+    ))
 }
 
 fn main() -> ExitCode {
@@ -318,7 +321,7 @@ fn main() -> ExitCode {
                 eprintln!("wgpmd: {msg}");
                 ExitCode::FAILURE
             };
-            let ((address, prefix, gateway), address6, gateway6) = match wan_addresses(&address, &gateway) {
+            let (wan_v4, wan_v6) = match wan_addresses(&address, &gateway) {
                 Ok(a) => a,
                 Err(e) => return fail(e),
             };
@@ -366,11 +369,8 @@ fn main() -> ExitCode {
                 config,
                 inline_config: None,
                 wan_port: port,
-                address,
-                prefix,
-                gateway,
-                address6,
-                gateway6,
+                wan_v4,
+                wan_v6,
                 vlan,
                 neigh_reachable: neigh_reachable_ms.map(std::time::Duration::from_millis),
                 cores,
@@ -577,16 +577,22 @@ mod tests {
     #[test]
     fn wan_addresses_one_per_family() {
         let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        let ((ip, p, g), v6, g6) = wan_addresses(&s(&["192.0.2.1/24"]), &["192.0.2.254".parse().unwrap()]).unwrap();
+        let (v4, v6) = wan_addresses(&s(&["192.0.2.1/24"]), &["192.0.2.254".parse().unwrap()]).unwrap();
+        let gw = Some(Ipv4Addr::new(192, 0, 2, 254));
+        assert_eq!((v4, v6), (Some(WanAddr { addr: Ipv4Addr::new(192, 0, 2, 1), prefix: 24, gateway: gw }), None));
+        let (v4, v6) = wan_addresses(&s(&["2001:db8::1/64"]), &["2001:db8::ff".parse().unwrap()]).unwrap();
+        assert_eq!(v4, None, "no IPv4 address");
+        let want = WanAddr {
+            addr: "2001:db8::1".parse().unwrap(),
+            prefix: 64,
+            gateway: Some("2001:db8::ff".parse().unwrap()),
+        };
+        assert_eq!(v6, Some(want));
+        let (v4, v6) = wan_addresses(&s(&["2001:db8::1/64", "10.0.0.1/8"]), &[]).unwrap();
         assert_eq!(
-            (ip, p, g, v6, g6),
-            (Ipv4Addr::new(192, 0, 2, 1), 24, Some(Ipv4Addr::new(192, 0, 2, 254)), None, None)
+            (v4.map(|a| (a.addr, a.prefix, a.gateway)), v6.map(|a| a.prefix)),
+            (Some((Ipv4Addr::new(10, 0, 0, 1), 8, None)), Some(64))
         );
-        let ((ip, _, _), v6, g6) = wan_addresses(&s(&["2001:db8::1/64"]), &["2001:db8::ff".parse().unwrap()]).unwrap();
-        assert!(ip.is_unspecified(), "no IPv4 address");
-        assert_eq!((v6, g6), (Some(("2001:db8::1".parse().unwrap(), 64)), Some("2001:db8::ff".parse().unwrap())));
-        let ((ip, _, _), v6, _) = wan_addresses(&s(&["2001:db8::1/64", "10.0.0.1/8"]), &[]).unwrap();
-        assert_eq!((ip, v6.map(|a| a.1)), (Ipv4Addr::new(10, 0, 0, 1), Some(64)));
         assert!(wan_addresses(&s(&["10.0.0.1/8", "10.0.0.2/8"]), &[]).is_err());
         assert!(
             wan_addresses(&s(&["10.0.0.1/8"]), &["2001:db8::ff".parse().unwrap()]).is_err(),
@@ -595,5 +601,6 @@ mod tests {
         assert!(wan_addresses(&s(&["2001:db8::1/129"]), &[]).is_err());
         assert!(wan_addresses(&s(&["10.0.0.1/33"]), &[]).is_err());
         assert!(wan_addresses(&s(&["ff02::1/64"]), &[]).is_err());
+        assert!(wan_addresses(&s(&["0.0.0.0/0"]), &[]).is_err(), "no sentinel: 0.0.0.0 is not an address");
     }
 }

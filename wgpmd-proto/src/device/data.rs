@@ -55,7 +55,7 @@ fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
 }
 
 /// Destination of an inner packet without validating more than needed to route it.
-fn inner_dst(p: &[u8]) -> Option<IpAddr> {
+pub fn inner_dst(p: &[u8]) -> Option<IpAddr> {
     match p.first()? >> 4 {
         4 => {
             let b: [u8; 4] = p.get(16..20)?.try_into().ok()?;

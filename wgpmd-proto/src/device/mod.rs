@@ -42,7 +42,7 @@ use crate::ratelimit::{LoadDetector, RateLimiter};
 use crate::session::Keypair;
 use crate::time::Timestamp;
 
-pub use data::{Decapsulated, Encapsulated};
+pub use data::{inner_dst, Decapsulated, Encapsulated};
 pub use handshake::HandshakeOutcome;
 pub use peer::{Peer, PeerId};
 

@@ -27,7 +27,7 @@ use rand_core::OsRng;
 
 use super::cpu::{self, ThreadClock};
 use super::{BenchError, Direction, Measurement};
-use crate::daemon::frames::{self, Classified, OuterV4, OUTER_V4_LEN};
+use crate::wan::{Classified, Outer, Wan, WanAddr};
 use wgpmd_proto::crypto::PrivateKey;
 use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, KEY_LEN, MESSAGE_DATA};
@@ -311,16 +311,17 @@ impl Generator {
     fn frame(&mut self, mut buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
         let len = buf.len();
         self.ident = self.ident.wrapping_add(1);
-        let o = OuterV4 {
+        let o = Outer {
             src_mac: self.mac,
             dst_mac: self.conc_mac,
-            src: from,
-            dst: self.conc,
+            vlan: None,
+            src: from.into(),
+            dst: self.conc.into(),
             tos: 0,
             ident: self.ident,
-            vlan: None,
         };
-        o.write(buf.prepend(OUTER_V4_LEN).ok()?, len)?;
+        buf.prepend(o.header_len()).ok()?;
+        o.emit(buf.data_mut(), len).ok()?;
         Some(buf)
     }
 
@@ -395,8 +396,9 @@ impl Generator {
             // ARP: the target address sits at 38..42.
             let target = Ipv4Addr::new(d[38], d[39], d[40], d[41]);
             let ours = self.peer_of(target).is_some();
-            if let (true, Ok(Classified::ArpRequest { .. })) = (ours, frames::classify(d, target, 0)) {
-                if let Some(len) = frames::arp_reply_in_place(b.data_mut(), self.mac, target) {
+            let peer = self.peer_wan(target);
+            if let (true, Ok(Classified::ArpRequest { .. })) = (ours, peer.classify(d, 0)) {
+                if let Some(len) = peer.arp_reply_in_place(b.data_mut()) {
                     b.truncate(len);
                     self.send_now(q, b);
                     return;
@@ -409,7 +411,7 @@ impl Generator {
             self.m.other_frames += 1;
             return;
         };
-        let Ok(Classified::WireGuard { src, offset, len, .. }) = frames::classify(d, target, PORT) else {
+        let Ok(Classified::WireGuard { src, offset, len, .. }) = self.peer_wan(target).classify(d, PORT) else {
             self.m.other_frames += 1;
             return;
         };
@@ -426,6 +428,11 @@ impl Generator {
         } else {
             self.m.other_frames += 1;
         }
+    }
+
+    /// The WAN identity of the simulated peer at `ip` (all of them share the generator's MAC).
+    fn peer_wan(&self, ip: Ipv4Addr) -> Wan {
+        Wan { mac: self.mac, v4: Some(WanAddr { addr: ip, prefix: 16, gateway: None }), v6: None, vlan: None }
     }
 
     fn peer_of(&self, ip: Ipv4Addr) -> Option<usize> {

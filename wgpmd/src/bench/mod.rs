@@ -30,6 +30,7 @@ use nic_backends::{mem, Port};
 use rand_core::OsRng;
 
 use crate::daemon::{cores, DaemonConfig, DaemonError, PollMode};
+use crate::wan::WanAddr;
 pub use gen::MIN_SIZE;
 pub use reference::{Rate, References};
 use wgpmd_proto::config::{InterfaceConfig, PeerConfig};
@@ -352,11 +353,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         inline_config: Some(config),
         wan_port: "mem:bench-wan".into(),
         inner_port: "mem:bench-inner".into(),
-        address: gen::CONC_IP,
-        prefix: 16,
-        gateway: None,
-        address6: None,
-        gateway6: None,
+        wan_v4: Some(WanAddr { addr: gen::CONC_IP, prefix: 16, gateway: None }),
+        wan_v6: None,
         vlan: None,
         neigh_reachable: None,
         cores: plan.cores.clone(),

@@ -29,14 +29,14 @@ struct Handler {
 
 impl UapiHandler for Handler {
     fn get(&self) -> String {
-        let dev = self.sh.device.read().unwrap_or_else(|e| e.into_inner());
-        let iface = self.sh.iface.lock().unwrap_or_else(|e| e.into_inner());
-        uapi::format_get(&dev, &iface, |t| self.sh.clock.to_unix(t))
+        let dev = self.sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
+        uapi::format_get(&dev, &iface, |t| self.sh.data.clock.to_unix(t))
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
-        let now = self.sh.clock.now();
-        let mut dev = self.sh.device.write().unwrap_or_else(|e| e.into_inner());
-        let mut iface = self.sh.iface.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.sh.data.clock.now();
+        let mut dev = self.sh.data.device.write().unwrap_or_else(|e| e.into_inner());
+        let mut iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
         if iface.listen_port == 0 {
@@ -44,7 +44,7 @@ impl UapiHandler for Handler {
             // the customary one rather than on none.
             iface.listen_port = super::DEFAULT_LISTEN_PORT;
         }
-        self.sh.listen_port.store(iface.listen_port, Ordering::Relaxed);
+        self.sh.data.listen_port.store(iface.listen_port, Ordering::Relaxed);
         r
     }
 }
@@ -94,14 +94,14 @@ impl<'a> LinkWatch<'a> {
         }
         self.checked = Some(now);
         let change = self.poll();
-        sh.wan_link_up.store(self.last.unwrap_or(true), Ordering::Relaxed);
+        sh.control.wan_link_up.store(self.last.unwrap_or(true), Ordering::Relaxed);
         match change {
             Some(false) => tracing::warn!(
                 "{}: WAN link {} is DOWN (no carrier): nothing is sent or received until it comes back",
-                sh.name,
+                sh.control.name,
                 self.port
             ),
-            Some(true) => tracing::info!("{}: WAN link {} is up again", sh.name, self.port),
+            Some(true) => tracing::info!("{}: WAN link {} is up again", sh.control.name, self.port),
             None => {}
         }
     }
@@ -118,18 +118,18 @@ pub(crate) fn run(
     cores::pin(core);
     let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
     let _sockets = if sockets {
-        let uapi = UapiServer::bind(&sh.name, Handler { sh: sh.clone(), pending: pending.clone() });
+        let uapi = UapiServer::bind(&sh.control.name, Handler { sh: sh.clone(), pending: pending.clone() });
         let uapi = match uapi {
             Ok(u) => u,
             Err(e) => {
-                sh.stop.store(true, Ordering::Relaxed);
+                sh.stop();
                 return Err(DaemonError::Uapi(e));
             }
         };
         let stats = match StatsServer::start(sh.clone()) {
             Ok(s) => s,
             Err(e) => {
-                sh.stop.store(true, Ordering::Relaxed);
+                sh.stop();
                 return Err(DaemonError::Stats(e));
             }
         };
@@ -137,19 +137,19 @@ pub(crate) fn run(
     } else {
         None
     };
-    let now = sh.clock.now();
+    let now = sh.data.clock.now();
     let mut c =
         Control { sh: sh.clone(), pool, out: Output::with_capacity(256), wheel: Wheel::new(now), due: Vec::new() };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
     {
-        let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
         for p in dev.peers() {
             c.wheel.insert(now, p.id());
         }
     }
     let mut sleep = Duration::from_micros(50);
     while !stop.load(Ordering::Relaxed) && !sh.stopping() {
-        let now = sh.clock.now();
+        let now = sh.data.clock.now();
         {
             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
             c.out.events.append(&mut p.events);
@@ -164,26 +164,26 @@ pub(crate) fn run(
             sleep = (sleep * 2).min(Duration::from_millis(2));
         }
     }
-    sh.stop.store(true, Ordering::Relaxed);
+    sh.stop();
     Ok(())
 }
 
 impl Control {
     fn iteration(&mut self, now: Timestamp) -> usize {
         let sh = self.sh.clone();
-        let dev = sh.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
         let mut work = 0;
         // Handshakes, within budget.
-        let under_load = dev.update_load(now, sh.handshakes.len());
+        let under_load = dev.update_load(now, sh.handoff.handshakes.len());
         for _ in 0..HANDSHAKE_BUDGET {
-            let Some(job) = sh.handshakes.pop() else { break };
+            let Some(job) = sh.handoff.handshakes.pop() else { break };
             let _ = dev.receive_handshake(now, &mut OsRng, job.src, &job.msg[..job.len], under_load, &mut self.out);
-            sh.control_counters.handshakes_processed.fetch_add(1, Ordering::Relaxed);
+            sh.control.counters.handshakes_processed.fetch_add(1, Ordering::Relaxed);
             work += 1;
         }
         // Events from the workers, then our own, until quiet.
         for _ in 0..4096 {
-            let Some(e) = sh.events.pop() else { break };
+            let Some(e) = sh.handoff.events.pop() else { break };
             self.out.events.push(e);
         }
         for _ in 0..8 {
@@ -218,12 +218,12 @@ impl Control {
             if let Some(mut b) = self.pool.alloc() {
                 if let Ok(d) = b.append(t.payload().len()) {
                     d.copy_from_slice(t.payload());
-                    let _ = sh.tx_jobs.push(TxJob { to: t.to, buf: b, tos });
+                    let _ = sh.handoff.tx_jobs.push(TxJob { to: t.to, buf: b, tos });
                 }
             }
             work += 1;
         }
-        *sh.control_counters.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.out.stats.clone();
+        *sh.control.counters.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.out.stats.clone();
         work
     }
 
@@ -234,11 +234,11 @@ impl Control {
             }
             Event::Wake { peer, at } => self.wheel.insert(at, peer),
             Event::GiveUp(p) => {
-                let n = self.sh.take_staged(p).len();
-                self.sh.control_counters.staged_dropped_giveup.fetch_add(n as u64, Ordering::Relaxed);
+                let n = self.sh.handoff.take_staged(p).len();
+                self.sh.control.counters.staged_dropped_giveup.fetch_add(n as u64, Ordering::Relaxed);
             }
             Event::SessionReady(p) | Event::SessionConfirmed(p) => {
-                let staged = self.sh.take_staged(p);
+                let staged = self.sh.handoff.take_staged(p);
                 if staged.is_empty() {
                     if matches!(e, Event::SessionReady(_)) {
                         let _ = dev.send_keepalive(now, p, &mut self.out);
@@ -253,13 +253,13 @@ impl Control {
                     match dev.encapsulate_to(now, p, buf.data_and_tailroom_mut(), len, &mut self.out) {
                         Ok(e) => {
                             if buf.set_len(e.len).is_ok() {
-                                let _ = self.sh.tx_jobs.push(TxJob { to: e.to, buf, tos: 0 });
-                                self.sh.control_counters.staged_flushed.fetch_add(1, Ordering::Relaxed);
+                                let _ = self.sh.handoff.tx_jobs.push(TxJob { to: e.to, buf, tos: 0 });
+                                self.sh.control.counters.staged_flushed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Err(DropReason::NoSession) => {
                             let _ = buf.trim_front(DATA_HEADER_LEN);
-                            self.sh.stage(p, buf);
+                            self.sh.handoff.stage(p, buf);
                         }
                         Err(_) => {}
                     }

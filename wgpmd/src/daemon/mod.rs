@@ -4,7 +4,7 @@
 //!  WAN port (af_packet, queue per worker)          inner port (tun, queue per worker)
 //!        │ rx_burst                                        │ rx_burst
 //!        ▼                                                 ▼
-//!  worker: classify ─ ARP/ICMP echo: reply in place   worker: route → encapsulate in place
+//!  worker: classify ─ ARP/ND/echo: reply in place     worker: route → encapsulate in place
 //!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
 //!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
 //!        ▼                                          ▼
@@ -12,15 +12,18 @@
 //!                                       wheel, UAPI, staged flush → tx jobs → workers
 //! ```
 //!
-//! The `Device` sits behind an `RwLock`: workers and the control core take the read lock once
-//! per burst, configuration (UAPI `set`) takes the write lock briefly. Everything workers need
-//! from each other goes through bounded lock-free queues.
+//! The WAN side's frames (classification, replies, neighbours, outer headers) are the sans-IO
+//! [`crate::wan`]; the workers apply it to their buffers.
+//!
+//! The state they share is split by who uses it (`Shared`): the read-mostly `DataPlane` the
+//! workers read per packet (the `Device` behind an `RwLock`: workers and the control core take
+//! the read lock once per burst, configuration (UAPI `set`) takes the write lock briefly; the
+//! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` queues between
+//! workers and the control core (bounded and lock-free, plus the staged packets), and the
+//! `ControlPlane` only the control side touches.
 
 mod control;
 pub mod cores;
-pub mod frames;
-pub mod icmp;
-mod neigh;
 mod stats;
 pub mod wheel;
 mod worker;
@@ -40,6 +43,8 @@ use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, MAX_
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::uapi::InterfaceState;
 use wgpmd_proto::wire::EthernetAddress;
+
+use crate::wan::{NeighTiming, Neighbours, Wan, WanAddr};
 
 pub use stats::{query_stats, WorkerCounters};
 
@@ -71,16 +76,10 @@ pub struct DaemonConfig {
     pub wan_port: String,
     /// Inner port string (`tun:NAME`).
     pub inner_port: String,
-    /// Our IPv4 address on the WAN (0.0.0.0: none, an IPv6-only WAN).
-    pub address: Ipv4Addr,
-    /// Its prefix length.
-    pub prefix: u8,
-    /// Default gateway for endpoints off the WAN subnet.
-    pub gateway: Option<Ipv4Addr>,
-    /// Our IPv6 address on the WAN and its prefix length, if any.
-    pub address6: Option<(Ipv6Addr, u8)>,
-    /// IPv6 next hop for endpoints off the WAN's IPv6 subnet.
-    pub gateway6: Option<Ipv6Addr>,
+    /// Our IPv4 address on the WAN, its prefix and gateway (`None`: an IPv6-only WAN).
+    pub wan_v4: Option<WanAddr<Ipv4Addr>>,
+    /// Our IPv6 address on the WAN, its prefix and gateway (`None`: an IPv4-only WAN).
+    pub wan_v6: Option<WanAddr<Ipv6Addr>>,
     /// 802.1Q VLAN of the WAN (1..=4094): frames in and out carry this tag.
     pub vlan: Option<u16>,
     /// How long a neighbour entry is used before it is refreshed (default 30 s; tests shorten
@@ -114,51 +113,6 @@ pub(crate) struct TxJob {
     pub tos: u8,
 }
 
-/// Our WAN identity.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Wan {
-    pub mac: EthernetAddress,
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
-    /// Our IPv6 address (None: IPv6 frames are dropped, IPv6 endpoints unreachable).
-    pub ip6: Option<Ipv6Addr>,
-    pub prefix6: u8,
-    pub gateway6: Option<Ipv6Addr>,
-    /// 802.1Q VLAN id every WAN frame carries, if any.
-    pub vlan: Option<u16>,
-}
-
-impl Wan {
-    /// The next hop for `dst`: itself when on our subnet, else the gateway.
-    pub fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.ip4()?;
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
-        if u32::from(dst) & mask == u32::from(self.ip) & mask {
-            Some(dst)
-        } else {
-            self.gateway
-        }
-    }
-
-    /// Our IPv4 address, if we have one.
-    pub fn ip4(&self) -> Option<Ipv4Addr> {
-        Some(self.ip).filter(|ip| !ip.is_unspecified())
-    }
-
-    /// The IPv6 next hop for `dst`: itself when on our IPv6 subnet, else the
-    /// IPv6 gateway; None without an IPv6 address.
-    pub fn next_hop6(&self, dst: Ipv6Addr) -> Option<Ipv6Addr> {
-        let ours = self.ip6?;
-        let mask = if self.prefix6 == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix6.min(128))) };
-        if u128::from(dst) & mask == u128::from(ours) & mask {
-            Some(dst)
-        } else {
-            self.gateway6
-        }
-    }
-}
-
 /// The monotonic clock the core sees, and its wall-clock anchor.
 pub(crate) struct Clock {
     start: Instant,
@@ -184,32 +138,50 @@ impl Clock {
     }
 }
 
-/// State shared by the workers and the control core.
-pub(crate) struct Shared {
-    pub name: String,
+/// What the workers read per packet or per burst. Read-mostly: the control side writes only
+/// the device (under the write lock, for UAPI `set`) and the listen port (after a `set`); the
+/// neighbour table changes when a next hop is learned or ages out. Aligned to a cache line so
+/// that the queues' and counters' writes next to it in [`Shared`] never share a line with it.
+#[repr(align(64))]
+pub(crate) struct DataPlane {
+    /// The WireGuard device: read lock once per burst, write lock for configuration.
     pub device: RwLock<Device>,
-    pub iface: Mutex<InterfaceState>,
+    /// Our WireGuard UDP port (`ListenPort`), matched by `classify` and sent from.
     pub listen_port: AtomicU16,
+    /// Our WAN identity: MAC, addresses per family, VLAN.
     pub wan: Wan,
-    pub neigh: neigh::Neighbours,
-    pub handshakes: ArrayQueue<HandshakeJob>,
-    pub events: ArrayQueue<Event>,
-    pub tx_jobs: ArrayQueue<TxJob>,
-    pub staged: Mutex<HashMap<PeerId, VecDeque<Buffer>>>,
-    pub stop: AtomicBool,
-    /// The first fatal port fault (see `Queue::health`): the daemon stops and returns it.
-    pub fatal: Mutex<Option<String>>,
+    /// The WAN neighbour table and the frames waiting for a next hop.
+    pub neigh: Neighbours<Buffer>,
+    /// The monotonic clock (read once per poll iteration).
     pub clock: Clock,
+    /// How the workers wait for packets.
     pub poll: PollMode,
-    pub workers: Vec<WorkerCounters>,
-    pub control_counters: stats::ControlCounters,
-    /// The WAN port's extra counters (DPDK xstats), read by the stats socket's thread.
-    pub wan_extra: Option<nic_backends::ExtraStats>,
-    /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
-    pub wan_link_up: AtomicBool,
 }
 
-impl Shared {
+/// The hand-off between the workers and the control core: bounded queues both ways, and the
+/// packets staged for peers without a session.
+pub(crate) struct Handoff {
+    /// Handshake messages from the workers (the kernel's bound; its depth is the under-load
+    /// input).
+    pub handshakes: ArrayQueue<HandshakeJob>,
+    /// Events from the workers' device calls.
+    pub events: ArrayQueue<Event>,
+    /// Messages the control core wants sent; any worker sends them.
+    pub tx_jobs: ArrayQueue<TxJob>,
+    /// Inner packets waiting for a peer's session (at most MAX_STAGED_PACKETS per peer).
+    staged: Mutex<HashMap<PeerId, VecDeque<Buffer>>>,
+}
+
+impl Handoff {
+    fn new() -> Self {
+        Handoff {
+            handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
+            events: ArrayQueue::new(65_536),
+            tx_jobs: ArrayQueue::new(8192),
+            staged: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Stage an inner packet for a peer with no session (at most MAX_STAGED_PACKETS; the
     /// oldest goes first). Returns false if one was dropped.
     pub fn stage(&self, peer: PeerId, buf: Buffer) -> bool {
@@ -223,16 +195,62 @@ impl Shared {
         q.push_back(buf);
         kept
     }
+
+    /// Take every packet staged for `peer`.
     pub fn take_staged(&self, peer: PeerId) -> VecDeque<Buffer> {
         self.staged.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer).unwrap_or_default()
     }
+}
+
+/// What the control side owns (the control core, the UAPI handler, the stats socket's thread);
+/// the workers never read it.
+pub(crate) struct ControlPlane {
+    /// Interface name (socket paths, logs).
+    pub name: String,
+    /// `listen_port` and `fwmark` as UAPI reports them.
+    pub iface: Mutex<InterfaceState>,
+    /// The control core's counters.
+    pub counters: stats::ControlCounters,
+    /// The WAN port's extra counters (DPDK xstats), read by the stats socket's thread.
+    pub wan_extra: Option<nic_backends::ExtraStats>,
+    /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
+    pub wan_link_up: AtomicBool,
+}
+
+/// Everything the workers and the control side share, by who uses it.
+pub(crate) struct Shared {
+    /// Read by the workers per packet.
+    pub data: DataPlane,
+    /// Queues between the workers and the control core.
+    pub handoff: Handoff,
+    /// Owned by the control side.
+    pub control: ControlPlane,
+    /// Each worker's published counters (written every 64 iterations, read by the stats
+    /// socket).
+    pub workers: Vec<WorkerCounters>,
+    /// Set to stop every thread.
+    stop: AtomicBool,
+    /// The first fatal port fault (see `Queue::health`): the daemon stops and returns it.
+    fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
     /// Record a fatal fault (the first one wins) and stop every thread.
     pub fn fail(&self, msg: String) {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(msg);
+        self.stop();
+    }
+    /// Stop every thread.
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+    /// Whether the threads should stop.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+    /// The fault that stopped the daemon, if one did.
+    fn take_fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -354,55 +372,44 @@ pub fn run_with_ports(
         iface.listen_port = DEFAULT_LISTEN_PORT;
     }
     let shared = Arc::new(Shared {
-        name: cfg.name.clone(),
-        device: RwLock::new(dev),
-        listen_port: AtomicU16::new(iface.listen_port),
-        iface: Mutex::new(iface),
-        wan: Wan {
-            mac: EthernetAddress(mac),
-            ip: cfg.address,
-            prefix: cfg.prefix,
-            gateway: cfg.gateway,
-            ip6: cfg.address6.map(|a| a.0),
-            prefix6: cfg.address6.map_or(0, |a| a.1),
-            gateway6: cfg.gateway6,
-            vlan: cfg.vlan,
+        data: DataPlane {
+            device: RwLock::new(dev),
+            listen_port: AtomicU16::new(iface.listen_port),
+            wan: Wan { mac: EthernetAddress(mac), v4: cfg.wan_v4, v6: cfg.wan_v6, vlan: cfg.vlan },
+            neigh: Neighbours::with_timing(NeighTiming {
+                reachable_ns: cfg.neigh_reachable.map_or(NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
+                ..NeighTiming::default()
+            }),
+            clock,
+            poll: cfg.poll,
         },
-        neigh: neigh::Neighbours::with_timing(neigh::NeighTiming {
-            reachable_ns: cfg
-                .neigh_reachable
-                .map_or(neigh::NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
-            ..neigh::NeighTiming::default()
-        }),
-        handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
-        events: ArrayQueue::new(65_536),
-        tx_jobs: ArrayQueue::new(8192),
-        staged: Mutex::new(HashMap::new()),
+        handoff: Handoff::new(),
+        control: ControlPlane {
+            name: cfg.name.clone(),
+            iface: Mutex::new(iface),
+            counters: stats::ControlCounters::default(),
+            wan_extra: wan_port.extra_stats(),
+            wan_link_up: AtomicBool::new(wan_port.link_up()),
+        },
+        workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
-        clock,
-        poll: cfg.poll,
-        workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
-        control_counters: stats::ControlCounters::default(),
-        wan_extra: wan_port.extra_stats(),
-        wan_link_up: AtomicBool::new(wan_port.link_up()),
     });
     for e in boot_out.events.drain(..) {
-        let _ = shared.events.push(e);
+        let _ = shared.handoff.events.push(e);
     }
     tracing::info!(
-        "{}: WAN {} ({}, {}/{}{}), inner {}, {} worker(s) on cores {:?}, control on core {}, listening on UDP {}",
+        "{}: WAN {} ({}{}{}), inner {}, {} worker(s) on cores {:?}, control on core {}, listening on UDP {}",
         cfg.name,
         cfg.wan_port,
         EthernetAddress(mac),
-        cfg.address,
-        cfg.prefix,
-        cfg.address6.map_or(String::new(), |(a, p)| format!(", {a}/{p}")),
+        cfg.wan_v4.map_or(String::new(), |a| format!(", {}/{}", a.addr, a.prefix)),
+        cfg.wan_v6.map_or(String::new(), |a| format!(", {}/{}", a.addr, a.prefix)),
         cfg.inner_port,
         nworkers,
         layout.workers,
         layout.control,
-        shared.listen_port.load(Ordering::Relaxed)
+        shared.data.listen_port.load(Ordering::Relaxed)
     );
     let mut handles = Vec::new();
     for (i, &core) in layout.workers.iter().enumerate() {
@@ -431,46 +438,15 @@ pub fn run_with_ports(
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
     let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link);
-    shared.stop.store(true, Ordering::Relaxed);
+    shared.stop();
     for h in handles {
         let _ = h.join();
     }
     // Ports close here: the TUN interface disappears with its queues.
     drop(wan_port);
     drop(inner_port);
-    if let Some(msg) = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(msg) = shared.take_fatal() {
         return Err(DaemonError::PortFault(msg));
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_hops_per_family() {
-        let mut w = Wan {
-            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            ip: Ipv4Addr::new(192, 0, 2, 1),
-            prefix: 24,
-            gateway: None,
-            ip6: None,
-            prefix6: 0,
-            gateway6: None,
-            vlan: None,
-        };
-        assert_eq!(w.next_hop(Ipv4Addr::new(192, 0, 2, 9)), Some(Ipv4Addr::new(192, 0, 2, 9)));
-        assert_eq!(w.next_hop6("2001:db8::9".parse().unwrap()), None, "no IPv6 address");
-        w.ip6 = Some("2001:db8::1".parse().unwrap());
-        w.prefix6 = 64;
-        assert_eq!(w.next_hop6("2001:db8::9".parse().unwrap()), Some("2001:db8::9".parse().unwrap()));
-        assert_eq!(w.next_hop6("2001:db9::9".parse().unwrap()), None, "off-link without a gateway");
-        w.gateway6 = Some("2001:db8::ff".parse().unwrap());
-        assert_eq!(w.next_hop6("2001:db9::9".parse().unwrap()), w.gateway6);
-        // IPv6 only: no IPv4 next hop at all.
-        w.ip = Ipv4Addr::UNSPECIFIED;
-        w.prefix = 0;
-        assert_eq!(w.next_hop(Ipv4Addr::new(192, 0, 2, 9)), None);
-    }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use nic_backends::QueueStats;
 
-use super::frames::WanDrop;
 use super::Shared;
+use crate::wan::WanDrop;
 use wgpmd_proto::device::{DropReason, Stats};
 
 /// Directory of the stats sockets.
@@ -126,7 +126,7 @@ pub(crate) fn render(sh: &Shared) -> String {
             line(&format!("{p}drop.{r:?}"), l.device.drops_for(r));
         }
     }
-    let c = &sh.control_counters;
+    let c = &sh.control.counters;
     line("control.handshakes_processed", c.handshakes_processed.load(Ordering::Relaxed));
     line("control.staged_flushed", c.staged_flushed.load(Ordering::Relaxed));
     line("control.staged_dropped_giveup", c.staged_dropped_giveup.load(Ordering::Relaxed));
@@ -144,10 +144,10 @@ pub(crate) fn render(sh: &Shared) -> String {
     for r in DropReason::ALL {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
-    line("neighbours", sh.neigh.len() as u64);
-    line("wan_link_up", u64::from(sh.wan_link_up.load(Ordering::Relaxed)));
+    line("neighbours", sh.data.neigh.len() as u64);
+    line("wan_link_up", u64::from(sh.control.wan_link_up.load(Ordering::Relaxed)));
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
-    if let Some(extra) = &sh.wan_extra {
+    if let Some(extra) = &sh.control.wan_extra {
         for (k, v) in extra() {
             line(&k, v);
         }
@@ -163,7 +163,7 @@ pub(crate) struct StatsServer {
 impl StatsServer {
     pub fn start(sh: Arc<Shared>) -> std::io::Result<StatsServer> {
         std::fs::create_dir_all(STATS_DIR)?;
-        let path = PathBuf::from(STATS_DIR).join(format!("{}.sock", sh.name));
+        let path = PathBuf::from(STATS_DIR).join(format!("{}.sock", sh.control.name));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         std::thread::Builder::new().name("wgpmd-stats".into()).spawn(move || {

@@ -1,6 +1,7 @@
-//! The WAN neighbour cache (IPv4 and IPv6 → MAC), learned from ARP, neighbour discovery and
-//! authenticated traffic, and
-//! the frames waiting for a resolution (bounded per next hop).
+//! The WAN neighbour table (IPv4 and IPv6 → MAC), learned from ARP, neighbour discovery and
+//! authenticated traffic, and the frames waiting for a resolution (bounded per next hop). One
+//! table is shared by every worker; each keeps a private copy of the entries it used
+//! (`neigh_cache.rs`). Time is the caller's `now`; the frames are the caller's type `F`.
 //!
 //! Entries age (the kernel's NUD states, simplified): an entry confirmed (learned, or seen
 //! again in an ARP message or authenticated traffic) within the reachable time is used as is.
@@ -14,8 +15,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
-
-use nic_backends::Buffer;
 
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::wire::EthernetAddress;
@@ -66,27 +65,29 @@ pub struct Resolution {
     pub refresh_after: Timestamp,
 }
 
-pub(crate) struct Pending {
-    pub frames: VecDeque<Buffer>,
-    pub last_request: Timestamp,
+struct Pending<F> {
+    frames: VecDeque<F>,
+    last_request: Timestamp,
 }
 
-/// The cache.
-pub(crate) struct Neighbours {
+/// The table, and the frames (of type `F`) waiting per unresolved next hop. Shared by the
+/// workers: lookups take a read lock, changes a write lock.
+pub struct Neighbours<F> {
     timing: NeighTiming,
     map: RwLock<HashMap<IpAddr, Entry>>,
-    pending: Mutex<HashMap<IpAddr, Pending>>,
+    pending: Mutex<HashMap<IpAddr, Pending<F>>>,
     /// Bumped after every change of `map`: a worker's private copy of entries is valid while
     /// this has not moved.
     generation: AtomicU64,
 }
 
-impl Neighbours {
-    #[cfg(test)]
+impl<F> Neighbours<F> {
+    /// An empty table with the default timing.
     pub fn new() -> Self {
         Self::with_timing(NeighTiming::default())
     }
 
+    /// An empty table whose entries age by `timing`.
     pub fn with_timing(timing: NeighTiming) -> Self {
         Neighbours {
             timing,
@@ -153,7 +154,8 @@ impl Neighbours {
     /// Learn (or confirm) `ip` at `mac`; returns frames that were waiting for it. Takes the
     /// write lock only for a new or changed MAC, a stale entry, or one confirmed more than
     /// half the reachable time ago.
-    pub fn learn(&self, ip: impl Into<IpAddr>, mac: EthernetAddress, now: Timestamp) -> VecDeque<Buffer> {
+    /// Point each returned frame at `mac` ([`set_dst_mac`](super::set_dst_mac)) before sending it.
+    pub fn learn(&self, ip: impl Into<IpAddr>, mac: EthernetAddress, now: Timestamp) -> VecDeque<F> {
         let ip = ip.into();
         let need = match self.map.read().unwrap_or_else(|e| e.into_inner()).get(&ip) {
             Some(e) => e.mac != mac || e.probes > 0 || now >= self.fresh(e).refresh_after,
@@ -175,7 +177,7 @@ impl Neighbours {
 
     /// Park a frame for an unresolved next hop. Returns (whether to send an ARP request now,
     /// whether a frame was dropped for lack of room).
-    pub fn park(&self, hop: impl Into<IpAddr>, frame: Buffer, now: Timestamp) -> (bool, bool) {
+    pub fn park(&self, hop: impl Into<IpAddr>, frame: F, now: Timestamp) -> (bool, bool) {
         let hop = hop.into();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let e = p.entry(hop).or_insert(Pending { frames: VecDeque::new(), last_request: Timestamp::ZERO });
@@ -193,8 +195,20 @@ impl Neighbours {
         (ask, dropped)
     }
 
+    /// Entries in the table.
     pub fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<F> Default for Neighbours<F> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -212,7 +226,7 @@ mod tests {
         Timestamp::from_nanos(ns)
     }
 
-    fn table() -> Neighbours {
+    fn table() -> Neighbours<u32> {
         Neighbours::with_timing(NeighTiming { reachable_ns: 30 * S, retrans_ns: S, probes: 3 })
     }
 
@@ -280,11 +294,10 @@ mod tests {
             now += S / 10;
         }
         // Frames now wait; the first asks, the bound holds and drops are reported.
-        let pool = nic_backends::Pool::new("neigh-test", 64).unwrap();
         let mut asks = 0;
         let mut drops = 0;
         for i in 0..(MAX_PENDING_PER_HOP as u64 + 5) {
-            let (ask, dropped) = n.park(HOP, pool.alloc().unwrap(), t(now + i));
+            let (ask, dropped) = n.park(HOP, i as u32, t(now + i));
             asks += u32::from(ask);
             drops += u32::from(dropped);
         }
@@ -292,7 +305,7 @@ mod tests {
         // The host answers from its new MAC: the waiting frames come back, the entry is fresh.
         let g = n.generation();
         let waiting = n.learn(HOP, B, t(now + S / 2));
-        assert_eq!(waiting.len(), MAX_PENDING_PER_HOP);
+        assert_eq!(waiting, (5..MAX_PENDING_PER_HOP as u32 + 5).collect::<Vec<_>>(), "the oldest went first");
         assert_ne!(n.generation(), g);
         let r = n.resolve(HOP, t(now + S));
         assert_eq!((r.mac, r.probe), (Some(B), false));

@@ -1,4 +1,4 @@
-//! Path MTU errors for inner packets too big for the tunnel (OPERATIONS.md "Path MTU").
+//! Path MTU errors for inner packets too big for the tunnel (docs/OPERATIONS.md "Path MTU").
 //!
 //! An inner packet read from the TUN that is longer than the tunnel MTU is not sent; the
 //! worker writes back into the TUN an ICMPv4 "fragmentation needed" (IPv4 with DF) or an
