@@ -9,7 +9,6 @@
 //! tx: prepend 12 zero bytes (no offloads: flags 0, gso_type NONE) and post from there
 //! ```
 
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -531,10 +530,6 @@ impl Queue for VirtioQueue {
             self.notify(self.tx_vq, self.tx_notify);
         }
         n
-    }
-
-    fn poll_fd(&self) -> Option<RawFd> {
-        None
     }
 
     fn stats(&self) -> QueueStats {
