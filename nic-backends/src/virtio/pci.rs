@@ -145,6 +145,10 @@ impl Window {
     pub(crate) fn new(mmio: Arc<Mmio>, off: usize, len: usize) -> Option<Window> {
         (off.checked_add(len)? <= mmio.size()).then_some(Window { mmio, off, len })
     }
+    /// Length of the window in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
     fn ok(&self, o: usize, w: usize) -> bool {
         o.checked_add(w).is_some_and(|e| e <= self.len)
     }
