@@ -11,7 +11,7 @@
 //! - `queue_core`: the queue pair's data path over its two rings, `bounds`: the IOVA ranges it
 //!   may post;
 //! - [`virtq`]: the split virtqueue, driver side, with a simulated device for the tests;
-//! - `test_hook`: fault injection for the guest tests.
+//! - `test_hook` (feature `test-hooks` only): fault injection for the guest tests.
 
 mod bounds;
 mod device;
@@ -22,6 +22,7 @@ mod queue;
 mod queue_core;
 mod stall;
 mod stop_once;
+#[cfg(any(test, feature = "test-hooks"))]
 mod test_hook;
 mod transport;
 pub(crate) mod virtq;
@@ -29,5 +30,6 @@ pub(crate) mod virtq;
 pub use net::{VirtioNetPort, POOL_BUFS};
 pub use queue::VirtioQueue;
 pub use queue_core::VirtioCounters;
+#[cfg(any(test, feature = "test-hooks"))]
 pub use test_hook::TEST_BAD_IOVA_ENV;
 pub use transport::NOIOMMU_ENV;

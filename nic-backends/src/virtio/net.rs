@@ -95,6 +95,7 @@ impl VirtioNetPort {
         let plan = discover_queues(&t, features, opts.queues).map_err(|e| t.fail(spec, e))?;
         let container = vdev.container().clone();
         let rings: Arc<dyn SharedMem> = Arc::new(container.alloc_dma(plan.ring_bytes()).map_err(vfio_err(spec))?);
+        #[cfg(any(test, feature = "test-hooks"))]
         let bad_iova = super::test_hook::bad_iova_from_env(&container);
         let dev = Arc::new(NetDev::new(t, features, rings.clone(), vdev));
         let (mut vqs, ctrl_buf) = setup_queues(spec, &dev, &plan, &rings)?;
@@ -126,6 +127,7 @@ impl VirtioNetPort {
             let pool = Pool::with_region(&format!("vfio{i}"), r, bufs)
                 .map_err(|source| PortError::Pool { spec: spec.to_string(), source })?;
             let mut q = VirtioQueue::new(QueueCore::new(rx, tx, pool.clone(), bounds), dev.clone(), i, rx_at, tx_at);
+            #[cfg(any(test, feature = "test-hooks"))]
             if i == 0 {
                 q.set_bad_iova(bad_iova);
             }

@@ -54,6 +54,7 @@ impl VirtioQueue {
     }
 
     /// The bad-IOVA test hook: this queue's next transmit descriptor goes to `bad`.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn set_bad_iova(&mut self, bad: Option<(u64, Option<u32>)>) {
         self.core.bad_iova = bad;
     }

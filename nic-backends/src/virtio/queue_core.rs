@@ -45,7 +45,9 @@ pub(crate) struct QueueCore {
     pub stats: QueueStats,
     pub counters: VirtioCounters,
     used: Vec<Used>,
-    /// Test hook: post the next transmit descriptor at this IOVA (and with this length).
+    /// Test hook (`test-hooks` feature): post the next transmit descriptor at this IOVA (and with
+    /// this length).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub bad_iova: Option<(u64, Option<u32>)>,
     pub tx_completions: u64,
 }
@@ -60,6 +62,7 @@ impl QueueCore {
             stats: QueueStats::default(),
             counters: VirtioCounters::default(),
             used: Vec::with_capacity(MAX_QUEUE as usize),
+            #[cfg(any(test, feature = "test-hooks"))]
             bad_iova: None,
             tx_completions: 0,
         }
@@ -173,6 +176,7 @@ impl QueueCore {
                 self.stats.tx_dropped += 1;
                 continue;
             }
+            #[cfg(any(test, feature = "test-hooks"))]
             if let Some(bad) = self.bad_iova.take() {
                 super::test_hook::post_bad_iova(&mut self.tx, bad, len);
             }

@@ -1,4 +1,7 @@
-//! Fault injection for the guest tests (docs/TESTING.md, "Guest tests (VFIO)").
+//! Fault injection for the guest tests (docs/TESTING.md, "Guest tests (VFIO)"), compiled only
+//! with the crate feature `test-hooks` (and into this crate's own unit tests). A build without the
+//! feature has none of it: scripts/test.sh checks that the plain `wgpmd` binary does not contain
+//! [`TEST_BAD_IOVA_ENV`].
 
 use super::virtq::Virtq;
 
