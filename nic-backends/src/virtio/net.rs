@@ -100,7 +100,7 @@ impl VirtioNetPort {
         let dev = Arc::new(NetDev::new(t, features, rings.clone(), vdev));
         let (mut vqs, ctrl_buf) = setup_queues(spec, &dev, &plan, &rings)?;
         dev.t.no_config_interrupt();
-        // 8) "Set the DRIVER_OK status bit. At this point the device is "live"."
+        // 8) "Set the DRIVER_OK status bit. At this point the device is 'live'."
         dev.t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
 
         // The rest of step 7 comes after step 8: the control queue's command and the receive
@@ -115,29 +115,44 @@ impl VirtioNetPort {
         let mut pools = Vec::new();
         let mut it = vqs.into_iter();
         for i in 0..opts.queues {
-            let (Some((rx, rx_at)), Some((tx, tx_at))) = (it.next(), it.next()) else {
+            let (Some(rx), Some(tx)) = (it.next(), it.next()) else {
                 return Err(bad(spec, "queue setup"));
             };
-            let bufs = pool_bufs(container.max_dma_region());
-            let region = container.alloc_dma(bufs * BUF_SIZE).map_err(vfio_err(spec))?;
-            let mut bounds = Bounds::default();
-            bounds.add(region.iova().0, region.size() as u64);
-            let d2 = dev.clone();
-            let r = DmaPoolRegion { before_unmap: Some(Box::new(move || d2.quiesce())), region };
-            let pool = Pool::with_region(&format!("vfio{i}"), r, bufs)
-                .map_err(|source| PortError::Pool { spec: spec.to_string(), source })?;
-            let mut q = VirtioQueue::new(QueueCore::new(rx, tx, pool.clone(), bounds), dev.clone(), i, rx_at, tx_at);
-            #[cfg(any(test, feature = "test-hooks"))]
-            if i == 0 {
-                q.set_bad_iova(bad_iova);
-            }
-            q.start();
+            let (q, pool) = start_queue(spec, &dev, &container, i, rx, tx)?;
             queues.push(Some(q));
             pools.push(pool);
+        }
+        #[cfg(any(test, feature = "test-hooks"))]
+        if let Some(Some(q)) = queues.first_mut() {
+            q.set_bad_iova(bad_iova);
         }
         let info = PortInfo { name: dev.bdf.clone(), mac: Some(mac), mtu: opts.mtu.unwrap_or(1500), kind: "vfio" };
         Ok(VirtioNetPort { info, dev, queues, pools })
     }
+}
+
+/// After step 8: queue pair `i` over its receive and transmit virtqueues (with their notification
+/// addresses), with a pool of its own in DMA memory (unmapping that stops the device first), and
+/// its receive ring filled.
+fn start_queue(
+    spec: &str,
+    dev: &Arc<NetDev>,
+    container: &Arc<vfio::Container>,
+    i: usize,
+    (rx, rx_at): (Virtq, usize),
+    (tx, tx_at): (Virtq, usize),
+) -> Result<(VirtioQueue, Pool), PortError> {
+    let bufs = pool_bufs(container.max_dma_region());
+    let region = container.alloc_dma(bufs * BUF_SIZE).map_err(vfio_err(spec))?;
+    let mut bounds = Bounds::default();
+    bounds.add(region.iova().0, region.size() as u64);
+    let d2 = dev.clone();
+    let r = DmaPoolRegion { before_unmap: Some(Box::new(move || d2.quiesce())), region };
+    let pool = Pool::with_region(&format!("vfio{i}"), r, bufs)
+        .map_err(|source| PortError::Pool { spec: spec.to_string(), source })?;
+    let mut q = VirtioQueue::new(QueueCore::new(rx, tx, pool.clone(), bounds), dev.clone(), i, rx_at, tx_at);
+    q.start();
+    Ok((q, pool))
 }
 
 /// Step 7: the MAC address from the device configuration (§5.1.4); we need VIRTIO_NET_F_MAC.
