@@ -1,5 +1,5 @@
 //! One data-plane worker: polls its WAN and inner queues in bursts and runs each packet to
-//! completion (DATAPATH.md "One poll iteration of a worker").
+//! completion (docs/ARCHITECTURE.md, "The daemon").
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::Ordering;
