@@ -23,7 +23,7 @@
 //! interfaces given to wgpmd (`ethtool -K IFACE gro off lro off`).
 
 use std::cell::Cell;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::buffer::{Buffer, Pool};
 use crate::error::PortError;
@@ -165,10 +165,6 @@ impl Queue for AfPacketQueue {
         }
         bufs.drain(..taken);
         taken
-    }
-
-    fn poll_fd(&self) -> Option<RawFd> {
-        Some(self.sock.as_fd().as_raw_fd())
     }
 
     fn stats(&self) -> QueueStats {

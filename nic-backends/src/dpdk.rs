@@ -342,9 +342,6 @@ impl Queue for DpdkQueue {
     fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize {
         self.b.tx(bufs, &mut self.stats, &mut self.copies)
     }
-    fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
     fn stats(&self) -> QueueStats {
         let mut s = self.stats;
         s.tx_copied = self.copies.tx_copied;

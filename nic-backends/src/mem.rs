@@ -5,7 +5,6 @@
 //! queue is owned by one thread, so each ring has one producer and one consumer. Buffers keep
 //! their home pool: a received buffer is freed into the sender's pool.
 
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -153,10 +152,6 @@ impl Queue for MemQueue {
         taken
     }
 
-    fn poll_fd(&self) -> Option<RawFd> {
-        None
-    }
-
     fn stats(&self) -> QueueStats {
         self.stats
     }
@@ -197,7 +192,6 @@ mod tests {
         assert_eq!(a1.rx_burst(&pool, &mut out, 32), 3);
         let s = a1.stats();
         assert_eq!((s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes), (3, 24, 3, 24));
-        assert!(a1.poll_fd().is_none());
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! The port abstraction: a [`Port`] has N [`Queue`]s (one rx/tx pair per worker), which are
 //! moved out to the threads that poll them. [`open`] builds a port from its string.
 
-use std::os::fd::RawFd;
-
 use crate::buffer::{Buffer, Pool};
 use crate::error::PortError;
 
@@ -77,8 +75,6 @@ pub trait Queue: Send {
     /// A buffer the kernel refuses outright (e.g. a frame too short to be Ethernet) is taken and
     /// counted in `tx_errors`, so one bad buffer cannot block the queue.
     fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize;
-    /// An fd that becomes readable when rx has work (for adaptive polling with poll(2)); None for mem.
-    fn poll_fd(&self) -> Option<RawFd>;
     /// This queue's counters.
     fn stats(&self) -> QueueStats;
     /// `Err(message)` once the queue has met a fault it cannot recover from (a device that set

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::buffer::{Buffer, Pool};
@@ -129,10 +129,6 @@ impl Queue for TunQueue {
         }
         bufs.drain(..taken);
         taken
-    }
-
-    fn poll_fd(&self) -> Option<RawFd> {
-        Some(self.file.as_raw_fd())
     }
 
     fn stats(&self) -> QueueStats {

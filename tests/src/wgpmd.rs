@@ -21,7 +21,7 @@ pub const STATS_DIR: &str = "/var/run/wgpmd";
 
 /// The wgpmd binary: `$WGPMD_BIN` if set, else `wgpmd` in the target profile directory of this
 /// test executable (`target/<profile>/deps/<test>-<hash>` -> `target/<profile>/wgpmd`). The
-/// e2e crate uses the daemon's crate only as a library (a dev-dependency), so
+/// e2e crate uses only the protocol core, wgpmd-proto, as a library (a dev-dependency), so
 /// `cargo test -p wgpmd-e2e` does not build the binary: scripts/test.sh builds the workspace
 /// first. Fails, saying how to build it, if absent.
 pub fn wgpmd_bin() -> Result<PathBuf> {

@@ -6,7 +6,7 @@
 //! (as root). See docs/TESTING.md.
 //!
 //! That a cookie reply cannot move a peer's endpoint (only authenticated data and handshake
-//! messages can) is unit-tested in wgpmd/src/device/tests.rs
+//! messages can) is unit-tested in wgpmd-proto/src/device/tests.rs
 //! (`cookie_reply_does_not_move_the_endpoint`, `endpoint_roams_on_authenticated_data_only`) and
 //! checked end to end with a forged cookie reply from another address
 //! (`cookie_reply_from_elsewhere_does_not_move_endpoint`).
@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use wgpmd_e2e::*;
 
-/// wgpmd's bound on packets staged per peer while it has no session (wgpmd/src/messages.rs).
+/// wgpmd's bound on packets staged per peer while it has no session (wgpmd-proto/src/messages.rs).
 const MAX_STAGED: u64 = 128;
 
 fn entry(show: &WgShow, key: &str, who: &str) -> Result<WgShowPeer> {

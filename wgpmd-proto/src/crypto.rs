@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | ChaCha20-Poly1305 (data and handshake AEAD) | `ring` | fastest portable implementation measured here, with run-time CPU dispatch (docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies) | `chacha20poly1305` | ring has no XChaCha; cookies are rare |
-//! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | the card's crate |
+//! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, the one boringtun uses |
 //! | X25519 | `x25519-dalek` | ring offers X25519 only for ephemeral keys; we need static ones |
 //!
 //! Every secret type zeroizes on drop. Comparisons of secret-dependent values use [`ct_eq`].

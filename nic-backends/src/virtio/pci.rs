@@ -145,6 +145,10 @@ impl Window {
     pub(crate) fn new(mmio: Arc<Mmio>, off: usize, len: usize) -> Option<Window> {
         (off.checked_add(len)? <= mmio.size()).then_some(Window { mmio, off, len })
     }
+    /// Length of the window in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
     fn ok(&self, o: usize, w: usize) -> bool {
         o.checked_add(w).is_some_and(|e| e <= self.len)
     }
@@ -205,7 +209,7 @@ mod tests {
 
     #[test]
     fn caps_of_qemu_virtio_net() {
-        // What QEMU 7.2's virtio-net-pci shows (recipe probe): common bar4+0, isr +0x1000,
+        // What QEMU 7.2's virtio-net-pci shows (read in a guest): common bar4+0, isr +0x1000,
         // device +0x2000, notify +0x3000 (multiplier 4), plus a PCI-cfg cap and MSI-X.
         let caps = vec![
             Capability { id: 0x11, offset: 0x98, bytes: vec![0x11, 0x84, 0, 0] },
@@ -236,7 +240,7 @@ mod tests {
     #[test]
     fn negotiation_takes_only_what_we_handle() {
         use feature::*;
-        // QEMU's offer from the recipe (TAP backend: offloads included).
+        // QEMU 7.2's offer, read in a guest (TAP backend: offloads included).
         let offered = 0x0000_0103_30bf_ffa7u64;
         let got = negotiate(offered, 1).unwrap();
         assert_eq!(got, VERSION_1 | ACCESS_PLATFORM | MAC | STATUS);

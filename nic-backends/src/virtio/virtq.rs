@@ -240,9 +240,10 @@ impl Virtq {
         v
     }
 
-    /// Test/hook support: overwrite the address (and, if given, the length) of the descriptor at
-    /// the head of the most recently added chain (used only by the bad-IOVA test hook, after the
-    /// chain was pushed and before it is published).
+    /// Test hook support (feature `test-hooks`): overwrite the address (and, if given, the
+    /// length) of the descriptor at the head of the most recently added chain (used only by the
+    /// bad-IOVA test hook, after the chain was pushed and before it is published).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn poison_last(&mut self, iova: u64, len: Option<u32>) {
         let slot = (self.avail_idx.wrapping_sub(1) & (self.n - 1)) as usize;
         let head = self.mem.read_u16(self.avail_off + 4 + 2 * slot);

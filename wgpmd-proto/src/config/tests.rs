@@ -228,7 +228,7 @@ fn showconf_output_and_round_trip() {
     assert_eq!(back.peers[1].persistent_keepalive, None, "showconf leaves out a zero keepalive");
 }
 
-/// `wg setconf wga wga.conf` as strace saw it (recipes/uapi-wg8-strace.txt).
+/// `wg setconf wga wga.conf` as strace saw it (the bytes stock `wg` wrote to the UAPI socket).
 const WG_SETCONF_BYTES: &[u8] = b"set=1\nprivate_key=08c32941890bd205fc2720cff87c5e0f9e57b42fa9800d85a0a792968d279a58\nlisten_port=51820\nfwmark=0\nreplace_peers=true\npublic_key=b9b608da874b848c3710fea258192814e8d57eef4e962fc4d9902a1ef9cd1646\nendpoint=10.99.0.2:51820\npersistent_keepalive_interval=5\nreplace_allowed_ips=true\nallowed_ip=10.100.0.2/32\n\n";
 
 #[test]

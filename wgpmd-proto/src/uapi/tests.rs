@@ -1,4 +1,4 @@
-//! Parsing on the bytes `wg` sends (recipes/uapi-wg8-strace.txt, uapi-set-transcript.txt),
+//! Parsing on the bytes `wg` sends (captured with strace from stock `wg` and from a `set` session),
 //! applying with wireguard-go's semantics, and `get` against wireguard-go's answer.
 
 use std::net::{IpAddr, SocketAddr};

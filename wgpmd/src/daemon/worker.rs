@@ -1,6 +1,7 @@
 //! One data-plane worker: polls its WAN and inner queues in bursts and runs each packet to
-//! completion. The WAN side's decisions (what a frame is, the replies, the outer headers, the
-//! next hop) come from the sans-IO [`crate::wan`]; the worker owns the buffers and queues.
+//! completion (docs/ARCHITECTURE.md, "The daemon"). The WAN side's decisions (what a frame is,
+//! the replies, the outer headers, the next hop) come from the sans-IO [`crate::wan`]; the
+//! worker owns the buffers and queues.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
