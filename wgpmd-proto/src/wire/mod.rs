@@ -93,8 +93,8 @@ pub use self::ipv4::{Packet as Ipv4Packet, Repr as Ipv4Repr};
 pub use self::ipv6::{Packet as Ipv6Packet, Repr as Ipv6Repr};
 pub use self::udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use self::wireguard::{
-    classify, CookieReply, HandshakeInitiation, HandshakeResponse, Message as WireguardMessage, MessageType,
-    TransportData,
+    classify, CookieReply, HandshakeInitiation, HandshakeResponse, MacMessage, MacMessageMut,
+    Message as WireguardMessage, MessageType, TransportData,
 };
 
 /// Why a view or a `Repr` refused a buffer. Small and `Copy`, so that a datapath can count drops

@@ -1,62 +1,96 @@
 //! Views of the four WireGuard messages: handshake initiation, handshake response, cookie
 //! reply and transport data.
 //!
-//! Owns their byte layout (sizes and type codes from [`crate::messages`]; every multi-byte
-//! field little-endian) and the acceptance rule of the kernel's `prepare_skb_header`
+//! The one owner of their byte layout, as the kernel's `messages.h` is for `noise.c`,
+//! `cookie.c` and `receive.c`: sizes and type codes come from [`crate::messages`], field
+//! positions are the [`field`] ranges, every multi-byte field is little-endian, and `noise`,
+//! `cookie`, `session` and `device` read and write messages only through these views. Also
+//! owned here: the acceptance rule of the kernel's `prepare_skb_header`
 //! (`drivers/net/wireguard/receive.c`): the 4-byte header is read as one little-endian u32 that
 //! must equal a type code, so the three reserved bytes must be zero, and the length must be
 //! exact for the handshake messages and at least [`DATA_MIN_LEN`] for transport data. Type and
-//! length are checked together, before any other byte is read ([`classify`]). Nothing here
-//! touches cryptography: `mac1_covered()`/`mac2_covered()` give the bytes the MACs cover and
-//! the `_mut` accessors give the fields to seal or open in place.
+//! length are checked together, before any other byte is read ([`classify`]).
+//!
+//! Nothing here touches cryptography: `mac1_covered()`/`mac2_covered()` give the bytes the MACs
+//! cover (for either handshake message through [`MacMessage`]), and the `_mut` accessors give
+//! the fields to seal or open in place.
 
 use core::fmt;
 
-use super::bytes::{self, Field, Rest};
+use super::bytes;
 use super::{Error, Result};
 use crate::messages::{
-    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COUNTER_LEN, DATA_MIN_LEN, HEADER_LEN, INDEX_LEN, INITIATION_LEN,
-    KEY_LEN, MESSAGE_DATA, MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION, MESSAGE_HANDSHAKE_RESPONSE,
-    RESPONSE_LEN, TAG_LEN, TIMESTAMP_LEN,
+    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, DATA_MIN_LEN, HEADER_LEN, INITIATION_LEN, KEY_LEN, MESSAGE_DATA,
+    MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION, MESSAGE_HANDSHAKE_RESPONSE, RESPONSE_LEN, TAG_LEN,
 };
 
-mod field {
-    use super::*;
+/// Where each field lies, as byte ranges from the start of the message (the kernel's
+/// `messages.h` structs). The views read and write through these; code that needs an offset
+/// itself (the plaintext range of a data message, say) takes it from here.
+pub mod field {
+    use core::ops::{Range, RangeFrom};
 
-    pub const HEADER: Field = 0..HEADER_LEN;
+    use crate::messages::{
+        COOKIE_LEN, COOKIE_NONCE_LEN, COUNTER_LEN, HEADER_LEN, INDEX_LEN, KEY_LEN, TAG_LEN, TIMESTAMP_LEN,
+    };
 
+    /// The header: the type code and three reserved zero bytes, read as one little-endian u32.
+    pub const HEADER: Range<usize> = 0..HEADER_LEN;
+
+    /// Handshake initiation (kernel `struct message_handshake_initiation`).
     pub mod initiation {
         use super::*;
-        pub const SENDER: Field = HEADER.end..HEADER.end + INDEX_LEN;
-        pub const EPHEMERAL: Field = SENDER.end..SENDER.end + KEY_LEN;
-        pub const STATIC: Field = EPHEMERAL.end..EPHEMERAL.end + KEY_LEN + TAG_LEN;
-        pub const TIMESTAMP: Field = STATIC.end..STATIC.end + TIMESTAMP_LEN + TAG_LEN;
-        pub const MAC1: Field = TIMESTAMP.end..TIMESTAMP.end + COOKIE_LEN;
-        pub const MAC2: Field = MAC1.end..MAC1.end + COOKIE_LEN;
+        /// The initiator's index.
+        pub const SENDER: Range<usize> = HEADER.end..HEADER.end + INDEX_LEN;
+        /// The initiator's ephemeral public key.
+        pub const EPHEMERAL: Range<usize> = SENDER.end..SENDER.end + KEY_LEN;
+        /// The initiator's static public key, sealed.
+        pub const STATIC: Range<usize> = EPHEMERAL.end..EPHEMERAL.end + KEY_LEN + TAG_LEN;
+        /// The TAI64N timestamp, sealed.
+        pub const TIMESTAMP: Range<usize> = STATIC.end..STATIC.end + TIMESTAMP_LEN + TAG_LEN;
+        /// MAC1, over every byte before it.
+        pub const MAC1: Range<usize> = TIMESTAMP.end..TIMESTAMP.end + COOKIE_LEN;
+        /// MAC2, over every byte before it.
+        pub const MAC2: Range<usize> = MAC1.end..MAC1.end + COOKIE_LEN;
     }
 
+    /// Handshake response (kernel `struct message_handshake_response`).
     pub mod response {
         use super::*;
-        pub const SENDER: Field = HEADER.end..HEADER.end + INDEX_LEN;
-        pub const RECEIVER: Field = SENDER.end..SENDER.end + INDEX_LEN;
-        pub const EPHEMERAL: Field = RECEIVER.end..RECEIVER.end + KEY_LEN;
-        pub const EMPTY: Field = EPHEMERAL.end..EPHEMERAL.end + TAG_LEN;
-        pub const MAC1: Field = EMPTY.end..EMPTY.end + COOKIE_LEN;
-        pub const MAC2: Field = MAC1.end..MAC1.end + COOKIE_LEN;
+        /// The responder's index.
+        pub const SENDER: Range<usize> = HEADER.end..HEADER.end + INDEX_LEN;
+        /// The initiator's index, echoed.
+        pub const RECEIVER: Range<usize> = SENDER.end..SENDER.end + INDEX_LEN;
+        /// The responder's ephemeral public key.
+        pub const EPHEMERAL: Range<usize> = RECEIVER.end..RECEIVER.end + KEY_LEN;
+        /// The empty payload, sealed: the tag alone.
+        pub const EMPTY: Range<usize> = EPHEMERAL.end..EPHEMERAL.end + TAG_LEN;
+        /// MAC1, over every byte before it.
+        pub const MAC1: Range<usize> = EMPTY.end..EMPTY.end + COOKIE_LEN;
+        /// MAC2, over every byte before it.
+        pub const MAC2: Range<usize> = MAC1.end..MAC1.end + COOKIE_LEN;
     }
 
+    /// Cookie reply (kernel `struct message_handshake_cookie`).
     pub mod cookie {
         use super::*;
-        pub const RECEIVER: Field = HEADER.end..HEADER.end + INDEX_LEN;
-        pub const NONCE: Field = RECEIVER.end..RECEIVER.end + COOKIE_NONCE_LEN;
-        pub const COOKIE: Field = NONCE.end..NONCE.end + COOKIE_LEN + TAG_LEN;
+        /// The sender index of the message this answers.
+        pub const RECEIVER: Range<usize> = HEADER.end..HEADER.end + INDEX_LEN;
+        /// The random XChaCha20-Poly1305 nonce.
+        pub const NONCE: Range<usize> = RECEIVER.end..RECEIVER.end + COOKIE_NONCE_LEN;
+        /// The cookie, sealed.
+        pub const COOKIE: Range<usize> = NONCE.end..NONCE.end + COOKIE_LEN + TAG_LEN;
     }
 
+    /// Transport data (kernel `struct message_data`).
     pub mod data {
         use super::*;
-        pub const RECEIVER: Field = HEADER.end..HEADER.end + INDEX_LEN;
-        pub const COUNTER: Field = RECEIVER.end..RECEIVER.end + COUNTER_LEN;
-        pub const PAYLOAD: Rest = COUNTER.end..;
+        /// The receiver's session index.
+        pub const RECEIVER: Range<usize> = HEADER.end..HEADER.end + INDEX_LEN;
+        /// The nonce counter.
+        pub const COUNTER: Range<usize> = RECEIVER.end..RECEIVER.end + COUNTER_LEN;
+        /// Ciphertext and tag, to the end of the message.
+        pub const PAYLOAD: RangeFrom<usize> = COUNTER.end..;
     }
 }
 
@@ -64,6 +98,7 @@ mod field {
 const _: () = assert!(field::initiation::MAC2.end == INITIATION_LEN);
 const _: () = assert!(field::response::MAC2.end == RESPONSE_LEN);
 const _: () = assert!(field::cookie::COOKIE.end == COOKIE_REPLY_LEN);
+const _: () = assert!(field::data::PAYLOAD.start == crate::messages::DATA_HEADER_LEN);
 const _: () = assert!(field::data::PAYLOAD.start + TAG_LEN == DATA_MIN_LEN);
 
 /// The four WireGuard message types.
@@ -237,12 +272,117 @@ view!(
     MessageType::TransportData
 );
 
+/// What the two handshake messages share, initiation and response: a sender index, and
+/// `mac1 ‖ mac2` at the end (kernel `struct message_macs`), each MAC covering every byte before
+/// it. The cookie module computes and checks the MACs of either through this.
+pub trait MacMessage {
+    /// The sender's index (a cookie reply to this message is addressed to it).
+    fn sender_index(&self) -> u32;
+    /// MAC1.
+    fn mac1(&self) -> [u8; COOKIE_LEN];
+    /// MAC2 (zero without a cookie).
+    fn mac2(&self) -> [u8; COOKIE_LEN];
+    /// The bytes MAC1 covers: everything before it.
+    fn mac1_covered(&self) -> &[u8];
+    /// The bytes MAC2 covers: everything before it (MAC1 included).
+    fn mac2_covered(&self) -> &[u8];
+}
+
+/// [`MacMessage`] on a writable buffer: the MAC setters.
+pub trait MacMessageMut: MacMessage {
+    /// Sets MAC1.
+    fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]);
+    /// Sets MAC2.
+    fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]);
+}
+
+/// The sender index and MAC accessors of a handshake view, inherent (so they need no trait in
+/// scope) and as [`MacMessage`] / [`MacMessageMut`].
+macro_rules! mac_message {
+    ($name:ident, $field:ident) => {
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// The sender's index.
+            #[inline]
+            pub fn sender_index(&self) -> u32 {
+                bytes::le32(self.buffer.as_ref(), field::$field::SENDER)
+            }
+            /// MAC1.
+            #[inline]
+            pub fn mac1(&self) -> [u8; COOKIE_LEN] {
+                bytes::array(self.buffer.as_ref(), field::$field::MAC1)
+            }
+            /// MAC2 (zero without a cookie).
+            #[inline]
+            pub fn mac2(&self) -> [u8; COOKIE_LEN] {
+                bytes::array(self.buffer.as_ref(), field::$field::MAC2)
+            }
+            /// The bytes MAC1 covers: everything before it.
+            #[inline]
+            pub fn mac1_covered(&self) -> &[u8] {
+                bytes::slice(self.buffer.as_ref(), 0..field::$field::MAC1.start)
+            }
+            /// The bytes MAC2 covers: everything before it (MAC1 included).
+            #[inline]
+            pub fn mac2_covered(&self) -> &[u8] {
+                bytes::slice(self.buffer.as_ref(), 0..field::$field::MAC2.start)
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
+            /// Sets MAC1.
+            #[inline]
+            pub fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
+                bytes::set_bytes(self.buffer.as_mut(), field::$field::MAC1, mac)
+            }
+            /// Sets MAC2.
+            #[inline]
+            pub fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
+                bytes::set_bytes(self.buffer.as_mut(), field::$field::MAC2, mac)
+            }
+        }
+
+        // Inherent methods take precedence over trait methods: each line below calls the one
+        // above, not itself.
+        impl<T: AsRef<[u8]>> MacMessage for $name<T> {
+            #[inline]
+            fn sender_index(&self) -> u32 {
+                $name::sender_index(self)
+            }
+            #[inline]
+            fn mac1(&self) -> [u8; COOKIE_LEN] {
+                $name::mac1(self)
+            }
+            #[inline]
+            fn mac2(&self) -> [u8; COOKIE_LEN] {
+                $name::mac2(self)
+            }
+            #[inline]
+            fn mac1_covered(&self) -> &[u8] {
+                $name::mac1_covered(self)
+            }
+            #[inline]
+            fn mac2_covered(&self) -> &[u8] {
+                $name::mac2_covered(self)
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> MacMessageMut for $name<T> {
+            #[inline]
+            fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
+                $name::set_mac1(self, mac)
+            }
+            #[inline]
+            fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
+                $name::set_mac2(self, mac)
+            }
+        }
+    };
+}
+
+mac_message!(HandshakeInitiation, initiation);
+mac_message!(HandshakeResponse, response);
+
 impl<T: AsRef<[u8]>> HandshakeInitiation<T> {
-    /// The initiator's index for this handshake.
-    #[inline]
-    pub fn sender_index(&self) -> u32 {
-        bytes::le32(self.buffer.as_ref(), field::initiation::SENDER)
-    }
     /// The initiator's ephemeral public key.
     #[inline]
     pub fn unencrypted_ephemeral(&self) -> [u8; KEY_LEN] {
@@ -257,26 +397,6 @@ impl<T: AsRef<[u8]>> HandshakeInitiation<T> {
     #[inline]
     pub fn encrypted_timestamp(&self) -> &[u8] {
         bytes::slice(self.buffer.as_ref(), field::initiation::TIMESTAMP)
-    }
-    /// MAC1.
-    #[inline]
-    pub fn mac1(&self) -> [u8; COOKIE_LEN] {
-        bytes::array(self.buffer.as_ref(), field::initiation::MAC1)
-    }
-    /// MAC2 (zero without a cookie).
-    #[inline]
-    pub fn mac2(&self) -> [u8; COOKIE_LEN] {
-        bytes::array(self.buffer.as_ref(), field::initiation::MAC2)
-    }
-    /// The bytes MAC1 covers: everything before it.
-    #[inline]
-    pub fn mac1_covered(&self) -> &[u8] {
-        bytes::slice(self.buffer.as_ref(), 0..field::initiation::MAC1.start)
-    }
-    /// The bytes MAC2 covers: everything before it (MAC1 included).
-    #[inline]
-    pub fn mac2_covered(&self) -> &[u8] {
-        bytes::slice(self.buffer.as_ref(), 0..field::initiation::MAC2.start)
     }
 }
 
@@ -301,24 +421,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeInitiation<T> {
     pub fn encrypted_timestamp_mut(&mut self) -> &mut [u8] {
         bytes::slice_mut(self.buffer.as_mut(), field::initiation::TIMESTAMP)
     }
-    /// Sets MAC1.
-    #[inline]
-    pub fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
-        bytes::set_bytes(self.buffer.as_mut(), field::initiation::MAC1, mac)
-    }
-    /// Sets MAC2.
-    #[inline]
-    pub fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
-        bytes::set_bytes(self.buffer.as_mut(), field::initiation::MAC2, mac)
-    }
 }
 
 impl<T: AsRef<[u8]>> HandshakeResponse<T> {
-    /// The responder's index for the new session.
-    #[inline]
-    pub fn sender_index(&self) -> u32 {
-        bytes::le32(self.buffer.as_ref(), field::response::SENDER)
-    }
     /// The initiator's index, echoed.
     #[inline]
     pub fn receiver_index(&self) -> u32 {
@@ -333,26 +438,6 @@ impl<T: AsRef<[u8]>> HandshakeResponse<T> {
     #[inline]
     pub fn encrypted_nothing(&self) -> &[u8] {
         bytes::slice(self.buffer.as_ref(), field::response::EMPTY)
-    }
-    /// MAC1.
-    #[inline]
-    pub fn mac1(&self) -> [u8; COOKIE_LEN] {
-        bytes::array(self.buffer.as_ref(), field::response::MAC1)
-    }
-    /// MAC2 (zero without a cookie).
-    #[inline]
-    pub fn mac2(&self) -> [u8; COOKIE_LEN] {
-        bytes::array(self.buffer.as_ref(), field::response::MAC2)
-    }
-    /// The bytes MAC1 covers: everything before it.
-    #[inline]
-    pub fn mac1_covered(&self) -> &[u8] {
-        bytes::slice(self.buffer.as_ref(), 0..field::response::MAC1.start)
-    }
-    /// The bytes MAC2 covers: everything before it (MAC1 included).
-    #[inline]
-    pub fn mac2_covered(&self) -> &[u8] {
-        bytes::slice(self.buffer.as_ref(), 0..field::response::MAC2.start)
     }
 }
 
@@ -376,16 +461,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> HandshakeResponse<T> {
     #[inline]
     pub fn encrypted_nothing_mut(&mut self) -> &mut [u8] {
         bytes::slice_mut(self.buffer.as_mut(), field::response::EMPTY)
-    }
-    /// Sets MAC1.
-    #[inline]
-    pub fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
-        bytes::set_bytes(self.buffer.as_mut(), field::response::MAC1, mac)
-    }
-    /// Sets MAC2.
-    #[inline]
-    pub fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
-        bytes::set_bytes(self.buffer.as_mut(), field::response::MAC2, mac)
     }
 }
 
