@@ -223,6 +223,7 @@ fn cookie_for(secret: &Secret, src: SocketAddr) -> Zeroizing<[u8; COOKIE_LEN]> {
 
 /// Why a cookie reply was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CookieError {
     /// Shorter than a cookie reply.
     #[error("cookie reply shorter than {COOKIE_REPLY_LEN} bytes")]

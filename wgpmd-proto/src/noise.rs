@@ -38,6 +38,7 @@ pub type Response = HandshakeResponse<[u8; RESPONSE_LEN]>;
 
 /// Why a handshake step failed. Each is a counted drop reason in the facade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NoiseError {
     /// The message arrived in a state that does not expect it (e.g. a response with no
     /// initiation outstanding).

@@ -501,6 +501,7 @@ impl Counters {
             Error::Malformed => self.wg_malformed += 1,
             Error::Unsupported => self.wg_unsupported += 1,
             Error::Checksum => unreachable!("classify reads no checksum"),
+            e => unreachable!("classify returned an error it does not document: {e}"),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::wire::wireguard::{CookieReply, HandshakeInitiation, HandshakeResponse
 
 /// What a handshake-stage message did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeOutcome {
     /// An initiation was accepted and answered; the peer's new session waits for confirmation.
     Responded(PeerId),

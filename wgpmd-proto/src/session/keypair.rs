@@ -28,6 +28,7 @@ use super::replay::ReplayWindow;
 
 /// Why [`Keypair::seal`] refused to seal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SealError {
     /// The send counter reached `REJECT_AFTER_MESSAGES`; a new handshake is needed.
     #[error("sending counter exhausted (REJECT_AFTER_MESSAGES)")]
@@ -42,6 +43,7 @@ pub enum SealError {
 
 /// Why [`Keypair::open`] dropped a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Shorter than a header and a tag (32 bytes).
     #[error("data message shorter than header and tag")]

@@ -123,6 +123,7 @@ pub struct PeerSet {
 
 /// One peer key of a `set` request.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PeerOp {
     /// `remove=true`.
     Remove,

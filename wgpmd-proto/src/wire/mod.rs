@@ -100,6 +100,7 @@ pub use self::wireguard::{
 /// Why a view or a `Repr` refused a buffer. Small and `Copy`, so that a datapath can count drops
 /// per reason without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The buffer is shorter than the header, or than a length field inside it says.
     #[error("truncated packet")]
