@@ -22,9 +22,12 @@
 //! and cookie keys, the last mac1 sent, the latest cookie and its birth). The only timer is the
 //! two ages above, checked against the `now` handed in.
 //!
-//! What is *not* here: the message type check (the caller dispatches on the type first, as the
-//! kernel's `receive.c` does), the under-load decision ([`crate::ratelimit::LoadDetector`]), and
-//! finding the peer a cookie reply is for (the caller looks its receiver index up).
+//! Messages come in and go out as the `wire::wireguard` views (any handshake message through
+//! [`MacMessage`]), which own where the MACs, indices and nonce sit. What is *not* here: the
+//! message type and length check (the caller classifies first and hands in the matching view,
+//! as the kernel's `receive.c` does), the under-load decision
+//! ([`crate::ratelimit::LoadDetector`]), and finding the peer a cookie reply is for (the caller
+//! looks its receiver index up).
 
 use std::net::SocketAddr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -775,7 +778,7 @@ mod tests {
                     let (checker, msg) = (&checker, &msg);
                     s.spawn(move || {
                         let mut r = ChaCha20Rng::seed_from_u64(100 + i);
-                        reply_to(&checker, late, &mut r, msg, src())
+                        reply_to(checker, late, &mut r, msg, src())
                     })
                 })
                 .collect();

@@ -18,7 +18,9 @@
 //! Ci = HASH(CONSTRUCTION); Hi = HASH(Ci || IDENTIFIER); Hi = HASH(Hi || S_R.pub)
 //! initiation: e, es, s, ss, {t}     response: e, ee, se, psk, {}
 //! ```
-//! The MAC fields are not touched here; `cookie` fills and checks them.
+//! Messages are read and built through the `wire::wireguard` views ([`HandshakeInitiation`],
+//! [`HandshakeResponse`]), which own the layout. The MAC fields are not touched here; `cookie`
+//! fills and checks them.
 
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroize;

@@ -13,8 +13,9 @@
 //! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
 //! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
 //!
-//! Data-path calls take `&self` and may run on several cores at once for the same peer; see
-//! docs/ARCHITECTURE.md for why state is shared rather than handed to an owning core.
+//! Data-path calls take `&self` and may run on several cores at once for the same peer; see the
+//! repository's docs/ARCHITECTURE.md for why state is shared rather than handed to an owning
+//! core.
 //! Configuration calls take `&mut self`.
 //!
 //! Everything a call produces goes into the caller-owned [`Output`] (reused across bursts, so

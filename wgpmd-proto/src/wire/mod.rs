@@ -63,9 +63,10 @@
 //! None. No function in this module panics on any input, checked or not: every access goes
 //! through bounds-checked helpers that read zeros and drop writes outside the buffer (see the
 //! private `bytes` module), `emit` checks the buffer length first and returns
-//! [`Error::Truncated`] rather than writing a partial packet, and nothing unwraps. The
-//! robustness test (`tests/wire_robustness.rs`) and the fuzz targets (`fuzz/`) drive every parser,
-//! accessor and emitter with over a million generated and mutated frames to hold us to that.
+//! [`Error::Truncated`] rather than writing a partial packet, and nothing unwraps. This crate's
+//! robustness test (`tests/wire_robustness.rs`) and the repository's fuzz targets (`fuzz/`) drive
+//! every parser, accessor and emitter with over a million generated and mutated frames to hold
+//! us to that.
 
 use thiserror::Error;
 

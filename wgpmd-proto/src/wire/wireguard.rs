@@ -582,7 +582,8 @@ impl<T: AsRef<[u8]>> Message<T> {
 mod tests {
     use super::*;
 
-    // UDP payloads captured between two wireguard-go peers (wg-handshake.pcap, frames 0–3).
+    // UDP payloads of the first four messages captured between two wireguard-go peers: initiation,
+    // response, keepalive, data.
     const INITIATION: &str = concat!(
         "01000000744ec3433014f5efe575332f4b60707ff3c4e76c033135ab00ac68294c4bc7314dab2c61a2606fbcb23abb4c",
         "28175ab4b3bb4936310b9f89352ed6cb091acd44469302799cbb142c2f4a88343412660cb2f7a9230df47cb8e7875c94",
