@@ -203,6 +203,21 @@ pub fn wireguard_message(data: &[u8]) -> Result<MessageType> {
     let class = classify(data);
     let message = wireguard::Message::new_checked(data);
     assert_eq!(message.as_ref().map(|m| m.message_type()).map_err(|e| *e), class, "Message agrees with classify");
+    // Each view's own check (its fast accepting path, then classify) says what classify says.
+    let want = |ty: MessageType| match class {
+        Ok(t) if t == ty => Ok(()),
+        Ok(_) => Err(Error::Unsupported),
+        Err(e) => Err(e),
+    };
+    let checks = [
+        (MessageType::HandshakeInitiation, wireguard::HandshakeInitiation::new_unchecked(data).check_len()),
+        (MessageType::HandshakeResponse, wireguard::HandshakeResponse::new_unchecked(data).check_len()),
+        (MessageType::CookieReply, wireguard::CookieReply::new_unchecked(data).check_len()),
+        (MessageType::TransportData, wireguard::TransportData::new_unchecked(data).check_len()),
+    ];
+    for (ty, got) in checks {
+        assert_eq!(got, want(ty), "{ty} check_len agrees with classify");
+    }
     let Ok(message) = message else { return class };
     let mut out = vec![0xa5u8; data.len()];
     match message {

@@ -155,11 +155,14 @@ impl Keypair {
         }
         let counter = self.take_counter().ok_or(SealError::CounterExhausted)?;
 
-        let mut msg = TransportData::new_unchecked(msg);
-        msg.init_header();
-        msg.set_receiver_index(self.remote_index);
-        msg.set_counter(counter);
-        let (text, tag) = msg.payload_mut().split_at_mut(padded);
+        // The header's view gets exactly the header's bytes: with its length known, the setters
+        // compile to plain stores (over the whole message the compiler keeps their range checks).
+        let (header, payload) = msg.split_at_mut(field::data::PAYLOAD.start);
+        let mut header = TransportData::new_unchecked(header);
+        header.init_header();
+        header.set_receiver_index(self.remote_index);
+        header.set_counter(counter);
+        let (text, tag) = payload.split_at_mut(padded);
         text[plain_len..].fill(0);
         tag.copy_from_slice(&self.send.seal_in_place(counter, &[], text));
         debug_assert_eq!(total, message_data_len(padded));
