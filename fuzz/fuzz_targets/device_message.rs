@@ -1,6 +1,6 @@
 //! Handshake, cookie and data messages into a device with a live session and a pending
 //! initiation. The body is `wgpmd_proto::fuzzing::device_message`, which the stable test suite also
-//! runs (tests/device_robustness.rs).
+//! runs (wgpmd-proto/tests/device_robustness.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

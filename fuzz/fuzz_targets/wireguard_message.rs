@@ -1,6 +1,6 @@
 //! One UDP payload through `classify` and the four WireGuard message views, rebuilt with the
 //! setters. The body is `wgpmd_proto::fuzzing::wireguard_message`, which the stable test suite also
-//! runs.
+//! runs (`wgpmd-proto/tests/wire_robustness.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -761,6 +761,7 @@ fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
         use rand_core::OsRng;
         use wgpmd_proto::cookie::CookieChecker;
         use wgpmd_proto::time::Timestamp;
+        use wgpmd_proto::wire::HandshakeInitiation;
         let topo = Topology::new(2)?;
         let (c, p, other) = (&topo.concentrator, &topo.peers[0], &topo.peers[1]);
         let mut dcfg = topo.concentrator_device();
@@ -793,11 +794,11 @@ fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
             let reply = checker.create_reply(
                 Timestamp::from_secs(1),
                 &mut OsRng,
-                &first,
-                sender,
+                &HandshakeInitiation::new_unchecked(&first[..]),
                 SocketAddr::from((other.outer_ip, 40000)),
             );
-            other.ns.udp_send(c.endpoint(), &reply)?;
+            ensure!(reply.receiver_index() == sender, "the reply is addressed to the initiation's sender index");
+            other.ns.udp_send(c.endpoint(), reply.as_ref())?;
             eprintln!(
                 "forged cookie reply sent from {} {:.3} s after the initiation (index {sender:#x})",
                 other.outer_ip,

@@ -2,8 +2,9 @@
 //! `Keypair::seal` / `Keypair::open`, and boringtun's `Tunn::encapsulate` / `Tunn::decapsulate`
 //! on an established session, for 64, 512 and 1420-byte payloads.
 //!
-//! `cargo bench -p wgpmd --bench crypto`; set `WGPMD_BENCH_QUICK=1` for a short run
-//! (0.3 s warm-up, 1 s measurement). Results: docs/PERFORMANCE.md.
+//! `cargo bench -p wgpmd-proto --bench crypto`; set `WGPMD_BENCH_QUICK=1` for a short run
+//! (0.3 s warm-up, 1 s measurement). Results: the repository's docs/PERFORMANCE.md, "Data-path
+//! crypto".
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

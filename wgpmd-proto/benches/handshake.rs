@@ -5,7 +5,7 @@
 //! and the BLAKE2s HMAC and MAC against the RustCrypto compositions boringtun uses.
 //!
 //! `cargo bench -p wgpmd-proto --bench handshake`; set `WGPMD_BENCH_QUICK=1` for a short run
-//! (0.3 s warm-up, 1 s measurement). Results: docs/PERFORMANCE.md, "Handshakes".
+//! (0.3 s warm-up, 1 s measurement). Results: the repository's docs/PERFORMANCE.md, "Handshakes".
 //!
 //! Every timed handshake is a fresh one that passes every rule. Ours runs on virtual time: each
 //! iteration moves the clock 6 s on, past the initiator's one-initiation-per-REKEY_TIMEOUT and

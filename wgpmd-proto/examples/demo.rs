@@ -3,7 +3,7 @@
 //! happened. No NIC, no root, no network: the protocol core alone (scripts/demo.sh runs the
 //! daemon).
 //!
-//!     cargo run --release -p wgpmd --example demo [packets]
+//!     cargo run --release -p wgpmd-proto --example demo [packets]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

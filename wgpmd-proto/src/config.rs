@@ -142,6 +142,7 @@ pub struct ConfigError {
 
 /// What is wrong with a configuration line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigErrorKind {
     /// A `[...]` line other than `[Interface]` or `[Peer]`.
     #[error("unknown section `{0}` (expected [Interface] or [Peer])")]

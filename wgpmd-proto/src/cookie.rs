@@ -22,9 +22,12 @@
 //! and cookie keys, the last mac1 sent, the latest cookie and its birth). The only timer is the
 //! two ages above, checked against the `now` handed in.
 //!
-//! What is *not* here: the message type check (the caller dispatches on the type first, as the
-//! kernel's `receive.c` does), the under-load decision ([`crate::ratelimit::LoadDetector`]), and
-//! finding the peer a cookie reply is for (the caller looks its receiver index up).
+//! Messages come in and go out as the `wire::wireguard` views (any handshake message through
+//! [`MacMessage`]), which own where the MACs, indices and nonce sit. What is *not* here: the
+//! message type and length check (the caller classifies first and hands in the matching view,
+//! as the kernel's `receive.c` does), the under-load decision
+//! ([`crate::ratelimit::LoadDetector`]), and finding the peer a cookie reply is for (the caller
+//! looks its receiver index up).
 
 use std::net::SocketAddr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -34,47 +37,15 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{ct_eq, hash, mac, xopen_cookie, xseal_cookie, Secret};
 use crate::messages::{
-    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, HEADER_LEN, KEY_LEN,
-    MESSAGE_HANDSHAKE_COOKIE, TAG_LEN, WG_LABEL_COOKIE, WG_LABEL_MAC1,
+    COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, KEY_LEN,
+    MESSAGE_HANDSHAKE_COOKIE, WG_LABEL_COOKIE, WG_LABEL_MAC1,
 };
 use crate::ratelimit::RateLimiter;
 use crate::time::Timestamp;
+use crate::wire::wireguard::{CookieReply, MacMessage, MacMessageMut};
 
-/// Bytes of `mac1 ‖ mac2` at the end of every handshake message (kernel `struct message_macs`).
-const MACS_LEN: usize = 2 * COOKIE_LEN;
-/// Length of a sender/receiver index.
-const INDEX_LEN: usize = core::mem::size_of::<u32>();
-/// Cookie reply layout: header, receiver index, nonce, encrypted cookie.
-const REPLY_INDEX_AT: usize = HEADER_LEN;
-const REPLY_NONCE_AT: usize = REPLY_INDEX_AT + INDEX_LEN;
-const REPLY_COOKIE_AT: usize = REPLY_NONCE_AT + COOKIE_NONCE_LEN;
-const SEALED_COOKIE_LEN: usize = COOKIE_LEN + TAG_LEN;
-const _: () = assert!(REPLY_COOKIE_AT + SEALED_COOKIE_LEN == COOKIE_REPLY_LEN);
-
-/// The two MACs of a handshake message and the bytes each covers.
-struct Macs<'a> {
-    before_mac1: &'a [u8],
-    mac1: &'a [u8],
-    before_mac2: &'a [u8],
-    mac2: &'a [u8],
-}
-
-/// Split `msg` into the parts the MACs cover; `None` if it is too short to hold them.
-fn split_macs(msg: &[u8]) -> Option<Macs<'_>> {
-    let mac1_at = msg.len().checked_sub(MACS_LEN)?;
-    let mac2_at = mac1_at + COOKIE_LEN;
-    Some(Macs {
-        before_mac1: msg.get(..mac1_at)?,
-        mac1: msg.get(mac1_at..mac2_at)?,
-        before_mac2: msg.get(..mac2_at)?,
-        mac2: msg.get(mac2_at..)?,
-    })
-}
-
-/// `N` bytes of `b` from `at`, if present.
-fn field<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
-    b.get(at..at.checked_add(N)?)?.try_into().ok()
-}
+/// A cookie reply in a buffer of its own, as [`CookieChecker::create_reply`] makes it.
+pub type Reply = CookieReply<[u8; COOKIE_REPLY_LEN]>;
 
 /// A key derived from a static public key and a label (kernel `precompute_key`).
 fn precompute_key(public_key: &[u8; KEY_LEN], label: &[u8]) -> [u8; KEY_LEN] {
@@ -157,24 +128,22 @@ impl CookieChecker {
     }
 
     /// Whether `msg`'s mac1 is right for our key (cheap: no secret, no lock).
-    pub fn check_mac1(&self, msg: &[u8]) -> bool {
-        let Some(m) = split_macs(msg) else { return false };
-        let computed = mac(&self.keys.load().mac1, &[m.before_mac1]);
-        ct_eq(&computed, m.mac1)
+    pub fn check_mac1<M: MacMessage>(&self, msg: &M) -> bool {
+        let computed = mac(&self.keys.load().mac1, &[msg.mac1_covered()]);
+        ct_eq(&computed, &msg.mac1())
     }
 
     /// Check a handshake message's MACs (kernel `wg_cookie_validate_packet`). mac2 is checked
     /// only when `under_load`, and only a message with a valid mac2 reaches `limiter`.
-    pub fn validate<R: rand_core::RngCore + rand_core::CryptoRng>(
+    pub fn validate<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
         &self,
         now: Timestamp,
         rng: &mut R,
-        msg: &[u8],
+        msg: &M,
         src: SocketAddr,
         under_load: bool,
         limiter: &RateLimiter,
     ) -> MacState {
-        let Some(m) = split_macs(msg) else { return MacState::Invalid };
         if !self.check_mac1(msg) {
             return MacState::Invalid;
         }
@@ -182,8 +151,8 @@ impl CookieChecker {
             return MacState::ValidMacButNoCookie;
         }
         let cookie = self.make_cookie(now, rng, src);
-        let computed = mac(&cookie[..], &[m.before_mac2]);
-        if !ct_eq(&computed, m.mac2) {
+        let computed = mac(&cookie[..], &[msg.mac2_covered()]);
+        if !ct_eq(&computed, &msg.mac2()) {
             return MacState::ValidMacButNoCookie;
         }
         if !limiter.allow(now, src.ip()) {
@@ -192,28 +161,25 @@ impl CookieChecker {
         MacState::ValidMacWithCookie
     }
 
-    /// The cookie reply to `triggering_msg` from `src` (kernel `wg_cookie_message_create`):
-    /// `sender_index` is the triggering message's sender index, which becomes the reply's
-    /// receiver index. Call it only for a message whose mac1 verified; a message too short to
-    /// carry a mac1 gets a reply no initiator can open.
-    pub fn create_reply<R: rand_core::RngCore + rand_core::CryptoRng>(
+    /// The cookie reply to `triggering_msg` from `src` (kernel `wg_cookie_message_create`),
+    /// addressed to the triggering message's sender index and bound to its mac1. Call it only
+    /// for a message whose mac1 verified.
+    pub fn create_reply<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
         &self,
         now: Timestamp,
         rng: &mut R,
-        triggering_msg: &[u8],
-        sender_index: u32,
+        triggering_msg: &M,
         src: SocketAddr,
-    ) -> [u8; COOKIE_REPLY_LEN] {
-        let mut out = [0u8; COOKIE_REPLY_LEN];
+    ) -> Reply {
         let mut nonce = [0u8; COOKIE_NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         let cookie = self.make_cookie(now, rng, src);
-        let aad = split_macs(triggering_msg).map_or(&[][..], |m| m.mac1);
-        let sealed = xseal_cookie(&self.keys.load().cookie, &nonce, aad, &cookie);
-        out[0] = MESSAGE_HANDSHAKE_COOKIE;
-        out[REPLY_INDEX_AT..REPLY_NONCE_AT].copy_from_slice(&sender_index.to_le_bytes());
-        out[REPLY_NONCE_AT..REPLY_COOKIE_AT].copy_from_slice(&nonce);
-        out[REPLY_COOKIE_AT..].copy_from_slice(&sealed);
+        let sealed = xseal_cookie(&self.keys.load().cookie, &nonce, &triggering_msg.mac1(), &cookie);
+        let mut out = Reply::new_unchecked([0u8; COOKIE_REPLY_LEN]);
+        out.init_header();
+        out.set_receiver_index(triggering_msg.sender_index());
+        out.set_nonce(&nonce);
+        out.encrypted_cookie_mut().copy_from_slice(&sealed);
         out
     }
 
@@ -260,6 +226,7 @@ fn cookie_for(secret: &Secret, src: SocketAddr) -> Zeroizing<[u8; COOKIE_LEN]> {
 
 /// Why a cookie reply was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CookieError {
     /// Shorter than a cookie reply.
     #[error("cookie reply shorter than {COOKIE_REPLY_LEN} bytes")]
@@ -317,47 +284,38 @@ impl CookieState {
         }
     }
 
-    /// Write mac1 and mac2 into the last 32 bytes of the outgoing handshake message `msg`
-    /// (kernel `wg_cookie_add_mac_to_packet`). mac2 is zero unless we hold a cookie younger
-    /// than [`COOKIE_SECRET_MAX_AGE`] − [`COOKIE_SECRET_LATENCY`]. A `msg` shorter than 32 bytes
-    /// (never a handshake message) is left alone.
-    pub fn add_macs(&mut self, now: Timestamp, msg: &mut [u8]) {
-        let Some(mac1_at) = msg.len().checked_sub(MACS_LEN) else { return };
-        let mac2_at = mac1_at + COOKIE_LEN;
-        let (before_mac2, mac2_field) = msg.split_at_mut(mac2_at);
-        let (before_mac1, mac1_field) = before_mac2.split_at_mut(mac1_at);
-        let mac1 = mac(&self.mac1_key, &[before_mac1]);
-        mac1_field.copy_from_slice(&mac1);
+    /// Write mac1 and mac2 into the outgoing handshake message `msg` (kernel
+    /// `wg_cookie_add_mac_to_packet`). mac2 is zero unless we hold a cookie younger than
+    /// [`COOKIE_SECRET_MAX_AGE`] − [`COOKIE_SECRET_LATENCY`].
+    pub fn add_macs<M: MacMessageMut>(&mut self, now: Timestamp, msg: &mut M) {
+        let mac1 = mac(&self.mac1_key, &[msg.mac1_covered()]);
+        msg.set_mac1(&mac1);
         self.last_mac1_sent = mac1;
         self.have_sent_mac1 = true;
         let fresh =
             self.is_valid && !self.birth.has_expired(COOKIE_SECRET_MAX_AGE.saturating_sub(COOKIE_SECRET_LATENCY), now);
-        let mac2 = if fresh { mac(&self.cookie, &[before_mac2]) } else { [0u8; COOKIE_LEN] };
-        mac2_field.copy_from_slice(&mac2);
+        let mac2 = if fresh { mac(&self.cookie, &[msg.mac2_covered()]) } else { [0u8; COOKIE_LEN] };
+        msg.set_mac2(&mac2);
     }
 
     /// Take in a cookie reply (kernel `wg_cookie_message_consume`, after the caller found this
     /// peer by the reply's receiver index). On success the cookie is used by the next
     /// [`add_macs`](Self::add_macs) and no further reply is accepted until one is sent.
-    pub fn consume_reply(&mut self, now: Timestamp, reply: &[u8]) -> Result<(), CookieError> {
-        match reply.len().cmp(&COOKIE_REPLY_LEN) {
+    pub fn consume_reply<T: AsRef<[u8]>>(&mut self, now: Timestamp, reply: &CookieReply<T>) -> Result<(), CookieError> {
+        match reply.as_ref().len().cmp(&COOKIE_REPLY_LEN) {
             core::cmp::Ordering::Less => return Err(CookieError::Truncated),
             core::cmp::Ordering::Greater => return Err(CookieError::Oversized),
             core::cmp::Ordering::Equal => {}
         }
-        let header: [u8; HEADER_LEN] = field(reply, 0).ok_or(CookieError::Truncated)?;
-        let mut want = [0u8; HEADER_LEN];
-        want[0] = MESSAGE_HANDSHAKE_COOKIE;
-        if header != want {
+        if reply.header() != u32::from(MESSAGE_HANDSHAKE_COOKIE) {
             return Err(CookieError::WrongType);
         }
         if !self.have_sent_mac1 {
             return Err(CookieError::NoMac1Sent);
         }
-        let nonce: [u8; COOKIE_NONCE_LEN] = field(reply, REPLY_NONCE_AT).ok_or(CookieError::Truncated)?;
-        let sealed: [u8; SEALED_COOKIE_LEN] = field(reply, REPLY_COOKIE_AT).ok_or(CookieError::Truncated)?;
+        let sealed = reply.encrypted_cookie().try_into().map_err(|_| CookieError::Truncated)?;
         let cookie = Zeroizing::new(
-            xopen_cookie(&self.decryption_key, &nonce, &self.last_mac1_sent, &sealed)
+            xopen_cookie(&self.decryption_key, &reply.nonce(), &self.last_mac1_sent, sealed)
                 .map_err(|_| CookieError::Decrypt)?,
         );
         self.cookie = *cookie;
@@ -372,7 +330,10 @@ impl CookieState {
 mod tests {
     use super::*;
     use crate::crypto::PrivateKey;
-    use crate::messages::{INITIATION_LEN, MESSAGE_HANDSHAKE_INITIATION, RATELIMIT_MAX_ENTRIES, RESPONSE_LEN};
+    use crate::messages::{
+        HEADER_LEN, INITIATION_LEN, MESSAGE_HANDSHAKE_INITIATION, RATELIMIT_MAX_ENTRIES, RESPONSE_LEN,
+    };
+    use crate::wire::wireguard::{HandshakeInitiation, HandshakeResponse};
     use boringtun::noise::{rate_limiter::RateLimiter as BtRateLimiter, Tunn, TunnResult};
     use boringtun::x25519;
     use core::time::Duration;
@@ -395,6 +356,81 @@ mod tests {
         RateLimiter::new(RATELIMIT_MAX_ENTRIES, &mut rng())
     }
     const T0: Timestamp = Timestamp::from_secs(1000);
+
+    /// The tests build messages as plain bytes (independently of the views) and hand them to the
+    /// API as the handshake message their length says: a response at 92 bytes, else an
+    /// initiation (whose views read zeros past the end of a shorter buffer).
+    enum Hs<T: AsRef<[u8]>> {
+        Init(HandshakeInitiation<T>),
+        Resp(HandshakeResponse<T>),
+    }
+    fn hs<T: AsRef<[u8]>>(b: T) -> Hs<T> {
+        if b.as_ref().len() == RESPONSE_LEN {
+            Hs::Resp(HandshakeResponse::new_unchecked(b))
+        } else {
+            Hs::Init(HandshakeInitiation::new_unchecked(b))
+        }
+    }
+    impl<T: AsRef<[u8]>> MacMessage for Hs<T> {
+        fn sender_index(&self) -> u32 {
+            match self {
+                Hs::Init(m) => m.sender_index(),
+                Hs::Resp(m) => m.sender_index(),
+            }
+        }
+        fn mac1(&self) -> [u8; COOKIE_LEN] {
+            match self {
+                Hs::Init(m) => m.mac1(),
+                Hs::Resp(m) => m.mac1(),
+            }
+        }
+        fn mac2(&self) -> [u8; COOKIE_LEN] {
+            match self {
+                Hs::Init(m) => m.mac2(),
+                Hs::Resp(m) => m.mac2(),
+            }
+        }
+        fn mac1_covered(&self) -> &[u8] {
+            match self {
+                Hs::Init(m) => m.mac1_covered(),
+                Hs::Resp(m) => m.mac1_covered(),
+            }
+        }
+        fn mac2_covered(&self) -> &[u8] {
+            match self {
+                Hs::Init(m) => m.mac2_covered(),
+                Hs::Resp(m) => m.mac2_covered(),
+            }
+        }
+    }
+    impl<T: AsRef<[u8]> + AsMut<[u8]>> MacMessageMut for Hs<T> {
+        fn set_mac1(&mut self, mac: &[u8; COOKIE_LEN]) {
+            match self {
+                Hs::Init(m) => m.set_mac1(mac),
+                Hs::Resp(m) => m.set_mac1(mac),
+            }
+        }
+        fn set_mac2(&mut self, mac: &[u8; COOKIE_LEN]) {
+            match self {
+                Hs::Init(m) => m.set_mac2(mac),
+                Hs::Resp(m) => m.set_mac2(mac),
+            }
+        }
+    }
+    /// [`CookieChecker::create_reply`] to the handshake message in `msg`, as bytes.
+    fn reply_to<R: rand_core::RngCore + rand_core::CryptoRng>(
+        checker: &CookieChecker,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &[u8],
+        src: SocketAddr,
+    ) -> [u8; COOKIE_REPLY_LEN] {
+        checker.create_reply(now, rng, &hs(msg), src).into_inner()
+    }
+    /// [`CookieState::consume_reply`] of the bytes `reply`.
+    fn take(state: &mut CookieState, now: Timestamp, reply: &[u8]) -> Result<(), CookieError> {
+        state.consume_reply(now, &CookieReply::new_unchecked(reply))
+    }
 
     /// An initiation-shaped message (the MACs only cover bytes; the Noise payload is someone
     /// else's test), prefilled with 0xa5 and our sender index.
@@ -441,16 +477,19 @@ mod tests {
         assert_eq!(&msg[132..148], &[0u8; 16], "no cookie yet: mac2 is zero");
 
         let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
-        assert!(checker.check_mac1(&msg));
-        assert_eq!(checker.validate(T0, &mut rng(), &msg, src(), false, &limiter()), MacState::ValidMacButNoCookie);
+        assert!(checker.check_mac1(&hs(&msg[..])));
+        assert_eq!(
+            checker.validate(T0, &mut rng(), &hs(&msg[..]), src(), false, &limiter()),
+            MacState::ValidMacButNoCookie
+        );
         // Our initiator side writes the same mac1 over the same bytes.
         let mut ours = msg.clone();
         ours[116..].fill(0xa5);
-        CookieState::new(&responder_pk()).add_macs(T0, &mut ours);
+        CookieState::new(&responder_pk()).add_macs(T0, &mut hs(&mut ours[..]));
         assert_eq!(ours, msg);
         // Another responder key does not verify it.
         let other = CookieChecker::new(T0, &mut rng(), Some(&[9u8; 32]));
-        assert!(!other.check_mac1(&msg));
+        assert!(!other.check_mac1(&hs(&msg[..])));
     }
 
     /// Our responder hands boringtun a cookie; boringtun's next initiation carries a mac2 we accept.
@@ -460,19 +499,18 @@ mod tests {
         let rl = limiter();
         let mut bt = boringtun_initiator();
         let first = boringtun_initiation(&mut bt, false);
-        assert_eq!(checker.validate(T0, &mut rng(), &first, src(), true, &rl), MacState::ValidMacButNoCookie);
-        let sender = u32::from_le_bytes(first[4..8].try_into().unwrap());
-        let reply = checker.create_reply(T0, &mut rng(), &first, sender, src());
+        assert_eq!(checker.validate(T0, &mut rng(), &hs(&first[..]), src(), true, &rl), MacState::ValidMacButNoCookie);
+        let reply = reply_to(&checker, T0, &mut rng(), &first, src());
         assert_eq!(&reply[..4], &[3, 0, 0, 0]);
         assert_eq!(&reply[4..8], &first[4..8]);
         let mut buf = [0u8; 256];
         assert!(matches!(bt.decapsulate(None, &reply, &mut buf), TunnResult::Done));
         let second = boringtun_initiation(&mut bt, true);
         assert_ne!(&second[132..], &[0u8; 16]);
-        assert_eq!(checker.validate(T0, &mut rng(), &second, src(), true, &rl), MacState::ValidMacWithCookie);
+        assert_eq!(checker.validate(T0, &mut rng(), &hs(&second[..]), src(), true, &rl), MacState::ValidMacWithCookie);
         // The cookie is bound to the source port as well as the address.
         let moved = SocketAddr::new(src().ip(), 51821);
-        assert_eq!(checker.validate(T0, &mut rng(), &second, moved, true, &rl), MacState::ValidMacButNoCookie);
+        assert_eq!(checker.validate(T0, &mut rng(), &hs(&second[..]), moved, true, &rl), MacState::ValidMacButNoCookie);
     }
 
     /// boringtun's responder (always under load with limit 0) hands us a cookie; our next
@@ -482,7 +520,7 @@ mod tests {
         let bt = BtRateLimiter::new(&x25519::PublicKey::from(responder_pk()), 0);
         let mut state = CookieState::new(&responder_pk());
         let mut msg = initiation(0x0102_0304);
-        state.add_macs(T0, &mut msg);
+        state.add_macs(T0, &mut hs(&mut msg[..]));
         let mut buf = [0u8; 256];
         let reply = match bt.verify_packet(Some(src().ip()), &msg, &mut buf) {
             Err(TunnResult::WriteToNetwork(r)) => r.to_vec(),
@@ -490,8 +528,8 @@ mod tests {
         };
         assert_eq!(reply.len(), COOKIE_REPLY_LEN);
         assert_eq!(&reply[4..8], &0x0102_0304u32.to_le_bytes());
-        state.consume_reply(T0, &reply).unwrap();
-        state.add_macs(T0, &mut msg);
+        take(&mut state, T0, &reply).unwrap();
+        state.add_macs(T0, &mut hs(&mut msg[..]));
         assert!(bt.verify_packet(Some(src().ip()), &msg, &mut buf).is_ok());
     }
 
@@ -503,27 +541,27 @@ mod tests {
         for len in [INITIATION_LEN, RESPONSE_LEN] {
             let mut state = CookieState::new(&responder_pk());
             let mut msg = vec![0xa5u8; len];
-            msg[0] = if len == INITIATION_LEN { 1 } else { 2 };
-            state.add_macs(T0, &mut msg);
+            msg[..8].copy_from_slice(&[if len == INITIATION_LEN { 1 } else { 2 }, 0, 0, 0, 77, 0, 0, 0]);
+            state.add_macs(T0, &mut hs(&mut msg[..]));
             assert_eq!(&msg[len - 16..], &[0u8; 16]);
-            assert_eq!(checker.validate(T0, &mut r, &msg, src(), false, &rl), MacState::ValidMacButNoCookie);
-            assert_eq!(checker.validate(T0, &mut r, &msg, src(), true, &rl), MacState::ValidMacButNoCookie);
-            let reply = checker.create_reply(T0, &mut r, &msg, 77, src());
+            assert_eq!(checker.validate(T0, &mut r, &hs(&msg[..]), src(), false, &rl), MacState::ValidMacButNoCookie);
+            assert_eq!(checker.validate(T0, &mut r, &hs(&msg[..]), src(), true, &rl), MacState::ValidMacButNoCookie);
+            let reply = reply_to(&checker, T0, &mut r, &msg, src());
             assert_eq!(&reply[4..8], &77u32.to_le_bytes());
-            state.consume_reply(T0, &reply).unwrap();
-            state.add_macs(T0, &mut msg);
+            take(&mut state, T0, &reply).unwrap();
+            state.add_macs(T0, &mut hs(&mut msg[..]));
             let mac2 = &msg[len - 16..];
             assert_ne!(mac2, &[0u8; 16]);
-            assert_eq!(checker.validate(T0, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+            assert_eq!(checker.validate(T0, &mut r, &hs(&msg[..]), src(), true, &rl), MacState::ValidMacWithCookie);
             // Not under load a valid mac2 is not even looked at.
-            assert_eq!(checker.validate(T0, &mut r, &msg, src(), false, &rl), MacState::ValidMacButNoCookie);
+            assert_eq!(checker.validate(T0, &mut r, &hs(&msg[..]), src(), false, &rl), MacState::ValidMacButNoCookie);
             // A changed mac1 fails first; a changed mac2 leaves mac1 valid but the cookie not.
             let mut bad = msg.clone();
             bad[len - 17] ^= 1;
-            assert_eq!(checker.validate(T0, &mut r, &bad, src(), true, &rl), MacState::Invalid);
+            assert_eq!(checker.validate(T0, &mut r, &hs(&bad[..]), src(), true, &rl), MacState::Invalid);
             let mut bad = msg.clone();
             bad[len - 1] ^= 1;
-            assert_eq!(checker.validate(T0, &mut r, &bad, src(), true, &rl), MacState::ValidMacButNoCookie);
+            assert_eq!(checker.validate(T0, &mut r, &hs(&bad[..]), src(), true, &rl), MacState::ValidMacButNoCookie);
         }
     }
 
@@ -534,35 +572,32 @@ mod tests {
         let mut r = rng();
         let mut state = CookieState::new(&responder_pk());
         let mut msg = initiation(1);
-        state.add_macs(T0, &mut msg);
+        state.add_macs(T0, &mut hs(&mut msg[..]));
         for i in [0, 4, 115, 116, 131] {
             let mut bad = msg;
             bad[i] ^= 0x80;
-            assert_eq!(checker.validate(T0, &mut r, &bad, src(), false, &rl), MacState::Invalid, "byte {i}");
-            assert_eq!(checker.validate(T0, &mut r, &bad, src(), true, &rl), MacState::Invalid, "byte {i}");
+            assert_eq!(checker.validate(T0, &mut r, &hs(&bad[..]), src(), false, &rl), MacState::Invalid, "byte {i}");
+            assert_eq!(checker.validate(T0, &mut r, &hs(&bad[..]), src(), true, &rl), MacState::Invalid, "byte {i}");
         }
         // mac2 is not part of mac1.
         let mut m2 = msg;
         m2[140] ^= 1;
-        assert!(checker.check_mac1(&m2));
+        assert!(checker.check_mac1(&hs(&m2[..])));
         // Sent to another peer's key.
         let mut other = CookieState::new(&[5u8; 32]);
         let mut msg2 = initiation(1);
-        other.add_macs(T0, &mut msg2);
-        assert_eq!(checker.validate(T0, &mut r, &msg2, src(), false, &rl), MacState::Invalid);
-        for len in [0usize, 1, 31] {
+        other.add_macs(T0, &mut hs(&mut msg2[..]));
+        assert_eq!(checker.validate(T0, &mut r, &hs(&msg2[..]), src(), false, &rl), MacState::Invalid);
+        // Shorter than MAC1's end: nothing to check or write, and no panic.
+        for len in [0usize, 1, 31, 32, 131] {
             let short = vec![0u8; len];
-            assert_eq!(checker.validate(T0, &mut r, &short, src(), true, &rl), MacState::Invalid);
-            assert!(!checker.check_mac1(&short));
-            let _ = checker.create_reply(T0, &mut r, &short, 0, src());
+            assert_eq!(checker.validate(T0, &mut r, &hs(&short[..]), src(), true, &rl), MacState::Invalid);
+            assert!(!checker.check_mac1(&hs(&short[..])));
+            let _ = reply_to(&checker, T0, &mut r, &short, src());
             let mut s = short.clone();
-            state.add_macs(T0, &mut s);
+            state.add_macs(T0, &mut hs(&mut s[..]));
             assert_eq!(s, short);
         }
-        // Exactly 32 bytes: MACs over the empty prefix.
-        let mut tiny = [0u8; 32];
-        CookieState::new(&responder_pk()).add_macs(T0, &mut tiny);
-        assert!(checker.check_mac1(&tiny));
         assert!(rl.is_empty(), "nothing reached the rate limiter");
     }
 
@@ -570,17 +605,17 @@ mod tests {
     fn set_public_key_changes_the_mac1_key() {
         let checker = CookieChecker::new(T0, &mut rng(), None);
         let mut msg = initiation(1);
-        CookieState::new(&responder_pk()).add_macs(T0, &mut msg);
-        assert!(!checker.check_mac1(&msg));
+        CookieState::new(&responder_pk()).add_macs(T0, &mut hs(&mut msg[..]));
+        assert!(!checker.check_mac1(&hs(&msg[..])));
         checker.set_public_key(Some(&responder_pk()));
-        assert!(checker.check_mac1(&msg));
+        assert!(checker.check_mac1(&hs(&msg[..])));
         checker.set_public_key(Some(&[3u8; 32]));
-        assert!(!checker.check_mac1(&msg));
+        assert!(!checker.check_mac1(&hs(&msg[..])));
         // The cookie key changes with it: a reply made now is not for the old key.
         let mut state = CookieState::new(&responder_pk());
-        state.add_macs(T0, &mut msg);
-        let reply = checker.create_reply(T0, &mut rng(), &msg, 1, src());
-        assert_eq!(state.consume_reply(T0, &reply), Err(CookieError::Decrypt));
+        state.add_macs(T0, &mut hs(&mut msg[..]));
+        let reply = reply_to(&checker, T0, &mut rng(), &msg, src());
+        assert_eq!(take(&mut state, T0, &reply), Err(CookieError::Decrypt));
     }
 
     #[test]
@@ -592,11 +627,11 @@ mod tests {
         for from in [src(), v6] {
             let mut state = CookieState::new(&responder_pk());
             let mut msg = initiation(9);
-            state.add_macs(T0, &mut msg);
-            let reply = checker.create_reply(T0, &mut r, &msg, 9, from);
-            state.consume_reply(T0, &reply).unwrap();
-            state.add_macs(T0, &mut msg);
-            assert_eq!(checker.validate(T0, &mut r, &msg, from, true, &rl), MacState::ValidMacWithCookie);
+            state.add_macs(T0, &mut hs(&mut msg[..]));
+            let reply = reply_to(&checker, T0, &mut r, &msg, from);
+            take(&mut state, T0, &reply).unwrap();
+            state.add_macs(T0, &mut hs(&mut msg[..]));
+            assert_eq!(checker.validate(T0, &mut r, &hs(&msg[..]), from, true, &rl), MacState::ValidMacWithCookie);
             let other_port = SocketAddr::new(from.ip(), from.port() + 1);
             let other_ip = match from {
                 SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), from.port()),
@@ -605,7 +640,10 @@ mod tests {
                 }
             };
             for wrong in [other_port, other_ip] {
-                assert_eq!(checker.validate(T0, &mut r, &msg, wrong, true, &rl), MacState::ValidMacButNoCookie);
+                assert_eq!(
+                    checker.validate(T0, &mut r, &hs(&msg[..]), wrong, true, &rl),
+                    MacState::ValidMacButNoCookie
+                );
             }
         }
         // Independent computation of the cookie for an IPv4 source: MAC(secret, ip ‖ port BE).
@@ -624,20 +662,23 @@ mod tests {
         let mut msg = initiation(3);
         // Cookie handed out late in the secret's life, so it is still fresh at the initiator.
         let t_cookie = t0 + Duration::from_secs(110);
-        state.add_macs(t_cookie, &mut msg);
-        state.consume_reply(t_cookie, &checker.create_reply(t_cookie, &mut r, &msg, 3, src())).unwrap();
+        state.add_macs(t_cookie, &mut hs(&mut msg[..]));
+        take(&mut state, t_cookie, &reply_to(&checker, t_cookie, &mut r, &msg, src())).unwrap();
         let just_before = t0 + Duration::from_nanos(120_000_000_000 - 1);
-        state.add_macs(just_before, &mut msg);
-        assert_eq!(checker.validate(just_before, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+        state.add_macs(just_before, &mut hs(&mut msg[..]));
+        assert_eq!(
+            checker.validate(just_before, &mut r, &hs(&msg[..]), src(), true, &rl),
+            MacState::ValidMacWithCookie
+        );
         let at_expiry = t0 + COOKIE_SECRET_MAX_AGE;
-        state.add_macs(at_expiry, &mut msg);
+        state.add_macs(at_expiry, &mut hs(&mut msg[..]));
         assert_ne!(&msg[132..], &[0u8; 16], "the initiator still sends the 10 s old cookie");
-        assert_eq!(checker.validate(at_expiry, &mut r, &msg, src(), true, &rl), MacState::ValidMacButNoCookie);
+        assert_eq!(checker.validate(at_expiry, &mut r, &hs(&msg[..]), src(), true, &rl), MacState::ValidMacButNoCookie);
         assert_eq!(checker.read_secret().birth, at_expiry);
         // A new cookie from the new secret works again.
-        state.consume_reply(at_expiry, &checker.create_reply(at_expiry, &mut r, &msg, 3, src())).unwrap();
-        state.add_macs(at_expiry, &mut msg);
-        assert_eq!(checker.validate(at_expiry, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+        take(&mut state, at_expiry, &reply_to(&checker, at_expiry, &mut r, &msg, src())).unwrap();
+        state.add_macs(at_expiry, &mut hs(&mut msg[..]));
+        assert_eq!(checker.validate(at_expiry, &mut r, &hs(&msg[..]), src(), true, &rl), MacState::ValidMacWithCookie);
     }
 
     #[test]
@@ -645,13 +686,13 @@ mod tests {
         let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
         let mut state = CookieState::new(&responder_pk());
         let mut msg = initiation(4);
-        state.add_macs(T0, &mut msg);
-        state.consume_reply(T0, &checker.create_reply(T0, &mut rng(), &msg, 4, src())).unwrap();
+        state.add_macs(T0, &mut hs(&mut msg[..]));
+        take(&mut state, T0, &reply_to(&checker, T0, &mut rng(), &msg, src())).unwrap();
         let limit = COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY;
         assert_eq!(limit, Duration::from_secs(115));
-        state.add_macs(T0 + (limit - Duration::from_nanos(1)), &mut msg);
+        state.add_macs(T0 + (limit - Duration::from_nanos(1)), &mut hs(&mut msg[..]));
         assert_ne!(&msg[132..], &[0u8; 16]);
-        state.add_macs(T0 + limit, &mut msg);
+        state.add_macs(T0 + limit, &mut hs(&mut msg[..]));
         assert_eq!(&msg[132..], &[0u8; 16]);
     }
 
@@ -660,34 +701,34 @@ mod tests {
         let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
         let mut r = rng();
         let mut state = CookieState::new(&responder_pk());
-        let reply_for_nothing = checker.create_reply(T0, &mut r, &initiation(5), 5, src());
-        assert_eq!(state.consume_reply(T0, &reply_for_nothing), Err(CookieError::NoMac1Sent));
+        let reply_for_nothing = reply_to(&checker, T0, &mut r, &initiation(5), src());
+        assert_eq!(take(&mut state, T0, &reply_for_nothing), Err(CookieError::NoMac1Sent));
 
         let mut first = initiation(5);
-        state.add_macs(T0, &mut first);
+        state.add_macs(T0, &mut hs(&mut first[..]));
         let mut second = initiation(6);
-        state.add_macs(T0, &mut second);
+        state.add_macs(T0, &mut hs(&mut second[..]));
         // A reply to the earlier message has the wrong associated data now.
-        let stale = checker.create_reply(T0, &mut r, &first, 5, src());
-        assert_eq!(state.consume_reply(T0, &stale), Err(CookieError::Decrypt));
-        let mut tampered = checker.create_reply(T0, &mut r, &second, 6, src());
+        let stale = reply_to(&checker, T0, &mut r, &first, src());
+        assert_eq!(take(&mut state, T0, &stale), Err(CookieError::Decrypt));
+        let mut tampered = reply_to(&checker, T0, &mut r, &second, src());
         tampered[40] ^= 1;
-        assert_eq!(state.consume_reply(T0, &tampered), Err(CookieError::Decrypt));
-        let good = checker.create_reply(T0, &mut r, &second, 6, src());
-        assert_eq!(state.consume_reply(T0, &good), Ok(()));
+        assert_eq!(take(&mut state, T0, &tampered), Err(CookieError::Decrypt));
+        let good = reply_to(&checker, T0, &mut r, &second, src());
+        assert_eq!(take(&mut state, T0, &good), Ok(()));
         // Only one reply per mac1 sent.
-        assert_eq!(state.consume_reply(T0, &good), Err(CookieError::NoMac1Sent));
+        assert_eq!(take(&mut state, T0, &good), Err(CookieError::NoMac1Sent));
 
-        state.add_macs(T0, &mut first);
-        assert_eq!(state.consume_reply(T0, &good[..63]), Err(CookieError::Truncated));
-        assert_eq!(state.consume_reply(T0, &[]), Err(CookieError::Truncated));
-        assert_eq!(state.consume_reply(T0, &[good.as_slice(), &[0]].concat()), Err(CookieError::Oversized));
+        state.add_macs(T0, &mut hs(&mut first[..]));
+        assert_eq!(take(&mut state, T0, &good[..63]), Err(CookieError::Truncated));
+        assert_eq!(take(&mut state, T0, &[]), Err(CookieError::Truncated));
+        assert_eq!(take(&mut state, T0, &[good.as_slice(), &[0]].concat()), Err(CookieError::Oversized));
         let mut wrong = good;
         wrong[0] = 2;
-        assert_eq!(state.consume_reply(T0, &wrong), Err(CookieError::WrongType));
+        assert_eq!(take(&mut state, T0, &wrong), Err(CookieError::WrongType));
         wrong = good;
         wrong[3] = 1;
-        assert_eq!(state.consume_reply(T0, &wrong), Err(CookieError::WrongType));
+        assert_eq!(take(&mut state, T0, &wrong), Err(CookieError::WrongType));
         assert_eq!(CookieError::NoMac1Sent.to_string(), "cookie reply without an outstanding mac1");
     }
 
@@ -696,8 +737,8 @@ mod tests {
         let checker = CookieChecker::new(T0, &mut rng(), Some(&responder_pk()));
         let mut r = rng();
         let msg = initiation(8);
-        let a = checker.create_reply(T0, &mut r, &msg, 8, src());
-        let b = checker.create_reply(T0, &mut r, &msg, 8, src());
+        let a = reply_to(&checker, T0, &mut r, &msg, src());
+        let b = reply_to(&checker, T0, &mut r, &msg, src());
         assert_ne!(a[8..32], b[8..32]);
         assert_ne!(a[32..], b[32..]);
     }
@@ -709,14 +750,14 @@ mod tests {
         let mut r = rng();
         let mut state = CookieState::new(&responder_pk());
         let mut msg = initiation(2);
-        state.add_macs(T0, &mut msg);
-        state.consume_reply(T0, &checker.create_reply(T0, &mut r, &msg, 2, src())).unwrap();
-        state.add_macs(T0, &mut msg);
-        let results: Vec<_> = (0..7).map(|_| checker.validate(T0, &mut r, &msg, src(), true, &rl)).collect();
+        state.add_macs(T0, &mut hs(&mut msg[..]));
+        take(&mut state, T0, &reply_to(&checker, T0, &mut r, &msg, src())).unwrap();
+        state.add_macs(T0, &mut hs(&mut msg[..]));
+        let results: Vec<_> = (0..7).map(|_| checker.validate(T0, &mut r, &hs(&msg[..]), src(), true, &rl)).collect();
         assert_eq!(&results[..5], &[MacState::ValidMacWithCookie; 5]);
         assert_eq!(&results[5..], &[MacState::ValidMacWithCookieButRatelimited; 2]);
         let later = T0 + Duration::from_millis(50);
-        assert_eq!(checker.validate(later, &mut r, &msg, src(), true, &rl), MacState::ValidMacWithCookie);
+        assert_eq!(checker.validate(later, &mut r, &hs(&msg[..]), src(), true, &rl), MacState::ValidMacWithCookie);
         assert_eq!(rl.len(), 1);
     }
 
@@ -728,7 +769,7 @@ mod tests {
         let rl = limiter();
         let mut state = CookieState::new(&responder_pk());
         let mut msg = initiation(2);
-        state.add_macs(T0, &mut msg);
+        state.add_macs(T0, &mut hs(&mut msg[..]));
         // Both threads race to rotate the expired secret; they agree on one.
         let late = T0 + COOKIE_SECRET_MAX_AGE;
         let replies: Vec<[u8; COOKIE_REPLY_LEN]> = std::thread::scope(|s| {
@@ -737,7 +778,7 @@ mod tests {
                     let (checker, msg) = (&checker, &msg);
                     s.spawn(move || {
                         let mut r = ChaCha20Rng::seed_from_u64(100 + i);
-                        checker.create_reply(late, &mut r, msg, 2, src())
+                        reply_to(checker, late, &mut r, msg, src())
                     })
                 })
                 .collect();
@@ -746,11 +787,11 @@ mod tests {
         for reply in replies {
             let mut st = CookieState::new(&responder_pk());
             let mut m = msg;
-            st.add_macs(late, &mut m);
-            st.consume_reply(late, &reply).unwrap();
-            st.add_macs(late, &mut m);
+            st.add_macs(late, &mut hs(&mut m[..]));
+            take(&mut st, late, &reply).unwrap();
+            st.add_macs(late, &mut hs(&mut m[..]));
             let mut r = rng();
-            assert_eq!(checker.validate(late, &mut r, &m, src(), true, &rl), MacState::ValidMacWithCookie);
+            assert_eq!(checker.validate(late, &mut r, &hs(&m[..]), src(), true, &rl), MacState::ValidMacWithCookie);
         }
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! | primitive | implementation | why |
 //! |---|---|---|
-//! | ChaCha20-Poly1305 (data and handshake AEAD) | `ring` | fastest portable implementation measured here, with run-time CPU dispatch (docs/PERFORMANCE.md) |
+//! | ChaCha20-Poly1305 (data and handshake AEAD) | `ring` | fastest portable implementation measured here, with run-time CPU dispatch (the repository's docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies) | `chacha20poly1305` | ring has no XChaCha; cookies are rare |
-//! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, the one boringtun uses |
+//! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
 //! | X25519 | `x25519-dalek` | ring offers X25519 only for ephemeral keys; we need static ones |
 //!
-//! Every secret type zeroizes on drop. Comparisons of secret-dependent values use [`ct_eq`].
+//! Every secret type here zeroizes on drop except [`AeadKey`]: ring keeps its key schedule in a
+//! private type that it does not wipe. Comparisons of secret-dependent values use [`ct_eq`].
 
 use blake2::digest::{FixedOutput, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};
@@ -122,7 +123,8 @@ fn nonce(counter: u64) -> Nonce {
 #[error("authentication tag did not verify")]
 pub struct AeadError;
 
-/// A ChaCha20-Poly1305 key prepared for repeated use (ring's key schedule; wiped by ring on drop).
+/// A ChaCha20-Poly1305 key prepared for repeated use (ring's key schedule). Not wiped on drop:
+/// ring's key type has no zeroizing `Drop`, and its fields are private.
 pub struct AeadKey(LessSafeKey);
 
 impl AeadKey {

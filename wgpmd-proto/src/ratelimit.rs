@@ -43,11 +43,11 @@
 //! [`LoadDetector`] follows `receive.c`: the device is under load while at least
 //! [`UNDER_LOAD_QUEUE_DEPTH`] handshakes are queued (the kernel's `MAX_QUEUED_INCOMING_HANDSHAKES
 //! / 8` = 4096 / 8 = 512), and stays so for [`UNDER_LOAD_PERSIST`] (1 s) after the last time the
-//! queue was that deep. Other implementations, for comparison: wireguard-go uses the
-//! same rule with a smaller queue (≥ 128 of 1024, held 1 s); VPP counts handshakes per interface
-//! (≥ 40 × peers per 0.5 s, held 1 s); boringtun declares load above a fixed 100 handshakes per
-//! second per device, with no queue at all. We take the kernel's: its trigger measures what load
-//! actually costs (handshakes waiting for a DH) rather than a rate picked in advance.
+//! queue was that deep. Other implementations: wireguard-go uses the same rule with a smaller
+//! queue (≥ 128 of 1024, held 1 s); VPP counts handshakes per interface (≥ 40 × peers per 0.5 s,
+//! held 1 s); boringtun declares load above a fixed 100 handshakes per second per device, with
+//! no queue at all. We take the kernel's: its trigger measures what load actually costs
+//! (handshakes waiting for a DH) rather than a rate picked in advance.
 
 use core::hash::{BuildHasher, Hash};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

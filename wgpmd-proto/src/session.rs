@@ -23,7 +23,7 @@
 //! - The replay window sits behind a `std::sync::Mutex`, held twice per message and only for the
 //!   bit test (a pre-check before decrypting, the marking after), never across crypto. Measured
 //!   cost of `open` over the raw AEAD: about 25 ns per message, against about 0.7 µs to decrypt a
-//!   full-size packet (docs/PERFORMANCE.md). This mirrors the kernel's
+//!   full-size packet (the repository's docs/PERFORMANCE.md). This mirrors the kernel's
 //!   `spin_lock_bh` in `counter_validate`. A lock-free window (CAS on the counter, `fetch_or` on
 //!   bit words) was not chosen: sliding the window must clear words and move the counter as one
 //!   step, and doing that without a lock needs either a sequence lock or a looser rule than the

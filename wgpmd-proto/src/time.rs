@@ -1,9 +1,10 @@
 //! Time as the protocol core sees it: values handed in by the caller, never read from a clock.
 //!
-//! [`Timestamp`] is monotonic nanoseconds since an epoch the caller chooses (the daemon uses the
-//! moment it started; tests use zero). It fits in a `u64`, so per-peer timer state can live in
-//! atomics. [`Timestamp::ZERO`] doubles as "never" in such atomics, so callers start their clock
-//! at a non-zero value or accept that an event at exactly zero reads as "never".
+//! [`Timestamp`] is monotonic nanoseconds since an epoch the caller chooses (the daemon counts
+//! from the moment it started, plus one nanosecond; tests pick fixed values). It fits in a `u64`,
+//! so per-peer timer state can live in atomics. [`Timestamp::ZERO`] doubles as "never" in such
+//! atomics, so callers start their clock at a non-zero value or accept that an event at exactly
+//! zero reads as "never".
 
 use core::ops::{Add, Sub};
 use core::time::Duration;

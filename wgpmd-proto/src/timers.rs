@@ -99,6 +99,7 @@ pub enum Timer {
 
 /// What a fired timer asks the caller to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TimerAction {
     /// The handshake did not complete after `MAX_TIMER_HANDSHAKES + 2` initiations: drop the
     /// packets staged for this peer and stop retrying.

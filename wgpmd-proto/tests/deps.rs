@@ -1,7 +1,10 @@
-//! The protocol crate's normal dependencies hold no I/O crate: the compiler keeps sockets, ports,
-//! DMA, threads, signals, the CLI and the OS's randomness out of it because it cannot name them.
-//! This reads `cargo tree -e normal` (the tree a user of the crate builds) and refuses each
-//! crate that would bring I/O in.
+//! The protocol crate's normal dependencies hold no I/O crate: no NIC backend, VFIO or DPDK, no
+//! socket or event-loop crate, no signal handling, CPU pinning, inter-core queue, CLI, logging
+//! setup or boringtun, and not the daemon. Code cannot name a crate it does not depend on, so
+//! the compiler keeps those out. (`std`'s own sockets, files, threads and clocks stay nameable;
+//! that the crate uses none of them outside its tests is a rule of `src/lib.rs`, not something
+//! this test can see.) This reads `cargo tree -e normal` (the tree a user of the crate builds)
+//! and refuses each crate that would bring I/O in.
 //!
 //! One exception, checked as narrowly as it can be: ring (the data path's ChaCha20-Poly1305)
 //! always depends on getrandom, and getrandom on libc, for ring's own `SystemRandom`, which this

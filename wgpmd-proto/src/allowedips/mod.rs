@@ -49,6 +49,7 @@ use trie::Trie;
 
 /// Errors from [`AllowedIps::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllowedIpsError {
     /// The prefix length is longer than the address (over 32 for IPv4, 128 for IPv6).
     #[error("prefix length /{cidr} is longer than the {max}-bit address")]

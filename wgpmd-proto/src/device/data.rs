@@ -1,14 +1,15 @@
 //! Transport data: seal and open in place, cryptokey routing, and the timer events that data
 //! traffic drives (kernel `send.c` / `receive.c` data paths).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
 use super::{Device, DropReason, Event, IndexEntry, Output, PeerId};
-use crate::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, MESSAGE_DATA};
 use crate::session::{OpenError, SealError};
 use crate::time::Timestamp;
+use crate::wire::wireguard::TransportData;
+use crate::wire::{ipv4, ipv6};
 
 /// A decrypted transport message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +41,6 @@ pub struct Encapsulated {
 
 /// Source, destination and total length of an inner IPv4/IPv6 packet.
 fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
-    use crate::wire::{ipv4, ipv6};
     match p.first()? >> 4 {
         4 => {
             let v = ipv4::Packet::new_checked(p).ok()?;
@@ -54,17 +54,12 @@ fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
     }
 }
 
-/// Destination of an inner packet without validating more than needed to route it.
+/// Destination of an inner packet without validating more than needed to route it: the
+/// version and a whole fixed header.
 pub fn inner_dst(p: &[u8]) -> Option<IpAddr> {
     match p.first()? >> 4 {
-        4 => {
-            let b: [u8; 4] = p.get(16..20)?.try_into().ok()?;
-            Some(IpAddr::V4(Ipv4Addr::from(b)))
-        }
-        6 => {
-            let b: [u8; 16] = p.get(24..40)?.try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(b)))
-        }
+        4 if p.len() >= ipv4::HEADER_LEN => Some(IpAddr::V4(ipv4::Packet::new_unchecked(p).dst_addr())),
+        6 if p.len() >= ipv6::HEADER_LEN => Some(IpAddr::V6(ipv6::Packet::new_unchecked(p).dst_addr())),
         _ => None,
     }
 }
@@ -84,7 +79,7 @@ impl Device {
         plain_len: usize,
         out: &mut Output,
     ) -> Result<Encapsulated, DropReason> {
-        let dst = buf.get(DATA_HEADER_LEN..DATA_HEADER_LEN + plain_len).and_then(inner_dst);
+        let dst = TransportData::new_unchecked(&*buf).payload().get(..plain_len).and_then(inner_dst);
         let Some(dst) = dst else {
             return Err(out.stats.drop(DropReason::InvalidInner));
         };
@@ -150,11 +145,11 @@ impl Device {
         msg: &mut [u8],
         out: &mut Output,
     ) -> Result<Decapsulated, DropReason> {
-        if msg.len() < DATA_MIN_LEN || msg[..4] != [MESSAGE_DATA, 0, 0, 0] {
+        // Type and length, checked together before any other byte is read.
+        let Ok(data) = TransportData::new_checked(&*msg) else {
             return Err(out.stats.drop(DropReason::Malformed));
-        }
-        let receiver = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
-        let Some(IndexEntry::Keypair(id, kp)) = self.index.get(receiver) else {
+        };
+        let Some(IndexEntry::Keypair(id, kp)) = self.index.get(data.receiver_index()) else {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
         let Some(peer) = self.peer(id) else {
@@ -204,37 +199,5 @@ impl Device {
             return Err(out.stats.drop(DropReason::DisallowedSource));
         }
         Ok(Decapsulated { peer: id, range: range.start..range.start + len })
-    }
-
-    /// [`Device::decapsulate`] for a burst of messages sharing one `now`; `verdicts` receives
-    /// one result per message, in order.
-    pub fn decapsulate_burst<'a, I>(
-        &self,
-        now: Timestamp,
-        msgs: I,
-        verdicts: &mut Vec<Result<Decapsulated, DropReason>>,
-        out: &mut Output,
-    ) where
-        I: IntoIterator<Item = (SocketAddr, &'a mut [u8])>,
-    {
-        for (src, msg) in msgs {
-            verdicts.push(self.decapsulate(now, src, msg, out));
-        }
-    }
-
-    /// [`Device::encapsulate`] for a burst of inner packets (each `(buffer, plaintext length)`,
-    /// laid out as `encapsulate` expects) sharing one `now`.
-    pub fn encapsulate_burst<'a, I>(
-        &self,
-        now: Timestamp,
-        pkts: I,
-        verdicts: &mut Vec<Result<Encapsulated, DropReason>>,
-        out: &mut Output,
-    ) where
-        I: IntoIterator<Item = (&'a mut [u8], usize)>,
-    {
-        for (buf, len) in pkts {
-            verdicts.push(self.encapsulate(now, buf, len, out));
-        }
     }
 }

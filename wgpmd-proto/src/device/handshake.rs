@@ -9,16 +9,15 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::{Device, DropReason, Event, IndexEntry, Output, Peer, PeerId, Transmit};
 use crate::cookie::MacState;
-use crate::messages::{
-    COOKIE_REPLY_LEN, HEADER_LEN, INITIATION_LEN, MESSAGE_HANDSHAKE_COOKIE, MESSAGE_HANDSHAKE_INITIATION, RESPONSE_LEN,
-};
 use crate::noise::{self, NoiseError};
 use crate::session::Keypair;
 use crate::time::{tai64n, Timestamp};
 use crate::timers::TimerAction;
+use crate::wire::wireguard::{CookieReply, HandshakeInitiation, HandshakeResponse, MacMessage, Message};
 
 /// What a handshake-stage message did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeOutcome {
     /// An initiation was accepted and answered; the peer's new session waits for confirmation.
     Responded(PeerId),
@@ -28,14 +27,6 @@ pub enum HandshakeOutcome {
     CookieSent,
     /// A cookie reply was stored for the next retry to the peer.
     CookieStored(PeerId),
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        w.copy_from_slice(s);
-    }
-    u32::from_le_bytes(w)
 }
 
 impl Device {
@@ -50,51 +41,50 @@ impl Device {
         under_load: bool,
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
-        let kind = match crate::wire::wireguard::classify(msg) {
-            Ok(k) => k,
-            Err(_) => return Err(out.stats.drop(DropReason::Malformed)),
+        // Type and length, checked together before any other byte is read.
+        let Ok(message) = Message::new_checked(msg) else {
+            return Err(out.stats.drop(DropReason::Malformed));
         };
-        use crate::wire::wireguard::MessageType;
-        match kind {
-            MessageType::CookieReply => return self.on_cookie_reply(now, msg, out),
-            MessageType::TransportData => return Err(out.stats.drop(DropReason::Malformed)),
-            MessageType::HandshakeInitiation | MessageType::HandshakeResponse => {}
-        }
-        // Cheap checks before any DH work: MAC1, and under load MAC2 and the rate limit.
-        if !self.check_macs(now, rng, src, msg, under_load, out)? {
-            return Ok(HandshakeOutcome::CookieSent);
-        }
-        let Some(identity) = self.identity.as_ref() else {
-            return Err(out.stats.drop(DropReason::NoPrivateKey));
-        };
-        let done = match kind {
-            MessageType::HandshakeInitiation => {
-                <&[u8; INITIATION_LEN]>::try_from(msg).ok().map(|m| self.on_initiation(now, rng, src, m, identity, out))
+        match message {
+            Message::HandshakeInitiation(init) => {
+                // Cheap checks before any DH work: MAC1, and under load MAC2 and the rate limit.
+                if !self.check_macs(now, rng, src, &init, under_load, out)? {
+                    return Ok(HandshakeOutcome::CookieSent);
+                }
+                let Some(identity) = self.identity.as_ref() else {
+                    return Err(out.stats.drop(DropReason::NoPrivateKey));
+                };
+                self.on_initiation(now, rng, src, &init, identity, out)
             }
-            _ => <&[u8; RESPONSE_LEN]>::try_from(msg).ok().map(|m| self.on_response(now, src, m, identity, out)),
-        };
-        done.unwrap_or_else(|| Err(out.stats.drop(DropReason::Malformed)))
+            Message::HandshakeResponse(resp) => {
+                if !self.check_macs(now, rng, src, &resp, under_load, out)? {
+                    return Ok(HandshakeOutcome::CookieSent);
+                }
+                let Some(identity) = self.identity.as_ref() else {
+                    return Err(out.stats.drop(DropReason::NoPrivateKey));
+                };
+                self.on_response(now, src, &resp, identity, out)
+            }
+            Message::CookieReply(reply) => self.on_cookie_reply(now, &reply, out),
+            Message::TransportData(_) => Err(out.stats.drop(DropReason::Malformed)),
+        }
     }
 
     /// MAC checks and the under-load decision shared by initiations and responses. `Ok(true)`:
     /// go on with DH work; `Ok(false)`: a cookie reply was sent.
-    fn check_macs<R: RngCore + CryptoRng>(
+    fn check_macs<R: RngCore + CryptoRng, M: MacMessage>(
         &self,
         now: Timestamp,
         rng: &mut R,
         src: SocketAddr,
-        msg: &[u8],
+        msg: &M,
         under_load: bool,
         out: &mut Output,
     ) -> Result<bool, DropReason> {
         let state = self.cookie_checker.validate(now, rng, msg, src, under_load, &self.ratelimiter);
         match state {
             MacState::Invalid => {
-                tracing::debug!(
-                    "Invalid {} MAC from {}",
-                    if msg.first() == Some(&MESSAGE_HANDSHAKE_INITIATION) { "initiation" } else { "response" },
-                    src
-                );
+                tracing::debug!("Invalid handshake MAC from {}", src);
                 Err(out.stats.drop(DropReason::InvalidMac1))
             }
             MacState::ValidMacButNoCookie if !under_load => {
@@ -107,10 +97,8 @@ impl Device {
             }
             MacState::ValidMacButNoCookie => {
                 out.stats.mac1_valid += 1;
-                let sender = le32(msg, HEADER_LEN);
-                let reply = self.cookie_checker.create_reply(now, rng, msg, sender, src);
-                debug_assert_eq!(reply.len(), COOKIE_REPLY_LEN);
-                out.transmits.push(Transmit::new(None, src, &reply));
+                let reply = self.cookie_checker.create_reply(now, rng, msg, src);
+                out.transmits.push(Transmit::new(None, src, reply.as_ref()));
                 out.stats.cookies_sent += 1;
                 Ok(false)
             }
@@ -126,11 +114,10 @@ impl Device {
         now: Timestamp,
         rng: &mut R,
         src: SocketAddr,
-        init: &[u8; INITIATION_LEN],
+        init: &HandshakeInitiation<&[u8]>,
         identity: &crate::noise::Identity,
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
-        let msg = &init[..];
         out.stats.dh_operations += 1;
         let start = match noise::begin_consume_initiation(identity, init) {
             Ok(s) => s,
@@ -159,16 +146,18 @@ impl Device {
             self.index.remove(old_index);
         }
         peer.set_endpoint(src);
-        peer.add_rx(msg.len());
+        peer.add_rx(init.as_ref().len());
         tracing::debug!("Receiving handshake initiation from {} ({})", peer.name(), src);
         let local = self.index.insert_new(rng, IndexEntry::Handshake(id));
-        let mut resp = [0u8; RESPONSE_LEN];
         out.stats.dh_operations += 2;
-        if let Err(e) = hs.create_response(rng, local, &mut resp) {
-            self.index.remove(local);
-            tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
-            return Err(out.stats.drop(DropReason::HandshakeFailed));
-        }
+        let mut resp = match hs.create_response(rng, local) {
+            Ok(r) => r,
+            Err(e) => {
+                self.index.remove(local);
+                tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
+                return Err(out.stats.drop(DropReason::HandshakeFailed));
+            }
+        };
         peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).add_macs(now, &mut resp);
         let keys = match hs.begin_session() {
             Ok(k) => k,
@@ -183,8 +172,8 @@ impl Device {
         self.note_authenticated_sent(&peer, now, out);
         peer.timers.any_authenticated_packet_received(now);
         out.wake(id, peer.timers.any_authenticated_packet_traversal(now));
-        peer.add_tx(resp.len());
-        out.transmits.push(Transmit::new(Some(id), src, &resp));
+        peer.add_tx(resp.as_ref().len());
+        out.transmits.push(Transmit::new(Some(id), src, resp.as_ref()));
         out.stats.responses_sent += 1;
         Ok(HandshakeOutcome::Responded(id))
     }
@@ -193,13 +182,11 @@ impl Device {
         &self,
         now: Timestamp,
         src: SocketAddr,
-        resp: &[u8; RESPONSE_LEN],
+        resp: &HandshakeResponse<&[u8]>,
         identity: &crate::noise::Identity,
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
-        let msg = &resp[..];
-        let receiver = le32(msg, HEADER_LEN + 4);
-        let Some(IndexEntry::Handshake(id)) = self.index.get(receiver) else {
+        let Some(IndexEntry::Handshake(id)) = self.index.get(resp.receiver_index()) else {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
         let Some(peer) = self.peer(id).cloned() else {
@@ -221,7 +208,7 @@ impl Device {
         drop(hs);
         tracing::debug!("Receiving handshake response from {} ({})", peer.name(), src);
         peer.set_endpoint(src);
-        peer.add_rx(msg.len());
+        peer.add_rx(resp.as_ref().len());
         self.install_session(&peer, keys, now, out)?;
         peer.timers.handshake_complete(now);
         peer.timers.any_authenticated_packet_received(now);
@@ -230,12 +217,13 @@ impl Device {
         Ok(HandshakeOutcome::Completed(id))
     }
 
-    fn on_cookie_reply(&self, now: Timestamp, msg: &[u8], out: &mut Output) -> Result<HandshakeOutcome, DropReason> {
-        if msg.len() != COOKIE_REPLY_LEN || msg.first() != Some(&MESSAGE_HANDSHAKE_COOKIE) {
-            return Err(out.stats.drop(DropReason::Malformed));
-        }
-        let receiver = le32(msg, HEADER_LEN);
-        let id = match self.index.get(receiver) {
+    fn on_cookie_reply(
+        &self,
+        now: Timestamp,
+        msg: &CookieReply<&[u8]>,
+        out: &mut Output,
+    ) -> Result<HandshakeOutcome, DropReason> {
+        let id = match self.index.get(msg.receiver_index()) {
             Some(IndexEntry::Handshake(id)) | Some(IndexEntry::Keypair(id, _)) => id,
             None => return Err(out.stats.drop(DropReason::UnknownIndex)),
         };
@@ -319,25 +307,27 @@ impl Device {
         let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
         let old = hs.local_index();
         let local = self.index.insert_new(rng, IndexEntry::Handshake(peer.id()));
-        let mut msg = [0u8; INITIATION_LEN];
         out.stats.dh_operations += 1;
-        let made = hs.create_initiation(identity, rng, tai64n(self.wall_ns(now)), local, &mut msg);
+        let made = hs.create_initiation(identity, rng, tai64n(self.wall_ns(now)), local);
         drop(hs);
         if old != 0 {
             self.index.remove(old);
         }
-        if let Err(e) = made {
-            self.index.remove(local);
-            tracing::debug!("Could not create handshake initiation for {}: {}", peer.name(), e);
-            return Err(out.stats.drop(DropReason::HandshakeFailed));
-        }
+        let mut msg = match made {
+            Ok(m) => m,
+            Err(e) => {
+                self.index.remove(local);
+                tracing::debug!("Could not create handshake initiation for {}: {}", peer.name(), e);
+                return Err(out.stats.drop(DropReason::HandshakeFailed));
+            }
+        };
         peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).add_macs(now, &mut msg);
         tracing::debug!("Sending handshake initiation to {} ({})", peer.name(), to);
         self.note_authenticated_sent(peer, now, out);
         peer.timers.initiation_sent(now);
         out.wake(peer.id(), peer.timers.handshake_initiated(now));
-        peer.add_tx(msg.len());
-        out.transmits.push(Transmit::new(Some(peer.id()), to, &msg));
+        peer.add_tx(msg.as_ref().len());
+        out.transmits.push(Transmit::new(Some(peer.id()), to, msg.as_ref()));
         out.stats.initiations_sent += 1;
         Ok(())
     }

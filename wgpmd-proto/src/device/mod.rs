@@ -13,8 +13,9 @@
 //! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
 //! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
 //!
-//! Data-path calls take `&self` and may run on several cores at once for the same peer; see
-//! docs/ARCHITECTURE.md for why state is shared rather than handed to an owning core.
+//! Data-path calls take `&self` and may run on several cores at once for the same peer; see the
+//! repository's docs/ARCHITECTURE.md for why state is shared rather than handed to an owning
+//! core.
 //! Configuration calls take `&mut self`.
 //!
 //! Everything a call produces goes into the caller-owned [`Output`] (reused across bursts, so
@@ -58,6 +59,7 @@ pub(crate) enum IndexEntry {
 /// Why a packet was dropped. Every drop has one; [`Stats::drops`] counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum DropReason {
     /// Not a well-formed WireGuard message (type, reserved bytes or length).
     #[error("malformed WireGuard message")]
@@ -119,7 +121,8 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    /// Number of reasons (size of [`Stats::drops`]).
+    /// Number of reasons (size of [`Stats::drops`]): one more than the last reason's
+    /// discriminant, so a new reason goes last, here and in [`Self::ALL`].
     pub const COUNT: usize = DropReason::InitiationRateLimited as usize + 1;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -144,6 +147,15 @@ impl DropReason {
         DropReason::InitiationRateLimited,
     ];
 }
+
+// `ALL` is in counter order, so `r as usize` indexes `Stats::drops`.
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::COUNT {
+        assert!(DropReason::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// Per-worker counters, summed by whoever reads them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,6 +226,7 @@ impl core::fmt::Debug for Transmit {
 
 /// Something the caller must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// Our handshake completed (we initiated): send the peer's staged packets, or if there are
     /// none, call [`Device::send_keepalive`] to confirm the session at once (the kernel's
@@ -265,6 +278,7 @@ impl Output {
 
 /// Errors of configuration calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// No peer with that id.
     #[error("no such peer")]

@@ -2,10 +2,10 @@
 //!
 //! | field | written by | how |
 //! |---|---|---|
-//! | `keypairs` | handshake stage | three `ArcSwapOption` slots, lock-free reads |
-//! | `handshake`, `cookie` | handshake stage, control core | per-peer `Mutex`, never taken by data packets |
+//! | `keypairs` | handshake stage (new keypairs), any core (key confirmation), control core (expiry, zeroing) | three `ArcSwapOption` slots, lock-free reads, transitions under one per-peer mutex |
+//! | `handshake`, `cookie` | handshake stage, control core, configuration | per-peer `Mutex`, never taken by data packets |
 //! | `timers` | every core (events), control core (poll) | atomics |
-//! | `endpoint` | any core, from authenticated packets | `ArcSwap`, lock-free reads |
+//! | `endpoint` | configuration, any core from authenticated packets | `ArcSwapOption`, lock-free reads |
 //! | byte counters | any core | relaxed atomics |
 
 use std::net::SocketAddr;

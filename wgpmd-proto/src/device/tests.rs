@@ -594,3 +594,37 @@ fn changing_the_private_key_forces_a_new_handshake() {
     assert_eq!(p.a.dev.encapsulate(now, &mut buf, inner.len(), &mut p.a.out), Err(DropReason::NoSession));
     assert!(p.a.out.events.contains(&Event::HandshakeWanted(p.a.peer)));
 }
+
+/// Every reason is in `DropReason::ALL`: the match below lists them all without a wildcard, so
+/// a new reason stops it compiling until it is added here, last in the enum and in `ALL`.
+#[test]
+fn every_drop_reason_has_a_counter() {
+    let listed = |r: DropReason| match r {
+        DropReason::Malformed
+        | DropReason::InvalidMac1
+        | DropReason::RateLimited
+        | DropReason::HandshakeFailed
+        | DropReason::UnknownPeer
+        | DropReason::InitiationReplay
+        | DropReason::UnknownIndex
+        | DropReason::InvalidCookie
+        | DropReason::DecryptFailed
+        | DropReason::Replay
+        | DropReason::KeypairExpired
+        | DropReason::InvalidInner
+        | DropReason::DisallowedSource
+        | DropReason::NoRoute
+        | DropReason::NoEndpoint
+        | DropReason::NoSession
+        | DropReason::BufferTooSmall
+        | DropReason::NoPrivateKey
+        | DropReason::InitiationRateLimited => r as usize,
+    };
+    let mut stats = Stats::default();
+    for (i, r) in DropReason::ALL.into_iter().enumerate() {
+        assert_eq!(listed(r), i);
+        stats.drop(r);
+        assert_eq!(stats.drops_for(r), 1);
+    }
+    assert_eq!(stats.drops.iter().sum::<u64>(), DropReason::COUNT as u64);
+}

@@ -15,7 +15,9 @@ use rand_core::{CryptoRng, RngCore};
 use crate::cookie::CookieState;
 use crate::crypto::{hash, PrivateKey};
 use crate::device::{Device, DropReason, HandshakeOutcome, Output, PeerId};
+use crate::messages::{INITIATION_LEN, RESPONSE_LEN};
 use crate::time::Timestamp;
+use crate::wire::wireguard::{HandshakeInitiation, HandshakeResponse};
 
 /// A deterministic hash-based DRBG (BLAKE2s in counter mode) so fuzz runs replay exactly.
 pub struct HashDrbg {
@@ -155,8 +157,13 @@ pub fn device_message(data: &[u8]) -> DeviceReached {
     } else {
         (0..rest.len()).map(|i| base.get(i).copied().unwrap_or(0) ^ rest[i]).collect()
     };
-    if flags & 0x08 != 0 && (msg.len() == 148 || msg.len() == 92) {
-        CookieState::new(&w.d_public).add_macs(w.now, &mut msg);
+    if flags & 0x08 != 0 {
+        let mut macs = CookieState::new(&w.d_public);
+        match msg.len() {
+            INITIATION_LEN => macs.add_macs(w.now, &mut HandshakeInitiation::new_unchecked(&mut msg[..])),
+            RESPONSE_LEN => macs.add_macs(w.now, &mut HandshakeResponse::new_unchecked(&mut msg[..])),
+            _ => {}
+        }
     }
     // Time moves 1 ms per input; the world is rebuilt when its session would expire.
     w.now = w.now + core::time::Duration::from_millis(1);

@@ -1,5 +1,7 @@
-//! Fuzz target bodies, shared by the cargo-fuzz crate (`fuzz/`, nightly) and the stable
-//! robustness test (`tests/wire_robustness.rs`), so both run exactly the same code.
+//! Fuzz target bodies, shared by the cargo-fuzz crate (the repository's `fuzz/`, nightly) and
+//! this crate's stable robustness tests (`tests/wire_robustness.rs` runs [`wire_frame`] and
+//! [`wireguard_message`], `tests/device_robustness.rs` runs [`device_message`]), so both run
+//! exactly the same code.
 //!
 //! Owns no protocol rules; it drives [`crate::wire`] the way the datapath will: a frame goes
 //! through every layer's `new_checked`, `Repr::parse` and accessors, as deep as it parses, and
@@ -201,6 +203,21 @@ pub fn wireguard_message(data: &[u8]) -> Result<MessageType> {
     let class = classify(data);
     let message = wireguard::Message::new_checked(data);
     assert_eq!(message.as_ref().map(|m| m.message_type()).map_err(|e| *e), class, "Message agrees with classify");
+    // Each view's own check (its fast accepting path, then classify) says what classify says.
+    let want = |ty: MessageType| match class {
+        Ok(t) if t == ty => Ok(()),
+        Ok(_) => Err(Error::Unsupported),
+        Err(e) => Err(e),
+    };
+    let checks = [
+        (MessageType::HandshakeInitiation, wireguard::HandshakeInitiation::new_unchecked(data).check_len()),
+        (MessageType::HandshakeResponse, wireguard::HandshakeResponse::new_unchecked(data).check_len()),
+        (MessageType::CookieReply, wireguard::CookieReply::new_unchecked(data).check_len()),
+        (MessageType::TransportData, wireguard::TransportData::new_unchecked(data).check_len()),
+    ];
+    for (ty, got) in checks {
+        assert_eq!(got, want(ty), "{ty} check_len agrees with classify");
+    }
     let Ok(message) = message else { return class };
     let mut out = vec![0xa5u8; data.len()];
     match message {
@@ -275,7 +292,7 @@ fn touch_unchecked(data: &[u8]) {
 mod tests {
     use super::*;
 
-    // The captured initiation frame (wg-handshake.pcap, frame 0); its UDP checksum is partial.
+    // An initiation frame captured between two wireguard-go peers; its UDP checksum is partial.
     const FRAME: &str = concat!(
         "962f98a3f91af650d02112a30800450000b0749440004011b0e00a6300010a630002ca6cca6c009c1576",
         "01000000744ec3433014f5efe575332f4b60707ff3c4e76c033135ab00ac68294c4bc7314dab2c61a2606fbcb23abb4c",

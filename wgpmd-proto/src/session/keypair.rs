@@ -18,21 +18,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::crypto::{AeadKey, Secret};
 use crate::messages::{
-    message_data_len, DATA_HEADER_LEN, DATA_MIN_LEN, HEADER_LEN, MESSAGE_DATA, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_AFTER_TIME_RECV, TAG_LEN,
+    message_data_len, DATA_MIN_LEN, DATA_OVERHEAD, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_AFTER_TIME_RECV, TAG_LEN,
 };
 use crate::time::Timestamp;
+use crate::wire::wireguard::{field, TransportData};
 
 use super::replay::ReplayWindow;
 
-/// Receiver index field of the data header: right after the 4-byte message header.
-const RECEIVER_INDEX: Range<usize> = HEADER_LEN..HEADER_LEN + core::mem::size_of::<u32>();
-/// Counter field of the data header: the rest of it.
-const COUNTER: Range<usize> = RECEIVER_INDEX.end..DATA_HEADER_LEN;
-const _: () = assert!(COUNTER.end - COUNTER.start == core::mem::size_of::<u64>());
-
 /// Why [`Keypair::seal`] refused to seal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SealError {
     /// The send counter reached `REJECT_AFTER_MESSAGES`; a new handshake is needed.
     #[error("sending counter exhausted (REJECT_AFTER_MESSAGES)")]
@@ -47,6 +43,7 @@ pub enum SealError {
 
 /// Why [`Keypair::open`] dropped a data message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Shorter than a header and a tag (32 bytes).
     #[error("data message shorter than header and tag")]
@@ -151,18 +148,21 @@ impl Keypair {
     /// Every error is detected before `buf` is touched, so the plaintext stays where it was.
     pub fn seal(&self, now: Timestamp, buf: &mut [u8], plain_len: usize, mtu: usize) -> Result<usize, SealError> {
         let padded = padded_len(plain_len, mtu);
-        let total = padded.checked_add(DATA_HEADER_LEN + TAG_LEN).ok_or(SealError::BufferTooSmall)?;
+        let total = padded.checked_add(DATA_OVERHEAD).ok_or(SealError::BufferTooSmall)?;
         let msg = buf.get_mut(..total).ok_or(SealError::BufferTooSmall)?;
         if !self.send_valid.load(Ordering::Relaxed) || self.is_expired(now) {
             return Err(SealError::Expired);
         }
         let counter = self.take_counter().ok_or(SealError::CounterExhausted)?;
 
-        let (header, body) = msg.split_at_mut(DATA_HEADER_LEN);
-        header[..HEADER_LEN].copy_from_slice(&[MESSAGE_DATA, 0, 0, 0]);
-        header[RECEIVER_INDEX].copy_from_slice(&self.remote_index.to_le_bytes());
-        header[COUNTER].copy_from_slice(&counter.to_le_bytes());
-        let (text, tag) = body.split_at_mut(padded);
+        // The header's view gets exactly the header's bytes: with its length known, the setters
+        // compile to plain stores (over the whole message the compiler keeps their range checks).
+        let (header, payload) = msg.split_at_mut(field::data::PAYLOAD.start);
+        let mut header = TransportData::new_unchecked(header);
+        header.init_header();
+        header.set_receiver_index(self.remote_index);
+        header.set_counter(counter);
+        let (text, tag) = payload.split_at_mut(padded);
         text[plain_len..].fill(0);
         tag.copy_from_slice(&self.send.seal_in_place(counter, &[], text));
         debug_assert_eq!(total, message_data_len(padded));
@@ -183,8 +183,8 @@ impl Keypair {
         if self.is_expired(now) {
             return Err(OpenError::Expired);
         }
-        let counter =
-            msg.get(COUNTER).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).ok_or(OpenError::TooShort)?;
+        let mut msg = TransportData::new_unchecked(msg);
+        let counter = msg.counter();
         {
             let window = self.window();
             if counter >= REJECT_AFTER_MESSAGES || window.counter() >= REJECT_AFTER_MESSAGES {
@@ -194,13 +194,12 @@ impl Keypair {
                 return Err(OpenError::Replay);
             }
         }
-        let sealed = msg.get_mut(DATA_HEADER_LEN..).ok_or(OpenError::TooShort)?;
-        self.recv.open_in_place(counter, &[], sealed).map_err(|_| OpenError::Auth)?;
+        self.recv.open_in_place(counter, &[], msg.payload_mut()).map_err(|_| OpenError::Auth)?;
         // Another core may have accepted the same counter while we decrypted.
         if !self.window().validate(counter) {
             return Err(OpenError::Replay);
         }
-        Ok(DATA_HEADER_LEN..len - TAG_LEN)
+        Ok(field::data::PAYLOAD.start..len - TAG_LEN)
     }
 
     /// The next counter [`seal`](Self::seal) will use (the number of messages sealed so far).
@@ -265,7 +264,7 @@ impl Keypair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::COUNTER_WINDOW_SIZE;
+    use crate::messages::{COUNTER_WINDOW_SIZE, DATA_HEADER_LEN};
     use chacha20poly1305::aead::{AeadInPlace, KeyInit};
     use std::collections::HashSet;
 

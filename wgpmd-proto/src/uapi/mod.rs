@@ -3,12 +3,13 @@
 //! and with what wireguard-tools `src/ipc-uapi.h` sends and expects.
 //!
 //! This module owns the protocol's rules:
-//! - one request per connection on `/var/run/wireguard/<name>.sock`: `get=1\n\n`, or `set=1\n`,
-//!   `key=value` lines and an empty line;
+//! - a request on `/var/run/wireguard/<name>.sock` is `get=1\n\n`, or `set=1\n`, `key=value`
+//!   lines and an empty line (`wg` sends one per connection; wireguard-go would read more, the
+//!   daemon's server answers one and closes);
 //! - a `get` answers the device's `key=value` lines in wireguard-go's order ([`format_get`]),
 //!   then `errno=0` and an empty line;
 //! - a `set` answers `errno=0` or `errno=<negative errno>` (-22, `EINVAL`, for an unknown key, a
-//!   key out of place or a malformed value; -71, `EPROTO`, for a line without `=`);
+//!   key out of place or a malformed value; -71, `EPROTO`, for a line without `=` or not UTF-8);
 //! - interface keys come first; `public_key=` opens a peer, and every key after it is a peer key;
 //! - keys are 64 hex digits; an all-zero private key or pre-shared key removes it.
 //!
@@ -16,7 +17,8 @@
 //! first bad one: a request is parsed and validated whole ([`parse_request`]) before
 //! [`apply_set`] touches the device, so a malformed request changes nothing.
 //!
-//! Submodules: [`apply_set`]/[`apply_config`] (the semantics of each key) and [`format_get`].
+//! Private submodules hold [`apply_set`]/[`apply_config`] (the semantics of each key) and
+//! [`format_get`].
 //! The socket is the caller's (the daemon's `uapi_server`): this module parses and renders text.
 
 mod apply;
@@ -123,6 +125,7 @@ pub struct PeerSet {
 
 /// One peer key of a `set` request.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PeerOp {
     /// `remove=true`.
     Remove,

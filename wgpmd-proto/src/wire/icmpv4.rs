@@ -259,6 +259,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
 /// A parsed ICMPv4 message of a kind we handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Repr<'a> {
     /// Echo request.
     EchoRequest {
@@ -391,8 +392,8 @@ mod tests {
     // Echo request, ident 0x1234, seq 1, data "abcdefgh" (checksum by an independent
     // implementation).
     const ECHO: &str = "08005435123400016162636465666768";
-    // Fragmentation needed, next-hop MTU 1420, quoting the captured initiation's IPv4 header and
-    // the first 8 bytes of its UDP header (wg-handshake.pcap, frame 0).
+    // Fragmentation needed, next-hop MTU 1420, quoting the IPv4 header and the first 8 bytes of
+    // the UDP header of an initiation captured between two wireguard-go peers.
     const FRAG_NEEDED: &str = "03044c840000058c450000b0749440004011b0e00a6300010a630002ca6cca6c009c1576";
 
     #[test]

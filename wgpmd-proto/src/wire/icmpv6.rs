@@ -321,6 +321,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
 /// A parsed ICMPv6 message of a kind we handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Repr<'a> {
     /// Echo request.
     EchoRequest {

@@ -437,8 +437,8 @@ impl Repr {
 mod tests {
     use super::*;
 
-    // IPv4 header and 156-byte UDP payload start of the captured initiation (wg-handshake.pcap,
-    // frame 0): 10.99.0.1 -> 10.99.0.2, ident 0x7494, DF, TTL 64, checksum 0xb0e0.
+    // IPv4 header and 156-byte UDP payload start of an initiation captured between two
+    // wireguard-go peers: 10.99.0.1 -> 10.99.0.2, ident 0x7494, DF, TTL 64, checksum 0xb0e0.
     const CAPTURED: &str = "450000b0749440004011b0e00a6300010a630002ca6cca6c009c1576";
 
     fn captured() -> Vec<u8> {

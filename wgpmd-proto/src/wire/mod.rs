@@ -63,9 +63,10 @@
 //! None. No function in this module panics on any input, checked or not: every access goes
 //! through bounds-checked helpers that read zeros and drop writes outside the buffer (see the
 //! private `bytes` module), `emit` checks the buffer length first and returns
-//! [`Error::Truncated`] rather than writing a partial packet, and nothing unwraps. The
-//! robustness test (`tests/wire_robustness.rs`) and the fuzz targets (`fuzz/`) drive every parser,
-//! accessor and emitter with over a million generated and mutated frames to hold us to that.
+//! [`Error::Truncated`] rather than writing a partial packet, and nothing unwraps. This crate's
+//! robustness test (`tests/wire_robustness.rs`) and the repository's fuzz targets (`fuzz/`) drive
+//! every parser, accessor and emitter with over a million generated and mutated frames to hold
+//! us to that.
 
 use thiserror::Error;
 
@@ -93,13 +94,14 @@ pub use self::ipv4::{Packet as Ipv4Packet, Repr as Ipv4Repr};
 pub use self::ipv6::{Packet as Ipv6Packet, Repr as Ipv6Repr};
 pub use self::udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use self::wireguard::{
-    classify, CookieReply, HandshakeInitiation, HandshakeResponse, Message as WireguardMessage, MessageType,
-    TransportData,
+    classify, CookieReply, HandshakeInitiation, HandshakeResponse, MacMessage, MacMessageMut,
+    Message as WireguardMessage, MessageType, TransportData,
 };
 
 /// Why a view or a `Repr` refused a buffer. Small and `Copy`, so that a datapath can count drops
 /// per reason without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The buffer is shorter than the header, or than a length field inside it says.
     #[error("truncated packet")]

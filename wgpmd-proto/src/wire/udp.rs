@@ -239,7 +239,7 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    // The captured keepalive (wg-handshake.pcap, frame 2): 10.99.0.1:51820 -> 10.99.0.2:51820.
+    // A keepalive captured between two wireguard-go peers: 10.99.0.1:51820 -> 10.99.0.2:51820.
     // On the wire its checksum field holds the partial sum 0x1502; the full checksum is 0xfeac.
     const KEEPALIVE_PARTIAL: &str = "ca6cca6c0028150204000000277ef96e00000000000000007000a88283300576edc3cdefe19bf3e8";
     const KEEPALIVE_FULL: &str = "ca6cca6c0028feac04000000277ef96e00000000000000007000a88283300576edc3cdefe19bf3e8";
