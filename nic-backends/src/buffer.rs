@@ -30,7 +30,7 @@ pub const MIN_TAILROOM: usize = 32;
 /// The longest packet that fits at `HEADROOM` and still leaves `MIN_TAILROOM`.
 pub const MAX_DATA: usize = BUF_SIZE - HEADROOM - MIN_TAILROOM;
 
-const _: () = assert!(HEADROOM >= 96 && HEADROOM % 64 == 0 && BUF_SIZE % 64 == 0);
+const _: () = assert!(HEADROOM >= 96 && HEADROOM.is_multiple_of(64) && BUF_SIZE.is_multiple_of(64));
 
 /// A fixed set of buffers in one region. Cheap to clone (an `Arc`); all clones share the buffers.
 #[derive(Clone)]

@@ -316,7 +316,7 @@ impl Mmio {
     }
 
     fn ok(&self, off: usize, width: usize) -> bool {
-        off % width == 0 && off.checked_add(width).is_some_and(|end| end <= self.size)
+        off.is_multiple_of(width) && off.checked_add(width).is_some_and(|end| end <= self.size)
     }
 
     /// Read an 8-bit register; all ones when `off` is outside the BAR (like a PCI master abort).

@@ -462,7 +462,7 @@ pub(crate) fn create_pool(name: &str, count: usize, socket: i32) -> Result<(Pool
         all.push(m);
         let f = mbuf_get(m);
         let off = f.buf_addr.wrapping_sub(addr as usize);
-        if off % BUF_SIZE != 0
+        if !off.is_multiple_of(BUF_SIZE)
             || off / BUF_SIZE >= count
             || table[off / BUF_SIZE].is_some()
             || f.off as usize != HEADROOM

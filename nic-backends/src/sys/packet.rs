@@ -240,7 +240,7 @@ impl RxRing {
     /// Pointer to `size` bytes at `off` in block `b`, if they lie inside the block and are
     /// `align`-aligned.
     fn at(&self, b: usize, off: usize, size: usize, align: usize) -> Option<*mut u8> {
-        if b >= self.block_nr || off.checked_add(size)? > self.block_size || off % align != 0 {
+        if b >= self.block_nr || off.checked_add(size)? > self.block_size || !off.is_multiple_of(align) {
             return None;
         }
         // In bounds of the mapping (b < block_nr, off + size <= block_size); the mapping is

@@ -73,7 +73,7 @@ impl RingMem {
     /// `[off, off + len)` of `owner`; None if it does not fit or is not 64-byte aligned.
     pub(crate) fn new(owner: Arc<dyn SharedMem>, off: usize, len: usize) -> Option<RingMem> {
         let end = off.checked_add(len)?;
-        if end > owner.size() || off % 64 != 0 {
+        if end > owner.size() || !off.is_multiple_of(64) {
             return None;
         }
         let base = NonNull::new(owner.base().as_ptr().wrapping_add(off))?;
@@ -88,7 +88,7 @@ impl RingMem {
         self.len
     }
     fn ok(&self, off: usize, width: usize) -> bool {
-        off % width == 0 && off.checked_add(width).is_some_and(|e| e <= self.len)
+        off.is_multiple_of(width) && off.checked_add(width).is_some_and(|e| e <= self.len)
     }
 
     pub(crate) fn read_u16(&self, off: usize) -> u16 {
@@ -197,7 +197,7 @@ unsafe impl Region for DmaPoolRegion {
 pub(crate) fn sim_dma_write(region: (usize, usize, u64), iova: u64, bytes: &[u8]) -> bool {
     let (base, size, iova_base) = region;
     let Some(off) = iova.checked_sub(iova_base) else { return false };
-    if off.checked_add(bytes.len() as u64).map_or(true, |e| e > size as u64) {
+    if off.checked_add(bytes.len() as u64).is_none_or(|e| e > size as u64) {
         return false;
     }
     for (i, b) in bytes.iter().enumerate() {

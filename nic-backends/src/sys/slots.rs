@@ -157,7 +157,7 @@ impl Slots {
         if region.size() < need {
             return Err(PoolError::RegionTooSmall { name, count, need, have: region.size() });
         }
-        if region.base().as_ptr() as usize % 64 != 0 {
+        if !(region.base().as_ptr() as usize).is_multiple_of(64) {
             return Err(PoolError::Misaligned { name });
         }
         if region.iova_base().checked_add(need as u64).is_none() {

@@ -66,7 +66,7 @@ impl VirtioQueue {
     /// The watchdog: every WATCHDOG_POLLS polls, read device_status and look for stuck transmits.
     fn watchdog(&mut self) {
         self.polls += 1;
-        if self.polls % WATCHDOG_POLLS != 0 || self.fault.is_some() || self.dev.is_quiesced() {
+        if !self.polls.is_multiple_of(WATCHDOG_POLLS) || self.fault.is_some() || self.dev.is_quiesced() {
             return;
         }
         let bdf = &self.dev.bdf;

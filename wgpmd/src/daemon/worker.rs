@@ -80,7 +80,7 @@ impl Worker {
             self.flush();
             self.forward_events();
             iter += 1;
-            if iter % 64 == 0 {
+            if iter.is_multiple_of(64) {
                 self.publish();
                 if self.port_fault() {
                     break;
