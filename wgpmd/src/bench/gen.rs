@@ -499,7 +499,7 @@ impl Generator {
     /// An encrypted tx-direction frame for peer `i`.
     fn data_in(&mut self, i: usize, src: SocketAddr, mut b: Buffer) {
         self.m.packets += 1;
-        let sample = self.m.packets % self.verify_every == 0;
+        let sample = self.m.packets.is_multiple_of(self.verify_every);
         let now = self.now();
         let p = &mut self.peers[i];
         let counter = b.data().get(8..16).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));

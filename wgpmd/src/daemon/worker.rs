@@ -83,7 +83,7 @@ impl Worker {
             self.flush();
             self.forward_transmits();
             iter += 1;
-            if iter % 64 == 0 {
+            if iter.is_multiple_of(64) {
                 self.publish();
                 if self.port_fault() {
                     break;
