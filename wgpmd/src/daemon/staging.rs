@@ -124,6 +124,11 @@ impl Staging {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// The most packets the registered pools may hold staged, together.
+    pub fn capacity(&self) -> usize {
+        self.lock().pools.values().map(|p| p.cap).sum()
+    }
+
     /// Packets staged now in `pool`'s buffers.
     #[cfg(test)]
     fn in_pool(&self, pool: &Pool) -> usize {

@@ -185,6 +185,7 @@ fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
         ("tx_jobs_depth", h.tx_jobs.len() as u64),
         ("tx_jobs_capacity", super::TX_JOBS as u64),
         ("staged_packets", h.staging.len() as u64),
+        ("staged_capacity", h.staging.capacity() as u64),
         ("staged_dropped_cap", staged_dropped_cap),
         ("neigh_entries", n.entries as u64),
         ("neigh_probation", n.probation as u64),
