@@ -7,10 +7,18 @@
 //!  worker: classify ─ ARP/ND/echo: reply in place     worker: route → encapsulate in place
 //!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
 //!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
+//!        │ events: pending bits + dirty list ───────┤
 //!        ▼                                          ▼
-//!   inner tx_burst                      control core: handshakes (budget), events, timer
-//!                                       wheel, UAPI, staged flush → tx jobs → workers
+//!   inner tx_burst                      control core: handshakes (budget), notifications
+//!                                       (budget), timer wheel, UAPI, staged flush → tx jobs
+//!                                       → workers
 //! ```
+//!
+//! Every table is bounded and has a gauge in `wgpmd stats`: the wheel holds one entry per
+//! peer (`wheel.rs`), notifications are per-peer bits that an overflow delays but never loses
+//! (`notify.rs`), staged packets are bounded per peer and per buffer pool (`staging.rs`), the
+//! neighbour table and its waiting frames have caps ([`crate::wan`]), and the handshake and
+//! transmit queues are fixed.
 //!
 //! The WAN side's frames (classification, replies, neighbours, outer headers) are the sans-IO
 //! [`crate::wan`]; the workers apply it to their buffers.
@@ -18,9 +26,9 @@
 //! The state they share is split by who uses it (`Shared`): the read-mostly `DataPlane` the
 //! workers read per packet (the `Device` behind an `RwLock`: workers and the control core take
 //! the read lock once per burst, configuration (UAPI `set`) takes the write lock briefly; the
-//! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` queues between
-//! workers and the control core (bounded and lock-free, plus the staged packets), and the
-//! `ControlPlane` only the control side touches.
+//! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` between
+//! workers and the control core (bounded queues, the notifications and the staged packets),
+//! and the `ControlPlane` only the control side touches.
 
 mod control;
 pub mod cores;
