@@ -10,7 +10,7 @@ use std::time::Duration;
 use nic_backends::Pool;
 use rand_core::OsRng;
 
-use super::notify::Walk;
+use super::notify::{Pending, Walk};
 use super::stats::StatsServer;
 use super::wheel::Wheel;
 use super::{cores, DaemonError, Shared, TxJob};
@@ -69,6 +69,8 @@ struct Control {
     wheel: Wheel,
     due: Vec<PeerId>,
     walk: Walk,
+    /// The notifications taken this iteration (kept for its capacity).
+    notes: Vec<Pending>,
     neigh_expired_at: Timestamp,
 }
 
@@ -160,6 +162,7 @@ pub(crate) fn run(
         wheel: Wheel::new(now),
         due: Vec::new(),
         walk: Walk::default(),
+        notes: Vec::new(),
         neigh_expired_at: now,
     };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
@@ -212,15 +215,16 @@ impl Control {
         }
         // Notifications from the workers, for peers that still exist (a removed peer's were
         // cleared; its id may name a new peer, whose notifications these then are).
-        let mut pending = Vec::new();
-        work += sh.handoff.notes.drain(&mut self.walk, NOTE_BUDGET, |p| pending.push(p));
-        for p in pending {
+        let mut notes = std::mem::take(&mut self.notes);
+        work += sh.handoff.notes.drain(&mut self.walk, NOTE_BUDGET, |p| notes.push(p));
+        for p in notes.drain(..) {
             if dev.peer(p.peer()).is_some() {
                 for e in p.events() {
                     self.event(&dev, now, e);
                 }
             }
         }
+        self.notes = notes;
         // Our own events, until quiet (what is left waits in `out` for the next iteration).
         for _ in 0..8 {
             if self.out.events.is_empty() {

@@ -37,10 +37,11 @@
 //! a resolution as for an unknown next hop.
 //!
 //! # Workers' copies
-//! [`Neighbours::generation`] moves only when an entry's MAC changes or an entry is dropped
-//! after its probes: a worker's copy holds only fresh entries, each until its own stale time,
-//! so new entries and evictions leave the copies valid (a worker checks the generation once
-//! per poll iteration, so a flood that changes MACs costs it at most one flush per burst).
+//! [`Neighbours::generation`] moves only when an entry's MAC changes, an entry is dropped after
+//! its probes, or an active entry is evicted: a worker's copy holds only fresh active entries,
+//! each until its own stale time, so new entries and probation evictions leave the copies valid
+//! (a worker checks the generation once per poll iteration, so a flood that changes MACs costs
+//! it at most one flush per burst).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -462,11 +463,15 @@ impl<F> Neighbours<F> {
                     return Err(Refusal::Unsolicited);
                 }
                 if t.map.len() >= self.max_entries {
-                    // Probation goes first; an active entry only makes room for another.
-                    let made_room =
-                        t.evict_oldest(Class::Probation) || (class == Class::Active && t.evict_oldest(Class::Active));
-                    if !made_room {
-                        return Err(Refusal::Full);
+                    // Probation goes first; an active entry only makes room for another. Workers
+                    // may hold an active entry: it could come back with another MAC as a new
+                    // entry, so its eviction moves the generation (rare: the table is full of
+                    // next hops in use).
+                    if !t.evict_oldest(Class::Probation) {
+                        if class == Class::Probation || !t.evict_oldest(Class::Active) {
+                            return Err(Refusal::Full);
+                        }
+                        self.generation.fetch_add(1, Ordering::Release);
                     }
                     self.counters.evicted.fetch_add(1, Ordering::Relaxed);
                 }
