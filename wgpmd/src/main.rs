@@ -79,6 +79,10 @@ enum Cmd {
         /// Neighbour reachable time in ms (default 30000). For tests only (docs/OPERATIONS.md).
         #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
         neigh_reachable_ms: Option<u64>,
+        /// Most entries of the neighbour table (default 4096). For tests only
+        /// (docs/OPERATIONS.md).
+        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+        neigh_max_entries: Option<u64>,
         /// Cores as an EAL list (0-3,6); the first runs the control plane.
         #[arg(short = 'l', long = "lcores", conflicts_with = "coremask")]
         lcores: Option<String>,
@@ -309,6 +313,7 @@ fn main() -> ExitCode {
             gateway,
             vlan,
             neigh_reachable_ms,
+            neigh_max_entries,
             lcores,
             coremask,
             control_shares_core,
@@ -373,6 +378,7 @@ fn main() -> ExitCode {
                 wan_v6,
                 vlan,
                 neigh_reachable: neigh_reachable_ms.map(std::time::Duration::from_millis),
+                neigh_max_entries: neigh_max_entries.map(|n| n as usize),
                 cores,
                 control_shares_core,
                 poll: match poll {

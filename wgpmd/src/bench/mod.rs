@@ -357,6 +357,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         wan_v6: None,
         vlan: None,
         neigh_reachable: None,
+        // Every simulated peer is a next hop of its own.
+        neigh_max_entries: Some(opts.peers.max(crate::wan::DEFAULT_MAX_ENTRIES)),
         cores: plan.cores.clone(),
         control_shares_core: plan.control_shares_core,
         poll: PollMode::Busy,

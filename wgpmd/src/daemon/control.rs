@@ -1,5 +1,7 @@
-//! The control core: handshakes (a bounded budget per iteration), events from the workers,
-//! the timer wheel, staged packets, the UAPI socket and the stats socket.
+//! The control core: handshakes (a bounded budget per iteration), notifications from the
+//! workers (`notify.rs`, a bounded budget per iteration, never lost), the timer wheel (one
+//! entry per peer), staged packets, the neighbour resolutions that failed, the UAPI socket and
+//! the stats socket.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::Duration;
 use nic_backends::Pool;
 use rand_core::OsRng;
 
+use super::notify::{Pending, Walk};
 use super::stats::StatsServer;
 use super::wheel::Wheel;
 use super::{cores, DaemonError, Shared, TxJob};
@@ -19,6 +22,10 @@ use wgpmd_proto::uapi::{self, SetRequest, UapiError};
 
 /// Handshake messages processed per control iteration (each costs up to 3 X25519).
 const HANDSHAKE_BUDGET: usize = 64;
+/// Peers' notifications taken per control iteration (a wanted handshake costs one X25519).
+const NOTE_BUDGET: usize = 4096;
+/// How often waiting frames of failed neighbour resolutions are dropped.
+const NEIGH_EXPIRE_NS: u64 = 250_000_000;
 
 /// The UAPI handler: `get` under the read lock, `set` under the write lock.
 struct Handler {
@@ -38,7 +45,13 @@ impl UapiHandler for Handler {
         let mut dev = self.sh.data.device.write().unwrap_or_else(|e| e.into_inner());
         let mut iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = super::peer_keys(&dev);
         let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
+        // Still under the write lock: no worker is between a device call and its notification.
+        let gone = self.sh.handoff.peers_changed(&before, &dev);
+        if !gone.is_empty() {
+            self.sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
+        }
         if iface.listen_port == 0 {
             // `wg setconf` of a file without ListenPort sends 0 ("any port"): keep serving on
             // the customary one rather than on none.
@@ -55,6 +68,10 @@ struct Control {
     out: Output,
     wheel: Wheel,
     due: Vec<PeerId>,
+    walk: Walk,
+    /// The notifications taken this iteration (kept for its capacity).
+    notes: Vec<Pending>,
+    neigh_expired_at: Timestamp,
 }
 
 /// How often the control loop reads the WAN port's link state.
@@ -138,8 +155,16 @@ pub(crate) fn run(
         None
     };
     let now = sh.data.clock.now();
-    let mut c =
-        Control { sh: sh.clone(), pool, out: Output::with_capacity(256), wheel: Wheel::new(now), due: Vec::new() };
+    let mut c = Control {
+        sh: sh.clone(),
+        pool,
+        out: Output::with_capacity(256),
+        wheel: Wheel::new(now),
+        due: Vec::new(),
+        walk: Walk::default(),
+        notes: Vec::new(),
+        neigh_expired_at: now,
+    };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
     {
         let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
@@ -181,11 +206,26 @@ impl Control {
             sh.control.counters.handshakes_processed.fetch_add(1, Ordering::Relaxed);
             work += 1;
         }
-        // Events from the workers, then our own, until quiet.
-        for _ in 0..4096 {
-            let Some(e) = sh.handoff.events.pop() else { break };
-            self.out.events.push(e);
+        // Peers removed by configuration leave the wheel (unless their id names a new peer).
+        let removed = std::mem::take(&mut *sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in removed {
+            if dev.peer(id).is_none() {
+                self.wheel.remove(id);
+            }
         }
+        // Notifications from the workers, for peers that still exist (a removed peer's were
+        // cleared; its id may name a new peer, whose notifications these then are).
+        let mut notes = std::mem::take(&mut self.notes);
+        work += sh.handoff.notes.drain(&mut self.walk, NOTE_BUDGET, |p| notes.push(p));
+        for p in notes.drain(..) {
+            if dev.peer(p.peer()).is_some() {
+                for e in p.events() {
+                    self.event(&dev, now, e);
+                }
+            }
+        }
+        self.notes = notes;
+        // Our own events, until quiet (what is left waits in `out` for the next iteration).
         for _ in 0..8 {
             if self.out.events.is_empty() {
                 break;
@@ -207,6 +247,11 @@ impl Control {
         work += due.len();
         self.due = due;
         self.due.clear();
+        // Frames waiting for a next hop that never answered.
+        if now.as_nanos().saturating_sub(self.neigh_expired_at.as_nanos()) >= NEIGH_EXPIRE_NS {
+            self.neigh_expired_at = now;
+            sh.data.neigh.expire(now);
+        }
         // Control messages to the workers' WAN queues.
         let transmits: Vec<Transmit> = self.out.transmits.drain(..).collect();
         for t in transmits {
@@ -218,13 +263,23 @@ impl Control {
             if let Some(mut b) = self.pool.alloc() {
                 if let Ok(d) = b.append(t.payload().len()) {
                     d.copy_from_slice(t.payload());
-                    let _ = sh.handoff.tx_jobs.push(TxJob { to: t.to, buf: b, tos });
+                    self.send(TxJob { to: t.to, buf: b, tos });
                 }
+            } else {
+                sh.control.counters.tx_jobs_dropped.fetch_add(1, Ordering::Relaxed);
             }
             work += 1;
         }
         *sh.control.counters.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.out.stats.clone();
+        sh.control.counters.wheel_entries.store(self.wheel.len() as u64, Ordering::Relaxed);
         work
+    }
+
+    /// Hand a message to the workers (counted if their queue is full).
+    fn send(&self, job: TxJob) {
+        if self.sh.handoff.tx_jobs.push(job).is_err() {
+            self.sh.control.counters.tx_jobs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn event(&mut self, dev: &Device, now: Timestamp, e: Event) {
@@ -232,13 +287,15 @@ impl Control {
             Event::HandshakeWanted(p) => {
                 let _ = dev.initiate(now, &mut OsRng, p, &mut self.out);
             }
-            Event::Wake { peer, at } => self.wheel.insert(at, peer),
+            Event::Wake { peer, at } => {
+                self.wheel.insert(at, peer);
+            }
             Event::GiveUp(p) => {
-                let n = self.sh.handoff.take_staged(p).len();
+                let n = self.sh.handoff.staging.take(p).len();
                 self.sh.control.counters.staged_dropped_giveup.fetch_add(n as u64, Ordering::Relaxed);
             }
             Event::SessionReady(p) | Event::SessionConfirmed(p) => {
-                let staged = self.sh.handoff.take_staged(p);
+                let staged = self.sh.handoff.staging.take(p);
                 if staged.is_empty() {
                     if matches!(e, Event::SessionReady(_)) {
                         let _ = dev.send_keepalive(now, p, &mut self.out);
@@ -253,13 +310,16 @@ impl Control {
                     match dev.encapsulate_to(now, p, buf.data_and_tailroom_mut(), len, &mut self.out) {
                         Ok(e) => {
                             if buf.set_len(e.len).is_ok() {
-                                let _ = self.sh.handoff.tx_jobs.push(TxJob { to: e.to, buf, tos: 0 });
+                                self.send(TxJob { to: e.to, buf, tos: 0 });
                                 self.sh.control.counters.staged_flushed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Err(DropReason::NoSession) => {
                             let _ = buf.trim_front(DATA_HEADER_LEN);
-                            self.sh.handoff.stage(p, buf);
+                            let d = self.sh.handoff.staging.stage(p, buf);
+                            let c = &self.sh.control.counters;
+                            c.staged_dropped_restage
+                                .fetch_add(u64::from(d.peer_cap) + u64::from(d.pool_cap), Ordering::Relaxed);
                         }
                         Err(_) => {}
                     }

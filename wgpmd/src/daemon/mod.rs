@@ -7,10 +7,18 @@
 //!  worker: classify ─ ARP/ND/echo: reply in place     worker: route → encapsulate in place
 //!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
 //!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
+//!        │ events: pending bits + dirty list ───────┤
 //!        ▼                                          ▼
-//!   inner tx_burst                      control core: handshakes (budget), events, timer
-//!                                       wheel, UAPI, staged flush → tx jobs → workers
+//!   inner tx_burst                      control core: handshakes (budget), notifications
+//!                                       (budget), timer wheel, UAPI, staged flush → tx jobs
+//!                                       → workers
 //! ```
+//!
+//! Every table is bounded and has a gauge in `wgpmd stats`: the wheel holds one entry per
+//! peer (`wheel.rs`), notifications are per-peer bits that an overflow delays but never loses
+//! (`notify.rs`), staged packets are bounded per peer and per buffer pool (`staging.rs`), the
+//! neighbour table and its waiting frames have caps ([`crate::wan`]), and the handshake and
+//! transmit queues are fixed.
 //!
 //! The WAN side's frames (classification, replies, neighbours, outer headers) are the sans-IO
 //! [`crate::wan`]; the workers apply it to their buffers.
@@ -18,17 +26,18 @@
 //! The state they share is split by who uses it (`Shared`): the read-mostly `DataPlane` the
 //! workers read per packet (the `Device` behind an `RwLock`: workers and the control core take
 //! the read lock once per burst, configuration (UAPI `set`) takes the write lock briefly; the
-//! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` queues between
-//! workers and the control core (bounded and lock-free, plus the staged packets), and the
-//! `ControlPlane` only the control side touches.
+//! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` between
+//! workers and the control core (bounded queues, the notifications and the staged packets),
+//! and the `ControlPlane` only the control side touches.
 
 mod control;
 pub mod cores;
+mod notify;
+mod staging;
 mod stats;
 pub mod wheel;
 mod worker;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -38,8 +47,8 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use nic_backends::{Buffer, Fanout, Port, PortOptions};
 
-use wgpmd_proto::device::{Device, Event, PeerId};
-use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, MAX_STAGED_PACKETS};
+use wgpmd_proto::device::{Device, PeerId};
+use wgpmd_proto::messages::{INITIATION_LEN, MAX_PEERS_PER_DEVICE, MAX_QUEUED_INCOMING_HANDSHAKES};
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::uapi::InterfaceState;
 use wgpmd_proto::wire::EthernetAddress;
@@ -85,6 +94,9 @@ pub struct DaemonConfig {
     /// How long a neighbour entry is used before it is refreshed (default 30 s; tests shorten
     /// it with the hidden `--neigh-reachable-ms`).
     pub neigh_reachable: Option<std::time::Duration>,
+    /// Most entries of the neighbour table (default [`crate::wan::DEFAULT_MAX_ENTRIES`]; tests
+    /// change it with the hidden `--neigh-max-entries`).
+    pub neigh_max_entries: Option<usize>,
     /// Cores, EAL-style.
     pub cores: Vec<usize>,
     /// Run the control plane on the first worker's core.
@@ -158,48 +170,59 @@ pub(crate) struct DataPlane {
     pub poll: PollMode,
 }
 
-/// The hand-off between the workers and the control core: bounded queues both ways, and the
-/// packets staged for peers without a session.
+/// The hand-off between the workers and the control core, every part bounded: handshake
+/// messages and transmit jobs in fixed queues, notifications as per-peer pending words
+/// (`notify.rs`: never lost), and the packets staged for peers without a session
+/// (`staging.rs`: bounded per peer and per buffer pool).
 pub(crate) struct Handoff {
     /// Handshake messages from the workers (the kernel's bound; its depth is the under-load
     /// input).
     pub handshakes: ArrayQueue<HandshakeJob>,
-    /// Events from the workers' device calls.
-    pub events: ArrayQueue<Event>,
+    /// Notifications from the workers' device calls.
+    pub notes: notify::Notes,
     /// Messages the control core wants sent; any worker sends them.
     pub tx_jobs: ArrayQueue<TxJob>,
-    /// Inner packets waiting for a peer's session (at most MAX_STAGED_PACKETS per peer).
-    staged: Mutex<HashMap<PeerId, VecDeque<Buffer>>>,
+    /// Inner packets waiting for a peer's session.
+    pub staging: staging::Staging,
 }
+
+/// Transmit jobs waiting for a worker.
+pub(crate) const TX_JOBS: usize = 8192;
 
 impl Handoff {
     fn new() -> Self {
         Handoff {
             handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
-            events: ArrayQueue::new(65_536),
-            tx_jobs: ArrayQueue::new(8192),
-            staged: Mutex::new(HashMap::new()),
+            notes: notify::Notes::new(MAX_PEERS_PER_DEVICE, notify::DIRTY_CAPACITY),
+            tx_jobs: ArrayQueue::new(TX_JOBS),
+            staging: staging::Staging::default(),
         }
     }
 
-    /// Stage an inner packet for a peer with no session (at most MAX_STAGED_PACKETS; the
-    /// oldest goes first). Returns false if one was dropped.
-    pub fn stage(&self, peer: PeerId, buf: Buffer) -> bool {
-        let mut s = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        let q = s.entry(peer).or_default();
-        let mut kept = true;
-        if q.len() >= MAX_STAGED_PACKETS {
-            q.pop_front();
-            kept = false;
+    /// After a configuration change (under the device's write lock, so no worker is between
+    /// a device call and its notification): forget what was pending or staged for the peers
+    /// that are gone (their ids may already name new peers), and make room for new peers'
+    /// notifications. Returns the ids that are gone, for the control core's wheel.
+    pub fn peers_changed(&self, before: &[(PeerId, [u8; 32])], dev: &Device) -> Vec<PeerId> {
+        let gone: Vec<PeerId> = before
+            .iter()
+            .filter(|(id, key)| dev.peer(*id).is_none_or(|p| p.public_key() != key))
+            .map(|(id, _)| *id)
+            .collect();
+        for &id in &gone {
+            self.notes.clear(id);
+            drop(self.staging.take(id));
         }
-        q.push_back(buf);
-        kept
+        for p in dev.peers() {
+            self.notes.ensure(p.id());
+        }
+        gone
     }
+}
 
-    /// Take every packet staged for `peer`.
-    pub fn take_staged(&self, peer: PeerId) -> VecDeque<Buffer> {
-        self.staged.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer).unwrap_or_default()
-    }
+/// Every peer's id and public key (to tell, after a configuration change, which are gone).
+pub(crate) fn peer_keys(dev: &Device) -> Vec<(PeerId, [u8; 32])> {
+    dev.peers().map(|p| (p.id(), *p.public_key())).collect()
 }
 
 /// What the control side owns (the control core, the UAPI handler, the stats socket's thread);
@@ -215,6 +238,8 @@ pub(crate) struct ControlPlane {
     pub wan_extra: Option<nic_backends::ExtraStats>,
     /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
     pub wan_link_up: AtomicBool,
+    /// Peers removed by configuration, for the control core to take off its wheel.
+    pub removed: Mutex<Vec<PeerId>>,
 }
 
 /// Everything the workers and the control side share, by who uses it.
@@ -376,10 +401,15 @@ pub fn run_with_ports(
             device: RwLock::new(dev),
             listen_port: AtomicU16::new(iface.listen_port),
             wan: Wan { mac: EthernetAddress(mac), v4: cfg.wan_v4, v6: cfg.wan_v6, vlan: cfg.vlan },
-            neigh: Neighbours::with_timing(NeighTiming {
-                reachable_ns: cfg.neigh_reachable.map_or(NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
-                ..NeighTiming::default()
-            }),
+            neigh: Neighbours::with_config(
+                NeighTiming {
+                    reachable_ns: cfg
+                        .neigh_reachable
+                        .map_or(NeighTiming::default().reachable_ns, |d| d.as_nanos() as u64),
+                    ..NeighTiming::default()
+                },
+                cfg.neigh_max_entries.unwrap_or(crate::wan::DEFAULT_MAX_ENTRIES),
+            ),
             clock,
             poll: cfg.poll,
         },
@@ -390,13 +420,18 @@ pub fn run_with_ports(
             counters: stats::ControlCounters::default(),
             wan_extra: wan_port.extra_stats(),
             wan_link_up: AtomicBool::new(wan_port.link_up()),
+            removed: Mutex::new(Vec::new()),
         },
         workers: (0..nworkers).map(|_| WorkerCounters::default()).collect(),
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
+    {
+        let dev = shared.data.device.read().unwrap_or_else(|e| e.into_inner());
+        shared.handoff.peers_changed(&[], &dev);
+    }
     for e in boot_out.events.drain(..) {
-        let _ = shared.handoff.events.push(e);
+        shared.handoff.notes.post(&e);
     }
     tracing::info!(
         "{}: WAN {} ({}{}{}), inner {}, {} worker(s) on cores {:?}, control on core {}, listening on UDP {}",

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use nic_backends::QueueStats;
 
 use super::Shared;
-use crate::wan::WanDrop;
+use crate::wan::{Refusal, WanDrop};
 use wgpmd_proto::device::{DropReason, Stats};
 
 /// Directory of the stats sockets.
@@ -29,10 +29,10 @@ pub(crate) struct Local {
     pub handshakes_queued: u64,
     pub handshake_queue_full: u64,
     pub staged_dropped: u64,
+    pub staged_dropped_cap: u64,
     pub unresolved_dropped: u64,
     pub wan_tx_dropped: u64,
     pub inner_tx_dropped: u64,
-    pub events_dropped: u64,
     pub no_ipv6_wan: u64,
     pub no_route: u64,
     pub pmtu_icmp_sent: u64,
@@ -64,6 +64,12 @@ pub(crate) struct ControlCounters {
     pub stats: Mutex<Stats>,
     pub staged_flushed: AtomicU64,
     pub staged_dropped_giveup: AtomicU64,
+    /// Staged packets dropped when a flush found no session and staged them again.
+    pub staged_dropped_restage: AtomicU64,
+    /// Control messages not sent: no buffer, or the workers' queue full.
+    pub tx_jobs_dropped: AtomicU64,
+    /// Entries on the timer wheel (a gauge, at most one per peer).
+    pub wheel_entries: AtomicU64,
 }
 
 /// Every counter as `key=value` lines.
@@ -89,10 +95,10 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("handshakes_queued", l.handshakes_queued),
             ("handshake_queue_full", l.handshake_queue_full),
             ("staged_dropped", l.staged_dropped),
+            ("staged_dropped_cap", l.staged_dropped_cap),
             ("unresolved_dropped", l.unresolved_dropped),
             ("wan_tx_dropped", l.wan_tx_dropped),
             ("inner_tx_dropped", l.inner_tx_dropped),
-            ("events_dropped", l.events_dropped),
             ("no_ipv6_wan", l.no_ipv6_wan),
             ("no_route", l.no_route),
             ("pmtu_icmp_sent", l.pmtu_icmp_sent),
@@ -130,6 +136,8 @@ pub(crate) fn render(sh: &Shared) -> String {
     line("control.handshakes_processed", c.handshakes_processed.load(Ordering::Relaxed));
     line("control.staged_flushed", c.staged_flushed.load(Ordering::Relaxed));
     line("control.staged_dropped_giveup", c.staged_dropped_giveup.load(Ordering::Relaxed));
+    line("control.staged_dropped_restage", c.staged_dropped_restage.load(Ordering::Relaxed));
+    line("control.tx_jobs_dropped", c.tx_jobs_dropped.load(Ordering::Relaxed));
     let st = c.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for (k, v) in [
         ("mac1_valid", st.mac1_valid),
@@ -144,7 +152,7 @@ pub(crate) fn render(sh: &Shared) -> String {
     for r in DropReason::ALL {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
-    line("neighbours", sh.data.neigh.len() as u64);
+    bounded(sh, &mut line);
     line("wan_link_up", u64::from(sh.control.wan_link_up.load(Ordering::Relaxed)));
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
     if let Some(extra) = &sh.control.wan_extra {
@@ -153,6 +161,46 @@ pub(crate) fn render(sh: &Shared) -> String {
         }
     }
     s
+}
+
+/// The size of every bounded structure (gauges) and what keeping each bound cost (counters):
+/// see docs/OPERATIONS.md.
+fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
+    let (peers, with_session) = {
+        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        (dev.peer_count(), dev.peers().filter(|p| p.current_local_index().is_some()).count())
+    };
+    let h = &sh.handoff;
+    let n = sh.data.neigh.stats();
+    let staged_dropped_cap: u64 = sh.workers.iter().map(|w| w.load().staged_dropped_cap).sum();
+    for (k, v) in [
+        ("peers", peers as u64),
+        ("peers_with_session", with_session as u64),
+        ("wheel_entries", sh.control.counters.wheel_entries.load(Ordering::Relaxed)),
+        ("event_queue_depth", h.notes.depth() as u64),
+        ("event_queue_capacity", super::notify::DIRTY_CAPACITY as u64),
+        ("events_overflowed", h.notes.overflows()),
+        ("handshake_queue_depth", h.handshakes.len() as u64),
+        ("handshake_queue_capacity", h.handshakes.capacity() as u64),
+        ("tx_jobs_depth", h.tx_jobs.len() as u64),
+        ("tx_jobs_capacity", super::TX_JOBS as u64),
+        ("staged_packets", h.staging.len() as u64),
+        ("staged_capacity", h.staging.capacity() as u64),
+        ("staged_dropped_cap", staged_dropped_cap),
+        ("neigh_entries", n.entries as u64),
+        ("neigh_probation", n.probation as u64),
+        ("neigh_max_entries", sh.data.neigh.max_entries() as u64),
+        ("neigh_parked_hops", n.parked_hops as u64),
+        ("neigh_parked_frames", n.parked_frames as u64),
+        ("neigh_evicted", n.evicted),
+        ("neigh_resolutions_failed", n.failed),
+        ("neigh_parked_expired", n.expired_frames),
+    ] {
+        line(k, v);
+    }
+    for r in Refusal::ALL {
+        line(&format!("neigh_refused_{}", r.name()), n.refused[r as usize]);
+    }
 }
 
 /// Serves `render` on /var/run/wgpmd/<name>.sock until dropped.

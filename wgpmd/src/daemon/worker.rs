@@ -12,7 +12,7 @@ use nic_backends::{Buffer, Pool, Queue};
 
 use super::stats::Local;
 use super::{HandshakeJob, PollMode, Shared};
-use crate::wan::{self, icmp, Classified, NeighCache, Outer, Unroutable};
+use crate::wan::{self, icmp, Classified, Heard, NeighCache, Outer, Unroutable};
 use wgpmd_proto::device::{inner_dst, Device, DropReason, Output};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, INITIATION_LEN, MESSAGE_DATA};
 use wgpmd_proto::time::Timestamp;
@@ -43,6 +43,7 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool) -> Self {
+        sh.handoff.staging.register_pool(&pool);
         Worker {
             id,
             sh,
@@ -75,10 +76,13 @@ impl Worker {
                 let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
                 work += self.wan_rx(&dev, now);
                 work += self.inner_rx(&dev, now);
+                // Under the read lock: configuration, which clears a removed peer's
+                // notifications, never runs between a device call and its notification.
+                self.post_events();
             }
             work += self.tx_jobs(now);
             self.flush();
-            self.forward_events();
+            self.forward_transmits();
             iter += 1;
             if iter.is_multiple_of(64) {
                 self.publish();
@@ -134,14 +138,14 @@ impl Worker {
         for mut buf in rx.drain(..) {
             match wan.classify(buf.data(), port) {
                 Ok(Classified::ArpRequest { ip, mac }) => {
-                    self.learn(ip, mac, now);
+                    self.learn(ip, mac, Heard::Asked, now);
                     if let Some(len) = wan.arp_reply_in_place(buf.data_mut()) {
                         buf.truncate(len);
                         self.wan_tx.push(buf);
                         self.c.arp_replies += 1;
                     }
                 }
-                Ok(Classified::ArpLearn { ip, mac }) => self.learn(ip, mac, now),
+                Ok(Classified::ArpLearn { ip, mac }) => self.learn(ip, mac, Heard::Answer, now),
                 Ok(Classified::EchoRequest) => {
                     if let Some(len) = wan.echo_reply_in_place(buf.data_mut()) {
                         buf.truncate(len);
@@ -162,7 +166,7 @@ impl Worker {
                 }
                 Ok(Classified::NeighborSolicit { ip, mac, learn }) => {
                     if learn {
-                        self.learn(ip, mac, now);
+                        self.learn(ip, mac, Heard::Asked, now);
                     }
                     // Answered from a fresh buffer: the solicitation may be too short for the
                     // advertisement with its option. The request buffer goes back to the pool.
@@ -176,7 +180,7 @@ impl Worker {
                         }
                     }
                 }
-                Ok(Classified::NeighborLearn { ip, mac }) => self.learn(ip, mac, now),
+                Ok(Classified::NeighborLearn { ip, mac }) => self.learn(ip, mac, Heard::Answer, now),
                 Err(r) => self.c.wan_drops[r as usize] += 1,
             }
         }
@@ -190,7 +194,7 @@ impl Worker {
         // The sender's MAC is the next hop back to it: learn from authenticated traffic.
         if let Some(hop) = self.sh.data.wan.next_hop(src.ip()) {
             if !self.neigh.confirmed(hop, src_mac, now) {
-                self.learn(hop, src_mac, now);
+                self.learn(hop, src_mac, Heard::Traffic, now);
                 // Cache it again (fresh now) so the next packets skip the check.
                 self.neigh.lookup(&self.sh.data.neigh, hop, now);
             }
@@ -248,9 +252,9 @@ impl Worker {
                 }
                 Err(DropReason::NoSession) => {
                     let _ = buf.trim_front(DATA_HEADER_LEN);
-                    if !self.sh.handoff.stage(peer, buf) {
-                        self.c.staged_dropped += 1;
-                    }
+                    let d = self.sh.handoff.staging.stage(peer, buf);
+                    self.c.staged_dropped += u64::from(d.peer_cap);
+                    self.c.staged_dropped_cap += u64::from(d.pool_cap);
                 }
                 Err(_) => {}
             }
@@ -329,11 +333,9 @@ impl Worker {
             }
             return;
         }
-        let (ask, dropped) = self.sh.data.neigh.park(route.hop, buf, now);
-        if dropped {
-            self.c.unresolved_dropped += 1;
-        }
-        if ask {
+        let parked = self.sh.data.neigh.park(route.hop, buf, now);
+        self.c.unresolved_dropped += parked.dropped as u64;
+        if parked.ask {
             self.solicit(route.hop);
         }
     }
@@ -351,11 +353,13 @@ impl Worker {
         }
     }
 
-    fn learn(&mut self, ip: impl Into<IpAddr>, mac: EthernetAddress, now: Timestamp) {
+    /// Learn a neighbour as the table's rules allow (refusals are counted there).
+    fn learn(&mut self, ip: impl Into<IpAddr>, mac: EthernetAddress, heard: Heard, now: Timestamp) {
         let ip = ip.into();
+        let Ok(frames) = self.sh.data.neigh.learn(&self.sh.data.wan, ip, mac, heard, now) else { return };
         // Our copy may be the old address; the others drop theirs at the generation change.
         self.neigh.forget(ip);
-        for mut f in self.sh.data.neigh.learn(ip, mac, now) {
+        for mut f in frames {
             wan::set_dst_mac(f.data_mut(), mac);
             self.wan_tx.push(f);
         }
@@ -378,12 +382,14 @@ impl Worker {
         }
     }
 
-    fn forward_events(&mut self) {
+    /// Hand the burst's events to the control core (never lost: see `notify.rs`).
+    fn post_events(&mut self) {
         for e in self.out.events.drain(..) {
-            if self.sh.handoff.events.push(e).is_err() {
-                self.c.events_dropped += 1;
-            }
+            self.sh.handoff.notes.post(&e);
         }
+    }
+
+    fn forward_transmits(&mut self) {
         // The data path sends no control messages itself; anything here is a keepalive (rare:
         // most iterations stop here, without a clock read or a vector to build).
         if self.out.transmits.is_empty() {

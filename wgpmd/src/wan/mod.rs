@@ -41,7 +41,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use wgpmd_proto::wire::EthernetAddress;
 
 pub use classify::{Classified, WanDrop};
-pub use neigh::{NeighTiming, Neighbours, Resolution, MAX_PENDING_PER_HOP};
+pub use neigh::{
+    Heard, NeighStats, NeighTiming, Neighbours, Parked, Refusal, Resolution, DEFAULT_MAX_ENTRIES, MAX_PARKED,
+    MAX_PENDING_PER_HOP,
+};
 pub use neigh_cache::NeighCache;
 pub use outer::{Outer, OUTER_V4_LEN, OUTER_V4_VLAN_LEN, OUTER_V6_LEN, OUTER_V6_VLAN_LEN};
 pub use reply::{multicast_mac, set_dst_mac, solicited_node, ARP_FRAME_LEN, ND_FRAME_LEN, SOLICIT_ROOM};
@@ -166,6 +169,33 @@ impl Wan {
     pub fn next_hop(&self, dst: IpAddr) -> Option<IpAddr> {
         self.route(dst).ok().map(|r| r.hop)
     }
+
+    /// Whether `ip` can be a neighbour worth a table entry: a gateway, or a unicast address on
+    /// our subnet (IPv6: or link-local) other than ours and other than the subnet's broadcast
+    /// address.
+    pub fn may_be_neighbour(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.v4.is_some_and(|w| {
+                let p = u32::from(w.prefix.min(32));
+                let host_mask = if p == 0 { u32::MAX } else { u32::MAX >> p };
+                let subnet_broadcast = p <= 30 && u32::from(a) & host_mask == host_mask;
+                w.gateway == Some(a)
+                    || (w.on_link(a)
+                        && a != w.addr
+                        && !a.is_unspecified()
+                        && !a.is_multicast()
+                        && !a.is_broadcast()
+                        && !subnet_broadcast)
+            }),
+            IpAddr::V6(a) => self.v6.is_some_and(|w| {
+                w.gateway == Some(a)
+                    || ((w.on_link(a) || a.is_unicast_link_local())
+                        && a != w.addr
+                        && !a.is_unspecified()
+                        && !a.is_multicast())
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +229,41 @@ mod tests {
         assert_eq!(w.route(ip("192.0.2.9")), Err(Unroutable::NoIpv4Address));
         assert_eq!(w.ipv4(), None);
         assert_eq!(w.ipv6(), Some("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn who_may_be_a_neighbour() {
+        let w = Wan {
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            v4: Some(WanAddr {
+                addr: Ipv4Addr::new(192, 0, 2, 1),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(198, 51, 100, 1)),
+            }),
+            v6: Some(WanAddr { addr: "2001:db8::1".parse().unwrap(), prefix: 64, gateway: None }),
+            vlan: None,
+        };
+        for (a, want) in [
+            ("192.0.2.9", true),
+            ("198.51.100.1", true), // the gateway, even off the subnet
+            ("192.0.2.1", false),   // ours
+            ("192.0.2.255", false), // the subnet's broadcast
+            ("192.0.3.9", false),   // off the subnet
+            ("0.0.0.0", false),
+            ("255.255.255.255", false),
+            ("224.0.0.1", false),
+            ("2001:db8::9", true),
+            ("fe80::9", true), // link-local is always on link
+            ("2001:db8::1", false),
+            ("2001:db9::9", false),
+            ("ff02::1", false),
+            ("::", false),
+        ] {
+            assert_eq!(w.may_be_neighbour(ip(a)), want, "{a}");
+        }
+        assert!(!Wan { v4: None, ..w }.may_be_neighbour(ip("192.0.2.9")), "no IPv4 address");
+        let p31 = Wan { v4: Some(WanAddr { addr: Ipv4Addr::new(10, 0, 0, 0), prefix: 31, gateway: None }), ..w };
+        assert!(p31.may_be_neighbour(ip("10.0.0.1")), "a /31 has no broadcast address");
     }
 
     #[test]

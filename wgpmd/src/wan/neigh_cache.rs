@@ -105,9 +105,18 @@ impl NeighCache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::NeighTiming;
+    use super::super::{Heard, NeighTiming, Wan, WanAddr};
     use super::*;
     use std::net::Ipv4Addr;
+
+    fn wan() -> Wan {
+        Wan {
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            v4: Some(WanAddr { addr: Ipv4Addr::new(10, 0, 0, 1), prefix: 24, gateway: None }),
+            v6: None,
+            vlan: None,
+        }
+    }
 
     #[test]
     fn neighbour_cache_follows_the_shared_table() {
@@ -118,17 +127,17 @@ mod tests {
         let mut c = NeighCache::new();
         c.sync(&shared);
         assert_eq!(c.lookup(&shared, ip, now).mac, None, "unresolved hops are not cached");
-        shared.learn(ip, a, now);
+        shared.learn(&wan(), ip, a, Heard::Traffic, now).unwrap();
         assert_eq!(c.lookup(&shared, ip, now).mac, Some(a));
         let g = shared.generation();
-        shared.learn(ip, a, now);
+        shared.learn(&wan(), ip, a, Heard::Traffic, now).unwrap();
         assert_eq!(shared.generation(), g, "learning what is known changes nothing");
         // Another worker learns a new address: ours holds the old one until the next sync.
-        shared.learn(ip, b, now);
+        shared.learn(&wan(), ip, b, Heard::Traffic, now).unwrap();
         assert_eq!(c.lookup(&shared, ip, now).mac, Some(a));
         c.sync(&shared);
         assert_eq!(c.lookup(&shared, ip, now).mac, Some(b));
-        shared.learn(other, a, now);
+        shared.learn(&wan(), other, a, Heard::Traffic, now).unwrap();
         c.sync(&shared);
         assert_eq!((c.lookup(&shared, ip, now).mac, c.lookup(&shared, other, now).mac), (Some(b), Some(a)));
         c.forget(ip);
@@ -141,7 +150,7 @@ mod tests {
         let ip = Ipv4Addr::new(10, 0, 0, 2);
         let a = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
         let mut c = NeighCache::new();
-        shared.learn(ip, a, Timestamp::from_nanos(1));
+        shared.learn(&wan(), ip, a, Heard::Traffic, Timestamp::from_nanos(1)).unwrap();
         c.sync(&shared);
         let r = c.lookup(&shared, ip, Timestamp::from_nanos(10));
         assert_eq!((r.mac, r.probe), (Some(a), false));
