@@ -1,0 +1,190 @@
+//! What the SIMD kernels share: the work of a burst cut into pieces that fit SIMD lanes.
+//!
+//! ChaCha20: every 64-byte block of every message is a [`Job`] (lane, block counter, destination).
+//! Jobs are independent, so a kernel fills each of its 16 (or 8) 32-bit SIMD lanes with any job,
+//! of any message: a burst of uneven messages wastes at most one partly filled vector per phase.
+//! The [`KeyTable`] holds every lane's key and nonce words, transposed, so a kernel builds the
+//! state of a vector of jobs with one permute per word.
+//!
+//! Poly1305: a message is a chain, so one 64-bit SIMD lane follows one message. A [`PolyPlan`]
+//! says which 16-byte block each lane absorbs at each step. Lanes are aligned at the *end*:
+//! a message of `n` blocks in a plan of `steps` steps starts absorbing at step `steps - n`, and
+//! before that absorbs zero blocks without the 2^128 bit, which leave its accumulator at zero
+//! (`(0 + 0) * r = 0`). So no lane is ever masked, and every lane is done at the last step. The
+//! plan is a short list of [`Epoch`]s, stretches of steps in which every lane reads from one
+//! contiguous run (a stride of 16 bytes) or one fixed block (stride 0).
+
+use std::marker::PhantomData;
+
+use zeroize::Zeroize;
+
+use crate::{Lane, MAX_LANES};
+
+/// One ChaCha20 block to compute: key and nonce of lane `lane`, block counter `counter`, key
+/// stream XORed into `dst` (1 to 64 bytes; the first `dst.len()` bytes of the block).
+pub(crate) struct Job<'a> {
+    pub lane: u32,
+    pub counter: u32,
+    pub dst: &'a mut [u8],
+}
+
+/// The ChaCha20 blocks of `lanes` selected by `mask`, lane after lane, counters from 1.
+///
+/// The caller has checked the lengths ([`crate::MAX_MESSAGE_LEN`]), so counters fit in 32 bits.
+pub(crate) fn data_jobs<'a, 'l: 'a>(
+    lanes: &'a mut [Lane<'l>],
+    mask: u16,
+) -> impl Iterator<Item = Job<'a>> + use<'a, 'l> {
+    lanes.iter_mut().enumerate().filter(move |(i, _)| mask & (1 << i) != 0).flat_map(|(i, lane)| {
+        lane.buf.chunks_mut(64).enumerate().map(move |(b, dst)| Job { lane: i as u32, counter: b as u32 + 1, dst })
+    })
+}
+
+/// Block 0 of the first `out.len()` lanes, XORed into `out` (zeroed by the caller, so it receives
+/// the key stream: the one-time Poly1305 keys in the first 32 bytes).
+pub(crate) fn key_jobs(out: &mut [[u8; 64]]) -> impl Iterator<Item = Job<'_>> {
+    out.iter_mut().enumerate().map(|(i, dst)| Job { lane: i as u32, counter: 0, dst: &mut dst[..] })
+}
+
+/// The key and nonce words of up to [`MAX_LANES`] lanes, transposed: `words[w][lane]` is word
+/// `w` (key words 0 to 7, then nonce words 0 to 2) of lane `lane`. Wiped on drop.
+pub(crate) struct KeyTable {
+    pub words: [[u32; MAX_LANES]; 11],
+}
+
+impl KeyTable {
+    /// The table of `(key, nonce)` pairs, at most [`MAX_LANES`] (more are ignored).
+    pub fn new<'k>(lanes: impl Iterator<Item = (&'k [u8; 32], &'k [u8; 12])>) -> Self {
+        let mut words = [[0u32; MAX_LANES]; 11];
+        for (l, (key, nonce)) in lanes.take(MAX_LANES).enumerate() {
+            for (w, c) in key.chunks_exact(4).chain(nonce.chunks_exact(4)).enumerate() {
+                words[w][l] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        KeyTable { words }
+    }
+}
+
+impl Drop for KeyTable {
+    fn drop(&mut self) {
+        self.words.zeroize();
+    }
+}
+
+/// A run of whole 16-byte Poly1305 blocks of one lane's input, with or without the 2^128 bit.
+#[derive(Clone, Copy)]
+pub(crate) struct Piece<'a> {
+    /// The blocks: a multiple of 16 bytes (a shorter remainder is not absorbed).
+    pub data: &'a [u8],
+    /// Whether each block gets the 2^128 bit.
+    pub hibit: bool,
+}
+
+/// The AEAD's Poly1305 input for one lane (RFC 8439 §2.8): the additional data and the
+/// ciphertext, each zero-padded to 16 bytes, then their lengths. `tails` is the lane's scratch for
+/// the padded last blocks and the length block.
+pub(crate) fn aead_pieces<'a>(aad: &'a [u8], ct: &'a [u8], tails: &'a mut [[u8; 16]; 3]) -> [Piece<'a>; 5] {
+    let (a_full, a_rest) = aad.split_at(aad.len() & !15);
+    let (c_full, c_rest) = ct.split_at(ct.len() & !15);
+    tails[0] = [0; 16];
+    tails[0][..a_rest.len()].copy_from_slice(a_rest);
+    tails[1] = [0; 16];
+    tails[1][..c_rest.len()].copy_from_slice(c_rest);
+    tails[2][..8].copy_from_slice(&(aad.len() as u64).to_le_bytes());
+    tails[2][8..].copy_from_slice(&(ct.len() as u64).to_le_bytes());
+    let [t0, t1, t2] = tails;
+    let tail = |t: &'a [u8; 16], used: bool| Piece { data: if used { &t[..] } else { &[] }, hibit: true };
+    [
+        Piece { data: a_full, hibit: true },
+        tail(t0, !a_rest.is_empty()),
+        Piece { data: c_full, hibit: true },
+        tail(t1, !c_rest.is_empty()),
+        tail(t2, true),
+    ]
+}
+
+/// Most pieces a lane's input has (the AEAD's five).
+pub(crate) const MAX_PIECES: usize = 5;
+
+/// One zero block: what a lane reads before its input starts.
+static ZERO_BLOCK: [u8; 16] = [0; 16];
+
+#[derive(Clone, Copy)]
+struct Seg {
+    /// First step after the segment.
+    end: usize,
+    /// Its first block.
+    ptr: *const u8,
+    /// 16 (a run of blocks) or 0 (the zero block, read again and again).
+    stride: usize,
+    hibit: bool,
+}
+
+/// Which block each of up to [`MAX_LANES`] lanes absorbs at each step (see the module doc).
+///
+/// Invariant the kernels rely on: for every [`Epoch`] it yields, `ptr[l] + stride[l] * k` for
+/// `k < end - start` points at 16 readable bytes, borrowed for `'a`.
+pub(crate) struct PolyPlan<'a> {
+    steps: usize,
+    segs: [[Seg; MAX_PIECES + 1]; MAX_LANES],
+    _input: PhantomData<&'a [u8]>,
+}
+
+/// A stretch of steps `start..end` in which lane `l` reads the block at
+/// `ptr[l] + stride[l] * (step - start)`, with the 2^128 bit if bit `l` of `hibit` is set.
+pub(crate) struct Epoch {
+    pub start: usize,
+    pub end: usize,
+    pub ptr: [*const u8; MAX_LANES],
+    pub stride: [usize; MAX_LANES],
+    pub hibit: u16,
+}
+
+impl<'a> PolyPlan<'a> {
+    /// The plan for `lanes` (at most [`MAX_LANES`]; more are ignored), each a list of pieces in
+    /// order. Lanes past the last read zero blocks throughout.
+    pub fn new(lanes: &[[Piece<'a>; MAX_PIECES]]) -> Self {
+        let blocks = |p: &[Piece<'_>]| p.iter().map(|p| p.data.len() / 16).sum::<usize>();
+        let steps = lanes.iter().take(MAX_LANES).map(|l| blocks(l)).max().unwrap_or(0);
+        let zero = Seg { end: steps, ptr: ZERO_BLOCK.as_ptr(), stride: 0, hibit: false };
+        let mut segs = [[zero; MAX_PIECES + 1]; MAX_LANES];
+        for (l, pieces) in lanes.iter().take(MAX_LANES).enumerate() {
+            let mut t = steps - blocks(pieces);
+            segs[l][0].end = t;
+            for (s, p) in pieces.iter().enumerate() {
+                t += p.data.len() / 16;
+                // An empty piece is an empty segment: `end` equal to the previous one, skipped.
+                segs[l][s + 1] = Seg { end: t, ptr: p.data.as_ptr(), stride: 16, hibit: p.hibit };
+            }
+        }
+        PolyPlan { steps, segs, _input: PhantomData }
+    }
+
+    /// The epochs, in order, covering steps `0..steps()`.
+    pub fn epochs(&self) -> impl Iterator<Item = Epoch> + '_ {
+        let mut cur = [0usize; MAX_LANES];
+        let mut start = 0usize;
+        std::iter::from_fn(move || {
+            if start >= self.steps {
+                return None;
+            }
+            let mut end = self.steps;
+            let mut ep = Epoch { start, end, ptr: [ZERO_BLOCK.as_ptr(); MAX_LANES], stride: [0; MAX_LANES], hibit: 0 };
+            for l in 0..MAX_LANES {
+                // Skip the segments that end at or before `start` (the empty ones included).
+                while self.segs[l][cur[l]].end <= start {
+                    cur[l] += 1;
+                }
+                let seg = self.segs[l][cur[l]];
+                let seg_start = if cur[l] == 0 { 0 } else { self.segs[l][cur[l] - 1].end };
+                end = end.min(seg.end);
+                ep.ptr[l] = seg.ptr.wrapping_add(seg.stride * (start - seg_start));
+                ep.stride[l] = seg.stride;
+                ep.hibit |= u16::from(seg.hibit) << l;
+            }
+            ep.end = end;
+            start = end;
+            Some(ep)
+        })
+    }
+}

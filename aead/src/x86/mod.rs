@@ -1,0 +1,99 @@
+//! The x86-64 kernels: every `unsafe` block of the crate is in this module and its children.
+//!
+//! Each kernel is a `#[target_feature]` function. It is reached only through a safe wrapper that
+//! takes a token ([`Avx512`] or [`Avx2`]); a token is made only after CPUID reported the features,
+//! so holding one is the proof that calling the kernel is sound.
+
+mod chacha_avx2;
+mod chacha_avx512;
+mod poly_avx2;
+mod poly_ifma;
+
+use crate::sched::{Job, KeyTable, PolyPlan};
+use crate::MAX_LANES;
+
+/// Whether the CPU has what [`Avx512`] needs: AVX-512F, BW (byte-masked loads and stores) and IFMA.
+pub(crate) fn avx512_supported() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512ifma")
+}
+
+/// Whether the CPU has AVX2.
+pub(crate) fn avx2_supported() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// Proof that this CPU runs AVX-512F, AVX-512BW and AVX-512 IFMA code.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    pub fn new() -> Option<Self> {
+        avx512_supported().then_some(Avx512(()))
+    }
+}
+
+/// Proof that this CPU runs AVX2 code.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    pub fn new() -> Option<Self> {
+        avx2_supported().then_some(Avx2(()))
+    }
+}
+
+/// XORs the key stream of every job into its destination, 16 jobs per vector.
+pub(crate) fn chacha_avx512<'a>(_cpu: Avx512, table: &KeyTable, jobs: impl Iterator<Item = Job<'a>>) {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, avx512bw and avx512ifma,
+    // the features `blocks` is compiled for.
+    unsafe { chacha_avx512::blocks(table, jobs) }
+}
+
+/// XORs the key stream of every job into its destination, 8 jobs per vector.
+pub(crate) fn chacha_avx2<'a>(_cpu: Avx2, table: &KeyTable, jobs: impl Iterator<Item = Job<'a>>) {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `blocks` is
+    // compiled for.
+    unsafe { chacha_avx2::blocks(table, jobs) }
+}
+
+/// Poly1305 accumulators (before the final reduction and `+ s`), in limbs of 44, 44 and 42 bits
+/// plus carries, of the first `lanes` lanes of `plan` with the (unclamped) `r` halves of their
+/// one-time keys. Lanes past `lanes` come out as zero.
+pub(crate) fn poly_ifma(
+    _cpu: Avx512,
+    plan: &PolyPlan<'_>,
+    r: &[[u8; 16]; MAX_LANES],
+    lanes: usize,
+) -> [[u64; 3]; MAX_LANES] {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512ifma, the
+    // features `accumulate` is compiled for.
+    unsafe {
+        if lanes <= 8 {
+            poly_ifma::accumulate::<1>(plan, r)
+        } else {
+            poly_ifma::accumulate::<2>(plan, r)
+        }
+    }
+}
+
+/// As [`poly_ifma`], with AVX2 (limbs of 26 bits, converted to 44-bit limbs on the way out).
+pub(crate) fn poly_avx2(
+    _cpu: Avx2,
+    plan: &PolyPlan<'_>,
+    r: &[[u8; 16]; MAX_LANES],
+    lanes: usize,
+) -> [[u64; 3]; MAX_LANES] {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `accumulate` is
+    // compiled for.
+    let h26 = unsafe {
+        match lanes {
+            0..=4 => poly_avx2::accumulate::<1>(plan, r),
+            5..=8 => poly_avx2::accumulate::<2>(plan, r),
+            9..=12 => poly_avx2::accumulate::<3>(plan, r),
+            _ => poly_avx2::accumulate::<4>(plan, r),
+        }
+    };
+    h26.map(poly_avx2::to_radix44)
+}

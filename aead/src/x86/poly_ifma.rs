@@ -1,0 +1,157 @@
+//! Poly1305 with AVX-512 IFMA: one message per 64-bit lane, 8 per vector, `G` vectors (up to 16
+//! messages) stepped together.
+//!
+//! The accumulator and `r` are in three limbs of 44, 44 and 42 bits (base 2^44, as in OpenSSL's
+//! IFMA code), so every product fits `vpmadd52luq`/`vpmadd52huq`'s 52-bit inputs. A step is
+//! `h = (h + m) * r mod 2^130 - 5`:
+//!
+//! ```text
+//! pos 0:  h0 r0 + h1 (20 r2) + h2 (20 r1)      (2^132 = 4 * 2^130 = 20 mod p)
+//! pos 1:  h0 r1 + h1 r0      + h2 (20 r2)
+//! pos 2:  h0 r2 + h1 r1      + h2 r0
+//! ```
+//!
+//! Each position sums its products' low 52 bits (`lo`) and high bits (`hi`). A high part is worth
+//! `2^52 = 2^8 * 2^44`, so `hi` of position 0 goes to limb 1 shifted by 8, position 1's to limb 2,
+//! and position 2's to limb 0 times `2^8 * 20 = 5120`. A partial carry brings the limbs back to
+//! 44, 44 and 42 bits (limb 0 may keep a few bits more); bounds: `h0 < 2^45`, `h1 < 2^45`,
+//! `h2 < 2^43` after adding a block, `20 r1 < 2^49`, all below 2^52.
+
+use core::arch::x86_64::*;
+
+use crate::sched::PolyPlan;
+use crate::MAX_LANES;
+
+const M44: i64 = (1 << 44) - 1;
+const M42: i64 = (1 << 42) - 1;
+
+/// Eight 16-byte blocks, as their low and high 64-bit halves: lane `i` of the results is block
+/// `p[i]`.
+///
+/// # Safety
+/// Each of the 8 pointers points at 16 readable bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
+    // SAFETY: the caller guarantees 16 readable bytes at each pointer; the loads are unaligned.
+    let (a, b) = unsafe {
+        let ld = |i: usize| _mm_loadu_si128(p[i].cast());
+        let mut a = _mm512_castsi128_si512(ld(0));
+        let mut b = _mm512_castsi128_si512(ld(1));
+        a = _mm512_inserti32x4::<1>(a, ld(2));
+        b = _mm512_inserti32x4::<1>(b, ld(3));
+        a = _mm512_inserti32x4::<2>(a, ld(4));
+        b = _mm512_inserti32x4::<2>(b, ld(5));
+        a = _mm512_inserti32x4::<3>(a, ld(6));
+        b = _mm512_inserti32x4::<3>(b, ld(7));
+        (a, b)
+    };
+    // 128-bit lane k of a is block 2k, of b block 2k + 1: the interleaves keep the order.
+    (_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+}
+
+/// A 128-bit value (low and high halves) in limbs of 44, 44 and 40 bits.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn limbs(lo: __m512i, hi: __m512i) -> [__m512i; 3] {
+    let m44 = _mm512_set1_epi64(M44);
+    [
+        _mm512_and_si512(lo, m44),
+        _mm512_and_si512(_mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)), m44),
+        _mm512_srli_epi64::<24>(hi),
+    ]
+}
+
+/// `x * 20`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn times20(x: __m512i) -> __m512i {
+    _mm512_add_epi64(_mm512_slli_epi64::<4>(x), _mm512_slli_epi64::<2>(x))
+}
+
+/// The clamped `r` of one vector of lanes, its limbs and `20 r1`, `20 r2`.
+struct Key {
+    r: [__m512i; 3],
+    s1: __m512i,
+    s2: __m512i,
+}
+
+/// `h * r mod 2^130 - 5`, partly carried (see the module doc).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
+    let z = _mm512_setzero_si512();
+    let [h0, h1, h2] = h;
+    let [r0, r1, r2] = k.r;
+    let (s1, s2) = (k.s1, k.s2);
+    let lo0 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r0), h1, s2), h2, s1);
+    let hi0 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r0), h1, s2), h2, s1);
+    let lo1 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r1), h1, r0), h2, s2);
+    let hi1 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r1), h1, r0), h2, s2);
+    let lo2 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r2), h1, r1), h2, r0);
+    let hi2 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r2), h1, r1), h2, r0);
+    // Place the high parts: position 0's into limb 1, 1's into limb 2, 2's into limb 0 * 5120.
+    let d0 = _mm512_add_epi64(lo0, _mm512_add_epi64(_mm512_slli_epi64::<12>(hi2), _mm512_slli_epi64::<10>(hi2)));
+    let d1 = _mm512_add_epi64(lo1, _mm512_slli_epi64::<8>(hi0));
+    let d2 = _mm512_add_epi64(lo2, _mm512_slli_epi64::<8>(hi1));
+    // Partial carry.
+    let m44 = _mm512_set1_epi64(M44);
+    let d1 = _mm512_add_epi64(d1, _mm512_srli_epi64::<44>(d0));
+    let d2 = _mm512_add_epi64(d2, _mm512_srli_epi64::<44>(d1));
+    let c = _mm512_srli_epi64::<42>(d2);
+    let h0 = _mm512_add_epi64(_mm512_and_si512(d0, m44), _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
+    [h0, _mm512_and_si512(d1, m44), _mm512_and_si512(d2, _mm512_set1_epi64(M42))]
+}
+
+/// The Poly1305 accumulators (limbs of 44, 44 and 42 bits plus carries) of the first `8 * G`
+/// lanes of `plan`, keyed with the unclamped `r` halves in `r`. Lanes past `8 * G` are zero.
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, r: &[[u8; 16]; MAX_LANES]) -> [[u64; 3]; MAX_LANES] {
+    let clamp_lo = _mm512_set1_epi64(0x0fff_fffc_0fff_ffff);
+    let clamp_hi = _mm512_set1_epi64(0x0fff_fffc_0fff_fffc);
+    let zero = _mm512_setzero_si512();
+    let mut keys: [Key; G] = core::array::from_fn(|_| Key { r: [zero; 3], s1: zero, s2: zero });
+    for (g, key) in keys.iter_mut().enumerate() {
+        let ptrs: [*const u8; 8] = core::array::from_fn(|i| r[8 * g + i].as_ptr());
+        // SAFETY: each pointer is a 16-byte array of `r`.
+        let (lo, hi) = unsafe { load8(&ptrs) };
+        let rl = limbs(_mm512_and_si512(lo, clamp_lo), _mm512_and_si512(hi, clamp_hi));
+        *key = Key { r: rl, s1: times20(rl[1]), s2: times20(rl[2]) };
+    }
+    let mut h = [[zero; 3]; G];
+    let bit128 = 1i64 << 40; // 2^128 = 2^40 in limb 2 (2^88)
+    for ep in plan.epochs() {
+        let mut p = ep.ptr;
+        let hibit: [__m512i; G] =
+            core::array::from_fn(|g| _mm512_maskz_set1_epi64((ep.hibit >> (8 * g)) as u8, bit128));
+        for _ in ep.start..ep.end {
+            for g in 0..G {
+                // SAFETY: `PolyPlan` guarantees 16 readable bytes at `ptr[l] + stride[l] * k` for
+                // each step `k` of the epoch; `p` is that pointer at this step.
+                let (lo, hi) = unsafe { load8(&p[8 * g..8 * g + 8]) };
+                let m = limbs(lo, hi);
+                let s = [
+                    _mm512_add_epi64(h[g][0], m[0]),
+                    _mm512_add_epi64(h[g][1], m[1]),
+                    _mm512_add_epi64(h[g][2], _mm512_or_si512(m[2], hibit[g])),
+                ];
+                h[g] = mul(s, &keys[g]);
+            }
+            for (q, s) in p.iter_mut().zip(ep.stride) {
+                *q = q.wrapping_add(s);
+            }
+        }
+    }
+    let mut out = [[0u64; 3]; MAX_LANES];
+    for (g, hg) in h.iter().enumerate() {
+        let mut limb = [[0u64; 8]; 3];
+        for (dst, v) in limb.iter_mut().zip(hg) {
+            // SAFETY: `dst` is 64 writable bytes; the store is unaligned.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *v) };
+        }
+        for i in 0..8 {
+            out[8 * g + i] = [limb[0][i], limb[1][i], limb[2][i]];
+        }
+    }
+    out
+}
