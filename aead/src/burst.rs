@@ -6,10 +6,10 @@
 //! compares the tags in constant time, and runs (2) only for the lanes that matched.
 
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use crate::portable::finalize;
-use crate::sched::{aead_pieces, data_jobs, key_jobs, Job, KeyTable, Piece, PolyPlan, MAX_PIECES};
+use crate::sched::{aead_pieces, data_jobs, key_jobs, Job, KeyTable, PolyPlan};
 use crate::x86::{self, Avx2, Avx512};
 use crate::{Backend, Lane, MAX_LANES, TAG_LEN};
 
@@ -40,26 +40,25 @@ impl Simd {
 
     /// The Poly1305 tags of the first `n` lanes of `plan`, with the one-time keys in `otk`
     /// (`r || s` in the first 32 bytes of each).
-    pub fn poly1305(self, plan: &PolyPlan<'_>, otk: &[[u8; 64]], n: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
-        let mut r = Zeroizing::new([[0u8; 16]; MAX_LANES]);
-        for (r, k) in r.iter_mut().zip(otk) {
-            r.copy_from_slice(&k[..16]);
-        }
-        let mut h = match self {
-            Simd::Avx512(cpu) => x86::poly_ifma(cpu, plan, &r, n),
-            Simd::Avx2(cpu) => x86::poly_avx2(cpu, plan, &r, n),
-        };
-        let mut tags = [[0u8; TAG_LEN]; MAX_LANES];
-        for ((tag, h), k) in tags.iter_mut().zip(h.iter()).zip(otk).take(n) {
-            let mut s = [0u64; 2];
-            for (s, c) in s.iter_mut().zip(k[16..32].chunks_exact(8)) {
-                *s = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    pub fn poly1305(self, plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES], n: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
+        match self {
+            // The IFMA kernel finishes the tags itself, 8 lanes per vector.
+            Simd::Avx512(cpu) => x86::poly_ifma(cpu, plan, otk, n),
+            Simd::Avx2(cpu) => {
+                let mut h = x86::poly_avx2(cpu, plan, otk, n);
+                let mut tags = [[0u8; TAG_LEN]; MAX_LANES];
+                for ((tag, h), k) in tags.iter_mut().zip(h.iter()).zip(otk).take(n) {
+                    let mut s = [0u64; 2];
+                    for (s, c) in s.iter_mut().zip(k[16..32].chunks_exact(8)) {
+                        *s = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+                    }
+                    *tag = finalize(*h, s);
+                    s[..].zeroize();
+                }
+                h.as_flattened_mut().zeroize();
+                tags
             }
-            *tag = finalize(*h, s);
-            s.zeroize();
         }
-        h.zeroize();
-        tags
     }
 }
 
@@ -68,22 +67,32 @@ fn table(lanes: &[Lane<'_>]) -> KeyTable {
     KeyTable::new(lanes.iter().map(|l| (l.key, &l.nonce)))
 }
 
+/// Block 0 of each lane's key stream: the one-time Poly1305 key `r || s` in its first 32 bytes.
+/// Wiped on drop.
+struct OneTimeKeys([[u8; 64]; MAX_LANES]);
+
+impl Drop for OneTimeKeys {
+    fn drop(&mut self) {
+        self.0.as_flattened_mut().zeroize();
+    }
+}
+
 /// Phase (1): the one-time keys of the lanes, block 0 of each.
-fn one_time_keys(simd: Simd, table: &KeyTable, n: usize) -> Zeroizing<[[u8; 64]; MAX_LANES]> {
-    let mut otk = Zeroizing::new([[0u8; 64]; MAX_LANES]);
-    simd.chacha(table, key_jobs(&mut otk[..n]));
+fn one_time_keys(simd: Simd, table: &KeyTable, n: usize) -> OneTimeKeys {
+    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+    simd.chacha(table, key_jobs(&mut otk.0[..n]));
     otk
 }
 
 /// Phase (3) and (4): the AEAD tags of the lanes over their current buffers.
-fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &[[u8; 64]]) -> [[u8; TAG_LEN]; MAX_LANES] {
-    let mut tails = Zeroizing::new([[[0u8; 16]; 3]; MAX_LANES]);
-    let mut pieces = [[Piece { data: &[], hibit: false }; MAX_PIECES]; MAX_LANES];
-    for ((p, l), t) in pieces.iter_mut().zip(lanes).zip(tails.iter_mut()) {
-        *p = aead_pieces(l.aad, l.buf, t);
+fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MAX_LANES] {
+    // The padded last blocks and the lengths: public (additional data, ciphertext), not wiped.
+    let mut tails = [[[0u8; 16]; 3]; MAX_LANES];
+    let mut plan = PolyPlan::new();
+    for (l, t) in lanes.iter().zip(tails.iter_mut()) {
+        plan.push(&aead_pieces(l.aad, l.buf, t));
     }
-    let plan = PolyPlan::new(&pieces[..lanes.len()]);
-    simd.poly1305(&plan, otk, lanes.len())
+    simd.poly1305(&plan, &otk.0, lanes.len())
 }
 
 /// Seals every lane (at most [`MAX_LANES`], lengths checked by the caller).
@@ -99,11 +108,11 @@ pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
     let table = table(lanes);
     let otk = one_time_keys(simd, &table, n);
     simd.chacha(&table, data_jobs(lanes, u16::MAX));
-    let mut tags = tags(simd, &lanes[..n], &otk[..]);
+    let mut tags = tags(simd, &lanes[..n], &otk);
     for (l, t) in lanes.iter_mut().zip(tags.iter()) {
         l.tag = *t;
     }
-    tags.zeroize();
+    tags.as_flattened_mut().zeroize();
 }
 
 /// Opens every lane (at most [`MAX_LANES`], lengths checked by the caller); returns the mask of
@@ -120,12 +129,12 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
     let n = lanes.len().min(MAX_LANES);
     let table = table(lanes);
     let otk = one_time_keys(simd, &table, n);
-    let mut expected = tags(simd, &lanes[..n], &otk[..]);
+    let mut expected = tags(simd, &lanes[..n], &otk);
     let mut ok = 0u16;
     for (i, (l, t)) in lanes.iter().zip(expected.iter()).enumerate() {
         ok |= u16::from(bool::from(l.tag[..].ct_eq(&t[..]))) << i;
     }
-    expected.zeroize();
+    expected.as_flattened_mut().zeroize();
     simd.chacha(&table, data_jobs(lanes, ok));
     ok
 }

@@ -43,22 +43,21 @@ pub fn poly1305(backend: Backend, macs: &[([u8; 32], &[u8])]) -> Option<Vec<[u8;
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = crate::burst::Simd::new(backend) {
-        use crate::sched::{Piece, PolyPlan, MAX_PIECES};
+        use crate::sched::{Piece, PolyPlan};
         let mut tails = [[0u8; 16]; MAX_LANES];
-        let mut pieces = [[Piece { data: &[], hibit: false }; MAX_PIECES]; MAX_LANES];
+        let mut plan = PolyPlan::new();
         let mut otk = [[0u8; 64]; MAX_LANES];
-        for (((p, t), o), (key, msg)) in pieces.iter_mut().zip(tails.iter_mut()).zip(otk.iter_mut()).zip(macs) {
+        for ((t, o), (key, msg)) in tails.iter_mut().zip(otk.iter_mut()).zip(macs) {
             // Full blocks with the 2^128 bit, then the rest with a 1 byte appended and no 2^128 bit.
             let (full, rest) = msg.split_at(msg.len() & !15);
             t[..rest.len()].copy_from_slice(rest);
             if !rest.is_empty() {
                 t[rest.len()] = 1;
             }
-            p[0] = Piece { data: full, hibit: true };
-            p[1] = Piece { data: if rest.is_empty() { &[] } else { &t[..] }, hibit: false };
+            let last = Piece { data: if rest.is_empty() { &[] } else { &t[..] }, hibit: false };
+            plan.push(&[Piece { data: full, hibit: true }, last]);
             o[..32].copy_from_slice(key);
         }
-        let plan = PolyPlan::new(&pieces[..macs.len()]);
         return Some(simd.poly1305(&plan, &otk, macs.len())[..macs.len()].to_vec());
     }
     Some(

@@ -51,8 +51,8 @@ pub fn chacha20_block(key: &[u8; KEY_LEN], counter: u32, nonce: &[u8; NONCE_LEN]
     for i in 0..16 {
         out[4 * i..4 * i + 4].copy_from_slice(&s[i].wrapping_add(init[i]).to_le_bytes());
     }
-    s.zeroize();
-    init.zeroize();
+    s[..].zeroize();
+    init[..].zeroize();
     out
 }
 
@@ -66,7 +66,7 @@ pub fn chacha20_xor(key: &[u8; KEY_LEN], counter: u32, nonce: &[u8; NONCE_LEN], 
         for (b, k) in chunk.iter_mut().zip(ks.iter()) {
             *b ^= k;
         }
-        ks.zeroize();
+        ks[..].zeroize();
     }
 }
 
@@ -131,7 +131,7 @@ impl Poly1305 {
             b[..rest.len()].copy_from_slice(rest);
             b[rest.len()] = 1;
             self.block(&b, false);
-            b.zeroize();
+            b[..].zeroize();
         }
     }
 
@@ -142,7 +142,7 @@ impl Poly1305 {
             let mut b = [0u8; 16];
             b[..c.len()].copy_from_slice(c);
             self.block(&b, true);
-            b.zeroize();
+            b[..].zeroize();
         }
     }
 
@@ -157,9 +157,9 @@ impl Poly1305 {
 
 impl Zeroize for Poly1305 {
     fn zeroize(&mut self) {
-        self.r.zeroize();
-        self.s.zeroize();
-        self.h.zeroize();
+        self.r[..].zeroize();
+        self.s[..].zeroize();
+        self.h[..].zeroize();
     }
 }
 
@@ -215,7 +215,7 @@ pub fn poly1305_key(key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
     let mut block = chacha20_block(key, 0, nonce);
     let mut k = [0u8; 32];
     k.copy_from_slice(&block[..32]);
-    block.zeroize();
+    block[..].zeroize();
     k
 }
 
@@ -223,7 +223,7 @@ pub fn poly1305_key(key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
 pub fn aead_tag(key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
     let mut otk = poly1305_key(key, nonce);
     let mut mac = Poly1305::new(&otk);
-    otk.zeroize();
+    otk[..].zeroize();
     mac.update_padded(aad);
     mac.update_padded(ct);
     let mut lens = [0u8; 16];
@@ -245,7 +245,7 @@ pub fn seal(key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut 
 pub fn open(key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
     let mut expected = aead_tag(key, nonce, aad, buf);
     let ok: bool = expected.ct_eq(tag).into();
-    expected.zeroize();
+    expected[..].zeroize();
     if ok {
         chacha20_xor(key, 1, nonce, buf);
     }

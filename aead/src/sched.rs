@@ -67,7 +67,7 @@ impl KeyTable {
 
 impl Drop for KeyTable {
     fn drop(&mut self) {
-        self.words.zeroize();
+        self.words.as_flattened_mut().zeroize();
     }
 }
 
@@ -109,24 +109,23 @@ pub(crate) const MAX_PIECES: usize = 5;
 /// One zero block: what a lane reads before its input starts.
 static ZERO_BLOCK: [u8; 16] = [0; 16];
 
-#[derive(Clone, Copy)]
-struct Seg {
-    /// First step after the segment.
-    end: usize,
-    /// Its first block.
-    ptr: *const u8,
-    /// 16 (a run of blocks) or 0 (the zero block, read again and again).
-    stride: usize,
-    hibit: bool,
-}
-
 /// Which block each of up to [`MAX_LANES`] lanes absorbs at each step (see the module doc).
 ///
 /// Invariant the kernels rely on: for every [`Epoch`] it yields, `ptr[l] + stride[l] * k` for
 /// `k < end - start` points at 16 readable bytes, borrowed for `'a`.
 pub(crate) struct PolyPlan<'a> {
+    /// Steps: the most blocks of any lane.
     steps: usize,
-    segs: [[Seg; MAX_PIECES + 1]; MAX_LANES],
+    /// Lanes pushed.
+    lanes: usize,
+    /// Blocks of each lane.
+    blocks: [usize; MAX_LANES],
+    /// Per lane and piece: the block count up to the end of the piece.
+    ends: [[usize; MAX_PIECES]; MAX_LANES],
+    /// Per lane and piece: the first block.
+    ptrs: [[*const u8; MAX_PIECES]; MAX_LANES],
+    /// Per lane: bit `s` set when piece `s` has the 2^128 bit.
+    hibits: [u8; MAX_LANES],
     _input: PhantomData<&'a [u8]>,
 }
 
@@ -141,49 +140,73 @@ pub(crate) struct Epoch {
 }
 
 impl<'a> PolyPlan<'a> {
-    /// The plan for `lanes` (at most [`MAX_LANES`]; more are ignored), each a list of pieces in
-    /// order. Lanes past the last read zero blocks throughout.
-    pub fn new(lanes: &[[Piece<'a>; MAX_PIECES]]) -> Self {
-        let blocks = |p: &[Piece<'_>]| p.iter().map(|p| p.data.len() / 16).sum::<usize>();
-        let steps = lanes.iter().take(MAX_LANES).map(|l| blocks(l)).max().unwrap_or(0);
-        let zero = Seg { end: steps, ptr: ZERO_BLOCK.as_ptr(), stride: 0, hibit: false };
-        let mut segs = [[zero; MAX_PIECES + 1]; MAX_LANES];
-        for (l, pieces) in lanes.iter().take(MAX_LANES).enumerate() {
-            let mut t = steps - blocks(pieces);
-            segs[l][0].end = t;
-            for (s, p) in pieces.iter().enumerate() {
-                t += p.data.len() / 16;
-                // An empty piece is an empty segment: `end` equal to the previous one, skipped.
-                segs[l][s + 1] = Seg { end: t, ptr: p.data.as_ptr(), stride: 16, hibit: p.hibit };
-            }
+    /// A plan with no lane yet.
+    pub fn new() -> Self {
+        PolyPlan {
+            steps: 0,
+            lanes: 0,
+            blocks: [0; MAX_LANES],
+            ends: [[0; MAX_PIECES]; MAX_LANES],
+            ptrs: [[ZERO_BLOCK.as_ptr(); MAX_PIECES]; MAX_LANES],
+            hibits: [0; MAX_LANES],
+            _input: PhantomData,
         }
-        PolyPlan { steps, segs, _input: PhantomData }
     }
 
-    /// The epochs, in order, covering steps `0..steps()`.
+    /// Adds the next lane, its input as pieces in order (at most [`MAX_LANES`] lanes; more are
+    /// ignored). Lanes never pushed read zero blocks throughout.
+    pub fn push(&mut self, pieces: &[Piece<'a>]) {
+        let Some(l) = (self.lanes < MAX_LANES).then_some(self.lanes) else { return };
+        let mut blocks = 0;
+        for (s, p) in pieces.iter().take(MAX_PIECES).enumerate() {
+            blocks += p.data.len() / 16;
+            self.ends[l][s] = blocks;
+            self.ptrs[l][s] = p.data.as_ptr();
+            self.hibits[l] |= u8::from(p.hibit) << s;
+        }
+        // Pieces not given are empty, ending where the last one did.
+        for s in pieces.len().min(MAX_PIECES)..MAX_PIECES {
+            self.ends[l][s] = blocks;
+        }
+        self.blocks[l] = blocks;
+        self.steps = self.steps.max(blocks);
+        self.lanes += 1;
+    }
+
+    /// The epochs, in order, covering every step.
     pub fn epochs(&self) -> impl Iterator<Item = Epoch> + '_ {
+        // Per lane: the segment it is in (0: the zero blocks before its input; s + 1: piece s).
         let mut cur = [0usize; MAX_LANES];
         let mut start = 0usize;
         std::iter::from_fn(move || {
             if start >= self.steps {
                 return None;
             }
-            let mut end = self.steps;
-            let mut ep = Epoch { start, end, ptr: [ZERO_BLOCK.as_ptr(); MAX_LANES], stride: [0; MAX_LANES], hibit: 0 };
-            for l in 0..MAX_LANES {
-                // Skip the segments that end at or before `start` (the empty ones included).
-                while self.segs[l][cur[l]].end <= start {
+            let mut ep = Epoch {
+                start,
+                end: self.steps,
+                ptr: [ZERO_BLOCK.as_ptr(); MAX_LANES],
+                stride: [0; MAX_LANES],
+                hibit: 0,
+            };
+            for l in 0..self.lanes {
+                let first = self.steps - self.blocks[l];
+                let seg_end = |seg: usize| if seg == 0 { first } else { first + self.ends[l][seg - 1] };
+                // Skip the segments that end at or before `start` (empty ones included). The last
+                // one ends at `steps`, past `start`.
+                while seg_end(cur[l]) <= start {
                     cur[l] += 1;
                 }
-                let seg = self.segs[l][cur[l]];
-                let seg_start = if cur[l] == 0 { 0 } else { self.segs[l][cur[l] - 1].end };
-                end = end.min(seg.end);
-                ep.ptr[l] = seg.ptr.wrapping_add(seg.stride * (start - seg_start));
-                ep.stride[l] = seg.stride;
-                ep.hibit |= u16::from(seg.hibit) << l;
+                let seg = cur[l];
+                ep.end = ep.end.min(seg_end(seg));
+                if seg > 0 {
+                    let seg_start = seg_end(seg - 1);
+                    ep.ptr[l] = self.ptrs[l][seg - 1].wrapping_add(16 * (start - seg_start));
+                    ep.stride[l] = 16;
+                    ep.hibit |= u16::from(self.hibits[l] >> (seg - 1) & 1) << l;
+                }
             }
-            ep.end = end;
-            start = end;
+            start = ep.end;
             Some(ep)
         })
     }

@@ -179,5 +179,5 @@ pub(super) fn blocks<'a>(table: &KeyTable, mut jobs: impl Iterator<Item = Job<'a
             break;
         }
     }
-    spill.zeroize();
+    spill[..].zeroize();
 }

@@ -66,10 +66,11 @@ fn transpose(x: &mut [__m512i; 16]) {
     }
 }
 
-/// The key stream blocks of 16 jobs: job `j` is lane `idx[j]` of `kw` at block counter `ctr[j]`.
+/// The key stream blocks of 16 jobs, XORed into `dst`: job `j` is lane `idx[j]` of `kw` at
+/// block counter `ctr[j]`.
 #[inline]
-#[target_feature(enable = "avx512f")]
-fn blocks16(kw: &[__m512i; 11], idx: &[u32; 16], ctr: &[u32; 16]) -> [__m512i; 16] {
+#[target_feature(enable = "avx512f,avx512bw")]
+fn blocks16(kw: &[__m512i; 11], idx: &[u32; 16], ctr: &[u32; 16], dst: &mut [Option<&mut [u8]>; 16]) {
     let idx = load16(idx);
     let mut x = [_mm512_setzero_si512(); 16];
     for (w, c) in SIGMA.iter().enumerate() {
@@ -97,7 +98,11 @@ fn blocks16(kw: &[__m512i; 11], idx: &[u32; 16], ctr: &[u32; 16]) -> [__m512i; 1
         x[w] = _mm512_add_epi32(x[w], init[w]);
     }
     transpose(&mut x);
-    x
+    for (d, k) in dst.iter_mut().zip(x) {
+        if let Some(d) = d {
+            xor_block(d, k);
+        }
+    }
 }
 
 /// XORs one key stream block into `dst` (1 to 64 bytes).
@@ -137,12 +142,7 @@ pub(super) fn blocks<'a>(table: &KeyTable, mut jobs: impl Iterator<Item = Job<'a
         if n == 0 {
             break;
         }
-        let ks = blocks16(&kw, &idx, &ctr);
-        for (d, k) in dst.iter_mut().zip(ks) {
-            if let Some(d) = d {
-                xor_block(d, k);
-            }
-        }
+        blocks16(&kw, &idx, &ctr, &mut dst);
         if n < 16 {
             break;
         }

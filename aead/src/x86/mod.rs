@@ -58,41 +58,42 @@ pub(crate) fn chacha_avx2<'a>(_cpu: Avx2, table: &KeyTable, jobs: impl Iterator<
     unsafe { chacha_avx2::blocks(table, jobs) }
 }
 
-/// Poly1305 accumulators (before the final reduction and `+ s`), in limbs of 44, 44 and 42 bits
-/// plus carries, of the first `lanes` lanes of `plan` with the (unclamped) `r` halves of their
-/// one-time keys. Lanes past `lanes` come out as zero.
+/// The Poly1305 tags of the first `lanes` lanes of `plan`, with the one-time keys (`r || s`,
+/// `r` unclamped) in the first 32 bytes of each `otk`. Lanes past `lanes` come out as garbage.
 pub(crate) fn poly_ifma(
     _cpu: Avx512,
     plan: &PolyPlan<'_>,
-    r: &[[u8; 16]; MAX_LANES],
+    otk: &[[u8; 64]; MAX_LANES],
     lanes: usize,
-) -> [[u64; 3]; MAX_LANES] {
+) -> [[u8; 16]; MAX_LANES] {
     // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512ifma, the
-    // features `accumulate` is compiled for.
+    // features `tags` is compiled for.
     unsafe {
         if lanes <= 8 {
-            poly_ifma::accumulate::<1>(plan, r)
+            poly_ifma::tags::<1>(plan, otk)
         } else {
-            poly_ifma::accumulate::<2>(plan, r)
+            poly_ifma::tags::<2>(plan, otk)
         }
     }
 }
 
-/// As [`poly_ifma`], with AVX2 (limbs of 26 bits, converted to 44-bit limbs on the way out).
+/// Poly1305 accumulators of the first `lanes` lanes of `plan` (before the final reduction and
+/// `+ s`: limbs of 44, 44 and 42 bits plus carries), keyed with the `r` halves of `otk` as in
+/// [`poly_ifma`]. Lanes past `lanes` come out as zero.
 pub(crate) fn poly_avx2(
     _cpu: Avx2,
     plan: &PolyPlan<'_>,
-    r: &[[u8; 16]; MAX_LANES],
+    otk: &[[u8; 64]; MAX_LANES],
     lanes: usize,
 ) -> [[u64; 3]; MAX_LANES] {
     // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `accumulate` is
     // compiled for.
     let h26 = unsafe {
         match lanes {
-            0..=4 => poly_avx2::accumulate::<1>(plan, r),
-            5..=8 => poly_avx2::accumulate::<2>(plan, r),
-            9..=12 => poly_avx2::accumulate::<3>(plan, r),
-            _ => poly_avx2::accumulate::<4>(plan, r),
+            0..=4 => poly_avx2::accumulate::<1>(plan, otk),
+            5..=8 => poly_avx2::accumulate::<2>(plan, otk),
+            9..=12 => poly_avx2::accumulate::<3>(plan, otk),
+            _ => poly_avx2::accumulate::<4>(plan, otk),
         }
     };
     h26.map(poly_avx2::to_radix44)

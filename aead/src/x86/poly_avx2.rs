@@ -89,16 +89,17 @@ fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
 }
 
 /// The Poly1305 accumulators (limbs of 26 bits plus carries) of the first `4 * G` lanes of
-/// `plan`, keyed with the unclamped `r` halves in `r`. Lanes past `4 * G` are zero.
+/// `plan`, keyed with the unclamped `r` in the first 16 bytes of each `otk`. Lanes past `4 * G`
+/// are zero.
 #[target_feature(enable = "avx2")]
-pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, r: &[[u8; 16]; MAX_LANES]) -> [[u64; 5]; MAX_LANES] {
+pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES]) -> [[u64; 5]; MAX_LANES] {
     let clamp_lo = _mm256_set1_epi64x(0x0fff_fffc_0fff_ffff);
     let clamp_hi = _mm256_set1_epi64x(0x0fff_fffc_0fff_fffc);
     let zero = _mm256_setzero_si256();
     let mut keys: [Key; G] = core::array::from_fn(|_| Key { r: [zero; 5], s: [zero; 5] });
     for (g, key) in keys.iter_mut().enumerate() {
-        let ptrs: [*const u8; 4] = core::array::from_fn(|i| r[4 * g + i].as_ptr());
-        // SAFETY: each pointer is a 16-byte array of `r`.
+        let ptrs: [*const u8; 4] = core::array::from_fn(|i| otk[4 * g + i].as_ptr());
+        // SAFETY: each pointer is the start of a 64-byte array of `otk`.
         let (lo, hi) = unsafe { load4(&ptrs) };
         let rl = limbs(_mm256_and_si256(lo, clamp_lo), _mm256_and_si256(hi, clamp_hi));
         let five = |x: __m256i| _mm256_add_epi64(x, _mm256_slli_epi64::<2>(x));

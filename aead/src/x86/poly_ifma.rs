@@ -103,17 +103,54 @@ fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
     [h0, _mm512_and_si512(d1, m44), _mm512_and_si512(d2, _mm512_set1_epi64(M42))]
 }
 
-/// The Poly1305 accumulators (limbs of 44, 44 and 42 bits plus carries) of the first `8 * G`
-/// lanes of `plan`, keyed with the unclamped `r` halves in `r`. Lanes past `8 * G` are zero.
+/// `(h mod 2^130 - 5) + s mod 2^128`, as the low and high halves, for 8 lanes: the vector form
+/// of [`crate::portable::finalize`] (the same steps, with lane masks for the final choice).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn finish(h: [__m512i; 3], s_lo: __m512i, s_hi: __m512i) -> (__m512i, __m512i) {
+    let m44 = _mm512_set1_epi64(M44);
+    let m42 = _mm512_set1_epi64(M42);
+    let [mut h0, mut h1, mut h2] = h;
+    // Full carry, twice round the top, so that h < 2^130.
+    for _ in 0..2 {
+        h1 = _mm512_add_epi64(h1, _mm512_srli_epi64::<44>(h0));
+        h0 = _mm512_and_si512(h0, m44);
+        h2 = _mm512_add_epi64(h2, _mm512_srli_epi64::<44>(h1));
+        h1 = _mm512_and_si512(h1, m44);
+        let c = _mm512_srli_epi64::<42>(h2);
+        h0 = _mm512_add_epi64(h0, _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
+        h2 = _mm512_and_si512(h2, m42);
+    }
+    h1 = _mm512_add_epi64(h1, _mm512_srli_epi64::<44>(h0));
+    h0 = _mm512_and_si512(h0, m44);
+    // g = h + 5 - 2^130; take it in the lanes where it did not borrow (h >= p).
+    let g0 = _mm512_add_epi64(h0, _mm512_set1_epi64(5));
+    let g1 = _mm512_add_epi64(h1, _mm512_srli_epi64::<44>(g0));
+    let g2 = _mm512_add_epi64(h2, _mm512_srli_epi64::<44>(g1));
+    let take: __mmask8 = _mm512_test_epi64_mask(g2, _mm512_set1_epi64(1 << 42));
+    h0 = _mm512_mask_and_epi64(h0, take, g0, m44);
+    h1 = _mm512_mask_and_epi64(h1, take, g1, m44);
+    h2 = _mm512_mask_and_epi64(h2, take, g2, m42);
+    // h mod 2^128 as two halves, plus s with the carry between them.
+    let lo = _mm512_or_si512(h0, _mm512_slli_epi64::<44>(h1));
+    let hi = _mm512_or_si512(_mm512_srli_epi64::<20>(h1), _mm512_slli_epi64::<24>(h2));
+    let sum_lo = _mm512_add_epi64(lo, s_lo);
+    let carry: __mmask8 = _mm512_cmplt_epu64_mask(sum_lo, lo);
+    let sum_hi = _mm512_add_epi64(hi, s_hi);
+    (sum_lo, _mm512_mask_add_epi64(sum_hi, carry, sum_hi, _mm512_set1_epi64(1)))
+}
+
+/// The Poly1305 tags of the first `8 * G` lanes of `plan`, keyed with the one-time keys `r || s`
+/// (`r` unclamped) in the first 32 bytes of each `otk`. Lanes past `8 * G` are left zero.
 #[target_feature(enable = "avx512f,avx512ifma")]
-pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, r: &[[u8; 16]; MAX_LANES]) -> [[u64; 3]; MAX_LANES] {
+pub(super) fn tags<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES]) -> [[u8; 16]; MAX_LANES] {
     let clamp_lo = _mm512_set1_epi64(0x0fff_fffc_0fff_ffff);
     let clamp_hi = _mm512_set1_epi64(0x0fff_fffc_0fff_fffc);
     let zero = _mm512_setzero_si512();
     let mut keys: [Key; G] = core::array::from_fn(|_| Key { r: [zero; 3], s1: zero, s2: zero });
     for (g, key) in keys.iter_mut().enumerate() {
-        let ptrs: [*const u8; 8] = core::array::from_fn(|i| r[8 * g + i].as_ptr());
-        // SAFETY: each pointer is a 16-byte array of `r`.
+        let ptrs: [*const u8; 8] = core::array::from_fn(|i| otk[8 * g + i].as_ptr());
+        // SAFETY: each pointer is the start of a 64-byte array of `otk`.
         let (lo, hi) = unsafe { load8(&ptrs) };
         let rl = limbs(_mm512_and_si512(lo, clamp_lo), _mm512_and_si512(hi, clamp_hi));
         *key = Key { r: rl, s1: times20(rl[1]), s2: times20(rl[2]) };
@@ -142,15 +179,24 @@ pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, r: &[[u8; 16]; MAX
             }
         }
     }
-    let mut out = [[0u64; 3]; MAX_LANES];
+    let mut out = [[0u8; 16]; MAX_LANES];
     for (g, hg) in h.iter().enumerate() {
-        let mut limb = [[0u64; 8]; 3];
-        for (dst, v) in limb.iter_mut().zip(hg) {
-            // SAFETY: `dst` is 64 writable bytes; the store is unaligned.
-            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *v) };
+        // SAFETY: each pointer is 16 bytes into a 64-byte array of `otk`: `s`.
+        let (s_lo, s_hi) = unsafe { load8(&core::array::from_fn::<_, 8, _>(|i| otk[8 * g + i][16..].as_ptr())) };
+        let (lo, hi) = finish(*hg, s_lo, s_hi);
+        // Back to one 16-byte tag per lane: the inverse interleave of `load8`.
+        let (a, b) = (_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
+        // 128-bit lane k of `a` is the tag of lane 2k, of `b` of lane 2k + 1.
+        let mut ta = [[0u8; 16]; 4];
+        let mut tb = [[0u8; 16]; 4];
+        // SAFETY: `ta` and `tb` are 64 writable bytes each; the stores are unaligned.
+        unsafe {
+            _mm512_storeu_si512(ta.as_mut_ptr().cast(), a);
+            _mm512_storeu_si512(tb.as_mut_ptr().cast(), b);
         }
-        for i in 0..8 {
-            out[8 * g + i] = [limb[0][i], limb[1][i], limb[2][i]];
+        for k in 0..4 {
+            out[8 * g + 2 * k] = ta[k];
+            out[8 * g + 2 * k + 1] = tb[k];
         }
     }
     out
