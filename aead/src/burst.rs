@@ -63,6 +63,7 @@ impl Simd {
 }
 
 /// The key table of a burst.
+#[inline]
 fn table(lanes: &[Lane<'_>]) -> KeyTable {
     KeyTable::new(lanes.iter().map(|l| (l.key, &l.nonce)))
 }
@@ -78,6 +79,7 @@ impl Drop for OneTimeKeys {
 }
 
 /// Phase (1): the one-time keys of the lanes, block 0 of each.
+#[inline]
 fn one_time_keys(simd: Simd, table: &KeyTable, n: usize) -> OneTimeKeys {
     let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
     simd.chacha(table, key_jobs(&mut otk.0[..n]));
@@ -85,6 +87,7 @@ fn one_time_keys(simd: Simd, table: &KeyTable, n: usize) -> OneTimeKeys {
 }
 
 /// Phase (3) and (4): the AEAD tags of the lanes over their current buffers.
+#[inline]
 fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MAX_LANES] {
     // The padded last blocks and the lengths: public (additional data, ciphertext), not wiped.
     let mut tails = [[[0u8; 16]; 3]; MAX_LANES];

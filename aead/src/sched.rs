@@ -54,6 +54,7 @@ pub(crate) struct KeyTable {
 
 impl KeyTable {
     /// The table of `(key, nonce)` pairs, at most [`MAX_LANES`] (more are ignored).
+    #[inline]
     pub fn new<'k>(lanes: impl Iterator<Item = (&'k [u8; 32], &'k [u8; 12])>) -> Self {
         let mut words = [[0u32; MAX_LANES]; 11];
         for (l, (key, nonce)) in lanes.take(MAX_LANES).enumerate() {
@@ -83,6 +84,7 @@ pub(crate) struct Piece<'a> {
 /// The AEAD's Poly1305 input for one lane (RFC 8439 §2.8): the additional data and the
 /// ciphertext, each zero-padded to 16 bytes, then their lengths. `tails` is the lane's scratch for
 /// the padded last blocks and the length block.
+#[inline]
 pub(crate) fn aead_pieces<'a>(aad: &'a [u8], ct: &'a [u8], tails: &'a mut [[u8; 16]; 3]) -> [Piece<'a>; 5] {
     let (a_full, a_rest) = aad.split_at(aad.len() & !15);
     let (c_full, c_rest) = ct.split_at(ct.len() & !15);
@@ -141,6 +143,7 @@ pub(crate) struct Epoch {
 
 impl<'a> PolyPlan<'a> {
     /// A plan with no lane yet.
+    #[inline]
     pub fn new() -> Self {
         PolyPlan {
             steps: 0,
@@ -155,6 +158,7 @@ impl<'a> PolyPlan<'a> {
 
     /// Adds the next lane, its input as pieces in order (at most [`MAX_LANES`] lanes; more are
     /// ignored). Lanes never pushed read zero blocks throughout.
+    #[inline]
     pub fn push(&mut self, pieces: &[Piece<'a>]) {
         let Some(l) = (self.lanes < MAX_LANES).then_some(self.lanes) else { return };
         let mut blocks = 0;
@@ -173,41 +177,59 @@ impl<'a> PolyPlan<'a> {
         self.lanes += 1;
     }
 
-    /// The epochs, in order, covering every step.
-    pub fn epochs(&self) -> impl Iterator<Item = Epoch> + '_ {
-        // Per lane: the segment it is in (0: the zero blocks before its input; s + 1: piece s).
-        let mut cur = [0usize; MAX_LANES];
-        let mut start = 0usize;
-        std::iter::from_fn(move || {
-            if start >= self.steps {
-                return None;
+    /// A cursor over the epochs, in order, covering every step.
+    pub fn epochs(&self) -> Epochs<'_, 'a> {
+        Epochs { plan: self, cur: [0; MAX_LANES], start: 0 }
+    }
+}
+
+/// The epochs of a [`PolyPlan`], written one at a time into the caller's [`Epoch`] (no copy of
+/// the pointer arrays per epoch).
+pub(crate) struct Epochs<'p, 'a> {
+    plan: &'p PolyPlan<'a>,
+    /// Per lane: the segment it is in (0: the zero blocks before its input; s + 1: piece s).
+    cur: [usize; MAX_LANES],
+    start: usize,
+}
+
+impl Epochs<'_, '_> {
+    /// An empty epoch, to be filled by [`Epochs::next_into`].
+    pub fn empty() -> Epoch {
+        Epoch { start: 0, end: 0, ptr: [ZERO_BLOCK.as_ptr(); MAX_LANES], stride: [0; MAX_LANES], hibit: 0 }
+    }
+
+    /// Writes the next epoch into `ep`; false when every step is covered (then `ep` is
+    /// unchanged).
+    pub fn next_into(&mut self, ep: &mut Epoch) -> bool {
+        let plan = self.plan;
+        let start = self.start;
+        if start >= plan.steps {
+            return false;
+        }
+        ep.start = start;
+        ep.end = plan.steps;
+        ep.hibit = 0;
+        for l in 0..plan.lanes {
+            let first = plan.steps - plan.blocks[l];
+            let seg_end = |seg: usize| if seg == 0 { first } else { first + plan.ends[l][seg - 1] };
+            // Skip the segments that end at or before `start` (empty ones included). The last one
+            // ends at `steps`, past `start`.
+            let mut seg = self.cur[l];
+            while seg_end(seg) <= start {
+                seg += 1;
             }
-            let mut ep = Epoch {
-                start,
-                end: self.steps,
-                ptr: [ZERO_BLOCK.as_ptr(); MAX_LANES],
-                stride: [0; MAX_LANES],
-                hibit: 0,
-            };
-            for l in 0..self.lanes {
-                let first = self.steps - self.blocks[l];
-                let seg_end = |seg: usize| if seg == 0 { first } else { first + self.ends[l][seg - 1] };
-                // Skip the segments that end at or before `start` (empty ones included). The last
-                // one ends at `steps`, past `start`.
-                while seg_end(cur[l]) <= start {
-                    cur[l] += 1;
-                }
-                let seg = cur[l];
-                ep.end = ep.end.min(seg_end(seg));
-                if seg > 0 {
-                    let seg_start = seg_end(seg - 1);
-                    ep.ptr[l] = self.ptrs[l][seg - 1].wrapping_add(16 * (start - seg_start));
-                    ep.stride[l] = 16;
-                    ep.hibit |= u16::from(self.hibits[l] >> (seg - 1) & 1) << l;
-                }
+            self.cur[l] = seg;
+            ep.end = ep.end.min(seg_end(seg));
+            if seg == 0 {
+                ep.ptr[l] = ZERO_BLOCK.as_ptr();
+                ep.stride[l] = 0;
+            } else {
+                ep.ptr[l] = plan.ptrs[l][seg - 1].wrapping_add(16 * (start - seg_end(seg - 1)));
+                ep.stride[l] = 16;
+                ep.hibit |= u16::from(plan.hibits[l] >> (seg - 1) & 1) << l;
             }
-            start = ep.end;
-            Some(ep)
-        })
+        }
+        self.start = ep.end;
+        true
     }
 }

@@ -16,7 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::sched::PolyPlan;
+use crate::sched::{Epochs, PolyPlan};
 use crate::MAX_LANES;
 
 const M26: i64 = (1 << 26) - 1;
@@ -106,7 +106,9 @@ pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; M
         *key = Key { r: rl, s: [five(rl[0]), five(rl[1]), five(rl[2]), five(rl[3]), five(rl[4])] };
     }
     let mut h = [[zero; 5]; G];
-    for ep in plan.epochs() {
+    let mut epochs = plan.epochs();
+    let mut ep = Epochs::empty();
+    while epochs.next_into(&mut ep) {
         let mut p = ep.ptr;
         let hibit: [__m256i; G] = core::array::from_fn(|g| {
             let bit = |i: usize| i64::from((ep.hibit >> (4 * g + i)) & 1) << 24; // 2^128 = 2^24 in limb 4
@@ -127,8 +129,8 @@ pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; M
                 ];
                 h[g] = mul(s, &keys[g]);
             }
-            for (q, s) in p.iter_mut().zip(ep.stride) {
-                *q = q.wrapping_add(s);
+            for (q, s) in p.iter_mut().zip(&ep.stride) {
+                *q = q.wrapping_add(*s);
             }
         }
     }

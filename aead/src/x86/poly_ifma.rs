@@ -19,7 +19,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::sched::PolyPlan;
+use crate::sched::{Epochs, PolyPlan};
 use crate::MAX_LANES;
 
 const M44: i64 = (1 << 44) - 1;
@@ -157,7 +157,9 @@ pub(super) fn tags<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LAN
     }
     let mut h = [[zero; 3]; G];
     let bit128 = 1i64 << 40; // 2^128 = 2^40 in limb 2 (2^88)
-    for ep in plan.epochs() {
+    let mut epochs = plan.epochs();
+    let mut ep = Epochs::empty();
+    while epochs.next_into(&mut ep) {
         let mut p = ep.ptr;
         let hibit: [__m512i; G] =
             core::array::from_fn(|g| _mm512_maskz_set1_epi64((ep.hibit >> (8 * g)) as u8, bit128));
@@ -174,8 +176,8 @@ pub(super) fn tags<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LAN
                 ];
                 h[g] = mul(s, &keys[g]);
             }
-            for (q, s) in p.iter_mut().zip(ep.stride) {
-                *q = q.wrapping_add(s);
+            for (q, s) in p.iter_mut().zip(&ep.stride) {
+                *q = q.wrapping_add(*s);
             }
         }
     }
