@@ -88,10 +88,14 @@ pub(crate) struct Piece<'a> {
 pub(crate) fn aead_pieces<'a>(aad: &'a [u8], ct: &'a [u8], tails: &'a mut [[u8; 16]; 3]) -> [Piece<'a>; 5] {
     let (a_full, a_rest) = aad.split_at(aad.len() & !15);
     let (c_full, c_rest) = ct.split_at(ct.len() & !15);
-    tails[0] = [0; 16];
-    tails[0][..a_rest.len()].copy_from_slice(a_rest);
-    tails[1] = [0; 16];
-    tails[1][..c_rest.len()].copy_from_slice(c_rest);
+    if !a_rest.is_empty() {
+        tails[0] = [0; 16];
+        tails[0][..a_rest.len()].copy_from_slice(a_rest);
+    }
+    if !c_rest.is_empty() {
+        tails[1] = [0; 16];
+        tails[1][..c_rest.len()].copy_from_slice(c_rest);
+    }
     tails[2][..8].copy_from_slice(&(aad.len() as u64).to_le_bytes());
     tails[2][8..].copy_from_slice(&(ct.len() as u64).to_le_bytes());
     let [t0, t1, t2] = tails;
@@ -178,8 +182,23 @@ impl<'a> PolyPlan<'a> {
     }
 
     /// A cursor over the epochs, in order, covering every step.
+    #[inline]
     pub fn epochs(&self) -> Epochs<'_, 'a> {
-        Epochs { plan: self, cur: [0; MAX_LANES], start: 0 }
+        // Per lane and segment (0: the zero blocks before its input; s + 1: piece s): the step it
+        // ends at, and a base such that the block of step t is `base + stride * t`.
+        let mut ends = [[self.steps; MAX_PIECES + 1]; MAX_LANES];
+        let mut bases = [[ZERO_BLOCK.as_ptr(); MAX_PIECES + 1]; MAX_LANES];
+        for l in 0..self.lanes {
+            let first = self.steps - self.blocks[l];
+            ends[l][0] = first;
+            let mut seg_start = first;
+            for s in 0..MAX_PIECES {
+                ends[l][s + 1] = first + self.ends[l][s];
+                bases[l][s + 1] = self.ptrs[l][s].wrapping_sub(16 * seg_start);
+                seg_start = ends[l][s + 1];
+            }
+        }
+        Epochs { plan: self, ends, bases, cur: [0; MAX_LANES], start: 0, _plan: PhantomData }
     }
 }
 
@@ -187,9 +206,12 @@ impl<'a> PolyPlan<'a> {
 /// the pointer arrays per epoch).
 pub(crate) struct Epochs<'p, 'a> {
     plan: &'p PolyPlan<'a>,
-    /// Per lane: the segment it is in (0: the zero blocks before its input; s + 1: piece s).
+    ends: [[usize; MAX_PIECES + 1]; MAX_LANES],
+    bases: [[*const u8; MAX_PIECES + 1]; MAX_LANES],
+    /// Per lane: the segment it is in.
     cur: [usize; MAX_LANES],
     start: usize,
+    _plan: PhantomData<&'p PolyPlan<'a>>,
 }
 
 impl Epochs<'_, '_> {
@@ -200,6 +222,7 @@ impl Epochs<'_, '_> {
 
     /// Writes the next epoch into `ep`; false when every step is covered (then `ep` is
     /// unchanged).
+    #[inline]
     pub fn next_into(&mut self, ep: &mut Epoch) -> bool {
         let plan = self.plan;
         let start = self.start;
@@ -207,29 +230,27 @@ impl Epochs<'_, '_> {
             return false;
         }
         ep.start = start;
-        ep.end = plan.steps;
-        ep.hibit = 0;
-        for l in 0..plan.lanes {
-            let first = plan.steps - plan.blocks[l];
-            let seg_end = |seg: usize| if seg == 0 { first } else { first + plan.ends[l][seg - 1] };
+        let mut end = plan.steps;
+        let mut hibit = 0u16;
+        for l in 0..plan.lanes.min(MAX_LANES) {
+            let ends = &self.ends[l];
             // Skip the segments that end at or before `start` (empty ones included). The last one
-            // ends at `steps`, past `start`.
+            // ends at `steps`, past `start`, so `seg` stays below `MAX_PIECES + 1`.
             let mut seg = self.cur[l];
-            while seg_end(seg) <= start {
+            while seg < MAX_PIECES && ends[seg] <= start {
                 seg += 1;
             }
             self.cur[l] = seg;
-            ep.end = ep.end.min(seg_end(seg));
-            if seg == 0 {
-                ep.ptr[l] = ZERO_BLOCK.as_ptr();
-                ep.stride[l] = 0;
-            } else {
-                ep.ptr[l] = plan.ptrs[l][seg - 1].wrapping_add(16 * (start - seg_end(seg - 1)));
-                ep.stride[l] = 16;
-                ep.hibit |= u16::from(plan.hibits[l] >> (seg - 1) & 1) << l;
-            }
+            end = end.min(ends[seg]);
+            let real = seg > 0;
+            let stride = 16 * usize::from(real);
+            ep.stride[l] = stride;
+            ep.ptr[l] = self.bases[l][seg].wrapping_add(stride * start);
+            hibit |= u16::from(real && plan.hibits[l] >> (seg.max(1) - 1) & 1 != 0) << l;
         }
-        self.start = ep.end;
+        ep.end = end;
+        ep.hibit = hibit;
+        self.start = end;
         true
     }
 }
