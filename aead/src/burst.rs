@@ -8,8 +8,9 @@
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+use crate::plan::{aead_blocks, aead_pieces, split, PolyPlan};
 use crate::portable::finalize;
-use crate::sched::{aead_pieces, data_jobs, key_jobs, Job, KeyTable, PolyPlan};
+use crate::sched::{data_jobs, key_jobs, Job, KeyTable};
 use crate::x86::{self, Avx2, Avx512};
 use crate::{Backend, Lane, MAX_LANES, TAG_LEN};
 
@@ -38,14 +39,32 @@ impl Simd {
         }
     }
 
-    /// The Poly1305 tags of the first `n` lanes of `plan`, with the one-time keys in `otk`
-    /// (`r || s` in the first 32 bytes of each).
-    pub fn poly1305(self, plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES], n: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
+    /// Sub-lanes per Poly1305 vector, and the vector counts the kernel takes.
+    pub fn poly_shape(self) -> (usize, &'static [usize]) {
         match self {
-            // The IFMA kernel finishes the tags itself, 8 lanes per vector.
-            Simd::Avx512(cpu) => x86::poly_ifma(cpu, plan, otk, n),
-            Simd::Avx2(cpu) => {
-                let mut h = x86::poly_avx2(cpu, plan, otk, n);
+            Simd::Avx512(_) => (8, &x86::IFMA_GROUPS),
+            Simd::Avx2(_) => (4, &x86::AVX2_GROUPS),
+        }
+    }
+
+    /// The Poly1305 tags of the first `n` messages of `plan` (run in `groups` vectors), with the
+    /// one-time keys in `otk` (`r || s` in the first 32 bytes of each).
+    pub fn poly1305(
+        self,
+        plan: &PolyPlan<'_>,
+        groups: usize,
+        otk: &[[u8; 64]; MAX_LANES],
+        n: usize,
+    ) -> [[u8; TAG_LEN]; MAX_LANES] {
+        let mut sub = match self {
+            Simd::Avx512(cpu) => x86::poly_ifma(cpu, plan, otk, groups),
+            Simd::Avx2(cpu) => x86::poly_avx2(cpu, plan, otk, groups),
+        };
+        let mut h = plan.combine(&sub);
+        sub.as_flattened_mut().zeroize();
+        let tags = match self {
+            Simd::Avx512(cpu) => x86::finish_ifma(cpu, &h, otk, n),
+            Simd::Avx2(_) => {
                 let mut tags = [[0u8; TAG_LEN]; MAX_LANES];
                 for ((tag, h), k) in tags.iter_mut().zip(h.iter()).zip(otk).take(n) {
                     let mut s = [0u64; 2];
@@ -55,10 +74,11 @@ impl Simd {
                     *tag = finalize(*h, s);
                     s[..].zeroize();
                 }
-                h.as_flattened_mut().zeroize();
                 tags
             }
-        }
+        };
+        h.as_flattened_mut().zeroize();
+        tags
     }
 }
 
@@ -89,13 +109,22 @@ fn one_time_keys(simd: Simd, table: &KeyTable, n: usize) -> OneTimeKeys {
 /// Phase (3) and (4): the AEAD tags of the lanes over their current buffers.
 #[inline]
 fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MAX_LANES] {
+    let n = lanes.len().min(MAX_LANES);
+    let mut blocks = [0usize; MAX_LANES];
+    for (b, l) in blocks.iter_mut().zip(lanes) {
+        *b = aead_blocks(l.aad.len(), l.buf.len());
+    }
+    let (width, groups) = simd.poly_shape();
+    let split = split(&blocks[..n], width, groups);
     // The padded last blocks and the lengths: public (additional data, ciphertext), not wiped.
     let mut tails = [[[0u8; 16]; 3]; MAX_LANES];
-    let mut plan = PolyPlan::new();
-    for (l, t) in lanes.iter().zip(tails.iter_mut()) {
-        plan.push(&aead_pieces(l.aad, l.buf, t));
+    let mut plan = PolyPlan::new(split.steps);
+    for ((l, t), k) in lanes.iter().zip(tails.iter_mut()).zip(split.k) {
+        // Fits: `split` sized the steps and sub-lanes for these very blocks.
+        let pushed = plan.push(&aead_pieces(l.aad, l.buf, t), k);
+        debug_assert!(pushed);
     }
-    simd.poly1305(&plan, &otk.0, lanes.len())
+    simd.poly1305(&plan, split.groups, &otk.0, n)
 }
 
 /// Seals every lane (at most [`MAX_LANES`], lengths checked by the caller).

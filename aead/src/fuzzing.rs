@@ -43,11 +43,17 @@ pub fn poly1305(backend: Backend, macs: &[([u8; 32], &[u8])]) -> Option<Vec<[u8;
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = crate::burst::Simd::new(backend) {
-        use crate::sched::{Piece, PolyPlan};
+        use crate::plan::{split, Piece, PolyPlan};
         let mut tails = [[0u8; 16]; MAX_LANES];
-        let mut plan = PolyPlan::new();
         let mut otk = [[0u8; 64]; MAX_LANES];
-        for ((t, o), (key, msg)) in tails.iter_mut().zip(otk.iter_mut()).zip(macs) {
+        let mut blocks = [0usize; MAX_LANES];
+        for (b, (_, msg)) in blocks.iter_mut().zip(macs) {
+            *b = msg.len().div_ceil(16);
+        }
+        let (width, groups) = simd.poly_shape();
+        let split = split(&blocks[..macs.len()], width, groups);
+        let mut plan = PolyPlan::new(split.steps);
+        for (((t, o), (key, msg)), k) in tails.iter_mut().zip(otk.iter_mut()).zip(macs).zip(split.k) {
             // Full blocks with the 2^128 bit, then the rest with a 1 byte appended and no 2^128 bit.
             let (full, rest) = msg.split_at(msg.len() & !15);
             t[..rest.len()].copy_from_slice(rest);
@@ -55,10 +61,10 @@ pub fn poly1305(backend: Backend, macs: &[([u8; 32], &[u8])]) -> Option<Vec<[u8;
                 t[rest.len()] = 1;
             }
             let last = Piece { data: if rest.is_empty() { &[] } else { &t[..] }, hibit: false };
-            plan.push(&[Piece { data: full, hibit: true }, last]);
+            assert!(plan.push(&[Piece { data: full, hibit: true }, last], k), "split sized the plan");
             o[..32].copy_from_slice(key);
         }
-        return Some(simd.poly1305(&plan, &otk, macs.len())[..macs.len()].to_vec());
+        return Some(simd.poly1305(&plan, split.groups, &otk, macs.len())[..macs.len()].to_vec());
     }
     Some(
         macs.iter()

@@ -35,6 +35,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod burst;
+#[cfg(target_arch = "x86_64")]
+mod plan;
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
 mod sched;

@@ -9,7 +9,8 @@ mod chacha_avx512;
 mod poly_avx2;
 mod poly_ifma;
 
-use crate::sched::{Job, KeyTable, PolyPlan};
+use crate::plan::{PolyPlan, MAX_SUBLANES};
+use crate::sched::{Job, KeyTable};
 use crate::MAX_LANES;
 
 /// Whether the CPU has what [`Avx512`] needs: AVX-512F, BW (byte-masked loads and stores) and IFMA.
@@ -58,42 +59,67 @@ pub(crate) fn chacha_avx2<'a>(_cpu: Avx2, table: &KeyTable, jobs: impl Iterator<
     unsafe { chacha_avx2::blocks(table, jobs) }
 }
 
-/// The Poly1305 tags of the first `lanes` lanes of `plan`, with the one-time keys (`r || s`,
-/// `r` unclamped) in the first 32 bytes of each `otk`. Lanes past `lanes` come out as garbage.
+/// The IFMA kernel's vectors of sub-lanes (8 each).
+pub(crate) const IFMA_GROUPS: [usize; 4] = [1, 2, 3, 4];
+/// The AVX2 kernel's vectors of sub-lanes (4 each).
+pub(crate) const AVX2_GROUPS: [usize; 4] = [1, 2, 4, 8];
+
+/// Poly1305 accumulators of the sub-lanes of `plan` in `groups` vectors of 8 (one of
+/// [`IFMA_GROUPS`]), before the final reduction and `+ s` (limbs of 44, 44 and 42 bits plus
+/// carries), each keyed with its message's `r` (the first 16 bytes of its `otk`, unclamped).
 pub(crate) fn poly_ifma(
     _cpu: Avx512,
     plan: &PolyPlan<'_>,
     otk: &[[u8; 64]; MAX_LANES],
-    lanes: usize,
-) -> [[u8; 16]; MAX_LANES] {
+    groups: usize,
+) -> [[u64; 3]; MAX_SUBLANES] {
     // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512ifma, the
-    // features `tags` is compiled for.
+    // features `accumulate` is compiled for.
     unsafe {
-        if lanes <= 8 {
-            poly_ifma::tags::<1>(plan, otk)
-        } else {
-            poly_ifma::tags::<2>(plan, otk)
+        match groups {
+            0 | 1 => poly_ifma::accumulate::<1>(plan, otk),
+            2 => poly_ifma::accumulate::<2>(plan, otk),
+            3 => poly_ifma::accumulate::<3>(plan, otk),
+            _ => poly_ifma::accumulate::<4>(plan, otk),
         }
     }
 }
 
-/// Poly1305 accumulators of the first `lanes` lanes of `plan` (before the final reduction and
-/// `+ s`: limbs of 44, 44 and 42 bits plus carries), keyed with the `r` halves of `otk` as in
-/// [`poly_ifma`]. Lanes past `lanes` come out as zero.
+/// The tags of the first `messages` messages from their summed accumulators and the `s` halves of
+/// their one-time keys (bytes 16 to 32 of `otk`).
+pub(crate) fn finish_ifma(
+    _cpu: Avx512,
+    h: &[[u64; 3]; MAX_LANES],
+    otk: &[[u8; 64]; MAX_LANES],
+    messages: usize,
+) -> [[u8; 16]; MAX_LANES] {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, the feature `finish_tags`
+    // is compiled for.
+    unsafe {
+        if messages <= 8 {
+            poly_ifma::finish_tags::<1>(h, otk)
+        } else {
+            poly_ifma::finish_tags::<2>(h, otk)
+        }
+    }
+}
+
+/// As [`poly_ifma`] with AVX2, in `groups` vectors of 4 (one of [`AVX2_GROUPS`]); the 26-bit
+/// limbs are converted to 44-bit ones on the way out.
 pub(crate) fn poly_avx2(
     _cpu: Avx2,
     plan: &PolyPlan<'_>,
     otk: &[[u8; 64]; MAX_LANES],
-    lanes: usize,
-) -> [[u64; 3]; MAX_LANES] {
+    groups: usize,
+) -> [[u64; 3]; MAX_SUBLANES] {
     // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `accumulate` is
     // compiled for.
     let h26 = unsafe {
-        match lanes {
-            0..=4 => poly_avx2::accumulate::<1>(plan, otk),
-            5..=8 => poly_avx2::accumulate::<2>(plan, otk),
-            9..=12 => poly_avx2::accumulate::<3>(plan, otk),
-            _ => poly_avx2::accumulate::<4>(plan, otk),
+        match groups {
+            0 | 1 => poly_avx2::accumulate::<1>(plan, otk),
+            2 => poly_avx2::accumulate::<2>(plan, otk),
+            3 | 4 => poly_avx2::accumulate::<4>(plan, otk),
+            _ => poly_avx2::accumulate::<8>(plan, otk),
         }
     };
     h26.map(poly_avx2::to_radix44)

@@ -16,7 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::sched::{Epochs, PolyPlan};
+use crate::plan::{Epochs, PolyPlan, MAX_SUBLANES};
 use crate::MAX_LANES;
 
 const M26: i64 = (1 << 26) - 1;
@@ -88,36 +88,70 @@ fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
     [_mm256_and_si256(h0, m), h1, _mm256_and_si256(d2, m), _mm256_and_si256(d3, m), _mm256_and_si256(d4, m)]
 }
 
-/// The Poly1305 accumulators (limbs of 26 bits plus carries) of the first `4 * G` lanes of
-/// `plan`, keyed with the unclamped `r` in the first 16 bytes of each `otk`. Lanes past `4 * G`
-/// are zero.
+/// `Key` (limbs and their multiples of 5) for a multiplier in limbs.
+#[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES]) -> [[u64; 5]; MAX_LANES] {
+fn key(r: [__m256i; 5]) -> Key {
+    let five = |x: __m256i| _mm256_add_epi64(x, _mm256_slli_epi64::<2>(x));
+    Key { r, s: [five(r[0]), five(r[1]), five(r[2]), five(r[3]), five(r[4])] }
+}
+
+/// The Poly1305 accumulators (limbs of 26 bits plus carries) of the first `4 * G` sub-lanes of
+/// `plan`, each keyed with the unclamped `r` in the first 16 bytes of its message's `otk` raised to
+/// the plan's powers. Sub-lanes past `4 * G` are zero.
+#[target_feature(enable = "avx2")]
+pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES]) -> [[u64; 5]; MAX_SUBLANES] {
     let clamp_lo = _mm256_set1_epi64x(0x0fff_fffc_0fff_ffff);
     let clamp_hi = _mm256_set1_epi64x(0x0fff_fffc_0fff_fffc);
     let zero = _mm256_setzero_si256();
-    let mut keys: [Key; G] = core::array::from_fn(|_| Key { r: [zero; 5], s: [zero; 5] });
-    for (g, key) in keys.iter_mut().enumerate() {
-        let ptrs: [*const u8; 4] = core::array::from_fn(|i| otk[4 * g + i].as_ptr());
+    let mut r = [[zero; 5]; G];
+    let mut want = [[zero; 2]; G];
+    for g in 0..G {
+        let ptrs: [*const u8; 4] = core::array::from_fn(|i| otk[plan.owner(4 * g + i) % MAX_LANES].as_ptr());
         // SAFETY: each pointer is the start of a 64-byte array of `otk`.
         let (lo, hi) = unsafe { load4(&ptrs) };
-        let rl = limbs(_mm256_and_si256(lo, clamp_lo), _mm256_and_si256(hi, clamp_hi));
-        let five = |x: __m256i| _mm256_add_epi64(x, _mm256_slli_epi64::<2>(x));
-        *key = Key { r: rl, s: [five(rl[0]), five(rl[1]), five(rl[2]), five(rl[3]), five(rl[4])] };
+        r[g] = limbs(_mm256_and_si256(lo, clamp_lo), _mm256_and_si256(hi, clamp_hi));
+        for (w, v) in want[g].iter_mut().enumerate() {
+            let e: [i64; 4] = core::array::from_fn(|i| i64::from(plan.powers(4 * g + i)[w]));
+            // SAFETY: `e` is 32 readable bytes; the load is unaligned.
+            *v = unsafe { _mm256_loadu_si256(e.as_ptr().cast()) };
+        }
+    }
+    // The multipliers: r^main for every step but the last, r^last for the last (see
+    // `crate::plan`), raised step by step.
+    let mut step_key: [Key; G] = core::array::from_fn(|g| key(r[g]));
+    let mut last_key: [Key; G] = core::array::from_fn(|g| key(r[g]));
+    let mut cur = r;
+    for e in 2..=i64::from(plan.max_power()) {
+        for g in 0..G {
+            cur[g] = mul(cur[g], &key(r[g]));
+            let take_main = _mm256_cmpeq_epi64(want[g][0], _mm256_set1_epi64x(e));
+            let take_last = _mm256_cmpeq_epi64(want[g][1], _mm256_set1_epi64x(e));
+            let mut main = step_key[g].r;
+            let mut last = last_key[g].r;
+            for i in 0..5 {
+                main[i] = _mm256_blendv_epi8(main[i], cur[g][i], take_main);
+                last[i] = _mm256_blendv_epi8(last[i], cur[g][i], take_last);
+            }
+            step_key[g] = key(main);
+            last_key[g] = key(last);
+        }
     }
     let mut h = [[zero; 5]; G];
+    let last_step = plan.steps().wrapping_sub(1);
     let mut epochs = plan.epochs();
     let mut ep = Epochs::empty();
-    while epochs.next_into(&mut ep) {
+    while epochs.next_into(&mut ep, 4 * G) {
         let mut p = ep.ptr;
         let hibit: [__m256i; G] = core::array::from_fn(|g| {
             let bit = |i: usize| i64::from((ep.hibit >> (4 * g + i)) & 1) << 24; // 2^128 = 2^24 in limb 4
             _mm256_setr_epi64x(bit(0), bit(1), bit(2), bit(3))
         });
-        for _ in ep.start..ep.end {
+        for t in ep.start..ep.end {
+            let k = if t == last_step { &last_key } else { &step_key };
             for g in 0..G {
-                // SAFETY: `PolyPlan` guarantees 16 readable bytes at `ptr[l] + stride[l] * k` for
-                // each step `k` of the epoch; `p` is that pointer at this step.
+                // SAFETY: `PolyPlan` guarantees 16 readable bytes at `ptr[l] + stride[l] * i` for
+                // each step `i` of the epoch; `p` is that pointer at this step.
                 let (lo, hi) = unsafe { load4(&p[4 * g..4 * g + 4]) };
                 let m = limbs(lo, hi);
                 let s = [
@@ -127,14 +161,14 @@ pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; M
                     _mm256_add_epi64(h[g][3], m[3]),
                     _mm256_add_epi64(h[g][4], _mm256_or_si256(m[4], hibit[g])),
                 ];
-                h[g] = mul(s, &keys[g]);
+                h[g] = mul(s, &k[g]);
             }
-            for (q, s) in p.iter_mut().zip(&ep.stride) {
+            for (q, s) in p.iter_mut().zip(&ep.stride).take(4 * G) {
                 *q = q.wrapping_add(*s);
             }
         }
     }
-    let mut out = [[0u64; 5]; MAX_LANES];
+    let mut out = [[0u64; 5]; MAX_SUBLANES];
     for (g, hg) in h.iter().enumerate() {
         let mut limb = [[0u64; 4]; 5];
         for (dst, v) in limb.iter_mut().zip(hg) {

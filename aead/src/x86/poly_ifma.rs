@@ -19,7 +19,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::sched::{Epochs, PolyPlan};
+use crate::plan::{Epochs, PolyPlan, MAX_SUBLANES};
 use crate::MAX_LANES;
 
 const M44: i64 = (1 << 44) - 1;
@@ -140,33 +140,76 @@ fn finish(h: [__m512i; 3], s_lo: __m512i, s_hi: __m512i) -> (__m512i, __m512i) {
     (sum_lo, _mm512_mask_add_epi64(sum_hi, carry, sum_hi, _mm512_set1_epi64(1)))
 }
 
-/// The Poly1305 tags of the first `8 * G` lanes of `plan`, keyed with the one-time keys `r || s`
-/// (`r` unclamped) in the first 32 bytes of each `otk`. Lanes past `8 * G` are left zero.
+/// Per group: the clamped `r` limbs of each sub-lane's message, and its two power exponents.
+struct Keys {
+    r: [__m512i; 3],
+    main: __m512i,
+    last: __m512i,
+}
+
+/// `Key` (limbs and their multiples of 20) for a multiplier in limbs.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn key(r: [__m512i; 3]) -> Key {
+    Key { r, s1: times20(r[1]), s2: times20(r[2]) }
+}
+
+/// The Poly1305 accumulators (limbs of 44, 44 and 42 bits plus carries) of the first `8 * G`
+/// sub-lanes of `plan`, each keyed with the unclamped `r` in the first 16 bytes of its message's
+/// `otk` raised to the plan's powers. Sub-lanes past `8 * G` are zero.
 #[target_feature(enable = "avx512f,avx512ifma")]
-pub(super) fn tags<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES]) -> [[u8; 16]; MAX_LANES] {
+pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LANES]) -> [[u64; 3]; MAX_SUBLANES] {
     let clamp_lo = _mm512_set1_epi64(0x0fff_fffc_0fff_ffff);
     let clamp_hi = _mm512_set1_epi64(0x0fff_fffc_0fff_fffc);
     let zero = _mm512_setzero_si512();
-    let mut keys: [Key; G] = core::array::from_fn(|_| Key { r: [zero; 3], s1: zero, s2: zero });
-    for (g, key) in keys.iter_mut().enumerate() {
-        let ptrs: [*const u8; 8] = core::array::from_fn(|i| otk[8 * g + i].as_ptr());
+    let mut keys: [Keys; G] = core::array::from_fn(|_| Keys { r: [zero; 3], main: zero, last: zero });
+    for (g, k) in keys.iter_mut().enumerate() {
+        let ptrs: [*const u8; 8] = core::array::from_fn(|i| otk[plan.owner(8 * g + i) % MAX_LANES].as_ptr());
         // SAFETY: each pointer is the start of a 64-byte array of `otk`.
         let (lo, hi) = unsafe { load8(&ptrs) };
-        let rl = limbs(_mm512_and_si512(lo, clamp_lo), _mm512_and_si512(hi, clamp_hi));
-        *key = Key { r: rl, s1: times20(rl[1]), s2: times20(rl[2]) };
+        k.r = limbs(_mm512_and_si512(lo, clamp_lo), _mm512_and_si512(hi, clamp_hi));
+        let main: [i64; 8] = core::array::from_fn(|i| i64::from(plan.powers(8 * g + i)[0]));
+        let last: [i64; 8] = core::array::from_fn(|i| i64::from(plan.powers(8 * g + i)[1]));
+        // SAFETY: `main` and `last` are 64 readable bytes each; the loads are unaligned.
+        unsafe {
+            k.main = _mm512_loadu_si512(main.as_ptr().cast());
+            k.last = _mm512_loadu_si512(last.as_ptr().cast());
+        }
+    }
+    // The multipliers: r^main for every step but the last, r^last for the last. Raise r step by
+    // step and keep the power each sub-lane wants (no power beyond the largest wanted).
+    let mut step_key: [Key; G] = core::array::from_fn(|g| key(keys[g].r));
+    let mut last_key: [Key; G] = core::array::from_fn(|g| key(keys[g].r));
+    let mut cur: [[__m512i; 3]; G] = core::array::from_fn(|g| keys[g].r);
+    for e in 2..=i64::from(plan.max_power()) {
+        for g in 0..G {
+            cur[g] = mul(cur[g], &key(keys[g].r));
+            let want_main = _mm512_cmpeq_epi64_mask(keys[g].main, _mm512_set1_epi64(e));
+            let want_last = _mm512_cmpeq_epi64_mask(keys[g].last, _mm512_set1_epi64(e));
+            let mut main = step_key[g].r;
+            let mut last = last_key[g].r;
+            for i in 0..3 {
+                main[i] = _mm512_mask_mov_epi64(main[i], want_main, cur[g][i]);
+                last[i] = _mm512_mask_mov_epi64(last[i], want_last, cur[g][i]);
+            }
+            step_key[g] = key(main);
+            last_key[g] = key(last);
+        }
     }
     let mut h = [[zero; 3]; G];
     let bit128 = 1i64 << 40; // 2^128 = 2^40 in limb 2 (2^88)
+    let last_step = plan.steps().wrapping_sub(1);
     let mut epochs = plan.epochs();
     let mut ep = Epochs::empty();
-    while epochs.next_into(&mut ep) {
+    while epochs.next_into(&mut ep, 8 * G) {
         let mut p = ep.ptr;
         let hibit: [__m512i; G] =
             core::array::from_fn(|g| _mm512_maskz_set1_epi64((ep.hibit >> (8 * g)) as u8, bit128));
-        for _ in ep.start..ep.end {
+        for t in ep.start..ep.end {
+            let k = if t == last_step { &last_key } else { &step_key };
             for g in 0..G {
-                // SAFETY: `PolyPlan` guarantees 16 readable bytes at `ptr[l] + stride[l] * k` for
-                // each step `k` of the epoch; `p` is that pointer at this step.
+                // SAFETY: `PolyPlan` guarantees 16 readable bytes at `ptr[l] + stride[l] * i` for
+                // each step `i` of the epoch; `p` is that pointer at this step.
                 let (lo, hi) = unsafe { load8(&p[8 * g..8 * g + 8]) };
                 let m = limbs(lo, hi);
                 let s = [
@@ -174,21 +217,49 @@ pub(super) fn tags<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; MAX_LAN
                     _mm512_add_epi64(h[g][1], m[1]),
                     _mm512_add_epi64(h[g][2], _mm512_or_si512(m[2], hibit[g])),
                 ];
-                h[g] = mul(s, &keys[g]);
+                h[g] = mul(s, &k[g]);
             }
-            for (q, s) in p.iter_mut().zip(&ep.stride) {
+            for (q, s) in p.iter_mut().zip(&ep.stride).take(8 * G) {
                 *q = q.wrapping_add(*s);
             }
         }
     }
-    let mut out = [[0u8; 16]; MAX_LANES];
+    let mut out = [[0u64; 3]; MAX_SUBLANES];
     for (g, hg) in h.iter().enumerate() {
-        // SAFETY: each pointer is 16 bytes into a 64-byte array of `otk`: `s`.
-        let (s_lo, s_hi) = unsafe { load8(&core::array::from_fn::<_, 8, _>(|i| otk[8 * g + i][16..].as_ptr())) };
-        let (lo, hi) = finish(*hg, s_lo, s_hi);
-        // Back to one 16-byte tag per lane: the inverse interleave of `load8`.
+        let mut limb = [[0u64; 8]; 3];
+        for (dst, v) in limb.iter_mut().zip(hg) {
+            // SAFETY: `dst` is 64 writable bytes; the store is unaligned.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), *v) };
+        }
+        for i in 0..8 {
+            out[8 * g + i] = [limb[0][i], limb[1][i], limb[2][i]];
+        }
+    }
+    out
+}
+
+/// The tags of the first `8 * G` messages from their accumulators `h` (limbs of 44, 44 and 42
+/// bits plus carries, well below 2^64) and the `s` halves of their one-time keys in `otk`.
+#[target_feature(enable = "avx512f")]
+pub(super) fn finish_tags<const G: usize>(
+    h: &[[u64; 3]; MAX_LANES],
+    otk: &[[u8; 64]; MAX_LANES],
+) -> [[u8; 16]; MAX_LANES] {
+    let mut out = [[0u8; 16]; MAX_LANES];
+    for g in 0..G.min(MAX_LANES / 8) {
+        let mut hv = [_mm512_setzero_si512(); 3];
+        for (limb, v) in hv.iter_mut().enumerate() {
+            let a: [u64; 8] = core::array::from_fn(|i| h[8 * g + i][limb]);
+            // SAFETY: `a` is 64 readable bytes; the load is unaligned.
+            *v = unsafe { _mm512_loadu_si512(a.as_ptr().cast()) };
+        }
+        let ptrs: [*const u8; 8] = core::array::from_fn(|i| otk[8 * g + i][16..].as_ptr());
+        // SAFETY: each pointer is 16 bytes into a 64-byte array of `otk`: its `s`.
+        let (s_lo, s_hi) = unsafe { load8(&ptrs) };
+        let (lo, hi) = finish(hv, s_lo, s_hi);
+        // Back to one 16-byte tag per lane: the inverse interleave of `load8`. 128-bit lane k of
+        // `a` is the tag of lane 2k, of `b` of lane 2k + 1.
         let (a, b) = (_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
-        // 128-bit lane k of `a` is the tag of lane 2k, of `b` of lane 2k + 1.
         let mut ta = [[0u8; 16]; 4];
         let mut tb = [[0u8; 16]; 4];
         // SAFETY: `ta` and `tb` are 64 writable bytes each; the stores are unaligned.
