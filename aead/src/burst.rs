@@ -100,10 +100,8 @@ impl Drop for OneTimeKeys {
 
 /// Phase (1): the one-time keys of the lanes, block 0 of each.
 #[inline]
-fn one_time_keys(simd: Simd, table: &KeyTable, n: usize) -> OneTimeKeys {
-    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+fn one_time_keys(simd: Simd, table: &KeyTable, n: usize, otk: &mut OneTimeKeys) {
     simd.chacha(table, key_jobs(&mut otk.0[..n]));
-    otk
 }
 
 /// Phase (3) and (4): the AEAD tags of the lanes over their current buffers.
@@ -138,7 +136,8 @@ pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
     };
     let n = lanes.len().min(MAX_LANES);
     let table = table(lanes);
-    let otk = one_time_keys(simd, &table, n);
+    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+    one_time_keys(simd, &table, n, &mut otk);
     simd.chacha(&table, data_jobs(lanes, u16::MAX));
     let mut tags = tags(simd, &lanes[..n], &otk);
     for (l, t) in lanes.iter_mut().zip(tags.iter()) {
@@ -160,7 +159,8 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
     };
     let n = lanes.len().min(MAX_LANES);
     let table = table(lanes);
-    let otk = one_time_keys(simd, &table, n);
+    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+    one_time_keys(simd, &table, n, &mut otk);
     let mut expected = tags(simd, &lanes[..n], &otk);
     let mut ok = 0u16;
     for (i, (l, t)) in lanes.iter().zip(expected.iter()).enumerate() {

@@ -228,21 +228,28 @@ impl<'a> PolyPlan<'a> {
                 return false;
             }
             // One sub-lane: its segments are the pieces, back to back, ending at the last step.
+            // (Built in locals and stored once: read-modify-writes of the plan's bytes would
+            // chain through store forwarding.)
             let l = self.sublanes;
+            let mut t = steps - n;
+            let mut ends = [t as u32; MAX_PIECES + 1];
+            let mut bases = [ZERO_BLOCK.as_ptr(); MAX_PIECES + 1];
+            let mut hibits = 0u8;
+            for (s, p) in pieces.iter().enumerate() {
+                bases[s + 1] = p.data.as_ptr().wrapping_sub(16 * t);
+                t += p.data.len() / 16;
+                hibits |= u8::from(p.hibit) << (s + 1);
+                ends[s + 1] = t as u32;
+            }
+            for e in ends.iter_mut().skip(pieces.len() + 1) {
+                *e = t as u32;
+            }
             self.owner[l] = self.messages as u8;
             self.powers[l] = [1, 1];
             self.stride[l] = 16;
-            let mut t = steps - n;
-            self.ends[l][0] = t as u32;
-            for (s, p) in pieces.iter().enumerate() {
-                self.bases[l][s + 1] = p.data.as_ptr().wrapping_sub(16 * t);
-                t += p.data.len() / 16;
-                self.ends[l][s + 1] = t as u32;
-                self.hibits[l] |= u8::from(p.hibit) << (s + 1);
-            }
-            for s in pieces.len() + 1..=MAX_PIECES {
-                self.ends[l][s] = t as u32;
-            }
+            self.ends[l] = ends;
+            self.bases[l] = bases;
+            self.hibits[l] = hibits;
             self.sublanes += 1;
             self.messages += 1;
             return true;

@@ -46,13 +46,14 @@ impl KeyTable {
     /// The table of `(key, nonce)` pairs, at most [`MAX_LANES`] (more are ignored).
     #[inline]
     pub fn new<'k>(lanes: impl Iterator<Item = (&'k [u8; 32], &'k [u8; 12])>) -> Self {
-        let mut words = [[0u32; MAX_LANES]; 11];
+        // Built in place (no copy of the table on return).
+        let mut table = KeyTable { words: [[0u32; MAX_LANES]; 11] };
         for (l, (key, nonce)) in lanes.take(MAX_LANES).enumerate() {
             for (w, c) in key.chunks_exact(4).chain(nonce.chunks_exact(4)).enumerate() {
-                words[w][l] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                table.words[w][l] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        KeyTable { words }
+        table
     }
 }
 

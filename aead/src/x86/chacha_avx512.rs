@@ -67,11 +67,10 @@ fn transpose(x: &mut [__m512i; 16]) {
 }
 
 /// The key stream blocks of 16 jobs, XORed into `dst`: job `j` is lane `idx[j]` of `kw` at
-/// block counter `ctr[j]`.
+/// block counter `ctr[j]` (32-bit lanes of the vectors).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn blocks16(kw: &[__m512i; 11], idx: &[u32; 16], ctr: &[u32; 16], dst: &mut [Option<&mut [u8]>; 16]) {
-    let idx = load16(idx);
+fn blocks16(kw: &[__m512i; 11], idx: __m512i, ctr: __m512i, dst: &mut [Option<&mut [u8]>; 16]) {
     let mut x = [_mm512_setzero_si512(); 16];
     for (w, c) in SIGMA.iter().enumerate() {
         x[w] = _mm512_set1_epi32(*c as i32);
@@ -79,7 +78,7 @@ fn blocks16(kw: &[__m512i; 11], idx: &[u32; 16], ctr: &[u32; 16], dst: &mut [Opt
     for w in 0..8 {
         x[4 + w] = _mm512_permutexvar_epi32(idx, kw[w]);
     }
-    x[12] = load16(ctr);
+    x[12] = ctr;
     for w in 0..3 {
         x[13 + w] = _mm512_permutexvar_epi32(idx, kw[8 + w]);
     }
@@ -129,20 +128,23 @@ pub(super) fn blocks<'a>(table: &KeyTable, mut jobs: impl Iterator<Item = Job<'a
         *v = load16(w);
     }
     loop {
-        let mut idx = [0u32; 16];
-        let mut ctr = [0u32; 16];
+        // Lane indices and counters go straight into vector lanes (masked broadcasts): scalar
+        // stores then a vector load would stall on store forwarding.
+        let mut idx = _mm512_setzero_si512();
+        let mut ctr = _mm512_setzero_si512();
         let mut dst: [Option<&mut [u8]>; 16] = Default::default();
         let mut n = 0;
         for job in jobs.by_ref().take(16) {
-            idx[n] = job.lane;
-            ctr[n] = job.counter;
+            let at: __mmask16 = 1 << n;
+            idx = _mm512_mask_set1_epi32(idx, at, job.lane as i32);
+            ctr = _mm512_mask_set1_epi32(ctr, at, job.counter as i32);
             dst[n] = Some(job.dst);
             n += 1;
         }
         if n == 0 {
             break;
         }
-        blocks16(&kw, &idx, &ctr, &mut dst);
+        blocks16(&kw, idx, ctr, &mut dst);
         if n < 16 {
             break;
         }

@@ -93,8 +93,8 @@ pub(crate) fn finish_ifma(
     otk: &[[u8; 64]; MAX_LANES],
     messages: usize,
 ) -> [[u8; 16]; MAX_LANES] {
-    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, the feature `finish_tags`
-    // is compiled for.
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512ifma, the
+    // features `finish_tags` is compiled for.
     unsafe {
         if messages <= 8 {
             poly_ifma::finish_tags::<1>(h, otk)

@@ -83,7 +83,8 @@ fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
     let d3 = _mm256_add_epi64(d3, _mm256_srli_epi64::<26>(d2));
     let d4 = _mm256_add_epi64(d4, _mm256_srli_epi64::<26>(d3));
     let c = _mm256_srli_epi64::<26>(d4);
-    let h0 = _mm256_add_epi64(_mm256_and_si256(d0, m), _mm256_add_epi64(c, _mm256_slli_epi64::<2>(c)));
+    // c * 5 with one `vpmuludq` (c < 2^32; shifts and adds would become a 64-bit multiply).
+    let h0 = _mm256_add_epi64(_mm256_and_si256(d0, m), _mm256_mul_epu32(c, _mm256_set1_epi64x(5)));
     let h1 = _mm256_add_epi64(_mm256_and_si256(d1, m), _mm256_srli_epi64::<26>(h0));
     [_mm256_and_si256(h0, m), h1, _mm256_and_si256(d2, m), _mm256_and_si256(d3, m), _mm256_and_si256(d4, m)]
 }
@@ -92,7 +93,7 @@ fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn key(r: [__m256i; 5]) -> Key {
-    let five = |x: __m256i| _mm256_add_epi64(x, _mm256_slli_epi64::<2>(x));
+    let five = |x: __m256i| _mm256_mul_epu32(x, _mm256_set1_epi64x(5)); // x < 2^32
     Key { r, s: [five(r[0]), five(r[1]), five(r[2]), five(r[3]), five(r[4])] }
 }
 

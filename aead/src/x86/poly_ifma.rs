@@ -62,11 +62,19 @@ fn limbs(lo: __m512i, hi: __m512i) -> [__m512i; 3] {
     ]
 }
 
-/// `x * 20`.
+/// `acc + x * c` for `x * c < 2^52`, in one `vpmadd52luq`. (Written as shifts and adds, LLVM
+/// merges them into a 64-bit multiply, which without AVX-512DQ becomes three `vpmuludq`.)
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_add_small(acc: __m512i, x: __m512i, c: i64) -> __m512i {
+    _mm512_madd52lo_epu64(acc, x, _mm512_set1_epi64(c))
+}
+
+/// `x * 20`, for `x < 2^47`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
 fn times20(x: __m512i) -> __m512i {
-    _mm512_add_epi64(_mm512_slli_epi64::<4>(x), _mm512_slli_epi64::<2>(x))
+    mul_add_small(_mm512_setzero_si512(), x, 20)
 }
 
 /// The clamped `r` of one vector of lanes, its limbs and `20 r1`, `20 r2`.
@@ -91,7 +99,7 @@ fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
     let lo2 = _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r2), h1, r1), h2, r0);
     let hi2 = _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r2), h1, r1), h2, r0);
     // Place the high parts: position 0's into limb 1, 1's into limb 2, 2's into limb 0 * 5120.
-    let d0 = _mm512_add_epi64(lo0, _mm512_add_epi64(_mm512_slli_epi64::<12>(hi2), _mm512_slli_epi64::<10>(hi2)));
+    let d0 = mul_add_small(lo0, hi2, 5120); // hi2 < 2^38, so hi2 * 5120 < 2^52
     let d1 = _mm512_add_epi64(lo1, _mm512_slli_epi64::<8>(hi0));
     let d2 = _mm512_add_epi64(lo2, _mm512_slli_epi64::<8>(hi1));
     // Partial carry.
@@ -99,14 +107,14 @@ fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
     let d1 = _mm512_add_epi64(d1, _mm512_srli_epi64::<44>(d0));
     let d2 = _mm512_add_epi64(d2, _mm512_srli_epi64::<44>(d1));
     let c = _mm512_srli_epi64::<42>(d2);
-    let h0 = _mm512_add_epi64(_mm512_and_si512(d0, m44), _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
+    let h0 = mul_add_small(_mm512_and_si512(d0, m44), c, 5); // c < 2^13
     [h0, _mm512_and_si512(d1, m44), _mm512_and_si512(d2, _mm512_set1_epi64(M42))]
 }
 
 /// `(h mod 2^130 - 5) + s mod 2^128`, as the low and high halves, for 8 lanes: the vector form
 /// of [`crate::portable::finalize`] (the same steps, with lane masks for the final choice).
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512ifma")]
 fn finish(h: [__m512i; 3], s_lo: __m512i, s_hi: __m512i) -> (__m512i, __m512i) {
     let m44 = _mm512_set1_epi64(M44);
     let m42 = _mm512_set1_epi64(M42);
@@ -118,7 +126,7 @@ fn finish(h: [__m512i; 3], s_lo: __m512i, s_hi: __m512i) -> (__m512i, __m512i) {
         h2 = _mm512_add_epi64(h2, _mm512_srli_epi64::<44>(h1));
         h1 = _mm512_and_si512(h1, m44);
         let c = _mm512_srli_epi64::<42>(h2);
-        h0 = _mm512_add_epi64(h0, _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)));
+        h0 = mul_add_small(h0, c, 5); // c < 2^30
         h2 = _mm512_and_si512(h2, m42);
     }
     h1 = _mm512_add_epi64(h1, _mm512_srli_epi64::<44>(h0));
@@ -149,7 +157,7 @@ struct Keys {
 
 /// `Key` (limbs and their multiples of 20) for a multiplier in limbs.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512ifma")]
 fn key(r: [__m512i; 3]) -> Key {
     Key { r, s1: times20(r[1]), s2: times20(r[2]) }
 }
@@ -240,7 +248,7 @@ pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; M
 
 /// The tags of the first `8 * G` messages from their accumulators `h` (limbs of 44, 44 and 42
 /// bits plus carries, well below 2^64) and the `s` halves of their one-time keys in `otk`.
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512ifma")]
 pub(super) fn finish_tags<const G: usize>(
     h: &[[u64; 3]; MAX_LANES],
     otk: &[[u8; 64]; MAX_LANES],
