@@ -11,14 +11,18 @@
 //! (ChaCha20 state, the Poly1305 key block, Poly1305 finalisation). Here the SIMD lanes hold
 //! *different messages*: a ChaCha20 block of any lane's message can sit in any of the 16 (AVX-512)
 //! or 8 (AVX2) 32-bit lanes, and Poly1305 runs one message per 64-bit lane (AVX-512 IFMA with
-//! 44-bit limbs, or AVX2 with 26-bit limbs). `DESIGN.md` next to this crate's manifest describes
-//! the layout, the masking of lanes of different lengths and the constant-time argument.
+//! 44-bit limbs, or AVX2 with 26-bit limbs), a long message spread over the lanes short ones leave
+//! idle. `DESIGN.md` next to this crate's manifest describes the layout, how lanes of different
+//! lengths are handled, the constant-time argument and measured speed.
 //!
 //! # Layering
 //! - [`portable`]: the reference, a plain RFC 8439 implementation, one message at a time.
 //! - `x86` (x86-64 only): the AVX-512 and AVX2 kernels, the only `unsafe` code of the crate.
-//! - `sched`: what the kernels share: which ChaCha20 blocks go in which SIMD lane, and which
-//!   16-byte Poly1305 block each lane reads at each step.
+//! - `sched`: the ChaCha20 side of a burst: which block goes in which SIMD lane (jobs), and the
+//!   transposed key table.
+//! - `plan`: the Poly1305 side: which message each 64-bit SIMD lane follows, which 16-byte block
+//!   it reads at each step, and with which power of `r`.
+//! - `burst`: the phases of a burst on a SIMD backend.
 //! - [`Lanes`]: picks a [`Backend`] (once, from CPUID) and runs bursts on it.
 //!
 //! # Open: verify, then decrypt

@@ -175,7 +175,7 @@ pub(crate) struct PolyPlan<'a> {
     powers: [[u8; 2]; MAX_SUBLANES],
     /// Per sub-lane and segment (0: the zero blocks before its input; s + 1: piece s): the step it
     /// ends at, and a base such that the block of step `t` is `base + stride * t`.
-    ends: [[u32; MAX_PIECES + 1]; MAX_SUBLANES],
+    ends: [[usize; MAX_PIECES + 1]; MAX_SUBLANES],
     bases: [[*const u8; MAX_PIECES + 1]; MAX_SUBLANES],
     /// Per sub-lane: the stride in bytes of its real segments (`16 k`).
     stride: [usize; MAX_SUBLANES],
@@ -195,17 +195,17 @@ pub(crate) struct Epoch {
 }
 
 impl<'a> PolyPlan<'a> {
-    /// A plan of `steps` steps (at most `u32::MAX`) with no message yet; sub-lanes never pushed
+    /// A plan of `steps` steps with no message yet; sub-lanes never pushed
     /// read zero blocks throughout.
     #[inline]
     pub fn new(steps: usize) -> Self {
         PolyPlan {
-            steps: steps.min(u32::MAX as usize),
+            steps,
             sublanes: 0,
             messages: 0,
             owner: [0; MAX_SUBLANES],
             powers: [[1, 1]; MAX_SUBLANES],
-            ends: [[steps.min(u32::MAX as usize) as u32; MAX_PIECES + 1]; MAX_SUBLANES],
+            ends: [[steps; MAX_PIECES + 1]; MAX_SUBLANES],
             bases: [[ZERO_BLOCK.as_ptr(); MAX_PIECES + 1]; MAX_SUBLANES],
             stride: [0; MAX_SUBLANES],
             hibits: [0; MAX_SUBLANES],
@@ -232,17 +232,17 @@ impl<'a> PolyPlan<'a> {
             // chain through store forwarding.)
             let l = self.sublanes;
             let mut t = steps - n;
-            let mut ends = [t as u32; MAX_PIECES + 1];
+            let mut ends = [t; MAX_PIECES + 1];
             let mut bases = [ZERO_BLOCK.as_ptr(); MAX_PIECES + 1];
             let mut hibits = 0u8;
             for (s, p) in pieces.iter().enumerate() {
                 bases[s + 1] = p.data.as_ptr().wrapping_sub(16 * t);
                 t += p.data.len() / 16;
                 hibits |= u8::from(p.hibit) << (s + 1);
-                ends[s + 1] = t as u32;
+                ends[s + 1] = t;
             }
             for e in ends.iter_mut().skip(pieces.len() + 1) {
-                *e = t as u32;
+                *e = t;
             }
             self.owner[l] = self.messages as u8;
             self.powers[l] = [1, 1];
@@ -276,10 +276,10 @@ impl<'a> PolyPlan<'a> {
             let i0 = if rem[last] + j < k { rem[last] + j } else { rem[last] + j - k };
             let before = |s: usize| quot[s] + usize::from(rem[s] > i0);
             let first_step = steps - before(last);
-            self.ends[l][0] = first_step as u32;
+            self.ends[l][0] = first_step;
             for (s, p) in pieces.iter().enumerate() {
                 let (b0, b1) = (before(s), before(s + 1));
-                self.ends[l][s + 1] = (first_step + b1) as u32;
+                self.ends[l][s + 1] = first_step + b1;
                 if b1 > b0 {
                     // Its first block in this piece is i0 + k * b0, absorbed at step first + b0.
                     let f = i0 + k * b0;
@@ -368,11 +368,11 @@ impl Epochs<'_, '_> {
             // Skip the segments that end at or before `start` (empty ones included). The last
             // one ends at `steps`, past `start`, so `seg` stays at most `MAX_PIECES`.
             let mut seg = self.cur[l];
-            while seg < MAX_PIECES && ends[seg] as usize <= start {
+            while seg < MAX_PIECES && ends[seg] <= start {
                 seg += 1;
             }
             self.cur[l] = seg;
-            end = end.min(ends[seg] as usize);
+            end = end.min(ends[seg]);
             let real = seg > 0;
             let stride = plan.stride[l] * usize::from(real);
             ep.stride[l] = stride;
