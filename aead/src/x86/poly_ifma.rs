@@ -19,7 +19,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::plan::{Epochs, PolyPlan, MAX_SUBLANES};
+use crate::plan::{Epoch, Epochs, PolyPlan, MAX_SUBLANES};
 use crate::MAX_LANES;
 
 const M44: i64 = (1 << 44) - 1;
@@ -162,6 +162,37 @@ fn key(r: [__m512i; 3]) -> Key {
     Key { r, s1: times20(r[1]), s2: times20(r[2]) }
 }
 
+/// One step of `G` vectors: absorb the block at each pointer of `p`, multiply, advance `p` by the
+/// epoch's strides.
+///
+/// # Safety
+/// Each of the first `8 * G` pointers of `p` points at 16 readable bytes (the `PolyPlan`
+/// invariant, for a step within `ep`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+unsafe fn step<const G: usize>(
+    h: &mut [[__m512i; 3]; G],
+    p: &mut [*const u8; MAX_SUBLANES],
+    ep: &Epoch,
+    hibit: &[__m512i; G],
+    keys: &[Key; G],
+) {
+    for g in 0..G {
+        // SAFETY: the caller guarantees 16 readable bytes at each of these pointers.
+        let (lo, hi) = unsafe { load8(&p[8 * g..8 * g + 8]) };
+        let m = limbs(lo, hi);
+        let s = [
+            _mm512_add_epi64(h[g][0], m[0]),
+            _mm512_add_epi64(h[g][1], m[1]),
+            _mm512_add_epi64(h[g][2], _mm512_or_si512(m[2], hibit[g])),
+        ];
+        h[g] = mul(s, &keys[g]);
+    }
+    for (q, s) in p.iter_mut().zip(&ep.stride).take(8 * G) {
+        *q = q.wrapping_add(*s);
+    }
+}
+
 /// The Poly1305 accumulators (limbs of 44, 44 and 42 bits plus carries) of the first `8 * G`
 /// sub-lanes of `plan`, each keyed with the unclamped `r` in the first 16 bytes of its message's
 /// `otk` raised to the plan's powers. Sub-lanes past `8 * G` are zero.
@@ -206,30 +237,22 @@ pub(super) fn accumulate<const G: usize>(plan: &PolyPlan<'_>, otk: &[[u8; 64]; M
     }
     let mut h = [[zero; 3]; G];
     let bit128 = 1i64 << 40; // 2^128 = 2^40 in limb 2 (2^88)
-    let last_step = plan.steps().wrapping_sub(1);
+    let steps = plan.steps();
     let mut epochs = plan.epochs();
     let mut ep = Epochs::empty();
     while epochs.next_into(&mut ep, 8 * G) {
         let mut p = ep.ptr;
         let hibit: [__m512i; G] =
             core::array::from_fn(|g| _mm512_maskz_set1_epi64((ep.hibit >> (8 * g)) as u8, bit128));
-        for t in ep.start..ep.end {
-            let k = if t == last_step { &last_key } else { &step_key };
-            for g in 0..G {
-                // SAFETY: `PolyPlan` guarantees 16 readable bytes at `ptr[l] + stride[l] * i` for
-                // each step `i` of the epoch; `p` is that pointer at this step.
-                let (lo, hi) = unsafe { load8(&p[8 * g..8 * g + 8]) };
-                let m = limbs(lo, hi);
-                let s = [
-                    _mm512_add_epi64(h[g][0], m[0]),
-                    _mm512_add_epi64(h[g][1], m[1]),
-                    _mm512_add_epi64(h[g][2], _mm512_or_si512(m[2], hibit[g])),
-                ];
-                h[g] = mul(s, &k[g]);
-            }
-            for (q, s) in p.iter_mut().zip(&ep.stride).take(8 * G) {
-                *q = q.wrapping_add(*s);
-            }
+        // Every step but the plan's last multiplies by `step_key`; the last one (peeled, so that
+        // the loop keeps only one set of keys in registers) by `last_key`.
+        for _ in ep.start..ep.end.min(steps - 1) {
+            // SAFETY: `p` is the epoch's pointers advanced to this step, within the epoch.
+            unsafe { step(&mut h, &mut p, &ep, &hibit, &step_key) };
+        }
+        if ep.end == steps {
+            // SAFETY: as above, at the epoch's (and plan's) last step.
+            unsafe { step(&mut h, &mut p, &ep, &hibit, &last_key) };
         }
     }
     let mut out = [[0u64; 3]; MAX_SUBLANES];
