@@ -82,10 +82,10 @@ impl Simd {
     }
 }
 
-/// The key table of a burst.
+/// Fills the key table of a burst.
 #[inline]
-fn table(lanes: &[Lane<'_>]) -> KeyTable {
-    KeyTable::new(lanes.iter().map(|l| (l.key, &l.nonce)))
+fn fill_table(table: &mut KeyTable, lanes: &[Lane<'_>]) {
+    table.fill(lanes.iter().map(|l| (l.key, &l.nonce)));
 }
 
 /// Block 0 of each lane's key stream: the one-time Poly1305 key `r || s` in its first 32 bytes.
@@ -135,7 +135,8 @@ pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
         return;
     };
     let n = lanes.len().min(MAX_LANES);
-    let table = table(lanes);
+    let mut table = KeyTable::zeroed();
+    fill_table(&mut table, lanes);
     let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
     one_time_keys(simd, &table, n, &mut otk);
     simd.chacha(&table, data_jobs(lanes, u16::MAX));
@@ -158,7 +159,8 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
         return ok;
     };
     let n = lanes.len().min(MAX_LANES);
-    let table = table(lanes);
+    let mut table = KeyTable::zeroed();
+    fill_table(&mut table, lanes);
     let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
     one_time_keys(simd, &table, n, &mut otk);
     let mut expected = tags(simd, &lanes[..n], &otk);

@@ -19,7 +19,8 @@ pub fn chacha20_blocks(backend: Backend, blocks: &[([u8; 32], [u8; 12], u32)]) -
     let mut out = vec![[0u8; 64]; blocks.len()];
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = crate::burst::Simd::new(backend) {
-        let table = crate::sched::KeyTable::new(blocks.iter().map(|(k, n, _)| (k, n)));
+        let mut table = crate::sched::KeyTable::zeroed();
+        table.fill(blocks.iter().map(|(k, n, _)| (k, n)));
         let jobs = out.iter_mut().zip(blocks).enumerate().map(|(i, (dst, b))| crate::sched::Job {
             lane: i as u32,
             counter: b.2,

@@ -43,17 +43,21 @@ pub(crate) struct KeyTable {
 }
 
 impl KeyTable {
-    /// The table of `(key, nonce)` pairs, at most [`MAX_LANES`] (more are ignored).
+    /// An all-zero table, to be filled in place with [`KeyTable::fill`] (returning a filled table
+    /// by value costs a copy: the `Drop` impl keeps the compiler from building it in place).
     #[inline]
-    pub fn new<'k>(lanes: impl Iterator<Item = (&'k [u8; 32], &'k [u8; 12])>) -> Self {
-        // Built in place (no copy of the table on return).
-        let mut table = KeyTable { words: [[0u32; MAX_LANES]; 11] };
+    pub fn zeroed() -> Self {
+        KeyTable { words: [[0u32; MAX_LANES]; 11] }
+    }
+
+    /// Writes the `(key, nonce)` pairs in, at most [`MAX_LANES`] (more are ignored).
+    #[inline]
+    pub fn fill<'k>(&mut self, lanes: impl Iterator<Item = (&'k [u8; 32], &'k [u8; 12])>) {
         for (l, (key, nonce)) in lanes.take(MAX_LANES).enumerate() {
             for (w, c) in key.chunks_exact(4).chain(nonce.chunks_exact(4)).enumerate() {
-                table.words[w][l] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                self.words[w][l] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        table
     }
 }
 
