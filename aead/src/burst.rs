@@ -1,0 +1,174 @@
+//! A burst on the SIMD backends: the phases of RFC 8439 §2.8 for all lanes at once.
+//!
+//! Seal: (1) block 0 of every lane, the one-time Poly1305 keys; (2) every data block of every
+//! lane, XORed in place; (3) Poly1305 over each lane's additional data and ciphertext; (4) the
+//! final reduction and `+ s`, per lane. Open runs (1), (3) and (4) over the received ciphertext,
+//! compares the tags in constant time, and runs (2) only for the lanes that matched.
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+use crate::plan::{aead_blocks, aead_pieces, split, PolyPlan};
+use crate::portable::finalize;
+use crate::sched::{data_jobs, key_jobs, Job, KeyTable};
+use crate::x86::{self, Avx2, Avx512};
+use crate::{Backend, Lane, MAX_LANES, TAG_LEN};
+
+/// The CPU token of a SIMD backend.
+#[derive(Clone, Copy)]
+pub(crate) enum Simd {
+    Avx512(Avx512),
+    Avx2(Avx2),
+}
+
+impl Simd {
+    /// The token for `backend`, if it is a SIMD one and this CPU runs it.
+    pub fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Avx512 => Avx512::new().map(Simd::Avx512),
+            Backend::Avx2 => Avx2::new().map(Simd::Avx2),
+            Backend::Portable => None,
+        }
+    }
+
+    /// XORs each job's key stream block into its destination.
+    pub fn chacha<'a>(self, table: &KeyTable, jobs: impl Iterator<Item = Job<'a>>) {
+        match self {
+            Simd::Avx512(cpu) => x86::chacha_avx512(cpu, table, jobs),
+            Simd::Avx2(cpu) => x86::chacha_avx2(cpu, table, jobs),
+        }
+    }
+
+    /// Sub-lanes per Poly1305 vector, and the vector counts the kernel takes.
+    pub fn poly_shape(self) -> (usize, &'static [usize]) {
+        match self {
+            Simd::Avx512(_) => (8, &x86::IFMA_GROUPS),
+            Simd::Avx2(_) => (4, &x86::AVX2_GROUPS),
+        }
+    }
+
+    /// The Poly1305 tags of the first `n` messages of `plan` (run in `groups` vectors), with the
+    /// one-time keys in `otk` (`r || s` in the first 32 bytes of each).
+    pub fn poly1305(
+        self,
+        plan: &PolyPlan<'_>,
+        groups: usize,
+        otk: &[[u8; 64]; MAX_LANES],
+        n: usize,
+    ) -> [[u8; TAG_LEN]; MAX_LANES] {
+        let mut sub = match self {
+            Simd::Avx512(cpu) => x86::poly_ifma(cpu, plan, otk, groups),
+            Simd::Avx2(cpu) => x86::poly_avx2(cpu, plan, otk, groups),
+        };
+        let mut h = plan.combine(&sub);
+        sub.as_flattened_mut().zeroize();
+        let tags = match self {
+            Simd::Avx512(cpu) => x86::finish_ifma(cpu, &h, otk, n),
+            Simd::Avx2(_) => {
+                let mut tags = [[0u8; TAG_LEN]; MAX_LANES];
+                for ((tag, h), k) in tags.iter_mut().zip(h.iter()).zip(otk).take(n) {
+                    let mut s = [0u64; 2];
+                    for (s, c) in s.iter_mut().zip(k[16..32].chunks_exact(8)) {
+                        *s = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+                    }
+                    *tag = finalize(*h, s);
+                    s[..].zeroize();
+                }
+                tags
+            }
+        };
+        h.as_flattened_mut().zeroize();
+        tags
+    }
+}
+
+/// Fills the key table of a burst.
+#[inline]
+fn fill_table(table: &mut KeyTable, lanes: &[Lane<'_>]) {
+    table.fill(lanes.iter().map(|l| (l.key, &l.nonce)));
+}
+
+/// Block 0 of each lane's key stream: the one-time Poly1305 key `r || s` in its first 32 bytes.
+/// Wiped on drop.
+struct OneTimeKeys([[u8; 64]; MAX_LANES]);
+
+impl Drop for OneTimeKeys {
+    fn drop(&mut self) {
+        self.0.as_flattened_mut().zeroize();
+    }
+}
+
+/// Phase (1): the one-time keys of the lanes, block 0 of each.
+#[inline]
+fn one_time_keys(simd: Simd, table: &KeyTable, n: usize, otk: &mut OneTimeKeys) {
+    simd.chacha(table, key_jobs(&mut otk.0[..n]));
+}
+
+/// Phase (3) and (4): the AEAD tags of the lanes over their current buffers.
+#[inline]
+fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MAX_LANES] {
+    let n = lanes.len().min(MAX_LANES);
+    let mut blocks = [0usize; MAX_LANES];
+    for (b, l) in blocks.iter_mut().zip(lanes) {
+        *b = aead_blocks(l.aad.len(), l.buf.len());
+    }
+    let (width, groups) = simd.poly_shape();
+    let split = split(&blocks[..n], width, groups);
+    // The padded last blocks and the lengths: public (additional data, ciphertext), not wiped.
+    let mut tails = [[[0u8; 16]; 3]; MAX_LANES];
+    let mut plan = PolyPlan::new(split.steps);
+    for ((l, t), k) in lanes.iter().zip(tails.iter_mut()).zip(split.k) {
+        // Fits: `split` sized the steps and sub-lanes for these very blocks.
+        let pushed = plan.push(&aead_pieces(l.aad, l.buf, t), k);
+        debug_assert!(pushed);
+    }
+    simd.poly1305(&plan, split.groups, &otk.0, n)
+}
+
+/// Seals every lane (at most [`MAX_LANES`], lengths checked by the caller).
+pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
+    let Some(simd) = Simd::new(backend) else {
+        // Not reached: `Lanes` takes a SIMD backend only when the CPU runs it.
+        for l in lanes.iter_mut() {
+            l.tag = crate::portable::seal(l.key, &l.nonce, l.aad, l.buf);
+        }
+        return;
+    };
+    let n = lanes.len().min(MAX_LANES);
+    let mut table = KeyTable::zeroed();
+    fill_table(&mut table, lanes);
+    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+    one_time_keys(simd, &table, n, &mut otk);
+    simd.chacha(&table, data_jobs(lanes, u16::MAX));
+    let mut tags = tags(simd, &lanes[..n], &otk);
+    for (l, t) in lanes.iter_mut().zip(tags.iter()) {
+        l.tag = *t;
+    }
+    tags.as_flattened_mut().zeroize();
+}
+
+/// Opens every lane (at most [`MAX_LANES`], lengths checked by the caller); returns the mask of
+/// lanes whose tag matched, the only ones decrypted.
+pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
+    let Some(simd) = Simd::new(backend) else {
+        // Not reached: `Lanes` takes a SIMD backend only when the CPU runs it.
+        let mut ok = 0;
+        for (i, l) in lanes.iter_mut().enumerate() {
+            ok |= u16::from(crate::portable::open(l.key, &l.nonce, l.aad, l.buf, &l.tag)) << i;
+        }
+        return ok;
+    };
+    let n = lanes.len().min(MAX_LANES);
+    let mut table = KeyTable::zeroed();
+    fill_table(&mut table, lanes);
+    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+    one_time_keys(simd, &table, n, &mut otk);
+    let mut expected = tags(simd, &lanes[..n], &otk);
+    let mut ok = 0u16;
+    for (i, (l, t)) in lanes.iter().zip(expected.iter()).enumerate() {
+        ok |= u16::from(bool::from(l.tag[..].ct_eq(&t[..]))) << i;
+    }
+    expected.as_flattened_mut().zeroize();
+    simd.chacha(&table, data_jobs(lanes, ok));
+    ok
+}

@@ -1,0 +1,240 @@
+//! The fuzz body and the hooks the tests use to reach the kernels directly. Behind the `fuzzing`
+//! feature: for the fuzz crate and the tests only.
+//!
+//! [`lanes`] turns fuzz input into a burst (lane count, keys, nonces, additional data, lengths,
+//! contents, corruptions) and checks every backend this CPU runs against the portable reference
+//! and against ring. It panics on any disagreement: that is what a fuzzer looks for.
+
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+
+use crate::portable::{self, Poly1305};
+use crate::{Backend, Lane, Lanes, MAX_LANES, NONCE_LEN, TAG_LEN};
+
+/// ChaCha20 blocks (RFC 8439 §2.3) on `backend`'s kernel: one per `(key, nonce, counter)`, at
+/// most [`MAX_LANES`] in one call. `None` if the CPU cannot run the backend or there are too many.
+pub fn chacha20_blocks(backend: Backend, blocks: &[([u8; 32], [u8; 12], u32)]) -> Option<Vec<[u8; 64]>> {
+    if blocks.len() > MAX_LANES || !backend.is_supported() {
+        return None;
+    }
+    let mut out = vec![[0u8; 64]; blocks.len()];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = crate::burst::Simd::new(backend) {
+        let mut table = crate::sched::KeyTable::zeroed();
+        table.fill(blocks.iter().map(|(k, n, _)| (k, n)));
+        let jobs = out.iter_mut().zip(blocks).enumerate().map(|(i, (dst, b))| crate::sched::Job {
+            lane: i as u32,
+            counter: b.2,
+            dst: &mut dst[..],
+        });
+        simd.chacha(&table, jobs);
+        return Some(out);
+    }
+    for (o, (k, n, c)) in out.iter_mut().zip(blocks) {
+        *o = portable::chacha20_block(k, *c, n);
+    }
+    Some(out)
+}
+
+/// Poly1305 (RFC 8439 §2.5, any message length) on `backend`'s kernel: one tag per
+/// `(r || s, message)`, at most [`MAX_LANES`] in one call. `None` if the CPU cannot run the
+/// backend or there are too many.
+pub fn poly1305(backend: Backend, macs: &[([u8; 32], &[u8])]) -> Option<Vec<[u8; TAG_LEN]>> {
+    if macs.len() > MAX_LANES || !backend.is_supported() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = crate::burst::Simd::new(backend) {
+        use crate::plan::{split, Piece, PolyPlan};
+        let mut tails = [[0u8; 16]; MAX_LANES];
+        let mut otk = [[0u8; 64]; MAX_LANES];
+        let mut blocks = [0usize; MAX_LANES];
+        for (b, (_, msg)) in blocks.iter_mut().zip(macs) {
+            *b = msg.len().div_ceil(16);
+        }
+        let (width, groups) = simd.poly_shape();
+        let split = split(&blocks[..macs.len()], width, groups);
+        let mut plan = PolyPlan::new(split.steps);
+        for (((t, o), (key, msg)), k) in tails.iter_mut().zip(otk.iter_mut()).zip(macs).zip(split.k) {
+            // Full blocks with the 2^128 bit, then the rest with a 1 byte appended and no 2^128 bit.
+            let (full, rest) = msg.split_at(msg.len() & !15);
+            t[..rest.len()].copy_from_slice(rest);
+            if !rest.is_empty() {
+                t[rest.len()] = 1;
+            }
+            let last = Piece { data: if rest.is_empty() { &[] } else { &t[..] }, hibit: false };
+            assert!(plan.push(&[Piece { data: full, hibit: true }, last], k), "split sized the plan");
+            o[..32].copy_from_slice(key);
+        }
+        return Some(simd.poly1305(&plan, split.groups, &otk, macs.len())[..macs.len()].to_vec());
+    }
+    Some(
+        macs.iter()
+            .map(|(key, msg)| {
+                let mut mac = Poly1305::new(key);
+                mac.update(msg);
+                mac.finish()
+            })
+            .collect(),
+    )
+}
+
+/// A small deterministic generator (SplitMix64) for the contents the fuzz input does not spell out.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// One lane of a fuzz burst.
+struct Case {
+    key: [u8; 32],
+    nonce: [u8; NONCE_LEN],
+    aad: Vec<u8>,
+    plain: Vec<u8>,
+    /// Flip a bit of the tag (`Some(bit)`) before opening.
+    bad_tag: Option<u8>,
+    /// Flip a bit of the ciphertext (`Some(bit index)`) before opening.
+    bad_ct: Option<usize>,
+}
+
+/// Reads a burst from fuzz input: one byte for the lane count, then per lane 12 header bytes
+/// (key seed, nonce counter, lengths, corruption). Contents come from a generator seeded by the
+/// header, so short inputs still make long messages.
+fn cases(data: &[u8]) -> Vec<Case> {
+    let mut it = data.iter().copied();
+    let mut byte = || it.next().unwrap_or(0);
+    let n = usize::from(byte()) % MAX_LANES + 1;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let h: [u8; 12] = core::array::from_fn(|_| byte());
+        let mut mix = Mix(u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) ^ 0x5eed);
+        let mut key = [0u8; 32];
+        mix.fill(&mut key);
+        // Keys from a small set, so that lanes often share one (as a WireGuard peer's burst does).
+        if h[8] & 0x80 != 0 {
+            key = [h[8] & 3; 32];
+        }
+        let nonce = match h[8] & 0x40 {
+            0 => crate::wireguard_nonce(mix.next() >> (h[9] % 64)),
+            _ => {
+                let mut n = [0u8; NONCE_LEN];
+                mix.fill(&mut n);
+                n
+            }
+        };
+        let aad_len = if h[8] & 0x20 != 0 { usize::from(h[9] % 40) } else { 0 };
+        let len = usize::from(u16::from_le_bytes([h[10], h[11]])) % 1537;
+        let mut aad = vec![0u8; aad_len];
+        mix.fill(&mut aad);
+        let mut plain = vec![0u8; len];
+        mix.fill(&mut plain);
+        let bad_tag = (h[8] & 0x10 != 0).then_some(h[9] % 128);
+        let bad_ct = (h[8] & 0x08 != 0 && len > 0).then(|| (mix.next() as usize) % (len * 8));
+        out.push(Case { key, nonce, aad, plain, bad_tag, bad_ct });
+    }
+    out
+}
+
+/// ring's seal of one case: (ciphertext, tag).
+fn ring_seal(c: &Case) -> (Vec<u8>, [u8; TAG_LEN]) {
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &c.key).expect("32-byte key"));
+    let mut buf = c.plain.clone();
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(c.nonce), Aad::from(&c.aad[..]), &mut buf)
+        .expect("ring seals any length used here");
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag.as_ref());
+    (buf, t)
+}
+
+/// Whether ring opens `ct` with `tag`.
+fn ring_opens(c: &Case, ct: &[u8], tag: [u8; TAG_LEN]) -> bool {
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &c.key).expect("32-byte key"));
+    let mut buf = ct.to_vec();
+    key.open_in_place_separate_tag(
+        Nonce::assume_unique_for_key(c.nonce),
+        Aad::from(&c.aad[..]),
+        Tag::from(tag),
+        &mut buf,
+        0..,
+    )
+    .is_ok()
+}
+
+/// The fuzz body: a burst from `data`, sealed and opened (with the corruptions it asks for) on
+/// every backend this CPU runs, checked against the portable reference and ring. Returns the
+/// number of lanes checked (lanes times backends).
+///
+/// # Panics
+/// On any disagreement, or when an open releases a buffer it should not.
+pub fn lanes(data: &[u8]) -> usize {
+    let cases = cases(data);
+    let expected: Vec<(Vec<u8>, [u8; TAG_LEN])> = cases.iter().map(ring_seal).collect();
+    for (c, (ct, tag)) in cases.iter().zip(&expected) {
+        let mut buf = c.plain.clone();
+        let t = portable::seal(&c.key, &c.nonce, &c.aad, &mut buf);
+        assert_eq!((&buf, &t), (ct, tag), "portable seal differs from ring");
+    }
+    let mut checked = 0;
+    for backend in Backend::ALL {
+        let Some(engine) = Lanes::with_backend(backend) else { continue };
+        // Seal.
+        let mut bufs: Vec<Vec<u8>> = cases.iter().map(|c| c.plain.clone()).collect();
+        let mut lanes: Vec<Lane<'_>> =
+            cases.iter().zip(bufs.iter_mut()).map(|(c, b)| Lane::new(&c.key, c.nonce, &c.aad, b)).collect();
+        engine.seal_lanes(&mut lanes).expect("a burst of at most 16 short lanes");
+        let tags: Vec<[u8; TAG_LEN]> = lanes.iter().map(|l| l.tag).collect();
+        drop(lanes);
+        for (i, ((b, t), (ct, tag))) in bufs.iter().zip(&tags).zip(&expected).enumerate() {
+            assert_eq!((b, t), (ct, tag), "{} seal differs from ring in lane {i}", backend.name());
+        }
+        // Open, some lanes corrupted.
+        let mut want_ok = 0u16;
+        let mut sent: Vec<(Vec<u8>, [u8; TAG_LEN])> = Vec::with_capacity(cases.len());
+        for (i, (c, (ct, tag))) in cases.iter().zip(&expected).enumerate() {
+            let (mut ct, mut tag) = (ct.clone(), *tag);
+            if let Some(bit) = c.bad_tag {
+                tag[usize::from(bit / 8)] ^= 1 << (bit % 8);
+            }
+            if let Some(bit) = c.bad_ct {
+                ct[bit / 8] ^= 1 << (bit % 8);
+            }
+            let ok = c.bad_tag.is_none() && c.bad_ct.is_none();
+            assert_eq!(ring_opens(c, &ct, tag), ok, "ring disagrees on lane {i}");
+            want_ok |= u16::from(ok) << i;
+            sent.push((ct, tag));
+        }
+        let mut bufs: Vec<Vec<u8>> = sent.iter().map(|(ct, _)| ct.clone()).collect();
+        let mut lanes: Vec<Lane<'_>> = cases
+            .iter()
+            .zip(bufs.iter_mut())
+            .zip(&sent)
+            .map(|((c, b), (_, tag))| Lane { tag: *tag, ..Lane::new(&c.key, c.nonce, &c.aad, b) })
+            .collect();
+        let ok = engine.open_lanes(&mut lanes).expect("a burst of at most 16 short lanes");
+        drop(lanes);
+        assert_eq!(ok, want_ok, "{} open verdicts", backend.name());
+        for (i, ((b, c), (ct, _))) in bufs.iter().zip(&cases).zip(&sent).enumerate() {
+            if ok & (1 << i) != 0 {
+                assert_eq!(b, &c.plain, "{} open of lane {i} is not the plaintext", backend.name());
+            } else {
+                assert_eq!(b, ct, "{} released (changed) the buffer of failed lane {i}", backend.name());
+            }
+        }
+        checked += cases.len();
+    }
+    checked
+}

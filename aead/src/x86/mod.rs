@@ -1,0 +1,126 @@
+//! The x86-64 kernels: every `unsafe` block of the crate is in this module and its children.
+//!
+//! Each kernel is a `#[target_feature]` function. It is reached only through a safe wrapper that
+//! takes a token ([`Avx512`] or [`Avx2`]); a token is made only after CPUID reported the features,
+//! so holding one is the proof that calling the kernel is sound.
+
+mod chacha_avx2;
+mod chacha_avx512;
+mod poly_avx2;
+mod poly_ifma;
+
+use crate::plan::{PolyPlan, MAX_SUBLANES};
+use crate::sched::{Job, KeyTable};
+use crate::MAX_LANES;
+
+/// Whether the CPU has what [`Avx512`] needs: AVX-512F, BW (byte-masked loads and stores) and IFMA.
+pub(crate) fn avx512_supported() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512ifma")
+}
+
+/// Whether the CPU has AVX2.
+pub(crate) fn avx2_supported() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// Proof that this CPU runs AVX-512F, AVX-512BW and AVX-512 IFMA code.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    pub fn new() -> Option<Self> {
+        avx512_supported().then_some(Avx512(()))
+    }
+}
+
+/// Proof that this CPU runs AVX2 code.
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    pub fn new() -> Option<Self> {
+        avx2_supported().then_some(Avx2(()))
+    }
+}
+
+/// XORs the key stream of every job into its destination, 16 jobs per vector.
+pub(crate) fn chacha_avx512<'a>(_cpu: Avx512, table: &KeyTable, jobs: impl Iterator<Item = Job<'a>>) {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, avx512bw and avx512ifma,
+    // the features `blocks` is compiled for.
+    unsafe { chacha_avx512::blocks(table, jobs) }
+}
+
+/// XORs the key stream of every job into its destination, 8 jobs per vector.
+pub(crate) fn chacha_avx2<'a>(_cpu: Avx2, table: &KeyTable, jobs: impl Iterator<Item = Job<'a>>) {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `blocks` is
+    // compiled for.
+    unsafe { chacha_avx2::blocks(table, jobs) }
+}
+
+/// The IFMA kernel's vectors of sub-lanes (8 each).
+pub(crate) const IFMA_GROUPS: [usize; 4] = [1, 2, 3, 4];
+/// The AVX2 kernel's vectors of sub-lanes (4 each).
+pub(crate) const AVX2_GROUPS: [usize; 4] = [1, 2, 4, 8];
+
+/// Poly1305 accumulators of the sub-lanes of `plan` in `groups` vectors of 8 (one of
+/// [`IFMA_GROUPS`]), before the final reduction and `+ s` (limbs of 44, 44 and 42 bits plus
+/// carries), each keyed with its message's `r` (the first 16 bytes of its `otk`, unclamped).
+pub(crate) fn poly_ifma(
+    _cpu: Avx512,
+    plan: &PolyPlan<'_>,
+    otk: &[[u8; 64]; MAX_LANES],
+    groups: usize,
+) -> [[u64; 3]; MAX_SUBLANES] {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512ifma, the
+    // features `accumulate` is compiled for.
+    unsafe {
+        match groups {
+            0 | 1 => poly_ifma::accumulate::<1>(plan, otk),
+            2 => poly_ifma::accumulate::<2>(plan, otk),
+            3 => poly_ifma::accumulate::<3>(plan, otk),
+            _ => poly_ifma::accumulate::<4>(plan, otk),
+        }
+    }
+}
+
+/// The tags of the first `messages` messages from their summed accumulators and the `s` halves of
+/// their one-time keys (bytes 16 to 32 of `otk`).
+pub(crate) fn finish_ifma(
+    _cpu: Avx512,
+    h: &[[u64; 3]; MAX_LANES],
+    otk: &[[u8; 64]; MAX_LANES],
+    messages: usize,
+) -> [[u8; 16]; MAX_LANES] {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512ifma, the
+    // features `finish_tags` is compiled for.
+    unsafe {
+        if messages <= 8 {
+            poly_ifma::finish_tags::<1>(h, otk)
+        } else {
+            poly_ifma::finish_tags::<2>(h, otk)
+        }
+    }
+}
+
+/// As [`poly_ifma`] with AVX2, in `groups` vectors of 4 (one of [`AVX2_GROUPS`]); the 26-bit
+/// limbs are converted to 44-bit ones on the way out.
+pub(crate) fn poly_avx2(
+    _cpu: Avx2,
+    plan: &PolyPlan<'_>,
+    otk: &[[u8; 64]; MAX_LANES],
+    groups: usize,
+) -> [[u64; 3]; MAX_SUBLANES] {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `accumulate` is
+    // compiled for.
+    let h26 = unsafe {
+        match groups {
+            0 | 1 => poly_avx2::accumulate::<1>(plan, otk),
+            2 => poly_avx2::accumulate::<2>(plan, otk),
+            3 | 4 => poly_avx2::accumulate::<4>(plan, otk),
+            _ => poly_avx2::accumulate::<8>(plan, otk),
+        }
+    };
+    h26.map(poly_avx2::to_radix44)
+}
