@@ -1,6 +1,7 @@
 //! `wgpmd`: the command line. `run` starts a concentrator, `stats` reads a running one's
 //! counters, `bench` measures the worker pipeline over in-memory ports, `status`/`bind`/`unbind`
 //! hand a NIC to vfio-pci and back (the `vfio:BDF` port).
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -237,7 +238,7 @@ fn main() -> ExitCode {
     let filter = match cli.verbose {
         0 if quiet => "warn",
         0 => "info",
-        1 => "info,wgpmd=debug",
+        1 => "info,wgpmd=debug,wgpmd_proto=debug",
         _ => "debug",
     };
     tracing_subscriber::fmt()

@@ -21,8 +21,10 @@
 //!
 //! None on any input: parsing goes through the wire views' `new_checked` and `Repr::parse`,
 //! output through `Repr::emit` into slices checked for length first. The robustness test
-//! (`wgpmd/tests/wan_robustness.rs`) and the `wan_frame` fuzz target run a million mutated
-//! frames through [`Wan::classify`] and the replies to hold this module to that.
+//! (`wgpmd/tests/wan_robustness.rs`: about a million mutated frames) and the `wan_frame` fuzz
+//! target hold [`Wan::classify`], the in-place replies, the solicitations and the outer headers
+//! to that. The neighbour table and `icmp::too_big` (inner packets from the TUN) are covered by
+//! their unit tests only, not yet by a fuzz target.
 
 mod classify;
 #[cfg(feature = "fuzzing")]
