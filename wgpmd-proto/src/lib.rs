@@ -25,22 +25,14 @@
 //!
 //! ```
 //! use std::net::SocketAddr;
-//! use rand_core::{CryptoRng, RngCore};
+//! use rand_chacha::rand_core::SeedableRng;
 //! use wgpmd_proto::crypto::PrivateKey;
 //! use wgpmd_proto::device::{Device, Event, Output};
 //! use wgpmd_proto::time::Timestamp;
 //!
-//! // The core takes its randomness from the caller; a real one seeds a CSPRNG from the OS.
-//! struct Counter(u64);
-//! impl RngCore for Counter {
-//!     fn next_u32(&mut self) -> u32 { self.next_u64() as u32 }
-//!     fn next_u64(&mut self) -> u64 { self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); self.0 }
-//!     fn fill_bytes(&mut self, d: &mut [u8]) { for b in d { *b = (self.next_u64() >> 56) as u8 } }
-//!     fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), rand_core::Error> { self.fill_bytes(d); Ok(()) }
-//! }
-//! impl CryptoRng for Counter {}
-//!
-//! let mut rng = Counter(7);
+//! // The core takes its randomness from the caller: a CSPRNG (a daemon seeds it from the OS;
+//! // a fixed seed keeps this example reproducible).
+//! let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
 //! let now = Timestamp::from_secs(1);
 //! let (ka, kb) = (PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng));
 //! let (pa, pb) = (ka.public_key(), kb.public_key());
@@ -48,7 +40,7 @@
 //! a.set_private_key(Some(ka));
 //! b.set_private_key(Some(kb));
 //! let b_at_a = a.add_peer(&mut rng, pb).unwrap();
-//! b.add_peer(&mut rng, pa).unwrap();
+//! let a_at_b = b.add_peer(&mut rng, pa).unwrap();
 //! let addr_a: SocketAddr = "192.0.2.1:51820".parse().unwrap();
 //! let addr_b: SocketAddr = "192.0.2.2:51820".parse().unwrap();
 //! a.set_endpoint(b_at_a, addr_b).unwrap();
@@ -65,10 +57,19 @@
 //! let response = out.transmits.pop().unwrap();
 //! assert_eq!(response.to, addr_a);
 //!
-//! // A consumes the response: its session with B is ready.
+//! // A consumes the response: its session with B is ready, and it confirms it at once with a
+//! // keepalive (an empty data message), as the kernel does.
 //! let mut out = Output::default();
 //! a.receive_handshake(now, &mut rng, addr_b, response.payload(), false, &mut out).unwrap();
 //! assert!(out.events.contains(&Event::SessionReady(b_at_a)));
+//! a.send_keepalive(now, b_at_a, &mut out).unwrap();
+//! let keepalive = out.transmits.pop().unwrap();
+//!
+//! // B opens it in place: the session B answered is confirmed on B's side too.
+//! let mut out = Output::default();
+//! let mut msg = keepalive.payload().to_vec();
+//! b.decapsulate(now, addr_a, &mut msg, &mut out).unwrap();
+//! assert!(out.events.contains(&Event::SessionConfirmed(a_at_b)));
 //! ```
 //!
 //! # Panics
