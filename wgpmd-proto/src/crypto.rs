@@ -489,6 +489,36 @@ mod tests {
         }
     }
 
+    /// Public keys are any 32 bytes, as in the kernel: the top bit is ignored and u-coordinates
+    /// of p (= 2^255 - 19) and above are taken mod p, the same as x25519-dalek does. Checked on
+    /// 9 + p (the base point, non-canonical), 2^255 - 1, and random keys with the top bit set.
+    #[test]
+    fn x25519_accepts_non_canonical_public_keys_like_x25519_dalek() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+        let k = PrivateKey::generate(&mut rng);
+        let dk = x25519_dalek::StaticSecret::from(k.to_bytes());
+        let dalek = |u: [u8; 32]| {
+            let s = dk.diffie_hellman(&x25519_dalek::PublicKey::from(u));
+            s.was_contributory().then(|| s.to_bytes())
+        };
+        let mut nine_plus_p = [0xff; 32];
+        nine_plus_p[0] = 0xf6;
+        nine_plus_p[31] = 0x7f;
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        assert_eq!(k.dh(&nine_plus_p).unwrap().0, k.dh(&nine).unwrap().0);
+        let mut inputs = vec![nine_plus_p, [0xff; 32]];
+        for _ in 0..20 {
+            let mut u = PrivateKey::generate(&mut rng).public_key();
+            u[31] |= 0x80;
+            inputs.push(u);
+        }
+        for u in inputs {
+            assert_eq!(k.dh(&u).map(|s| s.0), dalek(u), "u = {}", hex::encode(u));
+            assert!(k.dh(&u).is_some());
+        }
+    }
+
     /// `generate` draws its 32 bytes from the injected RNG and nothing else.
     #[test]
     fn x25519_generate_uses_the_injected_rng() {
