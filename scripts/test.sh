@@ -19,6 +19,7 @@ command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket 
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)  # captures in the behaviour tests
+command -v qemu-x86_64 >/dev/null || need_apt+=(qemu-user)  # crypto tests on a CPU without BMI2/ADX/AVX (below)
 # --- Guest tests (tests/tests/guest.rs, tests/guest/; docs/TESTING.md "Guest tests (VFIO)") --------------
 # A QEMU TCG guest with a vIOMMU runs wgpmd's VFIO driver. The guest kernel is a Debian linux-image package
 # that tests/guest/kernel.sh downloads (apt-get download, not installed) into .tools/guest/kernel/.
@@ -133,6 +134,14 @@ unset WGPMD_GUEST_ALLOW_SKIP
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --release --features "$WORKSPACE_FEATURES" 2>&1 | tee "$results"
+
+# X25519 (aws-lc) and ChaCha20-Poly1305 (ring) choose their code at run time from the CPU's features. The
+# crypto unit tests run again on an emulated CPU that has none of the optional ones (QEMU user mode, TCG,
+# -cpu qemu64: no BMI2/ADX, AVX or AVX-512; an instruction it lacks would kill the test), so the generic
+# paths stay tested as well (docs/PERFORMANCE.md, "X25519: which implementation, by the numbers").
+echo "== crypto unit tests on a CPU without BMI2/ADX/AVX (qemu-x86_64 -cpu qemu64)"
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
+    cargo test --release -p wgpmd-proto --lib crypto:: 2>&1 | tee -a "$results"
 
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"
 (cd fuzz && cargo build --release --bins)

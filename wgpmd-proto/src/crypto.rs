@@ -5,18 +5,21 @@
 //! | ChaCha20-Poly1305 (data and handshake AEAD) | `ring` | fastest portable implementation measured here, with run-time CPU dispatch (the repository's docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies) | `chacha20poly1305` | ring has no XChaCha; cookies are rare |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
-//! | X25519 | `x25519-dalek` | ring offers X25519 only for ephemeral keys; we need static ones |
+//! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
 //! Every secret type here zeroizes on drop except [`AeadKey`]: ring keeps its key schedule in a
-//! private type that it does not wipe. Comparisons of secret-dependent values use [`ct_eq`].
+//! private type that it does not wipe. ([`PrivateKey`]'s key object is aws-lc's, which wipes
+//! its memory when it frees it.) Comparisons of secret-dependent values use [`ct_eq`].
 
+use aws_lc_rs::agreement;
+use aws_lc_rs::encoding::{AsBigEndian, Curve25519SeedBin};
 use blake2::digest::{FixedOutput, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::XChaCha20Poly1305;
 use ring::aead::{self, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::messages::{COOKIE_LEN, COOKIE_NONCE_LEN, HASH_LEN, KEY_LEN, TAG_LEN};
 
@@ -218,36 +221,77 @@ pub fn xopen_cookie(
 }
 
 /// A static or ephemeral X25519 private key, clamped on use, wiped on drop.
-#[derive(Clone, ZeroizeOnDrop)]
-pub struct PrivateKey(x25519_dalek::StaticSecret);
+///
+/// The key lives in aws-lc's key object, made once from the 32 bytes (aws-lc computes the public
+/// key then, so [`PrivateKey::public_key`] is a copy). aws-lc frees the object through
+/// `OPENSSL_free`, which overwrites every allocation before releasing it; the bytes passed in
+/// are wiped here. X25519 itself is aws-lc's formally verified s2n-bignum code, chosen at run
+/// time: the MULX/ADX version where the CPU has BMI2 and ADX, a generic one otherwise (the
+/// repository's docs/PERFORMANCE.md, "X25519: which implementation, by the numbers").
+pub struct PrivateKey(agreement::PrivateKey);
 
 impl PrivateKey {
     /// Any 32 bytes are a valid private key (clamping happens inside X25519).
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        PrivateKey(x25519_dalek::StaticSecret::from(bytes))
+        Self::import(&Zeroizing::new(bytes))
     }
     /// A fresh key from the injected RNG.
     pub fn generate<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R) -> Self {
-        PrivateKey(x25519_dalek::StaticSecret::random_from_rng(rng))
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        rng.fill_bytes(&mut bytes[..]);
+        Self::import(&bytes)
+    }
+    /// aws-lc's key object for `bytes`; the caller wipes them.
+    fn import(bytes: &[u8; KEY_LEN]) -> Self {
+        // aws-lc refuses only a key of the wrong length, which the type rules out, or a failed
+        // allocation.
+        PrivateKey(
+            agreement::PrivateKey::from_private_key(&agreement::X25519, bytes)
+                .expect("aws-lc accepts any 32-byte X25519 private key"),
+        )
     }
     /// The matching public key.
     pub fn public_key(&self) -> [u8; KEY_LEN] {
-        x25519_dalek::PublicKey::from(&self.0).to_bytes()
+        let public = self.0.compute_public_key().expect("aws-lc keeps the X25519 public key with the private one");
+        let mut out = [0u8; KEY_LEN];
+        out.copy_from_slice(public.as_ref());
+        out
     }
     /// The key's bytes (for the UAPI `get`, which shows the private key).
     pub fn to_bytes(&self) -> [u8; KEY_LEN] {
-        self.0.to_bytes()
+        // The buffer aws-lc-rs returns wipes itself on drop.
+        let seed: Curve25519SeedBin<'_> =
+            self.0.as_be_bytes().expect("aws-lc returns the 32 bytes of an X25519 private key");
+        let mut out = [0u8; KEY_LEN];
+        out.copy_from_slice(seed.as_ref());
+        out
     }
     /// X25519 with `public`; `None` when the result is all zeros (a low-order point), which
     /// WireGuard treats as a failed handshake.
     pub fn dh(&self, public: &[u8; KEY_LEN]) -> Option<Secret> {
-        let shared = self.0.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
-        if !shared.was_contributory() {
-            return None;
-        }
-        Some(Secret(shared.to_bytes()))
+        let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, public);
+        // aws-lc fails the agreement itself on an all-zero result (RFC 7748 section 6.1); the
+        // check below keeps that rule here, whatever the library does.
+        let shared = agreement::agree(&self.0, peer, (), |s| {
+            let mut out = Secret::zero();
+            out.0.copy_from_slice(s);
+            Ok(out)
+        })
+        .ok()?;
+        (!shared.is_zero()).then_some(shared)
     }
 }
+
+impl Clone for PrivateKey {
+    /// A new key object from the same bytes (aws-lc's key type is not `Clone`); rare: the key
+    /// changes with configuration only.
+    fn clone(&self) -> Self {
+        Self::import(&Zeroizing::new(self.to_bytes()))
+    }
+}
+
+/// Wiped on drop: aws-lc's `OPENSSL_free` overwrites the key object before freeing it.
+impl ZeroizeOnDrop for PrivateKey {}
 
 impl core::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -258,6 +302,7 @@ impl core::fmt::Debug for PrivateKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s.split_whitespace().collect::<String>()).unwrap()
@@ -328,18 +373,163 @@ mod tests {
         assert_eq!(hmac(&key, &[b"hello ", b"world"]).as_slice(), want.as_slice());
     }
 
+    fn key32(s: &str) -> [u8; 32] {
+        unhex(s).try_into().unwrap()
+    }
+
+    /// RFC 7748 section 6.1: both parties' key pairs and their shared secret.
     #[test]
-    fn x25519_rfc7748_vector_and_low_order_rejection() {
-        let a: [u8; 32] = unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").try_into().unwrap();
-        let b_pub: [u8; 32] =
-            unhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f").try_into().unwrap();
-        let k = PrivateKey::from_bytes(a);
-        assert_eq!(k.public_key().to_vec(), unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
-        assert_eq!(
-            k.dh(&b_pub).unwrap().0.to_vec(),
-            unhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
-        );
-        assert!(k.dh(&[0u8; 32]).is_none());
+    fn x25519_rfc7748_section_6_1() {
+        let a = PrivateKey::from_bytes(key32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+        let b = PrivateKey::from_bytes(key32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
+        let (a_pub, b_pub) = (a.public_key(), b.public_key());
+        assert_eq!(a_pub, key32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+        assert_eq!(b_pub, key32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+        let k = key32("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        assert_eq!(a.dh(&b_pub).unwrap().0, k);
+        assert_eq!(b.dh(&a_pub).unwrap().0, k);
+    }
+
+    /// RFC 7748 section 5.2: the two single-multiplication vectors. The second u-coordinate has
+    /// its top bit set, which X25519 must ignore.
+    #[test]
+    fn x25519_rfc7748_section_5_2() {
+        for (scalar, u, out) in [
+            (
+                "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+            ),
+            (
+                "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+                "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+                "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+            ),
+        ] {
+            assert_eq!(PrivateKey::from_bytes(key32(scalar)).dh(&key32(u)).unwrap().0, key32(out));
+        }
+    }
+
+    /// RFC 7748 section 5.2, iterated: k = u = 9; each round k, u = X25519(k, u), k. The values
+    /// after 1 and 1,000 rounds (the 1,000,000-round value would take the test half a minute).
+    #[test]
+    fn x25519_rfc7748_iterated_1_and_1000() {
+        let mut k = [0u8; 32];
+        k[0] = 9;
+        let mut u = k;
+        for round in 1..=1000 {
+            let next = PrivateKey::from_bytes(k).dh(&u).unwrap().0;
+            (u, k) = (k, next);
+            if round == 1 {
+                assert_eq!(k, key32("422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"));
+            }
+        }
+        assert_eq!(k, key32("684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"));
+    }
+
+    /// Points of small order give an all-zero result for every clamped scalar: `dh` must refuse
+    /// them (RFC 7748 section 6.1; WireGuard fails the handshake). The list: 0, 1, the two
+    /// points of order 8, p - 1, the non-canonical p and p + 1 (0 and 1 again), and each of
+    /// these with the top bit set (which X25519 ignores).
+    #[test]
+    fn x25519_low_order_points_are_refused() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let keys =
+            [PrivateKey::generate(&mut rng), PrivateKey::from_bytes([0xff; 32]), PrivateKey::from_bytes([0; 32])];
+        let order8 = [
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        ];
+        let mut points = vec![[0u8; 32], key32(order8[0]), key32(order8[1])];
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        points.push(one);
+        for low in [0xec, 0xed, 0xee] {
+            // p - 1, p, p + 1 (p = 2^255 - 19); p and p + 1 are 0 and 1 again
+            let mut x = [0xff; 32];
+            x[0] = low;
+            x[31] = 0x7f;
+            points.push(x);
+        }
+        for p in points.clone() {
+            let mut high = p;
+            high[31] |= 0x80;
+            points.push(high);
+        }
+        for k in &keys {
+            for p in &points {
+                assert!(k.dh(p).is_none(), "low-order point {} accepted", hex::encode(p));
+            }
+        }
+        // and a point of large order is accepted by the same keys
+        let good = PrivateKey::generate(&mut rng).public_key();
+        assert!(keys.iter().all(|k| k.dh(&good).is_some()));
+    }
+
+    /// Against x25519-dalek (the previous backend, an independent implementation): public keys
+    /// and shared secrets for random keys, both directions, and the byte round trip and clone.
+    #[test]
+    fn x25519_agrees_with_x25519_dalek() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        for _ in 0..200 {
+            let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+            rand_core::RngCore::fill_bytes(&mut rng, &mut a);
+            rand_core::RngCore::fill_bytes(&mut rng, &mut b);
+            let (ka, kb) = (PrivateKey::from_bytes(a), PrivateKey::from_bytes(b));
+            let (da, db) = (x25519_dalek::StaticSecret::from(a), x25519_dalek::StaticSecret::from(b));
+            let (pa, pb) = (ka.public_key(), kb.public_key());
+            assert_eq!(pa, x25519_dalek::PublicKey::from(&da).to_bytes());
+            assert_eq!(pb, x25519_dalek::PublicKey::from(&db).to_bytes());
+            let shared = ka.dh(&pb).unwrap().0;
+            assert_eq!(shared, da.diffie_hellman(&x25519_dalek::PublicKey::from(pb)).to_bytes());
+            assert_eq!(kb.dh(&pa).unwrap().0, shared);
+            assert_eq!(ka.to_bytes(), a);
+            let c = ka.clone();
+            assert_eq!((c.to_bytes(), c.public_key()), (a, pa));
+        }
+    }
+
+    /// Public keys are any 32 bytes, as in the kernel: the top bit is ignored and u-coordinates
+    /// of p (= 2^255 - 19) and above are taken mod p, the same as x25519-dalek does. Checked on
+    /// 9 + p (the base point, non-canonical), 2^255 - 1, and random keys with the top bit set.
+    #[test]
+    fn x25519_accepts_non_canonical_public_keys_like_x25519_dalek() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+        let k = PrivateKey::generate(&mut rng);
+        let dk = x25519_dalek::StaticSecret::from(k.to_bytes());
+        let dalek = |u: [u8; 32]| {
+            let s = dk.diffie_hellman(&x25519_dalek::PublicKey::from(u));
+            s.was_contributory().then(|| s.to_bytes())
+        };
+        let mut nine_plus_p = [0xff; 32];
+        nine_plus_p[0] = 0xf6;
+        nine_plus_p[31] = 0x7f;
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        assert_eq!(k.dh(&nine_plus_p).unwrap().0, k.dh(&nine).unwrap().0);
+        let mut inputs = vec![nine_plus_p, [0xff; 32]];
+        for _ in 0..20 {
+            let mut u = PrivateKey::generate(&mut rng).public_key();
+            u[31] |= 0x80;
+            inputs.push(u);
+        }
+        for u in inputs {
+            assert_eq!(k.dh(&u).map(|s| s.0), dalek(u), "u = {}", hex::encode(u));
+            assert!(k.dh(&u).is_some());
+        }
+    }
+
+    /// `generate` draws its 32 bytes from the injected RNG and nothing else.
+    #[test]
+    fn x25519_generate_uses_the_injected_rng() {
+        let mut r1 = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let mut r2 = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let k = PrivateKey::generate(&mut r1);
+        let mut bytes = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut r2, &mut bytes);
+        assert_eq!(k.to_bytes(), bytes);
+        assert_eq!(k.public_key(), PrivateKey::from_bytes(bytes).public_key());
+        assert_ne!(PrivateKey::generate(&mut r1).to_bytes(), bytes);
     }
 
     #[test]

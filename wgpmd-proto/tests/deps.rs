@@ -10,6 +10,10 @@
 //! always depends on getrandom, and getrandom on libc, for ring's own `SystemRandom`, which this
 //! crate never calls (randomness comes from the caller). So `getrandom` and `libc` may appear
 //! only on that one path: `ring -> getrandom -> libc`, and nowhere else.
+//!
+//! Not visible here: C code that calls the C library without a crate. aws-lc (under aws-lc-rs,
+//! the X25519) allocates with malloc/free and reads `OPENSSL_ia32cap` from the environment
+//! once, when it first detects the CPU; ring's C code calls nothing of the kind.
 
 use std::process::Command;
 
@@ -32,7 +36,8 @@ const FORBIDDEN: &[&str] = &[
     "tokio",
 ];
 
-/// `cargo tree -e normal -i CRATE`: the crates that depend on CRATE, as `(depth, name)`.
+/// `cargo tree -e normal -i SPEC`: the crates that depend on SPEC (`name@version`), as
+/// `(depth, name)`.
 fn inverted(krate: &str) -> Vec<(usize, String)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
@@ -65,7 +70,8 @@ fn inverted(krate: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
-fn normal_tree() -> Vec<String> {
+/// `cargo tree -e normal` as `(name, version)`, one entry per line.
+fn normal_tree_versions() -> Vec<(String, String)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["tree", "--offline", "-p", "wgpmd-proto", "-e", "normal", "--prefix", "none", "--format", "{p}"])
@@ -76,34 +82,56 @@ fn normal_tree() -> Vec<String> {
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.to_string();
+            let version = words.next()?.trim_start_matches('v').to_string();
+            Some((name, version))
+        })
         .collect()
+}
+
+fn normal_tree() -> Vec<String> {
+    normal_tree_versions().into_iter().map(|(name, _)| name).collect()
+}
+
+/// The `name@version` of every version of `krate` in the normal tree. (The lock file may hold
+/// other versions on other paths, e.g. a build script's dependencies for another target, which
+/// makes a bare `cargo tree -i NAME` ambiguous; each version found here is checked.)
+fn specs(krate: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        normal_tree_versions().into_iter().filter(|(n, _)| n == krate).map(|(n, ver)| format!("{n}@{ver}")).collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 #[test]
 fn no_io_crate_among_the_normal_dependencies() {
     let tree = normal_tree();
     assert!(tree.iter().any(|c| c == "wgpmd-proto"), "the tree names the crate itself: {tree:?}");
-    assert!(tree.iter().any(|c| c == "x25519-dalek"), "the tree lists transitive dependencies: {tree:?}");
+    assert!(tree.iter().any(|c| c == "aws-lc-sys"), "the tree lists transitive dependencies: {tree:?}");
     let found: Vec<&String> = tree.iter().filter(|c| FORBIDDEN.contains(&c.as_str())).collect();
     assert!(found.is_empty(), "I/O crates in wgpmd-proto's normal dependencies: {found:?}");
 }
 
 #[test]
 fn libc_and_getrandom_come_only_through_ring() {
-    let tree = normal_tree();
-    if tree.iter().any(|c| c == "getrandom") {
-        let who = inverted("getrandom");
+    // the version parsing works: ring is in the tree, once
+    let ring = specs("ring");
+    assert!(ring.len() == 1 && ring[0].starts_with("ring@0."), "{ring:?}");
+    for spec in specs("getrandom") {
+        let who = inverted(&spec);
         let parents: Vec<&str> = who.iter().filter(|(d, _)| *d == 1).map(|(_, n)| n.as_str()).collect();
-        assert_eq!(parents, ["ring"], "getrandom is depended on by {parents:?}; only ring may: {who:?}");
+        assert_eq!(parents, ["ring"], "{spec} is depended on by {parents:?}; only ring may: {who:?}");
     }
-    if tree.iter().any(|c| c == "libc") {
-        let who = inverted("libc");
+    for spec in specs("libc") {
+        let who = inverted(&spec);
         let parents: Vec<&str> = who.iter().filter(|(d, _)| *d == 1).map(|(_, n)| n.as_str()).collect();
         assert_eq!(
             parents,
             ["getrandom"],
-            "libc is depended on by {parents:?}; only getrandom (under ring) may: {who:?}"
+            "{spec} is depended on by {parents:?}; only getrandom (under ring) may: {who:?}"
         );
     }
 }
