@@ -44,7 +44,7 @@ use crate::session::Keypair;
 use crate::time::Timestamp;
 
 pub use data::{inner_dst, Decapsulated, Encapsulated};
-pub use handshake::HandshakeOutcome;
+pub use handshake::{HandshakeOutcome, Screened};
 pub use peer::{Peer, PeerId};
 
 /// What a receiver index refers to.
