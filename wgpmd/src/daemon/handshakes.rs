@@ -55,7 +55,7 @@ pub fn queue_capacity(workers: usize) -> usize {
 pub enum HsDrop {
     /// Not a handshake-stage type: an unknown type code or non-zero reserved bytes.
     BadType,
-    /// A handshake-stage type with the wrong length.
+    /// A handshake-stage type with the wrong length, or shorter than the 4-byte header.
     BadLength,
     /// An initiation or response whose mac1 is wrong.
     BadMac1,

@@ -113,6 +113,7 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("mac1_valid", l.device.mac1_valid),
             ("dh_operations", l.device.dh_operations),
             ("cookies_sent", l.device.cookies_sent),
+            ("initiations_sent", l.device.initiations_sent),
             ("responses_sent", l.device.responses_sent),
             ("sessions", l.device.sessions),
             ("wan_queue_rx_packets", l.wan_queue.rx_packets),
