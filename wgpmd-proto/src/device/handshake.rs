@@ -424,9 +424,10 @@ impl Device {
             Message::CookieReply(reply) => return self.on_cookie_reply(now, &reply, out).map(Screened::Handled),
             Message::TransportData(_) => return Err(out.stats.drop(DropReason::Malformed)),
         };
-        Ok(match admitted {
-            true => Screened::Admitted { cookie_checked: under_load },
-            false => Screened::Handled(HandshakeOutcome::CookieSent),
+        Ok(if admitted {
+            Screened::Admitted { cookie_checked: under_load }
+        } else {
+            Screened::Handled(HandshakeOutcome::CookieSent)
         })
     }
 

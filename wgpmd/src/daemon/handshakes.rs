@@ -22,6 +22,14 @@
 //! so that one worker's queue can alone put the device under load (a flood from one source
 //! lands on one worker).
 //!
+//! One difference follows from screening first: under load, what the kernel would queue and
+//! then answer with a cookie reply is answered on arrival and never waits, so a flood that keeps
+//! the kernel's queue deep leaves ours shallow, and the load would lapse a second after it was
+//! noticed, letting the next [`UNDER_LOAD_QUEUE_DEPTH`] valid-mac1 messages cost their DH before
+//! it is noticed again. So a message turned away on arrival counts as one that waited: every
+//! [`UNDER_LOAD_QUEUE_DEPTH`] of them, across the workers, renew the load as a queue that deep
+//! would. The load holds while such messages keep arriving at that many per second or more.
+//!
 //! A peer's handshakes are processed where its packets land (the WAN port's flow hash), and
 //! the replies leave from that worker's WAN queue. The events they produce (a session is ready,
 //! a timer moved) go to the control core through the notifications (`notify.rs`).
@@ -139,9 +147,11 @@ pub(crate) struct HsCounters {
     pub dropped: [u64; HsDrop::COUNT],
 }
 
-/// Each worker's handshake queue depth, for the device-wide under-load decision and the stats.
+/// Each worker's handshake queue depth, for the device-wide under-load decision and the stats;
+/// and the messages turned away on arrival under load since the load was last renewed by them.
 pub(crate) struct Load {
     depths: Box<[Gauge]>,
+    turned_away: Gauge,
 }
 
 /// One worker's gauge, on a cache line of its own (written by that worker only).
@@ -152,7 +162,7 @@ struct Gauge(AtomicUsize);
 impl Load {
     /// Gauges for `workers` workers, all zero.
     pub fn new(workers: usize) -> Load {
-        Load { depths: (0..workers).map(|_| Gauge::default()).collect() }
+        Load { depths: (0..workers).map(|_| Gauge::default()).collect(), turned_away: Gauge::default() }
     }
     /// Handshakes waiting in every worker's queue.
     pub fn total(&self) -> usize {
@@ -170,6 +180,14 @@ impl Load {
     /// Whether the device is under load now (and feed the detector the depth).
     pub fn under_load(&self, dev: &Device, now: Timestamp) -> bool {
         dev.update_load(now, self.total())
+    }
+    /// Under load, a message was answered with a cookie reply on arrival instead of waiting:
+    /// every [`UNDER_LOAD_QUEUE_DEPTH`] of them renew the load (see the module doc).
+    fn turned_away(&self, dev: &Device, now: Timestamp) {
+        if self.turned_away.0.fetch_add(1, Ordering::Relaxed) + 1 >= UNDER_LOAD_QUEUE_DEPTH {
+            self.turned_away.0.store(0, Ordering::Relaxed);
+            dev.update_load(now, UNDER_LOAD_QUEUE_DEPTH);
+        }
     }
 }
 
@@ -223,6 +241,10 @@ impl Stage {
             Some((t, l)) if t == now => l,
             _ => {
                 let l = load.under_load(dev, now);
+                if !l {
+                    // Turned-away messages count from the start of a load.
+                    load.turned_away.0.store(0, Ordering::Relaxed);
+                }
                 self.arrival_load = Some((now, l));
                 l
             }
@@ -240,7 +262,10 @@ impl Stage {
                 self.c.queued += 1;
                 load.set(self.id, self.queue.len());
             }
-            Ok(Screened::Handled(HandshakeOutcome::CookieSent)) => self.count(HsDrop::BadMac2),
+            Ok(Screened::Handled(HandshakeOutcome::CookieSent)) => {
+                self.count(HsDrop::BadMac2);
+                load.turned_away(dev, now);
+            }
             Ok(Screened::Handled(HandshakeOutcome::CookieStored(_))) => self.c.cookie_replies += 1,
             // No other outcome comes out of the screen.
             Ok(_) => {}

@@ -290,3 +290,21 @@ fn a_cookie_reply_for_our_initiation_is_consumed_on_arrival() {
     s.arrive(21, PEER, &cookie);
     assert_eq!(s.dropped(HsDrop::BadCookieReply), 1);
 }
+
+#[test]
+fn messages_turned_away_under_load_renew_it_as_a_deep_queue_would() {
+    let ms = |n: u64| Timestamp::from_nanos(n * 1_000_000);
+    for (turned_away, renewed) in [(UNDER_LOAD_QUEUE_DEPTH - 1, false), (UNDER_LOAD_QUEUE_DEPTH, true)] {
+        let mut s = setup(64);
+        // 512 waiting at 20 s: under load until 21 s, unless renewed.
+        s.overload(20);
+        s.load.set(1, 0);
+        let m = s.stranger.initiation();
+        for _ in 0..turned_away {
+            s.stage.arrive(&s.conc, &s.load, ms(20_900), addr(STRANGER), &m, &mut s.out);
+        }
+        assert_eq!(s.dropped(HsDrop::BadMac2), turned_away as u64);
+        assert_eq!(s.stage.len(), 0);
+        assert_eq!(s.load.under_load(&s.conc, ms(21_500)), renewed, "{turned_away} turned away");
+    }
+}

@@ -6,19 +6,20 @@
 //!        ▼                                                 ▼
 //!  worker: classify ─ ARP/ND/echo: reply in place     worker: route → encapsulate in place
 //!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
-//!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
-//!        │ events: pending bits + dirty list ───────┤
+//!        │ handshake: screen (length, MAC1; under          ▼ outer header → WAN tx
+//!        │   load MAC2, rate) → own queue → DH, a
+//!        │   budget per poll → response/cookie → WAN tx
+//!        │ events: pending bits + dirty list ───────┐
 //!        ▼                                          ▼
-//!   inner tx_burst                      control core: handshakes (budget), notifications
-//!                                       (budget), timer wheel, UAPI, staged flush → tx jobs
-//!                                       → workers
+//!   inner tx_burst                      control core: notifications (budget), initiations,
+//!                                       timer wheel, UAPI, staged flush → tx jobs → workers
 //! ```
 //!
 //! Every table is bounded and has a gauge in `wgpmd stats`: the wheel holds one entry per
 //! peer (`wheel.rs`), notifications are per-peer bits that an overflow delays but never loses
 //! (`notify.rs`), staged packets are bounded per peer and per buffer pool (`staging.rs`), the
-//! neighbour table and its waiting frames have caps ([`crate::wan`]), and the handshake and
-//! transmit queues are fixed.
+//! neighbour table and its waiting frames have caps ([`crate::wan`]), and the workers' handshake
+//! queues (`handshakes.rs`) and the transmit queue are fixed.
 //!
 //! The WAN side's frames (classification, replies, neighbours, outer headers) are the sans-IO
 //! [`crate::wan`]; the workers apply it to their buffers.
@@ -27,8 +28,8 @@
 //! workers read per packet (the `Device` behind an `RwLock`: workers and the control core take
 //! the read lock once per burst, configuration (UAPI `set`) takes the write lock briefly; the
 //! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` between
-//! workers and the control core (bounded queues, the notifications and the staged packets),
-//! and the `ControlPlane` only the control side touches.
+//! workers and the control core (bounded queues, the notifications and the staged packets, the
+//! workers' handshake queue depths), and the `ControlPlane` only the control side touches.
 
 mod control;
 pub mod cores;
