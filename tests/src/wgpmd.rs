@@ -122,6 +122,12 @@ impl Counters {
     pub fn workers_sum(&self, name: &str) -> Result<u64> {
         Ok(self.per_worker(name)?.iter().sum())
     }
+
+    /// A device counter over the whole daemon: `control.<name>` plus every `worker<i>.<name>`
+    /// (the workers process incoming handshakes, the control core initiates).
+    pub fn total(&self, name: &str) -> Result<u64> {
+        Ok(self.get(&format!("control.{name}"))? + self.workers_sum(name)?)
+    }
 }
 
 /// A running `wgpmd run` in a namespace. Its log (stderr, `-v`) is `<ifname>.log` in the test
@@ -408,6 +414,12 @@ mod tests {
         assert_eq!(c.per_worker("data_rx").unwrap(), vec![3, 4]);
         assert_eq!(c.workers_sum("wan_rx").unwrap(), 6);
         assert_eq!(c.get("control.drop.InvalidMac1").unwrap(), 2);
+        assert!(c.total("drop.InvalidMac1").is_err(), "no worker prints it here");
+        let c = Counters::parse(
+            "worker0.wan_rx=1\nworker0.sessions=2\nworker1.wan_rx=1\nworker1.sessions=3\ncontrol.sessions=4\n",
+        )
+        .unwrap();
+        assert_eq!(c.total("sessions").unwrap(), 9);
         assert!(c.get("control.nope").is_err());
         assert!(Counters::parse("a=b\n").is_err());
         assert!(Counters::parse("").is_err());

@@ -104,7 +104,7 @@ fn staging_bounded_oldest_dropped() {
             "staged_dropped = {dropped}, want {} ({N} sent, {MAX_STAGED} kept)",
             N - MAX_STAGED
         );
-        ensure!(st.get("control.sessions")? == 0, "a session exists before the peer runs");
+        ensure!(st.total("sessions")? == 0, "a session exists before the peer runs");
 
         // Now the peer; wgpmd's retry (5 s after its first initiation) completes the handshake.
         let t0 = Instant::now();
@@ -188,11 +188,11 @@ fn restarts_of_peer_and_wgpmd() {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
         let (mut d, peer) = established(ctx, &topo)?;
-        let before = d.stats()?.get("control.responses_sent")?;
+        let before = d.stats()?.total("responses_sent")?;
         drop(peer); // SIGTERM
         let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
         let t = wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
-        let after = d.stats()?.get("control.responses_sent")?;
+        let after = d.stats()?.total("responses_sent")?;
         eprintln!(
             "peer restarted: first reply after {:.2} s; wgpmd sent {} response(s)",
             t.as_secs_f64(),
@@ -289,15 +289,15 @@ fn live_changes_keep_traffic() {
         let st1 = d.stats()?;
         eprintln!(
             "A's ping during the changes: {st:?}; A's latest handshake {} -> {}; \
-             control.sessions {} -> {}",
+             sessions {} -> {}",
             hs0,
             ea.latest_handshake,
-            st0.get("control.sessions")?,
-            st1.get("control.sessions")?
+            st0.total("sessions")?,
+            st1.total("sessions")?
         );
         ensure!(st.transmitted == 50 && st.received >= 49, "A lost pings while the configuration changed: {st:?}");
         ensure!(ea.latest_handshake == hs0, "A handshook again: {hs0} -> {}", ea.latest_handshake);
-        ensure!(st1.get("control.sessions")? == st0.get("control.sessions")?, "a new session was made");
+        ensure!(st1.total("sessions")? == st0.total("sessions")?, "a new session was made");
         ping_replied(&c.ns, p.inner_ip, 3)?;
         d.ensure_running()?;
         d.stop()
@@ -553,20 +553,21 @@ fn under_load_cookies_and_established_traffic() {
         let pst = ping_log_stats(&ping)?;
         let loaded = loaded?;
         let st1 = d.stats()?;
-        let delta = |k: &str| -> Result<u64> { Ok(st1.get(k)? - st0.get(k)?) };
+        // Device counters over the control core and the workers.
+        let delta = |k: &str| -> Result<u64> { Ok(st1.total(k)? - st0.total(k)?) };
+        let processed = st1.workers_sum("handshakes_processed")? - st0.workers_sum("handshakes_processed")?;
         let ratio = loaded.bits_per_second / base.bits_per_second;
         eprintln!(
             "flood: {sent} initiations in 6 s; wgpmd: cookies_sent +{}, mac1_valid +{}, \
-             dh_operations +{}, handshakes_processed +{}; ping {pst:?}; iperf3 {:.0} Mbit/s \
+             dh_operations +{}, handshakes_processed +{processed}; ping {pst:?}; iperf3 {:.0} Mbit/s \
              without, {:.0} Mbit/s with the flood: ratio {ratio:.2}",
-            delta("control.cookies_sent")?,
-            delta("control.mac1_valid")?,
-            delta("control.dh_operations")?,
-            delta("control.handshakes_processed")?,
+            delta("cookies_sent")?,
+            delta("mac1_valid")?,
+            delta("dh_operations")?,
             base.bits_per_second / 1e6,
             loaded.bits_per_second / 1e6
         );
-        ensure!(delta("control.cookies_sent")? > 0, "no cookie reply under load");
+        ensure!(delta("cookies_sent")? > 0, "no cookie reply under load");
         ensure!(pst.received * 10 >= pst.transmitted * 9, "the established peer's ping suffered: {pst:?}");
         ensure!(loaded.bits_per_second > 1e6, "iperf3 under load: {loaded:?}");
         ping_replied(&p.ns, c.inner_ip, 3)?;
@@ -661,13 +662,14 @@ fn under_load_mac2_retry_answered_and_rate_limited() {
         let (_, responses) = player.join().map_err(|_| anyhow::anyhow!("player thread panicked"))??;
         let _ = fl.join();
         let st1 = d.stats()?;
-        let delta = |k: &str| -> Result<u64> { Ok(st1.get(k)? - st0.get(k)?) };
+        // Device counters over the control core and the workers.
+        let delta = |k: &str| -> Result<u64> { Ok(st1.total(k)? - st0.total(k)?) };
         eprintln!(
             "MAC2 retry answered under load; burst of 10: {responses} response(s), RateLimited +{}, cookies +{}",
-            delta("control.drop.RateLimited")?,
-            delta("control.cookies_sent")?
+            delta("drop.RateLimited")?,
+            delta("cookies_sent")?
         );
-        ensure!(delta("control.drop.RateLimited")? >= 3, "the per-source rate limit did not hold");
+        ensure!(delta("drop.RateLimited")? >= 3, "the per-source rate limit did not hold");
         ensure!(responses <= 6, "{responses} responses to a burst of 10 from one source");
         d.ensure_running()?;
         d.stop()
@@ -822,7 +824,7 @@ fn cookie_reply_from_elsewhere_does_not_move_endpoint() {
             ensure!(second[4..8] != first[4..8], "the second capture is the same initiation");
             ensure!(second[132..148] != [0u8; 16], "wgpmd's retry has no MAC2: it did not take the forged cookie");
             let st = d.stats()?;
-            ensure!(st.get("control.drop.InvalidCookie")? == 0, "wgpmd rejected the cookie reply");
+            ensure!(st.total("drop.InvalidCookie")? == 0, "wgpmd rejected the cookie reply");
             let e = entry(&d.show()?, &key, "wgpmd")?.endpoint;
             ensure!(e == Some(p.endpoint()), "wgpmd's endpoint is {e:?}, want {}", p.endpoint());
 

@@ -150,6 +150,21 @@ impl CookieChecker {
         if !under_load {
             return MacState::ValidMacButNoCookie;
         }
+        self.validate_mac2(now, rng, msg, src, limiter)
+    }
+
+    /// The under-load half of [`validate`](Self::validate) for a message whose mac1 already
+    /// verified: its mac2, then `limiter` (never [`MacState::Invalid`]). For a caller that
+    /// checks mac1 as messages arrive and decides about load when it processes them, as the
+    /// kernel decides when it dequeues.
+    pub fn validate_mac2<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &M,
+        src: SocketAddr,
+        limiter: &RateLimiter,
+    ) -> MacState {
         let cookie = self.make_cookie(now, rng, src);
         let computed = mac(&cookie[..], &[msg.mac2_covered()]);
         if !ct_eq(&computed, &msg.mac2()) {

@@ -2,8 +2,9 @@
 //!
 //! The protocol is the sans-IO crate [`wgpmd_proto`]; this crate gives it ports, cores, clocks,
 //! randomness and sockets:
-//! - [`daemon`]: `wgpmd run` — the WAN and inner ports (from `nic-backends`), pinned workers, the
-//!   control core (handshakes, timer wheel, staged packets), counters;
+//! - [`daemon`]: `wgpmd run` — the WAN and inner ports (from `nic-backends`), pinned workers
+//!   (data, and the handshakes they receive), the control core (initiations, timer wheel,
+//!   staged packets), counters;
 //! - [`wan`]: the WAN side without I/O — what a frame from the wire is, ARP/ND/echo replies in
 //!   place, the neighbour table, the outer Ethernet/IP/UDP headers, path MTU errors;
 //! - [`uapi_server`]: the unix socket the stock `wg` tool talks to (the text protocol itself is

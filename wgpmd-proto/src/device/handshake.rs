@@ -379,3 +379,121 @@ impl Device {
         peer.timers.next_deadline()
     }
 }
+
+/// What [`Device::screen_handshake`] decided about a handshake-stage message as it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Screened {
+    /// An initiation or a response that passed every check that costs no Diffie-Hellman: queue
+    /// it for [`Device::receive_screened`]. `cookie_checked`: it was screened under load, so
+    /// its mac2 and its source's rate were checked too.
+    Admitted {
+        /// Screened under load (mac2 valid, within the source's rate).
+        cookie_checked: bool,
+    },
+    /// Done without DH work: under load without a valid mac2, a cookie reply was sent
+    /// ([`HandshakeOutcome::CookieSent`]); or a cookie reply was stored
+    /// ([`HandshakeOutcome::CookieStored`]).
+    Handled(HandshakeOutcome),
+}
+
+/// [`Device::receive_handshake`] in two steps, for a caller that screens messages where they
+/// arrive and does the DH work later, from a bounded queue with a budget (the kernel's split
+/// between `wg_packet_receive` and its handshake workers, with the MAC checks in front of the
+/// queue so that junk never takes a slot).
+impl Device {
+    /// The cheap checks of a handshake-stage message (types 1, 2, 3) from `src`: type and exact
+    /// length, mac1, and when `under_load` mac2 and the source's rate (a cookie reply is sent to
+    /// a message without a valid mac2). A cookie reply is consumed here (no DH: one XChaCha20).
+    /// Drops are counted in `out.stats` as [`Device::receive_handshake`] counts them.
+    pub fn screen_handshake<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &[u8],
+        under_load: bool,
+        out: &mut Output,
+    ) -> Result<Screened, DropReason> {
+        let Ok(message) = Message::new_checked(msg) else {
+            return Err(out.stats.drop(DropReason::Malformed));
+        };
+        let admitted = match message {
+            Message::HandshakeInitiation(init) => self.check_macs(now, rng, src, &init, under_load, out)?,
+            Message::HandshakeResponse(resp) => self.check_macs(now, rng, src, &resp, under_load, out)?,
+            Message::CookieReply(reply) => return self.on_cookie_reply(now, &reply, out).map(Screened::Handled),
+            Message::TransportData(_) => return Err(out.stats.drop(DropReason::Malformed)),
+        };
+        Ok(if admitted {
+            Screened::Admitted { cookie_checked: under_load }
+        } else {
+            Screened::Handled(HandshakeOutcome::CookieSent)
+        })
+    }
+
+    /// The DH work for a message [`Device::screen_handshake`] admitted (mac1 is not checked
+    /// again). `under_load` is the load now: a message admitted without `cookie_checked` is
+    /// then held to its mac2 and its source's rate first, and answered with a cookie reply
+    /// instead of DH work if it has no valid mac2 (the kernel decides at dequeue time, so a
+    /// backlog that built up before the load was noticed costs no DH).
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_screened<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &[u8],
+        cookie_checked: bool,
+        under_load: bool,
+        out: &mut Output,
+    ) -> Result<HandshakeOutcome, DropReason> {
+        let Ok(message) = Message::new_checked(msg) else {
+            return Err(out.stats.drop(DropReason::Malformed));
+        };
+        let check_cookie = under_load && !cookie_checked;
+        match message {
+            Message::HandshakeInitiation(init) => {
+                if check_cookie && !self.check_mac2(now, rng, src, &init, out)? {
+                    return Ok(HandshakeOutcome::CookieSent);
+                }
+                let Some(identity) = self.identity.as_ref() else {
+                    return Err(out.stats.drop(DropReason::NoPrivateKey));
+                };
+                self.on_initiation(now, rng, src, &init, identity, out)
+            }
+            Message::HandshakeResponse(resp) => {
+                if check_cookie && !self.check_mac2(now, rng, src, &resp, out)? {
+                    return Ok(HandshakeOutcome::CookieSent);
+                }
+                let Some(identity) = self.identity.as_ref() else {
+                    return Err(out.stats.drop(DropReason::NoPrivateKey));
+                };
+                self.on_response(now, src, &resp, identity, out)
+            }
+            Message::CookieReply(reply) => self.on_cookie_reply(now, &reply, out),
+            Message::TransportData(_) => Err(out.stats.drop(DropReason::Malformed)),
+        }
+    }
+
+    /// Under load, for a message whose mac1 verified earlier: `Ok(true)`: mac2 valid and the
+    /// source within its rate, go on with DH work; `Ok(false)`: a cookie reply was sent.
+    fn check_mac2<R: RngCore + CryptoRng, M: MacMessage>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        msg: &M,
+        out: &mut Output,
+    ) -> Result<bool, DropReason> {
+        match self.cookie_checker.validate_mac2(now, rng, msg, src, &self.ratelimiter) {
+            MacState::ValidMacWithCookie => Ok(true),
+            MacState::ValidMacWithCookieButRatelimited => Err(out.stats.drop(DropReason::RateLimited)),
+            MacState::ValidMacButNoCookie | MacState::Invalid => {
+                let reply = self.cookie_checker.create_reply(now, rng, msg, src);
+                out.transmits.push(Transmit::new(None, src, reply.as_ref()));
+                out.stats.cookies_sent += 1;
+                Ok(false)
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! | [`Device::decapsulate`] | any worker, per transport-data message | ChaCha20-Poly1305 in place |
 //! | [`Device::encapsulate`] / [`Device::encapsulate_to`] | any worker, per inner packet | ChaCha20-Poly1305 in place |
 //! | [`Device::receive_handshake`] | the handshake stage (budgeted per poll, or a core of its own) | X25519, BLAKE2s |
+//! | [`Device::screen_handshake`], then [`Device::receive_screened`] | the same in two steps: where the message arrives, then from a bounded queue | BLAKE2s, then X25519 |
 //! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
 //! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
 //!
@@ -44,7 +45,7 @@ use crate::session::Keypair;
 use crate::time::Timestamp;
 
 pub use data::{inner_dst, Decapsulated, Encapsulated};
-pub use handshake::HandshakeOutcome;
+pub use handshake::{HandshakeOutcome, Screened};
 pub use peer::{Peer, PeerId};
 
 /// What a receiver index refers to.

@@ -1,7 +1,8 @@
-//! The control core: handshakes (a bounded budget per iteration), notifications from the
-//! workers (`notify.rs`, a bounded budget per iteration, never lost), the timer wheel (one
-//! entry per peer), staged packets, the neighbour resolutions that failed, the UAPI socket and
-//! the stats socket.
+//! The control core: notifications from the workers (`notify.rs`, a bounded budget per
+//! iteration, never lost), the handshakes it decides on (a handshake wanted, rekey and retry
+//! timers), the timer wheel (one entry per peer), staged packets, the neighbour resolutions that
+//! failed, the UAPI socket and the stats socket. Incoming handshakes are the workers' own
+//! (`handshakes.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use nic_backends::Pool;
 use rand_core::OsRng;
 
 use super::notify::{Pending, Walk};
+use super::rng::CoreRng;
 use super::stats::StatsServer;
 use super::wheel::Wheel;
 use super::{cores, DaemonError, Shared, TxJob};
@@ -20,8 +22,6 @@ use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP};
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::uapi::{self, SetRequest, UapiError};
 
-/// Handshake messages processed per control iteration (each costs up to 3 X25519).
-const HANDSHAKE_BUDGET: usize = 64;
 /// Peers' notifications taken per control iteration (a wanted handshake costs one X25519).
 const NOTE_BUDGET: usize = 4096;
 /// How often waiting frames of failed neighbour resolutions are dropped.
@@ -64,6 +64,8 @@ impl UapiHandler for Handler {
 
 struct Control {
     sh: Arc<Shared>,
+    /// Initiations' ephemeral keys and indices, timer jitter.
+    rng: CoreRng,
     pool: Pool,
     out: Output,
     wheel: Wheel,
@@ -155,8 +157,16 @@ pub(crate) fn run(
         None
     };
     let now = sh.data.clock.now();
+    let rng = match CoreRng::from_os(now) {
+        Ok(r) => r,
+        Err(e) => {
+            sh.stop();
+            return Err(DaemonError::Rng(e));
+        }
+    };
     let mut c = Control {
         sh: sh.clone(),
+        rng,
         pool,
         out: Output::with_capacity(256),
         wheel: Wheel::new(now),
@@ -198,14 +208,7 @@ impl Control {
         let sh = self.sh.clone();
         let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
         let mut work = 0;
-        // Handshakes, within budget.
-        let under_load = dev.update_load(now, sh.handoff.handshakes.len());
-        for _ in 0..HANDSHAKE_BUDGET {
-            let Some(job) = sh.handoff.handshakes.pop() else { break };
-            let _ = dev.receive_handshake(now, &mut OsRng, job.src, &job.msg[..job.len], under_load, &mut self.out);
-            sh.control.counters.handshakes_processed.fetch_add(1, Ordering::Relaxed);
-            work += 1;
-        }
+        self.rng.reseed_if_due(now);
         // Peers removed by configuration leave the wheel (unless their id names a new peer).
         let removed = std::mem::take(&mut *sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()));
         for id in removed {
@@ -240,7 +243,7 @@ impl Control {
         self.wheel.advance(now, &mut self.due);
         let due = std::mem::take(&mut self.due);
         for &p in &due {
-            if let Some(next) = dev.poll_timers(now, &mut OsRng, p, &mut self.out) {
+            if let Some(next) = dev.poll_timers(now, &mut self.rng, p, &mut self.out) {
                 self.wheel.insert(next, p);
             }
         }
@@ -285,7 +288,7 @@ impl Control {
     fn event(&mut self, dev: &Device, now: Timestamp, e: Event) {
         match e {
             Event::HandshakeWanted(p) => {
-                let _ = dev.initiate(now, &mut OsRng, p, &mut self.out);
+                let _ = dev.initiate(now, &mut self.rng, p, &mut self.out);
             }
             Event::Wake { peer, at } => {
                 self.wheel.insert(at, peer);

@@ -6,19 +6,20 @@
 //!        ▼                                                 ▼
 //!  worker: classify ─ ARP/ND/echo: reply in place     worker: route → encapsulate in place
 //!        │ data: decapsulate in place → inner tx           │ no session: stage, HandshakeWanted
-//!        │ handshake: copy to the handshake queue ──┐      ▼ outer header → WAN tx
-//!        │ events: pending bits + dirty list ───────┤
+//!        │ handshake: screen (length, MAC1; under          ▼ outer header → WAN tx
+//!        │   load MAC2, rate) → own queue → DH, a
+//!        │   budget per poll → response/cookie → WAN tx
+//!        │ events: pending bits + dirty list ───────┐
 //!        ▼                                          ▼
-//!   inner tx_burst                      control core: handshakes (budget), notifications
-//!                                       (budget), timer wheel, UAPI, staged flush → tx jobs
-//!                                       → workers
+//!   inner tx_burst                      control core: notifications (budget), initiations,
+//!                                       timer wheel, UAPI, staged flush → tx jobs → workers
 //! ```
 //!
 //! Every table is bounded and has a gauge in `wgpmd stats`: the wheel holds one entry per
 //! peer (`wheel.rs`), notifications are per-peer bits that an overflow delays but never loses
 //! (`notify.rs`), staged packets are bounded per peer and per buffer pool (`staging.rs`), the
-//! neighbour table and its waiting frames have caps ([`crate::wan`]), and the handshake and
-//! transmit queues are fixed.
+//! neighbour table and its waiting frames have caps ([`crate::wan`]), and the workers' handshake
+//! queues (`handshakes.rs`) and the transmit queue are fixed.
 //!
 //! The WAN side's frames (classification, replies, neighbours, outer headers) are the sans-IO
 //! [`crate::wan`]; the workers apply it to their buffers.
@@ -27,12 +28,14 @@
 //! workers read per packet (the `Device` behind an `RwLock`: workers and the control core take
 //! the read lock once per burst, configuration (UAPI `set`) takes the write lock briefly; the
 //! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` between
-//! workers and the control core (bounded queues, the notifications and the staged packets),
-//! and the `ControlPlane` only the control side touches.
+//! workers and the control core (bounded queues, the notifications and the staged packets, the
+//! workers' handshake queue depths), and the `ControlPlane` only the control side touches.
 
 mod control;
 pub mod cores;
+mod handshakes;
 mod notify;
+mod rng;
 mod staging;
 mod stats;
 pub mod wheel;
@@ -48,7 +51,7 @@ use crossbeam_queue::ArrayQueue;
 use nic_backends::{Buffer, Fanout, Port, PortOptions};
 
 use wgpmd_proto::device::{Device, PeerId};
-use wgpmd_proto::messages::{INITIATION_LEN, MAX_PEERS_PER_DEVICE, MAX_QUEUED_INCOMING_HANDSHAKES};
+use wgpmd_proto::messages::MAX_PEERS_PER_DEVICE;
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::uapi::InterfaceState;
 use wgpmd_proto::wire::EthernetAddress;
@@ -111,13 +114,6 @@ pub struct DaemonConfig {
     pub sockets: bool,
 }
 
-/// A handshake message waiting for the control core.
-pub(crate) struct HandshakeJob {
-    pub src: SocketAddr,
-    pub len: usize,
-    pub msg: [u8; INITIATION_LEN],
-}
-
 /// A WireGuard message the control core wants sent (the worker adds the outer headers).
 pub(crate) struct TxJob {
     pub to: SocketAddr,
@@ -170,14 +166,15 @@ pub(crate) struct DataPlane {
     pub poll: PollMode,
 }
 
-/// The hand-off between the workers and the control core, every part bounded: handshake
-/// messages and transmit jobs in fixed queues, notifications as per-peer pending words
-/// (`notify.rs`: never lost), and the packets staged for peers without a session
-/// (`staging.rs`: bounded per peer and per buffer pool).
+/// The hand-off between the workers and the control core, every part bounded: transmit jobs in
+/// a fixed queue, notifications as per-peer pending words (`notify.rs`: never lost), and the
+/// packets staged for peers without a session (`staging.rs`: bounded per peer and per buffer
+/// pool); and what the workers tell each other: their handshake queues' depths.
 pub(crate) struct Handoff {
-    /// Handshake messages from the workers (the kernel's bound; its depth is the under-load
-    /// input).
-    pub handshakes: ArrayQueue<HandshakeJob>,
+    /// Each worker's handshake queue depth (their sum is the under-load input).
+    pub hs_load: handshakes::Load,
+    /// Each worker's handshake queue capacity.
+    pub hs_capacity: usize,
     /// Notifications from the workers' device calls.
     pub notes: notify::Notes,
     /// Messages the control core wants sent; any worker sends them.
@@ -190,9 +187,10 @@ pub(crate) struct Handoff {
 pub(crate) const TX_JOBS: usize = 8192;
 
 impl Handoff {
-    fn new() -> Self {
+    fn new(workers: usize) -> Self {
         Handoff {
-            handshakes: ArrayQueue::new(MAX_QUEUED_INCOMING_HANDSHAKES),
+            hs_load: handshakes::Load::new(workers),
+            hs_capacity: handshakes::queue_capacity(workers),
             notes: notify::Notes::new(MAX_PEERS_PER_DEVICE, notify::DIRTY_CAPACITY),
             tx_jobs: ArrayQueue::new(TX_JOBS),
             staging: staging::Staging::default(),
@@ -341,6 +339,9 @@ pub enum DaemonError {
     /// Buffer pool.
     #[error("buffer pool: {0}")]
     Pool(nic_backends::PoolError),
+    /// The OS gave no random seed for a core's generator.
+    #[error("seeding a random generator from the OS: {0}")]
+    Rng(rand_core::Error),
 }
 
 /// Run the daemon until SIGINT/SIGTERM (or `stop` is set), opening its ports by their strings.
@@ -413,7 +414,7 @@ pub fn run_with_ports(
             clock,
             poll: cfg.poll,
         },
-        handoff: Handoff::new(),
+        handoff: Handoff::new(nworkers),
         control: ControlPlane {
             name: cfg.name.clone(),
             iface: Mutex::new(iface),
@@ -446,8 +447,15 @@ pub fn run_with_ports(
         layout.control,
         shared.data.listen_port.load(Ordering::Relaxed)
     );
+    // Every worker's generator seeded before any worker starts.
+    let stages = (0..nworkers)
+        .map(|i| {
+            let rng = rng::CoreRng::from_os(shared.data.clock.now()).map_err(DaemonError::Rng)?;
+            Ok(handshakes::Stage::new(i, shared.handoff.hs_capacity, rng))
+        })
+        .collect::<Result<Vec<_>, DaemonError>>()?;
     let mut handles = Vec::new();
-    for (i, &core) in layout.workers.iter().enumerate() {
+    for ((i, &core), hs) in layout.workers.iter().enumerate().zip(stages) {
         let wan_q =
             wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
         let inner_q =
@@ -464,7 +472,7 @@ pub fn run_with_ports(
                 .name(format!("wgpmd-w{i}"))
                 .spawn(move || {
                     cores::pin(core);
-                    worker::Worker::new(i, sh, wan_q, inner_q, pool).run();
+                    worker::Worker::new(i, sh, wan_q, inner_q, pool, hs).run();
                 })
                 .expect("spawn worker thread"),
         );

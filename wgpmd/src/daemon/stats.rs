@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use nic_backends::QueueStats;
 
+use super::handshakes::{HsCounters, HsDrop};
 use super::Shared;
 use crate::wan::{Refusal, WanDrop};
 use wgpmd_proto::device::{DropReason, Stats};
@@ -26,8 +27,8 @@ pub(crate) struct Local {
     pub arp_replies: u64,
     pub arp_requests: u64,
     pub icmp_replies: u64,
-    pub handshakes_queued: u64,
-    pub handshake_queue_full: u64,
+    pub hs: HsCounters,
+    pub transmits_dropped: u64,
     pub staged_dropped: u64,
     pub staged_dropped_cap: u64,
     pub unresolved_dropped: u64,
@@ -60,7 +61,6 @@ impl WorkerCounters {
 /// The control core's counters.
 #[derive(Debug, Default)]
 pub(crate) struct ControlCounters {
-    pub handshakes_processed: AtomicU64,
     pub stats: Mutex<Stats>,
     pub staged_flushed: AtomicU64,
     pub staged_dropped_giveup: AtomicU64,
@@ -92,8 +92,12 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("arp_replies", l.arp_replies),
             ("arp_requests", l.arp_requests),
             ("icmp_replies", l.icmp_replies),
-            ("handshakes_queued", l.handshakes_queued),
-            ("handshake_queue_full", l.handshake_queue_full),
+            ("handshakes_queued", l.hs.queued),
+            ("handshakes_processed", l.hs.processed),
+            ("handshakes_failed", l.hs.failed),
+            ("handshake_queue_depth", sh.handoff.hs_load.depth(i) as u64),
+            ("cookie_replies_accepted", l.hs.cookie_replies),
+            ("transmits_dropped", l.transmits_dropped),
             ("staged_dropped", l.staged_dropped),
             ("staged_dropped_cap", l.staged_dropped_cap),
             ("unresolved_dropped", l.unresolved_dropped),
@@ -106,6 +110,12 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("aead_opened", l.device.aead_opened),
             ("aead_sealed", l.device.aead_sealed),
             ("keepalives_received", l.device.keepalives_received),
+            ("mac1_valid", l.device.mac1_valid),
+            ("dh_operations", l.device.dh_operations),
+            ("cookies_sent", l.device.cookies_sent),
+            ("initiations_sent", l.device.initiations_sent),
+            ("responses_sent", l.device.responses_sent),
+            ("sessions", l.device.sessions),
             ("wan_queue_rx_packets", l.wan_queue.rx_packets),
             ("wan_queue_tx_packets", l.wan_queue.tx_packets),
             ("wan_queue_rx_dropped", l.wan_queue.rx_dropped),
@@ -125,6 +135,9 @@ pub(crate) fn render(sh: &Shared) -> String {
         ] {
             line(&format!("{p}{k}"), v);
         }
+        for r in HsDrop::ALL {
+            line(&format!("{p}hs_dropped_{}", r.name()), l.hs.dropped[r as usize]);
+        }
         for r in WanDrop::ALL {
             line(&format!("{p}wan_drop.{r:?}"), l.wan_drops[r as usize]);
         }
@@ -133,7 +146,6 @@ pub(crate) fn render(sh: &Shared) -> String {
         }
     }
     let c = &sh.control.counters;
-    line("control.handshakes_processed", c.handshakes_processed.load(Ordering::Relaxed));
     line("control.staged_flushed", c.staged_flushed.load(Ordering::Relaxed));
     line("control.staged_dropped_giveup", c.staged_dropped_giveup.load(Ordering::Relaxed));
     line("control.staged_dropped_restage", c.staged_dropped_restage.load(Ordering::Relaxed));
@@ -153,6 +165,12 @@ pub(crate) fn render(sh: &Shared) -> String {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
     bounded(sh, &mut line);
+    // The device-wide load decision, fed the queues' depth now (as a worker would).
+    let under_load = {
+        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        sh.handoff.hs_load.under_load(&dev, sh.data.clock.now())
+    };
+    line("under_load", u64::from(under_load));
     line("wan_link_up", u64::from(sh.control.wan_link_up.load(Ordering::Relaxed)));
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
     if let Some(extra) = &sh.control.wan_extra {
@@ -180,8 +198,8 @@ fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
         ("event_queue_depth", h.notes.depth() as u64),
         ("event_queue_capacity", super::notify::DIRTY_CAPACITY as u64),
         ("events_overflowed", h.notes.overflows()),
-        ("handshake_queue_depth", h.handshakes.len() as u64),
-        ("handshake_queue_capacity", h.handshakes.capacity() as u64),
+        ("handshake_queue_depth", h.hs_load.total() as u64),
+        ("handshake_queue_capacity", (h.hs_capacity * sh.workers.len()) as u64),
         ("tx_jobs_depth", h.tx_jobs.len() as u64),
         ("tx_jobs_capacity", super::TX_JOBS as u64),
         ("staged_packets", h.staging.len() as u64),

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use nic_backends::{Buffer, Pool, Queue};
 
+use super::handshakes::{self, Stage};
 use super::stats::Local;
-use super::{HandshakeJob, PollMode, Shared};
+use super::{PollMode, Shared};
 use crate::wan::{self, icmp, Classified, Heard, NeighCache, Outer, Unroutable};
 use wgpmd_proto::device::{inner_dst, Device, DropReason, Output};
-use wgpmd_proto::messages::{DATA_HEADER_LEN, INITIATION_LEN, MESSAGE_DATA};
+use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP, MESSAGE_DATA};
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::wire::EthernetAddress;
 
@@ -39,10 +40,12 @@ pub(crate) struct Worker {
     ident: u16,
     neigh: NeighCache,
     pmtu_limit: icmp::RateLimit,
+    /// Handshake-stage messages: screened on arrival, DH work a budget per iteration.
+    hs: Stage,
 }
 
 impl Worker {
-    pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool) -> Self {
+    pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool, hs: Stage) -> Self {
         sh.handoff.staging.register_pool(&pool);
         Worker {
             id,
@@ -58,6 +61,7 @@ impl Worker {
             ident: 0,
             neigh: NeighCache::new(),
             pmtu_limit: icmp::RateLimit::new(),
+            hs,
         }
     }
 
@@ -76,15 +80,18 @@ impl Worker {
                 let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
                 work += self.wan_rx(&dev, now);
                 work += self.inner_rx(&dev, now);
+                work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
                 // Under the read lock: configuration, which clears a removed peer's
                 // notifications, never runs between a device call and its notification.
                 self.post_events();
             }
             work += self.tx_jobs(now);
-            self.flush();
+            // Responses and cookie replies leave in this iteration's burst.
             self.forward_transmits();
+            self.flush();
             iter += 1;
             if iter.is_multiple_of(64) {
+                self.hs.rng.reseed_if_due(now);
                 self.publish();
                 if self.port_fault() {
                     break;
@@ -123,12 +130,13 @@ impl Worker {
 
     fn publish(&mut self) {
         self.c.device = self.out.stats.clone();
+        self.c.hs = self.hs.c.clone();
         self.c.wan_queue = self.wan.stats();
         self.c.inner_queue = self.inner.stats();
         self.sh.workers[self.id].store(&self.c);
     }
 
-    /// WAN: classify, answer ARP/ND/ICMP, decrypt data, queue handshakes.
+    /// WAN: classify, answer ARP/ND/ICMP, decrypt data, screen handshakes.
     fn wan_rx(&mut self, dev: &Device, now: Timestamp) -> usize {
         let mut rx = std::mem::take(&mut self.rx);
         let n = self.wan.rx_burst(&self.pool, &mut rx, BURST);
@@ -161,7 +169,7 @@ impl Worker {
                     if buf.data().first() == Some(&MESSAGE_DATA) {
                         self.data_in(dev, now, src, src_mac, buf);
                     } else {
-                        self.handshake_in(src, &buf);
+                        self.hs.arrive(dev, &self.sh.handoff.hs_load, now, src, buf.data(), &mut self.out);
                     }
                 }
                 Ok(Classified::NeighborSolicit { ip, mac, learn }) => {
@@ -206,21 +214,6 @@ impl Worker {
         if buf.trim_front(d.range.start).is_ok() {
             buf.truncate(d.range.len());
             self.inner_tx.push(buf);
-        }
-    }
-
-    fn handshake_in(&mut self, src: SocketAddr, buf: &Buffer) {
-        let data = buf.data();
-        if data.len() > INITIATION_LEN {
-            self.out.stats.drop(DropReason::Malformed);
-            return;
-        }
-        let mut job = HandshakeJob { src, len: data.len(), msg: [0u8; INITIATION_LEN] };
-        job.msg[..data.len()].copy_from_slice(data);
-        if self.sh.handoff.handshakes.push(job).is_err() {
-            self.c.handshake_queue_full += 1;
-        } else {
-            self.c.handshakes_queued += 1;
         }
     }
 
@@ -389,23 +382,27 @@ impl Worker {
         }
     }
 
+    /// What the device calls produced to send: handshake responses and cookie replies (the
+    /// handshake stage), keepalives (rare: most iterations stop here, without a clock read or a
+    /// vector to build).
     fn forward_transmits(&mut self) {
-        // The data path sends no control messages itself; anything here is a keepalive (rare:
-        // most iterations stop here, without a clock read or a vector to build).
         if self.out.transmits.is_empty() {
             return;
         }
         let now = self.sh.data.clock.now();
         let mut transmits = std::mem::take(&mut self.out.transmits);
         for t in transmits.drain(..) {
-            if let Some(mut b) = self.pool.alloc() {
-                if let Ok(d) = b.append(t.payload().len()) {
-                    d.copy_from_slice(t.payload());
-                    self.send_wg(b, t.to, 0, now);
-                }
+            let Some(mut b) = self.pool.alloc() else {
+                self.c.transmits_dropped += 1;
+                continue;
+            };
+            if let Ok(d) = b.append(t.payload().len()) {
+                d.copy_from_slice(t.payload());
+                let tos = if t.payload().first() == Some(&MESSAGE_DATA) { 0 } else { HANDSHAKE_DSCP };
+                self.send_wg(b, t.to, tos, now);
             }
         }
-        // Keep the capacity for the next keepalive.
+        // Keep the capacity for the next burst's replies.
         if self.out.transmits.is_empty() {
             self.out.transmits = transmits;
         }

@@ -1,0 +1,308 @@
+//! A worker's handshake stage: every handshake-stage message (types 1, 2, 3) is screened on the
+//! worker that received it, and the ones worth a Diffie-Hellman wait in that worker's own
+//! bounded queue, processed a budget per poll iteration.
+//!
+//! On arrival ([`Stage::arrive`], [`Device::screen_handshake`]): type and exact length
+//! (initiation 148 bytes, response 92, cookie reply 64), mac1, and under load mac2 (no valid
+//! mac2: a cookie reply instead) and the source's token bucket. A cookie reply is consumed there
+//! and then (one XChaCha20, no DH). What fails costs one MAC at most and a counted drop
+//! (`hs_dropped_*`, [`HsDrop`]), never a queue slot.
+//!
+//! Processing ([`Stage::process`], [`Device::receive_screened`]): at most [`BUDGET`] messages per
+//! poll iteration, so that the data path keeps flowing. A message admitted while the device was
+//! not under load, and processed when it is, is held to its mac2 then (the kernel decides at
+//! dequeue time): a backlog that built up before the load was noticed costs cookie replies, not
+//! DH work.
+//!
+//! Under load (the kernel's rule, [`wgpmd_proto::ratelimit::LoadDetector`]): while the
+//! handshakes waiting in all workers' queues together ([`Load`]) are at least
+//! [`UNDER_LOAD_QUEUE_DEPTH`], one eighth of the kernel's [`MAX_QUEUED_INCOMING_HANDSHAKES`], and
+//! for a second after. The workers share that bound: each queue holds
+//! `MAX_QUEUED_INCOMING_HANDSHAKES / workers`, but never fewer than twice the under-load depth,
+//! so that one worker's queue can alone put the device under load (a flood from one source
+//! lands on one worker).
+//!
+//! One difference follows from screening first: under load, what the kernel would queue and
+//! then answer with a cookie reply is answered on arrival and never waits, so a flood that keeps
+//! the kernel's queue deep leaves ours shallow, and the load would lapse a second after it was
+//! noticed, letting the next [`UNDER_LOAD_QUEUE_DEPTH`] valid-mac1 messages cost their DH before
+//! it is noticed again. So a message turned away on arrival counts as one that waited: every
+//! [`UNDER_LOAD_QUEUE_DEPTH`] of them, across the workers, renew the load as a queue that deep
+//! would. The load holds while such messages keep arriving at that many per second or more.
+//!
+//! A peer's handshakes are processed where its packets land (the WAN port's flow hash), and
+//! the replies leave from that worker's WAN queue. The events they produce (a session is ready,
+//! a timer moved) go to the control core through the notifications (`notify.rs`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wgpmd_proto::device::{Device, DropReason, HandshakeOutcome, Output, Screened};
+use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_QUEUE_DEPTH};
+use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::wire::wireguard::classify;
+use wgpmd_proto::wire::Error as WireError;
+
+use super::rng::CoreRng;
+
+/// DH-bearing messages a worker processes per poll iteration: a quarter of a receive burst, so
+/// that a burst of handshakes beyond what the worker can do shows in its queue (the under-load
+/// input), and the data path pauses for a few DHs at most (each message costs up to three).
+pub const BUDGET: usize = 8;
+
+/// Each worker's queue capacity: the kernel's bound shared out, at least twice the under-load
+/// depth (see the module doc).
+pub fn queue_capacity(workers: usize) -> usize {
+    (MAX_QUEUED_INCOMING_HANDSHAKES / workers.max(1)).max(2 * UNDER_LOAD_QUEUE_DEPTH)
+}
+
+/// Why the stage dropped a message (the `hs_dropped_*` counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HsDrop {
+    /// Not a handshake-stage type: an unknown type code or non-zero reserved bytes.
+    BadType,
+    /// A handshake-stage type with the wrong length, or shorter than the 4-byte header.
+    BadLength,
+    /// An initiation or response whose mac1 is wrong.
+    BadMac1,
+    /// Under load, an initiation or response without a valid mac2: answered with a cookie reply
+    /// instead of being processed (also in `cookies_sent`).
+    BadMac2,
+    /// Under load, a valid mac2 from a source over its rate (the token bucket).
+    Ratelimited,
+    /// A cookie reply for no handshake of ours, or one that does not decrypt.
+    BadCookieReply,
+    /// This worker's handshake queue was full.
+    QueueFull,
+}
+
+impl HsDrop {
+    /// Number of reasons.
+    pub const COUNT: usize = HsDrop::QueueFull as usize + 1;
+    /// Every reason, in counter order.
+    pub const ALL: [HsDrop; Self::COUNT] = [
+        HsDrop::BadType,
+        HsDrop::BadLength,
+        HsDrop::BadMac1,
+        HsDrop::BadMac2,
+        HsDrop::Ratelimited,
+        HsDrop::BadCookieReply,
+        HsDrop::QueueFull,
+    ];
+
+    /// The counter's name after `hs_dropped_`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HsDrop::BadType => "bad_type",
+            HsDrop::BadLength => "bad_length",
+            HsDrop::BadMac1 => "bad_mac1",
+            HsDrop::BadMac2 => "bad_mac2",
+            HsDrop::Ratelimited => "ratelimited",
+            HsDrop::BadCookieReply => "bad_cookie_reply",
+            HsDrop::QueueFull => "queue_full",
+        }
+    }
+
+    /// The class of a drop the device reported while screening `msg`.
+    fn of(r: DropReason, msg: &[u8]) -> HsDrop {
+        match r {
+            DropReason::InvalidMac1 => HsDrop::BadMac1,
+            DropReason::RateLimited => HsDrop::Ratelimited,
+            DropReason::InvalidCookie | DropReason::UnknownIndex => HsDrop::BadCookieReply,
+            // Malformed: which part of the header or length is wrong.
+            _ => match classify(msg) {
+                Err(WireError::Unsupported) => HsDrop::BadType,
+                // A known type byte: the reserved bytes, or the length.
+                Err(WireError::Malformed) if msg.get(1..4) != Some(&[0, 0, 0]) => HsDrop::BadType,
+                _ => HsDrop::BadLength,
+            },
+        }
+    }
+}
+
+// `ALL` is in counter order.
+const _: () = {
+    let mut i = 0;
+    while i < HsDrop::COUNT {
+        assert!(HsDrop::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+/// A worker's handshake counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HsCounters {
+    /// Messages that passed the screen and were queued.
+    pub queued: u64,
+    /// Queued messages processed (whatever came of them).
+    pub processed: u64,
+    /// Processed messages that failed (unknown peer, replay, Noise failure...: `drop.*` says
+    /// which).
+    pub failed: u64,
+    /// Cookie replies accepted (stored for our next initiation to that peer).
+    pub cookie_replies: u64,
+    /// Drops by [`HsDrop`].
+    pub dropped: [u64; HsDrop::COUNT],
+}
+
+/// Each worker's handshake queue depth, for the device-wide under-load decision and the stats;
+/// and the messages turned away on arrival under load since the load was last renewed by them.
+pub(crate) struct Load {
+    depths: Box<[Gauge]>,
+    turned_away: Gauge,
+}
+
+/// One worker's gauge, on a cache line of its own (written by that worker only).
+#[repr(align(64))]
+#[derive(Default)]
+struct Gauge(AtomicUsize);
+
+impl Load {
+    /// Gauges for `workers` workers, all zero.
+    pub fn new(workers: usize) -> Load {
+        Load { depths: (0..workers).map(|_| Gauge::default()).collect(), turned_away: Gauge::default() }
+    }
+    /// Handshakes waiting in every worker's queue.
+    pub fn total(&self) -> usize {
+        self.depths.iter().map(|g| g.0.load(Ordering::Relaxed)).sum()
+    }
+    /// Handshakes waiting in worker `i`'s queue.
+    pub fn depth(&self, i: usize) -> usize {
+        self.depths.get(i).map_or(0, |g| g.0.load(Ordering::Relaxed))
+    }
+    fn set(&self, i: usize, depth: usize) {
+        if let Some(g) = self.depths.get(i) {
+            g.0.store(depth, Ordering::Relaxed);
+        }
+    }
+    /// Whether the device is under load now (and feed the detector the depth).
+    pub fn under_load(&self, dev: &Device, now: Timestamp) -> bool {
+        dev.update_load(now, self.total())
+    }
+    /// Under load, a message was answered with a cookie reply on arrival instead of waiting:
+    /// every [`UNDER_LOAD_QUEUE_DEPTH`] of them renew the load (see the module doc).
+    fn turned_away(&self, dev: &Device, now: Timestamp) {
+        if self.turned_away.0.fetch_add(1, Ordering::Relaxed) + 1 >= UNDER_LOAD_QUEUE_DEPTH {
+            self.turned_away.0.store(0, Ordering::Relaxed);
+            dev.update_load(now, UNDER_LOAD_QUEUE_DEPTH);
+        }
+    }
+}
+
+/// A message waiting for its DH work.
+struct Job {
+    src: SocketAddr,
+    len: u8,
+    /// Screened under load: mac2 and rate already checked.
+    cookie_checked: bool,
+    msg: [u8; INITIATION_LEN],
+}
+
+/// One worker's handshake stage: its queue, its random generator, its counters.
+pub(crate) struct Stage {
+    /// The worker's index (its gauge in [`Load`]).
+    id: usize,
+    queue: VecDeque<Job>,
+    capacity: usize,
+    /// The load decision for this poll iteration's arrivals (`now` it was made at).
+    arrival_load: Option<(Timestamp, bool)>,
+    /// Ephemeral keys, indices and cookie nonces.
+    pub rng: CoreRng,
+    /// Counters, published with the worker's.
+    pub c: HsCounters,
+}
+
+impl Stage {
+    /// The stage of worker `id`, its queue holding `capacity` messages.
+    pub fn new(id: usize, capacity: usize, rng: CoreRng) -> Stage {
+        Stage {
+            id,
+            queue: VecDeque::with_capacity(capacity),
+            capacity,
+            arrival_load: None,
+            rng,
+            c: HsCounters::default(),
+        }
+    }
+
+    /// Messages waiting.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Screen a handshake-stage message that arrived from `src` and queue it if it is worth
+    /// DH work (see the module doc). Replies (cookie replies) go to `out.transmits`.
+    pub fn arrive(&mut self, dev: &Device, load: &Load, now: Timestamp, src: SocketAddr, msg: &[u8], out: &mut Output) {
+        // One load decision per poll iteration for what arrives in it.
+        let under_load = match self.arrival_load {
+            Some((t, l)) if t == now => l,
+            _ => {
+                let l = load.under_load(dev, now);
+                if !l {
+                    // Turned-away messages count from the start of a load.
+                    load.turned_away.0.store(0, Ordering::Relaxed);
+                }
+                self.arrival_load = Some((now, l));
+                l
+            }
+        };
+        match dev.screen_handshake(now, &mut self.rng, src, msg, under_load, out) {
+            Ok(Screened::Admitted { cookie_checked }) => {
+                if self.queue.len() >= self.capacity {
+                    self.count(HsDrop::QueueFull);
+                    return;
+                }
+                let mut job = Job { src, len: msg.len() as u8, cookie_checked, msg: [0; INITIATION_LEN] };
+                // Admitted messages are 148 or 92 bytes.
+                job.msg[..msg.len()].copy_from_slice(msg);
+                self.queue.push_back(job);
+                self.c.queued += 1;
+                load.set(self.id, self.queue.len());
+            }
+            Ok(Screened::Handled(HandshakeOutcome::CookieSent)) => {
+                self.count(HsDrop::BadMac2);
+                load.turned_away(dev, now);
+            }
+            Ok(Screened::Handled(HandshakeOutcome::CookieStored(_))) => self.c.cookie_replies += 1,
+            // No other outcome comes out of the screen.
+            Ok(_) => {}
+            Err(r) => self.count(HsDrop::of(r, msg)),
+        }
+    }
+
+    /// Do the DH work for up to `budget` queued messages; returns how many were taken.
+    pub fn process(&mut self, dev: &Device, load: &Load, now: Timestamp, budget: usize, out: &mut Output) -> usize {
+        if self.queue.is_empty() {
+            return 0;
+        }
+        let under_load = load.under_load(dev, now);
+        let mut n = 0;
+        while n < budget {
+            let Some(job) = self.queue.pop_front() else { break };
+            n += 1;
+            let msg = &job.msg[..usize::from(job.len)];
+            match dev.receive_screened(now, &mut self.rng, job.src, msg, job.cookie_checked, under_load, out) {
+                Ok(HandshakeOutcome::CookieSent) => self.count(HsDrop::BadMac2),
+                Ok(_) => self.c.processed += 1,
+                Err(DropReason::RateLimited) => self.count(HsDrop::Ratelimited),
+                Err(_) => {
+                    self.c.processed += 1;
+                    self.c.failed += 1;
+                }
+            }
+        }
+        load.set(self.id, self.queue.len());
+        n
+    }
+
+    fn count(&mut self, r: HsDrop) {
+        self.c.dropped[r as usize] += 1;
+    }
+}
+
+#[cfg(test)]
+#[path = "handshakes_tests.rs"]
+mod tests;
