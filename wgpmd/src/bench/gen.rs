@@ -32,6 +32,7 @@ use wgpmd_proto::crypto::PrivateKey;
 use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, KEY_LEN, MESSAGE_DATA};
 use wgpmd_proto::time::Timestamp;
+use wgpmd_proto::wire::wireguard::TransportData;
 use wgpmd_proto::wire::{ipv4, EthernetAddress};
 
 /// Packets per measured chunk.
@@ -502,7 +503,7 @@ impl Generator {
         let sample = self.m.packets.is_multiple_of(self.verify_every);
         let now = self.now();
         let p = &mut self.peers[i];
-        let counter = b.data().get(8..16).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        let counter = TransportData::new_checked(b.data()).ok().map(|d| d.counter());
         if let (Some(c), Some(last)) = (counter, p.tx_last_counter) {
             if c <= last {
                 self.m.out_of_order += 1;
