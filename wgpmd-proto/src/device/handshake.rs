@@ -41,32 +41,13 @@ impl Device {
         under_load: bool,
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
-        // Type and length, checked together before any other byte is read.
-        let Ok(message) = Message::new_checked(msg) else {
-            return Err(out.stats.drop(DropReason::Malformed));
-        };
-        match message {
-            Message::HandshakeInitiation(init) => {
-                // Cheap checks before any DH work: MAC1, and under load MAC2 and the rate limit.
-                if !self.check_macs(now, rng, src, &init, under_load, out)? {
-                    return Ok(HandshakeOutcome::CookieSent);
-                }
-                let Some(identity) = self.identity.as_ref() else {
-                    return Err(out.stats.drop(DropReason::NoPrivateKey));
-                };
-                self.on_initiation(now, rng, src, &init, identity, out)
+        // The cheap checks first (type and length together, MAC1, and under load MAC2 and the
+        // rate limit), then the DH work: the two steps a worker takes apart.
+        match self.screen_handshake(now, rng, src, msg, under_load, out)? {
+            Screened::Handled(outcome) => Ok(outcome),
+            Screened::Admitted { cookie_checked } => {
+                self.receive_screened(now, rng, src, msg, cookie_checked, under_load, out)
             }
-            Message::HandshakeResponse(resp) => {
-                if !self.check_macs(now, rng, src, &resp, under_load, out)? {
-                    return Ok(HandshakeOutcome::CookieSent);
-                }
-                let Some(identity) = self.identity.as_ref() else {
-                    return Err(out.stats.drop(DropReason::NoPrivateKey));
-                };
-                self.on_response(now, src, &resp, identity, out)
-            }
-            Message::CookieReply(reply) => self.on_cookie_reply(now, &reply, out),
-            Message::TransportData(_) => Err(out.stats.drop(DropReason::Malformed)),
         }
     }
 
