@@ -110,7 +110,8 @@ impl Device {
                 out.events.push(Event::HandshakeWanted(id));
             }
         };
-        let Some(kp) = peer.keypairs.current() else {
+        // A keypair made with a previous private key does not seal (see set_private_key).
+        let Some(kp) = peer.keypairs.current().filter(|kp| kp.generation() == self.generation()) else {
             want_handshake(out);
             return Err(out.stats.drop(DropReason::NoSession));
         };
@@ -171,8 +172,10 @@ impl Device {
             peer.timers.handshake_complete(now);
             out.events.push(Event::SessionConfirmed(id));
         }
-        // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME.
+        // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME
+        // (not on a keypair of an old private key, which the kernel marks as not sending).
         if kp.needs_rekey_on_recv(now)
+            && kp.generation() == self.generation()
             && peer.timers.claim_lastminute_handshake()
             && !peer.handshake_wanted.swap(true, Ordering::Relaxed)
         {
