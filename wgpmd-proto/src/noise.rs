@@ -3,11 +3,12 @@
 //! This module knows messages and keys, never peers, sockets or index tables: the device facade
 //! looks peers up and hands this code the [`Handshake`] state of one peer.
 //!
-//! States of a [`Handshake`] (kernel `enum noise_handshake_state`):
+//! States of a [`Handshake`] (kernel `enum noise_handshake_state`); every state but `Zeroed`
+//! lives in a box that exists only while a handshake is in flight:
 //!
 //! | state | entered by | left by |
 //! |---|---|---|
-//! | `Zeroed` | start, [`Handshake::begin_session`], [`Handshake::clear`] | creating or consuming an initiation |
+//! | `Zeroed` (no box) | start, [`Handshake::begin_session`], [`Handshake::clear`] | creating or consuming an initiation |
 //! | `CreatedInitiation` | [`Handshake::create_initiation`] | consuming the matching response |
 //! | `ConsumedInitiation` | [`Handshake::consume_initiation`] | [`Handshake::create_response`] |
 //! | `CreatedResponse` | [`Handshake::create_response`] | [`Handshake::begin_session`] (responder) |
@@ -18,6 +19,11 @@
 //! Ci = HASH(CONSTRUCTION); Hi = HASH(Ci || IDENTIFIER); Hi = HASH(Hi || S_R.pub)
 //! initiation: e, es, s, ss, {t}     response: e, ee, se, psk, {}
 //! ```
+//! The static-static DH (`ss`) is computed by the first handshake step that needs it and cached
+//! with the [`Identity::generation`] it was made under; a new identity invalidates it without
+//! any per-peer work (kernel `wg_noise_precompute_static_static`, moved from configuration time
+//! to first use).
+//!
 //! Messages are read and built through the `wire::wireguard` views ([`HandshakeInitiation`],
 //! [`HandshakeResponse`]), which own the layout. The MAC fields are not touched here; `cookie`
 //! fills and checks them.

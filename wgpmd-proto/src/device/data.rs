@@ -115,7 +115,7 @@ impl Device {
             want_handshake(out);
             return Err(out.stats.drop(DropReason::NoSession));
         };
-        let len = match kp.seal(now, buf, plain_len, self.mtu) {
+        let len = match kp.seal_cached(&mut out.keys, now, buf, plain_len, self.mtu) {
             Ok(len) => len,
             Err(SealError::BufferTooSmall) => return Err(out.stats.drop(DropReason::BufferTooSmall)),
             Err(_) => {
@@ -156,7 +156,7 @@ impl Device {
         let Some(peer) = self.peer(id) else {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
-        let range = match kp.open(now, msg) {
+        let range = match kp.open_cached(&mut out.keys, now, msg) {
             Ok(r) => r,
             Err(OpenError::Auth) | Err(OpenError::TooShort) => return Err(out.stats.drop(DropReason::DecryptFailed)),
             Err(OpenError::Replay) => return Err(out.stats.drop(DropReason::Replay)),

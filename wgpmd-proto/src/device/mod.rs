@@ -41,7 +41,7 @@ use crate::index::IndexTable;
 use crate::messages::{DEFAULT_TUNNEL_MTU, INITIATION_LEN, KEY_LEN, MAX_PEERS_PER_DEVICE};
 use crate::noise::Identity;
 use crate::ratelimit::{LoadDetector, RateLimiter};
-use crate::session::Keypair;
+use crate::session::{KeyCache, Keypair};
 use crate::time::Timestamp;
 
 pub use data::{inner_dst, Decapsulated, Encapsulated};
@@ -259,17 +259,29 @@ pub struct Output {
     pub events: Vec<Event>,
     /// Counters.
     pub stats: Stats,
+    /// The AEAD keys the data path prepared last (see [`KeyCache`]).
+    pub(crate) keys: KeyCache,
 }
 
 impl Output {
     /// An output with room for a burst of `n` items without growing.
     pub fn with_capacity(n: usize) -> Self {
-        Output { transmits: Vec::with_capacity(n), events: Vec::with_capacity(n), stats: Stats::default() }
+        Output {
+            transmits: Vec::with_capacity(n),
+            events: Vec::with_capacity(n),
+            stats: Stats::default(),
+            keys: KeyCache::new(),
+        }
     }
     /// Forget transmits and events (keeps counters).
     pub fn clear(&mut self) {
         self.transmits.clear();
         self.events.clear();
+    }
+    /// Forget the AEAD keys prepared for the data path (they are kept across bursts until
+    /// replaced by others' keys; see [`KeyCache`]).
+    pub fn forget_keys(&mut self) {
+        self.keys.clear();
     }
     pub(crate) fn wake(&mut self, peer: PeerId, at: Option<Timestamp>) {
         if let Some(at) = at {

@@ -14,9 +14,9 @@
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::crypto::{AeadKey, Secret};
+use crate::crypto::{AeadError, AeadKey, Secret};
 use crate::messages::{
     message_data_len, DATA_MIN_LEN, DATA_OVERHEAD, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_AFTER_TIME_RECV, TAG_LEN,
@@ -25,6 +25,7 @@ use crate::noise::SessionKeys;
 use crate::time::Timestamp;
 use crate::wire::wireguard::{field, TransportData};
 
+use super::keycache::KeyCache;
 use super::replay::ReplayWindow;
 
 /// Why [`Keypair::seal`] refused to seal.
@@ -110,11 +111,12 @@ struct Receiving {
 /// Shared between worker threads behind an `Arc`: [`seal`](Self::seal) and
 /// [`open`](Self::open) take `&self`.
 ///
-/// The two keys are kept as their 32 raw bytes ([`Secret`], wiped on drop), and the AEAD key
-/// schedule is set up on the stack for each message: for ChaCha20-Poly1305 that is a copy of
-/// the 32 bytes (the crypto bench measures it at a few nanoseconds), where ring's prepared key
-/// type takes 540 bytes (it is sized for AES) and is not wiped on drop. Layout: one 64-byte
-/// line for sealing and 17 for opening (the 1 KiB replay window and the rest), 1152 bytes
+/// The two keys are kept as their 32 raw bytes ([`Secret`], wiped on drop), not as ring's
+/// prepared key type, which takes 544 bytes (it is sized for AES-GCM) and is not wiped on drop.
+/// [`seal`](Self::seal) and [`open`](Self::open) prepare ring's key for each message;
+/// [`seal_cached`](Self::seal_cached) and [`open_cached`](Self::open_cached), which the device's
+/// data path uses, take it from the caller's [`KeyCache`]. Layout: one 64-byte line for sealing
+/// and 17 for opening (the 1 KiB replay window and the rest), 1152 bytes
 /// (`docs/PERFORMANCE.md`).
 #[repr(C)]
 pub struct Keypair {
@@ -208,6 +210,35 @@ impl Keypair {
     ///
     /// Every error is detected before `buf` is touched, so the plaintext stays where it was.
     pub fn seal(&self, now: Timestamp, buf: &mut [u8], plain_len: usize, mtu: usize) -> Result<usize, SealError> {
+        self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
+            AeadKey::new(&key.0).seal_in_place(counter, &[], text)
+        })
+    }
+
+    /// [`seal`](Self::seal) with ring's key from `cache` (prepared there on a miss).
+    #[inline]
+    pub fn seal_cached(
+        self: &Arc<Self>,
+        cache: &mut KeyCache,
+        now: Timestamp,
+        buf: &mut [u8],
+        plain_len: usize,
+        mtu: usize,
+    ) -> Result<usize, SealError> {
+        self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
+            cache.key(self, true, &key.0).seal_in_place(counter, &[], text)
+        })
+    }
+
+    #[inline]
+    fn seal_with(
+        &self,
+        now: Timestamp,
+        buf: &mut [u8],
+        plain_len: usize,
+        mtu: usize,
+        aead: impl FnOnce(&Secret, u64, &mut [u8]) -> [u8; TAG_LEN],
+    ) -> Result<usize, SealError> {
         let padded = padded_len(plain_len, mtu);
         let total = padded.checked_add(DATA_OVERHEAD).ok_or(SealError::BufferTooSmall)?;
         let msg = buf.get_mut(..total).ok_or(SealError::BufferTooSmall)?;
@@ -225,7 +256,7 @@ impl Keypair {
         header.set_counter(counter);
         let (text, tag) = payload.split_at_mut(padded);
         text[plain_len..].fill(0);
-        tag.copy_from_slice(&AeadKey::new(&self.send.key.0).seal_in_place(counter, &[], text));
+        tag.copy_from_slice(&aead(&self.send.key, counter, text));
         debug_assert_eq!(total, message_data_len(padded));
         Ok(total)
     }
@@ -237,6 +268,29 @@ impl Keypair {
     /// caller trims it by the inner IP length). The replay window is checked before decrypting and
     /// marked after; on [`OpenError::Auth`] it is left untouched and `msg` is unspecified.
     pub fn open(&self, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
+        self.open_with(now, msg, |key, counter, sealed| AeadKey::new(&key.0).open_in_place(counter, &[], sealed))
+    }
+
+    /// [`open`](Self::open) with ring's key from `cache` (prepared there on a miss).
+    #[inline]
+    pub fn open_cached(
+        self: &Arc<Self>,
+        cache: &mut KeyCache,
+        now: Timestamp,
+        msg: &mut [u8],
+    ) -> Result<Range<usize>, OpenError> {
+        self.open_with(now, msg, |key, counter, sealed| {
+            cache.key(self, false, &key.0).open_in_place(counter, &[], sealed)
+        })
+    }
+
+    #[inline]
+    fn open_with(
+        &self,
+        now: Timestamp,
+        msg: &mut [u8],
+        aead: impl FnOnce(&Secret, u64, &mut [u8]) -> Result<usize, AeadError>,
+    ) -> Result<Range<usize>, OpenError> {
         let len = msg.len();
         if len < DATA_MIN_LEN {
             return Err(OpenError::TooShort);
@@ -255,7 +309,7 @@ impl Keypair {
                 return Err(OpenError::Replay);
             }
         }
-        AeadKey::new(&self.recv.key.0).open_in_place(counter, &[], msg.payload_mut()).map_err(|_| OpenError::Auth)?;
+        aead(&self.recv.key, counter, msg.payload_mut()).map_err(|_| OpenError::Auth)?;
         // Another core may have accepted the same counter while we decrypted.
         if !self.window().validate(counter) {
             return Err(OpenError::Replay);
