@@ -108,22 +108,6 @@ impl Remotes {
         assert_eq!(r, Ok(HandshakeOutcome::Completed(id)));
         hub.out.clear();
     }
-
-    /// Remote `j` initiates to the hub, which answers: the hub then has a next keypair for it,
-    /// awaiting confirmation.
-    pub fn remote_initiates(&self, player: &mut Player, hub: &mut Hub, j: usize) {
-        let id = self.ids[j];
-        let hub_in_remote = player.become_remote(hub, &self.keys[j]);
-        hub.now = hub.now + STEP;
-        let now = hub.now;
-        player.out.clear();
-        player.dev.initiate(now, &mut hub.rng, hub_in_remote, &mut player.out).expect("initiation sent");
-        let init = player.out.transmits.pop().expect("initiation");
-        hub.out.clear();
-        let r = hub.dev.receive_handshake(now, &mut hub.rng, B_ADDR, init.payload(), false, &mut hub.out);
-        assert_eq!(r, Ok(HandshakeOutcome::Responded(id)));
-        hub.out.clear();
-    }
 }
 
 /// The device playing the remotes.
