@@ -13,8 +13,10 @@
 //!   at most two keypairs outside races, as in the kernel: a responder's new keypair (next)
 //!   drops the previous one, and confirming it drops the previous again.
 //!
-//!     cargo run --release -p wgpmd-proto --example peer_memory [-- --4m]
-//!         [--peers 100000,1000000] [--sessions 10000] [--slots 1000]
+//! ```text
+//! cargo run --release -p wgpmd-proto --example peer_memory -- [--4m]
+//!     [--peers 100000,1000000] [--sessions 10000] [--slots 1000]
+//! ```
 //!
 //! `--4m` adds N = 2^22 (the default peer limit). Results: docs/PERFORMANCE.md, "Per-peer
 //! memory".
@@ -167,16 +169,14 @@ fn run(n: u32, sessions: u32, slots: u32) {
     }
 
     let per = |x: Option<f64>| x.map_or("?".into(), |v| format!("{v:.0}"));
+    let (rss_idle, rss_session) = (per(rss_idle), per(rss_session));
+    let rate = f64::from(n) / add.as_secs_f64();
+    let (slowest, key_change) = (ms(slowest), ms(key_change));
+    let (by_key, by_ip) = (by_key.as_nanos(), by_ip.as_nanos());
+    let handshake = handshake.as_secs_f64() * 1e6;
     println!(
-        "| {n} | {idle:.0} | {} | {:.0} | {} | {} | {:.0} ns | {:.0} ns | {session:.0} (sample {sessions}) | {} | \
-         {two_slots:.0} (sample {slots}) | {:.0} µs |",
-        per(rss_idle),
-        f64::from(n) / add.as_secs_f64(),
-        format!("{} ({over_1ms} > 1 ms)", ms(slowest)),
-        ms(key_change),
-        by_key.as_nanos(),
-        by_ip.as_nanos(),
-        per(rss_session),
-        handshake.as_secs_f64() * 1e6,
+        "| {n} | {idle:.0} | {rss_idle} | {rate:.0} | {slowest} ({over_1ms} > 1 ms) | {key_change} | {by_key} ns | \
+         {by_ip} ns | {session:.0} (sample {sessions}) | {rss_session} | {two_slots:.0} (sample {slots}) | \
+         {handshake:.0} µs |"
     );
 }

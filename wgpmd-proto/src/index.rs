@@ -232,7 +232,7 @@ mod tests {
     impl RngCore for RepeatingRng {
         fn next_u32(&mut self) -> u32 {
             self.draws += 1;
-            let v = if self.draws % 2 == 0 && !self.recent.is_empty() {
+            let v = if self.draws.is_multiple_of(2) && !self.recent.is_empty() {
                 let i = self.inner.next_u32() as usize % self.recent.len();
                 self.recent[i]
             } else {

@@ -8,12 +8,12 @@
 //! map split into [`END_SHARDS`] maps, so that growing it rehashes a 256th of the peers at a
 //! time (at four million peers, a fraction of a millisecond instead of tens of milliseconds).
 
-use core::hash::{BuildHasher, Hash, Hasher};
+use core::hash::{BuildHasher, Hash};
 use core::mem::size_of;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::index::{BuildIndexHasher, IndexHasher};
+use crate::index::BuildIndexHasher;
 
 /// Shards of the per-peer ends map (a power of two).
 const END_SHARDS: usize = 256;
@@ -56,9 +56,7 @@ impl<P: Copy + Eq + Hash> Ends<P> {
         Ends { shards: Vec::new(), len: 0 }
     }
     fn shard(&self, peer: &P) -> usize {
-        let mut h: IndexHasher = BuildIndexHasher::default().build_hasher();
-        peer.hash(&mut h);
-        (h.finish() >> 48) as usize & (END_SHARDS - 1)
+        (BuildIndexHasher::default().hash_one(peer) >> 48) as usize & (END_SHARDS - 1)
     }
     fn get(&self, peer: &P) -> Option<&(u32, u32)> {
         self.shards.get(self.shard(peer))?.get(peer)

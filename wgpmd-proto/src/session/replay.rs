@@ -314,7 +314,7 @@ mod tests {
                     (0..64u64).rev().flat_map(move |i| {
                         let c = blk * 64 + i;
                         let reps = if c % 3 == 0 { 2 } else { 1 };
-                        std::iter::repeat(c).take(reps)
+                        std::iter::repeat_n(c, reps)
                     })
                 }))
             });

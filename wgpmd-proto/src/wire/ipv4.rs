@@ -408,7 +408,7 @@ impl Repr {
         caps: &ChecksumCapabilities,
     ) -> Result<()> {
         let total = self.buffer_len();
-        if total > MAX_PACKET_LEN || self.dscp >= 64 || self.ecn >= 4 || self.frag_offset % 8 != 0 {
+        if total > MAX_PACKET_LEN || self.dscp >= 64 || self.ecn >= 4 || !self.frag_offset.is_multiple_of(8) {
             return Err(Error::Malformed);
         }
         if packet.buffer.as_ref().len() < total {
