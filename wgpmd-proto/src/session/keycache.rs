@@ -3,38 +3,35 @@
 //! A [`Keypair`] keeps its two keys as 32 raw bytes each, wiped on drop, because ring's prepared
 //! key type is 544 bytes (it is sized for AES-GCM) and is not wiped. Preparing ring's key from
 //! the raw bytes costs three copies of those 544 bytes inside ring, about 150 instructions and
-//! 20 to 40 ns here (docs/PERFORMANCE.md), which is a tenth of sealing a 64-byte packet. So the
-//! data path keeps the prepared keys of the last [`WAYS`] (keypair, direction) pairs it used in
-//! a small cache owned by the caller (the worker's `Output`): packets of one flow, which arrive
-//! and leave in trains, prepare their key once per train. A miss costs what preparing per
-//! message costs.
+//! 20 to 40 ns here (docs/PERFORMANCE.md), a tenth of sealing a 64-byte packet. So the data path
+//! keeps prepared keys in a small direct-mapped cache owned by the caller (the worker's
+//! `Output`): packets of one keypair, which arrive and leave in trains, prepare its key once per
+//! train.
 //!
-//! An entry names its keypair by a `Weak` reference: while the entry exists the keypair's
-//! allocation cannot be reused, so a pointer match can only be the same keypair, and the entry
-//! does not keep the keypair (or its wiped-on-drop keys) alive. What it does keep is ring's copy
-//! of the key schedule, until the entry is replaced or [`KeyCache::clear`]ed; for
-//! ChaCha20-Poly1305 that copy is the key itself, so a keypair's key can outlive its zeroing in
-//! at most the caches of the workers that used it last, as it would in ring's own key objects.
-
-use std::sync::{Arc, Weak};
+//! An entry holds a copy of the raw key it was prepared from (a [`Secret`], wiped when replaced
+//! or dropped), and a lookup is a hit only if that copy equals the keypair's key, compared
+//! without branching on the bytes. The prepared key is a function of the raw key alone, so a hit
+//! is always right whichever keypair the entry was made for, and the cache needs no reference to
+//! a keypair (no reference-count traffic, nothing kept alive). The slot is picked from the
+//! keypair's address and the direction. A miss costs what preparing per message costs, plus the
+//! 32-byte compare and copy. What the cache keeps after a keypair is gone, until the entry is
+//! replaced or [`KeyCache::clear`]ed, is the raw copy (wiped then) and ring's prepared copy (not
+//! wiped: ring's type cannot be).
 
 use super::keypair::Keypair;
-use crate::crypto::AeadKey;
+use crate::crypto::{AeadKey, Secret};
 
-/// Entries in a cache: both directions of four busy keypairs.
-pub const WAYS: usize = 8;
+/// Slots in a cache (a power of two): a few busy keypairs, both directions.
+pub const WAYS: usize = 16;
 
 struct Entry {
-    keypair: Weak<Keypair>,
-    sending: bool,
+    raw: Secret,
     key: AeadKey,
 }
 
-/// Prepared AEAD keys of the most recently used keypairs (see the module documentation).
+/// Prepared AEAD keys of recently used keypairs (see the module documentation).
 pub struct KeyCache {
     entries: [Option<Entry>; WAYS],
-    /// The entry the next miss replaces (round robin).
-    next: usize,
 }
 
 impl Default for KeyCache {
@@ -49,39 +46,42 @@ impl core::fmt::Debug for KeyCache {
     }
 }
 
+/// Whether two keys are equal, without a branch or an early exit on their bytes.
+#[inline]
+fn same_key(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let (x, y) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y));
+        if let (Ok(x), Ok(y)) = (x, y) {
+            diff |= u64::from_ne_bytes(x) ^ u64::from_ne_bytes(y);
+        }
+    }
+    diff == 0
+}
+
 impl KeyCache {
     /// An empty cache.
     pub const fn new() -> Self {
-        KeyCache { entries: [const { None }; WAYS], next: 0 }
+        KeyCache { entries: [const { None }; WAYS] }
     }
 
-    /// Forget every prepared key.
+    /// Forget every prepared key (the raw copies are wiped).
     pub fn clear(&mut self) {
         self.entries = [const { None }; WAYS];
-        self.next = 0;
     }
 
-    /// The prepared key of `kp` for sealing (`sending`) or opening, from the cache or prepared
-    /// now from `raw` (the keypair's key for that direction).
+    /// The prepared key for `raw`, the key of `kp` for sealing (`sending`) or opening: from the
+    /// cache, or prepared now into the slot of (`kp`, direction).
     #[inline]
-    pub(crate) fn key(&mut self, kp: &Arc<Keypair>, sending: bool, raw: &[u8; 32]) -> &AeadKey {
-        let ptr = Arc::as_ptr(kp);
-        let hit = self
-            .entries
-            .iter()
-            .position(|e| e.as_ref().is_some_and(|e| e.sending == sending && Weak::as_ptr(&e.keypair) == ptr));
-        let i = match hit {
-            Some(i) => i,
-            None => {
-                let i = self.next % WAYS;
-                self.next = (i + 1) % WAYS;
-                self.entries[i] = None;
-                i
-            }
-        };
-        &self.entries[i % WAYS]
-            .get_or_insert_with(|| Entry { keypair: Arc::downgrade(kp), sending, key: AeadKey::new(raw) })
-            .key
+    pub(crate) fn key(&mut self, kp: &Keypair, sending: bool, raw: &Secret) -> &AeadKey {
+        // Keypairs are 64-byte aligned: the address bits above 6 tell them apart.
+        let addr = kp as *const Keypair as usize;
+        let slot = ((addr >> 6 ^ addr >> 13) << 1 | usize::from(sending)) & (WAYS - 1);
+        let entry = &mut self.entries[slot];
+        if !entry.as_ref().is_some_and(|e| same_key(&e.raw.0, &raw.0)) {
+            *entry = None;
+        }
+        &entry.get_or_insert_with(|| Entry { raw: raw.clone(), key: AeadKey::new(&raw.0) }).key
     }
 
     /// Entries in use (for tests).
@@ -96,6 +96,7 @@ mod tests {
     use super::*;
     use crate::crypto::Secret;
     use crate::time::Timestamp;
+    use std::sync::Arc;
 
     const NOW: Timestamp = Timestamp::from_secs(1);
 
@@ -133,27 +134,37 @@ mod tests {
                 assert_eq!(&m2[r][..4], &payload);
             }
         }
-        assert_eq!(cache.len(), WAYS, "twelve (keypair, direction) pairs through eight entries");
-        let (a, _) = &pairs[5];
-        let before = cache.next;
-        sealed_with(a, &mut cache, b"hit");
-        assert_eq!(cache.next, before, "the most recent keypair hits");
+        assert!(cache.len() > 1 && cache.len() <= WAYS);
         cache.clear();
         assert_eq!(cache.len(), 0);
     }
 
-    /// An entry whose keypair was dropped matches no later keypair, and does not keep it alive.
+    /// Two keypairs that fall in one slot evict each other and each still gets its own key;
+    /// a keypair dropped and another made at the same address with a different key misses.
     #[test]
-    fn a_dropped_keypair_is_not_kept_alive_nor_matched() {
+    fn a_slot_holds_the_key_it_was_made_from() {
         let mut cache = KeyCache::new();
         let (a, b) = pair(1);
-        sealed_with(&a, &mut cache, b"x");
-        let weak = Arc::downgrade(&a);
-        drop(a);
-        assert_eq!(weak.strong_count(), 0, "the cache holds no strong reference");
         let (c, d) = pair(2);
-        let mut m = sealed_with(&c, &mut cache, b"y");
-        assert!(d.open(NOW, &mut m).is_ok(), "the new keypair's own key sealed it");
-        drop(b);
+        for _ in 0..3 {
+            for (s, r) in [(&a, &b), (&c, &d)] {
+                // Force both into one slot: prepare under the other keypair's address.
+                let raw = if Arc::ptr_eq(s, &a) { [1u8; 32] } else { [2u8; 32] };
+                let key = cache.key(&a, true, &Secret(raw)).seal_in_place(9, &[], &mut [0u8; 4]);
+                let want = AeadKey::new(&raw).seal_in_place(9, &[], &mut [0u8; 4]);
+                assert_eq!(key, want, "the slot's key is the one asked for");
+                let mut m = sealed_with(s, &mut cache, b"z");
+                assert!(r.open(NOW, &mut m).is_ok());
+            }
+        }
+        assert!(cache.len() >= 1);
+        assert!(
+            same_key(&[7; 32], &[7; 32])
+                && !same_key(&[7; 32], &{
+                    let mut k = [7u8; 32];
+                    k[31] = 8;
+                    k
+                })
+        );
     }
 }

@@ -14,7 +14,7 @@
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::crypto::{AeadError, AeadKey, Secret};
 use crate::messages::{
@@ -218,7 +218,7 @@ impl Keypair {
     /// [`seal`](Self::seal) with ring's key from `cache` (prepared there on a miss).
     #[inline]
     pub fn seal_cached(
-        self: &Arc<Self>,
+        &self,
         cache: &mut KeyCache,
         now: Timestamp,
         buf: &mut [u8],
@@ -226,7 +226,7 @@ impl Keypair {
         mtu: usize,
     ) -> Result<usize, SealError> {
         self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
-            cache.key(self, true, &key.0).seal_in_place(counter, &[], text)
+            cache.key(self, true, key).seal_in_place(counter, &[], text)
         })
     }
 
@@ -273,15 +273,8 @@ impl Keypair {
 
     /// [`open`](Self::open) with ring's key from `cache` (prepared there on a miss).
     #[inline]
-    pub fn open_cached(
-        self: &Arc<Self>,
-        cache: &mut KeyCache,
-        now: Timestamp,
-        msg: &mut [u8],
-    ) -> Result<Range<usize>, OpenError> {
-        self.open_with(now, msg, |key, counter, sealed| {
-            cache.key(self, false, &key.0).open_in_place(counter, &[], sealed)
-        })
+    pub fn open_cached(&self, cache: &mut KeyCache, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
+        self.open_with(now, msg, |key, counter, sealed| cache.key(self, false, key).open_in_place(counter, &[], sealed))
     }
 
     #[inline]
