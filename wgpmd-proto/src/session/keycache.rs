@@ -4,24 +4,24 @@
 //! key type is 544 bytes (it is sized for AES-GCM) and is not wiped. Preparing ring's key from
 //! the raw bytes costs three copies of those 544 bytes inside ring, about 150 instructions and
 //! 20 to 40 ns here (docs/PERFORMANCE.md), a tenth of sealing a 64-byte packet. So the data path
-//! keeps prepared keys in a small direct-mapped cache owned by the caller (the worker's
-//! `Output`): packets of one keypair, which arrive and leave in trains, prepare its key once per
-//! train.
+//! keeps prepared keys in a small cache owned by the caller (the worker's `Output`): packets of
+//! one keypair, which arrive and leave in trains, prepare its key once per train.
 //!
-//! An entry holds a copy of the raw key it was prepared from (a [`Secret`], wiped when replaced
-//! or dropped), and a lookup is a hit only if that copy equals the keypair's key, compared
-//! without branching on the bytes. The prepared key is a function of the raw key alone, so a hit
-//! is always right whichever keypair the entry was made for, and the cache needs no reference to
-//! a keypair (no reference-count traffic, nothing kept alive). The slot is picked from the
-//! keypair's address and the direction. A miss costs what preparing per message costs, plus the
-//! 32-byte compare and copy. What the cache keeps after a keypair is gone, until the entry is
-//! replaced or [`KeyCache::clear`]ed, is the raw copy (wiped then) and ring's prepared copy (not
-//! wiped: ring's type cannot be).
+//! An entry is tagged with the keypair's address and the direction (a scan of [`WAYS`] words
+//! finds it), and holds a copy of the raw key it was prepared from (a [`Secret`], wiped when
+//! replaced or dropped). A lookup is a hit only if that copy also equals the keypair's key,
+//! compared without branching on the bytes: the prepared key is a function of the raw key
+//! alone, so a hit is right even if the tagged keypair is gone and another took its address, and
+//! the cache needs no reference to a keypair (no reference-count traffic, nothing kept alive).
+//! Entries are replaced round robin. A miss costs what preparing per message costs, plus the
+//! scan and the 32-byte compare and copy. What the cache keeps after a keypair is gone, until
+//! the entry is replaced or [`KeyCache::clear`]ed, is the raw copy (wiped then) and ring's
+//! prepared copy (not wiped: ring's type cannot be).
 
 use super::keypair::Keypair;
 use crate::crypto::{AeadKey, Secret};
 
-/// Slots in a cache (a power of two): a few busy keypairs, both directions.
+/// Entries in a cache: both directions of eight busy keypairs.
 pub const WAYS: usize = 16;
 
 struct Entry {
@@ -31,7 +31,11 @@ struct Entry {
 
 /// Prepared AEAD keys of recently used keypairs (see the module documentation).
 pub struct KeyCache {
+    /// Keypair address | direction (1: sending) of each entry; 0 for none.
+    tags: [usize; WAYS],
     entries: [Option<Entry>; WAYS],
+    /// The entry the next miss replaces.
+    next: usize,
 }
 
 impl Default for KeyCache {
@@ -62,22 +66,31 @@ fn same_key(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl KeyCache {
     /// An empty cache.
     pub const fn new() -> Self {
-        KeyCache { entries: [const { None }; WAYS] }
+        KeyCache { tags: [0; WAYS], entries: [const { None }; WAYS], next: 0 }
     }
 
     /// Forget every prepared key (the raw copies are wiped).
     pub fn clear(&mut self) {
-        self.entries = [const { None }; WAYS];
+        *self = Self::new();
     }
 
     /// The prepared key for `raw`, the key of `kp` for sealing (`sending`) or opening: from the
-    /// cache, or prepared now into the slot of (`kp`, direction).
+    /// cache, or prepared now.
     #[inline]
     pub(crate) fn key(&mut self, kp: &Keypair, sending: bool, raw: &Secret) -> &AeadKey {
-        // Keypairs are 64-byte aligned: the address bits above 6 tell them apart.
-        let addr = kp as *const Keypair as usize;
-        let slot = ((addr >> 6 ^ addr >> 13) << 1 | usize::from(sending)) & (WAYS - 1);
-        let entry = &mut self.entries[slot];
+        // Keypairs are 64-byte aligned, so the low bit is free for the direction.
+        let tag = kp as *const Keypair as usize | usize::from(sending);
+        let i = match self.tags.iter().position(|&t| t == tag) {
+            Some(i) => i,
+            None => {
+                let i = self.next % WAYS;
+                self.next = (i + 1) % WAYS;
+                i
+            }
+        };
+        let i = i % WAYS;
+        self.tags[i] = tag;
+        let entry = &mut self.entries[i];
         if !entry.as_ref().is_some_and(|e| same_key(&e.raw.0, &raw.0)) {
             *entry = None;
         }
@@ -139,8 +152,8 @@ mod tests {
         assert_eq!(cache.len(), 0);
     }
 
-    /// Two keypairs that fall in one slot evict each other and each still gets its own key;
-    /// a keypair dropped and another made at the same address with a different key misses.
+    /// A tag that matches with a different raw key (a keypair gone and another at its address)
+    /// is a miss that prepares the right key; real keypairs still get their own keys.
     #[test]
     fn a_slot_holds_the_key_it_was_made_from() {
         let mut cache = KeyCache::new();
@@ -148,7 +161,7 @@ mod tests {
         let (c, d) = pair(2);
         for _ in 0..3 {
             for (s, r) in [(&a, &b), (&c, &d)] {
-                // Force both into one slot: prepare under the other keypair's address.
+                // Both keys asked under one keypair's tag, alternately.
                 let raw = if Arc::ptr_eq(s, &a) { [1u8; 32] } else { [2u8; 32] };
                 let key = cache.key(&a, true, &Secret(raw)).seal_in_place(9, &[], &mut [0u8; 4]);
                 let want = AeadKey::new(&raw).seal_in_place(9, &[], &mut [0u8; 4]);
