@@ -7,22 +7,32 @@
 //! keeps prepared keys in a small cache owned by the caller (the worker's `Output`): packets of
 //! one keypair, which arrive and leave in trains, prepare its key once per train.
 //!
-//! An entry is tagged with the keypair's address and the direction (a scan of [`WAYS`] words
-//! finds it), and holds a copy of the raw key it was prepared from (a [`Secret`], wiped when
-//! replaced or dropped). A lookup is a hit only if that copy also equals the keypair's key,
-//! compared without branching on the bytes: the prepared key is a function of the raw key
-//! alone, so a hit is right even if the tagged keypair is gone and another took its address, and
-//! the cache needs no reference to a keypair (no reference-count traffic, nothing kept alive).
-//! Entries are replaced round robin. A miss costs what preparing per message costs, plus the
-//! scan and the 32-byte compare and copy. What the cache keeps after a keypair is gone, until
-//! the entry is replaced or [`KeyCache::clear`]ed, is the raw copy (wiped then) and ring's
-//! prepared copy (not wiped: ring's type cannot be).
+//! The cache is two-way set associative ([`SETS`] sets), an entry tagged with the keypair's
+//! address and the direction. An entry holds a copy of the raw key it was prepared from (a
+//! [`Secret`]: overwritten by the next key prepared in its place, wiped when dropped), and a
+//! lookup is a hit only if that copy also equals the keypair's key, compared without branching
+//! on the bytes: the prepared key is a function of the raw key alone, so a hit is right even if
+//! the tagged keypair is gone and another took its address, and the cache needs no reference to
+//! a keypair (no reference-count traffic, nothing kept alive).
+//!
+//! Filling an entry costs one more copy of the 544 bytes than preparing on the stack. When
+//! lookups keep missing (a worker serving many peers' packets interleaved), the cache stops
+//! filling except on every [`FILL_EVERY`]th miss, so a miss then costs the lookup and the
+//! preparation, and a train that starts again is caught within a few packets.
+//!
+//! What the cache keeps after a keypair is gone, until the entry is reused or
+//! [`KeyCache::clear`]ed, is the raw copy and ring's prepared copy (which cannot be wiped).
 
 use super::keypair::Keypair;
 use crate::crypto::{AeadKey, Secret};
 
-/// Entries in a cache: both directions of eight busy keypairs.
-pub const WAYS: usize = 16;
+/// Sets of two entries (a power of two): 16 entries in all.
+pub const SETS: usize = 8;
+const ENTRIES: usize = 2 * SETS;
+/// Misses in a row after which the cache fills only on every [`FILL_EVERY`]th miss.
+pub const BYPASS_AFTER: u32 = 32;
+/// While bypassing, one miss in this many fills an entry.
+pub const FILL_EVERY: u32 = 8;
 
 struct Entry {
     raw: Secret,
@@ -32,10 +42,12 @@ struct Entry {
 /// Prepared AEAD keys of recently used keypairs (see the module documentation).
 pub struct KeyCache {
     /// Keypair address | direction (1: sending) of each entry; 0 for none.
-    tags: [usize; WAYS],
-    entries: [Option<Entry>; WAYS],
-    /// The entry the next miss replaces.
-    next: usize,
+    tags: [usize; ENTRIES],
+    entries: [Option<Entry>; ENTRIES],
+    /// Per set, the way the next fill replaces (the one not used last).
+    victim: [u8; SETS],
+    /// Misses since the last hit (saturating).
+    misses: u32,
 }
 
 impl Default for KeyCache {
@@ -46,7 +58,10 @@ impl Default for KeyCache {
 
 impl core::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("KeyCache").field("entries", &self.entries.iter().flatten().count()).finish()
+        f.debug_struct("KeyCache")
+            .field("entries", &self.entries.iter().flatten().count())
+            .field("misses", &self.misses)
+            .finish()
     }
 }
 
@@ -66,7 +81,7 @@ fn same_key(a: &[u8; 32], b: &[u8; 32]) -> bool {
 impl KeyCache {
     /// An empty cache.
     pub const fn new() -> Self {
-        KeyCache { tags: [0; WAYS], entries: [const { None }; WAYS], next: 0 }
+        KeyCache { tags: [0; ENTRIES], entries: [const { None }; ENTRIES], victim: [0; SETS], misses: 0 }
     }
 
     /// Forget every prepared key (the raw copies are wiped).
@@ -74,27 +89,58 @@ impl KeyCache {
         *self = Self::new();
     }
 
-    /// The prepared key for `raw`, the key of `kp` for sealing (`sending`) or opening: from the
-    /// cache, or prepared now.
+    /// Run `f` with the prepared key for `raw`, the key of `kp` for sealing (`sending`) or
+    /// opening: from the cache, or prepared now (and kept, unless the cache is bypassing).
     #[inline]
-    pub(crate) fn key(&mut self, kp: &Keypair, sending: bool, raw: &Secret) -> &AeadKey {
+    pub(crate) fn with_key<R>(
+        &mut self,
+        kp: &Keypair,
+        sending: bool,
+        raw: &Secret,
+        f: impl FnOnce(&AeadKey) -> R,
+    ) -> R {
         // Keypairs are 64-byte aligned, so the low bit is free for the direction.
-        let tag = kp as *const Keypair as usize | usize::from(sending);
-        let i = match self.tags.iter().position(|&t| t == tag) {
-            Some(i) => i,
-            None => {
-                let i = self.next % WAYS;
-                self.next = (i + 1) % WAYS;
-                i
+        let addr = kp as *const Keypair as usize;
+        let tag = addr | usize::from(sending);
+        let set = ((addr >> 6 ^ addr >> 11 ^ addr >> 17) << 1 ^ usize::from(sending)) & (SETS - 1);
+        let first = set * 2;
+        let mut fill = None;
+        for i in [first, first + 1] {
+            if self.tags.get(i) != Some(&tag) {
+                continue;
             }
-        };
-        let i = i % WAYS;
-        self.tags[i] = tag;
-        let entry = &mut self.entries[i];
-        if !entry.as_ref().is_some_and(|e| same_key(&e.raw.0, &raw.0)) {
-            *entry = None;
+            match self.entries.get(i) {
+                Some(Some(e)) if same_key(&e.raw.0, &raw.0) => {
+                    self.misses = 0;
+                    if let Some(v) = self.victim.get_mut(set) {
+                        *v = u8::from(i == first);
+                    }
+                    return f(&e.key);
+                }
+                // The tagged keypair is gone and another took its address: reuse the entry.
+                _ => fill = Some(i),
+            }
         }
-        &entry.get_or_insert_with(|| Entry { raw: raw.clone(), key: AeadKey::new(&raw.0) }).key
+        self.misses = self.misses.saturating_add(1);
+        if self.misses > BYPASS_AFTER && self.misses % FILL_EVERY != 0 {
+            return f(&AeadKey::new(&raw.0));
+        }
+        let victim = self.victim.get(set).copied().unwrap_or(0);
+        let i = fill.unwrap_or(first + usize::from(victim)) % ENTRIES;
+        if let Some(v) = self.victim.get_mut(set) {
+            *v = u8::from(i == first);
+        }
+        self.tags[i] = tag;
+        let key = match &mut self.entries[i] {
+            Some(e) => {
+                // Overwritten in place: the old raw copy is gone under the new bytes.
+                e.raw.0 = raw.0;
+                e.key = AeadKey::new(&raw.0);
+                &e.key
+            }
+            slot @ None => &slot.insert(Entry { raw: raw.clone(), key: AeadKey::new(&raw.0) }).key,
+        };
+        f(key)
     }
 
     /// Entries in use (for tests).
@@ -147,7 +193,7 @@ mod tests {
                 assert_eq!(&m2[r][..4], &payload);
             }
         }
-        assert!(cache.len() > 1 && cache.len() <= WAYS);
+        assert!(cache.len() > 1 && cache.len() <= ENTRIES);
         cache.clear();
         assert_eq!(cache.len(), 0);
     }
@@ -163,7 +209,7 @@ mod tests {
             for (s, r) in [(&a, &b), (&c, &d)] {
                 // Both keys asked under one keypair's tag, alternately.
                 let raw = if Arc::ptr_eq(s, &a) { [1u8; 32] } else { [2u8; 32] };
-                let key = cache.key(&a, true, &Secret(raw)).seal_in_place(9, &[], &mut [0u8; 4]);
+                let key = cache.with_key(&a, true, &Secret(raw), |k| k.seal_in_place(9, &[], &mut [0u8; 4]));
                 let want = AeadKey::new(&raw).seal_in_place(9, &[], &mut [0u8; 4]);
                 assert_eq!(key, want, "the slot's key is the one asked for");
                 let mut m = sealed_with(s, &mut cache, b"z");
@@ -179,5 +225,35 @@ mod tests {
                     k
                 })
         );
+    }
+
+    /// Keys interleaved over more keypairs than the cache holds: after a run of misses the cache
+    /// fills only now and then, and a keypair whose packets come in a train again is cached.
+    #[test]
+    fn misses_in_a_row_stop_filling_until_a_train_comes() {
+        let mut cache = KeyCache::new();
+        let pairs: Vec<_> = (1..=40u8).map(pair).collect();
+        for round in 0..4 {
+            for (a, b) in &pairs {
+                let mut m = sealed_with(a, &mut cache, &[round]);
+                assert!(b.open(NOW, &mut m).is_ok());
+            }
+        }
+        // Bypassing: a miss that is not every FILL_EVERY-th fills nothing.
+        cache.clear();
+        cache.misses = BYPASS_AFTER + 1;
+        let (c, d) = &pairs[1];
+        let mut m = sealed_with(c, &mut cache, b"bypassed");
+        assert!(d.open(NOW, &mut m).is_ok());
+        assert_eq!((cache.len(), cache.misses), (0, BYPASS_AFTER + 2), "prepared on the stack only");
+        cache.misses = FILL_EVERY * 10 - 1;
+        sealed_with(c, &mut cache, b"filled");
+        assert_eq!(cache.len(), 1, "every FILL_EVERY-th miss fills");
+        let (a, b) = &pairs[0];
+        for i in 0..FILL_EVERY + 2 {
+            let mut m = sealed_with(a, &mut cache, &[9]);
+            assert!(b.open(NOW, &mut m).is_ok(), "train packet {i}");
+        }
+        assert_eq!(cache.misses, 0, "the train is cached and hits");
     }
 }

@@ -226,7 +226,7 @@ impl Keypair {
         mtu: usize,
     ) -> Result<usize, SealError> {
         self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
-            cache.key(self, true, key).seal_in_place(counter, &[], text)
+            cache.with_key(self, true, key, |k| k.seal_in_place(counter, &[], text))
         })
     }
 
@@ -274,7 +274,9 @@ impl Keypair {
     /// [`open`](Self::open) with ring's key from `cache` (prepared there on a miss).
     #[inline]
     pub fn open_cached(&self, cache: &mut KeyCache, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
-        self.open_with(now, msg, |key, counter, sealed| cache.key(self, false, key).open_in_place(counter, &[], sealed))
+        self.open_with(now, msg, |key, counter, sealed| {
+            cache.with_key(self, false, key, |k| k.open_in_place(counter, &[], sealed))
+        })
     }
 
     #[inline]
