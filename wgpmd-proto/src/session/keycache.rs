@@ -122,7 +122,7 @@ impl KeyCache {
             }
         }
         self.misses = self.misses.saturating_add(1);
-        if self.misses > BYPASS_AFTER && self.misses % FILL_EVERY != 0 {
+        if self.misses > BYPASS_AFTER && !self.misses.is_multiple_of(FILL_EVERY) {
             return f(&AeadKey::new(&raw.0));
         }
         let victim = self.victim.get(set).copied().unwrap_or(0);
