@@ -1,21 +1,28 @@
 //! Data-path crypto throughput, in one run: raw ChaCha20-Poly1305 (ring, RustCrypto), our
-//! `Keypair::seal` / `Keypair::open`, and boringtun's `Tunn::encapsulate` / `Tunn::decapsulate`
-//! on an established session, for 64, 512 and 1420-byte payloads.
+//! `Keypair::seal` / `Keypair::open` (ring's key prepared per message) and their `_cached`
+//! forms (the device's data path: the key from a `KeyCache`), and boringtun's `Tunn::encapsulate` / `Tunn::decapsulate`
+//! on an established session, for 64, 512 and 1420-byte payloads; and the per-packet cost of
+//! per-peer state kept compact: setting up ring's key from raw bytes (done per message by
+//! `Keypair`), and reading a peer's endpoint (sequence lock) against an `ArcSwapOption`.
 //!
 //! `cargo bench -p wgpmd-proto --bench crypto`; set `WGPMD_BENCH_QUICK=1` for a short run
 //! (0.3 s warm-up, 1 s measurement). Results: the repository's docs/PERFORMANCE.md, "Data-path
 //! crypto".
 
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use wgpmd_proto::crypto::{AeadKey, Secret};
+use wgpmd_proto::device::Device;
 use wgpmd_proto::messages::{DATA_HEADER_LEN, DEFAULT_TUNNEL_MTU, TAG_LEN};
-use wgpmd_proto::session::Keypair;
+use wgpmd_proto::session::{KeyCache, Keypair};
 use wgpmd_proto::time::Timestamp;
 
 const SIZES: [usize; 3] = [64, 512, DEFAULT_TUNNEL_MTU];
@@ -114,6 +121,10 @@ fn seal(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("wgpmd", len), &len, |b, _| {
             b.iter(|| black_box(ours.seal(NOW, black_box(&mut buf[..]), len, MTU).unwrap()))
         });
+        let mut cache = KeyCache::new();
+        g.bench_with_input(BenchmarkId::new("wgpmd_cached", len), &len, |b, _| {
+            b.iter(|| black_box(ours.seal_cached(&mut cache, NOW, black_box(&mut buf[..]), len, MTU).unwrap()))
+        });
 
         let (mut bt, _) = boringtun_pair();
         let mut dst = vec![0u8; len + 64];
@@ -180,6 +191,28 @@ fn open(c: &mut Criterion) {
                 )
             })
         });
+        let mut cache = KeyCache::new();
+        g.bench_with_input(BenchmarkId::new("wgpmd_cached", len), &len, |b, _| {
+            b.iter_custom(|iters| {
+                timed_chunks(
+                    iters,
+                    |n| {
+                        (0..n)
+                            .map(|_| {
+                                let mut m = vec![0u8; DATA_HEADER_LEN + len + 16 + TAG_LEN];
+                                m[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&plain);
+                                let n = tx.seal(NOW, &mut m, len, MTU).unwrap();
+                                m.truncate(n);
+                                m
+                            })
+                            .collect()
+                    },
+                    |m| {
+                        black_box(rx.open_cached(&mut cache, NOW, black_box(&mut m[..])).unwrap());
+                    },
+                )
+            })
+        });
 
         let (mut bta, mut btb) = boringtun_pair();
         let mut dst = vec![0u8; len + 64];
@@ -209,6 +242,23 @@ fn open(c: &mut Criterion) {
     g.finish();
 }
 
+fn per_packet_state(c: &mut Criterion) {
+    let mut g = c.benchmark_group("state");
+    let key = [7u8; 32];
+    g.bench_function("aead_key_setup", |b| b.iter(|| black_box(AeadKey::new(black_box(&key)))));
+
+    let ep: SocketAddr = "198.51.100.7:51820".parse().unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut dev = Device::new(&mut rng, 0);
+    let id = dev.add_peer(&mut rng, [9u8; 32]).unwrap();
+    dev.set_endpoint(id, ep).unwrap();
+    let peer = dev.peer(id).unwrap();
+    g.bench_function("endpoint/seqlock", |b| b.iter(|| black_box(black_box(peer).endpoint())));
+    let swap = arc_swap::ArcSwapOption::from_pointee(ep);
+    g.bench_function("endpoint/arc_swap", |b| b.iter(|| black_box(black_box(&swap).load().as_deref().copied())));
+    g.finish();
+}
+
 fn config() -> Criterion {
     let c = Criterion::default();
     if std::env::var("WGPMD_BENCH_QUICK").as_deref() == Ok("1") {
@@ -221,6 +271,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = seal, open
+    targets = seal, open, per_packet_state
 }
 criterion_main!(benches);

@@ -242,7 +242,7 @@ fn respond(c: &mut Criterion) {
     let mut g = c.benchmark_group("handshake_respond");
     g.throughput(Throughput::Elements(1));
 
-    // The responder alone: MAC1, es, decrypt static, ss (precomputed), timestamp and the
+    // The responder alone: MAC1, es, decrypt static, ss (cached by the first handshake), timestamp and the
     // per-peer rules, then the response (keygen, ee, se) and its session. Initiations are made
     // untimed, in order, each 6 s of virtual time after the last.
     let Ours { mut a, mut b, mut rng_a, mut rng_b, mut now } = Ours::new(3);

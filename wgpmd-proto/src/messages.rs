@@ -113,8 +113,9 @@ pub const UNDER_LOAD_QUEUE_DEPTH: usize = MAX_QUEUED_INCOMING_HANDSHAKES / 8;
 pub const UNDER_LOAD_PERSIST: Duration = Duration::from_secs(1);
 /// Packets staged per peer while waiting for a handshake.
 pub const MAX_STAGED_PACKETS: usize = 128;
-/// Peers per device (kernel `MAX_PEERS_PER_DEVICE`).
-pub const MAX_PEERS_PER_DEVICE: usize = 1 << 20;
+/// Default peer limit of a device: 2^22, four times the kernel's `MAX_PEERS_PER_DEVICE` (2^20),
+/// for a carrier concentrator; [`crate::device::Device::set_max_peers`] changes it.
+pub const MAX_PEERS_PER_DEVICE: usize = 1 << 22;
 
 /// Per-source handshake rate limit: packets per second.
 pub const RATELIMIT_PACKETS_PER_SECOND: u64 = 20;

@@ -3,11 +3,12 @@
 //! This module knows messages and keys, never peers, sockets or index tables: the device facade
 //! looks peers up and hands this code the [`Handshake`] state of one peer.
 //!
-//! States of a [`Handshake`] (kernel `enum noise_handshake_state`):
+//! States of a [`Handshake`] (kernel `enum noise_handshake_state`); every state but `Zeroed`
+//! lives in a box that exists only while a handshake is in flight:
 //!
 //! | state | entered by | left by |
 //! |---|---|---|
-//! | `Zeroed` | start, [`Handshake::begin_session`], [`Handshake::clear`] | creating or consuming an initiation |
+//! | `Zeroed` (no box) | start, [`Handshake::begin_session`], [`Handshake::clear`] | creating or consuming an initiation |
 //! | `CreatedInitiation` | [`Handshake::create_initiation`] | consuming the matching response |
 //! | `ConsumedInitiation` | [`Handshake::consume_initiation`] | [`Handshake::create_response`] |
 //! | `CreatedResponse` | [`Handshake::create_response`] | [`Handshake::begin_session`] (responder) |
@@ -18,9 +19,16 @@
 //! Ci = HASH(CONSTRUCTION); Hi = HASH(Ci || IDENTIFIER); Hi = HASH(Hi || S_R.pub)
 //! initiation: e, es, s, ss, {t}     response: e, ee, se, psk, {}
 //! ```
+//! The static-static DH (`ss`) is computed by the first handshake step that needs it and cached
+//! with the [`Identity::generation`] it was made under; a new identity invalidates it without
+//! any per-peer work (kernel `wg_noise_precompute_static_static`, moved from configuration time
+//! to first use).
+//!
 //! Messages are read and built through the `wire::wireguard` views ([`HandshakeInitiation`],
 //! [`HandshakeResponse`]), which own the layout. The MAC fields are not touched here; `cookie`
 //! fills and checks them.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroize;
@@ -69,18 +77,28 @@ pub enum NoiseError {
     NoIdentity,
 }
 
+/// Source of [`Identity::generation`] numbers: every identity made in this process gets its own.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
 /// The device's static identity.
+///
+/// Each identity carries a generation number, unique in the process. A peer's [`Handshake`]
+/// caches the static-static DH together with the generation it was computed under, so a new
+/// private key invalidates every cache at once without touching a single peer: the next
+/// handshake with each peer recomputes its DH (kernel `wg_noise_precompute_static_static`,
+/// moved from configuration time to first use).
 #[derive(Clone, Debug)]
 pub struct Identity {
     private: PrivateKey,
     public: [u8; KEY_LEN],
+    generation: u64,
 }
 
 impl Identity {
-    /// From a private key (any 32 bytes; X25519 clamps).
+    /// From a private key (any 32 bytes; X25519 clamps). One X25519 (the public key).
     pub fn new(private: PrivateKey) -> Self {
-        let public = private.public_key();
-        Identity { private, public }
+        let public = public_of(&private);
+        Identity { private, public, generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed) }
     }
     /// Our public key.
     pub fn public_key(&self) -> &[u8; KEY_LEN] {
@@ -90,11 +108,45 @@ impl Identity {
     pub fn private_key(&self) -> &PrivateKey {
         &self.private
     }
+    /// This identity's generation: never 0, and different for every [`Identity::new`] (clones
+    /// share it). Sessions and handshakes record the generation they were made under.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// X25519 operations (DH and public-key derivation) done by this module on this thread.
+    static X25519_OPS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// X25519 operations this module has done on the calling thread (tests only).
+#[cfg(test)]
+pub(crate) fn x25519_ops() -> u64 {
+    X25519_OPS.with(|c| c.get())
+}
+
+#[inline]
+fn count_x25519() {
+    #[cfg(test)]
+    X25519_OPS.with(|c| c.set(c.get() + 1));
+}
+
+/// X25519 with a public key, counted in tests.
+fn dh(private: &PrivateKey, public: &[u8; KEY_LEN]) -> Option<Secret> {
+    count_x25519();
+    private.dh(public)
+}
+
+/// The public key of `private`, counted in tests.
+fn public_of(private: &PrivateKey) -> [u8; KEY_LEN] {
+    count_x25519();
+    private.public_key()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Zeroed,
     CreatedInitiation,
     ConsumedInitiation,
     CreatedResponse,
@@ -183,6 +235,7 @@ pub struct InitiationStart {
     remote_static: [u8; KEY_LEN],
     sender_index: u32,
     sealed_timestamp: [u8; TIMESTAMP_LEN + TAG_LEN],
+    generation: u64,
 }
 
 impl InitiationStart {
@@ -206,7 +259,7 @@ pub fn begin_consume_initiation<T: AsRef<[u8]>>(
     let mut sym = Symmetric::start(&identity.public);
     let e = msg.unencrypted_ephemeral();
     sym.mix_ephemeral(&e);
-    let key = sym.mix_dh_key(identity.private.dh(&e))?;
+    let key = sym.mix_dh_key(dh(&identity.private, &e))?;
     let mut s = [0u8; KEY_LEN];
     sym.decrypt(&key, msg.encrypted_static(), &mut s).map_err(|_| NoiseError::DecryptStatic)?;
     let sealed_timestamp = msg.encrypted_timestamp().try_into().map_err(|_| NoiseError::DecryptTimestamp)?;
@@ -216,6 +269,7 @@ pub fn begin_consume_initiation<T: AsRef<[u8]>>(
         remote_static: s,
         sender_index: msg.sender_index(),
         sealed_timestamp,
+        generation: identity.generation,
     })
 }
 
@@ -231,50 +285,87 @@ pub struct SessionKeys {
     pub local_index: u32,
     /// The peer's index, written into our data messages.
     pub remote_index: u32,
+    /// The [`Identity::generation`] the handshake was made under.
+    pub generation: u64,
 }
 
-/// The handshake state of one peer.
-pub struct Handshake {
-    remote_static: [u8; KEY_LEN],
-    psk: Secret,
-    /// DH(our static, peer static), or `None` when that is the all-zero value (then every
-    /// handshake with this peer fails, as in the kernel).
-    precomputed_ss: Option<Secret>,
+/// DH(our static, peer static) as last computed, and under which identity.
+struct StaticDh {
+    /// [`Identity::generation`] of the value; 0: not computed.
+    generation: u64,
+    /// `None` when the DH is the all-zero value (then every handshake with this peer fails, as
+    /// in the kernel).
+    value: Option<Secret>,
+}
+
+/// A handshake in flight: everything that lives only from creating or consuming an initiation
+/// to deriving the session (kernel `struct noise_handshake` minus what outlives it). Wiped on
+/// drop (the symmetric state and the ephemeral key wipe themselves).
+struct Flight {
     state: State,
+    generation: u64,
     sym: Symmetric,
     ephemeral: Option<PrivateKey>,
     remote_ephemeral: [u8; KEY_LEN],
     local_index: u32,
     remote_index: u32,
+}
+
+/// Bytes of the boxed state of a handshake in flight (for the size table).
+#[cfg(test)]
+pub(crate) fn flight_size() -> usize {
+    core::mem::size_of::<Flight>()
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.remote_ephemeral.zeroize();
+    }
+}
+
+/// The handshake state of one peer.
+///
+/// What outlives a handshake stays inline (the peer's key, the PSK, the cached static-static
+/// DH, the replay and flood guards, about 150 bytes); what a handshake in flight needs is boxed
+/// and exists only while one is (kernel state `ZEROED` is "no box").
+pub struct Handshake {
+    remote_static: [u8; KEY_LEN],
+    psk: Secret,
+    static_dh: StaticDh,
     latest_timestamp: [u8; TIMESTAMP_LEN],
     last_initiation_consumption: Option<Timestamp>,
+    flight: Option<Box<Flight>>,
 }
 
 impl Handshake {
-    /// Handshake state for the peer with static key `remote_static`.
-    pub fn new(identity: Option<&Identity>, remote_static: [u8; KEY_LEN], psk: Secret) -> Self {
-        let mut h = Handshake {
+    /// Handshake state for the peer with static key `remote_static`. No DH work: the
+    /// static-static DH is computed by the first handshake that needs it.
+    pub fn new(remote_static: [u8; KEY_LEN], psk: Secret) -> Self {
+        Handshake {
             remote_static,
             psk,
-            precomputed_ss: None,
-            state: State::Zeroed,
-            sym: Symmetric::default(),
-            ephemeral: None,
-            remote_ephemeral: [0; KEY_LEN],
-            local_index: 0,
-            remote_index: 0,
+            static_dh: StaticDh { generation: 0, value: None },
             latest_timestamp: [0; TIMESTAMP_LEN],
             last_initiation_consumption: None,
-        };
-        h.set_identity(identity);
-        h
+            flight: None,
+        }
     }
 
-    /// Recompute the static-static DH after the device key changed (and forget any handshake in
-    /// flight, which was made with the old key).
-    pub fn set_identity(&mut self, identity: Option<&Identity>) {
-        self.precomputed_ss = identity.and_then(|id| id.private.dh(&self.remote_static));
-        self.clear();
+    /// The static-static DH under `identity`: the cached value, or computed now (one X25519)
+    /// if the cache is empty or was made under another identity.
+    fn static_static(&mut self, identity: &Identity) -> Option<Secret> {
+        if self.static_dh.generation != identity.generation {
+            // Assigning drops (and so wipes) the value made under the old identity.
+            self.static_dh =
+                StaticDh { generation: identity.generation, value: dh(&identity.private, &self.remote_static) };
+        }
+        self.static_dh.value.clone()
+    }
+
+    /// Whether the static-static DH under `identity` is cached (so the next handshake step
+    /// that needs it does no X25519 for it).
+    pub fn has_static_static(&self, identity: &Identity) -> bool {
+        self.static_dh.generation == identity.generation
     }
 
     /// Replace the pre-shared key (all zeros = none).
@@ -294,25 +385,23 @@ impl Handshake {
 
     /// Our index of the handshake in flight (0 when none).
     pub fn local_index(&self) -> u32 {
-        if self.state == State::Zeroed {
-            0
-        } else {
-            self.local_index
-        }
+        self.flight.as_ref().map_or(0, |f| f.local_index)
     }
 
     /// Whether we sent an initiation and wait for its response.
     pub fn is_initiation_pending(&self) -> bool {
-        self.state == State::CreatedInitiation
+        self.flight.as_ref().is_some_and(|f| f.state == State::CreatedInitiation)
     }
 
-    /// Forget the handshake in flight (kernel `handshake_zero`): keys, hash and state.
+    /// Whether a handshake is in flight (its state is allocated).
+    pub fn in_flight(&self) -> bool {
+        self.flight.is_some()
+    }
+
+    /// Forget the handshake in flight (kernel `handshake_zero`): keys, hash and state are wiped
+    /// and freed. The PSK, the cached static-static DH and the replay guards stay.
     pub fn clear(&mut self) {
-        self.sym.zeroize();
-        self.ephemeral = None;
-        self.remote_ephemeral.zeroize();
-        self.remote_index = 0;
-        self.state = State::Zeroed;
+        self.flight = None;
     }
 
     /// Build a handshake initiation with sender index `local_index` and the TAI64N `timestamp`
@@ -325,7 +414,7 @@ impl Handshake {
         timestamp: [u8; TIMESTAMP_LEN],
         local_index: u32,
     ) -> Result<Initiation, NoiseError> {
-        let ss = self.precomputed_ss.clone().ok_or(NoiseError::DhFailure)?;
+        let ss = self.static_static(identity).ok_or(NoiseError::DhFailure)?;
         self.clear();
         let mut out = Initiation::new_unchecked([0u8; INITIATION_LEN]);
         out.init_header();
@@ -333,33 +422,45 @@ impl Handshake {
         let mut sym = Symmetric::start(&self.remote_static);
         // e
         let eph = PrivateKey::generate(rng);
-        let e_pub = eph.public_key();
+        let e_pub = public_of(&eph);
         out.set_unencrypted_ephemeral(&e_pub);
         sym.mix_ephemeral(&e_pub);
         // es
-        let key = sym.mix_dh_key(eph.dh(&self.remote_static))?;
+        let key = sym.mix_dh_key(dh(&eph, &self.remote_static))?;
         // s
         sym.encrypt(&key, &identity.public, out.encrypted_static_mut());
         // ss
         let key = sym.mix_dh_key(Some(ss))?;
         // {t}
         sym.encrypt(&key, &timestamp, out.encrypted_timestamp_mut());
-        self.sym = sym;
-        self.ephemeral = Some(eph);
-        self.local_index = local_index;
-        self.state = State::CreatedInitiation;
+        self.flight = Some(Box::new(Flight {
+            state: State::CreatedInitiation,
+            generation: identity.generation,
+            sym,
+            ephemeral: Some(eph),
+            remote_ephemeral: [0; KEY_LEN],
+            local_index,
+            remote_index: 0,
+        }));
         Ok(out)
     }
 
     /// Finish consuming an initiation addressed to this peer: `ss`, the timestamp, and the
     /// per-peer acceptance rules (timestamp newer than the last accepted; at most
-    /// INITIATIONS_PER_SECOND). On success the state is ready for [`Self::create_response`].
-    pub fn consume_initiation(&mut self, start: InitiationStart, now: Timestamp) -> Result<(), NoiseError> {
-        let InitiationStart { mut sym, remote_ephemeral, remote_static, sender_index, sealed_timestamp } = start;
-        if !ct_eq(&remote_static, &self.remote_static) {
+    /// INITIATIONS_PER_SECOND). `identity` is the one `start` was made with. On success the
+    /// state is ready for [`Self::create_response`].
+    pub fn consume_initiation(
+        &mut self,
+        identity: &Identity,
+        start: InitiationStart,
+        now: Timestamp,
+    ) -> Result<(), NoiseError> {
+        if start.generation != identity.generation || !ct_eq(&start.remote_static, &self.remote_static) {
             return Err(NoiseError::WrongState);
         }
-        let key = sym.mix_dh_key(self.precomputed_ss.clone())?;
+        let ss = self.static_static(identity);
+        let InitiationStart { mut sym, remote_ephemeral, sender_index, sealed_timestamp, .. } = start;
+        let key = sym.mix_dh_key(ss)?;
         let mut t = [0u8; TIMESTAMP_LEN];
         sym.decrypt(&key, &sealed_timestamp, &mut t).map_err(|_| NoiseError::DecryptTimestamp)?;
         // TAI64N is big-endian, so byte order is time order.
@@ -371,13 +472,18 @@ impl Handshake {
                 return Err(NoiseError::Flood);
             }
         }
-        self.clear();
-        self.remote_ephemeral = remote_ephemeral;
         self.latest_timestamp = t;
-        self.sym = sym;
-        self.remote_index = sender_index;
         self.last_initiation_consumption = Some(now);
-        self.state = State::ConsumedInitiation;
+        // Replacing the box wipes and frees the handshake it replaces.
+        self.flight = Some(Box::new(Flight {
+            state: State::ConsumedInitiation,
+            generation: identity.generation,
+            sym,
+            ephemeral: None,
+            remote_ephemeral,
+            local_index: 0,
+            remote_index: sender_index,
+        }));
         Ok(())
     }
 
@@ -389,77 +495,93 @@ impl Handshake {
         rng: &mut R,
         local_index: u32,
     ) -> Result<Response, NoiseError> {
-        if self.state != State::ConsumedInitiation {
+        let Some(f) = self.flight.as_deref_mut().filter(|f| f.state == State::ConsumedInitiation) else {
             return Err(NoiseError::WrongState);
-        }
+        };
         let mut out = Response::new_unchecked([0u8; RESPONSE_LEN]);
         out.init_header();
         out.set_sender_index(local_index);
-        out.set_receiver_index(self.remote_index);
-        let mut sym = self.sym.clone();
+        out.set_receiver_index(f.remote_index);
+        let mut sym = f.sym.clone();
         // e
         let eph = PrivateKey::generate(rng);
-        let e_pub = eph.public_key();
+        let e_pub = public_of(&eph);
         out.set_unencrypted_ephemeral(&e_pub);
         sym.mix_ephemeral(&e_pub);
         // ee
-        sym.mix_dh(eph.dh(&self.remote_ephemeral))?;
+        sym.mix_dh(dh(&eph, &f.remote_ephemeral))?;
         // se
-        sym.mix_dh(eph.dh(&self.remote_static))?;
+        sym.mix_dh(dh(&eph, &self.remote_static))?;
         // psk
         let key = sym.mix_psk(&self.psk);
         // {}
         sym.encrypt(&key, &[], out.encrypted_nothing_mut());
-        self.sym = sym;
-        self.ephemeral = Some(eph);
-        self.local_index = local_index;
-        self.state = State::CreatedResponse;
+        f.sym = sym;
+        f.ephemeral = Some(eph);
+        f.local_index = local_index;
+        f.state = State::CreatedResponse;
         Ok(out)
     }
 
     /// Consume a response to our initiation (the caller found this handshake by the response's
     /// receiver index and checked MAC1; a buffer shorter than a response reads as zeros and
-    /// fails to authenticate).
+    /// fails to authenticate). An initiation made under another identity (the private key
+    /// changed since) is not pending any more.
     pub fn consume_response<T: AsRef<[u8]>>(
         &mut self,
         identity: &Identity,
         msg: &HandshakeResponse<T>,
     ) -> Result<(), NoiseError> {
-        if self.state != State::CreatedInitiation || msg.receiver_index() != self.local_index {
+        let Some(f) = self.flight.as_deref_mut() else {
+            return Err(NoiseError::WrongState);
+        };
+        if f.state != State::CreatedInitiation
+            || msg.receiver_index() != f.local_index
+            || f.generation != identity.generation
+        {
             return Err(NoiseError::WrongState);
         }
-        let eph = self.ephemeral.as_ref().ok_or(NoiseError::WrongState)?;
-        let mut sym = self.sym.clone();
+        let eph = f.ephemeral.as_ref().ok_or(NoiseError::WrongState)?;
+        let mut sym = f.sym.clone();
         let e = msg.unencrypted_ephemeral();
         // e
         sym.mix_ephemeral(&e);
         // ee
-        sym.mix_dh(eph.dh(&e))?;
+        sym.mix_dh(dh(eph, &e))?;
         // se
-        sym.mix_dh(identity.private.dh(&e))?;
+        sym.mix_dh(dh(&identity.private, &e))?;
         // psk
         let key = sym.mix_psk(&self.psk);
         // {}
         sym.decrypt(&key, msg.encrypted_nothing(), &mut []).map_err(|_| NoiseError::DecryptResponse)?;
-        self.sym = sym;
-        self.remote_ephemeral = e;
-        self.remote_index = msg.sender_index();
-        self.state = State::ConsumedResponse;
+        f.sym = sym;
+        f.remote_ephemeral = e;
+        f.remote_index = msg.sender_index();
+        f.state = State::ConsumedResponse;
         Ok(())
     }
 
     /// Derive the transport keys once the handshake is complete (after sending a response, or
-    /// after consuming one) and zero the handshake state.
+    /// after consuming one) and drop the handshake state.
     pub fn begin_session(&mut self) -> Result<SessionKeys, NoiseError> {
-        let initiator = match self.state {
+        let Some(f) = self.flight.as_deref() else {
+            return Err(NoiseError::WrongState);
+        };
+        let initiator = match f.state {
             State::ConsumedResponse => true,
             State::CreatedResponse => false,
             _ => return Err(NoiseError::WrongState),
         };
-        let [t1, t2] = kdf::<2>(&self.sym.ck, &[]);
+        let [t1, t2] = kdf::<2>(&f.sym.ck, &[]);
         let (send, recv) = if initiator { (t1, t2) } else { (t2, t1) };
-        let keys =
-            SessionKeys { send, recv, initiator, local_index: self.local_index, remote_index: self.remote_index };
+        let keys = SessionKeys {
+            send,
+            recv,
+            initiator,
+            local_index: f.local_index,
+            remote_index: f.remote_index,
+            generation: f.generation,
+        };
         self.clear();
         Ok(keys)
     }
@@ -467,7 +589,6 @@ impl Handshake {
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        self.remote_ephemeral.zeroize();
         self.latest_timestamp.zeroize();
     }
 }
@@ -482,22 +603,22 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let a = Identity::new(PrivateKey::generate(&mut rng));
         let b = Identity::new(PrivateKey::generate(&mut rng));
-        let ha = Handshake::new(Some(&a), *b.public_key(), Secret(psk));
-        let hb = Handshake::new(Some(&b), *a.public_key(), Secret(psk));
+        let ha = Handshake::new(*b.public_key(), Secret(psk));
+        let hb = Handshake::new(*a.public_key(), Secret(psk));
         (a, b, ha, hb)
     }
 
     fn run(psk_a: [u8; 32], psk_b: [u8; 32]) -> Result<(SessionKeys, SessionKeys), NoiseError> {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let (a, b, mut ha, _) = pair(psk_a);
-        let mut hb = Handshake::new(Some(&b), *a.public_key(), Secret(psk_b));
+        let mut hb = Handshake::new(*a.public_key(), Secret(psk_b));
         let init = ha.create_initiation(&a, &mut rng, crate::time::tai64n(5_000_000_000), 0x11)?;
         assert_eq!(init.check_len(), Ok(()));
         assert_eq!((init.sender_index(), init.mac1(), init.mac2()), (0x11, [0; 16], [0; 16]));
         let start = begin_consume_initiation(&b, &init)?;
         assert_eq!(start.remote_static(), a.public_key());
         assert_eq!(start.sender_index(), 0x11);
-        hb.consume_initiation(start, Timestamp::from_secs(1))?;
+        hb.consume_initiation(&b, start, Timestamp::from_secs(1))?;
         let resp = hb.create_response(&mut rng, 0x22)?;
         assert_eq!(resp.check_len(), Ok(()));
         assert_eq!((resp.sender_index(), resp.receiver_index(), resp.mac1()), (0x22, 0x11, [0; 16]));
@@ -552,17 +673,17 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let (a, b, mut ha, mut hb) = pair([0; 32]);
         let init = ha.create_initiation(&a, &mut rng, crate::time::tai64n(10_000_000_000), 1).unwrap();
-        hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
+        hb.consume_initiation(&b, begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
         // The very same message again: its timestamp is not newer.
-        let again = hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(2));
+        let again = hb.consume_initiation(&b, begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(2));
         assert_eq!(again, Err(NoiseError::Replay));
         // A newer timestamp 10 ms after the last accepted one: flood.
         let init = ha.create_initiation(&a, &mut rng, crate::time::tai64n(11_000_000_000), 2).unwrap();
         let t = Timestamp::from_nanos(1_010_000_000);
-        assert_eq!(hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), t), Err(NoiseError::Flood));
+        assert_eq!(hb.consume_initiation(&b, begin_consume_initiation(&b, &init).unwrap(), t), Err(NoiseError::Flood));
         // 20 ms after: accepted.
         let t = Timestamp::from_nanos(1_020_000_000);
-        hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), t).unwrap();
+        hb.consume_initiation(&b, begin_consume_initiation(&b, &init).unwrap(), t).unwrap();
     }
 
     #[test]
@@ -571,7 +692,7 @@ mod tests {
         let (a, b, mut ha, mut hb) = pair([0; 32]);
         assert_eq!(hb.create_response(&mut rng, 1).err(), Some(NoiseError::WrongState));
         let init = ha.create_initiation(&a, &mut rng, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], 9).unwrap();
-        hb.consume_initiation(begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
+        hb.consume_initiation(&b, begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
         let resp = hb.create_response(&mut rng, 10).unwrap();
         let mut bad = resp.clone();
         let mut e = bad.unencrypted_ephemeral();
@@ -591,11 +712,44 @@ mod tests {
         assert_eq!(ha.begin_session().err(), Some(NoiseError::WrongState));
     }
 
+    /// A new identity (even for the same key) invalidates the cached static-static DH and
+    /// the handshake in flight: the response to an initiation of the old identity is refused,
+    /// and the next handshake recomputes the DH once.
+    #[test]
+    fn new_identity_invalidates_the_cache_and_the_flight() {
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let (a, b, mut ha, mut hb) = pair([0; 32]);
+        let ops = x25519_ops();
+        let init = ha.create_initiation(&a, &mut rng, crate::time::tai64n(1_000_000_000), 1).unwrap();
+        assert_eq!(x25519_ops() - ops, 3, "e, es and the first ss");
+        assert!(ha.has_static_static(&a));
+        hb.consume_initiation(&b, begin_consume_initiation(&b, &init).unwrap(), Timestamp::from_secs(1)).unwrap();
+        let resp = hb.create_response(&mut rng, 2).unwrap();
+        let a2 = Identity::new(a.private_key().clone());
+        assert_ne!(a2.generation(), a.generation());
+        assert!(!ha.has_static_static(&a2));
+        assert_eq!(ha.consume_response(&a2, &resp), Err(NoiseError::WrongState));
+        // A start made under one identity cannot finish under another.
+        let b2 = Identity::new(b.private_key().clone());
+        let init = ha.create_initiation(&a2, &mut rng, crate::time::tai64n(2_000_000_000), 3).unwrap();
+        let start = begin_consume_initiation(&b, &init).unwrap();
+        assert_eq!(hb.consume_initiation(&b2, start, Timestamp::from_secs(2)), Err(NoiseError::WrongState));
+        let ops = x25519_ops();
+        let init = ha.create_initiation(&a2, &mut rng, crate::time::tai64n(3_000_000_000), 4).unwrap();
+        assert_eq!(x25519_ops() - ops, 2, "ss cached for the new identity");
+        hb.consume_initiation(&b2, begin_consume_initiation(&b2, &init).unwrap(), Timestamp::from_secs(3)).unwrap();
+        let resp = hb.create_response(&mut rng, 5).unwrap();
+        ha.consume_response(&a2, &resp).unwrap();
+        let (ka, kb) = (ha.begin_session().unwrap(), hb.begin_session().unwrap());
+        assert_eq!((ka.send.0, ka.generation, kb.generation), (kb.recv.0, a2.generation(), b2.generation()));
+        assert!(!ha.in_flight() && !hb.in_flight(), "handshake state freed");
+    }
+
     #[test]
     fn low_order_peer_key_fails_without_panic() {
         let mut rng = ChaCha20Rng::seed_from_u64(6);
         let a = Identity::new(PrivateKey::generate(&mut rng));
-        let mut h = Handshake::new(Some(&a), [0u8; 32], Secret::zero());
+        let mut h = Handshake::new([0u8; 32], Secret::zero());
         assert_eq!(h.create_initiation(&a, &mut rng, [0; 12], 1).err(), Some(NoiseError::DhFailure));
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! - [`replay`]: [`ReplayWindow`], the 8192-bit anti-replay bitmap;
 //! - [`keypair`]: [`Keypair`], one handshake's keys with [`Keypair::seal`] and [`Keypair::open`];
-//! - [`keypairs`]: [`Keypairs`], a peer's three slots and their transitions.
+//! - [`keypairs`]: [`Keypairs`], a peer's three slots and their transitions;
+//! - [`keycache`]: [`KeyCache`], a worker's prepared AEAD keys of the keypairs it used last.
 //!
 //! # Sharing between worker threads
 //! The daemon runs one worker per core and a peer's packets may land on any core, so session
@@ -31,10 +32,12 @@
 //! - Slot transitions take one per-peer mutex (the kernel's `keypair_update_lock`); the data path
 //!   takes it only on key confirmation, after a lock-free check.
 
+pub mod keycache;
 pub mod keypair;
 pub mod keypairs;
 pub mod replay;
 
+pub use keycache::KeyCache;
 pub use keypair::{padded_len, Keypair, OpenError, SealError};
 pub use keypairs::{Dropped, Keypairs};
 pub use replay::ReplayWindow;

@@ -4,14 +4,19 @@
 //! Entries live in one slab shared by both families, linked into a doubly linked list per peer,
 //! so a concentrator with a million one-prefix peers pays one 28-byte entry and one map bucket
 //! per peer rather than a `Vec` allocation. The trie stores each prefix's entry id next to its
-//! peer, so removing or re-owning a prefix unlinks its entry in O(1).
+//! peer, so removing or re-owning a prefix unlinks its entry in O(1). The per-peer ends are a
+//! map split into [`END_SHARDS`] maps, so that growing it rehashes a 256th of the peers at a
+//! time (at four million peers, a fraction of a millisecond instead of tens of milliseconds).
 
-use core::hash::Hash;
+use core::hash::{BuildHasher, Hash};
 use core::mem::size_of;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::index::BuildIndexHasher;
+
+/// Shards of the per-peer ends map (a power of two).
+const END_SHARDS: usize = 256;
 
 /// "No entry": list ends and the empty free list.
 const NIL: u32 = u32::MAX;
@@ -35,12 +40,74 @@ pub(super) struct PeerLists<P> {
     entries: Vec<Entry>,
     free: u32,
     /// First and last entry of each peer with at least one prefix.
-    ends: HashMap<P, (u32, u32), BuildIndexHasher>,
+    ends: Ends<P>,
+}
+
+/// Peer to (first, last) entry, sharded by hash bits 48..56, which the shard maps do not use to
+/// pick buckets (they take the low bits, and the top 7 for control bytes).
+#[derive(Debug, Clone)]
+struct Ends<P> {
+    shards: Vec<HashMap<P, (u32, u32), BuildIndexHasher>>,
+    len: usize,
+}
+
+impl<P: Copy + Eq + Hash> Ends<P> {
+    fn new() -> Self {
+        Ends { shards: Vec::new(), len: 0 }
+    }
+    fn shard(&self, peer: &P) -> usize {
+        (BuildIndexHasher::default().hash_one(peer) >> 48) as usize & (END_SHARDS - 1)
+    }
+    fn get(&self, peer: &P) -> Option<&(u32, u32)> {
+        self.shards.get(self.shard(peer))?.get(peer)
+    }
+    fn get_mut(&mut self, peer: &P) -> Option<&mut (u32, u32)> {
+        let i = self.shard(peer);
+        self.shards.get_mut(i)?.get_mut(peer)
+    }
+    fn insert(&mut self, peer: P, ends: (u32, u32)) {
+        if self.shards.is_empty() {
+            self.shards = (0..END_SHARDS).map(|_| HashMap::default()).collect();
+        }
+        let i = self.shard(&peer);
+        if let Some(m) = self.shards.get_mut(i) {
+            if m.insert(peer, ends).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+    fn remove(&mut self, peer: &P) -> Option<(u32, u32)> {
+        let i = self.shard(peer);
+        let old = self.shards.get_mut(i)?.remove(peer);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn clear(&mut self) {
+        self.shards.iter_mut().for_each(HashMap::clear);
+        self.len = 0;
+    }
+    fn shrink_to_fit(&mut self) {
+        if self.len == 0 {
+            self.shards = Vec::new();
+        }
+        self.shards.iter_mut().for_each(HashMap::shrink_to_fit);
+    }
+    fn capacity(&self) -> usize {
+        self.shards.iter().map(HashMap::capacity).sum()
+    }
 }
 
 impl<P: Copy + Eq + Hash> PeerLists<P> {
     pub(super) fn new() -> Self {
-        PeerLists { entries: Vec::new(), free: NIL, ends: HashMap::default() }
+        PeerLists { entries: Vec::new(), free: NIL, ends: Ends::new() }
     }
 
     /// Appends `net/cidr` to `peer`'s list; returns the entry id.

@@ -110,11 +110,12 @@ impl Device {
                 out.events.push(Event::HandshakeWanted(id));
             }
         };
-        let Some(kp) = peer.keypairs.current() else {
+        // A keypair made with a previous private key does not seal (see set_private_key).
+        let Some(kp) = peer.keypairs.current().filter(|kp| kp.generation() == self.generation()) else {
             want_handshake(out);
             return Err(out.stats.drop(DropReason::NoSession));
         };
-        let len = match kp.seal(now, buf, plain_len, self.mtu) {
+        let len = match kp.seal_cached(&mut out.keys, now, buf, plain_len, self.mtu) {
             Ok(len) => len,
             Err(SealError::BufferTooSmall) => return Err(out.stats.drop(DropReason::BufferTooSmall)),
             Err(_) => {
@@ -155,7 +156,7 @@ impl Device {
         let Some(peer) = self.peer(id) else {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
-        let range = match kp.open(now, msg) {
+        let range = match kp.open_cached(&mut out.keys, now, msg) {
             Ok(r) => r,
             Err(OpenError::Auth) | Err(OpenError::TooShort) => return Err(out.stats.drop(DropReason::DecryptFailed)),
             Err(OpenError::Replay) => return Err(out.stats.drop(DropReason::Replay)),
@@ -171,8 +172,10 @@ impl Device {
             peer.timers.handshake_complete(now);
             out.events.push(Event::SessionConfirmed(id));
         }
-        // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME.
+        // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME
+        // (not on a keypair of an old private key, which the kernel marks as not sending).
         if kp.needs_rekey_on_recv(now)
+            && kp.generation() == self.generation()
             && peer.timers.claim_lastminute_handshake()
             && !peer.handshake_wanted.swap(true, Ordering::Relaxed)
         {

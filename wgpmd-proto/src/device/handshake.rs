@@ -112,9 +112,12 @@ impl Device {
             return Err(out.stats.drop(DropReason::UnknownPeer));
         };
         let id = peer.id();
-        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
-        let old_index = hs.local_index();
-        if let Err(e) = hs.consume_initiation(start, now) {
+        let mut hs = peer.handshake();
+        let old_index = hs.noise.local_index();
+        if !hs.noise.has_static_static(identity) {
+            out.stats.dh_operations += 1;
+        }
+        if let Err(e) = hs.noise.consume_initiation(identity, start, now) {
             tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
             let r = match e {
                 NoiseError::Replay | NoiseError::Flood => DropReason::InitiationReplay,
@@ -122,7 +125,8 @@ impl Device {
             };
             return Err(out.stats.drop(r));
         }
-        // ss (precomputed: no DH here), then e, ee, se in the response: two more DHs.
+        // ss (cached after the peer's first handshake), then e, ee, se in the response: two
+        // more DHs.
         if old_index != 0 {
             self.index.remove(old_index);
         }
@@ -131,7 +135,7 @@ impl Device {
         tracing::debug!("Receiving handshake initiation from {} ({})", peer.name(), src);
         let local = self.index.insert_new(rng, IndexEntry::Handshake(id));
         out.stats.dh_operations += 2;
-        let mut resp = match hs.create_response(rng, local) {
+        let mut resp = match hs.noise.create_response(rng, local) {
             Ok(r) => r,
             Err(e) => {
                 self.index.remove(local);
@@ -139,8 +143,8 @@ impl Device {
                 return Err(out.stats.drop(DropReason::HandshakeFailed));
             }
         };
-        peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).add_macs(now, &mut resp);
-        let keys = match hs.begin_session() {
+        hs.add_macs(now, &mut resp);
+        let keys = match hs.noise.begin_session() {
             Ok(k) => k,
             Err(_) => {
                 self.index.remove(local);
@@ -173,16 +177,16 @@ impl Device {
         let Some(peer) = self.peer(id).cloned() else {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
-        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
-        if !hs.is_initiation_pending() {
+        let mut hs = peer.handshake();
+        if !hs.noise.is_initiation_pending() {
             return Err(out.stats.drop(DropReason::HandshakeFailed));
         }
         out.stats.dh_operations += 2;
-        if let Err(e) = hs.consume_response(identity, resp) {
+        if let Err(e) = hs.noise.consume_response(identity, resp) {
             tracing::debug!("Invalid handshake response from {}: {}", src, e);
             return Err(out.stats.drop(DropReason::HandshakeFailed));
         }
-        let keys = match hs.begin_session() {
+        let keys = match hs.noise.begin_session() {
             Ok(k) => k,
             Err(_) => return Err(out.stats.drop(DropReason::HandshakeFailed)),
         };
@@ -212,7 +216,8 @@ impl Device {
             return Err(out.stats.drop(DropReason::UnknownIndex));
         };
         // A cookie reply is not authenticated: it never moves the endpoint.
-        match peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).consume_reply(now, msg) {
+        let consumed = peer.handshake().consume_cookie_reply(now, msg);
+        match consumed {
             Ok(()) => {
                 tracing::debug!("Receiving cookie response for {}", peer.name());
                 Ok(HandshakeOutcome::CookieStored(id))
@@ -232,8 +237,7 @@ impl Device {
         now: Timestamp,
         out: &mut Output,
     ) -> Result<(), DropReason> {
-        let kp =
-            Arc::new(Keypair::new(&keys.send, &keys.recv, keys.local_index, keys.remote_index, keys.initiator, now));
+        let kp = Arc::new(Keypair::from_session(&keys, now));
         // The handshake's index now names the keypair (kernel wg_index_hashtable_replace). If
         // the index is gone, the peer was removed or reset meanwhile: drop the session.
         if !self.index.replace(keys.local_index, IndexEntry::Keypair(peer.id(), kp.clone())) {
@@ -285,24 +289,25 @@ impl Device {
         let Some(to) = peer.endpoint() else {
             return Err(out.stats.drop(DropReason::NoEndpoint));
         };
-        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
-        let old = hs.local_index();
+        let mut hs = peer.handshake();
+        let old = hs.noise.local_index();
         let local = self.index.insert_new(rng, IndexEntry::Handshake(peer.id()));
-        out.stats.dh_operations += 1;
-        let made = hs.create_initiation(identity, rng, tai64n(self.wall_ns(now)), local);
-        drop(hs);
+        out.stats.dh_operations += if hs.noise.has_static_static(identity) { 1 } else { 2 };
+        let made = hs.noise.create_initiation(identity, rng, tai64n(self.wall_ns(now)), local);
         if old != 0 {
             self.index.remove(old);
         }
         let mut msg = match made {
             Ok(m) => m,
             Err(e) => {
+                drop(hs);
                 self.index.remove(local);
                 tracing::debug!("Could not create handshake initiation for {}: {}", peer.name(), e);
                 return Err(out.stats.drop(DropReason::HandshakeFailed));
             }
         };
-        peer.cookie.lock().unwrap_or_else(|e| e.into_inner()).add_macs(now, &mut msg);
+        hs.add_macs(now, &mut msg);
+        drop(hs);
         tracing::debug!("Sending handshake initiation to {} ({})", peer.name(), to);
         self.note_authenticated_sent(peer, now, out);
         peer.timers.initiation_sent(now);
@@ -319,7 +324,9 @@ impl Device {
         let mut buf = [0u8; crate::messages::DATA_MIN_LEN];
         match self.encapsulate_to(now, id, &mut buf, 0, out) {
             Ok(e) => {
-                tracing::debug!("Sending keepalive packet to {}", self.peer(id).map(|p| p.name()).unwrap_or("?"));
+                if let Some(p) = self.peer(id) {
+                    tracing::debug!("Sending keepalive packet to {}", p.name());
+                }
                 out.transmits.push(Transmit::new(Some(id), e.to, &buf[..e.len]));
                 Ok(())
             }

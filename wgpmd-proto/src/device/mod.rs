@@ -25,10 +25,11 @@
 //! peer on the wheel; a handshake is wanted), and per-worker counters.
 
 mod data;
+mod endpoint;
 mod handshake;
+mod keymap;
 mod peer;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -38,15 +39,16 @@ use crate::allowedips::AllowedIps;
 use crate::cookie::CookieChecker;
 use crate::crypto::{PrivateKey, Secret};
 use crate::index::IndexTable;
-use crate::messages::{DEFAULT_TUNNEL_MTU, INITIATION_LEN, KEY_LEN};
+use crate::messages::{DEFAULT_TUNNEL_MTU, INITIATION_LEN, KEY_LEN, MAX_PEERS_PER_DEVICE};
 use crate::noise::Identity;
 use crate::ratelimit::{LoadDetector, RateLimiter};
-use crate::session::Keypair;
+use crate::session::{KeyCache, Keypair};
 use crate::time::Timestamp;
 
 pub use data::{inner_dst, Decapsulated, Encapsulated};
 pub use handshake::{HandshakeOutcome, Screened};
-pub use peer::{Peer, PeerId};
+use keymap::KeyMap;
+pub use peer::{Peer, PeerId, PeerName};
 
 /// What a receiver index refers to.
 #[derive(Clone)]
@@ -258,17 +260,29 @@ pub struct Output {
     pub events: Vec<Event>,
     /// Counters.
     pub stats: Stats,
+    /// The AEAD keys the data path prepared last (see [`KeyCache`]).
+    pub(crate) keys: KeyCache,
 }
 
 impl Output {
     /// An output with room for a burst of `n` items without growing.
     pub fn with_capacity(n: usize) -> Self {
-        Output { transmits: Vec::with_capacity(n), events: Vec::with_capacity(n), stats: Stats::default() }
+        Output {
+            transmits: Vec::with_capacity(n),
+            events: Vec::with_capacity(n),
+            stats: Stats::default(),
+            keys: KeyCache::new(),
+        }
     }
     /// Forget transmits and events (keeps counters).
     pub fn clear(&mut self) {
         self.transmits.clear();
         self.events.clear();
+    }
+    /// Forget the AEAD keys prepared for the data path (they are kept across bursts until
+    /// replaced by others' keys; see [`KeyCache`]).
+    pub fn forget_keys(&mut self) {
+        self.keys.clear();
     }
     pub(crate) fn wake(&mut self, peer: PeerId, at: Option<Timestamp>) {
         if let Some(at) = at {
@@ -303,7 +317,7 @@ pub struct Device {
     load: LoadDetector,
     peers: Vec<Option<Arc<Peer>>>,
     free_ids: Vec<PeerId>,
-    by_key: HashMap<[u8; KEY_LEN], PeerId>,
+    by_key: KeyMap,
     allowed: AllowedIps<PeerId>,
     index: IndexTable<IndexEntry>,
     wall_at_epoch_ns: u64,
@@ -323,13 +337,23 @@ impl Device {
             load: LoadDetector::new(),
             peers: Vec::new(),
             free_ids: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: KeyMap::new(rng),
             allowed: AllowedIps::new(),
             index: IndexTable::new(),
             wall_at_epoch_ns,
             mtu: DEFAULT_TUNNEL_MTU,
-            max_peers: crate::messages::MAX_PEERS_PER_DEVICE,
+            max_peers: MAX_PEERS_PER_DEVICE,
         }
+    }
+
+    /// The most peers [`Device::add_peer`] accepts ([`MAX_PEERS_PER_DEVICE`] unless set).
+    pub fn max_peers(&self) -> usize {
+        self.max_peers
+    }
+    /// Change the peer limit. Peers beyond a lowered limit stay; only new ones are refused.
+    /// Capped at 2^32 − 1 (peer ids are `u32`).
+    pub fn set_max_peers(&mut self, max: usize) {
+        self.max_peers = max.min(u32::MAX as usize);
     }
 
     /// The tunnel MTU used to bound padding.
@@ -350,35 +374,41 @@ impl Device {
         self.identity.as_ref().map(|i| i.private_key())
     }
 
-    /// Set or remove the private key. Recomputes every peer's static-static DH, drops
-    /// handshakes in flight and stops sealing with existing sessions (kernel
-    /// `wg_noise_expire_current_peer_keypairs`: the next packet asks for a handshake with the new
-    /// key); a peer whose public key equals the new public key is removed (as the kernel does).
+    /// Set or remove the private key, in constant time whatever the number of peers: one
+    /// X25519 (the new public key) and no per-peer work. A peer whose public key equals the new
+    /// public key is removed (as the kernel does). Everything made with the old key stops at
+    /// once through the identity's generation number ([`Identity::generation`]):
+    /// - each peer's cached static-static DH is recomputed by its next handshake;
+    /// - a response to an initiation made with the old key is refused, and the next initiation
+    ///   replaces that handshake (or zeroing the key material removes it);
+    /// - sessions made with the old key no longer seal (kernel
+    ///   `wg_noise_expire_current_peer_keypairs`): the next packet asks for a handshake. They
+    ///   still open what the peer sends until they age out, as there.
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
         self.identity = key.map(Identity::new);
         let public = self.public_key();
         self.cookie_checker.set_public_key(public.as_ref());
-        if let Some(id) = public.and_then(|k| self.by_key.get(&k).copied()) {
+        if let Some(id) = public.and_then(|k| self.by_key.get(&k)) {
             let _ = self.remove_peer(id);
-        }
-        for p in self.peers.iter().flatten() {
-            let mut hs = p.handshake.lock().unwrap_or_else(|e| e.into_inner());
-            let old = hs.local_index();
-            hs.set_identity(self.identity.as_ref());
-            if old != 0 {
-                self.index.remove(old);
-            }
-            p.keypairs.expire_current();
         }
     }
 
+    /// The generation of the current identity (0 with no private key): keypairs of another
+    /// generation do not seal.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.identity.as_ref().map_or(0, Identity::generation)
+    }
+
     /// Add a peer (or return the existing one with that key). `rng` seeds its timer jitter.
+    /// No Diffie-Hellman and no hashing of the key: the static-static DH and the MAC keys are
+    /// computed by the peer's first handshake.
     pub fn add_peer<R: RngCore + CryptoRng>(
         &mut self,
         rng: &mut R,
         public_key: [u8; KEY_LEN],
     ) -> Result<PeerId, ConfigError> {
-        if let Some(&id) = self.by_key.get(&public_key) {
+        if let Some(id) = self.by_key.get(&public_key) {
             return Ok(id);
         }
         if self.public_key() == Some(public_key) {
@@ -394,7 +424,7 @@ impl Device {
                 (self.peers.len() - 1) as PeerId
             }
         };
-        let peer = Peer::new(rng, id, public_key, self.identity.as_ref());
+        let peer = Peer::new(rng, id, public_key);
         self.peers[id as usize] = Some(Arc::new(peer));
         self.by_key.insert(public_key, id);
         Ok(id)
@@ -413,7 +443,7 @@ impl Device {
 
     /// Remove every peer.
     pub fn clear_peers(&mut self) {
-        let ids: Vec<PeerId> = self.by_key.values().copied().collect();
+        let ids: Vec<PeerId> = self.by_key.ids().collect();
         for id in ids {
             let _ = self.remove_peer(id);
         }
@@ -421,7 +451,7 @@ impl Device {
 
     /// The peer with this public key.
     pub fn peer_by_key(&self, public_key: &[u8; KEY_LEN]) -> Option<PeerId> {
-        self.by_key.get(public_key).copied()
+        self.by_key.get(public_key)
     }
 
     /// A peer's state (counters, endpoint, ...).
@@ -442,7 +472,7 @@ impl Device {
     /// Set a peer's pre-shared key (all zeros = none).
     pub fn set_preshared_key(&mut self, id: PeerId, psk: Secret) -> Result<(), ConfigError> {
         let p = self.peer(id).ok_or(ConfigError::NoSuchPeer)?;
-        p.handshake.lock().unwrap_or_else(|e| e.into_inner()).set_psk(psk);
+        p.handshake().noise.set_psk(psk);
         Ok(())
     }
 
@@ -503,9 +533,9 @@ impl Device {
         for idx in peer.keypairs.clear().iter() {
             self.index.remove(idx);
         }
-        let mut hs = peer.handshake.lock().unwrap_or_else(|e| e.into_inner());
-        let old = hs.local_index();
-        hs.clear();
+        let mut hs = peer.handshake();
+        let old = hs.noise.local_index();
+        hs.noise.clear();
         if old != 0 {
             self.index.remove(old);
         }

@@ -3,71 +3,138 @@
 //! | field | written by | how |
 //! |---|---|---|
 //! | `keypairs` | handshake stage (new keypairs), any core (key confirmation), control core (expiry, zeroing) | three `ArcSwapOption` slots, lock-free reads, transitions under one per-peer mutex |
-//! | `handshake`, `cookie` | handshake stage, control core, configuration | per-peer `Mutex`, never taken by data packets |
+//! | `handshake` (Noise state and cookie state) | handshake stage, control core, configuration | per-peer `Mutex`, never taken by data packets |
 //! | `timers` | every core (events), control core (poll) | atomics |
-//! | `endpoint` | configuration, any core from authenticated packets | `ArcSwapOption`, lock-free reads |
+//! | `endpoint` | configuration, any core from authenticated packets | sequence lock over atomics: lock-free reads, no allocation |
 //! | byte counters | any core | relaxed atomics |
+//!
+//! # Memory
+//! A concentrator holds millions of peers, most of them idle, so a peer keeps inline only what
+//! outlives a handshake (about 400 bytes with its `Arc`; `docs/PERFORMANCE.md` has the table):
+//! - the state of a handshake in flight is boxed inside [`Handshake`] and exists only from an
+//!   initiation to its session;
+//! - the cookie state ([`CookieJar`]: the last MAC1 sent, for validating a cookie reply, and
+//!   the cookie; 48 bytes, its keys derived from the peer's key when used) is boxed and created
+//!   by the first handshake message sent to the peer, and then kept, as the kernel keeps it;
+//! - the static-static DH is computed at the first handshake, not when the peer is added;
+//! - the peer's name for logs is formatted when a log line asks for it ([`Peer::name`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, MutexGuard};
 
-use arc_swap::ArcSwapOption;
-use base64::Engine as _;
-
-use crate::cookie::CookieState;
+use crate::cookie::{CookieError, CookieJar};
 use crate::crypto::Secret;
 use crate::messages::KEY_LEN;
-use crate::noise::{Handshake, Identity};
+use crate::noise::Handshake;
 use crate::session::Keypairs;
 use crate::time::Timestamp;
 use crate::timers::PeerTimers;
 
+use super::endpoint::EndpointCell;
+
 /// A peer's handle inside its device (a slot number, reused after removal).
 pub type PeerId = u32;
+
+/// What the per-peer handshake mutex guards: the Noise state and the cookie state (kernel
+/// `struct noise_handshake` and `struct cookie`).
+pub(crate) struct HandshakeState {
+    pub(crate) noise: Handshake,
+    /// Created by the first handshake message we send the peer (the first MAC1).
+    cookie: Option<Box<CookieJar>>,
+}
+
+impl HandshakeState {
+    /// Write MAC1 and MAC2 into a handshake message to the peer (creating the cookie state).
+    pub(crate) fn add_macs<M: crate::wire::wireguard::MacMessageMut>(&mut self, now: Timestamp, msg: &mut M) {
+        let key = *self.noise.remote_static();
+        self.cookie.get_or_insert_with(Box::default).add_macs(&key, now, msg);
+    }
+    /// Take in the peer's cookie reply. With no cookie state we never sent the peer a MAC1, so
+    /// no reply can be valid.
+    pub(crate) fn consume_cookie_reply<T: AsRef<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        reply: &crate::wire::wireguard::CookieReply<T>,
+    ) -> Result<(), CookieError> {
+        let key = *self.noise.remote_static();
+        match self.cookie.as_deref_mut() {
+            Some(jar) => jar.consume_reply(&key, now, reply),
+            None => Err(CookieError::NoMac1Sent),
+        }
+    }
+}
 
 /// One peer.
 pub struct Peer {
     id: PeerId,
-    public_key: [u8; KEY_LEN],
-    name: String,
-    short: String,
-    pub(crate) handshake: Mutex<Handshake>,
-    pub(crate) cookie: Mutex<CookieState>,
-    pub(crate) keypairs: Keypairs,
-    pub(crate) timers: PeerTimers,
-    endpoint: ArcSwapOption<SocketAddr>,
-    rx_bytes: AtomicU64,
-    tx_bytes: AtomicU64,
     /// A `HandshakeWanted` event is outstanding (so the data path emits it once).
     pub(crate) handshake_wanted: AtomicBool,
+    public_key: [u8; KEY_LEN],
+    pub(crate) keypairs: Keypairs,
+    endpoint: EndpointCell,
+    rx_bytes: AtomicU64,
+    tx_bytes: AtomicU64,
+    pub(crate) timers: PeerTimers,
+    handshake: Mutex<HandshakeState>,
+}
+
+/// A peer's short printable name, formatted when displayed: `peer(AbCd…wXyZ)` as wireguard-go
+/// writes it, or with [`Peer::short_key`] just `AbCd…wXyZ`.
+#[derive(Clone, Copy)]
+pub struct PeerName<'a> {
+    key: &'a [u8; KEY_LEN],
+    wrapped: bool,
+}
+
+impl core::fmt::Display for PeerName<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use base64::Engine as _;
+        let mut b64 = [0u8; 44];
+        // 32 bytes are always 44 base64 characters, so this cannot fail; were it to, print
+        // nothing rather than panic in a log line.
+        let n = base64::engine::general_purpose::STANDARD.encode_slice(self.key, &mut b64).unwrap_or(0);
+        let s = core::str::from_utf8(&b64[..n]).unwrap_or("");
+        let (head, tail) = (s.get(..4).unwrap_or(""), s.get(39..43).unwrap_or(""));
+        if self.wrapped {
+            write!(f, "peer({head}…{tail})")
+        } else {
+            write!(f, "{head}…{tail}")
+        }
+    }
+}
+
+impl core::fmt::Debug for PeerName<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Peer {
+    /// A peer with no endpoint, session or handshake. No DH and no hashing: everything derived
+    /// from the key is computed when first needed.
     pub(crate) fn new<R: rand_core::RngCore + rand_core::CryptoRng>(
         rng: &mut R,
         id: PeerId,
         public_key: [u8; KEY_LEN],
-        identity: Option<&Identity>,
     ) -> Self {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(public_key);
-        // wireguard-go's short form: "peer(AbCd…wXyZ)".
-        let short = format!("{}…{}", &b64[..4], &b64[39..43]);
-        let name = format!("peer({short})");
         Peer {
             id,
+            handshake_wanted: AtomicBool::new(false),
             public_key,
-            name,
-            short,
-            handshake: Mutex::new(Handshake::new(identity, public_key, Secret::zero())),
-            cookie: Mutex::new(CookieState::new(&public_key)),
             keypairs: Keypairs::new(),
-            timers: PeerTimers::new(rng),
-            endpoint: ArcSwapOption::empty(),
+            endpoint: EndpointCell::new(),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
-            handshake_wanted: AtomicBool::new(false),
+            timers: PeerTimers::new(rng),
+            handshake: Mutex::new(HandshakeState { noise: Handshake::new(public_key, Secret::zero()), cookie: None }),
         }
+    }
+
+    /// The handshake and cookie state. A panic while it was held cannot leave it half-written in
+    /// a way that matters (each step replaces whole values), so a poisoned lock is used as is.
+    pub(crate) fn handshake(&self) -> MutexGuard<'_, HandshakeState> {
+        self.handshake.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The peer's id in its device.
@@ -78,25 +145,30 @@ impl Peer {
     pub fn public_key(&self) -> &[u8; KEY_LEN] {
         &self.public_key
     }
-    /// Short printable name for logs, as wireguard-go writes it.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Short printable name for logs, as wireguard-go writes it ("peer(AbCd…wXyZ)"), formatted
+    /// when displayed.
+    pub fn name(&self) -> PeerName<'_> {
+        PeerName { key: &self.public_key, wrapped: true }
     }
     /// The key's short form alone ("AbCd…wXyZ"), for messages that say "peer X" themselves.
-    pub fn short_key(&self) -> &str {
-        &self.short
+    pub fn short_key(&self) -> PeerName<'_> {
+        PeerName { key: &self.public_key, wrapped: false }
     }
     /// The pre-shared key (all zeros = none).
     pub fn preshared_key(&self) -> Secret {
-        self.handshake.lock().unwrap_or_else(|e| e.into_inner()).psk().clone()
+        self.handshake().noise.psk().clone()
     }
     /// Where packets to the peer go (configured, or learned from its authenticated packets).
+    #[inline]
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        self.endpoint.load().as_deref().copied()
+        self.endpoint.load()
     }
+    /// Move the endpoint to `ep` (a store only when it changed, so roaming checks on every
+    /// packet write nothing).
+    #[inline]
     pub(crate) fn set_endpoint(&self, ep: SocketAddr) {
         if self.endpoint() != Some(ep) {
-            self.endpoint.store(Some(Arc::new(ep)));
+            self.endpoint.store(Some(ep));
         }
     }
     /// Bytes received from the peer (whole WireGuard messages, as the kernel counts).
@@ -127,7 +199,7 @@ impl Peer {
     }
     /// Receiver index of the current sending keypair, if any (for tests and diagnostics).
     pub fn current_local_index(&self) -> Option<u32> {
-        self.keypairs.current().map(|k| k.local_index)
+        self.keypairs.current().map(|k| k.local_index())
     }
     /// Handshake retransmissions so far in the current attempt.
     pub fn handshake_attempts(&self) -> u32 {
@@ -137,6 +209,6 @@ impl Peer {
 
 impl core::fmt::Debug for Peer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Peer").field("id", &self.id).field("name", &self.name).finish()
+        f.debug_struct("Peer").field("id", &self.id).field("name", &self.name()).finish()
     }
 }

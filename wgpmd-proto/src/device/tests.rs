@@ -595,6 +595,96 @@ fn changing_the_private_key_forces_a_new_handshake() {
     assert!(p.a.out.events.contains(&Event::HandshakeWanted(p.a.peer)));
 }
 
+/// Configuration does no X25519: adding peers none, a key change one (its public key),
+/// however many peers there are.
+#[test]
+fn add_peer_and_set_private_key_do_no_diffie_hellman() {
+    use crate::noise::x25519_ops;
+    use rand_core::RngCore;
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    let mut dev = Device::new(&mut rng, 0);
+    let ops = x25519_ops();
+    dev.set_private_key(Some(PrivateKey::generate(&mut rng)));
+    assert_eq!(x25519_ops() - ops, 1, "the new public key");
+    let ops = x25519_ops();
+    for i in 0..2000u32 {
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let id = dev.add_peer(&mut rng, key).unwrap();
+        dev.add_allowed_ip(id, IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 32).unwrap();
+        dev.set_preshared_key(id, crate::crypto::Secret([3; 32])).unwrap();
+    }
+    assert_eq!(x25519_ops() - ops, 0, "add_peer computed a DH");
+    dev.set_private_key(Some(PrivateKey::generate(&mut rng)));
+    dev.set_private_key(None);
+    assert_eq!(x25519_ops() - ops, 1, "two key changes over 2000 peers: one public key");
+    assert_eq!(dev.peer_count(), 2000);
+}
+
+/// After a key change the next handshake computes the static-static DH (once on each side) and
+/// works; the handshake after it finds the DH cached.
+#[test]
+fn key_change_then_handshakes_compute_the_static_dh_once() {
+    use crate::noise::x25519_ops;
+    let mut p = Pair::established(23);
+    let new = PrivateKey::generate(&mut p.rng);
+    let new_public = new.public_key();
+    let ops = x25519_ops();
+    p.a.dev.set_private_key(Some(new));
+    assert_eq!(x25519_ops() - ops, 1);
+    // B learns A's new key (as wg would: the old peer removed, the new one added).
+    p.b.dev.remove_peer(p.b.peer).unwrap();
+    p.b.peer = p.b.dev.add_peer(&mut p.rng, new_public).unwrap();
+    p.b.dev.set_endpoint(p.b.peer, A_ADDR).unwrap();
+    p.b.dev.add_allowed_ip(p.b.peer, IpAddr::V4(A_IN), 32).unwrap();
+    let old = p.a.dev.peer(p.a.peer).unwrap().current_local_index();
+    // Past our own initiation rate limit (one per REKEY_TIMEOUT).
+    p.advance(REKEY_TIMEOUT);
+
+    let ops = x25519_ops();
+    assert_eq!(p.send(true, 40), Err(DropReason::NoSession), "the old session does not seal");
+    p.pump();
+    let first = x25519_ops() - ops;
+    let current = p.a.dev.peer(p.a.peer).unwrap().current_local_index();
+    assert!(current.is_some() && current != old, "a new session");
+    p.send(true, 100).unwrap();
+    p.send(false, 100).unwrap();
+    assert_eq!(p.b.delivered.last(), Some(&ipv4_packet(A_IN, B_IN, 100)));
+    assert_eq!(p.a.delivered.last(), Some(&ipv4_packet(B_IN, A_IN, 100)));
+
+    p.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    let ops = x25519_ops();
+    let now = p.now;
+    p.a.dev.initiate(now, &mut p.rng, p.a.peer, &mut p.a.out).unwrap();
+    p.pump();
+    let second = x25519_ops() - ops;
+    assert_ne!(p.a.dev.peer(p.a.peer).unwrap().current_local_index(), current, "rekeyed");
+    // Each handshake: initiator e, es, (ss), ee, se; responder es, (ss), e, ee, se.
+    assert_eq!((first, second), (10, 8), "static-static DH once per side after the key change");
+}
+
+/// A response to an initiation made with the old private key is dropped after a key change (its
+/// MAC1 is keyed to the old public key; `noise` also refuses it by generation), and the stale
+/// handshake's index goes with the next initiation.
+#[test]
+fn response_to_an_initiation_of_the_old_key_is_dropped() {
+    let mut p = Pair::new(25);
+    let now = p.now;
+    p.a.dev.initiate(now, &mut p.rng, p.a.peer, &mut p.a.out).unwrap();
+    let init = p.a.out.transmits.pop().unwrap();
+    p.b.dev.receive_handshake(now, &mut p.rng, A_ADDR, init.payload(), false, &mut p.b.out).unwrap();
+    let resp = p.b.out.transmits.pop().unwrap();
+    p.a.dev.set_private_key(Some(PrivateKey::generate(&mut p.rng)));
+    let r = p.a.dev.receive_handshake(now, &mut p.rng, B_ADDR, resp.payload(), false, &mut p.a.out);
+    assert_eq!(r, Err(DropReason::InvalidMac1));
+    assert!(p.a.dev.peer(p.a.peer).unwrap().current_local_index().is_none());
+    // The next initiation replaces the stale handshake's index.
+    assert_eq!(p.a.dev.index.len(), 1);
+    let later = now + REKEY_TIMEOUT;
+    p.a.dev.initiate(later, &mut p.rng, p.a.peer, &mut p.a.out).unwrap();
+    assert_eq!(p.a.dev.index.len(), 1);
+}
+
 /// Every reason is in `DropReason::ALL`: the match below lists them all without a wildcard, so
 /// a new reason stops it compiling until it is added here, last in the enum and in `ALL`.
 #[test]
@@ -627,4 +717,32 @@ fn every_drop_reason_has_a_counter() {
         assert_eq!(stats.drops_for(r), 1);
     }
     assert_eq!(stats.drops.iter().sum::<u64>(), DropReason::COUNT as u64);
+}
+
+/// The size of every per-peer structure (`cargo test --release -p wgpmd-proto --lib
+/// per_peer_sizes -- --nocapture` prints the table in docs/PERFORMANCE.md), with bounds so
+/// that growth is a decision.
+#[test]
+fn per_peer_sizes() {
+    use core::mem::size_of;
+    let rows: [(&str, usize, usize); 12] = [
+        ("Peer", size_of::<Peer>(), 512),
+        ("  HandshakeState (in Peer, behind its Mutex)", size_of::<peer::HandshakeState>(), 256),
+        ("    noise::Handshake", size_of::<crate::noise::Handshake>(), 192),
+        ("  Keypairs (in Peer)", size_of::<crate::session::Keypairs>(), 32),
+        ("  PeerTimers (in Peer)", size_of::<crate::timers::PeerTimers>(), 96),
+        ("  EndpointCell (in Peer)", size_of::<endpoint::EndpointCell>(), 40),
+        ("Arc<Peer> allocation", size_of::<Peer>() + 16, 528),
+        ("Keypair", size_of::<crate::session::Keypair>(), 1152),
+        ("  ReplayWindow (in Keypair)", size_of::<crate::session::ReplayWindow>(), 1032),
+        ("Arc<Keypair> allocation (64-byte aligned)", size_of::<crate::session::Keypair>() + 64, 1216),
+        ("CookieJar (boxed, from the first handshake message)", size_of::<crate::cookie::CookieJar>(), 48),
+        ("index entry (u32, IndexEntry)", size_of::<(u32, IndexEntry)>(), 24),
+    ];
+    println!("| structure | bytes |\n|---|---:|");
+    for (name, size, bound) in rows {
+        println!("| {name} | {size} |");
+        assert!(size <= bound, "{name}: {size} > {bound}");
+    }
+    println!("| handshake in flight (boxed inside noise::Handshake) | {} |", crate::noise::flight_size());
 }

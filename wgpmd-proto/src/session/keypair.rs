@@ -16,14 +16,16 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::crypto::{AeadKey, Secret};
+use crate::crypto::{AeadError, AeadKey, Secret};
 use crate::messages::{
     message_data_len, DATA_MIN_LEN, DATA_OVERHEAD, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_AFTER_TIME_RECV, TAG_LEN,
 };
+use crate::noise::SessionKeys;
 use crate::time::Timestamp;
 use crate::wire::wireguard::{field, TransportData};
 
+use super::keycache::KeyCache;
 use super::replay::ReplayWindow;
 
 /// Why [`Keypair::seal`] refused to seal.
@@ -62,11 +64,6 @@ pub enum OpenError {
     Auth,
 }
 
-/// Keeps a value on a cache line of its own, so the send counter (written by sealing cores) and
-/// the replay window (written by opening cores) do not false-share.
-#[repr(align(64))]
-struct CacheLine<T>(T);
-
 /// Length of the plaintext once padded: up to a multiple of [`PADDING_MULTIPLE`], but never
 /// beyond `mtu` (kernel `calculate_skb_padding`). A plaintext already longer than `mtu` is not
 /// padded (the kernel's modulo case serves GSO super-packets, which this datapath never builds);
@@ -80,35 +77,60 @@ pub fn padded_len(plain_len: usize, mtu: usize) -> usize {
     }
 }
 
+/// Everything sealing touches, on one cache line: the send counter (written by sealing cores),
+/// the sealing key and what the header and the checks read. Opening cores read none of it on
+/// the common path.
+#[repr(C, align(64))]
+struct Sending {
+    /// Next nonce to use; also the number of messages sealed.
+    counter: AtomicU64,
+    birth: Timestamp,
+    /// The [`crate::noise::Identity::generation`] of the private key the handshake used (0
+    /// when made with [`Keypair::new`]).
+    generation: u64,
+    key: Secret,
+    remote_index: u32,
+    initiator: bool,
+    /// Cleared by [`Keypair::expire_sending`] (kernel `sending.is_valid`).
+    valid: AtomicBool,
+}
+
+/// Everything opening touches, on cache lines of their own: the replay window (written by
+/// opening cores), the opening key, and copies of the two fields the receive checks read.
+#[repr(C, align(64))]
+struct Receiving {
+    window: Mutex<ReplayWindow>,
+    key: Secret,
+    birth: Timestamp,
+    local_index: u32,
+    initiator: bool,
+}
+
 /// The transport state of one completed handshake (kernel `struct noise_keypair`).
 ///
 /// Shared between worker threads behind an `Arc`: [`seal`](Self::seal) and
 /// [`open`](Self::open) take `&self`.
+///
+/// The two keys are kept as their 32 raw bytes ([`Secret`], wiped on drop), not as ring's
+/// prepared key type, which takes 544 bytes (it is sized for AES-GCM) and is not wiped on drop.
+/// [`seal`](Self::seal) and [`open`](Self::open) prepare ring's key for each message;
+/// [`seal_cached`](Self::seal_cached) and [`open_cached`](Self::open_cached), which the device's
+/// data path uses, take it from the caller's [`KeyCache`]. Layout: one 64-byte line for sealing
+/// and 17 for opening (the 1 KiB replay window and the rest), 1152 bytes
+/// (`docs/PERFORMANCE.md`).
+#[repr(C)]
 pub struct Keypair {
-    /// Our index for this keypair: peers put it in the receiver field of what they send us.
-    pub local_index: u32,
-    /// The peer's index: we put it in the receiver field of what we send.
-    pub remote_index: u32,
-    /// Whether we initiated the handshake (only the initiator rekeys on age).
-    pub initiator: bool,
-    /// When the handshake completed.
-    pub birth: Timestamp,
-    send: AeadKey,
-    recv: AeadKey,
-    /// Next nonce to use; also the number of messages sealed.
-    send_counter: CacheLine<AtomicU64>,
-    /// Cleared by [`expire_sending`](Self::expire_sending) (kernel `sending.is_valid`).
-    send_valid: AtomicBool,
-    replay: CacheLine<Mutex<ReplayWindow>>,
+    send: Sending,
+    recv: Receiving,
 }
 
 impl core::fmt::Debug for Keypair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Keypair")
-            .field("local_index", &self.local_index)
-            .field("remote_index", &self.remote_index)
-            .field("initiator", &self.initiator)
-            .field("birth", &self.birth)
+            .field("local_index", &self.local_index())
+            .field("remote_index", &self.remote_index())
+            .field("initiator", &self.initiator())
+            .field("birth", &self.birth())
             .field("sending_counter", &self.sending_counter())
             .finish_non_exhaustive()
     }
@@ -126,16 +148,57 @@ impl Keypair {
         birth: Timestamp,
     ) -> Self {
         Keypair {
-            local_index,
-            remote_index,
-            initiator,
-            birth,
-            send: AeadKey::new(&send.0),
-            recv: AeadKey::new(&recv.0),
-            send_counter: CacheLine(AtomicU64::new(0)),
-            send_valid: AtomicBool::new(true),
-            replay: CacheLine(Mutex::new(ReplayWindow::new())),
+            send: Sending {
+                counter: AtomicU64::new(0),
+                birth,
+                generation: 0,
+                key: send.clone(),
+                remote_index,
+                initiator,
+                valid: AtomicBool::new(true),
+            },
+            recv: Receiving {
+                window: Mutex::new(ReplayWindow::new()),
+                key: recv.clone(),
+                birth,
+                local_index,
+                initiator,
+            },
         }
+    }
+
+    /// The keypair of a completed handshake, born at `birth`, remembering the identity
+    /// generation it was made under.
+    pub fn from_session(keys: &SessionKeys, birth: Timestamp) -> Self {
+        let mut kp = Self::new(&keys.send, &keys.recv, keys.local_index, keys.remote_index, keys.initiator, birth);
+        kp.send.generation = keys.generation;
+        kp
+    }
+
+    /// The identity generation the handshake was made under (0 for [`Keypair::new`]).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.send.generation
+    }
+    /// Our index for this keypair: peers put it in the receiver field of what they send us.
+    #[inline]
+    pub fn local_index(&self) -> u32 {
+        self.recv.local_index
+    }
+    /// The peer's index: we put it in the receiver field of what we send.
+    #[inline]
+    pub fn remote_index(&self) -> u32 {
+        self.send.remote_index
+    }
+    /// Whether we initiated the handshake (only the initiator rekeys on age).
+    #[inline]
+    pub fn initiator(&self) -> bool {
+        self.send.initiator
+    }
+    /// When the handshake completed.
+    #[inline]
+    pub fn birth(&self) -> Timestamp {
+        self.send.birth
     }
 
     /// Seal one transport data message in place.
@@ -147,10 +210,39 @@ impl Keypair {
     ///
     /// Every error is detected before `buf` is touched, so the plaintext stays where it was.
     pub fn seal(&self, now: Timestamp, buf: &mut [u8], plain_len: usize, mtu: usize) -> Result<usize, SealError> {
+        self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
+            AeadKey::new(&key.0).seal_in_place(counter, &[], text)
+        })
+    }
+
+    /// [`seal`](Self::seal) with ring's key from `cache` (prepared there on a miss).
+    #[inline]
+    pub fn seal_cached(
+        &self,
+        cache: &mut KeyCache,
+        now: Timestamp,
+        buf: &mut [u8],
+        plain_len: usize,
+        mtu: usize,
+    ) -> Result<usize, SealError> {
+        self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
+            cache.with_key(self, true, key, |k| k.seal_in_place(counter, &[], text))
+        })
+    }
+
+    #[inline]
+    fn seal_with(
+        &self,
+        now: Timestamp,
+        buf: &mut [u8],
+        plain_len: usize,
+        mtu: usize,
+        aead: impl FnOnce(&Secret, u64, &mut [u8]) -> [u8; TAG_LEN],
+    ) -> Result<usize, SealError> {
         let padded = padded_len(plain_len, mtu);
         let total = padded.checked_add(DATA_OVERHEAD).ok_or(SealError::BufferTooSmall)?;
         let msg = buf.get_mut(..total).ok_or(SealError::BufferTooSmall)?;
-        if !self.send_valid.load(Ordering::Relaxed) || self.is_expired(now) {
+        if !self.send.valid.load(Ordering::Relaxed) || self.send.birth.has_expired(REJECT_AFTER_TIME, now) {
             return Err(SealError::Expired);
         }
         let counter = self.take_counter().ok_or(SealError::CounterExhausted)?;
@@ -160,11 +252,11 @@ impl Keypair {
         let (header, payload) = msg.split_at_mut(field::data::PAYLOAD.start);
         let mut header = TransportData::new_unchecked(header);
         header.init_header();
-        header.set_receiver_index(self.remote_index);
+        header.set_receiver_index(self.send.remote_index);
         header.set_counter(counter);
         let (text, tag) = payload.split_at_mut(padded);
         text[plain_len..].fill(0);
-        tag.copy_from_slice(&self.send.seal_in_place(counter, &[], text));
+        tag.copy_from_slice(&aead(&self.send.key, counter, text));
         debug_assert_eq!(total, message_data_len(padded));
         Ok(total)
     }
@@ -176,11 +268,29 @@ impl Keypair {
     /// caller trims it by the inner IP length). The replay window is checked before decrypting and
     /// marked after; on [`OpenError::Auth`] it is left untouched and `msg` is unspecified.
     pub fn open(&self, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
+        self.open_with(now, msg, |key, counter, sealed| AeadKey::new(&key.0).open_in_place(counter, &[], sealed))
+    }
+
+    /// [`open`](Self::open) with ring's key from `cache` (prepared there on a miss).
+    #[inline]
+    pub fn open_cached(&self, cache: &mut KeyCache, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
+        self.open_with(now, msg, |key, counter, sealed| {
+            cache.with_key(self, false, key, |k| k.open_in_place(counter, &[], sealed))
+        })
+    }
+
+    #[inline]
+    fn open_with(
+        &self,
+        now: Timestamp,
+        msg: &mut [u8],
+        aead: impl FnOnce(&Secret, u64, &mut [u8]) -> Result<usize, AeadError>,
+    ) -> Result<Range<usize>, OpenError> {
         let len = msg.len();
         if len < DATA_MIN_LEN {
             return Err(OpenError::TooShort);
         }
-        if self.is_expired(now) {
+        if self.recv.birth.has_expired(REJECT_AFTER_TIME, now) {
             return Err(OpenError::Expired);
         }
         let mut msg = TransportData::new_unchecked(msg);
@@ -194,7 +304,7 @@ impl Keypair {
                 return Err(OpenError::Replay);
             }
         }
-        self.recv.open_in_place(counter, &[], msg.payload_mut()).map_err(|_| OpenError::Auth)?;
+        aead(&self.recv.key, counter, msg.payload_mut()).map_err(|_| OpenError::Auth)?;
         // Another core may have accepted the same counter while we decrypted.
         if !self.window().validate(counter) {
             return Err(OpenError::Replay);
@@ -204,52 +314,55 @@ impl Keypair {
 
     /// The next counter [`seal`](Self::seal) will use (the number of messages sealed so far).
     pub fn sending_counter(&self) -> u64 {
-        self.send_counter.0.load(Ordering::Relaxed)
+        self.send.counter.load(Ordering::Relaxed)
     }
 
     /// Whether sending on this keypair should start a new handshake (kernel `keep_key_fresh` on
     /// send): more than `REKEY_AFTER_MESSAGES` sealed, or we are the initiator and the keypair is
     /// `REKEY_AFTER_TIME` old.
     pub fn needs_rekey_on_send(&self, now: Timestamp) -> bool {
-        self.send_valid.load(Ordering::Relaxed)
+        self.send.valid.load(Ordering::Relaxed)
             && (self.sending_counter() > REKEY_AFTER_MESSAGES
-                || (self.initiator && self.birth.has_expired(REKEY_AFTER_TIME, now)))
+                || (self.send.initiator && self.send.birth.has_expired(REKEY_AFTER_TIME, now)))
     }
 
     /// Whether receiving on this keypair should start one last handshake (kernel `keep_key_fresh`
     /// on receive): we are the initiator and the keypair is `REKEY_AFTER_TIME_RECV` old.
     pub fn needs_rekey_on_recv(&self, now: Timestamp) -> bool {
-        self.send_valid.load(Ordering::Relaxed) && self.initiator && self.birth.has_expired(REKEY_AFTER_TIME_RECV, now)
+        // The receive half's copies first: the sending line is read only in the rare case.
+        self.recv.initiator
+            && self.recv.birth.has_expired(REKEY_AFTER_TIME_RECV, now)
+            && self.send.valid.load(Ordering::Relaxed)
     }
 
     /// Whether the keypair is `REJECT_AFTER_TIME` old and so unusable in both directions.
     pub fn is_expired(&self, now: Timestamp) -> bool {
-        self.birth.has_expired(REJECT_AFTER_TIME, now)
+        self.send.birth.has_expired(REJECT_AFTER_TIME, now)
     }
 
     /// Stop sealing with this keypair (kernel: `sending.is_valid = false`, as done by
     /// `wg_noise_expire_current_peer_keypairs`); opening is unaffected.
     pub fn expire_sending(&self) {
-        self.send_valid.store(false, Ordering::Relaxed);
+        self.send.valid.store(false, Ordering::Relaxed);
     }
 
     /// Whether [`expire_sending`](Self::expire_sending) has been called.
     pub fn sending_expired(&self) -> bool {
-        !self.send_valid.load(Ordering::Relaxed)
+        !self.send.valid.load(Ordering::Relaxed)
     }
 
     /// Set the send counter, so tests can reach the message limits without 2^60 packets.
     #[doc(hidden)]
     pub fn set_sending_counter_for_test(&self, v: u64) {
-        self.send_counter.0.store(v, Ordering::Relaxed);
+        self.send.counter.store(v, Ordering::Relaxed);
     }
 
     /// Take the next nonce, or `None` once `REJECT_AFTER_MESSAGES` is reached. A compare-and-swap
     /// loop rather than `fetch_add`, so the counter stops at the limit instead of creeping on
     /// (and eventually wrapping to reused nonces) with every refused call.
     fn take_counter(&self) -> Option<u64> {
-        self.send_counter
-            .0
+        self.send
+            .counter
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c < REJECT_AFTER_MESSAGES).then(|| c + 1))
             .ok()
     }
@@ -257,7 +370,7 @@ impl Keypair {
     /// The replay window. Nothing that runs under this lock can panic, so it is never poisoned;
     /// were it, the window would still be consistent, so the guard is taken either way.
     fn window(&self) -> MutexGuard<'_, ReplayWindow> {
-        self.replay.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.recv.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

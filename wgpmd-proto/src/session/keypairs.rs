@@ -80,7 +80,7 @@ pub struct Keypairs {
 
 impl core::fmt::Debug for Keypairs {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let idx = |s: &ArcSwapOption<Keypair>| s.load().as_ref().map(|k| k.local_index);
+        let idx = |s: &ArcSwapOption<Keypair>| s.load().as_ref().map(|k| k.local_index());
         f.debug_struct("Keypairs")
             .field("current", &idx(&self.current))
             .field("previous", &idx(&self.previous))
@@ -116,7 +116,7 @@ impl Keypairs {
     /// documentation for where it goes and what leaves.
     pub fn install(&self, kp: Arc<Keypair>) -> Dropped {
         let _guard = self.lock();
-        let gone: [Option<Arc<Keypair>>; 2] = if kp.initiator {
+        let gone: [Option<Arc<Keypair>>; 2] = if kp.initiator() {
             match self.next.swap(None) {
                 Some(next) => {
                     let old_previous = self.previous.swap(Some(next));
@@ -188,7 +188,7 @@ impl Keypairs {
             let still_held = slots.iter().any(|s| is(s, kp));
             let listed = gone.iter().take(i).any(|g| is(g, kp));
             if !still_held && !listed {
-                out.push(kp.local_index);
+                out.push(kp.local_index());
             }
         }
         out
@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn idx(k: Option<Arc<Keypair>>) -> Option<u32> {
-        k.map(|k| k.local_index)
+        k.map(|k| k.local_index())
     }
 
     /// (current, previous, next) local indices.

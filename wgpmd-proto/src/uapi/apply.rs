@@ -17,7 +17,7 @@ use super::{InterfaceState, PeerOp, PeerSet, SetRequest, UapiError};
 use crate::config::InterfaceConfig;
 use crate::crypto::{PrivateKey, Secret};
 use crate::device::{Device, Output, PeerId};
-use crate::messages::{KEY_LEN, MAX_PEERS_PER_DEVICE};
+use crate::messages::KEY_LEN;
 use crate::time::Timestamp;
 
 /// Apply a `set` request. Keepalives and timer wake-ups it causes go to `out`.
@@ -74,9 +74,10 @@ pub fn apply_config<R: RngCore + CryptoRng>(
 fn check_capacity(dev: &Device, req: &SetRequest) -> Result<(), UapiError> {
     let kept = if req.replace_peers { 0 } else { dev.peer_count() };
     let new = req.peers.iter().filter(|p| req.replace_peers || dev.peer_by_key(&p.public_key).is_none()).count();
-    if kept.saturating_add(new) > MAX_PEERS_PER_DEVICE {
+    let max = dev.max_peers();
+    if kept.saturating_add(new) > max {
         return Err(UapiError::invalid(format!(
-            "failed to create new peer: the device has {kept} peers and the request names {new} more (limit {MAX_PEERS_PER_DEVICE})"
+            "failed to create new peer: the device has {kept} peers and the request names {new} more (limit {max})"
         )));
     }
     Ok(())
