@@ -68,6 +68,8 @@ struct Control {
     rng: CoreRng,
     pool: Pool,
     out: Output,
+    /// When `out`'s cache of prepared keys was last emptied.
+    keys_since: Timestamp,
     wheel: Wheel,
     due: Vec<PeerId>,
     walk: Walk,
@@ -169,6 +171,7 @@ pub(crate) fn run(
         rng,
         pool,
         out: Output::with_capacity(256),
+        keys_since: now,
         wheel: Wheel::new(now),
         due: Vec::new(),
         walk: Walk::default(),
@@ -209,6 +212,11 @@ impl Control {
         let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
         let mut work = 0;
         self.rng.reseed_if_due(now);
+        // The keys this loop prepared to seal staged packets: dropped as the workers drop theirs.
+        if now - self.keys_since >= super::worker::KEY_CACHE_MAX_AGE {
+            self.out.forget_keys();
+            self.keys_since = now;
+        }
         // Peers removed by configuration leave the wheel (unless their id names a new peer).
         let removed = std::mem::take(&mut *sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()));
         for id in removed {

@@ -25,6 +25,10 @@ pub const BURST: usize = 32;
 const SPIN_BEFORE_SLEEP: u32 = 64;
 /// Longest adaptive sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
+/// The prepared AEAD keys a worker caches (`Output::forget_keys`) are dropped at least this
+/// often, and whenever the worker finds nothing to do: a dead session's key must not outlive it
+/// in a cache (WireGuard promises session keys are gone within 3 × REJECT_AFTER_TIME).
+pub(crate) const KEY_CACHE_MAX_AGE: Duration = Duration::from_secs(60);
 
 pub(crate) struct Worker {
     id: usize,
@@ -69,6 +73,7 @@ impl Worker {
         let mut idle = 0u32;
         let mut sleep = Duration::from_micros(10);
         let mut iter = 0u64;
+        let mut keys_since = self.sh.data.clock.now();
         // One reference for the whole loop: cloning the Arc per iteration would bounce its
         // counter between every worker's and the control core's caches.
         let sh = self.sh.clone();
@@ -92,6 +97,10 @@ impl Worker {
             iter += 1;
             if iter.is_multiple_of(64) {
                 self.hs.rng.reseed_if_due(now);
+                if now - keys_since >= KEY_CACHE_MAX_AGE {
+                    self.out.forget_keys();
+                    keys_since = now;
+                }
                 self.publish();
                 if self.port_fault() {
                     break;
@@ -103,6 +112,10 @@ impl Worker {
                 continue;
             }
             idle += 1;
+            if idle == 1 {
+                self.out.forget_keys();
+                keys_since = now;
+            }
             if idle > SPIN_BEFORE_SLEEP {
                 std::thread::sleep(sleep);
                 sleep = (sleep * 2).min(MAX_SLEEP);
