@@ -6,6 +6,7 @@
 //! `cargo bench -p wgpmd-aead --bench lanes`; set `WGPMD_BENCH_QUICK=1` for a short run (0.3 s
 //! warm-up, 1 s measurement). Criterion reports time per burst of 16; the `summary` target
 //! prints ns per packet and the ratio to ring (best of several rounds). Results: aead/DESIGN.md.
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! compared with ring, then opened with some tags or ciphertexts corrupted: those lanes must fail
 //! (as ring fails them) and keep their ciphertext. Seeded (rand_chacha) per backend, so a failure
 //! names a seed and burst that reproduce it.
+#![forbid(unsafe_code)]
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,5 +1,6 @@
 //! The fuzz body (`wgpmd_aead::fuzzing::lanes`, also the cargo-fuzz target `aead_lanes`) on fixed
 //! inputs and on seeded random ones: every backend against the portable reference and ring.
+#![forbid(unsafe_code)]
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -2,6 +2,7 @@
 //! (any length, the 0x01-padded last block) against RustCrypto's `poly1305`, with extreme keys and
 //! messages that push the limbs to their bounds; ChaCha20 blocks at edge counters against the
 //! reference; long messages (up to 65535 bytes) among short ones against ring.
+#![forbid(unsafe_code)]
 
 use poly1305::universal_hash::KeyInit;
 use rand::{Rng, SeedableRng};

@@ -1,6 +1,7 @@
 //! RFC 8439 test vectors on every backend this CPU runs (each forced), each vector also placed at
 //! every lane position of a full burst whose other lanes carry other vectors or random messages
 //! (checked against the portable reference).
+#![forbid(unsafe_code)]
 
 use wgpmd_aead::fuzzing;
 use wgpmd_aead::portable;

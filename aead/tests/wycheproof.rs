@@ -5,6 +5,7 @@
 //! ciphertext and tag and open to its message; an invalid one must not open, and its buffer must
 //! keep the ciphertext. Vectors with other nonce sizes cannot be expressed by the API (the nonce
 //! is `[u8; 12]`): they are skipped one by one and counted.
+#![forbid(unsafe_code)]
 
 use serde_json::Value;
 use wgpmd_aead::{Backend, Lane, Lanes};

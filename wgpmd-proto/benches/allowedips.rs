@@ -9,6 +9,7 @@
 //! same map with the crate's `IndexHasher`, and a binary search of a sorted `Vec`.
 //!
 //! Quick mode (100k prefixes, short measurements): `WGPMD_BENCH_QUICK=1` or `-- --quick`.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::hint::black_box;

@@ -8,6 +8,7 @@
 //! `cargo bench -p wgpmd-proto --bench crypto`; set `WGPMD_BENCH_QUICK=1` for a short run
 //! (0.3 s warm-up, 1 s measurement). Results: the repository's docs/PERFORMANCE.md, "Data-path
 //! crypto".
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::net::SocketAddr;

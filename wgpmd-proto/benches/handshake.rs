@@ -16,6 +16,7 @@
 //! between iterations; its handshake rate limiter is given an unreachable limit, since nothing
 //! here calls `update_timers` to reset its counter (with the default limit of 10 it would turn
 //! the 11th message away as "under load").
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -11,8 +11,7 @@
 //!
 //! Candidates: `wgpmd` (our `crypto::PrivateKey`, whatever it wraps), x25519-dalek 2
 //! (curve25519-dalek 4 with the backend this build selects; boringtun's), x25519-dalek 3
-//! (curve25519-dalek 5), aws-lc-rs (`agreement::PrivateKey` + `agree`, the key object kept), the
-//! raw `aws_lc_sys::X25519` call (the floor under aws-lc-rs's EVP layer), libcrux-curve25519
+//! (curve25519-dalek 5), aws-lc-rs (`agreement::PrivateKey` + `agree`, the key object kept), libcrux-curve25519
 //! (HACL*'s portable 51-bit code), and ring (ephemeral groups only: its X25519 takes single-use
 //! ephemeral keys, fed here through its fixed-bytes test RNG so that the same seeded bytes
 //! drive every candidate). Every candidate is first checked against the RFC 7748 section 6.1
@@ -22,6 +21,7 @@
 //! warm-up, 1 s measurement); `WGPMD_X25519_MIN=ROUNDS` for the fastest of ROUNDS interleaved
 //! batches instead of criterion. `OPENSSL_ia32cap=":~0x80100"` hides BMI2 and ADX from aws-lc,
 //! which then runs its generic code (what a CPU or an emulator without them gets).
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -120,30 +120,6 @@ impl Candidate for AwsLcRs {
     fn dh(k: &Self::Prepared, peer: &[u8; 32]) -> Option<[u8; 32]> {
         let peer = aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::X25519, peer);
         aws_lc_rs::agreement::agree(k, peer, (), |s| Ok(s.try_into().unwrap())).ok()
-    }
-}
-
-/// aws-lc's `X25519` and `X25519_public_from_private` called directly: no EVP objects, no
-/// allocation. Not usable from wgpmd-proto (it forbids `unsafe`); here to show what the EVP
-/// layer costs.
-struct AwsLcRaw;
-impl Candidate for AwsLcRaw {
-    const NAME: &'static str = "aws-lc-sys-raw";
-    type Prepared = [u8; 32];
-    fn prepare(private: &[u8; 32]) -> [u8; 32] {
-        *private
-    }
-    fn public(k: &[u8; 32]) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        // SAFETY: both pointers are to 32-byte arrays, the sizes the C function reads and writes.
-        unsafe { aws_lc_sys::X25519_public_from_private(out.as_mut_ptr(), k.as_ptr()) };
-        out
-    }
-    fn dh(k: &[u8; 32], peer: &[u8; 32]) -> Option<[u8; 32]> {
-        let mut out = [0u8; 32];
-        // SAFETY: all three pointers are to 32-byte arrays, the sizes the C function uses.
-        let ok = unsafe { aws_lc_sys::X25519(out.as_mut_ptr(), k.as_ptr(), peer.as_ptr()) };
-        (ok == 1).then_some(out)
     }
 }
 
@@ -255,7 +231,6 @@ fn candidates(c: &mut Criterion) {
     bench_candidate::<Dalek2>(c, &peers);
     bench_candidate::<Dalek3>(c, &peers);
     bench_candidate::<AwsLcRs>(c, &peers);
-    bench_candidate::<AwsLcRaw>(c, &peers);
     bench_candidate::<Libcrux>(c, &peers);
     bench_ring(c, &peers);
 }
@@ -338,7 +313,6 @@ fn min_table(rounds: usize) {
         min_rounds::<Dalek2>(&peers),
         min_rounds::<Dalek3>(&peers),
         min_rounds::<AwsLcRs>(&peers),
-        min_rounds::<AwsLcRaw>(&peers),
         min_rounds::<Libcrux>(&peers),
     ];
     runs.push(ring_rounds(&peers));

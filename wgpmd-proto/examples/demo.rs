@@ -4,6 +4,7 @@
 //! daemon).
 //!
 //!     cargo run --release -p wgpmd-proto --example demo [packets]
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

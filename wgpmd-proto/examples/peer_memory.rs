@@ -20,6 +20,7 @@
 //!
 //! `--4m` adds N = 2^22 (the default peer limit). Results: docs/PERFORMANCE.md, "Per-peer
 //! memory".
+#![forbid(unsafe_code)]
 
 #[path = "../tests/common/peer_load.rs"]
 mod peer_load;

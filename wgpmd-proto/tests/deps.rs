@@ -14,6 +14,7 @@
 //! Not visible here: C code that calls the C library without a crate. aws-lc (under aws-lc-rs,
 //! the X25519) allocates with malloc/free and reads `OPENSSL_ia32cap` from the environment
 //! once, when it first detects the CPU; ring's C code calls nothing of the kind.
+#![forbid(unsafe_code)]
 
 use std::process::Command;
 

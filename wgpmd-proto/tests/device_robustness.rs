@@ -3,6 +3,7 @@
 //! were reached (random bytes alone die at the length check; these are mutations of valid
 //! initiations, responses, cookie replies and data messages, some with MAC1 recomputed so that
 //! they get past it). Afterwards the established session still works.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -2,6 +2,7 @@
 //! driven in memory: handshakes in both roles with and without a pre-shared key, data both
 //! ways (our padded packets, its unpadded ones), keepalives, a rekey while traffic flows with
 //! no packet lost, and cookie replies in both directions.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //!
 //! One test in this binary, so nothing else allocates while it measures. `examples/peer_memory.rs`
 //! reports the same numbers at 100k, 1M and 4M peers.
+#![forbid(unsafe_code)]
 
 #[path = "common/peer_load.rs"]
 mod peer_load;

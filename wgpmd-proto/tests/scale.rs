@@ -4,6 +4,7 @@
 //!
 //! `WGPMD_SCALE_PEERS=N` runs it with N peers instead (the release build takes a few seconds and
 //! about 2.5 GB at 2^22). `examples/peer_memory.rs` reports memory and rates at this size.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -9,6 +9,7 @@
 //! cargo-fuzz target runs: `new_checked`, `Repr::parse`, every accessor, and `emit` back with
 //! `parse(emit(x)) == x`. Counters of how far inputs got are printed and must be substantial,
 //! so the test proves it reached deep rather than bouncing off length checks.
+#![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -3,6 +3,7 @@
 //! nothing may be lost, damaged or reordered.
 //!
 //! One test in this binary: the bench finds the daemon's worker threads by name.
+#![forbid(unsafe_code)]
 
 use wgpmd::bench::{self, BenchOptions, Direction, Measurement};
 

@@ -1,6 +1,7 @@
 //! `wgpmd status/bind/unbind` and `run --port vfio:...` from the command line, against a fake
 //! sysfs tree (the hidden `--sysfs-root`): what an operator sees, exit codes included. The real
 //! sysfs writes are exercised in the QEMU guest (docs/TESTING.md).
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::symlink;

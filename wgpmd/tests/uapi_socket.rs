@@ -1,6 +1,7 @@
 //! The UAPI server on a real unix socket: first with raw requests in a private directory, then
 //! with the stock `wg` tool (wireguard-tools) against /var/run/wireguard, as an operator would
 //! use it. scripts/test.sh installs wireguard-tools; without `wg` the second test fails.
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::IpAddr;

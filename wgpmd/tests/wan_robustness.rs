@@ -11,6 +11,7 @@
 //! (replies parse back, are addressed to the sender, checksums hold, a datagram back with our
 //! outer headers reaches the sender intact); the counters of the branches reached must be
 //! substantial, so the test proves it went deep rather than bouncing off length checks.
+#![forbid(unsafe_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
