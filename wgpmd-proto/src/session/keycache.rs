@@ -26,8 +26,10 @@
 use super::keypair::Keypair;
 use crate::crypto::{AeadKey, Secret};
 
-/// Sets of two entries (a power of two): 16 entries in all.
-pub const SETS: usize = 8;
+/// Sets of two entries (a power of two): 64 entries in all, about 37 KB per worker. 16 entries
+/// missed often with 16 peers interleaved (`wgpmd bench`: 64 B tx 0.42x ring, against 0.48x
+/// with 64; docs/PERFORMANCE.md, "This session, same machine").
+pub const SETS: usize = 32;
 const ENTRIES: usize = 2 * SETS;
 /// Misses in a row after which the cache fills only on every [`FILL_EVERY`]th miss.
 pub const BYPASS_AFTER: u32 = 32;
