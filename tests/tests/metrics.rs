@@ -80,6 +80,7 @@ fn prometheus_scrapes_the_metrics_endpoint() {
 
         // The endpoint's page, as Prometheus's own linter sees it.
         let page = curl(&c.ns, &format!("http://{METRICS}/metrics"), 5)?;
+        ctx.write_file("metrics.txt", &page)?;
         let check = c.ns.exec(&["sh", "-c", &format!("curl -sS --max-time 5 http://{METRICS}/metrics | promtool check metrics")])?;
         ensure!(
             check.status.success(),
@@ -87,6 +88,7 @@ fn prometheus_scrapes_the_metrics_endpoint() {
             String::from_utf8_lossy(&check.stdout),
             String::from_utf8_lossy(&check.stderr)
         );
+        eprintln!("promtool check metrics: exit 0, {:?}", String::from_utf8_lossy(&check.stdout).trim());
         for secret in [c.key.private_b64(), hex(&c.key.private_bytes())] {
             ensure!(!page.contains(&secret), "the metrics page holds the private key");
         }
