@@ -81,7 +81,11 @@ fn prometheus_scrapes_the_metrics_endpoint() {
         // The endpoint's page, as Prometheus's own linter sees it.
         let page = curl(&c.ns, &format!("http://{METRICS}/metrics"), 5)?;
         ctx.write_file("metrics.txt", &page)?;
-        let check = c.ns.exec(&["sh", "-c", &format!("curl -sS --max-time 5 http://{METRICS}/metrics | promtool check metrics")])?;
+        let check = c.ns.exec(&[
+            "sh",
+            "-c",
+            &format!("curl -sS --max-time 5 http://{METRICS}/metrics | promtool check metrics"),
+        ])?;
         ensure!(
             check.status.success(),
             "promtool check metrics: {}{}",

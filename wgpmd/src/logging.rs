@@ -170,12 +170,9 @@ pub fn init(opts: &LogOptions) {
             .event_format(Priority(fmt::format().without_time()))
             .with_filter(filter)
             .boxed(),
-        (LogFormat::Json, false) => fmt::layer()
-            .json()
-            .with_span_events(FmtSpan::NONE)
-            .with_writer(std::io::stderr)
-            .with_filter(filter)
-            .boxed(),
+        (LogFormat::Json, false) => {
+            fmt::layer().json().with_span_events(FmtSpan::NONE).with_writer(std::io::stderr).with_filter(filter).boxed()
+        }
         (LogFormat::Json, true) => fmt::layer()
             .fmt_fields(fmt::format::JsonFields::new())
             .event_format(Priority(fmt::format().json()))

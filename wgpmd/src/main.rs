@@ -61,6 +61,8 @@ enum DirectionArg {
     Tx,
 }
 
+// Parsed once at start: the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a concentrator until SIGINT/SIGTERM.

@@ -11,9 +11,9 @@ use std::time::Duration;
 use nic_backends::Pool;
 use rand_core::OsRng;
 
+use super::metrics_http::MetricsServer;
 use super::notify::{Pending, Walk};
 use super::rng::CoreRng;
-use super::metrics_http::MetricsServer;
 use super::stats::StatsServer;
 use super::wheel::Wheel;
 use super::{cores, DaemonError, MetricsOptions, Shared, TxJob};
@@ -160,7 +160,8 @@ pub(crate) fn run(
         let metrics = match metrics {
             Some(m) => {
                 let snap_sh = sh.clone();
-                let render = Box::new(move |om| super::metrics::render(super::metrics::snapshot(&snap_sh, m.peers), om));
+                let render =
+                    Box::new(move |om| super::metrics::render(super::metrics::snapshot(&snap_sh, m.peers), om));
                 match MetricsServer::start(m.addr, render) {
                     Ok(s) => {
                         tracing::info!("metrics endpoint on http://{}/metrics", s.local_addr());

@@ -308,8 +308,13 @@ impl Snapshot {
 
     fn encode_all(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut o = Out(enc);
-        o.0.encode_descriptor("wgpmd_build", "The wgpmd version and the port backends compiled in", None, MetricType::Info)?
-            .encode_info(&vec![("version", self.version.to_string()), ("backends", self.backends.join(","))])?;
+        o.0.encode_descriptor(
+            "wgpmd_build",
+            "The wgpmd version and the port backends compiled in",
+            None,
+            MetricType::Info,
+        )?
+        .encode_info(&vec![("version", self.version.to_string()), ("backends", self.backends.join(","))])?;
         o.gauge("wgpmd_uptime_seconds", "Seconds since the daemon started", self.uptime_seconds)?;
         o.gauge("wgpmd_start_time_seconds", "Unix time the daemon started", self.start_time_seconds)?;
         for &(name, help, f) in WORKER_COUNTERS {
@@ -328,7 +333,10 @@ impl Snapshot {
         let mut rows = Vec::new();
         for (i, l) in self.workers.iter().enumerate() {
             for r in DropReason::ALL {
-                rows.push((vec![("worker", i.to_string()), ("reason", snake(&format!("{r:?}")))], l.device.drops_for(r)));
+                rows.push((
+                    vec![("worker", i.to_string()), ("reason", snake(&format!("{r:?}")))],
+                    l.device.drops_for(r),
+                ));
             }
         }
         for r in DropReason::ALL {
@@ -341,14 +349,20 @@ impl Snapshot {
         let mut rows = Vec::new();
         for (i, l) in self.workers.iter().enumerate() {
             for r in WanDrop::ALL {
-                rows.push((vec![("worker", i.to_string()), ("reason", snake(&format!("{r:?}")))], l.wan_drops[r as usize]));
+                rows.push((
+                    vec![("worker", i.to_string()), ("reason", snake(&format!("{r:?}")))],
+                    l.wan_drops[r as usize],
+                ));
             }
         }
         o.counters("wgpmd_wan_drops", "WAN frames dropped on classification, by reason", rows)?;
         let mut rows = Vec::new();
         for (i, l) in self.workers.iter().enumerate() {
             for r in HsDrop::ALL {
-                rows.push((vec![("worker", i.to_string()), ("reason", r.name().to_string())], l.hs.dropped[r as usize]));
+                rows.push((
+                    vec![("worker", i.to_string()), ("reason", r.name().to_string())],
+                    l.hs.dropped[r as usize],
+                ));
             }
         }
         o.counters("wgpmd_handshake_drops", "Handshake-stage messages the workers dropped, by reason", rows)?;
@@ -428,7 +442,11 @@ impl Snapshot {
         )?;
         for (name, help, v) in [
             ("wgpmd_wheel_entries", "Entries on the control core's timer wheel", self.wheel_entries),
-            ("wgpmd_event_queue_depth", "Peers with notifications waiting for the control core", self.event_queue_depth),
+            (
+                "wgpmd_event_queue_depth",
+                "Peers with notifications waiting for the control core",
+                self.event_queue_depth,
+            ),
             ("wgpmd_event_queue_capacity", "Capacity of the notification list", self.event_queue_capacity),
             ("wgpmd_tx_jobs_depth", "Control messages waiting for a worker to send them", self.tx_jobs_depth),
             ("wgpmd_tx_jobs_capacity", "Capacity of the control messages queue", self.tx_jobs_capacity),
@@ -437,8 +455,16 @@ impl Snapshot {
             ("wgpmd_neighbour_entries", "Entries in the WAN neighbour table", self.neigh.entries as u64),
             ("wgpmd_neighbour_probation_entries", "Neighbour entries on probation", self.neigh.probation as u64),
             ("wgpmd_neighbour_max_entries", "Most neighbour entries", self.neigh_max_entries),
-            ("wgpmd_neighbour_parked_hops", "Next hops with frames waiting for a resolution", self.neigh.parked_hops as u64),
-            ("wgpmd_neighbour_parked_frames", "Frames waiting for a next hop's resolution", self.neigh.parked_frames as u64),
+            (
+                "wgpmd_neighbour_parked_hops",
+                "Next hops with frames waiting for a resolution",
+                self.neigh.parked_hops as u64,
+            ),
+            (
+                "wgpmd_neighbour_parked_frames",
+                "Frames waiting for a next hop's resolution",
+                self.neigh.parked_frames as u64,
+            ),
             ("wgpmd_under_load", "1 while the device is under load (cookies required)", u64::from(self.under_load)),
             ("wgpmd_wan_link_up", "1 while the WAN port's link is up", u64::from(self.wan_link_up)),
             ("wgpmd_metrics_peers_omitted", "Peers without per-peer series (over --metrics-peers)", self.peers_omitted),

@@ -197,7 +197,8 @@ fn accept(listener: &TcpListener, conns: &mut Vec<Conn>, now: Instant) {
 
 /// The answer to `request` once its head is complete (`None`: wait for more).
 pub(crate) fn respond(request: &[u8], render: &Render) -> Option<Vec<u8>> {
-    let end = request.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| request.windows(2).position(|w| w == b"\n\n"));
+    let end =
+        request.windows(4).position(|w| w == b"\r\n\r\n").or_else(|| request.windows(2).position(|w| w == b"\n\n"));
     if end.is_none() {
         if request.len() > MAX_REQUEST {
             return Some(answer(431, "Request Header Fields Too Large", "text/plain", b"request too large\n", false));

@@ -95,7 +95,11 @@ fn every_drop_reason_is_a_label_value_of_its_family() {
     let page = render(sample(), true);
     for w in ["0", "1", "control"] {
         for r in DropReason::ALL {
-            value(&page, "wgpmd_packet_drops_total", &format!("worker=\"{w}\",reason=\"{}\"", snake(&format!("{r:?}"))));
+            value(
+                &page,
+                "wgpmd_packet_drops_total",
+                &format!("worker=\"{w}\",reason=\"{}\"", snake(&format!("{r:?}"))),
+            );
         }
     }
     for w in ["0", "1"] {
@@ -136,7 +140,10 @@ fn gauges_build_info_uptime_and_peers() {
     assert_eq!(value(&page, "wgpmd_metrics_peers_omitted", ""), "98.0");
     assert_eq!(value(&page, "wireguard_received_bytes_total", "interface=\"wg0\",public_key=\"AAAA+/==\""), "1");
     assert_eq!(value(&page, "wireguard_sent_bytes_total", "interface=\"wg0\",public_key=\"BBBB\""), "4");
-    assert_eq!(value(&page, "wireguard_latest_handshake_seconds", "interface=\"wg0\",public_key=\"AAAA+/==\""), "1750000000.0");
+    assert_eq!(
+        value(&page, "wireguard_latest_handshake_seconds", "interface=\"wg0\",public_key=\"AAAA+/==\""),
+        "1750000000.0"
+    );
 }
 
 #[test]
