@@ -223,8 +223,9 @@ fn a_silent_client_blocks_neither_the_endpoint_nor_the_data_path() {
 }
 
 /// Runs `wgpmd run` in `ns` with stderr on a pipe (no `NO_COLOR`), until its UAPI socket
-/// exists, then stops it with SIGTERM and returns what it wrote.
-fn run_logging(topo: &Topology, global: &[&str]) -> Result<String> {
+/// exists, then stops it with SIGTERM and returns what it wrote. `journal`: `JOURNAL_STREAM`
+/// names the pipe, as systemd names the journal's stream for a service.
+fn run_logging(topo: &Topology, global: &[&str], journal: bool) -> Result<String> {
     let c = &topo.concentrator;
     let bin = wgpmd_bin()?;
     let name = unique_ifname("wlg");
@@ -233,8 +234,15 @@ fn run_logging(topo: &Topology, global: &[&str]) -> Result<String> {
     let mut args: Vec<&str> = vec![bin.to_str().context("path")?];
     args.extend_from_slice(global);
     args.extend(["run", "--name", &name, "--port", &port, "--address", &addr, "-l", "0", "--poll", "adaptive"]);
-    let mut child = c.ns.spawn(&args, &[], Stdio::null(), Stdio::piped())?;
-    let mut err = child.stderr.take().context("stderr")?;
+    let (mut err, writer) = std::io::pipe()?;
+    let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+    let stream = {
+        use std::os::unix::fs::MetadataExt;
+        let m = writer.metadata()?;
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    let env: Vec<(&str, &str)> = if journal { vec![("JOURNAL_STREAM", &stream)] } else { vec![] };
+    let mut child = c.ns.spawn(&args, &env, Stdio::null(), Stdio::from(writer))?;
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
@@ -251,15 +259,16 @@ fn run_logging(topo: &Topology, global: &[&str]) -> Result<String> {
 }
 
 /// Logs into a pipe carry no ANSI escape; `--log-format json` writes one JSON object a line
-/// with the level and the message.
+/// with the level and the message; with the journal on stderr each line starts with its syslog
+/// priority (`<6>` for info) and carries no timestamp.
 #[test]
 fn json_logs_and_no_colour_in_a_pipe() {
     run("json_logs_and_no_colour_in_a_pipe", |_ctx| {
         let topo = Topology::new(0)?;
-        let plain = run_logging(&topo, &[])?;
+        let plain = run_logging(&topo, &[], false)?;
         ensure!(plain.contains(" INFO ") && plain.contains("listening on UDP"), "plain log: {plain}");
         ensure!(!plain.contains('\x1b'), "ANSI escapes in a pipe: {plain:?}");
-        let json = run_logging(&topo, &["--log-format", "json"])?;
+        let json = run_logging(&topo, &["--log-format", "json"], false)?;
         ensure!(!json.contains('\x1b'), "ANSI escapes in JSON: {json:?}");
         let mut messages = Vec::new();
         for line in json.lines().filter(|l| !l.trim().is_empty()) {
@@ -270,6 +279,16 @@ fn json_logs_and_no_colour_in_a_pipe() {
         }
         ensure!(messages.iter().any(|m| m.contains("listening on UDP")), "JSON messages: {messages:?}");
         ensure!(messages.iter().any(|m| m == "stopped"), "JSON messages: {messages:?}");
+        // Under systemd with the journal on stderr: a syslog priority first, no timestamp.
+        let journal = run_logging(&topo, &[], true)?;
+        for line in journal.lines().filter(|l| !l.trim().is_empty()) {
+            ensure!(
+                ["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)) && !line.contains('\x1b'),
+                "journal line without a priority: {line:?}"
+            );
+        }
+        let start = journal.lines().find(|l| l.contains("listening on UDP")).context("no startup line")?;
+        ensure!(start.starts_with("<6> INFO wgpmd::daemon: "), "startup line for the journal: {start:?}");
         Ok(())
     });
 }
