@@ -67,14 +67,21 @@ fn prom_one(ns: &Netns, expr: &str) -> Result<Option<(serde_json::Value, f64)>> 
 /// the tunnel) every second; its HTTP API then has the per-worker counter of decrypted data
 /// packets with `worker="0"` at the value `wgpmd stats` reports, the peer gauges at 1, the
 /// handshake histogram's count, the build info, and the peer's series under its public key.
-/// `promtool check metrics` accepts the endpoint's output, which holds no private key.
+/// `promtool check metrics` accepts the endpoint's output, which holds neither the private key
+/// nor the peer's preshared key.
 #[test]
 fn prometheus_scrapes_the_metrics_endpoint() {
     run("prometheus_scrapes_the_metrics_endpoint", |ctx| {
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &metrics_opts(10))?;
-        let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
+        // A preshared key too: no key but the public ones may reach the page.
+        let psk = KeyPair::generate();
+        let conc_cfg = DeviceConfig::new(c.key.clone(), Some(c.port), Some(&format!("{}/24", c.inner_ip)))
+            .peer(topo.concentrator_peer_entry(p).psk(&psk.private_b64()));
+        let peer_cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).psk(&psk.private_b64()));
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &conc_cfg, &metrics_opts(10))?;
+        let _peer = WgGo::start(ctx, &p.ns, &peer_cfg)?;
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
         ping_replied(&p.ns, c.inner_ip, 20)?;
 
@@ -93,8 +100,10 @@ fn prometheus_scrapes_the_metrics_endpoint() {
             String::from_utf8_lossy(&check.stderr)
         );
         eprintln!("promtool check metrics: exit 0, {:?}", String::from_utf8_lossy(&check.stdout).trim());
-        for secret in [c.key.private_b64(), hex(&c.key.private_bytes())] {
-            ensure!(!page.contains(&secret), "the metrics page holds the private key");
+        for (what, key) in [("private key", &c.key), ("preshared key", &psk)] {
+            for secret in [key.private_b64(), hex(&key.private_bytes())] {
+                ensure!(!page.contains(&secret), "the metrics page holds the {what}");
+            }
         }
         ensure!(page.contains(&p.key.public_b64()), "no series for the peer's public key");
 
