@@ -175,7 +175,8 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Clients that connect to the endpoint and never send (more than its connection slots): the
+/// Clients that connect to the endpoint and never send, or send part of a request and stop
+/// (more than its connection slots): the
 /// endpoint still answers at once, pings through the tunnel are all answered, and the silent
 /// clients are closed at their deadline.
 #[test]
@@ -187,11 +188,14 @@ fn a_silent_client_blocks_neither_the_endpoint_nor_the_data_path() {
         let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
         let (host, port) = METRICS.split_once(':').unwrap();
-        // 24 connections that send nothing, held for 20 s; the script prints how many the
-        // server had closed (read returned end of file) by then.
+        // 24 connections that send nothing, or half of a request line and then nothing, held
+        // for 20 s; the script prints how many the server had closed (read returned end of
+        // file) after 8 s.
         let script = format!(
             "import socket, time\n\
              s = [socket.create_connection(('{host}', {port})) for _ in range(24)]\n\
+             for c in s[::2]:\n    \
+                 c.sendall(b'GET /metr')\n\
              print('connected', flush=True)\n\
              time.sleep(8)\n\
              closed = 0\n\

@@ -293,8 +293,17 @@ mod tests {
     fn silent_clients_do_not_block_the_others() {
         let srv = server();
         let a = srv.local_addr();
-        // More silent clients than slots: they connect and never send.
-        let silent: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4).map(|_| TcpStream::connect(a).unwrap()).collect();
+        // More silent clients than slots: they connect and never send, or send part of a
+        // request and then nothing.
+        let silent: Vec<TcpStream> = (0..MAX_CONNECTIONS + 4)
+            .map(|i| {
+                let mut s = TcpStream::connect(a).unwrap();
+                if i % 2 == 1 {
+                    s.write_all(b"GET /metr").unwrap();
+                }
+                s
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(100));
         let t = Instant::now();
         for _ in 0..5 {
