@@ -232,3 +232,12 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
     ]}]});
     assert_eq!(unknown_names(&bad, &page), ["wgpmd_no_such_metric_total", "wgpmd_wan_frames_received"]);
 }
+
+#[test]
+fn the_build_info_names_the_compiled_in_backends() {
+    let b = backends();
+    for always in ["af_packet", "tun", "mem", "vfio"] {
+        assert!(b.contains(&always), "{b:?}");
+    }
+    assert_eq!(b.contains(&"dpdk"), cfg!(feature = "dpdk"), "{b:?}");
+}
