@@ -5,17 +5,18 @@
 //!
 //! Taking a snapshot never makes a worker wait: the workers' counters are copies they publish
 //! every 64 poll iterations (a worker skips a publication while a reader holds its copy), the
-//! gauges are atomics, and the device's read lock is held only to count the peers and to clone
-//! the handles of the peers exported one by one (`--metrics-peers`).
+//! gauges are atomics, and the device's read lock is held a chunk of peer ids at a time to
+//! count the peers and to clone the handles of the peers exported one by one
+//! (`--metrics-peers`; see [`census`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use wgpmd_proto::device::{DropReason, Peer, Stats};
+use wgpmd_proto::device::{Device, DropReason, Peer, Stats};
 
 use super::handshakes::{HsDrop, HS_TIME_BOUNDS_NS};
 use super::stats::Local;
@@ -85,22 +86,63 @@ pub(crate) struct Snapshot {
     pub peers_omitted: u64,
 }
 
+/// Peer ids looked at per hold of the device's read lock.
+const CENSUS_CHUNK: u32 = 4096;
+
+/// The peers counted, and the handles of the first few.
+pub(crate) struct Census {
+    /// Configured peers.
+    pub peers: usize,
+    /// Of which with a live session.
+    pub with_session: usize,
+    /// The first `limit` peers in id order.
+    pub exported: Vec<Arc<Peer>>,
+}
+
+/// Count the peers and those with a session, and take the handles of the first `limit`,
+/// holding the device's read lock for at most [`CENSUS_CHUNK`] peer ids at a time: a
+/// configuration change waiting for the write lock (and the workers queued behind it) waits
+/// for one chunk, not for a walk over a million peers. Peers added or removed during the walk
+/// may be counted or missed (a gauge read between two changes).
+pub(crate) fn census(device: &RwLock<Device>, limit: usize) -> Census {
+    let (total, slots) = {
+        let dev = device.read().unwrap_or_else(|e| e.into_inner());
+        (dev.peer_count(), dev.max_peers().max(wgpmd_proto::messages::MAX_PEERS_PER_DEVICE))
+    };
+    let mut c = Census { peers: total, with_session: 0, exported: Vec::with_capacity(limit.min(total)) };
+    let (mut seen, mut start) = (0usize, 0u32);
+    while seen < total && (start as usize) < slots {
+        let end = start.saturating_add(CENSUS_CHUNK).min(u32::try_from(slots).unwrap_or(u32::MAX));
+        let dev = device.read().unwrap_or_else(|e| e.into_inner());
+        for id in start..end {
+            if let Some(p) = dev.peer(id) {
+                seen += 1;
+                c.with_session += usize::from(p.current_local_index().is_some());
+                if c.exported.len() < limit {
+                    c.exported.push(p.clone());
+                }
+            }
+        }
+        drop(dev);
+        if end == start {
+            break;
+        }
+        start = end;
+    }
+    c
+}
+
 /// Read everything a scrape reports; `peer_limit` peers get their own series.
 pub(crate) fn snapshot(sh: &Shared, peer_limit: usize) -> Snapshot {
     let workers: Vec<Local> = sh.workers.iter().map(|w| w.load()).collect();
     let h = &sh.handoff;
     let c = &sh.control.counters;
     let now = sh.data.clock.now();
-    // Under the read lock: counts, and the handles of the exported peers (read after it).
-    let (peers, with_session, exported, under_load): (usize, usize, Vec<Arc<Peer>>, bool) = {
+    let under_load = {
         let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
-        (
-            dev.peer_count(),
-            dev.peers().filter(|p| p.current_local_index().is_some()).count(),
-            dev.peers().take(peer_limit).cloned().collect(),
-            h.hs_load.under_load(&dev, now),
-        )
+        h.hs_load.under_load(&dev, now)
     };
+    let Census { peers, with_session, exported } = census(&sh.data.device, peer_limit);
     let b64 = base64::engine::general_purpose::STANDARD;
     let peer_series = exported
         .iter()

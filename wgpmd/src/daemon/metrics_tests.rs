@@ -241,3 +241,30 @@ fn the_build_info_names_the_compiled_in_backends() {
     }
     assert_eq!(b.contains(&"dpdk"), cfg!(feature = "dpdk"), "{b:?}");
 }
+
+#[test]
+fn the_census_walks_every_peer_in_chunks() {
+    use rand_core::OsRng;
+    let mut dev = Device::new(&mut OsRng, 0);
+    // More than two chunks, with holes: every third peer removed.
+    let n = 2 * CENSUS_CHUNK as usize + 1000;
+    let ids: Vec<_> = (0..n)
+        .map(|i| {
+            let mut key = [7u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            dev.add_peer(&mut OsRng, key).unwrap()
+        })
+        .collect();
+    for id in ids.iter().step_by(3) {
+        dev.remove_peer(*id).unwrap();
+    }
+    let left = n - n.div_ceil(3);
+    let dev = RwLock::new(dev);
+    let c = census(&dev, 5);
+    assert_eq!((c.peers, c.with_session), (left, 0));
+    // The first five in id order, the removed ones skipped.
+    let want: Vec<u32> = ids.iter().copied().filter(|id| id % 3 != 0).take(5).collect();
+    assert_eq!(c.exported.iter().map(|p| p.id()).collect::<Vec<_>>(), want);
+    let none = census(&dev, 0);
+    assert!(none.exported.is_empty() && none.peers == left);
+}

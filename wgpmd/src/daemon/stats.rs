@@ -195,10 +195,7 @@ pub(crate) fn render(sh: &Shared) -> String {
 /// The size of every bounded structure (gauges) and what keeping each bound cost (counters):
 /// see docs/OPERATIONS.md.
 fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
-    let (peers, with_session) = {
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
-        (dev.peer_count(), dev.peers().filter(|p| p.current_local_index().is_some()).count())
-    };
+    let super::metrics::Census { peers, with_session, .. } = super::metrics::census(&sh.data.device, 0);
     let h = &sh.handoff;
     let n = sh.data.neigh.stats();
     let staged_dropped_cap: u64 = sh.workers.iter().map(|w| w.load().staged_dropped_cap).sum();
