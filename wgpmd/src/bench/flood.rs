@@ -27,12 +27,13 @@
 //!    initiations with a valid MAC1 and random bodies from many sources (at `rate` per second
 //!    of wall time, the proportion adjusted chunk by chunk), a quarter as many junk messages of
 //!    every type (wrong MAC1, truncated, extended, unknown types, reserved bits set, random
-//!    responses with a valid MAC1, cookie replies for nothing, data for no session), the retry
-//!    peers' initiations (each takes the cookie reply, retries with MAC2 as soon as it has one,
-//!    completes, and starts again), and the established peers' own rekeys (the same cookie
-//!    retry; each must complete and its next data must pass on the new session). The first
-//!    chunk, during which the device notices the flood and goes under load, is not counted in
-//!    the throughput.
+//!    responses with a valid MAC1, cookie replies for nothing, data for no session). Once the
+//!    flood has settled at its rate (the warm-up chunks, during which the device notices the
+//!    flood and goes under load, are not counted), the retry peers initiate (each takes the
+//!    cookie reply and retries with MAC2 as soon as it has it, and must complete), and so do the
+//!    established peers for their rekeys (the same cookie retry; each must complete and its next
+//!    data must pass on the new session). A peer whose initiation got neither a response nor a
+//!    cookie reply within 8 chunks sends a new one (as its retransmission timer would).
 //! 5. **Data after**: one more chunk on the new sessions, all of which must arrive.
 //!
 //! What it leaves out: the flood is generated ahead at the generator's own pace, not at a line
@@ -295,7 +296,9 @@ pub struct DataPhase {
     pub warmup_chunks: u32,
     /// Wall ns of those.
     pub warmup_ns: u64,
-    /// The daemon's counters over the phase.
+    /// DH operations during those.
+    pub warmup_dh: u64,
+    /// The daemon's counters over the phase (under the flood: over the counted chunks).
     pub counters: Counters,
 }
 
@@ -972,7 +975,8 @@ impl<'a> FloodGen<'a> {
     /// Data alone or under the flood, for `opts.seconds` of counted chunks.
     fn data_phase(&mut self, opts: &FloodOptions, flood: Option<f64>) -> Result<DataPhase, BenchError> {
         self.d = DataPhase::default();
-        let before = self.snapshot();
+        let mut before = self.snapshot();
+        let mut warmup_dh = 0;
         let target = opts.rate as f64;
         // Flood messages per data packet, from the data rate alone, then adjusted chunk by chunk
         // towards `rate`.
@@ -985,7 +989,11 @@ impl<'a> FloodGen<'a> {
                 counting = true;
             }
             if counting && flood.is_some() && !self.rekeying {
-                // The flood has settled: the established peers rekey, the retry peers start.
+                // The flood has settled: the counted chunks start; the established peers rekey,
+                // the retry peers start.
+                let now = self.snapshot();
+                warmup_dh = Counters::between(&before, &now).dh_operations;
+                before = now;
                 self.rekeying = true;
                 for p in &mut self.established {
                     p.owe_initiation = true;
@@ -1026,6 +1034,7 @@ impl<'a> FloodGen<'a> {
         let after = self.snapshot();
         let mut d = std::mem::take(&mut self.d);
         d.counters = Counters::between(&before, &after);
+        d.warmup_dh = warmup_dh;
         Ok(d)
     }
 
@@ -1069,7 +1078,7 @@ impl<'a> FloodGen<'a> {
             // Initiations owed: the retry peers and the established peers.
             for i in 0..self.retry.len() {
                 let p = &self.retry[i];
-                let stale = self.chunk_index.saturating_sub(p.initiated_at) > 8;
+                let stale = !p.completed && self.chunk_index.saturating_sub(p.initiated_at) > 8;
                 if p.owe_initiation || stale {
                     let had_cookie = p.has_cookie;
                     if let Some((q, b, _)) = self.initiation(Role::Retry, i) {
@@ -1302,8 +1311,6 @@ impl<'a> FloodGen<'a> {
                         p.completed = true;
                         if role == Role::Retry {
                             self.d.retry_handshakes += 1;
-                            // And again, as long as the flood lasts.
-                            p.owe_initiation = true;
                         } else if self.rekeying {
                             self.d.rekeys_completed += 1;
                         }
@@ -1376,7 +1383,7 @@ impl std::fmt::Display for FloodReport {
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "Established peers' data, alone and under the flood (per core = per second of the workers' CPU time; the flood's first chunk, while the device goes under load, not counted)")?;
+        writeln!(f, "Established peers' data, alone and under the flood (per core = per second of the workers' CPU time; flood rate = valid-MAC1 initiations reaching the device per second of a worker's CPU time, i.e. as if each worker had a core of its own; the warm-up chunks, until the flood settles at its rate and the device is under load, not counted)")?;
         writeln!(f, "| workers | alone Mpps/core | flood Mpps/core | ratio | alone wall Mpps | flood wall Mpps | ratio | flood /s of worker CPU | flood /s wall | junk | cookies sent | DH | retries with MAC2 | retry handshakes | rekeys | lost | damaged |")?;
         writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.runs {
@@ -1412,10 +1419,11 @@ impl std::fmt::Display for FloodReport {
                 x.counters.dropped.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect();
             writeln!(
                 f,
-                "{} worker(s), under the flood: {} warm-up chunk(s), {:.0} ms, before the rate settled (not counted); hs_dropped {}; processed {}; cookie replies received by flood sources {}, retry peers {}, established peers {}; rekey initiations {}; data after the flood on the new sessions: {} of {} packets",
+                "{} worker(s), under the flood: {} warm-up chunk(s), {:.0} ms, {} DH, before the rate settled (not counted); counted chunks: hs_dropped {}; processed {}; cookie replies received by flood sources {}, retry peers {}, established peers {}; rekey initiations {}; data after the flood on the new sessions: {} of {} packets",
                 r.plan.workers.len(),
                 x.warmup_chunks,
                 x.warmup_ns as f64 / 1e6,
+                x.warmup_dh,
                 if drops.is_empty() { "none".into() } else { drops.join(" ") },
                 x.counters.processed,
                 x.cookies_received[0],
