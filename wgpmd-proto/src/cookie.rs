@@ -32,7 +32,6 @@
 use std::net::SocketAddr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use arc_swap::ArcSwap;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{ct_eq, hash, mac, xopen_cookie, xseal_cookie, Secret};
@@ -94,8 +93,10 @@ struct CookieSecret {
 /// The responder side (kernel `struct cookie_checker`): checks MACs on incoming handshakes and
 /// makes cookie replies. One per device, shared by every core (`&self` methods).
 pub struct CookieChecker {
-    /// Swapped whole by [`set_public_key`](Self::set_public_key); read lock-free on every packet.
-    keys: ArcSwap<DeviceKeys>,
+    /// Replaced by [`set_public_key`](Self::set_public_key) (under `&mut self`: the device's key
+    /// changes only with the device held exclusively); read on every handshake message, a plain
+    /// field (no atomic load) because a flood's cheapest rejection is this read and one MAC.
+    keys: DeviceKeys,
     secret: RwLock<CookieSecret>,
 }
 
@@ -116,20 +117,20 @@ impl CookieChecker {
         let mut secret = Secret::zero();
         rng.fill_bytes(&mut secret.0);
         CookieChecker {
-            keys: ArcSwap::from_pointee(DeviceKeys::new(public_key)),
+            keys: DeviceKeys::new(public_key),
             secret: RwLock::new(CookieSecret { secret, birth: now }),
         }
     }
 
     /// Recompute the mac1 and cookie keys after the device's key changed (kernel
     /// `wg_cookie_checker_precompute_device_keys`).
-    pub fn set_public_key(&self, public_key: Option<&[u8; KEY_LEN]>) {
-        self.keys.store(std::sync::Arc::new(DeviceKeys::new(public_key)));
+    pub fn set_public_key(&mut self, public_key: Option<&[u8; KEY_LEN]>) {
+        self.keys = DeviceKeys::new(public_key);
     }
 
     /// Whether `msg`'s mac1 is right for our key (cheap: no secret, no lock).
     pub fn check_mac1<M: MacMessage>(&self, msg: &M) -> bool {
-        let computed = mac(&self.keys.load().mac1, &[msg.mac1_covered()]);
+        let computed = mac(&self.keys.mac1, &[msg.mac1_covered()]);
         ct_eq(&computed, &msg.mac1())
     }
 
@@ -189,7 +190,7 @@ impl CookieChecker {
         let mut nonce = [0u8; COOKIE_NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         let cookie = self.make_cookie(now, rng, src);
-        let sealed = xseal_cookie(&self.keys.load().cookie, &nonce, &triggering_msg.mac1(), &cookie);
+        let sealed = xseal_cookie(&self.keys.cookie, &nonce, &triggering_msg.mac1(), &cookie);
         let mut out = Reply::new_unchecked([0u8; COOKIE_REPLY_LEN]);
         out.init_header();
         out.set_receiver_index(triggering_msg.sender_index());
