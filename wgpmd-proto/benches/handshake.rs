@@ -438,23 +438,41 @@ fn blake2s_min(rounds: usize) -> [f64; 4] {
     let mut best = [f64::MAX; 4];
     for _ in 0..rounds {
         let t = [
-            batch_ns(CHEAP_N, || (), |_| {
-                black_box(wgpmd_proto::crypto::hmac(black_box(&key), &[black_box(&data[..])]));
-            }),
-            batch_ns(CHEAP_N, || (), |_| {
-                let mut m = <hmac_ref::SimpleHmac<blake2::Blake2s256> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
-                Update::update(&mut m, black_box(&data[..]));
-                black_box(m.finalize_fixed());
-            }),
-            batch_ns(CHEAP_N, || (), |_| {
-                black_box(wgpmd_proto::crypto::mac(black_box(&key), &[black_box(&msg[..])]));
-            }),
-            batch_ns(CHEAP_N, || (), |_| {
-                let mut m =
-                    <blake2::Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
-                Update::update(&mut m, black_box(&msg[..]));
-                black_box(m.finalize_fixed());
-            }),
+            batch_ns(
+                CHEAP_N,
+                || (),
+                |_| {
+                    black_box(wgpmd_proto::crypto::hmac(black_box(&key), &[black_box(&data[..])]));
+                },
+            ),
+            batch_ns(
+                CHEAP_N,
+                || (),
+                |_| {
+                    let mut m =
+                        <hmac_ref::SimpleHmac<blake2::Blake2s256> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
+                    Update::update(&mut m, black_box(&data[..]));
+                    black_box(m.finalize_fixed());
+                },
+            ),
+            batch_ns(
+                CHEAP_N,
+                || (),
+                |_| {
+                    black_box(wgpmd_proto::crypto::mac(black_box(&key), &[black_box(&msg[..])]));
+                },
+            ),
+            batch_ns(
+                CHEAP_N,
+                || (),
+                |_| {
+                    let mut m =
+                        <blake2::Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(black_box(&key))
+                            .unwrap();
+                    Update::update(&mut m, black_box(&msg[..]));
+                    black_box(m.finalize_fixed());
+                },
+            ),
         ];
         for (m, t) in best.iter_mut().zip(t) {
             *m = m.min(t);

@@ -116,10 +116,7 @@ impl CookieChecker {
     ) -> Self {
         let mut secret = Secret::zero();
         rng.fill_bytes(&mut secret.0);
-        CookieChecker {
-            keys: DeviceKeys::new(public_key),
-            secret: RwLock::new(CookieSecret { secret, birth: now }),
-        }
+        CookieChecker { keys: DeviceKeys::new(public_key), secret: RwLock::new(CookieSecret { secret, birth: now }) }
     }
 
     /// Recompute the mac1 and cookie keys after the device's key changed (kernel
@@ -166,15 +163,42 @@ impl CookieChecker {
         src: SocketAddr,
         limiter: &RateLimiter,
     ) -> MacState {
+        self.mac2_state(now, rng, msg, src, limiter).0
+    }
+
+    /// [`validate_mac2`](Self::validate_mac2), and for a message without a valid mac2 its
+    /// cookie reply ([`create_reply`](Self::create_reply)), from one computation of the source's
+    /// cookie: what a flood costs per message under load.
+    pub fn validate_mac2_or_reply<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &M,
+        src: SocketAddr,
+        limiter: &RateLimiter,
+    ) -> (MacState, Option<Reply>) {
+        let (state, cookie) = self.mac2_state(now, rng, msg, src, limiter);
+        let reply = (state == MacState::ValidMacButNoCookie).then(|| self.reply_with(rng, msg, &cookie));
+        (state, reply)
+    }
+
+    fn mac2_state<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &M,
+        src: SocketAddr,
+        limiter: &RateLimiter,
+    ) -> (MacState, Zeroizing<[u8; COOKIE_LEN]>) {
         let cookie = self.make_cookie(now, rng, src);
         let computed = mac(&cookie[..], &[msg.mac2_covered()]);
         if !ct_eq(&computed, &msg.mac2()) {
-            return MacState::ValidMacButNoCookie;
+            return (MacState::ValidMacButNoCookie, cookie);
         }
         if !limiter.allow(now, src.ip()) {
-            return MacState::ValidMacWithCookieButRatelimited;
+            return (MacState::ValidMacWithCookieButRatelimited, cookie);
         }
-        MacState::ValidMacWithCookie
+        (MacState::ValidMacWithCookie, cookie)
     }
 
     /// The cookie reply to `triggering_msg` from `src` (kernel `wg_cookie_message_create`),
@@ -187,10 +211,20 @@ impl CookieChecker {
         triggering_msg: &M,
         src: SocketAddr,
     ) -> Reply {
+        let cookie = self.make_cookie(now, rng, src);
+        self.reply_with(rng, triggering_msg, &cookie)
+    }
+
+    /// The cookie reply carrying `cookie` (the triggering message's source's).
+    fn reply_with<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        rng: &mut R,
+        triggering_msg: &M,
+        cookie: &[u8; COOKIE_LEN],
+    ) -> Reply {
         let mut nonce = [0u8; COOKIE_NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let cookie = self.make_cookie(now, rng, src);
-        let sealed = xseal_cookie(&self.keys.cookie, &nonce, &triggering_msg.mac1(), &cookie);
+        let sealed = xseal_cookie(&self.keys.cookie, &nonce, &triggering_msg.mac1(), cookie);
         let mut out = Reply::new_unchecked([0u8; COOKIE_REPLY_LEN]);
         out.init_header();
         out.set_receiver_index(triggering_msg.sender_index());
