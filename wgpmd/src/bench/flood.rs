@@ -351,7 +351,7 @@ pub struct FloodRun {
 
 impl FloodRun {
     /// What went wrong, if anything: the invariants `--quick` fails on (never speed).
-    pub fn broken(&self, peers: usize) -> Vec<String> {
+    pub fn broken(&self, peers: usize, retry_peers: usize) -> Vec<String> {
         let mut v = Vec::new();
         let s = &self.storm;
         if s.answered == 0 {
@@ -376,8 +376,11 @@ impl FloodRun {
         if self.flood.rekeys_completed < peers {
             v.push(format!("only {} of {peers} established peers completed their rekey", self.flood.rekeys_completed));
         }
-        if self.flood.retry_handshakes == 0 {
-            v.push("no retry peer completed a handshake under the flood".into());
+        if (self.flood.retry_handshakes as usize) < retry_peers {
+            v.push(format!(
+                "only {} of {retry_peers} retry peers completed a handshake under the flood",
+                self.flood.retry_handshakes
+            ));
         }
         if self.flood.flood_initiations == 0 || self.flood.junk == 0 {
             v.push("no flood was sent".into());
@@ -404,7 +407,9 @@ impl FloodReport {
             .iter()
             .flat_map(|r| {
                 let w = r.plan.workers.len();
-                r.broken(self.options.peers).into_iter().map(move |m| format!("{w} worker(s): {m}"))
+                r.broken(self.options.peers, self.options.retry_peers)
+                    .into_iter()
+                    .map(move |m| format!("{w} worker(s): {m}"))
             })
             .collect()
     }
@@ -1019,7 +1024,9 @@ impl<'a> FloodGen<'a> {
                 ratio = (ratio * (target / achieved.max(1.0)).clamp(0.5, 2.0)).clamp(0.001, 2.0);
             }
             let counted_s = self.d.wall_ns as f64 / 1e9;
-            let rekeyed = flood.is_none() || self.d.rekeys_completed >= self.established.len();
+            let rekeyed = flood.is_none()
+                || (self.d.rekeys_completed >= self.established.len()
+                    && self.d.retry_handshakes as usize >= self.retry.len());
             if counted_s >= opts.seconds && rekeyed {
                 break;
             }
@@ -1457,5 +1464,51 @@ mod tests {
         }
         assert_eq!(role_of(CONC_IP), None);
         assert_eq!(role_of(GATEWAY), None);
+    }
+
+    /// What `--quick` fails on: each broken invariant alone is reported; a good run is not.
+    #[test]
+    fn broken_invariants_are_reported() {
+        let plan = CorePlan {
+            cores: vec![0, 1],
+            control_shares_core: false,
+            control: 0,
+            workers: vec![1],
+            generator: Some(0),
+        };
+        let data = DataPhase { packets: 4096, ..DataPhase::default() };
+        let good = FloodRun {
+            plan,
+            storm: Storm { sent: 10, answered: 10, ..Storm::default() },
+            alone: data.clone(),
+            flood: DataPhase {
+                rekeys_completed: 4,
+                retry_handshakes: 8,
+                flood_initiations: 100,
+                junk: 25,
+                ..data.clone()
+            },
+            after: data,
+        };
+        assert!(good.broken(4, 8).is_empty(), "{:?}", good.broken(4, 8));
+        let cases: Vec<(&str, Box<dyn Fn(&mut FloodRun)>)> = vec![
+            ("no storm handshake", Box::new(|r| (r.storm.answered, r.storm.sent) = (0, 0))),
+            ("got no answer", Box::new(|r| r.storm.answered = 9)),
+            ("answered nothing", Box::new(|r| r.storm.bad_responses = 1)),
+            ("lost", Box::new(|r| r.alone.lost = 1)),
+            ("damaged", Box::new(|r| r.flood.damaged = 1)),
+            ("lost", Box::new(|r| r.after.lost = 1)),
+            ("responses to junk", Box::new(|r| r.flood.unexpected_responses = 1)),
+            ("rekey", Box::new(|r| r.flood.rekeys_completed = 3)),
+            ("retry peers", Box::new(|r| r.flood.retry_handshakes = 7)),
+            ("no flood", Box::new(|r| r.flood.junk = 0)),
+        ];
+        for (what, break_it) in cases {
+            let mut r = good.clone();
+            break_it(&mut r);
+            let b = r.broken(4, 8);
+            assert_eq!(b.len(), 1, "{what}: {b:?}");
+            assert!(b[0].contains(what), "{what}: {b:?}");
+        }
     }
 }
