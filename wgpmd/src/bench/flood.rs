@@ -1491,7 +1491,8 @@ mod tests {
             after: data,
         };
         assert!(good.broken(4, 8).is_empty(), "{:?}", good.broken(4, 8));
-        let cases: Vec<(&str, Box<dyn Fn(&mut FloodRun)>)> = vec![
+        type BreakIt = Box<dyn Fn(&mut FloodRun)>;
+        let cases: Vec<(&str, BreakIt)> = vec![
             ("no storm handshake", Box::new(|r| (r.storm.answered, r.storm.sent) = (0, 0))),
             ("got no answer", Box::new(|r| r.storm.answered = 9)),
             ("answered nothing", Box::new(|r| r.storm.bad_responses = 1)),
