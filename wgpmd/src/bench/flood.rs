@@ -22,7 +22,8 @@
 //!    last response ([`super::cpu::ThreadClock`]), per worker and summed over the workers.
 //! 3. **Data alone**: the established peers' data (rx: WAN → inner, decrypted by the workers),
 //!    built ahead in chunks as `wgpmd bench` does, each chunk released at once and drained;
-//!    every packet checked byte for byte with its per-peer sequence number.
+//!    every packet checked byte for byte with its per-peer sequence number. Rates are per second
+//!    of the workers' CPU time while each had a backlog (`FloodGen::drain`).
 //! 4. **Data under the flood**: the same chunks with the flood interleaved into the same rings:
 //!    initiations with a valid MAC1 and random bodies from many sources (at `rate` per second
 //!    of wall time, the proportion adjusted chunk by chunk), a quarter as many junk messages of
