@@ -155,6 +155,8 @@ if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches
     echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
     target/release/wgpmd bench --quick
+    echo "== wgpmd bench --flood --quick (handshake storm and flood through the worker pipeline; fails on lost or damaged packets, unanswered handshakes, incomplete rekeys)"
+    target/release/wgpmd bench --flood --quick
     # DPDK: the backend's per-packet cost next to raw rx/tx bursts (net_ring, --no-huge).
     echo "== wgpmd dpdk-bench --quick (docs/PERFORMANCE.md)"
     target/release/wgpmd dpdk-bench --quick

@@ -160,6 +160,13 @@ enum Cmd {
         /// Skip the raw AEAD and boringtun references.
         #[arg(long)]
         no_references: bool,
+        /// Handshake flood instead (docs/PERFORMANCE.md): responder handshakes per worker core,
+        /// established peers' data alone and under a flood, with 1 and 2 workers.
+        #[arg(long)]
+        flood: bool,
+        /// With --flood: valid-MAC1 initiations per second (default 100000).
+        #[arg(long, requires = "flood")]
+        rate: Option<u64>,
     },
     /// Per-packet cost of the dpdk backend over raw rte_eth_rx_burst/tx_burst on a net_ring
     /// loopback vdev (build feature `dpdk`). EAL arguments after `--` (default:
@@ -274,7 +281,8 @@ fn main() -> ExitCode {
         packet_rate: cli.log_packet_rate,
     });
     match cli.cmd {
-        Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references } => {
+        Cmd::Bench { flood: true, peers, seconds, quick, rate, .. } => flood_bench(peers, seconds, quick, rate),
+        Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references, .. } => {
             let base = if quick { BenchOptions::quick() } else { BenchOptions::full() };
             let opts = BenchOptions {
                 peers: peers.unwrap_or(base.peers),
@@ -476,6 +484,30 @@ fn eal_args(name: &str, cores: &[usize], user: &[String]) -> Result<Vec<String>,
     args.push(format!("--lcores=0@({})", set.join(",")));
     args.extend(user.iter().cloned());
     Ok(args)
+}
+
+fn flood_bench(peers: Option<usize>, seconds: Option<f64>, quick: bool, rate: Option<u64>) -> ExitCode {
+    let base = if quick { bench::flood::FloodOptions::quick() } else { bench::flood::FloodOptions::full() };
+    let opts = bench::flood::FloodOptions {
+        peers: peers.unwrap_or(base.peers),
+        seconds: seconds.unwrap_or(base.seconds),
+        rate: rate.unwrap_or(base.rate),
+        ..base
+    };
+    match bench::flood::run(&opts) {
+        Ok(report) => {
+            print!("{report}");
+            if report.broken().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(feature = "dpdk")]

@@ -17,6 +17,7 @@
 //! so the wall clock alone would measure the neighbours.
 
 pub mod cpu;
+pub mod flood;
 mod gen;
 pub mod reference;
 

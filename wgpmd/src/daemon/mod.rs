@@ -383,9 +383,47 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
 /// benchmark and tests use `mem` pairs.
 pub fn run_with_ports(
     cfg: DaemonConfig,
+    wan_port: Box<dyn Port>,
+    inner_port: Box<dyn Port>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    run_observed(cfg, wan_port, inner_port, stop, None)
+}
+
+/// One worker's handshake-stage counters, as the flood bench reads them from a running daemon.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HsSnapshot {
+    pub processed: u64,
+    pub dh_operations: u64,
+    pub cookies_sent: u64,
+    pub responses_sent: u64,
+    /// `hs_dropped_*` by name.
+    pub dropped: Vec<(&'static str, u64)>,
+}
+
+impl Shared {
+    /// Worker `i`'s handshake counters as last published (every 64 poll iterations).
+    pub(crate) fn hs_snapshot(&self, i: usize) -> HsSnapshot {
+        let Some(w) = self.workers.get(i) else { return HsSnapshot::default() };
+        let l = w.load();
+        HsSnapshot {
+            processed: l.hs.processed,
+            dh_operations: l.device.dh_operations,
+            cookies_sent: l.device.cookies_sent,
+            responses_sent: l.device.responses_sent,
+            dropped: handshakes::HsDrop::ALL.iter().map(|&r| (r.name(), l.hs.dropped[r as usize])).collect(),
+        }
+    }
+}
+
+/// [`run_with_ports`], handing the shared state to `probe` once it exists (the flood bench reads
+/// the workers' counters through it).
+pub(crate) fn run_observed(
+    cfg: DaemonConfig,
     mut wan_port: Box<dyn Port>,
     mut inner_port: Box<dyn Port>,
     stop: Arc<AtomicBool>,
+    probe: Option<&std::sync::OnceLock<Arc<Shared>>>,
 ) -> Result<(), DaemonError> {
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
@@ -446,6 +484,9 @@ pub fn run_with_ports(
     {
         let dev = shared.data.device.read().unwrap_or_else(|e| e.into_inner());
         shared.handoff.peers_changed(&[], &dev);
+    }
+    if let Some(p) = probe {
+        let _ = p.set(shared.clone());
     }
     for e in boot_out.events.drain(..) {
         shared.handoff.notes.post(&e);
