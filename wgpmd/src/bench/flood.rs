@@ -499,6 +499,7 @@ fn one(opts: &FloodOptions, plan: &CorePlan) -> Result<FloodRun, BenchError> {
         fanout: nic_backends::Fanout::Hash,
         mtu: DEFAULT_TUNNEL_MTU,
         sockets: false,
+        metrics: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
