@@ -10,6 +10,8 @@
 //! - [`uapi_server`]: the unix socket the stock `wg` tool talks to (the text protocol itself is
 //!   [`wgpmd_proto::uapi`]);
 //! - [`conf`]: reading a wg.conf(5) file with the system resolver;
+//! - [`sdnotify`]: telling systemd when the daemon is ready, reloading or stopping;
+//! - [`privs`]: the capabilities kept after setup, and `PR_SET_NO_NEW_PRIVS`;
 //! - [`bench`]: `wgpmd bench`, the daemon's pipeline over `mem` ports with a built-in traffic
 //!   generator.
 #![forbid(unsafe_code)]
@@ -18,5 +20,7 @@
 pub mod bench;
 pub mod conf;
 pub mod daemon;
+pub mod privs;
+pub mod sdnotify;
 pub mod uapi_server;
 pub mod wan;
