@@ -46,14 +46,15 @@ pub(crate) struct Worker {
     pmtu_limit: icmp::RateLimit,
     /// Handshake-stage messages: screened on arrival, DH work a budget per iteration.
     hs: Stage,
-    /// Test hook: panic on the first packet from the inner port ([`PANIC_HOOK_ENV`] names
+    /// Test hook: panic on the first IPv4 packet from the inner port ([`PANIC_HOOK_ENV`] names
     /// this worker).
     #[cfg(feature = "test-hooks")]
     panic_hook: bool,
 }
 
 /// Test hook (feature `test-hooks` only): the worker whose index this variable holds panics on
-/// the first packet it reads from the inner port, to test that a worker panic stops the daemon.
+/// the first IPv4 packet it reads from the inner port (the kernel's own IPv6 traffic on a new TUN
+/// does not count), to test that a worker panic stops the daemon.
 #[cfg(feature = "test-hooks")]
 pub(crate) const PANIC_HOOK_ENV: &str = "WGPMD_TEST_PANIC_WORKER";
 
@@ -247,7 +248,7 @@ impl Worker {
         let n = self.inner.rx_burst(&self.pool, &mut rx, BURST);
         self.c.inner_rx += n as u64;
         #[cfg(feature = "test-hooks")]
-        if n > 0 && self.panic_hook {
+        if self.panic_hook && rx.iter().any(|b| b.data().first().is_some_and(|v| v >> 4 == 4)) {
             panic!("test hook {PANIC_HOOK_ENV}={}: a worker panic on demand", self.id);
         }
         for mut buf in rx.drain(..) {
