@@ -205,7 +205,9 @@ pub fn check_spec(spec: &str, opts: &PortOptions) -> Result<&'static str, PortEr
     }
     let missing = |example| PortError::MissingName { spec: spec.to_string(), example };
     let ifname = |b: &'static str| {
-        crate::sys::ioctl::IfName::new(name).map(|_| b).map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })
+        crate::sys::ioctl::IfName::new(name)
+            .map(|_| b)
+            .map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })
     };
     match backend {
         "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),

@@ -76,9 +76,7 @@ fn notify_ready_after_tun_and_uapi_stopping_on_sigterm_and_capabilities_dropped(
                         })
                     });
                     let (uapi, tun) = match &name {
-                        Some(n) => {
-                            (std::path::Path::new(&format!("{UAPI_DIR}/{n}.sock")).exists(), ns.has_link(n))
-                        }
+                        Some(n) => (std::path::Path::new(&format!("{UAPI_DIR}/{n}.sock")).exists(), ns.has_link(n)),
                         None => (false, false),
                     };
                     checked.lock().unwrap().push(Note { text, uapi_existed: uapi, tun_existed: tun });
@@ -168,7 +166,14 @@ fn sighup_reloads_the_file_with_syncconf_semantics_without_loss() {
         // A's allowed IPs changed by hand: syncconf resets them to the file's.
         let ia = format!("{}/32", p.inner_ip);
         run_cmd(
-            std::process::Command::new("wg").args(["set", &ifn, "peer", &a, "allowed-ips", &format!("{ia},10.100.9.0/24")]),
+            std::process::Command::new("wg").args([
+                "set",
+                &ifn,
+                "peer",
+                &a,
+                "allowed-ips",
+                &format!("{ia},10.100.9.0/24"),
+            ]),
             secs(10),
         )?;
         // 1. The file gains peer C (and is made world-readable: wg(8)'s warning).
@@ -201,7 +206,10 @@ fn sighup_reloads_the_file_with_syncconf_semantics_without_loss() {
         let st = PingStats::parse(&ping.log())?;
         let ea = d.show()?.peer(&a).cloned().context("peer A")?;
         let sessions1 = d.stats()?.total("sessions")?;
-        eprintln!("ping during the reloads: {st:?}; handshake {hs0} -> {}; sessions {sessions0} -> {sessions1}", ea.latest_handshake);
+        eprintln!(
+            "ping during the reloads: {st:?}; handshake {hs0} -> {}; sessions {sessions0} -> {sessions1}",
+            ea.latest_handshake
+        );
         ensure!(st.transmitted == 40 && st.received == 40, "pings lost across the reloads: {st:?}");
         ensure!(ea.latest_handshake == hs0 && sessions1 == sessions0, "A handshook again: its session was not kept");
         d.ensure_running()?;
@@ -221,10 +229,8 @@ fn worker_panic_stops_the_daemon_with_an_error() {
         );
         let topo = Topology::new(1)?;
         let c = &topo.concentrator;
-        let opts = WgpmdOptions {
-            env: vec![("WGPMD_TEST_PANIC_WORKER".into(), "0".into())],
-            ..WgpmdOptions::default()
-        };
+        let opts =
+            WgpmdOptions { env: vec![("WGPMD_TEST_PANIC_WORKER".into(), "0".into())], ..WgpmdOptions::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
         // Running; a packet into the TUN reaches worker 0, which panics.
         d.ensure_running()?;
@@ -251,7 +257,10 @@ fn run_check_validates_without_opening_ports() {
         let ns = Netns::new("chk")?;
         let wire = VethPair::new(&ns, None, &ns, None)?;
         let key = KeyPair::generate();
-        let good = ctx.write_file("good.conf", &format!("[Interface]\nPrivateKey = {}\nListenPort = 51820\n", key.private_b64()))?;
+        let good = ctx.write_file(
+            "good.conf",
+            &format!("[Interface]\nPrivateKey = {}\nListenPort = 51820\n", key.private_b64()),
+        )?;
         std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         let bad = ctx.write_file("bad.conf", "[Interface]\nListenPort 1\n")?;
         std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
@@ -264,7 +273,12 @@ fn run_check_validates_without_opening_ports() {
                 .map(String::from)
                 .to_vec()
         };
-        let r = wgpmd_run_to_exit(&ns, nobody, &base(&af, &good, "0").iter().map(String::as_str).collect::<Vec<_>>(), secs(30))?;
+        let r = wgpmd_run_to_exit(
+            &ns,
+            nobody,
+            &base(&af, &good, "0").iter().map(String::as_str).collect::<Vec<_>>(),
+            secs(30),
+        )?;
         eprintln!("valid, as nobody: {} -> {}", r.status, r.output.trim());
         ensure!(r.status.code() == Some(0) && r.output.contains("check passed"), "{r:?}");
         ensure!(r.output.contains("is world accessible"), "no wg(8) warning for a 0644 key file: {}", r.output);
@@ -291,7 +305,11 @@ fn run_check_validates_without_opening_ports() {
             let r = wgpmd_run_to_exit(&ns, &[], &args.iter().map(String::as_str).collect::<Vec<_>>(), secs(30))?;
             eprintln!("{what}: {} -> {}", r.status, r.output.trim());
             ensure!(r.status.code() == Some(1), "{what}: exit {} (want 1): {}", r.status, r.output);
-            ensure!(r.output.contains("check failed") && r.output.contains(want), "{what}: {:?} lacks {want:?}", r.output);
+            ensure!(
+                r.output.contains("check failed") && r.output.contains(want),
+                "{what}: {:?} lacks {want:?}",
+                r.output
+            );
         }
         ensure!(!ns.has_link(&name), "a --check created the TUN");
         Ok(())

@@ -421,7 +421,10 @@ fn validate(a: RunArgs) -> Result<Validated, String> {
         .map_err(|e| e.to_string())?;
     let dpdk = wan_backend == "dpdk" || port.starts_with("dpdk:");
     if !a.eal.is_empty() && !dpdk {
-        return Err(format!("EAL arguments after `--` ({}) are for a dpdk: port, and --port is `{port}`", a.eal.join(" ")));
+        return Err(format!(
+            "EAL arguments after `--` ({}) are for a dpdk: port, and --port is `{port}`",
+            a.eal.join(" ")
+        ));
     }
     let eal = if dpdk { eal_args(&name, &cores, &a.eal)? } else { Vec::new() };
     if let Some(path) = &a.config {

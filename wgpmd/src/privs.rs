@@ -80,7 +80,11 @@ pub fn world_accessible_warning(path: &std::path::Path, mode: u32, text: &str) -
         k.eq_ignore_ascii_case("PrivateKey") || k.eq_ignore_ascii_case("PresharedKey")
     });
     (mode & 0o007 != 0 && secret).then(|| {
-        format!("Warning: `{}' is world accessible (mode {:o}) and holds a private or preshared key", path.display(), mode & 0o7777)
+        format!(
+            "Warning: `{}' is world accessible (mode {:o}) and holds a private or preshared key",
+            path.display(),
+            mode & 0o7777
+        )
     })
 }
 

@@ -25,7 +25,10 @@ fn target() -> io::Result<Option<SocketAddr>> {
         return SocketAddr::from_abstract_name(abs.as_bytes()).map(Some);
     }
     if !v.starts_with('/') {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("${NOTIFY_SOCKET_ENV}={v}: not a path or @name")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("${NOTIFY_SOCKET_ENV}={v}: not a path or @name"),
+        ));
     }
     SocketAddr::from_pathname(&v).map(Some)
 }

@@ -283,8 +283,10 @@ fn mutated_files_never_panic() {
 
 #[test]
 fn sync_request_removes_only_the_peers_the_file_lacks() {
-    let cfg = parse(&format!("[Interface]\nPrivateKey = {PRIV_B64}\n[Peer]\nPublicKey = {PUB_B}\nAllowedIPs = 10.0.0.2/32\n"))
-        .unwrap();
+    let cfg = parse(&format!(
+        "[Interface]\nPrivateKey = {PRIV_B64}\n[Peer]\nPublicKey = {PUB_B}\nAllowedIPs = 10.0.0.2/32\n"
+    ))
+    .unwrap();
     let req = cfg.to_sync_request([key(PUB_B), key(PUB_C)]);
     assert!(!req.replace_peers, "syncconf never removes every peer");
     assert_eq!(req.peers.len(), 2);

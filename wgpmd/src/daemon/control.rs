@@ -169,7 +169,9 @@ impl Reload {
             }
             Err(e) => {
                 tracing::error!("{name}: reload failed, the running configuration is unchanged: {e}");
-                crate::sdnotify::notify_or_warn("READY=1\nSTATUS=reload failed: the running configuration is unchanged");
+                crate::sdnotify::notify_or_warn(
+                    "READY=1\nSTATUS=reload failed: the running configuration is unchanged",
+                );
             }
         }
     }
