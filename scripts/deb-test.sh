@@ -65,7 +65,8 @@ bash -c 'source /usr/share/bash-completion/completions/wgpmd && complete -p wgpm
 
 echo "== dpkg -r, then dpkg -P: nothing left"
 dpkg -r wgpmd
-dpkg -P wgpmd
+# The package has no conffiles, so -r leaves nothing to purge; -P when dpkg still lists it.
+if dpkg-query -W wgpmd >/dev/null 2>&1; then dpkg -P wgpmd; fi
 trap - EXIT
 left=""
 while read -r f; do
