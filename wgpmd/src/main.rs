@@ -212,7 +212,7 @@ struct RunArgs {
     #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     neigh_max_entries: Option<u64>,
     /// Cores as a list, as EAL's -l takes it (0-3,6); the first runs the control plane.
-    /// (`--lcores`, the old spelling, is a hidden alias: EAL's --lcores is an lcore@cpu map.)
+    // `--lcores`, the old spelling, is a hidden alias: EAL's --lcores is an lcore@cpu map.
     #[arg(short = 'l', long = "cores", alias = "lcores", value_name = "LIST", conflicts_with = "coremask")]
     cores: Option<String>,
     /// Cores as an EAL hexadecimal mask (0xf).
