@@ -5,6 +5,8 @@
 #                                 man pages and completions from `wgpmd assets`, cargo-deb
 #   CARGO_DEB=/path/to/cargo-deb  use that cargo-deb (default: .tools/cargo-deb/bin/cargo-deb,
 #                                 installed there if missing)
+#   WGPMD_DEB_PROFILE=release     package the `release` build instead (no LTO; reuses an existing
+#                                 `cargo build --release -p wgpmd`, for quick local checks)
 #
 # The package holds /usr/bin/wgpmd (default features: no bench references, no test hooks, no
 # DPDK), the systemd unit wgpmd@.service, man pages, bash and zsh completions, and examples
@@ -20,9 +22,10 @@ if [[ "$("$CARGO_DEB" --version 2>/dev/null || true)" != *"$CARGO_DEB_VERSION"* 
     CARGO_DEB="$PWD/.tools/cargo-deb/bin/cargo-deb"
 fi
 
-echo "== cargo build -p wgpmd --profile dist"
-cargo build -p wgpmd --profile dist
+profile="${WGPMD_DEB_PROFILE:-dist}"
+echo "== cargo build -p wgpmd --profile $profile"
+cargo build -p wgpmd --profile "$profile"
 rm -rf target/deb-assets
-target/dist/wgpmd assets target/deb-assets >/dev/null
+"target/$profile/wgpmd" assets target/deb-assets >/dev/null
 echo "== cargo deb (no rebuild)"
-"$CARGO_DEB" -p wgpmd --profile dist --no-build --no-strip
+"$CARGO_DEB" -p wgpmd --profile "$profile" --no-build --no-strip
