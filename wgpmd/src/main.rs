@@ -48,8 +48,21 @@ struct Cli {
     /// Log the wg(4) debug messages (handshakes, invalid packets, keepalives).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines as plain text or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value = "plain")]
+    log_format: LogFormatArg,
+    /// Per-packet debug messages (`-v`) logged per second at most; the rest are counted
+    /// (`log_messages_suppressed`).
+    #[arg(long, global = true, default_value_t = wgpmd::logging::DEFAULT_PACKET_RATE)]
+    log_packet_rate: u32,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Plain,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,6 +243,15 @@ struct RunArgs {
     /// Tunnel MTU.
     #[arg(long, default_value_t = 1420)]
     mtu: usize,
+    /// Serve OpenMetrics/Prometheus metrics on http://ADDR:PORT/metrics (off by default;
+    /// docs/OPERATIONS.md "Metrics").
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Export per-peer series (bytes, latest handshake) for at most N peers on the metrics
+    /// endpoint (0: none).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "metrics",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    metrics_peers: u32,
     /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
     /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds
     /// `--lcores=0@(<its cores>)`, and `--file-prefix=wgpmd-<INTERFACE>` and
@@ -292,13 +314,14 @@ fn main() -> ExitCode {
         1 => "info,wgpmd=debug,wgpmd_proto=debug",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wgpmd::logging::init(&wgpmd::logging::LogOptions {
+        format: match cli.log_format {
+            LogFormatArg::Plain => wgpmd::logging::LogFormat::Plain,
+            LogFormatArg::Json => wgpmd::logging::LogFormat::Json,
+        },
+        default_filter: filter.to_string(),
+        packet_rate: cli.log_packet_rate,
+    });
     match cli.cmd {
         Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references } => {
             let base = if quick { BenchOptions::quick() } else { BenchOptions::full() };
@@ -453,6 +476,7 @@ fn validate(a: RunArgs) -> Result<Validated, String> {
             sockets: true,
             reload: None,
             drop_privileges: true,
+            metrics: a.metrics.map(|addr| daemon::MetricsOptions { addr, peers: a.metrics_peers as usize }),
         },
         eal_args: eal,
         user_prefix: a.eal.iter().any(|e| e.starts_with("--file-prefix")),

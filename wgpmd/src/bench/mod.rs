@@ -367,6 +367,7 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         sockets: false,
         reload: None,
         drop_privileges: false,
+        metrics: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = setup.daemon_done.clone();

@@ -34,6 +34,8 @@
 mod control;
 pub mod cores;
 mod handshakes;
+mod metrics;
+mod metrics_http;
 mod notify;
 mod rng;
 mod staging;
@@ -118,6 +120,17 @@ pub struct DaemonConfig {
     /// Once the ports are open: keep only the capabilities they need and set
     /// `PR_SET_NO_NEW_PRIVS` ([`crate::privs`]). The benchmark, in-process, does not.
     pub drop_privileges: bool,
+    /// Serve the metrics endpoint (`--metrics`; only with `sockets`).
+    pub metrics: Option<MetricsOptions>,
+}
+
+/// The metrics endpoint (`--metrics ADDR:PORT`, `--metrics-peers N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Where to listen (HTTP, `GET /metrics`).
+    pub addr: SocketAddr,
+    /// Per-peer series for at most this many peers (0: none).
+    pub peers: usize,
 }
 
 /// Read and parse a wg.conf(5) file: the text is read into memory wiped when dropped (sized
@@ -375,6 +388,9 @@ pub enum DaemonError {
     /// The stats socket.
     #[error("stats socket: {0}")]
     Stats(std::io::Error),
+    /// The metrics endpoint's address.
+    #[error("metrics endpoint {0}: {1}")]
+    Metrics(SocketAddr, std::io::Error),
     /// Another process serves this interface name.
     #[error("{0} is in use by a running process (another wgpmd or wireguard-go with this interface name)")]
     InUse(String),
@@ -419,7 +435,11 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
         .map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
     if cfg.drop_privileges {
         // Before any thread of ours exists: capabilities are per thread, new ones inherit.
-        let keep = crate::privs::needed(&[&cfg.wan_port, &cfg.inner_port]);
+        let mut keep = crate::privs::needed(&[&cfg.wan_port, &cfg.inner_port]);
+        // The metrics endpoint is bound later, by the control loop: a port below 1024 needs this.
+        if cfg.sockets && cfg.metrics.is_some_and(|m| m.addr.port() != 0 && m.addr.port() < 1024) {
+            keep.insert(caps::Capability::CAP_NET_BIND_SERVICE);
+        }
         let kept = crate::privs::drop_after_setup(&keep).map_err(DaemonError::Privileges)?;
         tracing::info!(
             "{}: capabilities kept after setup: {}; no_new_privs set",
@@ -545,7 +565,8 @@ pub fn run_with_ports(
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
     let reload = cfg.reload.clone().map(|flag| control::Reload { flag, path: cfg.config.clone() });
-    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link, reload);
+    let result =
+        control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, cfg.metrics, link, reload);
     shared.stop();
     for h in handles {
         let _ = h.join();
