@@ -178,16 +178,25 @@ impl Reload {
     }
 }
 
+/// What the control loop serves besides the data path.
+pub(crate) struct Services {
+    /// The UAPI and stats sockets, and systemd's notifications.
+    pub sockets: bool,
+    /// The metrics endpoint (only with `sockets`).
+    pub metrics: Option<MetricsOptions>,
+    /// SIGHUP's reload.
+    pub reload: Option<Reload>,
+}
+
 pub(crate) fn run(
     sh: Arc<Shared>,
     core: usize,
     pool: Pool,
     stop: Arc<AtomicBool>,
-    sockets: bool,
-    metrics: Option<MetricsOptions>,
+    services: Services,
     mut link: LinkWatch<'_>,
-    reload: Option<Reload>,
 ) -> Result<(), DaemonError> {
+    let Services { sockets, metrics, reload } = services;
     cores::pin(core);
     let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
     let _sockets = if sockets {

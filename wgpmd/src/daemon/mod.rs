@@ -564,9 +564,12 @@ pub fn run_with_ports(
     let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
-    let reload = cfg.reload.clone().map(|flag| control::Reload { flag, path: cfg.config.clone() });
-    let result =
-        control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, cfg.metrics, link, reload);
+    let services = control::Services {
+        sockets: cfg.sockets,
+        metrics: cfg.metrics,
+        reload: cfg.reload.clone().map(|flag| control::Reload { flag, path: cfg.config.clone() }),
+    };
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, services, link);
     shared.stop();
     for h in handles {
         let _ = h.join();
