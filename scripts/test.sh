@@ -19,6 +19,10 @@ command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket 
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)  # captures in the behaviour tests
+# --- Operations: the Debian package test (scripts/deb-test.sh): systemd-analyze verifies the unit, man renders
+# the man page ---
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v man >/dev/null || need_apt+=(man-db)
 # The metrics tests (tests/tests/metrics.rs): a real Prometheus server scrapes wgpmd, promtool checks
 # the endpoint's output (the package's service is not started: the test runs the binary), curl asks both.
 { command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
@@ -49,11 +53,13 @@ command -v mount >/dev/null || need_apt+=(mount)
 WORKSPACE_FEATURES="wgpmd/dpdk,nic-backends/dpdk,wgpmd-e2e/dpdk"
 # --- end DPDK ----------------------------------------------------------------------------------
 # Test hooks (wgpmd/test-hooks -> nic-backends/test-hooks): fault injection the guest tests use
-# (WGPMD_VFIO_TEST_BAD_IOVA). Only in the featured test build; the release check below builds
-# without them and makes sure none is in the binary.
+# (WGPMD_VFIO_TEST_BAD_IOVA) and the worker panic of tests/tests/ops.rs (WGPMD_TEST_PANIC_WORKER). Only in
+# the featured test build; the release check below builds without them and makes sure none is in the binary.
 WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/test-hooks"
 # Names of the test hooks: not one may appear in a plain release binary.
-TEST_HOOKS=(WGPMD_VFIO_TEST_BAD_IOVA)
+TEST_HOOKS=(WGPMD_VFIO_TEST_BAD_IOVA WGPMD_TEST_PANIC_WORKER)
+# boringtun as a reference in `wgpmd bench` (and its smoke test): opt-in, not a default feature.
+WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/bench-boringtun"
 
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
@@ -146,6 +152,11 @@ cargo test --workspace --release --features "$WORKSPACE_FEATURES" 2>&1 | tee "$r
 echo "== crypto unit tests on a CPU without BMI2/ADX/AVX (qemu-x86_64 -cpu qemu64)"
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
     cargo test --release -p wgpmd-proto --lib crypto:: 2>&1 | tee -a "$results"
+
+# The Debian package (cargo-deb, installed into .tools/cargo-deb by scripts/package.sh): built with the dist
+# profile (LTO), installed with dpkg -i, the unit verified, `wgpmd --version` and `man wgpmd` checked, purged.
+echo "== Debian package: build, dpkg -i, systemd-analyze verify, --version, man, dpkg -r/-P (scripts/deb-test.sh)"
+scripts/deb-test.sh
 
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"
 (cd fuzz && cargo build --release --bins)

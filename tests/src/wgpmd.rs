@@ -61,6 +61,8 @@ pub struct WgpmdOptions {
     pub port: Option<String>,
     /// DPDK EAL arguments, passed after `--` (`{wan_if}` replaced as in `port`).
     pub eal_args: Vec<String>,
+    /// More environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for WgpmdOptions {
@@ -74,6 +76,7 @@ impl Default for WgpmdOptions {
             extra_args: Vec::new(),
             port: None,
             eal_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -168,7 +171,6 @@ impl Wgpmd {
             &bin,
             "-v",
             "run",
-            "--name",
             &ifname,
             "--config",
             &conf,
@@ -194,7 +196,9 @@ impl Wgpmd {
             args.push("--");
             args.extend(eal.iter().map(String::as_str));
         }
-        let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &[("NO_COLOR", "1")])?;
+        let mut env: Vec<(&str, &str)> = vec![("NO_COLOR", "1")];
+        env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &env)?;
         proc.set_grace(secs(10));
         let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false };
         let (uapi, stats) = (d.uapi_socket(), d.stats_socket());
@@ -307,6 +311,14 @@ impl Wgpmd {
         let mut answer = String::new();
         s.read_to_string(&mut answer).with_context(|| format!("reading the answer of {}", path.display()))?;
         Ok(answer)
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own (a test that makes it stop) and
+    /// returns its status; the sockets it leaves are removed when this value is dropped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let st = self.proc.wait_timeout(timeout)?;
+        self.stopped = true;
+        Ok(st)
     }
 
     /// The checked shutdown: SIGTERM, then the daemon must exit with status 0 within the grace

@@ -246,7 +246,7 @@ fn run_logging(topo: &Topology, global: &[&str], journal: bool) -> Result<String
     let addr = format!("{}/24", c.outer_ip);
     let mut args: Vec<&str> = vec![bin.to_str().context("path")?];
     args.extend_from_slice(global);
-    args.extend(["run", "--name", &name, "--port", &port, "--address", &addr, "-l", "0", "--poll", "adaptive"]);
+    args.extend(["run", &name, "--port", &port, "--address", &addr, "-l", "0", "--poll", "adaptive"]);
     let (mut err, writer) = std::io::pipe()?;
     let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
     let stream = {

@@ -12,6 +12,8 @@
 //! - [`logging`]: plain or JSON lines, journald priorities, the rate limit on per-packet
 //!   messages;
 //! - [`conf`]: reading a wg.conf(5) file with the system resolver;
+//! - [`sdnotify`]: telling systemd when the daemon is ready, reloading or stopping;
+//! - [`privs`]: the capabilities kept after setup, and `PR_SET_NO_NEW_PRIVS`;
 //! - [`bench`]: `wgpmd bench`, the daemon's pipeline over `mem` ports with a built-in traffic
 //!   generator.
 #![forbid(unsafe_code)]
@@ -21,5 +23,7 @@ pub mod bench;
 pub mod conf;
 pub mod daemon;
 pub mod logging;
+pub mod privs;
+pub mod sdnotify;
 pub mod uapi_server;
 pub mod wan;

@@ -366,6 +366,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         fanout: nic_backends::Fanout::Hash,
         mtu: DEFAULT_TUNNEL_MTU,
         sockets: false,
+        reload: None,
+        drop_privileges: false,
         metrics: None,
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -266,7 +266,7 @@ impl Drop for StatsServer {
 pub fn query_stats(name: &str) -> std::io::Result<String> {
     let path = PathBuf::from(STATS_DIR).join(format!("{name}.sock"));
     let mut c = UnixStream::connect(&path).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("{}: {e} (is `wgpmd run --name {name}` running?)", path.display()))
+        std::io::Error::new(e.kind(), format!("{}: {e} (is `wgpmd run {name}` running?)", path.display()))
     })?;
     let mut s = String::new();
     c.read_to_string(&mut s)?;

@@ -46,7 +46,17 @@ pub(crate) struct Worker {
     pmtu_limit: icmp::RateLimit,
     /// Handshake-stage messages: screened on arrival, DH work a budget per iteration.
     hs: Stage,
+    /// Test hook: panic on the first IPv4 packet from the inner port ([`PANIC_HOOK_ENV`] names
+    /// this worker).
+    #[cfg(feature = "test-hooks")]
+    panic_hook: bool,
 }
+
+/// Test hook (feature `test-hooks` only): the worker whose index this variable holds panics on
+/// the first IPv4 packet it reads from the inner port (the kernel's own IPv6 traffic on a new TUN
+/// does not count), to test that a worker panic stops the daemon.
+#[cfg(feature = "test-hooks")]
+pub(crate) const PANIC_HOOK_ENV: &str = "WGPMD_TEST_PANIC_WORKER";
 
 impl Worker {
     pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool, hs: Stage) -> Self {
@@ -66,6 +76,8 @@ impl Worker {
             neigh: NeighCache::new(),
             pmtu_limit: icmp::RateLimit::new(),
             hs,
+            #[cfg(feature = "test-hooks")]
+            panic_hook: std::env::var(PANIC_HOOK_ENV).is_ok_and(|v| v.parse() == Ok(id)),
         }
     }
 
@@ -241,6 +253,10 @@ impl Worker {
         let mut rx = std::mem::take(&mut self.rx);
         let n = self.inner.rx_burst(&self.pool, &mut rx, BURST);
         self.c.inner_rx += n as u64;
+        #[cfg(feature = "test-hooks")]
+        if self.panic_hook && rx.iter().any(|b| b.data().first().is_some_and(|v| v >> 4 == 4)) {
+            panic!("test hook {PANIC_HOOK_ENV}={}: a worker panic on demand", self.id);
+        }
         for mut buf in rx.drain(..) {
             let plain_len = buf.len();
             let Some(peer) = inner_dst(buf.data()).and_then(|d| dev.route(d)) else {
