@@ -500,6 +500,8 @@ fn one(opts: &FloodOptions, plan: &CorePlan) -> Result<FloodRun, BenchError> {
         mtu: DEFAULT_TUNNEL_MTU,
         sockets: false,
         metrics: None,
+        reload: None,
+        drop_privileges: false,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
