@@ -32,11 +32,14 @@ struct State {
 struct Handler(Arc<Mutex<State>>);
 
 impl UapiHandler for Handler {
-    fn get(&self) -> String {
+    fn get(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let s = self.0.lock().unwrap();
-        format_get(&s.dev, &s.iface, |t| {
-            (1_700_000_000 + t.as_nanos() / 1_000_000_000, (t.as_nanos() % 1_000_000_000) as u32)
-        })
+        out.write_all(
+            format_get(&s.dev, &s.iface, |t| {
+                (1_700_000_000 + t.as_nanos() / 1_000_000_000, (t.as_nanos() % 1_000_000_000) as u32)
+            })
+            .as_bytes(),
+        )
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let mut s = self.0.lock().unwrap();

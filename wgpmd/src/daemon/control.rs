@@ -27,7 +27,8 @@ const NOTE_BUDGET: usize = 4096;
 /// How often waiting frames of failed neighbour resolutions are dropped.
 const NEIGH_EXPIRE_NS: u64 = 250_000_000;
 
-/// The UAPI handler: `get` under the read lock, `set` under the write lock.
+/// The UAPI handler: `get` from the published device, piece by piece; `set` on the writer's
+/// copy, then published. Neither makes a worker wait.
 struct Handler {
     sh: Arc<Shared>,
     /// What `set` produced (keepalives, initiations), for the control loop to send.
@@ -35,22 +36,23 @@ struct Handler {
 }
 
 impl UapiHandler for Handler {
-    fn get(&self) -> String {
-        let dev = self.sh.data.device.read().unwrap_or_else(|e| e.into_inner());
-        let iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
-        uapi::format_get(&dev, &iface, |t| self.sh.data.clock.to_unix(t))
+    fn get(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let iface = *self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
+        uapi::write_get(|| self.sh.data.device.load_full(), &iface, |t| self.sh.data.clock.to_unix(t), &mut WriteRef(out))
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let now = self.sh.data.clock.now();
-        let mut dev = self.sh.data.device.write().unwrap_or_else(|e| e.into_inner());
+        let mut dev = self.sh.data.device.write();
         let mut iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let before = super::peer_keys(&dev);
+        let mut out = Output::with_capacity(0);
         let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
-        // Still under the write lock: no worker is between a device call and its notification.
-        let gone = self.sh.handoff.peers_changed(&before, &dev);
-        if !gone.is_empty() {
-            self.sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
+        drop(req);
+        // Published: no worker reads the old tables any more, and removed ids are not reused
+        // before the next `set`, so forgetting their notifications forgets no new peer's.
+        let changes = dev.publish();
+        self.sh.handoff.peers_changed(&changes);
+        if !changes.removed.is_empty() {
+            self.sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()).extend(changes.removed);
         }
         if iface.listen_port == 0 {
             // `wg setconf` of a file without ListenPort sends 0 ("any port"): keep serving on
@@ -58,7 +60,26 @@ impl UapiHandler for Handler {
             iface.listen_port = super::DEFAULT_LISTEN_PORT;
         }
         self.sh.data.listen_port.store(iface.listen_port, Ordering::Relaxed);
+        drop(dev);
+        // What the set produced (a keepalive when persistent keepalive was turned on, timer
+        // wake-ups), for the control loop; handed over after publishing, so those peers exist
+        // in the tables the control loop reads.
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.events.append(&mut out.events);
+        p.transmits.append(&mut out.transmits);
         r
+    }
+}
+
+/// `&mut dyn Write` as a sized `Write`.
+struct WriteRef<'a>(&'a mut dyn std::io::Write);
+
+impl std::io::Write for WriteRef<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -180,7 +201,7 @@ pub(crate) fn run(
     };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
     {
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.load();
         for p in dev.peers() {
             c.wheel.insert(now, p.id());
         }
@@ -209,7 +230,7 @@ pub(crate) fn run(
 impl Control {
     fn iteration(&mut self, now: Timestamp) -> usize {
         let sh = self.sh.clone();
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.load();
         let mut work = 0;
         self.rng.reseed_if_due(now);
         // The keys this loop prepared to seal staged packets: dropped as the workers drop theirs.
