@@ -90,9 +90,43 @@ impl<'a> Pinger<'a> {
     }
 }
 
-/// Every worker's `max_iteration_us_recent` (the longest iteration in the last 10–20 s).
-fn max_iterations(d: &Wgpmd) -> Result<Vec<u64>> {
-    d.stats()?.per_worker("max_iteration_us_recent")
+/// Samples every worker's `max_iteration_us_recent` (the longest iteration in the last 2–4 s)
+/// every 250 ms from a thread, until [`IterationWatch::finish`], which returns the largest
+/// value seen per worker.
+struct IterationWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Vec<u64>>>,
+}
+
+impl IterationWatch {
+    fn start(d: &Wgpmd) -> Result<IterationWatch> {
+        let (bin, name) = (wgpmd_bin()?, d.ifname().to_string());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || -> Result<Vec<u64>> {
+            let mut max: Vec<u64> = Vec::new();
+            loop {
+                let last = flag.load(std::sync::atomic::Ordering::SeqCst);
+                let out = run_cmd(Command::new(&bin).args(["stats", &name]), secs(30))?;
+                let c = Counters::parse(&String::from_utf8_lossy(&out.stdout))?;
+                let now = c.per_worker("max_iteration_us_recent")?;
+                max.resize(now.len(), 0);
+                for (m, n) in max.iter_mut().zip(now) {
+                    *m = (*m).max(n);
+                }
+                if last {
+                    return Ok(max);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Ok(IterationWatch { stop, thread })
+    }
+
+    fn finish(self) -> Result<Vec<u64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?
+    }
 }
 
 /// (a) 250,000 peers by `wg setconf` (the real peer last), its handshake and pings, `wg show
@@ -113,7 +147,10 @@ fn quarter_million_peers_by_wg_while_a_peer_pings() {
         let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
         wait_for_ping(&p.ns, c.inner_ip, secs(30)).context("the real peer (the last of 250,001) pings")?;
 
+        // Past the setconf's window.
+        std::thread::sleep(Duration::from_secs(4));
         let pinger = Pinger::start(ctx, &p.ns, c.inner_ip)?;
+        let watch = IterationWatch::start(&d)?;
         std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
         let dump = wg(&["show", d.ifname(), "dump"])?;
@@ -128,7 +165,7 @@ fn quarter_million_peers_by_wg_while_a_peer_pings() {
         wg(&["syncconf", d.ifname(), &half.to_string_lossy()])?;
         let syncconf = t.elapsed();
         std::thread::sleep(Duration::from_millis(500));
-        let iters = max_iterations(&d)?;
+        let iters = watch.finish()?;
         let (sent, got) = pinger.finish()?;
         let st = d.stats()?;
         eprintln!(
@@ -174,8 +211,11 @@ fn key_change_with_100k_peers_while_a_peer_pings() {
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
         let new_key = KeyPair::generate();
         let after = ctx.write_file("after.conf", &conf(&topo, &new_key, 0..N))?;
+        // Past the setconf's window.
+        std::thread::sleep(Duration::from_secs(4));
 
         let pinger = Pinger::start(ctx, &p.ns, c.inner_ip)?;
+        let watch = IterationWatch::start(&d)?;
         std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
         wg(&["syncconf", d.ifname(), &after.to_string_lossy()])?;
@@ -187,7 +227,7 @@ fn key_change_with_100k_peers_while_a_peer_pings() {
         let syncconf = changed - t;
         wait_for_ping(&p.ns, c.inner_ip, secs(15)).context("pings with the new key")?;
         std::thread::sleep(Duration::from_millis(500));
-        let iters = max_iterations(&d)?;
+        let iters = watch.finish()?;
         let (sent, got) = pinger.finish()?;
         ensure!(d.show()?.public_key.as_deref() == Some(new_pub.as_str()), "the key changed");
         // Pings sent while the peer still had our old key may go unanswered (their replies

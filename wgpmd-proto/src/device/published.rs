@@ -67,7 +67,17 @@ impl Published {
         self.current.load_full()
     }
 
-    /// The writer's copy (waits only for another writer).
+    /// The published device, dropping the writer's copy (`None` while a reader holds it).
+    pub fn into_inner(self) -> Option<Device> {
+        let mut dev = Arc::try_unwrap(self.current.into_inner()).ok()?;
+        dev.journal = Journal::off();
+        dev.defer_free = false;
+        dev.free_ids.append(&mut dev.freed);
+        Some(dev)
+    }
+
+    /// The writer's copy (waits only for another writer). A thread must not hold a
+    /// [`Published::load`] guard when it publishes: the publish would wait for it.
     pub fn write(&self) -> WriteGuard<'_> {
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = spare.as_mut() {

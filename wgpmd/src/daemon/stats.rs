@@ -48,8 +48,8 @@ pub(crate) struct Local {
     pub inner_queue: QueueStats,
 }
 
-/// The window of `max_iteration_us_window`: it covers the last 10 to 20 seconds.
-pub(crate) const ITERATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// The window of `max_iteration_us_recent`: it covers the last 2 to 4 seconds.
+pub(crate) const ITERATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A worker's published counters (a snapshot under a lock only the publisher and readers
 /// take, every 64 iterations: never per packet).
