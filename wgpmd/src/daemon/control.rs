@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nic_backends::Pool;
-use rand_core::OsRng;
 
 use super::notify::{Pending, Walk};
 use super::rng::CoreRng;
@@ -45,7 +44,12 @@ impl UapiHandler for Handler {
         let mut dev = self.sh.data.device.write();
         let mut iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Output::with_capacity(0);
-        let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
+        // Timer jitter for every new peer: from a generator seeded by the OS once per request,
+        // not a system call per peer.
+        let r = match CoreRng::from_os(now) {
+            Ok(mut rng) => uapi::apply_set(&mut dev, &mut iface, &req, &mut rng, now, &mut out),
+            Err(e) => Err(UapiError { errno: uapi::IPC_ERROR_IO, message: format!("no randomness: {e}") }),
+        };
         drop(req);
         // Published: no worker reads the old tables any more, and removed ids are not reused
         // before the next `set`, so forgetting their notifications forgets no new peer's.
