@@ -245,10 +245,8 @@ fn handle(stream: UnixStream, handler: &dyn UapiHandler) {
                 }
             }
             Ok(Some(rest)) => {
-                let e = UapiError::invalid(format!(
-                    "trailing characters in UAPI get: {:?}",
-                    String::from_utf8_lossy(rest)
-                ));
+                let e =
+                    UapiError::invalid(format!("trailing characters in UAPI get: {:?}", String::from_utf8_lossy(rest)));
                 reply(&mut out, &status(&e));
             }
             Err(e) => read_failed(&e),
@@ -327,14 +325,7 @@ struct LineReader<'a> {
 
 impl<'a> LineReader<'a> {
     fn new(stream: &'a UnixStream) -> Self {
-        LineReader {
-            stream,
-            buf: Zeroizing::new(vec![0; 2 * MAX_LINE]),
-            start: 0,
-            end: 0,
-            eof: false,
-            skipping: false,
-        }
+        LineReader { stream, buf: Zeroizing::new(vec![0; 2 * MAX_LINE]), start: 0, end: 0, eof: false, skipping: false }
     }
 
     /// Discard the rest of the current (over-long) line.

@@ -67,7 +67,13 @@ pub(crate) struct Journal {
 impl Journal {
     /// Records nothing (a device used directly, not through [`super::Published`]).
     pub(crate) fn off() -> Self {
-        Journal { on: false, ops: Vec::new(), overflowed: false, changes: Changes::default(), stash: Changes::default() }
+        Journal {
+            on: false,
+            ops: Vec::new(),
+            overflowed: false,
+            changes: Changes::default(),
+            stash: Changes::default(),
+        }
     }
     pub(crate) fn on() -> Self {
         Journal { on: true, ..Journal::off() }

@@ -49,9 +49,9 @@ use crate::time::Timestamp;
 
 pub use data::{inner_dst, Decapsulated, Encapsulated};
 pub use handshake::{HandshakeOutcome, Screened};
+pub use journal::Changes;
 use keymap::KeyMap;
 pub use peer::{Peer, PeerId, PeerName};
-pub use journal::Changes;
 pub use published::{Published, WriteGuard};
 
 use journal::{Journal, TableOp};

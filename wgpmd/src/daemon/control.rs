@@ -37,7 +37,12 @@ struct Handler {
 impl UapiHandler for Handler {
     fn get(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let iface = *self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
-        uapi::write_get(|| self.sh.data.device.load_full(), &iface, |t| self.sh.data.clock.to_unix(t), &mut WriteRef(out))
+        uapi::write_get(
+            || self.sh.data.device.load_full(),
+            &iface,
+            |t| self.sh.data.clock.to_unix(t),
+            &mut WriteRef(out),
+        )
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let now = self.sh.data.clock.now();
