@@ -32,6 +32,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod af_packet;
+pub mod af_xdp;
 pub mod buffer;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
@@ -45,5 +46,5 @@ pub mod virtio;
 
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};
 pub use error::{BufError, PoolError, PortError};
-pub use port::{open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats};
+pub use port::{open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats, Steerer, Steering};
 pub use sys::slots::MmapRegion;

@@ -95,7 +95,7 @@ pub struct PortInfo {
     pub mac: Option<[u8; 6]>,
     /// Link MTU (IP packet size, without the Ethernet header).
     pub mtu: usize,
-    /// Backend: `"mem"`, `"af_packet"`, `"tun"` or `"vfio"`.
+    /// Backend: `"mem"`, `"af_packet"`, `"af_xdp"`, `"tun"`, `"vfio"` or `"dpdk"`.
     pub kind: &'static str,
 }
 
@@ -126,7 +126,31 @@ pub trait Port: Send {
     fn extra_stats(&self) -> Option<ExtraStats> {
         None
     }
+    /// A setter for what the port must deliver to wgpmd when the kernel shares the interface
+    /// (`af_xdp`: the XDP program's addresses and UDP port), callable from any thread; the
+    /// daemon calls it at start and when the listen port changes. `None` (the default): the
+    /// port delivers every frame and needs no steering.
+    fn steering(&self) -> Option<Steerer> {
+        None
+    }
 }
+
+/// What wgpmd consumes on a shared interface: UDP to `udp_port` on these addresses (and the
+/// neighbour answers it asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steering {
+    /// Our IPv4 address, if any.
+    pub v4: Option<std::net::Ipv4Addr>,
+    /// Our IPv6 address, if any.
+    pub v6: Option<std::net::Ipv6Addr>,
+    /// The WireGuard listen port.
+    pub udp_port: u16,
+    /// The 802.1Q VLAN wgpmd's frames carry, if any.
+    pub vlan: Option<u16>,
+}
+
+/// A port's steering setter (see [`Port::steering`]); errors are messages for the operator.
+pub type Steerer = std::sync::Arc<dyn Fn(&Steering) -> Result<(), String> + Send + Sync>;
 
 /// A reader of a port's extra counters as `(name, value)` pairs (see [`Port::extra_stats`]).
 pub type ExtraStats = std::sync::Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
@@ -159,7 +183,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "af_xdp:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -171,6 +195,8 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
     match backend {
         "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),
         "af_packet" => Ok(Box::new(crate::af_packet::AfPacketPort::open(spec, name, opts)?)),
+        "af_xdp" if name.is_empty() => Err(missing("af_xdp:eth1")),
+        "af_xdp" => Ok(Box::new(crate::af_xdp::AfXdpPort::open(spec, name, opts)?)),
         "tun" if name.is_empty() => Err(missing("tun:wg0")),
         "tun" => Ok(Box::new(crate::tun::TunPort::open(spec, name, opts)?)),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
@@ -225,7 +251,7 @@ mod tests {
             err("eth0"),
             "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
         );
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem, vfio, dpdk)");
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, af_xdp, tun, mem, vfio, dpdk)");
         assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
         assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
         assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));

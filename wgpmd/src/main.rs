@@ -58,7 +58,8 @@ enum Cmd {
         /// wg.conf(5) file to apply at start (the format `wg setconf` reads).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
+        /// WAN port: af_packet:IFACE, af_xdp:IFACE (the kernel keeps the interface; --address is its own),
+        /// vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
         /// dpdk:PORT_ID or dpdk:DEVICE_NAME (build feature `dpdk`; EAL arguments go after `--`), or mem:NAME.
         #[arg(short = 'a', long = "port")]
         port: String,

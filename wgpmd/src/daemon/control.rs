@@ -58,6 +58,9 @@ impl UapiHandler for Handler {
             iface.listen_port = super::DEFAULT_LISTEN_PORT;
         }
         self.sh.data.listen_port.store(iface.listen_port, Ordering::Relaxed);
+        if let Err(e) = self.sh.control.update_steering(&self.sh.data.wan, iface.listen_port) {
+            tracing::error!("{}: the WAN port still steers the old listen port: {e}", self.sh.control.name);
+        }
         r
     }
 }
