@@ -246,7 +246,12 @@ impl XskSocket {
     /// slot `i` at offset `i * BUF_SIZE`), and bind it to `queue` of `ifindex`. The kernel picks
     /// zero-copy when the driver supports it and copy mode otherwise (bind flags without
     /// `XDP_COPY`/`XDP_ZEROCOPY`); need-wakeup is on. Errors name the failing step.
-    pub(crate) fn open(pool: &Pool, ifindex: u32, queue: u32, sizes: RingSizes) -> Result<XskSocket, (Step, io::Error)> {
+    pub(crate) fn open(
+        pool: &Pool,
+        ifindex: u32,
+        queue: u32,
+        sizes: RingSizes,
+    ) -> Result<XskSocket, (Step, io::Error)> {
         for s in [sizes.fill, sizes.comp, sizes.rx, sizes.tx] {
             if !s.is_power_of_two() {
                 return Err(("ring sizes", io::Error::from_raw_os_error(libc::EINVAL)));
@@ -390,9 +395,8 @@ impl XskSocket {
     /// `EAGAIN`/`EBUSY`/`ENOBUFS`/`ENETDOWN` are transient (the frames stay in the ring).
     pub(crate) fn kick_tx(&self) -> io::Result<()> {
         // SAFETY: no buffer is passed (NULL, length 0); the fd is ours.
-        let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
-        };
+        let r =
+            unsafe { libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
