@@ -171,6 +171,11 @@ fn tunnel(ctx: &Ctx, v6: bool) -> Result<()> {
     ensure!(st.get("xdp_steered")? >= 1000, "the XDP program steered too few frames: {st:?}");
     ensure!(st.get("xdp_no_socket")? == 0, "frames for wgpmd on a queue without a socket");
     ensure!(st.get("xdp_neigh_answers")? >= 1, "wgpmd resolved its peer without a steered ARP/NA answer");
+    // No copy on the WAN side: what the worker sealed left from the buffer it was read into;
+    // only the control core's messages (initiations, cookie replies) are copied.
+    let (tx, copied) = (st.workers_sum("wan_queue_tx_packets")?, st.workers_sum("wan_queue_tx_copied")?);
+    eprintln!("wan_queue_tx_packets={tx} wan_queue_tx_copied={copied}");
+    ensure!(tx >= 1000 && copied <= 16, "WAN tx {tx}, of which {copied} copied");
     d.ensure_running()?;
     d.stop()?;
     nothing_left(&lan)?;
