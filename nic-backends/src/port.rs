@@ -41,6 +41,11 @@ pub struct QueueStats {
     /// vfio: used-index jumps larger than the ring (a broken device; nothing is taken, and the
     /// watchdog stops the port).
     pub bad_used_idx: u64,
+    /// AF_PACKET: GSO frames received (one frame carrying several UDP datagrams, with the
+    /// segment size in its `virtio_net_hdr`), each split into datagrams.
+    pub rx_gso_frames: u64,
+    /// The datagrams split out of those (each also counted in `rx_packets`).
+    pub rx_gso_segments: u64,
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -59,6 +64,8 @@ impl std::ops::AddAssign for QueueStats {
         self.bad_used_id += o.bad_used_id;
         self.bad_used_len += o.bad_used_len;
         self.bad_used_idx += o.bad_used_idx;
+        self.rx_gso_frames += o.rx_gso_frames;
+        self.rx_gso_segments += o.rx_gso_segments;
     }
 }
 

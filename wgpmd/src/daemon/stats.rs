@@ -132,6 +132,8 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("wan_queue_bad_used_id", l.wan_queue.bad_used_id),
             ("wan_queue_bad_used_len", l.wan_queue.bad_used_len),
             ("wan_queue_bad_used_idx", l.wan_queue.bad_used_idx),
+            ("wan_queue_rx_gso_frames", l.wan_queue.rx_gso_frames),
+            ("wan_queue_rx_gso_segments", l.wan_queue.rx_gso_segments),
         ] {
             line(&format!("{p}{k}"), v);
         }
