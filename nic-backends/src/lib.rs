@@ -37,6 +37,7 @@ pub mod buffer;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod error;
+pub mod gso;
 pub mod mem;
 pub mod port;
 #[allow(unsafe_code)]

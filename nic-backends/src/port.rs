@@ -42,10 +42,16 @@ pub struct QueueStats {
     /// watchdog stops the port).
     pub bad_used_idx: u64,
     /// AF_PACKET: GSO frames received (one frame carrying several UDP datagrams, with the
-    /// segment size in its `virtio_net_hdr`), each split into datagrams.
+    /// segment size in its `virtio_net_hdr`), each split into datagrams. TUN: TCP/UDP
+    /// super-packets read from the kernel (TSO/USO), each segmented.
     pub rx_gso_frames: u64,
-    /// The datagrams split out of those (each also counted in `rx_packets`).
+    /// The datagrams / segments made from those (each also counted in `rx_packets`).
     pub rx_gso_segments: u64,
+    /// TUN: super-packets written to the kernel, each coalesced from several TCP segments of
+    /// one flow (GRO).
+    pub tx_gro_frames: u64,
+    /// The packets coalesced into those (each also counted in `tx_packets`).
+    pub tx_gro_packets: u64,
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -66,6 +72,8 @@ impl std::ops::AddAssign for QueueStats {
         self.bad_used_idx += o.bad_used_idx;
         self.rx_gso_frames += o.rx_gso_frames;
         self.rx_gso_segments += o.rx_gso_segments;
+        self.tx_gro_frames += o.tx_gro_frames;
+        self.tx_gro_packets += o.tx_gro_packets;
     }
 }
 
