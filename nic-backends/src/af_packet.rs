@@ -194,6 +194,11 @@ impl Queue for AfPacketQueue {
         taken
     }
 
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // POLLIN once a block is handed to user space; datagrams split earlier wait in `pending`.
+        self.pending.is_empty().then(|| self.sock.as_fd())
+    }
+
     fn stats(&self) -> QueueStats {
         if let Ok(d) = self.sock.take_drops() {
             self.kernel_drops.set(self.kernel_drops.get() + u64::from(d));

@@ -456,6 +456,11 @@ impl Queue for AfXdpQueue {
         taken
     }
 
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // POLLIN when the rx ring has descriptors (poll also kicks pending transmits).
+        Some(self.sock.fd())
+    }
+
     fn stats(&self) -> QueueStats {
         if let Ok(k) = self.sock.stats() {
             self.kernel.set(k);

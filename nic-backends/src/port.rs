@@ -92,6 +92,12 @@ pub trait Queue: Send {
     fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize;
     /// This queue's counters.
     fn stats(&self) -> QueueStats;
+    /// A descriptor that polls readable (`POLLIN`) when `rx_burst` has something: an idle
+    /// worker in adaptive mode waits on it instead of sleeping. `None` (the default): the
+    /// queue has no such descriptor (mem, vfio, dpdk), and the worker sleeps.
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// `Err(message)` once the queue has met a fault it cannot recover from (a device that set
     /// NEEDS_RESET, stalled transmit completions): the worker then stops the daemon, which exits
     /// non-zero with the message. Cheap (no device access): the queue's own watchdog, run from

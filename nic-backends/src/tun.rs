@@ -333,4 +333,9 @@ impl Queue for TunQueue {
     fn stats(&self) -> QueueStats {
         self.stats
     }
+
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // Segments already read wait in `pending`: not idle.
+        self.pending.is_empty().then(|| self.file.as_fd())
+    }
 }

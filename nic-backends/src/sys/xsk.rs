@@ -429,6 +429,12 @@ impl XskSocket {
         })
     }
 
+    /// The socket's fd, borrowed (for poll).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// The socket's fd (for the XSKMAP).
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
