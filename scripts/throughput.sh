@@ -6,6 +6,9 @@
 # wireguard-go, and wgpmd's WAN ring drops (wan_queue_rx_dropped) during each run.
 #
 #   scripts/throughput.sh [ROUNDS] [SECONDS]      (as root; default 3 rounds of 5 s per direction)
+#   VARIANTS="wggo af_packet" WGPMD_BIN=/path/to/other/wgpmd scripts/throughput.sh   (a subset, another build)
+#   WGPMD_BASE_BIN=/path/to/older/wgpmd scripts/throughput.sh   (adds variant base_af_packet: that
+#   build on af_packet:, interleaved with the others: a before/after in one run)
 #
 #   namespace tp-<pid>-c (concentrator): veth 10.98.0.1/24 (2 queues), tunnel 10.100.0.1/24
 #   namespace tp-<pid>-p (peer):         veth 10.98.0.2/24, wireguard-go, tunnel 10.100.0.2/24
@@ -83,10 +86,12 @@ start_conc() {
         wg setconf tpc$ID "$TMP/c.conf"
         ip -n "$NC" link set tpc$ID mtu 1420
         ;;
-    af_xdp | af_packet)
+    af_xdp | af_packet | base_af_packet)
         # af_xdp: the kernel keeps the address; af_packet: wgpmd owns it.
         [[ $1 == af_xdp ]] && ip -n "$NC" addr add 10.98.0.1/24 dev tpa$ID
-        NO_COLOR=1 ip netns exec "$NC" "$WGPMD" run --name tpc$ID --config "$TMP/c.conf" --port "$1:tpa$ID" \
+        local bin=$WGPMD port=${1#base_}
+        [[ $1 == base_* ]] && bin=$WGPMD_BASE_BIN
+        NO_COLOR=1 ip netns exec "$NC" "$bin" run --name tpc$ID --config "$TMP/c.conf" --port "$port:tpa$ID" \
             --address 10.98.0.1/24 -l 0-1 --control-shares-core --poll adaptive >"$TMP/conc.log" 2>&1 &
         CONC=$!
         PIDS+=("$CONC")
@@ -118,7 +123,7 @@ run_iperf() {
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) vCPU, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wireguard-go $(wireguard-go --version | sed -n 's/^wireguard-go v//p'); wgpmd $($WGPMD --version | cut -d' ' -f2); $ROUNDS round(s) of ${SECS} s per direction"
 declare -A R
-VARIANTS=(wggo af_xdp af_packet)
+read -ra VARIANTS <<<"${VARIANTS:-wggo af_xdp af_packet${WGPMD_BASE_BIN:+ base_af_packet}}"
 for ((r = 1; r <= ROUNDS; r++)); do
     for v in "${VARIANTS[@]}"; do
         start_conc "$v"

@@ -65,19 +65,28 @@ impl VnetHdr {
     }
 }
 
-/// Ones'-complement sum of `data` (16-bit big-endian words) added to `sum`, not folded.
-pub fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    let mut it = data.chunks_exact(2);
-    for w in &mut it {
-        sum = sum.wrapping_add(u32::from(u16::from_be_bytes([w[0], w[1]])));
-        if sum >= 0x8000_0000 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
+/// Ones'-complement sum of `data` (16-bit big-endian words) added to `sum`, folded to at most
+/// 16 bits (so callers may add a few more values to it without overflow). Sums 32-bit words
+/// eight bytes at a time: the ones'-complement sum is the same whatever the word width, once
+/// folded.
+pub fn sum16(sum: u32, data: &[u8]) -> u32 {
+    let mut acc = u64::from(sum);
+    let mut it = data.chunks_exact(8);
+    for c in &mut it {
+        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        acc += (w >> 32) + (w & 0xffff_ffff);
     }
-    if let [b] = it.remainder() {
-        sum = sum.wrapping_add(u32::from(*b) << 8);
+    let mut rest = it.remainder().chunks_exact(2);
+    for w in &mut rest {
+        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
-    sum
+    if let [b] = rest.remainder() {
+        acc += u64::from(*b) << 8;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
 }
 
 /// Fold a 32-bit sum to 16 bits (not complemented).
@@ -454,6 +463,27 @@ mod tests {
                 assert!(b.data() == &p[..], "segment equals the original packet");
             }
         }
+    }
+
+    #[test]
+    fn wide_sum_equals_the_16_bit_sum() {
+        let reference = |sum: u32, d: &[u8]| -> u16 {
+            let mut s = u64::from(sum);
+            for w in d.chunks(2) {
+                s += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+            }
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            s as u16
+        };
+        let data: Vec<u8> = (0..3001u32).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        for len in [0, 1, 2, 7, 8, 9, 15, 16, 17, 1499, 3000, 3001] {
+            for start in [0, 0xffff, 0x1fffe] {
+                assert_eq!(fold(sum16(start, &data[..len])), reference(start, &data[..len]), "len {len}");
+            }
+        }
+        assert_eq!(fold(sum16(0, &[0xff; 64])), 0xffff);
     }
 
     #[test]
