@@ -12,7 +12,8 @@
 #    │          and ping itself; the kernel holds no address on wan0). It prints which.
 #    └─ veth ── peer<i> namespace (i = 0..3): wireguard-go, eth0 10.99.0.1<i>, tunnel 10.100.0.1<i>
 #
-# Installs what is missing (apt: wireguard-go wireguard-tools iperf3 iputils-ping iproute2),
+# Installs what is missing (apt: wireguard-go wireguard-tools iperf3 iputils-ping iproute2, and
+# clang libbpf-dev linux-libc-dev to build the XDP program),
 # builds wgpmd (cargo build --release -p wgpmd), and exits non-zero if any step fails. Names
 # carry this script's PID, so it never clashes with the tests or another run. Everything it
 # creates (namespaces, interfaces, processes, sockets, its temporary directory) is removed on
@@ -153,6 +154,10 @@ command -v wireguard-go >/dev/null || need_apt+=(wireguard-go)
 command -v wg >/dev/null || need_apt+=(wireguard-tools)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
+# Building wgpmd compiles the AF_XDP port's XDP program (nic-backends/build.rs: clang -target bpf).
+command -v clang >/dev/null || need_apt+=(clang)
+[[ -f /usr/include/bpf/bpf_helpers.h ]] || need_apt+=(libbpf-dev)
+[[ -f /usr/include/linux/bpf.h ]] || need_apt+=(linux-libc-dev)
 if ((${#need_apt[@]})); then
     command -v apt-get >/dev/null || die "missing ${need_apt[*]} and no apt-get: install them by hand"
     say "installing ${need_apt[*]} (apt, --no-install-recommends: wireguard-tools would pull in a kernel)"

@@ -41,6 +41,7 @@ command -v clang >/dev/null || need_apt+=(clang)
 [[ -f /usr/include/linux/bpf.h ]] || need_apt+=(linux-libc-dev)
 command -v nc >/dev/null || need_apt+=(netcat-openbsd)
 command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v python3 >/dev/null || need_apt+=(python3)   # the offloads test's UDP_SEGMENT sender
 # --- end AF_XDP ----------------------------------------------------------------------------------
 # --- DPDK backend (docs/OPERATIONS.md "Running on a DPDK NIC") ----------------------------------
 # The dpdk feature builds nic-backends/dpdk-sys: bindgen over the system's DPDK 22.11 headers
