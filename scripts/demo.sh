@@ -5,11 +5,15 @@
 #   scripts/demo.sh                 (as root: namespaces, veths, a TUN device)
 #
 #   LAN namespace: bridge br0
-#    ├─ veth ── wgpmd namespace: wgpmd on af_packet:wan0 (WAN 10.99.0.1, answered by wgpmd
-#    │          itself: the kernel holds no address on wan0), TUN wgpmd<pid> 10.100.0.1/24
+#    ├─ veth ── wgpmd namespace: wgpmd on wan0 (WAN 10.99.0.1), TUN wgpmd<pid> 10.100.0.1/24
+#    │          The fastest WAN path the machine has: af_xdp:wan0 (an XDP program steers the
+#    │          tunnel's UDP into AF_XDP sockets; the kernel keeps 10.99.0.1 on wan0 and answers
+#    │          ARP and ping for it), else af_packet:wan0 (wgpmd owns 10.99.0.1 and answers ARP
+#    │          and ping itself; the kernel holds no address on wan0). It prints which.
 #    └─ veth ── peer<i> namespace (i = 0..3): wireguard-go, eth0 10.99.0.1<i>, tunnel 10.100.0.1<i>
 #
-# Installs what is missing (apt: wireguard-go wireguard-tools iperf3 iputils-ping iproute2),
+# Installs what is missing (apt: wireguard-go wireguard-tools iperf3 iputils-ping iproute2, and
+# clang libbpf-dev linux-libc-dev to build the XDP program),
 # builds wgpmd (cargo build --release -p wgpmd), and exits non-zero if any step fails. Names
 # carry this script's PID, so it never clashes with the tests or another run. Everything it
 # creates (namespaces, interfaces, processes, sockets, its temporary directory) is removed on
@@ -150,6 +154,10 @@ command -v wireguard-go >/dev/null || need_apt+=(wireguard-go)
 command -v wg >/dev/null || need_apt+=(wireguard-tools)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
+# Building wgpmd compiles the AF_XDP port's XDP program (nic-backends/build.rs: clang -target bpf).
+command -v clang >/dev/null || need_apt+=(clang)
+[[ -f /usr/include/bpf/bpf_helpers.h ]] || need_apt+=(libbpf-dev)
+[[ -f /usr/include/linux/bpf.h ]] || need_apt+=(linux-libc-dev)
 if ((${#need_apt[@]})); then
     command -v apt-get >/dev/null || die "missing ${need_apt[*]} and no apt-get: install them by hand"
     say "installing ${need_apt[*]} (apt, --no-install-recommends: wireguard-tools would pull in a kernel)"
@@ -187,6 +195,10 @@ cpus=("${cpus[@]:0:4}")
 CORES=$(IFS=,; echo "${cpus[*]}")
 CORE_ARGS=(-l "$CORES")
 ((${#cpus[@]} == 2)) && CORE_ARGS+=(--control-shares-core)
+# Workers: every core on 1-2 cores, all but the control core beyond. An AF_XDP port needs as
+# many queues on wan0 as workers.
+WORKERS=${#cpus[@]}
+((WORKERS > 2)) && WORKERS=$((WORKERS - 1))
 
 # ---------------------------------------------------------------------------------------------
 section "Network: a LAN bridge, wgpmd and $N_PEERS peers, each in its own namespace"
@@ -199,14 +211,15 @@ new_ns "$NS_LAN"
 { ip -n "$NS_LAN" link add br0 type bridge && ip -n "$NS_LAN" link set br0 up; } || die "bridge"
 # One veth from the bridge into namespace $1, named $2 there.
 attach() {
-    local port=$3
-    ip -n "$NS_LAN" link add "$port" type veth peer name "$2" netns "$1" || die "veth into $1"
+    local port=$3 q=${4:-1}
+    ip -n "$NS_LAN" link add "$port" numtxqueues "$q" numrxqueues "$q" type veth \
+        peer name "$2" netns "$1" numtxqueues "$q" numrxqueues "$q" || die "veth into $1"
     ip -n "$NS_LAN" link set "$port" master br0 up
     ip -n "$1" link set "$2" up
 }
 new_ns "$NS_W"
-attach "$NS_W" wan0 wgpmd
-say "$NS_W: wan0 on the bridge, no kernel address (wgpmd owns $WAN_IP)"
+attach "$NS_W" wan0 wgpmd "$WORKERS"
+say "$NS_W: wan0 on the bridge ($WORKERS queue(s), one per wgpmd worker)"
 for ((i = 0; i < N_PEERS; i++)); do
     new_ns "$(peer_ns $i)"
     attach "$(peer_ns $i)" eth0 "peer$i"
@@ -239,20 +252,40 @@ ok "wgpmd public key $W_PUB"
 
 # ---------------------------------------------------------------------------------------------
 section "Start wgpmd"
-cmd=("$WGPMD" -v run "$WG_IF" --config "$TMP/wgpmd.conf" --port af_packet:wan0
-    --address "$WAN_IP/24" "${CORE_ARGS[@]}" --poll adaptive)
-say "ip netns exec $NS_W \\"
-say "  wgpmd ${cmd[*]:1}"
-NO_COLOR=1 ip netns exec "$NS_W" "${cmd[@]}" >"$TMP/wgpmd.log" 2>&1 &
-WGPMD_PID=$!
-started "$WGPMD_PID"
 wgpmd_ready() { running "$WGPMD_PID" && [[ -S /var/run/wireguard/$WG_IF.sock ]] && ip -n "$NS_W" link show "$WG_IF"; }
-for ((n = 0; n < 100; n++)); do
-    wgpmd_ready >/dev/null 2>&1 && break
-    running "$WGPMD_PID" || die "wgpmd exited at start (its log is below)"
-    sleep 0.1
-done
-wgpmd_ready >/dev/null 2>&1 || die "wgpmd did not come up within 10 s (its log is below)"
+# start_wgpmd PORT: start it and wait until it serves; false if it exited at start.
+start_wgpmd() {
+    cmd=("$WGPMD" -v run "$WG_IF" --config "$TMP/wgpmd.conf" --port "$1"
+        --address "$WAN_IP/24" "${CORE_ARGS[@]}" --poll adaptive)
+    say "ip netns exec $NS_W \\"
+    say "  wgpmd ${cmd[*]:1}"
+    NO_COLOR=1 ip netns exec "$NS_W" "${cmd[@]}" >"$TMP/wgpmd.log" 2>&1 &
+    WGPMD_PID=$!
+    started "$WGPMD_PID"
+    for ((n = 0; n < 100; n++)); do
+        wgpmd_ready >/dev/null 2>&1 && return 0
+        if ! running "$WGPMD_PID"; then
+            wait "$WGPMD_PID" 2>/dev/null
+            forget "$WGPMD_PID"
+            return 1
+        fi
+        sleep 0.1
+    done
+    die "wgpmd did not come up within 10 s (its log is below)"
+}
+# The fastest path first: AF_XDP, with the kernel keeping the WAN address on wan0.
+ip -n "$NS_W" addr add "$WAN_IP/24" dev wan0 || die "address on wan0"
+if start_wgpmd af_xdp:wan0; then
+    mode=copy
+    "$WGPMD" stats "$WG_IF" 2>/dev/null | grep -q '^xdp_zerocopy=1' && mode=zero-copy
+    WAN_PATH="af_xdp:wan0 (XDP program + AF_XDP sockets in $mode mode; the kernel keeps $WAN_IP on wan0)"
+else
+    say "af_xdp not available here: $(strip_ansi <"$TMP/wgpmd.log" | tail -n 1)"
+    ip -n "$NS_W" addr flush dev wan0
+    start_wgpmd af_packet:wan0 || die "wgpmd exited at start (its log is below)"
+    WAN_PATH="af_packet:wan0 (AF_PACKET sockets; wgpmd owns $WAN_IP, no kernel address on wan0)"
+fi
+printf '   %sWAN path: %s%s\n' "$B" "$WAN_PATH" "$N"
 grep -m1 -o "$WG_IF: WAN.*" "$TMP/wgpmd.log" | strip_ansi | indent || true
 { ip -n "$NS_W" addr add "$INNER_IP/24" dev "$WG_IF" && ip -n "$NS_W" link set "$WG_IF" up; } || die "address on $WG_IF"
 ok "pid $WGPMD_PID; TUN $WG_IF $INNER_IP/24 (MTU $(ip -n "$NS_W" -o link show "$WG_IF" | sed -n 's/.* mtu \([0-9]*\).*/\1/p')), UAPI /var/run/wireguard/$WG_IF.sock"
@@ -281,8 +314,12 @@ ping_summary() {
     awk -F'[ /,]+' '/packets transmitted/ {tx = $1; rx = $4} /^rtt/ {avg = $8}
         END {printf "%s/%s received, rtt avg %s ms", rx, tx, avg}' <<<"$out"
 }
-r=$(ping_summary "$(peer_ns 0)" "$WAN_IP" 3) || die "peer0 → $WAN_IP (WAN: ARP and ICMP echo answered by wgpmd)"
-ok "WAN   peer0 → $WAN_IP (wgpmd answers ARP and echo itself): $r"
+r=$(ping_summary "$(peer_ns 0)" "$WAN_IP" 3) || die "peer0 → $WAN_IP (WAN: ARP and ICMP echo)"
+if [[ $WAN_PATH == af_xdp* ]]; then
+    ok "WAN   peer0 → $WAN_IP (the kernel answers: it keeps the address, the XDP program passes ARP and ICMP): $r"
+else
+    ok "WAN   peer0 → $WAN_IP (wgpmd answers ARP and echo itself): $r"
+fi
 for ((i = 0; i < N_PEERS; i++)); do
     # The first packet triggers the handshake (the peers initiate): wait for the tunnel.
     wait_for 15 in_ns "$(peer_ns $i)" ping -n -c 1 -W 1 "$INNER_IP" || die "peer$i → $INNER_IP through the tunnel"
@@ -360,7 +397,8 @@ ok "exit status 0; UAPI and stats sockets removed, TUN $WG_IF gone"
 
 # ---------------------------------------------------------------------------------------------
 section "Summary"
-ok "wgpmd (af_packet WAN, TUN inner, cores $CORES${CORE_ARGS[2]:+ with --control-shares-core}, --poll adaptive)"
+ok "WAN path: $WAN_PATH"
+ok "wgpmd (${WAN_PATH%% *} WAN, TUN inner with TSO/GRO offloads, cores $CORES${CORE_ARGS[2]:+ with --control-shares-core}, --poll adaptive)"
 ok "$N_PEERS wireguard-go peers: handshakes, ping both ways, peer to peer through wgpmd"
 ok "throughput $THROUGHPUT"
 ok "$((T_BUILT - T0)) s tools and build, $((SECONDS - T_BUILT)) s demo"

@@ -41,6 +41,16 @@ command -v flock >/dev/null || need_apt+=(util-linux) # one guest at a time (/tm
 command -v md5sum >/dev/null || need_apt+=(coreutils)
 command -v make >/dev/null || need_apt+=(make)        # noiommu-modules.sh (kernel headers/source: it installs them)
 # --- end of the guest tests' packages ---------------------------------------------------------------------
+# --- AF_XDP backend (docs/OPERATIONS.md "AF_XDP"): nic-backends/build.rs compiles bpf/xdp_steer.c with
+# clang -target bpf against libbpf's bpf_helpers.h and the kernel UAPI headers; the af_xdp e2e tests use nc
+# (TCP to the kernel's own address) and taskset (one wireguard-go per CPU).
+command -v clang >/dev/null || need_apt+=(clang)
+[[ -f /usr/include/bpf/bpf_helpers.h ]] || need_apt+=(libbpf-dev)
+[[ -f /usr/include/linux/bpf.h ]] || need_apt+=(linux-libc-dev)
+command -v nc >/dev/null || need_apt+=(netcat-openbsd)
+command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v python3 >/dev/null || need_apt+=(python3)   # the offloads test's UDP_SEGMENT sender
+# --- end AF_XDP ----------------------------------------------------------------------------------
 # --- DPDK backend (docs/OPERATIONS.md "Running on a DPDK NIC") ----------------------------------
 # The dpdk feature builds nic-backends/dpdk-sys: bindgen over the system's DPDK 22.11 headers
 # (libdpdk-dev, with the PMD plugins net_af_packet/net_tap/net_ring/net_null the tests use; libclang for

@@ -142,6 +142,17 @@ impl Buffer {
         Buffer { slot, off, len }
     }
 
+    /// Set the window to `[off, off + len)` of the slot (a device or the kernel wrote the
+    /// bytes there: AF_XDP rx). Errors if it does not fit the slot.
+    pub(crate) fn set_window(&mut self, off: usize, len: usize) -> Result<(), BufError> {
+        if off.checked_add(len).is_none_or(|end| end > BUF_SIZE) {
+            return Err(BufError::TooLong { len, max: BUF_SIZE.saturating_sub(off) });
+        }
+        self.off = off as u32;
+        self.len = len as u32;
+        Ok(())
+    }
+
     /// Hand the slot over without freeing it: `(slot index, off, len)`. Whoever gets the index
     /// now owns the slot (a DPDK tx ring) and must return it through the pool's free list.
     #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]

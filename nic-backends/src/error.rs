@@ -107,7 +107,7 @@ pub enum PortError {
         spec: String,
     },
     /// The backend before the colon is not one this build knows.
-    #[error("{spec}: unknown backend `{backend}` (known: af_packet, tun, mem, vfio, dpdk)")]
+    #[error("{spec}: unknown backend `{backend}` (known: af_packet, af_xdp, tun, mem, vfio, dpdk)")]
     UnknownBackend {
         /// The port string.
         spec: String,
@@ -200,6 +200,14 @@ pub enum PortError {
         /// What went wrong (boxed: keeps `PortError` small).
         #[source]
         source: Box<vfio::VfioError>,
+    },
+    /// The XDP program of an `af_xdp:` port could not be loaded, configured or attached.
+    #[error("{spec}: {problem}")]
+    Xdp {
+        /// The port string.
+        spec: String,
+        /// What failed, the kernel's reason and a hint.
+        problem: String,
     },
     /// Creating the port's memory failed.
     #[error("{spec}: {source}")]

@@ -1,6 +1,7 @@
 //! wgpmd's ports: the [`Port`]/[`Queue`] abstraction, packet [`Buffer`]s and their [`Pool`]s,
-//! and the backends `mem`, `af_packet`, `tun`, `vfio` (a virtio-net poll-mode driver) and
-//! (feature `dpdk`) `dpdk`.
+//! and the backends `mem`, `af_packet`, `af_xdp` (AF_XDP sockets behind an XDP program), `tun`,
+//! `vfio` (a virtio-net poll-mode driver) and (feature `dpdk`) `dpdk`; [`gso`]: segmentation and
+//! coalescing at the TUN boundary.
 //!
 //! # Layering
 //! - [`buffer`]: pools of fixed 2 KiB slots with headroom for in-place encapsulation; safe code
@@ -11,7 +12,8 @@
 //!   `dpdk`): DPDK ethdev ports through our `dpdk-sys` bindings, zero copy between mbufs and
 //!   buffers (see `DESIGN.md`).
 //! - `sys` (private): every `unsafe` block of the crate: mmap, ioctls, socket calls, the
-//!   AF_PACKET ring. The rest of the crate is `#![deny(unsafe_code)]`.
+//!   AF_PACKET ring, the AF_XDP rings and UMEM registration (`sys/xsk.rs`). The rest of the
+//!   crate is `#![deny(unsafe_code)]`.
 //!
 //! # Buffer ownership
 //! A [`Buffer`] is the only handle to its slot. While a `Buffer` exists the CPU owns the bytes;
@@ -32,10 +34,12 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod af_packet;
+pub mod af_xdp;
 pub mod buffer;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod error;
+pub mod gso;
 pub mod mem;
 pub mod port;
 #[allow(unsafe_code)]
@@ -46,6 +50,7 @@ pub mod virtio;
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};
 pub use error::{BufError, PoolError, PortError};
 pub use port::{
-    check_spec, open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats, BACKENDS as PORT_BACKENDS,
+    check_spec, open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats, Steerer, Steering,
+    BACKENDS as PORT_BACKENDS,
 };
 pub use sys::slots::MmapRegion;

@@ -41,6 +41,17 @@ pub struct QueueStats {
     /// vfio: used-index jumps larger than the ring (a broken device; nothing is taken, and the
     /// watchdog stops the port).
     pub bad_used_idx: u64,
+    /// AF_PACKET: GSO frames received (one frame carrying several UDP datagrams, with the
+    /// segment size in its `virtio_net_hdr`), each split into datagrams. TUN: TCP/UDP
+    /// super-packets read from the kernel (TSO/USO), each segmented.
+    pub rx_gso_frames: u64,
+    /// The datagrams / segments made from those (each also counted in `rx_packets`).
+    pub rx_gso_segments: u64,
+    /// TUN: super-packets written to the kernel, each coalesced from several TCP segments of
+    /// one flow (GRO).
+    pub tx_gro_frames: u64,
+    /// The packets coalesced into those (each also counted in `tx_packets`).
+    pub tx_gro_packets: u64,
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -59,6 +70,10 @@ impl std::ops::AddAssign for QueueStats {
         self.bad_used_id += o.bad_used_id;
         self.bad_used_len += o.bad_used_len;
         self.bad_used_idx += o.bad_used_idx;
+        self.rx_gso_frames += o.rx_gso_frames;
+        self.rx_gso_segments += o.rx_gso_segments;
+        self.tx_gro_frames += o.tx_gro_frames;
+        self.tx_gro_packets += o.tx_gro_packets;
     }
 }
 
@@ -77,6 +92,12 @@ pub trait Queue: Send {
     fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize;
     /// This queue's counters.
     fn stats(&self) -> QueueStats;
+    /// A descriptor that polls readable (`POLLIN`) when `rx_burst` has something: an idle
+    /// worker in adaptive mode waits on it instead of sleeping. `None` (the default): the
+    /// queue has no such descriptor (mem, vfio, dpdk), and the worker sleeps.
+    fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
     /// `Err(message)` once the queue has met a fault it cannot recover from (a device that set
     /// NEEDS_RESET, stalled transmit completions): the worker then stops the daemon, which exits
     /// non-zero with the message. Cheap (no device access): the queue's own watchdog, run from
@@ -95,7 +116,7 @@ pub struct PortInfo {
     pub mac: Option<[u8; 6]>,
     /// Link MTU (IP packet size, without the Ethernet header).
     pub mtu: usize,
-    /// Backend: `"mem"`, `"af_packet"`, `"tun"` or `"vfio"`.
+    /// Backend: `"mem"`, `"af_packet"`, `"af_xdp"`, `"tun"`, `"vfio"` or `"dpdk"`.
     pub kind: &'static str,
 }
 
@@ -126,7 +147,31 @@ pub trait Port: Send {
     fn extra_stats(&self) -> Option<ExtraStats> {
         None
     }
+    /// A setter for what the port must deliver to wgpmd when the kernel shares the interface
+    /// (`af_xdp`: the XDP program's addresses and UDP port), callable from any thread; the
+    /// daemon calls it at start and when the listen port changes. `None` (the default): the
+    /// port delivers every frame and needs no steering.
+    fn steering(&self) -> Option<Steerer> {
+        None
+    }
 }
+
+/// What wgpmd consumes on a shared interface: UDP to `udp_port` on these addresses (and the
+/// neighbour answers it asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steering {
+    /// Our IPv4 address, if any.
+    pub v4: Option<std::net::Ipv4Addr>,
+    /// Our IPv6 address, if any.
+    pub v6: Option<std::net::Ipv6Addr>,
+    /// The WireGuard listen port.
+    pub udp_port: u16,
+    /// The 802.1Q VLAN wgpmd's frames carry, if any.
+    pub vlan: Option<u16>,
+}
+
+/// A port's steering setter (see [`Port::steering`]); errors are messages for the operator.
+pub type Steerer = std::sync::Arc<dyn Fn(&Steering) -> Result<(), String> + Send + Sync>;
 
 /// A reader of a port's extra counters as `(name, value)` pairs (see [`Port::extra_stats`]).
 pub type ExtraStats = std::sync::Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
@@ -159,7 +204,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "af_xdp:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -171,6 +216,8 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
     match backend {
         "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),
         "af_packet" => Ok(Box::new(crate::af_packet::AfPacketPort::open(spec, name, opts)?)),
+        "af_xdp" if name.is_empty() => Err(missing("af_xdp:eth1")),
+        "af_xdp" => Ok(Box::new(crate::af_xdp::AfXdpPort::open(spec, name, opts)?)),
         "tun" if name.is_empty() => Err(missing("tun:wg0")),
         "tun" => Ok(Box::new(crate::tun::TunPort::open(spec, name, opts)?)),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
@@ -212,6 +259,8 @@ pub fn check_spec(spec: &str, opts: &PortOptions) -> Result<&'static str, PortEr
     match backend {
         "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),
         "af_packet" => ifname("af_packet"),
+        "af_xdp" if name.is_empty() => Err(missing("af_xdp:eth1")),
+        "af_xdp" => ifname("af_xdp"),
         "tun" if name.is_empty() => Err(missing("tun:wg0")),
         "tun" => {
             if let Some(mtu) = opts.mtu {
@@ -237,6 +286,7 @@ pub fn check_spec(spec: &str, opts: &PortOptions) -> Result<&'static str, PortEr
 /// The port backends built into this binary (`wgpmd --version`).
 pub const BACKENDS: &[&str] = &[
     "af_packet",
+    "af_xdp",
     "tun",
     "mem",
     "vfio (virtio-net)",
@@ -277,7 +327,7 @@ mod tests {
             err("eth0"),
             "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
         );
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, mem, vfio, dpdk)");
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, af_xdp, tun, mem, vfio, dpdk)");
         assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
         assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
         assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));
@@ -297,6 +347,7 @@ mod tests {
         let o = PortOptions::default();
         let e = |s: &str| check_spec(s, &o).unwrap_err().to_string();
         assert_eq!(check_spec("af_packet:no-such-if0", &o).unwrap(), "af_packet", "not opened: need not exist");
+        assert_eq!(check_spec("af_xdp:no-such-if0", &o).unwrap(), "af_xdp", "not opened: need not exist");
         assert_eq!(check_spec("tun:wg7", &o).unwrap(), "tun");
         assert_eq!(check_spec("vfio:00:1f.7", &o).unwrap(), "vfio", "not opened: need not exist");
         assert_eq!(check_spec("mem:x", &o).unwrap(), "mem");

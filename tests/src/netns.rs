@@ -309,10 +309,23 @@ pub struct VethPair {
 
 impl VethPair {
     pub fn new(a: &Netns, a_addr: Option<&str>, b: &Netns, b_addr: Option<&str>) -> Result<VethPair> {
+        Self::with_queues(a, a_addr, b, b_addr, 1)
+    }
+
+    /// [`VethPair::new`] with `queues` receive and transmit queues on each end (an AF_XDP
+    /// port binds one socket per queue).
+    pub fn with_queues(
+        a: &Netns,
+        a_addr: Option<&str>,
+        b: &Netns,
+        b_addr: Option<&str>,
+        queues: usize,
+    ) -> Result<VethPair> {
         // The ends are created directly inside their namespaces, never in the host namespace;
         // the names are unique anyway, to make logs and captures unambiguous.
         let a_if = crate::util::unique_ifname("va");
         let b_if = crate::util::unique_ifname("vb");
+        let q = queues.to_string();
         host(&[
             "ip",
             "link",
@@ -320,6 +333,10 @@ impl VethPair {
             &a_if,
             "netns",
             a.name(),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "type",
             "veth",
             "peer",
@@ -327,6 +344,10 @@ impl VethPair {
             &b_if,
             "netns",
             b.name(),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
         let pair = VethPair { a: a.clone(), b: b.clone(), a_if, b_if };
         for (ns, ifname, addr) in [(a, &pair.a_if, a_addr), (b, &pair.b_if, b_addr)] {

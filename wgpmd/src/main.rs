@@ -202,7 +202,8 @@ struct RunArgs {
     /// opening any port; exit 0 if it is all valid, 1 with the reason if not.
     #[arg(long)]
     check: bool,
-    /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
+    /// WAN port: af_packet:IFACE, af_xdp:IFACE (the kernel keeps the interface; --address is its own),
+    /// vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
     /// dpdk:PORT_ID or dpdk:DEVICE_NAME (build feature `dpdk`; EAL arguments go after `--`), or mem:NAME.
     #[arg(long = "port", value_name = "PORT", required_unless_present = "port_short_a")]
     port: Option<String>,

@@ -138,6 +138,18 @@ pub(crate) fn tun_set_iff(fd: BorrowedFd<'_>, name: &IfName, flags: i32) -> io::
     Ok(IfName { raw: r.ifr_name, len })
 }
 
+/// `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`): the offloads the TUN reader takes
+/// (`TUN_F_CSUM`, `TUN_F_TSO4`...); the fd must have `IFF_VNET_HDR`.
+pub(crate) fn tun_set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
+    // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long); no memory is passed.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,3 +8,4 @@ pub(crate) mod ioctl;
 pub(crate) mod packet;
 pub(crate) mod ring;
 pub(crate) mod slots;
+pub(crate) mod xsk;

@@ -27,6 +27,8 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 /// Frames per `sendmmsg` call.
 pub(crate) const SEND_BATCH: usize = 64;
+/// `sizeof(struct virtio_net_hdr)`: what `PACKET_VNET_HDR` puts in front of each frame.
+pub(crate) const VNET_HDR_LEN: usize = 10;
 
 /// An `AF_PACKET`/`SOCK_RAW` socket, non-blocking, not yet receiving (protocol 0 until bound).
 #[derive(Debug)]
@@ -80,6 +82,13 @@ impl PacketSocket {
 
     pub(crate) fn set_version_v3(&self) -> io::Result<()> {
         self.setsockopt(libc::PACKET_VERSION, &(libc::tpacket_versions::TPACKET_V3 as libc::c_int))
+    }
+
+    /// Prefix every received and sent frame with a `virtio_net_hdr` (10 bytes): GSO frames
+    /// (a peer's UDP_SEGMENT batch over a veth, GRO aggregates) arrive whole with their segment
+    /// size instead of being unusable. Must be set before the ring.
+    pub(crate) fn set_vnet_hdr(&self) -> io::Result<()> {
+        self.setsockopt(libc::PACKET_VNET_HDR, &(1 as libc::c_int))
     }
 
     /// Do not deliver frames this host transmits on the interface (Linux 4.20+).
@@ -165,21 +174,29 @@ impl PacketSocket {
     /// Send up to `SEND_BATCH` frames with one `sendmmsg` to the bound interface; returns how
     /// many the kernel took (it stops at the first error, which is returned when it is the
     /// first frame's).
-    pub(crate) fn send_batch(&self, frames: &[&[u8]]) -> io::Result<usize> {
+    ///
+    /// With `vnet`, each frame goes out behind an all-zero `virtio_net_hdr` (no offload: the
+    /// socket has `PACKET_VNET_HDR`).
+    pub(crate) fn send_batch(&self, frames: &[&[u8]], vnet: bool) -> io::Result<usize> {
+        static ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
         let n = frames.len().min(SEND_BATCH);
         if n == 0 {
             return Ok(0);
         }
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; SEND_BATCH];
-        for (v, f) in iov.iter_mut().zip(frames) {
+        let per = if vnet { 2 } else { 1 };
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2 * SEND_BATCH];
+        for (i, f) in frames.iter().take(n).enumerate() {
             // The kernel only reads through iov_base (the `*mut` is the C type's, not a write).
-            *v = libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() };
+            if vnet {
+                iov[2 * i] = libc::iovec { iov_base: ZERO_VNET.as_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN };
+            }
+            iov[per * i + per - 1] = libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() };
         }
         // SAFETY: all-zero is a valid `mmsghdr` (null name/control pointers, zero lengths).
         let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
         for (i, m) in msgs.iter_mut().enumerate().take(n) {
-            m.msg_hdr.msg_iov = iov.as_mut_ptr().wrapping_add(i);
-            m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_iov = iov.as_mut_ptr().wrapping_add(per * i);
+            m.msg_hdr.msg_iovlen = per;
         }
         // The kernel reads `msgs[..n]` and their iovecs, and writes only each `msg_len`.
         let (fd, vlen) = (self.fd.as_raw_fd(), n as libc::c_uint);
@@ -218,6 +235,9 @@ const HV1: usize = offset_of!(libc::tpacket3_hdr, hv1);
 /// `sockaddr_ll` follows the frame header at `TPACKET_ALIGN(sizeof(tpacket3_hdr))`.
 const SLL: usize = size_of::<libc::tpacket3_hdr>().next_multiple_of(libc::TPACKET_ALIGNMENT);
 const FRAME_HDR_SPAN: usize = SLL + size_of::<libc::sockaddr_ll>();
+/// Where `mock_frame` puts the MAC header, from the frame's start (minus the 16-alignment and +2).
+#[cfg(test)]
+pub(crate) const FRAME_HDR_SPAN_FOR_TESTS: usize = FRAME_HDR_SPAN;
 
 /// A mapped TPACKET_V3 rx ring (see the module docs for the block states).
 #[derive(Debug)]

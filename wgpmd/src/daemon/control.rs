@@ -77,6 +77,9 @@ impl UapiHandler for Handler {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.events.append(&mut out.events);
         p.transmits.append(&mut out.transmits);
+        if let Err(e) = self.sh.control.update_steering(&self.sh.data.wan, iface.listen_port) {
+            tracing::error!("{}: the WAN port still steers the old listen port: {e}", self.sh.control.name);
+        }
         r
     }
 }

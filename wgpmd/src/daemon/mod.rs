@@ -290,6 +290,9 @@ pub(crate) struct ControlPlane {
     pub counters: stats::ControlCounters,
     /// The WAN port's extra counters (DPDK xstats), read by the stats socket's thread.
     pub wan_extra: Option<nic_backends::ExtraStats>,
+    /// The WAN port's steering setter (`af_xdp`: what its XDP program sends to wgpmd), with
+    /// what it was last set to.
+    pub wan_steer: Option<(nic_backends::Steerer, Mutex<Option<nic_backends::Steering>>)>,
     /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
     pub wan_link_up: AtomicBool,
     /// Peers removed by configuration, for the control core to take off its wheel.
@@ -405,6 +408,35 @@ pub enum DaemonError {
     /// The OS gave no random seed for a core's generator.
     #[error("seeding a random generator from the OS: {0}")]
     Rng(rand_core::Error),
+    /// The WAN port could not be told what to steer to wgpmd.
+    #[error("port `{spec}`: setting the steering: {problem}")]
+    Steering {
+        /// The port string.
+        spec: String,
+        /// Why.
+        problem: String,
+    },
+}
+
+impl ControlPlane {
+    /// Tell the WAN port (if it steers) our addresses and listen port; a no-op when they did
+    /// not change since the last call.
+    pub(crate) fn update_steering(&self, wan: &Wan, listen_port: u16) -> Result<(), String> {
+        let Some((set, last)) = &self.wan_steer else { return Ok(()) };
+        let s = nic_backends::Steering {
+            v4: wan.v4.map(|a| a.addr),
+            v6: wan.v6.map(|a| a.addr),
+            udp_port: listen_port,
+            vlan: wan.vlan,
+        };
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some(s) {
+            return Ok(());
+        }
+        set(&s)?;
+        *last = Some(s);
+        Ok(())
+    }
 }
 
 /// Run the daemon until SIGINT/SIGTERM (or `stop` is set), opening its ports by their strings.
@@ -532,6 +564,7 @@ pub(crate) fn run_observed(
             iface: Mutex::new(iface),
             counters: stats::ControlCounters::default(),
             wan_extra: wan_port.extra_stats(),
+            wan_steer: wan_port.steering().map(|s| (s, Mutex::new(None))),
             wan_link_up: AtomicBool::new(wan_port.link_up()),
             removed: Mutex::new(Vec::new()),
         },
@@ -545,6 +578,10 @@ pub(crate) fn run_observed(
     if let Some(p) = probe {
         let _ = p.set(shared.clone());
     }
+    shared
+        .control
+        .update_steering(&shared.data.wan, shared.data.listen_port.load(Ordering::Relaxed))
+        .map_err(|problem| DaemonError::Steering { spec: cfg.wan_port.clone(), problem })?;
     for e in boot_out.events.drain(..) {
         shared.handoff.notes.post(&e);
     }

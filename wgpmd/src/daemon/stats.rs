@@ -151,6 +151,16 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("wan_queue_bad_used_id", l.wan_queue.bad_used_id),
             ("wan_queue_bad_used_len", l.wan_queue.bad_used_len),
             ("wan_queue_bad_used_idx", l.wan_queue.bad_used_idx),
+            ("wan_queue_rx_gso_frames", l.wan_queue.rx_gso_frames),
+            ("wan_queue_rx_gso_segments", l.wan_queue.rx_gso_segments),
+            ("inner_queue_rx_gso_frames", l.inner_queue.rx_gso_frames),
+            ("inner_queue_rx_gso_segments", l.inner_queue.rx_gso_segments),
+            ("inner_queue_tx_gro_frames", l.inner_queue.tx_gro_frames),
+            ("inner_queue_tx_gro_packets", l.inner_queue.tx_gro_packets),
+            ("inner_queue_rx_dropped", l.inner_queue.rx_dropped),
+            ("inner_queue_rx_errors", l.inner_queue.rx_errors),
+            ("inner_queue_tx_errors", l.inner_queue.tx_errors),
+            ("inner_queue_tx_dropped", l.inner_queue.tx_dropped),
         ] {
             line(&format!("{p}{k}"), v);
         }

@@ -139,7 +139,9 @@ impl Worker {
                 keys_since = now;
             }
             if idle > SPIN_BEFORE_SLEEP {
-                std::thread::sleep(sleep);
+                if !self.wait_ready() {
+                    std::thread::sleep(sleep);
+                }
                 sleep = (sleep * 2).min(MAX_SLEEP);
             } else {
                 std::hint::spin_loop();
@@ -147,6 +149,17 @@ impl Worker {
         }
         self.flush();
         self.publish(true);
+    }
+
+    /// Adaptive mode, idle: wait up to `MAX_SLEEP` for either queue to become readable
+    /// (`poll(2)`) instead of sleeping, so a packet wakes the worker at once and no `read` is
+    /// spent per idle iteration. False when a queue has no descriptor (the caller sleeps).
+    fn wait_ready(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let (Some(w), Some(i)) = (self.wan.wait_fd(), self.inner.wait_fd()) else { return false };
+        let mut fds = [PollFd::new(w, PollFlags::POLLIN), PollFd::new(i, PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(MAX_SLEEP.as_millis().max(1) as u8));
+        true
     }
 
     /// A queue that reports a fault it cannot recover from (a VFIO device that set NEEDS_RESET,
