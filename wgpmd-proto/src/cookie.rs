@@ -120,7 +120,10 @@ impl CookieChecker {
     ) -> Self {
         let mut secret = Secret::zero();
         rng.fill_bytes(&mut secret.0);
-        CookieChecker { keys: DeviceKeys::new(public_key), secret: Arc::new(RwLock::new(CookieSecret { secret, birth: now })) }
+        CookieChecker {
+            keys: DeviceKeys::new(public_key),
+            secret: Arc::new(RwLock::new(CookieSecret { secret, birth: now })),
+        }
     }
 
     /// Recompute the mac1 and cookie keys after the device's key changed (kernel
