@@ -1,10 +1,11 @@
-//! `tun:NAME`: a multi-queue TUN interface, the kernel exception path.
+//! `tun:NAME`: a multi-queue TUN interface (IP packets), the inner port; `tap:NAME`: the same
+//! with `IFF_TAP` (Ethernet frames), the WAN exception path to the kernel.
 //!
 //! One `/dev/net/tun` fd per queue, each attached with `TUNSETIFF` (`IFF_TUN | IFF_NO_PI |
-//! IFF_MULTI_QUEUE`) to the same name, non-blocking. The interface is not persistent: it exists
+//! IFF_MULTI_QUEUE`; a TAP `IFF_TAP` instead of `IFF_TUN`) to the same name, non-blocking. The interface is not persistent: it exists
 //! while at least one queue fd is open, so dropping the port and all its queues removes it.
-//! On open the MTU is set (`PortOptions::mtu`, default 1420, WireGuard's) and the link is
-//! brought up.
+//! On open the MTU is set (`PortOptions::mtu`, default 1420, WireGuard's; a TAP: 1500), a
+//! TAP's MAC is set when `PortOptions::mac` gives one, and the link is brought up.
 //!
 //! One IP packet per `read(2)`/`write(2)`, at `HEADROOM` of a buffer. Batching (readv/writev of
 //! several buffers is not possible on a TUN fd, but io_uring or `IFF_NAPI` + vnet headers with
@@ -23,7 +24,10 @@ use crate::sys::ioctl::{self, IfName};
 /// MTU of a TUN port when `PortOptions::mtu` is `None` (the wg-quick default).
 pub const DEFAULT_MTU: usize = 1420;
 
-/// A TUN port.
+/// MTU of a TAP port when `PortOptions::mtu` is `None`.
+pub const TAP_DEFAULT_MTU: usize = 1500;
+
+/// A TUN (or TAP) port.
 pub struct TunPort {
     info: PortInfo,
     name: IfName,
@@ -39,11 +43,21 @@ pub struct TunQueue {
 
 impl TunPort {
     pub(crate) fn open(spec: &str, name: &str, opts: &PortOptions) -> Result<TunPort, PortError> {
+        Self::open_kind(spec, name, opts, false)
+    }
+
+    /// `tap:NAME`: Ethernet frames, the MAC from `opts.mac` (else the kernel's random one).
+    pub(crate) fn open_tap(spec: &str, name: &str, opts: &PortOptions) -> Result<TunPort, PortError> {
+        Self::open_kind(spec, name, opts, true)
+    }
+
+    fn open_kind(spec: &str, name: &str, opts: &PortOptions, tap: bool) -> Result<TunPort, PortError> {
         let mut name = IfName::new(name).map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })?;
-        let mtu = opts.mtu.unwrap_or(DEFAULT_MTU);
-        check_mtu(spec, mtu, 0)?;
+        let mtu = opts.mtu.unwrap_or(if tap { TAP_DEFAULT_MTU } else { DEFAULT_MTU });
+        check_mtu(spec, mtu, if tap { 18 } else { 0 })?;
         let os = |op| move |e| PortError::os(spec, op, e);
-        let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+        let kind = if tap { libc::IFF_TAP } else { libc::IFF_TUN };
+        let flags = kind | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
         let mut queues = Vec::with_capacity(opts.queues);
         for _ in 0..opts.queues {
             let file = std::fs::OpenOptions::new()
@@ -58,11 +72,18 @@ impl TunPort {
         }
         let ctl = ioctl::control_socket().map_err(os("socket(AF_INET)"))?;
         ioctl::set_mtu(ctl.as_fd(), &name, mtu).map_err(os("SIOCSIFMTU"))?;
+        let mut mac = None;
+        if tap {
+            if let Some(m) = opts.mac {
+                ioctl::set_hw_addr(ctl.as_fd(), &name, m).map_err(os("SIOCSIFHWADDR"))?;
+            }
+            mac = Some(ioctl::hw_addr(ctl.as_fd(), &name).map_err(os("SIOCGIFHWADDR"))?.1);
+        }
         let f = ioctl::flags(ctl.as_fd(), &name).map_err(os("SIOCGIFFLAGS"))?;
         if f & libc::IFF_UP == 0 {
             ioctl::set_flags(ctl.as_fd(), &name, f | libc::IFF_UP).map_err(os("SIOCSIFFLAGS"))?;
         }
-        let info = PortInfo { name: name.as_str(), mac: None, mtu, kind: "tun" };
+        let info = PortInfo { name: name.as_str(), mac, mtu, kind: if tap { "tap" } else { "tun" } };
         Ok(TunPort { info, name, ctl, queues })
     }
 }
@@ -91,7 +112,7 @@ impl Queue for TunQueue {
             let room = b.data_and_tailroom_mut();
             let cap = room.len();
             match self.file.read(room) {
-                // A read that fills the buffer may have been cut short (TUN truncates silently).
+                // A read that fills the buffer may have been cut short (TUN/TAP truncate silently).
                 Ok(len) if len == 0 || len >= cap => self.stats.rx_errors += 1,
                 Ok(len) => {
                     if b.set_len(len).is_ok() {
@@ -122,7 +143,7 @@ impl Queue for TunQueue {
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
-                // Refused for itself (not IPv4/IPv6, too short): take it, count it.
+                // Refused for itself (TUN: not IPv4/IPv6; too short): take it, count it.
                 Err(_) => self.stats.tx_errors += 1,
             }
             taken += 1;

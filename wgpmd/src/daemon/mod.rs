@@ -354,8 +354,8 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
     // The WAN keeps its own MTU; the inner port gets the tunnel MTU.
-    let wan_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: None };
-    let inner_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: Some(cfg.mtu) };
+    let wan_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: None, mac: None };
+    let inner_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: Some(cfg.mtu), mac: None };
     let wan_port = nic_backends::open(&cfg.wan_port, &wan_opts)
         .map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
     let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts)
