@@ -65,6 +65,18 @@ enum Cmd {
         /// Inner port for decrypted traffic (default tun:<NAME>).
         #[arg(long)]
         inner: Option<String>,
+        /// WAN exception path: tap:NAME creates a kernel TAP with the WAN port's MAC and MTU.
+        /// Every WAN frame wgpmd does not consume (to its MAC, broadcast or multicast) goes to
+        /// the kernel there, and what the kernel sends there goes out of the WAN, so the host
+        /// keeps the link for SSH, BGP, monitoring. Give the TAP the WAN address (`ip addr
+        /// add`) to share it: wgpmd keeps answering ARP/ND and ping for that address and
+        /// mirrors ARP/ND to the kernel (docs/OPERATIONS.md).
+        #[arg(long, value_name = "tap:NAME")]
+        exception: Option<String>,
+        /// Most frames per second to the exception path (over all workers; more are counted
+        /// and dropped).
+        #[arg(long, default_value_t = wgpmd::daemon::exception::DEFAULT_RATE)]
+        exception_rate: u64,
         /// Our address on the WAN, with its prefix (e.g. 192.0.2.1/24 or 2001:db8::1/64).
         /// Give it twice for both families (one IPv4, one IPv6).
         #[arg(long, required = true)]
@@ -310,6 +322,8 @@ fn main() -> ExitCode {
             config,
             port,
             inner,
+            exception,
+            exception_rate,
             address,
             gateway,
             vlan,
@@ -392,6 +406,8 @@ fn main() -> ExitCode {
                 },
                 mtu,
                 sockets: true,
+                exception,
+                exception_rate,
             };
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

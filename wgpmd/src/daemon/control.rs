@@ -135,6 +135,7 @@ pub(crate) fn run(
     stop: Arc<AtomicBool>,
     sockets: bool,
     mut link: LinkWatch<'_>,
+    mut tap: Option<super::exception::Tap>,
 ) -> Result<(), DaemonError> {
     cores::pin(core);
     let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
@@ -193,7 +194,10 @@ pub(crate) fn run(
             c.out.events.append(&mut p.events);
             c.out.transmits.append(&mut p.transmits);
         }
-        let work = c.iteration(now);
+        let mut work = c.iteration(now);
+        if let (Some(t), Some(q)) = (tap.as_mut(), sh.handoff.exception.as_ref()) {
+            work += t.poll(q, &sh.data.wan);
+        }
         link.tick(&sh);
         if work > 0 {
             sleep = Duration::from_micros(50);

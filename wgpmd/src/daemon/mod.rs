@@ -33,6 +33,7 @@
 
 mod control;
 pub mod cores;
+pub mod exception;
 mod handshakes;
 mod notify;
 mod rng;
@@ -112,6 +113,11 @@ pub struct DaemonConfig {
     pub mtu: usize,
     /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets.
     pub sockets: bool,
+    /// The WAN exception path's port (`tap:NAME`): what wgpmd does not consume goes to the
+    /// kernel there, and what the kernel sends there goes out of the WAN.
+    pub exception: Option<String>,
+    /// Frames per second to the exception port, over all workers.
+    pub exception_rate: u64,
 }
 
 /// A WireGuard message the control core wants sent (the worker adds the outer headers).
@@ -181,14 +187,17 @@ pub(crate) struct Handoff {
     pub tx_jobs: ArrayQueue<TxJob>,
     /// Inner packets waiting for a peer's session.
     pub staging: staging::Staging,
+    /// The exception path's queues, when there is one.
+    pub exception: Option<exception::Queues>,
 }
 
 /// Transmit jobs waiting for a worker.
 pub(crate) const TX_JOBS: usize = 8192;
 
 impl Handoff {
-    fn new(workers: usize) -> Self {
+    fn new(workers: usize, exception: Option<exception::Queues>) -> Self {
         Handoff {
+            exception,
             hs_load: handshakes::Load::new(workers),
             hs_capacity: handshakes::queue_capacity(workers),
             notes: notify::Notes::new(MAX_PEERS_PER_DEVICE, notify::DIRTY_CAPACITY),
@@ -374,6 +383,19 @@ pub fn run_with_ports(
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
     let mac = wan_port.info().mac.ok_or_else(|| DaemonError::NoMac(cfg.wan_port.clone()))?;
+    // The exception path: a TAP with the WAN's MAC and MTU, one queue, served by the control core.
+    let mut exc_port = match &cfg.exception {
+        Some(spec) => {
+            let opts = PortOptions { queues: 1, fanout: cfg.fanout, mtu: Some(wan_port.info().mtu), mac: Some(mac) };
+            let p = nic_backends::open(spec, &opts)
+                .map_err(|source| DaemonError::Port { spec: spec.clone(), source })?;
+            if p.info().mac != Some(mac) {
+                return Err(DaemonError::NoMac(format!("{spec} (the exception port must be an Ethernet port: tap:NAME)")));
+            }
+            Some(p)
+        }
+        None => None,
+    };
     let mut rng = rand_core::OsRng;
     let clock = Clock::new();
     let mut dev = Device::new(&mut rng, clock.wall_at_start_ns);
@@ -414,7 +436,7 @@ pub fn run_with_ports(
             clock,
             poll: cfg.poll,
         },
-        handoff: Handoff::new(nworkers),
+        handoff: Handoff::new(nworkers, exc_port.as_ref().map(|_| exception::Queues::new(cfg.exception_rate))),
         control: ControlPlane {
             name: cfg.name.clone(),
             iface: Mutex::new(iface),
@@ -478,9 +500,25 @@ pub fn run_with_ports(
         );
     }
     let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
+    let tap = match exc_port.as_mut() {
+        Some(p) => {
+            let spec = cfg.exception.clone().unwrap_or_default();
+            let q = p.take_queue(0).ok_or(DaemonError::NoQueue { spec, queue: 0 })?;
+            let pool = nic_backends::Pool::new("exc", 2 * exception::QUEUE).map_err(DaemonError::Pool)?;
+            tracing::info!(
+                "{}: exception path {} (MAC {}), at most {} frames/s to the kernel",
+                cfg.name,
+                p.info().name,
+                EthernetAddress(mac),
+                cfg.exception_rate
+            );
+            Some(exception::Tap::new(q, pool))
+        }
+        None => None,
+    };
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
-    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link);
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link, tap);
     shared.stop();
     for h in handles {
         let _ = h.join();
@@ -488,6 +526,7 @@ pub fn run_with_ports(
     // Ports close here: the TUN interface disappears with its queues.
     drop(wan_port);
     drop(inner_port);
+    drop(exc_port);
     if let Some(msg) = shared.take_fatal() {
         return Err(DaemonError::PortFault(msg));
     }

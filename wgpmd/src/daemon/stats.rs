@@ -38,6 +38,19 @@ pub(crate) struct Local {
     pub no_route: u64,
     pub pmtu_icmp_sent: u64,
     pub too_big_dropped: u64,
+    /// Frames queued for the exception path's kernel TAP (not consumed, and ARP/ND mirrored).
+    pub exc_to_kernel: u64,
+    /// Of those, copies of ARP/ND frames wgpmd also answered or learned from.
+    pub exc_mirrored: u64,
+    /// Frames for the kernel over the worker's share of `--exception-rate`.
+    pub exc_rate_dropped: u64,
+    /// Frames for the kernel that found its queue full (or, for a mirror, no buffer).
+    pub exc_queue_full: u64,
+    /// Frames not consumed and not for the kernel either (another host's MAC, another VLAN,
+    /// not Ethernet): dropped.
+    pub exc_not_for_us: u64,
+    /// Frames from the kernel put on the WAN transmit list.
+    pub exc_from_kernel: u64,
     pub wan_drops: [u64; WanDrop::COUNT],
     pub device: Stats,
     pub wan_queue: QueueStats,
@@ -107,6 +120,12 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("no_route", l.no_route),
             ("pmtu_icmp_sent", l.pmtu_icmp_sent),
             ("too_big_dropped", l.too_big_dropped),
+            ("exception_to_kernel", l.exc_to_kernel),
+            ("exception_mirrored", l.exc_mirrored),
+            ("exception_rate_dropped", l.exc_rate_dropped),
+            ("exception_queue_full", l.exc_queue_full),
+            ("exception_not_for_us", l.exc_not_for_us),
+            ("exception_from_kernel", l.exc_from_kernel),
             ("aead_opened", l.device.aead_opened),
             ("aead_sealed", l.device.aead_sealed),
             ("keepalives_received", l.device.keepalives_received),
@@ -163,6 +182,11 @@ pub(crate) fn render(sh: &Shared) -> String {
     }
     for r in DropReason::ALL {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
+    }
+    if let Some(q) = &sh.handoff.exception {
+        for (k, v) in q.counters() {
+            line(&format!("exception.{k}"), v);
+        }
     }
     bounded(sh, &mut line);
     // The device-wide load decision, fed the queues' depth now (as a worker would).
