@@ -205,7 +205,8 @@ fn vlan_tag_arrives_in_the_frame() {
 #[test]
 fn bad_frames_are_counted_not_stuck_and_mtu_option_is_applied() {
     let ns = veth();
-    let mut b = open("af_packet:vb", &PortOptions { queues: 1, fanout: Fanout::Hash, mtu: Some(1400), mac: None }).unwrap();
+    let mut b =
+        open("af_packet:vb", &PortOptions { queues: 1, fanout: Fanout::Hash, mtu: Some(1400), mac: None }).unwrap();
     assert_eq!(b.info().mtu, 1400);
     let (ok, out) = ns.ip_try("link show vb");
     assert!(ok && out.contains("mtu 1400"), "{out}");

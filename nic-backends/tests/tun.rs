@@ -140,8 +140,7 @@ fn errors_name_the_port_and_what_to_do() {
 fn tap_carries_ethernet_frames_with_our_mac() {
     let ns = NetNs::enter("tap");
     let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
-    let mut port =
-        open("tap:nbtap0", &PortOptions { mac: Some(mac), mtu: Some(1500), ..Default::default() }).unwrap();
+    let mut port = open("tap:nbtap0", &PortOptions { mac: Some(mac), mtu: Some(1500), ..Default::default() }).unwrap();
     assert_eq!((port.info().kind, port.info().mac, port.info().mtu), ("tap", Some(mac), 1500));
     let (ok, out) = ns.ip_try("link show nbtap0");
     assert!(ok && out.contains("02:11:22:33:44:55") && out.contains(",UP"), "{out}");

@@ -79,8 +79,13 @@ fn nc_transfer(ctx: &Ctx, from: &Netns, at: &Netns, to: Ipv4Addr, port: u16, byt
     let dst = ctx.log_path(&format!("nc-dst-{port}"));
     let (src_s, dst_s) = (src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned());
     host(&["sh", "-c", &format!("head -c {bytes} /dev/urandom > {src_s}")])?;
-    let mut server =
-        Proc::spawn(ctx, at, &format!("nc-server-{port}"), &["sh", "-c", &format!("nc -l {to} {port} > {dst_s}")], &[])?;
+    let mut server = Proc::spawn(
+        ctx,
+        at,
+        &format!("nc-server-{port}"),
+        &["sh", "-c", &format!("nc -l {to} {port} > {dst_s}")],
+        &[],
+    )?;
     wait_until(&format!("nc listening on {to}:{port}"), secs(10), || {
         server.ensure_running()?;
         let out = at.run(&["ss", "-H", "-l", "-t", "-n", &format!("sport = :{port}")])?;

@@ -387,10 +387,12 @@ pub fn run_with_ports(
     let mut exc_port = match &cfg.exception {
         Some(spec) => {
             let opts = PortOptions { queues: 1, fanout: cfg.fanout, mtu: Some(wan_port.info().mtu), mac: Some(mac) };
-            let p = nic_backends::open(spec, &opts)
-                .map_err(|source| DaemonError::Port { spec: spec.clone(), source })?;
+            let p =
+                nic_backends::open(spec, &opts).map_err(|source| DaemonError::Port { spec: spec.clone(), source })?;
             if p.info().mac != Some(mac) {
-                return Err(DaemonError::NoMac(format!("{spec} (the exception port must be an Ethernet port: tap:NAME)")));
+                return Err(DaemonError::NoMac(format!(
+                    "{spec} (the exception port must be an Ethernet port: tap:NAME)"
+                )));
             }
             Some(p)
         }

@@ -54,8 +54,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool, hs: Stage) -> Self {
         sh.handoff.staging.register_pool(&pool);
-        let exc_bucket =
-            sh.handoff.exception.as_ref().map(|q| exception::worker_bucket(q.rate, sh.workers.len()));
+        let exc_bucket = sh.handoff.exception.as_ref().map(|q| exception::worker_bucket(q.rate, sh.workers.len()));
         Worker {
             exc_bucket,
             id,
@@ -97,7 +96,7 @@ impl Worker {
                 self.post_events();
             }
             work += self.tx_jobs(now);
-            work += self.from_kernel();
+            work += self.kernel_frames();
             // Responses and cookie replies leave in this iteration's burst.
             self.forward_transmits();
             self.flush();
@@ -226,7 +225,7 @@ impl Worker {
                 Err(r) => {
                     self.c.wan_drops[r as usize] += 1;
                     if exc {
-                        self.to_kernel(buf, now);
+                        self.except(buf, now);
                     }
                 }
             }
@@ -237,7 +236,7 @@ impl Worker {
 
     /// A frame wgpmd did not consume: to the kernel's exception TAP if it is for us, within
     /// this worker's share of the rate and while the queue has room (each refusal counted).
-    fn to_kernel(&mut self, mut buf: Buffer, now: Timestamp) {
+    fn except(&mut self, mut buf: Buffer, now: Timestamp) {
         let (Some(q), Some(bucket)) = (self.sh.handoff.exception.as_ref(), self.exc_bucket.as_mut()) else { return };
         if !exception::for_kernel(&self.sh.data.wan, buf.data()) {
             self.c.exc_not_for_us += 1;
@@ -265,12 +264,12 @@ impl Worker {
         let Ok(d) = b.append(frame.len()) else { return };
         d.copy_from_slice(frame);
         let before = self.c.exc_to_kernel;
-        self.to_kernel(b, now);
+        self.except(b, now);
         self.c.exc_mirrored += self.c.exc_to_kernel - before;
     }
 
     /// Frames the kernel sent on the exception TAP: out of the WAN (a burst per iteration).
-    fn from_kernel(&mut self) -> usize {
+    fn kernel_frames(&mut self) -> usize {
         let Some(q) = self.sh.handoff.exception.as_ref() else { return 0 };
         let mut n = 0;
         while n < BURST {
