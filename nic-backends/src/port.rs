@@ -95,7 +95,7 @@ pub struct PortInfo {
     pub mac: Option<[u8; 6]>,
     /// Link MTU (IP packet size, without the Ethernet header).
     pub mtu: usize,
-    /// Backend: `"mem"`, `"af_packet"`, `"tun"`, `"tap"`, `"vfio"` or `"dpdk"`.
+    /// Backend: `"mem"`, `"af_packet"`, `"tun"`, `"tap"`, `"vhost-user"`, `"vfio"` or `"dpdk"`.
     pub kind: &'static str,
 }
 
@@ -161,7 +161,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "tap:NAME" (a kernel TAP: Ethernet frames), "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "tun:NAME", "tap:NAME" (a kernel TAP: Ethernet frames), "vhost-user:PATH" (a vhost-user backend serving the socket PATH), "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -179,6 +179,11 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
         "tap" => Ok(Box::new(crate::tun::TunPort::open_tap(spec, name, opts)?)),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
         "vfio" => Ok(Box::new(crate::virtio::VirtioNetPort::open(spec, name, opts)?)),
+        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd-vm0.sock")),
+        "vhost-user" => {
+            crate::vhost_user::check_path(spec, name)?;
+            Ok(Box::new(crate::vhost_user::VhostUserPort::open(spec, name, opts)?))
+        }
         "mem" if name.is_empty() => Err(missing("mem:test")),
         "mem" => {
             let mut p = crate::mem::loopback(name, opts.queues, crate::mem::DEFAULT_DEPTH);
@@ -229,7 +234,7 @@ mod tests {
             err("eth0"),
             "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
         );
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, tap, mem, vfio, dpdk)");
+        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, tap, vhost-user, mem, vfio, dpdk)");
         assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
         assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
         assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));

@@ -243,6 +243,8 @@ pub(crate) struct ControlPlane {
     pub counters: stats::ControlCounters,
     /// The WAN port's extra counters (DPDK xstats), read by the stats socket's thread.
     pub wan_extra: Option<nic_backends::ExtraStats>,
+    /// The inner port's extra counters (vhost-user), read by the stats socket's thread.
+    pub inner_extra: Option<nic_backends::ExtraStats>,
     /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
     pub wan_link_up: AtomicBool,
     /// Peers removed by configuration, for the control core to take off its wheel.
@@ -444,6 +446,7 @@ pub fn run_with_ports(
             iface: Mutex::new(iface),
             counters: stats::ControlCounters::default(),
             wan_extra: wan_port.extra_stats(),
+            inner_extra: inner_port.extra_stats(),
             wan_link_up: AtomicBool::new(wan_port.link_up()),
             removed: Mutex::new(Vec::new()),
         },

@@ -197,7 +197,8 @@ pub(crate) fn render(sh: &Shared) -> String {
     line("under_load", u64::from(under_load));
     line("wan_link_up", u64::from(sh.control.wan_link_up.load(Ordering::Relaxed)));
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
-    if let Some(extra) = &sh.control.wan_extra {
+    // The inner backend's (vhost-user: `vhost_user_<name>`).
+    for extra in [&sh.control.wan_extra, &sh.control.inner_extra].into_iter().flatten() {
         for (k, v) in extra() {
             line(&k, v);
         }
