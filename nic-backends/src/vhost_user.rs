@@ -47,6 +47,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::buffer::{Buffer, Pool};
@@ -109,8 +110,6 @@ struct Shared {
     /// The current frontend, if any; `epoch` changes whenever this does.
     conn: Mutex<Option<Arc<Conn>>>,
     epoch: AtomicU64,
-    /// Vrings handed over by the handler of the connection being set up.
-    stash: Mutex<Option<Vec<VringRwLock>>>,
     features: AtomicU64,
     stop: AtomicBool,
     c: Counters,
@@ -120,6 +119,9 @@ struct Shared {
 #[derive(Clone)]
 struct NetBackend {
     sh: Arc<Shared>,
+    /// This connection's vrings, handed over by its handler (see `STASH_EVENT`), and the event
+    /// that asks for them (read here, so that it fires once).
+    stash: Arc<(Mutex<Option<Vec<VringRwLock>>>, EventFd)>,
 }
 
 impl VhostUserBackend for NetBackend {
@@ -142,6 +144,11 @@ impl VhostUserBackend for NetBackend {
         VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
     }
     fn set_event_idx(&self, _enabled: bool) {}
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without one the handler's epoll thread never ends and the connection's teardown
+        // (which joins it) hangs.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
     fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         // The handler replaces the contents of the `GuestMemoryAtomic` we gave it (and hold):
         // the workers see the new table at their next burst.
@@ -155,7 +162,8 @@ impl VhostUserBackend for NetBackend {
         _thread_id: usize,
     ) -> std::io::Result<()> {
         if device_event == STASH_EVENT {
-            *self.sh.stash.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrings.to_vec());
+            let _ = self.stash.1.read();
+            *self.stash.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrings.to_vec());
         }
         // Kicks need no action: the workers poll the rings.
         Ok(())
@@ -188,7 +196,6 @@ impl VhostUserPort {
             path: PathBuf::from(path),
             conn: Mutex::new(None),
             epoch: AtomicU64::new(0),
-            stash: Mutex::new(None),
             features: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             c: Counters::default(),
@@ -232,7 +239,9 @@ fn serve(sh: Arc<Shared>, mut listener: Listener) {
 
 fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), String> {
     let mem: Mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let backend = NetBackend { sh: sh.clone() };
+    let ev = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+    let stash = Arc::new((Mutex::new(None), ev));
+    let backend = NetBackend { sh: sh.clone(), stash: stash.clone() };
     let mut daemon =
         VhostUserDaemon::new("wgpmd-vhost-user-conn".into(), backend, mem.clone()).map_err(|e| e.to_string())?;
     let handlers = daemon.get_epoll_handlers();
@@ -242,14 +251,14 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
         }
     };
     // Have the handler hand us its vrings.
-    let ev = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+    let ev = &stash.1;
     let stashed = (|| {
         let h = handlers.first().ok_or("no vring handler")?;
         h.register_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT)).map_err(|e| e.to_string())?;
         ev.write(1).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(v) = sh.stash.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Some(v) = stash.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 let _ = h.unregister_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT));
                 return Ok::<_, String>(v);
             }
@@ -296,8 +305,14 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
     conn.broken.store(true, Ordering::Relaxed);
     exit(&handlers);
     sh.c.disconnects.fetch_add(1, Ordering::Relaxed);
+    use vhost::vhost_user::Error as VuError;
+    use vhost_user_backend::Error as DaemonError;
     match r {
-        Ok(()) => tracing::info!("vhost-user {}: frontend disconnected", sh.path.display()),
+        // A frontend that closes its socket, also between messages or in the middle of one.
+        Ok(())
+        | Err(DaemonError::HandleRequest(VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_))) => {
+            tracing::info!("vhost-user {}: frontend disconnected", sh.path.display())
+        }
         Err(e) => {
             sh.c.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("vhost-user {}: frontend disconnected: {e}", sh.path.display());
