@@ -149,9 +149,19 @@ impl VhostUserBackend for NetBackend {
         // (which joins it) hangs.
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
-    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        // The handler replaces the contents of the `GuestMemoryAtomic` we gave it (and hold):
-        // the workers see the new table at their next burst.
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        // The handler has replaced the contents of the `GuestMemoryAtomic` we gave it (and
+        // hold): the workers see the new table at their next burst. vm-memory refuses
+        // overlapping regions; a region longer than its file maps, but touching it past the
+        // end of the file would be SIGBUS: refuse the table (the connection ends) and stop
+        // using this frontend's rings at once.
+        if let Err(e) = check_regions(&mem.memory()) {
+            if let Some(c) = self.sh.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                c.broken.store(true, Ordering::Relaxed);
+            }
+            tracing::warn!("vhost-user {}: memory table refused: {e}", self.sh.path.display());
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+        }
         Ok(())
     }
     fn handle_event(
@@ -560,6 +570,25 @@ impl VhostUserQueue {
             }
         }
     }
+}
+
+/// Every region must lie within its file (a memfd or hugetlbfs file of the frontend's).
+fn check_regions(mem: &GuestMemoryMmap) -> Result<(), String> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in mem.iter() {
+        let Some(fo) = r.file_offset() else { continue };
+        let size = fo.file().metadata().map_err(|e| format!("fstat of a region's file: {e}"))?.len();
+        let end = fo.start().checked_add(r.len());
+        if end.is_none_or(|e| e > size) {
+            return Err(format!(
+                "a region of {} bytes at offset {} of a {size}-byte file (at guest address {:#x})",
+                r.len(),
+                fo.start(),
+                r.start_addr().0
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `[addr, addr + len)` lies in the frontend's memory (one region).
