@@ -234,7 +234,10 @@ mod tests {
             err("eth0"),
             "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
         );
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, tap, vhost-user, mem, vfio, dpdk)");
+        assert_eq!(
+            err("xdp:eth0"),
+            "xdp:eth0: unknown backend `xdp` (known: af_packet, tun, tap, vhost-user, mem, vfio, dpdk)"
+        );
         assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
         assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
         assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));

@@ -19,8 +19,8 @@
 //! required); wgpmd's inner side carries IP packets. Towards wgpmd the header and the Ethernet
 //! header come off (IPv4 and IPv6; the frontend's ARP requests are answered for any address but
 //! its own, with the port's MAC: wgpmd is the frontend's gateway for everything; other frames
-//! are counted and dropped). Towards the frontend an all-zero header (no offloads, `num_buffers`
-//! 1) and an Ethernet header to the frontend's MAC (learned from what it sends; broadcast until
+//! are counted and dropped). Towards the frontend an all-zero header (no offloads, one buffer)
+//! and an Ethernet header to the frontend's MAC (learned from what it sends; broadcast until
 //! then) go in front. No offloads, no mergeable buffers, one queue pair (every worker's queue
 //! uses it, serialised by the vring lock).
 //!
@@ -211,9 +211,8 @@ impl VhostUserPort {
             c: Counters::default(),
         });
         // Bind now, so that a bad path is an error at startup (an old socket file is replaced).
-        let listener = Listener::new(path, true).map_err(|e| {
-            PortError::os(spec, "bind the vhost-user socket", std::io::Error::other(e.to_string()))
-        })?;
+        let listener = Listener::new(path, true)
+            .map_err(|e| PortError::os(spec, "bind the vhost-user socket", std::io::Error::other(e.to_string())))?;
         let sh2 = sh.clone();
         let server = std::thread::Builder::new()
             .name("wgpmd-vhost-user".into())
@@ -320,7 +319,8 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
     match r {
         // A frontend that closes its socket, also between messages or in the middle of one.
         Ok(())
-        | Err(DaemonError::HandleRequest(VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_))) => {
+        | Err(DaemonError::HandleRequest(VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_))) =>
+        {
             tracing::info!("vhost-user {}: frontend disconnected", sh.path.display())
         }
         Err(e) => {
@@ -405,7 +405,7 @@ impl VhostUserQueue {
 
     /// Frames (with their Ethernet header) into the frontend's receive queue; returns how many
     /// of `frames` (from the front) were taken (written, or dropped and counted).
-    fn push(&mut self, conn: &Conn, frames: &mut Vec<Buffer>, ip: bool) -> usize {
+    fn push(&mut self, conn: &Conn, frames: &[Buffer], ip: bool) -> usize {
         let vring = &conn.vrings[0];
         let mut st = vring.get_mut();
         if !st.is_enabled() || !st.get_queue().ready() {
@@ -424,7 +424,8 @@ impl VhostUserQueue {
             if ip {
                 hdr[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst);
                 hdr[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&PORT_MAC);
-                let ty: [u8; 2] = if b.data().first().is_some_and(|v| v >> 4 == 6) { [0x86, 0xdd] } else { [0x08, 0x00] };
+                let ty: [u8; 2] =
+                    if b.data().first().is_some_and(|v| v >> 4 == 6) { [0x86, 0xdd] } else { [0x08, 0x00] };
                 hdr[VNET_HDR_LEN + 12..].copy_from_slice(&ty);
             }
             let pieces: [&[u8]; 2] = [if ip { &hdr[..] } else { &hdr[..VNET_HDR_LEN] }, b.data()];
@@ -496,7 +497,11 @@ impl VhostUserQueue {
     }
 
     /// Read one transmit chain into `b` (header and all).
-    fn read_chain(mem: &GuestMemoryMmap, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>, b: &mut Buffer) -> Read {
+    fn read_chain(
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        b: &mut Buffer,
+    ) -> Read {
         let room = b.data_and_tailroom_mut();
         let cap = room.len();
         let mut len = 0usize;
@@ -659,7 +664,7 @@ impl Queue for VhostUserQueue {
         }
         if !self.replies.is_empty() {
             let mut replies = std::mem::take(&mut self.replies);
-            let k = self.push(&conn, &mut replies, false);
+            let k = self.push(&conn, &replies, false);
             replies.drain(..k);
             // Replies the frontend has no room for now are dropped (it asks again).
             replies.clear();
@@ -670,7 +675,7 @@ impl Queue for VhostUserQueue {
 
     fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize {
         let taken = match self.conn() {
-            Some(conn) => self.push(&conn, bufs, true),
+            Some(conn) => self.push(&conn, bufs.as_slice(), true),
             None => {
                 // No frontend: counted and dropped.
                 self.stats.tx_dropped += bufs.len() as u64;

@@ -48,9 +48,12 @@ fn shm_file() -> File {
 /// the file); `Err` if the port refused something.
 fn connect(path: &str, regions: &[(u64, u64, u64)]) -> Result<Guest, vhost::Error> {
     let file = shm_file();
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges_with_files([(GuestAddress(0), SIZE, Some(FileOffset::new(file.try_clone().unwrap(), 0)))])
-            .unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
+        GuestAddress(0),
+        SIZE,
+        Some(FileOffset::new(file.try_clone().unwrap(), 0)),
+    )])
+    .unwrap();
     let mut fe = Frontend::connect(path, 2)?;
     fe.set_owner()?;
     let f = fe.get_features()?;
@@ -199,10 +202,9 @@ fn bad_frontends_are_refused_and_the_port_serves_the_next() {
 
     // Overlapping regions, and a region far larger than its file: refused (the connection
     // ends with a protocol error), nothing mapped.
-    for (what, regions) in [
-        ("overlapping", vec![(0, SIZE as u64, 0), (0x8000, SIZE as u64, 0)]),
-        ("huge", vec![(0, 1u64 << 46, 0)]),
-    ] {
+    for (what, regions) in
+        [("overlapping", vec![(0, SIZE as u64, 0), (0x8000, SIZE as u64, 0)]), ("huge", vec![(0, 1u64 << 46, 0)])]
+    {
         let errs = counter(port.as_ref(), "vhost_user_protocol_errors");
         // The frontend may not wait for an answer to its table: then the refusal shows as the
         // connection closing.

@@ -206,8 +206,7 @@ impl Wgpmd {
         let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &[("NO_COLOR", "1")])?;
         proc.set_grace(secs(10));
         let tun = opts.inner.is_none();
-        let mut d =
-            Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false, tun };
+        let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false, tun };
         let (uapi, stats) = (d.uapi_socket(), d.stats_socket());
         let (ifname, ns2) = (d.ifname.clone(), ns.clone());
         wait_until(

@@ -215,7 +215,9 @@ fn round(t: &mut Testpmd, d: &Wgpmd, peer: &Site, peer_if: &str, n: u64) -> Resu
     let inner_rx = settled(d, "inner_queue_rx_packets")? - inner_rx0;
     let data_tx = settled(d, "data_tx")? - data_tx0;
     let tun = tun_rx_packets(&peer.ns, peer_if)? - tun0;
-    eprintln!("frontend → peer: testpmd sent {sent}, wgpmd took {inner_rx} and sealed {data_tx}, the peer's TUN got {tun}");
+    eprintln!(
+        "frontend → peer: testpmd sent {sent}, wgpmd took {inner_rx} and sealed {data_tx}, the peer's TUN got {tun}"
+    );
     ensure!(sent > 1000, "testpmd sent only {sent}");
     ensure!(inner_rx == sent, "testpmd sent {sent}, wgpmd's vhost-user queue received {inner_rx}");
     ensure!(data_tx == inner_rx, "wgpmd received {inner_rx} from the frontend but sealed {data_tx}");
@@ -252,7 +254,10 @@ fn round(t: &mut Testpmd, d: &Wgpmd, peer: &Site, peer_if: &str, n: u64) -> Resu
 fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
     run("vhost_user_testpmd", |ctx| {
         let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
-        ensure!(found.status.success(), "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)");
+        ensure!(
+            found.status.success(),
+            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
+        );
         let huge = Hugepages::reserve(160)?;
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
@@ -260,9 +265,8 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
         let opts = WgpmdOptions { inner: Some(format!("vhost-user:{sock}")), ..Default::default() };
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
         // The peer keeps the session up by itself (wgpmd, a concentrator, learns endpoints).
-        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip))).peer(
-            PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1),
-        );
+        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
         let peer = WgGo::start(ctx, &p.ns, &cfg)?;
         d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
         ensure!(d.stats()?.get("vhost_user_connected")? == 0);
