@@ -135,6 +135,10 @@ impl VhostUserBackend for NetBackend {
         MAX_QUEUE_SIZE
     }
     fn features(&self) -> u64 {
+        // QEMU 7.2 does not work yet: it sends SET_VRING_ENABLE while it realizes the device,
+        // before SET_FEATURES, and the crate's handler refuses that message until this bit is
+        // acked (the connection ends, counted as a protocol error). Without the bit, QEMU 7.2
+        // itself crashed when the guest's driver started (tried; docs/OPERATIONS.md).
         (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
     fn acked_features(&self, features: u64) {

@@ -95,7 +95,10 @@ fn start_tx(g: &mut Guest) -> Result<(), vhost::Error> {
     g.fe.set_vring_base(q, 0)?;
     g.fe.set_vring_call(q, &g._call)?;
     g.fe.set_vring_kick(q, &g._kick)?;
-    g.fe.set_vring_enable(q, true)?;
+    // Only with protocol features (the port offers none: the ring is enabled by its kick).
+    if g.fe.get_features()? & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        g.fe.set_vring_enable(q, true)?;
+    }
     Ok(())
 }
 
