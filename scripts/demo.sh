@@ -239,7 +239,7 @@ ok "wgpmd public key $W_PUB"
 
 # ---------------------------------------------------------------------------------------------
 section "Start wgpmd"
-cmd=("$WGPMD" -v run --name "$WG_IF" --config "$TMP/wgpmd.conf" --port af_packet:wan0
+cmd=("$WGPMD" -v run "$WG_IF" --config "$TMP/wgpmd.conf" --port af_packet:wan0
     --address "$WAN_IP/24" "${CORE_ARGS[@]}" --poll adaptive)
 say "ip netns exec $NS_W \\"
 say "  wgpmd ${cmd[*]:1}"

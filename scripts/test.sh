@@ -24,6 +24,14 @@ command -v nc >/dev/null || need_apt+=(netcat-openbsd)  # TCP through the except
 command -v nft >/dev/null || need_apt+=(nftables)       # keeps the kernel off the af_packet WAN veth
 command -v bird >/dev/null || need_apt+=(bird2)         # BGP over the exception TAP
 command -v dpdk-testpmd >/dev/null || need_apt+=(dpdk-dev)  # the vhost-user frontend (virtio-user)
+# --- Operations: the Debian package test (scripts/deb-test.sh): systemd-analyze verifies the unit, man renders
+# the man page ---
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v man >/dev/null || need_apt+=(man-db)
+# The metrics tests (tests/tests/metrics.rs): a real Prometheus server scrapes wgpmd, promtool checks
+# the endpoint's output (the package's service is not started: the test runs the binary), curl asks both.
+{ command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v qemu-x86_64 >/dev/null || need_apt+=(qemu-user)  # crypto tests on a CPU without BMI2/ADX/AVX (below)
 # --- Guest tests (tests/tests/guest.rs, tests/guest/; docs/TESTING.md "Guest tests (VFIO)") --------------
 # A QEMU TCG guest with a vIOMMU runs wgpmd's VFIO driver. The guest kernel is a Debian linux-image package
@@ -50,11 +58,13 @@ command -v mount >/dev/null || need_apt+=(mount)
 WORKSPACE_FEATURES="wgpmd/dpdk,nic-backends/dpdk,wgpmd-e2e/dpdk"
 # --- end DPDK ----------------------------------------------------------------------------------
 # Test hooks (wgpmd/test-hooks -> nic-backends/test-hooks): fault injection the guest tests use
-# (WGPMD_VFIO_TEST_BAD_IOVA). Only in the featured test build; the release check below builds
-# without them and makes sure none is in the binary.
+# (WGPMD_VFIO_TEST_BAD_IOVA) and the worker panic of tests/tests/ops.rs (WGPMD_TEST_PANIC_WORKER). Only in
+# the featured test build; the release check below builds without them and makes sure none is in the binary.
 WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/test-hooks"
 # Names of the test hooks: not one may appear in a plain release binary.
-TEST_HOOKS=(WGPMD_VFIO_TEST_BAD_IOVA)
+TEST_HOOKS=(WGPMD_VFIO_TEST_BAD_IOVA WGPMD_TEST_PANIC_WORKER)
+# boringtun as a reference in `wgpmd bench` (and its smoke test): opt-in, not a default feature.
+WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/bench-boringtun"
 
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
@@ -148,6 +158,11 @@ echo "== crypto unit tests on a CPU without BMI2/ADX/AVX (qemu-x86_64 -cpu qemu6
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu qemu64" \
     cargo test --release -p wgpmd-proto --lib crypto:: 2>&1 | tee -a "$results"
 
+# The Debian package (cargo-deb, installed into .tools/cargo-deb by scripts/package.sh): built with the dist
+# profile (LTO), installed with dpkg -i, the unit verified, `wgpmd --version` and `man wgpmd` checked, purged.
+echo "== Debian package: build, dpkg -i, systemd-analyze verify, --version, man, dpkg -r/-P (scripts/deb-test.sh)"
+scripts/deb-test.sh
+
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"
 (cd fuzz && cargo build --release --bins)
 
@@ -156,6 +171,8 @@ if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches
     echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
     target/release/wgpmd bench --quick
+    echo "== wgpmd bench --flood --quick (handshake storm and flood through the worker pipeline; fails on lost or damaged packets, unanswered handshakes, incomplete rekeys)"
+    target/release/wgpmd bench --flood --quick
     # DPDK: the backend's per-packet cost next to raw rx/tx bursts (net_ring, --no-huge).
     echo "== wgpmd dpdk-bench --quick (docs/PERFORMANCE.md)"
     target/release/wgpmd dpdk-bench --quick

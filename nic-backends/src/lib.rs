@@ -46,5 +46,7 @@ pub mod virtio;
 
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};
 pub use error::{BufError, PoolError, PortError};
-pub use port::{open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats};
+pub use port::{
+    check_spec, open, ExtraStats, Fanout, Port, PortInfo, PortOptions, Queue, QueueStats, BACKENDS as PORT_BACKENDS,
+};
 pub use sys::slots::MmapRegion;

@@ -201,6 +201,64 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
     }
 }
 
+/// Check a port string's syntax without opening anything (`wgpmd run --check`): a known
+/// backend, built into this binary, with a name of the right form (a Linux interface name for
+/// `af_packet:`/`tun:`, a PCI address for `vfio:`), and an MTU the backend accepts. Whether the
+/// interface, device or DPDK port exists is only known when it is opened. Returns the backend.
+pub fn check_spec(spec: &str, opts: &PortOptions) -> Result<&'static str, PortError> {
+    let Some((backend, name)) = spec.split_once(':') else {
+        return Err(PortError::BadSpec { spec: spec.to_string() });
+    };
+    if opts.queues == 0 {
+        return Err(PortError::BadOptions { spec: spec.to_string(), problem: "queues must be at least 1".into() });
+    }
+    let missing = |example| PortError::MissingName { spec: spec.to_string(), example };
+    let ifname = |b: &'static str| {
+        crate::sys::ioctl::IfName::new(name)
+            .map(|_| b)
+            .map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })
+    };
+    match backend {
+        "af_packet" if name.is_empty() => Err(missing("af_packet:eth1")),
+        "af_packet" => ifname("af_packet"),
+        "tun" if name.is_empty() => Err(missing("tun:wg0")),
+        "tun" => {
+            if let Some(mtu) = opts.mtu {
+                check_mtu(spec, mtu, 0)?;
+            }
+            ifname("tun")
+        }
+        "tap" if name.is_empty() => Err(missing("tap:wgx0")),
+        "tap" => ifname("tap"),
+        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd-vm0.sock")),
+        "vhost-user" => crate::vhost_user::check_path(spec, name).map(|_| "vhost-user"),
+        "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
+        "vfio" => vfio::parse_bdf(name)
+            .map(|_| "vfio")
+            .map_err(|e| PortError::BadOptions { spec: spec.to_string(), problem: e.to_string() }),
+        "mem" if name.is_empty() => Err(missing("mem:test")),
+        "mem" => Ok("mem"),
+        "dpdk" if name.is_empty() => Err(missing("dpdk:0")),
+        #[cfg(feature = "dpdk")]
+        "dpdk" => Ok("dpdk"),
+        #[cfg(not(feature = "dpdk"))]
+        "dpdk" => Err(PortError::NotBuilt { spec: spec.to_string(), backend: "dpdk" }),
+        _ => Err(PortError::UnknownBackend { spec: spec.to_string(), backend: backend.to_string() }),
+    }
+}
+
+/// The port backends built into this binary (`wgpmd --version`).
+pub const BACKENDS: &[&str] = &[
+    "af_packet",
+    "tun",
+    "tap",
+    "vhost-user",
+    "mem",
+    "vfio (virtio-net)",
+    #[cfg(feature = "dpdk")]
+    "dpdk",
+];
+
 /// Check a requested MTU against what fits in a buffer. `l2` is the link header length the
 /// backend adds (14 + 4 for Ethernet with a VLAN tag, 0 for TUN).
 pub(crate) fn check_mtu(spec: &str, mtu: usize, l2: usize) -> Result<(), PortError> {
@@ -250,6 +308,28 @@ mod tests {
         assert_eq!(e.to_string(), "mem:x: queues must be at least 1");
         let e = open("tun:x", &PortOptions { mtu: Some(9000), ..Default::default() }).err().unwrap();
         assert!(e.to_string().starts_with("tun:x: MTU 9000 out of range 68..=1888"), "{e}");
+    }
+
+    #[test]
+    fn check_spec_knows_the_syntax_without_opening() {
+        let o = PortOptions::default();
+        let e = |s: &str| check_spec(s, &o).unwrap_err().to_string();
+        assert_eq!(check_spec("af_packet:no-such-if0", &o).unwrap(), "af_packet", "not opened: need not exist");
+        assert_eq!(check_spec("tun:wg7", &o).unwrap(), "tun");
+        assert_eq!(check_spec("vfio:00:1f.7", &o).unwrap(), "vfio", "not opened: need not exist");
+        assert_eq!(check_spec("mem:x", &o).unwrap(), "mem");
+        assert_eq!(e("eth0"), err("eth0"));
+        assert_eq!(e("xdp:eth0"), err("xdp:eth0"));
+        assert_eq!(e("tun:a234567890123456"), err("tun:a234567890123456"));
+        assert!(e("af_packet:a/b").contains("invalid interface name"));
+        assert!(e("vfio:eth0").contains("not a PCI address"), "{}", e("vfio:eth0"));
+        assert_eq!(e("af_packet:"), err("af_packet:"));
+        let big = PortOptions { mtu: Some(9000), ..Default::default() };
+        assert!(check_spec("tun:x", &big).unwrap_err().to_string().contains("MTU 9000 out of range"));
+        #[cfg(not(feature = "dpdk"))]
+        assert!(e("dpdk:0").contains("not built into this binary"));
+        #[cfg(feature = "dpdk")]
+        assert_eq!(check_spec("dpdk:0", &o).unwrap(), "dpdk");
     }
 
     #[test]

@@ -94,7 +94,7 @@ wgpmd_start() {
     port=$1; lcores=$2; shift 2
     WLOG=/tmp/wgpmd-$NAME.log
     log "wgpmd run --port $port -l $lcores $*"
-    env "$@" NO_COLOR=1 /usr/local/bin/wgpmd -v run --name wg0 --config /tmp/wgpmd.conf --port $port \
+    env "$@" NO_COLOR=1 /usr/local/bin/wgpmd -v run wg0 --config /tmp/wgpmd.conf --port $port \
         --address 10.50.0.1/24 -l $lcores --control-shares-core --poll adaptive > $WLOG 2>&1 &
     WPID=$!
     for i in $(seq 1 600); do
@@ -127,7 +127,7 @@ wgpmd_expect_fail() {
     local port re rc
     port=$1; re=$2; shift 2
     WLOG=/tmp/wgpmd-$NAME.log
-    env "$@" NO_COLOR=1 timeout -s KILL ${FAILWAIT:-60} /usr/local/bin/wgpmd run --name wg0 --config /tmp/wgpmd.conf \
+    env "$@" NO_COLOR=1 timeout -s KILL ${FAILWAIT:-60} /usr/local/bin/wgpmd run wg0 --config /tmp/wgpmd.conf \
         --port $port --address 10.50.0.1/24 -l 0 --control-shares-core --poll adaptive > $WLOG 2>&1
     rc=$?
     ERRLINE=$(grep -v '^\s*$' $WLOG | tail -n 1)

@@ -64,6 +64,8 @@ pub struct WgpmdOptions {
     /// The inner port string (`--inner`); None: the default TUN named like the interface.
     /// With another inner port there is no TUN to wait for, address or check at stop.
     pub inner: Option<String>,
+    /// More environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for WgpmdOptions {
@@ -78,6 +80,7 @@ impl Default for WgpmdOptions {
             port: None,
             eal_args: Vec::new(),
             inner: None,
+            env: Vec::new(),
         }
     }
 }
@@ -174,7 +177,6 @@ impl Wgpmd {
             &bin,
             "-v",
             "run",
-            "--name",
             &ifname,
             "--config",
             &conf,
@@ -203,7 +205,9 @@ impl Wgpmd {
             args.push("--");
             args.extend(eal.iter().map(String::as_str));
         }
-        let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &[("NO_COLOR", "1")])?;
+        let mut env: Vec<(&str, &str)> = vec![("NO_COLOR", "1")];
+        env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &env)?;
         proc.set_grace(secs(10));
         let tun = opts.inner.is_none();
         let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false, tun };
@@ -320,6 +324,14 @@ impl Wgpmd {
         let mut answer = String::new();
         s.read_to_string(&mut answer).with_context(|| format!("reading the answer of {}", path.display()))?;
         Ok(answer)
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own (a test that makes it stop) and
+    /// returns its status; the sockets it leaves are removed when this value is dropped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let st = self.proc.wait_timeout(timeout)?;
+        self.stopped = true;
+        Ok(st)
     }
 
     /// The checked shutdown: SIGTERM, then the daemon must exit with status 0 within the grace

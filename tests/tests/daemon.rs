@@ -517,7 +517,6 @@ fn bad_operator_input() {
             let conf_s = conf.as_ref().map(|p| p.to_string_lossy().into_owned());
             let mut args = vec![
                 "run",
-                "--name",
                 &name,
                 "--port",
                 &c.port,

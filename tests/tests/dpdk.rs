@@ -324,7 +324,7 @@ fn dpdk_startup_errors() {
         let (_rt, prefix) = RuntimeDir::new("err");
         let fp = format!("--file-prefix={prefix}");
         let name = unique_ifname("wdp");
-        let base = ["run", "--name", &name, "--address", "10.9.9.1/24", "--inner", "mem:x", "--port"];
+        let base = ["run", &name, "--address", "10.9.9.1/24", "--inner", "mem:x", "--port"];
         let cases: [(&str, Vec<&str>, &str); 5] = [
             ("bad EAL argument", vec!["dpdk:0", "--", &fp, "--no-such-eal-option"], "rte_eal_init failed"),
             ("no ports", vec!["dpdk:0", "--", &fp, "--no-huge", "-m", "64", "--no-pci"], "no DPDK ports found"),
@@ -354,7 +354,7 @@ fn dpdk_startup_errors() {
         let r = wgpmd_run_to_exit(
             &ns,
             &[],
-            &["run", "--name", &name, "--address", "10.9.9.1/24", "--port", "mem:y", "--", "--no-huge"],
+            &["run", &name, "--address", "10.9.9.1/24", "--port", "mem:y", "--", "--no-huge"],
             secs(30),
         )?;
         ensure!(r.output.contains("are for a dpdk: port"), "{}", r.output);

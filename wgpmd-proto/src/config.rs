@@ -396,6 +396,22 @@ impl InterfaceConfig {
                 .collect(),
         }
     }
+
+    /// The UAPI `set` request `wg syncconf` sends for this file to a device that has the peers
+    /// `current` (public keys): as [`Self::to_set_request`] but without `replace_peers`, and a
+    /// `remove` for each current peer the file does not name. Peers named in both keep their
+    /// sessions; their allowed IPs are replaced by the file's.
+    pub fn to_sync_request(&self, current: impl IntoIterator<Item = [u8; KEY_LEN]>) -> SetRequest {
+        let mut req = self.to_set_request();
+        req.replace_peers = false;
+        let named: std::collections::HashSet<[u8; KEY_LEN]> = self.peers.iter().map(|p| p.public_key).collect();
+        for key in current {
+            if !named.contains(&key) {
+                req.peers.push(PeerSet { public_key: key, ops: vec![PeerOp::Remove] });
+            }
+        }
+        req
+    }
 }
 
 /// Parses with no resolver: endpoints must be IP literals; a host name is an error naming it.

@@ -32,7 +32,6 @@
 use std::net::SocketAddr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use arc_swap::ArcSwap;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{ct_eq, hash, mac, xopen_cookie, xseal_cookie, Secret};
@@ -94,8 +93,10 @@ struct CookieSecret {
 /// The responder side (kernel `struct cookie_checker`): checks MACs on incoming handshakes and
 /// makes cookie replies. One per device, shared by every core (`&self` methods).
 pub struct CookieChecker {
-    /// Swapped whole by [`set_public_key`](Self::set_public_key); read lock-free on every packet.
-    keys: ArcSwap<DeviceKeys>,
+    /// Replaced by [`set_public_key`](Self::set_public_key) (under `&mut self`: the device's key
+    /// changes only with the device held exclusively); read on every handshake message, a plain
+    /// field (no atomic load) because a flood's cheapest rejection is this read and one MAC.
+    keys: DeviceKeys,
     secret: RwLock<CookieSecret>,
 }
 
@@ -115,21 +116,18 @@ impl CookieChecker {
     ) -> Self {
         let mut secret = Secret::zero();
         rng.fill_bytes(&mut secret.0);
-        CookieChecker {
-            keys: ArcSwap::from_pointee(DeviceKeys::new(public_key)),
-            secret: RwLock::new(CookieSecret { secret, birth: now }),
-        }
+        CookieChecker { keys: DeviceKeys::new(public_key), secret: RwLock::new(CookieSecret { secret, birth: now }) }
     }
 
     /// Recompute the mac1 and cookie keys after the device's key changed (kernel
     /// `wg_cookie_checker_precompute_device_keys`).
-    pub fn set_public_key(&self, public_key: Option<&[u8; KEY_LEN]>) {
-        self.keys.store(std::sync::Arc::new(DeviceKeys::new(public_key)));
+    pub fn set_public_key(&mut self, public_key: Option<&[u8; KEY_LEN]>) {
+        self.keys = DeviceKeys::new(public_key);
     }
 
     /// Whether `msg`'s mac1 is right for our key (cheap: no secret, no lock).
     pub fn check_mac1<M: MacMessage>(&self, msg: &M) -> bool {
-        let computed = mac(&self.keys.load().mac1, &[msg.mac1_covered()]);
+        let computed = mac(&self.keys.mac1, &[msg.mac1_covered()]);
         ct_eq(&computed, &msg.mac1())
     }
 
@@ -165,15 +163,42 @@ impl CookieChecker {
         src: SocketAddr,
         limiter: &RateLimiter,
     ) -> MacState {
+        self.mac2_state(now, rng, msg, src, limiter).0
+    }
+
+    /// [`validate_mac2`](Self::validate_mac2), and for a message without a valid mac2 its
+    /// cookie reply ([`create_reply`](Self::create_reply)), from one computation of the source's
+    /// cookie: what a flood costs per message under load.
+    pub fn validate_mac2_or_reply<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &M,
+        src: SocketAddr,
+        limiter: &RateLimiter,
+    ) -> (MacState, Option<Reply>) {
+        let (state, cookie) = self.mac2_state(now, rng, msg, src, limiter);
+        let reply = (state == MacState::ValidMacButNoCookie).then(|| self.reply_with(rng, msg, &cookie));
+        (state, reply)
+    }
+
+    fn mac2_state<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        msg: &M,
+        src: SocketAddr,
+        limiter: &RateLimiter,
+    ) -> (MacState, Zeroizing<[u8; COOKIE_LEN]>) {
         let cookie = self.make_cookie(now, rng, src);
         let computed = mac(&cookie[..], &[msg.mac2_covered()]);
         if !ct_eq(&computed, &msg.mac2()) {
-            return MacState::ValidMacButNoCookie;
+            return (MacState::ValidMacButNoCookie, cookie);
         }
         if !limiter.allow(now, src.ip()) {
-            return MacState::ValidMacWithCookieButRatelimited;
+            return (MacState::ValidMacWithCookieButRatelimited, cookie);
         }
-        MacState::ValidMacWithCookie
+        (MacState::ValidMacWithCookie, cookie)
     }
 
     /// The cookie reply to `triggering_msg` from `src` (kernel `wg_cookie_message_create`),
@@ -186,10 +211,20 @@ impl CookieChecker {
         triggering_msg: &M,
         src: SocketAddr,
     ) -> Reply {
+        let cookie = self.make_cookie(now, rng, src);
+        self.reply_with(rng, triggering_msg, &cookie)
+    }
+
+    /// The cookie reply carrying `cookie` (the triggering message's source's).
+    fn reply_with<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
+        &self,
+        rng: &mut R,
+        triggering_msg: &M,
+        cookie: &[u8; COOKIE_LEN],
+    ) -> Reply {
         let mut nonce = [0u8; COOKIE_NONCE_LEN];
         rng.fill_bytes(&mut nonce);
-        let cookie = self.make_cookie(now, rng, src);
-        let sealed = xseal_cookie(&self.keys.load().cookie, &nonce, &triggering_msg.mac1(), &cookie);
+        let sealed = xseal_cookie(&self.keys.cookie, &nonce, &triggering_msg.mac1(), cookie);
         let mut out = Reply::new_unchecked([0u8; COOKIE_REPLY_LEN]);
         out.init_header();
         out.set_receiver_index(triggering_msg.sender_index());

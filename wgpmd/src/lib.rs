@@ -9,7 +9,11 @@
 //!   place, the neighbour table, the outer Ethernet/IP/UDP headers, path MTU errors;
 //! - [`uapi_server`]: the unix socket the stock `wg` tool talks to (the text protocol itself is
 //!   [`wgpmd_proto::uapi`]);
+//! - [`logging`]: plain or JSON lines, journald priorities, the rate limit on per-packet
+//!   messages;
 //! - [`conf`]: reading a wg.conf(5) file with the system resolver;
+//! - [`sdnotify`]: telling systemd when the daemon is ready, reloading or stopping;
+//! - [`privs`]: the capabilities kept after setup, and `PR_SET_NO_NEW_PRIVS`;
 //! - [`bench`]: `wgpmd bench`, the daemon's pipeline over `mem` ports with a built-in traffic
 //!   generator.
 #![forbid(unsafe_code)]
@@ -18,5 +22,8 @@
 pub mod bench;
 pub mod conf;
 pub mod daemon;
+pub mod logging;
+pub mod privs;
+pub mod sdnotify;
 pub mod uapi_server;
 pub mod wan;

@@ -1,6 +1,8 @@
 //! `wgpmd`: the command line. `run` starts a concentrator, `stats` reads a running one's
 //! counters, `bench` measures the worker pipeline over in-memory ports, `status`/`bind`/`unbind`
-//! hand a NIC to vfio-pci and back (the `vfio:BDF` port).
+//! hand a NIC to vfio-pci and back (the `vfio:BDF` port). The interface is named the same way
+//! everywhere: the first positional argument (`wgpmd run wg0 ...`, `wgpmd stats wg0`), as `wg`
+//! and wireguard-go name it.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -9,19 +11,58 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use wgpmd::bench::{self, BenchOptions, Direction};
 use wgpmd::daemon::{self, cores, DaemonConfig, PollMode};
 use wgpmd::wan::WanAddr;
 
+/// `wgpmd --version`: the version, then the port backends and the optional features built in.
+fn long_version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let features: Vec<&str> = [
+            (cfg!(feature = "dpdk"), "dpdk"),
+            (cfg!(feature = "bench-boringtun"), "bench-boringtun"),
+            (cfg!(feature = "test-hooks"), "test-hooks"),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect();
+        format!(
+            "{}\nbackends: {}\nfeatures: {}",
+            env!("CARGO_PKG_VERSION"),
+            nic_backends::PORT_BACKENDS.join(", "),
+            if features.is_empty() { "none".to_string() } else { features.join(", ") }
+        )
+    })
+}
+
 #[derive(Parser)]
-#[command(name = "wgpmd", version, about = "Userspace WireGuard concentrator built as a poll-mode NIC driver")]
+#[command(
+    name = "wgpmd",
+    version,
+    long_version = long_version(),
+    about = "Userspace WireGuard concentrator built as a poll-mode NIC driver"
+)]
 struct Cli {
     /// Log the wg(4) debug messages (handshakes, invalid packets, keepalives).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines as plain text or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value = "plain")]
+    log_format: LogFormatArg,
+    /// Per-packet debug messages (`-v`) logged per second at most; the rest are counted
+    /// (`log_messages_suppressed`).
+    #[arg(long, global = true, default_value_t = wgpmd::logging::DEFAULT_PACKET_RATE)]
+    log_packet_rate: u32,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Plain,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -52,77 +93,8 @@ enum DirectionArg {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a concentrator until SIGINT/SIGTERM.
-    Run {
-        /// Interface name: the UAPI socket is /var/run/wireguard/<NAME>.sock (`wg show NAME`).
-        #[arg(long, default_value = "wg0")]
-        name: String,
-        /// wg.conf(5) file to apply at start (the format `wg setconf` reads).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
-        /// dpdk:PORT_ID or dpdk:DEVICE_NAME (build feature `dpdk`; EAL arguments go after `--`), or mem:NAME.
-        #[arg(short = 'a', long = "port")]
-        port: String,
-        /// Inner port for decrypted traffic (default tun:<NAME>).
-        #[arg(long)]
-        inner: Option<String>,
-        /// WAN exception path: tap:NAME creates a kernel TAP with the WAN port's MAC and MTU.
-        /// Every WAN frame wgpmd does not consume (to its MAC, broadcast or multicast) goes to
-        /// the kernel there, and what the kernel sends there goes out of the WAN, so the host
-        /// keeps the link for SSH, BGP, monitoring. Give the TAP the WAN address (`ip addr
-        /// add`) to share it: wgpmd keeps answering ARP/ND and ping for that address and
-        /// mirrors ARP/ND to the kernel (docs/OPERATIONS.md).
-        #[arg(long, value_name = "tap:NAME")]
-        exception: Option<String>,
-        /// Most frames per second to the exception path (over all workers; more are counted
-        /// and dropped).
-        #[arg(long, default_value_t = wgpmd::daemon::exception::DEFAULT_RATE)]
-        exception_rate: u64,
-        /// Our address on the WAN, with its prefix (e.g. 192.0.2.1/24 or 2001:db8::1/64).
-        /// Give it twice for both families (one IPv4, one IPv6).
-        #[arg(long, required = true)]
-        address: Vec<String>,
-        /// Next hop for endpoints outside the WAN subnet; give it twice for an IPv4 and an
-        /// IPv6 gateway.
-        #[arg(long)]
-        gateway: Vec<IpAddr>,
-        /// 802.1Q VLAN of the WAN (1-4094): only frames tagged N are accepted, all sent
-        /// frames carry the tag.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
-        vlan: Option<u16>,
-        /// Neighbour reachable time in ms (default 30000). For tests only (docs/OPERATIONS.md).
-        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
-        neigh_reachable_ms: Option<u64>,
-        /// Most entries of the neighbour table (default 4096). For tests only
-        /// (docs/OPERATIONS.md).
-        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
-        neigh_max_entries: Option<u64>,
-        /// Cores as an EAL list (0-3,6); the first runs the control plane.
-        #[arg(short = 'l', long = "lcores", conflicts_with = "coremask")]
-        lcores: Option<String>,
-        /// Cores as an EAL hexadecimal mask (0xf).
-        #[arg(short = 'c', long = "coremask")]
-        coremask: Option<String>,
-        /// Run the control plane on the first worker's core (small machines).
-        #[arg(long)]
-        control_shares_core: bool,
-        /// Worker polling: busy (dedicated cores) or adaptive (backs off when idle).
-        #[arg(long, value_enum, default_value = "busy")]
-        poll: Poll,
-        /// How the WAN port spreads packets over workers.
-        #[arg(long, value_enum, default_value = "hash")]
-        fanout: FanoutArg,
-        /// Tunnel MTU.
-        #[arg(long, default_value_t = 1420)]
-        mtu: usize,
-        /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
-        /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds
-        /// `--lcores=0@(<its cores>)`, and `--file-prefix=wgpmd-<NAME>` and
-        /// `--proc-type=primary` unless given.
-        #[arg(last = true, value_name = "EAL_ARGS")]
-        eal: Vec<String>,
-    },
+    /// Run a concentrator until SIGINT/SIGTERM (SIGHUP re-applies --config like `wg syncconf`).
+    Run(Box<RunArgs>),
     /// Measure the full worker pipeline over mem ports with a built-in traffic generator,
     /// next to raw AEAD and boringtun timed in the same run.
     Bench {
@@ -150,6 +122,13 @@ enum Cmd {
         /// Skip the raw AEAD and boringtun references.
         #[arg(long)]
         no_references: bool,
+        /// Handshake flood instead (docs/PERFORMANCE.md): responder handshakes per worker core,
+        /// established peers' data alone and under a flood, with 1 and 2 workers.
+        #[arg(long)]
+        flood: bool,
+        /// With --flood: valid-MAC1 initiations per second (default 100000).
+        #[arg(long, requires = "flood")]
+        rate: Option<u64>,
     },
     /// Per-packet cost of the dpdk backend over raw rte_eth_rx_burst/tx_burst on a net_ring
     /// loopback vdev (build feature `dpdk`). EAL arguments after `--` (default:
@@ -171,8 +150,15 @@ enum Cmd {
     /// Print a running daemon's counters.
     Stats {
         /// Interface name.
-        #[arg(default_value = "wg0")]
+        #[arg(value_name = "INTERFACE", default_value = "wg0")]
         name: String,
+    },
+    /// Write the man pages and the bash and zsh completions, generated from this command line,
+    /// into a directory (packaging).
+    #[command(hide = true)]
+    Assets {
+        /// Output directory (created if missing).
+        dir: PathBuf,
     },
     /// List network PCI devices: vendor:device, driver, IOMMU group, interface, default route.
     Status {
@@ -199,6 +185,100 @@ enum Cmd {
         #[arg(long, hide = true, default_value = "/")]
         sysfs_root: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Interface name: the TUN (unless --inner), the UAPI socket /var/run/wireguard/<INTERFACE>.sock
+    /// (`wg show INTERFACE`) and the counters socket (`wgpmd stats INTERFACE`).
+    #[arg(value_name = "INTERFACE", conflicts_with = "name")]
+    interface: Option<String>,
+    /// The interface name's old spelling, `--name NAME` (hidden).
+    #[arg(long, hide = true)]
+    name: Option<String>,
+    /// wg.conf(5) file to apply at start (the format `wg setconf` reads), and again on SIGHUP
+    /// with `wg syncconf` semantics.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Parse and validate everything (configuration file, addresses, cores, port strings) without
+    /// opening any port; exit 0 if it is all valid, 1 with the reason if not.
+    #[arg(long)]
+    check: bool,
+    /// WAN port: af_packet:IFACE, vfio:BDF (a virtio-net NIC bound with `wgpmd bind`),
+    /// dpdk:PORT_ID or dpdk:DEVICE_NAME (build feature `dpdk`; EAL arguments go after `--`), or mem:NAME.
+    #[arg(long = "port", value_name = "PORT", required_unless_present = "port_short_a")]
+    port: Option<String>,
+    /// Deprecated `-a PORT` (EAL's `-a` is the PCI allow list): accepted with a warning.
+    #[arg(short = 'a', hide = true, value_name = "PORT", conflicts_with = "port")]
+    port_short_a: Option<String>,
+    /// Inner port for decrypted traffic (default tun:<INTERFACE>).
+    #[arg(long)]
+    inner: Option<String>,
+    /// WAN exception path: tap:NAME creates a kernel TAP with the WAN port's MAC and MTU.
+    /// Every WAN frame wgpmd does not consume (to its MAC, broadcast or multicast) goes to
+    /// the kernel there, and what the kernel sends there goes out of the WAN, so the host
+    /// keeps the link for SSH, BGP, monitoring. Give the TAP the WAN address (`ip addr
+    /// add`) to share it: wgpmd keeps answering ARP/ND and ping for that address and
+    /// mirrors ARP/ND to the kernel (docs/OPERATIONS.md).
+    #[arg(long, value_name = "tap:NAME")]
+    exception: Option<String>,
+    /// Most frames per second to the exception path (over all workers; more are counted
+    /// and dropped).
+    #[arg(long, default_value_t = wgpmd::daemon::exception::DEFAULT_RATE)]
+    exception_rate: u64,
+    /// Our address on the WAN, with its prefix (e.g. 192.0.2.1/24 or 2001:db8::1/64).
+    /// Give it twice for both families (one IPv4, one IPv6).
+    #[arg(long, required = true)]
+    address: Vec<String>,
+    /// Next hop for endpoints outside the WAN subnet; give it twice for an IPv4 and an
+    /// IPv6 gateway.
+    #[arg(long)]
+    gateway: Vec<IpAddr>,
+    /// 802.1Q VLAN of the WAN (1-4094): only frames tagged N are accepted, all sent
+    /// frames carry the tag.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    vlan: Option<u16>,
+    /// Neighbour reachable time in ms (default 30000). For tests only (docs/OPERATIONS.md).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    neigh_reachable_ms: Option<u64>,
+    /// Most entries of the neighbour table (default 4096). For tests only
+    /// (docs/OPERATIONS.md).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    neigh_max_entries: Option<u64>,
+    /// Cores as a list, as EAL's -l takes it (0-3,6); the first runs the control plane.
+    // `--lcores`, the old spelling, is a hidden alias: EAL's --lcores is an lcore@cpu map.
+    #[arg(short = 'l', long = "cores", alias = "lcores", value_name = "LIST", conflicts_with = "coremask")]
+    cores: Option<String>,
+    /// Cores as an EAL hexadecimal mask (0xf).
+    #[arg(short = 'c', long = "coremask")]
+    coremask: Option<String>,
+    /// Run the control plane on the first worker's core (small machines).
+    #[arg(long)]
+    control_shares_core: bool,
+    /// Worker polling: busy (dedicated cores) or adaptive (backs off when idle).
+    #[arg(long, value_enum, default_value = "busy")]
+    poll: Poll,
+    /// How the WAN port spreads packets over workers.
+    #[arg(long, value_enum, default_value = "hash")]
+    fanout: FanoutArg,
+    /// Tunnel MTU.
+    #[arg(long, default_value_t = 1420)]
+    mtu: usize,
+    /// Serve OpenMetrics/Prometheus metrics on http://ADDR:PORT/metrics (off by default;
+    /// docs/OPERATIONS.md "Metrics").
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Export per-peer series (bytes, latest handshake) for at most N peers on the metrics
+    /// endpoint (0: none).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "metrics",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    metrics_peers: u32,
+    /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
+    /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds
+    /// `--lcores=0@(<its cores>)`, and `--file-prefix=wgpmd-<INTERFACE>` and
+    /// `--proc-type=primary` unless given.
+    #[arg(last = true, value_name = "EAL_ARGS")]
+    eal: Vec<String>,
 }
 
 fn parse_address(s: &str) -> Result<(IpAddr, u8), String> {
@@ -255,15 +335,17 @@ fn main() -> ExitCode {
         1 => "info,wgpmd=debug,wgpmd_proto=debug",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wgpmd::logging::init(&wgpmd::logging::LogOptions {
+        format: match cli.log_format {
+            LogFormatArg::Plain => wgpmd::logging::LogFormat::Plain,
+            LogFormatArg::Json => wgpmd::logging::LogFormat::Json,
+        },
+        default_filter: filter.to_string(),
+        packet_rate: cli.log_packet_rate,
+    });
     match cli.cmd {
-        Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references } => {
+        Cmd::Bench { flood: true, peers, seconds, quick, rate, .. } => flood_bench(peers, seconds, quick, rate),
+        Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references, .. } => {
             let base = if quick { BenchOptions::quick() } else { BenchOptions::full() };
             let opts = BenchOptions {
                 peers: peers.unwrap_or(base.peers),
@@ -319,122 +401,208 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run {
-            name,
-            config,
-            port,
-            inner,
-            exception,
-            exception_rate,
-            address,
-            gateway,
-            vlan,
-            neigh_reachable_ms,
-            neigh_max_entries,
-            lcores,
-            coremask,
-            control_shares_core,
-            poll,
-            fanout,
-            mtu,
-            eal,
-        } => {
-            let fail = |msg: String| {
-                eprintln!("wgpmd: {msg}");
+        Cmd::Run(args) => run(*args),
+        Cmd::Assets { dir } => match assets(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wgpmd: {}: {e}", dir.display());
                 ExitCode::FAILURE
-            };
-            let (wan_v4, wan_v6) = match wan_addresses(&address, &gateway) {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
-            let cores = match (lcores, coremask) {
-                (Some(l), _) => cores::parse_list(&l),
-                (None, Some(c)) => cores::parse_mask(&c),
-                (None, None) => Ok(vec![cores::available().first().copied().unwrap_or(0)]),
-            };
-            let cores = match cores {
-                Ok(c) => c,
-                Err(e) => return fail(e.to_string()),
-            };
-            if name.is_empty() || name.len() > 15 || name.contains('/') {
-                return fail(format!("--name `{name}`: an interface name of 1-15 characters without `/`"));
             }
-            let dpdk = port.starts_with("dpdk:");
-            if !eal.is_empty() && !dpdk {
-                return fail(format!(
-                    "EAL arguments after `--` ({}) are for a dpdk: port, and --port is `{port}`",
-                    eal.join(" ")
-                ));
-            }
-            let mut eal_prefix = String::new();
-            if dpdk {
-                let args = match eal_args(&name, &cores, &eal) {
-                    Ok(a) => a,
-                    Err(e) => return fail(e),
-                };
-                eal_prefix = file_prefix(&args);
-                #[cfg(feature = "dpdk")]
-                {
-                    tracing::info!("DPDK EAL arguments: {}", args[1..].join(" "));
-                    if let Err(e) = nic_backends::dpdk::init_eal(&args) {
-                        dpdk_leftovers(&eal_prefix, !eal.iter().any(|a| a.starts_with("--file-prefix")));
-                        return fail(e.to_string());
-                    }
-                }
-                // Without the feature, opening the port names the missing feature.
-                #[cfg(not(feature = "dpdk"))]
-                let _ = args;
-            }
-            let cfg = DaemonConfig {
-                inner_port: inner.unwrap_or_else(|| format!("tun:{name}")),
-                name,
-                config,
-                inline_config: None,
-                wan_port: port,
-                wan_v4,
-                wan_v6,
-                vlan,
-                neigh_reachable: neigh_reachable_ms.map(std::time::Duration::from_millis),
-                neigh_max_entries: neigh_max_entries.map(|n| n as usize),
-                cores,
-                control_shares_core,
-                poll: match poll {
-                    Poll::Busy => PollMode::Busy,
-                    Poll::Adaptive => PollMode::Adaptive,
-                },
-                fanout: match fanout {
-                    FanoutArg::Hash => nic_backends::Fanout::Hash,
-                    FanoutArg::Lb => nic_backends::Fanout::LoadBalance,
-                },
-                mtu,
-                sockets: true,
-                exception,
-                exception_rate,
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-                    return fail(format!("installing a signal handler: {e}"));
-                }
-            }
-            let result = daemon::run(cfg, stop);
-            // Every port and pool is gone: free EAL's memory, then remove what DPDK 22.11 leaves
-            // behind for our file prefix (see `dpdk_leftovers`).
-            #[cfg(feature = "dpdk")]
-            if dpdk {
-                nic_backends::dpdk::cleanup_eal();
-                dpdk_leftovers(&eal_prefix, !eal.iter().any(|a| a.starts_with("--file-prefix")));
-            }
-            let _ = &eal_prefix;
-            match result {
-                Ok(()) => {
-                    tracing::info!("stopped");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e.to_string()),
+        },
+    }
+}
+
+/// `wgpmd run`'s arguments, validated: everything that can be checked without opening a port.
+struct Validated {
+    cfg: DaemonConfig,
+    /// The EAL argv (a dpdk: port), else empty.
+    eal_args: Vec<String>,
+    /// Whether the user gave EAL a --file-prefix.
+    user_prefix: bool,
+}
+
+/// Check `wgpmd run`'s arguments: the interface name, addresses, cores (against this machine's),
+/// port strings (syntax), EAL arguments, and the configuration file (read and parsed, endpoint
+/// names resolved). Opens no port.
+fn validate(a: RunArgs) -> Result<Validated, String> {
+    let name = a.interface.or(a.name).unwrap_or_else(|| "wg0".into());
+    if !wgpmd::uapi_server::valid_name(&name) {
+        return Err(format!(
+            "interface `{name}`: an interface name of 1-15 bytes without `/`, `:` or whitespace, not `.` or `..`"
+        ));
+    }
+    let port = match (a.port, a.port_short_a) {
+        (Some(p), _) => p,
+        (None, Some(p)) => {
+            tracing::warn!(
+                "`-a {p}` is deprecated (in DPDK EAL, whose arguments follow `--`, -a is the PCI allow list): use --port {p}"
+            );
+            p
+        }
+        (None, None) => return Err("--port is required".into()),
+    };
+    let (wan_v4, wan_v6) = wan_addresses(&a.address, &a.gateway)?;
+    let cores = match (a.cores, a.coremask) {
+        (Some(l), _) => cores::parse_list(&l),
+        (None, Some(c)) => cores::parse_mask(&c),
+        (None, None) => Ok(vec![cores::available().first().copied().unwrap_or(0)]),
+    }
+    .map_err(|e| e.to_string())?;
+    let layout = cores::layout(&cores, &cores::available(), a.control_shares_core).map_err(|e| e.to_string())?;
+    let inner = a.inner.unwrap_or_else(|| format!("tun:{name}"));
+    let queues = layout.workers.len();
+    let fanout = match a.fanout {
+        FanoutArg::Hash => nic_backends::Fanout::Hash,
+        FanoutArg::Lb => nic_backends::Fanout::LoadBalance,
+    };
+    let wan_backend =
+        nic_backends::check_spec(&port, &nic_backends::PortOptions { queues, fanout, mtu: None, mac: None })
+            .map_err(|e| e.to_string())?;
+    nic_backends::check_spec(&inner, &nic_backends::PortOptions { queues, fanout, mtu: Some(a.mtu), mac: None })
+        .map_err(|e| e.to_string())?;
+    let dpdk = wan_backend == "dpdk" || port.starts_with("dpdk:");
+    if !a.eal.is_empty() && !dpdk {
+        return Err(format!(
+            "EAL arguments after `--` ({}) are for a dpdk: port, and --port is `{port}`",
+            a.eal.join(" ")
+        ));
+    }
+    let eal = if dpdk { eal_args(&name, &cores, &a.eal)? } else { Vec::new() };
+    if let Some(path) = &a.config {
+        daemon::load_config(path).map_err(|e| e.to_string())?;
+    }
+    Ok(Validated {
+        cfg: DaemonConfig {
+            inner_port: inner,
+            name,
+            config: a.config,
+            inline_config: None,
+            wan_port: port,
+            wan_v4,
+            wan_v6,
+            vlan: a.vlan,
+            neigh_reachable: a.neigh_reachable_ms.map(std::time::Duration::from_millis),
+            neigh_max_entries: a.neigh_max_entries.map(|n| n as usize),
+            cores,
+            control_shares_core: a.control_shares_core,
+            poll: match a.poll {
+                Poll::Busy => PollMode::Busy,
+                Poll::Adaptive => PollMode::Adaptive,
+            },
+            fanout,
+            mtu: a.mtu,
+            sockets: true,
+            reload: None,
+            drop_privileges: true,
+            metrics: a.metrics.map(|addr| daemon::MetricsOptions { addr, peers: a.metrics_peers as usize }),
+            exception: a.exception,
+            exception_rate: a.exception_rate,
+        },
+        eal_args: eal,
+        user_prefix: a.eal.iter().any(|e| e.starts_with("--file-prefix")),
+    })
+}
+
+/// `wgpmd run`.
+fn run(a: RunArgs) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("wgpmd: {msg}");
+        ExitCode::FAILURE
+    };
+    let check = a.check;
+    let v = match validate(a) {
+        Ok(v) => v,
+        Err(e) if check => return fail(format!("check failed: {e}")),
+        Err(e) => return fail(e),
+    };
+    let Validated { mut cfg, eal_args: eal, user_prefix } = v;
+    if check {
+        println!(
+            "wgpmd: check passed: interface {}, WAN {}, inner {}, cores {:?}, configuration {} (no port opened)",
+            cfg.name,
+            cfg.wan_port,
+            cfg.inner_port,
+            cfg.cores,
+            cfg.config.as_ref().map_or("none".to_string(), |p| p.display().to_string())
+        );
+        return ExitCode::SUCCESS;
+    }
+    daemon::install_panic_hook();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            return fail(format!("installing a signal handler: {e}"));
+        }
+    }
+    // SIGHUP re-applies --config (and no longer kills the daemon).
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+        return fail(format!("installing a signal handler: {e}"));
+    }
+    cfg.reload = Some(reload);
+    let dpdk = !eal.is_empty();
+    let eal_prefix = if dpdk { file_prefix(&eal) } else { String::new() };
+    if dpdk {
+        #[cfg(feature = "dpdk")]
+        {
+            tracing::info!("DPDK EAL arguments: {}", eal[1..].join(" "));
+            if let Err(e) = nic_backends::dpdk::init_eal(&eal) {
+                dpdk_leftovers(&eal_prefix, !user_prefix);
+                return fail(e.to_string());
             }
         }
     }
+    let result = daemon::run(cfg, stop);
+    // Every port and pool is gone: free EAL's memory, then remove what DPDK 22.11 leaves
+    // behind for our file prefix (see `dpdk_leftovers`).
+    #[cfg(feature = "dpdk")]
+    if dpdk {
+        nic_backends::dpdk::cleanup_eal();
+        dpdk_leftovers(&eal_prefix, !user_prefix);
+    }
+    let _ = (&eal_prefix, user_prefix);
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// `wgpmd assets DIR`: man pages (wgpmd.1 and one per visible subcommand, wgpmd-run.1...) and
+/// the bash (`wgpmd.bash`) and zsh (`_wgpmd`) completions, generated from the clap definitions.
+fn assets(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let cmd = Cli::command();
+    let mut page = |cmd: clap::Command, file: String| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        let path = dir.join(file);
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    page(cmd.clone(), "wgpmd.1".into())?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("wgpmd-{}", sub.get_name());
+        let name: &'static str = Box::leak(name.into_boxed_str());
+        page(sub.clone().name(name), format!("{name}.1"))?;
+    }
+    for (shell, file) in [(clap_complete::Shell::Bash, "wgpmd.bash"), (clap_complete::Shell::Zsh, "_wgpmd")] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "wgpmd", &mut out);
+        let path = dir.join(file);
+        std::fs::write(&path, out)?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// The EAL argv for a dpdk: WAN: `wgpmd`, then what wgpmd sets unless the user gave it
@@ -450,7 +618,7 @@ fn eal_args(name: &str, cores: &[usize], user: &[String]) -> Result<Vec<String>,
         for o in ["-l", "-c", "--lcores", "--main-lcore", "-s", "--service-coremask", "--service-corelist"] {
             if opt(u, o) || (o.len() == 2 && u.starts_with(o) && u.len() > 2 && !u.starts_with("--")) {
                 return Err(format!(
-                    "EAL argument `{u}`: give wgpmd's cores with -l/--lcores or -c before `--` (wgpmd passes EAL the control core itself)"
+                    "EAL argument `{u}`: give wgpmd's cores with -l/--cores or -c before `--` (wgpmd passes EAL the control core itself)"
                 ));
             }
         }
@@ -466,6 +634,30 @@ fn eal_args(name: &str, cores: &[usize], user: &[String]) -> Result<Vec<String>,
     args.push(format!("--lcores=0@({})", set.join(",")));
     args.extend(user.iter().cloned());
     Ok(args)
+}
+
+fn flood_bench(peers: Option<usize>, seconds: Option<f64>, quick: bool, rate: Option<u64>) -> ExitCode {
+    let base = if quick { bench::flood::FloodOptions::quick() } else { bench::flood::FloodOptions::full() };
+    let opts = bench::flood::FloodOptions {
+        peers: peers.unwrap_or(base.peers),
+        seconds: seconds.unwrap_or(base.seconds),
+        rate: rate.unwrap_or(base.rate),
+        ..base
+    };
+    match bench::flood::run(&opts) {
+        Ok(report) => {
+            print!("{report}");
+            if report.broken().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("wgpmd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(feature = "dpdk")]

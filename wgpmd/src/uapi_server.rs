@@ -170,8 +170,9 @@ impl core::fmt::Debug for UapiServer {
     }
 }
 
-/// The kernel's `dev_valid_name`.
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a usable interface name (the kernel's `dev_valid_name`): 1 to 15 bytes,
+/// not `.` or `..`, without `/`, `:`, NUL or whitespace.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < IFNAMSIZ
         && name != "."

@@ -96,7 +96,7 @@ fn bind_and_unbind_write_sysfs_and_fail_loudly_when_the_kernel_does_not_follow()
 fn run_on_a_missing_vfio_device_exits_with_the_reason() {
     // The real sysfs: no such device on any machine (bus 0x7e, device 0x1f).
     let o = Command::new(env!("CARGO_BIN_EXE_wgpmd"))
-        .args(["run", "--name", "wgvfiotest0", "--port", "vfio:0000:7e:1f.7", "--address", "192.0.2.1/24"])
+        .args(["run", "wgvfiotest0", "--port", "vfio:0000:7e:1f.7", "--address", "192.0.2.1/24"])
         .output()
         .unwrap();
     assert!(!o.status.success());

@@ -280,3 +280,24 @@ fn mutated_files_never_panic() {
     }
     assert!(ok > 1_000, "{ok}");
 }
+
+#[test]
+fn sync_request_removes_only_the_peers_the_file_lacks() {
+    let cfg = parse(&format!(
+        "[Interface]\nPrivateKey = {PRIV_B64}\n[Peer]\nPublicKey = {PUB_B}\nAllowedIPs = 10.0.0.2/32\n"
+    ))
+    .unwrap();
+    let req = cfg.to_sync_request([key(PUB_B), key(PUB_C)]);
+    assert!(!req.replace_peers, "syncconf never removes every peer");
+    assert_eq!(req.peers.len(), 2);
+    assert_eq!(req.peers[0].public_key, key(PUB_B));
+    assert!(req.peers[0].ops.contains(&PeerOp::ReplaceAllowedIps), "the file's allowed IPs replace the old ones");
+    assert!(!req.peers[0].ops.contains(&PeerOp::Remove));
+    assert_eq!((req.peers[1].public_key, &req.peers[1].ops[..]), (key(PUB_C), &[PeerOp::Remove][..]));
+    // Everything else is what setconf sends.
+    let mut set = cfg.to_set_request();
+    set.replace_peers = false;
+    set.peers.push(PeerSet { public_key: key(PUB_C), ops: vec![PeerOp::Remove] });
+    assert!(req == set);
+    assert_eq!(cfg.to_sync_request([]).peers.len(), 1, "no current peers: nothing to remove");
+}

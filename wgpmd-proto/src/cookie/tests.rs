@@ -266,7 +266,7 @@ fn wrong_mac1_is_invalid_and_short_messages_do_not_panic() {
 
 #[test]
 fn set_public_key_changes_the_mac1_key() {
-    let checker = CookieChecker::new(T0, &mut rng(), None);
+    let mut checker = CookieChecker::new(T0, &mut rng(), None);
     let mut msg = initiation(1);
     CookieState::new(&responder_pk()).add_macs(T0, &mut hs(&mut msg[..]));
     assert!(!checker.check_mac1(&hs(&msg[..])));

@@ -62,7 +62,13 @@ impl Device {
         under_load: bool,
         out: &mut Output,
     ) -> Result<bool, DropReason> {
-        let state = self.cookie_checker.validate(now, rng, msg, src, under_load, &self.ratelimiter);
+        let (state, reply) = if !self.cookie_checker.check_mac1(msg) {
+            (MacState::Invalid, None)
+        } else if !under_load {
+            (MacState::ValidMacButNoCookie, None)
+        } else {
+            self.cookie_checker.validate_mac2_or_reply(now, rng, msg, src, &self.ratelimiter)
+        };
         match state {
             MacState::Invalid => {
                 tracing::debug!("Invalid handshake MAC from {}", src);
@@ -78,9 +84,10 @@ impl Device {
             }
             MacState::ValidMacButNoCookie => {
                 out.stats.mac1_valid += 1;
-                let reply = self.cookie_checker.create_reply(now, rng, msg, src);
-                out.transmits.push(Transmit::new(None, src, reply.as_ref()));
-                out.stats.cookies_sent += 1;
+                if let Some(reply) = reply {
+                    out.transmits.push(Transmit::new(None, src, reply.as_ref()));
+                    out.stats.cookies_sent += 1;
+                }
                 Ok(false)
             }
             MacState::ValidMacWithCookieButRatelimited => {
@@ -473,11 +480,11 @@ impl Device {
         msg: &M,
         out: &mut Output,
     ) -> Result<bool, DropReason> {
-        match self.cookie_checker.validate_mac2(now, rng, msg, src, &self.ratelimiter) {
-            MacState::ValidMacWithCookie => Ok(true),
-            MacState::ValidMacWithCookieButRatelimited => Err(out.stats.drop(DropReason::RateLimited)),
-            MacState::ValidMacButNoCookie | MacState::Invalid => {
-                let reply = self.cookie_checker.create_reply(now, rng, msg, src);
+        match self.cookie_checker.validate_mac2_or_reply(now, rng, msg, src, &self.ratelimiter) {
+            (MacState::ValidMacWithCookie, _) => Ok(true),
+            (MacState::ValidMacWithCookieButRatelimited, _) => Err(out.stats.drop(DropReason::RateLimited)),
+            (MacState::ValidMacButNoCookie | MacState::Invalid, reply) => {
+                let reply = reply.unwrap_or_else(|| self.cookie_checker.create_reply(now, rng, msg, src));
                 out.transmits.push(Transmit::new(None, src, reply.as_ref()));
                 out.stats.cookies_sent += 1;
                 Ok(false)

@@ -62,13 +62,13 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Smallest inner packet: IPv4 (20) + UDP (8) + peer number (4) + sequence number (8).
 pub const MIN_SIZE: usize = 40;
 /// Where the sequence number sits in an inner packet.
-const SEQ: std::ops::Range<usize> = 32..40;
+pub(super) const SEQ: std::ops::Range<usize> = 32..40;
 
 /// The concentrator's WAN address (a /16 of fake peers around it) and WireGuard port.
 pub(crate) const CONC_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub(crate) const PORT: u16 = crate::daemon::DEFAULT_LISTEN_PORT;
 /// The inner host every peer talks to (RFC 2544's benchmarking range).
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub(super) const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
 /// Peer `i`'s WAN endpoint address.
 pub(crate) fn endpoint_ip(i: usize) -> Ipv4Addr {
@@ -82,7 +82,7 @@ pub(crate) fn inner_ip(i: usize) -> Ipv4Addr {
 
 /// An inner IPv4/UDP packet of `len` bytes from `src` to `dst` carrying `peer` and a zero
 /// sequence number, then a pattern that depends on the peer.
-fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize, peer: u32) -> Vec<u8> {
+pub(super) fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize, peer: u32) -> Vec<u8> {
     let mut p = vec![0u8; len];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
@@ -103,7 +103,7 @@ fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize, peer: u32) -> Vec<u8> 
 }
 
 /// Whether `p` is `template` with some sequence number; returns it.
-fn matches(template: &[u8], p: &[u8]) -> Option<u64> {
+pub(super) fn matches(template: &[u8], p: &[u8]) -> Option<u64> {
     if p.len() != template.len() || p[..SEQ.start] != template[..SEQ.start] || p[SEQ.end..] != template[SEQ.end..] {
         return None;
     }

@@ -17,6 +17,7 @@
 //! so the wall clock alone would measure the neighbours.
 
 pub mod cpu;
+pub mod flood;
 mod gen;
 pub mod reference;
 
@@ -367,6 +368,9 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         sockets: false,
         exception: None,
         exception_rate: crate::daemon::exception::DEFAULT_RATE,
+        reload: None,
+        drop_privileges: false,
+        metrics: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = setup.daemon_done.clone();

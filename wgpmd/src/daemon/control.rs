@@ -11,11 +11,12 @@ use std::time::Duration;
 use nic_backends::Pool;
 use rand_core::OsRng;
 
+use super::metrics_http::MetricsServer;
 use super::notify::{Pending, Walk};
 use super::rng::CoreRng;
 use super::stats::StatsServer;
 use super::wheel::Wheel;
-use super::{cores, DaemonError, Shared, TxJob};
+use super::{cores, DaemonError, MetricsOptions, Shared, TxJob};
 use crate::uapi_server::{UapiHandler, UapiServer};
 use wgpmd_proto::device::{Device, DropReason, Event, Output, PeerId, Transmit};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP};
@@ -128,15 +129,75 @@ impl<'a> LinkWatch<'a> {
     }
 }
 
+/// What SIGHUP re-applies: the flag the signal sets, and the configuration file.
+pub(crate) struct Reload {
+    pub flag: Arc<AtomicBool>,
+    pub path: Option<std::path::PathBuf>,
+}
+
+impl Reload {
+    /// If the flag is set: re-read the file and apply it as `wg syncconf` would (peers the file
+    /// no longer names are removed, the others updated in place and keep their sessions), under
+    /// the same lock and bookkeeping as a UAPI `set`. A file that does not parse or apply
+    /// changes nothing and is logged; the daemon keeps running.
+    fn check(&self, handler: &Handler) {
+        if !self.flag.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let name = &handler.sh.control.name;
+        let Some(path) = &self.path else {
+            tracing::warn!("{name}: SIGHUP: nothing to reload (started without --config)");
+            return;
+        };
+        crate::sdnotify::notify_or_warn("RELOADING=1\nSTATUS=reloading the configuration");
+        let outcome = super::load_config(path).and_then(|cfg| {
+            let current: Vec<[u8; 32]> = {
+                let dev = handler.sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+                dev.peers().map(|p| *p.public_key()).collect()
+            };
+            let req = cfg.to_sync_request(current.iter().copied());
+            let removed = req.peers.iter().filter(|p| p.ops.contains(&uapi::PeerOp::Remove)).count();
+            handler.set(req).map_err(DaemonError::Apply)?;
+            Ok((cfg.peers.len(), removed))
+        });
+        match outcome {
+            Ok((peers, removed)) => {
+                tracing::info!(
+                    "{name}: reloaded {} (syncconf): {peers} peer(s) in the file, {removed} removed",
+                    path.display()
+                );
+                crate::sdnotify::notify_or_warn("READY=1\nSTATUS=configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!("{name}: reload failed, the running configuration is unchanged: {e}");
+                crate::sdnotify::notify_or_warn(
+                    "READY=1\nSTATUS=reload failed: the running configuration is unchanged",
+                );
+            }
+        }
+    }
+}
+
+/// What the control loop serves besides the data path.
+pub(crate) struct Services {
+    /// The UAPI and stats sockets, and systemd's notifications.
+    pub sockets: bool,
+    /// The metrics endpoint (only with `sockets`).
+    pub metrics: Option<MetricsOptions>,
+    /// SIGHUP's reload.
+    pub reload: Option<Reload>,
+}
+
 pub(crate) fn run(
     sh: Arc<Shared>,
     core: usize,
     pool: Pool,
     stop: Arc<AtomicBool>,
-    sockets: bool,
+    services: Services,
     mut link: LinkWatch<'_>,
     mut tap: Option<super::exception::Tap>,
 ) -> Result<(), DaemonError> {
+    let Services { sockets, metrics, reload } = services;
     cores::pin(core);
     let pending = Arc::new(Mutex::new(Output::with_capacity(16)));
     let _sockets = if sockets {
@@ -155,7 +216,26 @@ pub(crate) fn run(
                 return Err(DaemonError::Stats(e));
             }
         };
-        Some((uapi, stats))
+        // The metrics endpoint: its own thread, reading what the workers publish.
+        let metrics = match metrics {
+            Some(m) => {
+                let snap_sh = sh.clone();
+                let render =
+                    Box::new(move |om| super::metrics::render(super::metrics::snapshot(&snap_sh, m.peers), om));
+                match MetricsServer::start(m.addr, render) {
+                    Ok(s) => {
+                        tracing::info!("metrics endpoint on http://{}/metrics", s.local_addr());
+                        Some(s)
+                    }
+                    Err(e) => {
+                        sh.stop();
+                        return Err(DaemonError::Metrics(m.addr, e));
+                    }
+                }
+            }
+            None => None,
+        };
+        Some((uapi, stats, metrics))
     } else {
         None
     };
@@ -179,6 +259,17 @@ pub(crate) fn run(
         notes: Vec::new(),
         neigh_expired_at: now,
     };
+    if sockets {
+        // Ports (the TUN among them) are open and the UAPI socket is bound: `wg` and
+        // `ip addr add ... dev <name>` work from here on.
+        crate::sdnotify::notify_or_warn(&format!(
+            "READY=1\nSTATUS=serving {} ({} worker(s), UDP {})",
+            sh.control.name,
+            sh.workers.len(),
+            sh.data.listen_port.load(Ordering::Relaxed)
+        ));
+    }
+    let reload_handler = Handler { sh: sh.clone(), pending: pending.clone() };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
     {
         let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
@@ -199,12 +290,22 @@ pub(crate) fn run(
             work += t.poll(q, &sh.data.wan);
         }
         link.tick(&sh);
+        if let Some(r) = &reload {
+            r.check(&reload_handler);
+        }
+        if let Some(msg) = super::panicked() {
+            sh.fail(msg);
+            break;
+        }
         if work > 0 {
             sleep = Duration::from_micros(50);
         } else {
             std::thread::sleep(sleep);
             sleep = (sleep * 2).min(Duration::from_millis(2));
         }
+    }
+    if sockets {
+        crate::sdnotify::notify_or_warn("STOPPING=1\nSTATUS=stopping");
     }
     sh.stop();
     Ok(())

@@ -35,6 +35,8 @@ mod control;
 pub mod cores;
 pub mod exception;
 mod handshakes;
+mod metrics;
+mod metrics_http;
 mod notify;
 mod rng;
 mod staging;
@@ -111,13 +113,77 @@ pub struct DaemonConfig {
     pub fanout: Fanout,
     /// Tunnel MTU (inner).
     pub mtu: usize,
-    /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets.
+    /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets, and tell systemd
+    /// (`$NOTIFY_SOCKET`) when ready and when stopping.
     pub sockets: bool,
     /// The WAN exception path's port (`tap:NAME`): what wgpmd does not consume goes to the
     /// kernel there, and what the kernel sends there goes out of the WAN.
     pub exception: Option<String>,
     /// Frames per second to the exception port, over all workers.
     pub exception_rate: u64,
+    /// Set (by SIGHUP) to re-apply `config` with `wg syncconf` semantics; `None`: no reload.
+    pub reload: Option<Arc<AtomicBool>>,
+    /// Once the ports are open: keep only the capabilities they need and set
+    /// `PR_SET_NO_NEW_PRIVS` ([`crate::privs`]). The benchmark, in-process, does not.
+    pub drop_privileges: bool,
+    /// Serve the metrics endpoint (`--metrics`; only with `sockets`).
+    pub metrics: Option<MetricsOptions>,
+}
+
+/// The metrics endpoint (`--metrics ADDR:PORT`, `--metrics-peers N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Where to listen (HTTP, `GET /metrics`).
+    pub addr: SocketAddr,
+    /// Per-peer series for at most this many peers (0: none).
+    pub peers: usize,
+}
+
+/// Read and parse a wg.conf(5) file: the text is read into memory wiped when dropped (sized
+/// from the file's length, so it is not reallocated while read), and wg(8)'s warning is logged
+/// when the file is accessible to the world and holds a key.
+pub fn load_config(path: &std::path::Path) -> Result<wgpmd_proto::config::InterfaceConfig, DaemonError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| DaemonError::ConfigIo { path: path.display().to_string(), source };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let md = f.metadata().map_err(io)?;
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(md.len() as usize + 1));
+    f.read_to_string(&mut text).map_err(io)?;
+    if let Some(w) = crate::privs::world_accessible_warning(path, md.permissions().mode(), &text) {
+        tracing::warn!("{w}");
+    }
+    crate::conf::parse(&text).map_err(|source| DaemonError::Config { path: path.display().to_string(), source })
+}
+
+/// The first panic of any thread since [`install_panic_hook`], as a log line.
+static PANICKED: Mutex<Option<String>> = Mutex::new(None);
+
+/// The panic supervisor of `wgpmd run`: a panic in any thread (a worker, the control core, the
+/// UAPI or stats thread) is logged as an error naming the thread and the place, and the
+/// control loop then stops the daemon, which exits non-zero with that message. (A panic on the
+/// control core's own thread unwinds out of [`run`]: the process exits with status 101.)
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let at = info.location().map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        let line = format!("thread '{thread}' panicked{at}: {msg}");
+        tracing::error!("{line}: stopping the daemon");
+        PANICKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(line);
+        default(info);
+    }));
+}
+
+/// The first panic recorded by the hook, if any thread panicked.
+pub(crate) fn panicked() -> Option<String> {
+    PANICKED.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// A WireGuard message the control core wants sent (the worker adds the outer headers).
@@ -333,6 +399,9 @@ pub enum DaemonError {
     /// The stats socket.
     #[error("stats socket: {0}")]
     Stats(std::io::Error),
+    /// The metrics endpoint's address.
+    #[error("metrics endpoint {0}: {1}")]
+    Metrics(SocketAddr, std::io::Error),
     /// Another process serves this interface name.
     #[error("{0} is in use by a running process (another wgpmd or wireguard-go with this interface name)")]
     InUse(String),
@@ -344,12 +413,16 @@ pub enum DaemonError {
         /// The queue.
         queue: usize,
     },
-    /// A port failed while running (its queue reported a fault): the daemon stopped.
+    /// A port failed while running (its queue reported a fault), or a thread panicked: the
+    /// daemon stopped.
     #[error("stopped: {0}")]
     PortFault(String),
     /// Buffer pool.
     #[error("buffer pool: {0}")]
     Pool(nic_backends::PoolError),
+    /// Dropping privileges after setup.
+    #[error("{0}")]
+    Privileges(String),
     /// The OS gave no random seed for a core's generator.
     #[error("seeding a random generator from the OS: {0}")]
     Rng(rand_core::Error),
@@ -371,6 +444,20 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
         .map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
     let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts)
         .map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
+    if cfg.drop_privileges {
+        // Before any thread of ours exists: capabilities are per thread, new ones inherit.
+        let mut keep = crate::privs::needed(&[&cfg.wan_port, &cfg.inner_port]);
+        // The metrics endpoint is bound later, by the control loop: a port below 1024 needs this.
+        if cfg.sockets && cfg.metrics.is_some_and(|m| m.addr.port() != 0 && m.addr.port() < 1024) {
+            keep.insert(caps::Capability::CAP_NET_BIND_SERVICE);
+        }
+        let kept = crate::privs::drop_after_setup(&keep).map_err(DaemonError::Privileges)?;
+        tracing::info!(
+            "{}: capabilities kept after setup: {}; no_new_privs set",
+            cfg.name,
+            crate::privs::describe(&kept)
+        );
+    }
     run_with_ports(cfg, wan_port, inner_port, stop)
 }
 
@@ -378,9 +465,47 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
 /// benchmark and tests use `mem` pairs.
 pub fn run_with_ports(
     cfg: DaemonConfig,
+    wan_port: Box<dyn Port>,
+    inner_port: Box<dyn Port>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    run_observed(cfg, wan_port, inner_port, stop, None)
+}
+
+/// One worker's handshake-stage counters, as the flood bench reads them from a running daemon.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HsSnapshot {
+    pub processed: u64,
+    pub dh_operations: u64,
+    pub cookies_sent: u64,
+    pub responses_sent: u64,
+    /// `hs_dropped_*` by name.
+    pub dropped: Vec<(&'static str, u64)>,
+}
+
+impl Shared {
+    /// Worker `i`'s handshake counters as last published (every 64 poll iterations).
+    pub(crate) fn hs_snapshot(&self, i: usize) -> HsSnapshot {
+        let Some(w) = self.workers.get(i) else { return HsSnapshot::default() };
+        let l = w.load();
+        HsSnapshot {
+            processed: l.hs.processed,
+            dh_operations: l.device.dh_operations,
+            cookies_sent: l.device.cookies_sent,
+            responses_sent: l.device.responses_sent,
+            dropped: handshakes::HsDrop::ALL.iter().map(|&r| (r.name(), l.hs.dropped[r as usize])).collect(),
+        }
+    }
+}
+
+/// [`run_with_ports`], handing the shared state to `probe` once it exists (the flood bench reads
+/// the workers' counters through it).
+pub(crate) fn run_observed(
+    cfg: DaemonConfig,
     mut wan_port: Box<dyn Port>,
     mut inner_port: Box<dyn Port>,
     stop: Arc<AtomicBool>,
+    probe: Option<&std::sync::OnceLock<Arc<Shared>>>,
 ) -> Result<(), DaemonError> {
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
@@ -407,10 +532,7 @@ pub fn run_with_ports(
     let mut iface = InterfaceState { listen_port: DEFAULT_LISTEN_PORT, fwmark: 0 };
     let mut boot_out = wgpmd_proto::device::Output::with_capacity(64);
     if let Some(path) = &cfg.config {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| DaemonError::ConfigIo { path: path.display().to_string(), source })?;
-        let parsed = crate::conf::parse(&text)
-            .map_err(|source| DaemonError::Config { path: path.display().to_string(), source })?;
+        let parsed = load_config(path)?;
         wgpmd_proto::uapi::apply_config(&mut dev, &mut iface, &parsed, &mut rng, clock.now(), &mut boot_out)
             .map_err(DaemonError::Apply)?;
     }
@@ -457,6 +579,9 @@ pub fn run_with_ports(
     {
         let dev = shared.data.device.read().unwrap_or_else(|e| e.into_inner());
         shared.handoff.peers_changed(&[], &dev);
+    }
+    if let Some(p) = probe {
+        let _ = p.set(shared.clone());
     }
     for e in boot_out.events.drain(..) {
         shared.handoff.notes.post(&e);
@@ -523,7 +648,12 @@ pub fn run_with_ports(
     };
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
-    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link, tap);
+    let services = control::Services {
+        sockets: cfg.sockets,
+        metrics: cfg.metrics,
+        reload: cfg.reload.clone().map(|flag| control::Reload { flag, path: cfg.config.clone() }),
+    };
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, services, link, tap);
     shared.stop();
     for h in handles {
         let _ = h.join();

@@ -49,7 +49,17 @@ pub(crate) struct Worker {
     hs: Stage,
     /// This worker's share of the exception path's rate (`None`: no exception path).
     exc_bucket: Option<TokenBucket>,
+    /// Test hook: panic on the first IPv4 packet from the inner port ([`PANIC_HOOK_ENV`] names
+    /// this worker).
+    #[cfg(feature = "test-hooks")]
+    panic_hook: bool,
 }
+
+/// Test hook (feature `test-hooks` only): the worker whose index this variable holds panics on
+/// the first IPv4 packet it reads from the inner port (the kernel's own IPv6 traffic on a new TUN
+/// does not count), to test that a worker panic stops the daemon.
+#[cfg(feature = "test-hooks")]
+pub(crate) const PANIC_HOOK_ENV: &str = "WGPMD_TEST_PANIC_WORKER";
 
 impl Worker {
     pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool, hs: Stage) -> Self {
@@ -71,6 +81,8 @@ impl Worker {
             neigh: NeighCache::new(),
             pmtu_limit: icmp::RateLimit::new(),
             hs,
+            #[cfg(feature = "test-hooks")]
+            panic_hook: std::env::var(PANIC_HOOK_ENV).is_ok_and(|v| v.parse() == Ok(id)),
         }
     }
 
@@ -107,7 +119,7 @@ impl Worker {
                     self.out.forget_keys();
                     keys_since = now;
                 }
-                self.publish();
+                self.publish(false);
                 if self.port_fault() {
                     break;
                 }
@@ -130,7 +142,7 @@ impl Worker {
             }
         }
         self.flush();
-        self.publish();
+        self.publish(true);
     }
 
     /// A queue that reports a fault it cannot recover from (a VFIO device that set NEEDS_RESET,
@@ -147,12 +159,18 @@ impl Worker {
         false
     }
 
-    fn publish(&mut self) {
-        self.c.device = self.out.stats.clone();
-        self.c.hs = self.hs.c.clone();
+    /// Publish the counters for `wgpmd stats` and the metrics endpoint; `last`: the final
+    /// publication (waits for a reader to finish; the others skip while one reads).
+    fn publish(&mut self, last: bool) {
+        self.c.device.clone_from(&self.out.stats);
+        self.c.hs.clone_from(&self.hs.c);
         self.c.wan_queue = self.wan.stats();
         self.c.inner_queue = self.inner.stats();
-        self.sh.workers[self.id].store(&self.c);
+        if last {
+            self.sh.workers[self.id].store(&self.c);
+        } else {
+            self.sh.workers[self.id].try_store(&self.c);
+        }
     }
 
     /// WAN: classify, answer ARP/ND/ICMP, decrypt data, screen handshakes.
@@ -307,6 +325,10 @@ impl Worker {
         let mut rx = std::mem::take(&mut self.rx);
         let n = self.inner.rx_burst(&self.pool, &mut rx, BURST);
         self.c.inner_rx += n as u64;
+        #[cfg(feature = "test-hooks")]
+        if self.panic_hook && rx.iter().any(|b| b.data().first().is_some_and(|v| v >> 4 == 4)) {
+            panic!("test hook {PANIC_HOOK_ENV}={}: a worker panic on demand", self.id);
+        }
         for mut buf in rx.drain(..) {
             let plain_len = buf.len();
             let Some(peer) = inner_dst(buf.data()).and_then(|d| dev.route(d)) else {
