@@ -515,7 +515,8 @@ fn one(opts: &FloodOptions, plan: &CorePlan) -> Result<FloodRun, BenchError> {
             std::thread::Builder::new()
                 .name("wgpmd-bench-daemon".into())
                 .spawn_scoped(s, move || {
-                    let r = crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), stop, Some(probe));
+                    let r =
+                        crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), None, stop, Some(probe));
                     done.store(true, Ordering::Relaxed);
                     r
                 })

@@ -444,6 +444,7 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
         .map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
     let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts)
         .map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
+    let exc_port = open_exception(&cfg, wan_port.as_ref())?;
     if cfg.drop_privileges {
         // Before any thread of ours exists: capabilities are per thread, new ones inherit.
         let mut keep = crate::privs::needed(&[&cfg.wan_port, &cfg.inner_port]);
@@ -458,7 +459,7 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
             crate::privs::describe(&kept)
         );
     }
-    run_with_ports(cfg, wan_port, inner_port, stop)
+    run_observed(cfg, wan_port, inner_port, exc_port, stop, None)
 }
 
 /// Run the daemon on ports the caller opened (each with at least one queue per worker): the
@@ -469,7 +470,21 @@ pub fn run_with_ports(
     inner_port: Box<dyn Port>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
-    run_observed(cfg, wan_port, inner_port, stop, None)
+    let exc_port = open_exception(&cfg, wan_port.as_ref())?;
+    run_observed(cfg, wan_port, inner_port, exc_port, stop, None)
+}
+
+/// The exception path's port (`--exception`): a TAP with the WAN's MAC and MTU, one queue,
+/// served by the control core. Opened with the other ports, before privileges are dropped.
+fn open_exception(cfg: &DaemonConfig, wan_port: &dyn Port) -> Result<Option<Box<dyn Port>>, DaemonError> {
+    let Some(spec) = &cfg.exception else { return Ok(None) };
+    let mac = wan_port.info().mac.ok_or_else(|| DaemonError::NoMac(cfg.wan_port.clone()))?;
+    let opts = PortOptions { queues: 1, fanout: cfg.fanout, mtu: Some(wan_port.info().mtu), mac: Some(mac) };
+    let p = nic_backends::open(spec, &opts).map_err(|source| DaemonError::Port { spec: spec.clone(), source })?;
+    if p.info().mac != Some(mac) {
+        return Err(DaemonError::NoMac(format!("{spec} (the exception port must be an Ethernet port: tap:NAME)")));
+    }
+    Ok(Some(p))
 }
 
 /// One worker's handshake-stage counters, as the flood bench reads them from a running daemon.
@@ -504,27 +519,13 @@ pub(crate) fn run_observed(
     cfg: DaemonConfig,
     mut wan_port: Box<dyn Port>,
     mut inner_port: Box<dyn Port>,
+    mut exc_port: Option<Box<dyn Port>>,
     stop: Arc<AtomicBool>,
     probe: Option<&std::sync::OnceLock<Arc<Shared>>>,
 ) -> Result<(), DaemonError> {
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
     let mac = wan_port.info().mac.ok_or_else(|| DaemonError::NoMac(cfg.wan_port.clone()))?;
-    // The exception path: a TAP with the WAN's MAC and MTU, one queue, served by the control core.
-    let mut exc_port = match &cfg.exception {
-        Some(spec) => {
-            let opts = PortOptions { queues: 1, fanout: cfg.fanout, mtu: Some(wan_port.info().mtu), mac: Some(mac) };
-            let p =
-                nic_backends::open(spec, &opts).map_err(|source| DaemonError::Port { spec: spec.clone(), source })?;
-            if p.info().mac != Some(mac) {
-                return Err(DaemonError::NoMac(format!(
-                    "{spec} (the exception port must be an Ethernet port: tap:NAME)"
-                )));
-            }
-            Some(p)
-        }
-        None => None,
-    };
     let mut rng = rand_core::OsRng;
     let clock = Clock::new();
     let mut dev = Device::new(&mut rng, clock.wall_at_start_ns);
