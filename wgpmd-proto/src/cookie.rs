@@ -30,7 +30,7 @@
 //! looks its receiver index up).
 
 use std::net::SocketAddr;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -66,7 +66,7 @@ pub enum MacState {
 }
 
 /// Keys derived from our static public key.
-#[derive(Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 struct DeviceKeys {
     mac1: [u8; KEY_LEN],
     cookie: [u8; KEY_LEN],
@@ -92,12 +92,16 @@ struct CookieSecret {
 
 /// The responder side (kernel `struct cookie_checker`): checks MACs on incoming handshakes and
 /// makes cookie replies. One per device, shared by every core (`&self` methods).
+///
+/// A clone has its own copy of the keys derived from the public key (so the two copies of a
+/// published device each change theirs under `&mut`) and shares the random secret.
+#[derive(Clone)]
 pub struct CookieChecker {
     /// Replaced by [`set_public_key`](Self::set_public_key) (under `&mut self`: the device's key
     /// changes only with the device held exclusively); read on every handshake message, a plain
     /// field (no atomic load) because a flood's cheapest rejection is this read and one MAC.
     keys: DeviceKeys,
-    secret: RwLock<CookieSecret>,
+    secret: Arc<RwLock<CookieSecret>>,
 }
 
 impl core::fmt::Debug for CookieChecker {
@@ -116,7 +120,7 @@ impl CookieChecker {
     ) -> Self {
         let mut secret = Secret::zero();
         rng.fill_bytes(&mut secret.0);
-        CookieChecker { keys: DeviceKeys::new(public_key), secret: RwLock::new(CookieSecret { secret, birth: now }) }
+        CookieChecker { keys: DeviceKeys::new(public_key), secret: Arc::new(RwLock::new(CookieSecret { secret, birth: now })) }
     }
 
     /// Recompute the mac1 and cookie keys after the device's key changed (kernel

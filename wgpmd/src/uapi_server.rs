@@ -6,9 +6,16 @@
 //!   0077 umask for the same purpose; std has no umask).
 //! - A socket of the same name that accepts a connection belongs to a live process: refused. One
 //!   that refuses connections is stale: removed. Anything else at that path is left alone.
-//! - Connections are served one at a time, each within [`CONNECTION_DEADLINE`]: read until the
-//!   empty line that ends the request, answer, close. `wg` first connects once without sending
-//!   anything, to see that the socket is alive; such connections are closed silently.
+//! - Connections are served one at a time: read until the empty line that ends the request,
+//!   answer, close; a client that stays silent (or stops reading) for [`IDLE_TIMEOUT`] is cut
+//!   off. `wg` first connects once without sending anything, to see that the socket is alive;
+//!   such connections are closed silently.
+//! - Requests of any size stream through: a `set` is validated line by line as it is read
+//!   ([`SetParser`], compact records, no text kept; a line longer than [`MAX_LINE`] is an error)
+//!   and applied once whole, all or nothing; a bad line anywhere makes the answer `errno=-22`
+//!   (or -71) after the rest of the request is read and discarded, and nothing changes. A
+//!   `get` is written to the socket piece by piece as it is formatted
+//!   ([`wgpmd_proto::uapi::write_get`]).
 //! - Errors are logged as wireguard-go logs them: `IPC error -22: invalid UAPI device key: x`.
 //! - Dropping the server (or [`UapiServer::shutdown`]) stops the thread and removes the socket,
 //!   if the path still holds our socket.
@@ -21,29 +28,30 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use wgpmd_proto::uapi::{parse_request, Request, SetRequest, UapiError};
+use wgpmd_proto::uapi::{SetParser, SetRequest, UapiError};
 
 /// Where `wg` looks for userspace interfaces (shared by every network namespace).
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
-/// How long one connection may take to send its request and read the answer.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a client may stay silent while sending its request, or not read while we answer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest request accepted (a `setconf` of a million peers is about 150 MB; the largest
-/// configurations are expected to be applied with `--config` at startup, not through `wg`).
-pub const MAX_REQUEST_LEN: usize = 64 << 20;
+/// The longest request line accepted (the longest valid one, an IPv6 endpoint or allowed IP,
+/// is under 100 bytes).
+pub const MAX_LINE: usize = 4096;
 
 /// Linux `IFNAMSIZ`: interface names are at most 15 bytes (`wg set` truncates longer ones).
 const IFNAMSIZ: usize = 16;
 
 /// What the server asks of the daemon. Called from the server's thread.
 pub trait UapiHandler: Send + Sync {
-    /// The full `get` response ([`wgpmd_proto::uapi::format_get`]), ending with `errno=0\n\n`.
-    fn get(&self) -> String;
+    /// Write the full `get` response ([`wgpmd_proto::uapi::write_get`]), ending with
+    /// `errno=0\n\n`, to `out`.
+    fn get(&self, out: &mut dyn Write) -> io::Result<()>;
     /// Apply a validated `set` request ([`wgpmd_proto::uapi::apply_set`]).
     fn set(&self, req: SetRequest) -> Result<(), UapiError>;
 }
@@ -218,51 +226,79 @@ fn serve(listener: UnixListener, handler: &dyn UapiHandler, stop: &AtomicBool) {
 }
 
 /// Serve one connection: read one request, answer, close.
-fn handle(mut stream: UnixStream, handler: &dyn UapiHandler) {
-    let deadline = Instant::now() + CONNECTION_DEADLINE;
-    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
-    let mut chunk = Zeroizing::new([0u8; 4096]);
-    let mut framer = Framer::default();
-    let len = loop {
-        if let Some(n) = framer.feed(&buf) {
-            break n;
-        }
-        if buf.len() > MAX_REQUEST_LEN {
-            let e = UapiError {
-                errno: wgpmd_proto::uapi::IPC_ERROR_INVALID,
-                message: format!("request longer than {MAX_REQUEST_LEN} bytes"),
-            };
-            tracing::error!("{e}");
-            reply(&mut stream, &format!("errno={}\n\n", e.errno), deadline);
-            return;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            tracing::warn!("UAPI client sent no complete request within {CONNECTION_DEADLINE:?}");
-            return;
-        }
-        match stream.read(&mut chunk[..]) {
-            // `wg` probes the socket by connecting and closing without a word.
-            Ok(0) if buf.is_empty() => return,
-            // Cut short: take what came, as wireguard-go does.
-            Ok(0) => break buf.len(),
-            Ok(n) => extend_wiping(&mut buf, &chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::debug!("UAPI read failed: {e}");
-                return;
+fn handle(stream: UnixStream, handler: &dyn UapiHandler) {
+    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut lines = LineReader::new(&stream);
+    let op = match lines.next_line() {
+        // `wg` probes the socket by connecting and closing without a word.
+        Ok(None) => return,
+        Ok(Some(l)) => l.to_vec(),
+        Err(e) => return read_failed(&e),
+    };
+    let mut out = &stream;
+    match op.as_slice() {
+        b"get=1" => match lines.next_line() {
+            Ok(None | Some(b"")) => {
+                if let Err(e) = handler.get(&mut out) {
+                    tracing::debug!("UAPI write failed: {e}");
+                }
             }
-        }
-    };
-    let answer = match parse_request(&buf[..len]) {
-        Ok(Request::Get) => Zeroizing::new(handler.get()),
-        Ok(Request::Set(req)) => match handler.set(req) {
-            Ok(()) => Zeroizing::new("errno=0\n\n".to_string()),
-            Err(e) => status(&e),
+            Ok(Some(rest)) => {
+                let e =
+                    UapiError::invalid(format!("trailing characters in UAPI get: {:?}", String::from_utf8_lossy(rest)));
+                reply(&mut out, &status(&e));
+            }
+            Err(e) => read_failed(&e),
         },
-        Err(e) => status(&e),
-    };
-    reply(&mut stream, &answer, deadline);
+        b"set=1" => {
+            let mut parser = SetParser::new();
+            let mut error = None;
+            loop {
+                match lines.next_line() {
+                    // Cut short: take what came, as wireguard-go does.
+                    Ok(None) => break,
+                    Ok(Some(line)) if error.is_some() => {
+                        // Read and discard the rest, so the client reads our answer.
+                        if line.is_empty() {
+                            break;
+                        }
+                    }
+                    Ok(Some(line)) => match parser.line(line) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => error = Some(e),
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        error = Some(UapiError::invalid(format!("request line longer than {MAX_LINE} bytes")));
+                        lines.skip_line();
+                    }
+                    Err(e) => return read_failed(&e),
+                }
+            }
+            let answer = match error {
+                Some(e) => status(&e),
+                None => match handler.set(parser.finish()) {
+                    Ok(()) => Zeroizing::new("errno=0\n\n".to_string()),
+                    Err(e) => status(&e),
+                },
+            };
+            reply(&mut out, &answer);
+        }
+        other => {
+            let e = UapiError::invalid(format!("invalid UAPI operation: {:?}", String::from_utf8_lossy(other)));
+            reply(&mut out, &status(&e));
+        }
+    }
+}
+
+fn read_failed(e: &io::Error) {
+    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        tracing::warn!("UAPI client stalled for {IDLE_TIMEOUT:?} within its request");
+    } else {
+        tracing::debug!("UAPI read failed: {e}");
+    }
 }
 
 fn status(e: &UapiError) -> Zeroizing<String> {
@@ -270,72 +306,80 @@ fn status(e: &UapiError) -> Zeroizing<String> {
     Zeroizing::new(format!("errno={}\n\n", e.errno))
 }
 
-fn reply(stream: &mut UnixStream, answer: &str, deadline: Instant) {
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let _ = stream.set_write_timeout(Some(left));
+fn reply(stream: &mut &UnixStream, answer: &str) {
     if let Err(e) = stream.write_all(answer.as_bytes()) {
         tracing::debug!("UAPI write failed: {e}");
     }
 }
 
-/// Append, wiping the old buffer if the vector has to move (requests carry keys).
-fn extend_wiping(buf: &mut Vec<u8>, data: &[u8]) {
-    if buf.capacity() - buf.len() < data.len() {
-        let mut bigger = Vec::with_capacity((buf.len() + data.len()).max(2 * buf.capacity()));
-        bigger.extend_from_slice(buf);
-        buf.zeroize();
-        *buf = bigger;
+/// Lines from the socket through one fixed buffer, wiped when dropped (requests carry keys).
+struct LineReader<'a> {
+    stream: &'a UnixStream,
+    buf: Zeroizing<Vec<u8>>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// Skip input up to the next newline (after an over-long line).
+    skipping: bool,
+}
+
+impl<'a> LineReader<'a> {
+    fn new(stream: &'a UnixStream) -> Self {
+        LineReader { stream, buf: Zeroizing::new(vec![0; 2 * MAX_LINE]), start: 0, end: 0, eof: false, skipping: false }
     }
-    buf.extend_from_slice(data);
-}
 
-/// Finds the empty line that ends a request, scanning each byte once as data arrives.
-#[derive(Default)]
-struct Framer {
-    /// Bytes already scanned.
-    scanned: usize,
-    /// Where the current line starts.
-    line_start: usize,
-}
+    /// Discard the rest of the current (over-long) line.
+    fn skip_line(&mut self) {
+        self.skipping = true;
+    }
 
-impl Framer {
-    /// The request's length (through its empty line) once `buf` holds all of it.
-    fn feed(&mut self, buf: &[u8]) -> Option<usize> {
-        while let Some(off) = buf.get(self.scanned..)?.iter().position(|&b| b == b'\n') {
-            let nl = self.scanned + off;
-            let line = buf.get(self.line_start..nl)?;
-            self.scanned = nl + 1;
-            self.line_start = nl + 1;
-            if line.is_empty() || line == b"\r" {
-                return Some(nl + 1);
+    /// The next line without its `\n` (and without a `\r` before it), or what is left before
+    /// the end of input; `None` at the end. An over-long line is `InvalidData`.
+    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            if let Some(off) = self.buf[self.start..self.end].iter().position(|&b| b == b'\n') {
+                let (s, nl) = (self.start, self.start + off);
+                self.start = nl + 1;
+                if std::mem::take(&mut self.skipping) {
+                    continue;
+                }
+                let line = &self.buf[s..nl];
+                return Ok(Some(line.strip_suffix(b"\r").unwrap_or(line)));
+            }
+            if self.skipping {
+                self.start = self.end;
+            }
+            if self.eof {
+                if self.start == self.end || std::mem::take(&mut self.skipping) {
+                    return Ok(None);
+                }
+                let s = self.start;
+                self.start = self.end;
+                return Ok(Some(&self.buf[s..self.end]));
+            }
+            if self.end - self.start >= MAX_LINE {
+                self.start = self.end;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            // Move the partial line to the front, then read more after it.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let end = self.end;
+            match (&mut &*self.stream).read(&mut self.buf[end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        self.scanned = buf.len();
-        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn framer_finds_the_empty_line_across_chunks() {
-        let req = b"set=1\npublic_key=ab\r\n\r\ntrailing";
-        let mut f = Framer::default();
-        let mut got = None;
-        for end in 1..=req.len() {
-            got = f.feed(&req[..end]);
-            if got.is_some() {
-                assert_eq!(end, 23, "found as soon as the empty line is complete");
-                break;
-            }
-        }
-        assert_eq!(got, Some(23));
-        assert_eq!(Framer::default().feed(b"get=1\n\n"), Some(7));
-        assert_eq!(Framer::default().feed(b"get=1\n"), None);
-        assert_eq!(Framer::default().feed(b"\n"), Some(1));
-    }
 
     #[test]
     fn names_follow_the_kernel_rules() {
@@ -345,14 +389,5 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a:b", "a b", "1234567890123456", "wg\0"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn extend_wiping_keeps_the_bytes() {
-        let mut v = Vec::with_capacity(2);
-        for chunk in [&b"ab"[..], b"cde", b"", b"fghijklmnop"] {
-            extend_wiping(&mut v, chunk);
-        }
-        assert_eq!(v, b"abcdefghijklmnop");
     }
 }

@@ -32,11 +32,14 @@ struct State {
 struct Handler(Arc<Mutex<State>>);
 
 impl UapiHandler for Handler {
-    fn get(&self) -> String {
+    fn get(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let s = self.0.lock().unwrap();
-        format_get(&s.dev, &s.iface, |t| {
-            (1_700_000_000 + t.as_nanos() / 1_000_000_000, (t.as_nanos() % 1_000_000_000) as u32)
-        })
+        out.write_all(
+            format_get(&s.dev, &s.iface, |t| {
+                (1_700_000_000 + t.as_nanos() / 1_000_000_000, (t.as_nanos() % 1_000_000_000) as u32)
+            })
+            .as_bytes(),
+        )
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let mut s = self.0.lock().unwrap();
@@ -137,6 +140,45 @@ fn raw_requests_on_the_socket() {
     }
     server.shutdown();
     assert!(!path.exists(), "shutdown removes the socket");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+/// A `set` over the former 64 MiB cap (700,000 peer sections, about 70 MB) streams through:
+/// with a bad line at its very end it changes nothing and answers -22; whole, it applies. A
+/// line over 4 KiB is refused the same way.
+#[test]
+fn requests_of_any_size_stream_and_stay_all_or_nothing() {
+    const N: u32 = 700_000;
+    let dir = temp_dir("big").join("wireguard");
+    let h = handler();
+    let server = UapiServer::bind_in(&dir, "wgtest1", h.clone()).unwrap();
+    let path = dir.join("wgtest1.sock");
+    let mut req = String::with_capacity(N as usize * 104 + 64);
+    req.push_str("set=1\n");
+    for i in 0..N {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        k[31] = 0x77;
+        let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        req.push_str(&format!("public_key={}\nallowed_ip={a}/32\n", hex(&k)));
+    }
+    assert!(req.len() > 64 << 20, "{} bytes", req.len());
+    let bad = format!("{req}listen_port=x\n\n");
+    assert_eq!(request(&path, bad.as_bytes()), "errno=-22\n\n");
+    assert_eq!(h.0.lock().unwrap().dev.peer_count(), 0, "a bad last line changes nothing");
+    let long = format!("set=1\nlisten_port={}\n\n", "1".repeat(5000));
+    assert_eq!(request(&path, long.as_bytes()), "errno=-22\n\n");
+    req.push('\n');
+    assert_eq!(request(&path, req.as_bytes()), "errno=0\n\n");
+    let s = h.0.lock().unwrap();
+    assert_eq!(s.dev.peer_count(), N as usize);
+    let mut k = [0u8; 32];
+    k[..4].copy_from_slice(&(N - 1).to_le_bytes());
+    k[31] = 0x77;
+    let last = s.dev.peer_by_key(&k).expect("the last peer");
+    assert_eq!(s.dev.route(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + N - 1))), Some(last));
+    drop(s);
+    server.shutdown();
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
 

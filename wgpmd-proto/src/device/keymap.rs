@@ -35,6 +35,7 @@ impl BuildHasher for KeyedSip {
 }
 
 /// Public key to [`PeerId`], sharded.
+#[derive(Clone)]
 pub(crate) struct KeyMap {
     hasher: KeyedSip,
     shards: Box<[HashMap<[u8; KEY_LEN], PeerId, KeyedSip>]>,

@@ -27,8 +27,10 @@
 mod data;
 mod endpoint;
 mod handshake;
+mod journal;
 mod keymap;
 mod peer;
+mod published;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -47,8 +49,12 @@ use crate::time::Timestamp;
 
 pub use data::{inner_dst, Decapsulated, Encapsulated};
 pub use handshake::{HandshakeOutcome, Screened};
+pub use journal::Changes;
 use keymap::KeyMap;
 pub use peer::{Peer, PeerId, PeerName};
+pub use published::{Published, WriteGuard};
+
+use journal::{Journal, TableOp};
 
 /// What a receiver index refers to.
 #[derive(Clone)]
@@ -310,19 +316,34 @@ pub enum ConfigError {
 }
 
 /// One WireGuard interface.
+///
+/// Its configuration tables (identity, peer slots, public-key map, allowed IPs, MTU, limit) are
+/// plain values changed through `&mut self`; what the data path changes through `&self` (the
+/// receiver-index table, the cookie secret, the rate limiter, the load detector, and every
+/// peer's own state) sits behind `Arc`s, so that [`Published`] can keep two copies of the
+/// tables sharing one copy of everything else (see its docs).
 pub struct Device {
     identity: Option<Identity>,
     cookie_checker: CookieChecker,
-    ratelimiter: RateLimiter,
-    load: LoadDetector,
+    ratelimiter: Arc<RateLimiter>,
+    load: Arc<LoadDetector>,
     peers: Vec<Option<Arc<Peer>>>,
     free_ids: Vec<PeerId>,
+    /// Ids of peers removed since the last [`Published::write`], reusable from the next one
+    /// (only under [`Published`]: see `defer_free`).
+    freed: Vec<PeerId>,
+    /// Under [`Published`], an id freed by a commit is not given to a new peer by the same
+    /// commit, so the daemon can forget the removed peer's notifications after publishing
+    /// without forgetting a new peer's.
+    defer_free: bool,
     by_key: KeyMap,
     allowed: AllowedIps<PeerId>,
-    index: IndexTable<IndexEntry>,
+    index: Arc<IndexTable<IndexEntry>>,
     wall_at_epoch_ns: u64,
     mtu: usize,
     max_peers: usize,
+    /// The table changes since [`Published`] last published this copy (off for a plain device).
+    journal: Journal,
 }
 
 impl Device {
@@ -333,16 +354,96 @@ impl Device {
         Device {
             identity: None,
             cookie_checker: CookieChecker::new(Timestamp::ZERO, rng, None),
-            ratelimiter: RateLimiter::new(crate::messages::RATELIMIT_MAX_ENTRIES, rng),
-            load: LoadDetector::new(),
+            ratelimiter: Arc::new(RateLimiter::new(crate::messages::RATELIMIT_MAX_ENTRIES, rng)),
+            load: Arc::new(LoadDetector::new()),
             peers: Vec::new(),
             free_ids: Vec::new(),
+            freed: Vec::new(),
+            defer_free: false,
             by_key: KeyMap::new(rng),
             allowed: AllowedIps::new(),
-            index: IndexTable::new(),
+            index: Arc::new(IndexTable::new()),
             wall_at_epoch_ns,
             mtu: DEFAULT_TUNNEL_MTU,
             max_peers: MAX_PEERS_PER_DEVICE,
+            journal: Journal::off(),
+        }
+    }
+
+    /// A second copy of the configuration tables, sharing the peers and everything the data
+    /// path changes (index table, cookie secret, rate limiter, load detector; each copy keeps
+    /// its own MAC1 and cookie keys, changed with the identity). Its journal is
+    /// on. For [`Published`].
+    fn fork(&self) -> Device {
+        Device {
+            identity: self.identity.clone(),
+            cookie_checker: self.cookie_checker.clone(),
+            ratelimiter: self.ratelimiter.clone(),
+            load: self.load.clone(),
+            peers: self.peers.clone(),
+            free_ids: self.free_ids.clone(),
+            freed: self.freed.clone(),
+            defer_free: self.defer_free,
+            by_key: self.by_key.clone(),
+            allowed: self.allowed.clone(),
+            index: self.index.clone(),
+            wall_at_epoch_ns: self.wall_at_epoch_ns,
+            mtu: self.mtu,
+            max_peers: self.max_peers,
+            journal: Journal::on(),
+        }
+    }
+
+    /// Apply one table change (the only place the tables change), and journal it.
+    fn change(&mut self, op: TableOp) {
+        self.apply(&op);
+        self.journal.record(op);
+    }
+
+    /// Apply one table change without journaling it: what [`Device::change`] did to the other
+    /// copy, replayed on this one. Deterministic, so both copies end up equal.
+    fn apply(&mut self, op: &TableOp) {
+        match op {
+            TableOp::Identity(identity) => {
+                self.identity = identity.clone();
+                let public = self.public_key();
+                self.cookie_checker.set_public_key(public.as_ref());
+            }
+            TableOp::Mtu(mtu) => self.mtu = *mtu,
+            TableOp::MaxPeers(max) => self.max_peers = *max,
+            TableOp::AddPeer(peer) => {
+                let id = peer.id();
+                if self.free_ids.last() == Some(&id) {
+                    self.free_ids.pop();
+                } else if (id as usize) < self.peers.len() {
+                    // Not reached: ids are taken from the end of the free list.
+                    self.free_ids.retain(|&f| f != id);
+                }
+                if self.peers.len() <= id as usize {
+                    self.peers.resize(id as usize + 1, None);
+                }
+                if let Some(slot) = self.peers.get_mut(id as usize) {
+                    *slot = Some(peer.clone());
+                }
+                self.by_key.insert(*peer.public_key(), id);
+            }
+            TableOp::RemovePeer(id) => {
+                if let Some(peer) = self.peers.get_mut(*id as usize).and_then(Option::take) {
+                    self.by_key.remove(peer.public_key());
+                    self.allowed.remove_peer(*id);
+                    if self.defer_free {
+                        self.freed.push(*id);
+                    } else {
+                        self.free_ids.push(*id);
+                    }
+                }
+            }
+            TableOp::ReleaseFreed => self.free_ids.append(&mut self.freed),
+            TableOp::AllowedInsert(addr, cidr, id) => {
+                // Validated by the call that journaled it; cannot fail here.
+                let _ = self.allowed.insert(*addr, *cidr, *id);
+            }
+            TableOp::AllowedClear(id) => self.allowed.remove_peer(*id),
         }
     }
 
@@ -353,7 +454,7 @@ impl Device {
     /// Change the peer limit. Peers beyond a lowered limit stay; only new ones are refused.
     /// Capped at 2^32 − 1 (peer ids are `u32`).
     pub fn set_max_peers(&mut self, max: usize) {
-        self.max_peers = max.min(u32::MAX as usize);
+        self.change(TableOp::MaxPeers(max.min(u32::MAX as usize)));
     }
 
     /// The tunnel MTU used to bound padding.
@@ -362,7 +463,7 @@ impl Device {
     }
     /// Set the tunnel MTU.
     pub fn set_mtu(&mut self, mtu: usize) {
-        self.mtu = mtu;
+        self.change(TableOp::Mtu(mtu));
     }
 
     /// Our public key, if a private key is set.
@@ -385,7 +486,7 @@ impl Device {
     ///   `wg_noise_expire_current_peer_keypairs`): the next packet asks for a handshake. They
     ///   still open what the peer sends until they age out, as there.
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
-        self.identity = key.map(Identity::new);
+        self.change(TableOp::Identity(key.map(Identity::new)));
         let public = self.public_key();
         self.cookie_checker.set_public_key(public.as_ref());
         if let Some(id) = public.and_then(|k| self.by_key.get(&k)) {
@@ -417,27 +518,19 @@ impl Device {
         if self.by_key.len() >= self.max_peers {
             return Err(ConfigError::TooManyPeers(self.max_peers));
         }
-        let id = match self.free_ids.pop() {
-            Some(id) => id,
-            None => {
-                self.peers.push(None);
-                (self.peers.len() - 1) as PeerId
-            }
-        };
-        let peer = Peer::new(rng, id, public_key);
-        self.peers[id as usize] = Some(Arc::new(peer));
-        self.by_key.insert(public_key, id);
+        let id = self.free_ids.last().copied().unwrap_or(self.peers.len() as PeerId);
+        self.change(TableOp::AddPeer(Arc::new(Peer::new(rng, id, public_key))));
+        self.journal.added(id);
         Ok(id)
     }
 
     /// Remove a peer with its allowed IPs, sessions and indices.
     pub fn remove_peer(&mut self, id: PeerId) -> Result<(), ConfigError> {
-        let peer = self.peers.get_mut(id as usize).and_then(Option::take).ok_or(ConfigError::NoSuchPeer)?;
-        self.by_key.remove(peer.public_key());
-        self.allowed.remove_peer(id);
+        let peer = self.peer(id).ok_or(ConfigError::NoSuchPeer)?.clone();
+        self.change(TableOp::RemovePeer(id));
+        self.journal.removed(id);
         self.forget_sessions(&peer);
         peer.timers.disarm_all();
-        self.free_ids.push(id);
         Ok(())
     }
 
@@ -462,6 +555,11 @@ impl Device {
     /// Every peer, in id order.
     pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.peers.iter().flatten()
+    }
+
+    /// One more than the highest peer id in use (or once in use): ids run below this.
+    pub fn peer_slots(&self) -> usize {
+        self.peers.len()
     }
 
     /// Number of peers.
@@ -504,12 +602,14 @@ impl Device {
         if self.peer(id).is_none() {
             return Err(ConfigError::NoSuchPeer);
         }
-        self.allowed.insert(addr, cidr, id).map_err(|_| ConfigError::BadPrefix)
+        self.allowed.insert(addr, cidr, id).map_err(|_| ConfigError::BadPrefix)?;
+        self.journal.record(TableOp::AllowedInsert(addr, cidr, id));
+        Ok(())
     }
 
     /// Remove every allowed-IP prefix of a peer.
     pub fn clear_allowed_ips(&mut self, id: PeerId) {
-        self.allowed.remove_peer(id);
+        self.change(TableOp::AllowedClear(id));
     }
 
     /// A peer's allowed-IP prefixes.

@@ -31,7 +31,7 @@ use crate::crypto::{ct_eq, Secret};
 use crate::messages::KEY_LEN;
 
 pub use apply::{apply_config, apply_set};
-pub use get::format_get;
+pub use get::{format_get, write_get, GET_CHUNK_PEERS};
 
 /// wireguard-go `ipc.IpcErrorIO`: `-EIO`.
 pub const IPC_ERROR_IO: i32 = -5;
@@ -188,14 +188,44 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, UapiError> {
 }
 
 fn parse_set<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<SetRequest, UapiError> {
-    let mut req = SetRequest::default();
-    let mut peer: Option<PeerSet> = None;
-    for (n, raw) in lines.enumerate() {
-        if raw.is_empty() {
+    let mut p = SetParser::new();
+    for raw in lines {
+        if !p.line(raw)? {
             break;
         }
+    }
+    Ok(p.finish())
+}
+
+/// A `set=1` request validated line by line as it arrives, into compact records (keys as 32
+/// bytes, addresses and numbers as values; no text is kept), so a server can read a request of
+/// any size from its socket with memory bounded per peer section and per line, and still apply
+/// it all or nothing: [`SetParser::finish`] hands over the whole validated request only once
+/// its last line was accepted.
+#[derive(Debug, Default)]
+pub struct SetParser {
+    req: SetRequest,
+    peer: Option<PeerSet>,
+    /// Lines taken so far after `set=1`.
+    n: usize,
+}
+
+impl SetParser {
+    /// Ready for the line after `set=1`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take one line (without its `\n`; a trailing `\r` is ignored). Returns `Ok(false)` for
+    /// the empty line that ends the request, `Ok(true)` otherwise.
+    pub fn line(&mut self, raw: &[u8]) -> Result<bool, UapiError> {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.is_empty() {
+            return Ok(false);
+        }
+        self.n += 1;
         let line = std::str::from_utf8(raw)
-            .map_err(|_| UapiError::protocol(format!("line {} of the set request is not UTF-8", n + 2)))?;
+            .map_err(|_| UapiError::protocol(format!("line {} of the set request is not UTF-8", self.n + 1)))?;
         let Some((key, value)) = line.split_once('=') else {
             return Err(UapiError::protocol(format!("failed to parse line {line:?}")));
         };
@@ -203,16 +233,27 @@ fn parse_set<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<SetRequest, Ua
             let public_key = parse_hex_key(value).ok_or_else(|| {
                 UapiError::invalid(format!("failed to get peer by public key: invalid hex key {value:?}"))
             })?;
-            req.peers.extend(peer.replace(PeerSet { public_key, ops: Vec::new() }));
-            continue;
+            self.req.peers.extend(self.peer.replace(PeerSet { public_key, ops: Vec::new() }));
+            return Ok(true);
         }
-        match peer.as_mut() {
-            None => parse_device_line(&mut req, key, value)?,
-            Some(p) => p.ops.push(parse_peer_line(key, value)?),
+        match self.peer.as_mut() {
+            None => parse_device_line(&mut self.req, key, value)?,
+            Some(p) => {
+                p.ops.push(parse_peer_line(key, value)?);
+                // Most sections have one or two operations: no spare capacity per peer.
+                if p.ops.len() <= 2 {
+                    p.ops.shrink_to_fit();
+                }
+            }
         }
+        Ok(true)
     }
-    req.peers.extend(peer);
-    Ok(req)
+
+    /// The validated request.
+    pub fn finish(mut self) -> SetRequest {
+        self.req.peers.extend(self.peer.take());
+        self.req
+    }
 }
 
 fn parse_device_line(req: &mut SetRequest, key: &str, value: &str) -> Result<(), UapiError> {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nic_backends::Pool;
-use rand_core::OsRng;
 
 use super::metrics_http::MetricsServer;
 use super::notify::{Pending, Walk};
@@ -28,7 +27,8 @@ const NOTE_BUDGET: usize = 4096;
 /// How often waiting frames of failed neighbour resolutions are dropped.
 const NEIGH_EXPIRE_NS: u64 = 250_000_000;
 
-/// The UAPI handler: `get` under the read lock, `set` under the write lock.
+/// The UAPI handler: `get` from the published device, piece by piece; `set` on the writer's
+/// copy, then published. Neither makes a worker wait.
 struct Handler {
     sh: Arc<Shared>,
     /// What `set` produced (keepalives, initiations), for the control loop to send.
@@ -36,22 +36,33 @@ struct Handler {
 }
 
 impl UapiHandler for Handler {
-    fn get(&self) -> String {
-        let dev = self.sh.data.device.read().unwrap_or_else(|e| e.into_inner());
-        let iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
-        uapi::format_get(&dev, &iface, |t| self.sh.data.clock.to_unix(t))
+    fn get(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let iface = *self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
+        uapi::write_get(
+            || self.sh.data.device.load_full(),
+            &iface,
+            |t| self.sh.data.clock.to_unix(t),
+            &mut WriteRef(out),
+        )
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let now = self.sh.data.clock.now();
-        let mut dev = self.sh.data.device.write().unwrap_or_else(|e| e.into_inner());
+        let mut dev = self.sh.data.device.write();
         let mut iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let before = super::peer_keys(&dev);
-        let r = uapi::apply_set(&mut dev, &mut iface, &req, &mut OsRng, now, &mut out);
-        // Still under the write lock: no worker is between a device call and its notification.
-        let gone = self.sh.handoff.peers_changed(&before, &dev);
-        if !gone.is_empty() {
-            self.sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()).extend(gone);
+        let mut out = Output::with_capacity(0);
+        // Timer jitter for every new peer: from a generator seeded by the OS once per request,
+        // not a system call per peer.
+        let r = match CoreRng::from_os(now) {
+            Ok(mut rng) => uapi::apply_set(&mut dev, &mut iface, &req, &mut rng, now, &mut out),
+            Err(e) => Err(UapiError { errno: uapi::IPC_ERROR_IO, message: format!("no randomness: {e}") }),
+        };
+        drop(req);
+        // Published: no worker reads the old tables any more, and removed ids are not reused
+        // before the next `set`, so forgetting their notifications forgets no new peer's.
+        let changes = dev.publish();
+        self.sh.handoff.peers_changed(&changes);
+        if !changes.removed.is_empty() {
+            self.sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()).extend(changes.removed);
         }
         if iface.listen_port == 0 {
             // `wg setconf` of a file without ListenPort sends 0 ("any port"): keep serving on
@@ -59,7 +70,26 @@ impl UapiHandler for Handler {
             iface.listen_port = super::DEFAULT_LISTEN_PORT;
         }
         self.sh.data.listen_port.store(iface.listen_port, Ordering::Relaxed);
+        drop(dev);
+        // What the set produced (a keepalive when persistent keepalive was turned on, timer
+        // wake-ups), for the control loop; handed over after publishing, so those peers exist
+        // in the tables the control loop reads.
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.events.append(&mut out.events);
+        p.transmits.append(&mut out.transmits);
         r
+    }
+}
+
+/// `&mut dyn Write` as a sized `Write`.
+struct WriteRef<'a>(&'a mut dyn std::io::Write);
+
+impl std::io::Write for WriteRef<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -152,7 +182,7 @@ impl Reload {
         crate::sdnotify::notify_or_warn("RELOADING=1\nSTATUS=reloading the configuration");
         let outcome = super::load_config(path).and_then(|cfg| {
             let current: Vec<[u8; 32]> = {
-                let dev = handler.sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+                let dev = handler.sh.data.device.load();
                 dev.peers().map(|p| *p.public_key()).collect()
             };
             let req = cfg.to_sync_request(current.iter().copied());
@@ -272,7 +302,7 @@ pub(crate) fn run(
     let reload_handler = Handler { sh: sh.clone(), pending: pending.clone() };
     // Every peer gets a first look from the wheel (persistent keepalives configured at start).
     {
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.load();
         for p in dev.peers() {
             c.wheel.insert(now, p.id());
         }
@@ -314,7 +344,7 @@ pub(crate) fn run(
 impl Control {
     fn iteration(&mut self, now: Timestamp) -> usize {
         let sh = self.sh.clone();
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.load();
         let mut work = 0;
         self.rng.reseed_if_due(now);
         // The keys this loop prepared to seal staged packets: dropped as the workers drop theirs.

@@ -10,13 +10,13 @@
 //! (`--metrics-peers`; see [`census`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::Engine;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use wgpmd_proto::device::{Device, DropReason, Peer, Stats};
+use wgpmd_proto::device::{DropReason, Peer, Published, Stats};
 
 use super::handshakes::{HsDrop, HS_TIME_BOUNDS_NS};
 use super::stats::Local;
@@ -104,16 +104,16 @@ pub(crate) struct Census {
 /// configuration change waiting for the write lock (and the workers queued behind it) waits
 /// for one chunk, not for a walk over a million peers. Peers added or removed during the walk
 /// may be counted or missed (a gauge read between two changes).
-pub(crate) fn census(device: &RwLock<Device>, limit: usize) -> Census {
+pub(crate) fn census(device: &Published, limit: usize) -> Census {
     let (total, slots) = {
-        let dev = device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = device.load();
         (dev.peer_count(), dev.max_peers().max(wgpmd_proto::messages::MAX_PEERS_PER_DEVICE))
     };
     let mut c = Census { peers: total, with_session: 0, exported: Vec::with_capacity(limit.min(total)) };
     let (mut seen, mut start) = (0usize, 0u32);
     while seen < total && (start as usize) < slots {
         let end = start.saturating_add(CENSUS_CHUNK).min(u32::try_from(slots).unwrap_or(u32::MAX));
-        let dev = device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = device.load();
         for id in start..end {
             if let Some(p) = dev.peer(id) {
                 seen += 1;
@@ -139,7 +139,7 @@ pub(crate) fn snapshot(sh: &Shared, peer_limit: usize) -> Snapshot {
     let c = &sh.control.counters;
     let now = sh.data.clock.now();
     let under_load = {
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.load();
         h.hs_load.under_load(&dev, now)
     };
     let Census { peers, with_session, exported } = census(&sh.data.device, peer_limit);

@@ -245,6 +245,7 @@ fn the_build_info_names_the_compiled_in_backends() {
 #[test]
 fn the_census_walks_every_peer_in_chunks() {
     use rand_core::OsRng;
+    use wgpmd_proto::device::Device;
     let mut dev = Device::new(&mut OsRng, 0);
     // More than two chunks, with holes: every third peer removed.
     let n = 2 * CENSUS_CHUNK as usize + 1000;
@@ -259,7 +260,7 @@ fn the_census_walks_every_peer_in_chunks() {
         dev.remove_peer(*id).unwrap();
     }
     let left = n - n.div_ceil(3);
-    let dev = RwLock::new(dev);
+    let dev = Published::new(dev);
     let c = census(&dev, 5);
     assert_eq!((c.peers, c.with_session), (left, 0));
     // The first five in id order, the removed ones skipped.

@@ -25,9 +25,9 @@
 //! [`crate::wan`]; the workers apply it to their buffers.
 //!
 //! The state they share is split by who uses it (`Shared`): the read-mostly `DataPlane` the
-//! workers read per packet (the `Device` behind an `RwLock`: workers and the control core take
-//! the read lock once per burst, configuration (UAPI `set`) takes the write lock briefly; the
-//! listen port, the WAN identity, the neighbour table, the clock), the `Handoff` between
+//! workers read per packet (the `Device`, published left-right: readers load the published copy
+//! once per iteration without a lock, and a UAPI `set` changes the other copy and publishes it
+//! with one atomic swap, so no worker ever waits for a writer; the listen port, the WAN identity, the neighbour table, the clock), the `Handoff` between
 //! workers and the control core (bounded queues, the notifications and the staged packets, the
 //! workers' handshake queue depths), and the `ControlPlane` only the control side touches.
 
@@ -47,13 +47,13 @@ mod worker;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 use nic_backends::{Buffer, Fanout, Port, PortOptions};
 
-use wgpmd_proto::device::{Device, PeerId};
+use wgpmd_proto::device::{Changes, Device, PeerId, Published};
 use wgpmd_proto::messages::MAX_PEERS_PER_DEVICE;
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::uapi::InterfaceState;
@@ -219,13 +219,15 @@ impl Clock {
 }
 
 /// What the workers read per packet or per burst. Read-mostly: the control side writes only
-/// the device (under the write lock, for UAPI `set`) and the listen port (after a `set`); the
+/// the device (publishing a new copy of its tables, for UAPI `set`) and the listen port (after
+/// a `set`); the
 /// neighbour table changes when a next hop is learned or ages out. Aligned to a cache line so
 /// that the queues' and counters' writes next to it in [`Shared`] never share a line with it.
 #[repr(align(64))]
 pub(crate) struct DataPlane {
-    /// The WireGuard device: read lock once per burst, write lock for configuration.
-    pub device: RwLock<Device>,
+    /// The WireGuard device: readers load the published copy once per iteration and never
+    /// wait; configuration changes the writer's copy and publishes it (`Published`).
+    pub device: Published,
     /// Our WireGuard UDP port (`ListenPort`), matched by `classify` and sent from.
     pub listen_port: AtomicU16,
     /// Our WAN identity: MAC, addresses per family, VLAN.
@@ -272,30 +274,18 @@ impl Handoff {
         }
     }
 
-    /// After a configuration change (under the device's write lock, so no worker is between
-    /// a device call and its notification): forget what was pending or staged for the peers
-    /// that are gone (their ids may already name new peers), and make room for new peers'
-    /// notifications. Returns the ids that are gone, for the control core's wheel.
-    pub fn peers_changed(&self, before: &[(PeerId, [u8; 32])], dev: &Device) -> Vec<PeerId> {
-        let gone: Vec<PeerId> = before
-            .iter()
-            .filter(|(id, key)| dev.peer(*id).is_none_or(|p| p.public_key() != key))
-            .map(|(id, _)| *id)
-            .collect();
-        for &id in &gone {
+    /// After a configuration change is published (so no worker still reads a copy with the
+    /// removed peers, and their ids are not yet reused): forget what was pending or staged for
+    /// the peers that are gone, and make room for new peers' notifications.
+    pub fn peers_changed(&self, changes: &Changes) {
+        for &id in &changes.removed {
             self.notes.clear(id);
             drop(self.staging.take(id));
         }
-        for p in dev.peers() {
-            self.notes.ensure(p.id());
+        for &id in &changes.added {
+            self.notes.ensure(id);
         }
-        gone
     }
-}
-
-/// Every peer's id and public key (to tell, after a configuration change, which are gone).
-pub(crate) fn peer_keys(dev: &Device) -> Vec<(PeerId, [u8; 32])> {
-    dev.peers().map(|p| (p.id(), *p.public_key())).collect()
 }
 
 /// What the control side owns (the control core, the UAPI handler, the stats socket's thread);
@@ -548,7 +538,7 @@ pub(crate) fn run_observed(
     }
     let shared = Arc::new(Shared {
         data: DataPlane {
-            device: RwLock::new(dev),
+            device: Published::new(dev),
             listen_port: AtomicU16::new(iface.listen_port),
             wan: Wan { mac: EthernetAddress(mac), v4: cfg.wan_v4, v6: cfg.wan_v6, vlan: cfg.vlan },
             neigh: Neighbours::with_config(
@@ -577,9 +567,8 @@ pub(crate) fn run_observed(
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
     });
-    {
-        let dev = shared.data.device.read().unwrap_or_else(|e| e.into_inner());
-        shared.handoff.peers_changed(&[], &dev);
+    for p in shared.data.device.load().peers() {
+        shared.handoff.notes.ensure(p.id());
     }
     if let Some(p) = probe {
         let _ = p.set(shared.clone());

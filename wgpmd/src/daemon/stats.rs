@@ -52,10 +52,17 @@ pub(crate) struct Local {
     /// Frames from the kernel put on the WAN transmit list.
     pub exc_from_kernel: u64,
     pub wan_drops: [u64; WanDrop::COUNT],
+    /// Longest iteration since start, in µs (polling and processing; not the idle sleep).
+    pub max_iteration_us: u64,
+    /// Longest iteration in the current and the previous window of [`ITERATION_WINDOW`], in µs.
+    pub max_iteration_us_window: u64,
     pub device: Stats,
     pub wan_queue: QueueStats,
     pub inner_queue: QueueStats,
 }
+
+/// The window of `max_iteration_us_recent`: it covers the last 2 to 4 seconds.
+pub(crate) const ITERATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A worker's published counters (a snapshot under a lock only the publisher and readers
 /// take, every 64 iterations: never per packet). The worker never waits for it: while a reader
@@ -136,6 +143,8 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("exception_queue_full", l.exc_queue_full),
             ("exception_not_for_us", l.exc_not_for_us),
             ("exception_from_kernel", l.exc_from_kernel),
+            ("max_iteration_us", l.max_iteration_us),
+            ("max_iteration_us_recent", l.max_iteration_us_window),
             ("aead_opened", l.device.aead_opened),
             ("aead_sealed", l.device.aead_sealed),
             ("keepalives_received", l.device.keepalives_received),
@@ -205,7 +214,7 @@ pub(crate) fn render(sh: &Shared) -> String {
     bounded(sh, &mut line);
     // The device-wide load decision, fed the queues' depth now (as a worker would).
     let under_load = {
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+        let dev = sh.data.device.load();
         sh.handoff.hs_load.under_load(&dev, sh.data.clock.now())
     };
     line("under_load", u64::from(under_load));

@@ -91,6 +91,8 @@ impl Worker {
         let mut sleep = Duration::from_micros(10);
         let mut iter = 0u64;
         let mut keys_since = self.sh.data.clock.now();
+        // The longest iteration in this window and the one before (`stats::ITERATION_WINDOW`).
+        let (mut window_start, mut window_max, mut prev_window_max) = (keys_since, 0u64, 0u64);
         // One reference for the whole loop: cloning the Arc per iteration would bounce its
         // counter between every worker's and the control core's caches.
         let sh = self.sh.clone();
@@ -99,12 +101,13 @@ impl Worker {
             self.neigh.sync(&sh.data.neigh);
             let mut work = 0;
             {
-                let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
+                let dev = sh.data.device.load();
                 work += self.wan_rx(&dev, now);
                 work += self.inner_rx(&dev, now);
                 work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
-                // Under the read lock: configuration, which clears a removed peer's
-                // notifications, never runs between a device call and its notification.
+                // While this copy is held: a publish waits for it, so configuration, which
+                // clears a removed peer's notifications after publishing, never runs between a
+                // device call and its notification.
                 self.post_events();
             }
             work += self.tx_jobs(now);
@@ -112,6 +115,13 @@ impl Worker {
             // Responses and cookie replies leave in this iteration's burst.
             self.forward_transmits();
             self.flush();
+            let took_us = (sh.data.clock.now() - now).as_micros() as u64;
+            if now - window_start >= super::stats::ITERATION_WINDOW {
+                (window_start, prev_window_max, window_max) = (now, window_max, 0);
+            }
+            window_max = window_max.max(took_us);
+            self.c.max_iteration_us = self.c.max_iteration_us.max(took_us);
+            self.c.max_iteration_us_window = window_max.max(prev_window_max);
             iter += 1;
             if iter.is_multiple_of(64) {
                 self.hs.rng.reseed_if_due(now);
