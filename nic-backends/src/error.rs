@@ -107,7 +107,7 @@ pub enum PortError {
         spec: String,
     },
     /// The backend before the colon is not one this build knows.
-    #[error("{spec}: unknown backend `{backend}` (known: af_packet, af_xdp, tun, mem, vfio, dpdk)")]
+    #[error("{spec}: unknown backend `{backend}` (known: af_packet, af_xdp, tun, tap, vhost-user, mem, vfio, dpdk)")]
     UnknownBackend {
         /// The port string.
         spec: String,

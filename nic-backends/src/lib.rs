@@ -45,6 +45,7 @@ pub mod port;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tun;
+pub mod vhost_user;
 pub mod virtio;
 
 pub use buffer::{Buffer, Pool, Region, BUF_SIZE, HEADROOM, MAX_DATA, MIN_TAILROOM};

@@ -116,7 +116,7 @@ pub struct PortInfo {
     pub mac: Option<[u8; 6]>,
     /// Link MTU (IP packet size, without the Ethernet header).
     pub mtu: usize,
-    /// Backend: `"mem"`, `"af_packet"`, `"af_xdp"`, `"tun"`, `"vfio"` or `"dpdk"`.
+    /// Backend: `"mem"`, `"af_packet"`, `"af_xdp"`, `"tun"`, `"tap"`, `"vhost-user"`, `"vfio"` or `"dpdk"`.
     pub kind: &'static str,
 }
 
@@ -196,15 +196,17 @@ pub struct PortOptions {
     /// MTU to set: TUN default 1420; AF_PACKET leaves the interface's MTU unless given; mem
     /// reports it (default 1500).
     pub mtu: Option<usize>,
+    /// Ethernet address to give the interface (TAP); ignored by the other backends.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Default for PortOptions {
     fn default() -> Self {
-        PortOptions { queues: 1, fanout: Fanout::Hash, mtu: None }
+        PortOptions { queues: 1, fanout: Fanout::Hash, mtu: None, mac: None }
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "af_xdp:IFACE", "tun:NAME", "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "af_xdp:IFACE", "tun:NAME", "tap:NAME" (a kernel TAP: Ethernet frames), "vhost-user:PATH" (a vhost-user backend serving the socket PATH), "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });
@@ -220,8 +222,15 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
         "af_xdp" => Ok(Box::new(crate::af_xdp::AfXdpPort::open(spec, name, opts)?)),
         "tun" if name.is_empty() => Err(missing("tun:wg0")),
         "tun" => Ok(Box::new(crate::tun::TunPort::open(spec, name, opts)?)),
+        "tap" if name.is_empty() => Err(missing("tap:wgx0")),
+        "tap" => Ok(Box::new(crate::tun::TunPort::open_tap(spec, name, opts)?)),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
         "vfio" => Ok(Box::new(crate::virtio::VirtioNetPort::open(spec, name, opts)?)),
+        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd-vm0.sock")),
+        "vhost-user" => {
+            crate::vhost_user::check_path(spec, name)?;
+            Ok(Box::new(crate::vhost_user::VhostUserPort::open(spec, name, opts)?))
+        }
         "mem" if name.is_empty() => Err(missing("mem:test")),
         "mem" => {
             let mut p = crate::mem::loopback(name, opts.queues, crate::mem::DEFAULT_DEPTH);
@@ -268,6 +277,10 @@ pub fn check_spec(spec: &str, opts: &PortOptions) -> Result<&'static str, PortEr
             }
             ifname("tun")
         }
+        "tap" if name.is_empty() => Err(missing("tap:wgx0")),
+        "tap" => ifname("tap"),
+        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd-vm0.sock")),
+        "vhost-user" => crate::vhost_user::check_path(spec, name).map(|_| "vhost-user"),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
         "vfio" => vfio::parse_bdf(name)
             .map(|_| "vfio")
@@ -288,6 +301,8 @@ pub const BACKENDS: &[&str] = &[
     "af_packet",
     "af_xdp",
     "tun",
+    "tap",
+    "vhost-user",
     "mem",
     "vfio (virtio-net)",
     #[cfg(feature = "dpdk")]
@@ -327,7 +342,10 @@ mod tests {
             err("eth0"),
             "eth0: expected BACKEND:NAME, e.g. af_packet:eth1, tun:wg0, vfio:0000:00:02.0 or mem:test"
         );
-        assert_eq!(err("xdp:eth0"), "xdp:eth0: unknown backend `xdp` (known: af_packet, af_xdp, tun, mem, vfio, dpdk)");
+        assert_eq!(
+            err("xdp:eth0"),
+            "xdp:eth0: unknown backend `xdp` (known: af_packet, af_xdp, tun, tap, vhost-user, mem, vfio, dpdk)"
+        );
         assert_eq!(err("vfio:"), "vfio:: missing interface name after the colon (e.g. vfio:0000:00:02.0)");
         assert!(err("vfio:00:99.0").contains("no PCI device 0000:00:99.0"), "{}", err("vfio:00:99.0"));
         assert!(err("vfio:eth0").contains("not a PCI address"), "{}", err("vfio:eth0"));

@@ -1,10 +1,11 @@
-//! `tun:NAME`: a multi-queue TUN interface, the kernel exception path.
+//! `tun:NAME`: a multi-queue TUN interface (IP packets), the inner port; `tap:NAME`: the same
+//! with `IFF_TAP` (Ethernet frames), the WAN exception path to the kernel.
 //!
 //! One `/dev/net/tun` fd per queue, each attached with `TUNSETIFF` (`IFF_TUN | IFF_NO_PI |
-//! IFF_MULTI_QUEUE`) to the same name, non-blocking. The interface is not persistent: it exists
+//! IFF_MULTI_QUEUE`; a TAP `IFF_TAP` instead of `IFF_TUN`) to the same name, non-blocking. The interface is not persistent: it exists
 //! while at least one queue fd is open, so dropping the port and all its queues removes it.
-//! On open the MTU is set (`PortOptions::mtu`, default 1420, WireGuard's) and the link is
-//! brought up.
+//! On open the MTU is set (`PortOptions::mtu`, default 1420, WireGuard's; a TAP: 1500), a
+//! TAP's MAC is set when `PortOptions::mac` gives one, and the link is brought up.
 //!
 //! **Offloads**: the fds are opened with `IFF_VNET_HDR`, and `TUNSETOFFLOAD` offers the kernel
 //! checksum offload, TSO4/TSO6 and, where the kernel has it (6.2+), USO4/USO6. Every packet
@@ -40,7 +41,10 @@ use crate::sys::ioctl::{self, IfName};
 /// MTU of a TUN port when `PortOptions::mtu` is `None` (the wg-quick default).
 pub const DEFAULT_MTU: usize = 1420;
 
-/// A TUN port.
+/// MTU of a TAP port when `PortOptions::mtu` is `None`.
+pub const TAP_DEFAULT_MTU: usize = 1500;
+
+/// A TUN (or TAP) port.
 pub struct TunPort {
     info: PortInfo,
     name: IfName,
@@ -73,11 +77,23 @@ pub struct TunQueue {
 
 impl TunPort {
     pub(crate) fn open(spec: &str, name: &str, opts: &PortOptions) -> Result<TunPort, PortError> {
+        Self::open_kind(spec, name, opts, false)
+    }
+
+    /// `tap:NAME`: Ethernet frames, the MAC from `opts.mac` (else the kernel's random one).
+    pub(crate) fn open_tap(spec: &str, name: &str, opts: &PortOptions) -> Result<TunPort, PortError> {
+        Self::open_kind(spec, name, opts, true)
+    }
+
+    fn open_kind(spec: &str, name: &str, opts: &PortOptions, tap: bool) -> Result<TunPort, PortError> {
         let mut name = IfName::new(name).map_err(|reason| PortError::BadName { spec: spec.to_string(), reason })?;
-        let mtu = opts.mtu.unwrap_or(DEFAULT_MTU);
-        check_mtu(spec, mtu, 0)?;
+        let mtu = opts.mtu.unwrap_or(if tap { TAP_DEFAULT_MTU } else { DEFAULT_MTU });
+        check_mtu(spec, mtu, if tap { 18 } else { 0 })?;
         let os = |op| move |e| PortError::os(spec, op, e);
-        let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR;
+        // A TAP (the exception path) carries Ethernet frames as they are: no vnet header, no
+        // offloads (segmentation here parses IP packets).
+        let kind = if tap { libc::IFF_TAP } else { libc::IFF_TUN | libc::IFF_VNET_HDR };
+        let flags = kind | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
         let mut queues = Vec::with_capacity(opts.queues);
         for _ in 0..opts.queues {
             let file = std::fs::OpenOptions::new()
@@ -90,13 +106,13 @@ impl TunPort {
             name = ioctl::tun_set_iff(file.as_fd(), &name, flags).map_err(os("TUNSETIFF"))?;
             // USO needs Linux 6.2; without it, TSO and checksum offload only.
             let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-            if ioctl::tun_set_offload(file.as_fd(), base | TUN_F_USO4 | TUN_F_USO6).is_err() {
+            if !tap && ioctl::tun_set_offload(file.as_fd(), base | TUN_F_USO4 | TUN_F_USO6).is_err() {
                 ioctl::tun_set_offload(file.as_fd(), base).map_err(os("TUNSETOFFLOAD"))?;
             }
             queues.push(Some(TunQueue {
                 file,
                 stats: QueueStats::default(),
-                vnet: true,
+                vnet: !tap,
                 spill: vec![0; MAX_SUPER],
                 whole: Vec::with_capacity(MAX_SUPER),
                 pending: VecDeque::new(),
@@ -104,11 +120,18 @@ impl TunPort {
         }
         let ctl = ioctl::control_socket().map_err(os("socket(AF_INET)"))?;
         ioctl::set_mtu(ctl.as_fd(), &name, mtu).map_err(os("SIOCSIFMTU"))?;
+        let mut mac = None;
+        if tap {
+            if let Some(m) = opts.mac {
+                ioctl::set_hw_addr(ctl.as_fd(), &name, m).map_err(os("SIOCSIFHWADDR"))?;
+            }
+            mac = Some(ioctl::hw_addr(ctl.as_fd(), &name).map_err(os("SIOCGIFHWADDR"))?.1);
+        }
         let f = ioctl::flags(ctl.as_fd(), &name).map_err(os("SIOCGIFFLAGS"))?;
         if f & libc::IFF_UP == 0 {
             ioctl::set_flags(ctl.as_fd(), &name, f | libc::IFF_UP).map_err(os("SIOCSIFFLAGS"))?;
         }
-        let info = PortInfo { name: name.as_str(), mac: None, mtu, kind: "tun" };
+        let info = PortInfo { name: name.as_str(), mac, mtu, kind: if tap { "tap" } else { "tun" } };
         Ok(TunPort { info, name, ctl, queues })
     }
 }
@@ -279,7 +302,7 @@ impl Queue for TunQueue {
             let room = b.data_and_tailroom_mut();
             let cap = room.len();
             match self.file.read(room) {
-                // A read that fills the buffer may have been cut short (TUN truncates silently).
+                // A read that fills the buffer may have been cut short (TUN/TAP truncate silently).
                 Ok(len) if len == 0 || len >= cap => self.stats.rx_errors += 1,
                 Ok(len) => {
                     if b.set_len(len).is_ok() {
@@ -321,7 +344,7 @@ impl Queue for TunQueue {
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
-                // Refused for itself (not IPv4/IPv6, too short): take it, count it.
+                // Refused for itself (TUN: not IPv4/IPv6; too short): take it, count it.
                 Err(_) => self.stats.tx_errors += 1,
             }
             taken += 1;

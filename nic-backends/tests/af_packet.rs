@@ -25,7 +25,7 @@ fn veth() -> NetNs {
 }
 
 fn port(name: &str, queues: usize, fanout: Fanout) -> Box<dyn Port> {
-    open(&format!("af_packet:{name}"), &PortOptions { queues, fanout, mtu: None }).unwrap()
+    open(&format!("af_packet:{name}"), &PortOptions { queues, fanout, mtu: None, mac: None }).unwrap()
 }
 
 /// Ethernet frame `dst <- src`, EtherType ETH_TEST, `len` bytes in all, carrying `seq`.
@@ -205,7 +205,8 @@ fn vlan_tag_arrives_in_the_frame() {
 #[test]
 fn bad_frames_are_counted_not_stuck_and_mtu_option_is_applied() {
     let ns = veth();
-    let mut b = open("af_packet:vb", &PortOptions { queues: 1, fanout: Fanout::Hash, mtu: Some(1400) }).unwrap();
+    let mut b =
+        open("af_packet:vb", &PortOptions { queues: 1, fanout: Fanout::Hash, mtu: Some(1400), mac: None }).unwrap();
     assert_eq!(b.info().mtu, 1400);
     let (ok, out) = ns.ip_try("link show vb");
     assert!(ok && out.contains("mtu 1400"), "{out}");

@@ -133,3 +133,40 @@ fn errors_name_the_port_and_what_to_do() {
     assert!(e.to_string().starts_with("tun:nbtun2: MTU 60 out of range"), "{e}");
     assert!(!ns.ip_try("link show nbtun2").0);
 }
+
+/// `tap:NAME`: Ethernet frames with the MAC we give it. The kernel answers an ARP request
+/// written into the TAP for its address, from that MAC, and the reply is read back.
+#[test]
+fn tap_carries_ethernet_frames_with_our_mac() {
+    let ns = NetNs::enter("tap");
+    let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let mut port = open("tap:nbtap0", &PortOptions { mac: Some(mac), mtu: Some(1500), ..Default::default() }).unwrap();
+    assert_eq!((port.info().kind, port.info().mac, port.info().mtu), ("tap", Some(mac), 1500));
+    let (ok, out) = ns.ip_try("link show nbtap0");
+    assert!(ok && out.contains("02:11:22:33:44:55") && out.contains(",UP"), "{out}");
+    ns.ip("addr add 10.78.0.1/24 dev nbtap0");
+    let mut q = port.take_queue(0).unwrap();
+    let pool = Pool::new("tap", 64).unwrap();
+    let asker = [0x02, 0, 0, 0, 0, 9];
+    let mut req = pool.alloc().unwrap();
+    let f = req.append(42).unwrap();
+    f[..6].fill(0xff);
+    f[6..12].copy_from_slice(&asker);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&asker);
+    f[28..32].copy_from_slice(&[10, 78, 0, 2]);
+    f[32..38].fill(0);
+    f[38..42].copy_from_slice(&[10, 78, 0, 1]);
+    let mut v = vec![req];
+    assert_eq!(q.tx_burst(&mut v), 1);
+    let got = common::rx_until(q.as_mut(), &pool, |bufs| {
+        bufs.iter().any(|b| b.data().len() >= 42 && b.data()[12..14] == [8, 6] && b.data()[20..22] == [0, 2])
+    });
+    let reply = got.iter().find(|b| b.data()[12..14] == [8, 6] && b.data()[20..22] == [0, 2]).unwrap();
+    assert_eq!(&reply.data()[..6], &asker);
+    assert_eq!(&reply.data()[6..12], &mac, "the reply comes from the MAC we gave the TAP");
+    assert_eq!(&reply.data()[22..28], &mac);
+    assert_eq!(&reply.data()[28..32], &[10, 78, 0, 1]);
+    assert_eq!(q.stats().tx_packets, 1);
+}

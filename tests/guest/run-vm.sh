@@ -1,5 +1,5 @@
 #!/bin/sh
-# Usage: tests/guest/run-vm.sh local|mq|noiommu INITRAMFS KERNEL_CACHE "KERNEL CMDLINE EXTRA"
+# Usage: tests/guest/run-vm.sh local|mq|noiommu|vhu INITRAMFS KERNEL_CACHE "KERNEL CMDLINE EXTRA"
 # Boots the wgpmd test guest under QEMU TCG (PVH entry of the uncompressed vmlinux from kernel.sh) with the
 # serial console on stdout. Run it inside a network namespace of its own (ip netns exec NS ...): QEMU's
 # loopback UDP sockets (boot local) and the TAP (boot mq) live there.
@@ -9,16 +9,19 @@
 #          caller in this netns); -smp 2, multi-threaded TCG
 #   noiommu: the local topology without a vIOMMU: no intel-iommu device, NIC A without iommu_platform/ats,
 #          no intel_iommu=on (the initramfs must carry the rebuilt vfio modules: noiommu-modules.sh)
+#   vhu:   NIC A virtio-net-pci on a vhost-user netdev whose backend (wgpmd on the host) serves the unix
+#          socket $VHU_SOCK; the guest's memory a shared memfd (vhost-user needs it); no vIOMMU; -smp 1
 # Env: TIMEOUT (seconds, default 300; QEMU is SIGKILLed after it), MEM (default 1G).
 # One guest at a time on a machine: holds /tmp/wgpmd-qemu.lock (flock -F: QEMU keeps this script's PID).
 set -eu
-BOOT=${1:?usage: run-vm.sh local|mq|noiommu INITRAMFS KERNEL_CACHE "CMDLINE"}
+BOOT=${1:?usage: run-vm.sh local|mq|noiommu|vhu INITRAMFS KERNEL_CACHE "CMDLINE"}
 INITRD=$2; KCACHE=$3; EXTRA=${4:-}
 NIC_A="virtio-net-pci,disable-legacy=on,iommu_platform=on,ats=on,mac=52:54:00:12:34:56"
 IOMMU="-device intel-iommu,intremap=on,caching-mode=on"
 KIOMMU=intel_iommu=on
+MEMDEV=""
 case $BOOT in
-noiommu)
+noiommu|vhu)
     NIC_A="virtio-net-pci,disable-legacy=on,mac=52:54:00:12:34:56"
     IOMMU=""; KIOMMU=""
     ;;
@@ -32,11 +35,16 @@ mq)
     SMP=2; ACCEL=tcg,thread=multi
     NET="-netdev tap,id=na,ifname=${TAP:-wgtap0},script=no,downscript=no,vhost=off,queues=2
          -device $NIC_A,netdev=na,mq=on,vectors=6" ;;
-*) echo "run-vm.sh: boot must be local, mq or noiommu" >&2; exit 2 ;;
+vhu)
+    SMP=1; ACCEL=tcg
+    MEMDEV="-object memory-backend-memfd,id=mem,size=${MEM:-1G},share=on -numa node,memdev=mem"
+    NET="-chardev socket,id=c0,path=${VHU_SOCK:?VHU_SOCK: the vhost-user socket} -netdev vhost-user,id=na,chardev=c0
+         -device $NIC_A,netdev=na" ;;
+*) echo "run-vm.sh: boot must be local, mq, noiommu or vhu" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086
 exec flock -F /tmp/wgpmd-qemu.lock timeout -s KILL "${TIMEOUT:-300}" qemu-system-x86_64 \
     -accel $ACCEL -cpu max -machine q35 -smp $SMP -m "${MEM:-1G}" -nographic -no-reboot -net none \
     -kernel "$KCACHE/vmlinux" -initrd "$INITRD" \
     -append "console=ttyS0 panic=-1 quiet loglevel=4 $KIOMMU boot=$BOOT $EXTRA" \
-    $IOMMU $NET
+    $MEMDEV $IOMMU $NET

@@ -51,6 +51,29 @@ setup_local() {
     echo "$A" > /tmp/nic_a
 }
 
+setup_vhu() {
+    ip link set lo up
+    A=$(nic_by_mac $A_MAC)
+    echo "INIT: NIC A=$A ($A_BDF, driver $(drv_of $A_BDF)), on vhost-user"
+    ip link set $A up
+    ip addr add 10.100.0.50/24 dev $A
+    echo "$A" > /tmp/nic_a
+}
+
+# boot=vhu: the guest's virtio-net is wgpmd's vhost-user inner port; the host's wireguard-go peer is
+# 10.100.0.10 behind the tunnel (wgpmd answers the guest's ARP for it).
+sc_vhu_ping() {
+    A=$(cat /tmp/nic_a)
+    n=0
+    for i in $(seq 1 30); do ping -c 1 -W 2 10.100.0.10 >/dev/null 2>&1 && break; done
+    out=$(ping -c 10 -i 0.3 -W 3 10.100.0.10 2>&1)
+    n=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+    log "$(echo "$out" | tail -2 | tr '\n' ' ')"
+    log "ARP: $(ip neigh show dev $A | tr '\n' ' ')"
+    if [ "${n:-0}" -ge 8 ]; then pass "$n of 10 pings to the wireguard-go peer answered through wgpmd's vhost-user port"
+    else fail "$n of 10 pings answered"; fi
+}
+
 setup_mq() {
     ip link set lo up
     A=$(nic_by_mac $A_MAC)

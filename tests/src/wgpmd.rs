@@ -61,6 +61,9 @@ pub struct WgpmdOptions {
     pub port: Option<String>,
     /// DPDK EAL arguments, passed after `--` (`{wan_if}` replaced as in `port`).
     pub eal_args: Vec<String>,
+    /// The inner port string (`--inner`); None: the default TUN named like the interface.
+    /// With another inner port there is no TUN to wait for, address or check at stop.
+    pub inner: Option<String>,
     /// More environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
 }
@@ -76,6 +79,7 @@ impl Default for WgpmdOptions {
             extra_args: Vec::new(),
             port: None,
             eal_args: Vec::new(),
+            inner: None,
             env: Vec::new(),
         }
     }
@@ -143,6 +147,8 @@ pub struct Wgpmd {
     conf_path: PathBuf,
     proc: Proc,
     stopped: bool,
+    /// The inner port is the TUN named like the interface.
+    tun: bool,
 }
 
 impl Wgpmd {
@@ -191,6 +197,9 @@ impl Wgpmd {
         if let Some(f) = &opts.fanout {
             args.extend(["--fanout", f]);
         }
+        if let Some(inner) = &opts.inner {
+            args.extend(["--inner", inner]);
+        }
         args.extend(opts.extra_args.iter().map(String::as_str));
         if !eal.is_empty() {
             args.push("--");
@@ -200,7 +209,8 @@ impl Wgpmd {
         env.extend(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut proc = Proc::spawn(ctx, ns, &ifname, &args, &env)?;
         proc.set_grace(secs(10));
-        let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false };
+        let tun = opts.inner.is_none();
+        let mut d = Wgpmd { ns: ns.clone(), ifname, wan_if: wan_if.to_string(), conf_path, proc, stopped: false, tun };
         let (uapi, stats) = (d.uapi_socket(), d.stats_socket());
         let (ifname, ns2) = (d.ifname.clone(), ns.clone());
         wait_until(
@@ -208,9 +218,12 @@ impl Wgpmd {
             secs(30),
             || {
                 d.proc.ensure_running()?;
-                Ok((uapi.exists() && stats.exists() && ns2.has_link(&ifname)).then_some(()))
+                Ok((uapi.exists() && stats.exists() && (!tun || ns2.has_link(&ifname))).then_some(()))
             },
         )?;
+        if !d.tun {
+            return Ok(d);
+        }
         if let Some(addr) = &cfg.address {
             d.ns.ip(&["addr", "add", addr, "dev", &d.ifname])?;
         }
@@ -341,7 +354,7 @@ impl Wgpmd {
                 let _ = std::fs::remove_file(&p);
             }
         }
-        if self.ns.has_link(&self.ifname) {
+        if self.tun && self.ns.has_link(&self.ifname) {
             left.push(format!("TUN interface {} in {}", self.ifname, self.ns));
         }
         if !left.is_empty() {

@@ -89,6 +89,8 @@ enum DirectionArg {
     Tx,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a concentrator until SIGINT/SIGTERM (SIGHUP re-applies --config like `wg syncconf`).
@@ -213,6 +215,18 @@ struct RunArgs {
     /// Inner port for decrypted traffic (default tun:<INTERFACE>).
     #[arg(long)]
     inner: Option<String>,
+    /// WAN exception path: tap:NAME creates a kernel TAP with the WAN port's MAC and MTU.
+    /// Every WAN frame wgpmd does not consume (to its MAC, broadcast or multicast) goes to
+    /// the kernel there, and what the kernel sends there goes out of the WAN, so the host
+    /// keeps the link for SSH, BGP, monitoring. Give the TAP the WAN address (`ip addr
+    /// add`) to share it: wgpmd keeps answering ARP/ND and ping for that address and
+    /// mirrors ARP/ND to the kernel (docs/OPERATIONS.md).
+    #[arg(long, value_name = "tap:NAME")]
+    exception: Option<String>,
+    /// Most frames per second to the exception path (over all workers; more are counted
+    /// and dropped).
+    #[arg(long, default_value_t = wgpmd::daemon::exception::DEFAULT_RATE)]
+    exception_rate: u64,
     /// Our address on the WAN, with its prefix (e.g. 192.0.2.1/24 or 2001:db8::1/64).
     /// Give it twice for both families (one IPv4, one IPv6).
     #[arg(long, required = true)]
@@ -447,9 +461,10 @@ fn validate(a: RunArgs) -> Result<Validated, String> {
         FanoutArg::Hash => nic_backends::Fanout::Hash,
         FanoutArg::Lb => nic_backends::Fanout::LoadBalance,
     };
-    let wan_backend = nic_backends::check_spec(&port, &nic_backends::PortOptions { queues, fanout, mtu: None })
-        .map_err(|e| e.to_string())?;
-    nic_backends::check_spec(&inner, &nic_backends::PortOptions { queues, fanout, mtu: Some(a.mtu) })
+    let wan_backend =
+        nic_backends::check_spec(&port, &nic_backends::PortOptions { queues, fanout, mtu: None, mac: None })
+            .map_err(|e| e.to_string())?;
+    nic_backends::check_spec(&inner, &nic_backends::PortOptions { queues, fanout, mtu: Some(a.mtu), mac: None })
         .map_err(|e| e.to_string())?;
     let dpdk = wan_backend == "dpdk" || port.starts_with("dpdk:");
     if !a.eal.is_empty() && !dpdk {
@@ -486,6 +501,8 @@ fn validate(a: RunArgs) -> Result<Validated, String> {
             reload: None,
             drop_privileges: true,
             metrics: a.metrics.map(|addr| daemon::MetricsOptions { addr, peers: a.metrics_peers as usize }),
+            exception: a.exception,
+            exception_rate: a.exception_rate,
         },
         eal_args: eal,
         user_prefix: a.eal.iter().any(|e| e.starts_with("--file-prefix")),

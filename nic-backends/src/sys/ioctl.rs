@@ -114,6 +114,20 @@ pub(crate) fn set_mtu(ctl: BorrowedFd<'_>, name: &IfName, mtu: usize) -> io::Res
     ifreq_ioctl(ctl, libc::SIOCSIFMTU as libc::Ioctl, &mut r)
 }
 
+/// Set the Ethernet address (`SIOCSIFHWADDR`, `ARPHRD_ETHER`).
+pub(crate) fn set_hw_addr(ctl: BorrowedFd<'_>, name: &IfName, mac: [u8; 6]) -> io::Result<()> {
+    let mut r = name.req();
+    // SAFETY: writing plain-data members of the `ifru_hwaddr` sockaddr in the union; every
+    // member of the union is plain data, valid for any bytes.
+    unsafe {
+        r.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, &m) in r.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac.iter()) {
+            *d = m as libc::c_char;
+        }
+    }
+    ifreq_ioctl(ctl, libc::SIOCSIFHWADDR as libc::Ioctl, &mut r)
+}
+
 /// `IFF_*` flags (the kernel's 16-bit `ifr_flags`, widened without sign extension).
 pub(crate) fn flags(ctl: BorrowedFd<'_>, name: &IfName) -> io::Result<i32> {
     let mut r = name.req();

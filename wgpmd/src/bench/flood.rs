@@ -502,6 +502,8 @@ fn one(opts: &FloodOptions, plan: &CorePlan) -> Result<FloodRun, BenchError> {
         metrics: None,
         reload: None,
         drop_privileges: false,
+        exception: None,
+        exception_rate: crate::daemon::exception::DEFAULT_RATE,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -513,7 +515,8 @@ fn one(opts: &FloodOptions, plan: &CorePlan) -> Result<FloodRun, BenchError> {
             std::thread::Builder::new()
                 .name("wgpmd-bench-daemon".into())
                 .spawn_scoped(s, move || {
-                    let r = crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), stop, Some(probe));
+                    let r =
+                        crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), None, stop, Some(probe));
                     done.store(true, Ordering::Relaxed);
                     r
                 })

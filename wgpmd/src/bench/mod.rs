@@ -366,6 +366,8 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         fanout: nic_backends::Fanout::Hash,
         mtu: DEFAULT_TUNNEL_MTU,
         sockets: false,
+        exception: None,
+        exception_rate: crate::daemon::exception::DEFAULT_RATE,
         reload: None,
         drop_privileges: false,
         metrics: None,

@@ -228,6 +228,7 @@ pub(crate) fn run(
     stop: Arc<AtomicBool>,
     services: Services,
     mut link: LinkWatch<'_>,
+    mut tap: Option<super::exception::Tap>,
 ) -> Result<(), DaemonError> {
     let Services { sockets, metrics, reload } = services;
     cores::pin(core);
@@ -317,7 +318,10 @@ pub(crate) fn run(
             c.out.events.append(&mut p.events);
             c.out.transmits.append(&mut p.transmits);
         }
-        let work = c.iteration(now);
+        let mut work = c.iteration(now);
+        if let (Some(t), Some(q)) = (tap.as_mut(), sh.handoff.exception.as_ref()) {
+            work += t.poll(q, &sh.data.wan);
+        }
         link.tick(&sh);
         if let Some(r) = &reload {
             r.check(&reload_handler);

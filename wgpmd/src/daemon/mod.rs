@@ -33,6 +33,7 @@
 
 mod control;
 pub mod cores;
+pub mod exception;
 mod handshakes;
 mod metrics;
 mod metrics_http;
@@ -115,6 +116,11 @@ pub struct DaemonConfig {
     /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets, and tell systemd
     /// (`$NOTIFY_SOCKET`) when ready and when stopping.
     pub sockets: bool,
+    /// The WAN exception path's port (`tap:NAME`): what wgpmd does not consume goes to the
+    /// kernel there, and what the kernel sends there goes out of the WAN.
+    pub exception: Option<String>,
+    /// Frames per second to the exception port, over all workers.
+    pub exception_rate: u64,
     /// Set (by SIGHUP) to re-apply `config` with `wg syncconf` semantics; `None`: no reload.
     pub reload: Option<Arc<AtomicBool>>,
     /// Once the ports are open: keep only the capabilities they need and set
@@ -249,14 +255,17 @@ pub(crate) struct Handoff {
     pub tx_jobs: ArrayQueue<TxJob>,
     /// Inner packets waiting for a peer's session.
     pub staging: staging::Staging,
+    /// The exception path's queues, when there is one.
+    pub exception: Option<exception::Queues>,
 }
 
 /// Transmit jobs waiting for a worker.
 pub(crate) const TX_JOBS: usize = 8192;
 
 impl Handoff {
-    fn new(workers: usize) -> Self {
+    fn new(workers: usize, exception: Option<exception::Queues>) -> Self {
         Handoff {
+            exception,
             hs_load: handshakes::Load::new(workers),
             hs_capacity: handshakes::queue_capacity(workers),
             notes: notify::Notes::new(MAX_PEERS_PER_DEVICE, notify::DIRTY_CAPACITY),
@@ -293,6 +302,8 @@ pub(crate) struct ControlPlane {
     /// The WAN port's steering setter (`af_xdp`: what its XDP program sends to wgpmd), with
     /// what it was last set to.
     pub wan_steer: Option<(nic_backends::Steerer, Mutex<Option<nic_backends::Steering>>)>,
+    /// The inner port's extra counters (vhost-user), read by the stats socket's thread.
+    pub inner_extra: Option<nic_backends::ExtraStats>,
     /// The WAN port's link state as the control loop last saw it (`wan_link_up` in stats).
     pub wan_link_up: AtomicBool,
     /// Peers removed by configuration, for the control core to take off its wheel.
@@ -449,12 +460,13 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
     let layout = cores::layout(&cfg.cores, &cores::available(), cfg.control_shares_core)?;
     let nworkers = layout.workers.len();
     // The WAN keeps its own MTU; the inner port gets the tunnel MTU.
-    let wan_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: None };
-    let inner_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: Some(cfg.mtu) };
+    let wan_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: None, mac: None };
+    let inner_opts = PortOptions { queues: nworkers, fanout: cfg.fanout, mtu: Some(cfg.mtu), mac: None };
     let wan_port = nic_backends::open(&cfg.wan_port, &wan_opts)
         .map_err(|source| DaemonError::Port { spec: cfg.wan_port.clone(), source })?;
     let inner_port = nic_backends::open(&cfg.inner_port, &inner_opts)
         .map_err(|source| DaemonError::Port { spec: cfg.inner_port.clone(), source })?;
+    let exc_port = open_exception(&cfg, wan_port.as_ref())?;
     if cfg.drop_privileges {
         // Before any thread of ours exists: capabilities are per thread, new ones inherit.
         let mut keep = crate::privs::needed(&[&cfg.wan_port, &cfg.inner_port]);
@@ -469,7 +481,7 @@ pub fn run(cfg: DaemonConfig, stop: Arc<AtomicBool>) -> Result<(), DaemonError> 
             crate::privs::describe(&kept)
         );
     }
-    run_with_ports(cfg, wan_port, inner_port, stop)
+    run_observed(cfg, wan_port, inner_port, exc_port, stop, None)
 }
 
 /// Run the daemon on ports the caller opened (each with at least one queue per worker): the
@@ -480,7 +492,21 @@ pub fn run_with_ports(
     inner_port: Box<dyn Port>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
-    run_observed(cfg, wan_port, inner_port, stop, None)
+    let exc_port = open_exception(&cfg, wan_port.as_ref())?;
+    run_observed(cfg, wan_port, inner_port, exc_port, stop, None)
+}
+
+/// The exception path's port (`--exception`): a TAP with the WAN's MAC and MTU, one queue,
+/// served by the control core. Opened with the other ports, before privileges are dropped.
+fn open_exception(cfg: &DaemonConfig, wan_port: &dyn Port) -> Result<Option<Box<dyn Port>>, DaemonError> {
+    let Some(spec) = &cfg.exception else { return Ok(None) };
+    let mac = wan_port.info().mac.ok_or_else(|| DaemonError::NoMac(cfg.wan_port.clone()))?;
+    let opts = PortOptions { queues: 1, fanout: cfg.fanout, mtu: Some(wan_port.info().mtu), mac: Some(mac) };
+    let p = nic_backends::open(spec, &opts).map_err(|source| DaemonError::Port { spec: spec.clone(), source })?;
+    if p.info().mac != Some(mac) {
+        return Err(DaemonError::NoMac(format!("{spec} (the exception port must be an Ethernet port: tap:NAME)")));
+    }
+    Ok(Some(p))
 }
 
 /// One worker's handshake-stage counters, as the flood bench reads them from a running daemon.
@@ -515,6 +541,7 @@ pub(crate) fn run_observed(
     cfg: DaemonConfig,
     mut wan_port: Box<dyn Port>,
     mut inner_port: Box<dyn Port>,
+    mut exc_port: Option<Box<dyn Port>>,
     stop: Arc<AtomicBool>,
     probe: Option<&std::sync::OnceLock<Arc<Shared>>>,
 ) -> Result<(), DaemonError> {
@@ -558,13 +585,14 @@ pub(crate) fn run_observed(
             clock,
             poll: cfg.poll,
         },
-        handoff: Handoff::new(nworkers),
+        handoff: Handoff::new(nworkers, exc_port.as_ref().map(|_| exception::Queues::new(cfg.exception_rate))),
         control: ControlPlane {
             name: cfg.name.clone(),
             iface: Mutex::new(iface),
             counters: stats::ControlCounters::default(),
             wan_extra: wan_port.extra_stats(),
             wan_steer: wan_port.steering().map(|s| (s, Mutex::new(None))),
+            inner_extra: inner_port.extra_stats(),
             wan_link_up: AtomicBool::new(wan_port.link_up()),
             removed: Mutex::new(Vec::new()),
         },
@@ -629,6 +657,22 @@ pub(crate) fn run_observed(
         );
     }
     let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
+    let tap = match exc_port.as_mut() {
+        Some(p) => {
+            let spec = cfg.exception.clone().unwrap_or_default();
+            let q = p.take_queue(0).ok_or(DaemonError::NoQueue { spec, queue: 0 })?;
+            let pool = nic_backends::Pool::new("exc", 2 * exception::QUEUE).map_err(DaemonError::Pool)?;
+            tracing::info!(
+                "{}: exception path {} (MAC {}), at most {} frames/s to the kernel",
+                cfg.name,
+                p.info().name,
+                EthernetAddress(mac),
+                cfg.exception_rate
+            );
+            Some(exception::Tap::new(q, pool))
+        }
+        None => None,
+    };
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
     let services = control::Services {
@@ -636,7 +680,7 @@ pub(crate) fn run_observed(
         metrics: cfg.metrics,
         reload: cfg.reload.clone().map(|flag| control::Reload { flag, path: cfg.config.clone() }),
     };
-    let result = control::run(shared.clone(), layout.control, control_pool, stop, services, link);
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, services, link, tap);
     shared.stop();
     for h in handles {
         let _ = h.join();
@@ -644,6 +688,7 @@ pub(crate) fn run_observed(
     // Ports close here: the TUN interface disappears with its queues.
     drop(wan_port);
     drop(inner_port);
+    drop(exc_port);
     if let Some(msg) = shared.take_fatal() {
         return Err(DaemonError::PortFault(msg));
     }

@@ -38,6 +38,19 @@ pub(crate) struct Local {
     pub no_route: u64,
     pub pmtu_icmp_sent: u64,
     pub too_big_dropped: u64,
+    /// Frames queued for the exception path's kernel TAP (not consumed, and ARP/ND mirrored).
+    pub exc_to_kernel: u64,
+    /// Of those, copies of ARP/ND frames wgpmd also answered or learned from.
+    pub exc_mirrored: u64,
+    /// Frames for the kernel over the worker's share of `--exception-rate`.
+    pub exc_rate_dropped: u64,
+    /// Frames for the kernel that found its queue full (or, for a mirror, no buffer).
+    pub exc_queue_full: u64,
+    /// Frames not consumed and not for the kernel either (another host's MAC, another VLAN,
+    /// not Ethernet): dropped.
+    pub exc_not_for_us: u64,
+    /// Frames from the kernel put on the WAN transmit list.
+    pub exc_from_kernel: u64,
     pub wan_drops: [u64; WanDrop::COUNT],
     /// Longest iteration since start, in µs (polling and processing; not the idle sleep).
     pub max_iteration_us: u64,
@@ -124,6 +137,12 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("no_route", l.no_route),
             ("pmtu_icmp_sent", l.pmtu_icmp_sent),
             ("too_big_dropped", l.too_big_dropped),
+            ("exception_to_kernel", l.exc_to_kernel),
+            ("exception_mirrored", l.exc_mirrored),
+            ("exception_rate_dropped", l.exc_rate_dropped),
+            ("exception_queue_full", l.exc_queue_full),
+            ("exception_not_for_us", l.exc_not_for_us),
+            ("exception_from_kernel", l.exc_from_kernel),
             ("max_iteration_us", l.max_iteration_us),
             ("max_iteration_us_recent", l.max_iteration_us_window),
             ("aead_opened", l.device.aead_opened),
@@ -141,6 +160,10 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("wan_queue_tx_copied", l.wan_queue.tx_copied),
             ("inner_queue_rx_packets", l.inner_queue.rx_packets),
             ("inner_queue_tx_packets", l.inner_queue.tx_packets),
+            ("inner_queue_tx_dropped", l.inner_queue.tx_dropped),
+            ("inner_queue_rx_dropped", l.inner_queue.rx_dropped),
+            ("inner_queue_rx_errors", l.inner_queue.rx_errors),
+            ("inner_queue_tx_errors", l.inner_queue.tx_errors),
             ("wan_queue_rx_bytes", l.wan_queue.rx_bytes),
             ("wan_queue_tx_bytes", l.wan_queue.tx_bytes),
             ("wan_queue_rx_errors", l.wan_queue.rx_errors),
@@ -193,6 +216,11 @@ pub(crate) fn render(sh: &Shared) -> String {
     for r in DropReason::ALL {
         line(&format!("control.drop.{r:?}"), st.drops_for(r));
     }
+    if let Some(q) = &sh.handoff.exception {
+        for (k, v) in q.counters() {
+            line(&format!("exception.{k}"), v);
+        }
+    }
     bounded(sh, &mut line);
     // The device-wide load decision, fed the queues' depth now (as a worker would).
     let under_load = {
@@ -203,7 +231,8 @@ pub(crate) fn render(sh: &Shared) -> String {
     line("wan_link_up", u64::from(sh.control.wan_link_up.load(Ordering::Relaxed)));
     line("log_messages_suppressed", crate::logging::suppressed());
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
-    if let Some(extra) = &sh.control.wan_extra {
+    // The inner backend's (vhost-user: `vhost_user_<name>`).
+    for extra in [&sh.control.wan_extra, &sh.control.inner_extra].into_iter().flatten() {
         for (k, v) in extra() {
             line(&k, v);
         }

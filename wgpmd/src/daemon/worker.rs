@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nic_backends::{Buffer, Pool, Queue};
 
+use super::exception::{self, TokenBucket};
 use super::handshakes::{self, Stage};
 use super::stats::Local;
 use super::{PollMode, Shared};
@@ -46,6 +47,8 @@ pub(crate) struct Worker {
     pmtu_limit: icmp::RateLimit,
     /// Handshake-stage messages: screened on arrival, DH work a budget per iteration.
     hs: Stage,
+    /// This worker's share of the exception path's rate (`None`: no exception path).
+    exc_bucket: Option<TokenBucket>,
     /// Test hook: panic on the first IPv4 packet from the inner port ([`PANIC_HOOK_ENV`] names
     /// this worker).
     #[cfg(feature = "test-hooks")]
@@ -61,7 +64,9 @@ pub(crate) const PANIC_HOOK_ENV: &str = "WGPMD_TEST_PANIC_WORKER";
 impl Worker {
     pub fn new(id: usize, sh: Arc<Shared>, wan: Box<dyn Queue>, inner: Box<dyn Queue>, pool: Pool, hs: Stage) -> Self {
         sh.handoff.staging.register_pool(&pool);
+        let exc_bucket = sh.handoff.exception.as_ref().map(|q| exception::worker_bucket(q.rate, sh.workers.len()));
         Worker {
+            exc_bucket,
             id,
             sh,
             wan,
@@ -106,6 +111,7 @@ impl Worker {
                 self.post_events();
             }
             work += self.tx_jobs(now);
+            work += self.kernel_frames();
             // Responses and cookie replies leave in this iteration's burst.
             self.forward_transmits();
             self.flush();
@@ -197,8 +203,22 @@ impl Worker {
         self.c.wan_rx += n as u64;
         let wan = self.sh.data.wan;
         let port = self.sh.data.listen_port.load(Ordering::Relaxed);
+        let exc = self.exc_bucket.is_some();
         for mut buf in rx.drain(..) {
-            match wan.classify(buf.data(), port) {
+            let class = wan.classify(buf.data(), port);
+            // ARP and ND about our address: wgpmd answers and learns, the kernel gets a copy.
+            if exc
+                && matches!(
+                    class,
+                    Ok(Classified::ArpRequest { .. }
+                        | Classified::ArpLearn { .. }
+                        | Classified::NeighborSolicit { .. }
+                        | Classified::NeighborLearn { .. })
+                )
+            {
+                self.mirror(buf.data(), now);
+            }
+            match class {
                 Ok(Classified::ArpRequest { ip, mac }) => {
                     self.learn(ip, mac, Heard::Asked, now);
                     if let Some(len) = wan.arp_reply_in_place(buf.data_mut()) {
@@ -243,10 +263,62 @@ impl Worker {
                     }
                 }
                 Ok(Classified::NeighborLearn { ip, mac }) => self.learn(ip, mac, Heard::Answer, now),
-                Err(r) => self.c.wan_drops[r as usize] += 1,
+                Err(r) => {
+                    self.c.wan_drops[r as usize] += 1;
+                    if exc {
+                        self.except(buf, now);
+                    }
+                }
             }
         }
         self.rx = rx;
+        n
+    }
+
+    /// A frame wgpmd did not consume: to the kernel's exception TAP if it is for us, within
+    /// this worker's share of the rate and while the queue has room (each refusal counted).
+    fn except(&mut self, mut buf: Buffer, now: Timestamp) {
+        let (Some(q), Some(bucket)) = (self.sh.handoff.exception.as_ref(), self.exc_bucket.as_mut()) else { return };
+        if !exception::for_kernel(&self.sh.data.wan, buf.data()) {
+            self.c.exc_not_for_us += 1;
+            return;
+        }
+        if !bucket.allow(now.as_nanos()) {
+            self.c.exc_rate_dropped += 1;
+            return;
+        }
+        exception::untag(&mut buf);
+        if q.to_kernel.push(buf).is_err() {
+            self.c.exc_queue_full += 1;
+            return;
+        }
+        self.c.exc_to_kernel += 1;
+    }
+
+    /// A copy of an ARP/ND frame wgpmd handles itself, for the kernel (its neighbour table
+    /// learns what ours does).
+    fn mirror(&mut self, frame: &[u8], now: Timestamp) {
+        let Some(mut b) = self.pool.alloc() else {
+            self.c.exc_queue_full += 1;
+            return;
+        };
+        let Ok(d) = b.append(frame.len()) else { return };
+        d.copy_from_slice(frame);
+        let before = self.c.exc_to_kernel;
+        self.except(b, now);
+        self.c.exc_mirrored += self.c.exc_to_kernel - before;
+    }
+
+    /// Frames the kernel sent on the exception TAP: out of the WAN (a burst per iteration).
+    fn kernel_frames(&mut self) -> usize {
+        let Some(q) = self.sh.handoff.exception.as_ref() else { return 0 };
+        let mut n = 0;
+        while n < BURST {
+            let Some(b) = q.from_kernel.pop() else { break };
+            self.wan_tx.push(b);
+            n += 1;
+        }
+        self.c.exc_from_kernel += n as u64;
         n
     }
 

@@ -1,0 +1,732 @@
+//! `vhost-user:PATH`: wgpmd as a vhost-user backend (a virtio-net device) for a frontend that
+//! connects to the unix socket `PATH`: a VM's virtio-net (QEMU `-netdev vhost-user`) or a DPDK
+//! application's `net_virtio_user`. Built on rust-vmm's crates: `vhost` and
+//! `vhost-user-backend` speak the protocol (features, memory table, vrings, kicks),
+//! `vm-memory` maps and bounds-checks the frontend's memory regions, `virtio-queue` walks the
+//! split rings.
+//!
+//! # Threads
+//! A server thread accepts one frontend at a time (a new `VhostUserDaemon`, its vrings and its
+//! protocol thread per connection); when the frontend goes, the connection is torn down and the
+//! next one accepted. The data path does not use the crate's kick-driven epoll handlers: the
+//! workers poll the rings (`Queue::rx_burst` reads the frontend's transmit queue,
+//! `Queue::tx_burst` fills its receive queue), each under the vring's lock. The vrings are
+//! taken from the handler at connection setup through an extra event the handler forwards to
+//! [`VhostUserBackend::handle_event`] together with its vrings.
+//!
+//! # Frames
+//! The frontend speaks Ethernet with a 12-byte `virtio_net_hdr` (VIRTIO_F_VERSION_1 is
+//! required); wgpmd's inner side carries IP packets. Towards wgpmd the header and the Ethernet
+//! header come off (IPv4 and IPv6; the frontend's ARP requests are answered for any address but
+//! its own, with the port's MAC: wgpmd is the frontend's gateway for everything; other frames
+//! are counted and dropped). Towards the frontend an all-zero header (no offloads, one buffer)
+//! and an Ethernet header to the frontend's MAC (learned from what it sends; broadcast until
+//! then) go in front. No offloads, no mergeable buffers, one queue pair (every worker's queue
+//! uses it, serialised by the vring lock).
+//!
+//! # Bad frontends
+//! Every address comes from the frontend and is checked against its memory table by
+//! `vm-memory`. A descriptor outside every region, a chain that does not end (a loop: longer
+//! than the ring), a transmit chain with no readable bytes or a receive chain with a
+//! device-readable part is counted (`bad_descriptors`), logged once, and the frontend is
+//! disconnected; the port keeps serving (the next frontend may connect). Errors of the protocol
+//! itself (overlapping or unmappable memory regions, messages out of order) end the connection
+//! the same way (`protocol_errors`). Packets for an absent frontend are counted and dropped
+//! (`tx_dropped`).
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_queue::QueueT;
+use vm_memory::{Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::buffer::{Buffer, Pool};
+use crate::error::PortError;
+use crate::port::{ExtraStats, Port, PortInfo, PortOptions, Queue, QueueStats};
+
+/// The header in front of every frame (virtio 1.x: `num_buffers` always present).
+pub const VNET_HDR_LEN: usize = 12;
+/// The MAC wgpmd answers ARP with and sends from (locally administered).
+pub const PORT_MAC: [u8; 6] = [0x02, 0x77, 0x67, 0x70, 0x6d, 0x64];
+/// Descriptors per ring at most.
+const MAX_QUEUE_SIZE: usize = 1024;
+/// Queues: one receive/transmit pair.
+const NUM_QUEUES: usize = 2;
+/// The extra event that hands us the vrings (above the queues and the handler's own event).
+const STASH_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// MTU of the inner side when `PortOptions::mtu` is `None`.
+pub const DEFAULT_MTU: usize = 1420;
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Counters of the port, shared by its threads (`vhost_user_*` in `wgpmd stats`).
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    disconnects: AtomicU64,
+    bad_descriptors: AtomicU64,
+    protocol_errors: AtomicU64,
+    arp_replies: AtomicU64,
+    not_ip_dropped: AtomicU64,
+}
+
+/// One connected frontend: its vrings (0: its receive queue, 1: its transmit queue) and memory.
+struct Conn {
+    vrings: Vec<VringRwLock>,
+    mem: Mem,
+    shutdown: Option<vhost_user_backend::ShutdownHandle>,
+    /// Set when the frontend posted something bad: nothing more is taken from it.
+    broken: AtomicBool,
+    /// The frontend's MAC (48 bits; 0: not learned, send to broadcast).
+    peer_mac: AtomicU64,
+    features: AtomicU64,
+}
+
+impl Conn {
+    /// Disconnect a frontend that broke the rules (once), with a log line.
+    fn refuse(&self, c: &Counters, what: &str) {
+        c.bad_descriptors.fetch_add(1, Ordering::Relaxed);
+        if !self.broken.swap(true, Ordering::Relaxed) {
+            tracing::warn!("vhost-user: {what}: disconnecting the frontend");
+            if let Some(h) = &self.shutdown {
+                h.shutdown();
+            }
+        }
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    /// The current frontend, if any; `epoch` changes whenever this does.
+    conn: Mutex<Option<Arc<Conn>>>,
+    epoch: AtomicU64,
+    features: AtomicU64,
+    stop: AtomicBool,
+    c: Counters,
+}
+
+/// The backend the rust-vmm daemon drives: features and the vrings' hand-over.
+#[derive(Clone)]
+struct NetBackend {
+    sh: Arc<Shared>,
+    /// This connection's vrings, handed over by its handler (see `STASH_EVENT`), and the event
+    /// that asks for them (read here, so that it fires once).
+    stash: Arc<(Mutex<Option<Vec<VringRwLock>>>, EventFd)>,
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+    fn features(&self) -> u64 {
+        // QEMU 7.2 does not work yet: it sends SET_VRING_ENABLE while it realizes the device,
+        // before SET_FEATURES, and the crate's handler refuses that message until this bit is
+        // acked (the connection ends, counted as a protocol error). Without the bit, QEMU 7.2
+        // itself crashed when the guest's driver started (tried; docs/OPERATIONS.md).
+        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+    fn acked_features(&self, features: u64) {
+        self.sh.features.store(features, Ordering::Relaxed);
+    }
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+    fn set_event_idx(&self, _enabled: bool) {}
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without one the handler's epoll thread never ends and the connection's teardown
+        // (which joins it) hangs.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        // The handler has replaced the contents of the `GuestMemoryAtomic` we gave it (and
+        // hold): the workers see the new table at their next burst. vm-memory refuses
+        // overlapping regions; a region longer than its file maps, but touching it past the
+        // end of the file would be SIGBUS: refuse the table (the connection ends) and stop
+        // using this frontend's rings at once.
+        if let Err(e) = check_regions(&mem.memory()) {
+            if let Some(c) = self.sh.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                c.broken.store(true, Ordering::Relaxed);
+            }
+            tracing::warn!("vhost-user {}: memory table refused: {e}", self.sh.path.display());
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e));
+        }
+        Ok(())
+    }
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> std::io::Result<()> {
+        if device_event == STASH_EVENT {
+            let _ = self.stash.1.read();
+            *self.stash.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrings.to_vec());
+        }
+        // Kicks need no action: the workers poll the rings.
+        Ok(())
+    }
+}
+
+/// A vhost-user port (see the module documentation).
+pub struct VhostUserPort {
+    info: PortInfo,
+    queues: Vec<Option<VhostUserQueue>>,
+    sh: Arc<Shared>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One queue of a [`VhostUserPort`]: every queue uses the one queue pair.
+pub struct VhostUserQueue {
+    sh: Arc<Shared>,
+    epoch: u64,
+    conn: Option<Arc<Conn>>,
+    stats: QueueStats,
+    replies: Vec<Buffer>,
+}
+
+impl VhostUserPort {
+    pub(crate) fn open(spec: &str, path: &str, opts: &PortOptions) -> Result<VhostUserPort, PortError> {
+        let mtu = opts.mtu.unwrap_or(DEFAULT_MTU);
+        crate::port::check_mtu(spec, mtu, 14 + VNET_HDR_LEN)?;
+        let os = |op| move |e| PortError::os(spec, op, e);
+        let sh = Arc::new(Shared {
+            path: PathBuf::from(path),
+            conn: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            features: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            c: Counters::default(),
+        });
+        // Bind now, so that a bad path is an error at startup (an old socket file is replaced).
+        let listener = Listener::new(path, true)
+            .map_err(|e| PortError::os(spec, "bind the vhost-user socket", std::io::Error::other(e.to_string())))?;
+        let sh2 = sh.clone();
+        let server = std::thread::Builder::new()
+            .name("wgpmd-vhost-user".into())
+            .spawn(move || serve(sh2, listener))
+            .map_err(os("spawn the vhost-user thread"))?;
+        let queues = (0..opts.queues)
+            .map(|_| {
+                Some(VhostUserQueue {
+                    sh: sh.clone(),
+                    epoch: u64::MAX,
+                    conn: None,
+                    stats: QueueStats::default(),
+                    replies: Vec::new(),
+                })
+            })
+            .collect();
+        let info = PortInfo { name: path.to_string(), mac: None, mtu, kind: "vhost-user" };
+        Ok(VhostUserPort { info, queues, sh, server: Some(server) })
+    }
+}
+
+/// Accept frontends one after the other until the port is dropped.
+fn serve(sh: Arc<Shared>, mut listener: Listener) {
+    while !sh.stop.load(Ordering::Relaxed) {
+        if let Err(e) = one_connection(&sh, &mut listener) {
+            sh.c.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("vhost-user {}: {e}", sh.path.display());
+            // Never spin on a listener that keeps failing.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), String> {
+    let mem: Mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let ev = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
+    let stash = Arc::new((Mutex::new(None), ev));
+    let backend = NetBackend { sh: sh.clone(), stash: stash.clone() };
+    let mut daemon =
+        VhostUserDaemon::new("wgpmd-vhost-user-conn".into(), backend, mem.clone()).map_err(|e| e.to_string())?;
+    let handlers = daemon.get_epoll_handlers();
+    let exit = |handlers: &[Arc<vhost_user_backend::VringEpollHandler<NetBackend>>]| {
+        for h in handlers {
+            h.send_exit_event();
+        }
+    };
+    // Have the handler hand us its vrings.
+    let ev = &stash.1;
+    let stashed = (|| {
+        let h = handlers.first().ok_or("no vring handler")?;
+        h.register_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT)).map_err(|e| e.to_string())?;
+        ev.write(1).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = stash.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = h.unregister_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT));
+                return Ok::<_, String>(v);
+            }
+            if Instant::now() > deadline {
+                return Err("the vring handler did not answer".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })();
+    let vrings = match stashed {
+        Ok(v) => v,
+        Err(e) => {
+            exit(&handlers);
+            return Err(e);
+        }
+    };
+    if let Err(e) = daemon.start(listener) {
+        exit(&handlers);
+        return Err(format!("accepting a frontend: {e}"));
+    }
+    if sh.stop.load(Ordering::Relaxed) {
+        daemon.request_shutdown();
+        let _ = daemon.wait();
+        exit(&handlers);
+        return Ok(());
+    }
+    sh.c.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!("vhost-user {}: frontend connected", sh.path.display());
+    let conn = Arc::new(Conn {
+        vrings,
+        mem,
+        shutdown: daemon.shutdown_handle(),
+        broken: AtomicBool::new(false),
+        peer_mac: AtomicU64::new(0),
+        features: AtomicU64::new(0),
+    });
+    *sh.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+    sh.epoch.fetch_add(1, Ordering::Release);
+    let r = daemon.wait();
+    *sh.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    sh.epoch.fetch_add(1, Ordering::Release);
+    // Take the rings away from any worker still holding the connection: nothing more is read
+    // from or written to this frontend's memory.
+    conn.broken.store(true, Ordering::Relaxed);
+    exit(&handlers);
+    sh.c.disconnects.fetch_add(1, Ordering::Relaxed);
+    use vhost::vhost_user::Error as VuError;
+    use vhost_user_backend::Error as DaemonError;
+    match r {
+        // A frontend that closes its socket, also between messages or in the middle of one.
+        Ok(())
+        | Err(DaemonError::HandleRequest(VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_))) =>
+        {
+            tracing::info!("vhost-user {}: frontend disconnected", sh.path.display())
+        }
+        Err(e) => {
+            sh.c.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("vhost-user {}: frontend disconnected: {e}", sh.path.display());
+        }
+    }
+    Ok(())
+}
+
+impl Drop for VhostUserPort {
+    fn drop(&mut self) {
+        self.sh.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = self.sh.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if let Some(h) = &c.shutdown {
+                h.shutdown();
+            }
+        }
+        // Wake an accept that waits for a frontend.
+        let _ = std::os::unix::net::UnixStream::connect(&self.sh.path);
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.sh.path);
+    }
+}
+
+impl Port for VhostUserPort {
+    fn info(&self) -> &PortInfo {
+        &self.info
+    }
+    fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+    fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>> {
+        self.queues.get_mut(q)?.take().map(|q| Box::new(q) as Box<dyn Queue>)
+    }
+    fn link_up(&self) -> bool {
+        self.sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+    fn extra_stats(&self) -> Option<ExtraStats> {
+        let sh = self.sh.clone();
+        Some(Arc::new(move || {
+            let c = &sh.c;
+            let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            vec![
+                ("vhost_user_connected".into(), u64::from(sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some())),
+                ("vhost_user_connections".into(), l(&c.connections)),
+                ("vhost_user_disconnects".into(), l(&c.disconnects)),
+                ("vhost_user_bad_descriptors".into(), l(&c.bad_descriptors)),
+                ("vhost_user_protocol_errors".into(), l(&c.protocol_errors)),
+                ("vhost_user_arp_replies".into(), l(&c.arp_replies)),
+                ("vhost_user_not_ip_dropped".into(), l(&c.not_ip_dropped)),
+            ]
+        }))
+    }
+}
+
+/// What reading one transmit chain gave.
+enum Read {
+    /// A frame of this length in the buffer.
+    Frame(usize),
+    /// Longer than a buffer: dropped.
+    TooLong,
+    /// The chain broke the rules.
+    Bad(&'static str),
+}
+
+impl VhostUserQueue {
+    /// The current frontend, if it is connected and usable (re-read when the epoch moved).
+    fn conn(&mut self) -> Option<Arc<Conn>> {
+        let e = self.sh.epoch.load(Ordering::Acquire);
+        if e != self.epoch {
+            self.epoch = e;
+            self.conn = self.sh.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(c) = &self.conn {
+                c.features.store(self.sh.features.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        self.conn.clone().filter(|c| !c.broken.load(Ordering::Relaxed))
+    }
+
+    /// Frames (with their Ethernet header) into the frontend's receive queue; returns how many
+    /// of `frames` (from the front) were taken (written, or dropped and counted).
+    fn push(&mut self, conn: &Conn, frames: &[Buffer], ip: bool) -> usize {
+        let vring = &conn.vrings[0];
+        let mut st = vring.get_mut();
+        if !st.is_enabled() || !st.get_queue().ready() {
+            return 0;
+        }
+        let mem = conn.mem.memory();
+        let peer = conn.peer_mac.load(Ordering::Relaxed).to_be_bytes();
+        let dst: [u8; 6] = if peer[2..] == [0; 6][..] { [0xff; 6] } else { peer[2..].try_into().unwrap_or([0xff; 6]) };
+        let mut taken = 0;
+        let mut used = false;
+        for b in frames.iter() {
+            let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&*mem) else { break };
+            let head = chain.head_index();
+            let mut hdr = [0u8; VNET_HDR_LEN + 14];
+            hdr[10] = 1; // num_buffers
+            if ip {
+                hdr[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&dst);
+                hdr[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&PORT_MAC);
+                let ty: [u8; 2] =
+                    if b.data().first().is_some_and(|v| v >> 4 == 6) { [0x86, 0xdd] } else { [0x08, 0x00] };
+                hdr[VNET_HDR_LEN + 12..].copy_from_slice(&ty);
+            }
+            let pieces: [&[u8]; 2] = [if ip { &hdr[..] } else { &hdr[..VNET_HDR_LEN] }, b.data()];
+            let total = pieces[0].len() + pieces[1].len();
+            // Write the pieces across the writable descriptors.
+            let mut written = 0usize;
+            let mut bad = None;
+            let mut last_next = false;
+            let mut n = 0usize;
+            for desc in chain {
+                n += 1;
+                last_next = desc.has_next();
+                if !desc.is_write_only() {
+                    bad = Some("a device-readable descriptor in a receive chain");
+                    break;
+                }
+                let mut room = desc.len() as usize;
+                let mut at = desc.addr();
+                while room > 0 && written < total {
+                    let (piece, off) = if written < pieces[0].len() {
+                        (pieces[0], written)
+                    } else {
+                        (pieces[1], written - pieces[0].len())
+                    };
+                    let k = room.min(piece.len() - off);
+                    if mem.write_slice(&piece[off..off + k], at).is_err() {
+                        bad = Some("a receive descriptor outside the frontend's memory");
+                        break;
+                    }
+                    written += k;
+                    room -= k;
+                    at = match at.checked_add(k as u64) {
+                        Some(a) => a,
+                        None => {
+                            bad = Some("a receive descriptor wrapping the address space");
+                            break;
+                        }
+                    };
+                }
+                if bad.is_some() || written == total {
+                    break;
+                }
+            }
+            if bad.is_none() && written < total && (last_next || n == 0) {
+                bad = Some("a receive chain that does not end (a loop, or a descriptor outside the table)");
+            }
+            if let Some(what) = bad {
+                conn.refuse(&self.sh.c, what);
+                self.stats.tx_errors += 1;
+                taken += 1;
+                break;
+            }
+            if written < total {
+                // The frontend's buffer is too small: hand it back empty, drop the packet.
+                let _ = st.get_queue_mut().add_used(&*mem, head, 0);
+                self.stats.tx_dropped += 1;
+            } else {
+                let _ = st.get_queue_mut().add_used(&*mem, head, total as u32);
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += b.len() as u64;
+            }
+            used = true;
+            taken += 1;
+        }
+        if used && st.get_queue_mut().needs_notification(&*mem).unwrap_or(true) {
+            let _ = st.signal_used_queue();
+        }
+        taken
+    }
+
+    /// Read one transmit chain into `b` (header and all).
+    fn read_chain(
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        b: &mut Buffer,
+    ) -> Read {
+        let room = b.data_and_tailroom_mut();
+        let cap = room.len();
+        let mut len = 0usize;
+        let mut n = 0usize;
+        let mut last_next = false;
+        let mut too_long = false;
+        for desc in chain {
+            n += 1;
+            last_next = desc.has_next();
+            if desc.is_write_only() {
+                continue;
+            }
+            let dl = desc.len() as usize;
+            if too_long || len + dl > cap {
+                too_long = true;
+                // Still check that it is inside the frontend's memory.
+                let end = desc.addr().checked_add(dl.saturating_sub(1) as u64);
+                if end.is_none() || !mem_has(mem, desc.addr(), dl) {
+                    return Read::Bad("a transmit descriptor outside the frontend's memory");
+                }
+                continue;
+            }
+            if mem.read_slice(&mut room[len..len + dl], desc.addr()).is_err() {
+                return Read::Bad("a transmit descriptor outside the frontend's memory");
+            }
+            len += dl;
+        }
+        if n == 0 || last_next {
+            return Read::Bad("a transmit chain that does not end (a loop, or a descriptor outside the table)");
+        }
+        if too_long {
+            return Read::TooLong;
+        }
+        if len <= VNET_HDR_LEN {
+            return Read::Bad("a transmit chain without a frame");
+        }
+        Read::Frame(len)
+    }
+
+    /// An Ethernet frame from the frontend (header removed): the IP packet in place, or an ARP
+    /// reply to send back, or nothing (counted).
+    fn frame_in(&mut self, conn: &Conn, mut b: Buffer, out: &mut Vec<Buffer>, pool: &Pool) -> bool {
+        let d = b.data();
+        if d.len() < 14 {
+            self.sh.c.not_ip_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let mut src = [0u8; 8];
+        src[2..].copy_from_slice(&d[6..12]);
+        if d[6] & 1 == 0 {
+            conn.peer_mac.store(u64::from_be_bytes(src), Ordering::Relaxed);
+        }
+        match [d[12], d[13]] {
+            [0x08, 0x00] | [0x86, 0xdd] => {
+                if b.trim_front(14).is_ok() {
+                    out.push(b);
+                    return true;
+                }
+                false
+            }
+            [0x08, 0x06] => {
+                if let Some(r) = arp_reply(d, pool) {
+                    self.replies.push(r);
+                    self.sh.c.arp_replies.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            }
+            _ => {
+                self.sh.c.not_ip_dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// Every region must lie within its file (a memfd or hugetlbfs file of the frontend's).
+fn check_regions(mem: &GuestMemoryMmap) -> Result<(), String> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for r in mem.iter() {
+        let Some(fo) = r.file_offset() else { continue };
+        let size = fo.file().metadata().map_err(|e| format!("fstat of a region's file: {e}"))?.len();
+        let end = fo.start().checked_add(r.len());
+        if end.is_none_or(|e| e > size) {
+            return Err(format!(
+                "a region of {} bytes at offset {} of a {size}-byte file (at guest address {:#x})",
+                r.len(),
+                fo.start(),
+                r.start_addr().0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `[addr, addr + len)` lies in the frontend's memory (one region).
+fn mem_has(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> bool {
+    use vm_memory::GuestMemoryBackend;
+    len == 0 || mem.check_range(addr, len)
+}
+
+/// An ARP reply (Ethernet frame) to an ARP request in `req` for any address but the asker's
+/// own: the frontend's gateway is wgpmd, whatever address it asks for.
+fn arp_reply(req: &[u8], pool: &Pool) -> Option<Buffer> {
+    if req.len() < 42 || req[14..22] != [0, 1, 8, 0, 6, 4, 0, 1] || req[28..32] == req[38..42] {
+        return None;
+    }
+    let mut b = pool.alloc()?;
+    let f = b.append(42).ok()?;
+    f[..6].copy_from_slice(&req[6..12]);
+    f[6..12].copy_from_slice(&PORT_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    f[22..28].copy_from_slice(&PORT_MAC);
+    f[28..32].copy_from_slice(&req[38..42]);
+    f[32..38].copy_from_slice(&req[22..28]);
+    f[38..42].copy_from_slice(&req[28..32]);
+    Some(b)
+}
+
+impl Queue for VhostUserQueue {
+    fn rx_burst(&mut self, pool: &Pool, out: &mut Vec<Buffer>, max: usize) -> usize {
+        let Some(conn) = self.conn() else { return 0 };
+        let mut n = 0;
+        {
+            let vring = &conn.vrings[1];
+            let mut st = vring.get_mut();
+            if !st.is_enabled() || !st.get_queue().ready() {
+                return 0;
+            }
+            let mem = conn.mem.memory();
+            let mut used = false;
+            while n < max {
+                let Some(mut b) = pool.alloc() else { break };
+                let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&*mem) else { break };
+                let head = chain.head_index();
+                let r = Self::read_chain(&mem, chain, &mut b);
+                match r {
+                    Read::Bad(what) => {
+                        self.stats.rx_errors += 1;
+                        conn.refuse(&self.sh.c, what);
+                        break;
+                    }
+                    Read::TooLong => self.stats.rx_dropped += 1,
+                    Read::Frame(len) => {
+                        if b.set_len(len).is_ok() && b.trim_front(VNET_HDR_LEN).is_ok() {
+                            self.stats.rx_packets += 1;
+                            self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+                            if self.frame_in(&conn, b, out, pool) {
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+                let _ = st.get_queue_mut().add_used(&*mem, head, 0);
+                used = true;
+            }
+            if used && st.get_queue_mut().needs_notification(&*mem).unwrap_or(true) {
+                let _ = st.signal_used_queue();
+            }
+        }
+        if !self.replies.is_empty() {
+            let mut replies = std::mem::take(&mut self.replies);
+            let k = self.push(&conn, &replies, false);
+            replies.drain(..k);
+            // Replies the frontend has no room for now are dropped (it asks again).
+            replies.clear();
+            self.replies = replies;
+        }
+        n
+    }
+
+    fn tx_burst(&mut self, bufs: &mut Vec<Buffer>) -> usize {
+        let taken = match self.conn() {
+            Some(conn) => self.push(&conn, bufs.as_slice(), true),
+            None => {
+                // No frontend: counted and dropped.
+                self.stats.tx_dropped += bufs.len() as u64;
+                bufs.len()
+            }
+        };
+        bufs.drain(..taken);
+        taken
+    }
+
+    fn stats(&self) -> QueueStats {
+        self.stats
+    }
+}
+
+/// The socket path of a `vhost-user:PATH` string, checked.
+pub(crate) fn check_path(spec: &str, path: &str) -> Result<(), PortError> {
+    let p = Path::new(path);
+    if p.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        return Err(PortError::BadOptions {
+            spec: spec.to_string(),
+            problem: format!("the directory of {path} does not exist"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_requests_get_our_mac() {
+        let pool = Pool::new("t", 4).unwrap();
+        let mut req = vec![0xff; 6];
+        req.extend_from_slice(&[2, 0, 0, 0, 0, 5, 8, 6, 0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 5]);
+        req.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
+        let r = arp_reply(&req, &pool).unwrap();
+        let f = r.data();
+        assert_eq!(&f[..6], &[2, 0, 0, 0, 0, 5]);
+        assert_eq!(&f[22..28], &PORT_MAC);
+        assert_eq!(&f[28..32], &[10, 0, 0, 1]);
+        assert_eq!(&f[38..42], &[10, 0, 0, 2]);
+        // Its own address (duplicate address detection): no answer.
+        let mut dad = req.clone();
+        dad[38..42].copy_from_slice(&[10, 0, 0, 2]);
+        assert!(arp_reply(&dad, &pool).is_none());
+        assert!(arp_reply(&req[..30], &pool).is_none());
+    }
+}
