@@ -36,6 +36,9 @@ pub mod buffer;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mem;
 pub mod port;
 #[allow(unsafe_code)]

@@ -494,3 +494,29 @@ fn seed_frames_reach_their_branch() {
         assert_eq!(run(&vec![0x5a; n]).dropped, Some(WanDrop::Ethernet));
     }
 }
+
+/// Writes the seed corpus of the `wan_frame` cargo-fuzz target (valid frames of every kind, for
+/// us and for others, tagged and untagged, with valid checksums: `Wan::classify` verifies them).
+/// Run by hand when the generator changes:
+/// `cargo test --release -p wgpmd --test wan_robustness -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/wan_frame/ (run by hand)"]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wan_frame");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut g = Gen { rng: ChaCha20Rng::seed_from_u64(SEED ^ 2) };
+    let mut n = 0;
+    for vlan in [None, Some(42)] {
+        for kind in KINDS {
+            for to_us in [true, false] {
+                for pad in [false, true] {
+                    let f = g.frame(Shape { kind, to_us, vlan, pad });
+                    std::fs::write(dir.join(format!("seed-{kind:?}-{}-{n}", if to_us { "us" } else { "other" })), &f)
+                        .unwrap();
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(n, 64);
+}

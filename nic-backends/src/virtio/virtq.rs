@@ -226,7 +226,7 @@ impl Virtq {
     }
 
     /// Give back every buffer still posted (after the device was reset: it no longer owns them).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn drain_after_reset(&mut self) -> Vec<Buffer> {
         let mut v = Vec::new();
         for h in 0..self.n as usize {
@@ -256,18 +256,18 @@ impl Virtq {
     }
 
     /// The ring memory (for the simulated device in tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn mem(&self) -> &RingMem {
         &self.mem
     }
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn offsets(&self) -> (usize, usize) {
         (self.avail_off, self.used_off)
     }
 }
 
 /// A simulated device playing the other side of a split ring on the same memory (tests only).
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod sim {
     use super::*;
 
