@@ -49,7 +49,7 @@ max_len() {
     case "$1" in
         wire_frame|wan_frame) echo 1600 ;;
         wireguard_message|device_message) echo 400 ;;
-        device_live) echo 2048 ;;
+        device_live) echo 257 ;;
         aead_lanes) echo 512 ;;
         uapi_request|wg_conf) echo 4096 ;;
         virtio_rings) echo 1024 ;;

@@ -295,35 +295,9 @@ fn mutate(rng: &mut ChaCha20Rng, frame: &mut Vec<u8>) {
 }
 
 /// Recomputes the IPv4 header checksum and the ICMP/ICMPv6/UDP checksum of whatever the frame
-/// now says.
+/// now says (the fuzz body's repair, which the cargo-fuzz target also applies).
 fn fix_checksums(frame: &mut [u8]) {
-    let Ok(eth) = ethernet::Frame::new_checked(&mut *frame) else { return };
-    let (ty, l3) = (eth.inner_ethertype(), eth.header_len());
-    let ip = &mut frame[l3..];
-    match ty {
-        EtherType::IPV4 => {
-            let Ok(mut p) = ipv4::Packet::new_checked(&mut *ip) else { return };
-            p.fill_checksum();
-            let (pair, proto) = (p.pair(), p.protocol());
-            let l4 = p.payload_mut();
-            match proto {
-                IpProtocol::ICMP => icmpv4::Packet::new_unchecked(l4).fill_checksum(),
-                IpProtocol::UDP => udp::Packet::new_unchecked(l4).fill_checksum(&pair),
-                _ => {}
-            }
-        }
-        EtherType::IPV6 => {
-            let Ok(mut p) = ipv6::Packet::new_checked(&mut *ip) else { return };
-            let (src, dst, next) = (p.src_addr(), p.dst_addr(), p.next_header());
-            let l4 = p.payload_mut();
-            match next {
-                IpProtocol::ICMPV6 => icmpv6::Packet::new_unchecked(l4).fill_checksum(&src, &dst),
-                IpProtocol::UDP => udp::Packet::new_unchecked(l4).fill_checksum(&IpPair::V6 { src, dst }),
-                _ => {}
-            }
-        }
-        _ => {}
-    }
+    wgpmd::wan::fuzzing::repair_checksums(frame)
 }
 
 /// How many inputs reached each branch.
