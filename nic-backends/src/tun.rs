@@ -35,6 +35,11 @@ pub struct TunPort {
 pub struct TunQueue {
     file: File,
     stats: QueueStats,
+    /// The interface's name, for the fault message.
+    name: String,
+    /// A read or write said the queue is no longer attached to an interface (`EBADFD`: the
+    /// TUN was deleted from outside, `ip link del`). Reported by [`Queue::health`].
+    detached: bool,
 }
 
 impl TunPort {
@@ -54,7 +59,12 @@ impl TunPort {
                 .map_err(os("open /dev/net/tun"))?;
             // The first attach may resolve a "%d" template; the others use the result.
             name = ioctl::tun_set_iff(file.as_fd(), &name, flags).map_err(os("TUNSETIFF"))?;
-            queues.push(Some(TunQueue { file, stats: QueueStats::default() }));
+            queues.push(Some(TunQueue {
+                file,
+                stats: QueueStats::default(),
+                name: name.as_str().to_string(),
+                detached: false,
+            }));
         }
         let ctl = ioctl::control_socket().map_err(os("socket(AF_INET)"))?;
         ioctl::set_mtu(ctl.as_fd(), &name, mtu).map_err(os("SIOCSIFMTU"))?;
@@ -103,7 +113,8 @@ impl Queue for TunQueue {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    self.detached |= e.raw_os_error() == Some(libc::EBADFD);
                     self.stats.rx_errors += 1;
                     break;
                 }
@@ -123,7 +134,10 @@ impl Queue for TunQueue {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
                 // Refused for itself (not IPv4/IPv6, too short): take it, count it.
-                Err(_) => self.stats.tx_errors += 1,
+                Err(e) => {
+                    self.detached |= e.raw_os_error() == Some(libc::EBADFD);
+                    self.stats.tx_errors += 1
+                }
             }
             taken += 1;
         }
@@ -133,5 +147,18 @@ impl Queue for TunQueue {
 
     fn stats(&self) -> QueueStats {
         self.stats
+    }
+
+    /// A queue whose interface was deleted from outside (`ip link del`) stays detached: the
+    /// daemon stops with this message rather than run on without its inner side.
+    fn health(&self) -> Result<(), String> {
+        if self.detached {
+            Err(format!(
+                "TUN interface {} was deleted from outside (its queue reads EBADFD); restart wgpmd to recreate it",
+                self.name
+            ))
+        } else {
+            Ok(())
+        }
     }
 }

@@ -133,3 +133,23 @@ fn errors_name_the_port_and_what_to_do() {
     assert!(e.to_string().starts_with("tun:nbtun2: MTU 60 out of range"), "{e}");
     assert!(!ns.ip_try("link show nbtun2").0);
 }
+
+/// A TUN deleted from outside (`ip link del`): its queues read and write `EBADFD`, and
+/// `health()` reports the fault (the daemon then stops with the message); before, healthy.
+#[test]
+fn deleted_from_outside_is_a_fault() {
+    let ns = NetNs::enter("tundel");
+    let mut port = tun("nbtundel0", 2, None);
+    let mut qs = [port.take_queue(0).unwrap(), port.take_queue(1).unwrap()];
+    let pool = Pool::new("tundel", 16).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(qs[0].rx_burst(&pool, &mut out, 8), 0);
+    assert!(qs[0].health().is_ok() && qs[1].health().is_ok());
+    ns.ip("link del nbtundel0");
+    assert_eq!(qs[0].rx_burst(&pool, &mut out, 8), 0);
+    let e = qs[0].health().expect_err("a read on a deleted TUN is a fault");
+    assert!(e.contains("nbtundel0") && e.contains("deleted"), "{e}");
+    let mut bufs = vec![udp4(&pool, (Ipv4Addr::new(10, 1, 0, 1), 1), (Ipv4Addr::new(10, 1, 0, 2), 2), b"x")];
+    qs[1].tx_burst(&mut bufs);
+    assert!(qs[1].health().is_err(), "a write on a deleted TUN is a fault");
+}

@@ -270,7 +270,7 @@ fn write_fuzz_seeds() {
         ("keepalives", vec![[10, 1, 0, 0], [10, 0, 0, 0], [7, 4, 0, 0]]),
     ];
     for (n, ops) in &scripts {
-        for heal in [0u8, 1] {
+        for heal in [0u8, 3] {
             let mut b = vec![heal];
             b.extend(ops.iter().flatten());
             write("device_live", &format!("{n}-{heal}"), &b);

@@ -12,7 +12,7 @@
 //!   what I sealed anywhere but the three reserved header bytes never opens (forgery);
 //! - after an opened message, D's endpoint for I is the source it came from (roaming);
 //! - D's counters never go backwards;
-//! - when the script asks for it (bit 0 of the first byte), the end of the run heals: with the
+//! - when the script asks for it (the two low bits of the first byte), the end of the run heals: with the
 //!   network clean and time moved past the rate limits, a handshake completes and data flows
 //!   both ways again, whatever the script did to the state.
 //!
@@ -31,7 +31,7 @@ use crate::messages::MESSAGE_DATA;
 use crate::time::Timestamp;
 
 /// The pair is rebuilt after this many inputs.
-pub const RESET_EVERY: u64 = 64;
+pub const RESET_EVERY: u64 = 256;
 
 const D_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51820);
 const I_ADDRS: [SocketAddr; 4] = [
@@ -154,7 +154,8 @@ impl Pair {
                 let extra = self.handshakes.len() - HISTORY;
                 self.handshakes.drain(..extra);
             }
-            let (de, ie): (Vec<Event>, Vec<Event>) = (self.d_out.events.drain(..).collect(), self.i_out.events.drain(..).collect());
+            let (de, ie): (Vec<Event>, Vec<Event>) =
+                (self.d_out.events.drain(..).collect(), self.i_out.events.drain(..).collect());
             if de.is_empty() && ie.is_empty() {
                 break;
             }
@@ -362,7 +363,7 @@ pub fn device_live(data: &[u8]) -> LiveReached {
     let p = &mut *p;
     let before = p.d_out.stats.clone();
     let mut reached = LiveReached::default();
-    let heal = data.first().is_some_and(|b| b & 1 != 0);
+    let heal = data.first().is_some_and(|b| b & 3 == 3);
     for op in data.get(1..).unwrap_or(&[]).chunks(4).take(64) {
         let [o, a, b, c] = [0, 1, 2, 3].map(|k| op.get(k).copied().unwrap_or(0));
         match o % 12 {
