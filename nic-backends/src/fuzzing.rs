@@ -155,7 +155,8 @@ pub fn virtio_rings(data: &[u8]) -> VirtioReached {
                 for ch in dt.take_avail() {
                     let (iova, len, flags) = ch.segs[0];
                     assert_eq!(flags & 2, 0, "a transmit descriptor is device-writable");
-                    let bytes = sim_dma_read(dma, iova, len as usize).expect("a posted tx buffer outside the DMA region");
+                    let bytes =
+                        sim_dma_read(dma, iova, len as usize).expect("a posted tx buffer outside the DMA region");
                     assert!(bytes[..NET_HDR].iter().all(|&x| x == 0), "transmit header not zero");
                     assert!(
                         sent.iter().any(|f| f[..] == bytes[NET_HDR..]),
@@ -176,7 +177,11 @@ pub fn virtio_rings(data: &[u8]) -> VirtioReached {
             11 => {
                 let (_, used_off) = c.rx.offsets();
                 let at = used_off + (usize::from(a) * 256 + usize::from(b)) % (6 + 8 * n as usize);
-                if cc & 1 == 0 { dr.mem.write_u8(at, cc) } else { dt.mem.write_u8(at, cc) }
+                if cc & 1 == 0 {
+                    dr.mem.write_u8(at, cc)
+                } else {
+                    dt.mem.write_u8(at, cc)
+                }
             }
             12 => {
                 dr.set_no_notify(a & 1 == 1);

@@ -61,6 +61,8 @@ pub struct WgpmdOptions {
     pub port: Option<String>,
     /// DPDK EAL arguments, passed after `--` (`{wan_if}` replaced as in `port`).
     pub eal_args: Vec<String>,
+    /// `--name`; None: a fresh [`unique_ifname`] (set it to restart a daemon under its name).
+    pub name: Option<String>,
 }
 
 impl Default for WgpmdOptions {
@@ -74,6 +76,7 @@ impl Default for WgpmdOptions {
             extra_args: Vec::new(),
             port: None,
             eal_args: Vec::new(),
+            name: None,
         }
     }
 }
@@ -158,7 +161,7 @@ impl Wgpmd {
     ) -> Result<Wgpmd> {
         let bin = wgpmd_bin()?;
         let bin = bin.to_string_lossy().into_owned();
-        let ifname = unique_ifname("wpm");
+        let ifname = opts.name.clone().unwrap_or_else(|| unique_ifname("wpm"));
         let conf_path = ctx.write_file(&format!("{ifname}.conf"), &cfg.to_setconf())?;
         let conf = conf_path.to_string_lossy().into_owned();
         let port = opts.port.as_ref().map_or(format!("af_packet:{wan_if}"), |p| p.replace("{wan_if}", wan_if));

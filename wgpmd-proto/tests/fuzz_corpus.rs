@@ -143,7 +143,8 @@ fn uapi_body_on_mutated_requests() {
 #[test]
 fn wg_conf_body_on_mutated_files() {
     let seeds = corpus("wg_conf", 4);
-    let words: &[&[u8]] = &[b"\n", b"[Peer]\n", b"#", b" = ", b"AllowedIPs = ::/0, 10.0.0.1/32\n", b"Endpoint = resolves:1\n"];
+    let words: &[&[u8]] =
+        &[b"\n", b"[Peer]\n", b"#", b" = ", b"AllowedIPs = ::/0, 10.0.0.1/32\n", b"Endpoint = resolves:1\n"];
     let mut rng = ChaCha20Rng::seed_from_u64(0x636f_6e66);
     let mut parsed = 0;
     for _ in 0..50_000 {
@@ -213,12 +214,35 @@ fn write_fuzz_seeds() {
     for (n, r) in &uapi {
         write("uapi_request", n, r.as_bytes());
     }
-    let mut dict = String::from("# UAPI keys and values (wireguard-go device/uapi.go); public keys of the body's peers\n");
+    let mut dict =
+        String::from("# UAPI keys and values (wireguard-go device/uapi.go); public keys of the body's peers\n");
     for w in [
-        "get=1\\x0a", "set=1\\x0a", "\\x0a\\x0a", "private_key=", "listen_port=", "fwmark=", "replace_peers=true", "public_key=",
-        "remove=true", "update_only=true", "preshared_key=", "endpoint=", "persistent_keepalive_interval=",
-        "replace_allowed_ips=true", "allowed_ip=", "protocol_version=1", "=true", "=false", "[::1]:51820",
-        "[fe80::1%eth0]:1", "0.0.0.0/0", "::/0", "/32", "/128", "65535", "4294967295",
+        "get=1\\x0a",
+        "set=1\\x0a",
+        "\\x0a\\x0a",
+        "private_key=",
+        "listen_port=",
+        "fwmark=",
+        "replace_peers=true",
+        "public_key=",
+        "remove=true",
+        "update_only=true",
+        "preshared_key=",
+        "endpoint=",
+        "persistent_keepalive_interval=",
+        "replace_allowed_ips=true",
+        "allowed_ip=",
+        "protocol_version=1",
+        "=true",
+        "=false",
+        "[::1]:51820",
+        "[fe80::1%eth0]:1",
+        "0.0.0.0/0",
+        "::/0",
+        "/32",
+        "/128",
+        "65535",
+        "4294967295",
     ] {
         dict += &format!("\"{w}\"\n");
     }
@@ -244,9 +268,32 @@ fn write_fuzz_seeds() {
     }
     let mut dict = String::from("# wg.conf(5) sections, keys and values\n");
     for w in [
-        "[Interface]", "[Peer]", "PrivateKey", "ListenPort", "FwMark", "PublicKey", "PresharedKey", "AllowedIPs",
-        "Endpoint", "PersistentKeepalive", " = ", "off", "0x", "#", ", ", "resolves:", "[::1]:", "/0", "/128",
-        "Address", "DNS", "MTU", "Table", "PreUp", "SaveConfig", "\\x0a",
+        "[Interface]",
+        "[Peer]",
+        "PrivateKey",
+        "ListenPort",
+        "FwMark",
+        "PublicKey",
+        "PresharedKey",
+        "AllowedIPs",
+        "Endpoint",
+        "PersistentKeepalive",
+        " = ",
+        "off",
+        "0x",
+        "#",
+        ", ",
+        "resolves:",
+        "[::1]:",
+        "/0",
+        "/128",
+        "Address",
+        "DNS",
+        "MTU",
+        "Table",
+        "PreUp",
+        "SaveConfig",
+        "\\x0a",
     ] {
         dict += &format!("\"{w}\"\n");
     }
@@ -261,7 +308,10 @@ fn write_fuzz_seeds() {
         ("roam", vec![[0, 10, 1, 1], [1, 10, 0, 0], [0, 10, 3, 1], [1, 10, 0, 0]]),
         ("rekey-by-time", vec![[4, 31, 7, 3], [0, 10, 0, 0], [7, 0, 0, 0], [0, 10, 0, 0], [1, 10, 0, 0]]),
         ("keepalive-timer", vec![[0, 10, 0, 0], [4, 11, 0, 2], [7, 0, 0, 0], [4, 11, 0, 2], [7, 0, 0, 0]]),
-        ("cookie-under-load", vec![[8, 1, 0, 0], [5, 0, 0, 0], [7, 0, 0, 0], [4, 6, 0, 2], [5, 0, 0, 0], [7, 0, 0, 0], [0, 1, 0, 0]]),
+        (
+            "cookie-under-load",
+            vec![[8, 1, 0, 0], [5, 0, 0, 0], [7, 0, 0, 0], [4, 6, 0, 2], [5, 0, 0, 0], [7, 0, 0, 0], [0, 1, 0, 0]],
+        ),
         ("d-initiates", vec![[6, 0, 0, 0], [7, 0, 0, 0], [1, 10, 0, 0], [0, 10, 0, 0]]),
         ("lossy-handshake", vec![[4, 6, 0, 2], [5, 0, 0, 0], [7, 1, 0, 0], [4, 6, 0, 2], [7, 6, 0, 0], [0, 1, 0, 0]]),
         ("burst-reordered", vec![[11, 7, 3, 1], [11, 3, 1, 0], [2, 3, 0, 0]]),
