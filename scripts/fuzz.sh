@@ -2,6 +2,7 @@
 # Coverage-guided fuzzing of every target in fuzz/ with cargo-fuzz (libFuzzer, nightly).
 #
 #   scripts/fuzz.sh [--runs N | --seconds S] [--jobs J] [--sanitizer none|address] [TARGET...]
+#   scripts/fuzz.sh --cmin [TARGET...]
 #
 # Runs each target (all of them when none is named) for N executions or S seconds, one after the
 # other, and prints one line per target: executions, coverage (libFuzzer's `cov`: edges, and
@@ -11,6 +12,9 @@
 # Inputs: the committed seeds fuzz/corpus/<target>/ (read, never written) and the dictionary
 # fuzz/dict/<target>.dict when there is one. New inputs go to fuzz/work/<target>/ (git-ignored),
 # which persists between runs; `cargo fuzz cmin` turns it into a committed corpus (docs/TESTING.md).
+# `--cmin` does that: it minimizes the committed corpus together with fuzz/work/<target>
+# (`cargo fuzz cmin`, libFuzzer's -merge) back into fuzz/corpus/<target>/, keeping the inputs
+# named regression-* (crashes found, replayed by name in the tests) as they are.
 # cargo-fuzz is taken from PATH, else from .tools/bin (scripts/test.sh installs it there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +23,7 @@ runs=""
 seconds=""
 jobs=1
 sanitizer=none
+cmin=0
 targets=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -26,7 +31,8 @@ while [[ $# -gt 0 ]]; do
         --seconds) seconds="$2"; shift 2 ;;
         --jobs) jobs="$2"; shift 2 ;;
         --sanitizer) sanitizer="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --cmin) cmin=1; shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -56,6 +62,28 @@ max_len() {
         *) echo 4096 ;;
     esac
 }
+
+if [[ "$cmin" == 1 ]]; then
+    for t in "${targets[@]}"; do
+        tmp=$(mktemp -d)
+        cp -p fuzz/corpus/"$t"/* "$tmp"/ 2>/dev/null || true
+        [[ -d "fuzz/work/$t" ]] && find "fuzz/work/$t" -type f -exec cp -p {} "$tmp"/ \;
+        before=$(find "$tmp" -type f | wc -l)
+        cargo +nightly fuzz cmin -s "$sanitizer" --release "$t" "$tmp" -- -max_len="$(max_len "$t")" >"fuzz/work/$t.cmin.log" 2>&1
+        mkdir -p "fuzz/corpus/$t"
+        find "fuzz/corpus/$t" -type f ! -name 'regression-*' -delete
+        cp -p "$tmp"/* "fuzz/corpus/$t"/
+        # the regression inputs keep their names (a copy under a hash name is redundant)
+        for r in fuzz/corpus/"$t"/regression-*; do
+            [[ -e "$r" ]] || continue
+            h=$(sha1sum "$r" | cut -d' ' -f1)
+            rm -f "fuzz/corpus/$t/$h"
+        done
+        rm -rf "$tmp"
+        echo "$t: $before inputs -> $(find "fuzz/corpus/$t" -type f | wc -l) ($(du -sb "fuzz/corpus/$t" | cut -f1) bytes)"
+    done
+    exit 0
+fi
 
 echo "== building ${targets[*]} (cargo +nightly fuzz build -s $sanitizer --release)"
 for t in "${targets[@]}"; do

@@ -5,7 +5,8 @@
 //! - one wireguard-go peer roams (a new UDP port every 20 s);
 //! - every 20 s, from another namespace, a flood of handshake initiations with a valid MAC1 and a
 //!   burst of junk datagrams hit the WAN address;
-//! - sessions rekey on the protocol's own schedule (every 2 minutes).
+//! - sessions rekey on the protocol's own schedule (every 2 minutes; a run of 5 minutes or more
+//!   must see at least one new session per peer per 3 minutes).
 //!
 //! Every 5 s it samples wgpmd's RSS, every counter and bounded structure (`wgpmd stats`) and each
 //! peer's bytes (`wg show dump`). It fails if, after the warm-up (a sixth of the run, at least
@@ -301,6 +302,15 @@ fn soak() {
             end.stats.total("cookies_sent")?,
             end.stats.get("peers_with_session")?,
         );
+        // Sessions rekey every REKEY_AFTER_TIME (120 s) while traffic flows: a run of 5 minutes or
+        // more must see them (a 2-minute run ends about when the first rekeys are due).
+        let rekeys_due = (dur.as_secs() / 180) * REAL_PEERS as u64;
+        if dur >= Duration::from_secs(300) && sessions < rekeys_due {
+            failures.push(format!(
+                "only {sessions} sessions made in {} s (rekeys due: at least {rekeys_due})",
+                dur.as_secs()
+            ));
+        }
         ensure!(failures.is_empty(), "soak failed:\n{}", failures.join("\n"));
         for p in &topo.peers[..REAL_PEERS] {
             ping_replied(&p.ns, c.inner_ip, 3)?;
