@@ -188,7 +188,7 @@ impl Pair {
     }
 
     /// One message to D from `src`.
-    fn to_d(&mut self, src: SocketAddr, msg: &mut [u8]) {
+    fn deliver_to_d(&mut self, src: SocketAddr, msg: &mut [u8]) {
         if msg.first() == Some(&MESSAGE_DATA) {
             if let Ok(r) = self.d.decapsulate(self.now, src, msg, &mut self.d_out) {
                 assert_eq!(r.peer, self.dp);
@@ -200,7 +200,7 @@ impl Pair {
     }
 
     /// One message to I (from D's address).
-    fn to_i(&mut self, msg: &mut [u8]) {
+    fn deliver_to_i(&mut self, msg: &mut [u8]) {
         if msg.first() == Some(&MESSAGE_DATA) {
             let _ = self.i.decapsulate(self.now, D_ADDR, msg, &mut self.i_out);
         } else {
@@ -230,9 +230,9 @@ impl Pair {
             }
             for (to_d, src, mut msg) in batch {
                 if to_d {
-                    self.to_d(src, &mut msg);
+                    self.deliver_to_d(src, &mut msg);
                 } else {
-                    self.to_i(&mut msg);
+                    self.deliver_to_i(&mut msg);
                 }
             }
             self.collect();
@@ -373,11 +373,7 @@ pub fn device_live(data: &[u8]) -> LiveReached {
                     reached.d_opened += 1;
                 }
             }
-            1 => {
-                if p.d_to_i([a, b, c], 20 + usize::from(a) * 5) {
-                    reached.i_opened += 1;
-                }
-            }
+            1 if p.d_to_i([a, b, c], 20 + usize::from(a) * 5) => reached.i_opened += 1,
             2 if !p.history.is_empty() => {
                 let k = usize::from(a) % p.history.len();
                 if p.open_at_d(k, I_ADDRS[usize::from(b & 3)]) {
@@ -424,7 +420,7 @@ pub fn device_live(data: &[u8]) -> LiveReached {
                     let at = usize::from(b) % msg.len();
                     msg[at] ^= c;
                 }
-                p.to_d(p.i_addr, &mut msg);
+                p.deliver_to_d(p.i_addr, &mut msg);
                 p.collect();
             }
             10 => {
