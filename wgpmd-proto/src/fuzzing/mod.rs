@@ -1,7 +1,8 @@
 //! Fuzz target bodies, shared by the cargo-fuzz crate (the repository's `fuzz/`, nightly) and
 //! this crate's stable robustness tests (`tests/wire_robustness.rs` runs [`wire_frame`] and
-//! [`wireguard_message`], `tests/device_robustness.rs` runs [`device_message`]), so both run
-//! exactly the same code.
+//! [`wireguard_message`], `tests/device_robustness.rs` runs [`device_message`],
+//! `tests/fuzz_corpus.rs` runs [`device_live`], [`uapi_request`], [`wg_conf`] and replays every
+//! committed corpus), so both run exactly the same code.
 //!
 //! Owns no protocol rules; it drives [`crate::wire`] the way the datapath will: a frame goes
 //! through every layer's `new_checked`, `Repr::parse` and accessors, as deep as it parses, and
