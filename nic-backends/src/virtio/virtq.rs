@@ -255,6 +255,12 @@ impl Virtq {
         }
     }
 
+    /// Whether the chain with head `head` is posted (in flight: the device owns its buffers).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn posted(&self, head: u16) -> bool {
+        self.chain_len.get(head as usize).is_some_and(|&n| n > 0)
+    }
+
     /// The ring memory (for the simulated device in tests).
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn mem(&self) -> &RingMem {
