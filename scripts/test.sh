@@ -19,6 +19,10 @@ command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket 
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)  # captures in the behaviour tests
+# The metrics tests (tests/tests/metrics.rs): a real Prometheus server scrapes wgpmd, promtool checks
+# the endpoint's output (the package's service is not started: the test runs the binary), curl asks both.
+{ command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v qemu-x86_64 >/dev/null || need_apt+=(qemu-user)  # crypto tests on a CPU without BMI2/ADX/AVX (below)
 # --- Guest tests (tests/tests/guest.rs, tests/guest/; docs/TESTING.md "Guest tests (VFIO)") --------------
 # A QEMU TCG guest with a vIOMMU runs wgpmd's VFIO driver. The guest kernel is a Debian linux-image package

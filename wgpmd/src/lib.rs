@@ -9,6 +9,8 @@
 //!   place, the neighbour table, the outer Ethernet/IP/UDP headers, path MTU errors;
 //! - [`uapi_server`]: the unix socket the stock `wg` tool talks to (the text protocol itself is
 //!   [`wgpmd_proto::uapi`]);
+//! - [`logging`]: plain or JSON lines, journald priorities, the rate limit on per-packet
+//!   messages;
 //! - [`conf`]: reading a wg.conf(5) file with the system resolver;
 //! - [`bench`]: `wgpmd bench`, the daemon's pipeline over `mem` ports with a built-in traffic
 //!   generator.
@@ -18,5 +20,6 @@
 pub mod bench;
 pub mod conf;
 pub mod daemon;
+pub mod logging;
 pub mod uapi_server;
 pub mod wan;

@@ -20,8 +20,21 @@ struct Cli {
     /// Log the wg(4) debug messages (handshakes, invalid packets, keepalives).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines as plain text or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value = "plain")]
+    log_format: LogFormatArg,
+    /// Per-packet debug messages (`-v`) logged per second at most; the rest are counted
+    /// (`log_messages_suppressed`).
+    #[arg(long, global = true, default_value_t = wgpmd::logging::DEFAULT_PACKET_RATE)]
+    log_packet_rate: u32,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Plain,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,6 +61,8 @@ enum DirectionArg {
     Tx,
 }
 
+// Parsed once at start: the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a concentrator until SIGINT/SIGTERM.
@@ -102,6 +117,15 @@ enum Cmd {
         /// Tunnel MTU.
         #[arg(long, default_value_t = 1420)]
         mtu: usize,
+        /// Serve OpenMetrics/Prometheus metrics on http://ADDR:PORT/metrics (off by default;
+        /// docs/OPERATIONS.md "Metrics").
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Export per-peer series (bytes, latest handshake) for at most N peers on the metrics
+        /// endpoint (0: none).
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "metrics",
+              value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+        metrics_peers: u32,
         /// DPDK EAL arguments (only with a dpdk: port), after `--`: e.g.
         /// `-- --vdev=net_af_packet0,iface=eth1 --no-huge -m 256`. wgpmd adds
         /// `--lcores=0@(<its cores>)`, and `--file-prefix=wgpmd-<NAME>` and
@@ -241,13 +265,14 @@ fn main() -> ExitCode {
         1 => "info,wgpmd=debug,wgpmd_proto=debug",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wgpmd::logging::init(&wgpmd::logging::LogOptions {
+        format: match cli.log_format {
+            LogFormatArg::Plain => wgpmd::logging::LogFormat::Plain,
+            LogFormatArg::Json => wgpmd::logging::LogFormat::Json,
+        },
+        default_filter: filter.to_string(),
+        packet_rate: cli.log_packet_rate,
+    });
     match cli.cmd {
         Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references } => {
             let base = if quick { BenchOptions::quick() } else { BenchOptions::full() };
@@ -321,6 +346,8 @@ fn main() -> ExitCode {
             poll,
             fanout,
             mtu,
+            metrics,
+            metrics_peers,
             eal,
         } => {
             let fail = |msg: String| {
@@ -392,6 +419,7 @@ fn main() -> ExitCode {
                 },
                 mtu,
                 sockets: true,
+                metrics: metrics.map(|addr| daemon::MetricsOptions { addr, peers: metrics_peers as usize }),
             };
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

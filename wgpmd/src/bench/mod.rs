@@ -365,6 +365,7 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         fanout: nic_backends::Fanout::Hash,
         mtu: DEFAULT_TUNNEL_MTU,
         sockets: false,
+        metrics: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let done = setup.daemon_done.clone();

@@ -11,11 +11,12 @@ use std::time::Duration;
 use nic_backends::Pool;
 use rand_core::OsRng;
 
+use super::metrics_http::MetricsServer;
 use super::notify::{Pending, Walk};
 use super::rng::CoreRng;
 use super::stats::StatsServer;
 use super::wheel::Wheel;
-use super::{cores, DaemonError, Shared, TxJob};
+use super::{cores, DaemonError, MetricsOptions, Shared, TxJob};
 use crate::uapi_server::{UapiHandler, UapiServer};
 use wgpmd_proto::device::{Device, DropReason, Event, Output, PeerId, Transmit};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP};
@@ -134,6 +135,7 @@ pub(crate) fn run(
     pool: Pool,
     stop: Arc<AtomicBool>,
     sockets: bool,
+    metrics: Option<MetricsOptions>,
     mut link: LinkWatch<'_>,
 ) -> Result<(), DaemonError> {
     cores::pin(core);
@@ -154,7 +156,26 @@ pub(crate) fn run(
                 return Err(DaemonError::Stats(e));
             }
         };
-        Some((uapi, stats))
+        // The metrics endpoint: its own thread, reading what the workers publish.
+        let metrics = match metrics {
+            Some(m) => {
+                let snap_sh = sh.clone();
+                let render =
+                    Box::new(move |om| super::metrics::render(super::metrics::snapshot(&snap_sh, m.peers), om));
+                match MetricsServer::start(m.addr, render) {
+                    Ok(s) => {
+                        tracing::info!("metrics endpoint on http://{}/metrics", s.local_addr());
+                        Some(s)
+                    }
+                    Err(e) => {
+                        sh.stop();
+                        return Err(DaemonError::Metrics(m.addr, e));
+                    }
+                }
+            }
+            None => None,
+        };
+        Some((uapi, stats, metrics))
     } else {
         None
     };

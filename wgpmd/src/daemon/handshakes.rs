@@ -37,6 +37,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use wgpmd_proto::device::{Device, DropReason, HandshakeOutcome, Output, Screened};
 use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_QUEUE_DEPTH};
@@ -145,6 +146,37 @@ pub(crate) struct HsCounters {
     pub cookie_replies: u64,
     /// Drops by [`HsDrop`].
     pub dropped: [u64; HsDrop::COUNT],
+    /// How long each queued message's processing took (the DH work and what goes with it).
+    pub times: HsTimes,
+}
+
+/// Upper bounds (nanoseconds) of the handshake processing time histogram's buckets; one more
+/// bucket holds what is longer.
+pub(crate) const HS_TIME_BOUNDS_NS: [u64; 10] =
+    [10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+
+/// A worker's own histogram of handshake processing times: plain counters, published with
+/// the worker's others (no atomics, no lock per handshake).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HsTimes {
+    /// Messages per bucket (not cumulative): `buckets[i]` took at most `HS_TIME_BOUNDS_NS[i]`
+    /// and more than the bound before it; the last one took longer than every bound.
+    pub buckets: [u64; HS_TIME_BOUNDS_NS.len() + 1],
+    /// The sum of the times, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl HsTimes {
+    /// Count one message that took `ns` nanoseconds.
+    pub fn observe(&mut self, ns: u64) {
+        let i = HS_TIME_BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(HS_TIME_BOUNDS_NS.len());
+        self.buckets[i] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+    /// Messages observed.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// Each worker's handshake queue depth, for the device-wide under-load decision and the stats;
@@ -284,7 +316,11 @@ impl Stage {
             let Some(job) = self.queue.pop_front() else { break };
             n += 1;
             let msg = &job.msg[..usize::from(job.len)];
-            match dev.receive_screened(now, &mut self.rng, job.src, msg, job.cookie_checked, under_load, out) {
+            // Two clock reads (vDSO) next to up to three X25519 operations.
+            let started = Instant::now();
+            let r = dev.receive_screened(now, &mut self.rng, job.src, msg, job.cookie_checked, under_load, out);
+            self.c.times.observe(started.elapsed().as_nanos() as u64);
+            match r {
                 Ok(HandshakeOutcome::CookieSent) => self.count(HsDrop::BadMac2),
                 Ok(_) => self.c.processed += 1,
                 Err(DropReason::RateLimited) => self.count(HsDrop::Ratelimited),

@@ -34,6 +34,8 @@
 mod control;
 pub mod cores;
 mod handshakes;
+mod metrics;
+mod metrics_http;
 mod notify;
 mod rng;
 mod staging;
@@ -112,6 +114,17 @@ pub struct DaemonConfig {
     pub mtu: usize,
     /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets.
     pub sockets: bool,
+    /// Serve the metrics endpoint (`--metrics`; only with `sockets`).
+    pub metrics: Option<MetricsOptions>,
+}
+
+/// The metrics endpoint (`--metrics ADDR:PORT`, `--metrics-peers N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Where to listen (HTTP, `GET /metrics`).
+    pub addr: SocketAddr,
+    /// Per-peer series for at most this many peers (0: none).
+    pub peers: usize,
 }
 
 /// A WireGuard message the control core wants sent (the worker adds the outer headers).
@@ -322,6 +335,9 @@ pub enum DaemonError {
     /// The stats socket.
     #[error("stats socket: {0}")]
     Stats(std::io::Error),
+    /// The metrics endpoint's address.
+    #[error("metrics endpoint {0}: {1}")]
+    Metrics(SocketAddr, std::io::Error),
     /// Another process serves this interface name.
     #[error("{0} is in use by a running process (another wgpmd or wireguard-go with this interface name)")]
     InUse(String),
@@ -498,7 +514,7 @@ pub fn run_with_ports(
     };
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);
-    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, link);
+    let result = control::run(shared.clone(), layout.control, control_pool, stop, cfg.sockets, cfg.metrics, link);
     shared.stop();
     for h in handles {
         let _ = h.join();

@@ -45,13 +45,23 @@ pub(crate) struct Local {
 }
 
 /// A worker's published counters (a snapshot under a lock only the publisher and readers
-/// take, every 64 iterations: never per packet).
+/// take, every 64 iterations: never per packet). The worker never waits for it: while a reader
+/// (the stats socket, the metrics endpoint) holds it, the worker skips that publication.
 #[derive(Debug, Default)]
 pub struct WorkerCounters(Mutex<Local>);
 
 impl WorkerCounters {
+    /// Publish, waiting for the lock (the worker's last publication, at its end).
     pub(crate) fn store(&self, l: &Local) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = l.clone();
+    }
+    /// Publish unless a reader holds the lock now (then the next publication carries it).
+    pub(crate) fn try_store(&self, l: &Local) {
+        match self.0.try_lock() {
+            Ok(mut g) => g.clone_from(l),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().clone_from(l),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
     }
     pub(crate) fn load(&self) -> Local {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -172,6 +182,7 @@ pub(crate) fn render(sh: &Shared) -> String {
     };
     line("under_load", u64::from(under_load));
     line("wan_link_up", u64::from(sh.control.wan_link_up.load(Ordering::Relaxed)));
+    line("log_messages_suppressed", crate::logging::suppressed());
     // The WAN backend's own counters (DPDK: `dpdk_<xstat name>`, link state), read now.
     if let Some(extra) = &sh.control.wan_extra {
         for (k, v) in extra() {
@@ -184,10 +195,7 @@ pub(crate) fn render(sh: &Shared) -> String {
 /// The size of every bounded structure (gauges) and what keeping each bound cost (counters):
 /// see docs/OPERATIONS.md.
 fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
-    let (peers, with_session) = {
-        let dev = sh.data.device.read().unwrap_or_else(|e| e.into_inner());
-        (dev.peer_count(), dev.peers().filter(|p| p.current_local_index().is_some()).count())
-    };
+    let super::metrics::Census { peers, with_session, .. } = super::metrics::census(&sh.data.device, 0);
     let h = &sh.handoff;
     let n = sh.data.neigh.stats();
     let staged_dropped_cap: u64 = sh.workers.iter().map(|w| w.load().staged_dropped_cap).sum();

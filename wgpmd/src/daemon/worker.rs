@@ -101,7 +101,7 @@ impl Worker {
                     self.out.forget_keys();
                     keys_since = now;
                 }
-                self.publish();
+                self.publish(false);
                 if self.port_fault() {
                     break;
                 }
@@ -124,7 +124,7 @@ impl Worker {
             }
         }
         self.flush();
-        self.publish();
+        self.publish(true);
     }
 
     /// A queue that reports a fault it cannot recover from (a VFIO device that set NEEDS_RESET,
@@ -141,12 +141,18 @@ impl Worker {
         false
     }
 
-    fn publish(&mut self) {
-        self.c.device = self.out.stats.clone();
-        self.c.hs = self.hs.c.clone();
+    /// Publish the counters for `wgpmd stats` and the metrics endpoint; `last`: the final
+    /// publication (waits for a reader to finish; the others skip while one reads).
+    fn publish(&mut self, last: bool) {
+        self.c.device.clone_from(&self.out.stats);
+        self.c.hs.clone_from(&self.hs.c);
         self.c.wan_queue = self.wan.stats();
         self.c.inner_queue = self.inner.stats();
-        self.sh.workers[self.id].store(&self.c);
+        if last {
+            self.sh.workers[self.id].store(&self.c);
+        } else {
+            self.sh.workers[self.id].try_store(&self.c);
+        }
     }
 
     /// WAN: classify, answer ARP/ND/ICMP, decrypt data, screen handshakes.
