@@ -84,6 +84,17 @@ pub fn virtio_rings(data: &[u8]) -> VirtioReached {
         match o % 13 {
             0 => {
                 c.refill(a & 1 == 1);
+                // Buffers posted now are fresh postings: what the device wrote into the same
+                // memory under an earlier posting no longer describes them (a stale used entry
+                // may return them with that old length; the driver cannot tell).
+                let idx = dr.mem.read_u16(dr.avail_off + 2);
+                let mut k = dr.last_avail;
+                while k != idx {
+                    let head = dr.mem.read_u16(dr.avail_off + 4 + 2 * usize::from(k & (n - 1)));
+                    let iova = dr.mem.read_u64(16 * usize::from(head));
+                    written.retain(|(i, _)| *i != iova);
+                    k = k.wrapping_add(1);
+                }
             }
             1 => {
                 for chain in dr.take_avail() {
