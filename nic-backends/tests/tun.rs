@@ -115,6 +115,12 @@ fn interface_disappears_when_the_port_and_all_queues_are_dropped() {
     drop(port);
     assert!(ns.ip_try("link show nbtun1").0, "one queue still open: the interface stays");
     drop(q);
+    // The kernel unregisters the interface when the last queue closes; on a loaded machine that
+    // can take a moment: poll with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns.ip_try("link show nbtun1").0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!ns.ip_try("link show nbtun1").0, "interface left behind");
 }
 
@@ -143,7 +149,9 @@ fn deleted_from_outside_is_a_fault() {
     let mut qs = [port.take_queue(0).unwrap(), port.take_queue(1).unwrap()];
     let pool = Pool::new("tundel", 16).unwrap();
     let mut out = Vec::new();
-    assert_eq!(qs[0].rx_burst(&pool, &mut out, 8), 0);
+    // Whatever the kernel sends on a fresh interface (IPv6 solicitations) is read normally.
+    qs[0].rx_burst(&pool, &mut out, 8);
+    out.clear();
     assert!(qs[0].health().is_ok() && qs[1].health().is_ok());
     ns.ip("link del nbtundel0");
     assert_eq!(qs[0].rx_burst(&pool, &mut out, 8), 0);
