@@ -176,6 +176,18 @@ scripts/deb-test.sh
 echo "== fuzz targets build on stable (cargo-fuzz itself needs nightly: see fuzz/README.md)"
 (cd fuzz && cargo build --release --bins)
 
+# Every fuzz target runs briefly under libFuzzer (nightly + cargo-fuzz), from its committed corpus
+# and dictionary; a crash fails the suite (docs/TESTING.md, "Fuzzing"). cargo-fuzz is installed
+# once into .tools/ (git-ignored), the nightly toolchain with rustup if it is missing.
+CARGO_FUZZ_VERSION=0.13.2
+if [[ "$(.tools/bin/cargo-fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION into .tools/"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root .tools
+fi
+rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+echo "== fuzz targets, ${FUZZ_SECONDS:-15} s each (scripts/fuzz.sh)"
+PATH="$PWD/.tools/bin:$PATH" scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-15}"
+
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd-proto; see docs/PERFORMANCE.md)"
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches

@@ -43,3 +43,17 @@ fn hooks_refuse_oversized_bursts() {
         assert_eq!(fuzzing::chacha20_blocks(b, &blocks[..1]).is_some(), b.is_supported());
     }
 }
+
+/// The `aead_lanes` target's committed corpus (`fuzz/corpus/aead_lanes/`) through the body.
+#[test]
+fn corpus_aead_lanes_replays() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/aead_lanes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{}: {} inputs", dir.display(), files.len());
+    let lanes: usize = files.iter().map(|f| fuzzing::lanes(&std::fs::read(f).unwrap())).sum();
+    assert!(lanes >= files.len() * backends(), "{lanes} lanes");
+}

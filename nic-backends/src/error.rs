@@ -47,7 +47,7 @@ pub enum PoolError {
         name: String,
     },
     /// Mapping the pool's memory failed.
-    #[error("pool {name}: mmap of {bytes} bytes failed (free memory or ask for fewer buffers)")]
+    #[error("pool {name}: mmap of {bytes} bytes failed: {source} (free memory, or raise the address-space or memory limit wgpmd runs under)")]
     Mmap {
         /// Pool name.
         name: String,

@@ -40,6 +40,9 @@ pub mod buffer;
 pub mod dpdk;
 pub mod error;
 pub mod gso;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mem;
 pub mod port;
 #[allow(unsafe_code)]

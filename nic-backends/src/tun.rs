@@ -73,6 +73,11 @@ pub struct TunQueue {
     whole: Vec<u8>,
     /// Segments not yet delivered.
     pending: VecDeque<Buffer>,
+    /// The interface's name, for the fault message.
+    name: String,
+    /// A read or write said the queue is no longer attached to an interface (`EBADFD`: the
+    /// TUN was deleted from outside, `ip link del`). Reported by [`Queue::health`].
+    detached: bool,
 }
 
 impl TunPort {
@@ -116,6 +121,8 @@ impl TunPort {
                 spill: vec![0; MAX_SUPER],
                 whole: Vec::with_capacity(MAX_SUPER),
                 pending: VecDeque::new(),
+                name: name.as_str().to_string(),
+                detached: false,
             }));
         }
         let ctl = ioctl::control_socket().map_err(os("socket(AF_INET)"))?;
@@ -172,7 +179,8 @@ impl TunQueue {
             Ok(n) => n - VNET_HDR_LEN,
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(0),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Err(()),
-            Err(_) => {
+            Err(e) => {
+                self.detached |= e.raw_os_error() == Some(libc::EBADFD);
                 self.stats.rx_errors += 1;
                 return Err(());
             }
@@ -259,7 +267,11 @@ impl TunQueue {
                         self.stats.tx_gro_packets += k as u64;
                     }
                     // The first packet's header is rewritten: the group cannot be retried.
-                    Ok(_) | Err(_) => self.stats.tx_dropped += k as u64,
+                    Ok(_) => self.stats.tx_dropped += k as u64,
+                    Err(e) => {
+                        self.detached |= e.raw_os_error() == Some(libc::EBADFD);
+                        self.stats.tx_dropped += k as u64;
+                    }
                 }
                 return Some(k);
             }
@@ -273,7 +285,10 @@ impl TunQueue {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => return None,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return None,
             // Refused for itself (not IPv4/IPv6, too short): take it, count it.
-            Err(_) => self.stats.tx_errors += 1,
+            Err(e) => {
+                self.detached |= e.raw_os_error() == Some(libc::EBADFD);
+                self.stats.tx_errors += 1;
+            }
         }
         Some(1)
     }
@@ -314,7 +329,8 @@ impl Queue for TunQueue {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    self.detached |= e.raw_os_error() == Some(libc::EBADFD);
                     self.stats.rx_errors += 1;
                     break;
                 }
@@ -345,7 +361,10 @@ impl Queue for TunQueue {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => break,
                 // Refused for itself (TUN: not IPv4/IPv6; too short): take it, count it.
-                Err(_) => self.stats.tx_errors += 1,
+                Err(e) => {
+                    self.detached |= e.raw_os_error() == Some(libc::EBADFD);
+                    self.stats.tx_errors += 1
+                }
             }
             taken += 1;
         }
@@ -360,5 +379,18 @@ impl Queue for TunQueue {
     fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         // Segments already read wait in `pending`: not idle.
         self.pending.is_empty().then(|| self.file.as_fd())
+    }
+
+    /// A queue whose interface was deleted from outside (`ip link del`) stays detached: the
+    /// daemon stops with this message rather than run on without its inner side.
+    fn health(&self) -> Result<(), String> {
+        if self.detached {
+            Err(format!(
+                "TUN interface {} was deleted from outside (its queue reads EBADFD); restart wgpmd to recreate it",
+                self.name
+            ))
+        } else {
+            Ok(())
+        }
     }
 }

@@ -115,6 +115,12 @@ fn interface_disappears_when_the_port_and_all_queues_are_dropped() {
     drop(port);
     assert!(ns.ip_try("link show nbtun1").0, "one queue still open: the interface stays");
     drop(q);
+    // The kernel unregisters the interface when the last queue closes; on a loaded machine that
+    // can take a moment: poll with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns.ip_try("link show nbtun1").0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!ns.ip_try("link show nbtun1").0, "interface left behind");
 }
 
@@ -169,4 +175,26 @@ fn tap_carries_ethernet_frames_with_our_mac() {
     assert_eq!(&reply.data()[22..28], &mac);
     assert_eq!(&reply.data()[28..32], &[10, 78, 0, 1]);
     assert_eq!(q.stats().tx_packets, 1);
+}
+
+/// A TUN deleted from outside (`ip link del`): its queues read and write `EBADFD`, and
+/// `health()` reports the fault (the daemon then stops with the message); before, healthy.
+#[test]
+fn deleted_from_outside_is_a_fault() {
+    let ns = NetNs::enter("tundel");
+    let mut port = tun("nbtundel0", 2, None);
+    let mut qs = [port.take_queue(0).unwrap(), port.take_queue(1).unwrap()];
+    let pool = Pool::new("tundel", 16).unwrap();
+    let mut out = Vec::new();
+    // Whatever the kernel sends on a fresh interface (IPv6 solicitations) is read normally.
+    qs[0].rx_burst(&pool, &mut out, 8);
+    out.clear();
+    assert!(qs[0].health().is_ok() && qs[1].health().is_ok());
+    ns.ip("link del nbtundel0");
+    assert_eq!(qs[0].rx_burst(&pool, &mut out, 8), 0);
+    let e = qs[0].health().expect_err("a read on a deleted TUN is a fault");
+    assert!(e.contains("nbtundel0") && e.contains("deleted"), "{e}");
+    let mut bufs = vec![udp4(&pool, (Ipv4Addr::new(10, 1, 0, 1), 1), (Ipv4Addr::new(10, 1, 0, 2), 2), b"x")];
+    qs[1].tx_burst(&mut bufs);
+    assert!(qs[1].health().is_err(), "a write on a deleted TUN is a fault");
 }

@@ -66,6 +66,8 @@ pub struct WgpmdOptions {
     pub inner: Option<String>,
     /// More environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// The interface name (first argument of `run`); None: a fresh [`unique_ifname`] (set it to restart a daemon under its name).
+    pub name: Option<String>,
 }
 
 impl Default for WgpmdOptions {
@@ -81,6 +83,7 @@ impl Default for WgpmdOptions {
             eal_args: Vec::new(),
             inner: None,
             env: Vec::new(),
+            name: None,
         }
     }
 }
@@ -167,7 +170,7 @@ impl Wgpmd {
     ) -> Result<Wgpmd> {
         let bin = wgpmd_bin()?;
         let bin = bin.to_string_lossy().into_owned();
-        let ifname = unique_ifname("wpm");
+        let ifname = opts.name.clone().unwrap_or_else(|| unique_ifname("wpm"));
         let conf_path = ctx.write_file(&format!("{ifname}.conf"), &cfg.to_setconf())?;
         let conf = conf_path.to_string_lossy().into_owned();
         let port = opts.port.as_ref().map_or(format!("af_packet:{wan_if}"), |p| p.replace("{wan_if}", wan_if));

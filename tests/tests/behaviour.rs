@@ -228,7 +228,8 @@ fn live_changes_keep_traffic() {
         let st0 = d.stats()?;
         let ping =
             Proc::spawn(ctx, &p.ns, "ping-a", &["ping", "-n", "-i", "0.2", "-c", "50", &c.inner_ip.to_string()], &[])?;
-        std::thread::sleep(Duration::from_secs(1));
+        // The pings flowing before the changes start (a poll, not a fixed wait).
+        wait_until("A's pings answered", secs(10), || Ok(ping.log().contains("icmp_seq=3 ").then_some(())))?;
         let ifn = d.ifname().to_string();
         let wg = |args: &[&str]| -> Result<()> {
             let mut cmd = std::process::Command::new("wg");

@@ -593,3 +593,43 @@ fn wireguard_messages_alone() {
     assert!(c.wg_truncated > 1000 && c.wg_malformed > 1000 && c.wg_unsupported > 1000);
     assert_eq!(MessageType::from_code(4), Some(MessageType::TransportData));
 }
+
+/// Writes the seed corpora of the `wire_frame` (valid frames of every kind) and
+/// `wireguard_message` (captured and generated UDP payloads) cargo-fuzz targets. Run by hand when
+/// the generator changes: `cargo test --release -p wgpmd-proto --test wire_robustness -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/{wire_frame,wireguard_message}/ (run by hand)"]
+fn write_fuzz_seeds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let (frames, messages) = (root.join("wire_frame"), root.join("wireguard_message"));
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::create_dir_all(&messages).unwrap();
+    let mut g = Gen {
+        rng: ChaCha20Rng::seed_from_u64(SEED ^ 2),
+        captured: CAPTURED.iter().map(|h| hex::decode(h).unwrap()).collect(),
+    };
+    for i in 0..64 {
+        std::fs::write(frames.join(format!("seed-{i}")), g.frame()).unwrap();
+    }
+    for (i, m) in g.captured.clone().iter().enumerate() {
+        std::fs::write(messages.join(format!("captured-{i}")), m).unwrap();
+    }
+    for i in 0..24 {
+        std::fs::write(messages.join(format!("seed-{i}")), g.wireguard()).unwrap();
+    }
+}
+
+/// Found by the `wire_frame` campaign: an IPv4 header whose checksum field is 0xffff where the
+/// computed checksum is 0x0000 (one's complement's other zero) verifies, and emitting it writes
+/// 0x0000; the body's byte-exact round trip must allow that one difference.
+#[test]
+fn regression_ipv4_checksum_negative_zero() {
+    let frame = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/wire_frame/regression-ipv4-checksum-negative-zero"),
+    )
+    .unwrap();
+    assert_eq!(&frame[24..26], &[0xff, 0xff], "the checksum field of the inner IPv4 header");
+    let r = wire_frame(&frame);
+    assert!(r.ipv4 && r.ipv4_checksum, "{r:?}");
+}

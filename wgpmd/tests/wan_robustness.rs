@@ -295,35 +295,9 @@ fn mutate(rng: &mut ChaCha20Rng, frame: &mut Vec<u8>) {
 }
 
 /// Recomputes the IPv4 header checksum and the ICMP/ICMPv6/UDP checksum of whatever the frame
-/// now says.
+/// now says (the fuzz body's repair, which the cargo-fuzz target also applies).
 fn fix_checksums(frame: &mut [u8]) {
-    let Ok(eth) = ethernet::Frame::new_checked(&mut *frame) else { return };
-    let (ty, l3) = (eth.inner_ethertype(), eth.header_len());
-    let ip = &mut frame[l3..];
-    match ty {
-        EtherType::IPV4 => {
-            let Ok(mut p) = ipv4::Packet::new_checked(&mut *ip) else { return };
-            p.fill_checksum();
-            let (pair, proto) = (p.pair(), p.protocol());
-            let l4 = p.payload_mut();
-            match proto {
-                IpProtocol::ICMP => icmpv4::Packet::new_unchecked(l4).fill_checksum(),
-                IpProtocol::UDP => udp::Packet::new_unchecked(l4).fill_checksum(&pair),
-                _ => {}
-            }
-        }
-        EtherType::IPV6 => {
-            let Ok(mut p) = ipv6::Packet::new_checked(&mut *ip) else { return };
-            let (src, dst, next) = (p.src_addr(), p.dst_addr(), p.next_header());
-            let l4 = p.payload_mut();
-            match next {
-                IpProtocol::ICMPV6 => icmpv6::Packet::new_unchecked(l4).fill_checksum(&src, &dst),
-                IpProtocol::UDP => udp::Packet::new_unchecked(l4).fill_checksum(&IpPair::V6 { src, dst }),
-                _ => {}
-            }
-        }
-        _ => {}
-    }
+    wgpmd::wan::fuzzing::repair_checksums(frame)
 }
 
 /// How many inputs reached each branch.
@@ -493,4 +467,30 @@ fn seed_frames_reach_their_branch() {
     for n in 0..20 {
         assert_eq!(run(&vec![0x5a; n]).dropped, Some(WanDrop::Ethernet));
     }
+}
+
+/// Writes the seed corpus of the `wan_frame` cargo-fuzz target (valid frames of every kind, for
+/// us and for others, tagged and untagged, with valid checksums: `Wan::classify` verifies them).
+/// Run by hand when the generator changes:
+/// `cargo test --release -p wgpmd --test wan_robustness -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/wan_frame/ (run by hand)"]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/wan_frame");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut g = Gen { rng: ChaCha20Rng::seed_from_u64(SEED ^ 2) };
+    let mut n = 0;
+    for vlan in [None, Some(42)] {
+        for kind in KINDS {
+            for to_us in [true, false] {
+                for pad in [false, true] {
+                    let f = g.frame(Shape { kind, to_us, vlan, pad });
+                    std::fs::write(dir.join(format!("seed-{kind:?}-{}-{n}", if to_us { "us" } else { "other" })), &f)
+                        .unwrap();
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(n, 64);
 }

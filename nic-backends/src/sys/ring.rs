@@ -193,7 +193,7 @@ unsafe impl Region for DmaPoolRegion {
 /// Test support: the simulated device writes `bytes` at device address `iova` of a pool region
 /// `(base, size, iova_base)` (IOVA translated like an IOMMU would, bounds-checked). Returns false
 /// when the range is outside the region.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn sim_dma_write(region: (usize, usize, u64), iova: u64, bytes: &[u8]) -> bool {
     let (base, size, iova_base) = region;
     let Some(off) = iova.checked_sub(iova_base) else { return false };
@@ -211,7 +211,7 @@ pub(crate) fn sim_dma_write(region: (usize, usize, u64), iova: u64, bytes: &[u8]
 
 /// Test support: the simulated device reads `len` bytes at device address `iova` of a pool
 /// region; None when outside it.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn sim_dma_read(region: (usize, usize, u64), iova: u64, len: usize) -> Option<Vec<u8>> {
     let (base, size, iova_base) = region;
     let off = iova.checked_sub(iova_base)?;

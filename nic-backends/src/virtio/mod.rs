@@ -13,13 +13,13 @@
 //! - [`virtq`]: the split virtqueue, driver side, with a simulated device for the tests;
 //! - `test_hook` (feature `test-hooks` only): fault injection for the guest tests.
 
-mod bounds;
+pub(crate) mod bounds;
 mod device;
 mod kmsg;
 pub mod net;
 pub(crate) mod pci;
 mod queue;
-mod queue_core;
+pub(crate) mod queue_core;
 mod stall;
 mod stop_once;
 #[cfg(any(test, feature = "test-hooks"))]

@@ -226,7 +226,7 @@ impl Virtq {
     }
 
     /// Give back every buffer still posted (after the device was reset: it no longer owns them).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn drain_after_reset(&mut self) -> Vec<Buffer> {
         let mut v = Vec::new();
         for h in 0..self.n as usize {
@@ -255,19 +255,25 @@ impl Virtq {
         }
     }
 
+    /// Whether the chain with head `head` is posted (in flight: the device owns its buffers).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn posted(&self, head: u16) -> bool {
+        self.chain_len.get(head as usize).is_some_and(|&n| n > 0)
+    }
+
     /// The ring memory (for the simulated device in tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn mem(&self) -> &RingMem {
         &self.mem
     }
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn offsets(&self) -> (usize, usize) {
         (self.avail_off, self.used_off)
     }
 }
 
 /// A simulated device playing the other side of a split ring on the same memory (tests only).
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod sim {
     use super::*;
 

@@ -416,6 +416,9 @@ pub enum DaemonError {
     /// Dropping privileges after setup.
     #[error("{0}")]
     Privileges(String),
+    /// A worker thread could not be started.
+    #[error("starting a worker thread: {0}")]
+    Thread(std::io::Error),
     /// The OS gave no random seed for a core's generator.
     #[error("seeding a random generator from the OS: {0}")]
     Rng(rand_core::Error),
@@ -634,44 +637,60 @@ pub(crate) fn run_observed(
         })
         .collect::<Result<Vec<_>, DaemonError>>()?;
     let mut handles = Vec::new();
-    for ((i, &core), hs) in layout.workers.iter().enumerate().zip(stages) {
-        let wan_q =
-            wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
-        let inner_q =
-            inner_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.inner_port.clone(), queue: i })?;
-        // The WAN port's own pool when it has one (VFIO DMA memory, DPDK mbufs): what the
-        // worker reads from the inner port and seals is then sent without a copy.
-        let pool = match wan_port.queue_pool(i) {
-            Some(p) => p,
-            None => nic_backends::Pool::new(&format!("w{i}"), 4096).map_err(DaemonError::Pool)?,
-        };
-        let sh = shared.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("wgpmd-w{i}"))
-                .spawn(move || {
-                    cores::pin(core);
-                    worker::Worker::new(i, sh, wan_q, inner_q, pool, hs).run();
-                })
-                .expect("spawn worker thread"),
-        );
-    }
-    let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
-    let tap = match exc_port.as_mut() {
-        Some(p) => {
-            let spec = cfg.exception.clone().unwrap_or_default();
-            let q = p.take_queue(0).ok_or(DaemonError::NoQueue { spec, queue: 0 })?;
-            let pool = nic_backends::Pool::new("exc", 2 * exception::QUEUE).map_err(DaemonError::Pool)?;
-            tracing::info!(
-                "{}: exception path {} (MAC {}), at most {} frames/s to the kernel",
-                cfg.name,
-                p.info().name,
-                EthernetAddress(mac),
-                cfg.exception_rate
+    // A failure part way (a pool whose memory cannot be had, a thread that cannot start) stops
+    // the workers already running before the error is returned: exit 1 with the message.
+    let started = (|| -> Result<(nic_backends::Pool, Option<exception::Tap>), DaemonError> {
+        for ((i, &core), hs) in layout.workers.iter().enumerate().zip(stages) {
+            let wan_q =
+                wan_port.take_queue(i).ok_or_else(|| DaemonError::NoQueue { spec: cfg.wan_port.clone(), queue: i })?;
+            let inner_q = inner_port
+                .take_queue(i)
+                .ok_or_else(|| DaemonError::NoQueue { spec: cfg.inner_port.clone(), queue: i })?;
+            // The WAN port's own pool when it has one (VFIO DMA memory, DPDK mbufs): what the
+            // worker reads from the inner port and seals is then sent without a copy.
+            let pool = match wan_port.queue_pool(i) {
+                Some(p) => p,
+                None => nic_backends::Pool::new(&format!("w{i}"), 4096).map_err(DaemonError::Pool)?,
+            };
+            let sh = shared.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("wgpmd-w{i}"))
+                    .spawn(move || {
+                        cores::pin(core);
+                        worker::Worker::new(i, sh, wan_q, inner_q, pool, hs).run();
+                    })
+                    .map_err(DaemonError::Thread)?,
             );
-            Some(exception::Tap::new(q, pool))
         }
-        None => None,
+        let control_pool = nic_backends::Pool::new("ctl", 4096).map_err(DaemonError::Pool)?;
+        let tap = match exc_port.as_mut() {
+            Some(p) => {
+                let spec = cfg.exception.clone().unwrap_or_default();
+                let q = p.take_queue(0).ok_or(DaemonError::NoQueue { spec, queue: 0 })?;
+                let pool = nic_backends::Pool::new("exc", 2 * exception::QUEUE).map_err(DaemonError::Pool)?;
+                tracing::info!(
+                    "{}: exception path {} (MAC {}), at most {} frames/s to the kernel",
+                    cfg.name,
+                    p.info().name,
+                    EthernetAddress(mac),
+                    cfg.exception_rate
+                );
+                Some(exception::Tap::new(q, pool))
+            }
+            None => None,
+        };
+        Ok((control_pool, tap))
+    })();
+    let (control_pool, tap) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            shared.stop();
+            for h in handles {
+                let _ = h.join();
+            }
+            return Err(e);
+        }
     };
     let wan_link = || wan_port.link_up();
     let link = control::LinkWatch::new(&cfg.wan_port, &wan_link);

@@ -294,6 +294,9 @@ impl StatsServer {
                     break;
                 }
                 if let Ok(mut c) = conn {
+                    // A client that does not read cannot hold the thread (the answer is a few
+                    // KiB and fits the socket buffer; the timeout bounds the rest).
+                    let _ = c.set_write_timeout(Some(std::time::Duration::from_secs(1)));
                     let _ = c.write_all(render(&sh).as_bytes());
                 }
             }

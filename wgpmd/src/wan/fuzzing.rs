@@ -83,6 +83,50 @@ pub fn ours(vlan: Option<u16>) -> Wan {
     }
 }
 
+/// Recomputes the IPv4 header checksum and the ICMP/ICMPv6/UDP checksum of whatever the frame
+/// says it carries (so a mutated frame gets past the checksum checks of [`Wan::classify`]).
+pub fn repair_checksums(frame: &mut [u8]) {
+    let Ok(eth) = ethernet::Frame::new_checked(&mut *frame) else { return };
+    let (ty, l3) = (eth.inner_ethertype(), eth.header_len());
+    let ip = &mut frame[l3..];
+    match ty {
+        EtherType::IPV4 => {
+            let Ok(mut p) = ipv4::Packet::new_checked(&mut *ip) else { return };
+            p.fill_checksum();
+            let (pair, proto) = (p.pair(), p.protocol());
+            let l4 = p.payload_mut();
+            match proto {
+                IpProtocol::ICMP if l4.len() >= 4 => icmpv4::Packet::new_unchecked(l4).fill_checksum(),
+                IpProtocol::UDP if l4.len() >= 8 => udp::Packet::new_unchecked(l4).fill_checksum(&pair),
+                _ => {}
+            }
+        }
+        EtherType::IPV6 => {
+            let Ok(mut p) = ipv6::Packet::new_checked(&mut *ip) else { return };
+            let (src, dst, next) = (p.src_addr(), p.dst_addr(), p.next_header());
+            let l4 = p.payload_mut();
+            match next {
+                IpProtocol::ICMPV6 if l4.len() >= 4 => icmpv6::Packet::new_unchecked(l4).fill_checksum(&src, &dst),
+                IpProtocol::UDP if l4.len() >= 8 => {
+                    udp::Packet::new_unchecked(l4).fill_checksum(&wgpmd_proto::wire::IpPair::V6 { src, dst })
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The cargo-fuzz target's body: the frame as it is, and (when that changes it) with its
+/// checksums repaired, so mutations reach past the checksum checks to the replies.
+pub fn wan_frame_both(data: &[u8]) -> [WanReached; 2] {
+    let raw = wan_frame(data);
+    let mut fixed = data.to_vec();
+    repair_checksums(&mut fixed);
+    let repaired = if fixed[..] != data[..] { wan_frame(&fixed) } else { raw };
+    [raw, repaired]
+}
+
 /// Runs one frame through the WAN side (see the module documentation).
 pub fn wan_frame(data: &[u8]) -> WanReached {
     let mut r = WanReached::default();
