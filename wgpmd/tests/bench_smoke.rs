@@ -23,7 +23,7 @@ fn check(what: &str, m: &Measurement) {
 #[test]
 fn quick_bench_moves_every_packet_intact_both_ways() {
     let opts = BenchOptions {
-        peers: 4,
+        peers: vec![4],
         sizes: vec![64, 1420],
         seconds: 0.02,
         workers: 1,
