@@ -215,11 +215,9 @@ pub struct SizeResult {
     pub size: usize,
     /// Seconds to configure the peers and install their sessions (both sides).
     pub setup_secs: f64,
-    /// Resident memory of the whole bench process once set up, and its growth since the bench
-    /// started (concentrator and generator state together).
+    /// Resident memory of the whole bench process once set up (concentrator and generator
+    /// state together).
     pub rss: u64,
-    /// See `rss`.
-    pub rss_growth: u64,
     /// The references, if timed.
     pub references: Option<References>,
     /// WAN → inner.
@@ -336,7 +334,6 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let plan = CorePlan::new(&cores::available(), opts.workers)?;
     let machine = machine();
     let secs = Duration::from_secs_f64(opts.seconds);
-    let rss0 = rss();
     let mut results = Vec::new();
     for &size in &opts.sizes {
         let references = opts.references.then(|| on_core(plan.generator, || reference::measure(size, secs / 2)));
@@ -347,7 +344,6 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                 size,
                 setup_secs: setup.secs,
                 rss: setup.rss,
-                rss_growth: setup.rss.saturating_sub(rss0),
                 references,
                 rx: None,
                 tx: None,
@@ -527,20 +523,23 @@ impl fmt::Display for Report {
             }
         }
         writeln!(f)?;
-        writeln!(f, "setup and memory (RSS of the whole bench process: concentrator and generator; growth since the bench started, per peer):")?;
+        writeln!(f, "setup and memory: RSS of the whole bench process (concentrator and generator) once the peers and sessions are set up; per added peer = RSS over the first count's, same size, per peer more")?;
         writeln!(f)?;
-        writeln!(f, "| peers | size | setup s | RSS MiB | growth MiB | bytes/peer |")?;
-        writeln!(f, "|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "| peers | size | setup s | RSS MiB | bytes per added peer |")?;
+        writeln!(f, "|---:|---:|---:|---:|---:|")?;
         for r in &self.results {
+            let base = self.results.iter().find(|b| b.size == r.size && b.peers == o.peers[0]);
+            let per_peer = match base {
+                Some(b) if r.peers > b.peers => format!("{:.0}", r.rss.saturating_sub(b.rss) as f64 / (r.peers - b.peers) as f64),
+                _ => "—".into(),
+            };
             writeln!(
                 f,
-                "| {} | {} | {:.2} | {:.1} | {:.1} | {:.0} |",
+                "| {} | {} | {:.2} | {:.1} | {per_peer} |",
                 r.peers,
                 r.size,
                 r.setup_secs,
                 r.rss as f64 / (1 << 20) as f64,
-                r.rss_growth as f64 / (1 << 20) as f64,
-                r.rss_growth as f64 / r.peers as f64
             )?;
         }
         if let Some((&base, more)) = o.peers.split_first().filter(|(_, m)| !m.is_empty()) {
