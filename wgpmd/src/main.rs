@@ -365,10 +365,12 @@ fn main() -> ExitCode {
                     let bad: u64 = report
                         .results
                         .iter()
-                        .flat_map(|r| r.measured().map(|(_, m)| m.lost + m.verify_failed).collect::<Vec<_>>())
+                        .flat_map(|r| {
+                            r.measured().map(|(_, m)| m.lost + m.verify_failed + m.out_of_order).collect::<Vec<_>>()
+                        })
                         .sum();
                     if bad > 0 {
-                        eprintln!("wgpmd: {bad} packet(s) lost or damaged");
+                        eprintln!("wgpmd: {bad} packet(s) lost, damaged or out of order");
                         return ExitCode::FAILURE;
                     }
                     ExitCode::SUCCESS

@@ -39,8 +39,8 @@ use rand_core::OsRng;
 
 use super::cpu::{self, ThreadClock};
 use super::{BenchError, Direction, Measurement};
-use crate::wan::{Classified, Outer, Wan, WanAddr};
 use crate::daemon::Shared;
+use crate::wan::{Classified, Outer, Wan, WanAddr};
 use rand_core::RngCore;
 use wgpmd_proto::crypto::Secret;
 use wgpmd_proto::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, DEFAULT_TUNNEL_MTU, KEY_LEN, MESSAGE_DATA};
@@ -464,7 +464,7 @@ impl Generator {
             self.m.verify_failed += 1;
             return;
         }
-                if len == DATA_MIN_LEN {
+        if len == DATA_MIN_LEN {
             self.keepalive_in(i, b);
         } else if self.measures(Direction::Tx) {
             self.data_in(i, counter, b);
@@ -621,7 +621,8 @@ impl Generator {
     fn drain(&mut self, chunk: &mut Chunk) -> Result<(), BenchError> {
         let total: u64 = chunk.rx.iter().chain(&chunk.tx).map(|q| q.len() as u64).sum();
         // A worker takes at most a burst from each input ring per iteration.
-        let rings = usize::from(chunk.rx.iter().any(|q| !q.is_empty())) + usize::from(chunk.tx.iter().any(|q| !q.is_empty()));
+        let rings =
+            usize::from(chunk.rx.iter().any(|q| !q.is_empty())) + usize::from(chunk.tx.iter().any(|q| !q.is_empty()));
         let delivered_before = self.m.packets;
         let workers = self.workers.len();
         // Per worker: (CPU ns, wall ns since t0, backlog) at its first and last busy sample.
@@ -744,5 +745,30 @@ mod tests {
         assert_eq!(matches(&t, &t[..63]), None);
         assert_eq!(endpoint_ip(0), Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(inner_ip(256), Ipv4Addr::new(100, 64, 1, 2));
+    }
+
+    #[test]
+    fn stride_visits_every_peer_once_per_round() {
+        for n in [1, 2, 16, 1000, 65_536, 100_000] {
+            let s = stride(n);
+            let mut seen = vec![false; n];
+            for k in 0..n {
+                let i = k * s % n;
+                assert!(!seen[i], "n {n}: peer {i} twice");
+                seen[i] = true;
+            }
+            if n > 2 {
+                assert!(s > 1, "n {n}: stride {s} is not scattered");
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints_are_distinct_and_share_few_addresses() {
+        assert_eq!(endpoint(0), SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), FIRST_PORT));
+        assert_eq!(endpoint(PORTS_PER_ADDR), SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), FIRST_PORT));
+        let last = endpoint(super::super::MAX_PEERS - 1);
+        assert!(last.port() < FIRST_PORT + PORTS_PER_ADDR as u16);
+        assert!(u32::from(*last.ip()) < u32::from(CONC_IP) + 64, "{last}");
     }
 }

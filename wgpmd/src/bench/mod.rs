@@ -231,7 +231,9 @@ pub struct SizeResult {
 impl SizeResult {
     /// The measurements taken, with their names in the report.
     pub fn measured(&self) -> impl Iterator<Item = (&'static str, &Measurement)> {
-        [("rx", &self.rx), ("tx", &self.tx), ("rx+tx", &self.duplex)].into_iter().filter_map(|(d, m)| Some((d, m.as_ref()?)))
+        [("rx", &self.rx), ("tx", &self.tx), ("rx+tx", &self.duplex)]
+            .into_iter()
+            .filter_map(|(d, m)| Some((d, m.as_ref()?)))
     }
 }
 
@@ -530,7 +532,9 @@ impl fmt::Display for Report {
         for r in &self.results {
             let base = self.results.iter().find(|b| b.size == r.size && b.peers == o.peers[0]);
             let per_peer = match base {
-                Some(b) if r.peers > b.peers => format!("{:.0}", r.rss.saturating_sub(b.rss) as f64 / (r.peers - b.peers) as f64),
+                Some(b) if r.peers > b.peers => {
+                    format!("{:.0}", r.rss.saturating_sub(b.rss) as f64 / (r.peers - b.peers) as f64)
+                }
                 _ => "—".into(),
             };
             writeln!(
@@ -546,7 +550,11 @@ impl fmt::Display for Report {
             writeln!(f)?;
             writeln!(f, "scale: Mpps/core at each peer count / at {base} peers, same run")?;
             writeln!(f)?;
-            writeln!(f, "| size | dir | {base} peers | {} |", more.iter().map(|n| format!("{n} peers | ratio")).collect::<Vec<_>>().join(" | "))?;
+            writeln!(
+                f,
+                "| size | dir | {base} peers | {} |",
+                more.iter().map(|n| format!("{n} peers | ratio")).collect::<Vec<_>>().join(" | ")
+            )?;
             writeln!(f, "|---:|---|---:|{}", "---:|---:|".repeat(more.len()))?;
             for &size in &o.sizes {
                 let at = |n: usize| self.results.iter().find(|r| r.size == size && r.peers == n);
@@ -556,7 +564,9 @@ impl fmt::Display for Report {
                     let cells: Vec<String> = more
                         .iter()
                         .map(|&n| {
-                            let x = at(n).and_then(|r| r.measured().find(|(d, _)| *d == dir)).map(|(_, m)| m.mpps_per_core());
+                            let x = at(n)
+                                .and_then(|r| r.measured().find(|(d, _)| *d == dir))
+                                .map(|(_, m)| m.mpps_per_core());
                             format!("{} | {}", rate(x), x.map_or("—".into(), |x| ratio(x, Some(b_mpps))))
                         })
                         .collect();
