@@ -71,6 +71,9 @@ const STALL_WALL: Duration = Duration::from_secs(30);
 /// Time allowed for the workers to start (and, plus 100 µs per peer, to load the peers).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a pipeline measures on its installed sessions (REKEY_AFTER_TIME is 120 s).
+const SESSION_BUDGET: Duration = Duration::from_secs(110);
+
 /// Smallest inner packet: IPv4 (20) + UDP (8) + peer number (4) + sequence number (8).
 pub const MIN_SIZE: usize = 40;
 /// Where the sequence number sits in an inner packet.
@@ -586,6 +589,14 @@ impl Generator {
         self.m = Measurement::default();
         self.measuring = Some(dir);
         let r = loop {
+            // The sessions were installed once, at `epoch`: past REKEY_AFTER_TIME the
+            // concentrator would start handshakes, past REJECT_AFTER_TIME drop packets.
+            if self.epoch.elapsed() > SESSION_BUDGET {
+                break Err(BenchError::Run(format!(
+                    "the sessions are {:?} old (they rekey at 120 s): fewer --seconds or directions",
+                    self.epoch.elapsed()
+                )));
+            }
             let mut c = self.build(dir, chunk)?;
             if let Err(e) = self.drain(&mut c) {
                 break Err(e);

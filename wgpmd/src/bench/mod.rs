@@ -45,8 +45,11 @@ use wgpmd_proto::messages::DEFAULT_TUNNEL_MTU;
 
 /// Most peers per run (2^20; the device's own limit is higher).
 pub const MAX_PEERS: usize = 1 << 20;
-/// Longest measurement: sessions must not reach REJECT_AFTER_TIME (180 s) within one size.
+/// Longest measurement.
 pub const MAX_SECONDS: f64 = 60.0;
+/// Longest measuring per size and peer count (all directions): the sessions are installed
+/// once and must not reach REKEY_AFTER_TIME (120 s), setup and warm-ups included.
+pub const MAX_SECONDS_PER_SIZE: f64 = 60.0;
 
 /// Which way packets cross the concentrator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,15 @@ impl BenchOptions {
         }
         if self.directions.is_empty() {
             return bad("no direction to measure".into());
+        }
+        // One concentrator serves all directions of a size: its sessions (installed, not
+        // renegotiated) must not reach REKEY_AFTER_TIME, 120 s, meanwhile.
+        if self.seconds * self.directions.len() as f64 > MAX_SECONDS_PER_SIZE {
+            return bad(format!(
+                "--seconds {} × {} direction(s): at most {MAX_SECONDS_PER_SIZE} s per size",
+                self.seconds,
+                self.directions.len()
+            ));
         }
         Ok(())
     }
