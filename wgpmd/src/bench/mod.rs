@@ -146,7 +146,7 @@ pub enum BenchError {
     /// The concentrator did not start or failed.
     #[error("concentrator: {0}")]
     Daemon(#[from] DaemonError),
-    /// The run went wrong (handshakes, a stalled worker, ...).
+    /// The run went wrong (setup, a stalled worker, ...).
     #[error("{0}")]
     Run(String),
 }
@@ -167,12 +167,12 @@ pub struct Measurement {
     pub verify_failed: u64,
     /// Packets out of order within a peer (rx: sequence number; tx: WireGuard counter).
     pub out_of_order: u64,
-    /// Keepalives from the concentrator (expected: one per peer after its handshake, and
-    /// after 10 s of receiving without sending).
+    /// Keepalives from the concentrator (expected only after 10 s of receiving without
+    /// sending).
     pub keepalives: u64,
     /// Any other frame (ARP requests are answered and not counted here).
     pub other_frames: u64,
-    /// Generator control frames (ARP replies, handshakes) the WAN ring refused.
+    /// Generator control frames (ARP replies) the WAN ring refused.
     pub control_dropped: u64,
     /// Chunks measured.
     pub chunks: u32,
