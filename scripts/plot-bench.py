@@ -4,7 +4,7 @@ in the same run (ring's raw AEAD, boringtun), per packet size and direction.
 
     python3 scripts/plot-bench.py docs/bench/wgpmd-bench.txt docs/bench/wgpmd-bench.png
 
-The input is what `wgpmd bench` printed (its table lines `| size | dir | Mpps/core | ...`), kept
+The input is what `wgpmd bench` printed (its table lines `| peers | size | dir | Mpps/core | ...`), kept
 as it was; the machine line of the same output goes into the title. Needs matplotlib (Debian:
 python3-matplotlib).
 """
@@ -32,8 +32,10 @@ def parse(text):
         if not line.startswith("|"):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == "size":
-            header = cells
+        if cells[0] in ("size", "peers"):
+            # The rates table (older output has no peers column); the setup and scale tables
+            # that follow it are not plotted.
+            header = cells if "Mpps/core" in cells else None
             continue
         if header is None or not cells[0].isdigit():
             continue
@@ -49,7 +51,8 @@ def main():
     src, out = sys.argv[1], sys.argv[2]
     with open(src, encoding="utf-8") as f:
         rows, machine = parse(f.read())
-    labels = [f"{r['size']} B {r['dir']}" for r in rows]
+    counts = {r.get("peers") for r in rows}
+    labels = [(f"{r['peers']} peers, " if len(counts) > 1 else "") + f"{r['size']} B {r['dir']}" for r in rows]
     series = [
         ("wgpmd pipeline (per worker core)", "Mpps/core", "#1f77b4"),
         ("ring AEAD only (open / seal)", "ring AEAD Mpps", "#bbbbbb"),

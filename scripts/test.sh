@@ -193,6 +193,8 @@ if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches
     echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
     target/release/wgpmd bench --quick
+    echo "== wgpmd bench --quick --peers 16,100000 (cheap peers at scale; rates compared in the same run; fails on lost, damaged or reordered packets)"
+    target/release/wgpmd bench --quick --peers 16,100000 --sizes 64 --no-references
     echo "== wgpmd bench --flood --quick (handshake storm and flood through the worker pipeline; fails on lost or damaged packets, unanswered handshakes, incomplete rekeys)"
     target/release/wgpmd bench --flood --quick
     # DPDK: the backend's per-packet cost next to raw rx/tx bursts (net_ring, --no-huge).

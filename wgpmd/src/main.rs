@@ -87,6 +87,10 @@ enum DirectionArg {
     Rx,
     /// Inner to WAN: the workers encrypt.
     Tx,
+    /// Both at once (each chunk half rx, half tx).
+    Duplex,
+    /// rx, then tx, then both at once.
+    All,
 }
 
 // Parsed once at start: the size of the largest variant costs nothing.
@@ -98,9 +102,10 @@ enum Cmd {
     /// Measure the full worker pipeline over mem ports with a built-in traffic generator,
     /// next to raw AEAD and boringtun timed in the same run.
     Bench {
-        /// Simulated peers (default 16; 4 with --quick).
-        #[arg(long)]
-        peers: Option<usize>,
+        /// Simulated peers (default 16; 4 with --quick); several counts (`16,1000000`) are
+        /// measured one after the other and compared. With --flood: one count.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<usize>,
         /// Inner packet sizes in bytes.
         #[arg(long, value_delimiter = ',', default_value = "64,512,1420")]
         sizes: Vec<usize>,
@@ -345,16 +350,24 @@ fn main() -> ExitCode {
         packet_rate: cli.log_packet_rate,
     });
     match cli.cmd {
-        Cmd::Bench { flood: true, peers, seconds, quick, rate, .. } => flood_bench(peers, seconds, quick, rate),
+        Cmd::Bench { flood: true, peers, seconds, quick, rate, .. } => {
+            if peers.len() > 1 {
+                eprintln!("wgpmd: bench --flood takes one --peers count");
+                return ExitCode::FAILURE;
+            }
+            flood_bench(peers.first().copied(), seconds, quick, rate)
+        }
         Cmd::Bench { peers, sizes, seconds, workers, direction, quick, verify_every, no_references, .. } => {
             let base = if quick { BenchOptions::quick() } else { BenchOptions::full() };
             let opts = BenchOptions {
-                peers: peers.unwrap_or(base.peers),
+                peers: if peers.is_empty() { base.peers } else { peers },
                 sizes,
                 seconds: seconds.unwrap_or(base.seconds),
                 workers,
                 directions: match direction {
                     DirectionArg::Both => vec![Direction::Rx, Direction::Tx],
+                    DirectionArg::Duplex => vec![Direction::Duplex],
+                    DirectionArg::All => vec![Direction::Rx, Direction::Tx, Direction::Duplex],
                     DirectionArg::Rx => vec![Direction::Rx],
                     DirectionArg::Tx => vec![Direction::Tx],
                 },
@@ -367,12 +380,12 @@ fn main() -> ExitCode {
                     let bad: u64 = report
                         .results
                         .iter()
-                        .flat_map(|r| [&r.rx, &r.tx])
-                        .flatten()
-                        .map(|m| m.lost + m.verify_failed)
+                        .flat_map(|r| {
+                            r.measured().map(|(_, m)| m.lost + m.verify_failed + m.out_of_order).collect::<Vec<_>>()
+                        })
                         .sum();
                     if bad > 0 {
-                        eprintln!("wgpmd: {bad} packet(s) lost or damaged");
+                        eprintln!("wgpmd: {bad} packet(s) lost, damaged or out of order");
                         return ExitCode::FAILURE;
                     }
                     ExitCode::SUCCESS

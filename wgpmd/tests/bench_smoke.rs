@@ -23,7 +23,7 @@ fn check(what: &str, m: &Measurement) {
 #[test]
 fn quick_bench_moves_every_packet_intact_both_ways() {
     let opts = BenchOptions {
-        peers: 4,
+        peers: vec![4],
         sizes: vec![64, 1420],
         seconds: 0.02,
         workers: 1,
@@ -44,6 +44,34 @@ fn quick_bench_moves_every_packet_intact_both_ways() {
     let table = report.to_string();
     assert!(table.contains("| 1420 | tx |"), "{table}");
     assert!(table.contains("lost, damaged or out of order: 0"), "{table}");
+
+    // Two peer counts in one run, both directions at once: every peer of the larger count gets
+    // traffic (the order visits each once per round), nothing lost or damaged, and the report
+    // compares the counts.
+    let scale = BenchOptions {
+        peers: vec![4, 3000],
+        sizes: vec![64],
+        directions: vec![Direction::Duplex],
+        references: false,
+        ..opts.clone()
+    };
+    let report = bench::run(&scale).unwrap_or_else(|e| panic!("bench failed: {e}"));
+    assert_eq!(report.results.len(), 2);
+    for r in &report.results {
+        let m = r.duplex.as_ref().expect("duplex measured");
+        check(&format!("{} peers duplex", r.peers), m);
+        assert!(r.rx.is_none() && r.tx.is_none());
+        assert!(r.rss > 0, "RSS read");
+    }
+    let big = &report.results[1];
+    assert_eq!(big.peers, 3000);
+    assert!(big.duplex.as_ref().unwrap().sent >= 3000, "a chunk per direction covers every peer: {big:?}");
+    let table = report.to_string();
+    assert!(table.contains("| 3000 | 64 | rx+tx |"), "{table}");
+    assert!(table.contains("| size | dir | 4 peers | 3000 peers | ratio |"), "{table}");
+    assert!(table.contains("lost, damaged or out of order: 0"), "{table}");
+    let bad = BenchOptions { peers: vec![4, 0], ..scale };
+    assert!(bench::run(&bad).unwrap_err().to_string().contains("--peers 0"));
 
     // Bad options are refused with the option's name.
     let bad = BenchOptions { sizes: vec![20], ..opts.clone() };

@@ -524,6 +524,40 @@ impl Device {
         Ok(id)
     }
 
+    /// **Benchmarks only** (feature `bench`; nothing on the wire reaches it): give peer `id` a
+    /// current session with the transport keys `send` and `recv`, as if we had initiated a
+    /// handshake and received its response, without the handshake. `remote_index` is what we put
+    /// in the receiver field of what we send. Returns our receiver index for it (a fresh random
+    /// one in the index table, as a handshake would take). The keypair is installed exactly as a
+    /// completed handshake installs it (index table, the peer's keypair slots, the identity's
+    /// generation), so the data path finds and uses it as any other; no timers are armed (the
+    /// session's age limits still apply when the peer next sends or receives).
+    ///
+    /// `wgpmd bench` sets up a million peers with it: a real handshake per peer would measure
+    /// the handshake path, not the data path at that scale.
+    #[cfg(feature = "bench")]
+    pub fn bench_install_session<R: RngCore + CryptoRng>(
+        &self,
+        rng: &mut R,
+        id: PeerId,
+        send: &Secret,
+        recv: &Secret,
+        remote_index: u32,
+        now: Timestamp,
+    ) -> Result<u32, ConfigError> {
+        let peer = self.peer(id).ok_or(ConfigError::NoSuchPeer)?.clone();
+        let local = self.index.insert_new(rng, IndexEntry::Handshake(id));
+        let kp = Arc::new(Keypair::new(send, recv, local, remote_index, true, now).with_generation(self.generation()));
+        if !self.index.replace(local, IndexEntry::Keypair(id, kp.clone())) {
+            return Err(ConfigError::NoSuchPeer);
+        }
+        for idx in peer.keypairs.install(kp).iter() {
+            self.index.remove(idx);
+        }
+        peer.handshake_wanted.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(local)
+    }
+
     /// Remove a peer with its allowed IPs, sessions and indices.
     pub fn remove_peer(&mut self, id: PeerId) -> Result<(), ConfigError> {
         let peer = self.peer(id).ok_or(ConfigError::NoSuchPeer)?.clone();

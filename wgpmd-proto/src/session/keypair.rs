@@ -175,6 +175,14 @@ impl Keypair {
         kp
     }
 
+    /// This keypair, stamped with identity generation `generation` (a session installed without
+    /// a handshake must carry the device's current one to seal).
+    #[cfg(feature = "bench")]
+    pub(crate) fn with_generation(mut self, generation: u64) -> Self {
+        self.send.generation = generation;
+        self
+    }
+
     /// The identity generation the handshake was made under (0 for [`Keypair::new`]).
     #[inline]
     pub fn generation(&self) -> u64 {

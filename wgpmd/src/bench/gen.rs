@@ -1,24 +1,36 @@
-//! The traffic generator: N simulated peers, each a [`Device`] of its own with the
-//! concentrator as its one peer, on the far ends of the daemon's WAN and inner `mem` ports.
+//! The traffic generator: N simulated peers on the far ends of the daemon's WAN and inner
+//! `mem` ports, each the other end of a real session with the concentrator.
 //!
-//! It answers the daemon's ARP requests, completes a handshake per peer, then measures in
-//! chunks: a chunk of packets is built untimed (rx: inner packets encrypted by the peers'
-//! devices and framed as the WAN would carry them; tx: plain inner packets to the peers'
-//! allowed IPs), then released into the daemon's queues while the workers' CPU clocks and the
-//! wall clock run, until every packet has come out the other side. Building ahead is what lets
-//! one generator thread keep a worker saturated: encrypting on the fly would cost it as much as
-//! the worker spends decrypting, and an idle busy-polling worker still burns CPU time.
+//! Peers are created cheaply so that N can reach a million: each has a random public key
+//! (configured on the concentrator with an endpoint and one /32 allowed IP) and two random
+//! transport keys; the concentrator's side of the session is installed with
+//! [`Device::bench_install_session`](wgpmd_proto::device::Device::bench_install_session), the
+//! generator's side is a [`Keypair`] with the keys swapped. No handshake is done: the bench
+//! measures the data path. Every packet still takes the real lookups (rx: receiver index,
+//! then the allowed IPs of its source; tx: allowed IPs, the peer's endpoint, its neighbour)
+//! and real ChaCha20-Poly1305 both ways.
+//!
+//! It answers the daemon's ARP requests, then measures in chunks: a chunk of packets is built
+//! untimed (rx: inner packets sealed with the peers' keypairs and framed as the WAN would carry
+//! them; tx: plain inner packets to the peers' allowed IPs; duplex: half of each), then
+//! released into the daemon's queues while the workers' CPU clocks and the wall clock run,
+//! until every packet has come out the other side. Building ahead is what lets one generator
+//! thread keep a worker saturated: encrypting on the fly would cost it as much as the worker
+//! spends decrypting, and an idle busy-polling worker still burns CPU time.
+//! Packets visit the peers in a fixed scattered order ([`stride`]): every peer once per N
+//! packets.
 //!
 //! A chunk is smaller than a ring, so no ring can overflow: every packet that goes in must come
 //! out, and one that does not is counted lost.
 //! Every packet is checked: rx packets byte for byte against what the peer sealed, with its
-//! per-peer sequence number; tx frames by their WireGuard counter (increasing per peer), and
-//! every `verify_every`-th one is decrypted by its peer's device and compared.
+//! per-peer sequence number; tx frames by their receiver index (the right peer, sent to its
+//! endpoint) and WireGuard counter (increasing per peer), and every `verify_every`-th one is
+//! opened with its peer's keypair and compared.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nic_backends::mem::MemQueue;
@@ -27,10 +39,12 @@ use rand_core::OsRng;
 
 use super::cpu::{self, ThreadClock};
 use super::{BenchError, Direction, Measurement};
+use crate::daemon::Shared;
 use crate::wan::{Classified, Outer, Wan, WanAddr};
-use wgpmd_proto::crypto::PrivateKey;
-use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
-use wgpmd_proto::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, KEY_LEN, MESSAGE_DATA};
+use rand_core::RngCore;
+use wgpmd_proto::crypto::Secret;
+use wgpmd_proto::messages::{DATA_HEADER_LEN, DATA_MIN_LEN, DEFAULT_TUNNEL_MTU, KEY_LEN, MESSAGE_DATA};
+use wgpmd_proto::session::Keypair;
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::wire::wireguard::TransportData;
 use wgpmd_proto::wire::{ipv4, EthernetAddress};
@@ -49,15 +63,16 @@ const PACE: Duration = Duration::from_micros(16);
 const WARMUP: usize = 2048;
 /// Packets moved per ring operation.
 const BURST: usize = 32;
-/// Handshakes in flight at most (the daemon goes "under load" at 512 queued).
-const HANDSHAKES_IN_FLIGHT: usize = 64;
 /// A chunk that makes no progress while the workers run for this long (CPU time) counts what
 /// is missing as lost: a worker that gets no CPU (a loaded machine) is slow, not lossy.
 const STALL_CPU_NS: u64 = 500_000_000;
 /// ... or for this long in any case.
 const STALL_WALL: Duration = Duration::from_secs(30);
-/// Time allowed for the workers to start and for all handshakes.
+/// Time allowed for the workers to start (and, plus 100 µs per peer, to load the peers).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a pipeline measures on its installed sessions (REKEY_AFTER_TIME is 120 s).
+const SESSION_BUDGET: Duration = Duration::from_secs(110);
 
 /// Smallest inner packet: IPv4 (20) + UDP (8) + peer number (4) + sequence number (8).
 pub const MIN_SIZE: usize = 40;
@@ -84,6 +99,13 @@ pub(crate) fn inner_ip(i: usize) -> Ipv4Addr {
 /// sequence number, then a pattern that depends on the peer.
 pub(super) fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize, peer: u32) -> Vec<u8> {
     let mut p = vec![0u8; len];
+    write_inner_packet(&mut p, src, dst, peer);
+    p
+}
+
+/// [`inner_packet`] into `p` (all of it: its length is the packet's; `p` must be zeroed).
+pub(super) fn write_inner_packet(p: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, peer: u32) {
+    let len = p.len();
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     p[6] = 0x40;
@@ -99,7 +121,6 @@ pub(super) fn inner_packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize, peer: u32) 
     for (i, b) in p[SEQ.end..].iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(31) ^ peer as u8;
     }
-    p
 }
 
 /// Whether `p` is `template` with some sequence number; returns it.
@@ -110,18 +131,10 @@ pub(super) fn matches(template: &[u8], p: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(p[SEQ].try_into().ok()?))
 }
 
+/// One simulated peer: the far end of its session with the concentrator (a real keypair: it
+/// seals what the peer sends and opens what the concentrator sends), and the checks' state.
 struct GenPeer {
-    dev: Device,
-    /// The concentrator, as a peer of `dev`.
-    conc: PeerId,
-    endpoint: SocketAddrV4,
-    queue: usize,
-    rx_template: Vec<u8>,
-    tx_template: Vec<u8>,
-    started: bool,
-    completed: bool,
-    /// Our probe came out of the concentrator's inner port: its session is confirmed too.
-    confirmed: bool,
+    kp: Keypair,
     rx_next_seq: u64,
     rx_expect: u64,
     tx_next_seq: u64,
@@ -129,9 +142,39 @@ struct GenPeer {
     tx_last_counter: Option<u64>,
 }
 
+/// Peer `i`'s WAN endpoint: peers share addresses (as behind a carrier NAT), `PORTS_PER_ADDR`
+/// ports each, so the concentrator's neighbour table holds a few entries even at 1M peers.
+pub(crate) fn endpoint(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(endpoint_ip(i / PORTS_PER_ADDR), FIRST_PORT + (i % PORTS_PER_ADDR) as u16)
+}
+/// Source ports per endpoint address.
+const PORTS_PER_ADDR: usize = 50_000;
+const FIRST_PORT: u16 = 10_000;
+
+/// The order packets visit the peers: packet k of a direction goes to peer `k * stride mod n`,
+/// with the stride coprime to n and near n / golden ratio, so n packets in a row visit every
+/// peer once and neighbours in the sequence are far apart in the tables.
+pub(crate) fn stride(n: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut s = ((n as f64 * 0.618_033_988_75) as usize).max(1);
+    while gcd(s, n) != 1 {
+        s += 1;
+    }
+    s
+}
+
 /// The generator, run on a thread of its own.
 pub(crate) struct Generator {
     peers: Vec<GenPeer>,
+    stride: usize,
+    /// Packets built so far per direction (rx, tx): where the peer order continues.
+    cursor: [u64; 2],
     wan: Vec<MemQueue>,
     inner: Vec<MemQueue>,
     pool: Pool,
@@ -139,9 +182,9 @@ pub(crate) struct Generator {
     conc_mac: EthernetAddress,
     conc: SocketAddrV4,
     epoch: Instant,
-    out: Output,
     rxv: Vec<Buffer>,
     staging: Vec<Buffer>,
+    scratch: Vec<u8>,
     ident: u16,
     workers: Vec<ThreadClock>,
     daemon_done: Arc<AtomicBool>,
@@ -152,14 +195,35 @@ pub(crate) struct Generator {
     m: Measurement,
 }
 
+/// One peer's session keys and public key, made by the bench; the concentrator gets the
+/// same session through [`wgpmd_proto::device::Device::bench_install_session`].
+pub(crate) struct PeerSeed {
+    pub public_key: [u8; KEY_LEN],
+    /// Concentrator → peer.
+    pub down: Secret,
+    /// Peer → concentrator.
+    pub up: Secret,
+}
+
+impl PeerSeed {
+    pub fn random() -> PeerSeed {
+        let mut k = [[0u8; KEY_LEN]; 3];
+        for k in &mut k {
+            OsRng.fill_bytes(k);
+        }
+        PeerSeed { public_key: k[0], down: Secret(k[1]), up: Secret(k[2]) }
+    }
+}
+
 /// What the generator needs to start.
 pub(crate) struct Setup {
     pub wan: Vec<MemQueue>,
     pub inner: Vec<MemQueue>,
     pub mac: [u8; 6],
     pub conc_mac: [u8; 6],
-    pub conc_public: [u8; KEY_LEN],
-    pub keys: Vec<PrivateKey>,
+    /// The running daemon's shared state, set once it has loaded its configuration.
+    pub probe: Arc<OnceLock<Arc<Shared>>>,
+    pub seeds: Vec<PeerSeed>,
     pub size: usize,
     pub verify_every: u64,
     pub daemon_done: Arc<AtomicBool>,
@@ -168,31 +232,37 @@ pub(crate) struct Setup {
 }
 
 impl Generator {
+    /// Wait for the daemon to load its peers, give each a session on both sides, and find
+    /// the daemon's worker threads.
     pub fn new(s: Setup) -> Result<Generator, BenchError> {
         let workers = s.wan.len();
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let conc = SocketAddrV4::new(CONC_IP, PORT);
-        let mut peers = Vec::with_capacity(s.keys.len());
-        for (i, key) in s.keys.into_iter().enumerate() {
-            let mut dev = Device::new(&mut OsRng, wall);
-            dev.set_private_key(Some(key));
-            let setup = |e: wgpmd_proto::device::ConfigError| BenchError::Run(format!("generator peer {i}: {e}"));
-            let id = dev.add_peer(&mut OsRng, s.conc_public).map_err(setup)?;
-            dev.set_endpoint(id, SocketAddr::V4(conc)).map_err(setup)?;
-            dev.add_allowed_ip(id, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).map_err(setup)?;
+        let n = s.seeds.len();
+        // Loading the configuration takes about a microsecond or two per peer.
+        let timeout = SETUP_TIMEOUT + Duration::from_micros(100 * n as u64);
+        let deadline = Instant::now() + timeout;
+        let shared = loop {
+            if let Some(sh) = s.probe.get() {
+                break sh.clone();
+            }
+            if s.daemon_done.load(Ordering::Relaxed) {
+                return Err(BenchError::Run("the daemon stopped".into()));
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Run(format!("the daemon did not load {n} peers within {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let epoch = Instant::now();
+        let dev = shared.data.device.load_full();
+        let mut peers = Vec::with_capacity(n);
+        for (i, seed) in s.seeds.into_iter().enumerate() {
+            let missing = |e: String| BenchError::Run(format!("peer {i}: {e}"));
+            let id = dev.peer_by_key(&seed.public_key).ok_or_else(|| missing("not configured".into()))?;
+            let conc_index = dev
+                .bench_install_session(&mut OsRng, id, &seed.down, &seed.up, i as u32, shared.data.clock.now())
+                .map_err(|e| missing(e.to_string()))?;
             peers.push(GenPeer {
-                dev,
-                conc: id,
-                endpoint: SocketAddrV4::new(endpoint_ip(i), PORT),
-                queue: i % workers,
-                rx_template: inner_packet(inner_ip(i), HOST_IP, s.size, i as u32),
-                tx_template: inner_packet(HOST_IP, inner_ip(i), s.size, i as u32),
-                started: false,
-                completed: false,
-                confirmed: false,
+                kp: Keypair::new(&seed.up, &seed.down, i as u32, conc_index, false, Timestamp::from_nanos(1)),
                 rx_next_seq: 0,
                 rx_expect: 0,
                 tx_next_seq: 0,
@@ -200,6 +270,8 @@ impl Generator {
                 tx_last_counter: None,
             });
         }
+        drop(dev);
+        drop(shared);
         let mut clocks = Vec::with_capacity(workers);
         for w in 0..workers {
             let name = format!("wgpmd-w{w}");
@@ -210,17 +282,19 @@ impl Generator {
         let pool = Pool::new("bench-gen", CHUNK + 4 * BURST * workers + 1024)
             .map_err(|e| BenchError::Run(format!("generator buffer pool: {e}")))?;
         Ok(Generator {
+            stride: stride(peers.len()),
             peers,
+            cursor: [0; 2],
             wan: s.wan,
             inner: s.inner,
             pool,
             mac: EthernetAddress(s.mac),
             conc_mac: EthernetAddress(s.conc_mac),
-            conc,
-            epoch: Instant::now(),
-            out: Output::with_capacity(64),
+            conc: SocketAddrV4::new(CONC_IP, PORT),
+            epoch,
             rxv: Vec::with_capacity(BURST),
             staging: Vec::with_capacity(BURST),
+            scratch: Vec::with_capacity(DEFAULT_TUNNEL_MTU),
             ident: 0,
             workers: clocks,
             daemon_done: s.daemon_done,
@@ -242,9 +316,8 @@ impl Generator {
         Ok(())
     }
 
-    /// Handshakes for every peer (the peers initiate), then the measurements asked for.
+    /// The measurements asked for, each after an untimed warm-up chunk.
     pub fn run(&mut self, directions: &[Direction], seconds: Duration) -> Result<Vec<Measurement>, BenchError> {
-        self.handshakes()?;
         let mut results = Vec::new();
         for &dir in directions {
             let warm = self.measure(dir, Duration::ZERO, WARMUP)?;
@@ -259,53 +332,21 @@ impl Generator {
         Ok(results)
     }
 
-    fn handshakes(&mut self) -> Result<(), BenchError> {
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        let mut next = 0;
-        loop {
-            let in_flight = self.peers.iter().filter(|p| p.started && !p.confirmed).count();
-            let mut room = HANDSHAKES_IN_FLIGHT.saturating_sub(in_flight);
-            while room > 0 && next < self.peers.len() {
-                let now = self.now();
-                let p = &mut self.peers[next];
-                p.started = true;
-                p.dev
-                    .initiate(now, &mut OsRng, p.conc, &mut self.out)
-                    .map_err(|e| BenchError::Run(format!("peer {next}: initiation: {e}")))?;
-                self.send_transmits(next);
-                next += 1;
-                room -= 1;
-            }
-            if self.poll() == 0 {
-                std::thread::sleep(Duration::from_micros(20));
-            }
-            let confirmed = self.peers.iter().filter(|p| p.confirmed).count();
-            if confirmed == self.peers.len() {
-                return Ok(());
-            }
-            self.daemon_gone()?;
-            if Instant::now() > deadline {
-                let completed = self.peers.iter().filter(|p| p.completed).count();
-                return Err(BenchError::Run(format!(
-                    "handshakes: {completed} of {} peers got a response and {confirmed} a keepalive within {SETUP_TIMEOUT:?}",
-                    self.peers.len()
-                )));
-            }
-        }
+    /// Whether the current measurement counts packets going `dir`.
+    fn measures(&self, dir: Direction) -> bool {
+        matches!(self.measuring, Some(m) if m == dir || m == Direction::Duplex)
     }
 
-    /// Frame and send what the peer's device put in `out.transmits` (handshakes, keepalives).
-    fn send_transmits(&mut self, peer: usize) {
-        let transmits: Vec<_> = self.out.transmits.drain(..).collect();
-        self.out.clear();
-        for t in transmits {
-            let Some(mut b) = self.pool.alloc() else { continue };
-            let Ok(d) = b.append(t.payload().len()) else { continue };
-            d.copy_from_slice(t.payload());
-            if let Some(b) = self.frame(b, self.peers[peer].endpoint) {
-                self.send_now(self.peers[peer].queue, b);
-            }
-        }
+    /// Peer `i`'s inner packet for `dir` (rx: from the peer to the host; tx: the other way),
+    /// with sequence number 0, into `self.scratch`.
+    fn template(&mut self, dir: Direction, i: usize) {
+        let (src, dst) = match dir {
+            Direction::Tx => (HOST_IP, inner_ip(i)),
+            _ => (inner_ip(i), HOST_IP),
+        };
+        self.scratch.clear();
+        self.scratch.resize(self.size, 0);
+        write_inner_packet(&mut self.scratch, src, dst, i as u32);
     }
 
     /// Put the outer Ethernet/IPv4/UDP headers of a frame from `from` to the concentrator.
@@ -357,23 +398,20 @@ impl Generator {
 
     /// A decrypted packet out of the daemon's inner port.
     fn inner_in(&mut self, b: &Buffer) {
-        let d = b.data();
-        if self.measuring != Some(Direction::Rx) {
-            // A setup probe confirms its peer's session; anything else is counted.
-            let peer = d.get(28..32).map(|p| u32::from_be_bytes(p.try_into().unwrap_or_default()) as usize);
-            match peer.and_then(|i| self.peers.get_mut(i)) {
-                Some(p) if p.completed && matches(&p.rx_template, d) == Some(u64::MAX) => p.confirmed = true,
-                _ => self.m.other_frames += 1,
-            }
+        if !self.measures(Direction::Rx) {
+            self.m.other_frames += 1;
             return;
         }
         self.m.packets += 1;
+        let d = b.data();
         let peer = d.get(28..32).map(|p| u32::from_be_bytes(p.try_into().unwrap_or_default()) as usize);
-        let Some(p) = peer.and_then(|i| self.peers.get_mut(i)) else {
+        let Some(i) = peer.filter(|&i| i < self.peers.len()) else {
             self.m.verify_failed += 1;
             return;
         };
-        match matches(&p.rx_template, d) {
+        self.template(Direction::Rx, i);
+        let p = &mut self.peers[i];
+        match matches(&self.scratch, b.data()) {
             Some(seq) => {
                 self.m.verified += 1;
                 if seq != p.rx_expect {
@@ -396,9 +434,8 @@ impl Generator {
         if ethertype == [8, 6] {
             // ARP: the target address sits at 38..42.
             let target = Ipv4Addr::new(d[38], d[39], d[40], d[41]);
-            let ours = self.peer_of(target).is_some();
             let peer = self.peer_wan(target);
-            if let (true, Ok(Classified::ArpRequest { .. })) = (ours, peer.classify(d, 0)) {
+            if let (true, Ok(Classified::ArpRequest { .. })) = (self.is_endpoint_addr(target), peer.classify(d, 0)) {
                 if let Some(len) = peer.arp_reply_in_place(b.data_mut()) {
                     b.truncate(len);
                     self.send_now(q, b);
@@ -408,11 +445,9 @@ impl Generator {
             self.m.other_frames += 1;
             return;
         }
-        let Some(i) = self.peer_of(target) else {
-            self.m.other_frames += 1;
-            return;
-        };
-        let Ok(Classified::WireGuard { src, offset, len, .. }) = self.peer_wan(target).classify(d, PORT) else {
+        // The concentrator's IPv4 headers have no options: the UDP destination port is at 36.
+        let port = u16::from_be_bytes([d[36], d[37]]);
+        let Ok(Classified::WireGuard { offset, len, .. }) = self.peer_wan(target).classify(d, port) else {
             self.m.other_frames += 1;
             return;
         };
@@ -420,12 +455,22 @@ impl Generator {
             return;
         }
         b.truncate(len);
-        if b.data().first() != Some(&MESSAGE_DATA) {
-            self.handshake_in(i, src, &b);
-        } else if len == DATA_MIN_LEN {
-            self.keepalive_in(i, src, b);
-        } else if self.measuring == Some(Direction::Tx) {
-            self.data_in(i, src, b);
+        let to = SocketAddrV4::new(target, port);
+        let msg = TransportData::new_checked(b.data()).ok().map(|t| (t.receiver_index() as usize, t.counter()));
+        let Some((i, counter)) = msg.filter(|&(i, _)| b.data()[0] == MESSAGE_DATA && i < self.peers.len()) else {
+            // Handshakes: none are expected (the sessions are installed, not negotiated).
+            self.m.other_frames += 1;
+            return;
+        };
+        if endpoint(i) != to {
+            // Sealed for peer i but sent to another peer's endpoint.
+            self.m.verify_failed += 1;
+            return;
+        }
+        if len == DATA_MIN_LEN {
+            self.keepalive_in(i, b);
+        } else if self.measures(Direction::Tx) {
+            self.data_in(i, counter, b);
         } else {
             self.m.other_frames += 1;
         }
@@ -436,97 +481,54 @@ impl Generator {
         Wan { mac: self.mac, v4: Some(WanAddr { addr: ip, prefix: 16, gateway: None }), v6: None, vlan: None }
     }
 
-    fn peer_of(&self, ip: Ipv4Addr) -> Option<usize> {
-        let i = u32::from(ip).checked_sub(u32::from(CONC_IP) + 1)? as usize;
-        (i < self.peers.len()).then_some(i)
+    fn is_endpoint_addr(&self, ip: Ipv4Addr) -> bool {
+        let addrs = self.peers.len().div_ceil(PORTS_PER_ADDR);
+        u32::from(ip).checked_sub(u32::from(CONC_IP) + 1).is_some_and(|k| (k as usize) < addrs)
     }
 
-    fn handshake_in(&mut self, i: usize, src: SocketAddr, b: &Buffer) {
+    fn keepalive_in(&mut self, i: usize, mut b: Buffer) {
         let now = self.now();
-        let p = &mut self.peers[i];
-        match p.dev.receive_handshake(now, &mut OsRng, src, b.data(), false, &mut self.out) {
-            Ok(HandshakeOutcome::Completed(_)) => {
-                p.completed = true;
-                self.send_transmits(i);
-                // Our first data message confirms the session on the concentrator's side. It
-                // sends nothing back then (the kernel's rule), so the probe is an inner packet:
-                // seeing it leave the inner port proves the concentrator took it on the new
-                // keypair, which is now its current one.
-                self.send_probe(i, now);
-                return;
-            }
-            Ok(_) => {}
-            Err(_) => self.m.other_frames += 1,
-        }
-        self.send_transmits(i);
-    }
-
-    /// Seal peer `i`'s rx template (sequence number u64::MAX) and send it to the concentrator.
-    fn send_probe(&mut self, i: usize, now: Timestamp) {
-        let size = self.size;
-        let Some(mut b) = self.pool.alloc() else { return };
-        let p = &mut self.peers[i];
-        let Ok(d) = b.append(size) else { return };
-        d.copy_from_slice(&p.rx_template);
-        d[SEQ].copy_from_slice(&u64::MAX.to_be_bytes());
-        let sealed = (|| {
-            b.prepend(DATA_HEADER_LEN).ok()?;
-            let e = p.dev.encapsulate_to(now, p.conc, b.data_and_tailroom_mut(), size, &mut self.out).ok()?;
-            b.set_len(e.len).ok()
-        })();
-        self.out.clear();
-        if sealed.is_none() {
-            return;
-        }
-        let (from, queue) = (p.endpoint, p.queue);
-        if let Some(b) = self.frame(b, from) {
-            self.send_now(queue, b);
-        }
-    }
-
-    fn keepalive_in(&mut self, i: usize, src: SocketAddr, mut b: Buffer) {
-        let now = self.now();
-        let p = &mut self.peers[i];
-        match p.dev.decapsulate(now, src, b.data_mut(), &mut self.out) {
-            Ok(d) if d.is_keepalive() => {
-                p.confirmed |= p.completed;
-                self.m.keepalives += 1;
-            }
+        match self.peers[i].kp.open(now, b.data_mut()) {
+            Ok(r) if r.is_empty() => self.m.keepalives += 1,
             _ => self.m.other_frames += 1,
         }
-        self.out.clear();
     }
 
     /// An encrypted tx-direction frame for peer `i`.
-    fn data_in(&mut self, i: usize, src: SocketAddr, mut b: Buffer) {
+    fn data_in(&mut self, i: usize, counter: u64, mut b: Buffer) {
         self.m.packets += 1;
         let sample = self.m.packets.is_multiple_of(self.verify_every);
         let now = self.now();
-        let p = &mut self.peers[i];
-        let counter = TransportData::new_checked(b.data()).ok().map(|d| d.counter());
-        if let (Some(c), Some(last)) = (counter, p.tx_last_counter) {
-            if c <= last {
+        {
+            let p = &mut self.peers[i];
+            if p.tx_last_counter.is_some_and(|last| counter <= last) {
                 self.m.out_of_order += 1;
             }
+            p.tx_last_counter = Some(counter);
         }
-        p.tx_last_counter = counter;
         if !sample {
             return;
         }
-        let ok = match p.dev.decapsulate(now, src, b.data_mut(), &mut self.out) {
-            Ok(d) => match b.data().get(d.range).and_then(|inner| matches(&p.tx_template, inner)) {
-                Some(seq) => {
-                    if p.tx_last_seq.is_some_and(|l| seq <= l) {
-                        self.m.out_of_order += 1;
+        self.template(Direction::Tx, i);
+        let p = &mut self.peers[i];
+        let ok = match p.kp.open(now, b.data_mut()) {
+            Ok(r) => {
+                // The plaintext is padded: its IPv4 length says where the packet ends.
+                let inner = &b.data()[r];
+                let ip_len = inner.get(2..4).map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+                match inner.get(..ip_len).and_then(|inner| matches(&self.scratch, inner)) {
+                    Some(seq) => {
+                        if p.tx_last_seq.is_some_and(|l| seq <= l) {
+                            self.m.out_of_order += 1;
+                        }
+                        p.tx_last_seq = Some(seq);
+                        true
                     }
-                    p.tx_last_seq = Some(seq);
-                    true
+                    None => false,
                 }
-                None => false,
-            },
+            }
             Err(_) => false,
         };
-        self.out.clear();
         if ok {
             self.m.verified += 1;
         } else {
@@ -534,40 +536,49 @@ impl Generator {
         }
     }
 
-    /// Build `n` packets for `dir`, round robin over the peers, into per-queue lists.
-    fn build(&mut self, dir: Direction, n: usize) -> Result<Vec<VecDeque<Buffer>>, BenchError> {
-        let mut chunk: Vec<VecDeque<Buffer>> =
-            (0..self.wan.len()).map(|_| VecDeque::with_capacity(n / self.wan.len() + 1)).collect();
+    /// Build `n` packets for `dir` (rx, tx, or half each for duplex) in the peer order (see
+    /// [`stride`]), into per-queue lists for the WAN (rx) and inner (tx) rings.
+    fn build(&mut self, dir: Direction, n: usize) -> Result<Chunk, BenchError> {
+        let queues = self.wan.len();
+        let mut chunk = Chunk {
+            rx: (0..queues).map(|_| VecDeque::with_capacity(n / queues + 1)).collect(),
+            tx: (0..queues).map(|_| VecDeque::with_capacity(n / queues + 1)).collect(),
+        };
+        let plan: &[(Direction, usize)] = match dir {
+            Direction::Rx => &[(Direction::Rx, n)],
+            Direction::Tx => &[(Direction::Tx, n)],
+            Direction::Duplex => &[(Direction::Rx, n / 2), (Direction::Tx, n - n / 2)],
+        };
         let size = self.size;
         let now = self.now();
-        let npeers = self.peers.len();
-        for k in 0..n {
-            let i = k % npeers;
-            let mut b = self.pool.alloc().ok_or_else(|| BenchError::Run("generator pool exhausted".into()))?;
-            let p = &mut self.peers[i];
-            let (template, seq) = match dir {
-                Direction::Tx => (&p.tx_template, &mut p.tx_next_seq),
-                _ => (&p.rx_template, &mut p.rx_next_seq),
-            };
-            let d = b.append(size).map_err(|e| BenchError::Run(format!("inner packet of {size} bytes: {e}")))?;
-            d.copy_from_slice(template);
-            d[SEQ].copy_from_slice(&seq.to_be_bytes());
-            *seq += 1;
-            if dir == Direction::Tx {
-                chunk[p.queue].push_back(b);
-                continue;
+        let npeers = self.peers.len() as u64;
+        for &(d, count) in plan {
+            let c = usize::from(d == Direction::Tx);
+            for _ in 0..count {
+                let i = ((self.cursor[c] % npeers) * self.stride as u64 % npeers) as usize;
+                self.cursor[c] += 1;
+                self.template(d, i);
+                let mut b = self.pool.alloc().ok_or_else(|| BenchError::Run("generator pool exhausted".into()))?;
+                let p = &mut self.peers[i];
+                let seq = if d == Direction::Tx { &mut p.tx_next_seq } else { &mut p.rx_next_seq };
+                let data = b.append(size).map_err(|e| BenchError::Run(format!("inner packet of {size} bytes: {e}")))?;
+                data.copy_from_slice(&self.scratch);
+                data[SEQ].copy_from_slice(&seq.to_be_bytes());
+                *seq += 1;
+                let queue = i % queues;
+                if d == Direction::Tx {
+                    chunk.tx[queue].push_back(b);
+                    continue;
+                }
+                let sealed = (|| {
+                    b.prepend(DATA_HEADER_LEN).ok()?;
+                    let len = p.kp.seal(now, b.data_and_tailroom_mut(), size, DEFAULT_TUNNEL_MTU).ok()?;
+                    b.set_len(len).ok()
+                })();
+                sealed.ok_or_else(|| BenchError::Run(format!("peer {i}: could not seal a {size}-byte packet")))?;
+                let b = self.frame(b, endpoint(i)).ok_or_else(|| BenchError::Run("framing".into()))?;
+                chunk.rx[queue].push_back(b);
             }
-            let queue = p.queue;
-            let sealed = (|| {
-                b.prepend(DATA_HEADER_LEN).ok()?;
-                let e = p.dev.encapsulate_to(now, p.conc, b.data_and_tailroom_mut(), size, &mut self.out).ok()?;
-                b.set_len(e.len).ok()
-            })();
-            self.out.clear();
-            sealed.ok_or_else(|| BenchError::Run(format!("peer {i}: could not seal a {size}-byte packet")))?;
-            let from = self.peers[i].endpoint;
-            let b = self.frame(b, from).ok_or_else(|| BenchError::Run("framing".into()))?;
-            chunk[queue].push_back(b);
         }
         Ok(chunk)
     }
@@ -578,8 +589,16 @@ impl Generator {
         self.m = Measurement::default();
         self.measuring = Some(dir);
         let r = loop {
+            // The sessions were installed once, at `epoch`: past REKEY_AFTER_TIME the
+            // concentrator would start handshakes, past REJECT_AFTER_TIME drop packets.
+            if self.epoch.elapsed() > SESSION_BUDGET {
+                break Err(BenchError::Run(format!(
+                    "the sessions are {:?} old (they rekey at 120 s): fewer --seconds or directions",
+                    self.epoch.elapsed()
+                )));
+            }
             let mut c = self.build(dir, chunk)?;
-            if let Err(e) = self.drain(dir, &mut c) {
+            if let Err(e) = self.drain(&mut c) {
                 break Err(e);
             }
             self.m.chunks += 1;
@@ -591,13 +610,18 @@ impl Generator {
         r.map(|()| std::mem::take(&mut self.m))
     }
 
+    /// Packets waiting in worker `q`'s input rings (WAN and inner).
+    fn input_pending(&self, q: usize) -> usize {
+        self.wan[q].tx_pending() + self.inner[q].tx_pending()
+    }
+
     /// Release a built chunk into the daemon and wait until all of it came out.
     ///
     /// The whole chunk goes into the workers' input rings at once (every ring holds a chunk),
     /// so each worker has a backlog that shrinks as it works. Only the stretch during which a
     /// worker provably had work counts: from the first sample after the last push to the last
     /// sample that still saw `BACKLOG` packets waiting for it, each sample reading the worker's
-    /// CPU clock, the wall clock and the input ring at one moment. The generator being
+    /// CPU clock, the wall clock and the input rings at one moment. The generator being
     /// descheduled meanwhile costs the worker nothing (it has a backlog); a worker idling at the
     /// end of a chunk does not count, and one preempted shows as on-CPU below 1.
     ///
@@ -605,8 +629,11 @@ impl Generator {
     /// every `PACE`, and collects the output when the workers are done (the output rings hold a
     /// chunk too): a consumer spinning on a worker's output ring pulls the ring's cache lines
     /// away on every push, which would be charged to the worker.
-    fn drain(&mut self, dir: Direction, chunk: &mut [VecDeque<Buffer>]) -> Result<(), BenchError> {
-        let total: u64 = chunk.iter().map(|q| q.len() as u64).sum();
+    fn drain(&mut self, chunk: &mut Chunk) -> Result<(), BenchError> {
+        let total: u64 = chunk.rx.iter().chain(&chunk.tx).map(|q| q.len() as u64).sum();
+        // A worker takes at most a burst from each input ring per iteration.
+        let rings =
+            usize::from(chunk.rx.iter().any(|q| !q.is_empty())) + usize::from(chunk.tx.iter().any(|q| !q.is_empty()));
         let delivered_before = self.m.packets;
         let workers = self.workers.len();
         // Per worker: (CPU ns, wall ns since t0, backlog) at its first and last busy sample.
@@ -620,25 +647,26 @@ impl Generator {
         loop {
             let started = Instant::now();
             let mut pushing = false;
-            for (q, pending) in chunk.iter_mut().enumerate() {
-                if pending.is_empty() {
-                    continue;
-                }
-                pushing = true;
-                let take = BURST.min(pending.len());
-                self.staging.extend(pending.drain(..take));
-                let port = if dir == Direction::Tx { &mut self.inner[q] } else { &mut self.wan[q] };
-                port.tx_burst(&mut self.staging);
-                while let Some(b) = self.staging.pop() {
-                    pending.push_front(b);
+            for (to_wan, lists) in [(true, &mut chunk.rx), (false, &mut chunk.tx)] {
+                for (q, pending) in lists.iter_mut().enumerate() {
+                    if pending.is_empty() {
+                        continue;
+                    }
+                    pushing = true;
+                    let take = BURST.min(pending.len());
+                    self.staging.extend(pending.drain(..take));
+                    let port = if to_wan { &mut self.wan[q] } else { &mut self.inner[q] };
+                    port.tx_burst(&mut self.staging);
+                    while let Some(b) = self.staging.pop() {
+                        pending.push_front(b);
+                    }
                 }
             }
             let mut busy = false;
             let mut backlog = 0;
             if !pushing {
                 for q in 0..workers {
-                    let input = if dir == Direction::Tx { &self.inner[q] } else { &self.wan[q] };
-                    let before = input.tx_pending();
+                    let before = self.input_pending(q);
                     backlog += before;
                     if before < BACKLOG {
                         continue;
@@ -646,10 +674,11 @@ impl Generator {
                     busy = true;
                     let Some(cpu) = self.workers[q].now_ns() else { continue };
                     let wall = t0.elapsed().as_nanos() as u64;
-                    let after = input.tx_pending();
-                    // The clocks and the ring must be read at one moment: if the worker took
-                    // more than a burst meanwhile (this thread was descheduled), skip the sample.
-                    if before - after > BURST {
+                    let after = self.input_pending(q);
+                    // The clocks and the rings must be read at one moment: if the worker took
+                    // more than a burst per ring meanwhile (this thread was descheduled), skip
+                    // the sample.
+                    if before - after > BURST * rings {
                         continue;
                     }
                     first[q].get_or_insert((cpu, wall, after));
@@ -697,11 +726,18 @@ impl Generator {
         self.m.worker_cpu_ns += cpu1.saturating_sub(cpu0);
         self.m.wall_ns += wall.as_nanos() as u64;
         // Buffers of a stalled chunk go back to the pool.
-        for q in chunk.iter_mut() {
+        for q in chunk.rx.iter_mut().chain(chunk.tx.iter_mut()) {
             q.clear();
         }
         Ok(())
     }
+}
+
+/// A built chunk: per worker queue, frames for the WAN ring (rx) and packets for the inner
+/// ring (tx).
+struct Chunk {
+    rx: Vec<VecDeque<Buffer>>,
+    tx: Vec<VecDeque<Buffer>>,
 }
 
 #[cfg(test)]
@@ -720,5 +756,30 @@ mod tests {
         assert_eq!(matches(&t, &t[..63]), None);
         assert_eq!(endpoint_ip(0), Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(inner_ip(256), Ipv4Addr::new(100, 64, 1, 2));
+    }
+
+    #[test]
+    fn stride_visits_every_peer_once_per_round() {
+        for n in [1, 2, 16, 1000, 65_536, 100_000] {
+            let s = stride(n);
+            let mut seen = vec![false; n];
+            for k in 0..n {
+                let i = k * s % n;
+                assert!(!seen[i], "n {n}: peer {i} twice");
+                seen[i] = true;
+            }
+            if n > 2 {
+                assert!(s > 1, "n {n}: stride {s} is not scattered");
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints_are_distinct_and_share_few_addresses() {
+        assert_eq!(endpoint(0), SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), FIRST_PORT));
+        assert_eq!(endpoint(PORTS_PER_ADDR), SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), FIRST_PORT));
+        let last = endpoint(super::super::MAX_PEERS - 1);
+        assert!(last.port() < FIRST_PORT + PORTS_PER_ADDR as u16);
+        assert!(u32::from(*last.ip()) < u32::from(CONC_IP) + 64, "{last}");
     }
 }

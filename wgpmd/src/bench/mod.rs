@@ -7,10 +7,15 @@
 //! 2. starts a concentrator exactly as `wgpmd run` does ([`crate::daemon::run_with_ports`]:
 //!    workers, control core, busy polling), on two `mem` pairs (WAN and inner) instead of
 //!    AF_PACKET and TUN, configured with N peers (one /32 allowed IP each);
-//! 3. runs the generator (`gen`) on the other ends: N peers, each a [`wgpmd_proto::device::Device`]
-//!    of its own, handshake with the concentrator (answering its ARP requests), then measure
-//!    rx (WAN → inner: decrypt) and tx (inner → WAN: encrypt);
+//! 3. runs the generator (`gen`) on the other ends: N peers, each the far end of a real session
+//!    installed on both sides without a handshake (so N can be a million; see `gen`), answering
+//!    the concentrator's ARP requests, then measures rx (WAN → inner: decrypt), tx (inner →
+//!    WAN: encrypt) and, if asked, both at once;
 //! 4. stops the concentrator.
+//!
+//! Several peer counts (`--peers 16,1000000`) run in the same process one after the other for
+//! each size, and the report puts each count's rate next to the first count's, with the
+//! growth of the process's resident memory per peer once the peers and sessions are set up.
 //!
 //! Rates per core are packets per second of the workers' own CPU time
 //! ([`cpu::ThreadClock`]): the machine may be shared and the generator competes for its cores,
@@ -22,9 +27,9 @@ mod gen;
 pub mod reference;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nic_backends::{mem, Port};
@@ -38,10 +43,13 @@ use wgpmd_proto::config::{InterfaceConfig, PeerConfig};
 use wgpmd_proto::crypto::PrivateKey;
 use wgpmd_proto::messages::DEFAULT_TUNNEL_MTU;
 
-/// Most peers the generator can address (one per address of the WAN /16).
-pub const MAX_PEERS: usize = 65_000;
-/// Longest measurement: sessions must not reach REJECT_AFTER_TIME (180 s) within one size.
+/// Most peers per run (2^20; the device's own limit is higher).
+pub const MAX_PEERS: usize = 1 << 20;
+/// Longest measurement.
 pub const MAX_SECONDS: f64 = 60.0;
+/// Longest measuring per size and peer count (all directions): the sessions are installed
+/// once and must not reach REKEY_AFTER_TIME (120 s), setup and warm-ups included.
+pub const MAX_SECONDS_PER_SIZE: f64 = 60.0;
 
 /// Which way packets cross the concentrator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,13 +58,15 @@ pub enum Direction {
     Rx,
     /// Inner → WAN: the workers encrypt.
     Tx,
+    /// Both at once: each chunk is half rx, half tx, released together.
+    Duplex,
 }
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Simulated peers.
-    pub peers: usize,
+    /// Simulated peers: one concentrator per count and size, in this order.
+    pub peers: Vec<usize>,
     /// Inner packet sizes in bytes (IPv4 packet length, what the tunnel carries).
     pub sizes: Vec<usize>,
     /// Timed seconds per measurement (each direction, each reference).
@@ -75,7 +85,7 @@ impl BenchOptions {
     /// The defaults of `wgpmd bench`: 16 peers, 64/512/1420 bytes, 3 s, one worker.
     pub fn full() -> Self {
         BenchOptions {
-            peers: 16,
+            peers: vec![16],
             sizes: vec![64, 512, 1420],
             seconds: 3.0,
             workers: 1,
@@ -86,13 +96,16 @@ impl BenchOptions {
     }
     /// `wgpmd bench --quick`: 4 peers, 0.5 s per measurement.
     pub fn quick() -> Self {
-        BenchOptions { peers: 4, seconds: 0.5, ..Self::full() }
+        BenchOptions { peers: vec![4], seconds: 0.5, ..Self::full() }
     }
 
     fn check(&self) -> Result<(), BenchError> {
         let bad = |s: String| Err(BenchError::Options(s));
-        if !(1..=MAX_PEERS).contains(&self.peers) {
-            return bad(format!("--peers {}: 1 to {MAX_PEERS}", self.peers));
+        if self.peers.is_empty() {
+            return bad("--peers: at least one count".into());
+        }
+        if let Some(n) = self.peers.iter().find(|n| !(1..=MAX_PEERS).contains(n)) {
+            return bad(format!("--peers {n}: 1 to {MAX_PEERS}"));
         }
         if self.sizes.is_empty() {
             return bad("--sizes: at least one size".into());
@@ -111,6 +124,15 @@ impl BenchOptions {
         if self.directions.is_empty() {
             return bad("no direction to measure".into());
         }
+        // One concentrator serves all directions of a size: its sessions (installed, not
+        // renegotiated) must not reach REKEY_AFTER_TIME, 120 s, meanwhile.
+        if self.seconds * self.directions.len() as f64 > MAX_SECONDS_PER_SIZE {
+            return bad(format!(
+                "--seconds {} × {} direction(s): at most {MAX_SECONDS_PER_SIZE} s per size",
+                self.seconds,
+                self.directions.len()
+            ));
+        }
         Ok(())
     }
 }
@@ -124,7 +146,7 @@ pub enum BenchError {
     /// The concentrator did not start or failed.
     #[error("concentrator: {0}")]
     Daemon(#[from] DaemonError),
-    /// The run went wrong (handshakes, a stalled worker, ...).
+    /// The run went wrong (setup, a stalled worker, ...).
     #[error("{0}")]
     Run(String),
 }
@@ -145,12 +167,12 @@ pub struct Measurement {
     pub verify_failed: u64,
     /// Packets out of order within a peer (rx: sequence number; tx: WireGuard counter).
     pub out_of_order: u64,
-    /// Keepalives from the concentrator (expected: one per peer after its handshake, and
-    /// after 10 s of receiving without sending).
+    /// Keepalives from the concentrator (expected only after 10 s of receiving without
+    /// sending).
     pub keepalives: u64,
     /// Any other frame (ARP requests are answered and not counted here).
     pub other_frames: u64,
-    /// Generator control frames (ARP replies, handshakes) the WAN ring refused.
+    /// Generator control frames (ARP replies) the WAN ring refused.
     pub control_dropped: u64,
     /// Chunks measured.
     pub chunks: u32,
@@ -196,17 +218,45 @@ impl Measurement {
     }
 }
 
-/// Results for one packet size.
+/// Results for one packet size and peer count.
 #[derive(Debug, Clone)]
 pub struct SizeResult {
+    /// Simulated peers.
+    pub peers: usize,
     /// Inner packet size.
     pub size: usize,
+    /// Seconds to configure the peers and install their sessions (both sides).
+    pub setup_secs: f64,
+    /// Resident memory of the whole bench process once set up (concentrator and generator
+    /// state together).
+    pub rss: u64,
     /// The references, if timed.
     pub references: Option<References>,
     /// WAN → inner.
     pub rx: Option<Measurement>,
     /// Inner → WAN.
     pub tx: Option<Measurement>,
+    /// Both at once.
+    pub duplex: Option<Measurement>,
+}
+
+impl SizeResult {
+    /// The measurements taken, with their names in the report.
+    pub fn measured(&self) -> impl Iterator<Item = (&'static str, &Measurement)> {
+        [("rx", &self.rx), ("tx", &self.tx), ("rx+tx", &self.duplex)]
+            .into_iter()
+            .filter_map(|(d, m)| Some((d, m.as_ref()?)))
+    }
+}
+
+/// The process's resident memory in bytes (`VmRSS`), 0 if unknown.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Where the threads ran.
@@ -301,34 +351,60 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let mut results = Vec::new();
     for &size in &opts.sizes {
         let references = opts.references.then(|| on_core(plan.generator, || reference::measure(size, secs / 2)));
-        let mut r = SizeResult { size, references, rx: None, tx: None };
-        for (dir, m) in opts.directions.iter().zip(pipeline(opts, size, &plan)?) {
-            match dir {
-                Direction::Rx => r.rx = Some(m),
-                Direction::Tx => r.tx = Some(m),
+        for &peers in &opts.peers {
+            let (measured, setup) = pipeline(opts, peers, size, &plan)?;
+            let mut r = SizeResult {
+                peers,
+                size,
+                setup_secs: setup.secs,
+                rss: setup.rss,
+                references,
+                rx: None,
+                tx: None,
+                duplex: None,
+            };
+            for (dir, m) in opts.directions.iter().zip(measured) {
+                match dir {
+                    Direction::Rx => r.rx = Some(m),
+                    Direction::Tx => r.tx = Some(m),
+                    Direction::Duplex => r.duplex = Some(m),
+                }
             }
+            results.push(r);
         }
-        results.push(r);
     }
     Ok(Report { options: opts.clone(), plan, machine, results })
 }
 
-/// One concentrator with N peers, its generator, and the measurements of `opts.directions`.
-fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Measurement>, BenchError> {
+/// How a pipeline's setup went.
+struct Setup {
+    secs: f64,
+    rss: u64,
+}
+
+/// One concentrator with `peers` peers, its generator, and the measurements of
+/// `opts.directions`.
+fn pipeline(
+    opts: &BenchOptions,
+    peers: usize,
+    size: usize,
+    plan: &CorePlan,
+) -> Result<(Vec<Measurement>, Setup), BenchError> {
     let w = plan.workers.len();
+    let t0 = std::time::Instant::now();
     let conc_key = PrivateKey::generate(&mut OsRng);
-    let keys: Vec<PrivateKey> = (0..opts.peers).map(|_| PrivateKey::generate(&mut OsRng)).collect();
+    let seeds: Vec<gen::PeerSeed> = (0..peers).map(|_| gen::PeerSeed::random()).collect();
     let config = InterfaceConfig {
         private_key: Some(conc_key.to_bytes()),
         listen_port: Some(gen::PORT),
         fwmark: None,
-        peers: keys
+        peers: seeds
             .iter()
             .enumerate()
-            .map(|(i, k)| PeerConfig {
-                public_key: k.public_key(),
+            .map(|(i, s)| PeerConfig {
+                public_key: s.public_key,
                 preshared_key: None,
-                endpoint: None,
+                endpoint: Some(SocketAddr::V4(gen::endpoint(i))),
                 persistent_keepalive: None,
                 allowed_ips: vec![(IpAddr::V4(gen::inner_ip(i)), 32)],
             })
@@ -336,13 +412,14 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
     };
     let (wan_d, mut wan_g) = mem::pair("bench-wan", "bench-peers", w, gen::DEPTH);
     let (inner_d, mut inner_g) = mem::pair("bench-inner", "bench-host", w, gen::DEPTH);
+    let probe = Arc::new(OnceLock::new());
     let setup = gen::Setup {
         wan: (0..w).filter_map(|q| wan_g.take_mem_queue(q)).collect(),
         inner: (0..w).filter_map(|q| inner_g.take_mem_queue(q)).collect(),
         mac: wan_g.info().mac.unwrap_or_default(),
         conc_mac: wan_d.info().mac.unwrap_or_default(),
-        conc_public: conc_key.public_key(),
-        keys,
+        probe: probe.clone(),
+        seeds,
         size,
         verify_every: opts.verify_every,
         daemon_done: Arc::new(AtomicBool::new(false)),
@@ -358,8 +435,7 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
         wan_v6: None,
         vlan: None,
         neigh_reachable: None,
-        // Every simulated peer is a next hop of its own.
-        neigh_max_entries: Some(opts.peers.max(crate::wan::DEFAULT_MAX_ENTRIES)),
+        neigh_max_entries: None,
         cores: plan.cores.clone(),
         control_shares_core: plan.control_shares_core,
         poll: PollMode::Busy,
@@ -378,17 +454,21 @@ fn pipeline(opts: &BenchOptions, size: usize, plan: &CorePlan) -> Result<Vec<Mea
     std::thread::scope(|s| {
         let daemon = {
             let stop = stop.clone();
+            let probe = probe.clone();
             std::thread::Builder::new()
                 .name("wgpmd-bench-daemon".into())
                 .spawn_scoped(s, move || {
-                    let r = crate::daemon::run_with_ports(cfg, Box::new(wan_d), Box::new(inner_d), stop);
+                    let r = crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), stop, Some(&probe));
                     done.store(true, Ordering::Relaxed);
                     r
                 })
                 .expect("spawn daemon thread")
         };
-        let generated =
-            on_core(plan.generator, || gen::Generator::new(setup).and_then(|mut g| g.run(&opts.directions, secs)));
+        let generated = on_core(plan.generator, || {
+            let mut g = gen::Generator::new(setup)?;
+            let setup = Setup { secs: t0.elapsed().as_secs_f64(), rss: rss() };
+            g.run(&opts.directions, secs).map(|m| (m, setup))
+        });
         stop.store(true, Ordering::Relaxed);
         let daemon = daemon.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         daemon?;
@@ -412,10 +492,11 @@ impl fmt::Display for Report {
         let o = &self.options;
         let p = &self.plan;
         let w = p.workers.len();
+        let counts: Vec<String> = o.peers.iter().map(|n| n.to_string()).collect();
         writeln!(
             f,
             "wgpmd bench: {} peers, {w} worker(s) on core(s) {:?}, control on core {}{}, {} s per measurement",
-            o.peers,
+            counts.join(", "),
             p.workers,
             p.control,
             match p.generator {
@@ -426,22 +507,23 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(f, "measured while each worker had a backlog: per core = per second of its CPU time; wall = all workers, per second of wall time; on-CPU = CPU / wall time")?;
-        writeln!(f, "reference for rx: ring open, boringtun decapsulate; for tx: ring seal, boringtun encapsulate (one core each)")?;
+        writeln!(f, "reference for rx: ring open, boringtun decapsulate; for tx: ring seal, boringtun encapsulate (one core each); rx+tx: half of each, at once")?;
+        writeln!(f, "peers: sessions installed without handshakes; packets visit every peer in a scattered order")?;
         writeln!(f)?;
-        writeln!(f, "| size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | packets | lost | checked |")?;
-        writeln!(f, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "| peers | size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | packets | lost | checked |")?;
+        writeln!(f, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.results {
-            for (dir, m) in [("rx", &r.rx), ("tx", &r.tx)] {
-                let Some(m) = m else { continue };
+            for (dir, m) in r.measured() {
                 let (aead, bt) = match (dir, &r.references) {
-                    (_, None) => (None, None),
+                    (_, None) | ("rx+tx", _) => (None, None),
                     ("rx", Some(x)) => (Some(x.ring_open.mpps()), x.boringtun_decap.map(|b| b.mpps())),
                     (_, Some(x)) => (Some(x.ring_seal.mpps()), x.boringtun_encap.map(|b| b.mpps())),
                 };
                 let mpps = m.mpps_per_core();
                 writeln!(
                     f,
-                    "| {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.peers,
                     r.size,
                     m.gbps_per_core(r.size),
                     m.wall_mpps(w),
@@ -456,15 +538,63 @@ impl fmt::Display for Report {
                 )?;
             }
         }
+        writeln!(f)?;
+        writeln!(f, "setup and memory: RSS of the whole bench process (concentrator and generator) once the peers and sessions are set up; per added peer = RSS over the first count's, same size, per peer more")?;
+        writeln!(f)?;
+        writeln!(f, "| peers | size | setup s | RSS MiB | bytes per added peer |")?;
+        writeln!(f, "|---:|---:|---:|---:|---:|")?;
+        for r in &self.results {
+            let base = self.results.iter().find(|b| b.size == r.size && b.peers == o.peers[0]);
+            let per_peer = match base {
+                Some(b) if r.peers > b.peers => {
+                    format!("{:.0}", r.rss.saturating_sub(b.rss) as f64 / (r.peers - b.peers) as f64)
+                }
+                _ => "—".into(),
+            };
+            writeln!(
+                f,
+                "| {} | {} | {:.2} | {:.1} | {per_peer} |",
+                r.peers,
+                r.size,
+                r.setup_secs,
+                r.rss as f64 / (1 << 20) as f64,
+            )?;
+        }
+        if let Some((&base, more)) = o.peers.split_first().filter(|(_, m)| !m.is_empty()) {
+            writeln!(f)?;
+            writeln!(f, "scale: Mpps/core at each peer count / at {base} peers, same run")?;
+            writeln!(f)?;
+            writeln!(
+                f,
+                "| size | dir | {base} peers | {} |",
+                more.iter().map(|n| format!("{n} peers | ratio")).collect::<Vec<_>>().join(" | ")
+            )?;
+            writeln!(f, "|---:|---|---:|{}", "---:|---:|".repeat(more.len()))?;
+            for &size in &o.sizes {
+                let at = |n: usize| self.results.iter().find(|r| r.size == size && r.peers == n);
+                let Some(b) = at(base) else { continue };
+                for (dir, m) in b.measured() {
+                    let b_mpps = m.mpps_per_core();
+                    let cells: Vec<String> = more
+                        .iter()
+                        .map(|&n| {
+                            let x = at(n)
+                                .and_then(|r| r.measured().find(|(d, _)| *d == dir))
+                                .map(|(_, m)| m.mpps_per_core());
+                            format!("{} | {}", rate(x), x.map_or("—".into(), |x| ratio(x, Some(b_mpps))))
+                        })
+                        .collect();
+                    writeln!(f, "| {size} | {dir} | {b_mpps:.3} | {} |", cells.join(" | "))?;
+                }
+            }
+        }
         let bad: u64 = self
             .results
             .iter()
-            .flat_map(|r| [&r.rx, &r.tx])
-            .flatten()
-            .map(|m| m.lost + m.verify_failed + m.out_of_order)
+            .flat_map(|r| r.measured().map(|(_, m)| m.lost + m.verify_failed + m.out_of_order).collect::<Vec<_>>())
             .sum();
         writeln!(f)?;
-        writeln!(f, "checked: rx packets byte for byte with their per-peer sequence; tx frames by WireGuard counter, 1 in {} decrypted and compared", o.verify_every.max(1))?;
+        writeln!(f, "checked: rx packets byte for byte with their per-peer sequence; tx frames by receiver index, endpoint and WireGuard counter, 1 in {} opened and compared", o.verify_every.max(1))?;
         writeln!(f, "lost, damaged or out of order: {bad}")
     }
 }
