@@ -39,10 +39,10 @@ pub mod buffer;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod error;
-pub mod gso;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gso;
 pub mod mem;
 pub mod port;
 #[allow(unsafe_code)]

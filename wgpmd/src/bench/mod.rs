@@ -458,7 +458,8 @@ fn pipeline(
             std::thread::Builder::new()
                 .name("wgpmd-bench-daemon".into())
                 .spawn_scoped(s, move || {
-                    let r = crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), stop, Some(&probe));
+                    let r =
+                        crate::daemon::run_observed(cfg, Box::new(wan_d), Box::new(inner_d), None, stop, Some(&probe));
                     done.store(true, Ordering::Relaxed);
                     r
                 })
