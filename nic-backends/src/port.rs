@@ -226,7 +226,7 @@ pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> 
         "tap" => Ok(Box::new(crate::tun::TunPort::open_tap(spec, name, opts)?)),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
         "vfio" => Ok(Box::new(crate::virtio::VirtioNetPort::open(spec, name, opts)?)),
-        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd-vm0.sock")),
+        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd/vm0.sock")),
         "vhost-user" => {
             crate::vhost_user::check_path(spec, name)?;
             Ok(Box::new(crate::vhost_user::VhostUserPort::open(spec, name, opts)?))
@@ -279,7 +279,7 @@ pub fn check_spec(spec: &str, opts: &PortOptions) -> Result<&'static str, PortEr
         }
         "tap" if name.is_empty() => Err(missing("tap:wgx0")),
         "tap" => ifname("tap"),
-        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd-vm0.sock")),
+        "vhost-user" if name.is_empty() => Err(missing("vhost-user:/run/wgpmd/vm0.sock")),
         "vhost-user" => crate::vhost_user::check_path(spec, name).map(|_| "vhost-user"),
         "vfio" if name.is_empty() => Err(missing("vfio:0000:00:02.0")),
         "vfio" => vfio::parse_bdf(name)

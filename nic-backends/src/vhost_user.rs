@@ -189,6 +189,8 @@ pub struct VhostUserPort {
     info: PortInfo,
     queues: Vec<Option<VhostUserQueue>>,
     sh: Arc<Shared>,
+    /// The bound socket until the server thread takes it (see [`VhostUserPort::start_server`]).
+    listener: Option<Listener>,
     server: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -205,7 +207,6 @@ impl VhostUserPort {
     pub(crate) fn open(spec: &str, path: &str, opts: &PortOptions) -> Result<VhostUserPort, PortError> {
         let mtu = opts.mtu.unwrap_or(DEFAULT_MTU);
         crate::port::check_mtu(spec, mtu, 14 + VNET_HDR_LEN)?;
-        let os = |op| move |e| PortError::os(spec, op, e);
         let sh = Arc::new(Shared {
             path: PathBuf::from(path),
             conn: Mutex::new(None),
@@ -217,11 +218,6 @@ impl VhostUserPort {
         // Bind now, so that a bad path is an error at startup (an old socket file is replaced).
         let listener = Listener::new(path, true)
             .map_err(|e| PortError::os(spec, "bind the vhost-user socket", std::io::Error::other(e.to_string())))?;
-        let sh2 = sh.clone();
-        let server = std::thread::Builder::new()
-            .name("wgpmd-vhost-user".into())
-            .spawn(move || serve(sh2, listener))
-            .map_err(os("spawn the vhost-user thread"))?;
         let queues = (0..opts.queues)
             .map(|_| {
                 Some(VhostUserQueue {
@@ -234,7 +230,23 @@ impl VhostUserPort {
             })
             .collect();
         let info = PortInfo { name: path.to_string(), mac: None, mtu, kind: "vhost-user" };
-        Ok(VhostUserPort { info, queues, sh, server: Some(server) })
+        Ok(VhostUserPort { info, queues, sh, listener: Some(listener), server: None })
+    }
+
+    /// Start the thread that accepts frontends and parses their messages, when the first queue
+    /// is taken (by a worker, after the daemon has dropped its privileges: that thread, and the
+    /// connection threads it starts, inherit the reduced capabilities and no-new-privs of the
+    /// thread that starts them). Until then a frontend's connection waits in the backlog.
+    fn start_server(&mut self) {
+        let Some(listener) = self.listener.take() else { return };
+        let sh = self.sh.clone();
+        match std::thread::Builder::new().name("wgpmd-vhost-user".into()).spawn(move || serve(sh, listener)) {
+            Ok(t) => self.server = Some(t),
+            Err(e) => {
+                self.sh.c.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("vhost-user {}: cannot start its thread: {e}", self.sh.path.display());
+            }
+        }
     }
 }
 
@@ -360,7 +372,9 @@ impl Port for VhostUserPort {
         self.queues.len()
     }
     fn take_queue(&mut self, q: usize) -> Option<Box<dyn Queue>> {
-        self.queues.get_mut(q)?.take().map(|q| Box::new(q) as Box<dyn Queue>)
+        let queue = self.queues.get_mut(q)?.take()?;
+        self.start_server();
+        Some(Box::new(queue) as Box<dyn Queue>)
     }
     fn link_up(&self) -> bool {
         self.sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some()

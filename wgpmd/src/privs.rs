@@ -13,6 +13,11 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// - `af_packet:`, `tun:`, `mem:`: none. Sockets and queues are open; link state is read with
 ///   `SIOCGIFFLAGS`, which needs none; the UAPI and stats sockets live in root-owned
 ///   directories that the process (uid 0) owns.
+/// - `tap:` (the exception path), `vhost-user:`: none. The vhost-user thread that accepts
+///   frontends starts when the first queue is taken, after the drop, so it and its connection
+///   threads have the reduced sets too.
+/// - `af_xdp:`: `CAP_BPF`, to update the XDP program's maps (before Linux 6.5 with
+///   `kernel.unprivileged_bpf_disabled` set, every `bpf(2)` call needs it).
 /// - `vfio:`: `CAP_IPC_LOCK` (its DMA memory is locked hugepage memory; kept so that locked
 ///   memory beyond `RLIMIT_MEMLOCK` stays allowed).
 /// - `dpdk:`: `CAP_IPC_LOCK`, `CAP_NET_ADMIN`, `CAP_NET_RAW`, `CAP_SYS_ADMIN`, `CAP_SYS_RAWIO`:
@@ -24,6 +29,12 @@ pub fn needed(ports: &[&str]) -> CapsHashSet {
         match p.split_once(':').map_or(*p, |(b, _)| b) {
             "vfio" => {
                 keep.insert(Capability::CAP_IPC_LOCK);
+            }
+            // The steering maps of the XDP program are written after setup (listen-port
+            // changes, each neighbour resolution wgpmd starts); before Linux 6.5, with
+            // `kernel.unprivileged_bpf_disabled` set, that needs CAP_BPF even on an open map.
+            "af_xdp" => {
+                keep.insert(Capability::CAP_BPF);
             }
             "dpdk" => keep.extend([
                 Capability::CAP_IPC_LOCK,
@@ -97,6 +108,11 @@ mod tests {
         assert!(needed(&["af_packet:eth1", "tun:wg0"]).is_empty());
         assert!(needed(&["mem:a", "mem:b"]).is_empty());
         assert_eq!(needed(&["vfio:0000:00:02.0", "tun:wg0"]), [Capability::CAP_IPC_LOCK].into_iter().collect());
+        assert_eq!(
+            needed(&["af_xdp:eth1", "vhost-user:/run/wgpmd/vm0.sock"]),
+            [Capability::CAP_BPF].into_iter().collect()
+        );
+        assert!(needed(&["af_packet:eth1", "tap:wgx0"]).is_empty());
         assert_eq!(needed(&["dpdk:0", "tun:wg0"]).len(), 5);
     }
 

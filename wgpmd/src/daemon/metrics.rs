@@ -23,13 +23,10 @@ use super::stats::Local;
 use super::Shared;
 use crate::wan::{NeighStats, Refusal, WanDrop};
 
-/// The port backends compiled into this binary.
+/// The port backends compiled into this binary (the list `wgpmd --version` prints, without
+/// its remarks in parentheses).
 pub(crate) fn backends() -> Vec<&'static str> {
-    let mut b = vec!["af_packet", "tun", "mem", "vfio"];
-    if cfg!(feature = "dpdk") {
-        b.push("dpdk");
-    }
-    b
+    nic_backends::PORT_BACKENDS.iter().map(|b| b.split(' ').next().unwrap_or(b)).collect()
 }
 
 /// One exported peer.
@@ -77,8 +74,12 @@ pub(crate) struct Snapshot {
     pub neigh_max_entries: u64,
     pub under_load: bool,
     pub wan_link_up: bool,
-    /// The WAN backend's own counters (DPDK xstats).
+    /// The WAN backend's own counters (DPDK xstats, the AF_XDP program's counters).
     pub wan_extra: Vec<(String, u64)>,
+    /// The inner backend's own counters (vhost-user).
+    pub inner_extra: Vec<(String, u64)>,
+    /// The exception path's control-side counters and gauges (`--exception`), if it is on.
+    pub exception: Vec<(&'static str, u64)>,
     pub log_suppressed: u64,
     /// Per-peer series (at most `--metrics-peers`).
     pub peer_series: Vec<PeerSeries>,
@@ -186,6 +187,8 @@ pub(crate) fn snapshot(sh: &Shared, peer_limit: usize) -> Snapshot {
         under_load,
         wan_link_up: sh.control.wan_link_up.load(Ordering::Relaxed),
         wan_extra: sh.control.wan_extra.as_ref().map_or_else(Vec::new, |f| f()),
+        inner_extra: sh.control.inner_extra.as_ref().map_or_else(Vec::new, |f| f()),
+        exception: sh.handoff.exception.as_ref().map_or_else(Vec::new, |q| q.counters()),
         log_suppressed: crate::logging::suppressed(),
         peers_omitted: peers.saturating_sub(peer_limit) as u64,
         peer_series,
@@ -532,8 +535,38 @@ impl Snapshot {
         )?;
         o.gauges(
             "wgpmd_wan_backend_stat",
-            "The WAN backend's own counters and state (DPDK: xstats), by name",
+            "The WAN backend's own counters and state (DPDK: xstats; AF_XDP: the XDP program's), by name",
             self.wan_extra.iter().map(|(k, v)| (vec![("name", k.clone())], *v as f64)),
+        )?;
+        o.gauges(
+            "wgpmd_inner_backend_stat",
+            "The inner backend's own counters and state (vhost-user), by name",
+            self.inner_extra.iter().map(|(k, v)| (vec![("name", k.clone())], *v as f64)),
+        )?;
+        // The exception path (--exception): what each worker handed to it or refused, and the
+        // control core's side (the TAP's traffic, its drops, queue depths, the rate).
+        let exc: [(&str, WorkerField); 6] = [
+            ("to_kernel", |l| l.exc_to_kernel),
+            ("mirrored", |l| l.exc_mirrored),
+            ("rate_dropped", |l| l.exc_rate_dropped),
+            ("queue_full", |l| l.exc_queue_full),
+            ("not_for_us", |l| l.exc_not_for_us),
+            ("from_kernel", |l| l.exc_from_kernel),
+        ];
+        o.counters(
+            "wgpmd_exception_frames",
+            "Exception path frames per worker, by kind (rate_dropped and queue_full are drops)",
+            exc.iter().flat_map(|&(kind, f)| {
+                self.workers
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, l)| (vec![("worker", i.to_string()), ("kind", kind.to_string())], f(l)))
+            }),
+        )?;
+        o.gauges(
+            "wgpmd_exception_stat",
+            "The exception path's control-side counters and queue depths (--exception), by name",
+            self.exception.iter().map(|(k, v)| (vec![("name", k.to_string())], *v as f64)),
         )?;
         o.counter(
             "wgpmd_log_messages_suppressed",

@@ -17,6 +17,7 @@ fn sample() -> Snapshot {
     w0.hs.times = times;
     let mut w1 = Local { wan_rx: 7, staged_dropped_cap: 2, ..Local::default() };
     w1.wan_queue.iova_refused = 1;
+    w1.exc_rate_dropped = 11;
     let mut control = Stats { initiations_sent: 6, ..Stats::default() };
     control.drop(DropReason::NoEndpoint);
     Snapshot {
@@ -37,6 +38,8 @@ fn sample() -> Snapshot {
         neigh: NeighStats { entries: 5, ..NeighStats::default() },
         wan_link_up: true,
         wan_extra: vec![("dpdk_rx_good_packets".into(), 77)],
+        inner_extra: vec![("vhost_user_rx_packets".into(), 5)],
+        exception: vec![("tap_tx", 9)],
         log_suppressed: 13,
         peer_series: vec![
             PeerSeries { public_key: "AAAA+/==".into(), rx_bytes: 1, tx_bytes: 2, latest_handshake: 1.75e9 },
@@ -137,6 +140,10 @@ fn gauges_build_info_uptime_and_peers() {
     assert!(page.contains("# TYPE wgpmd_build info\n"), "{page}");
     assert_eq!(value(&page, "wgpmd_log_messages_suppressed_total", ""), "13");
     assert_eq!(value(&page, "wgpmd_wan_backend_stat", "name=\"dpdk_rx_good_packets\""), "77.0");
+    assert_eq!(value(&page, "wgpmd_inner_backend_stat", "name=\"vhost_user_rx_packets\""), "5.0");
+    assert_eq!(value(&page, "wgpmd_exception_stat", "name=\"tap_tx\""), "9.0");
+    assert_eq!(value(&page, "wgpmd_exception_frames_total", "worker=\"1\",kind=\"rate_dropped\""), "11");
+    assert_eq!(value(&page, "wgpmd_exception_frames_total", "worker=\"0\",kind=\"to_kernel\""), "0");
     assert_eq!(value(&page, "wgpmd_metrics_peers_omitted", ""), "98.0");
     assert_eq!(value(&page, "wireguard_received_bytes_total", "interface=\"wg0\",public_key=\"AAAA+/==\""), "1");
     assert_eq!(value(&page, "wireguard_sent_bytes_total", "interface=\"wg0\",public_key=\"BBBB\""), "4");
@@ -236,7 +243,7 @@ fn the_grafana_dashboard_uses_only_exported_metrics() {
 #[test]
 fn the_build_info_names_the_compiled_in_backends() {
     let b = backends();
-    for always in ["af_packet", "tun", "mem", "vfio"] {
+    for always in ["af_packet", "af_xdp", "tun", "tap", "vhost-user", "mem", "vfio"] {
         assert!(b.contains(&always), "{b:?}");
     }
     assert_eq!(b.contains(&"dpdk"), cfg!(feature = "dpdk"), "{b:?}");
