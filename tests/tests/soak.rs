@@ -50,6 +50,13 @@ const GAUGES: &[&str] = &[
     "neigh_parked_frames",
     "under_load",
     "wan_link_up",
+    // The longest worker iteration of the last 2 to 4 s: a window, not a counter.
+    "max_iteration_us_recent",
+    // The exception path's queue depths, capacity and rate (`exception.<name>`).
+    "exception.to_kernel_depth",
+    "exception.from_kernel_depth",
+    "exception.queue_capacity",
+    "exception.rate",
 ];
 /// Bounded structures: (size, capacity).
 const BOUNDS: &[(&str, &str)] = &[
