@@ -56,7 +56,7 @@ use super::cpu::{self, ThreadClock};
 use super::gen::{inner_ip, inner_packet, matches, HOST_IP, SEQ};
 use super::{machine, on_core, BenchError, CorePlan};
 use crate::daemon::{cores, DaemonConfig, HsSnapshot, PollMode, Shared};
-use crate::wan::{Outer, Wan, WanAddr};
+use crate::wan::{Wan, WanAddr};
 use wgpmd_proto::config::{InterfaceConfig, PeerConfig};
 use wgpmd_proto::crypto::{self, PrivateKey};
 use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
@@ -790,21 +790,9 @@ impl<'a> FloodGen<'a> {
         self.frame_buf(b, from)
     }
 
-    fn frame_buf(&mut self, mut buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
-        let len = buf.len();
+    fn frame_buf(&mut self, buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
         self.ident = self.ident.wrapping_add(1);
-        let o = Outer {
-            src_mac: self.mac,
-            dst_mac: self.conc_mac,
-            vlan: None,
-            src: from.into(),
-            dst: self.conc.into(),
-            tos: 0,
-            ident: self.ident,
-        };
-        buf.prepend(o.header_len()).ok()?;
-        o.emit(buf.data_mut(), len).ok()?;
-        Some(buf)
+        super::gen::outer_frame(buf, self.mac, self.conc_mac, from, self.conc, self.ident)
     }
 
     /// Send frames now on queue `q` (control traffic; waits for ring room).

@@ -350,21 +350,9 @@ impl Generator {
     }
 
     /// Put the outer Ethernet/IPv4/UDP headers of a frame from `from` to the concentrator.
-    fn frame(&mut self, mut buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
-        let len = buf.len();
+    fn frame(&mut self, buf: Buffer, from: SocketAddrV4) -> Option<Buffer> {
         self.ident = self.ident.wrapping_add(1);
-        let o = Outer {
-            src_mac: self.mac,
-            dst_mac: self.conc_mac,
-            vlan: None,
-            src: from.into(),
-            dst: self.conc.into(),
-            tos: 0,
-            ident: self.ident,
-        };
-        buf.prepend(o.header_len()).ok()?;
-        o.emit(buf.data_mut(), len).ok()?;
-        Some(buf)
+        outer_frame(buf, self.mac, self.conc_mac, from, self.conc, self.ident)
     }
 
     /// Send one control frame on a WAN queue (they are few: the window leaves room for them).
@@ -738,6 +726,23 @@ impl Generator {
 struct Chunk {
     rx: Vec<VecDeque<Buffer>>,
     tx: Vec<VecDeque<Buffer>>,
+}
+
+/// Put the outer Ethernet/IPv4/UDP headers of a frame from `from` (at `src_mac`) to `to` (at
+/// `dst_mac`) around `buf`'s payload: what both generators send the concentrator.
+pub(super) fn outer_frame(
+    mut buf: Buffer,
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    ident: u16,
+) -> Option<Buffer> {
+    let len = buf.len();
+    let o = Outer { src_mac, dst_mac, vlan: None, src: from.into(), dst: to.into(), tos: 0, ident };
+    buf.prepend(o.header_len()).ok()?;
+    o.emit(buf.data_mut(), len).ok()?;
+    Some(buf)
 }
 
 #[cfg(test)]
