@@ -269,6 +269,8 @@ fn guest_local_boot() {
                 ),
             )?;
         }
+        // The device reset under traffic: needs no test hook (the guest resets the device itself).
+        scen.push("vfio_reset");
         let Some(g) = Guest::prepare(ctx)? else { return Ok(()) };
         let ns = Netns::new("gl")?;
         ns.ip(&["link", "set", "lo", "up"])?;
