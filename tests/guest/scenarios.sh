@@ -169,7 +169,12 @@ bulk_to_peer() {
     rm -f /tmp/bulk.rx
     # the receiver's stdin must stay open (busybox nc half-closes on stdin EOF, and the sender then stops)
     ip netns exec peer sh -c 'sleep 300 | nc -l -p 5001 > /tmp/bulk.rx' &
-    sleep 0.5
+    # wait until it listens (port 5001 = 0x1389, state 0A) rather than a fixed time: on a loaded machine
+    # the guest is slow and the sender was refused
+    for i in $(seq 1 100); do
+        ip netns exec peer cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ':1389 0+:0000 0A' && break
+        sleep 0.1
+    done
     t0=$(up)
     nc -w 20 10.60.0.2 5001 < /tmp/bulk.bin || log "sending nc exited $?"
     want=$((BULKKB * 1024))
