@@ -169,7 +169,12 @@ bulk_to_peer() {
     rm -f /tmp/bulk.rx
     # the receiver's stdin must stay open (busybox nc half-closes on stdin EOF, and the sender then stops)
     ip netns exec peer sh -c 'sleep 300 | nc -l -p 5001 > /tmp/bulk.rx' &
-    sleep 0.5
+    # wait until it listens (port 5001 = 0x1389, state 0A) rather than a fixed time: on a loaded machine
+    # the guest is slow and the sender was refused
+    for i in $(seq 1 100); do
+        ip netns exec peer cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qE ':1389 0+:0000 0A' && break
+        sleep 0.1
+    done
     t0=$(up)
     nc -w 20 10.60.0.2 5001 < /tmp/bulk.bin || log "sending nc exited $?"
     want=$((BULKKB * 1024))
@@ -442,4 +447,117 @@ sc_mq_vfio() {
     nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
     /usr/local/bin/wgpmd unbind $A_BDF || { fail "wgpmd unbind"; return; }
     pass "vfio:$A_BDF, 2 queue pairs, $MQPEERS wireguard-go peers pinged, bulk sent to each, tx_copied=$copied, both queues rx+tx:$STATMSG"
+}
+
+# --- the virtio device reset under traffic ----------------------------------------------------------------
+# Another agent resets NIC A while wgpmd drives it through VFIO: the scenario writes 0 to the device's
+# device_status through the virtio PCI configuration access window (the VIRTIO_PCI_CAP_PCI_CFG capability,
+# virtio 1.2 §4.1.4.9), i.e. through PCI configuration space (sysfs `config`, which vfio-pci leaves open to
+# root), not through wgpmd's BAR mapping. QEMU runs its full device reset (virtio_pci_reset: status 0, every
+# queue disabled and forgotten), as a host-side reset would. docs/TESTING.md says why this method.
+cfg_u8() { dd if=/sys/bus/pci/devices/$1/config bs=1 skip=$2 count=1 2>/dev/null | od -An -tu1 | tr -d ' \n'; }
+cfg_le32() { echo $(( $(cfg_u8 $1 $2) | $(cfg_u8 $1 $(($2 + 1))) << 8 | $(cfg_u8 $1 $(($2 + 2))) << 16 | $(cfg_u8 $1 $(($2 + 3))) << 24 )); }
+# cfg_put BDF OFFSET BYTE...: writes the bytes (decimal) at OFFSET of BDF's configuration space
+cfg_put() {
+    local bdf off s b
+    bdf=$1; off=$2; shift 2
+    s=""; for b in "$@"; do s="$s\\$(printf %03o $b)"; done
+    printf "$s" | dd of=/sys/bus/pci/devices/$bdf/config bs=1 seek=$off count=$# conv=notrunc 2>/dev/null
+}
+cs() { echo $(( ${1%.*} * 100 + 1${1#*.} - 100 )); }   # /proc/uptime seconds (2 decimals) -> centiseconds
+le32_bytes() { echo "$(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255))"; }
+# virtio_caps BDF: finds the common configuration (VCOMMON_BAR, VCOMMON_OFF) and the PCI configuration access
+# capability (VCFG_CAP: its offset in configuration space) among the vendor capabilities (id 9)
+virtio_caps() {
+    local p n
+    VCOMMON_OFF=""; VCFG_CAP=""
+    p=$(cfg_u8 $1 52); n=0   # capabilities pointer at 0x34
+    while [ "${p:-0}" -ne 0 ] && [ $n -lt 48 ]; do
+        if [ "$(cfg_u8 $1 $p)" = 9 ]; then
+            case "$(cfg_u8 $1 $((p + 3)))" in
+            1) [ -z "$VCOMMON_OFF" ] && { VCOMMON_BAR=$(cfg_u8 $1 $((p + 4))); VCOMMON_OFF=$(cfg_le32 $1 $((p + 8))); } ;;
+            5) [ -z "$VCFG_CAP" ] && VCFG_CAP=$p ;;
+            esac
+        fi
+        p=$(cfg_u8 $1 $((p + 1))); n=$((n + 1))
+    done
+    [ -n "$VCOMMON_OFF" ] && [ -n "$VCFG_CAP" ]
+}
+# vcfg_window BDF BAR OFFSET LEN: points the window at LEN bytes of BAR at OFFSET (cap.bar, cap.offset, cap.length)
+vcfg_window() {
+    cfg_put $1 $((VCFG_CAP + 4)) $2
+    cfg_put $1 $((VCFG_CAP + 8)) $(le32_bytes $3)
+    cfg_put $1 $((VCFG_CAP + 12)) $(le32_bytes $4)
+}
+# device_status read through the window (common configuration + 20, one byte: virtio 1.2 §4.1.4.3)
+vstatus_read() { vcfg_window $1 $VCOMMON_BAR $((VCOMMON_OFF + 20)) 1; cfg_u8 $1 $((VCFG_CAP + 16)); }
+
+# wgpmd on vfio:NIC A with pings through the tunnel every 0.1 s; the device is reset under it. The documented
+# behaviour (docs/OPERATIONS.md, "Faults while running"): the watchdog sees device_status lose DRIVER_OK, the
+# worker logs `worker 0: WAN port failed: vfio:BDF: the device was reset or failed under us (status 0x00)`,
+# and wgpmd exits 1 with `wgpmd: stopped: WAN port: ...` within reset_wait=S s (default 30), leaving nothing
+# behind (sockets, TUN, hugepages, /dev/vfio files; the device stays on vfio-pci). Restarted (what a
+# supervisor does), wgpmd initialises the device again and traffic through the tunnel is back.
+sc_vfio_reset() {
+    local hp st t0 t1 t2 t3 rc i n0 n1 wait_s
+    wait_s=$(arg reset_wait 30)
+    echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || /usr/local/bin/wgpmd bind $A_BDF > /dev/null 2>&1
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "cannot bind $A_BDF"; return; }
+    hp=$(meminfo HugePages_Free)
+    virtio_caps $A_BDF || { fail "$A_BDF: no common configuration or PCI configuration access capability"; return; }
+    log "common configuration: BAR $VCOMMON_BAR offset $VCOMMON_OFF; PCI configuration access capability at config offset $VCFG_CAP"
+    log "kernel reset methods of $A_BDF: '$(cat /sys/bus/pci/devices/$A_BDF/reset_method 2>/dev/null)' (reset file: $([ -e /sys/bus/pci/devices/$A_BDF/reset ] && echo present || echo absent))"
+    wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start"; return; }
+    ip addr add 10.60.0.1/24 dev wg0 && ip link set wg0 up || { kill -KILL $WPID; fail "TUN setup"; return; }
+    ping_ok -- 10.60.0.2 || { kill -KILL $WPID; tailog $WLOG; fail "no traffic before the reset"; return; }
+    st=$(vstatus_read $A_BDF)
+    # ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK: the window reads the register wgpmd initialised
+    [ "$st" = 15 ] || { kill -KILL $WPID; fail "device_status through the window reads $st, expected 15 (0x0f)"; return; }
+    ping -i 0.1 -W 1 10.60.0.2 > /tmp/reset.ping 2>&1 &
+    PINGPID=$!
+    sleep 1
+    n0=$(grep -c 'bytes from' /tmp/reset.ping)
+    [ "$n0" -gt 0 ] || { kill $PINGPID; kill -KILL $WPID; fail "the pings under way got no reply before the reset"; return; }
+    vcfg_window $A_BDF $VCOMMON_BAR $((VCOMMON_OFF + 20)) 1   # the window is set up before the clock starts
+    n0=$(grep -c 'bytes from' /tmp/reset.ping)
+    cfg_put $A_BDF $((VCFG_CAP + 16)) 0
+    # the clock starts when the write that resets the device has returned; the wait loop uses shell builtins
+    # only, so that on a slow guest it does not add its own forks to the measurement
+    read t0 i < /proc/uptime
+    t1=$t0
+    while kill -0 $WPID 2>/dev/null && [ $(( $(cs $t1) - $(cs $t0) )) -lt $((wait_s * 100)) ]; do
+        sleep 0.05; read t1 i < /proc/uptime
+    done
+    read t1 i < /proc/uptime
+    kill $PINGPID 2>/dev/null; wait $PINGPID 2>/dev/null
+    n1=$(grep -c 'bytes from' /tmp/reset.ping)
+    if kill -0 $WPID 2>/dev/null; then
+        log "device_status now $(vstatus_read $A_BDF)"; tailog $WLOG
+        kill -KILL $WPID; wait $WPID 2>/dev/null
+        fail "wgpmd still running $wait_s s after the device was reset under it"; return
+    fi
+    wait $WPID; rc=$?
+    tailog $WLOG 4
+    [ $rc = 1 ] || { fail "wgpmd exited $rc after the reset, expected 1"; return; }
+    grep -q "worker 0: WAN port failed: vfio:$A_BDF: the device was reset or failed under us (status 0x00)" $WLOG \
+        || { fail "no 'worker 0: WAN port failed: vfio:$A_BDF: the device was reset ... (status 0x00)' line"; return; }
+    ERRLINE=$(grep -v '^\s*$' $WLOG | tail -n 1)
+    echo "$ERRLINE" | grep -q "^wgpmd: stopped: WAN port: vfio:$A_BDF: the device was reset or failed under us" \
+        || { fail "last line is not 'wgpmd: stopped: WAN port: vfio:$A_BDF: the device was reset ...': $ERRLINE"; return; }
+    for f in /var/run/wireguard/wg0.sock /var/run/wgpmd/wg0.sock /sys/class/net/wg0; do
+        [ -e $f ] && { fail "wgpmd left $f behind"; return; }
+    done
+    nothing_left $A_BDF vfio-pci $hp || { fail "left something behind"; return; }
+    # recovery is a restart: the device comes up again and the tunnel carries traffic
+    t2=$(up)
+    wgpmd_start vfio:$A_BDF 0 || { fail "wgpmd did not start again after the reset"; return; }
+    ip addr add 10.60.0.1/24 dev wg0 && ip link set wg0 up || { kill -KILL $WPID; fail "TUN setup (restart)"; return; }
+    ping_ok -- 10.60.0.2 || { kill -KILL $WPID; tailog $WLOG; fail "no traffic after the restart"; return; }
+    t3=$(up)
+    wgpmd_stop || { fail "shutdown after the restart"; return; }
+    nothing_left $A_BDF vfio-pci $hp || { fail "after the restart's SIGTERM: left something behind"; return; }
+    RESETMSG=$(awk -v a=$t0 -v b=$t1 -v r=$t2 -v s=$t3 \
+        'BEGIN{printf "wgpmd detected it and exited 1 %.2f s after the reset; restarted, traffic back %.2f s after the restart", b-a, s-r}')
+    pass "device_status 0x0f -> 0 through the PCI config window under pings ($n0 replies before it, $((n1 - n0)) after): $RESETMSG; $ERRLINE; nothing left behind"
 }

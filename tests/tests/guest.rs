@@ -6,8 +6,10 @@
 //!
 //! * `guest_local_boot`: NIC A (virtio-net, 00:02.0) cross-wired by QEMU to NIC B (e1000e) in
 //!   guest netns `peer`, where the guest kernel's WireGuard runs: wgpmd over AF_PACKET, then the
-//!   VFIO failure paths, bind, a vfio run, unbind, and last the bad-IOVA test hook (DMAR fault,
-//!   wgpmd must exit non-zero in bounded time).
+//!   VFIO failure paths, bind, a vfio run, unbind, the bad-IOVA test hook (DMAR fault, wgpmd must
+//!   exit non-zero in bounded time), and last the device reset under traffic (`vfio_reset`: the
+//!   guest writes 0 to the device's status through the virtio PCI configuration window; wgpmd must
+//!   exit 1 naming the reset, leave nothing behind and run again on the device when restarted).
 //! * `guest_mq_boot`: NIC A with two queue pairs on a multiqueue TAP in a host namespace of this
 //!   test, where wireguard-go peers run; wgpmd with two workers.
 //! * `guest_noiommu_boot`: the local topology without a vIOMMU, with the guest's vfio modules
@@ -269,6 +271,8 @@ fn guest_local_boot() {
                 ),
             )?;
         }
+        // The device reset under traffic: needs no test hook (the guest resets the device itself).
+        scen.push("vfio_reset");
         let Some(g) = Guest::prepare(ctx)? else { return Ok(()) };
         let ns = Netns::new("gl")?;
         ns.ip(&["link", "set", "lo", "up"])?;
