@@ -46,5 +46,5 @@ esac
 exec flock -F /tmp/wgpmd-qemu.lock timeout -s KILL "${TIMEOUT:-300}" qemu-system-x86_64 \
     -accel $ACCEL -cpu max -machine q35 -smp $SMP -m "${MEM:-1G}" -nographic -no-reboot -net none \
     -kernel "$KCACHE/vmlinux" -initrd "$INITRD" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 $KIOMMU boot=$BOOT $EXTRA" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 no_timer_check $KIOMMU boot=$BOOT $EXTRA" \
     $MEMDEV $IOMMU $NET
