@@ -3,7 +3,7 @@
 # Builds OUT_DIR/initramfs.cpio.gz for the QEMU guest tests (docs/TESTING.md, "Guest tests (VFIO)"):
 #   busybox-static, /init and /scenarios.sh (from this folder), the kernel modules the scenarios need
 #   (resolved with modprobe --show-depends against the unpacked kernel in KERNEL_CACHE, see kernel.sh),
-#   iproute2 `ip`, wireguard-tools `wg` and the given wgpmd binary with the shared libraries ldd names,
+#   iproute2 `ip`, wireguard-tools `wg`, `iperf3` and the given wgpmd binary with the shared libraries ldd names,
 #   and fresh WireGuard keys made with `wg genkey` (also left in OUT_DIR/keys/ for the host-side peers).
 #   NOIOMMU_MODULES_DIR: the five vfio modules rebuilt with CONFIG_VFIO_NOIOMMU (noiommu-modules.sh) replace
 #   the stock ones (for boot=noiommu).
@@ -16,7 +16,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 KCACHE=$(cd "$KCACHE" && pwd)
 KV=$(cat "$KCACHE/kver")
 KPKG=$KCACHE/kpkg
-for t in busybox cpio gzip wg ip depmod modprobe ldd; do
+for t in busybox cpio gzip wg ip iperf3 depmod modprobe ldd; do
     command -v $t >/dev/null 2>&1 || { echo "mkinitramfs.sh: $t not found (scripts/test.sh installs it)" >&2; exit 1; }
 done
 BUSYBOX=$(command -v busybox)
@@ -60,9 +60,9 @@ cp "$KPKG/lib/modules/$KV/modules.order" "$KPKG"/lib/modules/$KV/modules.builtin
 depmod -b "$R" "$KV"
 
 # dynamically linked programs with their libraries (the host's glibc; the guest kernel is new enough)
-cp "$(command -v wg)" "$(command -v ip)" "$R/usr/local/bin/"
+cp "$(command -v wg)" "$(command -v ip)" "$(command -v iperf3)" "$R/usr/local/bin/"
 if command -v strip >/dev/null 2>&1; then strip -o "$R/usr/local/bin/wgpmd" "$WGPMD"; else cp "$WGPMD" "$R/usr/local/bin/wgpmd"; fi
-for bin in "$R/usr/local/bin/wg" "$R/usr/local/bin/ip" "$R/usr/local/bin/wgpmd"; do
+for bin in "$R/usr/local/bin/wg" "$R/usr/local/bin/ip" "$R/usr/local/bin/iperf3" "$R/usr/local/bin/wgpmd"; do
     for lib in $(ldd "$bin" | awk '/=>/{print $3} /ld-linux/{print $1}'); do
         mkdir -p "$R$(dirname "$lib")"
         cp -L "$lib" "$R$lib"

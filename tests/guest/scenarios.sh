@@ -88,14 +88,14 @@ setup_mq() {
 
 # --- wgpmd helpers ---------------------------------------------------------------------------------------
 # wgpmd_start PORT LCORES [ENV=VALUE...]: starts `wgpmd run` (name wg0, WAN 10.50.0.1/24) in the background,
-# waits for its UAPI and stats sockets and its TUN; WPID, /tmp/wgpmd-$NAME.log.
+# waits for its UAPI and stats sockets and its TUN; WPID, /tmp/wgpmd-$NAME.log. WGPMD_ARGS: more options.
 wgpmd_start() {
     local port lcores i
     port=$1; lcores=$2; shift 2
     WLOG=/tmp/wgpmd-$NAME.log
     log "wgpmd run --port $port -l $lcores $*"
     env "$@" NO_COLOR=1 /usr/local/bin/wgpmd -v run wg0 --config /tmp/wgpmd.conf --port $port \
-        --address 10.50.0.1/24 -l $lcores --control-shares-core --poll adaptive > $WLOG 2>&1 &
+        --address 10.50.0.1/24 -l $lcores --control-shares-core --poll adaptive $WGPMD_ARGS > $WLOG 2>&1 &
     WPID=$!
     for i in $(seq 1 600); do
         if ! kill -0 $WPID 2>/dev/null; then wait $WPID; log "wgpmd exited (rc=$?) while starting:"; tailog $WLOG 30; return 1; fi
@@ -560,4 +560,69 @@ sc_vfio_reset() {
     RESETMSG=$(awk -v a=$t0 -v b=$t1 -v r=$t2 -v s=$t3 \
         'BEGIN{printf "wgpmd detected it and exited 1 %.2f s after the reset; restarted, traffic back %.2f s after the restart", b-a, s-r}')
     pass "device_status 0x0f -> 0 through the PCI config window under pings ($n0 replies before it, $((n1 - n0)) after): $RESETMSG; $ERRLINE; nothing left behind"
+}
+
+# boot=mq: the WAN exception path with a vfio: WAN port. wgpmd (one worker) on NIC A with
+# `--exception tap:exc0 --exception-rate $EXC_RATE`; the guest kernel holds the WAN address 10.50.0.1 (shared
+# with wgpmd) and an address of its own, 10.50.0.3, on the TAP. The host test drives the LAN side once it
+# sees "EXC READY" on the console: iperf3 from wireguard-go peer h0 to the guest's iperf3 server on
+# 10.61.0.1 through the tunnel and, meanwhile, 256 KiB with nc to 10.50.0.3:7001 and pings to 10.50.0.3;
+# then a flood of UDP to 10.50.0.1:9 (not WireGuard: each frame is for the kernel) with pings through the
+# tunnel. Last it sends "DONE <nc bytes> <nc md5> <flood frames sent> <flood seconds>" (or "ABORT <why>") to
+# 10.50.0.3:7999, through the exception path too. The guest checks what nc received and the counters.
+EXC_RATE=$(arg excrate 500)
+sc_mq_vfio_exc() {
+    local hp rx md5 done0 sent fsecs passed dropped allowed to0 dr0 st
+    echo $HUGEPAGES > /proc/sys/vm/nr_hugepages
+    hp=$(meminfo HugePages_Free)
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || /usr/local/bin/wgpmd bind $A_BDF > /dev/null 2>&1
+    [ "$(drv_of $A_BDF)" = vfio-pci ] || { fail "cannot bind $A_BDF"; return; }
+    WGPMD_ARGS="--exception tap:exc0 --exception-rate $EXC_RATE" wgpmd_start vfio:$A_BDF 0 \
+        || { fail "wgpmd did not start"; return; }
+    [ -e /sys/class/net/exc0 ] || { kill -KILL $WPID; fail "no exception TAP exc0"; return; }
+    [ "$(cat /sys/class/net/exc0/address)" = $A_MAC ] \
+        || { kill -KILL $WPID; fail "exc0 has MAC $(cat /sys/class/net/exc0/address), not the WAN's $A_MAC"; return; }
+    echo 1 > /proc/sys/net/ipv6/conf/exc0/disable_ipv6 2>/dev/null
+    ip addr add 10.50.0.1/24 dev exc0 && ip addr add 10.50.0.3/24 dev exc0 && ip link set exc0 up \
+        && ip addr add 10.61.0.1/24 dev wg0 && ip link set wg0 up || { kill -KILL $WPID; fail "addresses"; return; }
+    ping_ok -- 10.61.0.2 || { kill -KILL $WPID; fail "no tunnel to wireguard-go peer h0"; return; }
+    rm -f /tmp/exc.rx /tmp/exc.done
+    iperf3 -s -1 -B 10.61.0.1 > /tmp/iperf3-s.log 2>&1 &
+    IPID=$!
+    ( sleep 200 | nc -l -p 7001 > /tmp/exc.rx ) &
+    ( timeout 200 nc -l -p 7999 > /tmp/exc.done ) &
+    DPID=$!
+    sleep 0.5
+    /usr/local/bin/wgpmd stats wg0 > /tmp/stats-$NAME || { kill -KILL $WPID; fail "wgpmd stats failed"; return; }
+    to0=$(stat_sum exception_to_kernel); dr0=$(stat_sum exception_rate_dropped)
+    echo "EXC READY"
+    wait $DPID
+    done0=$(cat /tmp/exc.done)
+    log "host: $done0"
+    kill $IPID 2>/dev/null
+    tailog /tmp/iperf3-s.log 4
+    case "$done0" in DONE*) ;; *) kill -KILL $WPID; fail "the host side did not finish: '$done0'"; return;; esac
+    set -- $done0
+    rx=$(wc -c < /tmp/exc.rx); md5=$(md5sum < /tmp/exc.rx | cut -d' ' -f1)
+    [ "$rx" = "$2" ] && [ "$md5" = "$3" ] \
+        || { kill -KILL $WPID; fail "nc to the kernel's 10.50.0.3: host sent $2 bytes md5 $3, got $rx bytes md5 $md5"; return; }
+    sent=$4; fsecs=$5
+    /usr/local/bin/wgpmd stats wg0 > /tmp/stats-$NAME || { kill -KILL $WPID; fail "wgpmd stats failed"; return; }
+    grep -E 'exception|data_|wan_drop' /tmp/stats-$NAME | grep -v '=0$' | tr '\n' ' ' | sed 's/^/  stats: /'; echo
+    passed=$(($(stat_sum exception_to_kernel) - to0)); dropped=$(($(stat_sum exception_rate_dropped) - dr0))
+    # the rate over the flood and the "DONE" exchange after it, plus the burst (a tenth of a second) and slack
+    allowed=$(awk -v r=$EXC_RATE -v s=$fsecs 'BEGIN{printf "%d", r * (s + 3) + r / 10 + 100}')
+    st="flood: $sent UDP frames in $fsecs s, $passed to the kernel (at most $allowed), $dropped dropped by the rate"
+    log "$st"
+    [ "$passed" -le "$allowed" ] || { kill -KILL $WPID; fail "$st: too many reached the kernel"; return; }
+    [ "$dropped" -ge $((sent / 3)) ] || { kill -KILL $WPID; fail "$st: too few counted as rate drops"; return; }
+    [ "$(stat exception.tap_tx)" -gt 0 ] && [ "$(stat_sum exception_from_kernel)" -gt 0 ] \
+        || { kill -KILL $WPID; fail "exception.tap_tx=$(stat exception.tap_tx) exception_from_kernel=$(stat_sum exception_from_kernel)"; return; }
+    [ "$(stat exception.from_kernel_full)" = 0 ] || { kill -KILL $WPID; fail "exception.from_kernel_full=$(stat exception.from_kernel_full)"; return; }
+    ping_ok -- 10.61.0.2 || { kill -KILL $WPID; fail "the tunnel after the flood"; return; }
+    wgpmd_stop || { fail "shutdown"; return; }
+    [ -e /sys/class/net/exc0 ] && { fail "exc0 left behind after SIGTERM"; return; }
+    nothing_left $A_BDF vfio-pci $hp || { fail "after SIGTERM: left something behind"; return; }
+    /usr/local/bin/wgpmd unbind $A_BDF > /dev/null || { fail "wgpmd unbind"; return; }
+    pass "vfio:$A_BDF with --exception tap:exc0: nc $2 bytes and pings from the LAN to the kernel's 10.50.0.3 while iperf3 ran through the tunnel (md5 equal); $st; tunnel pings after it; exception_from_kernel=$(stat_sum exception_from_kernel)"
 }

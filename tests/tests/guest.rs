@@ -102,7 +102,18 @@ impl Guest {
     /// `WGPMD_GUEST_ALLOW_SKIP=1` (see [`missing`]).
     fn prepare_with(ctx: &Ctx, noiommu: bool) -> Result<Option<Guest>> {
         let mut missing = Vec::new();
-        for t in ["qemu-system-x86_64", "busybox", "cpio", "depmod", "flock", "md5sum", "apt-get", "dpkg-deb", "xz"] {
+        for t in [
+            "qemu-system-x86_64",
+            "busybox",
+            "cpio",
+            "depmod",
+            "flock",
+            "md5sum",
+            "apt-get",
+            "dpkg-deb",
+            "xz",
+            "iperf3",
+        ] {
             if !Command::new("sh").args(["-c", &format!("command -v {t}")]).output()?.status.success() {
                 missing.push(t);
             }
@@ -111,7 +122,7 @@ impl Guest {
             return self::missing(
                 ctx.name(),
                 format!(
-                    "guest tests need {} (scripts/test.sh installs qemu-system-x86 busybox-static cpio kmod util-linux xz-utils)",
+                    "guest tests need {} (scripts/test.sh installs qemu-system-x86 busybox-static cpio kmod util-linux xz-utils iperf3)",
                     missing.join(", ")
                 ),
             );
@@ -166,6 +177,20 @@ impl Guest {
     /// Boots `boot` (local|mq|noiommu) in `ns` with the scenarios `scen`, waits for the guest to power
     /// off, returns the serial console log.
     fn boot(&self, ctx: &Ctx, ns: &Netns, boot: &str, scen: &[&str], envs: &[(&str, &str)]) -> Result<String> {
+        self.boot_with(ctx, ns, boot, scen, envs, |_| Ok(()))
+    }
+
+    /// [`Guest::boot`], with `during` run on this side while the guest runs (given the QEMU
+    /// process, whose log is the serial console so far); its error fails the boot after QEMU ended.
+    fn boot_with(
+        &self,
+        ctx: &Ctx,
+        ns: &Netns,
+        boot: &str,
+        scen: &[&str],
+        envs: &[(&str, &str)],
+        during: impl FnOnce(&mut Proc) -> Result<()>,
+    ) -> Result<String> {
         let run_vm = harness_dir().join("run-vm.sh").to_string_lossy().into_owned();
         let initrd = self.out.join("initramfs.cpio.gz").to_string_lossy().into_owned();
         let kcache = self.kcache.to_string_lossy().into_owned();
@@ -176,6 +201,7 @@ impl Guest {
         let t = Instant::now();
         let mut qemu =
             Proc::spawn(ctx, ns, &format!("serial-{boot}"), &[&run_vm, boot, &initrd, &kcache, &cmdline], &env)?;
+        let host_side = during(&mut qemu);
         // QEMU kills itself after QEMU_TIMEOUT_S; the rest is for waiting on the lock (another guest).
         let status = qemu.wait_timeout(secs(QEMU_TIMEOUT_S + 600));
         let log = qemu.log().replace('\r', "");
@@ -186,6 +212,7 @@ impl Guest {
             "boot {boot}: the guest did not finish its scenarios (QEMU {status}); serial log:\n{}",
             tail(&log, 60)
         );
+        host_side.with_context(|| format!("boot {boot}: this side's part failed; serial log:\n{}", tail(&log, 60)))?;
         Ok(log)
     }
 }
@@ -314,7 +341,7 @@ fn guest_mq_boot() {
             );
             peers.push(WgDevice::start(ctx, WgImpl::WireguardGo, &ns, &cfg)?);
         }
-        let scen = ["mq_afp", "mq_vfio"];
+        let scen = ["mq_afp", "mq_vfio", "mq_vfio_exc"];
         let bases = [("mq_afp", 5100), ("mq_vfio", 5200)];
         // Bulk receivers: one nc per scenario and peer; stdin must stay open (busybox nc half-closes
         // on stdin EOF, which makes the guest's sender stop early).
@@ -327,7 +354,7 @@ fn guest_mq_boot() {
                 receivers.push(Proc::spawn(ctx, &ns, &format!("nc-{port}"), &["sh", "-c", &script], &[])?);
             }
         }
-        let log = g.boot(ctx, &ns, "mq", &scen, &[("TAP", tap)])?;
+        let log = g.boot_with(ctx, &ns, "mq", &scen, &[("TAP", tap)], |qemu| exception_lan_side(ctx, &ns, qemu))?;
         for p in peers.iter_mut() {
             p.ensure_running()?;
         }
@@ -352,11 +379,120 @@ fn guest_mq_boot() {
             );
             checked += 1;
         }
-        ensure!(checked == MQ_PEERS * scen.len(), "{checked} BULK lines, expected {}", MQ_PEERS * scen.len());
+        ensure!(checked == MQ_PEERS * bases.len(), "{checked} BULK lines, expected {}", MQ_PEERS * bases.len());
         eprintln!("[guest] {checked} bulk transfers arrived intact at the wireguard-go peers");
         drop(receivers);
         Ok(())
     });
+}
+
+/// Seconds of iperf3 through the tunnel in `mq_vfio_exc`, while nc and ping reach the guest kernel.
+const EXC_IPERF_S: u64 = 8;
+/// The UDP flood of `mq_vfio_exc`: frames per second (to the guest wgpmd's WAN address, a port it does not
+/// serve: each one is for the kernel) and seconds; the guest's `--exception-rate` is 500 (scenarios.sh).
+const EXC_FLOOD_PPS: u64 = 3000;
+const EXC_FLOOD_S: f64 = 3.0;
+
+/// The LAN side of scenario `mq_vfio_exc` (tests/guest/scenarios.sh), from the namespace `ns` of the
+/// multiqueue TAP: once the guest says `EXC READY`, iperf3 from wireguard-go peer h0 through the tunnel
+/// to the guest's wg0 (10.61.0.1) and meanwhile 256 KiB with nc and 5 pings to the guest kernel's own
+/// address (10.50.0.3) through the exception TAP; then a UDP flood to 10.50.0.1:9 with pings through
+/// the tunnel. Last "DONE <bytes> <md5> <flood frames> <seconds>" (or "ABORT <why>") to 10.50.0.3:7999,
+/// which the guest checks against what its nc received and its counters.
+fn exception_lan_side(ctx: &Ctx, ns: &Netns, qemu: &mut Proc) -> Result<()> {
+    wait_until("EXC READY on the guest's console", secs(QEMU_TIMEOUT_S), || {
+        let log = qemu.log();
+        if log.contains("EXC READY") {
+            return Ok(Some(()));
+        }
+        ensure!(
+            !log.contains("SCENARIO mq_vfio_exc ") && !log.contains("GUEST DONE") && qemu.is_running(),
+            "the guest ended mq_vfio_exc (or the boot) without EXC READY"
+        );
+        Ok(None)
+    })?;
+    let result = (|| -> Result<String> {
+        let t0 = Instant::now();
+        let ns2 = ns.clone();
+        let iperf = std::thread::spawn(move || {
+            let t = EXC_IPERF_S.to_string();
+            ns2.exec_timeout(
+                &["iperf3", "-c", "10.61.0.1", "-t", &t, "-J", "--connect-timeout", "10000"],
+                secs(60 + EXC_IPERF_S),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let src = ctx.dir().join("exc-nc.bin");
+        let src_s = src.to_string_lossy().into_owned();
+        let out =
+            run_cmd(Command::new("sh").args(["-c", &format!("head -c 262144 /dev/urandom > {src_s}")]), secs(10))?;
+        ensure!(out.status.success());
+        let out = ns.exec_timeout(&["sh", "-c", &format!("nc -N -w 20 10.50.0.3 7001 < {src_s}")], secs(60))?;
+        ensure!(
+            out.status.success(),
+            "nc to the guest kernel's 10.50.0.3:7001: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pings = ping_replied(ns, "10.50.0.3", 5)?;
+        let lan_done = t0.elapsed();
+        let out = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stdout)))?;
+        ensure!(json.get("error").is_none(), "iperf3: {}", json["error"]);
+        let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no bits_per_second")?;
+        eprintln!(
+            "[guest] mq_vfio_exc: iperf3 through the tunnel {:.2} Mbit/s for {EXC_IPERF_S} s; nc 256 KiB and 5 pings \
+             (rtt avg {:?} ms) to the guest kernel done after {:.1} s",
+            bps / 1e6,
+            pings.rtt_avg_ms,
+            lan_done.as_secs_f64()
+        );
+        ensure!(bps > 1e5, "iperf3 through the tunnel: {bps} bit/s");
+        ensure!(
+            lan_done < Duration::from_secs(EXC_IPERF_S),
+            "nc and ping to the guest kernel took {:.1} s, longer than iperf3 ran ({EXC_IPERF_S} s)",
+            lan_done.as_secs_f64()
+        );
+        let out = run_cmd(Command::new("md5sum").arg(&src), secs(10))?;
+        let md5 = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+        // The flood, with pings through the tunnel meanwhile.
+        let ns_name = ns.name().to_string();
+        let flood = std::thread::spawn(move || -> Result<(u64, f64)> {
+            enter_netns(&ns_name)?;
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let to: SocketAddr = "10.50.0.1:9".parse()?;
+            let t0 = Instant::now();
+            let mut sent = 0u64;
+            while t0.elapsed().as_secs_f64() < EXC_FLOOD_S {
+                for _ in 0..EXC_FLOOD_PPS / 100 {
+                    if sock.send_to(b"not wireguard", to).is_ok() {
+                        sent += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok((sent, t0.elapsed().as_secs_f64()))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let tunnel = ping_replied(ns, "10.61.0.1", 5);
+        let (sent, flood_s) = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        let tunnel = tunnel.context("pings through the tunnel during the flood")?;
+        eprintln!(
+            "[guest] mq_vfio_exc: flood of {sent} UDP frames in {flood_s:.1} s; 5 of 5 pings through the tunnel \
+             meanwhile (rtt avg {:?} ms)",
+            tunnel.rtt_avg_ms
+        );
+        Ok(format!("DONE 262144 {md5} {sent} {flood_s:.1}"))
+    })();
+    let msg = match &result {
+        Ok(m) => m.clone(),
+        Err(e) => format!("ABORT {}", format!("{e:#}").replace(['\n', '\'', '"'], " ")),
+    };
+    let out = ns.exec_timeout(&["sh", "-c", &format!("printf '%s\\n' '{msg}' | nc -N -w 20 10.50.0.3 7999")], secs(60));
+    result?;
+    let out = out?;
+    ensure!(out.status.success(), "sending DONE to 10.50.0.3:7999: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
 }
 
 /// `guest_vhost_user_boot`: wgpmd on the host with `--inner vhost-user:<sock>` (WAN `af_packet:`
@@ -364,15 +500,28 @@ fn guest_mq_boot() {
 /// is a virtio-net on a vhost-user netdev with that socket (its memory a shared memfd). The guest
 /// pings the peer's inner address through wgpmd: its ARP is answered by wgpmd's port, its echo
 /// requests are sealed to the peer, the replies decrypted into the guest's receive queue.
+///
+/// Ignored: with Debian 12's QEMU 7.2 under TCG it cannot pass. wgpmd's side of the handshake
+/// works now (QEMU's early SET_VRING_ENABLE is held back by the relay; the connection stays up
+/// and the trace in wgpmd's log shows GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM,
+/// SET_OWNER, SET_VRING_CALL/ERR and SET_VRING_ENABLE, held), but when the guest's driver sets
+/// DRIVER_OK, QEMU dies with SIGSEGV (a read at address 0x28, in a vCPU thread) before it sends
+/// SET_FEATURES or SET_MEM_TABLE: nothing wgpmd answered is involved. Run it with
+/// `-- --ignored guest_vhost_user_boot`.
 #[test]
-#[ignore = "fails: QEMU 7.2 sends SET_VRING_ENABLE before SET_FEATURES, vhost-user-backend 0.24 refuses it and the connection ends (docs/TESTING.md)"]
+#[ignore = "fails: QEMU 7.2 (TCG) segfaults when the guest's virtio-net driver starts the device, before it sends SET_FEATURES (docs/TESTING.md)"]
 fn guest_vhost_user_boot() {
     run("guest_vhost_user_boot", |ctx| {
         let Some(g) = Guest::prepare(ctx)? else { return Ok(()) };
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
         let sock = ctx.dir().join("vu.sock").to_string_lossy().into_owned();
-        let opts = WgpmdOptions { inner: Some(format!("vhost-user:{sock}")), ..Default::default() };
+        // The relay's trace of the frontend's messages (in the wgpmd log of the test directory).
+        let opts = WgpmdOptions {
+            inner: Some(format!("vhost-user:{sock}")),
+            env: vec![("RUST_LOG".into(), "info,nic_backends::vhost_user=trace".into())],
+            ..Default::default()
+        };
         // The peer's AllowedIPs at the concentrator: its /32 and the guest's address behind wgpmd
         // is the peer's destination; the peer routes the inner /24 into its tunnel.
         let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
