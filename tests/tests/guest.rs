@@ -11,7 +11,8 @@
 //!   guest writes 0 to the device's status through the virtio PCI configuration window; wgpmd must
 //!   exit 1 naming the reset, leave nothing behind and run again on the device when restarted).
 //! * `guest_mq_boot`: NIC A with two queue pairs on a multiqueue TAP in a host namespace of this
-//!   test, where wireguard-go peers run; wgpmd with two workers.
+//!   test, where wireguard-go peers run; wgpmd with two workers; then the WAN exception path
+//!   on vfio (`mq_vfio_exc`), whose LAN side this test drives while the guest runs.
 //! * `guest_noiommu_boot`: the local topology without a vIOMMU, with the guest's vfio modules
 //!   rebuilt with CONFIG_VFIO_NOIOMMU (tests/guest/noiommu-modules.sh): wgpmd refuses the
 //!   no-IOMMU group unless WGPMD_VFIO_NOIOMMU=1, then runs on it with physical DMA addresses.
