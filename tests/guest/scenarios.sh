@@ -610,7 +610,8 @@ sc_mq_vfio_exc() {
     /usr/local/bin/wgpmd stats wg0 > /tmp/stats-$NAME || { kill -KILL $WPID; fail "wgpmd stats failed"; return; }
     grep -E 'exception|data_|wan_drop' /tmp/stats-$NAME | grep -v '=0$' | tr '\n' ' ' | sed 's/^/  stats: /'; echo
     passed=$(($(stat_sum exception_to_kernel) - to0)); dropped=$(($(stat_sum exception_rate_dropped) - dr0))
-    # the rate over the flood and the "DONE" exchange after it, plus the burst (a tenth of a second) and slack
+    # counted from EXC READY (the nc and ping traffic before the flood included): the rate over the flood and
+    # the 3 s around it, plus the burst (a tenth of a second) and slack
     allowed=$(awk -v r=$EXC_RATE -v s=$fsecs 'BEGIN{printf "%d", r * (s + 3) + r / 10 + 100}')
     st="flood: $sent UDP frames in $fsecs s, $passed to the kernel (at most $allowed), $dropped dropped by the rate"
     log "$st"
