@@ -502,22 +502,20 @@ fn exception_lan_side(ctx: &Ctx, ns: &Netns, qemu: &mut Proc) -> Result<()> {
 /// pings the peer's inner address through wgpmd: its ARP is answered by wgpmd's port, its echo
 /// requests are sealed to the peer, the replies decrypted into the guest's receive queue.
 ///
-/// Ignored: with Debian 12's QEMU 7.2 under TCG it cannot pass. wgpmd's side of the handshake
-/// works now (QEMU's early SET_VRING_ENABLE is held back by the relay; the connection stays up
-/// and the trace in wgpmd's log shows GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM,
-/// SET_OWNER, SET_VRING_CALL/ERR and SET_VRING_ENABLE, held), but when the guest's driver sets
-/// DRIVER_OK, QEMU dies with SIGSEGV (a read at address 0x28, in a vCPU thread) before it sends
-/// SET_FEATURES or SET_MEM_TABLE: nothing wgpmd answered is involved. Run it with
-/// `-- --ignored guest_vhost_user_boot`.
+/// Ignored: with Debian 12's QEMU 7.2 under TCG it cannot pass. QEMU sends SET_VRING_ENABLE
+/// before SET_FEATURES, which vhost-user-backend 0.24 refuses, and the connection ends; with those
+/// messages held back until SET_FEATURES (tried), QEMU dies with SIGSEGV (a read at address 0x28,
+/// in a vCPU thread) when the guest's driver sets DRIVER_OK, before it sends SET_FEATURES or
+/// SET_MEM_TABLE (docs/TESTING.md). Run it with `-- --ignored guest_vhost_user_boot`.
 #[test]
-#[ignore = "fails: QEMU 7.2 (TCG) segfaults when the guest's virtio-net driver starts the device, before it sends SET_FEATURES (docs/TESTING.md)"]
+#[ignore = "fails: QEMU 7.2 sends SET_VRING_ENABLE before SET_FEATURES, which vhost-user-backend 0.24 refuses; held back, QEMU 7.2 (TCG) segfaults at DRIVER_OK (docs/TESTING.md)"]
 fn guest_vhost_user_boot() {
     run("guest_vhost_user_boot", |ctx| {
         let Some(g) = Guest::prepare(ctx)? else { return Ok(()) };
         let topo = Topology::new(1)?;
         let (c, p) = (&topo.concentrator, &topo.peers[0]);
         let sock = ctx.dir().join("vu.sock").to_string_lossy().into_owned();
-        // The relay's trace of the frontend's messages (in the wgpmd log of the test directory).
+        // The vhost-user port's log of the frontend's session (in the wgpmd log of the test directory).
         let opts = WgpmdOptions {
             inner: Some(format!("vhost-user:{sock}")),
             env: vec![("RUST_LOG".into(), "info,nic_backends::vhost_user=trace".into())],
