@@ -44,6 +44,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// is under 100 bytes).
 pub const MAX_LINE: usize = 4096;
 
+/// The read buffer: a `set` of a million peers is about 140 MB, read in pieces of up to this
+/// many bytes (a few system calls per thousand peers). At least twice [`MAX_LINE`], so that a
+/// partial line moved to its front always leaves room to read.
+const READ_BUF: usize = 64 * 1024;
+const _: () = assert!(READ_BUF >= 2 * MAX_LINE);
+
 /// Linux `IFNAMSIZ`: interface names are at most 15 bytes (`wg set` truncates longer ones).
 const IFNAMSIZ: usize = 16;
 
@@ -326,7 +332,7 @@ struct LineReader<'a> {
 
 impl<'a> LineReader<'a> {
     fn new(stream: &'a UnixStream) -> Self {
-        LineReader { stream, buf: Zeroizing::new(vec![0; 2 * MAX_LINE]), start: 0, end: 0, eof: false, skipping: false }
+        LineReader { stream, buf: Zeroizing::new(vec![0; READ_BUF]), start: 0, end: 0, eof: false, skipping: false }
     }
 
     /// Discard the rest of the current (over-long) line.

@@ -239,11 +239,14 @@ impl SetParser {
         match self.peer.as_mut() {
             None => parse_device_line(&mut self.req, key, value)?,
             Some(p) => {
-                p.ops.push(parse_peer_line(key, value)?);
-                // Most sections have one or two operations: no spare capacity per peer.
-                if p.ops.len() <= 2 {
-                    p.ops.shrink_to_fit();
+                let op = parse_peer_line(key, value)?;
+                // Most sections have one or two operations (`wg setconf` sends
+                // `replace_allowed_ips` and one `allowed_ip`): room for two at the first, so
+                // such a section costs one allocation and no spare capacity.
+                if p.ops.capacity() == 0 {
+                    p.ops.reserve_exact(2);
                 }
+                p.ops.push(op);
             }
         }
         Ok(true)

@@ -464,3 +464,30 @@ fn mutated_requests_never_panic_and_parsed_ones_round_trip() {
     }
     assert!(parsed > 1_000, "the mutations leave enough valid requests ({parsed})");
 }
+
+#[test]
+fn a_setconf_section_costs_one_exact_allocation() {
+    // What `wg setconf` sends per peer: two operations, kept in one allocation of two.
+    let mut p = SetParser::new();
+    for line in [format!("public_key={PUB_B}"), "replace_allowed_ips=true".into(), "allowed_ip=10.0.0.2/32".into()] {
+        assert!(p.line(line.as_bytes()).unwrap());
+    }
+    for line in [format!("public_key={PUB_C}"), "allowed_ip=10.0.0.3/32".into()] {
+        assert!(p.line(line.as_bytes()).unwrap());
+    }
+    let req = p.finish();
+    assert_eq!(req.peers.len(), 2);
+    assert_eq!(req.peers[0].ops, vec![PeerOp::ReplaceAllowedIps, PeerOp::AllowedIp(ip("10.0.0.2"), 32)]);
+    assert_eq!(req.peers[0].ops.capacity(), 2);
+    assert_eq!(req.peers[1].ops.len(), 1);
+    assert!(req.peers[1].ops.capacity() <= 2);
+    // Longer sections grow as usual and keep every operation in order.
+    let mut p = SetParser::new();
+    assert!(p.line(format!("public_key={PUB_B}").as_bytes()).unwrap());
+    let ips: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}")).collect();
+    for a in &ips {
+        assert!(p.line(format!("allowed_ip={a}/32").as_bytes()).unwrap());
+    }
+    let ops = &p.finish().peers[0].ops;
+    assert_eq!(ops, &ips.iter().map(|a| PeerOp::AllowedIp(ip(a), 32)).collect::<Vec<_>>());
+}
