@@ -55,7 +55,7 @@ fn cross_thread(n: usize) -> f64 {
         while got < n {
             let k = qb.rx_burst(&rx_pool, &mut out, BURST);
             if k == 0 {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             got += k;
             out.clear();
@@ -71,7 +71,7 @@ fn cross_thread(n: usize) -> f64 {
         }
         let k = qa.tx_burst(&mut v);
         if k == 0 {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         sent += k;
     }

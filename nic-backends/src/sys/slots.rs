@@ -1,6 +1,8 @@
-//! Buffer memory: regions, the slots carved out of them, and the lock-free free list.
+//! Buffer memory: regions, the slots carved out of them, the free list and the per-thread caches
+//! in front of it.
 //!
-//! States of a slot: **free** (its index is in the pool's free list; nobody may touch its bytes)
+//! States of a slot: **free** (its index is in the pool's shared free list or in one thread's
+//! cache of the pool; nobody may touch its bytes)
 //! or **owned** (exactly one [`Slot`] value exists for it; only that value's owner reads or writes
 //! the bytes). `alloc` moves free → owned, dropping the `Slot` moves owned → free, from any thread.
 //! Devices (VFIO, later) touch a slot only while the driver holds its `Slot` in a ring and does
@@ -1093,8 +1095,10 @@ mod tests {
         drop(tx);
         for _ in 0..2 {
             let rx = Arc::clone(&rx);
-            hs.push(std::thread::spawn(move || while let Ok(b) = rx.lock().unwrap().recv() {
-                drop(b);
+            hs.push(std::thread::spawn(move || {
+                while let Ok(b) = rx.lock().unwrap().recv() {
+                    drop(b);
+                }
             }));
         }
         for h in hs {
