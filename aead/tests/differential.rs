@@ -50,9 +50,13 @@ fn run(backend: Backend, seed: u64) -> usize {
         let n = rng.gen_range(1..=MAX_LANES);
         // A quarter of the bursts have WireGuard's shape (one length, a multiple of 16, no
         // additional data): the fused AVX-512 path takes those.
-        let wg_len = rng
-            .gen_bool(0.25)
-            .then(|| if rng.gen_bool(0.5) { rng.gen_range(0..=16) * 16 } else { rng.gen_range(0..=94) * 16 });
+        let wg_len = rng.gen_bool(0.25).then(|| {
+            if rng.gen_bool(0.5) {
+                rng.gen_range(0..=16) * 16
+            } else {
+                rng.gen_range(0..=94) * 16
+            }
+        });
         let msgs: Vec<Msg> = (0..n)
             .map(|_| {
                 let key = if rng.gen_bool(0.5) { key_pool[rng.gen_range(0..4)] } else { rng.gen() };

@@ -59,7 +59,14 @@ impl IpsecMb {
         }
     }
 
-    fn run(&mut self, key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], decrypt: bool) -> [u8; TAG_LEN] {
+    fn run(
+        &mut self,
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        decrypt: bool,
+    ) -> [u8; TAG_LEN] {
         let mut tag = [0u8; TAG_LEN];
         // SAFETY: `mgr` is a live manager owned by `self` (borrowed mutably: the library's
         // manager is not thread-safe); the key (32 bytes), nonce (12), tag (16) and the
@@ -89,7 +96,14 @@ impl IpsecMb {
     /// Opens `buf` in place and checks `tag` (in constant time). The library decrypts while it
     /// authenticates: on a false return `buf` holds unauthenticated plaintext (a benchmark
     /// reference, not for the data path).
-    pub fn open(&mut self, key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+    pub fn open(
+        &mut self,
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
         use subtle::ConstantTimeEq;
         let t = self.run(key, nonce, aad, buf, true);
         bool::from(t.ct_eq(tag))

@@ -6,11 +6,11 @@
 
 mod chacha_avx2;
 mod chacha_avx512;
+#[cfg(feature = "ipsec-mb")]
+pub mod ipsec_mb;
 mod poly_avx2;
 mod poly_ifma;
 mod wg_avx512;
-#[cfg(feature = "ipsec-mb")]
-pub mod ipsec_mb;
 
 use crate::plan::{PolyPlan, MAX_SUBLANES};
 use crate::sched::{Job, KeyTable};
@@ -163,8 +163,6 @@ pub(crate) fn decrypt_avx512(_cpu: Avx512, table: &KeyTable, lanes: &mut [Lane<'
 /// bytes, none with additional data. `None` for any other shape.
 pub(crate) fn wg_len(lanes: &[Lane<'_>]) -> Option<usize> {
     let len = lanes.first()?.buf.len();
-    let ok = lanes.len() <= MAX_LANES
-        && len % 16 == 0
-        && lanes.iter().all(|l| l.aad.is_empty() && l.buf.len() == len);
+    let ok = lanes.len() <= MAX_LANES && len % 16 == 0 && lanes.iter().all(|l| l.aad.is_empty() && l.buf.len() == len);
     ok.then_some(len)
 }
