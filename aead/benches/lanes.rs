@@ -247,7 +247,7 @@ fn ipsec_mb_summary(keys: &[[u8; 32]], rkeys: &[LessSafeKey]) {
     for len in SIZES {
         let mut bufs: Vec<Vec<u8>> = (0..BURST).map(|i| vec![i as u8; len]).collect();
         let mut ring_bufs = bufs.clone();
-        let mut imb_seal = |bufs: &mut [Vec<u8>], ctr: u64, imb: &mut IpsecMb| {
+        let imb_seal = |bufs: &mut [Vec<u8>], ctr: u64, imb: &mut IpsecMb| {
             let mut last = [0u8; 16];
             for (k, b) in keys.iter().zip(bufs.iter_mut()) {
                 last = imb.seal(k, &wireguard_nonce(ctr), &[], b);

@@ -157,29 +157,21 @@ impl AeadKey {
     }
 }
 
-/// One burst of one message on the multi-lane AEAD (`wgpmd-aead`, its fastest backend for this
-/// CPU). The handshake and cookie AEADs go through it rather than ring: no ring key schedule is
-/// made for them (ring's is never wiped), and a one-message burst costs less than ring's key
-/// setup at these sizes (docs/PERFORMANCE.md).
-fn lanes() -> wgpmd_aead::Lanes {
-    wgpmd_aead::Lanes::new()
-}
-
-/// Seals `buf` in place under `key` and the 12-byte `nonce`; returns the tag.
+/// Seals `buf` in place under `key` and the 12-byte `nonce`; returns the tag. The handshake and
+/// cookie AEADs use `wgpmd-aead`'s portable reference, one message at a time: for these short
+/// messages it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md), no ring key schedule
+/// is made (ring's is never wiped), and it wipes its copies of key material.
 fn seal_one(key: &[u8; KEY_LEN], nonce: [u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-    let mut lane = [wgpmd_aead::Lane::new(key, nonce, aad, buf)];
-    // One lane, and handshake fields are far below the AEAD's 256 GiB message limit.
-    lanes().seal_lanes(&mut lane).expect("one short lane");
-    lane[0].tag
+    wgpmd_aead::portable::seal(key, &nonce, aad, buf)
 }
 
-/// Opens `buf` in place (only if `tag` verifies; otherwise `buf` keeps the ciphertext).
+/// Opens `buf` in place: verify, then decrypt (on failure `buf` keeps the ciphertext).
 fn open_one(key: &[u8; KEY_LEN], nonce: [u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), AeadError> {
     let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| AeadError)?;
-    let mut lane = [wgpmd_aead::Lane { tag, ..wgpmd_aead::Lane::new(key, nonce, aad, buf) }];
-    match lanes().open_lanes(&mut lane) {
-        Ok(1) => Ok(()),
-        _ => Err(AeadError),
+    if wgpmd_aead::portable::open(key, &nonce, aad, buf, &tag) {
+        Ok(())
+    } else {
+        Err(AeadError)
     }
 }
 
