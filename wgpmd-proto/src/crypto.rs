@@ -3,8 +3,8 @@
 //! | primitive | implementation | why |
 //! |---|---|---|
 //! | ChaCha20-Poly1305 (data AEAD, [`AeadKey`]) | `ring` | fastest portable one-message implementation measured here, with run-time CPU dispatch (the repository's docs/PERFORMANCE.md) |
-//! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`, a one-message burst | no ring key schedule is made (and left unwiped) per handshake; the burst wipes its copies of key material |
-//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s ChaCha20-Poly1305 (one-message burst) | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
+//! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
+//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
 //! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
@@ -209,7 +209,7 @@ pub fn aead_open(
 
 /// The XChaCha20-Poly1305 construction (draft-irtf-cfrg-xchacha): HChaCha20 of the key and the
 /// nonce's first 16 bytes is the ChaCha20-Poly1305 key, and `0^4 ‖ nonce[16..24]` its nonce. The
-/// ChaCha20-Poly1305 is `wgpmd-aead`'s, one message per burst. WireGuard's cookie key is a hash
+/// ChaCha20-Poly1305 is `wgpmd-aead`'s portable reference. WireGuard's cookie key is a hash
 /// of a public key, not a secret; the subkey is wiped anyway.
 fn xchacha_key(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN]) -> (Zeroizing<[u8; KEY_LEN]>, [u8; 12]) {
     use chacha20::cipher::consts::U10;
