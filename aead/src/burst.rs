@@ -125,6 +125,15 @@ fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MA
     simd.poly1305(&plan, split.groups, &otk.0, n)
 }
 
+/// Whether a burst is worth the fused WireGuard-shaped kernel (`x86::wg_len` checks the shape
+/// itself): it runs every lane unsplit, one sub-lane each, so a long message in a burst that
+/// leaves sub-lanes idle is better spread by the general path.
+#[inline]
+fn fused(lanes: &[Lane<'_>]) -> bool {
+    let len = lanes.first().map_or(0, |l| l.buf.len());
+    lanes.len() >= 8 || len <= 256
+}
+
 /// Seals every lane (at most [`MAX_LANES`], lengths checked by the caller).
 pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
     let Some(simd) = Simd::new(backend) else {
@@ -137,6 +146,17 @@ pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
     let n = lanes.len().min(MAX_LANES);
     let mut table = KeyTable::zeroed();
     fill_table(&mut table, lanes);
+    if let Simd::Avx512(cpu) = simd {
+        if fused(lanes) {
+            if let Some(mut tags) = x86::wg_seal_avx512(cpu, &table, lanes) {
+                for (l, t) in lanes.iter_mut().zip(tags.iter()) {
+                    l.tag = *t;
+                }
+                tags.as_flattened_mut().zeroize();
+                return;
+            }
+        }
+    }
     let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
     one_time_keys(simd, &table, n, &mut otk);
     simd.chacha(&table, data_jobs(lanes, u16::MAX));
@@ -161,14 +181,26 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
     let n = lanes.len().min(MAX_LANES);
     let mut table = KeyTable::zeroed();
     fill_table(&mut table, lanes);
-    let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
-    one_time_keys(simd, &table, n, &mut otk);
-    let mut expected = tags(simd, &lanes[..n], &otk);
+    let wg = match simd {
+        Simd::Avx512(cpu) if fused(lanes) => x86::wg_open_tags_avx512(cpu, &table, lanes),
+        _ => None,
+    };
+    let mut expected = match wg {
+        Some(t) => t,
+        None => {
+            let mut otk = OneTimeKeys([[0u8; 64]; MAX_LANES]);
+            one_time_keys(simd, &table, n, &mut otk);
+            tags(simd, &lanes[..n], &otk)
+        }
+    };
     let mut ok = 0u16;
     for (i, (l, t)) in lanes.iter().zip(expected.iter()).enumerate() {
         ok |= u16::from(bool::from(l.tag[..].ct_eq(&t[..]))) << i;
     }
     expected.as_flattened_mut().zeroize();
-    simd.chacha(&table, data_jobs(lanes, ok));
+    match simd {
+        Simd::Avx512(cpu) => x86::decrypt_avx512(cpu, &table, lanes, ok),
+        Simd::Avx2(_) => simd.chacha(&table, data_jobs(lanes, ok)),
+    }
     ok
 }

@@ -60,6 +60,11 @@ mod x86;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+/// Intel's libipsec-mb ChaCha20-Poly1305, one message at a time, as a benchmark reference
+/// (feature `ipsec-mb`, x86-64 only).
+#[cfg(all(feature = "ipsec-mb", target_arch = "x86_64"))]
+pub use x86::ipsec_mb;
+
 use std::sync::OnceLock;
 
 /// The most lanes one call takes: the width of the AVX-512 ChaCha20 kernel.

@@ -2,8 +2,9 @@
 //!
 //! | primitive | implementation | why |
 //! |---|---|---|
-//! | ChaCha20-Poly1305 (data and handshake AEAD) | `ring` | fastest portable implementation measured here, with run-time CPU dispatch (the repository's docs/PERFORMANCE.md) |
-//! | XChaCha20-Poly1305 (cookie replies) | HChaCha20 from `chacha20`, then `ring`'s ChaCha20-Poly1305 | ring has no XChaCha; composed this way a cookie reply costs a third of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
+//! | ChaCha20-Poly1305 (data AEAD, [`AeadKey`]) | `ring` | fastest portable one-message implementation measured here, with run-time CPU dispatch (the repository's docs/PERFORMANCE.md) |
+//! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
+//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
 //! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
@@ -156,11 +157,29 @@ impl AeadKey {
     }
 }
 
+/// Seals `buf` in place under `key` and the 12-byte `nonce`; returns the tag. The handshake and
+/// cookie AEADs use `wgpmd-aead`'s portable reference, one message at a time: for these short
+/// messages it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md), no ring key schedule
+/// is made (ring's is never wiped), and it wipes its copies of key material.
+fn seal_one(key: &[u8; KEY_LEN], nonce: [u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    wgpmd_aead::portable::seal(key, &nonce, aad, buf)
+}
+
+/// Opens `buf` in place: verify, then decrypt (on failure `buf` keeps the ciphertext).
+fn open_one(key: &[u8; KEY_LEN], nonce: [u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), AeadError> {
+    let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| AeadError)?;
+    if wgpmd_aead::portable::open(key, &nonce, aad, buf, &tag) {
+        Ok(())
+    } else {
+        Err(AeadError)
+    }
+}
+
 /// One-shot ChaCha20-Poly1305 seal into `out` (`plain.len() + 16` bytes), for handshake fields.
 pub fn aead_seal(key: &[u8; KEY_LEN], counter: u64, aad: &[u8], plain: &[u8], out: &mut [u8]) {
     let n = plain.len();
     out[..n].copy_from_slice(plain);
-    let tag = AeadKey::new(key).seal_in_place(counter, aad, &mut out[..n]);
+    let tag = seal_one(key, wgpmd_aead::wireguard_nonce(counter), aad, &mut out[..n]);
     out[n..n + TAG_LEN].copy_from_slice(&tag);
 }
 
@@ -175,23 +194,24 @@ pub fn aead_open(
     if sealed.len() < TAG_LEN || out.len() != sealed.len() - TAG_LEN {
         return Err(AeadError);
     }
-    let mut tmp = [0u8; 64];
-    let buf = tmp.get_mut(..sealed.len()).ok_or(AeadError)?;
-    buf.copy_from_slice(sealed);
-    let r = AeadKey::new(key).open_in_place(counter, aad, buf);
+    let (ct, tag) = sealed.split_at(out.len());
+    let mut tmp = [0u8; 48];
+    let buf = tmp.get_mut(..ct.len()).ok_or(AeadError)?;
+    buf.copy_from_slice(ct);
+    // Verify, then decrypt: on failure `buf` still holds the ciphertext.
+    let r = open_one(key, wgpmd_aead::wireguard_nonce(counter), aad, buf, tag);
     if r.is_ok() {
-        out.copy_from_slice(&buf[..out.len()]);
+        out.copy_from_slice(buf);
     }
     tmp.zeroize();
-    r.map(|_| ())
+    r
 }
 
 /// The XChaCha20-Poly1305 construction (draft-irtf-cfrg-xchacha): HChaCha20 of the key and the
 /// nonce's first 16 bytes is the ChaCha20-Poly1305 key, and `0^4 ‖ nonce[16..24]` its nonce. The
-/// ChaCha20-Poly1305 is ring's (the data path's, a third of RustCrypto's XChaCha20-Poly1305
-/// cost for a 16-byte cookie). WireGuard's cookie key is a hash of a public key, not a secret;
-/// the subkey is wiped anyway.
-fn xchacha_key(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN]) -> (Zeroizing<[u8; KEY_LEN]>, Nonce) {
+/// ChaCha20-Poly1305 is `wgpmd-aead`'s portable reference. WireGuard's cookie key is a hash
+/// of a public key, not a secret; the subkey is wiped anyway.
+fn xchacha_key(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN]) -> (Zeroizing<[u8; KEY_LEN]>, [u8; 12]) {
     use chacha20::cipher::consts::U10;
     use chacha20::cipher::generic_array::GenericArray;
     let mut sub = chacha20::hchacha::<U10>(key.into(), GenericArray::from_slice(&nonce[..16]));
@@ -200,7 +220,7 @@ fn xchacha_key(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN]) -> (Zeroizin
     sub.as_mut_slice().zeroize();
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&nonce[16..]);
-    (out, Nonce::assume_unique_for_key(n))
+    (out, n)
 }
 
 /// XChaCha20-Poly1305 seal of a cookie: `out` receives 16 bytes of ciphertext and the tag.
@@ -211,13 +231,10 @@ pub fn xseal_cookie(
     cookie: &[u8; COOKIE_LEN],
 ) -> [u8; COOKIE_LEN + TAG_LEN] {
     let (sub, n) = xchacha_key(key, nonce);
-    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sub[..]).expect("32-byte ChaCha20-Poly1305 key"));
     let mut out = [0u8; COOKIE_LEN + TAG_LEN];
     out[..COOKIE_LEN].copy_from_slice(cookie);
-    let tag = k
-        .seal_in_place_separate_tag(n, aead::Aad::from(aad), &mut out[..COOKIE_LEN])
-        .expect("16-byte ChaCha20-Poly1305 input");
-    out[COOKIE_LEN..].copy_from_slice(tag.as_ref());
+    let tag = seal_one(&sub, n, aad, &mut out[..COOKIE_LEN]);
+    out[COOKIE_LEN..].copy_from_slice(&tag);
     out
 }
 
@@ -229,15 +246,16 @@ pub fn xopen_cookie(
     sealed: &[u8; COOKIE_LEN + TAG_LEN],
 ) -> Result<[u8; COOKIE_LEN], AeadError> {
     let (sub, n) = xchacha_key(key, nonce);
-    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sub[..]).expect("32-byte ChaCha20-Poly1305 key"));
-    let mut buf = *sealed;
-    let r = k.open_in_place(n, aead::Aad::from(aad), &mut buf).map(|p| {
-        let mut c = [0u8; COOKIE_LEN];
-        c.copy_from_slice(p);
-        c
-    });
-    buf.zeroize();
-    r.map_err(|_| AeadError)
+    let mut c = [0u8; COOKIE_LEN];
+    c.copy_from_slice(&sealed[..COOKIE_LEN]);
+    let r = open_one(&sub, n, aad, &mut c, &sealed[COOKIE_LEN..]);
+    match r {
+        Ok(()) => Ok(c),
+        Err(e) => {
+            c.zeroize();
+            Err(e)
+        }
+    }
 }
 
 /// A static or ephemeral X25519 private key, clamped on use, wiped on drop.

@@ -19,6 +19,18 @@ fn load16(a: &[u32; 16]) -> __m512i {
     unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
 }
 
+/// The key table's 11 word vectors (key words 0 to 7, nonce words 0 to 2; lane `l` of each is
+/// lane `l`'s word).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn key_words(table: &KeyTable) -> [__m512i; 11] {
+    let mut kw = [_mm512_setzero_si512(); 11];
+    for (v, w) in kw.iter_mut().zip(table.words.iter()) {
+        *v = load16(w);
+    }
+    kw
+}
+
 /// RFC 8439 §2.1 on four vectors of words.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -66,11 +78,11 @@ fn transpose(x: &mut [__m512i; 16]) {
     }
 }
 
-/// The key stream blocks of 16 jobs, XORed into `dst`: job `j` is lane `idx[j]` of `kw` at
-/// block counter `ctr[j]` (32-bit lanes of the vectors).
+/// The key stream words of 16 jobs, not transposed: `x[w]` holds word `w` of every job's block,
+/// job `j` being lane `idx[j]` of `kw` at block counter `ctr[j]` (32-bit lanes of the vectors).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn blocks16(kw: &[__m512i; 11], idx: __m512i, ctr: __m512i, dst: &mut [Option<&mut [u8]>; 16]) {
+#[target_feature(enable = "avx512f")]
+pub(super) fn state16(kw: &[__m512i; 11], idx: __m512i, ctr: __m512i) -> [__m512i; 16] {
     let mut x = [_mm512_setzero_si512(); 16];
     for (w, c) in SIGMA.iter().enumerate() {
         x[w] = _mm512_set1_epi32(*c as i32);
@@ -96,6 +108,15 @@ fn blocks16(kw: &[__m512i; 11], idx: __m512i, ctr: __m512i, dst: &mut [Option<&m
     for w in 0..16 {
         x[w] = _mm512_add_epi32(x[w], init[w]);
     }
+    x
+}
+
+/// The key stream blocks of 16 jobs, XORed into `dst`: job `j` is lane `idx[j]` of `kw` at
+/// block counter `ctr[j]` (32-bit lanes of the vectors).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn blocks16(kw: &[__m512i; 11], idx: __m512i, ctr: __m512i, dst: &mut [Option<&mut [u8]>; 16]) {
+    let mut x = state16(kw, idx, ctr);
     transpose(&mut x);
     for (d, k) in dst.iter_mut().zip(x) {
         if let Some(d) = d {
@@ -123,10 +144,7 @@ fn xor_block(dst: &mut [u8], ks: __m512i) {
 /// XORs the key stream of every job into its destination, 16 jobs per vector.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) fn blocks<'a>(table: &KeyTable, mut jobs: impl Iterator<Item = Job<'a>>) {
-    let mut kw = [_mm512_setzero_si512(); 11];
-    for (v, w) in kw.iter_mut().zip(table.words.iter()) {
-        *v = load16(w);
-    }
+    let kw = key_words(table);
     loop {
         // Lane indices and counters go straight into vector lanes (masked broadcasts): scalar
         // stores then a vector load would stall on store forwarding.

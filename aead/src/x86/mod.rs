@@ -6,12 +6,15 @@
 
 mod chacha_avx2;
 mod chacha_avx512;
+#[cfg(feature = "ipsec-mb")]
+pub mod ipsec_mb;
 mod poly_avx2;
 mod poly_ifma;
+mod wg_avx512;
 
 use crate::plan::{PolyPlan, MAX_SUBLANES};
 use crate::sched::{Job, KeyTable};
-use crate::MAX_LANES;
+use crate::{Lane, MAX_LANES, TAG_LEN};
 
 /// Whether the CPU has what [`Avx512`] needs: AVX-512F, BW (byte-masked loads and stores) and IFMA.
 pub(crate) fn avx512_supported() -> bool {
@@ -123,4 +126,43 @@ pub(crate) fn poly_avx2(
         }
     };
     h26.map(poly_avx2::to_radix44)
+}
+
+/// Seals a WireGuard-shaped burst ([`wg_len`]) with the fused AVX-512 kernel and returns the
+/// tags; `None`, touching nothing, if the burst has another shape.
+pub(crate) fn wg_seal_avx512(
+    _cpu: Avx512,
+    table: &KeyTable,
+    lanes: &mut [Lane<'_>],
+) -> Option<[[u8; TAG_LEN]; MAX_LANES]> {
+    let len = wg_len(lanes)?;
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, avx512bw and avx512ifma,
+    // the features `seal` is compiled for; `wg_len` checked the shape its loads rely on.
+    Some(unsafe { wg_avx512::seal(table, lanes, len) })
+}
+
+/// The expected tags of a WireGuard-shaped burst being opened (as [`wg_seal_avx512`]).
+pub(crate) fn wg_open_tags_avx512(
+    _cpu: Avx512,
+    table: &KeyTable,
+    lanes: &[Lane<'_>],
+) -> Option<[[u8; TAG_LEN]; MAX_LANES]> {
+    let len = wg_len(lanes)?;
+    // SAFETY: as in `wg_seal_avx512`.
+    Some(unsafe { wg_avx512::open_tags(table, lanes, len) })
+}
+
+/// Decrypts (XORs the data key stream into) the lanes selected by `mask`, any shape.
+pub(crate) fn decrypt_avx512(_cpu: Avx512, table: &KeyTable, lanes: &mut [Lane<'_>], mask: u16) {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512bw, the features
+    // `decrypt` is compiled for.
+    unsafe { wg_avx512::decrypt(table, lanes, mask) }
+}
+
+/// The length of a WireGuard-shaped burst: 1 to 16 lanes, all of one length, a multiple of 16
+/// bytes, none with additional data. `None` for any other shape.
+pub(crate) fn wg_len(lanes: &[Lane<'_>]) -> Option<usize> {
+    let len = lanes.first()?.buf.len();
+    let ok = lanes.len() <= MAX_LANES && len % 16 == 0 && lanes.iter().all(|l| l.aad.is_empty() && l.buf.len() == len);
+    ok.then_some(len)
 }

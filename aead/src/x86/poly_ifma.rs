@@ -32,7 +32,7 @@ const M42: i64 = (1 << 42) - 1;
 /// Each of the 8 pointers points at 16 readable bytes.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
+pub(super) unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
     // SAFETY: the caller guarantees 16 readable bytes at each pointer; the loads are unaligned.
     let (a, b) = unsafe {
         let ld = |i: usize| _mm_loadu_si128(p[i].cast());
@@ -53,7 +53,7 @@ unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
 /// A 128-bit value (low and high halves) in limbs of 44, 44 and 40 bits.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn limbs(lo: __m512i, hi: __m512i) -> [__m512i; 3] {
+pub(super) fn limbs(lo: __m512i, hi: __m512i) -> [__m512i; 3] {
     let m44 = _mm512_set1_epi64(M44);
     [
         _mm512_and_si512(lo, m44),
@@ -78,7 +78,7 @@ fn times20(x: __m512i) -> __m512i {
 }
 
 /// The clamped `r` of one vector of lanes, its limbs and `20 r1`, `20 r2`.
-struct Key {
+pub(super) struct Key {
     r: [__m512i; 3],
     s1: __m512i,
     s2: __m512i,
@@ -87,7 +87,7 @@ struct Key {
 /// `h * r mod 2^130 - 5`, partly carried (see the module doc).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
+pub(super) fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
     let z = _mm512_setzero_si512();
     let [h0, h1, h2] = h;
     let [r0, r1, r2] = k.r;
@@ -115,7 +115,7 @@ fn mul(h: [__m512i; 3], k: &Key) -> [__m512i; 3] {
 /// of [`crate::portable::finalize`] (the same steps, with lane masks for the final choice).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn finish(h: [__m512i; 3], s_lo: __m512i, s_hi: __m512i) -> (__m512i, __m512i) {
+pub(super) fn finish(h: [__m512i; 3], s_lo: __m512i, s_hi: __m512i) -> (__m512i, __m512i) {
     let m44 = _mm512_set1_epi64(M44);
     let m42 = _mm512_set1_epi64(M42);
     let [mut h0, mut h1, mut h2] = h;
@@ -158,7 +158,7 @@ struct Keys {
 /// `Key` (limbs and their multiples of 20) for a multiplier in limbs.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn key(r: [__m512i; 3]) -> Key {
+pub(super) fn key(r: [__m512i; 3]) -> Key {
     Key { r, s1: times20(r[1]), s2: times20(r[2]) }
 }
 

@@ -1,0 +1,118 @@
+//! Intel's libipsec-mb ChaCha20-Poly1305, one message at a time: a *reference* for benchmarks
+//! (feature `ipsec-mb`, off by default; needs the library and its header, Debian's
+//! `libipsec-mb-dev`). Not used by the crate's own paths.
+//!
+//! The library's direct AEAD API is macros over function pointers in its manager, so a small C
+//! shim (`ipsec_mb_shim.c`, built by `build.rs`) calls them; this module wraps the shim.
+
+use core::ffi::c_int;
+
+use crate::{KEY_LEN, NONCE_LEN, TAG_LEN};
+
+/// The library's opaque manager (`IMB_MGR`).
+#[repr(C)]
+struct ImbMgr {
+    _opaque: [u8; 0],
+}
+
+extern "C" {
+    fn wgpmd_imb_new(arch: *mut c_int) -> *mut ImbMgr;
+    fn wgpmd_imb_free(m: *mut ImbMgr);
+    #[allow(clippy::too_many_arguments)]
+    fn wgpmd_imb_chacha20_poly1305(
+        m: *mut ImbMgr,
+        key: *const u8,
+        iv: *const u8,
+        aad: *const u8,
+        aad_len: u64,
+        buf: *mut u8,
+        len: u64,
+        tag: *mut u8,
+        decrypt: c_int,
+    );
+}
+
+/// A libipsec-mb manager, initialised for the best architecture the CPU runs.
+pub struct IpsecMb {
+    mgr: *mut ImbMgr,
+    arch: c_int,
+}
+
+impl IpsecMb {
+    /// A manager, or `None` if the library could not make one.
+    pub fn new() -> Option<Self> {
+        let mut arch: c_int = 0;
+        // SAFETY: `wgpmd_imb_new` writes `arch` only (a valid `c_int`) and returns an owned
+        // manager or NULL.
+        let mgr = unsafe { wgpmd_imb_new(&mut arch) };
+        (!mgr.is_null()).then_some(IpsecMb { mgr, arch })
+    }
+
+    /// The code path the library chose: "sse", "avx", "avx2", "avx512" (or "other").
+    pub fn arch(&self) -> &'static str {
+        match self.arch {
+            2 => "sse",
+            3 => "avx",
+            4 => "avx2",
+            5 => "avx512",
+            _ => "other",
+        }
+    }
+
+    fn run(
+        &mut self,
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        decrypt: bool,
+    ) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        // SAFETY: `mgr` is a live manager owned by `self` (borrowed mutably: the library's
+        // manager is not thread-safe); the key (32 bytes), nonce (12), tag (16) and the
+        // `aad`/`buf` slices with their lengths are valid for the call, which reads and writes
+        // nothing else.
+        unsafe {
+            wgpmd_imb_chacha20_poly1305(
+                self.mgr,
+                key.as_ptr(),
+                nonce.as_ptr(),
+                aad.as_ptr(),
+                aad.len() as u64,
+                buf.as_mut_ptr(),
+                buf.len() as u64,
+                tag.as_mut_ptr(),
+                c_int::from(decrypt),
+            )
+        };
+        tag
+    }
+
+    /// Seals `buf` in place; returns the tag.
+    pub fn seal(&mut self, key: &[u8; KEY_LEN], nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        self.run(key, nonce, aad, buf, false)
+    }
+
+    /// Opens `buf` in place and checks `tag` (in constant time). The library decrypts while it
+    /// authenticates: on a false return `buf` holds unauthenticated plaintext (a benchmark
+    /// reference, not for the data path).
+    pub fn open(
+        &mut self,
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        use subtle::ConstantTimeEq;
+        let t = self.run(key, nonce, aad, buf, true);
+        bool::from(t.ct_eq(tag))
+    }
+}
+
+impl Drop for IpsecMb {
+    fn drop(&mut self) {
+        // SAFETY: `mgr` came from `wgpmd_imb_new` and is freed once, here.
+        unsafe { wgpmd_imb_free(self.mgr) }
+    }
+}
