@@ -351,8 +351,9 @@ impl Worker {
         dev.decapsulate_burst(now, &mut items, &mut self.rx_results, &mut self.out);
         self.rx_items = recycle(items);
         let mut results = std::mem::take(&mut self.rx_results);
+        let mut data = std::mem::take(&mut self.data);
         let mut learned: Option<(SocketAddr, EthernetAddress)> = None;
-        for ((mut buf, src, src_mac), r) in self.data.drain(..).zip(results.drain(..)) {
+        for ((mut buf, src, src_mac), r) in data.drain(..).zip(results.drain(..)) {
             let Ok(d) = r else { continue };
             // The sender's MAC is the next hop back to it: learn from authenticated traffic,
             // once per source and MAC in a row.
@@ -375,6 +376,7 @@ impl Worker {
                 self.inner_tx.push(buf);
             }
         }
+        self.data = data;
         self.rx_results = results;
     }
 
