@@ -297,7 +297,8 @@ impl Device {
             let Some(kp) = kps[g].filter(|_| !expired[g]) else { continue };
             let mut w = kp.lock_window();
             for i in 0..n {
-                if group_of[i] as usize != g || !matches!(verdict[i], Verdict::Open | Verdict::Drop(DropReason::Replay)) {
+                if group_of[i] as usize != g || !matches!(verdict[i], Verdict::Open | Verdict::Drop(DropReason::Replay))
+                {
                     continue;
                 }
                 let c = counter[i];
@@ -595,7 +596,8 @@ impl Device {
                     wake(events, id, peer.timers.data_sent(now));
                 }
                 // keep_key_fresh (send side): counter or age says rekey.
-                if gr.kp.as_ref().is_some_and(|kp| kp.needs_rekey_on_send(now)) && peer.timers.may_send_initiation(now) {
+                if gr.kp.as_ref().is_some_and(|kp| kp.needs_rekey_on_send(now)) && peer.timers.may_send_initiation(now)
+                {
                     want = true;
                 }
             }

@@ -89,12 +89,13 @@ fn sequence(r: &Rig, rng: &mut ChaCha20Rng, n: usize) -> Vec<(SocketAddr, Vec<u8
     let mut v: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     while v.len() < n {
         let p = (rng.next_u32() % u32::from(SESSIONS)) as u8;
-        let src = src_addr(p, rng.next_u32() % 4 == 0);
+        let src = src_addr(p, rng.next_u32().is_multiple_of(4));
         let len = (rng.next_u32() % 200) as usize;
         let kind = rng.next_u32() % 16;
         let msg = match kind {
             0 if !v.is_empty() => {
-                let back = 1 + (rng.next_u32() as usize % v.len().min(if rng.next_u32() % 2 == 0 { 4 } else { 400 }));
+                let back =
+                    1 + (rng.next_u32() as usize % v.len().min(if rng.next_u32().is_multiple_of(2) { 4 } else { 400 }));
                 v[v.len() - back].clone().1
             }
             1 => sealed(r, p, &[], t(100)),
@@ -120,7 +121,7 @@ fn sequence(r: &Rig, rng: &mut ChaCha20Rng, n: usize) -> Vec<(SocketAddr, Vec<u8
         };
         v.push((src, msg));
         // Reorder: swap with a recent message now and then.
-        if v.len() > 2 && rng.next_u32() % 8 == 0 {
+        if v.len() > 2 && rng.next_u32().is_multiple_of(8) {
             let k = v.len() - 1 - (1 + rng.next_u32() as usize % 2);
             let last = v.len() - 1;
             v.swap(k, last);
@@ -174,7 +175,8 @@ fn receive_bursts_decide_exactly_as_messages_one_at_a_time() {
             now = now + Duration::from_millis(u64::from(rng.next_u32() % 600));
             let mut a: Vec<(SocketAddr, Vec<u8>)> = seq[at..at + len].to_vec();
             let mut b = a.clone();
-            let mut items: Vec<RxItem<'_>> = a.iter_mut().map(|(src, m)| RxItem { src: *src, msg: &mut m[..] }).collect();
+            let mut items: Vec<RxItem<'_>> =
+                a.iter_mut().map(|(src, m)| RxItem { src: *src, msg: &mut m[..] }).collect();
             burst.dev.decapsulate_burst(now, &mut items, &mut results, &mut burst.out);
             drop(items);
             assert_eq!(results.len(), len);
@@ -217,19 +219,25 @@ fn send_bursts_seal_exactly_as_messages_one_at_a_time() {
             let mut a: Vec<(PeerId, Vec<u8>, usize)> = (0..len)
                 .map(|_| {
                     let p = (rng.next_u32() % u32::from(PEERS)) as u8;
-                    let plain = if rng.next_u32() % 8 == 0 { 0 } else { 20 + rng.next_u32() as usize % 300 };
+                    let plain = if rng.next_u32().is_multiple_of(8) { 0 } else { 20 + rng.next_u32() as usize % 300 };
                     // Now and then a buffer too small for the padded message.
-                    let room = if rng.next_u32() % 16 == 0 { 16 + plain } else { 16 + plain + 16 + 16 };
+                    let room = if rng.next_u32().is_multiple_of(16) { 16 + plain } else { 16 + plain + 16 + 16 };
                     let mut buf = vec![0u8; room];
                     if plain > 0 {
-                        buf[16..16 + plain].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(p), plain - 20));
+                        buf[16..16 + plain].copy_from_slice(&ipv4_packet(
+                            Ipv4Addr::new(10, 9, 0, 1),
+                            inner_src(p),
+                            plain - 20,
+                        ));
                     }
                     (burst.peers[p as usize], buf, plain)
                 })
                 .collect();
             let mut b = a.clone();
-            let mut items: Vec<TxItem<'_>> =
-                a.iter_mut().map(|(peer, buf, plain)| TxItem { peer: *peer, buf: &mut buf[..], plain_len: *plain }).collect();
+            let mut items: Vec<TxItem<'_>> = a
+                .iter_mut()
+                .map(|(peer, buf, plain)| TxItem { peer: *peer, buf: &mut buf[..], plain_len: *plain })
+                .collect();
             burst.dev.encapsulate_burst(now, &mut items, &mut results, &mut burst.out);
             drop(items);
             for (k, (peer, buf, plain)) in b.iter_mut().enumerate() {
@@ -281,7 +289,8 @@ fn a_counter_twice_in_one_burst_is_accepted_once() {
     bad[last] ^= 0x80;
     // A forged copy first (fails, marks nothing), then the message three times.
     let mut msgs = [bad, m.clone(), m.clone(), m];
-    let mut items: Vec<RxItem<'_>> = msgs.iter_mut().map(|m| RxItem { src: src_addr(0, false), msg: &mut m[..] }).collect();
+    let mut items: Vec<RxItem<'_>> =
+        msgs.iter_mut().map(|m| RxItem { src: src_addr(0, false), msg: &mut m[..] }).collect();
     let mut results = Vec::new();
     r.dev.decapsulate_burst(t(101), &mut items, &mut results, &mut r.out);
     assert_eq!(results[0], Err(DropReason::DecryptFailed));

@@ -51,8 +51,8 @@ use crate::time::Timestamp;
 
 pub use burst::{RxItem, TxItem, CHUNK};
 pub use data::{inner_dst, Decapsulated, Encapsulated};
-pub use indexcache::SLOTS as INDEX_CACHE_SLOTS;
 pub use handshake::{HandshakeOutcome, Screened};
+pub use indexcache::SLOTS as INDEX_CACHE_SLOTS;
 pub use journal::Changes;
 use keymap::KeyMap;
 pub use peer::{Peer, PeerId, PeerName};

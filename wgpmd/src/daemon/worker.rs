@@ -417,9 +417,11 @@ impl Worker {
             return;
         }
         let mut items = recycle(std::mem::take(&mut self.tx_items));
-        items.extend(
-            self.seal.iter_mut().map(|(b, peer, plain_len)| TxItem { peer: *peer, buf: b.data_and_tailroom_mut(), plain_len: *plain_len }),
-        );
+        items.extend(self.seal.iter_mut().map(|(b, peer, plain_len)| TxItem {
+            peer: *peer,
+            buf: b.data_and_tailroom_mut(),
+            plain_len: *plain_len,
+        }));
         dev.encapsulate_burst(now, &mut items, &mut self.tx_results, &mut self.out);
         self.tx_items = recycle(items);
         let mut results = std::mem::take(&mut self.tx_results);
