@@ -1,6 +1,7 @@
 //! Data-path crypto throughput, in one run: raw ChaCha20-Poly1305 (ring, RustCrypto), our
-//! `Keypair::seal` / `Keypair::open` (ring's key prepared per message) and their `_cached`
-//! forms (the device's data path: the key from a `KeyCache`), and boringtun's `Tunn::encapsulate` / `Tunn::decapsulate`
+//! `Keypair::seal` / `Keypair::open` (ring's key prepared per message; the device's data path
+//! seals and opens bursts with the multi-lane `wgpmd_aead` instead, measured by `wgpmd bench`),
+//! and boringtun's `Tunn::encapsulate` / `Tunn::decapsulate`
 //! on an established session, for 64, 512 and 1420-byte payloads; and the per-packet cost of
 //! per-peer state kept compact: setting up ring's key from raw bytes (done per message by
 //! `Keypair`), and reading a peer's endpoint (sequence lock) against an `ArcSwapOption`.
@@ -23,7 +24,7 @@ use rand_chacha::ChaCha20Rng;
 use wgpmd_proto::crypto::{AeadKey, Secret};
 use wgpmd_proto::device::Device;
 use wgpmd_proto::messages::{DATA_HEADER_LEN, DEFAULT_TUNNEL_MTU, TAG_LEN};
-use wgpmd_proto::session::{KeyCache, Keypair};
+use wgpmd_proto::session::Keypair;
 use wgpmd_proto::time::Timestamp;
 
 const SIZES: [usize; 3] = [64, 512, DEFAULT_TUNNEL_MTU];
@@ -122,10 +123,6 @@ fn seal(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("wgpmd", len), &len, |b, _| {
             b.iter(|| black_box(ours.seal(NOW, black_box(&mut buf[..]), len, MTU).unwrap()))
         });
-        let mut cache = KeyCache::new();
-        g.bench_with_input(BenchmarkId::new("wgpmd_cached", len), &len, |b, _| {
-            b.iter(|| black_box(ours.seal_cached(&mut cache, NOW, black_box(&mut buf[..]), len, MTU).unwrap()))
-        });
 
         let (mut bt, _) = boringtun_pair();
         let mut dst = vec![0u8; len + 64];
@@ -192,29 +189,6 @@ fn open(c: &mut Criterion) {
                 )
             })
         });
-        let mut cache = KeyCache::new();
-        g.bench_with_input(BenchmarkId::new("wgpmd_cached", len), &len, |b, _| {
-            b.iter_custom(|iters| {
-                timed_chunks(
-                    iters,
-                    |n| {
-                        (0..n)
-                            .map(|_| {
-                                let mut m = vec![0u8; DATA_HEADER_LEN + len + 16 + TAG_LEN];
-                                m[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&plain);
-                                let n = tx.seal(NOW, &mut m, len, MTU).unwrap();
-                                m.truncate(n);
-                                m
-                            })
-                            .collect()
-                    },
-                    |m| {
-                        black_box(rx.open_cached(&mut cache, NOW, black_box(&mut m[..])).unwrap());
-                    },
-                )
-            })
-        });
-
         let (mut bta, mut btb) = boringtun_pair();
         let mut dst = vec![0u8; len + 64];
         g.bench_with_input(BenchmarkId::new("boringtun", len), &len, |b, _| {

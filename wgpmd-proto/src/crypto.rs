@@ -2,7 +2,8 @@
 //!
 //! | primitive | implementation | why |
 //! |---|---|---|
-//! | ChaCha20-Poly1305 (data AEAD, [`AeadKey`]) | `ring` | fastest portable one-message implementation measured here, with run-time CPU dispatch (the repository's docs/PERFORMANCE.md) |
+//! | ChaCha20-Poly1305 (data messages) | `wgpmd-aead`'s multi-lane bursts, in `device::burst` (not in this module) | up to 16 messages of a burst at once, faster than any one-message implementation measured, key material wiped after each burst (the repository's docs/PERFORMANCE.md) |
+//! | ChaCha20-Poly1305, one message with a prepared key ([`AeadKey`]) | `ring` | only for tests and the benchmarks' references (`Keypair::seal`/`open`): the daemon does not use it |
 //! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |

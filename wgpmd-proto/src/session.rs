@@ -10,7 +10,6 @@
 //! - [`replay`]: [`ReplayWindow`], the 8192-bit anti-replay bitmap;
 //! - [`keypair`]: [`Keypair`], one handshake's keys with [`Keypair::seal`] and [`Keypair::open`];
 //! - [`keypairs`]: [`Keypairs`], a peer's three slots and their transitions;
-//! - [`keycache`]: [`KeyCache`], a worker's prepared AEAD keys of the keypairs it used last.
 //!
 //! # Sharing between worker threads
 //! The daemon runs one worker per core and a peer's packets may land on any core, so session
@@ -21,8 +20,9 @@
 //!   `REJECT_AFTER_MESSAGES`: every sealed message gets a unique nonce, and refused calls do not
 //!   move the counter (a plain `fetch_add` would creep past the limit and, after 8130 refusals,
 //!   wrap to nonces already used).
-//! - The replay window sits behind a `std::sync::Mutex`, held twice per message and only for the
-//!   bit test (a pre-check before decrypting, the marking after), never across crypto. Measured
+//! - The replay window sits behind a `std::sync::Mutex`, held only for the bit tests (pre-checks
+//!   before decrypting, the marking after), never across crypto: [`Keypair::open`] takes it twice
+//!   per message, the device's burst path twice per keypair per burst. Measured
 //!   cost of `open` over the raw AEAD: about 25 ns per message, against about 0.7 µs to decrypt a
 //!   full-size packet (the repository's docs/PERFORMANCE.md). This mirrors the kernel's
 //!   `spin_lock_bh` in `counter_validate`. A lock-free window (CAS on the counter, `fetch_or` on
@@ -32,12 +32,10 @@
 //! - Slot transitions take one per-peer mutex (the kernel's `keypair_update_lock`); the data path
 //!   takes it only on key confirmation, after a lock-free check.
 
-pub mod keycache;
 pub mod keypair;
 pub mod keypairs;
 pub mod replay;
 
-pub use keycache::KeyCache;
 pub use keypair::{padded_len, Keypair, OpenError, SealError};
 pub use keypairs::{Dropped, Keypairs};
 pub use replay::ReplayWindow;

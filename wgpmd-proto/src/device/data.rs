@@ -3,10 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 
-use super::{Device, DropReason, Event, IndexEntry, Output, PeerId};
-use crate::session::{OpenError, SealError};
+use super::burst::{RxItem, TxItem};
+use super::{Device, DropReason, Output, PeerId};
 use crate::time::Timestamp;
 use crate::wire::wireguard::TransportData;
 use crate::wire::{ipv4, ipv6};
@@ -40,7 +39,7 @@ pub struct Encapsulated {
 }
 
 /// Source, destination and total length of an inner IPv4/IPv6 packet.
-fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
+pub(super) fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr, usize)> {
     match p.first()? >> 4 {
         4 => {
             let v = ipv4::Packet::new_checked(p).ok()?;
@@ -89,7 +88,8 @@ impl Device {
         self.encapsulate_to(now, id, buf, plain_len, out)
     }
 
-    /// Like [`Device::encapsulate`] for a known peer (keepalives, staged packets).
+    /// Like [`Device::encapsulate`] for a known peer (keepalives, staged packets): a burst of
+    /// one ([`Device::encapsulate_burst`] holds the rules).
     pub fn encapsulate_to(
         &self,
         now: Timestamp,
@@ -98,47 +98,16 @@ impl Device {
         plain_len: usize,
         out: &mut Output,
     ) -> Result<Encapsulated, DropReason> {
-        let Some(peer) = self.peer(id) else {
-            return Err(out.stats.drop(DropReason::NoRoute));
-        };
-        let Some(to) = peer.endpoint() else {
-            tracing::debug!("No valid endpoint has been configured or discovered for {}", peer.name());
-            return Err(out.stats.drop(DropReason::NoEndpoint));
-        };
-        let want_handshake = |out: &mut Output| {
-            if !peer.handshake_wanted.swap(true, Ordering::Relaxed) {
-                out.events.push(Event::HandshakeWanted(id));
-            }
-        };
-        // A keypair made with a previous private key does not seal (see set_private_key).
-        let Some(kp) = peer.keypairs.current().filter(|kp| kp.generation() == self.generation()) else {
-            want_handshake(out);
-            return Err(out.stats.drop(DropReason::NoSession));
-        };
-        let len = match kp.seal_cached(&mut out.keys, now, buf, plain_len, self.mtu) {
-            Ok(len) => len,
-            Err(SealError::BufferTooSmall) => return Err(out.stats.drop(DropReason::BufferTooSmall)),
-            Err(_) => {
-                want_handshake(out);
-                return Err(out.stats.drop(DropReason::NoSession));
-            }
-        };
-        out.stats.aead_sealed += 1;
-        peer.add_tx(len);
-        self.note_authenticated_sent(peer, now, out);
-        if plain_len > 0 {
-            out.wake(id, peer.timers.data_sent(now));
-        }
-        // keep_key_fresh (send side): counter or age says rekey.
-        if kp.needs_rekey_on_send(now) && peer.timers.may_send_initiation(now) {
-            want_handshake(out);
-        }
-        Ok(Encapsulated { peer: id, to, len })
+        let mut items = [TxItem { peer: id, buf, plain_len }];
+        let mut result = Err(DropReason::NoSession);
+        self.tx_chunk(now, &mut items, out, &mut |_, r| result = r);
+        result
     }
 
     /// Open a transport data message in place. On success the inner packet is at
     /// `msg[result.range]`, authenticated and allowed for the peer; the peer's endpoint follows
-    /// `src` (roaming) only after authentication.
+    /// `src` (roaming) only after authentication. A burst of one
+    /// ([`Device::decapsulate_burst`] holds the rules).
     pub fn decapsulate(
         &self,
         now: Timestamp,
@@ -146,61 +115,9 @@ impl Device {
         msg: &mut [u8],
         out: &mut Output,
     ) -> Result<Decapsulated, DropReason> {
-        // Type and length, checked together before any other byte is read.
-        let Ok(data) = TransportData::new_checked(&*msg) else {
-            return Err(out.stats.drop(DropReason::Malformed));
-        };
-        let Some(IndexEntry::Keypair(id, kp)) = self.index.get(data.receiver_index()) else {
-            return Err(out.stats.drop(DropReason::UnknownIndex));
-        };
-        let Some(peer) = self.peer(id) else {
-            return Err(out.stats.drop(DropReason::UnknownIndex));
-        };
-        let range = match kp.open_cached(&mut out.keys, now, msg) {
-            Ok(r) => r,
-            Err(OpenError::Auth) | Err(OpenError::TooShort) => return Err(out.stats.drop(DropReason::DecryptFailed)),
-            Err(OpenError::Replay) => return Err(out.stats.drop(DropReason::Replay)),
-            Err(_) => return Err(out.stats.drop(DropReason::KeypairExpired)),
-        };
-        out.stats.aead_opened += 1;
-        peer.set_endpoint(src);
-        if let Some(dropped) = peer.keypairs.received_with(&kp) {
-            // Key confirmation: the responder's next keypair becomes current.
-            for idx in dropped.iter() {
-                self.index.remove(idx);
-            }
-            peer.timers.handshake_complete(now);
-            out.events.push(Event::SessionConfirmed(id));
-        }
-        // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME
-        // (not on a keypair of an old private key, which the kernel marks as not sending).
-        if kp.needs_rekey_on_recv(now)
-            && kp.generation() == self.generation()
-            && peer.timers.claim_lastminute_handshake()
-            && !peer.handshake_wanted.swap(true, Ordering::Relaxed)
-        {
-            out.events.push(Event::HandshakeWanted(id));
-        }
-        peer.timers.any_authenticated_packet_received(now);
-        out.wake(id, peer.timers.any_authenticated_packet_traversal(now));
-        peer.add_rx(msg.len());
-        if range.is_empty() {
-            out.stats.keepalives_received += 1;
-            tracing::trace!("Receiving keepalive packet from {}", peer.name());
-            return Ok(Decapsulated { peer: id, range });
-        }
-        out.wake(id, peer.timers.data_received(now));
-        let Some((src_ip, _, len)) = msg.get(range.clone()).and_then(inner_addrs) else {
-            tracing::debug!("Packet is neither ipv4 nor ipv6 from {}", peer.name());
-            return Err(out.stats.drop(DropReason::InvalidInner));
-        };
-        if len > range.len() {
-            return Err(out.stats.drop(DropReason::InvalidInner));
-        }
-        if self.allowed.lookup(src_ip) != Some(id) {
-            tracing::debug!("Packet has disallowed src IP ({}) from {}", src_ip, peer.name());
-            return Err(out.stats.drop(DropReason::DisallowedSource));
-        }
-        Ok(Decapsulated { peer: id, range: range.start..range.start + len })
+        let mut items = [RxItem { src, msg }];
+        let mut result = Err(DropReason::DecryptFailed);
+        self.rx_chunk(now, &mut items, out, &mut |_, r| result = r);
+        result
     }
 }

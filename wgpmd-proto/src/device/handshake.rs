@@ -135,7 +135,7 @@ impl Device {
         // ss (cached after the peer's first handshake), then e, ee, se in the response: two
         // more DHs.
         if old_index != 0 {
-            self.index.remove(old_index);
+            self.remove_index(old_index);
         }
         peer.set_endpoint(src);
         peer.add_rx(init.as_ref().len());
@@ -145,7 +145,7 @@ impl Device {
         let mut resp = match hs.noise.create_response(rng, local) {
             Ok(r) => r,
             Err(e) => {
-                self.index.remove(local);
+                self.remove_index(local);
                 tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
                 return Err(out.stats.drop(DropReason::HandshakeFailed));
             }
@@ -154,7 +154,7 @@ impl Device {
         let keys = match hs.noise.begin_session() {
             Ok(k) => k,
             Err(_) => {
-                self.index.remove(local);
+                self.remove_index(local);
                 return Err(out.stats.drop(DropReason::HandshakeFailed));
             }
         };
@@ -251,7 +251,7 @@ impl Device {
             return Err(out.stats.drop(DropReason::HandshakeFailed));
         }
         for idx in peer.keypairs.install(kp).iter() {
-            self.index.remove(idx);
+            self.remove_index(idx);
         }
         peer.handshake_wanted.store(false, Ordering::Relaxed);
         out.wake(peer.id(), peer.timers.session_derived(now));
@@ -302,13 +302,13 @@ impl Device {
         out.stats.dh_operations += if hs.noise.has_static_static(identity) { 1 } else { 2 };
         let made = hs.noise.create_initiation(identity, rng, tai64n(self.wall_ns(now)), local);
         if old != 0 {
-            self.index.remove(old);
+            self.remove_index(old);
         }
         let mut msg = match made {
             Ok(m) => m,
             Err(e) => {
                 drop(hs);
-                self.index.remove(local);
+                self.remove_index(local);
                 tracing::debug!("Could not create handshake initiation for {}: {}", peer.name(), e);
                 return Err(out.stats.drop(DropReason::HandshakeFailed));
             }

@@ -24,9 +24,11 @@
 //! events for the caller (a session is ready: flush staged packets; a timer was armed: put the
 //! peer on the wheel; a handshake is wanted), and per-worker counters.
 
+mod burst;
 mod data;
 mod endpoint;
 mod handshake;
+mod indexcache;
 mod journal;
 mod keymap;
 mod peer;
@@ -44,11 +46,13 @@ use crate::index::IndexTable;
 use crate::messages::{DEFAULT_TUNNEL_MTU, INITIATION_LEN, KEY_LEN, MAX_PEERS_PER_DEVICE};
 use crate::noise::Identity;
 use crate::ratelimit::{LoadDetector, RateLimiter};
-use crate::session::{KeyCache, Keypair};
+use crate::session::Keypair;
 use crate::time::Timestamp;
 
+pub use burst::{RxItem, TxItem, CHUNK};
 pub use data::{inner_dst, Decapsulated, Encapsulated};
 pub use handshake::{HandshakeOutcome, Screened};
+pub use indexcache::SLOTS as INDEX_CACHE_SLOTS;
 pub use journal::Changes;
 use keymap::KeyMap;
 pub use peer::{Peer, PeerId, PeerName};
@@ -189,6 +193,10 @@ pub struct Stats {
     pub sessions: u64,
     /// Keepalives received.
     pub keepalives_received: u64,
+    /// Data-path receiver-index lookups answered by the worker's own cache (no table lock).
+    pub index_cache_hits: u64,
+    /// Data-path receiver-index lookups that went to the shared index table.
+    pub index_cache_misses: u64,
 }
 
 impl Stats {
@@ -266,8 +274,10 @@ pub struct Output {
     pub events: Vec<Event>,
     /// Counters.
     pub stats: Stats,
-    /// The AEAD keys the data path prepared last (see [`KeyCache`]).
-    pub(crate) keys: KeyCache,
+    /// The worker's cache of receiver index -> keypair (`indexcache`).
+    pub(crate) cache: indexcache::IndexCache,
+    /// Room for one multi-lane AEAD call's lanes, reused (no allocation per burst).
+    pub(crate) lanes: Vec<wgpmd_aead::Lane<'static>>,
 }
 
 impl Output {
@@ -277,7 +287,8 @@ impl Output {
             transmits: Vec::with_capacity(n),
             events: Vec::with_capacity(n),
             stats: Stats::default(),
-            keys: KeyCache::new(),
+            cache: indexcache::IndexCache::new(),
+            lanes: Vec::with_capacity(wgpmd_aead::MAX_LANES),
         }
     }
     /// Forget transmits and events (keeps counters).
@@ -285,10 +296,17 @@ impl Output {
         self.transmits.clear();
         self.events.clear();
     }
-    /// Forget the AEAD keys prepared for the data path (they are kept across bursts until
-    /// replaced by others' keys; see [`KeyCache`]).
+    /// Forget the data path's cached receiver-index lookups: each holds a reference to a
+    /// keypair, which keeps its keys alive after the device dropped it until the entry is
+    /// replaced. The daemon calls this when a worker is idle and at least every minute.
     pub fn forget_keys(&mut self) {
-        self.keys.clear();
+        self.cache.clear();
+    }
+
+    /// Entries of the receiver-index cache holding a keypair (at most
+    /// [`INDEX_CACHE_SLOTS`]).
+    pub fn index_cache_used(&self) -> usize {
+        self.cache.used()
     }
     pub(crate) fn wake(&mut self, peer: PeerId, at: Option<Timestamp>) {
         if let Some(at) = at {
@@ -535,7 +553,7 @@ impl Device {
     ///
     /// `wgpmd bench` sets up a million peers with it: a real handshake per peer would measure
     /// the handshake path, not the data path at that scale.
-    #[cfg(feature = "bench")]
+    #[cfg(any(test, feature = "bench"))]
     pub fn bench_install_session<R: RngCore + CryptoRng>(
         &self,
         rng: &mut R,
@@ -552,7 +570,7 @@ impl Device {
             return Err(ConfigError::NoSuchPeer);
         }
         for idx in peer.keypairs.install(kp).iter() {
-            self.index.remove(idx);
+            self.remove_index(idx);
         }
         peer.handshake_wanted.store(false, std::sync::atomic::Ordering::Relaxed);
         Ok(local)
@@ -665,13 +683,21 @@ impl Device {
     /// Drop a peer's keypairs and handshake, removing their indices.
     fn forget_sessions(&self, peer: &Peer) {
         for idx in peer.keypairs.clear().iter() {
-            self.index.remove(idx);
+            self.remove_index(idx);
         }
         let mut hs = peer.handshake();
         let old = hs.noise.local_index();
         hs.noise.clear();
         if old != 0 {
-            self.index.remove(old);
+            self.remove_index(old);
+        }
+    }
+
+    /// Remove an index from the table; a keypair's is retired, so workers' cached lookups of
+    /// it stop being used (`indexcache`).
+    fn remove_index(&self, idx: u32) {
+        if let Some(IndexEntry::Keypair(_, kp)) = self.index.remove(idx) {
+            kp.retire();
         }
     }
 
@@ -680,5 +706,7 @@ impl Device {
     }
 }
 
+#[cfg(test)]
+mod burst_tests;
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,6 @@ use crate::noise::SessionKeys;
 use crate::time::Timestamp;
 use crate::wire::wireguard::{field, TransportData};
 
-use super::keycache::KeyCache;
 use super::replay::ReplayWindow;
 
 /// Why [`Keypair::seal`] refused to seal.
@@ -104,6 +103,9 @@ struct Receiving {
     birth: Timestamp,
     local_index: u32,
     initiator: bool,
+    /// Set once the keypair's index has left the device's index table (see
+    /// [`Keypair::retire`]): a worker's cached lookup of the index is then stale.
+    retired: AtomicBool,
 }
 
 /// The transport state of one completed handshake (kernel `struct noise_keypair`).
@@ -113,9 +115,10 @@ struct Receiving {
 ///
 /// The two keys are kept as their 32 raw bytes ([`Secret`], wiped on drop), not as ring's
 /// prepared key type, which takes 544 bytes (it is sized for AES-GCM) and is not wiped on drop.
-/// [`seal`](Self::seal) and [`open`](Self::open) prepare ring's key for each message;
-/// [`seal_cached`](Self::seal_cached) and [`open_cached`](Self::open_cached), which the device's
-/// data path uses, take it from the caller's [`KeyCache`]. Layout: one 64-byte line for sealing
+/// [`seal`](Self::seal) and [`open`](Self::open) (one message, ring's AEAD, for tests and
+/// references) prepare ring's key for each message; the device's data path seals and opens
+/// bursts with the multi-lane `wgpmd_aead` straight from the raw bytes
+/// (`crate::device::burst`), so no prepared copy of a key exists there. Layout: one 64-byte line for sealing
 /// and 17 for opening (the 1 KiB replay window and the rest), 1152 bytes
 /// (`docs/PERFORMANCE.md`).
 #[repr(C)]
@@ -163,6 +166,7 @@ impl Keypair {
                 birth,
                 local_index,
                 initiator,
+                retired: AtomicBool::new(false),
             },
         }
     }
@@ -177,7 +181,7 @@ impl Keypair {
 
     /// This keypair, stamped with identity generation `generation` (a session installed without
     /// a handshake must carry the device's current one to seal).
-    #[cfg(feature = "bench")]
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn with_generation(mut self, generation: u64) -> Self {
         self.send.generation = generation;
         self
@@ -223,21 +227,6 @@ impl Keypair {
         })
     }
 
-    /// [`seal`](Self::seal) with ring's key from `cache` (prepared there on a miss).
-    #[inline]
-    pub fn seal_cached(
-        &self,
-        cache: &mut KeyCache,
-        now: Timestamp,
-        buf: &mut [u8],
-        plain_len: usize,
-        mtu: usize,
-    ) -> Result<usize, SealError> {
-        self.seal_with(now, buf, plain_len, mtu, |key, counter, text| {
-            cache.with_key(self, true, key, |k| k.seal_in_place(counter, &[], text))
-        })
-    }
-
     #[inline]
     fn seal_with(
         &self,
@@ -279,14 +268,6 @@ impl Keypair {
         self.open_with(now, msg, |key, counter, sealed| AeadKey::new(&key.0).open_in_place(counter, &[], sealed))
     }
 
-    /// [`open`](Self::open) with ring's key from `cache` (prepared there on a miss).
-    #[inline]
-    pub fn open_cached(&self, cache: &mut KeyCache, now: Timestamp, msg: &mut [u8]) -> Result<Range<usize>, OpenError> {
-        self.open_with(now, msg, |key, counter, sealed| {
-            cache.with_key(self, false, key, |k| k.open_in_place(counter, &[], sealed))
-        })
-    }
-
     #[inline]
     fn open_with(
         &self,
@@ -318,6 +299,63 @@ impl Keypair {
             return Err(OpenError::Replay);
         }
         Ok(field::data::PAYLOAD.start..len - TAG_LEN)
+    }
+
+    /// The raw sealing key (for the device's burst AEAD).
+    #[inline]
+    pub(crate) fn send_key(&self) -> &[u8; 32] {
+        &self.send.key.0
+    }
+
+    /// The raw opening key (for the device's burst AEAD).
+    #[inline]
+    pub(crate) fn recv_key(&self) -> &[u8; 32] {
+        &self.recv.key.0
+    }
+
+    /// Whether the keypair may seal at `now`: not expired explicitly nor by age (the checks of
+    /// [`seal`](Self::seal) before it takes a counter).
+    #[inline]
+    pub(crate) fn send_usable(&self, now: Timestamp) -> bool {
+        self.send.valid.load(Ordering::Relaxed) && !self.send.birth.has_expired(REJECT_AFTER_TIME, now)
+    }
+
+    /// Whether the receive half is past `REJECT_AFTER_TIME` (what [`open`](Self::open) checks
+    /// before the replay window).
+    #[inline]
+    pub(crate) fn recv_expired(&self, now: Timestamp) -> bool {
+        self.recv.birth.has_expired(REJECT_AFTER_TIME, now)
+    }
+
+    /// Reserve up to `n` consecutive send counters with one atomic operation: `(first, count)`,
+    /// `count < n` only when `REJECT_AFTER_MESSAGES` is reached (never passed), `count == 0` once
+    /// it has been.
+    pub(crate) fn reserve_counters(&self, n: u64) -> (u64, u64) {
+        match self.send.counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+            (c < REJECT_AFTER_MESSAGES && n > 0).then(|| c + n.min(REJECT_AFTER_MESSAGES - c))
+        }) {
+            Ok(c) => (c, n.min(REJECT_AFTER_MESSAGES - c)),
+            Err(c) => (c, 0),
+        }
+    }
+
+    /// The replay window, locked (the device's burst path takes it once per keypair per burst
+    /// for the pre-checks and once for marking).
+    #[inline]
+    pub(crate) fn lock_window(&self) -> MutexGuard<'_, ReplayWindow> {
+        self.window()
+    }
+
+    /// Mark the keypair as gone from the device's index table: a worker's cached lookup of its
+    /// index is no longer used. Never undone.
+    pub(crate) fn retire(&self) {
+        self.recv.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether [`retire`](Self::retire) was called.
+    #[inline]
+    pub fn is_retired(&self) -> bool {
+        self.recv.retired.load(Ordering::Acquire)
     }
 
     /// The next counter [`seal`](Self::seal) will use (the number of messages sealed so far).

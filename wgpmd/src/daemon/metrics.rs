@@ -296,6 +296,10 @@ const DEVICE_COUNTERS: &[(&str, &str, StatsField)] = &[
     ("wgpmd_aead_opened", "Transport data messages that passed authentication", |s| s.aead_opened),
     ("wgpmd_aead_sealed", "Transport data messages sealed", |s| s.aead_sealed),
     ("wgpmd_keepalives_received", "Keepalives received", |s| s.keepalives_received),
+    ("wgpmd_index_cache_hits", "Receiver-index lookups answered by the worker's own cache", |s| s.index_cache_hits),
+    ("wgpmd_index_cache_misses", "Receiver-index lookups that went to the shared index table", |s| {
+        s.index_cache_misses
+    }),
     ("wgpmd_mac1_valid", "Handshake messages whose mac1 verified", |s| s.mac1_valid),
     ("wgpmd_dh_operations", "X25519 operations for handshakes", |s| s.dh_operations),
     ("wgpmd_cookies_sent", "Cookie replies sent", |s| s.cookies_sent),

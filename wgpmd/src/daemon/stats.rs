@@ -148,6 +148,8 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("aead_opened", l.device.aead_opened),
             ("aead_sealed", l.device.aead_sealed),
             ("keepalives_received", l.device.keepalives_received),
+            ("index_cache_hits", l.device.index_cache_hits),
+            ("index_cache_misses", l.device.index_cache_misses),
             ("mac1_valid", l.device.mac1_valid),
             ("dh_operations", l.device.dh_operations),
             ("cookies_sent", l.device.cookies_sent),

@@ -15,7 +15,7 @@ use super::handshakes::{self, Stage};
 use super::stats::Local;
 use super::{PollMode, Shared};
 use crate::wan::{self, icmp, Classified, Heard, NeighCache, Outer, Unroutable};
-use wgpmd_proto::device::{inner_dst, Device, DropReason, Output};
+use wgpmd_proto::device::{inner_dst, Decapsulated, Device, DropReason, Encapsulated, Output, PeerId, RxItem, TxItem};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP, MESSAGE_DATA};
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::wire::EthernetAddress;
@@ -26,9 +26,10 @@ pub const BURST: usize = 32;
 const SPIN_BEFORE_SLEEP: u32 = 64;
 /// Longest adaptive sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
-/// The prepared AEAD keys a worker caches (`Output::forget_keys`) are dropped at least this
-/// often, and whenever the worker finds nothing to do: a dead session's key must not outlive it
-/// in a cache (WireGuard promises session keys are gone within 3 × REJECT_AFTER_TIME).
+/// The worker's cached receiver-index lookups (`Output::forget_keys`), each holding a keypair,
+/// are dropped at least this often, and whenever the worker finds nothing to do: a dead
+/// session's key must not outlive it in a cache (WireGuard promises session keys are gone
+/// within 3 × REJECT_AFTER_TIME).
 pub(crate) const KEY_CACHE_MAX_AGE: Duration = Duration::from_secs(60);
 
 pub(crate) struct Worker {
@@ -49,6 +50,15 @@ pub(crate) struct Worker {
     hs: Stage,
     /// This worker's share of the exception path's rate (`None`: no exception path).
     exc_bucket: Option<TokenBucket>,
+    /// The WAN burst's data messages (with their source and its MAC), opened as one burst.
+    data: Vec<(Buffer, SocketAddr, EthernetAddress)>,
+    /// The inner burst's routed packets (with their peer and plaintext length), sealed as one.
+    seal: Vec<(Buffer, PeerId, usize)>,
+    /// Reused room for the device's burst items and results (no allocation per burst).
+    rx_items: Vec<RxItem<'static>>,
+    tx_items: Vec<TxItem<'static>>,
+    rx_results: Vec<Result<Decapsulated, DropReason>>,
+    tx_results: Vec<Result<Encapsulated, DropReason>>,
     /// Test hook: panic on the first IPv4 packet from the inner port ([`PANIC_HOOK_ENV`] names
     /// this worker).
     #[cfg(feature = "test-hooks")]
@@ -67,6 +77,12 @@ impl Worker {
         let exc_bucket = sh.handoff.exception.as_ref().map(|q| exception::worker_bucket(q.rate, sh.workers.len()));
         Worker {
             exc_bucket,
+            data: Vec::with_capacity(BURST),
+            seal: Vec::with_capacity(BURST),
+            rx_items: Vec::with_capacity(BURST),
+            tx_items: Vec::with_capacity(BURST),
+            rx_results: Vec::with_capacity(BURST),
+            tx_results: Vec::with_capacity(BURST),
             id,
             sh,
             wan,
@@ -241,7 +257,7 @@ impl Worker {
                     }
                     buf.truncate(len);
                     if buf.data().first() == Some(&MESSAGE_DATA) {
-                        self.data_in(dev, now, src, src_mac, buf);
+                        self.data.push((buf, src, src_mac));
                     } else {
                         self.hs.arrive(dev, &self.sh.handoff.hs_load, now, src, buf.data(), &mut self.out);
                     }
@@ -272,6 +288,7 @@ impl Worker {
             }
         }
         self.rx = rx;
+        self.data_in(dev, now);
         n
     }
 
@@ -322,25 +339,45 @@ impl Worker {
         n
     }
 
-    fn data_in(&mut self, dev: &Device, now: Timestamp, src: SocketAddr, src_mac: EthernetAddress, mut buf: Buffer) {
-        // Drops are counted in out.stats by reason.
-        let Ok(d) = dev.decapsulate(now, src, buf.data_mut(), &mut self.out) else { return };
-        // The sender's MAC is the next hop back to it: learn from authenticated traffic.
-        if let Some(hop) = self.sh.data.wan.next_hop(src.ip()) {
-            if !self.neigh.confirmed(hop, src_mac, now) {
-                self.learn(hop, src_mac, Heard::Traffic, now);
-                // Cache it again (fresh now) so the next packets skip the check.
-                self.neigh.lookup(&self.sh.data.neigh, hop, now);
-            }
-        }
-        if d.is_keepalive() {
+    /// The WAN burst's data messages: opened as one device burst, then neighbours learned once
+    /// per source and the inner packets queued in order.
+    fn data_in(&mut self, dev: &Device, now: Timestamp) {
+        if self.data.is_empty() {
             return;
         }
-        self.c.data_rx += 1;
-        if buf.trim_front(d.range.start).is_ok() {
-            buf.truncate(d.range.len());
-            self.inner_tx.push(buf);
+        let mut items = recycle(std::mem::take(&mut self.rx_items));
+        items.extend(self.data.iter_mut().map(|(b, src, _)| RxItem { src: *src, msg: b.data_mut() }));
+        // Drops are counted in out.stats by reason.
+        dev.decapsulate_burst(now, &mut items, &mut self.rx_results, &mut self.out);
+        self.rx_items = recycle(items);
+        let mut results = std::mem::take(&mut self.rx_results);
+        let mut data = std::mem::take(&mut self.data);
+        let mut learned: Option<(SocketAddr, EthernetAddress)> = None;
+        for ((mut buf, src, src_mac), r) in data.drain(..).zip(results.drain(..)) {
+            let Ok(d) = r else { continue };
+            // The sender's MAC is the next hop back to it: learn from authenticated traffic,
+            // once per source and MAC in a row.
+            if learned != Some((src, src_mac)) {
+                learned = Some((src, src_mac));
+                if let Some(hop) = self.sh.data.wan.next_hop(src.ip()) {
+                    if !self.neigh.confirmed(hop, src_mac, now) {
+                        self.learn(hop, src_mac, Heard::Traffic, now);
+                        // Cache it again (fresh now) so the next packets skip the check.
+                        self.neigh.lookup(&self.sh.data.neigh, hop, now);
+                    }
+                }
+            }
+            if d.is_keepalive() {
+                continue;
+            }
+            self.c.data_rx += 1;
+            if buf.trim_front(d.range.start).is_ok() {
+                buf.truncate(d.range.len());
+                self.inner_tx.push(buf);
+            }
         }
+        self.data = data;
+        self.rx_results = results;
     }
 
     /// Inner side: route, encrypt in place, add the outer header.
@@ -366,7 +403,31 @@ impl Worker {
                 self.out.stats.drop(DropReason::BufferTooSmall);
                 continue;
             }
-            match dev.encapsulate_to(now, peer, buf.data_and_tailroom_mut(), plain_len, &mut self.out) {
+            self.seal.push((buf, peer, plain_len));
+        }
+        self.rx = rx;
+        self.seal_out(dev, now);
+        n
+    }
+
+    /// The inner burst's routed packets: sealed as one device burst, then the outer headers,
+    /// in order; those without a session are staged.
+    fn seal_out(&mut self, dev: &Device, now: Timestamp) {
+        if self.seal.is_empty() {
+            return;
+        }
+        let mut items = recycle(std::mem::take(&mut self.tx_items));
+        items.extend(self.seal.iter_mut().map(|(b, peer, plain_len)| TxItem {
+            peer: *peer,
+            buf: b.data_and_tailroom_mut(),
+            plain_len: *plain_len,
+        }));
+        dev.encapsulate_burst(now, &mut items, &mut self.tx_results, &mut self.out);
+        self.tx_items = recycle(items);
+        let mut results = std::mem::take(&mut self.tx_results);
+        let mut seal = std::mem::take(&mut self.seal);
+        for ((mut buf, peer, _), r) in seal.drain(..).zip(results.drain(..)) {
+            match r {
                 Ok(e) => {
                     if buf.set_len(e.len).is_ok() {
                         self.c.data_tx += 1;
@@ -382,8 +443,8 @@ impl Worker {
                 Err(_) => {}
             }
         }
-        self.rx = rx;
-        n
+        self.seal = seal;
+        self.tx_results = results;
     }
 
     /// An inner packet longer than the tunnel MTU: dropped, and answered (rate-limited) with
@@ -537,4 +598,11 @@ impl Worker {
             self.out.transmits = transmits;
         }
     }
+}
+
+/// `v`, emptied, with the lifetime of its next use: the allocation is reused (collecting from an
+/// empty vector's iterator into a vector of a same-layout type reuses the buffer).
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }

@@ -1,0 +1,609 @@
+//! Transport data in bursts: the one implementation of the data path's rules
+//! ([`Device::decapsulate`] and [`Device::encapsulate_to`] are bursts of one).
+//!
+//! A burst is cut in chunks of at most [`CHUNK`] messages; each chunk runs in phases, so that what
+//! is shared between cores is touched once per keypair or peer per chunk rather than per message:
+//!
+//! Receive ([`Device::decapsulate_burst`]):
+//! 1. parse every header, look every receiver index up (the worker's index cache: no lock, no
+//!    reference count on a hit) and group the messages by keypair;
+//! 2. per keypair: the age check, then ONE replay-window lock for every message's pre-check
+//!    (limit, replay); the messages that pass are the ones decrypted;
+//! 3. the AEAD over the burst, [`wgpmd_aead::Lanes::open_lanes`] in calls of at most 16 lanes, with
+//!    the keypair's raw key bytes (verify, then decrypt: a failing lane keeps its ciphertext);
+//! 4. per keypair: ONE lock to mark, deciding every message in burst order exactly as the
+//!    single-message rules would have at its turn: limit, then replay (against the window as
+//!    marked by the earlier messages of the burst, so a counter twice in one burst is accepted
+//!    once), then the tag, then the marking;
+//! 5. in burst order: key confirmation (`received_with`) once per keypair, keep_key_fresh, the
+//!    inner-header and allowed-IPs checks; a message whose keypair an earlier message's
+//!    confirmation retired is an unknown index, as it would have been one message later;
+//! 6. per peer: the endpoint (the last authenticated source: roaming), byte counter, timers.
+//!
+//! Send ([`Device::encapsulate_burst`]): per peer its endpoint and current keypair once; per
+//! message the buffer check; per keypair the counters reserved with one atomic operation that
+//! stops at `REJECT_AFTER_MESSAGES`; headers and padding; [`wgpmd_aead::Lanes::seal_lanes`] in
+//! calls of at most 16 lanes; per peer the byte counter, timers and the rekey check.
+//!
+//! The timer calls made once per peer per chunk are the ones whose repetition at the same `now`
+//! changes nothing (`data_received` twice does: it is called twice when two or more data messages
+//! arrived). Events may come in another order than one message at a time would give them, never
+//! with other content.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use wgpmd_aead::{Lane, Lanes, MAX_LANES, TAG_LEN};
+
+use super::data::{inner_addrs, Decapsulated, Encapsulated};
+use super::indexcache::Found;
+use super::{Device, DropReason, Event, Output, Peer, PeerId};
+use crate::messages::{DATA_HEADER_LEN, DATA_OVERHEAD, REJECT_AFTER_MESSAGES};
+use crate::session::{padded_len, Keypair};
+use crate::time::Timestamp;
+use crate::wire::wireguard::TransportData;
+
+/// Messages per chunk: the most a burst call works on at once (longer bursts are cut).
+pub const CHUNK: usize = 32;
+
+/// One received transport-data message of a burst.
+#[derive(Debug)]
+pub struct RxItem<'a> {
+    /// The UDP source it came from.
+    pub src: SocketAddr,
+    /// The whole WireGuard message, opened in place.
+    pub msg: &'a mut [u8],
+}
+
+/// One inner packet of a burst to seal.
+#[derive(Debug)]
+pub struct TxItem<'a> {
+    /// The peer it goes to.
+    pub peer: PeerId,
+    /// 16 bytes of headroom, the plaintext, then room for padding and the tag (as
+    /// [`Device::encapsulate_to`]).
+    pub buf: &'a mut [u8],
+    /// Length of the plaintext at `buf[16..]`.
+    pub plain_len: usize,
+}
+
+/// A small open-addressed map of `u32` keys to chunk-local numbers (at most [`CHUNK`] keys).
+struct SmallMap {
+    keys: [u32; 2 * CHUNK],
+    vals: [u8; 2 * CHUNK],
+}
+
+impl SmallMap {
+    const EMPTY: u8 = u8::MAX;
+    fn new() -> Self {
+        SmallMap { keys: [0; 2 * CHUNK], vals: [Self::EMPTY; 2 * CHUNK] }
+    }
+    #[inline]
+    fn slot(&self, key: u32) -> usize {
+        let mut s = (key.wrapping_mul(0x9e37_79b9) >> 26) as usize & (2 * CHUNK - 1);
+        while self.vals[s] != Self::EMPTY && self.keys[s] != key {
+            s = (s + 1) & (2 * CHUNK - 1);
+        }
+        s
+    }
+    #[inline]
+    fn get(&self, key: u32) -> Option<u8> {
+        let v = self.vals[self.slot(key)];
+        (v != Self::EMPTY).then_some(v)
+    }
+    /// Insert (at most `CHUNK` distinct keys, so a free slot always exists).
+    #[inline]
+    fn insert(&mut self, key: u32, val: u8) {
+        let s = self.slot(key);
+        self.keys[s] = key;
+        self.vals[s] = val;
+    }
+}
+
+/// Where a message of a chunk stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Dropped for this reason (not counted yet).
+    Drop(DropReason),
+    /// Looked up, not yet checked.
+    Pending,
+    /// Passed the pre-checks: decrypt.
+    Open,
+    /// Authenticated and marked in the window.
+    Accepted,
+}
+
+/// A keypair of a receive chunk.
+#[derive(Default)]
+struct RxGroup {
+    peer: PeerId,
+    slot: usize,
+}
+
+/// A peer's share of a receive chunk, applied once.
+struct RxPeer<'a> {
+    peer: &'a Peer,
+    src: SocketAddr,
+    bytes: usize,
+    data: u32,
+}
+
+/// A peer of a send chunk.
+struct TxGroup {
+    peer: PeerId,
+    to: Option<SocketAddr>,
+    kp: Option<Arc<Keypair>>,
+    usable: bool,
+    want: bool,
+    need: u64,
+    sealed: u32,
+    bytes: usize,
+    data: bool,
+}
+
+fn wake(events: &mut Vec<Event>, peer: PeerId, at: Option<Timestamp>) {
+    if let Some(at) = at {
+        events.push(Event::Wake { peer, at });
+    }
+}
+
+/// `lanes`, emptied, with the lifetime of its next use (no allocation: the vector is reused).
+fn recycle<'a, 'b>(mut lanes: Vec<Lane<'a>>) -> Vec<Lane<'b>> {
+    lanes.clear();
+    lanes.into_iter().map(|_| unreachable!("the vector is empty")).collect()
+}
+
+impl Device {
+    /// Open a burst of transport data messages in place. `results` is cleared and gets one
+    /// result per item, in order, each exactly what [`Device::decapsulate`] would have returned
+    /// for the items one at a time (drops counted in `out.stats` by reason).
+    pub fn decapsulate_burst(
+        &self,
+        now: Timestamp,
+        items: &mut [RxItem<'_>],
+        results: &mut Vec<Result<Decapsulated, DropReason>>,
+        out: &mut Output,
+    ) {
+        results.clear();
+        for chunk in items.chunks_mut(CHUNK) {
+            self.rx_chunk(now, chunk, out, &mut |_, r| results.push(r));
+        }
+    }
+
+    /// Seal a burst of inner packets in place, each for its peer. `results` is cleared and gets
+    /// one result per item, in order, each what [`Device::encapsulate_to`] would have returned
+    /// (on success the message is `item.buf[..len]`).
+    pub fn encapsulate_burst(
+        &self,
+        now: Timestamp,
+        items: &mut [TxItem<'_>],
+        results: &mut Vec<Result<Encapsulated, DropReason>>,
+        out: &mut Output,
+    ) {
+        results.clear();
+        for chunk in items.chunks_mut(CHUNK) {
+            self.tx_chunk(now, chunk, out, &mut |_, r| results.push(r));
+        }
+    }
+
+    /// One receive chunk (at most [`CHUNK`] items); `emit` gets each item's result in order.
+    pub(super) fn rx_chunk(
+        &self,
+        now: Timestamp,
+        items: &mut [RxItem<'_>],
+        out: &mut Output,
+        emit: &mut dyn FnMut(usize, Result<Decapsulated, DropReason>),
+    ) {
+        let n = items.len().min(CHUNK);
+        let items = &mut items[..n];
+        let mut verdict = [Verdict::Pending; CHUNK];
+        let mut group_of = [0u8; CHUNK];
+        let mut counter = [0u64; CHUNK];
+        let mut groups: [RxGroup; CHUNK] = core::array::from_fn(|_| RxGroup::default());
+        let mut owned: [Option<Arc<Keypair>>; CHUNK] = core::array::from_fn(|_| None);
+        let mut expired = [false; CHUNK];
+        let mut confirmed = [false; CHUNK];
+        let mut ngroups = 0usize;
+
+        // 1. Headers and lookups, grouped by receiver index (one index, one keypair).
+        out.cache.begin_burst();
+        let mut by_index = SmallMap::new();
+        for (i, it) in items.iter().enumerate() {
+            // Type and length, checked together before any other byte is read.
+            let Ok(data) = TransportData::new_checked(&*it.msg) else {
+                verdict[i] = Verdict::Drop(DropReason::Malformed);
+                continue;
+            };
+            let index = data.receiver_index();
+            counter[i] = data.counter();
+            if let Some(g) = by_index.get(index) {
+                group_of[i] = g;
+                continue;
+            }
+            let found = out.cache.lookup(&self.index, index, &mut out.stats);
+            let Some((peer, found)) = found.filter(|(id, _)| self.peer(*id).is_some()) else {
+                verdict[i] = Verdict::Drop(DropReason::UnknownIndex);
+                continue;
+            };
+            let g = &mut groups[ngroups];
+            g.peer = peer;
+            match found {
+                Found::Slot(s) => g.slot = s,
+                Found::Owned(kp) => owned[ngroups] = Some(kp),
+            }
+            by_index.insert(index, ngroups as u8);
+            group_of[i] = ngroups as u8;
+            ngroups += 1;
+        }
+
+        let Output { stats, events, cache, lanes, .. } = out;
+        let kps: [Option<&Arc<Keypair>>; CHUNK] = core::array::from_fn(|g| match &owned[g] {
+            _ if g >= ngroups => None,
+            Some(kp) => Some(kp),
+            None => cache.get(groups[g].slot),
+        });
+
+        // 2. Age, then one lock per keypair for the pre-checks.
+        for g in 0..ngroups {
+            let Some(kp) = kps[g] else { continue };
+            expired[g] = kp.recv_expired(now);
+            let mut window = (!expired[g]).then(|| kp.lock_window());
+            for i in 0..n {
+                if group_of[i] as usize != g || verdict[i] != Verdict::Pending {
+                    continue;
+                }
+                verdict[i] = match window.as_mut() {
+                    None => Verdict::Drop(DropReason::KeypairExpired),
+                    Some(w) if counter[i] >= REJECT_AFTER_MESSAGES || w.counter() >= REJECT_AFTER_MESSAGES => {
+                        Verdict::Drop(DropReason::KeypairExpired)
+                    }
+                    Some(w) if !w.check(counter[i]) => Verdict::Drop(DropReason::Replay),
+                    Some(_) => Verdict::Open,
+                };
+            }
+        }
+
+        // 3. The AEAD over every message that passed, at most 16 lanes a call.
+        let mut auth = [false; CHUNK];
+        let engine = Lanes::new();
+        let mut lanes_v = recycle(std::mem::take(lanes));
+        let mut lane_item = [0u8; MAX_LANES];
+        let mut pending = items.iter_mut().enumerate().filter(|(i, _)| verdict[*i] == Verdict::Open).peekable();
+        while pending.peek().is_some() {
+            for (i, it) in pending.by_ref().take(MAX_LANES) {
+                let Some(kp) = kps[group_of[i] as usize] else { continue };
+                let len = it.msg.len();
+                let (text, tag) = it.msg[DATA_HEADER_LEN..].split_at_mut(len - DATA_HEADER_LEN - TAG_LEN);
+                let mut lane = Lane::wireguard(kp.recv_key(), counter[i], text);
+                lane.tag.copy_from_slice(tag);
+                lane_item[lanes_v.len()] = i as u8;
+                lanes_v.push(lane);
+            }
+            // The chunk's lanes are within the kernel's limits, so this cannot fail; if it did,
+            // nothing was decrypted and every lane counts as failed.
+            let mask = engine.open_lanes(&mut lanes_v).unwrap_or(0);
+            for (j, &i) in lane_item.iter().enumerate().take(lanes_v.len()) {
+                auth[i as usize] = mask & (1 << j) != 0;
+            }
+            lanes_v.clear();
+        }
+        drop(pending);
+        *lanes = recycle(lanes_v);
+
+        // 4. One lock per keypair to mark, deciding each message in order as at its turn.
+        for g in 0..ngroups {
+            let Some(kp) = kps[g].filter(|_| !expired[g]) else { continue };
+            let mut w = kp.lock_window();
+            for i in 0..n {
+                if group_of[i] as usize != g || !matches!(verdict[i], Verdict::Open | Verdict::Drop(DropReason::Replay))
+                {
+                    continue;
+                }
+                let c = counter[i];
+                verdict[i] = if c >= REJECT_AFTER_MESSAGES || w.counter() >= REJECT_AFTER_MESSAGES {
+                    Verdict::Drop(DropReason::KeypairExpired)
+                } else if verdict[i] != Verdict::Open {
+                    // Refused by the pre-check: still refused (the window only moves on).
+                    verdict[i]
+                } else if !auth[i] {
+                    if w.check(c) {
+                        Verdict::Drop(DropReason::DecryptFailed)
+                    } else {
+                        Verdict::Drop(DropReason::Replay)
+                    }
+                } else if w.validate(c) {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Drop(DropReason::Replay)
+                };
+            }
+        }
+
+        // 5. In order: confirmation, keep_key_fresh, inner checks.
+        let mut peers: [Option<RxPeer<'_>>; CHUNK] = core::array::from_fn(|_| None);
+        let mut npeers = 0usize;
+        let mut by_peer = SmallMap::new();
+        for (i, it) in items.iter().enumerate() {
+            let r = match verdict[i] {
+                Verdict::Accepted => {
+                    let g = group_of[i] as usize;
+                    let id = groups[g].peer;
+                    match (kps[g], self.peer(id)) {
+                        (Some(kp), Some(peer)) if !kp.is_retired() => {
+                            if !confirmed[g] {
+                                confirmed[g] = true;
+                                self.confirm(now, id, peer, kp, events);
+                            }
+                            let p = match by_peer.get(id) {
+                                Some(p) => p as usize,
+                                None => {
+                                    by_peer.insert(id, npeers as u8);
+                                    npeers += 1;
+                                    npeers - 1
+                                }
+                            };
+                            let agg = peers[p].get_or_insert(RxPeer { peer, src: it.src, bytes: 0, data: 0 });
+                            self.accepted(now, id, peer, kp, agg, it, stats, events)
+                        }
+                        _ => Err(DropReason::UnknownIndex),
+                    }
+                }
+                Verdict::Drop(r) => Err(r),
+                // Not reached: every message ends accepted or dropped.
+                Verdict::Pending | Verdict::Open => Err(DropReason::DecryptFailed),
+            };
+            emit(i, r.map_err(|e| stats.drop(e)));
+        }
+
+        // 6. Per peer, once.
+        for agg in peers.iter().take(npeers).flatten() {
+            let (peer, id) = (agg.peer, agg.peer.id());
+            peer.set_endpoint(agg.src);
+            peer.timers.any_authenticated_packet_received(now);
+            wake(events, id, peer.timers.any_authenticated_packet_traversal(now));
+            peer.add_rx(agg.bytes);
+            for _ in 0..agg.data.min(2) {
+                wake(events, id, peer.timers.data_received(now));
+            }
+        }
+    }
+
+    /// Key confirmation: the responder's next keypair becomes current on its first message.
+    fn confirm(&self, now: Timestamp, id: PeerId, peer: &Peer, kp: &Arc<Keypair>, events: &mut Vec<Event>) {
+        if let Some(dropped) = peer.keypairs.received_with(kp) {
+            for idx in dropped.iter() {
+                self.remove_index(idx);
+            }
+            peer.timers.handshake_complete(now);
+            events.push(Event::SessionConfirmed(id));
+        }
+    }
+
+    /// The per-message rest of an authenticated message: keep_key_fresh, the peer's share, the
+    /// inner checks.
+    #[allow(clippy::too_many_arguments)]
+    fn accepted(
+        &self,
+        now: Timestamp,
+        id: PeerId,
+        peer: &Peer,
+        kp: &Keypair,
+        agg: &mut RxPeer<'_>,
+        it: &RxItem<'_>,
+        stats: &mut super::Stats,
+        events: &mut Vec<Event>,
+    ) -> Result<Decapsulated, DropReason> {
+        stats.aead_opened += 1;
+        // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME
+        // (not on a keypair of an old private key, which the kernel marks as not sending).
+        if kp.needs_rekey_on_recv(now)
+            && kp.generation() == self.generation()
+            && peer.timers.claim_lastminute_handshake()
+            && !peer.handshake_wanted.swap(true, Ordering::Relaxed)
+        {
+            events.push(Event::HandshakeWanted(id));
+        }
+        let len = it.msg.len();
+        agg.src = it.src;
+        agg.bytes += len;
+        let range: Range<usize> = DATA_HEADER_LEN..len - TAG_LEN;
+        if range.is_empty() {
+            stats.keepalives_received += 1;
+            tracing::trace!("Receiving keepalive packet from {}", peer.name());
+            return Ok(Decapsulated { peer: id, range });
+        }
+        agg.data += 1;
+        let Some((src_ip, _, inner_len)) = it.msg.get(range.clone()).and_then(inner_addrs) else {
+            tracing::debug!("Packet is neither ipv4 nor ipv6 from {}", peer.name());
+            return Err(DropReason::InvalidInner);
+        };
+        if inner_len > range.len() {
+            return Err(DropReason::InvalidInner);
+        }
+        if self.allowed.lookup(src_ip) != Some(id) {
+            tracing::debug!("Packet has disallowed src IP ({}) from {}", src_ip, peer.name());
+            return Err(DropReason::DisallowedSource);
+        }
+        Ok(Decapsulated { peer: id, range: range.start..range.start + inner_len })
+    }
+
+    /// One send chunk (at most [`CHUNK`] items); `emit` gets each item's result in order.
+    pub(super) fn tx_chunk(
+        &self,
+        now: Timestamp,
+        items: &mut [TxItem<'_>],
+        out: &mut Output,
+        emit: &mut dyn FnMut(usize, Result<Encapsulated, DropReason>),
+    ) {
+        let n = items.len().min(CHUNK);
+        let items = &mut items[..n];
+        let mut verdict = [Verdict::Pending; CHUNK];
+        let mut group_of = [0u8; CHUNK];
+        let mut counter = [0u64; CHUNK];
+        let mut groups: [Option<TxGroup>; CHUNK] = core::array::from_fn(|_| None);
+        let mut ngroups = 0usize;
+        let mut by_peer = SmallMap::new();
+        let generation = self.generation();
+
+        // 1. Per peer its endpoint and keypair; per message the buffer check.
+        for (i, it) in items.iter().enumerate() {
+            let g = match by_peer.get(it.peer) {
+                Some(g) => g as usize,
+                None => {
+                    let Some(peer) = self.peer(it.peer) else {
+                        verdict[i] = Verdict::Drop(DropReason::NoRoute);
+                        continue;
+                    };
+                    let to = peer.endpoint();
+                    // A keypair made with a previous private key does not seal (see set_private_key).
+                    let kp = peer.keypairs.current().filter(|kp| kp.generation() == generation);
+                    let usable = kp.as_ref().is_some_and(|kp| kp.send_usable(now));
+                    groups[ngroups] = Some(TxGroup {
+                        peer: it.peer,
+                        to,
+                        kp,
+                        usable,
+                        want: false,
+                        need: 0,
+                        sealed: 0,
+                        bytes: 0,
+                        data: false,
+                    });
+                    by_peer.insert(it.peer, ngroups as u8);
+                    ngroups += 1;
+                    ngroups - 1
+                }
+            };
+            group_of[i] = g as u8;
+            let Some(gr) = groups[g].as_mut() else { continue };
+            verdict[i] = if gr.to.is_none() {
+                Verdict::Drop(DropReason::NoEndpoint)
+            } else if gr.kp.is_none() {
+                gr.want = true;
+                Verdict::Drop(DropReason::NoSession)
+            } else if padded_len(it.plain_len, self.mtu).checked_add(DATA_OVERHEAD).is_none_or(|t| t > it.buf.len()) {
+                Verdict::Drop(DropReason::BufferTooSmall)
+            } else if !gr.usable {
+                gr.want = true;
+                Verdict::Drop(DropReason::NoSession)
+            } else {
+                gr.need += 1;
+                Verdict::Open
+            };
+        }
+
+        // 2. Counters: one atomic operation per keypair; past the limit, a handshake.
+        let mut next = [0u64; CHUNK];
+        let mut left = [0u64; CHUNK];
+        for (g, gr) in groups.iter_mut().enumerate().take(ngroups) {
+            let Some(gr) = gr.as_mut() else { continue };
+            if let (Some(kp), true) = (gr.kp.as_ref(), gr.need > 0) {
+                (next[g], left[g]) = kp.reserve_counters(gr.need);
+            }
+        }
+        for i in 0..n {
+            if verdict[i] != Verdict::Open {
+                continue;
+            }
+            let g = group_of[i] as usize;
+            if left[g] == 0 {
+                verdict[i] = Verdict::Drop(DropReason::NoSession);
+                if let Some(gr) = groups[g].as_mut() {
+                    gr.want = true;
+                }
+                continue;
+            }
+            counter[i] = next[g];
+            next[g] += 1;
+            left[g] -= 1;
+        }
+
+        // 3. Headers, padding, and the AEAD, at most 16 lanes a call.
+        let Output { stats, events, lanes, .. } = out;
+        let engine = Lanes::new();
+        let mut lanes_v = recycle(std::mem::take(lanes));
+        let mut lens = [0usize; CHUNK];
+        let mut tags = [[0u8; TAG_LEN]; CHUNK];
+        let mut lane_item = [0u8; MAX_LANES];
+        let mut pending = items.iter_mut().enumerate().filter(|(i, _)| verdict[*i] == Verdict::Open).peekable();
+        while pending.peek().is_some() {
+            for (i, it) in pending.by_ref().take(MAX_LANES) {
+                let Some(kp) = groups[group_of[i] as usize].as_ref().and_then(|g| g.kp.as_ref()) else { continue };
+                let padded = padded_len(it.plain_len, self.mtu);
+                lens[i] = padded + DATA_OVERHEAD;
+                // The header's view gets exactly the header's bytes: with its length known, the
+                // setters compile to plain stores.
+                let (header, payload) = it.buf[..lens[i]].split_at_mut(DATA_HEADER_LEN);
+                let mut header = TransportData::new_unchecked(header);
+                header.init_header();
+                header.set_receiver_index(kp.remote_index());
+                header.set_counter(counter[i]);
+                let text = &mut payload[..padded];
+                text[it.plain_len..].fill(0);
+                lane_item[lanes_v.len()] = i as u8;
+                lanes_v.push(Lane::wireguard(kp.send_key(), counter[i], text));
+            }
+            // The chunk's lanes are within the kernels' limits, so this cannot fail; if it did,
+            // no lane was touched and the zero tags make the peer drop those messages.
+            let _ = engine.seal_lanes(&mut lanes_v);
+            for (j, lane) in lanes_v.drain(..).enumerate() {
+                tags[lane_item[j] as usize] = lane.tag;
+            }
+        }
+        drop(pending);
+        *lanes = recycle(lanes_v);
+
+        // 4. In order: tags and results; per peer once: counters, timers, rekey check.
+        for (i, it) in items.iter_mut().enumerate() {
+            let g = group_of[i] as usize;
+            let r = match (verdict[i], groups[g].as_mut()) {
+                (Verdict::Open, Some(gr)) => {
+                    let len = lens[i];
+                    it.buf[len - TAG_LEN..len].copy_from_slice(&tags[i]);
+                    stats.aead_sealed += 1;
+                    gr.sealed += 1;
+                    gr.bytes += len;
+                    gr.data |= it.plain_len > 0;
+                    match gr.to {
+                        Some(to) => Ok(Encapsulated { peer: gr.peer, to, len }),
+                        None => Err(DropReason::NoEndpoint),
+                    }
+                }
+                (Verdict::Drop(r), gr) => {
+                    if r == DropReason::NoEndpoint {
+                        if let Some(peer) = gr.and_then(|gr| self.peer(gr.peer)) {
+                            tracing::debug!("No valid endpoint has been configured or discovered for {}", peer.name());
+                        }
+                    }
+                    Err(r)
+                }
+                // Not reached: every message ends sealed or dropped.
+                _ => Err(DropReason::NoSession),
+            };
+            emit(i, r.map_err(|e| stats.drop(e)));
+        }
+        for gr in groups.iter().take(ngroups).flatten() {
+            let id = gr.peer;
+            let Some(peer) = self.peer(id) else { continue };
+            let mut want = gr.want;
+            if gr.sealed > 0 {
+                peer.add_tx(gr.bytes);
+                wake(events, id, peer.timers.any_authenticated_packet_traversal(now));
+                peer.timers.any_authenticated_packet_sent(now);
+                if gr.data {
+                    wake(events, id, peer.timers.data_sent(now));
+                }
+                // keep_key_fresh (send side): counter or age says rekey.
+                if gr.kp.as_ref().is_some_and(|kp| kp.needs_rekey_on_send(now)) && peer.timers.may_send_initiation(now)
+                {
+                    want = true;
+                }
+            }
+            if want && !peer.handshake_wanted.swap(true, Ordering::Relaxed) {
+                events.push(Event::HandshakeWanted(id));
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The burst path against bursts of one: the same decisions, counters and plaintext, over random
+//! sequences of several peers' messages; a counter twice in one burst; the index cache and
+//! retired keypairs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::tests::ipv4_packet;
+use super::*;
+use crate::crypto::Secret;
+use crate::messages::{DATA_HEADER_LEN, REJECT_AFTER_TIME};
+
+const PEERS: u8 = 5;
+/// Peers 0..SESSIONS get a session; the rest have none (`NoSession` on send).
+const SESSIONS: u8 = 4;
+/// Peer born early: expired by the time most bursts run.
+const OLD_PEER: u8 = 3;
+/// Peer with no endpoint.
+const NO_ENDPOINT: u8 = 4;
+const MTU: usize = 1420;
+
+fn t(secs: u64) -> Timestamp {
+    Timestamp::from_secs(secs)
+}
+
+fn src_addr(p: u8, alt: bool) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + p)), if alt { 40000 } else { 51820 })
+}
+
+fn inner_src(p: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, p, 1)
+}
+
+/// A device with [`PEERS`] peers, and for those with a session the sending end of it.
+struct Rig {
+    dev: Device,
+    peers: Vec<PeerId>,
+    senders: Vec<Option<Keypair>>,
+    locals: Vec<u32>,
+    out: Output,
+}
+
+/// Two calls with one seed build identical rigs (same indices, keys, peers).
+fn rig(seed: u64) -> Rig {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut dev = Device::new(&mut rng, 1_700_000_000_000_000_000);
+    dev.set_private_key(Some(PrivateKey::generate(&mut rng)));
+    let (mut peers, mut senders, mut locals) = (Vec::new(), Vec::new(), Vec::new());
+    for p in 0..PEERS {
+        let pk = PrivateKey::generate(&mut rng).public_key();
+        let id = dev.add_peer(&mut rng, pk).unwrap();
+        if p != NO_ENDPOINT {
+            dev.set_endpoint(id, src_addr(p, false)).unwrap();
+        }
+        dev.add_allowed_ip(id, IpAddr::V4(inner_src(p)), 32).unwrap();
+        peers.push(id);
+        if p < SESSIONS {
+            let (send, recv) = (Secret([p + 1; 32]), Secret([p + 101; 32]));
+            let birth = if p == OLD_PEER { t(1) } else { t(100) };
+            let remote = 0x1000 + u32::from(p);
+            let local = dev.bench_install_session(&mut rng, id, &send, &recv, remote, birth).unwrap();
+            senders.push(Some(Keypair::new(&recv, &send, remote, local, false, birth)));
+            locals.push(local);
+        } else {
+            senders.push(None);
+            locals.push(0);
+        }
+    }
+    Rig { dev, peers, senders, locals, out: Output::with_capacity(64) }
+}
+
+/// A data message from peer `p` (sealed by its sending end) with `inner` as the plaintext.
+fn sealed(r: &Rig, p: u8, inner: &[u8], at: Timestamp) -> Vec<u8> {
+    let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + 16 + 16];
+    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(inner);
+    let kp = r.senders[p as usize].as_ref().unwrap();
+    let n = kp.seal(at, &mut buf, inner.len(), MTU).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// A random sequence of received messages: data, keepalives, replays (close by, so often in the
+/// same burst, and far), corrupted tags, disallowed and non-IP inner packets, unknown indices,
+/// malformed messages, the expired peer's messages, messages slightly reordered.
+fn sequence(r: &Rig, rng: &mut ChaCha20Rng, n: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut v: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    while v.len() < n {
+        let p = (rng.next_u32() % u32::from(SESSIONS)) as u8;
+        let src = src_addr(p, rng.next_u32().is_multiple_of(4));
+        let len = (rng.next_u32() % 200) as usize;
+        let kind = rng.next_u32() % 16;
+        let msg = match kind {
+            0 if !v.is_empty() => {
+                let back =
+                    1 + (rng.next_u32() as usize % v.len().min(if rng.next_u32().is_multiple_of(2) { 4 } else { 400 }));
+                v[v.len() - back].clone().1
+            }
+            1 => sealed(r, p, &[], t(100)),
+            2 => {
+                let mut m = sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), len), t(100));
+                let last = m.len() - 1;
+                m[last] ^= 1 << (rng.next_u32() % 8);
+                m
+            }
+            3 => sealed(r, p, &ipv4_packet(Ipv4Addr::new(10, 9, 9, 9), Ipv4Addr::new(10, 9, 0, 1), len), t(100)),
+            4 => sealed(r, p, &vec![0u8; len.max(1)], t(100)),
+            5 => {
+                let mut m = sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), len), t(100));
+                m[4..8].copy_from_slice(&rng.next_u32().to_le_bytes());
+                m
+            }
+            6 => {
+                let mut m = sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), len), t(100));
+                m.truncate(rng.next_u32() as usize % 32);
+                m
+            }
+            _ => sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), len), t(100)),
+        };
+        v.push((src, msg));
+        // Reorder: swap with a recent message now and then.
+        if v.len() > 2 && rng.next_u32().is_multiple_of(8) {
+            let k = v.len() - 1 - (1 + rng.next_u32() as usize % 2);
+            let last = v.len() - 1;
+            v.swap(k, last);
+        }
+    }
+    v
+}
+
+/// The device state the two paths must agree on.
+fn state(r: &Rig) -> Vec<(u64, u64, Option<SocketAddr>, Option<u32>)> {
+    r.peers
+        .iter()
+        .map(|&id| {
+            let p = r.dev.peer(id).unwrap();
+            (p.rx_bytes(), p.tx_bytes(), p.endpoint(), p.current_local_index())
+        })
+        .collect()
+}
+
+fn without_cache_counts(s: &Stats) -> Stats {
+    Stats { index_cache_hits: 0, index_cache_misses: 0, ..s.clone() }
+}
+
+/// The events, as a set (a burst may give them in another order, and a timer's `Wake` once
+/// where one message at a time repeats it).
+fn event_set(events: &[Event]) -> Vec<String> {
+    let mut v: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn receive_bursts_decide_exactly_as_messages_one_at_a_time() {
+    for seed in 0..6u64 {
+        let mut burst = rig(seed);
+        let mut single = rig(seed);
+        assert_eq!(burst.locals, single.locals);
+        let mut rng = ChaCha20Rng::seed_from_u64(1000 + seed);
+        let seq = sequence(&burst, &mut rng, 700);
+        let mut results = Vec::new();
+        let mut at = 0usize;
+        // The old peer's keypair (born at 1 s) expires at 181 s, midway; before that it is old
+        // enough for keep_key_fresh on receive.
+        let mut now = t(176);
+        let (mut accepted, mut replays, mut expired) = (0, 0, 0);
+        while at < seq.len() {
+            // Bursts of 1 to 48 messages (longer than a chunk now and then), time moving on so
+            // that the old peer's keypair expires midway.
+            let len = (1 + rng.next_u32() as usize % 48).min(seq.len() - at);
+            now = now + Duration::from_millis(u64::from(rng.next_u32() % 600));
+            let mut a: Vec<(SocketAddr, Vec<u8>)> = seq[at..at + len].to_vec();
+            let mut b = a.clone();
+            let mut items: Vec<RxItem<'_>> =
+                a.iter_mut().map(|(src, m)| RxItem { src: *src, msg: &mut m[..] }).collect();
+            burst.dev.decapsulate_burst(now, &mut items, &mut results, &mut burst.out);
+            drop(items);
+            assert_eq!(results.len(), len);
+            for (k, (src, m)) in b.iter_mut().enumerate() {
+                let one = single.dev.decapsulate(now, *src, m, &mut single.out);
+                assert_eq!(results[k], one, "seed {seed}, message {}", at + k);
+                if let Ok(d) = &one {
+                    assert_eq!(a[k].1[d.range.clone()], m[d.range.clone()], "plaintext, message {}", at + k);
+                    accepted += 1;
+                }
+                replays += usize::from(one == Err(DropReason::Replay));
+                expired += usize::from(one == Err(DropReason::KeypairExpired));
+            }
+            assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
+            assert_eq!(state(&burst), state(&single), "seed {seed}, burst at {at}");
+            assert_eq!(event_set(&burst.out.events), event_set(&single.out.events));
+            at += len;
+        }
+        assert!(now > t(1) + REJECT_AFTER_TIME, "the old peer's keypair expired during the run");
+        // The sequence exercised what it is meant to.
+        assert!(accepted > 100 && replays > 5 && expired > 0, "{accepted} {replays} {expired}");
+        for r in [DropReason::DecryptFailed, DropReason::UnknownIndex, DropReason::DisallowedSource] {
+            assert!(single.out.stats.drops_for(r) > 0, "{r:?}");
+        }
+        assert!(burst.out.stats.index_cache_hits > burst.out.stats.index_cache_misses);
+    }
+}
+
+#[test]
+fn send_bursts_seal_exactly_as_messages_one_at_a_time() {
+    for seed in 0..4u64 {
+        let mut burst = rig(seed);
+        let mut single = rig(seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(2000 + seed);
+        let mut results = Vec::new();
+        let mut now = t(100);
+        for round in 0..40 {
+            now = now + Duration::from_millis(u64::from(rng.next_u32() % 5000));
+            let len = 1 + rng.next_u32() as usize % 48;
+            let mut a: Vec<(PeerId, Vec<u8>, usize)> = (0..len)
+                .map(|_| {
+                    let p = (rng.next_u32() % u32::from(PEERS)) as u8;
+                    let plain = if rng.next_u32().is_multiple_of(8) { 0 } else { 20 + rng.next_u32() as usize % 300 };
+                    // Now and then a buffer too small for the padded message.
+                    let room = if rng.next_u32().is_multiple_of(16) { 16 + plain } else { 16 + plain + 16 + 16 };
+                    let mut buf = vec![0u8; room];
+                    if plain > 0 {
+                        buf[16..16 + plain].copy_from_slice(&ipv4_packet(
+                            Ipv4Addr::new(10, 9, 0, 1),
+                            inner_src(p),
+                            plain - 20,
+                        ));
+                    }
+                    (burst.peers[p as usize], buf, plain)
+                })
+                .collect();
+            let mut b = a.clone();
+            let mut items: Vec<TxItem<'_>> = a
+                .iter_mut()
+                .map(|(peer, buf, plain)| TxItem { peer: *peer, buf: &mut buf[..], plain_len: *plain })
+                .collect();
+            burst.dev.encapsulate_burst(now, &mut items, &mut results, &mut burst.out);
+            drop(items);
+            for (k, (peer, buf, plain)) in b.iter_mut().enumerate() {
+                let one = single.dev.encapsulate_to(now, *peer, buf, *plain, &mut single.out);
+                assert_eq!(results[k], one, "seed {seed}, round {round}, item {k}");
+                if let Ok(e) = one {
+                    assert_eq!(a[k].1[..e.len], buf[..e.len], "sealed bytes");
+                }
+            }
+            assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
+            assert_eq!(state(&burst), state(&single));
+            assert_eq!(event_set(&burst.out.events), event_set(&single.out.events));
+        }
+        for r in [DropReason::NoSession, DropReason::NoEndpoint, DropReason::BufferTooSmall] {
+            assert!(single.out.stats.drops_for(r) > 0, "{r:?}");
+        }
+        assert!(single.out.stats.aead_sealed > 100);
+    }
+    // The peer's end opens what a burst sealed.
+    let mut r = rig(5);
+    let mut bufs: Vec<Vec<u8>> = (0..20)
+        .map(|k| {
+            let mut buf = vec![0u8; 16 + 100 + k + 32];
+            buf[16..116 + k].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 80 + k));
+            buf
+        })
+        .collect();
+    let mut items: Vec<TxItem<'_>> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(k, b)| TxItem { peer: r.peers[k % 2], buf: &mut b[..], plain_len: 100 + k })
+        .collect();
+    let mut results = Vec::new();
+    r.dev.encapsulate_burst(t(101), &mut items, &mut results, &mut r.out);
+    drop(items);
+    for (k, (b, res)) in bufs.iter_mut().zip(&results).enumerate() {
+        let e = res.as_ref().unwrap();
+        let range = r.senders[k % 2].as_ref().unwrap().open(t(101), &mut b[..e.len]).unwrap();
+        assert_eq!(b[range][..100 + k], ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 80 + k)[..]);
+    }
+}
+
+#[test]
+fn a_counter_twice_in_one_burst_is_accepted_once() {
+    let mut r = rig(7);
+    let m = sealed(&r, 0, &ipv4_packet(inner_src(0), Ipv4Addr::new(10, 9, 0, 1), 60), t(100));
+    let mut bad = m.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x80;
+    // A forged copy first (fails, marks nothing), then the message three times.
+    let mut msgs = [bad, m.clone(), m.clone(), m];
+    let mut items: Vec<RxItem<'_>> =
+        msgs.iter_mut().map(|m| RxItem { src: src_addr(0, false), msg: &mut m[..] }).collect();
+    let mut results = Vec::new();
+    r.dev.decapsulate_burst(t(101), &mut items, &mut results, &mut r.out);
+    assert_eq!(results[0], Err(DropReason::DecryptFailed));
+    assert!(results[1].is_ok());
+    assert_eq!(results[2], Err(DropReason::Replay));
+    assert_eq!(results[3], Err(DropReason::Replay));
+    assert_eq!(r.out.stats.aead_opened, 1);
+    assert_eq!(r.out.stats.drops_for(DropReason::Replay), 2);
+}
+
+#[test]
+fn the_index_cache_never_answers_with_a_retired_keypair() {
+    let mut r = rig(9);
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let msg = |r: &Rig| sealed(r, 0, &ipv4_packet(inner_src(0), Ipv4Addr::new(10, 9, 0, 1), 40), t(100));
+    let mut m = msg(&r);
+    assert!(r.dev.decapsulate(t(101), src_addr(0, false), &mut m, &mut r.out).is_ok());
+    let mut m = msg(&r);
+    assert!(r.dev.decapsulate(t(101), src_addr(0, false), &mut m, &mut r.out).is_ok());
+    assert_eq!((r.out.stats.index_cache_misses, r.out.stats.index_cache_hits), (1, 1));
+    assert_eq!(r.out.index_cache_used(), 1);
+    // Two new sessions push the first keypair out of the peer's slots (current -> previous ->
+    // gone): its index leaves the table and the cached entry must not be used.
+    for k in 0..2u8 {
+        let (s, v) = (Secret([50 + k; 32]), Secret([60 + k; 32]));
+        r.dev.bench_install_session(&mut rng, r.peers[0], &s, &v, 0x2000, t(101)).unwrap();
+    }
+    let mut m = msg(&r);
+    assert_eq!(r.dev.decapsulate(t(102), src_addr(0, false), &mut m, &mut r.out), Err(DropReason::UnknownIndex));
+    assert_eq!(r.out.stats.index_cache_hits, 1, "no hit on a retired keypair");
+    // A removed peer: its keypair's index is gone too.
+    let mut m = sealed(&r, 1, &ipv4_packet(inner_src(1), Ipv4Addr::new(10, 9, 0, 1), 40), t(100));
+    assert!(r.dev.decapsulate(t(102), src_addr(1, false), &mut m.clone(), &mut r.out).is_ok());
+    r.dev.remove_peer(r.peers[1]).unwrap();
+    m = sealed(&r, 1, &ipv4_packet(inner_src(1), Ipv4Addr::new(10, 9, 0, 1), 40), t(100));
+    assert_eq!(r.dev.decapsulate(t(102), src_addr(1, false), &mut m, &mut r.out), Err(DropReason::UnknownIndex));
+    // Forgetting the cache drops its references.
+    r.out.forget_keys();
+    assert_eq!(r.out.index_cache_used(), 0);
+}

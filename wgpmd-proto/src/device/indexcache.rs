@@ -1,0 +1,126 @@
+//! A worker's cache of receiver index -> (peer, keypair), so the data path's common case takes
+//! no lock on the shared index table and writes no shared reference count.
+//!
+//! The shared [`IndexTable`] answers a lookup under a shard read lock and with a clone of the
+//! `Arc<Keypair>`: two writes to cache lines other cores write too (the lock word and the
+//! reference count), per packet. This cache is owned by one worker (it lives in its
+//! [`super::Output`]); a hit reads the worker's own entry and the keypair's `retired` flag, and
+//! writes only the entry.
+//!
+//! - Direct-mapped, [`SLOTS`] entries picked by the index's low bits (indices are drawn
+//!   uniformly at random by us, so they spread; an attacker's unknown indices miss and are not
+//!   cached). Bounded: [`SLOTS`] entries, each holding one `Arc<Keypair>`; hits and misses are
+//!   counted in [`super::Stats`].
+//! - Validity without the table lock: when the device removes a keypair's index from the table it
+//!   [`retire`](crate::session::Keypair::retire)s the keypair, and a retired entry is a miss. An
+//!   index is never reused while its keypair is in the table, so a cached (index, keypair) whose
+//!   keypair is not retired is what the table holds (up to the same race a table lookup has with
+//!   a concurrent removal).
+//! - Within one burst, an entry a packet of the burst already uses is pinned: a later miss that
+//!   maps to the same slot keeps its keypair outside the cache for the burst (one clone) instead
+//!   of evicting it.
+//! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
+//!   entry is replaced or [`IndexCache::clear`]ed: the worker clears the cache when idle and at
+//!   least every minute (the keys are wiped when the last reference goes).
+
+use std::sync::Arc;
+
+use super::{IndexEntry, PeerId, Stats};
+use crate::index::IndexTable;
+use crate::session::Keypair;
+
+/// Entries per worker (a power of two).
+pub const SLOTS: usize = 256;
+
+#[derive(Default)]
+struct Entry {
+    index: u32,
+    peer: PeerId,
+    kp: Option<Arc<Keypair>>,
+    /// The burst that last used the entry ([`IndexCache::begin_burst`]).
+    pinned: u64,
+}
+
+/// Where a burst finds a looked-up keypair.
+pub(crate) enum Found {
+    /// In the cache's slot (pinned for the burst).
+    Slot(usize),
+    /// Outside the cache (its slot was pinned by another index of the same burst).
+    Owned(Arc<Keypair>),
+}
+
+/// See the module documentation.
+pub(crate) struct IndexCache {
+    entries: Box<[Entry]>,
+    burst: u64,
+}
+
+impl Default for IndexCache {
+    fn default() -> Self {
+        IndexCache::new()
+    }
+}
+
+impl core::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IndexCache").field("used", &self.used()).finish_non_exhaustive()
+    }
+}
+
+impl IndexCache {
+    pub(crate) fn new() -> Self {
+        IndexCache { entries: (0..SLOTS).map(|_| Entry::default()).collect(), burst: 0 }
+    }
+
+    /// Start a burst: entries used from now on are pinned until the next call.
+    #[inline]
+    pub(crate) fn begin_burst(&mut self) {
+        self.burst += 1;
+    }
+
+    /// The peer and keypair of receiver index `index`: from the cache, or from `table` on a miss
+    /// (then cached unless the slot is pinned). `None`: not a keypair's index.
+    #[inline]
+    pub(crate) fn lookup(
+        &mut self,
+        table: &IndexTable<IndexEntry>,
+        index: u32,
+        stats: &mut Stats,
+    ) -> Option<(PeerId, Found)> {
+        let slot = index as usize & (SLOTS - 1);
+        let burst = self.burst;
+        let e = &mut self.entries[slot];
+        if e.index == index && e.kp.as_ref().is_some_and(|kp| !kp.is_retired()) {
+            e.pinned = burst;
+            stats.index_cache_hits += 1;
+            return Some((e.peer, Found::Slot(slot)));
+        }
+        stats.index_cache_misses += 1;
+        let Some(IndexEntry::Keypair(peer, kp)) = table.get(index) else {
+            return None;
+        };
+        if e.pinned == burst {
+            return Some((peer, Found::Owned(kp)));
+        }
+        *e = Entry { index, peer, kp: Some(kp), pinned: burst };
+        Some((peer, Found::Slot(slot)))
+    }
+
+    /// The keypair in `slot` (as [`lookup`](Self::lookup) returned it).
+    #[inline]
+    pub(crate) fn get(&self, slot: usize) -> Option<&Arc<Keypair>> {
+        self.entries.get(slot).and_then(|e| e.kp.as_ref())
+    }
+
+    /// Drop every entry (and so the cache's references to keypairs).
+    pub(crate) fn clear(&mut self) {
+        for e in self.entries.iter_mut() {
+            *e = Entry::default();
+        }
+    }
+
+    /// Entries holding a keypair.
+    pub(crate) fn used(&self) -> usize {
+        self.entries.iter().filter(|e| e.kp.is_some()).count()
+    }
+}
