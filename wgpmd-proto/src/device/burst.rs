@@ -47,6 +47,8 @@ use crate::wire::wireguard::TransportData;
 
 /// Messages per chunk: the most a burst call works on at once (longer bursts are cut).
 pub const CHUNK: usize = 32;
+// Per-chunk bit masks (`unsealed`) are `u32`.
+const _: () = assert!(CHUNK <= u32::BITS as usize);
 
 /// One received transport-data message of a burst.
 #[derive(Debug)]
@@ -527,6 +529,8 @@ impl Device {
         let mut lens = [0usize; CHUNK];
         let mut tags = [[0u8; TAG_LEN]; CHUNK];
         let mut lane_item = [0u8; MAX_LANES];
+        // Items whose seal failed (bit i): never sent.
+        let mut unsealed = 0u32;
         let mut pending = items.iter_mut().enumerate().filter(|(i, _)| verdict[*i] == Verdict::Open).peekable();
         while pending.peek().is_some() {
             for (i, it) in pending.by_ref().take(MAX_LANES) {
@@ -545,11 +549,16 @@ impl Device {
                 lane_item[lanes_v.len()] = i as u8;
                 lanes_v.push(Lane::wireguard(kp.send_key(), counter[i], text));
             }
-            // The chunk's lanes are within the kernels' limits, so this cannot fail; if it did,
-            // no lane was touched and the zero tags make the peer drop those messages.
-            let _ = engine.seal_lanes(&mut lanes_v);
+            // The chunk's lanes are within the kernels' limits, so this cannot fail. If it ever
+            // did, no lane was touched: the buffers still hold plaintext, so those items are
+            // dropped below, never sent.
+            let sealed = engine.seal_lanes(&mut lanes_v).is_ok();
             for (j, lane) in lanes_v.drain(..).enumerate() {
-                tags[lane_item[j] as usize] = lane.tag;
+                if sealed {
+                    tags[lane_item[j] as usize] = lane.tag;
+                } else {
+                    unsealed |= 1 << lane_item[j];
+                }
             }
         }
         drop(pending);
@@ -559,6 +568,8 @@ impl Device {
         for (i, it) in items.iter_mut().enumerate() {
             let g = group_of[i] as usize;
             let r = match (verdict[i], groups[g].as_mut()) {
+                // Not sealed (see phase 3): the buffer holds plaintext.
+                (Verdict::Open, Some(_)) if unsealed & (1 << i) != 0 => Err(DropReason::BufferTooSmall),
                 (Verdict::Open, Some(gr)) => {
                     let len = lens[i];
                     it.buf[len - TAG_LEN..len].copy_from_slice(&tags[i]);

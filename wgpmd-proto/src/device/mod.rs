@@ -696,9 +696,11 @@ impl Device {
     /// Remove an index from the table; a keypair's is retired, so workers' cached lookups of
     /// it stop being used (`indexcache`).
     fn remove_index(&self, idx: u32) {
-        if let Some(IndexEntry::Keypair(_, kp)) = self.index.remove(idx) {
+        // Retired first: a worker that still finds it (in the table or its cache) sees the flag.
+        if let Some(IndexEntry::Keypair(_, kp)) = self.index.get(idx) {
             kp.retire();
         }
+        self.index.remove(idx);
     }
 
     fn wall_ns(&self, now: Timestamp) -> u64 {
