@@ -1,6 +1,7 @@
-//! The burst path against bursts of one: the same decisions, counters and plaintext, over random
-//! sequences of several peers' messages; a counter twice in one burst; the index cache and
-//! retired keypairs.
+//! The burst path against bursts of one, and the receive side also against an independent model
+//! (the one-message rules as written before the burst path, on `Keypair::open`, i.e. ring's
+//! AEAD): the same decisions, counters and plaintext, over random sequences of several peers'
+//! messages; a counter twice in one burst; the index cache and retired keypairs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use super::tests::ipv4_packet;
 use super::*;
 use crate::crypto::Secret;
 use crate::messages::{DATA_HEADER_LEN, REJECT_AFTER_TIME};
+use crate::session::OpenError;
+use crate::wire::wireguard::TransportData;
 
 const PEERS: u8 = 5;
 /// Peers 0..SESSIONS get a session; the rest have none (`NoSession` on send).
@@ -154,12 +157,75 @@ fn event_set(events: &[Event]) -> Vec<String> {
     v
 }
 
+/// The receive rules one message at a time as they were before the burst path (kernel
+/// `receive.c`), on `Keypair::open` (ring's AEAD, its own replay pre-check and mark) and the
+/// shared index table: a reference written independently of `device::burst`.
+fn model_decapsulate(
+    dev: &Device,
+    now: Timestamp,
+    src: SocketAddr,
+    msg: &mut [u8],
+    out: &mut Output,
+) -> Result<super::data::Decapsulated, DropReason> {
+    let Ok(data) = TransportData::new_checked(&*msg) else {
+        return Err(out.stats.drop(DropReason::Malformed));
+    };
+    let Some(IndexEntry::Keypair(id, kp)) = dev.index.get(data.receiver_index()) else {
+        return Err(out.stats.drop(DropReason::UnknownIndex));
+    };
+    let Some(peer) = dev.peer(id) else {
+        return Err(out.stats.drop(DropReason::UnknownIndex));
+    };
+    let range = match kp.open(now, msg) {
+        Ok(r) => r,
+        Err(OpenError::Auth) | Err(OpenError::TooShort) => return Err(out.stats.drop(DropReason::DecryptFailed)),
+        Err(OpenError::Replay) => return Err(out.stats.drop(DropReason::Replay)),
+        Err(_) => return Err(out.stats.drop(DropReason::KeypairExpired)),
+    };
+    out.stats.aead_opened += 1;
+    peer.set_endpoint(src);
+    if let Some(dropped) = peer.keypairs.received_with(&kp) {
+        for idx in dropped.iter() {
+            dev.remove_index(idx);
+        }
+        peer.timers.handshake_complete(now);
+        out.events.push(Event::SessionConfirmed(id));
+    }
+    if kp.needs_rekey_on_recv(now)
+        && kp.generation() == dev.generation()
+        && peer.timers.claim_lastminute_handshake()
+        && !peer.handshake_wanted.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        out.events.push(Event::HandshakeWanted(id));
+    }
+    peer.timers.any_authenticated_packet_received(now);
+    out.wake(id, peer.timers.any_authenticated_packet_traversal(now));
+    peer.add_rx(msg.len());
+    if range.is_empty() {
+        out.stats.keepalives_received += 1;
+        return Ok(super::data::Decapsulated { peer: id, range });
+    }
+    out.wake(id, peer.timers.data_received(now));
+    let Some((src_ip, _, len)) = msg.get(range.clone()).and_then(super::data::inner_addrs) else {
+        return Err(out.stats.drop(DropReason::InvalidInner));
+    };
+    if len > range.len() {
+        return Err(out.stats.drop(DropReason::InvalidInner));
+    }
+    if dev.allowed.lookup(src_ip) != Some(id) {
+        return Err(out.stats.drop(DropReason::DisallowedSource));
+    }
+    Ok(super::data::Decapsulated { peer: id, range: range.start..range.start + len })
+}
+
 #[test]
 fn receive_bursts_decide_exactly_as_messages_one_at_a_time() {
     for seed in 0..6u64 {
         let mut burst = rig(seed);
         let mut single = rig(seed);
+        let mut model = rig(seed);
         assert_eq!(burst.locals, single.locals);
+        assert_eq!(burst.locals, model.locals);
         let mut rng = ChaCha20Rng::seed_from_u64(1000 + seed);
         let seq = sequence(&burst, &mut rng, 700);
         let mut results = Vec::new();
@@ -175,6 +241,7 @@ fn receive_bursts_decide_exactly_as_messages_one_at_a_time() {
             now = now + Duration::from_millis(u64::from(rng.next_u32() % 600));
             let mut a: Vec<(SocketAddr, Vec<u8>)> = seq[at..at + len].to_vec();
             let mut b = a.clone();
+            let mut c = a.clone();
             let mut items: Vec<RxItem<'_>> =
                 a.iter_mut().map(|(src, m)| RxItem { src: *src, msg: &mut m[..] }).collect();
             burst.dev.decapsulate_burst(now, &mut items, &mut results, &mut burst.out);
@@ -183,6 +250,12 @@ fn receive_bursts_decide_exactly_as_messages_one_at_a_time() {
             for (k, (src, m)) in b.iter_mut().enumerate() {
                 let one = single.dev.decapsulate(now, *src, m, &mut single.out);
                 assert_eq!(results[k], one, "seed {seed}, message {}", at + k);
+                let (msrc, mm) = &mut c[k];
+                let reference = model_decapsulate(&model.dev, now, *msrc, mm, &mut model.out);
+                assert_eq!(reference, one, "model, seed {seed}, message {}", at + k);
+                if let Ok(d) = &reference {
+                    assert_eq!(mm[d.range.clone()], m[d.range.clone()], "model plaintext, message {}", at + k);
+                }
                 if let Ok(d) = &one {
                     assert_eq!(a[k].1[d.range.clone()], m[d.range.clone()], "plaintext, message {}", at + k);
                     accepted += 1;
@@ -193,6 +266,9 @@ fn receive_bursts_decide_exactly_as_messages_one_at_a_time() {
             assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
             assert_eq!(state(&burst), state(&single), "seed {seed}, burst at {at}");
             assert_eq!(event_set(&burst.out.events), event_set(&single.out.events));
+            assert_eq!(without_cache_counts(&model.out.stats), without_cache_counts(&single.out.stats), "model");
+            assert_eq!(state(&model), state(&single), "model, seed {seed}, burst at {at}");
+            assert_eq!(event_set(&model.out.events), event_set(&single.out.events), "model");
             at += len;
         }
         assert!(now > t(1) + REJECT_AFTER_TIME, "the old peer's keypair expired during the run");
