@@ -288,20 +288,25 @@ pub(super) fn finish_tags<const G: usize>(
         // SAFETY: each pointer is 16 bytes into a 64-byte array of `otk`: its `s`.
         let (s_lo, s_hi) = unsafe { load8(&ptrs) };
         let (lo, hi) = finish(hv, s_lo, s_hi);
-        // Back to one 16-byte tag per lane: the inverse interleave of `load8`. 128-bit lane k of
-        // `a` is the tag of lane 2k, of `b` of lane 2k + 1.
-        let (a, b) = (_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
-        let mut ta = [[0u8; 16]; 4];
-        let mut tb = [[0u8; 16]; 4];
-        // SAFETY: `ta` and `tb` are 64 writable bytes each; the stores are unaligned.
-        unsafe {
-            _mm512_storeu_si512(ta.as_mut_ptr().cast(), a);
-            _mm512_storeu_si512(tb.as_mut_ptr().cast(), b);
-        }
-        for k in 0..4 {
-            out[8 * g + 2 * k] = ta[k];
-            out[8 * g + 2 * k + 1] = tb[k];
-        }
+        store_tags(lo, hi, &mut out[8 * g..8 * g + 8]);
     }
     out
+}
+
+/// Eight finished tags (`finish`'s halves) into `out`, one 16-byte tag per lane: the inverse
+/// interleave of `load8`. 128-bit lane k of `a` is the tag of lane 2k, of `b` of lane 2k + 1.
+#[target_feature(enable = "avx512f")]
+pub(super) fn store_tags(lo: __m512i, hi: __m512i, out: &mut [[u8; 16]]) {
+    let (a, b) = (_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
+    let mut ta = [[0u8; 16]; 4];
+    let mut tb = [[0u8; 16]; 4];
+    // SAFETY: `ta` and `tb` are 64 writable bytes each; the stores are unaligned.
+    unsafe {
+        _mm512_storeu_si512(ta.as_mut_ptr().cast(), a);
+        _mm512_storeu_si512(tb.as_mut_ptr().cast(), b);
+    }
+    for k in 0..4 {
+        out[2 * k] = ta[k];
+        out[2 * k + 1] = tb[k];
+    }
 }

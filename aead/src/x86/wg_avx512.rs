@@ -13,7 +13,7 @@
 use core::arch::x86_64::*;
 
 use super::chacha_avx512::{blocks16, key_words, state16};
-use super::poly_ifma::{finish, key, limbs, load8, mul, Key};
+use super::poly_ifma::{finish, key, limbs, load8, mul, store_tags, Key};
 use crate::sched::KeyTable;
 use crate::{Lane, MAX_LANES, TAG_LEN};
 
@@ -89,19 +89,7 @@ fn tags<const G: usize>(keys: &[PolyKeys; 2], lanes: &[Lane<'_>], len: usize) ->
             _mm512_add_epi64(h[g][2], _mm512_or_si512(m[2], bit128)),
         ];
         let (lo, hi) = finish(mul(s, &keys[g].key), keys[g].s_lo, keys[g].s_hi);
-        // One 16-byte tag per lane: 128-bit lane k of `a` is the tag of lane 2k, of `b` of 2k + 1.
-        let (a, b) = (_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
-        let mut ta = [[0u8; 16]; 4];
-        let mut tb = [[0u8; 16]; 4];
-        // SAFETY: `ta` and `tb` are 64 writable bytes each; the stores are unaligned.
-        unsafe {
-            _mm512_storeu_si512(ta.as_mut_ptr().cast(), a);
-            _mm512_storeu_si512(tb.as_mut_ptr().cast(), b);
-        }
-        for k in 0..4 {
-            out[8 * g + 2 * k] = ta[k];
-            out[8 * g + 2 * k + 1] = tb[k];
-        }
+        store_tags(lo, hi, &mut out[8 * g..8 * g + 8]);
     }
     out
 }
