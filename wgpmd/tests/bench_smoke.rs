@@ -38,6 +38,7 @@ fn quick_bench_moves_every_packet_intact_both_ways() {
         check(&format!("{} B tx", r.size), r.tx.as_ref().expect("tx measured"));
         let refs = r.references.expect("references timed");
         assert!(refs.ring_seal.mpps() > 0.0 && refs.ring_open.mpps() > 0.0, "{refs:?}");
+        assert!(refs.lanes_seal.mpps() > 0.0 && refs.lanes_open.mpps() > 0.0, "{refs:?}");
         #[cfg(feature = "bench-boringtun")]
         assert!(refs.boringtun_encap.unwrap().mpps() > 0.0 && refs.boringtun_decap.unwrap().mpps() > 0.0, "{refs:?}");
     }

@@ -508,22 +508,26 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(f, "measured while each worker had a backlog: per core = per second of its CPU time; wall = all workers, per second of wall time; on-CPU = CPU / wall time")?;
-        writeln!(f, "reference for rx: ring open, boringtun decapsulate; for tx: ring seal, boringtun encapsulate (one core each); rx+tx: half of each, at once")?;
+        writeln!(f, "reference for rx: ring open, our multi-lane AEAD's open alone (bursts of 16), boringtun decapsulate; for tx: ring seal, multi-lane seal, boringtun encapsulate (one core each); rx+tx: half of each, at once")?;
         writeln!(f, "peers: sessions installed without handshakes; packets visit every peer in a scattered order")?;
         writeln!(f)?;
-        writeln!(f, "| peers | size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | packets | lost | checked |")?;
-        writeln!(f, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "| peers | size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | lanes AEAD Mpps | / lanes | packets | lost | checked |")?;
+        writeln!(f, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.results {
             for (dir, m) in r.measured() {
-                let (aead, bt) = match (dir, &r.references) {
-                    (_, None) | ("rx+tx", _) => (None, None),
-                    ("rx", Some(x)) => (Some(x.ring_open.mpps()), x.boringtun_decap.map(|b| b.mpps())),
-                    (_, Some(x)) => (Some(x.ring_seal.mpps()), x.boringtun_encap.map(|b| b.mpps())),
+                let (aead, bt, lanes) = match (dir, &r.references) {
+                    (_, None) | ("rx+tx", _) => (None, None, None),
+                    ("rx", Some(x)) => {
+                        (Some(x.ring_open.mpps()), x.boringtun_decap.map(|b| b.mpps()), Some(x.lanes_open.mpps()))
+                    }
+                    (_, Some(x)) => {
+                        (Some(x.ring_seal.mpps()), x.boringtun_encap.map(|b| b.mpps()), Some(x.lanes_seal.mpps()))
+                    }
                 };
                 let mpps = m.mpps_per_core();
                 writeln!(
                     f,
-                    "| {} | {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.peers,
                     r.size,
                     m.gbps_per_core(r.size),
@@ -533,6 +537,8 @@ impl fmt::Display for Report {
                     rate(bt),
                     ratio(mpps, aead),
                     ratio(mpps, bt),
+                    rate(lanes),
+                    ratio(mpps, lanes),
                     m.packets,
                     m.lost,
                     if m.verify_failed > 0 { format!("{} BAD", m.verify_failed) } else { format!("{} ok", m.verified) },

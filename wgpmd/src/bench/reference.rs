@@ -1,7 +1,8 @@
 //! The references `wgpmd bench` reports the pipeline against, timed on the calling thread's
-//! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`wgpmd_proto::crypto::AeadKey`]) and
-//! boringtun 0.7.1 `encapsulate` / `decapsulate` on an established session (the bodies of
-//! `benches/crypto.rs`, without criterion).
+//! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`wgpmd_proto::crypto::AeadKey`]), our
+//! multi-lane AEAD alone (`wgpmd_aead`, bursts of 16 messages under 16 keys, what the data path
+//! runs without the rest of the pipeline) and boringtun 0.7.1 `encapsulate` / `decapsulate` on
+//! an established session (the bodies of `benches/crypto.rs`, without criterion).
 //!
 //! Open and decapsulate need a fresh counter per message: a batch is sealed untimed, then
 //! opening it is timed, batch after batch.
@@ -42,6 +43,10 @@ pub struct References {
     pub ring_seal: Rate,
     /// ring ChaCha20-Poly1305 `open_in_place`.
     pub ring_open: Rate,
+    /// The multi-lane AEAD (`wgpmd_aead::Lanes::seal_lanes`), bursts of 16, per message.
+    pub lanes_seal: Rate,
+    /// The multi-lane AEAD (`open_lanes`), bursts of 16, per message.
+    pub lanes_open: Rate,
     /// boringtun `Tunn::encapsulate` (`None` without the `bench-boringtun` feature).
     pub boringtun_encap: Option<Rate>,
     /// boringtun `Tunn::decapsulate`.
@@ -112,8 +117,72 @@ pub fn measure(len: usize, budget: Duration) -> References {
         })
     });
 
+    let (lanes_seal, lanes_open) = lanes_refs(&clock, &plain, budget);
     let (boringtun_encap, boringtun_decap) = boringtun_refs(&clock, &plain, budget);
-    References { ring_seal, ring_open, boringtun_encap, boringtun_decap }
+    References { ring_seal, ring_open, lanes_seal, lanes_open, boringtun_encap, boringtun_decap }
+}
+
+/// The multi-lane AEAD alone: bursts of [`LANES`] messages of the packet's size, each lane its
+/// own key, WireGuard nonces, no additional data (the data path's shape). The `Lane` list is
+/// built per burst (one small allocation per burst, as the caller of a library would).
+fn lanes_refs(clock: &ThreadClock, plain: &[u8], budget: Duration) -> (Rate, Rate) {
+    use wgpmd_aead::{Lane, Lanes, MAX_LANES as LANES};
+    let engine = Lanes::new();
+    let keys: Vec<[u8; 32]> = (0..LANES).map(|i| [i as u8 + 9; 32]).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..LANES).map(|_| plain.to_vec()).collect();
+    let mut counter = 0u64;
+    let seal = until(budget, || {
+        timed(clock, BATCH, || {
+            for _ in 0..BATCH / LANES {
+                counter += 1;
+                let mut lanes: Vec<Lane<'_>> =
+                    keys.iter().zip(bufs.iter_mut()).map(|(k, b)| Lane::wireguard(k, counter, &mut b[..])).collect();
+                engine.seal_lanes(black_box(&mut lanes)).expect("16 lanes are within the limits");
+                black_box(lanes[0].tag);
+            }
+        })
+    });
+
+    // Open: a batch sealed untimed (fresh counters), then opened timed; every tag must verify.
+    let mut sealed: Vec<(Vec<u8>, [u8; 16])> = (0..BATCH).map(|_| (plain.to_vec(), [0; 16])).collect();
+    let mut counter = 0u64;
+    let open = until(budget, || {
+        let first = counter + 1;
+        for chunk in sealed.chunks_mut(LANES) {
+            counter += 1;
+            let mut lanes: Vec<Lane<'_>> = keys
+                .iter()
+                .zip(chunk.iter_mut())
+                .map(|(k, (b, _))| {
+                    b.copy_from_slice(plain);
+                    Lane::wireguard(k, counter, &mut b[..])
+                })
+                .collect();
+            engine.seal_lanes(&mut lanes).expect("16 lanes are within the limits");
+            let tags: Vec<[u8; 16]> = lanes.iter().map(|l| l.tag).collect();
+            drop(lanes);
+            for ((_, t), tag) in chunk.iter_mut().zip(tags) {
+                *t = tag;
+            }
+        }
+        timed(clock, BATCH, || {
+            for (n, chunk) in sealed.chunks_mut(LANES).enumerate() {
+                let c = first + n as u64;
+                let mut lanes: Vec<Lane<'_>> = keys
+                    .iter()
+                    .zip(chunk.iter_mut())
+                    .map(|(k, (b, t))| {
+                        let mut l = Lane::wireguard(k, c, &mut b[..]);
+                        l.tag = *t;
+                        l
+                    })
+                    .collect();
+                let ok = engine.open_lanes(black_box(&mut lanes)).expect("16 lanes are within the limits");
+                assert_eq!(ok, u16::MAX, "reference multi-lane open failed");
+            }
+        })
+    });
+    (seal, open)
 }
 
 #[cfg(feature = "bench-boringtun")]
