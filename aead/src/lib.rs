@@ -36,10 +36,12 @@
 //!
 //! # Unsafe code
 //! This crate is one of the workspace's crates made for `unsafe` (with `vfio` and
-//! `nic-backends`): SIMD intrinsics need `target_feature` functions and raw vector loads and
-//! stores. All of it is fenced in the `x86` module; the crate root denies `unsafe_code`
-//! everywhere else (the scheduler, the Poly1305 plan, the portable reference, the public API),
-//! and every block in `x86` carries a `// SAFETY:` comment (clippy's
+//! `nic-backends`): it is the SIMD crate. SIMD intrinsics need `target_feature` functions and raw
+//! vector loads and stores, and the optional libipsec-mb benchmark reference (feature `ipsec-mb`)
+//! is a C library reached through FFI. All of it is fenced in the one `x86` module (the FFI in
+//! its child `x86::ipsec_mb`); the crate root denies `unsafe_code` everywhere else (the
+//! scheduler, the Poly1305 plan, the portable reference, the public API), and every `unsafe`
+//! block and the `extern` block in `x86` carry a `// SAFETY:` comment (clippy's
 //! `undocumented_unsafe_blocks` is denied). The protocol crate and the daemon forbid `unsafe`.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]

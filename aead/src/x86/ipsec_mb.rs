@@ -15,6 +15,9 @@ struct ImbMgr {
     _opaque: [u8; 0],
 }
 
+// SAFETY: these declarations match the definitions in `ipsec_mb_shim.c` (same names, argument
+// and return types, C ABI), which `build.rs` compiles and links into this crate; every call site
+// states what it passes.
 extern "C" {
     fn wgpmd_imb_new(arch: *mut c_int) -> *mut ImbMgr;
     fn wgpmd_imb_free(m: *mut ImbMgr);
