@@ -151,10 +151,13 @@ fn wake(events: &mut Vec<Event>, peer: PeerId, at: Option<Timestamp>) {
     }
 }
 
-/// `lanes`, emptied, with the lifetime of its next use (no allocation: the vector is reused).
-fn recycle<'a, 'b>(mut lanes: Vec<Lane<'a>>) -> Vec<Lane<'b>> {
-    lanes.clear();
-    lanes.into_iter().map(|_| unreachable!("the vector is empty")).collect()
+/// `v`, emptied, as a vector of `U` (the same type with the lifetime of its next use, for a list
+/// of borrows rebuilt every burst): no allocation, since collecting an empty vector's iterator into
+/// a vector of a same-layout type reuses its buffer. The burst paths use it for their AEAD lanes,
+/// the worker for the items it hands them.
+pub fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
 
 impl Device {

@@ -407,3 +407,17 @@ fn the_index_cache_never_answers_with_a_retired_keypair() {
     r.out.forget_keys();
     assert_eq!(r.out.index_cache_used(), 0);
 }
+
+/// `recycle` keeps the allocation: the burst paths rebuild their borrow lists every burst
+/// without allocating.
+#[test]
+fn recycle_keeps_the_allocation() {
+    let a = [1u8, 2, 3];
+    let mut v: Vec<&u8> = Vec::with_capacity(CHUNK);
+    v.extend(a.iter());
+    let at = v.as_ptr() as usize;
+    let w: Vec<&u8> = recycle(v);
+    assert!(w.is_empty());
+    assert_eq!(w.capacity(), CHUNK);
+    assert_eq!(w.as_ptr() as usize, at);
+}

@@ -49,7 +49,7 @@ use crate::ratelimit::{LoadDetector, RateLimiter};
 use crate::session::Keypair;
 use crate::time::Timestamp;
 
-pub use burst::{RxItem, TxItem, CHUNK};
+pub use burst::{recycle, RxItem, TxItem, CHUNK};
 pub use data::{inner_dst, Decapsulated, Encapsulated};
 pub use handshake::{HandshakeOutcome, Screened};
 pub use indexcache::SLOTS as INDEX_CACHE_SLOTS;

@@ -15,7 +15,9 @@ use super::handshakes::{self, Stage};
 use super::stats::Local;
 use super::{PollMode, Shared};
 use crate::wan::{self, icmp, Classified, Heard, NeighCache, Outer, Unroutable};
-use wgpmd_proto::device::{inner_dst, Decapsulated, Device, DropReason, Encapsulated, Output, PeerId, RxItem, TxItem};
+use wgpmd_proto::device::{
+    inner_dst, recycle, Decapsulated, Device, DropReason, Encapsulated, Output, PeerId, RxItem, TxItem,
+};
 use wgpmd_proto::messages::{DATA_HEADER_LEN, HANDSHAKE_DSCP, MESSAGE_DATA};
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::wire::EthernetAddress;
@@ -598,11 +600,4 @@ impl Worker {
             self.out.transmits = transmits;
         }
     }
-}
-
-/// `v`, emptied, with the lifetime of its next use: the allocation is reused (collecting from an
-/// empty vector's iterator into a vector of a same-layout type reuses the buffer).
-fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("the vector is empty")).collect()
 }
