@@ -1,7 +1,8 @@
 //! The burst path against bursts of one, and the receive side also against an independent model
 //! (the one-message rules as written before the burst path, on `Keypair::open`, i.e. ring's
 //! AEAD): the same decisions, counters and plaintext, over random sequences of several peers'
-//! messages; a counter twice in one burst; the index cache and retired keypairs.
+//! messages; a counter twice in one burst; the send counter at its limit; the index cache and
+//! retired keypairs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use super::tests::ipv4_packet;
 use super::*;
 use crate::crypto::Secret;
-use crate::messages::{DATA_HEADER_LEN, REJECT_AFTER_TIME};
+use crate::messages::{DATA_HEADER_LEN, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
 use crate::session::OpenError;
 use crate::wire::wireguard::TransportData;
 
@@ -420,4 +421,45 @@ fn recycle_keeps_the_allocation() {
     assert!(w.is_empty());
     assert_eq!(w.capacity(), CHUNK);
     assert_eq!(w.as_ptr() as usize, at);
+}
+
+/// At `REJECT_AFTER_MESSAGES` a burst seals with the last counters there are, one reservation
+/// for the keypair, and drops the rest as one message at a time would; nothing passes the limit.
+#[test]
+fn a_burst_at_the_counter_limit_seals_the_last_counters_and_drops_the_rest() {
+    let (mut burst, mut single) = (rig(11), rig(11));
+    for r in [&burst, &single] {
+        let kp = r.dev.peer(r.peers[0]).unwrap().keypairs.current().unwrap();
+        kp.set_sending_counter_for_test(REJECT_AFTER_MESSAGES - 3);
+    }
+    let packet = |_: usize| {
+        let mut buf = vec![0u8; 16 + 60 + 32];
+        buf[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 40));
+        buf
+    };
+    let mut results = Vec::new();
+    for round in 0..2 {
+        let mut a: Vec<Vec<u8>> = (0..5).map(packet).collect();
+        let mut b = a.clone();
+        let mut items: Vec<TxItem<'_>> =
+            a.iter_mut().map(|buf| TxItem { peer: burst.peers[0], buf: &mut buf[..], plain_len: 60 }).collect();
+        burst.dev.encapsulate_burst(t(101), &mut items, &mut results, &mut burst.out);
+        drop(items);
+        for (k, buf) in b.iter_mut().enumerate() {
+            let one = single.dev.encapsulate_to(t(101), single.peers[0], buf, 60, &mut single.out);
+            assert_eq!(results[k], one, "round {round}, item {k}");
+            let expect_sealed = round == 0 && k < 3;
+            assert_eq!(results[k].is_ok(), expect_sealed, "round {round}, item {k}: {:?}", results[k]);
+            if let Ok(e) = one {
+                assert_eq!(a[k][..e.len], buf[..e.len]);
+                let counter = u64::from_le_bytes(a[k][8..16].try_into().unwrap());
+                assert_eq!(counter, REJECT_AFTER_MESSAGES - 3 + k as u64);
+            }
+        }
+        assert!(burst.out.events.iter().any(|e| matches!(e, Event::HandshakeWanted(p) if *p == burst.peers[0])));
+        assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
+    }
+    let kp = burst.dev.peer(burst.peers[0]).unwrap().keypairs.current().unwrap();
+    assert_eq!(kp.sending_counter(), REJECT_AFTER_MESSAGES, "never past the limit");
+    assert_eq!(burst.out.stats.aead_sealed, 3);
 }
