@@ -1,8 +1,9 @@
 //! The burst path against bursts of one, and the receive side also against an independent model
 //! (the one-message rules as written before the burst path, on `Keypair::open`, i.e. ring's
 //! AEAD): the same decisions, counters and plaintext, over random sequences of several peers'
-//! messages; a counter twice in one burst; the send counter at its limit; the index cache and
-//! retired keypairs.
+//! messages; what the send side seals is also opened by the peer's end (ring's AEAD, its own
+//! replay window); a counter twice in one burst; the send counter at its limit; the index cache
+//! and retired keypairs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -311,6 +312,7 @@ fn send_bursts_seal_exactly_as_messages_one_at_a_time() {
                 })
                 .collect();
             let mut b = a.clone();
+            let plaintexts = a.clone();
             let mut items: Vec<TxItem<'_>> = a
                 .iter_mut()
                 .map(|(peer, buf, plain)| TxItem { peer: *peer, buf: &mut buf[..], plain_len: *plain })
@@ -322,6 +324,14 @@ fn send_bursts_seal_exactly_as_messages_one_at_a_time() {
                 assert_eq!(results[k], one, "seed {seed}, round {round}, item {k}");
                 if let Ok(e) = one {
                     assert_eq!(a[k].1[..e.len], buf[..e.len], "sealed bytes");
+                    // Independently of the device: the peer's end (ring's AEAD, its own replay
+                    // window) opens it, in order, to the plaintext and zero padding.
+                    let p = burst.peers.iter().position(|x| x == peer).unwrap();
+                    let at = if p == usize::from(OLD_PEER) { t(2) } else { t(101) };
+                    let mut msg = buf[..e.len].to_vec();
+                    let range = burst.senders[p].as_ref().unwrap().open(at, &mut msg).expect("the peer opens it");
+                    assert_eq!(msg[range.clone()][..*plain], plaintexts[k].1[16..16 + *plain]);
+                    assert!(msg[range][*plain..].iter().all(|&x| x == 0), "zero padding");
                 }
             }
             assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
