@@ -2,8 +2,8 @@
 //! (the one-message rules as written before the burst path, on `Keypair::open`, i.e. ring's
 //! AEAD): the same decisions, counters and plaintext, over random sequences of several peers'
 //! messages; what the send side seals is also opened by the peer's end (ring's AEAD, its own
-//! replay window); a counter twice in one burst; the send counter at its limit; the index cache
-//! and retired keypairs.
+//! replay window); a counter twice in one burst; the send counter at its limit; two threads on one
+//! peer; the index cache and retired keypairs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -472,4 +472,93 @@ fn a_burst_at_the_counter_limit_seals_the_last_counters_and_drops_the_rest() {
     let kp = burst.dev.peer(burst.peers[0]).unwrap().keypairs.current().unwrap();
     assert_eq!(kp.sending_counter(), REJECT_AFTER_MESSAGES, "never past the limit");
     assert_eq!(burst.out.stats.aead_sealed, 3);
+}
+
+/// Two workers on one device and one peer at once, in bursts: every send counter is used once
+/// (the reservation is one atomic step per keypair and burst), and every received counter is
+/// accepted by exactly one of them (the replay window's pre-check and mark under its lock).
+#[test]
+fn two_threads_never_share_a_counter() {
+    const BURSTS: usize = 400;
+    const PER_BURST: usize = 8;
+    let r = rig(13);
+    let dev = &r.dev;
+    let peer = r.peers[0];
+    // Send: both threads seal to peer 0; collect every counter with its message.
+    let sealed_by: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut out = Output::with_capacity(64);
+                    let mut results = Vec::new();
+                    let mut got = Vec::new();
+                    for _ in 0..BURSTS {
+                        let mut bufs: Vec<Vec<u8>> = (0..PER_BURST)
+                            .map(|_| {
+                                let mut b = vec![0u8; 16 + 60 + 32];
+                                b[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 40));
+                                b
+                            })
+                            .collect();
+                        let mut items: Vec<TxItem<'_>> =
+                            bufs.iter_mut().map(|b| TxItem { peer, buf: &mut b[..], plain_len: 60 }).collect();
+                        dev.encapsulate_burst(t(101), &mut items, &mut results, &mut out);
+                        drop(items);
+                        for (b, res) in bufs.into_iter().zip(&results) {
+                            let e = res.as_ref().expect("sealed");
+                            got.push((u64::from_le_bytes(b[8..16].try_into().unwrap()), b[..e.len].to_vec()));
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<(u64, Vec<u8>)> = sealed_by.into_iter().flatten().collect();
+    all.sort_by_key(|(c, _)| *c);
+    let total = (2 * BURSTS * PER_BURST) as u64;
+    assert!(all.iter().map(|(c, _)| *c).eq(0..total), "every counter once, none skipped");
+    let peer_end = r.senders[0].as_ref().unwrap();
+    for (_, m) in &mut all {
+        assert!(peer_end.open(t(101), m).is_ok(), "the peer opens each");
+    }
+
+    // Receive: both threads get the same messages from peer 0; each counter accepted once.
+    let msgs: Vec<Vec<u8>> = (0..BURSTS * PER_BURST)
+        .map(|_| sealed(&r, 0, &ipv4_packet(inner_src(0), Ipv4Addr::new(10, 9, 0, 1), 40), t(100)))
+        .collect();
+    let accepted: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut mine = msgs.clone();
+                s.spawn(move || {
+                    let mut out = Output::with_capacity(64);
+                    let mut results = Vec::new();
+                    let mut got = Vec::new();
+                    for chunk in mine.chunks_mut(PER_BURST) {
+                        let counters: Vec<u64> =
+                            chunk.iter().map(|m| u64::from_le_bytes(m[8..16].try_into().unwrap())).collect();
+                        let mut items: Vec<RxItem<'_>> =
+                            chunk.iter_mut().map(|m| RxItem { src: src_addr(0, false), msg: &mut m[..] }).collect();
+                        dev.decapsulate_burst(t(101), &mut items, &mut results, &mut out);
+                        for (c, res) in counters.into_iter().zip(&results) {
+                            match res {
+                                Ok(d) => {
+                                    assert_eq!(d.peer, peer);
+                                    got.push(c);
+                                }
+                                Err(e) => assert_eq!(*e, DropReason::Replay),
+                            }
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<u64> = accepted.concat();
+    all.sort_unstable();
+    assert!(all.iter().copied().eq(0..(BURSTS * PER_BURST) as u64), "each counter accepted exactly once");
 }
