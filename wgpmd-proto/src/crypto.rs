@@ -7,6 +7,7 @@
 //! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
+//! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `blake2s_simd`'s `many` (8 messages at once with AVX2, 4 with SSE4.1; run-time dispatch) | a burst's MACs together cost about half of `blake2` one at a time (docs/PERFORMANCE.md, "Cookie replies in a burst") |
 //! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
 //! Every secret type here zeroizes on drop except [`AeadKey`]: ring keeps its key schedule in a
@@ -69,6 +70,57 @@ pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; COOKIE_LEN] {
         Update::update(&mut m, p);
     }
     m.finalize_fixed().into()
+}
+
+/// One keyed BLAKE2s-128 ([`mac`]) of a batch for [`mac_many`]: `key` (at most 32 bytes) over
+/// `input`; [`mac_many`] writes the result to `out`.
+pub struct MacJob<'a> {
+    /// The key (16 or 32 bytes in WireGuard).
+    pub key: &'a [u8],
+    /// What is MACed (one part: the callers' inputs are contiguous or copied together).
+    pub input: &'a [u8],
+    /// The MAC, once [`mac_many`] ran.
+    pub out: [u8; COOKIE_LEN],
+}
+
+impl<'a> MacJob<'a> {
+    /// A job for `MAC(key, input)`.
+    pub fn new(key: &'a [u8], input: &'a [u8]) -> Self {
+        MacJob { key, input, out: [0; COOKIE_LEN] }
+    }
+}
+
+/// [`mac`] of every job, several at once (`blake2s_simd::many`: 8 lanes with AVX2): the same
+/// results as [`mac`] one at a time. Jobs that share a key in a row share its parameter block
+/// (the key's own compression is still done per job: `blake2s_simd` does that one serially).
+pub fn mac_many(jobs: &mut [MacJob<'_>]) {
+    use blake2s_simd::many::{hash_many, HashManyJob, MAX_DEGREE};
+    for chunk in jobs.chunks_mut(MAX_DEGREE) {
+        let mut params: arrayvec::ArrayVec<blake2s_simd::Params, MAX_DEGREE> = arrayvec::ArrayVec::new();
+        let mut which = [0usize; MAX_DEGREE];
+        for (i, j) in chunk.iter().enumerate() {
+            let same = params.len().checked_sub(1).filter(|_| i > 0 && core::ptr::eq(chunk[i - 1].key, j.key));
+            which[i] = match same {
+                Some(k) => k,
+                None => {
+                    let mut p = blake2s_simd::Params::new();
+                    p.hash_length(COOKIE_LEN).key(j.key);
+                    params.push(p);
+                    params.len() - 1
+                }
+            };
+        }
+        let mut hashes: arrayvec::ArrayVec<HashManyJob<'_>, MAX_DEGREE> =
+            chunk.iter().enumerate().map(|(i, j)| HashManyJob::new(&params[which[i]], j.input)).collect();
+        hash_many(hashes.iter_mut());
+        for (j, h) in chunk.iter_mut().zip(hashes.iter()) {
+            j.out.copy_from_slice(h.to_hash().as_bytes());
+        }
+        // The parameter blocks hold the keys (the cookie secret among them): overwrite them.
+        for p in params.iter_mut() {
+            p.key(&[]);
+        }
+    }
 }
 
 const BLAKE2S_BLOCK: usize = 64;

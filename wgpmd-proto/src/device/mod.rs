@@ -711,4 +711,6 @@ impl Device {
 #[cfg(test)]
 mod burst_tests;
 #[cfg(test)]
+mod screen_tests;
+#[cfg(test)]
 mod tests;

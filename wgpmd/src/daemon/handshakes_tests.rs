@@ -86,6 +86,7 @@ fn setup(capacity: usize) -> Setup {
 impl Setup {
     fn arrive(&mut self, now: u64, src: &str, msg: &[u8]) {
         self.stage.arrive(&self.conc, &self.load, secs(now), addr(src), msg, &mut self.out);
+        self.stage.screen_arrivals(&self.conc, &self.load, secs(now), &mut self.out);
     }
     fn process(&mut self, now: u64, budget: usize) -> usize {
         self.stage.process(&self.conc, &self.load, secs(now), budget, &mut self.out)
@@ -302,6 +303,7 @@ fn messages_turned_away_under_load_renew_it_as_a_deep_queue_would() {
         let m = s.stranger.initiation();
         for _ in 0..turned_away {
             s.stage.arrive(&s.conc, &s.load, ms(20_900), addr(STRANGER), &m, &mut s.out);
+            s.stage.screen_arrivals(&s.conc, &s.load, ms(20_900), &mut s.out);
         }
         assert_eq!(s.dropped(HsDrop::BadMac2), turned_away as u64);
         assert_eq!(s.stage.len(), 0);

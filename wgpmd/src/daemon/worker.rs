@@ -290,6 +290,8 @@ impl Worker {
             }
         }
         self.rx = rx;
+        // The burst's handshake messages, screened together.
+        self.hs.screen_arrivals(dev, &self.sh.handoff.hs_load, now, &mut self.out);
         self.data_in(dev, now);
         n
     }
