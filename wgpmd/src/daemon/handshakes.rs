@@ -224,9 +224,16 @@ impl Load {
     }
 }
 
-/// Handshake-stage messages held for one screen ([`Stage::screen_arrivals`]) at most: a WAN
-/// receive burst's worth (the worker screens after each burst), so a screen never waits long.
+/// Handshake-stage messages held for one screen ([`Stage::screen_arrivals`]) at most.
 const INBOX: usize = 32;
+
+/// Held messages the worker waits for before it screens them ([`Stage::screen_when_ready`]):
+/// the MACs of this many are computed together (`wgpmd_proto::cookie::BATCH`).
+pub const SCREEN_BATCH: usize = wgpmd_proto::cookie::BATCH;
+
+/// How long the worker holds a message at most before screening it, while its WAN queue stays
+/// full ([`Stage::screen_when_ready`]).
+pub const HOLD_MAX: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// A message that arrived and waits for the burst's screen.
 struct Held {
@@ -254,6 +261,8 @@ pub(crate) struct Stage {
     arrival_load: Option<(Timestamp, bool)>,
     /// Arrivals waiting for [`Stage::screen_arrivals`] (at most [`INBOX`]).
     inbox: Vec<Held>,
+    /// When the oldest of them arrived (the poll iteration's time).
+    held_since: Timestamp,
     /// The screen's list of `(source, message)` borrows and its results, kept for their
     /// allocations.
     screen_items: Vec<(SocketAddr, &'static [u8])>,
@@ -273,6 +282,7 @@ impl Stage {
             capacity,
             arrival_load: None,
             inbox: Vec::with_capacity(INBOX),
+            held_since: Timestamp::ZERO,
             screen_items: Vec::with_capacity(INBOX),
             screen_results: Vec::with_capacity(INBOX),
             rng,
@@ -299,8 +309,22 @@ impl Stage {
         }
         let mut held = Held { src, len: msg.len() as u8, msg: [0; INITIATION_LEN] };
         held.msg[..msg.len()].copy_from_slice(msg);
+        if self.inbox.is_empty() {
+            self.held_since = now;
+        }
         self.inbox.push(held);
         if self.inbox.len() >= INBOX {
+            self.screen_arrivals(dev, load, now, out);
+        }
+    }
+
+    /// After a WAN burst: screen the held messages once [`SCREEN_BATCH`] of them are there, the
+    /// WAN queue is `drained` (the burst was not full), or the oldest was held [`HOLD_MAX`]. Under
+    /// a flood interleaved with data a burst carries a few handshake messages; holding them
+    /// over a few bursts lets their MACs be computed together.
+    pub fn screen_when_ready(&mut self, dev: &Device, load: &Load, now: Timestamp, drained: bool, out: &mut Output) {
+        if self.inbox.len() >= SCREEN_BATCH || (!self.inbox.is_empty() && (drained || now - self.held_since >= HOLD_MAX))
+        {
             self.screen_arrivals(dev, load, now, out);
         }
     }
