@@ -2,8 +2,10 @@
 //! worker that received it, and the ones worth a Diffie-Hellman wait in that worker's own
 //! bounded queue, processed a budget per poll iteration.
 //!
-//! On arrival ([`Stage::arrive`], then [`Stage::screen_arrivals`] once per WAN burst with
-//! [`Device::screen_handshakes`], which computes the burst's MACs several at once): type and exact length
+//! On arrival ([`Stage::arrive`] holds the message; [`Stage::screen_when_ready`], after each WAN
+//! burst, screens what is held once [`SCREEN_BATCH`] messages are there, the WAN queue is
+//! drained, or the oldest was held [`HOLD_MAX`], with [`Device::screen_handshakes`], which
+//! computes their MACs several at once): type and exact length
 //! (initiation 148 bytes, response 92, cookie reply 64), mac1, and under load mac2 (no valid
 //! mac2: a cookie reply instead) and the source's token bucket. A cookie reply is consumed there
 //! and then (one XChaCha20, no DH). What fails costs one MAC at most and a counted drop
