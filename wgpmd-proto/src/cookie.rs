@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::crypto::{ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, MacJob, Secret};
+use crate::crypto::{ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, Secret};
 use crate::messages::{
     COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, KEY_LEN,
     MESSAGE_HANDSHAKE_COOKIE, WG_LABEL_COOKIE, WG_LABEL_MAC1,
@@ -223,7 +223,7 @@ impl CookieChecker {
     }
 
     /// The cookie reply carrying `cookie` (the triggering message's source's).
-    fn reply_with<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage + ?Sized>(
+    fn reply_with<R: rand_core::RngCore + rand_core::CryptoRng, M: MacMessage>(
         &self,
         rng: &mut R,
         triggering_msg: &M,
@@ -329,17 +329,43 @@ impl CookieChecker {
                 }
             }
         }
-        // In order: the rate limiter, the nonces.
-        for (((s, c), m), v) in chunk.iter_mut().zip(cookies.iter()).zip(mac2s.iter()).zip(valid) {
+        // In order: the rate limiter, the nonces; then the replies' AEADs together.
+        let mut seals: arrayvec::ArrayVec<CookieSeal, BATCH> = arrayvec::ArrayVec::new();
+        let mut replying = [false; BATCH];
+        for ((((s, c), m), v), r) in
+            chunk.iter_mut().zip(cookies.iter()).zip(mac2s.iter()).zip(valid).zip(replying.iter_mut())
+        {
             if !v {
                 continue;
             }
             if !ct_eq(m, &s.msg.mac2()) {
-                s.reply = Some(self.reply_with(rng, s.msg, c));
+                let mut seal = CookieSeal { nonce: [0; COOKIE_NONCE_LEN], aad: s.msg.mac1(), sealed: [0; 32] };
+                rng.fill_bytes(&mut seal.nonce);
+                seal.sealed[..COOKIE_LEN].copy_from_slice(c);
+                seals.push(seal);
+                *r = true;
             } else if !limiter.allow(now, s.src.ip()) {
                 s.state = MacState::ValidMacWithCookieButRatelimited;
             } else {
                 s.state = MacState::ValidMacWithCookie;
+            }
+        }
+        if seals.is_empty() {
+            return;
+        }
+        xseal_cookies(&self.keys.cookie, &mut seals);
+        let mut sealed = seals.iter();
+        for (s, r) in chunk.iter_mut().zip(replying) {
+            if !r {
+                continue;
+            }
+            if let Some(seal) = sealed.next() {
+                let mut out = Reply::new_unchecked([0u8; COOKIE_REPLY_LEN]);
+                out.init_header();
+                out.set_receiver_index(s.msg.sender_index());
+                out.set_nonce(&seal.nonce);
+                out.encrypted_cookie_mut().copy_from_slice(&seal.sealed);
+                s.reply = Some(out);
             }
         }
     }
