@@ -431,8 +431,18 @@ fn min_table(rounds: usize) {
     println!(
         "fastest of {rounds} batches of {CHEAP_N} in bursts of {BURST} (ns per message; throughput ratio burst / one at a time)"
     );
-    println!("MAC1 (blake2s_simd many vs blake2): burst {:8.1}  one at a time {:8.1}  ratio {:.2}", m[1], m[0], m[0] / m[1]);
-    println!("cookie reply (screen_handshakes):   burst {:8.1}  one at a time {:8.1}  ratio {:.2}", m[3], m[2], m[2] / m[3]);
+    println!(
+        "MAC1 (blake2s_simd many vs blake2): burst {:8.1}  one at a time {:8.1}  ratio {:.2}",
+        m[1],
+        m[0],
+        m[0] / m[1]
+    );
+    println!(
+        "cookie reply (screen_handshakes):   burst {:8.1}  one at a time {:8.1}  ratio {:.2}",
+        m[3],
+        m[2],
+        m[2] / m[3]
+    );
 }
 
 /// Messages per burst in [`burst_min`]: what `wgpmd_proto::cookie::BATCH` computes together.
@@ -475,7 +485,8 @@ fn burst_min(rounds: usize) -> [f64; 4] {
                 CHEAP_N / BURST,
                 || (),
                 |_| {
-                    let mut jobs: [MacJob<'_>; BURST] = std::array::from_fn(|i| MacJob::new(&key, black_box(&msgs[i][..])));
+                    let mut jobs: [MacJob<'_>; BURST] =
+                        std::array::from_fn(|i| MacJob::new(&key, black_box(&msgs[i][..])));
                     mac_many(&mut jobs);
                     black_box(&jobs);
                 },

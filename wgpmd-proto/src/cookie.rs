@@ -34,7 +34,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::crypto::{ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, Secret};
+use crate::crypto::{
+    ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, Secret,
+};
 use crate::messages::{
     COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, KEY_LEN,
     MESSAGE_HANDSHAKE_COOKIE, WG_LABEL_COOKIE, WG_LABEL_MAC1,

@@ -778,7 +778,8 @@ mod tests {
                     j
                 })
                 .collect();
-            let cookies: Vec<[u8; COOKIE_LEN]> = jobs.iter().map(|j| j.sealed[..COOKIE_LEN].try_into().unwrap()).collect();
+            let cookies: Vec<[u8; COOKIE_LEN]> =
+                jobs.iter().map(|j| j.sealed[..COOKIE_LEN].try_into().unwrap()).collect();
             xseal_cookies(&key, &mut jobs);
             for (j, c) in jobs.iter().zip(&cookies) {
                 assert_eq!(j.sealed, xseal_cookie(&key, &j.nonce, &j.aad, c));

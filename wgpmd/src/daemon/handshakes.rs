@@ -325,7 +325,8 @@ impl Stage {
     /// a flood interleaved with data a burst carries a few handshake messages; holding them
     /// over a few bursts lets their MACs be computed together.
     pub fn screen_when_ready(&mut self, dev: &Device, load: &Load, now: Timestamp, drained: bool, out: &mut Output) {
-        if self.inbox.len() >= SCREEN_BATCH || (!self.inbox.is_empty() && (drained || now - self.held_since >= HOLD_MAX))
+        if self.inbox.len() >= SCREEN_BATCH
+            || (!self.inbox.is_empty() && (drained || now - self.held_since >= HOLD_MAX))
         {
             self.screen_arrivals(dev, load, now, out);
         }
