@@ -2,7 +2,10 @@
 //! two boringtun 0.7.1 `Tunn`s; the responder's share alone (consume an initiation, produce
 //! the response); the cheap rejection of an initiation whose MAC1 is wrong; one X25519
 //! operation (variable-base DH and fixed-base key generation), to count what a handshake costs;
-//! and the BLAKE2s HMAC and MAC against the RustCrypto compositions boringtun uses.
+//! and the BLAKE2s HMAC and MAC against the RustCrypto compositions boringtun uses. In the
+//! fastest-batch mode also a burst of 8 against one message at a time: MAC1 (`crypto::mac_many`
+//! against `crypto::mac`) and cookie replies under load (`Device::screen_handshakes` against
+//! `Device::screen_handshake`).
 //!
 //! `cargo bench -p wgpmd-proto --bench handshake`; set `WGPMD_BENCH_QUICK=1` for a short run
 //! (0.3 s warm-up, 1 s measurement), or `WGPMD_HANDSHAKE_MIN=ROUNDS` for the fastest of ROUNDS
