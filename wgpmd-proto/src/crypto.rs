@@ -746,7 +746,11 @@ mod tests {
             for round in 0..20usize {
                 let specs: Vec<(usize, usize, usize)> = (0..count)
                     .map(|i| {
-                        let k = if round % 2 == 0 { (round / 2) % keys.len() } else { (i * 7 + round) % keys.len() };
+                        let k = if round.is_multiple_of(2) {
+                            (round / 2) % keys.len()
+                        } else {
+                            (i * 7 + round) % keys.len()
+                        };
                         let start = (i * 13 + round) % 50;
                         let len = [0, 1, 6, 18, 60, 63, 64, 65, 92, 116, 128, 132, 200][(i + round) % 13];
                         (k, start, len)

@@ -24,7 +24,7 @@ fn device(seed: u64) -> (Device, ChaCha20Rng) {
 
 fn source(rng: &mut ChaCha20Rng, n: u32) -> SocketAddr {
     let k = rng.next_u32() % n;
-    if k % 3 == 0 {
+    if k.is_multiple_of(3) {
         SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, k as u16)), 1000 + k as u16)
     } else {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, (k >> 8) as u8, k as u8)), 40000 + (k % 7) as u16)
@@ -90,7 +90,7 @@ fn burst_screen_matches_one_message_at_a_time() {
     let mut now = Timestamp::from_secs(1);
     for round in 0..1500 {
         now = now + Duration::from_millis(u64::from(gen.next_u32() % 400));
-        let under_load = gen.next_u32() % 4 != 0;
+        let under_load = !gen.next_u32().is_multiple_of(4);
         let n = 1 + (gen.next_u32() % 40) as usize;
         let mut burst: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(n);
         for _ in 0..n {
@@ -116,7 +116,7 @@ fn burst_screen_matches_one_message_at_a_time() {
                     let lens = [0, 1, 3, 4, 63, 64, 65, 91, 92, 93, 147, 148, 149, 200];
                     let mut m = vec![0u8; lens[(gen.next_u32() as usize) % lens.len()]];
                     gen.fill_bytes(&mut m);
-                    if m.len() >= 4 && gen.next_u32() % 2 == 0 {
+                    if m.len() >= 4 && gen.next_u32().is_multiple_of(2) {
                         m[0] = 1 + (gen.next_u32() % 4) as u8;
                         m[1..4].fill(0);
                     }
