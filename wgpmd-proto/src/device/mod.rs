@@ -11,6 +11,7 @@
 //! | [`Device::encapsulate`] / [`Device::encapsulate_to`] | any worker, per inner packet | ChaCha20-Poly1305 in place |
 //! | [`Device::receive_handshake`] | the handshake stage (budgeted per poll, or a core of its own) | X25519, BLAKE2s |
 //! | [`Device::screen_handshake`], then [`Device::receive_screened`] | the same in two steps: where the message arrives, then from a bounded queue | BLAKE2s, then X25519 |
+//! | [`Device::screen_handshakes`] | the first step for several messages at once (their MACs and cookie replies computed together) | multi-buffer BLAKE2s, multi-lane ChaCha20-Poly1305 |
 //! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
 //! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
 //!
@@ -710,5 +711,7 @@ impl Device {
 
 #[cfg(test)]
 mod burst_tests;
+#[cfg(test)]
+mod screen_tests;
 #[cfg(test)]
 mod tests;
