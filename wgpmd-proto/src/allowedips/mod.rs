@@ -30,7 +30,8 @@
 //! peers live in `u32`-addressed arenas, with no per-node allocation and no pointers. The
 //! arenas are repacked breadth-first when free blocks pass half the live slots, or on
 //! [`AllowedIps::compact`]. At a million random prefixes the tries take about 26 (IPv4) and 68
-//! (IPv6) bytes per prefix, and the per-peer lists about 45 more. `benches/allowedips.rs`
+//! (IPv6) bytes per prefix, and the per-peer lists about 36 more with one prefix per peer (a
+//! 28-byte entry, and 8 bytes for the list's ends by peer slot). `benches/allowedips.rs`
 //! measures lookups against exact-match hash maps. For bursts,
 //! [`AllowedIps::lookup_v4_batch`] interleaves lookups so that their cache misses overlap.
 //!
