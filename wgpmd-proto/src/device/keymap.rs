@@ -27,12 +27,15 @@ pub(crate) const SHARDS: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct KeyHash(u64);
 
+/// One shard: (public key, id) entries, placed by [`KeyHash`].
+type Shard = HashTable<([u8; KEY_LEN], PeerId)>;
+
 /// Public key to [`PeerId`], sharded.
 #[derive(Clone)]
 pub(crate) struct KeyMap {
     k0: u64,
     k1: u64,
-    shards: Box<[HashTable<([u8; KEY_LEN], PeerId)>]>,
+    shards: Box<[Shard]>,
     len: usize,
 }
 
