@@ -75,6 +75,8 @@ uapi_cpu() {
     echo 0
 }
 now() { date +%s.%N; }
+# The daemon's timing of its last `set` (from its log; older builds do not log it).
+set_timing() { grep -o 'applied in .*' "$tmp/wgpmd.log" | tail -1 || echo "(no timing in the daemon's log)"; }
 
 start_daemon() {
     ip netns add "$ns"
@@ -161,7 +163,7 @@ EOF
     t2=$(now)
     c2=$(uapi_cpu "$pid")
     [ "$lines" -eq $((n + 1)) ] || { echo "dump listed $((lines - 1)) peers, not $n" >&2; exit 1; }
-    notes+=("$n: wg setconf: $(grep -o 'applied in .*' "$tmp/wgpmd.log" | tail -1); UAPI thread context switches: $((v1 - v0)) voluntary, $((n1 - n0)) involuntary")
+    notes+=("$n: wg setconf: $(set_timing); UAPI thread context switches: $((v1 - v0)) voluntary, $((n1 - n0)) involuntary")
     stop_daemon
     # Straight into the socket.
     start_daemon
@@ -172,7 +174,7 @@ EOF
     got=$(python3 "$tmp/uapi.py" "$sock" get)
     t5=$(now)
     [ "$got" -eq "$n" ] || { echo "raw get listed $got peers, not $n" >&2; exit 1; }
-    notes+=("$n: raw set: $(grep -o 'applied in .*' "$tmp/wgpmd.log" | tail -1)")
+    notes+=("$n: raw set: $(set_timing)")
     stop_daemon
     read -r su ss <"$tmp/wg_set.time"
     read -r du ds <"$tmp/wg_dump.time"
