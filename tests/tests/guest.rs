@@ -502,13 +502,13 @@ fn exception_lan_side(ctx: &Ctx, ns: &Netns, qemu: &mut Proc) -> Result<()> {
 /// pings the peer's inner address through wgpmd: its ARP is answered by wgpmd's port, its echo
 /// requests are sealed to the peer, the replies decrypted into the guest's receive queue.
 ///
-/// Ignored: with Debian 12's QEMU 7.2 under TCG it cannot pass. QEMU sends SET_VRING_ENABLE
-/// before SET_FEATURES, which vhost-user-backend 0.24 refuses, and the connection ends; with those
-/// messages held back until SET_FEATURES (tried), QEMU dies with SIGSEGV (a read at address 0x28,
-/// in a vCPU thread) when the guest's driver sets DRIVER_OK, before it sends SET_FEATURES or
-/// SET_MEM_TABLE (docs/TESTING.md). Run it with `-- --ignored guest_vhost_user_boot`.
+/// Ignored: with Debian 12's QEMU 7.2 it cannot pass. QEMU sends all its SET_VRING_ENABLE
+/// messages before SET_FEATURES, which the `vhost` crate's request loop (0.18) refuses, and the
+/// connection ends. (QEMU 7.2's own SIGSEGV under TCG when the guest's driver starts a vhost-user
+/// device with MSI-X is avoided: run-vm.sh gives the `vhu` boot's NIC `vectors=0`.) See
+/// docs/TESTING.md. Run it with `-- --ignored guest_vhost_user_boot`.
 #[test]
-#[ignore = "fails: QEMU 7.2 sends SET_VRING_ENABLE before SET_FEATURES, which vhost-user-backend 0.24 refuses; held back, QEMU 7.2 (TCG) segfaults at DRIVER_OK (docs/TESTING.md)"]
+#[ignore = "fails: QEMU 7.2 sends SET_VRING_ENABLE before SET_FEATURES, which the vhost crate (0.18) refuses (docs/TESTING.md)"]
 fn guest_vhost_user_boot() {
     run("guest_vhost_user_boot", |ctx| {
         let Some(g) = Guest::prepare(ctx)? else { return Ok(()) };
