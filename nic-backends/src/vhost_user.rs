@@ -19,10 +19,12 @@
 //! the next one accepted (server mode) or connected to (client mode). The frontend's socket is
 //! not handed to the crate directly: two relay threads copy its messages (with their file
 //! descriptors) to the crate's request loop and the replies back, holding back the
-//! SET_VRING_ENABLE messages QEMU 7.2 sends before SET_FEATURES (module `relay`). The data path does not use the crate's kick-driven epoll handlers: the
-//! workers poll the rings (`Queue::rx_burst` reads the frontend's transmit queue,
-//! `Queue::tx_burst` fills its receive queue), each under the vring's lock. The vrings are
-//! taken from the handler at connection setup through an extra event the handler forwards to
+//! SET_VRING_ENABLE messages QEMU 7.2 sends before SET_FEATURES (module `relay`).
+//!
+//! The data path does not use the crate's kick-driven epoll handlers: the workers poll the
+//! rings (`Queue::rx_burst` reads the frontend's transmit queue, `Queue::tx_burst` fills its
+//! receive queue), each under the vring's lock. The vrings are taken from the handler at
+//! connection setup through an extra event the handler forwards to
 //! [`VhostUserBackend::handle_event`] together with its vrings.
 //!
 //! # Frames

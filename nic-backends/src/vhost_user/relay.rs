@@ -73,8 +73,16 @@ pub(super) fn start_handler(daemon: &mut VhostUserDaemon<super::NetBackend>) -> 
     Ok(ours)
 }
 
+/// Why the relay of the frontend's messages ended.
+enum End {
+    /// The frontend broke the protocol's framing (counted as a protocol error).
+    Frontend(String),
+    /// A socket closed or failed (either side): the connection just ends.
+    Closed(String),
+}
+
 /// The two relay threads of a connection; each shuts both sockets down when its side ends, so
-/// that the other ends too. `on_error` gets what ended the frontend's side, if it was an error.
+/// that the other ends too. `on_error` gets the frontend's framing errors.
 pub(super) fn spawn(
     front: UnixStream,
     handler: UnixStream,
@@ -85,8 +93,10 @@ pub(super) fn spawn(
     let a = std::thread::Builder::new()
         .name("wgpmd-vhu-relay".into())
         .spawn(move || {
-            if let Err(e) = frontend_to_handler(&front, &handler) {
-                on_error(e);
+            match frontend_to_handler(&front, &handler) {
+                Ok(()) => {}
+                Err(End::Frontend(e)) => on_error(e),
+                Err(End::Closed(e)) => tracing::debug!("vhost-user relay: {e}"),
             }
             let _ = front.shutdown(Shutdown::Both);
             let _ = handler.shutdown(Shutdown::Both);
@@ -129,7 +139,7 @@ impl Msg {
 
 /// Reads exactly `want` more bytes onto `buf` (collecting descriptors). Ok(false): the peer
 /// closed the socket before the first byte of a message.
-fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut Vec<OwnedFd>) -> Result<bool, String> {
+fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut Vec<OwnedFd>) -> Result<bool, End> {
     let start = buf.len();
     buf.resize(start + want, 0);
     let mut got = 0;
@@ -140,20 +150,20 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut V
             // Our own shutdown of the socket (the other relay thread, or the daemon) reads as
             // the end; a reset by the frontend too.
             Err(_) if got == 0 && start == 0 => return Ok(false),
-            Err(e) => return Err(format!("reading from the frontend: {e}")),
+            Err(e) => return Err(End::Closed(format!("reading from the frontend: {e}"))),
         };
         if n == 0 {
             if got == 0 && start == 0 {
                 return Ok(false);
             }
-            return Err("the frontend closed its socket in the middle of a message".into());
+            return Err(End::Closed("the frontend closed its socket in the middle of a message".into()));
         }
         got += n;
     }
     Ok(true)
 }
 
-fn read_msg(sock: &UnixStream) -> Result<Option<Msg>, String> {
+fn read_msg(sock: &UnixStream) -> Result<Option<Msg>, End> {
     let mut bytes = Vec::with_capacity(HDR_LEN + 64);
     let mut fds = Vec::new();
     if !read_exact_fds(sock, &mut bytes, HDR_LEN, &mut fds)? {
@@ -161,18 +171,18 @@ fn read_msg(sock: &UnixStream) -> Result<Option<Msg>, String> {
     }
     let size = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     if size > MAX_BODY {
-        return Err(format!("a message of {size} bytes (more than {MAX_BODY})"));
+        return Err(End::Frontend(format!("a message of {size} bytes (more than {MAX_BODY})")));
     }
     if size > 0 {
         read_exact_fds(sock, &mut bytes, size, &mut fds)?;
     }
     if fds.len() > MAX_FDS {
-        return Err(format!("a message with {} file descriptors", fds.len()));
+        return Err(End::Frontend(format!("a message with {} file descriptors", fds.len())));
     }
     Ok(Some(Msg { bytes, fds }))
 }
 
-fn send_msg(sock: &UnixStream, m: &Msg) -> Result<(), String> {
+fn send_msg(sock: &UnixStream, m: &Msg) -> Result<(), End> {
     let raw: Vec<RawFd> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
     let mut off = 0;
     while off < m.bytes.len() {
@@ -182,14 +192,14 @@ fn send_msg(sock: &UnixStream, m: &Msg) -> Result<(), String> {
         match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => off += n,
             Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("writing to the request loop: {e}")),
+            Err(e) => return Err(End::Closed(format!("writing to the request loop: {e}"))),
         }
     }
     Ok(())
 }
 
 /// Relays frontend → request loop until either side closes.
-fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), String> {
+fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), End> {
     let mut features_seen = false;
     let mut held: Vec<Msg> = Vec::new();
     let mut front_w = front;
@@ -197,7 +207,7 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), S
         let req = m.request();
         if req == SET_VRING_ENABLE && !features_seen {
             if held.len() >= MAX_HELD {
-                return Err(format!("more than {MAX_HELD} SET_VRING_ENABLE before SET_FEATURES"));
+                return Err(End::Frontend(format!("more than {MAX_HELD} SET_VRING_ENABLE before SET_FEATURES")));
             }
             if m.flags() & FLAG_NEED_REPLY != 0 {
                 // The reply the request loop would give: success (a u64 0).
@@ -206,7 +216,7 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), S
                 r.extend_from_slice(&((m.flags() & FLAG_VERSION_MASK) | FLAG_REPLY).to_le_bytes());
                 r.extend_from_slice(&8u32.to_le_bytes());
                 r.extend_from_slice(&0u64.to_le_bytes());
-                front_w.write_all(&r).map_err(|e| format!("writing to the frontend: {e}"))?;
+                front_w.write_all(&r).map_err(|e| End::Closed(format!("writing to the frontend: {e}")))?;
                 m.set_flags(m.flags() & !FLAG_NEED_REPLY);
             }
             held.push(m);
