@@ -253,3 +253,58 @@ fn handler_to_frontend(handler: &UnixStream, front: &UnixStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(req: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&req.to_le_bytes());
+        m.extend_from_slice(&flags.to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn read_one(s: &UnixStream) -> (u32, u32, Vec<u8>) {
+        let m = read_msg(s).ok().flatten().expect("a message");
+        (m.request(), m.flags(), m.bytes[HDR_LEN..].to_vec())
+    }
+
+    #[test]
+    fn ring_enables_before_set_features_are_held_back_and_delivered_after_it() {
+        let (mut front, front_relay) = UnixStream::pair().unwrap();
+        let (handler_relay, handler) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay));
+        let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
+        let features = (1u64 << 32 | 1 << 30).to_le_bytes();
+        front.write_all(&msg(3, 1, &[])).unwrap(); // SET_OWNER
+        front.write_all(&msg(SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, &enable)).unwrap();
+        front.write_all(&msg(SET_VRING_ENABLE, 1, &enable)).unwrap();
+        // The held message that asked for a reply is acked at once, as success.
+        assert_eq!(read_one(&front), (SET_VRING_ENABLE, 1 | FLAG_REPLY, 0u64.to_le_bytes().to_vec()));
+        front.write_all(&msg(SET_FEATURES, 1, &features)).unwrap();
+        // The request loop sees SET_OWNER, SET_FEATURES, then both enables (no reply asked).
+        assert_eq!(read_one(&handler), (3, 1, vec![]));
+        assert_eq!(read_one(&handler), (SET_FEATURES, 1, features.to_vec()));
+        assert_eq!(read_one(&handler), (SET_VRING_ENABLE, 1, enable.clone()));
+        assert_eq!(read_one(&handler), (SET_VRING_ENABLE, 1, enable.clone()));
+        // After SET_FEATURES they pass straight through.
+        front.write_all(&msg(SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, &enable)).unwrap();
+        assert_eq!(read_one(&handler), (SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, enable));
+        drop(front);
+        assert!(t.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn an_oversized_message_is_the_frontends_error() {
+        let (mut front, front_relay) = UnixStream::pair().unwrap();
+        let (handler_relay, _handler) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay));
+        let mut m = msg(5, 1, &[]);
+        m[8..12].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
+        front.write_all(&m).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(End::Frontend(_))));
+    }
+}
