@@ -34,8 +34,13 @@
 //! its own, with the port's MAC: wgpmd is the frontend's gateway for everything; other frames
 //! are counted and dropped). Towards the frontend an all-zero header (no offloads, one buffer)
 //! and an Ethernet header to the frontend's MAC (learned from what it sends; broadcast until
-//! then) go in front. No offloads, no mergeable buffers, one queue pair (every worker's queue
-//! uses it, serialised by the vring lock).
+//! then) go in front. No offloads, no mergeable buffers.
+//!
+//! # Queue pairs
+//! One queue pair per worker queue of the port (at most [`MAX_PAIRS`]); with more than one the
+//! port offers VIRTIO_NET_F_MQ (with VHOST_USER_PROTOCOL_F_MQ, always offered). Worker queue `q`
+//! serves pair `q` once the frontend has enabled both of its rings; until then, and for a
+//! frontend that uses fewer pairs, it shares pair 0 (each ring under its lock).
 //!
 //! # Bad frontends
 //! Every address comes from the frontend and is checked against its memory table by
@@ -75,10 +80,15 @@ pub const VNET_HDR_LEN: usize = 12;
 pub const PORT_MAC: [u8; 6] = [0x02, 0x77, 0x67, 0x70, 0x6d, 0x64];
 /// Descriptors per ring at most.
 const MAX_QUEUE_SIZE: usize = 1024;
-/// Queues: one receive/transmit pair.
-const NUM_QUEUES: usize = 2;
+/// Queue pairs offered at most (one per worker queue of the port).
+pub const MAX_PAIRS: usize = 16;
+/// VIRTIO_NET_F_MQ: several queue pairs.
+const VIRTIO_NET_F_MQ: u64 = 22;
+
 /// The extra event that hands us the vrings (above the queues and the handler's own event).
-const STASH_EVENT: u16 = NUM_QUEUES as u16 + 1;
+fn stash_event(pairs: usize) -> u16 {
+    (2 * pairs + 1) as u16
+}
 /// MTU of the inner side when `PortOptions::mtu` is `None`.
 pub const DEFAULT_MTU: usize = 1420;
 /// Client mode: the pause between attempts to connect to an absent frontend.
@@ -99,7 +109,8 @@ struct Counters {
     connect_failures: AtomicU64,
 }
 
-/// One connected frontend: its vrings (0: its receive queue, 1: its transmit queue) and memory.
+/// One connected frontend: its vrings (`2p`: pair p's receive queue, `2p + 1`: its transmit
+/// queue) and memory.
 struct Conn {
     vrings: Vec<VringRwLock>,
     mem: Mem,
@@ -126,6 +137,8 @@ impl Conn {
 
 struct Shared {
     path: PathBuf,
+    /// Queue pairs offered: pair `p` is rings `2p` (the frontend's receive queue) and `2p + 1`.
+    pairs: usize,
     /// `,client`: wgpmd connects to the frontend's socket (and never creates or removes it).
     client: bool,
     /// The current frontend, if any; `epoch` changes whenever this does.
@@ -150,7 +163,7 @@ impl VhostUserBackend for NetBackend {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        2 * self.sh.pairs
     }
     fn max_queue_size(&self) -> usize {
         MAX_QUEUE_SIZE
@@ -159,7 +172,8 @@ impl VhostUserBackend for NetBackend {
         // QEMU 7.2 needs PROTOCOL_FEATURES (without it: "unable to start vhost net: 22") but
         // sends SET_VRING_ENABLE before it acks it, which the vhost crate refuses: the relay
         // (`relay`) holds those messages back until SET_FEATURES.
-        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        let mq = if self.sh.pairs > 1 { 1 << VIRTIO_NET_F_MQ } else { 0 };
+        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | mq
     }
     fn acked_features(&self, features: u64) {
         self.sh.features.store(features, Ordering::Relaxed);
@@ -195,7 +209,7 @@ impl VhostUserBackend for NetBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> std::io::Result<()> {
-        if device_event == STASH_EVENT {
+        if device_event == stash_event(self.sh.pairs) {
             let _ = self.stash.1.read();
             *self.stash.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrings.to_vec());
         }
@@ -215,9 +229,11 @@ pub struct VhostUserPort {
     server: Option<std::thread::JoinHandle<()>>,
 }
 
-/// One queue of a [`VhostUserPort`]: every queue uses the one queue pair.
+/// One queue of a [`VhostUserPort`]: queue `q` serves queue pair `q` when the frontend has
+/// enabled it, and pair 0 (shared, under its rings' locks) otherwise.
 pub struct VhostUserQueue {
     sh: Arc<Shared>,
+    pair: usize,
     epoch: u64,
     conn: Option<Arc<Conn>>,
     stats: QueueStats,
@@ -231,6 +247,7 @@ impl VhostUserPort {
         let (path, client) = parse_name(spec, name)?;
         let sh = Arc::new(Shared {
             path: PathBuf::from(path),
+            pairs: opts.queues.clamp(1, MAX_PAIRS),
             client,
             conn: Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -249,8 +266,9 @@ impl VhostUserPort {
                 })?)
             };
         let queues = (0..opts.queues)
-            .map(|_| {
+            .map(|q| {
                 Some(VhostUserQueue {
+                    pair: q % sh.pairs,
                     sh: sh.clone(),
                     epoch: u64::MAX,
                     conn: None,
@@ -311,12 +329,13 @@ fn one_connection(sh: &Arc<Shared>, listener: Option<&mut Listener>) -> Result<(
     let ev = &stash.1;
     let stashed = (|| {
         let h = handlers.first().ok_or("no vring handler")?;
-        h.register_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT)).map_err(|e| e.to_string())?;
+        h.register_listener(ev.as_raw_fd(), EventSet::IN, u64::from(stash_event(sh.pairs)))
+            .map_err(|e| e.to_string())?;
         ev.write(1).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(v) = stash.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let _ = h.unregister_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT));
+                let _ = h.unregister_listener(ev.as_raw_fd(), EventSet::IN, u64::from(stash_event(sh.pairs)));
                 return Ok::<_, String>(v);
             }
             if Instant::now() > deadline {
@@ -473,8 +492,12 @@ impl Port for VhostUserPort {
         Some(Arc::new(move || {
             let c = &sh.c;
             let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            // Each takes the connection's lock by itself (not inside one expression: the guard of
+            // the first would still be held by the second).
+            let connected = u64::from(sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some());
+            let pairs = active_pairs(&sh);
             vec![
-                ("vhost_user_connected".into(), u64::from(sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some())),
+                ("vhost_user_connected".into(), connected),
                 ("vhost_user_connections".into(), l(&c.connections)),
                 ("vhost_user_disconnects".into(), l(&c.disconnects)),
                 ("vhost_user_bad_descriptors".into(), l(&c.bad_descriptors)),
@@ -482,6 +505,7 @@ impl Port for VhostUserPort {
                 ("vhost_user_arp_replies".into(), l(&c.arp_replies)),
                 ("vhost_user_not_ip_dropped".into(), l(&c.not_ip_dropped)),
                 ("vhost_user_connect_failures".into(), l(&c.connect_failures)),
+                ("vhost_user_pairs_active".into(), pairs),
             ]
         }))
     }
@@ -511,10 +535,27 @@ impl VhostUserQueue {
         self.conn.clone().filter(|c| !c.broken.load(Ordering::Relaxed))
     }
 
+    /// The queue pair this queue uses now: its own once the frontend has enabled both of its
+    /// rings, else pair 0.
+    fn pair(&self, conn: &Conn) -> usize {
+        let p = self.pair;
+        let up = |i: usize| {
+            conn.vrings.get(i).is_some_and(|v| {
+                let st = v.get_ref();
+                st.is_enabled() && st.get_queue().ready()
+            })
+        };
+        if p != 0 && up(2 * p) && up(2 * p + 1) {
+            p
+        } else {
+            0
+        }
+    }
+
     /// Frames (with their Ethernet header) into the frontend's receive queue; returns how many
     /// of `frames` (from the front) were taken (written, or dropped and counted).
     fn push(&mut self, conn: &Conn, frames: &[Buffer], ip: bool) -> usize {
-        let vring = &conn.vrings[0];
+        let vring = &conn.vrings[2 * self.pair(conn)];
         let mut st = vring.get_mut();
         if !st.is_enabled() || !st.get_queue().ready() {
             return 0;
@@ -685,6 +726,17 @@ impl VhostUserQueue {
     }
 }
 
+/// Queue pairs of the current frontend with both rings enabled and ready (0: none connected).
+fn active_pairs(sh: &Shared) -> u64 {
+    let conn = sh.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(conn) = conn else { return 0 };
+    let up = |v: &VringRwLock| {
+        let st = v.get_ref();
+        st.is_enabled() && st.get_queue().ready()
+    };
+    conn.vrings.chunks(2).filter(|p| p.len() == 2 && up(&p[0]) && up(&p[1])).count() as u64
+}
+
 /// Every region must lie within its file (a memfd or hugetlbfs file of the frontend's).
 fn check_regions(mem: &GuestMemoryMmap) -> Result<(), String> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -734,7 +786,7 @@ impl Queue for VhostUserQueue {
         let Some(conn) = self.conn() else { return 0 };
         let mut n = 0;
         {
-            let vring = &conn.vrings[1];
+            let vring = &conn.vrings[2 * self.pair(&conn) + 1];
             let mut st = vring.get_mut();
             if !st.is_enabled() || !st.get_queue().ready() {
                 return 0;

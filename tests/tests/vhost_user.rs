@@ -7,6 +7,9 @@
 //! frontend disconnects: packets for it are counted and dropped) and a new testpmd connects
 //! and traffic resumes both ways.
 //!
+//! Two queue pairs (two workers, testpmd `queues=2`): each worker serves its own pair, and both
+//! pairs carry traffic both ways.
+//!
 //! Client mode (`vhost-user:PATH,client`): testpmd listens (`server=1`) and wgpmd connects,
 //! retrying while testpmd is absent; testpmd quits and a new one listens, wgpmd connects again
 //! and traffic resumes both ways.
@@ -87,7 +90,16 @@ struct PortStats {
 
 impl Testpmd {
     /// `server`: testpmd listens on `sock` (`server=1`) and wgpmd connects (`vhost-user:PATH,client`).
-    fn start(ctx: &Ctx, ns: &Netns, name: &str, sock: &str, server: bool, huge: &Hugepages) -> Result<Testpmd> {
+    /// `queues`: queue pairs (testpmd's `--rxq`/`--txq` too).
+    fn start(
+        ctx: &Ctx,
+        ns: &Netns,
+        name: &str,
+        sock: &str,
+        server: bool,
+        queues: u32,
+        huge: &Hugepages,
+    ) -> Result<Testpmd> {
         // stdbuf: testpmd writes its statistics through stdio, fully buffered into a file.
         // Outside the test directory: a failing test prints every file there, and reading a
         // FIFO would block.
@@ -98,8 +110,8 @@ impl Testpmd {
         let prefix = format!("wgpmd-e2e-vhu-{name}-{}", std::process::id());
         let cmd = format!(
             "exec stdbuf -oL -eL dpdk-testpmd -l 0-1 --no-pci --no-telemetry --file-prefix {prefix} --single-file-segments \
-             -m 128 --huge-dir {} --vdev net_virtio_user0,path={sock},queues=1{} -- -i --total-num-mbufs=2048 \
-             --tx-ip=10.100.0.1,10.100.0.10 < {}",
+             -m 128 --huge-dir {} --vdev net_virtio_user0,path={sock},queues={queues}{} -- -i --total-num-mbufs=2048 \
+             --rxq={queues} --txq={queues} --tx-ip=10.100.0.1,10.100.0.10 < {}",
             huge.dir.display(),
             if server { ",server=1" } else { "" },
             fifo.display()
@@ -277,7 +289,7 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
         d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
         ensure!(d.stats()?.get("vhost_user_connected")? == 0);
 
-        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd1", &sock, false, &huge)?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd1", &sock, false, 1, &huge)?;
         d.wait_stats("the frontend connected", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         let (a_tx, a_rx) = round(&mut t, &d, p, peer.ifname(), 2000)?;
         t.quit()?;
@@ -291,7 +303,7 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
         ensure!(dropped >= sent * 9 / 10 && dropped <= sent, "dropped {dropped} of {sent}");
 
         let t0 = Instant::now();
-        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd2", &sock, false, &huge)?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd2", &sock, false, 1, &huge)?;
         d.wait_stats("the frontend back", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         eprintln!("reconnected in {:.1} s", t0.elapsed().as_secs_f64());
         let (b_tx, b_rx) = round(&mut t, &d, p, peer.ifname(), 2000)?;
@@ -331,7 +343,7 @@ fn client_mode_connects_to_testpmd_and_reconnects() {
             Ok(s.get("vhost_user_connect_failures")? >= 2 && s.get("vhost_user_connected")? == 0)
         })?;
 
-        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-s1", &sock, true, &huge)?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-s1", &sock, true, 1, &huge)?;
         d.wait_stats("wgpmd connected to testpmd", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         let (a_tx, a_rx) = round(&mut t, &d, p, peer.ifname(), 1000)?;
         t.quit()?;
@@ -340,7 +352,7 @@ fn client_mode_connects_to_testpmd_and_reconnects() {
         d.wait_stats("wgpmd trying again", |s| Ok(s.get("vhost_user_connect_failures")? >= f0 + 2))?;
 
         let t0 = Instant::now();
-        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-s2", &sock, true, &huge)?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-s2", &sock, true, 1, &huge)?;
         d.wait_stats("wgpmd connected again", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         eprintln!("reconnected {:.1} s after the second testpmd started", t0.elapsed().as_secs_f64());
         let (b_tx, b_rx) = round(&mut t, &d, p, peer.ifname(), 1000)?;
@@ -357,5 +369,55 @@ fn client_mode_connects_to_testpmd_and_reconnects() {
         ensure!(std::path::Path::new(&sock).exists(), "wgpmd removed the frontend's socket {sock}");
         t.quit()?;
         Ok(())
+    });
+}
+
+#[test]
+fn two_queue_pairs_one_per_worker() {
+    run("vhost_user_mq", |ctx| {
+        let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
+        ensure!(
+            found.status.success(),
+            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
+        );
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ensure!(cores >= 2, "this test needs 2 cores, the machine has {cores}");
+        let huge = Hugepages::reserve(160)?;
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        let sock = ctx.log_path("vumq.sock").to_string_lossy().into_owned();
+        // Two workers, each with its inner queue; WAN frames spread over both (lb), so that both
+        // decrypt and both fill their pair's receive ring.
+        let opts = WgpmdOptions {
+            lcores: "0-1".into(),
+            control_shares_core: true,
+            fanout: Some("lb".into()),
+            inner: Some(format!("vhost-user:{sock}")),
+            ..Default::default()
+        };
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
+        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
+        let peer = WgGo::start(ctx, &p.ns, &cfg)?;
+        d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-mq", &sock, false, 2, &huge)?;
+        d.wait_stats("the frontend connected", |s| Ok(s.get("vhost_user_connected")? == 1))?;
+        // Both pairs in use (otherwise both workers would share pair 0).
+        d.wait_stats("two queue pairs enabled", |s| Ok(s.get("vhost_user_pairs_active")? == 2))?;
+        let rx0 = d.stats()?.per_worker("inner_queue_rx_packets")?;
+        let tx0 = d.stats()?.per_worker("inner_queue_tx_packets")?;
+        // `round` checks the sums against testpmd's counts exactly.
+        let (sent, got) = round(&mut t, &d, p, peer.ifname(), 2000)?;
+        let st = d.stats()?;
+        let rx: Vec<u64> = st.per_worker("inner_queue_rx_packets")?.iter().zip(&rx0).map(|(a, b)| a - b).collect();
+        let tx: Vec<u64> = st.per_worker("inner_queue_tx_packets")?.iter().zip(&tx0).map(|(a, b)| a - b).collect();
+        eprintln!("per worker (queue pair): from testpmd {rx:?} of {sent}, to testpmd {tx:?} ({got} received)");
+        ensure!(rx.len() == 2 && rx.iter().all(|&n| n > 0), "a queue pair carried nothing from the frontend: {rx:?}");
+        ensure!(tx.len() == 2 && tx.iter().all(|&n| n > 0), "a queue pair carried nothing to the frontend: {tx:?}");
+        ensure!(rx.iter().sum::<u64>() == sent, "{rx:?} does not add up to {sent}");
+        ensure!(st.get("vhost_user_bad_descriptors")? == 0 && st.get("vhost_user_protocol_errors")? == 0, "{st:?}");
+        t.quit()?;
+        d.ensure_running()?;
+        d.stop()
     });
 }
