@@ -206,7 +206,7 @@ impl Default for PortOptions {
     }
 }
 
-/// Open a port from its string: "af_packet:IFACE", "af_xdp:IFACE", "tun:NAME", "tap:NAME" (a kernel TAP: Ethernet frames), "vhost-user:PATH" (a vhost-user backend serving the socket PATH), "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
+/// Open a port from its string: "af_packet:IFACE", "af_xdp:IFACE", "tun:NAME", "tap:NAME" (a kernel TAP: Ethernet frames), "vhost-user:PATH" (a vhost-user backend serving the socket PATH; "vhost-user:PATH,client" connects to a frontend listening there), "vfio:BDF" (a virtio-net device bound to vfio-pci), "dpdk:PORT" (feature `dpdk`), "mem:NAME" (a mem port alone is a loopback: what is sent is received back on the same queue index) — errors name the string and the problem (unknown backend, missing name).
 pub fn open(spec: &str, opts: &PortOptions) -> Result<Box<dyn Port>, PortError> {
     let Some((backend, name)) = spec.split_once(':') else {
         return Err(PortError::BadSpec { spec: spec.to_string() });

@@ -1,17 +1,30 @@
-//! `vhost-user:PATH`: wgpmd as a vhost-user backend (a virtio-net device) for a frontend that
-//! connects to the unix socket `PATH`: a VM's virtio-net (QEMU `-netdev vhost-user`) or a DPDK
+//! `vhost-user:PATH[,client]`: wgpmd as a vhost-user backend (a virtio-net device) for a
+//! frontend on the unix socket `PATH`: a VM's virtio-net (QEMU `-netdev vhost-user`) or a DPDK
 //! application's `net_virtio_user`. Built on rust-vmm's crates: `vhost` and
 //! `vhost-user-backend` speak the protocol (features, memory table, vrings, kicks),
 //! `vm-memory` maps and bounds-checks the frontend's memory regions, `virtio-queue` walks the
 //! split rings.
 //!
+//! # Server and client mode
+//! `vhost-user:PATH` binds PATH and waits for a frontend to connect (the frontend is the
+//! client: QEMU's default, testpmd's `net_virtio_user` without `server=1`).
+//! `vhost-user:PATH,client` connects to a frontend that listens on PATH (QEMU
+//! `-chardev socket,...,server=on`, testpmd `net_virtio_user0,path=PATH,server=1`): while the
+//! frontend is absent the port tries again every [`CLIENT_RETRY`] (failed attempts counted,
+//! logged once per absence), and when it goes away the port connects again.
+//!
 //! # Threads
-//! A server thread accepts one frontend at a time (a new `VhostUserDaemon`, its vrings and its
-//! protocol thread per connection); when the frontend goes, the connection is torn down and the
-//! next one accepted. The data path does not use the crate's kick-driven epoll handlers: the
-//! workers poll the rings (`Queue::rx_burst` reads the frontend's transmit queue,
-//! `Queue::tx_burst` fills its receive queue), each under the vring's lock. The vrings are
-//! taken from the handler at connection setup through an extra event the handler forwards to
+//! A connection thread serves one frontend at a time (a new `VhostUserDaemon`, its vrings and
+//! its protocol thread per connection); when the frontend goes, the connection is torn down and
+//! the next one accepted (server mode) or connected to (client mode). The frontend's socket is
+//! not handed to the crate directly: two relay threads copy its messages (with their file
+//! descriptors) to the crate's request loop and the replies back, holding back the
+//! SET_VRING_ENABLE messages QEMU 7.2 sends before SET_FEATURES (module `relay`).
+//!
+//! The data path does not use the crate's kick-driven epoll handlers: the workers poll the
+//! rings (`Queue::rx_burst` reads the frontend's transmit queue, `Queue::tx_burst` fills its
+//! receive queue), each under the vring's lock. The vrings are taken from the handler at
+//! connection setup through an extra event the handler forwards to
 //! [`VhostUserBackend::handle_event`] together with its vrings.
 //!
 //! # Frames
@@ -21,8 +34,13 @@
 //! its own, with the port's MAC: wgpmd is the frontend's gateway for everything; other frames
 //! are counted and dropped). Towards the frontend an all-zero header (no offloads, one buffer)
 //! and an Ethernet header to the frontend's MAC (learned from what it sends; broadcast until
-//! then) go in front. No offloads, no mergeable buffers, one queue pair (every worker's queue
-//! uses it, serialised by the vring lock).
+//! then) go in front. No offloads, no mergeable buffers.
+//!
+//! # Queue pairs
+//! One queue pair per worker queue of the port (at most [`MAX_PAIRS`]); with more than one the
+//! port offers VIRTIO_NET_F_MQ (with VHOST_USER_PROTOCOL_F_MQ, always offered). Worker queue `q`
+//! serves pair `q` once the frontend has enabled both of its rings; until then, and for a
+//! frontend that uses fewer pairs, it shares pair 0 (each ring under its lock).
 //!
 //! # Bad frontends
 //! Every address comes from the frontend and is checked against its memory table by
@@ -50,6 +68,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+mod relay;
+
 use crate::buffer::{Buffer, Pool};
 use crate::error::PortError;
 use crate::port::{ExtraStats, Port, PortInfo, PortOptions, Queue, QueueStats};
@@ -60,12 +80,19 @@ pub const VNET_HDR_LEN: usize = 12;
 pub const PORT_MAC: [u8; 6] = [0x02, 0x77, 0x67, 0x70, 0x6d, 0x64];
 /// Descriptors per ring at most.
 const MAX_QUEUE_SIZE: usize = 1024;
-/// Queues: one receive/transmit pair.
-const NUM_QUEUES: usize = 2;
+/// Queue pairs offered at most (one per worker queue of the port).
+pub const MAX_PAIRS: usize = 16;
+/// VIRTIO_NET_F_MQ: several queue pairs.
+const VIRTIO_NET_F_MQ: u64 = 22;
+
 /// The extra event that hands us the vrings (above the queues and the handler's own event).
-const STASH_EVENT: u16 = NUM_QUEUES as u16 + 1;
+fn stash_event(pairs: usize) -> u16 {
+    (2 * pairs + 1) as u16
+}
 /// MTU of the inner side when `PortOptions::mtu` is `None`.
 pub const DEFAULT_MTU: usize = 1420;
+/// Client mode: the pause between attempts to connect to an absent frontend.
+pub const CLIENT_RETRY: Duration = Duration::from_millis(200);
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -78,9 +105,12 @@ struct Counters {
     protocol_errors: AtomicU64,
     arp_replies: AtomicU64,
     not_ip_dropped: AtomicU64,
+    /// Client mode: attempts to connect that failed (the frontend's socket absent or refusing).
+    connect_failures: AtomicU64,
 }
 
-/// One connected frontend: its vrings (0: its receive queue, 1: its transmit queue) and memory.
+/// One connected frontend: its vrings (`2p`: pair p's receive queue, `2p + 1`: its transmit
+/// queue) and memory.
 struct Conn {
     vrings: Vec<VringRwLock>,
     mem: Mem,
@@ -107,6 +137,10 @@ impl Conn {
 
 struct Shared {
     path: PathBuf,
+    /// Queue pairs offered: pair `p` is rings `2p` (the frontend's receive queue) and `2p + 1`.
+    pairs: usize,
+    /// `,client`: wgpmd connects to the frontend's socket (and never creates or removes it).
+    client: bool,
     /// The current frontend, if any; `epoch` changes whenever this does.
     conn: Mutex<Option<Arc<Conn>>>,
     epoch: AtomicU64,
@@ -129,17 +163,17 @@ impl VhostUserBackend for NetBackend {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        2 * self.sh.pairs
     }
     fn max_queue_size(&self) -> usize {
         MAX_QUEUE_SIZE
     }
     fn features(&self) -> u64 {
-        // QEMU 7.2 does not work yet: it sends SET_VRING_ENABLE while it realizes the device,
-        // before SET_FEATURES, and the crate's handler refuses that message until this bit is
-        // acked (the connection ends, counted as a protocol error). Without the bit, QEMU 7.2
-        // itself crashed when the guest's driver started (tried; docs/OPERATIONS.md).
-        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        // QEMU 7.2 needs PROTOCOL_FEATURES (without it: "unable to start vhost net: 22") but
+        // sends SET_VRING_ENABLE before it acks it, which the vhost crate refuses: the relay
+        // (`relay`) holds those messages back until SET_FEATURES.
+        let mq = if self.sh.pairs > 1 { 1 << VIRTIO_NET_F_MQ } else { 0 };
+        (1 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() | mq
     }
     fn acked_features(&self, features: u64) {
         self.sh.features.store(features, Ordering::Relaxed);
@@ -175,7 +209,7 @@ impl VhostUserBackend for NetBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> std::io::Result<()> {
-        if device_event == STASH_EVENT {
+        if device_event == stash_event(self.sh.pairs) {
             let _ = self.stash.1.read();
             *self.stash.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(vrings.to_vec());
         }
@@ -189,14 +223,17 @@ pub struct VhostUserPort {
     info: PortInfo,
     queues: Vec<Option<VhostUserQueue>>,
     sh: Arc<Shared>,
-    /// The bound socket until the server thread takes it (see [`VhostUserPort::start_server`]).
-    listener: Option<Listener>,
+    /// Until the connection thread starts (see [`VhostUserPort::start_server`]): the bound
+    /// socket in server mode, nothing to hold in client mode.
+    pending: Option<Option<Listener>>,
     server: Option<std::thread::JoinHandle<()>>,
 }
 
-/// One queue of a [`VhostUserPort`]: every queue uses the one queue pair.
+/// One queue of a [`VhostUserPort`]: queue `q` serves queue pair `q` when the frontend has
+/// enabled it, and pair 0 (shared, under its rings' locks) otherwise.
 pub struct VhostUserQueue {
     sh: Arc<Shared>,
+    pair: usize,
     epoch: u64,
     conn: Option<Arc<Conn>>,
     stats: QueueStats,
@@ -204,23 +241,34 @@ pub struct VhostUserQueue {
 }
 
 impl VhostUserPort {
-    pub(crate) fn open(spec: &str, path: &str, opts: &PortOptions) -> Result<VhostUserPort, PortError> {
+    pub(crate) fn open(spec: &str, name: &str, opts: &PortOptions) -> Result<VhostUserPort, PortError> {
         let mtu = opts.mtu.unwrap_or(DEFAULT_MTU);
         crate::port::check_mtu(spec, mtu, 14 + VNET_HDR_LEN)?;
+        let (path, client) = parse_name(spec, name)?;
         let sh = Arc::new(Shared {
             path: PathBuf::from(path),
+            pairs: opts.queues.clamp(1, MAX_PAIRS),
+            client,
             conn: Mutex::new(None),
             epoch: AtomicU64::new(0),
             features: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             c: Counters::default(),
         });
-        // Bind now, so that a bad path is an error at startup (an old socket file is replaced).
-        let listener = Listener::new(path, true)
-            .map_err(|e| PortError::os(spec, "bind the vhost-user socket", std::io::Error::other(e.to_string())))?;
+        // Server mode: bind now, so that a bad path is an error at startup (an old socket file is
+        // replaced). Client mode: the frontend's socket may not exist yet.
+        let listener =
+            if client {
+                None
+            } else {
+                Some(Listener::new(path, true).map_err(|e| {
+                    PortError::os(spec, "bind the vhost-user socket", std::io::Error::other(e.to_string()))
+                })?)
+            };
         let queues = (0..opts.queues)
-            .map(|_| {
+            .map(|q| {
                 Some(VhostUserQueue {
+                    pair: q % sh.pairs,
                     sh: sh.clone(),
                     epoch: u64::MAX,
                     conn: None,
@@ -230,15 +278,16 @@ impl VhostUserPort {
             })
             .collect();
         let info = PortInfo { name: path.to_string(), mac: None, mtu, kind: "vhost-user" };
-        Ok(VhostUserPort { info, queues, sh, listener: Some(listener), server: None })
+        Ok(VhostUserPort { info, queues, sh, pending: Some(listener), server: None })
     }
 
-    /// Start the thread that accepts frontends and parses their messages, when the first queue
-    /// is taken (by a worker, after the daemon has dropped its privileges: that thread, and the
-    /// connection threads it starts, inherit the reduced capabilities and no-new-privs of the
-    /// thread that starts them). Until then a frontend's connection waits in the backlog.
+    /// Start the thread that accepts (or connects to) frontends and parses their messages, when
+    /// the first queue is taken (by a worker, after the daemon has dropped its privileges: that
+    /// thread, and the connection threads it starts, inherit the reduced capabilities and
+    /// no-new-privs of the thread that starts them). Until then a frontend's connection waits in
+    /// the backlog (server mode), or nothing is connected (client mode).
     fn start_server(&mut self) {
-        let Some(listener) = self.listener.take() else { return };
+        let Some(listener) = self.pending.take() else { return };
         let sh = self.sh.clone();
         match std::thread::Builder::new().name("wgpmd-vhost-user".into()).spawn(move || serve(sh, listener)) {
             Ok(t) => self.server = Some(t),
@@ -250,10 +299,11 @@ impl VhostUserPort {
     }
 }
 
-/// Accept frontends one after the other until the port is dropped.
-fn serve(sh: Arc<Shared>, mut listener: Listener) {
+/// Serve frontends one after the other until the port is dropped: accepted on `listener`
+/// (server mode) or connected to (client mode, `listener` None).
+fn serve(sh: Arc<Shared>, mut listener: Option<Listener>) {
     while !sh.stop.load(Ordering::Relaxed) {
-        if let Err(e) = one_connection(&sh, &mut listener) {
+        if let Err(e) = one_connection(&sh, listener.as_mut()) {
             sh.c.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("vhost-user {}: {e}", sh.path.display());
             // Never spin on a listener that keeps failing.
@@ -262,7 +312,7 @@ fn serve(sh: Arc<Shared>, mut listener: Listener) {
     }
 }
 
-fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), String> {
+fn one_connection(sh: &Arc<Shared>, listener: Option<&mut Listener>) -> Result<(), String> {
     let mem: Mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let ev = EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?;
     let stash = Arc::new((Mutex::new(None), ev));
@@ -279,12 +329,13 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
     let ev = &stash.1;
     let stashed = (|| {
         let h = handlers.first().ok_or("no vring handler")?;
-        h.register_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT)).map_err(|e| e.to_string())?;
+        h.register_listener(ev.as_raw_fd(), EventSet::IN, u64::from(stash_event(sh.pairs)))
+            .map_err(|e| e.to_string())?;
         ev.write(1).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(v) = stash.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let _ = h.unregister_listener(ev.as_raw_fd(), EventSet::IN, u64::from(STASH_EVENT));
+                let _ = h.unregister_listener(ev.as_raw_fd(), EventSet::IN, u64::from(stash_event(sh.pairs)));
                 return Ok::<_, String>(v);
             }
             if Instant::now() > deadline {
@@ -300,16 +351,42 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
             return Err(e);
         }
     };
-    if let Err(e) = daemon.start(listener) {
-        exit(&handlers);
-        return Err(format!("accepting a frontend: {e}"));
-    }
-    if sh.stop.load(Ordering::Relaxed) {
-        daemon.request_shutdown();
-        let _ = daemon.wait();
+    // The frontend: accepted (server mode) or connected to (client mode); `None` when the port
+    // is being dropped.
+    let front = match listener {
+        Some(listener) => loop {
+            match listener.accept() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) => continue,
+                Err(e) => {
+                    exit(&handlers);
+                    return Err(format!("accepting a frontend: {e}"));
+                }
+            }
+        },
+        None => connect(sh),
+    };
+    let Some(front) = front.filter(|_| !sh.stop.load(Ordering::Relaxed)) else {
         exit(&handlers);
         return Ok(());
-    }
+    };
+    // The crate's request loop, behind the relay (see `relay`).
+    let relays = relay::start_handler(&mut daemon).and_then(|ours| {
+        let sh2 = sh.clone();
+        relay::spawn(front, ours, move |e| {
+            sh2.c.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("vhost-user {}: {e}", sh2.path.display());
+        })
+    });
+    let relays = match relays {
+        Ok(r) => r,
+        Err(e) => {
+            daemon.request_shutdown();
+            let _ = daemon.wait();
+            exit(&handlers);
+            return Err(e);
+        }
+    };
     sh.c.connections.fetch_add(1, Ordering::Relaxed);
     tracing::info!("vhost-user {}: frontend connected", sh.path.display());
     let conn = Arc::new(Conn {
@@ -323,6 +400,9 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
     *sh.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
     sh.epoch.fetch_add(1, Ordering::Release);
     let r = daemon.wait();
+    for t in relays {
+        let _ = t.join();
+    }
     *sh.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
     sh.epoch.fetch_add(1, Ordering::Release);
     // Take the rings away from any worker still holding the connection: nothing more is read
@@ -347,6 +427,28 @@ fn one_connection(sh: &Arc<Shared>, listener: &mut Listener) -> Result<(), Strin
     Ok(())
 }
 
+/// Client mode: connect to the frontend's socket, trying again every [`CLIENT_RETRY`] while
+/// it is absent (each failure counted, the first of a run logged), until connected or the port
+/// is dropped (then `None`).
+fn connect(sh: &Shared) -> Option<std::os::unix::net::UnixStream> {
+    let path = sh.path.display();
+    let mut logged = false;
+    while !sh.stop.load(Ordering::Relaxed) {
+        match std::os::unix::net::UnixStream::connect(&sh.path) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                sh.c.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if !logged {
+                    logged = true;
+                    tracing::info!("vhost-user {path}: no frontend to connect to yet ({e}); trying again");
+                }
+                std::thread::sleep(CLIENT_RETRY);
+            }
+        }
+    }
+    None
+}
+
 impl Drop for VhostUserPort {
     fn drop(&mut self) {
         self.sh.stop.store(true, Ordering::Relaxed);
@@ -355,12 +457,18 @@ impl Drop for VhostUserPort {
                 h.shutdown();
             }
         }
-        // Wake an accept that waits for a frontend.
-        let _ = std::os::unix::net::UnixStream::connect(&self.sh.path);
+        if !self.sh.client {
+            // Wake an accept that waits for a frontend. (In client mode the retry loop sees
+            // `stop` within CLIENT_RETRY.)
+            let _ = std::os::unix::net::UnixStream::connect(&self.sh.path);
+        }
         if let Some(t) = self.server.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.sh.path);
+        if !self.sh.client {
+            // Ours. (In client mode the socket is the frontend's.)
+            let _ = std::fs::remove_file(&self.sh.path);
+        }
     }
 }
 
@@ -384,14 +492,20 @@ impl Port for VhostUserPort {
         Some(Arc::new(move || {
             let c = &sh.c;
             let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            // Each takes the connection's lock by itself (not inside one expression: the guard of
+            // the first would still be held by the second).
+            let connected = u64::from(sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some());
+            let pairs = active_pairs(&sh);
             vec![
-                ("vhost_user_connected".into(), u64::from(sh.conn.lock().unwrap_or_else(|e| e.into_inner()).is_some())),
+                ("vhost_user_connected".into(), connected),
                 ("vhost_user_connections".into(), l(&c.connections)),
                 ("vhost_user_disconnects".into(), l(&c.disconnects)),
                 ("vhost_user_bad_descriptors".into(), l(&c.bad_descriptors)),
                 ("vhost_user_protocol_errors".into(), l(&c.protocol_errors)),
                 ("vhost_user_arp_replies".into(), l(&c.arp_replies)),
                 ("vhost_user_not_ip_dropped".into(), l(&c.not_ip_dropped)),
+                ("vhost_user_connect_failures".into(), l(&c.connect_failures)),
+                ("vhost_user_pairs_active".into(), pairs),
             ]
         }))
     }
@@ -421,10 +535,27 @@ impl VhostUserQueue {
         self.conn.clone().filter(|c| !c.broken.load(Ordering::Relaxed))
     }
 
+    /// The queue pair this queue uses now: its own once the frontend has enabled both of its
+    /// rings, else pair 0.
+    fn pair(&self, conn: &Conn) -> usize {
+        let p = self.pair;
+        let up = |i: usize| {
+            conn.vrings.get(i).is_some_and(|v| {
+                let st = v.get_ref();
+                st.is_enabled() && st.get_queue().ready()
+            })
+        };
+        if p != 0 && up(2 * p) && up(2 * p + 1) {
+            p
+        } else {
+            0
+        }
+    }
+
     /// Frames (with their Ethernet header) into the frontend's receive queue; returns how many
     /// of `frames` (from the front) were taken (written, or dropped and counted).
     fn push(&mut self, conn: &Conn, frames: &[Buffer], ip: bool) -> usize {
-        let vring = &conn.vrings[0];
+        let vring = &conn.vrings[2 * self.pair(conn)];
         let mut st = vring.get_mut();
         if !st.is_enabled() || !st.get_queue().ready() {
             return 0;
@@ -595,6 +726,17 @@ impl VhostUserQueue {
     }
 }
 
+/// Queue pairs of the current frontend with both rings enabled and ready (0: none connected).
+fn active_pairs(sh: &Shared) -> u64 {
+    let conn = sh.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(conn) = conn else { return 0 };
+    let up = |v: &VringRwLock| {
+        let st = v.get_ref();
+        st.is_enabled() && st.get_queue().ready()
+    };
+    conn.vrings.chunks(2).filter(|p| p.len() == 2 && up(&p[0]) && up(&p[1])).count() as u64
+}
+
 /// Every region must lie within its file (a memfd or hugetlbfs file of the frontend's).
 fn check_regions(mem: &GuestMemoryMmap) -> Result<(), String> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -644,7 +786,7 @@ impl Queue for VhostUserQueue {
         let Some(conn) = self.conn() else { return 0 };
         let mut n = 0;
         {
-            let vring = &conn.vrings[1];
+            let vring = &conn.vrings[2 * self.pair(&conn) + 1];
             let mut st = vring.get_mut();
             if !st.is_enabled() || !st.get_queue().ready() {
                 return 0;
@@ -709,8 +851,22 @@ impl Queue for VhostUserQueue {
     }
 }
 
-/// The socket path of a `vhost-user:PATH` string, checked.
-pub(crate) fn check_path(spec: &str, path: &str) -> Result<(), PortError> {
+/// The name of a `vhost-user:` string: `PATH` (server mode) or `PATH,client` (client mode).
+/// Returns the socket path and whether in client mode.
+pub(crate) fn parse_name<'a>(spec: &str, name: &'a str) -> Result<(&'a str, bool), PortError> {
+    let (path, client) = match name.strip_suffix(",client") {
+        Some(p) => (p, true),
+        None => (name, false),
+    };
+    if path.is_empty() {
+        return Err(PortError::BadOptions { spec: spec.to_string(), problem: "no socket path before ,client".into() });
+    }
+    Ok((path, client))
+}
+
+/// The socket path of a `vhost-user:PATH[,client]` string, checked.
+pub(crate) fn check_path(spec: &str, name: &str) -> Result<(), PortError> {
+    let (path, _) = parse_name(spec, name)?;
     let p = Path::new(path);
     if p.parent().is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
         return Err(PortError::BadOptions {
@@ -724,6 +880,13 @@ pub(crate) fn check_path(spec: &str, path: &str) -> Result<(), PortError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_mode_is_a_suffix() {
+        assert_eq!(parse_name("s", "/run/vm0.sock").unwrap(), ("/run/vm0.sock", false));
+        assert_eq!(parse_name("s", "/run/vm0.sock,client").unwrap(), ("/run/vm0.sock", true));
+        assert!(parse_name("s", ",client").is_err());
+    }
 
     #[test]
     fn arp_requests_get_our_mac() {

@@ -7,6 +7,13 @@
 //! frontend disconnects: packets for it are counted and dropped) and a new testpmd connects
 //! and traffic resumes both ways.
 //!
+//! Two queue pairs (two workers, testpmd `queues=2`): each worker serves its own pair, and both
+//! pairs carry traffic both ways.
+//!
+//! Client mode (`vhost-user:PATH,client`): testpmd listens (`server=1`) and wgpmd connects,
+//! retrying while testpmd is absent; testpmd quits and a new one listens, wgpmd connects again
+//! and traffic resumes both ways.
+//!
 //! testpmd needs shareable memory: hugepages (the test reserves 2 MiB pages and mounts a
 //! private hugetlbfs, restored afterwards) and `--single-file-segments`.
 //!
@@ -82,7 +89,17 @@ struct PortStats {
 }
 
 impl Testpmd {
-    fn start(ctx: &Ctx, ns: &Netns, name: &str, sock: &str, huge: &Hugepages) -> Result<Testpmd> {
+    /// `server`: testpmd listens on `sock` (`server=1`) and wgpmd connects (`vhost-user:PATH,client`).
+    /// `queues`: queue pairs (testpmd's `--rxq`/`--txq` too).
+    fn start(
+        ctx: &Ctx,
+        ns: &Netns,
+        name: &str,
+        sock: &str,
+        server: bool,
+        queues: u32,
+        huge: &Hugepages,
+    ) -> Result<Testpmd> {
         // stdbuf: testpmd writes its statistics through stdio, fully buffered into a file.
         // Outside the test directory: a failing test prints every file there, and reading a
         // FIFO would block.
@@ -93,9 +110,10 @@ impl Testpmd {
         let prefix = format!("wgpmd-e2e-vhu-{name}-{}", std::process::id());
         let cmd = format!(
             "exec stdbuf -oL -eL dpdk-testpmd -l 0-1 --no-pci --no-telemetry --file-prefix {prefix} --single-file-segments \
-             -m 128 --huge-dir {} --vdev net_virtio_user0,path={sock},queues=1 -- -i --total-num-mbufs=2048 \
-             --tx-ip=10.100.0.1,10.100.0.10 < {}",
+             -m 128 --huge-dir {} --vdev net_virtio_user0,path={sock},queues={queues}{} -- -i --total-num-mbufs=2048 \
+             --rxq={queues} --txq={queues} --tx-ip=10.100.0.1,10.100.0.10 < {}",
             huge.dir.display(),
+            if server { ",server=1" } else { "" },
             fifo.display()
         );
         let proc = Proc::spawn(ctx, ns, name, &["sh", "-c", &cmd], &[])?;
@@ -271,7 +289,7 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
         d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
         ensure!(d.stats()?.get("vhost_user_connected")? == 0);
 
-        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd1", &sock, &huge)?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd1", &sock, false, 1, &huge)?;
         d.wait_stats("the frontend connected", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         let (a_tx, a_rx) = round(&mut t, &d, p, peer.ifname(), 2000)?;
         t.quit()?;
@@ -285,7 +303,7 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
         ensure!(dropped >= sent * 9 / 10 && dropped <= sent, "dropped {dropped} of {sent}");
 
         let t0 = Instant::now();
-        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd2", &sock, &huge)?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd2", &sock, false, 1, &huge)?;
         d.wait_stats("the frontend back", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         eprintln!("reconnected in {:.1} s", t0.elapsed().as_secs_f64());
         let (b_tx, b_rx) = round(&mut t, &d, p, peer.ifname(), 2000)?;
@@ -298,5 +316,108 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
         d.stop()?;
         ensure!(!std::path::Path::new(&sock).exists(), "the vhost-user socket {sock} was left behind");
         Ok(())
+    });
+}
+
+#[test]
+fn client_mode_connects_to_testpmd_and_reconnects() {
+    run("vhost_user_client", |ctx| {
+        let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
+        ensure!(
+            found.status.success(),
+            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
+        );
+        let huge = Hugepages::reserve(160)?;
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        // testpmd creates the socket; wgpmd connects to it.
+        let sock = ctx.log_path("vuc.sock").to_string_lossy().into_owned();
+        let opts = WgpmdOptions { inner: Some(format!("vhost-user:{sock},client")), ..Default::default() };
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
+        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
+        let peer = WgGo::start(ctx, &p.ns, &cfg)?;
+        d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+        // No frontend yet: wgpmd keeps trying (counted), and is not connected.
+        d.wait_stats("connection attempts while no frontend listens", |s| {
+            Ok(s.get("vhost_user_connect_failures")? >= 2 && s.get("vhost_user_connected")? == 0)
+        })?;
+
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-s1", &sock, true, 1, &huge)?;
+        d.wait_stats("wgpmd connected to testpmd", |s| Ok(s.get("vhost_user_connected")? == 1))?;
+        let (a_tx, a_rx) = round(&mut t, &d, p, peer.ifname(), 1000)?;
+        t.quit()?;
+        d.wait_stats("the frontend gone", |s| Ok(s.get("vhost_user_connected")? == 0))?;
+        let f0 = d.stats()?.get("vhost_user_connect_failures")?;
+        d.wait_stats("wgpmd trying again", |s| Ok(s.get("vhost_user_connect_failures")? >= f0 + 2))?;
+
+        let t0 = Instant::now();
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-s2", &sock, true, 1, &huge)?;
+        d.wait_stats("wgpmd connected again", |s| Ok(s.get("vhost_user_connected")? == 1))?;
+        eprintln!("reconnected {:.1} s after the second testpmd started", t0.elapsed().as_secs_f64());
+        let (b_tx, b_rx) = round(&mut t, &d, p, peer.ifname(), 1000)?;
+        let st = d.stats()?;
+        eprintln!(
+            "totals: first frontend {a_tx} sent / {a_rx} received, second {b_tx} / {b_rx}; {} failed connection attempts",
+            st.get("vhost_user_connect_failures")?
+        );
+        ensure!(st.get("vhost_user_connections")? == 2 && st.get("vhost_user_disconnects")? == 1, "{st:?}");
+        ensure!(st.get("vhost_user_bad_descriptors")? == 0 && st.get("vhost_user_protocol_errors")? == 0, "{st:?}");
+        d.ensure_running()?;
+        // wgpmd stops first: the socket is testpmd's, and stays.
+        d.stop()?;
+        ensure!(std::path::Path::new(&sock).exists(), "wgpmd removed the frontend's socket {sock}");
+        t.quit()?;
+        Ok(())
+    });
+}
+
+#[test]
+fn two_queue_pairs_one_per_worker() {
+    run("vhost_user_mq", |ctx| {
+        let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
+        ensure!(
+            found.status.success(),
+            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
+        );
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ensure!(cores >= 2, "this test needs 2 cores, the machine has {cores}");
+        let huge = Hugepages::reserve(160)?;
+        let topo = Topology::new(1)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        let sock = ctx.log_path("vumq.sock").to_string_lossy().into_owned();
+        // Two workers, each with its inner queue; WAN frames spread over both (lb), so that both
+        // decrypt and both fill their pair's receive ring.
+        let opts = WgpmdOptions {
+            lcores: "0-1".into(),
+            control_shares_core: true,
+            fanout: Some("lb".into()),
+            inner: Some(format!("vhost-user:{sock}")),
+            ..Default::default()
+        };
+        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
+        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
+        let peer = WgGo::start(ctx, &p.ns, &cfg)?;
+        d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+        let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-mq", &sock, false, 2, &huge)?;
+        d.wait_stats("the frontend connected", |s| Ok(s.get("vhost_user_connected")? == 1))?;
+        // Both pairs in use (otherwise both workers would share pair 0).
+        d.wait_stats("two queue pairs enabled", |s| Ok(s.get("vhost_user_pairs_active")? == 2))?;
+        let rx0 = d.stats()?.per_worker("inner_queue_rx_packets")?;
+        let tx0 = d.stats()?.per_worker("inner_queue_tx_packets")?;
+        // `round` checks the sums against testpmd's counts exactly.
+        let (sent, got) = round(&mut t, &d, p, peer.ifname(), 2000)?;
+        let st = d.stats()?;
+        let rx: Vec<u64> = st.per_worker("inner_queue_rx_packets")?.iter().zip(&rx0).map(|(a, b)| a - b).collect();
+        let tx: Vec<u64> = st.per_worker("inner_queue_tx_packets")?.iter().zip(&tx0).map(|(a, b)| a - b).collect();
+        eprintln!("per worker (queue pair): from testpmd {rx:?} of {sent}, to testpmd {tx:?} ({got} received)");
+        ensure!(rx.len() == 2 && rx.iter().all(|&n| n > 0), "a queue pair carried nothing from the frontend: {rx:?}");
+        ensure!(tx.len() == 2 && tx.iter().all(|&n| n > 0), "a queue pair carried nothing to the frontend: {tx:?}");
+        ensure!(rx.iter().sum::<u64>() == sent, "{rx:?} does not add up to {sent}");
+        ensure!(st.get("vhost_user_bad_descriptors")? == 0 && st.get("vhost_user_protocol_errors")? == 0, "{st:?}");
+        t.quit()?;
+        d.ensure_running()?;
+        d.stop()
     });
 }

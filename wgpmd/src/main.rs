@@ -217,7 +217,10 @@ struct RunArgs {
     /// Deprecated `-a PORT` (EAL's `-a` is the PCI allow list): accepted with a warning.
     #[arg(short = 'a', hide = true, value_name = "PORT", conflicts_with = "port")]
     port_short_a: Option<String>,
-    /// Inner port for decrypted traffic (default tun:<INTERFACE>).
+    /// Inner port for decrypted traffic (default tun:<INTERFACE>), or vhost-user:PATH (wgpmd is
+    /// the vhost-user backend of a VM or DPDK application; it creates the socket PATH and the
+    /// frontend connects), or vhost-user:PATH,client (the frontend listens on PATH, e.g. QEMU
+    /// `server=on` or testpmd `server=1`; wgpmd connects, retrying while it is absent).
     #[arg(long)]
     inner: Option<String>,
     /// WAN exception path: tap:NAME creates a kernel TAP with the WAN port's MAC and MTU.

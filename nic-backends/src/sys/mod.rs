@@ -4,6 +4,7 @@
 
 #[cfg(feature = "dpdk")]
 pub(crate) mod dpdk;
+pub(crate) mod fdpass;
 pub(crate) mod ioctl;
 pub(crate) mod packet;
 pub(crate) mod ring;
