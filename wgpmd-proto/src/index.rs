@@ -160,6 +160,13 @@ impl<V> IndexTable<V> {
         }
     }
 
+    /// `f` of the value at `index`, under the shard's read lock, without cloning it (a burst's
+    /// first look at its entries, to prefetch what they point to).
+    #[inline]
+    pub fn with<R>(&self, index: u32, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.read(index).get(&index).map(f)
+    }
+
     /// Replaces the value at `index` if present; returns whether it was.
     pub fn replace(&self, index: u32, value: V) -> bool {
         match self.write(index).get_mut(&index) {
