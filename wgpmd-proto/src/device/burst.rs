@@ -215,7 +215,8 @@ impl Device {
         // 1. Headers and lookups, grouped by receiver index (one index, one keypair), in stages
         // so that the cold lines of a large table are loaded for the whole chunk at once rather
         // than one packet's misses after another's: (a) every header, and each distinct index
-        // against the worker's cache, starting the loads of what a hit will touch; (b) the
+        // against the worker's cache, starting the loads of what a hit will touch, and for a
+        // miss of the index table's slot (`IndexTable::prefetch`); (b) the
         // misses' first look at the shared table, starting the loads of their keypairs (the
         // reference count included) without taking a reference; (c) the misses taken from the
         // table; (d) the peers, whose lines are started for phases 5 and 6.
@@ -247,7 +248,10 @@ impl Device {
                     self.prefetch_peer_slot(peer);
                     look[nlook] = Some((peer, Found::Slot(slot)));
                 }
-                None => missed |= 1 << nlook,
+                None => {
+                    self.index.prefetch(index);
+                    missed |= 1 << nlook;
+                }
             }
             (look_index[nlook], look_counter[nlook]) = (index, counter[i]);
             by_index.insert(index, nlook as u8);
