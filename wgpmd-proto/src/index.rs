@@ -263,7 +263,11 @@ impl<V> IndexTable<V> {
     /// An empty table.
     pub fn new() -> Self {
         let shards = (0..SHARDS)
-            .map(|_| Shard { map: RwLock::new(Slots::new()), hint_base: AtomicUsize::new(0), hint_bits: AtomicU32::new(0) })
+            .map(|_| Shard {
+                map: RwLock::new(Slots::new()),
+                hint_base: AtomicUsize::new(0),
+                hint_bits: AtomicU32::new(0),
+            })
             .collect();
         IndexTable { shards, len: AtomicUsize::new(0) }
     }

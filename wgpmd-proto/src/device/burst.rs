@@ -6,7 +6,11 @@
 //!
 //! Receive ([`Device::decapsulate_burst`]):
 //! 1. parse every header, look every receiver index up (the worker's index cache: no lock, no
-//!    reference count on a hit) and group the messages by keypair;
+//!    reference count on a hit) and group the messages by keypair. In stages over the whole
+//!    chunk, so that a large table's cache misses overlap instead of queueing (the DPDK way):
+//!    prefetch the table slots of the cache's misses, then look at them and prefetch their
+//!    keypairs (reference count, replay window, key) and peer-table slots, then take them, then
+//!    read the peers and prefetch their lines (endpoint, counters, timers);
 //! 2. per keypair: the age check, then ONE replay-window lock for every message's pre-check
 //!    (limit, replay); the messages that pass are the ones decrypted;
 //! 3. the AEAD over the burst, [`wgpmd_aead::Lanes::open_lanes`] in calls of at most 16 lanes, with
@@ -16,11 +20,15 @@
 //!    marked by the earlier messages of the burst, so a counter twice in one burst is accepted
 //!    once), then the tag, then the marking;
 //! 5. in burst order: key confirmation (`received_with`) once per keypair, keep_key_fresh, the
-//!    inner-header and allowed-IPs checks; a message whose keypair an earlier message's
+//!    inner-header and allowed-IPs checks (the IPv4 sources looked up together beforehand, with
+//!    `AllowedIps::lookup_v4_batch`); a message whose keypair an earlier message's
 //!    confirmation retired is an unknown index, as it would have been one message later;
 //! 6. per peer: the endpoint (the last authenticated source: roaming), byte counter, timers.
 //!
-//! Send ([`Device::encapsulate_burst`]): per peer its endpoint and current keypair once; per
+//! Send ([`Device::encapsulate_burst`]): first the loads of the chunk's peer-table slots, then
+//! of the peers' lines, then of their current keypairs' sending lines and reference counts are
+//! started (three passes, each reading what the one before loaded); then per peer its endpoint
+//! and current keypair once; per
 //! message the buffer check; per keypair the counters reserved with one atomic operation that
 //! stops at `REJECT_AFTER_MESSAGES`; headers and padding; [`wgpmd_aead::Lanes::seal_lanes`] in
 //! calls of at most 16 lanes; per peer the byte counter, timers and the rekey check.

@@ -16,6 +16,10 @@
 //!   index is never reused while its keypair is in the table, so a cached (index, keypair) whose
 //!   keypair is not retired is what the table holds (up to the same race a table lookup has with
 //!   a concurrent removal).
+//! - A burst looks up in stages ([`IndexCache::probe`] for every index, then for the misses
+//!   [`IndexCache::prefetch_miss`], a first look at the table entry that takes no reference and
+//!   only starts loading what comes next, then [`IndexCache::fill`]), so that the misses of a
+//!   burst overlap.
 //! - Within one burst, an entry a packet of the burst already uses is pinned: a later miss that
 //!   maps to the same slot keeps its keypair outside the cache for the burst (one clone) instead
 //!   of evicting it.
