@@ -12,8 +12,9 @@ pub fn read<T: ?Sized>(r: &T) {
     read_ptr(core::ptr::from_ref(r).cast::<u8>());
 }
 
-/// Start loading the cache line holding `*r` for writing (exclusive), ahead of a store or an
-/// atomic read-modify-write of it.
+/// Start loading the cache line holding `*r` for writing (exclusive, with PREFETCHW where the
+/// build enables `prfchw`; a plain prefetch otherwise), ahead of a store or an atomic
+/// read-modify-write of it.
 #[inline(always)]
 pub fn write<T: ?Sized>(r: &T) {
     write_ptr(core::ptr::from_ref(r).cast::<u8>());

@@ -110,8 +110,9 @@ impl Hasher for IndexHasher {
 /// `BuildHasher` for [`IndexHasher`].
 pub type BuildIndexHasher = BuildHasherDefault<IndexHasher>;
 
-/// Smallest slot array a shard allocates (a power of two).
-const MIN_SLOTS: usize = 16;
+/// Smallest slot array a shard allocates (a power of two): small, since a device with few
+/// sessions has one or two per shard (1024 shards), and the arrays count in its memory per peer.
+const MIN_SLOTS: usize = 4;
 
 /// The home slot of `index` in an array of `2^bits` slots (`bits` in 1..=63).
 #[inline(always)]

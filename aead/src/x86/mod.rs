@@ -176,9 +176,10 @@ pub(crate) fn prefetch_read(p: *const u8) {
     unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
 }
 
-/// Start loading the cache line holding `p` for writing (PREFETCHW: the line arrives exclusive,
-/// so a later atomic read-modify-write of it does not wait for ownership). On a CPU without
-/// PREFETCHW the instruction is a no-op.
+/// Start loading the cache line holding `p` for writing: PREFETCHW (the line arrives exclusive,
+/// so a later atomic read-modify-write of it does not wait for ownership) when the build enables
+/// the `prfchw` target feature (e.g. `-C target-cpu=native`); in a baseline x86-64 build the
+/// compiler emits PREFETCHT0 for it instead (the line arrives, shared).
 #[inline(always)]
 pub(crate) fn prefetch_write(p: *const u8) {
     // SAFETY: as in `prefetch_read`: PREFETCHW is a hint that never faults and changes no
