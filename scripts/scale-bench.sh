@@ -9,7 +9,10 @@
 # CPU time the daemon's UAPI thread spent on each (utime + stime), and the CPU time of `wg`
 # itself (the client: it parses the file and writes the request, or parses the answer and
 # prints the dump). On a shared machine the wall clock also counts the neighbours, the CPU
-# times do not.
+# times do not. Under the table, per N: how the daemon's `set` split between applying the
+# request and publishing the tables (its log line), and the UAPI thread's context switches
+# during the `wg setconf` (voluntary: it waited, for the socket or the readers of the old
+# tables; involuntary: it was runnable and the scheduler ran something else).
 #
 # Then, to separate the daemon from the client, the same request as `wg setconf` writes it
 # (`set=1`, the private key, the listen port, `replace_peers=true`, then per peer `public_key`,
@@ -47,6 +50,20 @@ trap cleanup EXIT
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # The daemon's CPU time in seconds, minus what its busy-polling threads spend (only the UAPI
 # thread's is wanted: the worker and control threads poll whatever happens).
+uapi_tid() {
+    local t
+    for t in /proc/$1/task/*; do
+        if grep -q '^uapi-' "$t/comm"; then
+            basename "$t"
+            return
+        fi
+    done
+}
+# Voluntary and involuntary context switches of the UAPI thread.
+uapi_switches() {
+    awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v, n }' \
+        "/proc/$1/task/$(uapi_tid "$1")/status"
+}
 uapi_cpu() {
     local t
     for t in /proc/$1/task/*; do
@@ -58,6 +75,8 @@ uapi_cpu() {
     echo 0
 }
 now() { date +%s.%N; }
+# The daemon's timing of its last `set` (from its log; older builds do not log it).
+set_timing() { grep -o 'applied in .*' "$tmp/wgpmd.log" | tail -1 || echo "(no timing in the daemon's log)"; }
 
 start_daemon() {
     ip netns add "$ns"
@@ -108,6 +127,7 @@ EOF
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?')"
 printf '%10s | %9s %8s %9s %9s | %8s %8s %9s %9s | %9s\n' peers setconf_s wg_cpu uapi_cpu raw_set_s \
     dump_s wg_cpu uapi_cpu raw_get_s rss_B/peer
+notes=()
 for n in "${sizes[@]}"; do
     python3 - "$n" "$tmp/peers.conf" "$tmp/set.uapi" <<'EOF'
 import base64, os, sys
@@ -132,15 +152,18 @@ EOF
     start_daemon
     rss0=$(rss_kib "$pid")
     c0=$(uapi_cpu "$pid")
+    read -r v0 n0 < <(uapi_switches "$pid")
     t0=$(now)
     /usr/bin/time -f '%U %S' -o "$tmp/wg_set.time" wg setconf "$name" "$tmp/peers.conf"
     t1=$(now)
     c1=$(uapi_cpu "$pid")
+    read -r v1 n1 < <(uapi_switches "$pid")
     rss1=$(rss_kib "$pid")
     lines=$( (/usr/bin/time -f '%U %S' -o "$tmp/wg_dump.time" wg show "$name" dump) | wc -l)
     t2=$(now)
     c2=$(uapi_cpu "$pid")
     [ "$lines" -eq $((n + 1)) ] || { echo "dump listed $((lines - 1)) peers, not $n" >&2; exit 1; }
+    notes+=("$n: wg setconf: $(set_timing); UAPI thread context switches: $((v1 - v0)) voluntary, $((n1 - n0)) involuntary")
     stop_daemon
     # Straight into the socket.
     start_daemon
@@ -151,6 +174,7 @@ EOF
     got=$(python3 "$tmp/uapi.py" "$sock" get)
     t5=$(now)
     [ "$got" -eq "$n" ] || { echo "raw get listed $got peers, not $n" >&2; exit 1; }
+    notes+=("$n: raw set: $(set_timing)")
     stop_daemon
     read -r su ss <"$tmp/wg_set.time"
     read -r du ds <"$tmp/wg_dump.time"
@@ -159,4 +183,5 @@ EOF
         printf "%10d | %9.2f %8.2f %9.2f %9.2f | %8.2f %8.2f %9.2f %9.2f | %9.0f\n", n, t1 - t0, su + ss, c1 - c0,
             t4 - t3, t2 - t1, du + ds, c2 - c1, t5 - t4, (r1 - r0) * 1024 / n }'
 done
+for note in "${notes[@]}"; do echo "$note"; done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -197,12 +197,16 @@ fn soak() {
         let mut next_roam = Duration::from_secs(20);
         let mut next_burst = Duration::from_secs(10);
         let mut next_sample = Duration::ZERO;
-        let mut csv = String::from("t_s,rss_kib,peers,peers_with_session,sessions,cookies_sent,peer_bytes\n");
+        let mut late = 0f64;
+        // The longest churn step, roam, flood burst and stats read (seconds).
+        let mut slowest = [0f64; 4];
+        let mut csv = String::from("t_s,late_s,rss_kib,peers,peers_with_session,sessions,cookies_sent,peer_bytes\n");
         let mut failures: Vec<String> = Vec::new();
         while t0.elapsed() < dur {
             let now = t0.elapsed();
             if now >= next_churn {
                 next_churn += Duration::from_secs(3);
+                let began = Instant::now();
                 let k = KeyPair::generate().public_b64();
                 let ip = format!("10.100.2.{}/32", (added % 250) + 1);
                 wg(&["set", &ifn, "peer", &k, "allowed-ips", &ip, "endpoint", "10.99.0.250:51820"])?;
@@ -213,32 +217,44 @@ fn soak() {
                     wg(&["set", &ifn, "peer", &k, "remove"])?;
                     removed += 1;
                 }
+                slowest[0] = slowest[0].max(began.elapsed().as_secs_f64());
             }
             if now >= next_roam {
                 next_roam += Duration::from_secs(20);
                 roams += 1;
                 let port = (51821 + roams % 8).to_string();
+                let began = Instant::now();
                 roamer.wg(&["set", roamer.ifname(), "listen-port", &port])?;
+                slowest[1] = slowest[1].max(began.elapsed().as_secs_f64());
             }
             if now >= next_burst {
                 next_burst += Duration::from_secs(20);
                 bursts += 1;
+                let began = Instant::now();
                 burst_sent += burst(&attacker.ns, wan, &flood, 2000)?;
+                slowest[2] = slowest[2].max(began.elapsed().as_secs_f64());
             }
             if now >= next_sample {
                 next_sample += SAMPLE;
                 d.ensure_running()?;
+                let began = Instant::now();
                 let stats = d.stats()?;
                 let show = d.show()?;
                 let bytes = keys
                     .iter()
                     .map(|k| show.peer(k).map(|p| p.rx_bytes + p.tx_bytes).context("a real peer vanished"))
                     .collect::<Result<Vec<u64>>>()?;
-                let s = Sample { t: now.as_secs_f64(), rss_kib: rss_kib(d.proc().pid())?, stats, bytes };
+                // The sample's time is when its bytes were read, not when the loop came round:
+                // the churn, roam and burst steps before it can be late on a loaded machine.
+                let read_at = t0.elapsed();
+                slowest[3] = slowest[3].max(began.elapsed().as_secs_f64());
+                late = late.max((read_at - now).as_secs_f64());
+                let s = Sample { t: read_at.as_secs_f64(), rss_kib: rss_kib(d.proc().pid())?, stats, bytes };
                 let _ = writeln!(
                     csv,
-                    "{:.1},{},{},{},{},{},{}",
+                    "{:.1},{:.1},{},{},{},{},{},{}",
                     s.t,
+                    (read_at - now).as_secs_f64(),
                     s.rss_kib,
                     s.stats.get("peers")?,
                     s.stats.get("peers_with_session")?,
@@ -300,7 +316,8 @@ fn soak() {
             "soak {:.0} s (warm-up {:.0} s): RSS {} KiB at the end of warm-up, peak after {peak} KiB, end {} KiB; \
              {} samples; churn: {added} peers added, {removed} removed; {roams} roams; {bursts} floods+junk \
              bursts ({burst_sent} datagrams); {sessions} sessions made; cookies sent {}; \
-             peers_with_session at the end {}\n{rates_report}",
+             peers_with_session at the end {}; a sample read at most {late:.1} s after its turn; \
+             longest steps: churn {:.1} s, roam {:.1} s, burst {:.1} s, stats read {:.1} s\n{rates_report}",
             t0.elapsed().as_secs_f64(),
             w,
             base.rss_kib,
@@ -308,6 +325,10 @@ fn soak() {
             samples.len(),
             end.stats.total("cookies_sent")?,
             end.stats.get("peers_with_session")?,
+            slowest[0],
+            slowest[1],
+            slowest[2],
+            slowest[3],
         );
         // Sessions rekey every REKEY_AFTER_TIME (120 s) while traffic flows: a run of 5 minutes or
         // more must see them (a 2-minute run ends about when the first rekeys are due).

@@ -34,7 +34,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::crypto::{ct_eq, hash, mac, xopen_cookie, xseal_cookie, Secret};
+use crate::crypto::{
+    ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, Secret,
+};
 use crate::messages::{
     COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, KEY_LEN,
     MESSAGE_HANDSHAKE_COOKIE, WG_LABEL_COOKIE, WG_LABEL_MAC1,
@@ -240,6 +242,156 @@ impl CookieChecker {
         out
     }
 
+    /// [`validate`](Self::validate) of every message of `batch`, in order, and for each
+    /// [`MacState::ValidMacButNoCookie`] under load its cookie reply (as
+    /// [`validate_mac2_or_reply`](Self::validate_mac2_or_reply) makes it): the same states,
+    /// the same rate-limiter calls and the same replies from the same `rng` as one message at a
+    /// time, with the MACs of up to [`BATCH`] messages computed together
+    /// ([`crate::crypto::mac_many`]: mac1, then under load the sources' cookies and mac2).
+    pub fn validate_many<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        under_load: bool,
+        limiter: &RateLimiter,
+        batch: &mut [Screening<'_>],
+    ) {
+        for chunk in batch.chunks_mut(BATCH) {
+            self.validate_chunk(now, rng, under_load, limiter, chunk);
+        }
+    }
+
+    fn validate_chunk<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        under_load: bool,
+        limiter: &RateLimiter,
+        chunk: &mut [Screening<'_>],
+    ) {
+        let mut jobs: arrayvec::ArrayVec<MacJob<'_>, BATCH> =
+            chunk.iter().map(|s| MacJob::new(&self.keys.mac1, s.msg.mac1_covered())).collect();
+        mac_many(&mut jobs);
+        let mut valid = [false; BATCH];
+        for ((s, j), v) in chunk.iter_mut().zip(jobs.iter()).zip(valid.iter_mut()) {
+            *v = ct_eq(&j.out, &s.msg.mac1());
+            s.state = if *v { MacState::ValidMacButNoCookie } else { MacState::Invalid };
+            s.reply = None;
+        }
+        drop(jobs);
+        if !under_load || !valid.contains(&true) {
+            return;
+        }
+        // The sources' cookies (one read of the secret: it is replaced at most once per
+        // message, and only the first message would find it old), then mac2 under them.
+        let secret = self.current_secret(now, rng);
+        let mut inputs = [([0u8; 18], 0usize); BATCH];
+        for ((s, v), input) in chunk.iter().zip(valid).zip(inputs.iter_mut()) {
+            if v {
+                *input = cookie_input(s.src);
+            }
+        }
+        let mut cookies: Zeroizing<[[u8; COOKIE_LEN]; BATCH]> = Zeroizing::new([[0; COOKIE_LEN]; BATCH]);
+        {
+            let mut jobs: arrayvec::ArrayVec<MacJob<'_>, BATCH> = inputs
+                .iter()
+                .zip(valid)
+                .take(chunk.len())
+                .filter(|(_, v)| *v)
+                .map(|((b, n), _)| MacJob::new(&secret[..], &b[..*n]))
+                .collect();
+            mac_many(&mut jobs);
+            let mut outs = jobs.iter_mut();
+            for (c, v) in cookies.iter_mut().zip(valid) {
+                if v {
+                    if let Some(j) = outs.next() {
+                        *c = j.out;
+                        j.out.zeroize();
+                    }
+                }
+            }
+        }
+        drop(secret);
+        let mut mac2s = [[0u8; COOKIE_LEN]; BATCH];
+        {
+            let mut jobs: arrayvec::ArrayVec<MacJob<'_>, BATCH> = chunk
+                .iter()
+                .zip(cookies.iter())
+                .zip(valid)
+                .filter(|(_, v)| *v)
+                .map(|((s, c), _)| MacJob::new(&c[..], s.msg.mac2_covered()))
+                .collect();
+            mac_many(&mut jobs);
+            let mut outs = jobs.iter();
+            for (m, v) in mac2s.iter_mut().zip(valid) {
+                if v {
+                    if let Some(j) = outs.next() {
+                        *m = j.out;
+                    }
+                }
+            }
+        }
+        // In order: the rate limiter, the nonces; then the replies' AEADs together.
+        let mut seals: arrayvec::ArrayVec<CookieSeal, BATCH> = arrayvec::ArrayVec::new();
+        let mut replying = [false; BATCH];
+        for ((((s, c), m), v), r) in
+            chunk.iter_mut().zip(cookies.iter()).zip(mac2s.iter()).zip(valid).zip(replying.iter_mut())
+        {
+            if !v {
+                continue;
+            }
+            if !ct_eq(m, &s.msg.mac2()) {
+                let mut seal = CookieSeal { nonce: [0; COOKIE_NONCE_LEN], aad: s.msg.mac1(), sealed: [0; 32] };
+                rng.fill_bytes(&mut seal.nonce);
+                seal.sealed[..COOKIE_LEN].copy_from_slice(c);
+                seals.push(seal);
+                *r = true;
+            } else if !limiter.allow(now, s.src.ip()) {
+                s.state = MacState::ValidMacWithCookieButRatelimited;
+            } else {
+                s.state = MacState::ValidMacWithCookie;
+            }
+        }
+        if seals.is_empty() {
+            return;
+        }
+        xseal_cookies(&self.keys.cookie, &mut seals);
+        let mut sealed = seals.iter();
+        for (s, r) in chunk.iter_mut().zip(replying) {
+            if !r {
+                continue;
+            }
+            if let Some(seal) = sealed.next() {
+                let mut out = Reply::new_unchecked([0u8; COOKIE_REPLY_LEN]);
+                out.init_header();
+                out.set_receiver_index(s.msg.sender_index());
+                out.set_nonce(&seal.nonce);
+                out.encrypted_cookie_mut().copy_from_slice(&seal.sealed);
+                s.reply = Some(out);
+            }
+        }
+    }
+
+    /// A copy of the secret, first replacing it if it is [`COOKIE_SECRET_MAX_AGE`] old.
+    fn current_secret<R: rand_core::RngCore + rand_core::CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+    ) -> Zeroizing<[u8; KEY_LEN]> {
+        {
+            let s = self.read_secret();
+            if !s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
+                return Zeroizing::new(s.secret.0);
+            }
+        }
+        let mut s = self.write_secret();
+        if s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
+            rng.fill_bytes(&mut s.secret.0);
+            s.birth = now;
+        }
+        Zeroizing::new(s.secret.0)
+    }
+
     /// The cookie for `src` (kernel `make_cookie`), first replacing the secret if it is
     /// [`COOKIE_SECRET_MAX_AGE`] old.
     fn make_cookie<R: rand_core::RngCore + rand_core::CryptoRng>(
@@ -269,6 +421,47 @@ impl CookieChecker {
 
     fn write_secret(&self) -> RwLockWriteGuard<'_, CookieSecret> {
         self.secret.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a source's cookie covers: its IP (4 or 16 bytes) and port (big-endian), and the length.
+fn cookie_input(src: SocketAddr) -> ([u8; 18], usize) {
+    let mut b = [0u8; 18];
+    let n = match src {
+        SocketAddr::V4(a) => {
+            b[..4].copy_from_slice(&a.ip().octets());
+            4
+        }
+        SocketAddr::V6(a) => {
+            b[..16].copy_from_slice(&a.ip().octets());
+            16
+        }
+    };
+    b[n..n + 2].copy_from_slice(&src.port().to_be_bytes());
+    (b, n + 2)
+}
+
+/// Handshake messages [`CookieChecker::validate_many`] computes the MACs of together: the
+/// lanes of `blake2s_simd::many` with AVX2.
+pub const BATCH: usize = 8;
+
+/// One message of a batch for [`CookieChecker::validate_many`]: the message and its source in,
+/// the state and the cookie reply out.
+pub struct Screening<'a> {
+    /// The handshake message (initiation or response).
+    pub msg: &'a dyn MacMessage,
+    /// Where it came from.
+    pub src: SocketAddr,
+    /// What [`CookieChecker::validate`] would say.
+    pub state: MacState,
+    /// Under load for [`MacState::ValidMacButNoCookie`]: the cookie reply.
+    pub reply: Option<Reply>,
+}
+
+impl<'a> Screening<'a> {
+    /// `msg` from `src`, not validated yet.
+    pub fn new(msg: &'a dyn MacMessage, src: SocketAddr) -> Self {
+        Screening { msg, src, state: MacState::Invalid, reply: None }
     }
 }
 

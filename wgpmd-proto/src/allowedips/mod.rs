@@ -30,7 +30,8 @@
 //! peers live in `u32`-addressed arenas, with no per-node allocation and no pointers. The
 //! arenas are repacked breadth-first when free blocks pass half the live slots, or on
 //! [`AllowedIps::compact`]. At a million random prefixes the tries take about 26 (IPv4) and 68
-//! (IPv6) bytes per prefix, and the per-peer lists about 45 more. `benches/allowedips.rs`
+//! (IPv6) bytes per prefix, and the per-peer lists about 36 more with one prefix per peer (a
+//! 28-byte entry, and 8 bytes for the list's ends by peer slot). `benches/allowedips.rs`
 //! measures lookups against exact-match hash maps. For bursts,
 //! [`AllowedIps::lookup_v4_batch`] interleaves lookups so that their cache misses overlap.
 //!
@@ -41,11 +42,32 @@ mod arena;
 mod peers;
 mod trie;
 
-use core::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use peers::PeerLists;
 use trie::Trie;
+
+/// A peer id as the tables take it: a small slot number (the device's peer ids are indices of
+/// its peer slots). Each peer's list of prefixes is found by it in a vector as long as the
+/// highest slot given a prefix (8 bytes a slot), so ids must be dense, not arbitrary numbers.
+pub trait PeerSlot: Copy + Eq {
+    /// The slot number.
+    fn slot(self) -> usize;
+}
+
+impl PeerSlot for u32 {
+    #[inline]
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl PeerSlot for u16 {
+    #[inline]
+    fn slot(self) -> usize {
+        self.into()
+    }
+}
 
 /// Errors from [`AllowedIps::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +89,7 @@ pub enum AllowedIpsError {
 /// Longest-prefix-match tables, IPv4 and IPv6, from prefix to peer id `P` (a small `Copy` id
 /// such as a `u32` slot number).
 #[derive(Clone)]
-pub struct AllowedIps<P: Copy + Eq + Hash> {
+pub struct AllowedIps<P: PeerSlot> {
     v4: Trie<u32, Route<P>>,
     v6: Trie<u128, Route<P>>,
     /// Each peer's prefixes (masked) in insertion order.
@@ -81,13 +103,13 @@ struct Route<P> {
     entry: u32,
 }
 
-impl<P: Copy + Eq + Hash> Default for AllowedIps<P> {
+impl<P: PeerSlot> Default for AllowedIps<P> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<P: Copy + Eq + Hash> core::fmt::Debug for AllowedIps<P> {
+impl<P: PeerSlot> core::fmt::Debug for AllowedIps<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("AllowedIps")
             .field("v4", &self.v4.len())
@@ -108,7 +130,7 @@ fn masked(addr: IpAddr, cidr: u8) -> Result<IpAddr, AllowedIpsError> {
     }
 }
 
-impl<P: Copy + Eq + Hash> AllowedIps<P> {
+impl<P: PeerSlot> AllowedIps<P> {
     /// An empty table; allocates nothing until the first insert.
     pub fn new() -> Self {
         AllowedIps { v4: Trie::new(), v6: Trie::new(), by_peer: PeerLists::new() }

@@ -2,21 +2,17 @@
 //! `iter_peer` without scanning the tries (the kernel's `peer->allowedips_list`).
 //!
 //! Entries live in one slab shared by both families, linked into a doubly linked list per peer,
-//! so a concentrator with a million one-prefix peers pays one 28-byte entry and one map bucket
-//! per peer rather than a `Vec` allocation. The trie stores each prefix's entry id next to its
-//! peer, so removing or re-owning a prefix unlinks its entry in O(1). The per-peer ends are a
-//! map split into [`END_SHARDS`] maps, so that growing it rehashes a 256th of the peers at a
-//! time (at four million peers, a fraction of a millisecond instead of tens of milliseconds).
+//! so a concentrator with a million one-prefix peers pays one 28-byte entry per peer rather than
+//! a `Vec` allocation. The trie stores each prefix's entry id next to its peer, so removing or
+//! re-owning a prefix unlinks its entry in O(1). Each list's ends are found by the peer's slot
+//! number ([`PeerSlot`]) in a vector: 8 bytes per slot up to the highest one used, and no hashing
+//! or cache miss of a map's bucket per peer (peers configured or dumped in slot order walk the
+//! vector in order).
 
-use core::hash::{BuildHasher, Hash};
 use core::mem::size_of;
-use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::index::BuildIndexHasher;
-
-/// Shards of the per-peer ends map (a power of two).
-const END_SHARDS: usize = 256;
+use super::PeerSlot;
 
 /// "No entry": list ends and the empty free list.
 const NIL: u32 = u32::MAX;
@@ -39,75 +35,29 @@ struct Entry {
 pub(super) struct PeerLists<P> {
     entries: Vec<Entry>,
     free: u32,
-    /// First and last entry of each peer with at least one prefix.
-    ends: Ends<P>,
+    /// First and last entry of each peer's list by its slot, `(NIL, NIL)` for a peer without
+    /// prefixes; as long as the highest slot that had a prefix (shrunk by `shrink_to_fit`).
+    ends: Vec<(u32, u32)>,
+    /// Peers with at least one prefix.
+    peers: usize,
+    _peer: core::marker::PhantomData<P>,
 }
 
-/// Peer to (first, last) entry, sharded by hash bits 48..56, which the shard maps do not use to
-/// pick buckets (they take the low bits, and the top 7 for control bytes).
-#[derive(Debug, Clone)]
-struct Ends<P> {
-    shards: Vec<HashMap<P, (u32, u32), BuildIndexHasher>>,
-    len: usize,
-}
-
-impl<P: Copy + Eq + Hash> Ends<P> {
-    fn new() -> Self {
-        Ends { shards: Vec::new(), len: 0 }
-    }
-    fn shard(&self, peer: &P) -> usize {
-        (BuildIndexHasher::default().hash_one(peer) >> 48) as usize & (END_SHARDS - 1)
-    }
-    fn get(&self, peer: &P) -> Option<&(u32, u32)> {
-        self.shards.get(self.shard(peer))?.get(peer)
-    }
-    fn get_mut(&mut self, peer: &P) -> Option<&mut (u32, u32)> {
-        let i = self.shard(peer);
-        self.shards.get_mut(i)?.get_mut(peer)
-    }
-    fn insert(&mut self, peer: P, ends: (u32, u32)) {
-        if self.shards.is_empty() {
-            self.shards = (0..END_SHARDS).map(|_| HashMap::default()).collect();
-        }
-        let i = self.shard(&peer);
-        if let Some(m) = self.shards.get_mut(i) {
-            if m.insert(peer, ends).is_none() {
-                self.len += 1;
-            }
-        }
-    }
-    fn remove(&mut self, peer: &P) -> Option<(u32, u32)> {
-        let i = self.shard(peer);
-        let old = self.shards.get_mut(i)?.remove(peer);
-        if old.is_some() {
-            self.len -= 1;
-        }
-        old
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    fn clear(&mut self) {
-        self.shards.iter_mut().for_each(HashMap::clear);
-        self.len = 0;
-    }
-    fn shrink_to_fit(&mut self) {
-        if self.len == 0 {
-            self.shards = Vec::new();
-        }
-        self.shards.iter_mut().for_each(HashMap::shrink_to_fit);
-    }
-    fn capacity(&self) -> usize {
-        self.shards.iter().map(HashMap::capacity).sum()
-    }
-}
-
-impl<P: Copy + Eq + Hash> PeerLists<P> {
+impl<P: PeerSlot> PeerLists<P> {
     pub(super) fn new() -> Self {
-        PeerLists { entries: Vec::new(), free: NIL, ends: Ends::new() }
+        PeerLists { entries: Vec::new(), free: NIL, ends: Vec::new(), peers: 0, _peer: core::marker::PhantomData }
+    }
+
+    /// `peer`'s list ends, if it has prefixes.
+    fn ends(&self, peer: P) -> Option<(u32, u32)> {
+        self.ends.get(peer.slot()).copied().filter(|&(head, _)| head != NIL)
+    }
+
+    /// Forget `peer`'s list ends; returns them if it had prefixes.
+    fn take_ends(&mut self, peer: P) -> Option<(u32, u32)> {
+        let e = self.ends.get_mut(peer.slot()).filter(|e| e.0 != NIL)?;
+        self.peers -= 1;
+        Some(core::mem::replace(e, (NIL, NIL)))
     }
 
     /// Appends `net/cidr` to `peer`'s list; returns the entry id.
@@ -123,18 +73,21 @@ impl<P: Copy + Eq + Hash> PeerLists<P> {
             self.entries.push(entry);
             id
         };
-        match self.ends.get_mut(&peer) {
-            Some((_, tail)) => {
-                let old_tail = core::mem::replace(tail, id);
-                if let Some(e) = self.entries.get_mut(old_tail as usize) {
-                    e.next = id;
-                }
-                if let Some(e) = self.entries.get_mut(id as usize) {
-                    e.prev = old_tail;
-                }
+        let slot = peer.slot();
+        if self.ends.len() <= slot {
+            self.ends.resize(slot + 1, (NIL, NIL));
+        }
+        let Some(ends) = self.ends.get_mut(slot) else { return Ok(id) };
+        if ends.0 == NIL {
+            *ends = (id, id);
+            self.peers += 1;
+        } else {
+            let old_tail = core::mem::replace(&mut ends.1, id);
+            if let Some(e) = self.entries.get_mut(old_tail as usize) {
+                e.next = id;
             }
-            None => {
-                self.ends.insert(peer, (id, id));
+            if let Some(e) = self.entries.get_mut(id as usize) {
+                e.prev = old_tail;
             }
         }
         Ok(id)
@@ -149,16 +102,14 @@ impl<P: Copy + Eq + Hash> PeerLists<P> {
         if let Some(e) = self.entries.get_mut(next as usize) {
             e.prev = prev;
         }
-        if let Some(ends) = self.ends.get_mut(&peer) {
-            if prev == NIL && next == NIL {
-                self.ends.remove(&peer);
-            } else {
-                if ends.0 == id {
-                    ends.0 = next;
-                }
-                if ends.1 == id {
-                    ends.1 = prev;
-                }
+        if prev == NIL && next == NIL {
+            self.take_ends(peer);
+        } else if let Some(ends) = self.ends.get_mut(peer.slot()) {
+            if ends.0 == id {
+                ends.0 = next;
+            }
+            if ends.1 == id {
+                ends.1 = prev;
             }
         }
         self.release(id);
@@ -174,7 +125,7 @@ impl<P: Copy + Eq + Hash> PeerLists<P> {
 
     /// Removes `peer`'s whole list, calling `f(entry_id, net, cidr)` for each prefix in order.
     pub(super) fn remove_peer(&mut self, peer: P, mut f: impl FnMut(u32, IpAddr, u8)) {
-        let Some((mut id, _)) = self.ends.remove(&peer) else { return };
+        let Some((mut id, _)) = self.take_ends(peer) else { return };
         while let Some(&Entry { net, cidr, next, .. }) = self.entries.get(id as usize) {
             f(id, net, cidr);
             self.release(id);
@@ -184,7 +135,7 @@ impl<P: Copy + Eq + Hash> PeerLists<P> {
 
     /// `peer`'s prefixes in insertion order.
     pub(super) fn iter(&self, peer: P) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
-        let mut id = self.ends.get(&peer).map_or(NIL, |&(head, _)| head);
+        let mut id = self.ends(peer).map_or(NIL, |(head, _)| head);
         core::iter::from_fn(move || {
             let e = self.entries.get(id as usize)?;
             id = e.next;
@@ -194,27 +145,30 @@ impl<P: Copy + Eq + Hash> PeerLists<P> {
 
     /// Number of peers with at least one prefix.
     pub(super) fn peers(&self) -> usize {
-        self.ends.len()
+        self.peers
     }
 
     pub(super) fn clear(&mut self) {
         self.entries.clear();
         self.free = NIL;
         self.ends.clear();
+        self.peers = 0;
     }
 
     /// Drops spare capacity (entries stay where they are: the tries refer to them by id).
     pub(super) fn shrink_to_fit(&mut self) {
-        if self.ends.is_empty() {
+        if self.peers == 0 {
             self.clear();
         }
+        let used = self.ends.iter().rposition(|&(head, _)| head != NIL).map_or(0, |last| last + 1);
+        self.ends.truncate(used);
         self.entries.shrink_to_fit();
         self.ends.shrink_to_fit();
     }
 
-    /// Heap bytes held: the slab by capacity and the map's buckets (key, value, control byte).
+    /// Heap bytes held: the slab and the ends, by capacity.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * size_of::<Entry>() + self.ends.capacity() * (size_of::<(P, (u32, u32))>() + 1)
+        self.entries.capacity() * size_of::<Entry>() + self.ends.capacity() * size_of::<(u32, u32)>()
     }
 }
 
@@ -249,5 +203,34 @@ mod tests {
         assert_eq!(l.iter(8).collect::<Vec<_>>(), vec![(net(99), 24)]);
         l.remove(8, other);
         assert_eq!(l.peers(), 0);
+    }
+
+    #[test]
+    fn ends_are_found_by_slot_and_shrink_to_the_highest_used() {
+        let mut l = PeerLists::new();
+        assert_eq!(l.heap_bytes(), 0);
+        l.push(3u32, net(1), 32).unwrap();
+        l.push(1000, net(2), 32).unwrap();
+        l.push(1000, net(3), 32).unwrap();
+        assert_eq!((l.peers(), l.ends.len()), (2, 1001));
+        assert_eq!(l.iter(1000).collect::<Vec<_>>(), vec![(net(2), 32), (net(3), 32)]);
+        // Slots without prefixes, inside and past the vector, have none.
+        assert_eq!((l.iter(4).count(), l.iter(5000).count()), (0, 0));
+        let mut seen = 0;
+        l.remove_peer(5000, |_, _, _| seen += 1);
+        l.remove_peer(4, |_, _, _| seen += 1);
+        assert_eq!((seen, l.peers()), (0, 2));
+        l.remove_peer(1000, |_, _, _| seen += 1);
+        assert_eq!((seen, l.peers()), (2, 1));
+        // Only slot 3 has prefixes now: the vector shrinks to it.
+        l.shrink_to_fit();
+        assert_eq!(l.ends.len(), 4);
+        assert!(l.heap_bytes() < 200, "{} bytes", l.heap_bytes());
+        assert_eq!(l.iter(3).collect::<Vec<_>>(), vec![(net(1), 32)]);
+        // A peer whose last prefix is removed one by one has none, and is not counted.
+        let e = l.push(7, net(9), 32).unwrap();
+        assert_eq!(l.peers(), 2);
+        l.remove(7, e);
+        assert_eq!((l.peers(), l.iter(7).count()), (1, 0));
     }
 }

@@ -1,7 +1,9 @@
 //! The burst path against bursts of one, and the receive side also against an independent model
 //! (the one-message rules as written before the burst path, on `Keypair::open`, i.e. ring's
 //! AEAD): the same decisions, counters and plaintext, over random sequences of several peers'
-//! messages; a counter twice in one burst; the index cache and retired keypairs.
+//! messages; what the send side seals is also opened by the peer's end (ring's AEAD, its own
+//! replay window); a counter twice in one burst; the send counter at its limit; two threads on one
+//! peer; the index cache and retired keypairs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,7 +14,7 @@ use rand_chacha::ChaCha20Rng;
 use super::tests::ipv4_packet;
 use super::*;
 use crate::crypto::Secret;
-use crate::messages::{DATA_HEADER_LEN, REJECT_AFTER_TIME};
+use crate::messages::{DATA_HEADER_LEN, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
 use crate::session::OpenError;
 use crate::wire::wireguard::TransportData;
 
@@ -310,6 +312,7 @@ fn send_bursts_seal_exactly_as_messages_one_at_a_time() {
                 })
                 .collect();
             let mut b = a.clone();
+            let plaintexts = a.clone();
             let mut items: Vec<TxItem<'_>> = a
                 .iter_mut()
                 .map(|(peer, buf, plain)| TxItem { peer: *peer, buf: &mut buf[..], plain_len: *plain })
@@ -321,6 +324,14 @@ fn send_bursts_seal_exactly_as_messages_one_at_a_time() {
                 assert_eq!(results[k], one, "seed {seed}, round {round}, item {k}");
                 if let Ok(e) = one {
                     assert_eq!(a[k].1[..e.len], buf[..e.len], "sealed bytes");
+                    // Independently of the device: the peer's end (ring's AEAD, its own replay
+                    // window) opens it, in order, to the plaintext and zero padding.
+                    let p = burst.peers.iter().position(|x| x == peer).unwrap();
+                    let at = if p == usize::from(OLD_PEER) { t(2) } else { t(101) };
+                    let mut msg = buf[..e.len].to_vec();
+                    let range = burst.senders[p].as_ref().unwrap().open(at, &mut msg).expect("the peer opens it");
+                    assert_eq!(msg[range.clone()][..*plain], plaintexts[k].1[16..16 + *plain]);
+                    assert!(msg[range][*plain..].iter().all(|&x| x == 0), "zero padding");
                 }
             }
             assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
@@ -420,4 +431,134 @@ fn recycle_keeps_the_allocation() {
     assert!(w.is_empty());
     assert_eq!(w.capacity(), CHUNK);
     assert_eq!(w.as_ptr() as usize, at);
+}
+
+/// At `REJECT_AFTER_MESSAGES` a burst seals with the last counters there are, one reservation
+/// for the keypair, and drops the rest as one message at a time would; nothing passes the limit.
+#[test]
+fn a_burst_at_the_counter_limit_seals_the_last_counters_and_drops_the_rest() {
+    let (mut burst, mut single) = (rig(11), rig(11));
+    for r in [&burst, &single] {
+        let kp = r.dev.peer(r.peers[0]).unwrap().keypairs.current().unwrap();
+        kp.set_sending_counter_for_test(REJECT_AFTER_MESSAGES - 3);
+    }
+    let packet = |_: usize| {
+        let mut buf = vec![0u8; 16 + 60 + 32];
+        buf[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 40));
+        buf
+    };
+    let mut results = Vec::new();
+    for round in 0..2 {
+        let mut a: Vec<Vec<u8>> = (0..5).map(packet).collect();
+        let mut b = a.clone();
+        let mut items: Vec<TxItem<'_>> =
+            a.iter_mut().map(|buf| TxItem { peer: burst.peers[0], buf: &mut buf[..], plain_len: 60 }).collect();
+        burst.dev.encapsulate_burst(t(101), &mut items, &mut results, &mut burst.out);
+        drop(items);
+        for (k, buf) in b.iter_mut().enumerate() {
+            let one = single.dev.encapsulate_to(t(101), single.peers[0], buf, 60, &mut single.out);
+            assert_eq!(results[k], one, "round {round}, item {k}");
+            let expect_sealed = round == 0 && k < 3;
+            assert_eq!(results[k].is_ok(), expect_sealed, "round {round}, item {k}: {:?}", results[k]);
+            if let Ok(e) = one {
+                assert_eq!(a[k][..e.len], buf[..e.len]);
+                let counter = u64::from_le_bytes(a[k][8..16].try_into().unwrap());
+                assert_eq!(counter, REJECT_AFTER_MESSAGES - 3 + k as u64);
+            }
+        }
+        assert!(burst.out.events.iter().any(|e| matches!(e, Event::HandshakeWanted(p) if *p == burst.peers[0])));
+        assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&single.out.stats));
+    }
+    let kp = burst.dev.peer(burst.peers[0]).unwrap().keypairs.current().unwrap();
+    assert_eq!(kp.sending_counter(), REJECT_AFTER_MESSAGES, "never past the limit");
+    assert_eq!(burst.out.stats.aead_sealed, 3);
+}
+
+/// Two workers on one device and one peer at once, in bursts: every send counter is used once
+/// (the reservation is one atomic step per keypair and burst), and every received counter is
+/// accepted by exactly one of them (the replay window's pre-check and mark under its lock).
+#[test]
+fn two_threads_never_share_a_counter() {
+    const BURSTS: usize = 400;
+    const PER_BURST: usize = 8;
+    let r = rig(13);
+    let dev = &r.dev;
+    let peer = r.peers[0];
+    // Send: both threads seal to peer 0; collect every counter with its message.
+    let sealed_by: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut out = Output::with_capacity(64);
+                    let mut results = Vec::new();
+                    let mut got = Vec::new();
+                    for _ in 0..BURSTS {
+                        let mut bufs: Vec<Vec<u8>> = (0..PER_BURST)
+                            .map(|_| {
+                                let mut b = vec![0u8; 16 + 60 + 32];
+                                b[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 40));
+                                b
+                            })
+                            .collect();
+                        let mut items: Vec<TxItem<'_>> =
+                            bufs.iter_mut().map(|b| TxItem { peer, buf: &mut b[..], plain_len: 60 }).collect();
+                        dev.encapsulate_burst(t(101), &mut items, &mut results, &mut out);
+                        drop(items);
+                        for (b, res) in bufs.into_iter().zip(&results) {
+                            let e = res.as_ref().expect("sealed");
+                            got.push((u64::from_le_bytes(b[8..16].try_into().unwrap()), b[..e.len].to_vec()));
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<(u64, Vec<u8>)> = sealed_by.into_iter().flatten().collect();
+    all.sort_by_key(|(c, _)| *c);
+    let total = (2 * BURSTS * PER_BURST) as u64;
+    assert!(all.iter().map(|(c, _)| *c).eq(0..total), "every counter once, none skipped");
+    let peer_end = r.senders[0].as_ref().unwrap();
+    for (_, m) in &mut all {
+        assert!(peer_end.open(t(101), m).is_ok(), "the peer opens each");
+    }
+
+    // Receive: both threads get the same messages from peer 0; each counter accepted once.
+    let msgs: Vec<Vec<u8>> = (0..BURSTS * PER_BURST)
+        .map(|_| sealed(&r, 0, &ipv4_packet(inner_src(0), Ipv4Addr::new(10, 9, 0, 1), 40), t(100)))
+        .collect();
+    let accepted: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut mine = msgs.clone();
+                s.spawn(move || {
+                    let mut out = Output::with_capacity(64);
+                    let mut results = Vec::new();
+                    let mut got = Vec::new();
+                    for chunk in mine.chunks_mut(PER_BURST) {
+                        let counters: Vec<u64> =
+                            chunk.iter().map(|m| u64::from_le_bytes(m[8..16].try_into().unwrap())).collect();
+                        let mut items: Vec<RxItem<'_>> =
+                            chunk.iter_mut().map(|m| RxItem { src: src_addr(0, false), msg: &mut m[..] }).collect();
+                        dev.decapsulate_burst(t(101), &mut items, &mut results, &mut out);
+                        for (c, res) in counters.into_iter().zip(&results) {
+                            match res {
+                                Ok(d) => {
+                                    assert_eq!(d.peer, peer);
+                                    got.push(c);
+                                }
+                                Err(e) => assert_eq!(*e, DropReason::Replay),
+                            }
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<u64> = accepted.concat();
+    all.sort_unstable();
+    assert!(all.iter().copied().eq(0..(BURSTS * PER_BURST) as u64), "each counter accepted exactly once");
 }

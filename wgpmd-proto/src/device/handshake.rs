@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rand_core::{CryptoRng, RngCore};
 
 use super::{Device, DropReason, Event, IndexEntry, Output, Peer, PeerId, Transmit};
-use crate::cookie::MacState;
+use crate::cookie::{MacState, Screening, BATCH};
 use crate::noise::{self, NoiseError};
 use crate::session::Keypair;
 use crate::time::{tai64n, Timestamp};
@@ -375,6 +375,21 @@ impl Device {
     }
 }
 
+/// An initiation or a response of a burst being screened.
+enum HandshakeView<'a> {
+    Initiation(HandshakeInitiation<&'a [u8]>),
+    Response(HandshakeResponse<&'a [u8]>),
+}
+
+impl HandshakeView<'_> {
+    fn macs(&self) -> &dyn MacMessage {
+        match self {
+            HandshakeView::Initiation(m) => m,
+            HandshakeView::Response(m) => m,
+        }
+    }
+}
+
 /// What [`Device::screen_handshake`] decided about a handshake-stage message as it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -424,6 +439,95 @@ impl Device {
         } else {
             Screened::Handled(HandshakeOutcome::CookieSent)
         })
+    }
+
+    /// [`Device::screen_handshake`] of every message of a burst (`(source, message)`), with the
+    /// MACs of the handshake messages computed [`BATCH`] at a time
+    /// ([`crate::cookie::CookieChecker::validate_many`]). `results` is cleared and gets one
+    /// result per message, in order; replies, counters and the `rng`'s use are those of
+    /// [`Device::screen_handshake`] called on each message in turn.
+    pub fn screen_handshakes<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        burst: &[(SocketAddr, &[u8])],
+        under_load: bool,
+        out: &mut Output,
+        results: &mut Vec<Result<Screened, DropReason>>,
+    ) {
+        results.clear();
+        results.resize(burst.len(), Err(DropReason::Malformed));
+        // Handshake messages wait here (their position, their view) until BATCH of them.
+        let mut pending: arrayvec::ArrayVec<(usize, HandshakeView<'_>), BATCH> = arrayvec::ArrayVec::new();
+        for (i, &(_, msg)) in burst.iter().enumerate() {
+            let view = match Message::new_checked(msg) {
+                Ok(Message::HandshakeInitiation(init)) => HandshakeView::Initiation(init),
+                Ok(Message::HandshakeResponse(resp)) => HandshakeView::Response(resp),
+                Ok(Message::CookieReply(reply)) => {
+                    results[i] = self.on_cookie_reply(now, &reply, out).map(Screened::Handled);
+                    continue;
+                }
+                Ok(Message::TransportData(_)) | Err(_) => {
+                    results[i] = Err(out.stats.drop(DropReason::Malformed));
+                    continue;
+                }
+            };
+            pending.push((i, view));
+            if pending.is_full() {
+                self.screen_pending(now, rng, burst, &pending, under_load, out, results);
+                pending.clear();
+            }
+        }
+        self.screen_pending(now, rng, burst, &pending, under_load, out, results);
+    }
+
+    /// The MAC checks of up to [`BATCH`] handshake messages, results where they belong.
+    #[allow(clippy::too_many_arguments)]
+    fn screen_pending<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        burst: &[(SocketAddr, &[u8])],
+        pending: &[(usize, HandshakeView<'_>)],
+        under_load: bool,
+        out: &mut Output,
+        results: &mut [Result<Screened, DropReason>],
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut batch: arrayvec::ArrayVec<Screening<'_>, BATCH> =
+            pending.iter().map(|(i, v)| Screening::new(v.macs(), burst[*i].0)).collect();
+        self.cookie_checker.validate_many(now, rng, under_load, &self.ratelimiter, &mut batch);
+        for ((i, _), s) in pending.iter().zip(batch.iter_mut()) {
+            let src = s.src;
+            results[*i] = match s.state {
+                MacState::Invalid => {
+                    tracing::debug!("Invalid handshake MAC from {}", src);
+                    Err(out.stats.drop(DropReason::InvalidMac1))
+                }
+                MacState::ValidMacButNoCookie if !under_load => {
+                    out.stats.mac1_valid += 1;
+                    Ok(Screened::Admitted { cookie_checked: false })
+                }
+                MacState::ValidMacWithCookie => {
+                    out.stats.mac1_valid += 1;
+                    Ok(Screened::Admitted { cookie_checked: true })
+                }
+                MacState::ValidMacButNoCookie => {
+                    out.stats.mac1_valid += 1;
+                    if let Some(reply) = s.reply.take() {
+                        out.transmits.push(Transmit::new(None, src, reply.as_ref()));
+                        out.stats.cookies_sent += 1;
+                    }
+                    Ok(Screened::Handled(HandshakeOutcome::CookieSent))
+                }
+                MacState::ValidMacWithCookieButRatelimited => {
+                    out.stats.mac1_valid += 1;
+                    Err(out.stats.drop(DropReason::RateLimited))
+                }
+            };
+        }
     }
 
     /// The DH work for a message [`Device::screen_handshake`] admitted (mac1 is not checked

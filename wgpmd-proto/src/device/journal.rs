@@ -78,6 +78,10 @@ impl Journal {
     pub(crate) fn on() -> Self {
         Journal { on: true, ..Journal::off() }
     }
+    /// Whether [`Journal::record`] would keep a change (it is on and has not overflowed).
+    pub(crate) fn recording(&self) -> bool {
+        self.on && !self.overflowed
+    }
     pub(crate) fn record(&mut self, op: TableOp) {
         if !self.on || self.overflowed {
             return;

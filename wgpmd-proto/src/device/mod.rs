@@ -11,6 +11,7 @@
 //! | [`Device::encapsulate`] / [`Device::encapsulate_to`] | any worker, per inner packet | ChaCha20-Poly1305 in place |
 //! | [`Device::receive_handshake`] | the handshake stage (budgeted per poll, or a core of its own) | X25519, BLAKE2s |
 //! | [`Device::screen_handshake`], then [`Device::receive_screened`] | the same in two steps: where the message arrives, then from a bounded queue | BLAKE2s, then X25519 |
+//! | [`Device::screen_handshakes`] | the first step for several messages at once (their MACs and cookie replies computed together) | multi-buffer BLAKE2s, multi-lane ChaCha20-Poly1305 |
 //! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
 //! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
 //!
@@ -412,7 +413,8 @@ impl Device {
         }
     }
 
-    /// Apply one table change (the only place the tables change), and journal it.
+    /// Apply one table change, and journal it (the tables change only here and in
+    /// [`Device::add_peer`], which does the same for a new peer).
     fn change(&mut self, op: TableOp) {
         self.apply(&op);
         self.journal.record(op);
@@ -430,20 +432,8 @@ impl Device {
             TableOp::Mtu(mtu) => self.mtu = *mtu,
             TableOp::MaxPeers(max) => self.max_peers = *max,
             TableOp::AddPeer(peer) => {
-                let id = peer.id();
-                if self.free_ids.last() == Some(&id) {
-                    self.free_ids.pop();
-                } else if (id as usize) < self.peers.len() {
-                    // Not reached: ids are taken from the end of the free list.
-                    self.free_ids.retain(|&f| f != id);
-                }
-                if self.peers.len() <= id as usize {
-                    self.peers.resize(id as usize + 1, None);
-                }
-                if let Some(slot) = self.peers.get_mut(id as usize) {
-                    *slot = Some(peer.clone());
-                }
-                self.by_key.insert(*peer.public_key(), id);
+                let h = self.by_key.hash(peer.public_key());
+                self.put_peer(peer.clone(), h);
             }
             TableOp::RemovePeer(id) => {
                 if let Some(peer) = self.peers.get_mut(*id as usize).and_then(Option::take) {
@@ -462,6 +452,25 @@ impl Device {
                 let _ = self.allowed.insert(*addr, *cidr, *id);
             }
             TableOp::AllowedClear(id) => self.allowed.remove_peer(*id),
+        }
+    }
+
+    /// A new peer into its slot (`peer.id()`, taken off the free list) and its key into the map
+    /// (`h`: the key's hash). For [`Device::add_peer`] and its replay.
+    fn put_peer(&mut self, peer: Arc<Peer>, h: keymap::KeyHash) {
+        let id = peer.id();
+        if self.free_ids.last() == Some(&id) {
+            self.free_ids.pop();
+        } else if (id as usize) < self.peers.len() {
+            // Not reached: ids are taken from the end of the free list.
+            self.free_ids.retain(|&f| f != id);
+        }
+        if self.peers.len() <= id as usize {
+            self.peers.resize(id as usize + 1, None);
+        }
+        self.by_key.insert_hashed(h, *peer.public_key(), id);
+        if let Some(slot) = self.peers.get_mut(id as usize) {
+            *slot = Some(peer);
         }
     }
 
@@ -527,7 +536,9 @@ impl Device {
         rng: &mut R,
         public_key: [u8; KEY_LEN],
     ) -> Result<PeerId, ConfigError> {
-        if let Some(id) = self.by_key.get(&public_key) {
+        // One hash of the key for the lookup and the insert.
+        let h = self.by_key.hash(&public_key);
+        if let Some(id) = self.by_key.get_hashed(h, &public_key) {
             return Ok(id);
         }
         if self.public_key() == Some(public_key) {
@@ -537,7 +548,13 @@ impl Device {
             return Err(ConfigError::TooManyPeers(self.max_peers));
         }
         let id = self.free_ids.last().copied().unwrap_or(self.peers.len() as PeerId);
-        self.change(TableOp::AddPeer(Arc::new(Peer::new(rng, id, public_key))));
+        let peer = Arc::new(Peer::new(rng, id, public_key));
+        // What `change` does, with the hash computed above (and no clone of the peer for a
+        // journal that no longer records).
+        if self.journal.recording() {
+            self.journal.record(TableOp::AddPeer(peer.clone()));
+        }
+        self.put_peer(peer, h);
         self.journal.added(id);
         Ok(id)
     }
@@ -747,5 +764,7 @@ impl Device {
 
 #[cfg(test)]
 mod burst_tests;
+#[cfg(test)]
+mod screen_tests;
 #[cfg(test)]
 mod tests;

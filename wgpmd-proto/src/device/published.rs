@@ -91,6 +91,7 @@ impl Published {
     fn commit(&self, slot: &mut Option<Device>) -> Changes {
         let Some(mut dev) = slot.take() else { return Changes::default() };
         let journal = dev.journal.take();
+        let t0 = std::time::Instant::now();
         let mut old = self.current.swap(Arc::new(dev));
         // Readers hold a copy for one iteration: spin briefly, then sleep in growing steps.
         let mut pause = Duration::from_micros(1);
@@ -108,14 +109,28 @@ impl Published {
                 }
             }
         };
+        let t1 = std::time::Instant::now();
         if journal.overflowed {
             drop(old);
+            let t2 = std::time::Instant::now();
             old = self.current.load().fork();
+            tracing::debug!(
+                "publish: waited {:?} for readers, dropped the old copy in {:?}, cloned the tables in {:?}",
+                t1 - t0,
+                t2 - t1,
+                t2.elapsed()
+            );
         } else {
             for op in &journal.ops {
                 old.apply(op);
             }
             old.journal = Journal::on();
+            tracing::debug!(
+                "publish: waited {:?} for readers, replayed {} changes in {:?}",
+                t1 - t0,
+                journal.ops.len(),
+                t1.elapsed()
+            );
         }
         *slot = Some(old);
         journal.changes

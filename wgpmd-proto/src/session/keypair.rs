@@ -578,6 +578,25 @@ mod tests {
     }
 
     #[test]
+    fn reserved_counters_stop_at_reject_after_messages() {
+        let (a, _b) = pair();
+        assert_eq!(a.reserve_counters(4), (0, 4));
+        assert_eq!(a.reserve_counters(0), (4, 0), "nothing asked, nothing taken");
+        assert_eq!(a.sending_counter(), 4);
+        a.set_sending_counter_for_test(REJECT_AFTER_MESSAGES - 3);
+        assert_eq!(a.reserve_counters(5), (REJECT_AFTER_MESSAGES - 3, 3), "only what is left");
+        assert_eq!(a.sending_counter(), REJECT_AFTER_MESSAGES);
+        for n in [1, 5, u64::MAX] {
+            assert_eq!(a.reserve_counters(n).1, 0);
+        }
+        assert_eq!(a.sending_counter(), REJECT_AFTER_MESSAGES, "refusals never move it towards a wrap");
+        // Huge requests below the limit are clamped, never wrapped.
+        a.set_sending_counter_for_test(10);
+        assert_eq!(a.reserve_counters(u64::MAX), (10, REJECT_AFTER_MESSAGES - 10));
+        assert_eq!(a.take_counter(), None);
+    }
+
+    #[test]
     fn send_counter_stops_at_reject_after_messages() {
         let (a, b) = pair();
         a.set_sending_counter_for_test(REJECT_AFTER_MESSAGES - 2);

@@ -47,6 +47,7 @@ impl UapiHandler for Handler {
     }
     fn set(&self, req: SetRequest) -> Result<(), UapiError> {
         let now = self.sh.data.clock.now();
+        let t0 = std::time::Instant::now();
         let mut dev = self.sh.data.device.write();
         let mut iface = self.sh.control.iface.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Output::with_capacity(0);
@@ -57,9 +58,17 @@ impl UapiHandler for Handler {
             Err(e) => Err(UapiError { errno: uapi::IPC_ERROR_IO, message: format!("no randomness: {e}") }),
         };
         drop(req);
+        let t1 = std::time::Instant::now();
         // Published: no worker reads the old tables any more, and removed ids are not reused
         // before the next `set`, so forgetting their notifications forgets no new peer's.
         let changes = dev.publish();
+        tracing::info!(
+            "UAPI set: {} peers added, {} removed; applied in {:.3} s, published in {:.3} s",
+            changes.added.len(),
+            changes.removed.len(),
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64()
+        );
         self.sh.handoff.peers_changed(&changes);
         if !changes.removed.is_empty() {
             self.sh.control.removed.lock().unwrap_or_else(|e| e.into_inner()).extend(changes.removed);

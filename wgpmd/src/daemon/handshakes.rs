@@ -2,7 +2,10 @@
 //! worker that received it, and the ones worth a Diffie-Hellman wait in that worker's own
 //! bounded queue, processed a budget per poll iteration.
 //!
-//! On arrival ([`Stage::arrive`], [`Device::screen_handshake`]): type and exact length
+//! On arrival ([`Stage::arrive`] holds the message; [`Stage::screen_when_ready`], after each WAN
+//! burst, screens what is held once [`SCREEN_BATCH`] messages are there, the WAN queue is
+//! drained, or the oldest was held [`HOLD_MAX`], with [`Device::screen_handshakes`], which
+//! computes their MACs several at once): type and exact length
 //! (initiation 148 bytes, response 92, cookie reply 64), mac1, and under load mac2 (no valid
 //! mac2: a cookie reply instead) and the source's token bucket. A cookie reply is consumed there
 //! and then (one XChaCha20, no DH). What fails costs one MAC at most and a counted drop
@@ -39,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use wgpmd_proto::device::{Device, DropReason, HandshakeOutcome, Output, Screened};
+use wgpmd_proto::device::{recycle, Device, DropReason, HandshakeOutcome, Output, Screened};
 use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_QUEUE_DEPTH};
 use wgpmd_proto::time::Timestamp;
 use wgpmd_proto::wire::wireguard::classify;
@@ -223,6 +226,24 @@ impl Load {
     }
 }
 
+/// Handshake-stage messages held for one screen ([`Stage::screen_arrivals`]) at most.
+const INBOX: usize = 32;
+
+/// Held messages the worker waits for before it screens them ([`Stage::screen_when_ready`]):
+/// the MACs of this many are computed together (`wgpmd_proto::cookie::BATCH`).
+pub const SCREEN_BATCH: usize = wgpmd_proto::cookie::BATCH;
+
+/// How long the worker holds a message at most before screening it, while its WAN queue stays
+/// full ([`Stage::screen_when_ready`]).
+pub const HOLD_MAX: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// A message that arrived and waits for the burst's screen.
+struct Held {
+    src: SocketAddr,
+    len: u8,
+    msg: [u8; INITIATION_LEN],
+}
+
 /// A message waiting for its DH work.
 struct Job {
     src: SocketAddr,
@@ -240,6 +261,14 @@ pub(crate) struct Stage {
     capacity: usize,
     /// The load decision for this poll iteration's arrivals (`now` it was made at).
     arrival_load: Option<(Timestamp, bool)>,
+    /// Arrivals waiting for [`Stage::screen_arrivals`] (at most [`INBOX`]).
+    inbox: Vec<Held>,
+    /// When the oldest of them arrived (the poll iteration's time).
+    held_since: Timestamp,
+    /// The screen's list of `(source, message)` borrows and its results, kept for their
+    /// allocations.
+    screen_items: Vec<(SocketAddr, &'static [u8])>,
+    screen_results: Vec<Result<Screened, DropReason>>,
     /// Ephemeral keys, indices and cookie nonces.
     pub rng: CoreRng,
     /// Counters, published with the worker's.
@@ -254,6 +283,10 @@ impl Stage {
             queue: VecDeque::with_capacity(capacity),
             capacity,
             arrival_load: None,
+            inbox: Vec::with_capacity(INBOX),
+            held_since: Timestamp::ZERO,
+            screen_items: Vec::with_capacity(INBOX),
+            screen_results: Vec::with_capacity(INBOX),
             rng,
             c: HsCounters::default(),
         }
@@ -265,11 +298,64 @@ impl Stage {
         self.queue.len()
     }
 
-    /// Screen a handshake-stage message that arrived from `src` and queue it if it is worth
-    /// DH work (see the module doc). Replies (cookie replies) go to `out.transmits`.
+    /// A handshake-stage message arrived from `src`: held for the burst's screen
+    /// ([`Stage::screen_arrivals`], which the worker calls after each WAN burst and which runs
+    /// here when [`INBOX`] messages are held). A message longer than any handshake message is
+    /// screened (and dropped) at once.
     pub fn arrive(&mut self, dev: &Device, load: &Load, now: Timestamp, src: SocketAddr, msg: &[u8], out: &mut Output) {
-        // One load decision per poll iteration for what arrives in it.
-        let under_load = match self.arrival_load {
+        if msg.len() > INITIATION_LEN {
+            let under_load = self.arrival_load(dev, load, now);
+            let r = dev.screen_handshake(now, &mut self.rng, src, msg, under_load, out);
+            self.screened(dev, load, now, src, msg, r);
+            return;
+        }
+        let mut held = Held { src, len: msg.len() as u8, msg: [0; INITIATION_LEN] };
+        held.msg[..msg.len()].copy_from_slice(msg);
+        if self.inbox.is_empty() {
+            self.held_since = now;
+        }
+        self.inbox.push(held);
+        if self.inbox.len() >= INBOX {
+            self.screen_arrivals(dev, load, now, out);
+        }
+    }
+
+    /// After a WAN burst: screen the held messages once [`SCREEN_BATCH`] of them are there, the
+    /// WAN queue is `drained` (the burst was not full), or the oldest was held [`HOLD_MAX`]. Under
+    /// a flood interleaved with data a burst carries a few handshake messages; holding them
+    /// over a few bursts lets their MACs be computed together.
+    pub fn screen_when_ready(&mut self, dev: &Device, load: &Load, now: Timestamp, drained: bool, out: &mut Output) {
+        if self.inbox.len() >= SCREEN_BATCH
+            || (!self.inbox.is_empty() && (drained || now - self.held_since >= HOLD_MAX))
+        {
+            self.screen_arrivals(dev, load, now, out);
+        }
+    }
+
+    /// Screen the messages held since the last screen, together
+    /// ([`Device::screen_handshakes`]: their MACs computed several at once), and queue those
+    /// worth DH work (see the module doc). Replies (cookie replies) go to `out.transmits`.
+    pub fn screen_arrivals(&mut self, dev: &Device, load: &Load, now: Timestamp, out: &mut Output) {
+        if self.inbox.is_empty() {
+            return;
+        }
+        let under_load = self.arrival_load(dev, load, now);
+        let inbox = std::mem::take(&mut self.inbox);
+        let mut items: Vec<(SocketAddr, &[u8])> = recycle(std::mem::take(&mut self.screen_items));
+        items.extend(inbox.iter().map(|h| (h.src, &h.msg[..usize::from(h.len)])));
+        let mut results = std::mem::take(&mut self.screen_results);
+        dev.screen_handshakes(now, &mut self.rng, &items, under_load, out, &mut results);
+        for (&(src, msg), r) in items.iter().zip(results.drain(..)) {
+            self.screened(dev, load, now, src, msg, r);
+        }
+        self.screen_items = recycle(items);
+        self.screen_results = results;
+        self.inbox = recycle(inbox);
+    }
+
+    /// One load decision per poll iteration for what arrives in it.
+    fn arrival_load(&mut self, dev: &Device, load: &Load, now: Timestamp) -> bool {
+        match self.arrival_load {
             Some((t, l)) if t == now => l,
             _ => {
                 let l = load.under_load(dev, now);
@@ -280,8 +366,20 @@ impl Stage {
                 self.arrival_load = Some((now, l));
                 l
             }
-        };
-        match dev.screen_handshake(now, &mut self.rng, src, msg, under_load, out) {
+        }
+    }
+
+    /// What the screen decided about `msg`: queue it, or count it.
+    fn screened(
+        &mut self,
+        dev: &Device,
+        load: &Load,
+        now: Timestamp,
+        src: SocketAddr,
+        msg: &[u8],
+        r: Result<Screened, DropReason>,
+    ) {
+        match r {
             Ok(Screened::Admitted { cookie_checked }) => {
                 if self.queue.len() >= self.capacity {
                     self.count(HsDrop::QueueFull);

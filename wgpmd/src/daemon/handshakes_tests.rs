@@ -86,6 +86,7 @@ fn setup(capacity: usize) -> Setup {
 impl Setup {
     fn arrive(&mut self, now: u64, src: &str, msg: &[u8]) {
         self.stage.arrive(&self.conc, &self.load, secs(now), addr(src), msg, &mut self.out);
+        self.stage.screen_arrivals(&self.conc, &self.load, secs(now), &mut self.out);
     }
     fn process(&mut self, now: u64, budget: usize) -> usize {
         self.stage.process(&self.conc, &self.load, secs(now), budget, &mut self.out)
@@ -302,9 +303,41 @@ fn messages_turned_away_under_load_renew_it_as_a_deep_queue_would() {
         let m = s.stranger.initiation();
         for _ in 0..turned_away {
             s.stage.arrive(&s.conc, &s.load, ms(20_900), addr(STRANGER), &m, &mut s.out);
+            s.stage.screen_arrivals(&s.conc, &s.load, ms(20_900), &mut s.out);
         }
         assert_eq!(s.dropped(HsDrop::BadMac2), turned_away as u64);
         assert_eq!(s.stage.len(), 0);
         assert_eq!(s.load.under_load(&s.conc, ms(21_500)), renewed, "{turned_away} turned away");
     }
+}
+
+#[test]
+fn held_messages_are_screened_eight_at_a_time_when_drained_or_after_the_hold() {
+    use super::{HOLD_MAX, SCREEN_BATCH};
+    let at = |us: u64| Timestamp::from_nanos(20_000_000_000 + us * 1000);
+    let mut s = setup(64);
+    s.overload(20);
+    let m = s.stranger.initiation();
+    let (conc, load) = (&s.conc, &s.load);
+    // Fewer than a batch, the queue still full: held, nothing answered yet.
+    for _ in 0..SCREEN_BATCH - 1 {
+        s.stage.arrive(conc, load, at(0), addr(STRANGER), &m, &mut s.out);
+    }
+    s.stage.screen_when_ready(conc, load, at(0), false, &mut s.out);
+    assert_eq!(s.out.transmits.len(), 0);
+    // The batch's last message: all eight answered (under load: cookie replies).
+    s.stage.arrive(conc, load, at(1), addr(STRANGER), &m, &mut s.out);
+    s.stage.screen_when_ready(conc, load, at(1), false, &mut s.out);
+    assert_eq!(s.out.transmits.len(), SCREEN_BATCH);
+    // One held: screened once the hold has passed, or at once when the queue is drained.
+    s.stage.arrive(conc, load, at(2), addr(STRANGER), &m, &mut s.out);
+    let hold_us = HOLD_MAX.as_micros() as u64;
+    s.stage.screen_when_ready(conc, load, at(1 + hold_us), false, &mut s.out);
+    assert_eq!(s.out.transmits.len(), SCREEN_BATCH);
+    s.stage.screen_when_ready(conc, load, at(2 + hold_us), false, &mut s.out);
+    assert_eq!(s.out.transmits.len(), SCREEN_BATCH + 1);
+    s.stage.arrive(conc, load, at(3 + hold_us), addr(STRANGER), &m, &mut s.out);
+    s.stage.screen_when_ready(conc, load, at(3 + hold_us), true, &mut s.out);
+    assert_eq!(s.out.transmits.len(), SCREEN_BATCH + 2);
+    assert_eq!(s.dropped(HsDrop::BadMac2), SCREEN_BATCH as u64 + 2);
 }

@@ -295,6 +295,8 @@ impl Worker {
             }
         }
         self.rx = rx;
+        // Handshake messages, screened several at a time (held over a few full bursts at most).
+        self.hs.screen_when_ready(dev, &self.sh.handoff.hs_load, now, n < BURST, &mut self.out);
         self.data_in(dev, now);
         n
     }
