@@ -53,6 +53,7 @@ mod burst;
 #[cfg(target_arch = "x86_64")]
 mod plan;
 pub mod portable;
+pub mod prefetch;
 #[cfg(target_arch = "x86_64")]
 mod sched;
 #[cfg(target_arch = "x86_64")]

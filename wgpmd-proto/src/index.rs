@@ -3,25 +3,40 @@
 //!
 //! Follows the kernel's `peerlookup.c` (`wg_index_hashtable_insert`): an index is drawn at
 //! random, retried while taken, and looked up on every data packet. Here it is an array of
-//! [`SHARDS`] cache-line-aligned `RwLock<HashMap>`s picked by the low index bits: data-path
-//! lookups from several cores take shared read locks on different shards, handshakes take a
-//! short write lock on one shard, and no operation ever holds two locks.
+//! [`SHARDS`] cache-line-aligned shards picked by the low index bits, each an open-addressed
+//! table under an `RwLock`: data-path lookups from several cores take shared read locks on
+//! different shards, handshakes take a short write lock on one shard, and no operation ever
+//! holds two locks.
 //!
 //! # Size
 //! The table is sized for millions of sessions: a carrier device with four million peers holds
 //! four to twelve million indices (current, next and previous keypairs, handshakes in flight),
-//! about 4,000 to 12,000 per shard. A shard's map grows by doubling, so the longest stall is one
+//! about 4,000 to 12,000 per shard. A shard's table grows by doubling, so the longest stall is one
 //! shard rehashing its entries (a fraction of a millisecond with one write lock held, against
 //! tens of milliseconds for one unsharded map), and the shard locks (64 KiB in all) spread the
-//! readers of different peers over 1024 cache lines.
+//! readers of different peers over 1024 cache lines. Every entry is counted ([`IndexTable::len`]).
+//!
+//! # Layout, and prefetching
+//! Each shard is one array of `(index, value)` slots, probed linearly from the index's home
+//! slot, at most three quarters full (so a lookup reads the home slot and rarely one more;
+//! removal shifts the entries after it back, leaving no tombstones). Unlike a general-purpose
+//! hash map (whose control bytes and buckets are two separate misses, the second known only
+//! after the first), the slot an index lives in is computable before the lookup: each shard
+//! publishes its array's address and size in two relaxed atomics, and
+//! [`IndexTable::prefetch`] reads them without the lock and starts loading the home slot's
+//! line. A burst of packets prefetches all its indices' slots first, then looks them up, so their
+//! misses overlap. The hint is only ever used as a prefetch address, never dereferenced: a stale
+//! one (the array just reallocated) costs a useless prefetch, nothing else.
 //!
 //! # Hashing
-//! The maps use [`IndexHasher`], a folded multiply that reads no OS randomness. That is safe
-//! against HashDoS because the keys are chosen by us, uniformly at random from an injected CSPRNG:
-//! an attacker cannot place entries in chosen buckets, and a lookup of an attacker-chosen absent
-//! index probes one bucket group of a table whose occupancy is random, which is the normal cost
-//! of a miss. The fold matters because the low bits also pick the shard and so are constant
-//! within one map.
+//! The home slot is the top bits of the index times an odd 64-bit constant (Fibonacci hashing),
+//! which reads no OS randomness. That is safe against HashDoS because the keys are chosen by us,
+//! uniformly at random from an injected CSPRNG: an attacker cannot place entries in chosen
+//! slots, and a lookup of an attacker-chosen absent index probes one run of a table whose
+//! occupancy is random, which is the normal cost of a miss. The top bits depend on every index
+//! bit, including those above the low bits, which pick the shard and so are constant within one
+//! shard. [`IndexHasher`], the same multiply folded, is kept for `HashMap`s of other keys we
+//! choose ourselves.
 //!
 //! # Termination
 //! With a real CSPRNG a retry is needed with probability `len / 2^32`. A broken RNG (say, one
@@ -30,8 +45,7 @@
 //! cannot hold 2^32 entries.
 
 use core::hash::{BuildHasherDefault, Hasher};
-use core::sync::atomic::{AtomicUsize, Ordering};
-use std::collections::HashMap;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rand_core::{CryptoRng, RngCore};
@@ -96,10 +110,141 @@ impl Hasher for IndexHasher {
 /// `BuildHasher` for [`IndexHasher`].
 pub type BuildIndexHasher = BuildHasherDefault<IndexHasher>;
 
-/// One shard, alone on its cache line(s) so cores locking neighbouring shards do not contend.
+/// Smallest slot array a shard allocates (a power of two): small, since a device with few
+/// sessions has one or two per shard (1024 shards), and the arrays count in its memory per peer.
+const MIN_SLOTS: usize = 4;
+
+/// The home slot of `index` in an array of `2^bits` slots (`bits` in 1..=63).
+#[inline(always)]
+fn home(index: u32, bits: u32) -> usize {
+    (u64::from(index).wrapping_mul(MUL) >> (64 - bits)) as usize
+}
+
+/// One shard's open-addressed table: `2^bits` slots (or none), linear probing, at most 3/4 full.
+#[derive(Debug)]
+struct Slots<V> {
+    slots: Box<[Option<(u32, V)>]>,
+    bits: u32,
+    len: usize,
+}
+
+impl<V> Slots<V> {
+    fn new() -> Self {
+        Slots { slots: Box::new([]), bits: 0, len: 0 }
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// The slot holding `index`. Ends: at most 3/4 of the slots are taken, so a probe meets an
+    /// empty one.
+    #[inline]
+    fn find(&self, index: u32) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.mask();
+        let mut i = home(index, self.bits);
+        loop {
+            match self.slots.get(i)? {
+                None => return None,
+                Some((k, _)) if *k == index => return Some(i),
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    #[inline]
+    fn get(&self, index: u32) -> Option<&V> {
+        self.find(index).and_then(|i| self.slots.get(i)?.as_ref()).map(|(_, v)| v)
+    }
+
+    #[inline]
+    fn get_mut(&mut self, index: u32) -> Option<&mut V> {
+        let i = self.find(index)?;
+        self.slots.get_mut(i)?.as_mut().map(|(_, v)| v)
+    }
+
+    /// Put `value` under `index` unless it is taken (then `value` comes back).
+    fn insert_vacant(&mut self, index: u32, value: V) -> Result<(), V> {
+        if self.find(index).is_some() {
+            return Err(value);
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let mask = self.mask();
+        let mut i = home(index, self.bits);
+        while self.slots.get(i).is_some_and(Option::is_some) {
+            i = (i + 1) & mask;
+        }
+        match self.slots.get_mut(i) {
+            Some(slot) => {
+                *slot = Some((index, value));
+                self.len += 1;
+                Ok(())
+            }
+            // Not reached: the array has a free slot after growing.
+            None => Err(value),
+        }
+    }
+
+    /// Double the array (or make the first one) and re-place every entry.
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(MIN_SLOTS);
+        let bits = cap.trailing_zeros();
+        let old = std::mem::replace(&mut self.slots, (0..cap).map(|_| None).collect());
+        self.bits = bits;
+        let mask = self.mask();
+        for (k, v) in old.into_vec().into_iter().flatten() {
+            let mut i = home(k, bits);
+            while self.slots.get(i).is_some_and(Option::is_some) {
+                i = (i + 1) & mask;
+            }
+            if let Some(slot) = self.slots.get_mut(i) {
+                *slot = Some((k, v));
+            }
+        }
+    }
+
+    /// Take the entry at slot `i` out, shifting the entries after it back so that every entry
+    /// stays reachable from its home slot (no tombstones).
+    fn remove_at(&mut self, mut i: usize) -> Option<V> {
+        let (_, removed) = self.slots.get_mut(i)?.take()?;
+        self.len -= 1;
+        let mask = self.mask();
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let Some(Some((k, _))) = self.slots.get(j) else { break };
+            // The entry at j may move back to the hole at i if i lies on its probe path, i.e.
+            // its home is not in the cyclic range (i, j].
+            let h = home(*k, self.bits);
+            if (j.wrapping_sub(h) & mask) >= (j.wrapping_sub(i) & mask) {
+                let moved = self.slots.get_mut(j).and_then(Option::take);
+                if let Some(slot) = self.slots.get_mut(i) {
+                    *slot = moved;
+                }
+                i = j;
+            }
+        }
+        Some(removed)
+    }
+}
+
+/// One shard, alone on its cache line(s) so cores locking neighbouring shards do not contend:
+/// its table under a lock, and the prefetch hint (see "Layout, and prefetching").
 #[repr(align(64))]
-#[derive(Debug, Default)]
-struct Shard<V>(RwLock<HashMap<u32, V, BuildIndexHasher>>);
+#[derive(Debug)]
+struct Shard<V> {
+    map: RwLock<Slots<V>>,
+    /// Address of the slot array (0: none), written under the write lock when it changes.
+    hint_base: AtomicUsize,
+    /// Its `bits` (as [`Slots::bits`]).
+    hint_bits: AtomicU32,
+}
 
 /// Receiver index to `V` (typically an `Arc` of a handshake or keypair), safe to share across
 /// threads (`&self` everywhere).
@@ -118,41 +263,86 @@ impl<V> Default for IndexTable<V> {
 impl<V> IndexTable<V> {
     /// An empty table.
     pub fn new() -> Self {
-        let shards = (0..SHARDS).map(|_| Shard(RwLock::new(HashMap::default()))).collect();
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                map: RwLock::new(Slots::new()),
+                hint_base: AtomicUsize::new(0),
+                hint_bits: AtomicU32::new(0),
+            })
+            .collect();
         IndexTable { shards, len: AtomicUsize::new(0) }
     }
 
     #[inline]
-    fn shard(&self, index: u32) -> &RwLock<HashMap<u32, V, BuildIndexHasher>> {
+    fn shard(&self, index: u32) -> &Shard<V> {
         // SHARDS is a power of two, so the mask keeps the index in range.
-        &self.shards[index as usize & (SHARDS - 1)].0
+        &self.shards[index as usize & (SHARDS - 1)]
     }
 
     // A panic while a write lock was held can only come from a `remove_if` predicate (or
-    // allocation failure), which runs before the map is changed: the map is intact, so a
+    // allocation failure), which runs before the table is changed: the table is intact, so a
     // poisoned lock is used as is rather than taking the data path down.
     #[inline]
-    fn read(&self, index: u32) -> RwLockReadGuard<'_, HashMap<u32, V, BuildIndexHasher>> {
-        self.shard(index).read().unwrap_or_else(PoisonError::into_inner)
+    fn read(&self, index: u32) -> RwLockReadGuard<'_, Slots<V>> {
+        self.shard(index).map.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     #[inline]
-    fn write(&self, index: u32) -> RwLockWriteGuard<'_, HashMap<u32, V, BuildIndexHasher>> {
-        self.shard(index).write().unwrap_or_else(PoisonError::into_inner)
+    fn write(&self, index: u32) -> RwLockWriteGuard<'_, Slots<V>> {
+        self.shard(index).map.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Start loading the line of `index`'s home slot (a burst's first pass over its indices),
+    /// without the lock: from the shard's hint, which is only an address to prefetch (a stale
+    /// one wastes the prefetch). Reads nothing else and changes nothing.
+    #[inline]
+    pub fn prefetch(&self, index: u32) {
+        if let Some(at) = self.hint(index) {
+            // An address made from an integer only to be prefetched, never dereferenced. The
+            // slot's last byte too, for a slot that straddles two lines.
+            wgpmd_aead::prefetch::read_ptr(at as *const u8);
+            wgpmd_aead::prefetch::read_ptr(at.wrapping_add(core::mem::size_of::<Option<(u32, V)>>() - 1) as *const u8);
+        }
+    }
+
+    /// The address of `index`'s home slot as the shard's hint says (`None`: no array yet).
+    #[inline]
+    fn hint(&self, index: u32) -> Option<usize> {
+        let shard = self.shard(index);
+        let base = shard.hint_base.load(Ordering::Relaxed);
+        let bits = shard.hint_bits.load(Ordering::Relaxed);
+        if base == 0 || !(1..64).contains(&bits) {
+            return None;
+        }
+        Some(base.wrapping_add(home(index, bits).wrapping_mul(core::mem::size_of::<Option<(u32, V)>>())))
+    }
+
+    /// Publish the shard's array address for [`IndexTable::prefetch`] (under its write lock).
+    fn publish_hint(&self, index: u32, map: &Slots<V>) {
+        let shard = self.shard(index);
+        shard.hint_base.store(map.slots.as_ptr() as usize, Ordering::Relaxed);
+        shard.hint_bits.store(map.bits, Ordering::Relaxed);
     }
 
     /// Stores `value` under a fresh random index drawn from `rng` and returns the index.
     /// Never returns an index already in the table (see the module doc on termination).
     pub fn insert_new<R: RngCore + CryptoRng>(&self, rng: &mut R, value: V) -> u32 {
+        let mut value = value;
         let mut candidate = rng.next_u32();
         let mut tries = 1;
         loop {
             {
                 let mut map = self.write(candidate);
-                if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(candidate) {
-                    slot.insert(value);
-                    self.len.fetch_add(1, Ordering::Relaxed);
-                    return candidate;
+                let before = map.slots.as_ptr();
+                match map.insert_vacant(candidate, value) {
+                    Ok(()) => {
+                        if map.slots.as_ptr() != before {
+                            self.publish_hint(candidate, &map);
+                        }
+                        self.len.fetch_add(1, Ordering::Relaxed);
+                        return candidate;
+                    }
+                    Err(v) => value = v,
                 }
             }
             candidate = if tries < MAX_RANDOM_TRIES { rng.next_u32() } else { candidate.wrapping_add(1) };
@@ -162,7 +352,7 @@ impl<V> IndexTable<V> {
 
     /// Replaces the value at `index` if present; returns whether it was.
     pub fn replace(&self, index: u32, value: V) -> bool {
-        match self.write(index).get_mut(&index) {
+        match self.write(index).get_mut(index) {
             Some(slot) => {
                 *slot = value;
                 true
@@ -173,7 +363,10 @@ impl<V> IndexTable<V> {
 
     /// Removes and returns the value at `index`.
     pub fn remove(&self, index: u32) -> Option<V> {
-        let removed = self.write(index).remove(&index);
+        let removed = {
+            let mut map = self.write(index);
+            map.find(index).and_then(|i| map.remove_at(i))
+        };
         if removed.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
@@ -184,15 +377,22 @@ impl<V> IndexTable<V> {
     /// this keypair"), atomically with respect to other operations on the table.
     pub fn remove_if(&self, index: u32, pred: impl FnOnce(&V) -> bool) -> Option<V> {
         let mut map = self.write(index);
-        if !map.get(&index).is_some_and(pred) {
+        if !map.get(index).is_some_and(pred) {
             return None;
         }
-        let removed = map.remove(&index);
+        let removed = map.find(index).and_then(|i| map.remove_at(i));
         drop(map);
         if removed.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
         removed
+    }
+
+    /// `f` of the value at `index`, under the shard's read lock, without cloning it (a burst's
+    /// look at its entries, to prefetch what they point to).
+    #[inline]
+    pub fn with<R>(&self, index: u32, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.read(index).get(index).map(f)
     }
 
     /// Number of entries (exact when no other thread is changing the table).
@@ -210,7 +410,7 @@ impl<V: Clone> IndexTable<V> {
     /// A clone of the value at `index` (a data-path lookup: one shared lock, one probe).
     #[inline]
     pub fn get(&self, index: u32) -> Option<V> {
-        self.read(index).get(&index).cloned()
+        self.read(index).get(index).cloned()
     }
 }
 
@@ -340,6 +540,111 @@ mod tests {
             })
             .collect();
         assert!(low.len() > 128, "only {} distinct low hash bytes", low.len());
+    }
+
+    /// An RNG that hands out the given values, in order (then zeros).
+    struct Scripted(std::vec::IntoIter<u32>);
+    impl RngCore for Scripted {
+        fn next_u32(&mut self) -> u32 {
+            self.0.next().unwrap_or(0)
+        }
+        fn next_u64(&mut self) -> u64 {
+            u64::from(self.next_u32())
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            rand_core::impls::fill_bytes_via_next(self, dest)
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+    impl CryptoRng for Scripted {}
+
+    #[test]
+    fn one_crowded_shard_against_a_model() {
+        // Every index in shard 0x142, so one open-addressed array takes them all: it grows many
+        // times, and random removals shift runs back across the array's end. After every step
+        // the table must agree with a HashMap about every index ever used.
+        use rand::{Rng, SeedableRng as _};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let table = IndexTable::<u64>::new();
+        let mut model = std::collections::HashMap::new();
+        let mut used = Vec::new();
+        for step in 0..6000u64 {
+            let op = rng.gen_range(0..10);
+            if op < 6 || model.is_empty() {
+                // Often an index already present: insert_new must skip it (and take the next).
+                let taken = model.keys().copied().nth(rng.gen_range(0..model.len().max(1)));
+                let fresh = (rng.gen::<u32>() << 10) | 0x142;
+                let script = match taken {
+                    Some(t) if rng.gen_bool(0.3) => vec![t, fresh],
+                    _ => vec![fresh],
+                };
+                // The first draw not taken; none (a fresh draw repeated one): a later draw.
+                let want = script.iter().copied().find(|i| !model.contains_key(i));
+                let got = table.insert_new(&mut Scripted(script.into_iter()), step);
+                assert!(!model.contains_key(&got), "{got:#x} handed out twice");
+                if let Some(want) = want {
+                    assert_eq!(got, want);
+                }
+                model.insert(got, step);
+                used.push(got);
+            } else {
+                let victim = used[rng.gen_range(0..used.len())];
+                match op {
+                    6..=7 => assert_eq!(table.remove(victim), model.remove(&victim)),
+                    8 => {
+                        let odd = |v: &u64| v % 2 == 1;
+                        let want = model.get(&victim).copied().filter(odd);
+                        assert_eq!(table.remove_if(victim, odd), want);
+                        if want.is_some() {
+                            model.remove(&victim);
+                        }
+                    }
+                    _ => {
+                        assert_eq!(table.replace(victim, step), model.contains_key(&victim));
+                        if let Some(v) = model.get_mut(&victim) {
+                            *v = step;
+                        }
+                    }
+                }
+            }
+            assert_eq!(table.len(), model.len());
+            if step % 97 == 0 || step > 5900 {
+                for &i in &used {
+                    assert_eq!(table.get(i), model.get(&i).copied(), "index {i:#x} at step {step}");
+                }
+            }
+        }
+        let map = table.read(0x142);
+        assert!(map.slots.len() >= 64 && map.len * 4 <= map.slots.len() * 3);
+    }
+
+    #[test]
+    fn the_prefetch_hint_points_at_the_home_slot() {
+        let table = IndexTable::<u64>::new();
+        // No array yet: no hint, and prefetching is a no-op.
+        assert_eq!(table.hint(5), None);
+        table.prefetch(5);
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let indices: Vec<u32> = (0..20_000u64).map(|v| table.insert_new(&mut rng, v)).collect();
+        let mut at_home = 0;
+        for &i in &indices {
+            let map = table.read(i);
+            let slot = map.find(i).expect("present");
+            let base = map.slots.as_ptr() as usize;
+            let size = core::mem::size_of::<Option<(u32, u64)>>();
+            let hint = table.hint(i).expect("a hint");
+            // The hint is the home slot of the current array (published at every growth).
+            assert_eq!(hint, base + home(i, map.bits) * size);
+            if hint == base + slot * size {
+                at_home += 1;
+            }
+            table.prefetch(i);
+        }
+        // At most 3/4 full: most entries sit in their home slot.
+        assert!(at_home * 2 > indices.len(), "{at_home} of {} at home", indices.len());
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod keypair;
 pub mod keypairs;
 pub mod replay;
 
+pub(crate) use keypair::prefetch_refcount;
 pub use keypair::{padded_len, Keypair, OpenError, SealError};
 pub use keypairs::{Dropped, Keypairs};
 pub use replay::ReplayWindow;

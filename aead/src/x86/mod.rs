@@ -166,3 +166,23 @@ pub(crate) fn wg_len(lanes: &[Lane<'_>]) -> Option<usize> {
     let ok = lanes.len() <= MAX_LANES && len % 16 == 0 && lanes.iter().all(|l| l.aad.is_empty() && l.buf.len() == len);
     ok.then_some(len)
 }
+
+/// Start loading the cache line holding `p` into every cache level (PREFETCHT0).
+#[inline(always)]
+pub(crate) fn prefetch_read(p: *const u8) {
+    // SAFETY: PREFETCHT0 (SSE, part of the x86-64 baseline) is a hint: it never faults, reads
+    // nothing into a register and changes no architectural state, whatever the address (a
+    // dangling, unmapped or null one included), so any pointer value is sound.
+    unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
+}
+
+/// Start loading the cache line holding `p` for writing: PREFETCHW (the line arrives exclusive,
+/// so a later atomic read-modify-write of it does not wait for ownership) when the build enables
+/// the `prfchw` target feature (e.g. `-C target-cpu=native`); in a baseline x86-64 build the
+/// compiler emits PREFETCHT0 for it instead (the line arrives, shared).
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const u8) {
+    // SAFETY: as in `prefetch_read`: PREFETCHW is a hint that never faults and changes no
+    // architectural state, whatever the address.
+    unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p.cast()) }
+}

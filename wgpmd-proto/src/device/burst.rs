@@ -6,7 +6,11 @@
 //!
 //! Receive ([`Device::decapsulate_burst`]):
 //! 1. parse every header, look every receiver index up (the worker's index cache: no lock, no
-//!    reference count on a hit) and group the messages by keypair;
+//!    reference count on a hit) and group the messages by keypair. In stages over the whole
+//!    chunk, so that a large table's cache misses overlap instead of queueing (the DPDK way):
+//!    prefetch the table slots of the cache's misses, then look at them and prefetch their
+//!    keypairs (reference count, replay window, key) and peer-table slots, then take them, then
+//!    read the peers and prefetch their lines (endpoint, counters, timers);
 //! 2. per keypair: the age check, then ONE replay-window lock for every message's pre-check
 //!    (limit, replay); the messages that pass are the ones decrypted;
 //! 3. the AEAD over the burst, [`wgpmd_aead::Lanes::open_lanes`] in calls of at most 16 lanes, with
@@ -16,11 +20,15 @@
 //!    marked by the earlier messages of the burst, so a counter twice in one burst is accepted
 //!    once), then the tag, then the marking;
 //! 5. in burst order: key confirmation (`received_with`) once per keypair, keep_key_fresh, the
-//!    inner-header and allowed-IPs checks; a message whose keypair an earlier message's
+//!    inner-header and allowed-IPs checks (the IPv4 sources looked up together beforehand, with
+//!    `AllowedIps::lookup_v4_batch`); a message whose keypair an earlier message's
 //!    confirmation retired is an unknown index, as it would have been one message later;
 //! 6. per peer: the endpoint (the last authenticated source: roaming), byte counter, timers.
 //!
-//! Send ([`Device::encapsulate_burst`]): per peer its endpoint and current keypair once; per
+//! Send ([`Device::encapsulate_burst`]): first the loads of the chunk's peer-table slots, then
+//! of the peers' lines, then of their current keypairs' sending lines and reference counts are
+//! started (three passes, each reading what the one before loaded); then per peer its endpoint
+//! and current keypair once; per
 //! message the buffer check; per keypair the counters reserved with one atomic operation that
 //! stops at `REJECT_AFTER_MESSAGES`; headers and padding; [`wgpmd_aead::Lanes::seal_lanes`] in
 //! calls of at most 16 lanes; per peer the byte counter, timers and the rekey check.
@@ -30,7 +38,7 @@
 //! arrived). Events may come in another order than one message at a time would give them, never
 //! with other content.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -212,9 +220,22 @@ impl Device {
         let mut confirmed = [false; CHUNK];
         let mut ngroups = 0usize;
 
-        // 1. Headers and lookups, grouped by receiver index (one index, one keypair).
+        // 1. Headers and lookups, grouped by receiver index (one index, one keypair), in stages
+        // so that the cold lines of a large table are loaded for the whole chunk at once rather
+        // than one packet's misses after another's: (a) every header, and each distinct index
+        // against the worker's cache, starting the loads of what a hit will touch, and for a
+        // miss of the index table's slot (`IndexTable::prefetch`); (b) the
+        // misses' first look at the shared table, starting the loads of their keypairs (the
+        // reference count included) without taking a reference; (c) the misses taken from the
+        // table; (d) the peers, whose lines are started for phases 5 and 6.
         out.cache.begin_burst();
         let mut by_index = SmallMap::new();
+        let mut look_index = [0u32; CHUNK];
+        let mut look_counter = [0u64; CHUNK];
+        let mut look_of = [0u8; CHUNK];
+        let mut look: [Option<(PeerId, Found)>; CHUNK] = core::array::from_fn(|_| None);
+        let mut missed = 0u32;
+        let mut nlook = 0usize;
         for (i, it) in items.iter().enumerate() {
             // Type and length, checked together before any other byte is read.
             let Ok(data) = TransportData::new_checked(&*it.msg) else {
@@ -223,24 +244,59 @@ impl Device {
             };
             let index = data.receiver_index();
             counter[i] = data.counter();
-            if let Some(g) = by_index.get(index) {
-                group_of[i] = g;
+            if let Some(u) = by_index.get(index) {
+                look_of[i] = u;
                 continue;
             }
-            let found = out.cache.lookup(&self.index, index, &mut out.stats);
-            let Some((peer, found)) = found.filter(|(id, _)| self.peer(*id).is_some()) else {
-                verdict[i] = Verdict::Drop(DropReason::UnknownIndex);
-                continue;
-            };
-            let g = &mut groups[ngroups];
-            g.peer = peer;
+            match out.cache.probe(index, &mut out.stats) {
+                Some((peer, slot)) => {
+                    if let Some(kp) = out.cache.get(slot) {
+                        kp.prefetch_recv(counter[i]);
+                    }
+                    self.prefetch_peer_slot(peer);
+                    look[nlook] = Some((peer, Found::Slot(slot)));
+                }
+                None => {
+                    self.index.prefetch(index);
+                    missed |= 1 << nlook;
+                }
+            }
+            (look_index[nlook], look_counter[nlook]) = (index, counter[i]);
+            by_index.insert(index, nlook as u8);
+            look_of[i] = nlook as u8;
+            nlook += 1;
+        }
+        let misses = || (0..nlook).filter(move |u| missed & (1 << u) != 0);
+        for u in misses() {
+            if let Some(peer) = out.cache.prefetch_miss(&self.index, look_index[u], look_counter[u]) {
+                self.prefetch_peer_slot(peer);
+            }
+        }
+        for u in misses() {
+            look[u] = out.cache.fill(&self.index, look_index[u], &mut out.stats);
+        }
+        // Lookups to groups: a found index of a peer still configured.
+        let mut group_of_look = [u8::MAX; CHUNK];
+        for (u, found) in look.iter_mut().enumerate().take(nlook) {
+            let Some((peer, found)) = found.take() else { continue };
+            let Some(p) = self.peer(peer) else { continue };
+            p.prefetch();
+            groups[ngroups] = RxGroup { peer, slot: 0 };
             match found {
-                Found::Slot(s) => g.slot = s,
+                Found::Slot(s) => groups[ngroups].slot = s,
                 Found::Owned(kp) => owned[ngroups] = Some(kp),
             }
-            by_index.insert(index, ngroups as u8);
-            group_of[i] = ngroups as u8;
+            group_of_look[u] = ngroups as u8;
             ngroups += 1;
+        }
+        for i in 0..n {
+            if verdict[i] != Verdict::Pending {
+                continue;
+            }
+            match group_of_look[look_of[i] as usize] {
+                u8::MAX => verdict[i] = Verdict::Drop(DropReason::UnknownIndex),
+                g => group_of[i] = g,
+            }
         }
 
         let Output { stats, events, cache, lanes, .. } = out;
@@ -326,7 +382,28 @@ impl Device {
             }
         }
 
-        // 5. In order: confirmation, keep_key_fresh, inner checks.
+        // 5. In order: confirmation, keep_key_fresh, inner checks. The IPv4 sources of the
+        // authenticated messages are looked up in the allowed IPs first, all together, so that
+        // the trie's misses overlap (the table does not change during the call).
+        let mut v4 = [Ipv4Addr::UNSPECIFIED; CHUNK];
+        let mut v4_item = [0u8; CHUNK];
+        let mut nv4 = 0usize;
+        for (i, it) in items.iter().enumerate() {
+            if verdict[i] != Verdict::Accepted {
+                continue;
+            }
+            let inner = it.msg.get(DATA_HEADER_LEN..it.msg.len().saturating_sub(TAG_LEN));
+            if let Some((IpAddr::V4(a), _, _)) = inner.and_then(inner_addrs) {
+                (v4[nv4], v4_item[nv4]) = (a, i as u8);
+                nv4 += 1;
+            }
+        }
+        let mut v4_route = [None; CHUNK];
+        self.allowed.lookup_v4_batch(&v4[..nv4], &mut v4_route[..nv4]);
+        let mut src_route: [Option<Option<PeerId>>; CHUNK] = [None; CHUNK];
+        for j in 0..nv4 {
+            src_route[v4_item[j] as usize] = Some(v4_route[j]);
+        }
         let mut peers: [Option<RxPeer<'_>>; CHUNK] = core::array::from_fn(|_| None);
         let mut npeers = 0usize;
         let mut by_peer = SmallMap::new();
@@ -350,7 +427,7 @@ impl Device {
                                 }
                             };
                             let agg = peers[p].get_or_insert(RxPeer { peer, src: it.src, bytes: 0, data: 0 });
-                            self.accepted(now, id, peer, kp, agg, it, stats, events)
+                            self.accepted(now, id, peer, kp, agg, it, src_route[i], stats, events)
                         }
                         _ => Err(DropReason::UnknownIndex),
                     }
@@ -397,6 +474,7 @@ impl Device {
         kp: &Keypair,
         agg: &mut RxPeer<'_>,
         it: &RxItem<'_>,
+        src_route: Option<Option<PeerId>>,
         stats: &mut super::Stats,
         events: &mut Vec<Event>,
     ) -> Result<Decapsulated, DropReason> {
@@ -427,7 +505,8 @@ impl Device {
         if inner_len > range.len() {
             return Err(DropReason::InvalidInner);
         }
-        if self.allowed.lookup(src_ip) != Some(id) {
+        // Looked up with the chunk's other sources, or now.
+        if src_route.unwrap_or_else(|| self.allowed.lookup(src_ip)) != Some(id) {
             tracing::debug!("Packet has disallowed src IP ({}) from {}", src_ip, peer.name());
             return Err(DropReason::DisallowedSource);
         }
@@ -452,7 +531,31 @@ impl Device {
         let mut by_peer = SmallMap::new();
         let generation = self.generation();
 
-        // 1. Per peer its endpoint and keypair; per message the buffer check.
+        // 1. Per peer its endpoint and keypair; per message the buffer check. First, for the
+        // whole chunk, the loads of the peers' slots, then of their lines, then of their current
+        // keypairs' sending lines are started, each pass reading what the one before loaded, so
+        // a large table's misses overlap instead of queueing.
+        let mut distinct = [0 as PeerId; CHUNK];
+        let mut ndistinct = 0usize;
+        for it in items.iter() {
+            if by_peer.get(it.peer).is_none() {
+                by_peer.insert(it.peer, ndistinct as u8);
+                distinct[ndistinct] = it.peer;
+                ndistinct += 1;
+                self.prefetch_peer_slot(it.peer);
+            }
+        }
+        for &id in &distinct[..ndistinct] {
+            if let Some(peer) = self.peer(id) {
+                peer.prefetch();
+            }
+        }
+        for &id in &distinct[..ndistinct] {
+            if let Some(peer) = self.peer(id) {
+                peer.keypairs.prefetch_current();
+            }
+        }
+        let mut by_peer = SmallMap::new();
         for (i, it) in items.iter().enumerate() {
             let g = match by_peer.get(it.peer) {
                 Some(g) => g as usize,

@@ -16,6 +16,10 @@
 //!   index is never reused while its keypair is in the table, so a cached (index, keypair) whose
 //!   keypair is not retired is what the table holds (up to the same race a table lookup has with
 //!   a concurrent removal).
+//! - A burst looks up in stages ([`IndexCache::probe`] for every index, then for the misses
+//!   [`IndexCache::prefetch_miss`], a first look at the table entry that takes no reference and
+//!   only starts loading what comes next, then [`IndexCache::fill`]), so that the misses of a
+//!   burst overlap.
 //! - Within one burst, an entry a packet of the burst already uses is pinned: a later miss that
 //!   maps to the same slot keeps its keypair outside the cache for the burst (one clone) instead
 //!   of evicting it.
@@ -27,7 +31,7 @@ use std::sync::Arc;
 
 use super::{IndexEntry, PeerId, Stats};
 use crate::index::IndexTable;
-use crate::session::Keypair;
+use crate::session::{prefetch_refcount, Keypair};
 
 /// Entries per worker (a power of two).
 pub const SLOTS: usize = 256;
@@ -78,10 +82,49 @@ impl IndexCache {
         self.burst += 1;
     }
 
-    /// The peer and keypair of receiver index `index`: from the cache, or from `table` on a miss
-    /// (then cached unless the slot is pinned). `None`: not a keypair's index.
+    /// The cache alone: on a hit (counted) the peer and the slot, pinned for the burst. A miss
+    /// is not counted here ([`fill`](Self::fill) counts it).
     #[inline]
-    pub(crate) fn lookup(
+    pub(crate) fn probe(&mut self, index: u32, stats: &mut Stats) -> Option<(PeerId, usize)> {
+        let slot = index as usize & (SLOTS - 1);
+        let burst = self.burst;
+        let e = &mut self.entries[slot];
+        if e.index == index && e.kp.as_ref().is_some_and(|kp| !kp.is_retired()) {
+            e.pinned = burst;
+            stats.index_cache_hits += 1;
+            return Some((e.peer, slot));
+        }
+        None
+    }
+
+    /// A first look at a miss, taking no reference: starts loading what [`fill`](Self::fill)
+    /// will touch (the keypair's reference count and receive lines, `counter`'s window word, and
+    /// the reference count of the keypair the fill would evict), so that a burst's misses
+    /// overlap. Returns the peer the index belongs to, for its own hints.
+    #[inline]
+    pub(crate) fn prefetch_miss(&self, table: &IndexTable<IndexEntry>, index: u32, counter: u64) -> Option<PeerId> {
+        let e = &self.entries[index as usize & (SLOTS - 1)];
+        if e.pinned != self.burst {
+            if let Some(old) = e.kp.as_ref() {
+                prefetch_refcount(old);
+            }
+        }
+        table
+            .with(index, |v| match v {
+                IndexEntry::Keypair(peer, kp) => {
+                    prefetch_refcount(kp);
+                    kp.prefetch_recv(counter);
+                    Some(*peer)
+                }
+                IndexEntry::Handshake(_) => None,
+            })
+            .flatten()
+    }
+
+    /// A miss (counted): the peer and keypair from `table`, cached unless the slot is pinned.
+    /// `None`: not a keypair's index.
+    #[inline]
+    pub(crate) fn fill(
         &mut self,
         table: &IndexTable<IndexEntry>,
         index: u32,
@@ -89,16 +132,11 @@ impl IndexCache {
     ) -> Option<(PeerId, Found)> {
         let slot = index as usize & (SLOTS - 1);
         let burst = self.burst;
-        let e = &mut self.entries[slot];
-        if e.index == index && e.kp.as_ref().is_some_and(|kp| !kp.is_retired()) {
-            e.pinned = burst;
-            stats.index_cache_hits += 1;
-            return Some((e.peer, Found::Slot(slot)));
-        }
         stats.index_cache_misses += 1;
         let Some(IndexEntry::Keypair(peer, kp)) = table.get(index) else {
             return None;
         };
+        let e = &mut self.entries[slot];
         if e.pinned == burst {
             return Some((peer, Found::Owned(kp)));
         }

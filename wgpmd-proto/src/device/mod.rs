@@ -621,6 +621,14 @@ impl Device {
         self.peers.get(id as usize).and_then(Option::as_ref)
     }
 
+    /// Cache hint: start loading peer `id`'s slot in the peer table (a burst's first pass).
+    #[inline]
+    pub(crate) fn prefetch_peer_slot(&self, id: PeerId) {
+        if let Some(slot) = self.peers.get(id as usize) {
+            wgpmd_aead::prefetch::read(slot);
+        }
+    }
+
     /// Every peer, in id order.
     pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.peers.iter().flatten()
@@ -689,6 +697,35 @@ impl Device {
     /// The peer whose allowed IPs most specifically cover `addr`.
     pub fn route(&self, addr: IpAddr) -> Option<PeerId> {
         self.allowed.lookup(addr)
+    }
+
+    /// [`Device::route`] of every address of `addrs` (`None`: no address, no route) into the
+    /// same position of `out` (up to the shorter of the two). The IPv4 addresses are looked up
+    /// together, so that their cache misses in a large table overlap (a burst's routes).
+    pub fn route_batch(&self, addrs: &[Option<IpAddr>], out: &mut [Option<PeerId>]) {
+        for (addrs, out) in addrs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+            let mut v4 = [std::net::Ipv4Addr::UNSPECIFIED; CHUNK];
+            let mut at = [0u8; CHUNK];
+            let mut n = 0;
+            for (i, (a, o)) in addrs.iter().zip(out.iter_mut()).enumerate() {
+                *o = match a {
+                    Some(IpAddr::V4(a)) => {
+                        (v4[n], at[n]) = (*a, i as u8);
+                        n += 1;
+                        None
+                    }
+                    Some(a @ IpAddr::V6(_)) => self.allowed.lookup(*a),
+                    None => None,
+                };
+            }
+            let mut routes = [None; CHUNK];
+            self.allowed.lookup_v4_batch(&v4[..n], &mut routes[..n]);
+            for (r, &i) in routes.iter().zip(&at).take(n) {
+                if let Some(o) = out.get_mut(usize::from(i)) {
+                    *o = *r;
+                }
+            }
+        }
     }
 
     /// Feed the under-load detector with the depth of the caller's handshake queue; returns

@@ -746,3 +746,39 @@ fn per_peer_sizes() {
     }
     println!("| handshake in flight (boxed inside noise::Handshake) | {} |", crate::noise::flight_size());
 }
+
+/// `route_batch` answers exactly what `route` answers for each address, in place: IPv4 (looked
+/// up together), IPv6, no address, unrouted ones, and bursts longer than a chunk and ragged.
+#[test]
+fn route_batch_agrees_with_route() {
+    use rand::Rng;
+    use rand_core::RngCore;
+    let mut rng = ChaCha20Rng::seed_from_u64(23);
+    let mut dev = Device::new(&mut rng, 0);
+    let mut ids = Vec::new();
+    for i in 0..300u32 {
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let id = dev.add_peer(&mut rng, key).unwrap();
+        dev.add_allowed_ip(id, IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), 32).unwrap();
+        dev.add_allowed_ip(id, IpAddr::V6(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i))), 128).unwrap();
+        ids.push(id);
+    }
+    // A covering prefix for part of the range, so longest-prefix matching matters too.
+    dev.add_allowed_ip(ids[7], IpAddr::V4(Ipv4Addr::new(10, 0, 1, 0)), 24).unwrap();
+    for len in [0usize, 1, 5, 32, 33, 70] {
+        let addrs: Vec<Option<IpAddr>> = (0..len)
+            .map(|_| match rng.gen_range(0..4) {
+                0 => None,
+                1 => Some(IpAddr::V6(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | rng.gen_range(0..400u128)))),
+                _ => Some(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + rng.gen_range(0..600u32)))),
+            })
+            .collect();
+        let mut out = vec![Some(u32::MAX); len];
+        dev.route_batch(&addrs, &mut out);
+        let want: Vec<Option<PeerId>> = addrs.iter().map(|a| a.and_then(|a| dev.route(a))).collect();
+        assert_eq!(out, want, "burst of {len}");
+        assert!(len < 20 || want.iter().flatten().count() > len / 4, "the burst routes something");
+        assert!(len < 20 || want.iter().any(Option::is_none), "and leaves something unrouted");
+    }
+}

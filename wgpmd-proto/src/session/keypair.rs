@@ -127,6 +127,16 @@ pub struct Keypair {
     recv: Receiving,
 }
 
+/// Cache hint for taking a reference to `kp` (cloning or dropping an `Arc<Keypair>` writes its
+/// reference count, which sits on its own line just before the keypair, the keypair being
+/// 64-byte aligned): starts loading that line for writing. A hint computed from the standard
+/// library's `Arc` layout, never dereferenced.
+#[inline]
+pub(crate) fn prefetch_refcount(kp: &std::sync::Arc<Keypair>) {
+    let header = core::mem::align_of::<Keypair>().max(2 * core::mem::size_of::<usize>());
+    wgpmd_aead::prefetch::write_ptr(std::sync::Arc::as_ptr(kp).cast::<u8>().wrapping_sub(header));
+}
+
 impl core::fmt::Debug for Keypair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Keypair")
@@ -337,6 +347,30 @@ impl Keypair {
             Ok(c) => (c, n.min(REJECT_AFTER_MESSAGES - c)),
             Err(c) => (c, 0),
         }
+    }
+
+    /// Cache hints for a burst that will open a message with `counter` under this keypair
+    /// (`crate::device::burst`): starts loading the lines the receive path touches, the window's
+    /// lock and counter, the window word `counter` falls in, and the line of the key, the birth
+    /// time and the `retired` flag, so that a burst's misses overlap instead of queueing. Changes
+    /// nothing.
+    #[inline]
+    pub(crate) fn prefetch_recv(&self, counter: u64) {
+        use wgpmd_aead::prefetch;
+        prefetch::write(&self.recv.window);
+        // Where the word of `counter` lies inside the locked window (a hint: the mutex's
+        // layout is the standard library's, so this is an estimate, never dereferenced).
+        let word = (counter / u64::BITS as u64) as usize % (crate::messages::COUNTER_BITS_TOTAL as usize / 64);
+        prefetch::write_ptr(core::ptr::from_ref(&self.recv.window).cast::<u8>().wrapping_add(16 + 8 * word));
+        prefetch::read(&self.recv.key);
+        prefetch::read(&self.recv.retired);
+    }
+
+    /// Cache hints for a burst that will seal with this keypair: the sending line (counter, key,
+    /// limits), for writing.
+    #[inline]
+    pub(crate) fn prefetch_send(&self) {
+        wgpmd_aead::prefetch::write(&self.send);
     }
 
     /// The replay window, locked (the device's burst path takes it once per keypair per burst

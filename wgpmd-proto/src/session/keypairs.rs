@@ -103,6 +103,15 @@ impl Keypairs {
     pub fn current(&self) -> Option<Arc<Keypair>> {
         self.current.load_full()
     }
+    /// Cache hints for a burst that will seal with the current keypair: its reference count and
+    /// its sending line (no reference is kept).
+    #[inline]
+    pub(crate) fn prefetch_current(&self) {
+        if let Some(kp) = self.current.load().as_ref() {
+            super::keypair::prefetch_refcount(kp);
+            kp.prefetch_send();
+        }
+    }
     /// The keypair awaiting confirmation, if we were the responder of the last handshake.
     pub fn next(&self) -> Option<Arc<Keypair>> {
         self.next.load_full()

@@ -56,6 +56,9 @@ pub(crate) struct Worker {
     data: Vec<(Buffer, SocketAddr, EthernetAddress)>,
     /// The inner burst's routed packets (with their peer and plaintext length), sealed as one.
     seal: Vec<(Buffer, PeerId, usize)>,
+    /// The inner burst's destinations and their routes (reused, no allocation per burst).
+    dsts: Vec<Option<IpAddr>>,
+    routes: Vec<Option<PeerId>>,
     /// Reused room for the device's burst items and results (no allocation per burst).
     rx_items: Vec<RxItem<'static>>,
     tx_items: Vec<TxItem<'static>>,
@@ -81,6 +84,8 @@ impl Worker {
             exc_bucket,
             data: Vec::with_capacity(BURST),
             seal: Vec::with_capacity(BURST),
+            dsts: Vec::with_capacity(BURST),
+            routes: Vec::with_capacity(BURST),
             rx_items: Vec::with_capacity(BURST),
             tx_items: Vec::with_capacity(BURST),
             rx_results: Vec::with_capacity(BURST),
@@ -393,9 +398,16 @@ impl Worker {
         if self.panic_hook && rx.iter().any(|b| b.data().first().is_some_and(|v| v >> 4 == 4)) {
             panic!("test hook {PANIC_HOOK_ENV}={}: a worker panic on demand", self.id);
         }
-        for mut buf in rx.drain(..) {
+        // The burst's routes first, looked up together (their misses in a large table overlap).
+        self.dsts.clear();
+        self.dsts.extend(rx.iter().map(|b| inner_dst(b.data())));
+        self.routes.clear();
+        self.routes.resize(rx.len(), None);
+        dev.route_batch(&self.dsts, &mut self.routes);
+        let routes = std::mem::take(&mut self.routes);
+        for (mut buf, route) in rx.drain(..).zip(routes.iter().copied()) {
             let plain_len = buf.len();
-            let Some(peer) = inner_dst(buf.data()).and_then(|d| dev.route(d)) else {
+            let Some(peer) = route else {
                 self.out.stats.drop(DropReason::NoRoute);
                 continue;
             };
@@ -409,6 +421,7 @@ impl Worker {
             }
             self.seal.push((buf, peer, plain_len));
         }
+        self.routes = routes;
         self.rx = rx;
         self.seal_out(dev, now);
         n
