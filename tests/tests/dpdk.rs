@@ -316,6 +316,98 @@ fn dpdk_net_tap_two_workers_two_queues() {
     });
 }
 
+/// The exception path (`--exception tap:NAME`) with a `dpdk:` WAN port (`net_af_packet` on the
+/// concentrator's veth, `--no-huge`), the kernel kept off the veth by an nftables ingress drop
+/// (as with a NIC that DPDK owns). While iperf3 from a wireguard-go peer runs through the
+/// tunnel: TCP (nc, to the WAN address the kernel shares with wgpmd and to the kernel's own
+/// address on the TAP) and ICMP reach the kernel behind the TAP, and its answers leave through
+/// the DPDK port (copied into mbufs); wgpmd answers ARP and mirrors it, the kernel's answer is
+/// suppressed. Then a 2 s flood of UDP for the kernel (~20 k/s) is held to `--exception-rate`
+/// and counted, while the tunnel keeps answering pings.
+#[test]
+fn dpdk_exception_tap() {
+    run("dpdk_exception_tap", |ctx| {
+        const RATE: u64 = 5000;
+        const KERNEL_ONLY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 3);
+        need(&[("nc", "netcat-openbsd"), ("nft", "nftables"), ("ethtool", "ethtool")])?;
+        let (_rt, prefix) = RuntimeDir::new("exc");
+        let topo = Topology::new(1)?;
+        prepare_wan(&topo)?;
+        let (c, p) = (&topo.concentrator, &topo.peers[0]);
+        keep_kernel_off(ctx, &c.ns, &c.outer_if)?;
+        let tap = unique_ifname("dexc");
+        let mut opts = dpdk_opts(
+            &prefix,
+            "0",
+            "--vdev=net_af_packet0,iface={wan_if},framesz=1952,blocksz=249856,framecnt=512",
+            &["--no-huge", "-m", "256"],
+        );
+        opts.extra_args = vec!["--exception".into(), format!("tap:{tap}"), "--exception-rate".into(), RATE.to_string()];
+        let mut d =
+            Wgpmd::start(ctx, &c.ns, &c.outer_if, &format!("{}/24", c.outer_ip), &topo.concentrator_device(), &opts)?;
+        address_exception_tap(&c.ns, &tap, &c.outer_if, c.outer_ip, KERNEL_ONLY)?;
+        let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
+        wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
+
+        let (pns, cns, inner) = (p.ns.clone(), c.ns.clone(), c.inner_ip);
+        let iperf = std::thread::spawn(move || iperf3_report(&pns, &cns, inner, 3, false));
+        nc_transfer(ctx, &p.ns, &c.ns, c.outer_ip, 7001, 256 << 10)?;
+        nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 256 << 10)?;
+        ping_replied(&p.ns, KERNEL_ONLY, 3)?;
+        let before = d.stats()?;
+        p.ns.ip(&["neigh", "flush", "dev", &p.outer_if])?;
+        ping_replied(&p.ns, c.outer_ip, 2)?;
+        let report = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+        eprintln!(
+            "iperf3 through the tunnel (dpdk) during the exception traffic: {:.0} Mbit/s",
+            report.bits_per_second / 1e6
+        );
+        ensure!(report.bits_per_second > 1e6, "iperf3 through the tunnel: {report:?}");
+        let st = d.wait_stats("ARP mirrored and the kernel's answer suppressed", |st| {
+            Ok(st.get("exception.suppressed")? > before.get("exception.suppressed")?
+                && st.workers_sum("arp_replies")? > before.workers_sum("arp_replies")?)
+        })?;
+        let (to_k, from_k) = (st.workers_sum("exception_to_kernel")?, st.workers_sum("exception_from_kernel")?);
+        eprintln!(
+            "exception path (dpdk): {to_k} frames to the kernel ({} written to the TAP), {from_k} from it, {} suppressed, \
+             WAN tx copied into an mbuf {}",
+            st.get("exception.tap_tx")?,
+            st.get("exception.suppressed")?,
+            st.workers_sum("wan_queue_tx_copied")?
+        );
+        // 512 KB of TCP: its segments reached the kernel, its acks left through the DPDK port.
+        ensure!(to_k > 300 && from_k > 30, "exception frames to the kernel {to_k}, from it {from_k}");
+        ensure!(st.get("exception.tap_tx")? == to_k, "every queued frame was written to the TAP");
+        ensure!(st.workers_sum("exception_rate_dropped")? == 0, "nothing over the rate here");
+        ensure!(st.workers_sum("wan_queue_tx_copied")? >= from_k, "the kernel's frames are copied into mbufs");
+        ensure!(st.get("dpdk_tx_good_packets")? > from_k, "the DPDK port sent the kernel's frames");
+
+        // The flood: UDP to a port wgpmd does not serve, every datagram for the kernel.
+        let before = d.stats()?;
+        let t0 = std::time::Instant::now();
+        let flood = udp_flood(&p.ns, std::net::SocketAddr::from((c.outer_ip, 9)), std::time::Duration::from_secs(2));
+        ping_replied(&p.ns, c.inner_ip, 4)?;
+        let sent = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let delta = |st: &Counters, k: &str| -> Result<u64> { Ok(st.workers_sum(k)? - before.workers_sum(k)?) };
+        let st = d.wait_stats("the flood counted", |st| {
+            Ok(delta(st, "exception_to_kernel")? + delta(st, "exception_rate_dropped")? >= sent * 9 / 10)
+        })?;
+        let (passed, dropped) = (delta(&st, "exception_to_kernel")?, delta(&st, "exception_rate_dropped")?);
+        eprintln!(
+            "flood (dpdk): {sent} frames in {elapsed:.1} s, {passed} to the kernel, {dropped} dropped by the rate"
+        );
+        let allowed = (RATE as f64 * (elapsed + 2.0)) as u64 + RATE / 10 + 50;
+        ensure!(passed <= allowed, "{passed} frames reached the kernel, more than {allowed}");
+        ensure!(passed >= RATE, "the kernel got {passed}, less than a second's worth of the rate");
+        ensure!(dropped >= sent / 4, "{dropped} of {sent} dropped by the rate");
+        ensure!(st.get("exception.from_kernel_full")? == 0);
+        ping_replied(&p.ns, c.inner_ip, 2)?;
+        d.ensure_running()?;
+        d.stop()
+    });
+}
+
 /// Operator errors end `wgpmd run` at startup with a message that names the problem.
 #[test]
 fn dpdk_startup_errors() {

@@ -17,7 +17,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use wgpmd_e2e::*;
 
 /// The kernel's own second address on the TAP (not wgpmd's).
@@ -36,32 +36,14 @@ fn setup(ctx: &Ctx, rate: u64) -> Result<Setup> {
     need(&[("nc", "netcat-openbsd"), ("nft", "nftables"), ("ethtool", "ethtool")])?;
     let topo = Topology::new(1)?;
     let c = &topo.concentrator;
-    let chain = format!(
-        "add table netdev wgpmdexc\nadd chain netdev wgpmdexc in {{ type filter hook ingress device \"{}\" priority 0; policy drop; }}\n",
-        c.outer_if
-    );
-    let nft = ctx.write_file("nft-veth-drop.nft", &chain)?;
-    c.ns.run(&["nft", "-f", &nft.to_string_lossy()])?;
-    c.ns.sysctl(&format!("net.ipv6.conf.{}.disable_ipv6", c.outer_if), "1")?;
+    keep_kernel_off(ctx, &c.ns, &c.outer_if)?;
     let tap = unique_ifname("exc");
     let opts = WgpmdOptions {
         extra_args: vec!["--exception".into(), format!("tap:{tap}"), "--exception-rate".into(), rate.to_string()],
         ..Default::default()
     };
     let d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
-    ensure!(c.ns.has_link(&tap), "no TAP {tap} in {}", c.ns);
-    let mac = |ns: &Netns, dev: &str| -> Result<String> {
-        let out = ns.ip(&["-o", "link", "show", "dev", dev])?;
-        out.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .map(str::to_string)
-            .with_context(|| format!("no MAC in {out}"))
-    };
-    ensure!(mac(&c.ns, &tap)? == mac(&c.ns, &c.outer_if)?, "the TAP must carry the WAN MAC");
-    c.ns.sysctl(&format!("net.ipv6.conf.{tap}.disable_ipv6"), "1")?;
-    c.ns.ip(&["addr", "add", &format!("{}/24", c.outer_ip), "dev", &tap])?;
-    c.ns.ip(&["addr", "add", &format!("{KERNEL_ONLY}/24"), "dev", &tap])?;
+    address_exception_tap(&c.ns, &tap, &c.outer_if, c.outer_ip, KERNEL_ONLY)?;
     // A veth hands a packet socket TCP/UDP with only the pseudo-header checksum
     // (CHECKSUM_PARTIAL, to be filled by a NIC that never comes): the LAN side computes its
     // checksums in software, as frames from a real NIC carry them.
@@ -70,48 +52,6 @@ fn setup(ctx: &Ctx, rate: u64) -> Result<Setup> {
     let peer = WgGo::start(ctx, &topo.peers[0].ns, &topo.peer_device(0))?;
     wait_for_ping(&topo.peers[0].ns, c.inner_ip, secs(30))?;
     Ok(Setup { topo, d, _peer: peer, tap })
-}
-
-/// `bytes` random bytes sent with nc from `from` to `to:port`, where an nc listens in `at`:
-/// what arrives must be what was sent.
-fn nc_transfer(ctx: &Ctx, from: &Netns, at: &Netns, to: Ipv4Addr, port: u16, bytes: usize) -> Result<()> {
-    let src = ctx.log_path(&format!("nc-src-{port}"));
-    let dst = ctx.log_path(&format!("nc-dst-{port}"));
-    let (src_s, dst_s) = (src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned());
-    host(&["sh", "-c", &format!("head -c {bytes} /dev/urandom > {src_s}")])?;
-    let mut server = Proc::spawn(
-        ctx,
-        at,
-        &format!("nc-server-{port}"),
-        &["sh", "-c", &format!("nc -l {to} {port} > {dst_s}")],
-        &[],
-    )?;
-    wait_until(&format!("nc listening on {to}:{port}"), secs(10), || {
-        server.ensure_running()?;
-        let out = at.run(&["ss", "-H", "-l", "-t", "-n", &format!("sport = :{port}")])?;
-        Ok((!out.trim().is_empty()).then_some(()))
-    })?;
-    let out = from.exec_timeout(&["sh", "-c", &format!("nc -N -w 10 {to} {port} < {src_s}")], secs(60))?;
-    ensure!(out.status.success(), "nc client: {}", String::from_utf8_lossy(&out.stderr));
-    server.wait_timeout(secs(15)).context("nc server did not finish")?;
-    let (a, b) = (std::fs::read(&src)?, std::fs::read(&dst)?);
-    ensure!(a == b, "nc to {to}:{port}: sent {} bytes, received {} (or different bytes)", a.len(), b.len());
-    Ok(())
-}
-
-/// Fails (never skips) when a tool is missing, naming its Debian package.
-fn need(tools: &[(&str, &str)]) -> Result<()> {
-    for (bin, pkg) in tools {
-        let found = std::process::Command::new("sh").args(["-c", &format!("command -v {bin}")]).output()?;
-        ensure!(found.status.success(), "`{bin}` is not installed (Debian package {pkg}; scripts/test.sh installs it)");
-    }
-    Ok(())
-}
-
-fn host(args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(args[0]).args(&args[1..]).output()?;
-    ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// TCP (nc, 1 MB to the shared WAN address and to the kernel's own address) and ICMP (to the
@@ -180,23 +120,7 @@ fn flood_to_the_kernel_is_rate_limited() {
         let (c, p) = (&s.topo.concentrator, &s.topo.peers[0]);
         let before = s.d.stats()?;
         let to = SocketAddr::from((c.outer_ip, 9));
-        let ns_name = p.ns.name().to_string();
-        let dur = Duration::from_secs(4);
-        let flood = std::thread::spawn(move || -> Result<u64> {
-            enter_netns(&ns_name)?;
-            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
-            let t0 = Instant::now();
-            let mut sent = 0u64;
-            while t0.elapsed() < dur {
-                for _ in 0..200 {
-                    if sock.send_to(b"not wireguard", to).is_ok() {
-                        sent += 1;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(sent)
-        });
+        let flood = udp_flood(&p.ns, to, Duration::from_secs(4));
         let t0 = Instant::now();
         ping_replied(&p.ns, c.inner_ip, 10)?;
         let sent = flood.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
