@@ -19,9 +19,9 @@ command -v wg >/dev/null || need_apt+=(wireguard-tools)  # also the UAPI socket 
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)  # captures in the behaviour tests
-# --- Exception path and vhost-user (tests/tests/exception.rs, vhost_user.rs) ---------------------------
+# --- Exception path and vhost-user (tests/tests/exception.rs, dpdk.rs, vhost_user.rs) ---------------------------
 command -v nc >/dev/null || need_apt+=(netcat-openbsd)  # TCP through the exception TAP
-command -v nft >/dev/null || need_apt+=(nftables)       # keeps the kernel off the af_packet WAN veth
+command -v nft >/dev/null || need_apt+=(nftables)       # keeps the kernel off the (af_packet, dpdk net_af_packet) WAN veth
 command -v bird >/dev/null || need_apt+=(bird2)         # BGP over the exception TAP
 command -v dpdk-testpmd >/dev/null || need_apt+=(dpdk-dev)  # the vhost-user frontend (virtio-user)
 # --- Operations: the Debian package test (scripts/deb-test.sh): systemd-analyze verifies the unit, man renders

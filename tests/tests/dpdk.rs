@@ -1,7 +1,8 @@
 //! wgpmd on a DPDK port (`--port dpdk:...`, EAL arguments after `--`) against real
 //! wireguard-go peers: the `net_af_packet` vdev on the concentrator's veth, without and with
 //! hugepages, two workers on two queues; the `net_tap` vdev with two workers on two queues;
-//! xstats and the zero-copy counters in `wgpmd stats`, and the startup errors (bad EAL arguments, no ports, no memory for the mbuf pool).
+//! xstats and the zero-copy counters in `wgpmd stats`, the WAN exception path (`--exception
+//! tap:NAME`: TCP and ICMP to the kernel during iperf3, a rate-limited flood), and the startup errors (bad EAL arguments, no ports, no memory for the mbuf pool).
 //!
 //! Needs a wgpmd built with `--features dpdk` and this crate's `dpdk` feature:
 //! `cargo build --release -p wgpmd --features dpdk && cargo test -p wgpmd-e2e --release
