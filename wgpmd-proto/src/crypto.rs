@@ -5,9 +5,9 @@
 //! | ChaCha20-Poly1305 (data messages) | `wgpmd-aead`'s multi-lane bursts, in `device::burst` (not in this module) | up to 16 messages of a burst at once, faster than any one-message implementation measured, key material wiped after each burst (the repository's docs/PERFORMANCE.md) |
 //! | ChaCha20-Poly1305, one message with a prepared key ([`AeadKey`]) | `ring` | only for tests and the benchmarks' references (`Keypair::seal`/`open`): the daemon does not use it |
 //! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
-//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
+//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]; a burst's replies: [`xseal_cookies`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 (one reply) or its multi-lane bursts (a burst's replies, one call) | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
-//! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `blake2s_simd`'s `many` (8 messages at once with AVX2, 4 with SSE4.1; run-time dispatch) | a burst's MACs together cost about half of `blake2` one at a time (docs/PERFORMANCE.md, "Cookie replies in a burst") |
+//! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `blake2s_simd`'s `many` (8 messages at once with AVX2, 4 with SSE4.1; run-time dispatch) | a burst's MACs together cost about half of `blake2` one at a time (docs/PERFORMANCE.md, "Screening a burst's handshake messages together") |
 //! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
 //! Every secret type here zeroizes on drop except [`AeadKey`]: ring keeps its key schedule in a
@@ -117,6 +117,9 @@ pub fn mac_many(jobs: &mut [MacJob<'_>]) {
             j.out.copy_from_slice(h.to_hash().as_bytes());
         }
         // The parameter blocks hold the keys (the cookie secret among them): overwrite them.
+        // Not wiped (as with `blake2` in [`mac`]): `blake2s_simd`'s job states, which hold the
+        // keyed state and then the outputs (cookies among them), and whose API offers no way to
+        // wipe them; the callers wipe their own copies of the cookies.
         for p in params.iter_mut() {
             p.key(&[]);
         }

@@ -18,7 +18,8 @@
 //!
 //! # Layout, and prefetching
 //! Each shard is one array of `(index, value)` slots, probed linearly from the index's home
-//! slot, at most three quarters full (so a lookup reads the home slot and rarely one more;
+//! slot, at most three quarters full (so a hit reads the home slot and, at the fullest, about one and
+//! a half more on average, usually in the same or the next cache line;
 //! removal shifts the entries after it back, leaving no tombstones). Unlike a general-purpose
 //! hash map (whose control bytes and buckets are two separate misses, the second known only
 //! after the first), the slot an index lives in is computable before the lookup: each shard

@@ -144,7 +144,7 @@ impl IndexCache {
         Some((peer, Found::Slot(slot)))
     }
 
-    /// The keypair in `slot` (as [`lookup`](Self::lookup) returned it).
+    /// The keypair in `slot` (as [`probe`](Self::probe) or [`fill`](Self::fill) returned it).
     #[inline]
     pub(crate) fn get(&self, slot: usize) -> Option<&Arc<Keypair>> {
         self.entries.get(slot).and_then(|e| e.kp.as_ref())

@@ -4,8 +4,10 @@
 //! initiator chooses), so the hash is SipHash-1-3 keyed from the device's injected RNG (no OS
 //! randomness, and an attacker cannot aim at buckets). A key is hashed once per lookup: the same
 //! hash picks the shard and the bucket in it, and a lookup's hash serves the insert after it
-//! ([`KeyMap::hash`], [`KeyMap::get_hashed`], [`KeyMap::insert_hashed`]; configuring a peer
-//! hashes its key twice in all, where it took eight hashes in four lookups before). The map is
+//! ([`KeyMap::hash`], [`KeyMap::get_hashed`], [`KeyMap::insert_hashed`]; a peer added by
+//! `wg setconf` has its key hashed twice in all, where it took eight hashes in four lookups
+//! before; a `wg set` adds the capacity check's lookup, and the replay on the published copy
+//! while the journal records). The map is
 //! split into [`SHARDS`] tables by hash bits the tables themselves do not use for bucket choice,
 //! so when a shard grows it rehashes 1/256 of the peers: at four million peers a growth step
 //! moves about 16,000 entries (well under a millisecond) instead of all of them at once.
