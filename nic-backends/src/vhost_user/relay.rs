@@ -34,7 +34,7 @@ const HDR_LEN: usize = 12;
 /// The largest message body relayed (the memory table with its 8 regions is 200 bytes; the
 /// largest known messages are well under 4 KiB).
 const MAX_BODY: usize = 4096;
-use crate::sys::fdpass::{recv_with_fds, MAX_FDS};
+use crate::sys::fdpass::{is_truncated, recv_with_fds, MAX_FDS};
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
 const FLAG_VERSION_MASK: u32 = 0x3;
@@ -147,6 +147,8 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut V
         let n = match recv_with_fds(sock, &mut buf[start + got..], fds) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // More descriptors than one message may carry (those received are closed).
+            Err(e) if is_truncated(&e) => return Err(End::Frontend(e.to_string())),
             // Our own shutdown of the socket (the other relay thread, or the daemon) reads as
             // the end; a reset by the frontend too.
             Err(_) if got == 0 && start == 0 => return Ok(false),
@@ -159,6 +161,10 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut V
             return Err(End::Closed("the frontend closed its socket in the middle of a message".into()));
         }
         got += n;
+        // Checked on each read: a message split over many reads must not pile up descriptors.
+        if fds.len() > MAX_FDS {
+            return Err(End::Frontend(format!("a message with {} file descriptors", fds.len())));
+        }
     }
     Ok(true)
 }
@@ -175,9 +181,6 @@ fn read_msg(sock: &UnixStream) -> Result<Option<Msg>, End> {
     }
     if size > 0 {
         read_exact_fds(sock, &mut bytes, size, &mut fds)?;
-    }
-    if fds.len() > MAX_FDS {
-        return Err(End::Frontend(format!("a message with {} file descriptors", fds.len())));
     }
     Ok(Some(Msg { bytes, fds }))
 }
@@ -295,6 +298,21 @@ mod tests {
         assert_eq!(read_one(&handler), (SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, enable));
         drop(front);
         assert!(t.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn too_many_descriptors_are_the_frontends_error_and_none_stays_open() {
+        use crate::sys::fdpass::{tests::Marker, SCM_MAX_FD};
+        for n in [MAX_FDS + 8, SCM_MAX_FD] {
+            let marker = Marker::new(&format!("relay-{n}"));
+            let (front, front_relay) = UnixStream::pair().unwrap();
+            let (handler_relay, _handler) = UnixStream::pair().unwrap();
+            // The first byte of a header, with `n` descriptors.
+            marker.send(&front, n).unwrap();
+            let r = frontend_to_handler(&front_relay, &handler_relay);
+            assert!(matches!(r, Err(End::Frontend(_))), "{n} descriptors");
+            assert_eq!(marker.open(), 1, "{n} descriptors: the received ones are closed");
+        }
     }
 
     #[test]
