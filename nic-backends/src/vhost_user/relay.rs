@@ -12,7 +12,8 @@
 //! their file descriptors: a `SET_VRING_ENABLE` that arrives before `SET_FEATURES` is held back
 //! (acked at once if the frontend asked for a reply) and delivered right after `SET_FEATURES`,
 //! where it has the meaning QEMU gives it. Everything else passes unchanged (the crate parses
-//! and checks it); the crate's replies go back as they are.
+//! and checks it); the crate's replies go back as they are, whole messages written one at a
+//! time under the one lock the acks take too.
 //!
 //! The crate's end is a connection of our own: a socket bound in a fresh directory only
 //! wgpmd's user may enter, connected to and unlinked at once, and accepted by the crate; if
@@ -25,6 +26,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use vhost::vhost_user::Listener;
@@ -82,7 +84,9 @@ enum End {
 }
 
 /// The two relay threads of a connection; each shuts both sockets down when its side ends, so
-/// that the other ends too. `on_error` gets the frontend's framing errors.
+/// that the other ends too. `on_error` gets the frontend's framing errors. Both threads write to
+/// the frontend (the request loop's replies, and the acks of held messages): whole messages,
+/// one at a time, through one lock, so that they never interleave.
 pub(super) fn spawn(
     front: UnixStream,
     handler: UnixStream,
@@ -90,10 +94,12 @@ pub(super) fn spawn(
 ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
     let clone = |s: &UnixStream| s.try_clone().map_err(|e| e.to_string());
     let (f2, h2, f3) = (clone(&front)?, clone(&handler)?, clone(&front)?);
+    let writer = Arc::new(Mutex::new(clone(&front)?));
+    let w2 = Arc::clone(&writer);
     let a = std::thread::Builder::new()
         .name("wgpmd-vhu-relay".into())
         .spawn(move || {
-            match frontend_to_handler(&front, &handler) {
+            match frontend_to_handler(&front, &handler, &writer) {
                 Ok(()) => {}
                 Err(End::Frontend(e)) => on_error(e),
                 Err(End::Closed(e)) => tracing::debug!("vhost-user relay: {e}"),
@@ -103,7 +109,7 @@ pub(super) fn spawn(
         })
         .map_err(|e| e.to_string())?;
     let b = std::thread::Builder::new().name("wgpmd-vhu-relay".into()).spawn(move || {
-        handler_to_frontend(&h2, &f2);
+        handler_to_frontend(&h2, &w2);
         let _ = f2.shutdown(Shutdown::Both);
         let _ = h2.shutdown(Shutdown::Both);
     });
@@ -201,11 +207,16 @@ fn send_msg(sock: &UnixStream, m: &Msg) -> Result<(), End> {
     Ok(())
 }
 
-/// Relays frontend → request loop until either side closes.
-fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), End> {
+/// Writes one whole message to the frontend, under the lock all writers to it share.
+fn write_frontend(w: &Mutex<UnixStream>, bytes: &[u8]) -> std::io::Result<()> {
+    let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
+    g.write_all(bytes)
+}
+
+/// Relays frontend → request loop until either side closes (`front_w`: the frontend's writer).
+fn frontend_to_handler(front: &UnixStream, handler: &UnixStream, front_w: &Mutex<UnixStream>) -> Result<(), End> {
     let mut features_seen = false;
     let mut held: Vec<Msg> = Vec::new();
-    let mut front_w = front;
     while let Some(mut m) = read_msg(front)? {
         let req = m.request();
         if req == SET_VRING_ENABLE && !features_seen {
@@ -219,7 +230,7 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), E
                 r.extend_from_slice(&((m.flags() & FLAG_VERSION_MASK) | FLAG_REPLY).to_le_bytes());
                 r.extend_from_slice(&8u32.to_le_bytes());
                 r.extend_from_slice(&0u64.to_le_bytes());
-                front_w.write_all(&r).map_err(|e| End::Closed(format!("writing to the frontend: {e}")))?;
+                write_frontend(front_w, &r).map_err(|e| End::Closed(format!("writing to the frontend: {e}")))?;
                 m.set_flags(m.flags() & !FLAG_NEED_REPLY);
             }
             held.push(m);
@@ -239,20 +250,24 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), E
     Ok(())
 }
 
-/// Copies the request loop's replies to the frontend until either side closes.
-fn handler_to_frontend(handler: &UnixStream, front: &UnixStream) {
-    let (mut h, mut f) = (handler, front);
-    let mut buf = [0u8; 4096];
+/// Copies the request loop's replies to the frontend, message by message, until either side
+/// closes.
+fn handler_to_frontend(handler: &UnixStream, front_w: &Mutex<UnixStream>) {
+    let mut h = handler;
+    let mut buf = Vec::with_capacity(HDR_LEN + MAX_BODY);
     loop {
-        match h.read(&mut buf) {
-            Ok(0) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-            Ok(n) => {
-                if f.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
+        buf.resize(HDR_LEN, 0);
+        if h.read_exact(&mut buf).is_err() {
+            break;
+        }
+        let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+        if size > MAX_BODY {
+            tracing::debug!("vhost-user relay: a reply of {size} bytes from the request loop");
+            break;
+        }
+        buf.resize(HDR_LEN + size, 0);
+        if h.read_exact(&mut buf[HDR_LEN..]).is_err() || write_frontend(front_w, &buf).is_err() {
+            break;
         }
     }
 }
@@ -279,7 +294,8 @@ mod tests {
     fn ring_enables_before_set_features_are_held_back_and_delivered_after_it() {
         let (mut front, front_relay) = UnixStream::pair().unwrap();
         let (handler_relay, handler) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay));
+        let w = Mutex::new(front_relay.try_clone().unwrap());
+        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay, &w));
         let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
         let features = (1u64 << 32 | 1 << 30).to_le_bytes();
         front.write_all(&msg(3, 1, &[])).unwrap(); // SET_OWNER
@@ -309,7 +325,8 @@ mod tests {
             let (handler_relay, _handler) = UnixStream::pair().unwrap();
             // The first byte of a header, with `n` descriptors.
             marker.send(&front, n).unwrap();
-            let r = frontend_to_handler(&front_relay, &handler_relay);
+            let w = Mutex::new(front_relay.try_clone().unwrap());
+            let r = frontend_to_handler(&front_relay, &handler_relay, &w);
             assert!(matches!(r, Err(End::Frontend(_))), "{n} descriptors");
             assert_eq!(marker.open(), 1, "{n} descriptors: the received ones are closed");
         }
@@ -319,10 +336,60 @@ mod tests {
     fn an_oversized_message_is_the_frontends_error() {
         let (mut front, front_relay) = UnixStream::pair().unwrap();
         let (handler_relay, _handler) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay));
+        let w = Mutex::new(front_relay.try_clone().unwrap());
+        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay, &w));
         let mut m = msg(5, 1, &[]);
         m[8..12].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
         front.write_all(&m).unwrap();
         assert!(matches!(t.join().unwrap(), Err(End::Frontend(_))));
+    }
+
+    #[test]
+    fn acks_and_replies_reach_the_frontend_as_whole_messages() {
+        let (mut front, front_relay) = UnixStream::pair().unwrap();
+        let (handler_relay, handler) = UnixStream::pair().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads = spawn(front_relay, handler_relay, move |e| tx.send(e).unwrap()).unwrap();
+        // The request loop's replies (20 bytes each) in one burst, which the relay reads in
+        // pieces that need not end on a message, while the relay acks held ring enables sent one
+        // by one meanwhile.
+        const REPLIES: usize = 20000;
+        const ACKS: usize = 200;
+        let replies: Vec<u8> = (0..REPLIES).flat_map(|i| msg(1, 1 | FLAG_REPLY, &(i as u64).to_le_bytes())).collect();
+        let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
+        let enable = msg(SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, &enable);
+        let (mut f2, mut h2) = (front.try_clone().unwrap(), handler.try_clone().unwrap());
+        let w1 = std::thread::spawn(move || h2.write_all(&replies).unwrap());
+        let w2 = std::thread::spawn(move || {
+            for _ in 0..ACKS {
+                f2.write_all(&enable).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        });
+        let (mut got_replies, mut got_acks) = (0, 0);
+        let mut hdr = [0u8; HDR_LEN];
+        for _ in 0..REPLIES + ACKS {
+            front.read_exact(&mut hdr).unwrap();
+            let word = |i: usize| u32::from_le_bytes(hdr[4 * i..4 * i + 4].try_into().unwrap());
+            assert_eq!((word(1), word(2)), (1 | FLAG_REPLY, 8), "a message header, not a piece of one");
+            let mut body = [0u8; 8];
+            front.read_exact(&mut body).unwrap();
+            match word(0) {
+                1 => {
+                    assert_eq!(u64::from_le_bytes(body), got_replies as u64);
+                    got_replies += 1;
+                }
+                SET_VRING_ENABLE => got_acks += 1,
+                r => panic!("request {r}"),
+            }
+        }
+        assert_eq!((got_replies, got_acks), (REPLIES, ACKS));
+        w1.join().unwrap();
+        w2.join().unwrap();
+        drop((front, handler));
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(rx.try_recv().is_err(), "no framing error");
     }
 }
