@@ -39,6 +39,10 @@ const MAX_BODY: usize = 4096;
 use crate::sys::fdpass::{is_truncated, recv_with_fds, MAX_FDS};
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
+/// The two requests after which `vhost-user-backend` forgets the acked features (a new
+/// negotiation follows, in QEMU 7.2's order again).
+const RESET_OWNER: u32 = 4;
+const RESET_DEVICE: u32 = 34;
 const FLAG_VERSION_MASK: u32 = 0x3;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -245,6 +249,10 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream, front_w: &Mutex
             for h in held.drain(..) {
                 send_msg(handler, &h)?;
             }
+        } else if req == RESET_OWNER || req == RESET_DEVICE {
+            // The backend has cleared the acked features: enables are held again until the
+            // next SET_FEATURES, as on a new connection.
+            features_seen = false;
         }
     }
     Ok(())
@@ -329,6 +337,32 @@ mod tests {
             let r = frontend_to_handler(&front_relay, &handler_relay, &w);
             assert!(matches!(r, Err(End::Frontend(_))), "{n} descriptors");
             assert_eq!(marker.open(), 1, "{n} descriptors: the received ones are closed");
+        }
+    }
+
+    #[test]
+    fn ring_enables_are_held_again_after_a_reset() {
+        for reset in [RESET_OWNER, RESET_DEVICE] {
+            let (mut front, front_relay) = UnixStream::pair().unwrap();
+            let (handler_relay, handler) = UnixStream::pair().unwrap();
+            let w = Mutex::new(front_relay.try_clone().unwrap());
+            let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay, &w));
+            // An enable passed through would get no ack (the request loop is not running): the
+            // read times out and the test fails.
+            front.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
+            let features = (1u64 << 32 | 1 << 30).to_le_bytes();
+            front.write_all(&msg(SET_FEATURES, 1, &features)).unwrap();
+            front.write_all(&msg(reset, 1, &[])).unwrap();
+            front.write_all(&msg(SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, &enable)).unwrap();
+            assert_eq!(read_one(&front), (SET_VRING_ENABLE, 1 | FLAG_REPLY, 0u64.to_le_bytes().to_vec()));
+            front.write_all(&msg(SET_FEATURES, 1, &features)).unwrap();
+            assert_eq!(read_one(&handler), (SET_FEATURES, 1, features.to_vec()));
+            assert_eq!(read_one(&handler), (reset, 1, vec![]), "request {reset}");
+            assert_eq!(read_one(&handler), (SET_FEATURES, 1, features.to_vec()), "request {reset}: enable held");
+            assert_eq!(read_one(&handler), (SET_VRING_ENABLE, 1, enable));
+            drop(front);
+            assert!(t.join().unwrap().is_ok());
         }
     }
 
