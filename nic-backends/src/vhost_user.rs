@@ -48,8 +48,9 @@
 //! than the ring), a transmit chain with no readable bytes or a receive chain with a
 //! device-readable part is counted (`bad_descriptors`), logged once, and the frontend is
 //! disconnected; the port keeps serving (the next frontend may connect). Errors of the protocol
-//! itself (overlapping or unmappable memory regions, messages out of order) end the connection
-//! the same way (`protocol_errors`). Packets for an absent frontend are counted and dropped
+//! itself (overlapping or unmappable memory regions, messages out of order, a message with more
+//! than 32 file descriptors, whose descriptors are all closed) end the connection the same way
+//! (`protocol_errors`). Packets for an absent frontend are counted and dropped
 //! (`tx_dropped`).
 
 use std::os::fd::AsRawFd;

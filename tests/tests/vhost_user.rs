@@ -157,6 +157,37 @@ impl Testpmd {
         })
     }
 
+    /// `show port xstats 0`: packets received on each of port 0's first `queues` receive queues
+    /// (ethdev's `rx_qN_packets`, or the virtio driver's own `rx_qN_good_packets`).
+    fn rx_queue_packets(&mut self, queues: u32) -> Result<Vec<u64>> {
+        let marker = "NIC extended statistics for port 0";
+        let n0 = self.proc.log().matches(marker).count();
+        self.cmd("show port xstats 0")?;
+        wait_until("testpmd's extended statistics", secs(15), || {
+            self.proc.ensure_running()?;
+            let log = self.proc.log();
+            if log.matches(marker).count() <= n0 {
+                return Ok(None);
+            }
+            let block = &log[log.rfind(marker).unwrap_or(0)..];
+            // The block is complete once the prompt follows it.
+            if !block.contains("testpmd> ") {
+                return Ok(None);
+            }
+            let num = |key: &str| -> Option<u64> {
+                let rest = &block[block.find(key)? + key.len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            };
+            let per_queue: Option<Vec<u64>> = (0..queues)
+                .map(|q| num(&format!("rx_q{q}_packets:")).or_else(|| num(&format!("rx_q{q}_good_packets:"))))
+                .collect();
+            match per_queue {
+                Some(v) => Ok(Some(v)),
+                None => bail!("no per-queue receive counters in testpmd's xstats:\n{block}"),
+            }
+        })
+    }
+
     /// `quit`, and the process exits (the frontend disconnects).
     fn quit(mut self) -> Result<()> {
         self.cmd("quit")?;
@@ -406,8 +437,12 @@ fn two_queue_pairs_one_per_worker() {
         d.wait_stats("two queue pairs enabled", |s| Ok(s.get("vhost_user_pairs_active")? == 2))?;
         let rx0 = d.stats()?.per_worker("inner_queue_rx_packets")?;
         let tx0 = d.stats()?.per_worker("inner_queue_tx_packets")?;
+        let (port0, rxq0) = (t.stats()?, t.rx_queue_packets(2)?);
         // `round` checks the sums against testpmd's counts exactly.
         let (sent, got) = round(&mut t, &d, p, peer.ifname(), 2000)?;
+        // On the frontend's side: what each of its receive queues took during the round.
+        let (port1, rxq1) = (t.stats()?, t.rx_queue_packets(2)?);
+        let rxq: Vec<u64> = rxq1.iter().zip(&rxq0).map(|(a, b)| a - b).collect();
         let st = d.stats()?;
         let rx: Vec<u64> = st.per_worker("inner_queue_rx_packets")?.iter().zip(&rx0).map(|(a, b)| a - b).collect();
         let tx: Vec<u64> = st.per_worker("inner_queue_tx_packets")?.iter().zip(&tx0).map(|(a, b)| a - b).collect();
@@ -415,6 +450,15 @@ fn two_queue_pairs_one_per_worker() {
         ensure!(rx.len() == 2 && rx.iter().all(|&n| n > 0), "a queue pair carried nothing from the frontend: {rx:?}");
         ensure!(tx.len() == 2 && tx.iter().all(|&n| n > 0), "a queue pair carried nothing to the frontend: {tx:?}");
         ensure!(rx.iter().sum::<u64>() == sent, "{rx:?} does not add up to {sent}");
+        // Worker q writes into pair q's receive ring, which is testpmd's receive queue q: each
+        // queue took at least what its worker wrote during the round (more only if something
+        // was waiting in it before), and the queues add up to the port's count.
+        eprintln!("testpmd's receive queues took {rxq:?} ({} on the port)", port1.rx - port0.rx);
+        ensure!(
+            rxq.iter().zip(&tx).all(|(&q, &w)| q > 0 && q >= w),
+            "testpmd's receive queues took {rxq:?}, wgpmd's workers wrote {tx:?}"
+        );
+        ensure!(rxq.iter().sum::<u64>() == port1.rx - port0.rx, "{rxq:?} does not add up to the port's count");
         ensure!(st.get("vhost_user_bad_descriptors")? == 0 && st.get("vhost_user_protocol_errors")? == 0, "{st:?}");
         t.quit()?;
         d.ensure_running()?;

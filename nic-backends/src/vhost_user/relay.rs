@@ -12,7 +12,8 @@
 //! their file descriptors: a `SET_VRING_ENABLE` that arrives before `SET_FEATURES` is held back
 //! (acked at once if the frontend asked for a reply) and delivered right after `SET_FEATURES`,
 //! where it has the meaning QEMU gives it. Everything else passes unchanged (the crate parses
-//! and checks it); the crate's replies go back as they are.
+//! and checks it); the crate's replies go back as they are, whole messages written one at a
+//! time under the one lock the acks take too.
 //!
 //! The crate's end is a connection of our own: a socket bound in a fresh directory only
 //! wgpmd's user may enter, connected to and unlinked at once, and accepted by the crate; if
@@ -25,6 +26,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use vhost::vhost_user::Listener;
@@ -34,9 +36,13 @@ const HDR_LEN: usize = 12;
 /// The largest message body relayed (the memory table with its 8 regions is 200 bytes; the
 /// largest known messages are well under 4 KiB).
 const MAX_BODY: usize = 4096;
-use crate::sys::fdpass::{recv_with_fds, MAX_FDS};
+use crate::sys::fdpass::{is_truncated, recv_with_fds, MAX_FDS};
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
+/// The two requests after which `vhost-user-backend` forgets the acked features (a new
+/// negotiation follows, in QEMU 7.2's order again).
+const RESET_OWNER: u32 = 4;
+const RESET_DEVICE: u32 = 34;
 const FLAG_VERSION_MASK: u32 = 0x3;
 const FLAG_REPLY: u32 = 0x4;
 const FLAG_NEED_REPLY: u32 = 0x8;
@@ -82,7 +88,9 @@ enum End {
 }
 
 /// The two relay threads of a connection; each shuts both sockets down when its side ends, so
-/// that the other ends too. `on_error` gets the frontend's framing errors.
+/// that the other ends too. `on_error` gets the frontend's framing errors. Both threads write to
+/// the frontend (the request loop's replies, and the acks of held messages): whole messages,
+/// one at a time, through one lock, so that they never interleave.
 pub(super) fn spawn(
     front: UnixStream,
     handler: UnixStream,
@@ -90,10 +98,12 @@ pub(super) fn spawn(
 ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
     let clone = |s: &UnixStream| s.try_clone().map_err(|e| e.to_string());
     let (f2, h2, f3) = (clone(&front)?, clone(&handler)?, clone(&front)?);
+    let writer = Arc::new(Mutex::new(clone(&front)?));
+    let w2 = Arc::clone(&writer);
     let a = std::thread::Builder::new()
         .name("wgpmd-vhu-relay".into())
         .spawn(move || {
-            match frontend_to_handler(&front, &handler) {
+            match frontend_to_handler(&front, &handler, &writer) {
                 Ok(()) => {}
                 Err(End::Frontend(e)) => on_error(e),
                 Err(End::Closed(e)) => tracing::debug!("vhost-user relay: {e}"),
@@ -103,7 +113,7 @@ pub(super) fn spawn(
         })
         .map_err(|e| e.to_string())?;
     let b = std::thread::Builder::new().name("wgpmd-vhu-relay".into()).spawn(move || {
-        handler_to_frontend(&h2, &f2);
+        handler_to_frontend(&h2, &w2);
         let _ = f2.shutdown(Shutdown::Both);
         let _ = h2.shutdown(Shutdown::Both);
     });
@@ -147,6 +157,8 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut V
         let n = match recv_with_fds(sock, &mut buf[start + got..], fds) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // More descriptors than one message may carry (those received are closed).
+            Err(e) if is_truncated(&e) => return Err(End::Frontend(e.to_string())),
             // Our own shutdown of the socket (the other relay thread, or the daemon) reads as
             // the end; a reset by the frontend too.
             Err(_) if got == 0 && start == 0 => return Ok(false),
@@ -159,6 +171,10 @@ fn read_exact_fds(sock: &UnixStream, buf: &mut Vec<u8>, want: usize, fds: &mut V
             return Err(End::Closed("the frontend closed its socket in the middle of a message".into()));
         }
         got += n;
+        // Checked on each read: a message split over many reads must not pile up descriptors.
+        if fds.len() > MAX_FDS {
+            return Err(End::Frontend(format!("a message with {} file descriptors", fds.len())));
+        }
     }
     Ok(true)
 }
@@ -175,9 +191,6 @@ fn read_msg(sock: &UnixStream) -> Result<Option<Msg>, End> {
     }
     if size > 0 {
         read_exact_fds(sock, &mut bytes, size, &mut fds)?;
-    }
-    if fds.len() > MAX_FDS {
-        return Err(End::Frontend(format!("a message with {} file descriptors", fds.len())));
     }
     Ok(Some(Msg { bytes, fds }))
 }
@@ -198,11 +211,16 @@ fn send_msg(sock: &UnixStream, m: &Msg) -> Result<(), End> {
     Ok(())
 }
 
-/// Relays frontend → request loop until either side closes.
-fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), End> {
+/// Writes one whole message to the frontend, under the lock all writers to it share.
+fn write_frontend(w: &Mutex<UnixStream>, bytes: &[u8]) -> std::io::Result<()> {
+    let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
+    g.write_all(bytes)
+}
+
+/// Relays frontend → request loop until either side closes (`front_w`: the frontend's writer).
+fn frontend_to_handler(front: &UnixStream, handler: &UnixStream, front_w: &Mutex<UnixStream>) -> Result<(), End> {
     let mut features_seen = false;
     let mut held: Vec<Msg> = Vec::new();
-    let mut front_w = front;
     while let Some(mut m) = read_msg(front)? {
         let req = m.request();
         if req == SET_VRING_ENABLE && !features_seen {
@@ -216,7 +234,7 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), E
                 r.extend_from_slice(&((m.flags() & FLAG_VERSION_MASK) | FLAG_REPLY).to_le_bytes());
                 r.extend_from_slice(&8u32.to_le_bytes());
                 r.extend_from_slice(&0u64.to_le_bytes());
-                front_w.write_all(&r).map_err(|e| End::Closed(format!("writing to the frontend: {e}")))?;
+                write_frontend(front_w, &r).map_err(|e| End::Closed(format!("writing to the frontend: {e}")))?;
                 m.set_flags(m.flags() & !FLAG_NEED_REPLY);
             }
             held.push(m);
@@ -231,25 +249,33 @@ fn frontend_to_handler(front: &UnixStream, handler: &UnixStream) -> Result<(), E
             for h in held.drain(..) {
                 send_msg(handler, &h)?;
             }
+        } else if req == RESET_OWNER || req == RESET_DEVICE {
+            // The backend has cleared the acked features: enables are held again until the
+            // next SET_FEATURES, as on a new connection.
+            features_seen = false;
         }
     }
     Ok(())
 }
 
-/// Copies the request loop's replies to the frontend until either side closes.
-fn handler_to_frontend(handler: &UnixStream, front: &UnixStream) {
-    let (mut h, mut f) = (handler, front);
-    let mut buf = [0u8; 4096];
+/// Copies the request loop's replies to the frontend, message by message, until either side
+/// closes.
+fn handler_to_frontend(handler: &UnixStream, front_w: &Mutex<UnixStream>) {
+    let mut h = handler;
+    let mut buf = Vec::with_capacity(HDR_LEN + MAX_BODY);
     loop {
-        match h.read(&mut buf) {
-            Ok(0) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-            Ok(n) => {
-                if f.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
+        buf.resize(HDR_LEN, 0);
+        if h.read_exact(&mut buf).is_err() {
+            break;
+        }
+        let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+        if size > MAX_BODY {
+            tracing::debug!("vhost-user relay: a reply of {size} bytes from the request loop");
+            break;
+        }
+        buf.resize(HDR_LEN + size, 0);
+        if h.read_exact(&mut buf[HDR_LEN..]).is_err() || write_frontend(front_w, &buf).is_err() {
+            break;
         }
     }
 }
@@ -276,7 +302,8 @@ mod tests {
     fn ring_enables_before_set_features_are_held_back_and_delivered_after_it() {
         let (mut front, front_relay) = UnixStream::pair().unwrap();
         let (handler_relay, handler) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay));
+        let w = Mutex::new(front_relay.try_clone().unwrap());
+        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay, &w));
         let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
         let features = (1u64 << 32 | 1 << 30).to_le_bytes();
         front.write_all(&msg(3, 1, &[])).unwrap(); // SET_OWNER
@@ -298,13 +325,105 @@ mod tests {
     }
 
     #[test]
+    fn too_many_descriptors_are_the_frontends_error_and_none_stays_open() {
+        use crate::sys::fdpass::{tests::Marker, SCM_MAX_FD};
+        for n in [MAX_FDS + 8, SCM_MAX_FD] {
+            let marker = Marker::new(&format!("relay-{n}"));
+            let (front, front_relay) = UnixStream::pair().unwrap();
+            let (handler_relay, _handler) = UnixStream::pair().unwrap();
+            // The first byte of a header, with `n` descriptors.
+            marker.send(&front, n).unwrap();
+            let w = Mutex::new(front_relay.try_clone().unwrap());
+            let r = frontend_to_handler(&front_relay, &handler_relay, &w);
+            assert!(matches!(r, Err(End::Frontend(_))), "{n} descriptors");
+            assert_eq!(marker.open(), 1, "{n} descriptors: the received ones are closed");
+        }
+    }
+
+    #[test]
+    fn ring_enables_are_held_again_after_a_reset() {
+        for reset in [RESET_OWNER, RESET_DEVICE] {
+            let (mut front, front_relay) = UnixStream::pair().unwrap();
+            let (handler_relay, handler) = UnixStream::pair().unwrap();
+            let w = Mutex::new(front_relay.try_clone().unwrap());
+            let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay, &w));
+            // An enable passed through would get no ack (the request loop is not running): the
+            // read times out and the test fails.
+            front.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
+            let features = (1u64 << 32 | 1 << 30).to_le_bytes();
+            front.write_all(&msg(SET_FEATURES, 1, &features)).unwrap();
+            front.write_all(&msg(reset, 1, &[])).unwrap();
+            front.write_all(&msg(SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, &enable)).unwrap();
+            assert_eq!(read_one(&front), (SET_VRING_ENABLE, 1 | FLAG_REPLY, 0u64.to_le_bytes().to_vec()));
+            front.write_all(&msg(SET_FEATURES, 1, &features)).unwrap();
+            assert_eq!(read_one(&handler), (SET_FEATURES, 1, features.to_vec()));
+            assert_eq!(read_one(&handler), (reset, 1, vec![]), "request {reset}");
+            assert_eq!(read_one(&handler), (SET_FEATURES, 1, features.to_vec()), "request {reset}: enable held");
+            assert_eq!(read_one(&handler), (SET_VRING_ENABLE, 1, enable));
+            drop(front);
+            assert!(t.join().unwrap().is_ok());
+        }
+    }
+
+    #[test]
     fn an_oversized_message_is_the_frontends_error() {
         let (mut front, front_relay) = UnixStream::pair().unwrap();
         let (handler_relay, _handler) = UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay));
+        let w = Mutex::new(front_relay.try_clone().unwrap());
+        let t = std::thread::spawn(move || frontend_to_handler(&front_relay, &handler_relay, &w));
         let mut m = msg(5, 1, &[]);
         m[8..12].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
         front.write_all(&m).unwrap();
         assert!(matches!(t.join().unwrap(), Err(End::Frontend(_))));
+    }
+
+    #[test]
+    fn acks_and_replies_reach_the_frontend_as_whole_messages() {
+        let (mut front, front_relay) = UnixStream::pair().unwrap();
+        let (handler_relay, handler) = UnixStream::pair().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads = spawn(front_relay, handler_relay, move |e| tx.send(e).unwrap()).unwrap();
+        // The request loop's replies (20 bytes each) in one burst, which the relay reads in
+        // pieces that need not end on a message, while the relay acks held ring enables sent one
+        // by one meanwhile.
+        const REPLIES: usize = 20000;
+        const ACKS: usize = 200;
+        let replies: Vec<u8> = (0..REPLIES).flat_map(|i| msg(1, 1 | FLAG_REPLY, &(i as u64).to_le_bytes())).collect();
+        let enable: Vec<u8> = [0u32.to_le_bytes(), 1u32.to_le_bytes()].concat();
+        let enable = msg(SET_VRING_ENABLE, 1 | FLAG_NEED_REPLY, &enable);
+        let (mut f2, mut h2) = (front.try_clone().unwrap(), handler.try_clone().unwrap());
+        let w1 = std::thread::spawn(move || h2.write_all(&replies).unwrap());
+        let w2 = std::thread::spawn(move || {
+            for _ in 0..ACKS {
+                f2.write_all(&enable).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        });
+        let (mut got_replies, mut got_acks) = (0, 0);
+        let mut hdr = [0u8; HDR_LEN];
+        for _ in 0..REPLIES + ACKS {
+            front.read_exact(&mut hdr).unwrap();
+            let word = |i: usize| u32::from_le_bytes(hdr[4 * i..4 * i + 4].try_into().unwrap());
+            assert_eq!((word(1), word(2)), (1 | FLAG_REPLY, 8), "a message header, not a piece of one");
+            let mut body = [0u8; 8];
+            front.read_exact(&mut body).unwrap();
+            match word(0) {
+                1 => {
+                    assert_eq!(u64::from_le_bytes(body), got_replies as u64);
+                    got_replies += 1;
+                }
+                SET_VRING_ENABLE => got_acks += 1,
+                r => panic!("request {r}"),
+            }
+        }
+        assert_eq!((got_replies, got_acks), (REPLIES, ACKS));
+        w1.join().unwrap();
+        w2.join().unwrap();
+        drop((front, handler));
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(rx.try_recv().is_err(), "no framing error");
     }
 }
