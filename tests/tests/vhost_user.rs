@@ -299,25 +299,48 @@ fn round(t: &mut Testpmd, d: &Wgpmd, peer: &Site, peer_if: &str, n: u64) -> Resu
     Ok((sent, got))
 }
 
+/// What each test here starts from. Fields drop in declaration order: the peer and wgpmd before
+/// the namespaces, the hugepages last (the tests take it apart as `Setup { huge, topo, mut d,
+/// peer, sock }`, whose bindings drop in the same order: the reverse of the pattern's).
+struct Setup {
+    peer: WgGo,
+    d: Wgpmd,
+    topo: Topology,
+    huge: Hugepages,
+    /// The vhost-user socket's path (in the test's log directory).
+    sock: String,
+}
+
+/// testpmd installed (the test fails, never skips, without it), its hugepages reserved, one
+/// peer, wgpmd started with the options `opts` builds from the socket's path, and a wireguard-go
+/// peer with a session (it keeps the session up by itself: wgpmd, a concentrator, learns
+/// endpoints).
+fn setup(ctx: &Ctx, sock_name: &str, opts: impl FnOnce(&str) -> WgpmdOptions) -> Result<Setup> {
+    let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
+    ensure!(
+        found.status.success(),
+        "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
+    );
+    let huge = Hugepages::reserve(160)?;
+    let topo = Topology::new(1)?;
+    let sock = ctx.log_path(sock_name).to_string_lossy().into_owned();
+    let d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts(&sock))?;
+    let (c, p) = (&topo.concentrator, &topo.peers[0]);
+    let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
+        .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
+    let peer = WgGo::start(ctx, &p.ns, &cfg)?;
+    d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+    Ok(Setup { peer, d, topo, huge, sock })
+}
+
 #[test]
 fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
     run("vhost_user_testpmd", |ctx| {
-        let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
-        ensure!(
-            found.status.success(),
-            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
-        );
-        let huge = Hugepages::reserve(160)?;
-        let topo = Topology::new(1)?;
-        let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let sock = ctx.log_path("vu.sock").to_string_lossy().into_owned();
-        let opts = WgpmdOptions { inner: Some(format!("vhost-user:{sock}")), ..Default::default() };
-        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
-        // The peer keeps the session up by itself (wgpmd, a concentrator, learns endpoints).
-        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
-            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
-        let peer = WgGo::start(ctx, &p.ns, &cfg)?;
-        d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+        let Setup { huge, topo, mut d, peer, sock } = setup(ctx, "vu.sock", |sock| WgpmdOptions {
+            inner: Some(format!("vhost-user:{sock}")),
+            ..Default::default()
+        })?;
+        let p = &topo.peers[0];
         ensure!(d.stats()?.get("vhost_user_connected")? == 0);
 
         let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd1", &sock, false, 1, &huge)?;
@@ -353,22 +376,12 @@ fn testpmd_through_the_tunnel_both_ways_and_reconnect() {
 #[test]
 fn client_mode_connects_to_testpmd_and_reconnects() {
     run("vhost_user_client", |ctx| {
-        let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
-        ensure!(
-            found.status.success(),
-            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
-        );
-        let huge = Hugepages::reserve(160)?;
-        let topo = Topology::new(1)?;
-        let (c, p) = (&topo.concentrator, &topo.peers[0]);
         // testpmd creates the socket; wgpmd connects to it.
-        let sock = ctx.log_path("vuc.sock").to_string_lossy().into_owned();
-        let opts = WgpmdOptions { inner: Some(format!("vhost-user:{sock},client")), ..Default::default() };
-        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
-        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
-            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
-        let peer = WgGo::start(ctx, &p.ns, &cfg)?;
-        d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+        let Setup { huge, topo, mut d, peer, sock } = setup(ctx, "vuc.sock", |sock| WgpmdOptions {
+            inner: Some(format!("vhost-user:{sock},client")),
+            ..Default::default()
+        })?;
+        let p = &topo.peers[0];
         // No frontend yet: wgpmd keeps trying (counted), and is not connected.
         d.wait_stats("connection attempts while no frontend listens", |s| {
             Ok(s.get("vhost_user_connect_failures")? >= 2 && s.get("vhost_user_connected")? == 0)
@@ -406,31 +419,18 @@ fn client_mode_connects_to_testpmd_and_reconnects() {
 #[test]
 fn two_queue_pairs_one_per_worker() {
     run("vhost_user_mq", |ctx| {
-        let found = std::process::Command::new("sh").args(["-c", "command -v dpdk-testpmd"]).output()?;
-        ensure!(
-            found.status.success(),
-            "dpdk-testpmd is not installed (Debian package dpdk-dev; scripts/test.sh installs it)"
-        );
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         ensure!(cores >= 2, "this test needs 2 cores, the machine has {cores}");
-        let huge = Hugepages::reserve(160)?;
-        let topo = Topology::new(1)?;
-        let (c, p) = (&topo.concentrator, &topo.peers[0]);
-        let sock = ctx.log_path("vumq.sock").to_string_lossy().into_owned();
         // Two workers, each with its inner queue; WAN frames spread over both (lb), so that both
         // decrypt and both fill their pair's receive ring.
-        let opts = WgpmdOptions {
+        let Setup { huge, topo, mut d, peer, sock } = setup(ctx, "vumq.sock", |sock| WgpmdOptions {
             lcores: "0-1".into(),
             control_shares_core: true,
             fanout: Some("lb".into()),
             inner: Some(format!("vhost-user:{sock}")),
             ..Default::default()
-        };
-        let mut d = Wgpmd::start_concentrator(ctx, &topo, &topo.concentrator_device(), &opts)?;
-        let cfg = DeviceConfig::new(p.key.clone(), Some(p.port), Some(&format!("{}/24", p.inner_ip)))
-            .peer(PeerConfig::new(&c.key.public_b64(), &[INNER_NET]).endpoint(c.endpoint()).keepalive(1));
-        let peer = WgGo::start(ctx, &p.ns, &cfg)?;
-        d.wait_stats("a session with the peer", |s| Ok(s.get("peers_with_session")? == 1))?;
+        })?;
+        let p = &topo.peers[0];
         let mut t = Testpmd::start(ctx, &p.ns.clone(), "testpmd-mq", &sock, false, 2, &huge)?;
         d.wait_stats("the frontend connected", |s| Ok(s.get("vhost_user_connected")? == 1))?;
         // Both pairs in use (otherwise both workers would share pair 0).
