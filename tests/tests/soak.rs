@@ -10,8 +10,9 @@
 //!
 //! Every 5 s it samples wgpmd's RSS, every counter and bounded structure (`wgpmd stats`) and each
 //! peer's bytes (`wg show dump`; a sample is stamped when those were read). It fails if, after
-//! the warm-up (a sixth of the run, at least 30 s): RSS grows by more than 2 MiB over its value at the end of the warm-up; an established
-//! peer stops moving bytes for a sample or `peers_with_session` drops below the three; a counter
+//! the warm-up (a sixth of the run, at least 30 s): RSS grows by more than 2 MiB over its value
+//! at the end of the warm-up; an established peer stops moving bytes for a sample or
+//! `peers_with_session` drops below the three; a counter
 //! goes backwards; a bounded structure passes its capacity; or a peer's rate over a window falls
 //! below `WGPMD_SOAK_MIN_RATE` (default 0.9 for runs of 10 minutes or more, 0.5 for shorter
 //! runs, where a window is 5 s and a roaming step weighs more) times its rate in the first window
