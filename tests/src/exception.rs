@@ -35,6 +35,17 @@ pub fn keep_kernel_off(ctx: &Ctx, ns: &Netns, wan_if: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes the neighbour entry for `ip` on `dev` in `ns`, so that the next packet to `ip` asks
+/// ARP again. One deletion, not `ip neigh flush`: traffic to `ip` (a tunnel's) re-creates the
+/// entry while a flush loops, and the flush then gives up with an error. An entry already gone
+/// is fine.
+pub fn forget_neighbour(ns: &Netns, dev: &str, ip: Ipv4Addr) -> Result<()> {
+    match ns.ip(&["neigh", "del", &ip.to_string(), "dev", dev]) {
+        Err(e) if !format!("{e:#}").contains("No such file") => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The MAC of `dev` in `ns` (`ip -o link show`).
 pub fn link_mac(ns: &Netns, dev: &str) -> Result<String> {
     let out = ns.ip(&["-o", "link", "show", "dev", dev])?;

@@ -356,7 +356,7 @@ fn dpdk_exception_tap() {
         nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 256 << 10)?;
         ping_replied(&p.ns, KERNEL_ONLY, 3)?;
         let before = d.stats()?;
-        p.ns.ip(&["neigh", "flush", "dev", &p.outer_if])?;
+        forget_neighbour(&p.ns, &p.outer_if, c.outer_ip)?;
         ping_replied(&p.ns, c.outer_ip, 2)?;
         let report = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
         eprintln!(

@@ -73,7 +73,7 @@ fn tcp_and_icmp_to_the_kernel_while_the_tunnel_runs() {
         // wgpmd answers the ARP for its address, and mirrors it: the kernel answers too, and
         // that answer is suppressed.
         let before = s.d.stats()?;
-        p.ns.ip(&["neigh", "flush", "dev", &p.outer_if])?;
+        forget_neighbour(&p.ns, &p.outer_if, c.outer_ip)?;
         ping_replied(&p.ns, c.outer_ip, 3)?;
         let report = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
         eprintln!(
