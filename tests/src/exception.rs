@@ -4,6 +4,7 @@
 //! and a UDP flood of frames for the kernel.
 
 use crate::ctx::Ctx;
+use crate::net::{iperf3_report, IperfReport};
 use crate::netns::{enter_netns, Netns};
 use crate::proc::Proc;
 use crate::util::{host, secs, wait_until};
@@ -121,4 +122,21 @@ pub fn udp_flood(ns: &Netns, to: SocketAddr, dur: Duration) -> std::thread::Join
         }
         Ok(sent)
     })
+}
+
+/// Runs `steps` while iperf3 (TCP, `secs` seconds) runs from `client` to `server_addr` in
+/// `server`, and waits for iperf3 before returning, also when a step fails: the iperf3 thread
+/// holds the namespaces, which a thread left running at the test's end would leak.
+pub fn during_iperf3<T>(
+    client: &Netns,
+    server: &Netns,
+    server_addr: Ipv4Addr,
+    secs: u32,
+    steps: impl FnOnce() -> Result<T>,
+) -> Result<(T, IperfReport)> {
+    let (cns, sns) = (client.clone(), server.clone());
+    let iperf = std::thread::spawn(move || iperf3_report(&cns, &sns, server_addr, secs, false));
+    let done = steps();
+    let report = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))?;
+    Ok((done?, report?))
 }

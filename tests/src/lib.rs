@@ -37,7 +37,9 @@ mod wg;
 mod wgpmd;
 
 pub use ctx::{run, Ctx};
-pub use exception::{address_exception_tap, forget_neighbour, keep_kernel_off, link_mac, nc_transfer, need, udp_flood};
+pub use exception::{
+    address_exception_tap, during_iperf3, forget_neighbour, keep_kernel_off, link_mac, nc_transfer, need, udp_flood,
+};
 pub use keys::{public_key_b64, KeyPair};
 pub use net::{iperf3, iperf3_report, ping, ping_replied, wait_for_ping, IperfReport, PingStats};
 pub use netns::{enter_netns, Netns, VethPair, OWNER_ENV};

@@ -350,15 +350,15 @@ fn dpdk_exception_tap() {
         let _peer = WgGo::start(ctx, &p.ns, &topo.peer_device(0))?;
         wait_for_ping(&p.ns, c.inner_ip, secs(30))?;
 
-        let (pns, cns, inner) = (p.ns.clone(), c.ns.clone(), c.inner_ip);
-        let iperf = std::thread::spawn(move || iperf3_report(&pns, &cns, inner, 3, false));
-        nc_transfer(ctx, &p.ns, &c.ns, c.outer_ip, 7001, 256 << 10)?;
-        nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 256 << 10)?;
-        ping_replied(&p.ns, KERNEL_ONLY, 3)?;
-        let before = d.stats()?;
-        forget_neighbour(&p.ns, &p.outer_if, c.outer_ip)?;
-        ping_replied(&p.ns, c.outer_ip, 2)?;
-        let report = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+        let (before, report) = during_iperf3(&p.ns, &c.ns, c.inner_ip, 3, || {
+            nc_transfer(ctx, &p.ns, &c.ns, c.outer_ip, 7001, 256 << 10)?;
+            nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 256 << 10)?;
+            ping_replied(&p.ns, KERNEL_ONLY, 3)?;
+            let before = d.stats()?;
+            forget_neighbour(&p.ns, &p.outer_if, c.outer_ip)?;
+            ping_replied(&p.ns, c.outer_ip, 2)?;
+            Ok(before)
+        })?;
         eprintln!(
             "iperf3 through the tunnel (dpdk) during the exception traffic: {:.0} Mbit/s",
             report.bits_per_second / 1e6

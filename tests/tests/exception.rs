@@ -63,19 +63,18 @@ fn tcp_and_icmp_to_the_kernel_while_the_tunnel_runs() {
     run("exception_tcp_icmp", |ctx| {
         let mut s = setup(ctx, 20_000)?;
         let (c, p) = (&s.topo.concentrator, &s.topo.peers[0]);
-        let (pns, cns) = (p.ns.clone(), c.ns.clone());
-        let inner = c.inner_ip;
-        let iperf = std::thread::spawn(move || iperf3_report(&pns, &cns, inner, 8, false));
-        std::thread::sleep(Duration::from_secs(1));
-        nc_transfer(ctx, &p.ns, &c.ns, c.outer_ip, 7001, 1 << 20)?;
-        nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 1 << 20)?;
-        ping_replied(&p.ns, KERNEL_ONLY, 5)?;
-        // wgpmd answers the ARP for its address, and mirrors it: the kernel answers too, and
-        // that answer is suppressed.
-        let before = s.d.stats()?;
-        forget_neighbour(&p.ns, &p.outer_if, c.outer_ip)?;
-        ping_replied(&p.ns, c.outer_ip, 3)?;
-        let report = iperf.join().map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+        let (before, report) = during_iperf3(&p.ns, &c.ns, c.inner_ip, 8, || {
+            std::thread::sleep(Duration::from_secs(1));
+            nc_transfer(ctx, &p.ns, &c.ns, c.outer_ip, 7001, 1 << 20)?;
+            nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 1 << 20)?;
+            ping_replied(&p.ns, KERNEL_ONLY, 5)?;
+            // wgpmd answers the ARP for its address, and mirrors it: the kernel answers too, and
+            // that answer is suppressed.
+            let before = s.d.stats()?;
+            forget_neighbour(&p.ns, &p.outer_if, c.outer_ip)?;
+            ping_replied(&p.ns, c.outer_ip, 3)?;
+            Ok(before)
+        })?;
         eprintln!(
             "iperf3 through the tunnel while TCP/ICMP used the exception path: {:.1} Mbit/s",
             report.bits_per_second / 1e6

@@ -71,10 +71,9 @@ impl IpsecMb {
         decrypt: bool,
     ) -> [u8; TAG_LEN] {
         let mut tag = [0u8; TAG_LEN];
-        // SAFETY: `mgr` is a live manager owned by `self` (borrowed mutably: the library's
-        // manager is not thread-safe); the key (32 bytes), nonce (12), tag (16) and the
-        // `aad`/`buf` slices with their lengths are valid for the call, which reads and writes
-        // nothing else.
+        // The library's manager is not thread-safe: `self` is borrowed mutably.
+        // The call reads and writes nothing but the pointers and lengths it is given.
+        // SAFETY: `mgr` is live (owned by `self`); key (32 B), nonce (12), tag (16), aad and buf are valid.
         unsafe {
             wgpmd_imb_chacha20_poly1305(
                 self.mgr,

@@ -170,9 +170,9 @@ pub(crate) fn wg_len(lanes: &[Lane<'_>]) -> Option<usize> {
 /// Start loading the cache line holding `p` into every cache level (PREFETCHT0).
 #[inline(always)]
 pub(crate) fn prefetch_read(p: *const u8) {
-    // SAFETY: PREFETCHT0 (SSE, part of the x86-64 baseline) is a hint: it never faults, reads
-    // nothing into a register and changes no architectural state, whatever the address (a
-    // dangling, unmapped or null one included), so any pointer value is sound.
+    // PREFETCHT0 (SSE, in the x86-64 baseline) never faults, reads nothing into a register and
+    // changes no architectural state, whatever the address (dangling, unmapped or null included).
+    // SAFETY: a hint, sound for any pointer value (above).
     unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
 }
 
@@ -182,7 +182,6 @@ pub(crate) fn prefetch_read(p: *const u8) {
 /// compiler emits PREFETCHT0 for it instead (the line arrives, shared).
 #[inline(always)]
 pub(crate) fn prefetch_write(p: *const u8) {
-    // SAFETY: as in `prefetch_read`: PREFETCHW is a hint that never faults and changes no
-    // architectural state, whatever the address.
+    // SAFETY: as in `prefetch_read`: PREFETCHW is a hint that never faults, whatever the address.
     unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p.cast()) }
 }

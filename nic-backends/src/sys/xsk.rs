@@ -394,9 +394,9 @@ impl XskSocket {
     /// `sendto(fd, NULL, 0, MSG_DONTWAIT)`: make the kernel send what is in the tx ring.
     /// `EAGAIN`/`EBUSY`/`ENOBUFS`/`ENETDOWN` are transient (the frames stay in the ring).
     pub(crate) fn kick_tx(&self) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
         // SAFETY: no buffer is passed (NULL, length 0); the fd is ours.
-        let r =
-            unsafe { libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+        let r = unsafe { libc::sendto(fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
