@@ -158,7 +158,21 @@ unset WGPMD_GUEST_ALLOW_SKIP
 # test binary), so the default test threads are fine. Only them: cargo test -p wgpmd-e2e --release
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
-cargo test --workspace --release --features "$WORKSPACE_FEATURES" 2>&1 | tee "$results"
+# One closing line for the whole suite, summed over every test binary's "test result" line.
+summary() {
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+}
+# --no-fail-fast: a failing test binary does not hide the ones after it; the suite stops here,
+# with every failure listed, if any failed.
+status=0
+cargo test --workspace --release --no-fail-fast --features "$WORKSPACE_FEATURES" 2>&1 | tee "$results" || status=$?
+if ((status)); then
+    echo "== failed tests:"
+    grep -E '^test .* FAILED$|^error: .*test' "$results" || true
+    summary
+    exit "$status"
+fi
 
 # X25519 (aws-lc) and ChaCha20-Poly1305 (ring) choose their code at run time from the CPU's features. The
 # crypto unit tests run again on an emulated CPU that has none of the optional ones (QEMU user mode, TCG,
@@ -204,6 +218,4 @@ fi
 echo "== Debian package: build, dpkg -i, systemd-analyze verify, --version, man, dpkg -r/-P (scripts/deb-test.sh)"
 WGPMD_DEB_PROFILE="${WGPMD_DEB_PROFILE:-release}" scripts/deb-test.sh
 
-# One closing line for the whole suite, summed over every test binary's "test result" line.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+summary
