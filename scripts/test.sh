@@ -169,7 +169,8 @@ status=0
 cargo test --workspace --release --no-fail-fast --features "$WORKSPACE_FEATURES" 2>&1 | tee "$results" || status=$?
 if ((status)); then
     echo "== failed tests:"
-    grep -E -A30 '^test .* FAILED$|^error: [0-9]+ targets? failed' "$results" || true
+    grep -E '^test .* FAILED$' "$results" || true
+    grep -E -A30 '^error: [0-9]+ targets? failed' "$results" || true
     summary
     exit "$status"
 fi
