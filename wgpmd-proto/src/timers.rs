@@ -38,8 +38,10 @@
 //! Several worker cores call the event methods on `&self` while a control core polls. Every
 //! field is one atomic and nothing tears. Disarm stores 0 (0 means unarmed; armed deadlines are
 //! never 0); arm-if-unarmed is `compare_exchange(0, deadline)`; always-re-arm (`mod_timer`) is
-//! `swap`; firing is `compare_exchange(deadline_seen, 0)`, so an event that re-arms or disarms
-//! between `poll`'s read and its firing wins and is not lost. The atomics use `Relaxed`: each is
+//! `swap`; each after a plain load that skips the write when it would change nothing, so the
+//! data path's once-per-burst events write a peer's line only when a value moves. Firing is
+//! `compare_exchange(deadline_seen, 0)`, so an event that re-arms or disarms between `poll`'s
+//! read and its firing wins and is not lost. The atomics use `Relaxed`: each is
 //! an independent value, nothing is published through them, and every operation on one atomic
 //! is ordered by that atomic's modification order, which is all the rules above rely on.
 //!
