@@ -38,8 +38,10 @@
 //! Several worker cores call the event methods on `&self` while a control core polls. Every
 //! field is one atomic and nothing tears. Disarm stores 0 (0 means unarmed; armed deadlines are
 //! never 0); arm-if-unarmed is `compare_exchange(0, deadline)`; always-re-arm (`mod_timer`) is
-//! `swap`; firing is `compare_exchange(deadline_seen, 0)`, so an event that re-arms or disarms
-//! between `poll`'s read and its firing wins and is not lost. The atomics use `Relaxed`: each is
+//! `swap`; each after a plain load that skips the write when it would change nothing, so the
+//! data path's once-per-burst events write a peer's line only when a value moves. Firing is
+//! `compare_exchange(deadline_seen, 0)`, so an event that re-arms or disarms between `poll`'s
+//! read and its firing wins and is not lost. The atomics use `Relaxed`: each is
 //! an independent value, nothing is published through them, and every operation on one atomic
 //! is ordered by that atomic's modification order, which is all the rules above rely on.
 //!
@@ -246,6 +248,10 @@ fn arm_if_unarmed(timer: &AtomicU64, deadline: Timestamp) -> Option<Timestamp> {
 /// Kernel `mod_timer(t, d)`: `Some(d)` if the timer was unarmed or is now earlier.
 fn rearm(timer: &AtomicU64, deadline: Timestamp) -> Option<Timestamp> {
     let d = stored(deadline);
+    // Already at `d` (a burst each way at the same `now`): what the swap would do, without a write.
+    if timer.load(ORD) == d {
+        return None;
+    }
     let old = timer.swap(d, ORD);
     (old == 0 || d < old).then_some(Timestamp::from_nanos(d))
 }
@@ -449,8 +455,20 @@ impl PeerTimers {
 
     /// Receive-side rekey (`receive.c` `keep_key_fresh`): `true` once per handshake, for the
     /// core that gets to send the last-minute initiation.
+    ///
+    /// Called for every message opened with an old enough keypair, so a plain load comes first:
+    /// once the flag is set (by the first of them), the others only read it. A failed
+    /// `compare_exchange` would still take the line for writing on every call, bouncing it
+    /// between the cores that receive for the peer.
     pub fn claim_lastminute_handshake(&self) -> bool {
-        self.sent_lastminute_handshake.compare_exchange(false, true, ORD, ORD).is_ok()
+        !self.sent_lastminute_handshake.load(ORD)
+            && self.sent_lastminute_handshake.compare_exchange(false, true, ORD, ORD).is_ok()
+    }
+
+    /// Whether the last-minute handshake of the current session was claimed (for tests).
+    #[cfg(test)]
+    pub(crate) fn lastminute_claimed(&self) -> bool {
+        self.sent_lastminute_handshake.load(ORD)
     }
 
     /// Retransmits of the current handshake so far.

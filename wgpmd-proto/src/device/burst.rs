@@ -40,7 +40,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use wgpmd_aead::{Lane, Lanes, MAX_LANES, TAG_LEN};
@@ -484,7 +483,7 @@ impl Device {
         if kp.needs_rekey_on_recv(now)
             && kp.generation() == self.generation()
             && peer.timers.claim_lastminute_handshake()
-            && !peer.handshake_wanted.swap(true, Ordering::Relaxed)
+            && peer.claim_handshake_wanted()
         {
             events.push(Event::HandshakeWanted(id));
         }
@@ -718,7 +717,7 @@ impl Device {
                     want = true;
                 }
             }
-            if want && !peer.handshake_wanted.swap(true, Ordering::Relaxed) {
+            if want && peer.claim_handshake_wanted() {
                 events.push(Event::HandshakeWanted(id));
             }
         }

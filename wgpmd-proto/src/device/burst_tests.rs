@@ -562,3 +562,236 @@ fn two_threads_never_share_a_counter() {
     all.sort_unstable();
     assert!(all.iter().copied().eq(0..(BURSTS * PER_BURST) as u64), "each counter accepted exactly once");
 }
+
+/// Everything of one peer the data path can write: byte counters, endpoint, every timer's
+/// deadline, the last-minute and handshake-wanted flags, and its current keypair's send counter
+/// and replay window.
+#[derive(Debug, PartialEq, Eq)]
+struct PeerWrites {
+    rx: u64,
+    tx: u64,
+    endpoint: Option<SocketAddr>,
+    timers: Vec<Option<Timestamp>>,
+    lastminute: bool,
+    handshake_wanted: bool,
+    send_counter: u64,
+    window: u64,
+}
+
+fn peer_writes(dev: &Device, id: PeerId) -> PeerWrites {
+    use crate::timers::Timer;
+    let p = dev.peer(id).unwrap();
+    let kp = p.keypairs.current().unwrap();
+    let window = kp.lock_window().counter();
+    PeerWrites {
+        rx: p.rx_bytes(),
+        tx: p.tx_bytes(),
+        endpoint: p.endpoint(),
+        timers: [
+            Timer::RetransmitHandshake,
+            Timer::SendKeepalive,
+            Timer::NewHandshake,
+            Timer::ZeroKeyMaterial,
+            Timer::PersistentKeepalive,
+        ]
+        .into_iter()
+        .map(|t| p.timers.deadline(t))
+        .collect(),
+        lastminute: p.timers.lastminute_claimed(),
+        handshake_wanted: p.handshake_wanted.load(std::sync::atomic::Ordering::Relaxed),
+        send_counter: kp.sending_counter(),
+        window,
+    }
+}
+
+/// One worker's traffic with peer `p` of `r`: `bursts` bursts each way of `per` messages
+/// (received from a roaming source now and then, so the endpoint moves), at 170 s (the old
+/// peer's keypair then asks for its last-minute handshake on receive).
+fn one_peer_traffic(r: &Rig, p: u8, msgs: &mut [Vec<u8>], bursts: usize, per: usize) -> Output {
+    let dev = &r.dev;
+    let id = r.peers[p as usize];
+    let mut out = Output::with_capacity(64);
+    let (mut rx_results, mut tx_results) = (Vec::new(), Vec::new());
+    let now = t(170);
+    for (b, chunk) in msgs.chunks_mut(per).take(bursts).enumerate() {
+        let src = src_addr(p, b % 3 == 2);
+        let mut items: Vec<RxItem<'_>> = chunk.iter_mut().map(|m| RxItem { src, msg: &mut m[..] }).collect();
+        dev.decapsulate_burst(now, &mut items, &mut rx_results, &mut out);
+        assert!(rx_results.iter().all(Result::is_ok), "{rx_results:?}");
+        let mut bufs: Vec<Vec<u8>> = (0..per)
+            .map(|_| {
+                let mut buf = vec![0u8; 16 + 60 + 32];
+                buf[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(p), 40));
+                buf
+            })
+            .collect();
+        let mut items: Vec<TxItem<'_>> =
+            bufs.iter_mut().map(|buf| TxItem { peer: id, buf: &mut buf[..], plain_len: 60 }).collect();
+        dev.encapsulate_burst(now, &mut items, &mut tx_results, &mut out);
+        assert!(tx_results.iter().all(Result::is_ok), "{tx_results:?}");
+    }
+    out
+}
+
+/// Two workers on distinct peers: what one worker's bursts for peer B do leaves every field of
+/// peer A as it was, and running both workers at once leaves each peer exactly as its own
+/// worker alone leaves it. And each peer's fields written per burst lie on cache lines of its
+/// own block (see `Peer`'s layout), so the two workers write no line in common.
+#[test]
+fn two_workers_on_distinct_peers_write_only_their_own_peer() {
+    const BURSTS: usize = 200;
+    const PER: usize = 8;
+    // Peer 0 (a fresh session) and the old peer (its receive side asks for the last-minute
+    // handshake: a flag written once, then read per message).
+    let (a, b) = (0u8, OLD_PEER);
+    let traffic = |r: &Rig, p: u8| -> Vec<Vec<u8>> {
+        (0..BURSTS * PER)
+            .map(|_| sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), 40), t(100)))
+            .collect()
+    };
+
+    // Worker 2 alone, on B: A untouched.
+    let r = rig(17);
+    let (ida, idb) = (r.peers[a as usize], r.peers[b as usize]);
+    let before = peer_writes(&r.dev, ida);
+    let out = one_peer_traffic(&r, b, &mut traffic(&r, b), BURSTS, PER);
+    assert_eq!(peer_writes(&r.dev, ida), before, "peer A changed by bursts for peer B");
+    assert_ne!(peer_writes(&r.dev, idb), peer_writes(&rig(17).dev, idb), "peer B's bursts ran");
+    assert_eq!(
+        out.events.iter().filter(|e| matches!(e, Event::HandshakeWanted(p) if *p == idb)).count(),
+        1,
+        "one last-minute handshake for B's keypair"
+    );
+    assert!(out.events.iter().all(|e| !matches!(e, Event::HandshakeWanted(p) if *p == ida)));
+
+    // Each alone, then both at once: the same end state per peer.
+    let alone: Vec<PeerWrites> = [a, b]
+        .iter()
+        .map(|&p| {
+            let r = rig(17);
+            one_peer_traffic(&r, p, &mut traffic(&r, p), BURSTS, PER);
+            peer_writes(&r.dev, r.peers[p as usize])
+        })
+        .collect();
+    let r = rig(17);
+    let (mut ta, mut tb) = (traffic(&r, a), traffic(&r, b));
+    std::thread::scope(|s| {
+        let (r, ta, tb) = (&r, &mut ta, &mut tb);
+        let wa = s.spawn(move || one_peer_traffic(r, a, ta, BURSTS, PER));
+        let wb = s.spawn(move || one_peer_traffic(r, b, tb, BURSTS, PER));
+        wa.join().unwrap();
+        wb.join().unwrap();
+    });
+    assert_eq!(peer_writes(&r.dev, ida), alone[0], "peer A with both workers running");
+    assert_eq!(peer_writes(&r.dev, idb), alone[1], "peer B with both workers running");
+
+    // The lines the data path writes per burst: each peer's hot fields, in its own block.
+    let lines = |id: PeerId| {
+        let p = Arc::as_ptr(r.dev.peer(id).unwrap()) as usize;
+        let block = p - 2 * core::mem::size_of::<usize>(); // the Arc's counts come first
+        let (first, last) = ((p + peer::HOT_FIELDS.start) / 64, (p + peer::HOT_FIELDS.end - 1) / 64);
+        assert!(first * 64 >= block, "a hot line starts before the peer's block");
+        assert!((last + 1) * 64 <= p + core::mem::size_of::<Peer>(), "a hot line ends after the peer's block");
+        first..=last
+    };
+    let (la, lb) = (lines(ida), lines(idb));
+    assert!(la.end() < lb.start() || lb.end() < la.start(), "{la:?} {lb:?}");
+    // Keypairs: whole lines each (the reference count on a line of its own before them).
+    assert_eq!(core::mem::align_of::<Keypair>(), 64);
+    assert_eq!(core::mem::size_of::<Keypair>() % 64, 0);
+}
+
+/// The receive side's last-minute handshake (an initiator's keypair near the end of its life)
+/// is asked for once per keypair, whichever of two workers opens its messages first, and the
+/// flag is written only by that claim: every later message reads it.
+#[test]
+fn the_last_minute_handshake_is_claimed_once_by_two_workers() {
+    const PER: usize = 8;
+    let r = rig(19);
+    let id = r.peers[OLD_PEER as usize];
+    let msgs: Vec<Vec<u8>> = (0..2 * 50 * PER)
+        .map(|_| sealed(&r, OLD_PEER, &ipv4_packet(inner_src(OLD_PEER), Ipv4Addr::new(10, 9, 0, 1), 40), t(100)))
+        .collect();
+    let (mine, theirs) = msgs.split_at(50 * PER);
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        [mine.to_vec(), theirs.to_vec()]
+            .map(|mut m| {
+                let r = &r;
+                s.spawn(move || {
+                    let mut out = Output::with_capacity(64);
+                    let mut results = Vec::new();
+                    for chunk in m.chunks_mut(PER) {
+                        let mut items: Vec<RxItem<'_>> = chunk
+                            .iter_mut()
+                            .map(|m| RxItem { src: src_addr(OLD_PEER, false), msg: &mut m[..] })
+                            .collect();
+                        r.dev.decapsulate_burst(t(170), &mut items, &mut results, &mut out);
+                        assert!(results.iter().all(Result::is_ok), "{results:?}");
+                    }
+                    out
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .into()
+    });
+    let wanted = outs.iter().flat_map(|o| &o.events).filter(|e| matches!(e, Event::HandshakeWanted(p) if *p == id));
+    assert_eq!(wanted.count(), 1);
+    let peer = r.dev.peer(id).unwrap();
+    assert!(peer.timers.lastminute_claimed());
+    assert!(!peer.timers.claim_lastminute_handshake(), "claimed already");
+    // A completed handshake makes it claimable again, once.
+    peer.timers.handshake_complete(t(171));
+    assert!(peer.timers.claim_lastminute_handshake());
+    assert!(!peer.timers.claim_lastminute_handshake());
+}
+
+/// What the worker does when idle: it forgets the cached lookups whose keypair the device
+/// dropped (the cache held the last reference: the keys go, wiped) and keeps the others, so the
+/// next burst hits instead of going to the shared table for every packet.
+#[test]
+fn forgetting_dropped_keys_keeps_the_live_lookups() {
+    let mut r = rig(21);
+    let mut rng = ChaCha20Rng::seed_from_u64(210);
+    let msg = |r: &Rig, p: u8| sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), 40), t(100));
+    for p in [0, 1] {
+        let mut m = msg(&r, p);
+        assert!(r.dev.decapsulate(t(101), src_addr(p, false), &mut m, &mut r.out).is_ok());
+    }
+    assert_eq!(r.out.index_cache_used(), 2);
+    // Peer 0's keypair leaves its slots and the table (two new sessions): only the cache holds it.
+    let old = Arc::downgrade(&r.dev.peer(r.peers[0]).unwrap().keypairs.current().unwrap());
+    for k in 0..2u8 {
+        let (s, v) = (Secret([70 + k; 32]), Secret([80 + k; 32]));
+        r.dev.bench_install_session(&mut rng, r.peers[0], &s, &v, 0x3000, t(101)).unwrap();
+    }
+    assert!(old.upgrade().is_some(), "the cache still holds the dropped keypair");
+    assert_eq!(r.out.forget_dropped_keys(), 1);
+    assert!(old.upgrade().is_none(), "its keys are gone once the cache lets go");
+    assert_eq!(r.out.index_cache_used(), 1, "peer 1's lookup stays");
+    assert_eq!(r.out.forget_dropped_keys(), 0);
+    let (hits, misses) = (r.out.stats.index_cache_hits, r.out.stats.index_cache_misses);
+    let mut m = msg(&r, 1);
+    assert!(r.dev.decapsulate(t(102), src_addr(1, false), &mut m, &mut r.out).is_ok());
+    assert_eq!(
+        (r.out.stats.index_cache_hits, r.out.stats.index_cache_misses),
+        (hits + 1, misses),
+        "a hit after forgetting the dropped keys"
+    );
+    r.out.forget_keys();
+    assert_eq!(r.out.index_cache_used(), 0);
+}
+
+/// Each worker's `Output` (its per-packet counters and index cache) fills whole cache lines,
+/// so two of them never share one, side by side in memory included.
+#[test]
+fn outputs_of_two_workers_share_no_cache_line() {
+    assert_eq!(core::mem::align_of::<Output>() % 64, 0);
+    assert_eq!(core::mem::size_of::<Output>() % 64, 0);
+    let two = [Output::with_capacity(1), Output::with_capacity(1)];
+    let stats = |o: &Output| {
+        let p = core::ptr::from_ref(&o.stats) as usize;
+        (p / 64)..=((p + core::mem::size_of::<Stats>() - 1) / 64)
+    };
+    let (a, b) = (stats(&two[0]), stats(&two[1]));
+    assert!(a.end() < b.start(), "{a:?} {b:?}");
+}

@@ -24,8 +24,13 @@
 //!   maps to the same slot keeps its keypair outside the cache for the burst (one clone) instead
 //!   of evicting it.
 //! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
-//!   entry is replaced or [`IndexCache::clear`]ed: the worker clears the cache when idle and at
-//!   least every minute (the keys are wiped when the last reference goes).
+//!   entry is replaced, [`IndexCache::release_retired`] drops it (the entries whose keypair is
+//!   retired, that is, no longer in the device's table) or [`IndexCache::clear`] drops all: the
+//!   worker releases the retired entries when idle and at least every minute (the keys are
+//!   wiped when the last reference goes). The other entries stay: their keypairs are in the
+//!   table, so the cache keeps nothing alive that the device does not, and the next burst after
+//!   a pause still hits instead of going to the shared table (a read lock on a shard other
+//!   peers' lookups share, and a reference count written) for every packet.
 
 use std::sync::Arc;
 
@@ -155,6 +160,19 @@ impl IndexCache {
         for e in self.entries.iter_mut() {
             *e = Entry::default();
         }
+    }
+
+    /// Drop the entries whose keypair is retired (its index left the device's table: the entry
+    /// alone may be keeping its keys alive); keep the others. Returns how many were dropped.
+    pub(crate) fn release_retired(&mut self) -> usize {
+        let mut n = 0;
+        for e in self.entries.iter_mut() {
+            if e.kp.as_ref().is_some_and(|kp| kp.is_retired()) {
+                *e = Entry::default();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Entries holding a keypair.

@@ -267,7 +267,12 @@ pub enum Event {
 }
 
 /// Everything calls produce, owned by the caller and reused across bursts.
+///
+/// One per worker, written per packet (its counters, its index cache's entries): aligned to a
+/// cache line (and so a whole number of lines long), so that two workers' outputs never share
+/// a line wherever their owners keep them, side by side in one allocation included.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct Output {
     /// Control messages to send (handshakes, cookie replies, keepalives).
     pub transmits: Vec<Transmit>,
@@ -297,11 +302,20 @@ impl Output {
         self.transmits.clear();
         self.events.clear();
     }
-    /// Forget the data path's cached receiver-index lookups: each holds a reference to a
+    /// Forget all the data path's cached receiver-index lookups: each holds a reference to a
     /// keypair, which keeps its keys alive after the device dropped it until the entry is
-    /// replaced. The daemon calls this when a worker is idle and at least every minute.
+    /// replaced.
     pub fn forget_keys(&mut self) {
         self.cache.clear();
+    }
+
+    /// Forget the cached receiver-index lookups whose keypair the device has dropped (its index
+    /// left the table: the cache's reference may be the last one, keeping its keys alive), and
+    /// keep the others, whose keypairs the device still holds: the next burst hits on them
+    /// rather than going to the shared table. Returns how many were forgotten. The daemon calls
+    /// this when a worker is idle and at least every minute.
+    pub fn forget_dropped_keys(&mut self) -> usize {
+        self.cache.release_retired()
     }
 
     /// Entries of the receiver-index cache holding a keypair (at most

@@ -66,18 +66,39 @@ impl HandshakeState {
 }
 
 /// One peer.
+///
+/// Laid out in this order (`repr(C)`) so that what the data path writes for the peer once per
+/// burst (endpoint, byte counters, timers, `handshake_wanted`: the "hot" fields) sits in the
+/// middle, with at least a cache line of fields it never writes on either side (the handshake
+/// state before, written by handshakes only; the id, key and keypair slots after, written by
+/// configuration and key rotations only). Peers are separate heap blocks of about 400 bytes
+/// that the allocator places side by side without aligning them to cache lines, so a line at
+/// the edge of one peer's block can hold the neighbouring block's bytes: those edge lines hold
+/// no hot field, and two workers serving two distinct peers never write one line
+/// ([`HOT_FIELDS`] and its test).
+#[repr(C)]
 pub struct Peer {
-    id: PeerId,
-    /// A `HandshakeWanted` event is outstanding (so the data path emits it once).
-    pub(crate) handshake_wanted: AtomicBool,
-    public_key: [u8; KEY_LEN],
-    pub(crate) keypairs: Keypairs,
+    handshake: Mutex<HandshakeState>,
     endpoint: EndpointCell,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
     pub(crate) timers: PeerTimers,
-    handshake: Mutex<HandshakeState>,
+    /// A `HandshakeWanted` event is outstanding (so the data path emits it once).
+    pub(crate) handshake_wanted: AtomicBool,
+    id: PeerId,
+    public_key: [u8; KEY_LEN],
+    pub(crate) keypairs: Keypairs,
 }
+
+/// Where the fields the data path writes once per peer per burst lie in a [`Peer`]: from
+/// `endpoint` to `handshake_wanted`, as a byte range of the struct.
+pub(crate) const HOT_FIELDS: core::ops::Range<usize> =
+    core::mem::offset_of!(Peer, endpoint)..core::mem::offset_of!(Peer, handshake_wanted) + 1;
+
+// At least a line of cold bytes on each side of the hot fields (the `Arc`'s counts, 16 bytes,
+// come before the struct and only add to the margin).
+const _: () = assert!(HOT_FIELDS.start >= 64);
+const _: () = assert!(core::mem::size_of::<Peer>() - HOT_FIELDS.end >= 64);
 
 /// A peer's short printable name, formatted when displayed: `peer(AbCd…wXyZ)` as wireguard-go
 /// writes it, or with [`Peer::short_key`] just `AbCd…wXyZ`.
@@ -119,15 +140,15 @@ impl Peer {
         public_key: [u8; KEY_LEN],
     ) -> Self {
         Peer {
-            id,
-            handshake_wanted: AtomicBool::new(false),
-            public_key,
-            keypairs: Keypairs::new(),
+            handshake: Mutex::new(HandshakeState { noise: Handshake::new(public_key, Secret::zero()), cookie: None }),
             endpoint: EndpointCell::new(),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             timers: PeerTimers::new(rng),
-            handshake: Mutex::new(HandshakeState { noise: Handshake::new(public_key, Secret::zero()), cookie: None }),
+            handshake_wanted: AtomicBool::new(false),
+            id,
+            public_key,
+            keypairs: Keypairs::new(),
         }
     }
 
@@ -149,6 +170,14 @@ impl Peer {
         prefetch::write(&self.timers);
         // The timers span two lines.
         prefetch::write_ptr(core::ptr::from_ref(&self.timers).cast::<u8>().wrapping_add(64));
+    }
+
+    /// Claim the peer's outstanding `HandshakeWanted` event: `true` for the one caller that
+    /// sets the flag. A plain load first, so that while the flag is set (a handshake asked for
+    /// and not yet done) the callers, once per burst, only read it.
+    #[inline]
+    pub(crate) fn claim_handshake_wanted(&self) -> bool {
+        !self.handshake_wanted.load(Ordering::Relaxed) && !self.handshake_wanted.swap(true, Ordering::Relaxed)
     }
 
     /// The peer's id in its device.

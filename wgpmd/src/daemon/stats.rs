@@ -17,8 +17,12 @@ use wgpmd_proto::device::{DropReason, Stats};
 /// Directory of the stats sockets.
 pub const STATS_DIR: &str = "/var/run/wgpmd";
 
-/// A worker's counters, owned by the worker while it runs.
+/// A worker's counters, owned by the worker while it runs (some written per packet). Aligned
+/// to a cache line, so that the worker's copy shares no line with anything another thread
+/// writes, and the published copies in [`WorkerCounters`] (each behind its own lock, in one
+/// vector) share none with each other.
 #[derive(Debug, Clone, Default)]
+#[repr(align(64))]
 pub(crate) struct Local {
     pub wan_rx: u64,
     pub inner_rx: u64,
@@ -324,4 +328,25 @@ pub fn query_stats(name: &str) -> std::io::Result<String> {
     let mut s = String::new();
     c.read_to_string(&mut s)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's counters (written per packet) and their published copies (one lock each, side
+    /// by side in `Shared::workers`) fill whole cache lines: no two workers' share one.
+    #[test]
+    fn workers_counters_share_no_cache_line() {
+        for (align, size) in [
+            (core::mem::align_of::<Local>(), core::mem::size_of::<Local>()),
+            (core::mem::align_of::<WorkerCounters>(), core::mem::size_of::<WorkerCounters>()),
+        ] {
+            assert_eq!(align % 64, 0);
+            assert_eq!(size % 64, 0);
+        }
+        let published: Vec<WorkerCounters> = (0..2).map(|_| WorkerCounters::default()).collect();
+        let (a, b) = (core::ptr::from_ref(&published[0]) as usize, core::ptr::from_ref(&published[1]) as usize);
+        assert!((a + core::mem::size_of::<WorkerCounters>() - 1) / 64 < b / 64);
+    }
 }

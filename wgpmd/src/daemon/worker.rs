@@ -28,10 +28,11 @@ pub const BURST: usize = 32;
 const SPIN_BEFORE_SLEEP: u32 = 64;
 /// Longest adaptive sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
-/// The worker's cached receiver-index lookups (`Output::forget_keys`), each holding a keypair,
-/// are dropped at least this often, and whenever the worker finds nothing to do: a dead
-/// session's key must not outlive it in a cache (WireGuard promises session keys are gone
-/// within 3 × REJECT_AFTER_TIME).
+/// The worker's cached receiver-index lookups whose keypair the device dropped
+/// (`Output::forget_dropped_keys`) are released at least this often, and whenever the worker
+/// finds nothing to do: a dead session's key must not outlive it in a cache (WireGuard promises
+/// session keys are gone within 3 × REJECT_AFTER_TIME). The lookups of live keypairs stay (the
+/// device holds those keys anyway), so the first burst after a pause hits the cache.
 pub(crate) const KEY_CACHE_MAX_AGE: Duration = Duration::from_secs(60);
 
 pub(crate) struct Worker {
@@ -149,7 +150,7 @@ impl Worker {
             if iter.is_multiple_of(64) {
                 self.hs.rng.reseed_if_due(now);
                 if now - keys_since >= KEY_CACHE_MAX_AGE {
-                    self.out.forget_keys();
+                    self.out.forget_dropped_keys();
                     keys_since = now;
                 }
                 self.publish(false);
@@ -164,7 +165,7 @@ impl Worker {
             }
             idle += 1;
             if idle == 1 {
-                self.out.forget_keys();
+                self.out.forget_dropped_keys();
                 keys_since = now;
             }
             if idle > SPIN_BEFORE_SLEEP {
