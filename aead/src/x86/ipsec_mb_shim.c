@@ -1,6 +1,6 @@
 /* The reference single-buffer ChaCha20-Poly1305 of Intel's libipsec-mb, for benchmarks only
- * (feature `ipsec-mb`). Its direct AEAD API is a set of macros over function pointers in the
- * IMB_MGR, so Rust reaches it through these three C functions. */
+ * (feature `ipsec-mb`). Its API is a set of macros over function pointers in the IMB_MGR, so
+ * Rust reaches it through these three C functions. */
 #include <stdint.h>
 #include <intel-ipsec-mb.h>
 

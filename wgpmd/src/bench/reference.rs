@@ -1,10 +1,10 @@
 //! The references `wgpmd bench` reports the pipeline against, timed on the calling thread's
 //! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`wgpmd_proto::crypto::AeadKey`]),
-//! libipsec-mb's one-message ChaCha20-Poly1305 timed the same way (feature `bench-ipsec-mb`,
-//! x86-64: `wgpmd_aead::ipsec_mb`), our
-//! multi-lane AEAD alone (`wgpmd_aead`, bursts of 16 messages under 16 keys, what the data path
-//! runs without the rest of the pipeline) and boringtun 0.7.1 `encapsulate` / `decapsulate` on
-//! an established session (the bodies of `benches/crypto.rs`, without criterion).
+//! libipsec-mb's ChaCha20-Poly1305 timed the same way (feature `bench-ipsec-mb`, x86-64:
+//! `wgpmd_aead::ipsec_mb`, one job per message through the library's job API), our multi-lane
+//! AEAD alone (`wgpmd_aead`, bursts of 16 messages under 16 keys, what the data path runs
+//! without the rest of the pipeline) and boringtun 0.7.1 `encapsulate` / `decapsulate` on an
+//! established session (the bodies of `benches/crypto.rs`, without criterion).
 //!
 //! Open and decapsulate need a fresh counter per message: a batch is sealed untimed, then
 //! opening it is timed, batch after batch.
