@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Plot `wgpmd bench` output: Mpps per core of the worker pipeline next to the references measured
-in the same run (ring's raw AEAD, boringtun), per packet size and direction.
+in the same run (ring's raw AEAD, libipsec-mb's if measured, boringtun), per packet size and direction.
 
     python3 scripts/plot-bench.py docs/bench/wgpmd-bench.txt docs/bench/wgpmd-bench.png
 
@@ -56,6 +56,7 @@ def main():
     series = [
         ("wgpmd pipeline (per worker core)", "Mpps/core", "#1f77b4"),
         ("ring AEAD only (open / seal)", "ring AEAD Mpps", "#bbbbbb"),
+        ("libipsec-mb AEAD only (open / seal)", "ipsec-mb Mpps", "#2ca02c"),
         ("boringtun 0.7.1 (decap / encap)", "boringtun Mpps", "#ff7f0e"),
     ]
     series = [s for s in series if any(number(r.get(s[1], "")) is not None for r in rows)]

@@ -75,6 +75,10 @@ WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/test-hooks"
 TEST_HOOKS=(WGPMD_VFIO_TEST_BAD_IOVA WGPMD_TEST_PANIC_WORKER)
 # boringtun as a reference in `wgpmd bench` (and its smoke test): opt-in, not a default feature.
 WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/bench-boringtun"
+# libipsec-mb's one-message ChaCha20-Poly1305 as a reference in `wgpmd bench` (and its smoke test, which
+# checks its columns): opt-in, not a default feature; the library and its header at build time.
+[[ -f /usr/include/intel-ipsec-mb.h ]] || need_apt+=(libipsec-mb-dev)
+WORKSPACE_FEATURES="$WORKSPACE_FEATURES,wgpmd/bench-ipsec-mb"
 
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
@@ -146,6 +150,13 @@ for hook in "${TEST_HOOKS[@]}"; do
         exit 1
     fi
 done
+# nor the opt-in bench references: the plain binary neither links libipsec-mb nor carries boringtun.
+features="$(target/release/wgpmd --version | sed -n 's/^features: //p')"
+echo "checked: target/release/wgpmd --version -> features: $features (must be none)"
+if [[ "$features" != none ]] || ldd target/release/wgpmd | grep -q IPSec_MB; then
+    echo "FAIL: the release binary is built with optional features ($features) or links libIPSec_MB" >&2
+    exit 1
+fi
 
 echo "== build (release: the tests run crypto in loops of a million inputs; with the test hooks)"
 cargo build --workspace --release --all-targets --features "$WORKSPACE_FEATURES"
@@ -201,7 +212,7 @@ PATH="$PWD/.tools/bin:$PATH" scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-10}"
 if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     echo "== benchmarks, quick mode (full runs: cargo bench -p wgpmd-proto; see docs/PERFORMANCE.md)"
     WGPMD_BENCH_QUICK=1 cargo bench -p wgpmd-proto --benches
-    echo "== wgpmd bench --quick (the worker pipeline over mem ports)"
+    echo "== wgpmd bench --quick (the worker pipeline over mem ports; references: ring, libipsec-mb, multi-lane AEAD, boringtun)"
     target/release/wgpmd bench --quick
     echo "== wgpmd bench --quick --peers 16,100000 (cheap peers at scale; rates compared in the same run; fails on lost, damaged or reordered packets)"
     target/release/wgpmd bench --quick --peers 16,100000 --sizes 64 --no-references

@@ -23,6 +23,7 @@ fn long_version() -> &'static str {
         let features: Vec<&str> = [
             (cfg!(feature = "dpdk"), "dpdk"),
             (cfg!(feature = "bench-boringtun"), "bench-boringtun"),
+            (cfg!(feature = "bench-ipsec-mb"), "bench-ipsec-mb"),
             (cfg!(feature = "test-hooks"), "test-hooks"),
         ]
         .into_iter()

@@ -7,6 +7,19 @@
 
 use wgpmd::bench::{self, BenchOptions, Direction, Measurement};
 
+/// libipsec-mb is timed as a reference (feature `bench-ipsec-mb`, x86-64 only).
+const IPSEC_MB: bool = cfg!(all(feature = "bench-ipsec-mb", target_arch = "x86_64"));
+
+/// The number in `column` of the rates table's row for `size` and `dir` (`None`: no such
+/// column, or not a number).
+fn cell(table: &str, size: &str, dir: &str, column: &str) -> Option<f64> {
+    let cells = |l: &str| l.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    let header = cells(table.lines().find(|l| l.starts_with("| peers | size | dir | Mpps/core"))?);
+    let i = header.iter().position(|h| h == column)?;
+    let row = table.lines().map(cells).find(|c| c.len() == header.len() && c[1] == size && c[2] == dir)?;
+    row[i].parse().ok()
+}
+
 fn check(what: &str, m: &Measurement) {
     assert!(m.sent > 0, "{what}: nothing sent: {m:?}");
     assert_eq!(m.packets, m.sent, "{what}: every packet sent must come out once: {m:?}");
@@ -41,9 +54,37 @@ fn quick_bench_moves_every_packet_intact_both_ways() {
         assert!(refs.lanes_seal.mpps() > 0.0 && refs.lanes_open.mpps() > 0.0, "{refs:?}");
         #[cfg(feature = "bench-boringtun")]
         assert!(refs.boringtun_encap.unwrap().mpps() > 0.0 && refs.boringtun_decap.unwrap().mpps() > 0.0, "{refs:?}");
+        if IPSEC_MB {
+            let imb = refs.ipsec_mb.expect("libipsec-mb timed with the bench-ipsec-mb feature");
+            assert!(imb.seal.mpps() > 0.0 && imb.open.mpps() > 0.0, "{refs:?}");
+            assert!(refs.fastest_seal() >= imb.seal.mpps().max(refs.ring_seal.mpps()), "{refs:?}");
+            assert!(refs.fastest_open() >= imb.open.mpps().max(refs.ring_open.mpps()), "{refs:?}");
+        } else {
+            assert!(refs.ipsec_mb.is_none(), "{refs:?}");
+        }
     }
     let table = report.to_string();
     assert!(table.contains("| 1420 | tx |"), "{table}");
+    // libipsec-mb's columns: present and positive with the feature, absent (not zero) without it.
+    for dir in ["rx", "tx"] {
+        for size in ["64", "1420"] {
+            let ring = cell(&table, size, dir, "ring AEAD Mpps").expect("ring column");
+            let per_ring = cell(&table, size, dir, "/ AEAD").expect("ratio to ring");
+            let imb = cell(&table, size, dir, "ipsec-mb Mpps");
+            let per_fastest = cell(&table, size, dir, "/ fastest AEAD");
+            if IPSEC_MB {
+                let (imb, per_fastest) = (imb.expect("libipsec-mb column"), per_fastest.expect("/ fastest AEAD"));
+                assert!(imb > 0.0 && per_fastest > 0.0, "{size} B {dir}:\n{table}");
+                // The fastest one-message AEAD is at least as fast as ring (two decimals printed).
+                assert!(per_fastest <= per_ring + 0.011, "{size} B {dir}:\n{table}");
+                let expected = per_ring * ring / ring.max(imb);
+                assert!((per_fastest - expected).abs() <= 0.02 + 0.02 * expected, "{size} B {dir}:\n{table}");
+            } else {
+                assert_eq!((imb, per_fastest), (None, None), "{table}");
+            }
+        }
+    }
+    assert_eq!(table.contains("ipsec-mb"), IPSEC_MB, "{table}");
     assert!(table.contains("lost, damaged or out of order: 0"), "{table}");
 
     // Two peer counts in one run, both directions at once: every peer of the larger count gets

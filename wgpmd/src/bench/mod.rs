@@ -3,7 +3,8 @@
 //!
 //! For each packet size the bench
 //! 1. times the references on one core ([`reference`]): ring ChaCha20-Poly1305 seal and open,
-//!    boringtun 0.7.1 `encapsulate` and `decapsulate` (feature `bench-boringtun`);
+//!    libipsec-mb's (feature `bench-ipsec-mb`, x86-64), our multi-lane AEAD alone, boringtun
+//!    0.7.1 `encapsulate` and `decapsulate` (feature `bench-boringtun`);
 //! 2. starts a concentrator exactly as `wgpmd run` does ([`crate::daemon::run_with_ports`]:
 //!    workers, control core, busy polling), on two `mem` pairs (WAN and inner) instead of
 //!    AF_PACKET and TUN, configured with N peers (one /32 allowed IP each);
@@ -38,7 +39,7 @@ use rand_core::OsRng;
 use crate::daemon::{cores, DaemonConfig, DaemonError, PollMode};
 use crate::wan::WanAddr;
 pub use gen::MIN_SIZE;
-pub use reference::{Rate, References};
+pub use reference::{IpsecMbRates, Rate, References};
 use wgpmd_proto::config::{InterfaceConfig, PeerConfig};
 use wgpmd_proto::crypto::PrivateKey;
 use wgpmd_proto::messages::DEFAULT_TUNNEL_MTU;
@@ -508,41 +509,67 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(f, "measured while each worker had a backlog: per core = per second of its CPU time; wall = all workers, per second of wall time; on-CPU = CPU / wall time")?;
+        // libipsec-mb's columns only when it was timed (feature `bench-ipsec-mb`): absent, not zero.
+        let imb_arch = self.results.iter().find_map(|r| r.references.and_then(|x| x.ipsec_mb)).map(|i| i.arch);
         writeln!(f, "reference for rx: ring open, our multi-lane AEAD's open alone (bursts of 16), boringtun decapsulate; for tx: ring seal, multi-lane seal, boringtun encapsulate (one core each); rx+tx: half of each, at once")?;
+        if let Some(arch) = imb_arch {
+            writeln!(f, "libipsec-mb: its ChaCha20-Poly1305 open (rx) / seal (tx), one message at a time as ring's ({arch} code path); / fastest AEAD = per core / the higher of ring and libipsec-mb (the fastest one-message AEAD)")?;
+        }
         writeln!(f, "peers: sessions installed without handshakes; packets visit every peer in a scattered order")?;
         writeln!(f)?;
-        writeln!(f, "| peers | size | dir | Mpps/core | Gbit/s/core | wall Mpps | on-CPU | ring AEAD Mpps | boringtun Mpps | / AEAD | / boringtun | lanes AEAD Mpps | / lanes | packets | lost | checked |")?;
-        writeln!(f, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        let imb = imb_arch.is_some();
+        let mut header =
+            vec!["peers", "size", "dir", "Mpps/core", "Gbit/s/core", "wall Mpps", "on-CPU", "ring AEAD Mpps"];
+        header.extend(imb.then_some("ipsec-mb Mpps"));
+        header.extend(["boringtun Mpps", "/ AEAD"]);
+        header.extend(imb.then_some("/ fastest AEAD"));
+        header.extend(["/ boringtun", "lanes AEAD Mpps", "/ lanes", "packets", "lost", "checked"]);
+        writeln!(f, "| {} |", header.join(" | "))?;
+        let align: Vec<&str> = header.iter().map(|h| if *h == "dir" { "---" } else { "---:" }).collect();
+        writeln!(f, "|{}|", align.join("|"))?;
         for r in &self.results {
             for (dir, m) in r.measured() {
-                let (aead, bt, lanes) = match (dir, &r.references) {
-                    (_, None) | ("rx+tx", _) => (None, None, None),
-                    ("rx", Some(x)) => {
-                        (Some(x.ring_open.mpps()), x.boringtun_decap.map(|b| b.mpps()), Some(x.lanes_open.mpps()))
-                    }
-                    (_, Some(x)) => {
-                        (Some(x.ring_seal.mpps()), x.boringtun_encap.map(|b| b.mpps()), Some(x.lanes_seal.mpps()))
-                    }
+                // (ring, libipsec-mb, fastest one-message AEAD, boringtun, lanes)
+                let (aead, ipsec, fastest, bt, lanes) = match (dir, &r.references) {
+                    (_, None) | ("rx+tx", _) => (None, None, None, None, None),
+                    ("rx", Some(x)) => (
+                        Some(x.ring_open.mpps()),
+                        x.ipsec_mb.map(|i| i.open.mpps()),
+                        Some(x.fastest_open()),
+                        x.boringtun_decap.map(|b| b.mpps()),
+                        Some(x.lanes_open.mpps()),
+                    ),
+                    (_, Some(x)) => (
+                        Some(x.ring_seal.mpps()),
+                        x.ipsec_mb.map(|i| i.seal.mpps()),
+                        Some(x.fastest_seal()),
+                        x.boringtun_encap.map(|b| b.mpps()),
+                        Some(x.lanes_seal.mpps()),
+                    ),
                 };
                 let mpps = m.mpps_per_core();
-                writeln!(
-                    f,
-                    "| {} | {} | {dir} | {mpps:.3} | {:.2} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    r.peers,
-                    r.size,
-                    m.gbps_per_core(r.size),
-                    m.wall_mpps(w),
-                    m.on_cpu(),
+                let mut cells = vec![
+                    r.peers.to_string(),
+                    r.size.to_string(),
+                    dir.to_string(),
+                    format!("{mpps:.3}"),
+                    format!("{:.2}", m.gbps_per_core(r.size)),
+                    format!("{:.3}", m.wall_mpps(w)),
+                    format!("{:.2}", m.on_cpu()),
                     rate(aead),
-                    rate(bt),
-                    ratio(mpps, aead),
+                ];
+                cells.extend(imb.then(|| rate(ipsec)));
+                cells.extend([rate(bt), ratio(mpps, aead)]);
+                cells.extend(imb.then(|| ratio(mpps, fastest)));
+                cells.extend([
                     ratio(mpps, bt),
                     rate(lanes),
                     ratio(mpps, lanes),
-                    m.packets,
-                    m.lost,
+                    m.packets.to_string(),
+                    m.lost.to_string(),
                     if m.verify_failed > 0 { format!("{} BAD", m.verify_failed) } else { format!("{} ok", m.verified) },
-                )?;
+                ]);
+                writeln!(f, "| {} |", cells.join(" | "))?;
             }
         }
         writeln!(f)?;

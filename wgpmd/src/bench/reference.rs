@@ -1,8 +1,10 @@
 //! The references `wgpmd bench` reports the pipeline against, timed on the calling thread's
-//! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`wgpmd_proto::crypto::AeadKey`]), our
-//! multi-lane AEAD alone (`wgpmd_aead`, bursts of 16 messages under 16 keys, what the data path
-//! runs without the rest of the pipeline) and boringtun 0.7.1 `encapsulate` / `decapsulate` on
-//! an established session (the bodies of `benches/crypto.rs`, without criterion).
+//! CPU clock: raw ring ChaCha20-Poly1305 seal and open ([`wgpmd_proto::crypto::AeadKey`]),
+//! libipsec-mb's ChaCha20-Poly1305 timed the same way (feature `bench-ipsec-mb`, x86-64:
+//! `wgpmd_aead::ipsec_mb`, one job per message through the library's job API), our multi-lane
+//! AEAD alone (`wgpmd_aead`, bursts of 16 messages under 16 keys, what the data path runs
+//! without the rest of the pipeline) and boringtun 0.7.1 `encapsulate` / `decapsulate` on an
+//! established session (the bodies of `benches/crypto.rs`, without criterion).
 //!
 //! Open and decapsulate need a fresh counter per message: a batch is sealed untimed, then
 //! opening it is timed, batch after batch.
@@ -16,6 +18,9 @@ use wgpmd_proto::messages::TAG_LEN;
 
 /// Messages per timed batch (the clock is read around each batch).
 const BATCH: usize = 1024;
+
+/// The one-message references' key.
+const KEY: [u8; 32] = [7; 32];
 
 /// One reference: messages processed and the CPU time they took.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -43,6 +48,9 @@ pub struct References {
     pub ring_seal: Rate,
     /// ring ChaCha20-Poly1305 `open_in_place`.
     pub ring_open: Rate,
+    /// libipsec-mb's ChaCha20-Poly1305, one message at a time (`None` without the
+    /// `bench-ipsec-mb` feature, off x86-64, or if the library could not make a manager).
+    pub ipsec_mb: Option<IpsecMbRates>,
     /// The multi-lane AEAD (`wgpmd_aead::Lanes::seal_lanes`), bursts of 16, per message.
     pub lanes_seal: Rate,
     /// The multi-lane AEAD (`open_lanes`), bursts of 16, per message.
@@ -51,6 +59,28 @@ pub struct References {
     pub boringtun_encap: Option<Rate>,
     /// boringtun `Tunn::decapsulate`.
     pub boringtun_decap: Option<Rate>,
+}
+
+/// libipsec-mb's one-message ChaCha20-Poly1305.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IpsecMbRates {
+    /// Seal (encrypt and tag).
+    pub seal: Rate,
+    /// Open (decrypt, tag compared).
+    pub open: Rate,
+    /// The code path the library chose for this CPU ("avx512", "avx2", "avx", "sse").
+    pub arch: &'static str,
+}
+
+impl References {
+    /// The fastest one-message AEAD's open rate: ring's or libipsec-mb's, whichever is higher.
+    pub fn fastest_open(&self) -> f64 {
+        self.ring_open.mpps().max(self.ipsec_mb.map_or(0.0, |i| i.open.mpps()))
+    }
+    /// The fastest one-message AEAD's seal rate.
+    pub fn fastest_seal(&self) -> f64 {
+        self.ring_seal.mpps().max(self.ipsec_mb.map_or(0.0, |i| i.seal.mpps()))
+    }
 }
 
 /// An IPv4/UDP packet of `len` bytes (boringtun checks the inner IP header on decapsulate).
@@ -85,15 +115,46 @@ fn timed(clock: &ThreadClock, n: usize, f: impl FnOnce()) -> Rate {
 pub fn measure(len: usize, budget: Duration) -> References {
     let clock = ThreadClock::current();
     let plain = ipv4_packet(len);
-    let key = AeadKey::new(&[7u8; 32]);
+    let key = AeadKey::new(&KEY);
 
-    let mut buf = plain.clone();
+    let (ring_seal, ring_open) = one_message_refs(&clock, &plain, budget, &mut RingOne(&key));
+    let ipsec_mb = ipsec_mb_refs(&clock, &plain, budget);
+    let (lanes_seal, lanes_open) = lanes_refs(&clock, &plain, budget);
+    let (boringtun_encap, boringtun_decap) = boringtun_refs(&clock, &plain, budget);
+    References { ring_seal, ring_open, ipsec_mb, lanes_seal, lanes_open, boringtun_encap, boringtun_decap }
+}
+
+/// A one-message AEAD under one key set up once, WireGuard nonces, no additional data.
+trait OneMessage {
+    /// Seal `buf` in place with the nonce of `counter`; the tag.
+    fn seal(&mut self, counter: u64, buf: &mut [u8]) -> [u8; TAG_LEN];
+    /// Open `msg` (ciphertext, then the tag) in place; whether the tag verified.
+    fn open(&mut self, counter: u64, msg: &mut [u8]) -> bool;
+}
+
+/// ring through [`AeadKey`], the data path's former cipher.
+struct RingOne<'a>(&'a AeadKey);
+
+impl OneMessage for RingOne<'_> {
+    fn seal(&mut self, counter: u64, buf: &mut [u8]) -> [u8; TAG_LEN] {
+        self.0.seal_in_place(counter, &[], buf)
+    }
+    fn open(&mut self, counter: u64, msg: &mut [u8]) -> bool {
+        self.0.open_in_place(counter, &[], msg) == Ok(msg.len() - TAG_LEN)
+    }
+}
+
+/// Seal: the same buffer sealed again and again (fresh counters). Open: a batch sealed untimed
+/// (fresh counters), then opened timed, batch after batch; every tag must verify.
+fn one_message_refs(clock: &ThreadClock, plain: &[u8], budget: Duration, aead: &mut impl OneMessage) -> (Rate, Rate) {
+    let len = plain.len();
+    let mut buf = plain.to_vec();
     let mut counter = 0u64;
-    let ring_seal = until(budget, || {
-        timed(&clock, BATCH, || {
+    let seal = until(budget, || {
+        timed(clock, BATCH, || {
             for _ in 0..BATCH {
                 counter += 1;
-                black_box(key.seal_in_place(counter, &[], black_box(&mut buf[..])));
+                black_box(aead.seal(counter, black_box(&mut buf[..])));
             }
         })
     });
@@ -101,25 +162,52 @@ pub fn measure(len: usize, budget: Duration) -> References {
     let stride = len + TAG_LEN;
     let mut sealed = vec![0u8; stride * BATCH];
     let mut counter = 0u64;
-    let ring_open = until(budget, || {
+    let open = until(budget, || {
         let first = counter + 1;
         for m in sealed.chunks_exact_mut(stride) {
             counter += 1;
-            m[..len].copy_from_slice(&plain);
-            let tag = key.seal_in_place(counter, &[], &mut m[..len]);
+            m[..len].copy_from_slice(plain);
+            let tag = aead.seal(counter, &mut m[..len]);
             m[len..].copy_from_slice(&tag);
         }
-        timed(&clock, BATCH, || {
+        timed(clock, BATCH, || {
             for (i, m) in sealed.chunks_exact_mut(stride).enumerate() {
-                let n = key.open_in_place(first + i as u64, &[], black_box(m));
-                assert_eq!(n, Ok(len), "reference open failed");
+                let ok = aead.open(first + i as u64, black_box(m));
+                assert!(ok, "reference open failed");
             }
         })
     });
+    (seal, open)
+}
 
-    let (lanes_seal, lanes_open) = lanes_refs(&clock, &plain, budget);
-    let (boringtun_encap, boringtun_decap) = boringtun_refs(&clock, &plain, budget);
-    References { ring_seal, ring_open, lanes_seal, lanes_open, boringtun_encap, boringtun_decap }
+/// libipsec-mb's ChaCha20-Poly1305 (`wgpmd_aead::ipsec_mb`), one message at a time, timed as
+/// ring is: the same key bytes, plaintext and nonces.
+#[cfg(all(feature = "bench-ipsec-mb", target_arch = "x86_64"))]
+fn ipsec_mb_refs(clock: &ThreadClock, plain: &[u8], budget: Duration) -> Option<IpsecMbRates> {
+    use wgpmd_aead::{ipsec_mb::IpsecMb, wireguard_nonce};
+
+    struct Imb<'a>(IpsecMb, &'a [u8; 32]);
+    impl OneMessage for Imb<'_> {
+        fn seal(&mut self, counter: u64, buf: &mut [u8]) -> [u8; TAG_LEN] {
+            self.0.seal(self.1, &wireguard_nonce(counter), &[], buf)
+        }
+        fn open(&mut self, counter: u64, msg: &mut [u8]) -> bool {
+            let (buf, tag) = msg.split_at_mut(msg.len() - TAG_LEN);
+            let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("a 16-byte tag");
+            self.0.open(self.1, &wireguard_nonce(counter), &[], buf, tag)
+        }
+    }
+
+    // `None` only if the library cannot make a manager on this CPU: the column is then absent.
+    let mut imb = Imb(IpsecMb::new()?, &KEY);
+    let arch = imb.0.arch();
+    let (seal, open) = one_message_refs(clock, plain, budget, &mut imb);
+    Some(IpsecMbRates { seal, open, arch })
+}
+
+#[cfg(not(all(feature = "bench-ipsec-mb", target_arch = "x86_64")))]
+fn ipsec_mb_refs(_: &ThreadClock, _: &[u8], _: Duration) -> Option<IpsecMbRates> {
+    None
 }
 
 /// The multi-lane AEAD alone: bursts of [`LANES`] messages of the packet's size, each lane its
