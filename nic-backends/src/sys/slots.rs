@@ -290,7 +290,7 @@ impl Slots {
         let index = match &self.free.0 {
             FreeList::Local(shared) => {
                 if self.cache_cap > 0 {
-                    if let Some(got) = cache::with(self, |c| c.pop(self)) {
+                    if let Some(got) = cache::with(self, true, |c| c.pop(self)) {
                         return got.map(|i| self.slot(i));
                     }
                 }
@@ -314,7 +314,7 @@ impl Slots {
     pub(crate) fn alloc_burst(&self, n: usize, mut push: impl FnMut(Slot)) -> usize {
         if self.cache_cap > 0 {
             let mut got = 0;
-            let done = cache::with(self, |c| {
+            let done = cache::with(self, true, |c| {
                 while got < n {
                     match c.pop(self) {
                         Some(i) => push(self.slot(i)),
@@ -435,25 +435,26 @@ impl Slots {
         before < self.count as usize && s.free.len() == self.count as usize
     }
 
-    /// Return one slot that its `Slot` gave up.
+    /// Return one slot that its `Slot` gave up. True when the caller must then drop one
+    /// reference with [`release`] (the "some slot is out" one when the shared list became full;
+    /// an external pool's slot's own one), after every `&Slots` it holds is gone: the release
+    /// may free the `Slots`, so it is not done here, while `&self` is alive.
     #[inline]
-    fn give(&self, index: u32) {
+    #[must_use]
+    fn give(&self, index: u32) -> bool {
         match &self.free.0 {
             FreeList::Local(_) => {
-                if self.cache_cap > 0 && cache::with(self, |c| c.push(self, index)).is_some() {
-                    return;
+                // Only a thread that allocates from the pool has a cache of it: a thread that
+                // only frees into it (a worker sending another thread's buffers) gives the slot
+                // straight back, so no slot waits in a cache its thread never empties.
+                if self.cache_cap > 0 && cache::with(self, false, |c| c.push(self, index)).is_some() {
+                    return false;
                 }
-                if self.give_back([index]) {
-                    // SAFETY: the list just became full, so this slot's "some slot is out"
-                    // reference is ours to drop; `self` is not used after this call.
-                    unsafe { release(NonNull::from(self)) };
-                }
+                self.give_back([index])
             }
             FreeList::External(src) => {
                 src.give(index);
-                // SAFETY: this slot held one reference (taken in `alloc`/`adopt`); `self` is not
-                // used after this call.
-                unsafe { release(NonNull::from(self)) };
+                true
             }
         }
     }
@@ -594,11 +595,17 @@ impl Slot {
 impl Drop for Slot {
     #[inline]
     fn drop(&mut self) {
-        self.home().give(self.index);
+        let home = self.home;
+        if self.home().give(self.index) {
+            // SAFETY: `give` said this slot's reference (see its doc) is ours to drop, and the
+            // `&Slots` it borrowed is gone; nothing reaches `home` after this.
+            unsafe { release(home) };
+        }
     }
 }
 
-/// Per-thread LIFO caches of free slots, one per pool the thread allocates from or frees into
+/// Per-thread LIFO caches of free slots, one per pool the thread allocates from (frees go to it
+/// when it exists, else straight to the shared list)
 /// (DPDK's mempool cache, per thread instead of per lcore).
 mod cache {
     use super::*;
@@ -644,6 +651,8 @@ mod cache {
         /// Give the top `n` slots to the shared list.
         fn flush(&mut self, home: &Slots, n: usize) {
             let from = self.stack.len() - n.min(self.stack.len());
+            // Published first: `available()` must never count these slots twice.
+            self.published.store(from, Ordering::Relaxed);
             let became_full = {
                 let items = self.stack.drain(from..);
                 home.give_back(items)
@@ -686,12 +695,12 @@ mod cache {
         static CACHES: RefCell<Caches> = const { RefCell::new(Caches(Vec::new())) };
     }
 
-    /// Run `f` on this thread's cache of `home`, made on first use. None when there is no
+    /// Run `f` on this thread's cache of `home`, made on first use when `create`. None when there is no
     /// cache to use: the thread's caches are being torn down (thread exit) or already borrowed
     /// (a pool freed from inside a cache operation drops buffers of another pool); the caller
     /// then uses the shared list directly.
     #[inline]
-    pub(super) fn with<R>(home: &Slots, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+    pub(super) fn with<R>(home: &Slots, create: bool, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
         CACHES
             .try_with(|cs| {
                 let mut cs = cs.try_borrow_mut().ok()?;
@@ -704,7 +713,7 @@ mod cache {
                         0
                     }
                     None => {
-                        if home.flags.load(Ordering::Relaxed) & CLOSED != 0 {
+                        if !create || home.flags.load(Ordering::Relaxed) & CLOSED != 0 {
                             return None; // no new caches for a pool nobody can allocate from
                         }
                         reap_closed(list);
@@ -927,6 +936,35 @@ mod tests {
         assert_eq!(pool.available(), 1024);
     }
 
+    /// A thread that only frees into a pool (a worker sending buffers another thread filled)
+    /// makes no cache of it: its slots go straight to the shared list, so none can wait in a
+    /// cache whose thread never allocates from the pool again.
+    #[test]
+    fn a_thread_that_only_frees_keeps_no_cache() {
+        let pool = Pool::new("t", 1024).unwrap();
+        assert!(pool.slots().cache_cap() > 0);
+        let p = pool.clone();
+        // Allocated on a thread that then exits (its cache goes home with it).
+        let bufs = on_thread(move || {
+            let mut v = Vec::new();
+            assert_eq!(p.alloc_burst(&mut v, 600), 600);
+            v
+        });
+        let (done_tx, done_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let freer = std::thread::spawn(move || {
+            drop(bufs);
+            done_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        done_rx.recv().unwrap();
+        // The freeing thread is still alive: a cache of its own would hold up to a cache's worth.
+        assert_eq!(pool.slots().shared_len(), 1024);
+        assert_eq!(pool.available(), 1024);
+        go_tx.send(()).unwrap();
+        freer.join().unwrap();
+    }
+
     #[test]
     fn buffers_freed_on_other_threads_go_home_and_exit_returns_the_caches() {
         let pool = Pool::new("t", 512).unwrap();
@@ -945,7 +983,7 @@ mod tests {
             let mut n = 0;
             for v in rx {
                 n += v.len();
-                drop(v); // freed on this thread, into this thread's cache of the producer's pool
+                drop(v); // freed on a thread that never allocates from the pool: straight home
             }
             n
         });
