@@ -84,7 +84,8 @@ impl MmapRegion {
 impl Drop for MmapRegion {
     fn drop(&mut self) {
         // SAFETY: `base`/`size` are exactly the mapping created in `new`, and no slot outlives
-        // the region (every `Slot` holds an `Arc` to the pool that owns the region).
+        // the region (the `Slots` that owns the region is freed only when its reference count,
+        // which counts every slot out of the shared free list, reaches zero).
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.size);
         }
@@ -120,12 +121,20 @@ pub(crate) const CACHE_MAX: usize = 512;
 const CACHE_SHARE: usize = 8;
 /// Below this cache size a pool has no caches: every `alloc` and drop goes to the shared list.
 const CACHE_MIN: usize = 8;
+/// At most this share of a pool's slots can be parked in caches, all threads together: a pool
+/// has at most `count / CACHE_TOTAL_SHARE / cache size` caches (at least 4, since a cache is at
+/// most `count / 8`); further threads use the shared list directly. So an `alloc` can fail only
+/// while at least half of the pool is out in buffers, however many threads allocate from it.
+const CACHE_TOTAL_SHARE: usize = 2;
 
 /// `Slots::flags`: the shared list ran dry while some thread's cache held slots: every cache
 /// gives all its slots back on its owner's next operation on this pool.
 const STARVING: u8 = 1;
 /// `Slots::flags`: every `Pool` handle is gone: caches stop keeping this pool's slots.
 const CLOSED: u8 = 2;
+/// `Slots::flags`: the pool has as many caches as it may (`max_caches`): a thread without one
+/// does not ask for one (a hint read without the lock; the count under the lock decides).
+const CACHES_FULL: u8 = 4;
 
 /// A free list kept outside the pool: the DPDK backend's mbuf pool. `take` hands out the index
 /// of a slot nobody else owns (the mempool gave us its mbuf), `give` takes one back (the mbuf
@@ -182,7 +191,9 @@ pub(crate) struct Slots {
     id: u32,
     /// Per-thread cache size (0: no caches).
     cache_cap: u32,
-    /// `STARVING | CLOSED`; read on every cached operation, written rarely.
+    /// Most caches this pool has at once (`count / CACHE_TOTAL_SHARE / cache_cap`).
+    max_caches: u32,
+    /// `STARVING | CLOSED | CACHES_FULL`; read on every cached operation, written rarely.
     flags: AtomicU8,
     free: Padded<FreeList>,
     refs: Padded<AtomicUsize>,
@@ -217,12 +228,14 @@ impl Slots {
         let free = (0..count as u32).rev().collect();
         let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
         let cap = (count / CACHE_SHARE).min(CACHE_MAX);
+        let cap = if cap >= CACHE_MIN { cap } else { 0 };
         Ok(Slots {
             base: region.base(),
             iova_base: region.iova_base(),
             count: count as u32,
             id,
-            cache_cap: if cap >= CACHE_MIN { cap as u32 } else { 0 },
+            cache_cap: cap as u32,
+            max_caches: count.checked_div(CACHE_TOTAL_SHARE * cap).unwrap_or(0) as u32,
             flags: AtomicU8::new(0),
             free: Padded(FreeList::Local(Mutex::new(Shared { free, caches: Vec::new() }))),
             refs: Padded(AtomicUsize::new(0)),
@@ -243,6 +256,7 @@ impl Slots {
         let mut s = Slots::new(name, region, count)?;
         s.free = Padded(FreeList::External(source));
         s.cache_cap = 0;
+        s.max_caches = 0;
         Ok(s)
     }
 
@@ -371,6 +385,19 @@ impl Slots {
     pub(crate) fn cache_cap(&self) -> usize {
         self.cache_cap as usize
     }
+    /// Most caches of this pool at once.
+    #[cfg(test)]
+    pub(crate) fn max_caches(&self) -> usize {
+        self.max_caches as usize
+    }
+    /// Caches of this pool that exist now (registered in the shared part).
+    #[cfg(test)]
+    pub(crate) fn caches(&self) -> usize {
+        match &self.free.0 {
+            FreeList::Local(shared) => lock(shared).caches.len(),
+            FreeList::External(_) => 0,
+        }
+    }
     /// Slots in the shared free list (not counting any cache).
     #[cfg(test)]
     pub(crate) fn shared_len(&self) -> usize {
@@ -430,8 +457,11 @@ impl Slots {
         let before = s.free.len();
         s.free.extend(items);
         debug_assert!(s.free.len() <= self.count as usize, "slot returned twice to pool {}", self.name);
-        // Slots came back: a starving thread can refill now.
-        self.flags.fetch_and(!STARVING, Ordering::Relaxed);
+        if s.free.len() > before {
+            // Slots came back: a starving thread can refill now. (An empty give-back, a cache
+            // retiring with nothing in it, leaves the mark for the caches that do hold slots.)
+            self.flags.fetch_and(!STARVING, Ordering::Relaxed);
+        }
         before < self.count as usize && s.free.len() == self.count as usize
     }
 
@@ -673,7 +703,10 @@ mod cache {
             let home = unsafe { self.home.as_ref() };
             self.flush(home, self.stack.len());
             if let FreeList::Local(shared) = &home.free.0 {
-                lock(shared).caches.retain(|c| !Arc::ptr_eq(c, &self.published));
+                let mut s = lock(shared);
+                s.caches.retain(|c| !Arc::ptr_eq(c, &self.published));
+                // Under the lock, so that a cache made concurrently cannot be missed.
+                home.flags.fetch_and(!CACHES_FULL, Ordering::Relaxed);
             }
             // SAFETY: the reference taken when this cache was made; nothing uses `home` after.
             unsafe { release(self.home) };
@@ -695,8 +728,9 @@ mod cache {
         static CACHES: RefCell<Caches> = const { RefCell::new(Caches(Vec::new())) };
     }
 
-    /// Run `f` on this thread's cache of `home`, made on first use when `create`. None when there is no
-    /// cache to use: the thread's caches are being torn down (thread exit) or already borrowed
+    /// Run `f` on this thread's cache of `home`, made on first use when `create`. None when there
+    /// is no cache to use: the thread has none and `!create`, the pool already has its
+    /// `max_caches`, the thread's caches are being torn down (thread exit) or already borrowed
     /// (a pool freed from inside a cache operation drops buffers of another pool); the caller
     /// then uses the shared list directly.
     #[inline]
@@ -713,13 +747,22 @@ mod cache {
                         0
                     }
                     None => {
-                        if !create || home.flags.load(Ordering::Relaxed) & CLOSED != 0 {
-                            return None; // no new caches for a pool nobody can allocate from
+                        // No new caches for a pool nobody can allocate from, nor beyond its
+                        // number of caches (this thread then uses the shared list directly).
+                        if !create || home.flags.load(Ordering::Relaxed) & (CLOSED | CACHES_FULL) != 0 {
+                            return None;
                         }
                         reap_closed(list);
                         let FreeList::Local(shared) = &home.free.0 else { return None };
                         let published = Arc::new(AtomicUsize::new(0));
-                        lock(shared).caches.push(Arc::clone(&published));
+                        {
+                            let mut s = lock(shared);
+                            if s.caches.len() >= home.max_caches as usize {
+                                home.flags.fetch_or(CACHES_FULL, Ordering::Relaxed);
+                                return None;
+                            }
+                            s.caches.push(Arc::clone(&published));
+                        }
                         // The caller holds a reference (a Pool, or a Slot's "some slot is out")
                         // for the duration of this call, so the count is above zero.
                         home.refs.0.fetch_add(1, Ordering::Relaxed);
@@ -879,6 +922,67 @@ mod tests {
         assert_eq!(Pool::new("t", 64).unwrap().slots().cache_cap(), 8);
         assert_eq!(Pool::new("t", 1024).unwrap().slots().cache_cap(), 128);
         assert_eq!(Pool::new("t", 65536).unwrap().slots().cache_cap(), CACHE_MAX);
+        // All caches together hold at most half the pool.
+        for count in [64, 100, 127, 1024, 4096, 4104, 5000, 65536] {
+            let s = Pool::new("t", count).unwrap();
+            let (cap, max) = (s.slots().cache_cap(), s.slots().max_caches());
+            assert!(max >= 4 && max * cap <= count / 2, "{count}: {max} caches of {cap}");
+        }
+        assert_eq!(Pool::new("t", 63).unwrap().slots().max_caches(), 0);
+    }
+
+    /// However many threads allocate from a pool and then go idle with full caches, at most half
+    /// of the pool is parked: a thread beyond the pool's number of caches uses the shared list,
+    /// and one that exits makes room for another.
+    #[test]
+    fn caches_hold_at_most_half_the_pool_however_many_threads() {
+        let pool = Pool::new("t", 256).unwrap();
+        let (cap, max) = (pool.slots().cache_cap(), pool.slots().max_caches());
+        assert_eq!((cap, max), (32, 4));
+        let threads = max + 3;
+        let (ready_tx, ready) = mpsc::channel::<()>();
+        let mut go = Vec::new();
+        let mut hs = Vec::new();
+        for _ in 0..threads {
+            let (p, ready_tx) = (pool.clone(), ready_tx.clone());
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            go.push(go_tx);
+            hs.push(std::thread::spawn(move || {
+                // Take a cache's worth and free it all: a cache (if any) is left full.
+                let mut v = Vec::new();
+                assert_eq!(p.alloc_burst(&mut v, cap), cap);
+                drop(v);
+                ready_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+            }));
+            ready.recv().unwrap(); // one at a time: each finds the caches the others left
+        }
+        assert_eq!(pool.slots().caches(), max, "no more caches than the pool allows");
+        assert_eq!(pool.slots().shared_len(), 256 - max * cap, "parked: the full caches only");
+        // This thread gets no cache either; everything not parked is allocatable.
+        let mut v = Vec::new();
+        while let Some(b) = pool.alloc() {
+            v.push(b);
+        }
+        assert_eq!(v.len(), 256 - max * cap);
+        assert!(v.len() >= 256 / 2, "at least half the pool stays reachable");
+        assert_eq!(pool.available(), max * cap);
+        drop(v);
+        for g in &go {
+            g.send(()).unwrap();
+        }
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!((pool.slots().caches(), pool.slots().shared_len(), pool.available()), (0, 256, 256));
+        // The exits made room: a new thread gets a cache again (its first alloc refills half one).
+        let p = pool.clone();
+        on_thread(move || {
+            let b = p.alloc().unwrap();
+            assert_eq!((p.slots().caches(), p.slots().shared_len()), (1, 256 - cap / 2));
+            drop(b);
+        });
+        assert_eq!((pool.slots().caches(), pool.available()), (0, 256));
     }
 
     #[test]
