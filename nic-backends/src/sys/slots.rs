@@ -1135,6 +1135,49 @@ mod tests {
         assert_eq!(pool.available(), 256);
     }
 
+    /// A cache that retires empty (its thread exits) gives nothing back, so it must not clear
+    /// the starving mark: the caches that do hold slots still owe them.
+    #[test]
+    fn an_empty_cache_retiring_leaves_the_starving_mark() {
+        let pool = Pool::new("t", 256).unwrap();
+        let half = pool.slots().cache_cap() / 2;
+        let (p, e) = (pool.clone(), pool.clone());
+        let (ready_tx, ready) = mpsc::channel::<()>();
+        let (go_p, wait_p) = mpsc::channel::<()>();
+        let parker = std::thread::spawn(move || {
+            drop(p.alloc().unwrap()); // half a cache parked here
+            ready_tx.send(()).unwrap();
+            wait_p.recv().unwrap();
+            drop(p.alloc().unwrap()); // its next operation on the pool
+            ready_tx.send(()).unwrap();
+            wait_p.recv().unwrap();
+        });
+        ready.recv().unwrap();
+        // A thread whose cache ends up empty: everything it took is handed over.
+        let (go_e, wait_e) = mpsc::channel::<()>();
+        let (bufs_tx, bufs) = mpsc::channel::<Vec<Buffer>>();
+        let emptier = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            assert_eq!(e.alloc_burst(&mut v, half), half);
+            bufs_tx.send(v).unwrap();
+            wait_e.recv().unwrap();
+        });
+        let mut v = bufs.recv().unwrap();
+        while let Some(b) = pool.alloc() {
+            v.push(b); // runs the shared list dry: the pool is marked starving
+        }
+        assert_eq!(v.len(), 256 - half);
+        go_e.send(()).unwrap();
+        emptier.join().unwrap(); // its empty cache retires
+        go_p.send(()).unwrap();
+        ready.recv().unwrap();
+        assert_eq!(pool.slots().shared_len(), half, "the parked cache was still asked to give back");
+        go_p.send(()).unwrap();
+        parker.join().unwrap();
+        drop(v);
+        assert_eq!(pool.available(), 256);
+    }
+
     #[test]
     fn dropping_the_pool_with_buffers_out_keeps_the_region_until_the_last_one() {
         let (pool, gone) = watched_pool(256);
