@@ -3,9 +3,10 @@
 //! A [`Pool`] owns one region of `count * BUF_SIZE` bytes and hands out [`Buffer`]s, each the
 //! sole owner of one `BUF_SIZE` slot. A buffer is a window `[headroom, headroom + len)` into its
 //! slot; `prepend`/`trim_front`/`append`/`truncate` move the window without copying. Dropping a
-//! buffer returns its slot to its own pool, from any thread, through that thread's cache of the
-//! pool (a small LIFO stack that trades slots with the pool's shared free list in batches; no
-//! atomic read-modify-write per buffer on the fast path; see DESIGN.md).
+//! buffer returns its slot to its own pool, from any thread: through that thread's cache of the
+//! pool when the thread allocates from it (a small LIFO stack that trades slots with the pool's
+//! shared free list in batches; no atomic read-modify-write per buffer on the fast path), else
+//! straight to the shared free list (see DESIGN.md).
 //!
 //! ```text
 //! slot (BUF_SIZE = 2048, 64-byte aligned; IOVA = region IOVA + index * BUF_SIZE)
@@ -37,9 +38,9 @@ const _: () = assert!(HEADROOM >= 96 && HEADROOM.is_multiple_of(64) && BUF_SIZE.
 /// A fixed set of buffers in one region. Cheap to clone (an `Arc`); all clones share the buffers.
 ///
 /// Dropping the last clone while buffers are out is safe: the region lives until the last
-/// buffer is back. Each thread keeps a small cache of the pool's free slots (up to
-/// `min(512, capacity / 8)`, none for pools under 64 buffers); see DESIGN.md for what that means
-/// for exhaustion across threads.
+/// buffer is back. Each thread that allocates from the pool keeps a small cache of its free
+/// slots (up to `min(512, capacity / 8)`, none for pools under 64 buffers; all caches together
+/// at most half the pool); see DESIGN.md for what that means for exhaustion across threads.
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Handle>,
