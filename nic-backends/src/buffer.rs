@@ -3,7 +3,10 @@
 //! A [`Pool`] owns one region of `count * BUF_SIZE` bytes and hands out [`Buffer`]s, each the
 //! sole owner of one `BUF_SIZE` slot. A buffer is a window `[headroom, headroom + len)` into its
 //! slot; `prepend`/`trim_front`/`append`/`truncate` move the window without copying. Dropping a
-//! buffer returns its slot to its own pool through a lock-free free list, from any thread.
+//! buffer returns its slot to its own pool, from any thread: through that thread's cache of the
+//! pool when the thread allocates from it (a small LIFO stack that trades slots with the pool's
+//! shared free list in batches; no atomic read-modify-write per buffer on the fast path), else
+//! straight to the shared free list (see DESIGN.md).
 //!
 //! ```text
 //! slot (BUF_SIZE = 2048, 64-byte aligned; IOVA = region IOVA + index * BUF_SIZE)
@@ -16,7 +19,7 @@ use std::sync::Arc;
 
 use crate::error::{BufError, PoolError};
 pub use crate::sys::slots::Region;
-use crate::sys::slots::{MmapRegion, Slot, Slots};
+use crate::sys::slots::{MmapRegion, Slot, Slots, SlotsRef};
 
 /// Size of one buffer slot in bytes.
 pub const BUF_SIZE: usize = 2048;
@@ -33,9 +36,24 @@ pub const MAX_DATA: usize = BUF_SIZE - HEADROOM - MIN_TAILROOM;
 const _: () = assert!(HEADROOM >= 96 && HEADROOM.is_multiple_of(64) && BUF_SIZE.is_multiple_of(64));
 
 /// A fixed set of buffers in one region. Cheap to clone (an `Arc`); all clones share the buffers.
+///
+/// Dropping the last clone while buffers are out is safe: the region lives until the last
+/// buffer is back. Each thread that allocates from the pool keeps a small cache of its free
+/// slots (up to `min(512, capacity / 8)`, none for pools under 64 buffers; all caches together
+/// at most half the pool); see DESIGN.md for what that means for exhaustion across threads.
 #[derive(Clone)]
 pub struct Pool {
-    inner: Arc<Slots>,
+    inner: Arc<Handle>,
+}
+
+/// What the clones of one `Pool` share: one counted reference to the slots. Dropping it (the
+/// last `Pool` clone) closes the pool for the per-thread caches.
+struct Handle(SlotsRef);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Pool {
@@ -55,58 +73,53 @@ impl Pool {
     /// `count` buffers carved from memory the caller supplies (for VFIO: a hugepage DMA region
     /// with its own IOVA). The pool keeps the region until the pool and all its buffers are gone.
     pub fn with_region(name: &str, region: impl Region, count: usize) -> Result<Pool, PoolError> {
-        Ok(Pool { inner: Arc::new(Slots::new(name, Box::new(region), count)?) })
+        Ok(Pool::from_slots(Slots::new(name, Box::new(region), count)?))
     }
 
     /// One empty buffer with its window at `HEADROOM`, or `None` if the pool is exhausted.
     #[inline]
     pub fn alloc(&self) -> Option<Buffer> {
-        self.inner.alloc().map(|slot| Buffer { slot, off: HEADROOM as u32, len: 0 })
+        self.inner.0.alloc().map(|slot| Buffer { slot, off: HEADROOM as u32, len: 0 })
     }
 
     /// Append up to `n` fresh buffers to `out`; returns how many (fewer when the pool runs dry).
     pub fn alloc_burst(&self, out: &mut Vec<Buffer>, n: usize) -> usize {
         out.reserve(n);
-        for i in 0..n {
-            match self.alloc() {
-                Some(b) => out.push(b),
-                None => return i,
-            }
-        }
-        n
+        self.inner.0.alloc_burst(n, |slot| out.push(Buffer { slot, off: HEADROOM as u32, len: 0 }))
     }
 
-    /// Buffers currently free in the pool.
+    /// Buffers currently free in the pool: in its shared free list or parked in some thread's
+    /// cache (exact while no other thread allocates or frees; a slot parked in another thread's
+    /// cache is free but not at once allocatable here, see DESIGN.md).
     pub fn available(&self) -> usize {
-        self.inner.available()
+        self.inner.0.available()
     }
     /// Total buffers of the pool.
     pub fn capacity(&self) -> usize {
-        self.inner.capacity()
+        self.inner.0.capacity()
     }
     /// Process-unique pool id (what [`Buffer::pool_id`] returns).
     pub fn id(&self) -> u32 {
-        self.inner.id()
+        self.inner.0.id()
     }
     /// The name given at creation.
     pub fn name(&self) -> &str {
-        self.inner.name()
+        self.inner.0.name()
     }
     /// `(cpu address, size, iova)` of the pool's region.
     pub fn region(&self) -> (usize, usize, u64) {
-        (self.inner.region_base(), self.inner.region_size(), self.inner.region_iova())
+        (self.inner.0.region_base(), self.inner.0.region_size(), self.inner.0.region_iova())
     }
 }
 
 impl Pool {
-    /// A pool over slots whose free list is an external allocator (DPDK mbufs).
-    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    /// A pool over `slots` (ours, or with an external allocator as free list: DPDK mbufs).
     pub(crate) fn from_slots(slots: Slots) -> Pool {
-        Pool { inner: Arc::new(slots) }
+        Pool { inner: Arc::new(Handle(slots.into_ref())) }
     }
     #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
-    pub(crate) fn slots(&self) -> &Arc<Slots> {
-        &self.inner
+    pub(crate) fn slots(&self) -> &Slots {
+        &self.inner.0
     }
 }
 

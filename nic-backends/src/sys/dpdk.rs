@@ -324,8 +324,9 @@ impl Drop for Arena {
             // guard: calling DPDK after its cleanup would crash.
             return;
         }
-        // Every mbuf is back in the mempool: each Buffer holds an Arc to the Slots that own this
-        // arena, and the port closed the device (returning its rings' mbufs) before dropping it.
+        // Every mbuf is back in the mempool: each live Buffer of an external pool holds a counted
+        // reference to the Slots that own this arena, and the port closed the device (returning
+        // its rings' mbufs) before dropping it.
         // SAFETY: no mbuf of the pool is in use (above); nothing refers to the memzone after
         // the mempool is gone.
         unsafe {
