@@ -347,7 +347,7 @@ mod tests {
             fn check() {}
         }
         impl<T: ?Sized> AmbiguousIfClone<()> for T {}
-        impl<T: ?Sized + Clone> AmbiguousIfClone<u8> for T {}
+        impl<T: Clone> AmbiguousIfClone<u8> for T {}
         <Producer<u64> as AmbiguousIfClone<_>>::check();
         <Consumer<u64> as AmbiguousIfClone<_>>::check();
     }
