@@ -12,8 +12,9 @@
 //!   `dpdk`): DPDK ethdev ports through our `dpdk-sys` bindings, zero copy between mbufs and
 //!   buffers (see `DESIGN.md`).
 //! - `sys` (private): every `unsafe` block of the crate: mmap, ioctls, socket calls, the
-//!   AF_PACKET ring, the AF_XDP rings and UMEM registration (`sys/xsk.rs`). The rest of the
-//!   crate is `#![deny(unsafe_code)]`.
+//!   AF_PACKET ring, the AF_XDP rings and UMEM registration (`sys/xsk.rs`), the `mem` ports'
+//!   single-producer single-consumer ring (`sys/spsc.rs`). The rest of the crate is
+//!   `#![deny(unsafe_code)]`.
 //!
 //! # Buffer ownership
 //! A [`Buffer`] is the only handle to its slot. While a `Buffer` exists the CPU owns the bytes;
