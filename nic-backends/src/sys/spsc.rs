@@ -336,6 +336,16 @@ mod tests {
         assert!(pop_all(&mut c).is_empty(), "nothing after the last");
     }
 
+    #[test]
+    fn indices_and_slots_on_separate_blocks() {
+        let (head, tail) = (std::mem::offset_of!(Ring<u64>, head), std::mem::offset_of!(Ring<u64>, tail));
+        let slots = std::mem::offset_of!(Ring<u64>, slots);
+        assert_eq!((head % 128, tail % 128, std::mem::align_of::<Ring<u64>>()), (0, 0, 128));
+        let block = |off: usize| off / 128;
+        assert_ne!(block(head), block(tail));
+        assert!(block(slots) != block(head) && block(slots) != block(tail), "the read-only part apart");
+    }
+
     /// The handles are `Send` and neither `Sync` nor `Clone`: this fails to compile otherwise
     /// (an impl chosen by an auto trait is ambiguous when the trait holds).
     #[allow(dead_code)]
