@@ -537,6 +537,7 @@ impl Device {
         let mut distinct = [0 as PeerId; CHUNK];
         let mut ndistinct = 0usize;
         for it in items.iter() {
+            prefetch_bytes(&it.buf[..it.buf.len().min(DATA_HEADER_LEN + it.plain_len)]);
             if by_peer.get(it.peer).is_none() {
                 by_peer.insert(it.peer, ndistinct as u8);
                 distinct[ndistinct] = it.peer;
@@ -721,5 +722,21 @@ impl Device {
                 events.push(Event::HandshakeWanted(id));
             }
         }
+    }
+}
+
+/// Start loading every cache line of `bytes` after the first (which the caller has touched or
+/// is about to): a burst's packets arrive cold (written by another core or a device), and
+/// starting all their misses before the AEAD walks them lets the misses overlap. Used on send
+/// (the plaintexts, at the start of a chunk): `wgpmd bench` 1420 B tx +14–16 % per core; the
+/// same on receive (the ciphertexts, as their headers are parsed) measured no change, so it is
+/// not done there.
+#[inline]
+fn prefetch_bytes(bytes: &[u8]) {
+    let start = bytes.as_ptr();
+    let mut off = 64 - (start as usize & 63);
+    while off < bytes.len() {
+        wgpmd_aead::prefetch::read_ptr(start.wrapping_add(off));
+        off += 64;
     }
 }
