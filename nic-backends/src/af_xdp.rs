@@ -250,7 +250,9 @@ impl AfXdpPort {
                 kernel: Default::default(),
                 program: program.clone(),
             };
-            queue.refill();
+            // The worker allocates from this pool from now on; this thread only fills the ring
+            // once, so it keeps no cache of the pool.
+            crate::sys::slots::without_new_caches(|| queue.refill());
             queues.push(Some(queue));
             pools.push(pool);
         }

@@ -99,6 +99,17 @@ pub enum Timer {
     PersistentKeepalive,
 }
 
+impl Timer {
+    /// All five, in declaration order.
+    pub const ALL: [Timer; 5] = [
+        Timer::RetransmitHandshake,
+        Timer::SendKeepalive,
+        Timer::NewHandshake,
+        Timer::ZeroKeyMaterial,
+        Timer::PersistentKeepalive,
+    ];
+}
+
 /// What a fired timer asks the caller to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -330,16 +341,7 @@ impl PeerTimers {
 
     /// Earliest armed deadline: when this peer next needs a [`poll`](Self::poll).
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        [
-            Timer::RetransmitHandshake,
-            Timer::SendKeepalive,
-            Timer::NewHandshake,
-            Timer::ZeroKeyMaterial,
-            Timer::PersistentKeepalive,
-        ]
-        .into_iter()
-        .filter_map(|t| self.deadline(t))
-        .min()
+        Timer::ALL.into_iter().filter_map(|t| self.deadline(t)).min()
     }
 
     /// An authenticated data packet (not a keepalive) was sent (kernel `wg_timers_data_sent`):

@@ -127,8 +127,9 @@ const CACHE_MIN: usize = 8;
 /// while at least half of the pool is out in buffers, however many threads allocate from it.
 const CACHE_TOTAL_SHARE: usize = 2;
 
-/// `Slots::flags`: the shared list ran dry while some thread's cache held slots: every cache
-/// gives all its slots back on its owner's next operation on this pool.
+/// `Slots::flags`: the shared list ran dry while some thread's cache held slots: the next free
+/// into the pool by a thread with a cache gives that whole cache back; the first give-back that
+/// returns any slot clears the mark (allocations do not look at it).
 const STARVING: u8 = 1;
 /// `Slots::flags`: every `Pool` handle is gone: caches stop keeping this pool's slots.
 const CLOSED: u8 = 2;
@@ -199,6 +200,11 @@ pub(crate) struct Slots {
     refs: Padded<AtomicUsize>,
     region: Box<dyn Region>,
     name: String,
+    /// The pointer `into_ref` got from `Box::into_raw`, written once before the `Slots` is
+    /// shared: the `home` of every `Slot` and cache is a copy of it, so that whoever frees the
+    /// `Slots` through one does so with the Box's own pointer, never one made from a `&Slots`.
+    /// Dangling until then (no slot or cache exists before `into_ref`).
+    this: NonNull<Slots>,
 }
 
 // SAFETY: `base` points into `region`, which is `Send + Sync`; every other field is. The bytes
@@ -241,6 +247,7 @@ impl Slots {
             refs: Padded(AtomicUsize::new(0)),
             region,
             name,
+            this: NonNull::dangling(),
         })
     }
 
@@ -263,7 +270,11 @@ impl Slots {
     /// Move to the heap; the returned reference is the first and, for now, only one.
     pub(crate) fn into_ref(self) -> SlotsRef {
         self.refs.0.store(1, Ordering::Relaxed);
-        SlotsRef(NonNull::from(Box::leak(Box::new(self))))
+        let p = NonNull::from(Box::leak(Box::new(self)));
+        // SAFETY: `p` is the leaked Box's pointer, valid, and not shared with anyone yet: this
+        // write through it is the only access, and `this` keeps that pointer for every later use.
+        unsafe { (*p.as_ptr()).this = p };
+        SlotsRef(p)
     }
 
     /// A `Slot` for `index`, which the external source handed to someone else than `alloc`
@@ -290,7 +301,8 @@ impl Slots {
         // In bounds: index < count and count * BUF_SIZE <= region size (checked in `new`), so the
         // offset stays inside one allocation; `wrapping_add` of a non-null base stays non-null.
         let ptr = NonNull::new(self.base.as_ptr().wrapping_add(index as usize * BUF_SIZE)).unwrap_or(self.base);
-        Slot { ptr, index, home: NonNull::from(self) }
+        debug_assert!(self.this != NonNull::dangling(), "a slot of pool {} before into_ref", self.name);
+        Slot { ptr, index, home: self.this }
     }
 
     /// Largest buffer count of one pool (slot indices are `u32`, the region fits in `isize`).
@@ -460,7 +472,10 @@ impl Slots {
         if s.free.len() > before {
             // Slots came back: a starving thread can refill now. (An empty give-back, a cache
             // retiring with nothing in it, leaves the mark for the caches that do hold slots.)
-            self.flags.fetch_and(!STARVING, Ordering::Relaxed);
+            // Load first: a give-back while nobody starves writes nothing to this read-mostly line.
+            if self.flags.load(Ordering::Relaxed) & STARVING != 0 {
+                self.flags.fetch_and(!STARVING, Ordering::Relaxed);
+            }
         }
         before < self.count as usize && s.free.len() == self.count as usize
     }
@@ -637,6 +652,8 @@ impl Drop for Slot {
 /// Per-thread LIFO caches of free slots, one per pool the thread allocates from (frees go to it
 /// when it exists, else straight to the shared list)
 /// (DPDK's mempool cache, per thread instead of per lcore).
+pub(crate) use cache::without_new_caches;
+
 mod cache {
     use super::*;
     use std::cell::RefCell;
@@ -726,6 +743,25 @@ mod cache {
 
     thread_local! {
         static CACHES: RefCell<Caches> = const { RefCell::new(Caches(Vec::new())) };
+        /// Above zero inside [`without_new_caches`]: this thread makes no new cache.
+        static NO_NEW_CACHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Run `f` without making new per-thread caches on this thread: for a port's setup, which
+    /// fills its receive ring from a worker's pool on the thread that opens the port (the
+    /// control thread, later only an occasional freer of that pool). A cache made there would
+    /// keep the slots that thread frees afterwards parked (up to one cache of them), away
+    /// from the worker that allocates. Caches the thread already has are still used.
+    pub(crate) fn without_new_caches<R>(f: impl FnOnce() -> R) -> R {
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let _ = NO_NEW_CACHES.try_with(|n| n.set(n.get() - 1));
+            }
+        }
+        let _ = NO_NEW_CACHES.try_with(|n| n.set(n.get() + 1));
+        let _restore = Restore;
+        f()
     }
 
     /// Run `f` on this thread's cache of `home`, made on first use when `create`. None when there
@@ -739,7 +775,7 @@ mod cache {
             .try_with(|cs| {
                 let mut cs = cs.try_borrow_mut().ok()?;
                 let list = &mut cs.0;
-                let p = NonNull::from(home);
+                let p = home.this;
                 let at = match list.iter().position(|c| c.home == p) {
                     Some(0) => 0,
                     Some(k) => {
@@ -749,7 +785,10 @@ mod cache {
                     None => {
                         // No new caches for a pool nobody can allocate from, nor beyond its
                         // number of caches (this thread then uses the shared list directly).
-                        if !create || home.flags.load(Ordering::Relaxed) & (CLOSED | CACHES_FULL) != 0 {
+                        if !create
+                            || home.flags.load(Ordering::Relaxed) & (CLOSED | CACHES_FULL) != 0
+                            || NO_NEW_CACHES.try_with(|n| n.get() > 0).unwrap_or(true)
+                        {
                             return None;
                         }
                         reap_closed(list);
@@ -1067,6 +1106,35 @@ mod tests {
         assert_eq!(pool.available(), 1024);
         go_tx.send(()).unwrap();
         freer.join().unwrap();
+    }
+
+    #[test]
+    fn a_port_setup_makes_no_cache_on_the_opening_thread() {
+        let pool = Pool::new("t", 1024).unwrap();
+        assert!(pool.slots().cache_cap() > 0);
+        let p = pool.clone();
+        let (done_tx, done_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        // The opening thread fills a ring (allocates) without a cache, then only frees: what it
+        // frees goes home at once, so the worker can allocate every slot.
+        let opener = std::thread::spawn(move || {
+            let mut ring = Vec::new();
+            assert_eq!(without_new_caches(|| p.alloc_burst(&mut ring, 600)), 600);
+            assert_eq!(p.slots().caches(), 0, "no cache made inside without_new_caches");
+            drop(ring);
+            // Outside the scope the thread makes caches again.
+            let mut v = Vec::new();
+            assert_eq!(p.alloc_burst(&mut v, 1), 1);
+            assert_eq!(p.slots().caches(), 1);
+            done_tx.send(v).unwrap();
+            go_rx.recv().unwrap();
+        });
+        let v = done_rx.recv().unwrap();
+        drop(v);
+        assert!(pool.available() >= 1024 - pool.slots().cache_cap());
+        go_tx.send(()).unwrap();
+        opener.join().unwrap();
+        assert_eq!(pool.available(), 1024);
     }
 
     #[test]

@@ -151,7 +151,9 @@ fn start_queue(
     let pool = Pool::with_region(&format!("vfio{i}"), r, bufs)
         .map_err(|source| PortError::Pool { spec: spec.to_string(), source })?;
     let mut q = VirtioQueue::new(QueueCore::new(rx, tx, pool.clone(), bounds), dev.clone(), i, rx_at, tx_at);
-    q.start();
+    // The worker allocates from this pool from now on; this thread only fills the receive
+    // ring once, so it keeps no cache of the pool.
+    crate::sys::slots::without_new_caches(|| q.start());
     Ok((q, pool))
 }
 

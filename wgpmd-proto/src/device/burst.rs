@@ -728,7 +728,7 @@ impl Device {
 /// Start loading every cache line of `bytes` after the first (which the caller has touched or
 /// is about to): a burst's packets arrive cold (written by another core or a device), and
 /// starting all their misses before the AEAD walks them lets the misses overlap. Used on send
-/// (the plaintexts, at the start of a chunk): `wgpmd bench` 1420 B tx +14–16 % per core; the
+/// (the plaintexts, at the start of a chunk): `wgpmd bench` 1420 B tx +13–16 % per core; the
 /// same on receive (the ciphertexts, as their headers are parsed) measured no change, so it is
 /// not done there.
 #[inline]

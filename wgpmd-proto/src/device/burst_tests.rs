@@ -587,16 +587,7 @@ fn peer_writes(dev: &Device, id: PeerId) -> PeerWrites {
         rx: p.rx_bytes(),
         tx: p.tx_bytes(),
         endpoint: p.endpoint(),
-        timers: [
-            Timer::RetransmitHandshake,
-            Timer::SendKeepalive,
-            Timer::NewHandshake,
-            Timer::ZeroKeyMaterial,
-            Timer::PersistentKeepalive,
-        ]
-        .into_iter()
-        .map(|t| p.timers.deadline(t))
-        .collect(),
+        timers: Timer::ALL.into_iter().map(|t| p.timers.deadline(t)).collect(),
         lastminute: p.timers.lastminute_claimed(),
         handshake_wanted: p.handshake_wanted.load(std::sync::atomic::Ordering::Relaxed),
         send_counter: kp.sending_counter(),
