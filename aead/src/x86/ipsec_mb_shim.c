@@ -38,7 +38,7 @@ int wgpmd_imb_chacha20_poly1305(IMB_MGR *m, const uint8_t *key, const uint8_t *i
         IMB_JOB *job = IMB_GET_NEXT_JOB(m);
 
         job->cipher_direction = decrypt ? IMB_DIR_DECRYPT : IMB_DIR_ENCRYPT;
-        job->chain_order = IMB_ORDER_HASH_CIPHER;
+        job->chain_order = decrypt ? IMB_ORDER_HASH_CIPHER : IMB_ORDER_CIPHER_HASH;
         job->cipher_mode = IMB_CIPHER_CHACHA20_POLY1305;
         job->hash_alg = IMB_AUTH_CHACHA20_POLY1305;
         job->enc_keys = key;
