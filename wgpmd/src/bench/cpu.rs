@@ -101,6 +101,12 @@ mod tests {
         h.join().unwrap();
         assert!(own >= 20_000_000, "{own} ns");
         assert!(other >= own && other - own < 5_000_000, "own {own} ns, seen from outside {other} ns");
+        // `join` returns once the thread cleared its tid; the kernel drops the task (and its
+        // /proc entry) a moment later.
+        let gone = Instant::now();
+        while ThreadClock::of_tid(tid).now_ns().is_some() && gone.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(ThreadClock::of_tid(tid).now_ns().is_none(), "exited");
     }
 
