@@ -200,7 +200,7 @@ pub(crate) struct Slots {
     refs: Padded<AtomicUsize>,
     region: Box<dyn Region>,
     name: String,
-    /// The pointer `into_ref` got from `Box::into_raw`, written once before the `Slots` is
+    /// The pointer `into_ref` got from `Box::leak`, written once before the `Slots` is
     /// shared: the `home` of every `Slot` and cache is a copy of it, so that whoever frees the
     /// `Slots` through one does so with the Box's own pointer, never one made from a `&Slots`.
     /// Dangling until then (no slot or cache exists before `into_ref`).
@@ -649,11 +649,11 @@ impl Drop for Slot {
     }
 }
 
+pub(crate) use cache::without_new_caches;
+
 /// Per-thread LIFO caches of free slots, one per pool the thread allocates from (frees go to it
 /// when it exists, else straight to the shared list)
 /// (DPDK's mempool cache, per thread instead of per lcore).
-pub(crate) use cache::without_new_caches;
-
 mod cache {
     use super::*;
     use std::cell::RefCell;
