@@ -17,8 +17,8 @@
 //!
 //! # Layering
 //! - [`portable`]: the reference, a plain RFC 8439 implementation, one message at a time.
-//! - `x86` (x86-64 only): the AVX-512 and AVX2 kernels and the prefetch instructions behind
-//!   [`prefetch`], the only `unsafe` code of the crate.
+//! - `x86` (x86-64 only; the crate's only `unsafe` code): the AVX-512 and AVX2 kernels, the
+//!   prefetch instructions behind [`prefetch`], and the libipsec-mb FFI of the benchmark reference.
 //! - `sched`: the ChaCha20 side of a burst: which block goes in which SIMD lane (jobs), and the
 //!   transposed key table.
 //! - `plan`: the Poly1305 side: which message each 64-bit SIMD lane follows, which 16-byte block

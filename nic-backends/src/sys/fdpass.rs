@@ -68,10 +68,10 @@ fn recv_with_fds_cap(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>, 
     };
     // Every descriptor the kernel installed is owned before anything else is looked at.
     let first = fds.len();
-    // SAFETY: `hdr` is the header `recvmsg` filled in; its control pointer and length (set by
-    // the kernel to what it wrote, at most our buffer) delimit `control`, which is alive and
-    // aligned. CMSG_FIRSTHDR/CMSG_NXTHDR stay within that length, and CMSG_DATA of an SCM_RIGHTS
-    // header holds `(cmsg_len - CMSG_LEN(0)) / size_of::<RawFd>()` descriptors (read unaligned).
+    // The kernel set `hdr`'s control length to what it wrote (at most our buffer), and an
+    // SCM_RIGHTS header's data holds `(cmsg_len - CMSG_LEN(0)) / size_of::<RawFd>()` descriptors.
+    // SAFETY: `hdr` as `recvmsg` filled it delimits `control` (alive, aligned); CMSG_FIRSTHDR/
+    // CMSG_NXTHDR stay within its length, and the descriptors are read unaligned.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&hdr);
         while !c.is_null() {

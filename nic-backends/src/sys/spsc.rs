@@ -130,10 +130,10 @@ impl<T> Producer<T> {
         for item in src.drain(..n) {
             seen(&item);
             let slot = self.ring.slots[i & self.mask].get();
-            // SAFETY: `i` is in [tail, tail + free): slots the consumer does not read (it stops at
-            // the published `tail`) and has finished moving out of (`head_seen` was loaded with
-            // `Acquire` after its `Release` store; the slot is free and holds no value to leak).
-            // Only this producer writes slots, and `&mut self` makes this the only push.
+            // `i` is in [tail, tail + free): the consumer stops at the published `tail`, and it has
+            // moved out of these (`head_seen`: Acquire after its Release; nothing left to leak).
+            // SAFETY: a free slot the consumer does not read; only this producer writes slots,
+            // and `&mut self` makes this the only push.
             unsafe { (*slot).write(item) };
             i = i.wrapping_add(1);
         }
@@ -164,10 +164,10 @@ impl<T> Consumer<T> {
         let mut i = self.head;
         for _ in 0..n {
             let slot = self.ring.slots[i & self.mask].get();
-            // SAFETY: `i` is in [head, tail_seen): the producer wrote these slots before its
-            // `Release` store of `tail_seen`, which our `Acquire` load saw; it does not touch them
-            // again until our store of `head` passes them. Each is read once (the value moves out
-            // and the slot counts as uninitialised from then on); `&mut self`: the only pop.
+            // `i` is in [head, tail_seen): written before the producer's Release store of the tail
+            // our Acquire load saw, and not touched by it again until our `head` passes them.
+            // SAFETY: an initialised slot, read once (the value moves out, the slot counts as
+            // uninitialised from then on); `&mut self` makes this the only pop.
             let item = unsafe { (*slot).assume_init_read() };
             dst.push(item);
             i = i.wrapping_add(1);
