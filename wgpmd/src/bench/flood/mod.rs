@@ -34,7 +34,12 @@
 //!    cookie reply and retries with MAC2 as soon as it has it, and must complete), and so do the
 //!    established peers for their rekeys (the same cookie retry; each must complete and its next
 //!    data must pass on the new session). A peer whose initiation got neither a response nor a
-//!    cookie reply within 8 chunks sends a new one (as its retransmission timer would).
+//!    cookie reply within 8 chunks sends a new one (as its retransmission timer would). Each
+//!    counted chunk is followed by a chunk of data alone, measured the same way ("paired"), so
+//!    that the ratio can also be read against data measured moments apart rather than in a phase
+//!    seconds earlier; and the counted chunks in which the device was not under load (fewer than
+//!    half of their valid-MAC1 initiations answered with a cookie reply) are counted and
+//!    reported.
 //! 5. **Data after**: one more chunk on the new sessions, all of which must arrive.
 //!
 //! What it leaves out: the flood is generated ahead at the generator's own pace, not at a line

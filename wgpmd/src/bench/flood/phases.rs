@@ -140,6 +140,17 @@ impl<'a> FloodGen<'a> {
             // their own, whatever else runs on this machine).
             let w = self.wan.len() as f64;
             let (busy_ns, _, busy_flood) = self.last_busy;
+            if counting && flood.is_some() {
+                self.d.counted_chunks += 1;
+                self.d.not_under_load += u32::from(!under_load);
+                // Data alone right after, measured the same way: the pair sees the same machine
+                // (other load, caches, the generator's pace), which the phases seconds apart do
+                // not. The flood's load (a second, the kernel's rule) outlasts the chunk.
+                self.one_chunk(0.0, false)?;
+                let (paired_ns, paired_data, _) = self.last_busy;
+                self.d.paired_busy_cpu_ns += paired_ns;
+                self.d.paired_busy_data += paired_data;
+            }
             // While the workers had a backlog if that was seen, else over the whole drain.
             let achieved = if busy_ns > 0 && busy_flood > 0.0 {
                 busy_flood * 1e9 / (busy_ns as f64 / w)

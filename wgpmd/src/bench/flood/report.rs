@@ -120,6 +120,17 @@ pub struct DataPhase {
     pub warmup_dh: u64,
     /// The daemon's counters over the phase (under the flood: over the counted chunks).
     pub counters: Counters,
+    /// Under the flood: counted chunks, and those of them in which the device was not under
+    /// load (fewer than half of the chunk's valid-MAC1 initiations got a cookie reply).
+    pub counted_chunks: u32,
+    /// See `counted_chunks`.
+    pub not_under_load: u32,
+    /// Under the flood: a chunk of data alone after each counted chunk, measured the same way
+    /// (workers' CPU ns while they had a backlog, data packets taken meanwhile), so that the
+    /// flood's cost is also read against data measured at the same moments.
+    pub paired_busy_cpu_ns: u64,
+    /// See `paired_busy_cpu_ns`.
+    pub paired_busy_data: f64,
 }
 
 impl DataPhase {
@@ -130,6 +141,14 @@ impl DataPhase {
             return 0.0;
         }
         self.busy_data * 1e9 / self.busy_cpu_ns as f64
+    }
+    /// Under the flood: the data-alone chunks interleaved with the counted ones, in data packets
+    /// per second of worker CPU time while the workers had a backlog (per worker core).
+    pub fn paired_pps_per_core(&self) -> f64 {
+        if self.paired_busy_cpu_ns == 0 {
+            return 0.0;
+        }
+        self.paired_busy_data * 1e9 / self.paired_busy_cpu_ns as f64
     }
     /// Data packets per second of worker CPU time from each chunk's release to its last packet
     /// out (idle polling at the ends included).
@@ -295,24 +314,31 @@ impl std::fmt::Display for FloodReport {
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "Established peers' data, alone and under the flood (per core = per second of the workers' CPU time while they had a backlog; flood rate = valid-MAC1 initiations reaching the device per second of a worker's CPU time, i.e. as if each worker had a core of its own; the warm-up chunks, until the flood settles at its rate and the device is under load, not counted)")?;
-        writeln!(f, "| workers | alone Mpps/core | flood Mpps/core | ratio | alone wall Mpps | flood wall Mpps | ratio | flood /s of worker CPU | flood /s wall | junk | cookies sent | DH | retries with MAC2 | retry handshakes | rekeys | lost | damaged |")?;
-        writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(f, "Established peers' data, alone and under the flood (per core = per second of the workers' CPU time while they had a backlog; paired = a chunk of data alone after each counted flood chunk, measured the same way; flood rate = valid-MAC1 initiations reaching the device per second of a worker's CPU time, i.e. as if each worker had a core of its own; the warm-up chunks, until the flood settles at its rate and the device is under load, not counted)")?;
+        writeln!(f, "| workers | alone Mpps/core | flood Mpps/core | ratio | paired alone Mpps/core | paired ratio | alone wall Mpps | flood wall Mpps | ratio | flood /s of worker CPU | flood /s wall | counted chunks not under load | junk | cookies sent | DH | retries with MAC2 | retry handshakes | rekeys | lost | damaged |")?;
+        writeln!(
+            f,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )?;
         for r in &self.runs {
             let (a, x, z) = (&r.alone, &r.flood, &r.after);
             let ratio = |a: f64, b: f64| if a > 0.0 { format!("{:.2}", b / a) } else { "—".into() };
             writeln!(
                 f,
-                "| {} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
+                "| {} | {:.3} | {:.3} | {} | {:.3} | {} | {:.3} | {:.3} | {} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
                 r.plan.workers.len(),
                 a.pps_per_core() / 1e6,
                 x.pps_per_core() / 1e6,
                 ratio(a.pps_per_core(), x.pps_per_core()),
+                x.paired_pps_per_core() / 1e6,
+                ratio(x.paired_pps_per_core(), x.pps_per_core()),
                 a.pps_wall() / 1e6,
                 x.pps_wall() / 1e6,
                 ratio(a.pps_wall(), x.pps_wall()),
                 fmt_rate(x.flood_rate(r.plan.workers.len())),
                 fmt_rate(x.flood_rate_wall()),
+                x.not_under_load,
+                x.counted_chunks,
                 x.junk,
                 x.counters.cookies_sent,
                 x.counters.dh_operations,
