@@ -145,11 +145,11 @@ fn ifma_batch(cpu: x86::Ifma, ks: &[[u8; 32]], us: &[[u8; 32]], os: &mut [[u8; 3
     for (lane, (ki, ui)) in ks.iter().zip(us).enumerate() {
         let mut kw = clamp(ki);
         let uf = Fe::from_bytes(ui);
-        for w in 0..4 {
-            k[w][lane] = kw[w];
+        for (row, w) in k.iter_mut().zip(kw) {
+            row[lane] = w;
         }
-        for i in 0..5 {
-            u[i][lane] = uf.0[i];
+        for (row, l) in u.iter_mut().zip(uf.0) {
+            row[lane] = l;
         }
         kw.zeroize();
     }

@@ -46,7 +46,7 @@ impl Fe {
     /// The canonical encoding (the value reduced below p, little-endian). Takes any limbs below
     /// 2^64 - 2^51: two carry passes bring every limb below 2^51 (value below 2^255 < 2p), then one
     /// conditional subtraction of p, computed without a branch.
-    pub(crate) fn to_bytes(&self) -> [u8; 32] {
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
         let mut l = self.0;
         for _ in 0..2 {
             // Pass 1: limbs 1..4 below 2^51, limb 0 below 2^51 + 19·2^13. Pass 2: the carry out of
