@@ -32,7 +32,6 @@ use crate::LANES;
 type Fe = [__m512i; 5];
 
 const M51: i64 = (1 << 51) - 1;
-const M52: i64 = (1 << 52) - 1;
 
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -92,23 +91,24 @@ fn sub(a: &Fe, b: &Fe) -> Fe {
 /// (below 2^52) and `zh` (below 2^3), `19·z = lo(19·zl) + 2^52·(hi(19·zl) + 19·zh)`, the first
 /// term at position k - 5, the second (below 2^8) doubled at position k - 4; position 5 (from
 /// column 9) wraps again to 0 times 19, so 38 times. Columns 0 to 4 end below
-/// 2^55 + 2^52 + 2^9 < 2^56, which [`carry`] takes.
+/// 2^55 + 2^52 + 2^9 < 2^56, which [`carry`] takes. (IFMA reads only the low 52 bits of its
+/// inputs: `zl` needs no mask. Doublings are two additions, not a shift: on current Intel cores
+/// 512-bit shifts share port 0 with IFMA, additions can also go to port 5.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn fold(lo: &[__m512i; 10], hi: &[__m512i; 10]) -> Fe {
     let zero = _mm512_setzero_si512();
     let r19 = splat(19);
-    let m52 = splat(M52);
-    let z: [__m512i; 10] = core::array::from_fn(|k| add64(lo[k], _mm512_slli_epi64::<1>(hi[k])));
+    let z: [__m512i; 10] = core::array::from_fn(|k| add64(add64(lo[k], hi[k]), hi[k]));
     let mut r = [z[0], z[1], z[2], z[3], z[4]];
     let mut top = zero;
     for k in 5..10 {
-        let zl = _mm512_and_si512(z[k], m52);
+        let zl = z[k]; // its low 52 bits: IFMA ignores the rest
         let zh = _mm512_srli_epi64::<52>(z[k]);
         r[k - 5] = madd_lo(r[k - 5], zl, r19);
         let up = madd_hi(madd_lo(zero, zh, r19), zl, r19);
         if k < 9 {
-            r[k - 4] = add64(r[k - 4], _mm512_slli_epi64::<1>(up));
+            r[k - 4] = add64(add64(r[k - 4], up), up);
         } else {
             top = up;
         }
@@ -154,8 +154,8 @@ fn square(a: &Fe) -> Fe {
             o_hi[i + j + 1] = madd_hi(o_hi[i + j + 1], a[i], a[j]);
         }
     }
-    let lo: [__m512i; 10] = core::array::from_fn(|k| add64(d_lo[k], _mm512_slli_epi64::<1>(o_lo[k])));
-    let hi: [__m512i; 10] = core::array::from_fn(|k| add64(d_hi[k], _mm512_slli_epi64::<1>(o_hi[k])));
+    let lo: [__m512i; 10] = core::array::from_fn(|k| add64(add64(d_lo[k], o_lo[k]), o_lo[k]));
+    let hi: [__m512i; 10] = core::array::from_fn(|k| add64(add64(d_hi[k], o_hi[k]), o_hi[k]));
     fold(&lo, &hi)
 }
 
@@ -171,10 +171,10 @@ fn mul_a24(a: &Fe) -> Fe {
     let hi: [__m512i; 5] = core::array::from_fn(|i| madd_hi(zero, a[i], s));
     carry([
         madd_lo(lo[0], hi[4], splat(38)),
-        add64(lo[1], _mm512_slli_epi64::<1>(hi[0])),
-        add64(lo[2], _mm512_slli_epi64::<1>(hi[1])),
-        add64(lo[3], _mm512_slli_epi64::<1>(hi[2])),
-        add64(lo[4], _mm512_slli_epi64::<1>(hi[3])),
+        add64(add64(lo[1], hi[0]), hi[0]),
+        add64(add64(lo[2], hi[1]), hi[1]),
+        add64(add64(lo[3], hi[2]), hi[2]),
+        add64(add64(lo[4], hi[3]), hi[3]),
     ])
 }
 
