@@ -13,10 +13,13 @@
 //! for 8 lanes and the ladder, not copied.)
 //!
 //! # Bounds
-//! "Reduced" means every limb is below 2^51 + 2^11 (< 2^52, so IFMA sees all of it). Every
-//! operation below takes reduced inputs and returns a reduced output: each ends with one parallel
-//! carry pass ([`carry`]), which maps limbs below 2^57 to reduced ones. The bound of each
-//! operation's columns before that pass is written at the operation.
+//! "Reduced" means every limb is below 2^51 + 2^11 (< 2^52, so IFMA sees all of it); "loose"
+//! means every limb is below 2^55.2. Products take reduced inputs. A product's columns, folded,
+//! are loose ([`mul_loose`], [`square_loose`]); one parallel carry pass ([`carry`]) maps limbs
+//! below 2^57 to reduced ones. [`add`] and [`sub`] take loose inputs and end with that pass, so
+//! a product that feeds only additions and subtractions (in the ladder: DA, CB, a24·E and the
+//! new x_2, z_2, x_3, z_3) skips its own carry. The bound of each operation's columns before
+//! the pass is written at the operation.
 //!
 //! # Constant time
 //! Every lane runs the same instructions: no branch and no address depends on a scalar bit or a
@@ -69,29 +72,30 @@ fn carry(z: Fe) -> Fe {
     [madd_lo(l[0], c[4], splat(19)), add64(l[1], c[0]), add64(l[2], c[1]), add64(l[3], c[2]), add64(l[4], c[3])]
 }
 
-/// a + b: columns below 2^53.
+/// a + b of loose inputs: columns below 2^56.2.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn add(a: &Fe, b: &Fe) -> Fe {
     carry(core::array::from_fn(|i| add64(a[i], b[i])))
 }
 
-/// a - b, as a + 4p - b: 4p's limbs (4·(2^51 - 19), then 4·(2^51 - 1)) exceed any reduced limb,
-/// so no column goes below zero; columns below 2^51 + 2^11 + 2^53 < 2^54.
+/// a - b of loose inputs, as a + 32p - b: 32p's limbs (32·(2^51 - 19) = 2^56 - 608, then
+/// 2^56 - 32) exceed any loose limb, so no column goes below zero; columns below
+/// 2^55.2 + 2^56 < 2^57.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn sub(a: &Fe, b: &Fe) -> Fe {
-    let p0 = splat(4 * (M51 - 18));
-    let pi = splat(4 * M51);
+    let p0 = splat(32 * (M51 - 18));
+    let pi = splat(32 * M51);
     carry(core::array::from_fn(|i| _mm512_sub_epi64(add64(a[i], if i == 0 { p0 } else { pi }), b[i])))
 }
 
 /// Folds the ten columns `z[k] = lo[k] + 2·hi[k]` of a product (each below 2^55) into five
-/// reduced limbs. Column k ≥ 5 is worth 19 times column k - 5: split at bit 52 into `zl`
+/// loose limbs. Column k ≥ 5 is worth 19 times column k - 5: split at bit 52 into `zl`
 /// (below 2^52) and `zh` (below 2^3), `19·z = lo(19·zl) + 2^52·(hi(19·zl) + 19·zh)`, the first
 /// term at position k - 5, the second (below 2^8) doubled at position k - 4; position 5 (from
 /// column 9) wraps again to 0 times 19, so 38 times. Columns 0 to 4 end below
-/// 2^55 + 2^52 + 2^9 < 2^56, which [`carry`] takes. (IFMA reads only the low 52 bits of its
+/// 2^55 + 2^52 + 2^9 < 2^55.2: loose. (IFMA reads only the low 52 bits of its
 /// inputs: `zl` needs no mask. Doublings are two additions, not a shift: on current Intel cores
 /// 512-bit shifts share port 0 with IFMA, additions can also go to port 5.)
 #[inline]
@@ -114,14 +118,14 @@ fn fold(lo: &[__m512i; 10], hi: &[__m512i; 10]) -> Fe {
         }
     }
     r[0] = madd_lo(r[0], top, splat(38));
-    carry(r)
+    r
 }
 
 /// a · b. Products of reduced limbs are below 2^102.01: `lo` parts below 2^52, `hi` parts
 /// below 2^50.01; a column has at most five of each, so `lo[k] + 2·hi[k] < 2^54.4 + 2^53.4 < 2^55`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn mul(a: &Fe, b: &Fe) -> Fe {
+fn mul_loose(a: &Fe, b: &Fe) -> Fe {
     let zero = _mm512_setzero_si512();
     let mut lo = [zero; 10];
     let mut hi = [zero; 10];
@@ -140,7 +144,7 @@ fn mul(a: &Fe, b: &Fe) -> Fe {
 /// and `hi = d_hi + 2·o_hi`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square(a: &Fe) -> Fe {
+fn square_loose(a: &Fe) -> Fe {
     let zero = _mm512_setzero_si512();
     let mut d_lo = [zero; 10];
     let mut d_hi = [zero; 10];
@@ -159,23 +163,37 @@ fn square(a: &Fe) -> Fe {
     fold(&lo, &hi)
 }
 
-/// a · 121665 (a24 of RFC 7748). A limb times 121665 < 2^17 is below 2^69: its `lo` (below
-/// 2^52) stays, its `hi` (below 2^17) goes one position up doubled, limb 4's wraps to 0 times
-/// 38. Columns below 2^52 + 2^23.
+/// a · 121665 (a24 of RFC 7748), loose. A limb times 121665 < 2^17 is below 2^69: its `lo`
+/// (below 2^52) stays, its `hi` (below 2^17) goes one position up doubled, limb 4's wraps to 0
+/// times 38. Columns below 2^52 + 2^23.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn mul_a24(a: &Fe) -> Fe {
+fn mul_a24_loose(a: &Fe) -> Fe {
     let zero = _mm512_setzero_si512();
     let s = splat(121665);
     let lo: [__m512i; 5] = core::array::from_fn(|i| madd_lo(zero, a[i], s));
     let hi: [__m512i; 5] = core::array::from_fn(|i| madd_hi(zero, a[i], s));
-    carry([
+    [
         madd_lo(lo[0], hi[4], splat(38)),
         add64(add64(lo[1], hi[0]), hi[0]),
         add64(add64(lo[2], hi[1]), hi[1]),
         add64(add64(lo[3], hi[2]), hi[2]),
         add64(add64(lo[4], hi[3]), hi[3]),
-    ])
+    ]
+}
+
+/// a · b, reduced.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul(a: &Fe, b: &Fe) -> Fe {
+    carry(mul_loose(a, b))
+}
+
+/// a², reduced.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square(a: &Fe) -> Fe {
+    carry(square_loose(a))
 }
 
 #[inline]
@@ -253,24 +271,25 @@ pub(super) unsafe fn ladder8(k: &[[u64; LANES]; 4], u: &[[u64; LANES]; 5], out: 
         let b = sub(x2, z2);
         let c = add(x3, z3);
         let d = sub(x3, z3);
+        // Reduced where a product takes it, loose where only add/sub do (see "Bounds").
         let aa = square(&a);
         let bb = square(&b);
-        let da = mul(&d, &a);
-        let cb = mul(&c, &b);
+        let da = mul_loose(&d, &a);
+        let cb = mul_loose(&c, &b);
         let e = sub(&aa, &bb);
         let s = add(&da, &cb);
         let m = sub(&da, &cb);
-        *x3 = square(&s);
+        *x3 = square_loose(&s);
         let m2 = square(&m);
-        *x2 = mul(&aa, &bb);
-        let f = add(&aa, &mul_a24(&e));
-        *z3 = mul(&x1, &m2);
-        *z2 = mul(&e, &f);
+        *x2 = mul_loose(&aa, &bb);
+        let f = add(&aa, &mul_a24_loose(&e));
+        *z3 = mul_loose(&x1, &m2);
+        *z2 = mul_loose(&e, &f);
     }
     let mask = _mm512_sub_epi64(zero, swap);
     cswap(x2, x3, mask);
     cswap(z2, z3, mask);
-    let r = mul(x2, &invert(z2));
+    let r = mul(&carry(*x2), &invert(&carry(*z2)));
     for (row, v) in out.iter_mut().zip(r) {
         // SAFETY: each row is 8 u64 = 64 writable bytes; `storeu` has no alignment requirement.
         unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), v) };
