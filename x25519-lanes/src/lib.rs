@@ -114,11 +114,7 @@ impl Backend {
         match self {
             Backend::Portable => {
                 for ((k, u), o) in scalars.iter().zip(points).zip(out.iter_mut()) {
-                    let mut kw = clamp(k);
-                    let mut r = portable::ladder(&kw, &Fe::from_bytes(u));
-                    *o = r.to_bytes();
-                    kw.zeroize();
-                    r.zeroize();
+                    *o = portable_one(k, u);
                 }
                 Ok(())
             }
@@ -164,6 +160,16 @@ fn ifma_batch(cpu: x86::Ifma, ks: &[[u8; 32]], us: &[[u8; 32]], os: &mut [[u8; 3
     r.zeroize();
 }
 
+/// One X25519 on the portable backend.
+fn portable_one(k: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
+    let mut kw = clamp(k);
+    let mut r = portable::ladder(&kw, &Fe::from_bytes(u));
+    let out = r.to_bytes();
+    kw.zeroize();
+    r.zeroize();
+    out
+}
+
 /// The scalar as RFC 7748 section 5 clamps it (low 3 bits cleared, bit 255 cleared, bit 254
 /// set), as four little-endian words.
 fn clamp(s: &[u8; 32]) -> [u64; 4] {
@@ -194,9 +200,7 @@ pub fn x25519_many(scalars: &[[u8; 32]], points: &[[u8; 32]], out: &mut [[u8; 32
 
 /// One X25519 (on the portable backend: a single DH gains nothing from lanes).
 pub fn x25519(scalar: &[u8; 32], point: &[u8; 32]) -> [u8; 32] {
-    let mut out = [[0u8; 32]];
-    Backend::Portable.x25519_many(&[*scalar], &[*point], &mut out).expect("lengths are equal");
-    out[0]
+    portable_one(scalar, point)
 }
 
 /// Whether a result is all zeros (the peer's point had a small order), in constant time.
