@@ -223,3 +223,76 @@ pub(crate) fn ladder(k: &[u64; 4], u: &Fe) -> Fe {
     z3.zeroize();
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// p = 2^255 - 19 plus `d` (d < 19), little-endian: the non-canonical encodings.
+    fn p_plus(d: u8) -> [u8; 32] {
+        let mut b = [0xffu8; 32];
+        b[31] = 0x7f;
+        b[0] = 0xed + d;
+        b
+    }
+
+    fn small(v: u8) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0] = v;
+        b
+    }
+
+    /// The final subtraction of p: values from p to 2^255 - 1 encode as value - p, values
+    /// below p unchanged (random results almost never reach p, so the ladder tests cannot
+    /// exercise this path).
+    #[test]
+    fn canonical_encoding_subtracts_p_exactly_when_needed() {
+        for d in 0..19u8 {
+            assert_eq!(Fe::from_bytes(&p_plus(d)).to_bytes(), small(d), "p + {d}");
+        }
+        let mut p_minus_1 = p_plus(0);
+        p_minus_1[0] -= 1;
+        assert_eq!(Fe::from_bytes(&p_minus_1).to_bytes(), p_minus_1);
+        // The top bit is ignored on input.
+        let mut top = small(5);
+        top[31] = 0x80;
+        assert_eq!(Fe::from_bytes(&top).to_bytes(), small(5));
+    }
+
+    /// The same value with limbs above 2^51 (as the ladder hands them over, up to 2^52 and
+    /// beyond): moving 2^51 from limb i + 1 into limb i, or 2^255 (= 19) out of limb 4, must not
+    /// change the encoding.
+    #[test]
+    fn canonical_encoding_of_unreduced_limbs() {
+        let values = [p_plus(0), p_plus(18), [0x5a; 32], small(1), small(0), [0xff; 32]];
+        for v in values {
+            let f = Fe::from_bytes(&v);
+            let want = f.to_bytes();
+            for i in 0..4 {
+                if f.0[i + 1] == 0 {
+                    continue;
+                }
+                let mut g = f;
+                g.0[i] += 1 << 51;
+                g.0[i + 1] -= 1;
+                assert_eq!(g.to_bytes(), want, "limb {i} borrowed from");
+            }
+            // 2^255 ≡ 19: adding 2^51 to limb 4 is adding 19 to the value.
+            let mut g = f;
+            g.0[4] += 1 << 51;
+            let mut h = f;
+            h.0[0] += 19;
+            assert_eq!(g.to_bytes(), h.to_bytes());
+        }
+        // All limbs just below 2^52, the bound products return.
+        let big = Fe([(1 << 52) - 1; 5]);
+        assert_eq!(big.to_bytes(), Fe::carry(big.0).to_bytes());
+    }
+
+    #[test]
+    fn inversion() {
+        let x = Fe::from_bytes(&[0x37; 32]);
+        assert_eq!(x.mul(&x.invert()).to_bytes(), small(1));
+        assert_eq!(Fe::ZERO.invert().to_bytes(), small(0));
+    }
+}
