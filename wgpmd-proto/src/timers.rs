@@ -467,8 +467,8 @@ impl PeerTimers {
             && self.sent_lastminute_handshake.compare_exchange(false, true, ORD, ORD).is_ok()
     }
 
-    /// Whether the last-minute handshake of the current session was claimed (for tests).
-    #[cfg(test)]
+    /// Whether the last-minute handshake of the current session was claimed (a plain load:
+    /// the receive path reads it before looking at the peer's current keypair).
     pub(crate) fn lastminute_claimed(&self) -> bool {
         self.sent_lastminute_handshake.load(ORD)
     }

@@ -479,9 +479,15 @@ impl Device {
     ) -> Result<Decapsulated, DropReason> {
         stats.aead_opened += 1;
         // keep_key_fresh (receive side): the initiator re-handshakes once near REJECT_AFTER_TIME
-        // (not on a keypair of an old private key, which the kernel marks as not sending).
+        // (not on a keypair of an old private key, which the kernel marks as not sending). The
+        // kernel asks it of the peer's current keypair, whichever one the message came on: a
+        // message on an old previous keypair while a fresh one is current asks nothing. The
+        // arriving keypair is tested first (it is at hand); the current one only when that is
+        // old too and the flag is not claimed yet.
         if kp.needs_rekey_on_recv(now)
             && kp.generation() == self.generation()
+            && !peer.timers.lastminute_claimed()
+            && peer.keypairs.current_needs_rekey_on_recv(now, self.generation())
             && peer.timers.claim_lastminute_handshake()
             && peer.claim_handshake_wanted()
         {

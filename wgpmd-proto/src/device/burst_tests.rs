@@ -193,8 +193,8 @@ fn model_decapsulate(
         peer.timers.handshake_complete(now);
         out.events.push(Event::SessionConfirmed(id));
     }
-    if kp.needs_rekey_on_recv(now)
-        && kp.generation() == dev.generation()
+    // Kernel `keep_key_fresh`: the peer's current keypair decides.
+    if peer.keypairs.current().is_some_and(|c| c.needs_rekey_on_recv(now) && c.generation() == dev.generation())
         && peer.timers.claim_lastminute_handshake()
         && !peer.handshake_wanted.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
@@ -734,6 +734,50 @@ fn the_last_minute_handshake_is_claimed_once_by_two_workers() {
     peer.timers.handshake_complete(t(171));
     assert!(peer.timers.claim_lastminute_handshake());
     assert!(!peer.timers.claim_lastminute_handshake());
+}
+
+/// The receive side's last-minute handshake follows the peer's current keypair, as the
+/// kernel's `keep_key_fresh` does: a message on an old previous keypair (ours as initiator, 169
+/// s old) while a fresh one is current asks for nothing; once the current one is that old, a
+/// message on it asks, once.
+#[test]
+fn the_last_minute_handshake_follows_the_current_keypair() {
+    let r = rig(23);
+    let mut rng = ChaCha20Rng::seed_from_u64(24);
+    let id = r.peers[OLD_PEER as usize];
+    // The old peer's keypair (born at 1 s) becomes previous; a fresh one (100 s) is current.
+    let (s, v) = (Secret([70; 32]), Secret([71; 32]));
+    let local = r.dev.bench_install_session(&mut rng, id, &s, &v, 0x4000, t(100)).unwrap();
+    let fresh = Keypair::new(&v, &s, 0x4000, local, false, t(100));
+    let inner = ipv4_packet(inner_src(OLD_PEER), Ipv4Addr::new(10, 9, 0, 1), 40);
+    let mut out = Output::with_capacity(64);
+    let mut results = Vec::new();
+    let wanted =
+        |out: &Output| out.events.iter().filter(|e| matches!(e, Event::HandshakeWanted(p) if *p == id)).count();
+    // On the previous keypair at 170 s: it is past REKEY_AFTER_TIME_RECV, the current one is not.
+    let mut msgs: Vec<Vec<u8>> = (0..4).map(|_| sealed(&r, OLD_PEER, &inner, t(2))).collect();
+    let mut items: Vec<RxItem<'_>> =
+        msgs.iter_mut().map(|m| RxItem { src: src_addr(OLD_PEER, false), msg: &mut m[..] }).collect();
+    r.dev.decapsulate_burst(t(170), &mut items, &mut results, &mut out);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(wanted(&out), 0, "a message on the old previous keypair asked for a handshake");
+    let peer = r.dev.peer(id).unwrap();
+    assert!(!peer.timers.lastminute_claimed());
+    // On the current keypair once it is that old (270 s): asked for once.
+    let seal = |at: Timestamp| {
+        let mut buf = vec![0u8; DATA_HEADER_LEN + inner.len() + 32];
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + inner.len()].copy_from_slice(&inner);
+        let n = fresh.seal(at, &mut buf, inner.len(), MTU).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    let mut msgs: Vec<Vec<u8>> = (0..4).map(|_| seal(t(101))).collect();
+    let mut items: Vec<RxItem<'_>> =
+        msgs.iter_mut().map(|m| RxItem { src: src_addr(OLD_PEER, false), msg: &mut m[..] }).collect();
+    r.dev.decapsulate_burst(t(270), &mut items, &mut results, &mut out);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(wanted(&out), 1);
+    assert!(peer.timers.lastminute_claimed());
 }
 
 /// What the worker does when idle: it forgets the cached lookups whose keypair the device

@@ -103,6 +103,11 @@ impl Keypairs {
     pub fn current(&self) -> Option<Arc<Keypair>> {
         self.current.load_full()
     }
+    /// Whether the current keypair, made under identity `generation`, asks for the receive
+    /// side's last-minute handshake (kernel `keep_key_fresh`); no reference is taken.
+    pub(crate) fn current_needs_rekey_on_recv(&self, now: crate::time::Timestamp, generation: u64) -> bool {
+        self.current.load().as_ref().is_some_and(|c| c.needs_rekey_on_recv(now) && c.generation() == generation)
+    }
     /// Cache hints for a burst that will seal with the current keypair: its reference count and
     /// its sending line (no reference is kept).
     #[inline]
