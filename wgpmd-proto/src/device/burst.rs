@@ -384,22 +384,29 @@ impl Device {
         // 5. In order: confirmation, keep_key_fresh, inner checks. The IPv4 sources of the
         // authenticated messages are looked up in the allowed IPs first, all together, so that
         // the trie's misses overlap (the table does not change during the call).
+        // A source that is its peer's host route (an allowed /32, kept in the peer-table slot
+        // this phase reads anyway) needs no walk of the trie.
         let mut v4 = [Ipv4Addr::UNSPECIFIED; CHUNK];
         let mut v4_item = [0u8; CHUNK];
         let mut nv4 = 0usize;
+        let mut src_route: [Option<Option<PeerId>>; CHUNK] = [None; CHUNK];
         for (i, it) in items.iter().enumerate() {
             if verdict[i] != Verdict::Accepted {
                 continue;
             }
             let inner = it.msg.get(DATA_HEADER_LEN..it.msg.len().saturating_sub(TAG_LEN));
             if let Some((IpAddr::V4(a), _, _)) = inner.and_then(inner_addrs) {
+                let id = groups[group_of[i] as usize].peer;
+                if self.is_host_route_v4(id, a) {
+                    src_route[i] = Some(Some(id));
+                    continue;
+                }
                 (v4[nv4], v4_item[nv4]) = (a, i as u8);
                 nv4 += 1;
             }
         }
         let mut v4_route = [None; CHUNK];
         self.allowed.lookup_v4_batch(&v4[..nv4], &mut v4_route[..nv4]);
-        let mut src_route: [Option<Option<PeerId>>; CHUNK] = [None; CHUNK];
         for j in 0..nv4 {
             src_route[v4_item[j] as usize] = Some(v4_route[j]);
         }

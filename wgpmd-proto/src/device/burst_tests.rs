@@ -780,6 +780,52 @@ fn the_last_minute_handshake_follows_the_current_keypair() {
     assert!(peer.timers.lastminute_claimed());
 }
 
+/// The host-route shortcut of the source check (a peer's allowed /32 kept in its peer-table
+/// slot) answers as the trie does through every change of the allowed IPs: a /32 that moves
+/// to another peer stops being the first peer's (its packets from that source are refused),
+/// a peer whose allowed IPs are cleared has none, a peer's second /32 and a shorter prefix go
+/// through the trie, and a removed peer's slot keeps nothing.
+#[test]
+fn host_routes_follow_the_allowed_ips() {
+    let mut r = rig(29);
+    let (a, b) = (r.peers[0], r.peers[1]);
+    let from = |r: &Rig, p: u8, src: Ipv4Addr| -> Result<(), DropReason> {
+        let mut m = sealed(r, p, &ipv4_packet(src, Ipv4Addr::new(10, 9, 0, 1), 40), t(100));
+        let mut items = vec![RxItem { src: src_addr(p, false), msg: &mut m[..] }];
+        let mut results = Vec::new();
+        let mut out = Output::with_capacity(8);
+        r.dev.decapsulate_burst(t(101), &mut items, &mut results, &mut out);
+        results.pop().unwrap().map(|_| ())
+    };
+    assert!(r.dev.is_host_route_v4(a, inner_src(0)));
+    assert_eq!(from(&r, 0, inner_src(0)), Ok(()));
+    // A second /32 and a shorter prefix of peer A: through the trie.
+    let second = Ipv4Addr::new(10, 0, 0, 2);
+    r.dev.add_allowed_ip(a, IpAddr::V4(second), 32).unwrap();
+    r.dev.add_allowed_ip(a, IpAddr::V4(Ipv4Addr::new(10, 50, 0, 0)), 16).unwrap();
+    assert!(!r.dev.is_host_route_v4(a, second));
+    assert_eq!(from(&r, 0, second), Ok(()));
+    assert_eq!(from(&r, 0, Ipv4Addr::new(10, 50, 3, 4)), Ok(()));
+    // A's host /32 moves to B: A's packets from it are refused, B's accepted.
+    r.dev.add_allowed_ip(b, IpAddr::V4(inner_src(0)), 32).unwrap();
+    assert!(!r.dev.is_host_route_v4(a, inner_src(0)));
+    assert!(r.dev.is_host_route_v4(b, inner_src(1)), "B keeps its first host route");
+    assert_eq!(from(&r, 0, inner_src(0)), Err(DropReason::DisallowedSource));
+    assert_eq!(from(&r, 1, inner_src(0)), Ok(()));
+    assert_eq!(from(&r, 0, second), Ok(()), "A's other /32 still routes to A");
+    // Cleared: nothing of A's is accepted, and it has no host route.
+    r.dev.clear_allowed_ips(a);
+    assert!(!r.dev.is_host_route_v4(a, second));
+    assert_eq!(from(&r, 0, second), Err(DropReason::DisallowedSource));
+    // A new /32 after the clear becomes A's host route again.
+    r.dev.add_allowed_ip(a, IpAddr::V4(second), 32).unwrap();
+    assert!(r.dev.is_host_route_v4(a, second));
+    assert_eq!(from(&r, 0, second), Ok(()));
+    // A removed peer's slot keeps no host route for the id's next owner.
+    r.dev.remove_peer(b).unwrap();
+    assert!(!r.dev.is_host_route_v4(b, inner_src(1)));
+}
+
 /// What the worker does when idle: it forgets the cached lookups whose keypair the device
 /// dropped (the cache held the last reference: the keys go, wiped) and keeps the others, so the
 /// next burst hits instead of going to the shared table for every packet.

@@ -35,12 +35,12 @@ mod keymap;
 mod peer;
 mod published;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use rand_core::{CryptoRng, RngCore};
 
-use crate::allowedips::AllowedIps;
+use crate::allowedips::{AllowedIps, AllowedIpsError};
 use crate::cookie::CookieChecker;
 use crate::crypto::{PrivateKey, Secret};
 use crate::index::IndexTable;
@@ -348,6 +348,26 @@ pub enum ConfigError {
     OwnKey,
 }
 
+/// A peer-table slot: the peer, and one IPv4 host route (/32) of its allowed IPs, if it has
+/// one: [`PeerSlot::HOST_NONE`] or `1 << 32 | address`. A /32 is the longest prefix there is
+/// and each prefix belongs to one peer, so an inner source equal to it routes to this peer
+/// without a walk of the trie; the receive path reads the slot anyway (the peer's pointer), so
+/// the check costs no cache line. Kept by [`Device::apply`] with the allowed IPs themselves (both
+/// copies of a published device replay the same changes).
+#[derive(Clone, Default)]
+struct PeerSlot {
+    peer: Option<Arc<Peer>>,
+    host_v4: u64,
+}
+
+impl PeerSlot {
+    /// No host route.
+    const HOST_NONE: u64 = 0;
+    fn host(a: Ipv4Addr) -> u64 {
+        1 << 32 | u64::from(u32::from(a))
+    }
+}
+
 /// One WireGuard interface.
 ///
 /// Its configuration tables (identity, peer slots, public-key map, allowed IPs, MTU, limit) are
@@ -360,7 +380,7 @@ pub struct Device {
     cookie_checker: CookieChecker,
     ratelimiter: Arc<RateLimiter>,
     load: Arc<LoadDetector>,
-    peers: Vec<Option<Arc<Peer>>>,
+    peers: Vec<PeerSlot>,
     free_ids: Vec<PeerId>,
     /// Ids of peers removed since the last [`Published::write`], reusable from the next one
     /// (only under [`Published`]: see `defer_free`).
@@ -450,7 +470,10 @@ impl Device {
                 self.put_peer(peer.clone(), h);
             }
             TableOp::RemovePeer(id) => {
-                if let Some(peer) = self.peers.get_mut(*id as usize).and_then(Option::take) {
+                if let Some(peer) = self.peers.get_mut(*id as usize).and_then(|s| {
+                    s.host_v4 = PeerSlot::HOST_NONE;
+                    s.peer.take()
+                }) {
                     self.by_key.remove(peer.public_key());
                     self.allowed.remove_peer(*id);
                     if self.defer_free {
@@ -463,10 +486,40 @@ impl Device {
             TableOp::ReleaseFreed => self.free_ids.append(&mut self.freed),
             TableOp::AllowedInsert(addr, cidr, id) => {
                 // Validated by the call that journaled it; cannot fail here.
-                let _ = self.allowed.insert(*addr, *cidr, *id);
+                let _ = self.insert_allowed(*addr, *cidr, *id);
             }
-            TableOp::AllowedClear(id) => self.allowed.remove_peer(*id),
+            TableOp::AllowedClear(id) => {
+                self.allowed.remove_peer(*id);
+                if let Some(s) = self.peers.get_mut(*id as usize) {
+                    s.host_v4 = PeerSlot::HOST_NONE;
+                }
+            }
         }
+    }
+
+    /// An allowed-IP prefix into the trie (moved from any other peer), with the host routes
+    /// of the peer-table slots ([`PeerSlot`]): a /32 that moves from another peer takes that
+    /// peer's host route with it; a peer without one gets its first /32.
+    fn insert_allowed(&mut self, addr: IpAddr, cidr: u8, id: PeerId) -> Result<(), AllowedIpsError> {
+        let host = match addr {
+            IpAddr::V4(a) if cidr == 32 => Some(a),
+            _ => None,
+        };
+        let prev = host.and_then(|a| self.allowed.lookup_v4(a)).filter(|&p| p != id);
+        self.allowed.insert(addr, cidr, id)?;
+        if let Some(a) = host {
+            if let Some(s) = prev.and_then(|p| self.peers.get_mut(p as usize)) {
+                if s.host_v4 == PeerSlot::host(a) {
+                    s.host_v4 = PeerSlot::HOST_NONE;
+                }
+            }
+            if let Some(s) = self.peers.get_mut(id as usize) {
+                if s.host_v4 == PeerSlot::HOST_NONE {
+                    s.host_v4 = PeerSlot::host(a);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A new peer into its slot (`peer.id()`, taken off the free list) and its key into the map
@@ -480,11 +533,11 @@ impl Device {
             self.free_ids.retain(|&f| f != id);
         }
         if self.peers.len() <= id as usize {
-            self.peers.resize(id as usize + 1, None);
+            self.peers.resize(id as usize + 1, PeerSlot::default());
         }
         self.by_key.insert_hashed(h, *peer.public_key(), id);
         if let Some(slot) = self.peers.get_mut(id as usize) {
-            *slot = Some(peer);
+            *slot = PeerSlot { peer: Some(peer), host_v4: PeerSlot::HOST_NONE };
         }
     }
 
@@ -632,7 +685,14 @@ impl Device {
 
     /// A peer's state (counters, endpoint, ...).
     pub fn peer(&self, id: PeerId) -> Option<&Arc<Peer>> {
-        self.peers.get(id as usize).and_then(Option::as_ref)
+        self.peers.get(id as usize).and_then(|s| s.peer.as_ref())
+    }
+
+    /// Whether `a` is peer `id`'s IPv4 host route (one of its allowed /32s): then the allowed
+    /// IPs route `a` to that peer, without a lookup (see [`PeerSlot`]).
+    #[inline]
+    pub(crate) fn is_host_route_v4(&self, id: PeerId, a: Ipv4Addr) -> bool {
+        self.peers.get(id as usize).is_some_and(|s| s.host_v4 == PeerSlot::host(a))
     }
 
     /// Cache hint: start loading peer `id`'s slot in the peer table (a burst's first pass).
@@ -645,7 +705,7 @@ impl Device {
 
     /// Every peer, in id order.
     pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.peers.iter().flatten()
+        self.peers.iter().filter_map(|s| s.peer.as_ref())
     }
 
     /// One more than the highest peer id in use (or once in use): ids run below this.
@@ -693,7 +753,7 @@ impl Device {
         if self.peer(id).is_none() {
             return Err(ConfigError::NoSuchPeer);
         }
-        self.allowed.insert(addr, cidr, id).map_err(|_| ConfigError::BadPrefix)?;
+        self.insert_allowed(addr, cidr, id).map_err(|_| ConfigError::BadPrefix)?;
         self.journal.record(TableOp::AllowedInsert(addr, cidr, id));
         Ok(())
     }
