@@ -777,6 +777,8 @@ impl Device {
 }
 
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod burst_tests;
 #[cfg(test)]
 mod screen_tests;
