@@ -346,10 +346,10 @@ impl ResponderDh {
 }
 
 /// Fewest `se` DHs worth a lane call in the second round of [`begin_consume_initiations`]: one
-/// eight-lane kernel call costs about as much as two to three single aws-lc DHs
-/// (docs/PERFORMANCE.md, "A multi-lane X25519": ~46 µs against ~19-21 µs), so one or two are
-/// done one at a time.
-pub const SE_LANES_MIN: usize = 3;
+/// eight-lane kernel call (about 43 µs on the machine of docs/PERFORMANCE.md, whatever its
+/// fill) costs less than two aws-lc DHs with the import of the ephemeral key (about 26 µs each:
+/// aws-lc computes the public key on import), more than one. So a lone `se` is done with aws-lc.
+pub const SE_LANES_MIN: usize = 2;
 
 /// [`begin_consume_initiation`] of several initiations, with the responder's DHs of each (see
 /// [`ResponderDh`]) computed together in X25519 lanes on `backend`, in two rounds: `es`, the
