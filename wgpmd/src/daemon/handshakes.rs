@@ -151,7 +151,8 @@ pub(crate) struct HsCounters {
     pub cookie_replies: u64,
     /// Drops by [`HsDrop`].
     pub dropped: [u64; HsDrop::COUNT],
-    /// How long each queued message's processing took (the DH work and what goes with it).
+    /// How long each queued message's processing took (the DH work and what goes with it): its
+    /// equal share of the time of the batch it was processed in ([`Stage::process`]).
     pub times: HsTimes,
 }
 
