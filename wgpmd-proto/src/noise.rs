@@ -655,10 +655,12 @@ impl Handshake {
         let e_pub = public_of(&eph);
         let remote_static = self.remote_static;
         self.respond(local_index, &e_pub, Some(eph), |sym, eph, remote_ephemeral| {
+            // `respond` passes back the key given to it.
+            let eph = eph.ok_or(NoiseError::WrongState)?;
             // ee
-            sym.mix_dh(dh(eph.expect("just generated"), remote_ephemeral))?;
+            sym.mix_dh(dh(eph, remote_ephemeral))?;
             // se
-            sym.mix_dh(dh(eph.expect("just generated"), &remote_static))
+            sym.mix_dh(dh(eph, &remote_static))
         })
     }
 
