@@ -155,6 +155,118 @@ fn our_data(from: &mut Side, to: &mut Side, now: Timestamp, src: Ipv4Addr, dst: 
     assert_eq!(&m[d.range], &p[..]);
 }
 
+/// Initiations answered together in the batched rows: a worker's handshake budget.
+const MANY: usize = 8;
+
+/// [`MANY`] initiators (our devices, one peer each) and one responder that knows them all, for
+/// the batched rows: the responder answers their initiations as one batch
+/// (`Device::receive_screened_batch`: the responder's X25519 in lanes with AVX-512 IFMA).
+struct Many {
+    inits: Vec<Side>,
+    b: Device,
+    b_out: Output,
+    rng_a: ChaCha20Rng,
+    rng_b: ChaCha20Rng,
+    now: Timestamp,
+    jobs_results: Vec<Result<HandshakeOutcome, DropReason>>,
+}
+
+fn many_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10 + i as u8)), 40000 + i as u16)
+}
+
+impl Many {
+    fn new(seed: u64) -> Many {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let kb = PrivateKey::generate(&mut rng);
+        let pb = kb.public_key();
+        let mut bdev = Device::new(&mut rng, 1_700_000_000_000_000_000);
+        bdev.set_private_key(Some(kb));
+        let mut inits = Vec::new();
+        for i in 0..MANY {
+            let ka = PrivateKey::generate(&mut rng);
+            let pa = ka.public_key();
+            inits.push(side(&mut rng, ka, pb, B_ADDR, B_INNER));
+            let peer = bdev.add_peer(&mut rng, pa).unwrap();
+            bdev.add_allowed_ip(peer, IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1 + i as u8)), 32).unwrap();
+        }
+        Many {
+            inits,
+            b: bdev,
+            b_out: Output::with_capacity(64),
+            rng_a: ChaCha20Rng::seed_from_u64(seed + 1),
+            rng_b: ChaCha20Rng::seed_from_u64(seed + 2),
+            now: Timestamp::from_secs(1),
+            jobs_results: Vec::with_capacity(MANY),
+        }
+    }
+
+    /// Move the clock on by [`STEP`]; every initiator sends an initiation.
+    fn initiations(&mut self) -> (Timestamp, Vec<[u8; INITIATION_LEN]>) {
+        self.now = self.now + STEP;
+        let now = self.now;
+        let msgs = self.inits.iter_mut().map(|a| our_initiation_at(a, &mut self.rng_a, now)).collect();
+        (now, msgs)
+    }
+
+    /// The responder answers `msgs` as one batch; the responses, in order.
+    fn respond(&mut self, now: Timestamp, msgs: &[[u8; INITIATION_LEN]]) -> Vec<[u8; RESPONSE_LEN]> {
+        self.b_out.clear();
+        // The job list is rebuilt per batch, as the worker does (its allocation is kept there).
+        let jobs: Vec<(SocketAddr, &[u8], bool)> =
+            msgs.iter().enumerate().map(|(i, m)| (many_addr(i), &m[..], false)).collect();
+        self.b.receive_screened_batch(now, &mut self.rng_b, &jobs, false, &mut self.b_out, &mut self.jobs_results);
+        assert!(self.jobs_results.iter().all(|r| matches!(r, Ok(HandshakeOutcome::Responded(_)))));
+        self.b_out
+            .transmits
+            .drain(..)
+            .map(|t| {
+                let mut m = [0u8; RESPONSE_LEN];
+                m.copy_from_slice(t.payload());
+                m
+            })
+            .collect()
+    }
+
+    /// [`MANY`] complete handshakes: the initiations, one batched response round, each
+    /// initiator consuming its response.
+    fn handshakes(&mut self) {
+        let (now, msgs) = self.initiations();
+        let resps = self.respond(now, &msgs);
+        for (a, r) in self.inits.iter_mut().zip(&resps) {
+            a.out.clear();
+            let got = a.dev.receive_handshake(now, &mut self.rng_a, B_ADDR, r, false, &mut a.out);
+            assert_eq!(got, Ok(HandshakeOutcome::Completed(a.peer)));
+        }
+    }
+
+    /// Once, untimed: a batch of handshakes completes and data flows on each new session.
+    fn verify(&mut self) {
+        self.handshakes();
+        let now = self.now;
+        for (i, a) in self.inits.iter_mut().enumerate() {
+            let inner = Ipv4Addr::new(10, 1, 0, 1 + i as u8);
+            let p = ipv4(inner, B_INNER, 100);
+            let mut buf = vec![0u8; 16 + p.len() + 64];
+            buf[16..16 + p.len()].copy_from_slice(&p);
+            let e = a.dev.encapsulate(now, &mut buf, p.len(), &mut a.out).expect("no session after the handshake");
+            let mut m = buf[..e.len].to_vec();
+            let d = self.b.decapsulate(now, many_addr(i), &mut m, &mut self.b_out).expect("data did not open");
+            assert_eq!(&m[d.range], &p[..]);
+        }
+    }
+}
+
+/// `a` sends an initiation at `now`.
+fn our_initiation_at(a: &mut Side, rng: &mut ChaCha20Rng, now: Timestamp) -> [u8; INITIATION_LEN] {
+    a.out.clear();
+    a.dev.initiate(now, rng, a.peer, &mut a.out).expect("initiation refused");
+    let t = a.out.transmits.pop().expect("no initiation sent");
+    let mut m = [0u8; INITIATION_LEN];
+    m.copy_from_slice(t.payload());
+    m
+}
+
 /// Two boringtun tunnels; `a` initiates. Their handshake rate limiters never report load.
 fn boringtun_pair(seed: u64) -> (Tunn, Tunn) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -234,6 +346,14 @@ fn complete(c: &mut Criterion) {
     }
     verify_ours(&mut o);
 
+    // MANY handshakes per iteration: the responder answers their initiations as one batch.
+    let mut m = Many::new(9);
+    m.verify();
+    g.throughput(Throughput::Elements(MANY as u64));
+    g.bench_function("wgpmd_batch8", |bench| bench.iter(|| m.handshakes()));
+    m.verify();
+    g.throughput(Throughput::Elements(1));
+
     let (mut a, mut b) = boringtun_pair(2);
     verify_boringtun(&mut a, &mut b);
     let (mut buf1, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
@@ -263,6 +383,27 @@ fn respond(c: &mut Criterion) {
         )
     });
     assert_eq!(b.out.stats.drops.iter().sum::<u64>(), 0);
+
+    // MANY initiations per iteration, answered as one batch.
+    let mut m = Many::new(10);
+    m.verify();
+    g.throughput(Throughput::Elements(MANY as u64));
+    g.bench_function("wgpmd_batch8", |bench| {
+        // The initiations are made untimed (criterion's iter_batched cannot lend `m` to both
+        // closures).
+        bench.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (t, msgs) = m.initiations();
+                let started = Instant::now();
+                black_box(m.respond(t, &msgs));
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    m.verify();
 
     let (mut ba, mut bb) = boringtun_pair(4);
     let mut buf = vec![0u8; 2048];
@@ -393,7 +534,11 @@ fn min_table(rounds: usize) {
     verify_boringtun(&mut ca, &mut cb);
     let (mut ra, mut rb) = boringtun_pair(24);
     let (mut buf1, mut buf2) = (vec![0u8; 2048], vec![0u8; 2048]);
-    let mut best = [f64::MAX; 4];
+    let mut mc = Many::new(25);
+    mc.verify();
+    let mut mr = Many::new(26);
+    mr.verify();
+    let mut best = [f64::MAX; 6];
     for _ in 0..rounds {
         let t = [
             batch_ns(N, || (), |_| assert!(matches!(our_handshake(&mut o), HandshakeOutcome::Completed(_)))),
@@ -412,6 +557,10 @@ fn min_table(rounds: usize) {
                 || bt_initiation(&mut ra, &mut buf1),
                 |init| assert!(matches!(rb.decapsulate(None, init, &mut buf2), TunnResult::WriteToNetwork(_))),
             ),
+            // N batches of MANY: complete handshakes, then the responder's half alone (the
+            // initiations made untimed); per handshake.
+            batch_ns(N, || (), |_| mc.handshakes()) / MANY as f64,
+            many_respond_ns(&mut mr, N),
         ];
         for (m, t) in best.iter_mut().zip(t) {
             *m = m.min(t);
@@ -419,10 +568,28 @@ fn min_table(rounds: usize) {
     }
     verify_ours(&mut o);
     verify_boringtun(&mut ca, &mut cb);
+    mc.verify();
+    mr.verify();
     let cheap = cheap_min(rounds);
     println!("fastest of {rounds} batches of {N} (µs per handshake; throughput ratio wgpmd / boringtun)");
     println!("complete:  wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}", best[0] / 1e3, best[1] / 1e3, best[1] / best[0]);
     println!("responder: wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}", best[2] / 1e3, best[3] / 1e3, best[3] / best[2]);
+    println!(
+        "fastest of {rounds} batches of {N} x {MANY} initiations answered as one batch (lanes: {}; µs per handshake)",
+        wgpmd_x25519::backend()
+    );
+    println!(
+        "complete, responder batched by {MANY}:  wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}",
+        best[4] / 1e3,
+        best[1] / 1e3,
+        best[1] / best[4]
+    );
+    println!(
+        "responder, {MANY} answered as one batch: wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}",
+        best[5] / 1e3,
+        best[3] / 1e3,
+        best[3] / best[5]
+    );
     println!("fastest of {rounds} batches of {CHEAP_N} (ns per message; throughput ratio wgpmd / boringtun)");
     println!("bad MAC1:     wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}", cheap[0], cheap[1], cheap[1] / cheap[0]);
     println!("cookie reply: wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}", cheap[2], cheap[3], cheap[3] / cheap[2]);
@@ -446,6 +613,17 @@ fn min_table(rounds: usize) {
         m[2],
         m[2] / m[3]
     );
+}
+
+/// Nanoseconds per initiation for `n` batches of [`MANY`] initiations answered as one batch
+/// each, the initiations made untimed.
+fn many_respond_ns(m: &mut Many, n: usize) -> f64 {
+    let batches: Vec<_> = (0..n).map(|_| m.initiations()).collect();
+    let t = Instant::now();
+    for (now, msgs) in &batches {
+        black_box(m.respond(*now, msgs));
+    }
+    t.elapsed().as_nanos() as f64 / (n * MANY) as f64
 }
 
 /// Messages per burst in [`burst_min`]: what `wgpmd_proto::cookie::BATCH` computes together.

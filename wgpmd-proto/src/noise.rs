@@ -31,7 +31,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use rand_core::{CryptoRng, RngCore};
-use zeroize::Zeroize;
+use wgpmd_x25519::Backend;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::{aead_open, aead_seal, ct_eq, hash, kdf, PrivateKey, Secret};
 use crate::messages::{
@@ -87,18 +88,34 @@ static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 /// private key invalidates every cache at once without touching a single peer: the next
 /// handshake with each peer recomputes its DH (kernel `wg_noise_precompute_static_static`,
 /// moved from configuration time to first use).
-#[derive(Clone, Debug)]
+///
+/// It keeps the private key twice: as aws-lc's key object (single DHs) and as its 32 bytes,
+/// wiped on drop, for the multi-lane X25519 of [`begin_consume_initiations`]. Debug prints
+/// neither.
+#[derive(Clone)]
 pub struct Identity {
     private: PrivateKey,
+    private_bytes: Zeroizing<[u8; KEY_LEN]>,
     public: [u8; KEY_LEN],
     generation: u64,
+}
+
+impl core::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Identity")
+            .field("private", &self.private)
+            .field("public", &self.public)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {
     /// From a private key (any 32 bytes; X25519 clamps). One X25519 (the public key).
     pub fn new(private: PrivateKey) -> Self {
         let public = public_of(&private);
-        Identity { private, public, generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed) }
+        let private_bytes = Zeroizing::new(private.to_bytes());
+        Identity { private, private_bytes, public, generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed) }
     }
     /// Our public key.
     pub fn public_key(&self) -> &[u8; KEY_LEN] {
@@ -137,6 +154,23 @@ fn count_x25519() {
 fn dh(private: &PrivateKey, public: &[u8; KEY_LEN]) -> Option<Secret> {
     count_x25519();
     private.dh(public)
+}
+
+/// `out[i] = X25519(scalars[i], points[i])` in lanes on `backend`, each counted in tests. All
+/// zeros where the backend cannot run (the callers treat a zero result as a failed DH).
+fn dh_lanes(backend: Backend, scalars: &[[u8; KEY_LEN]], points: &[[u8; KEY_LEN]], out: &mut [[u8; KEY_LEN]]) {
+    for _ in 0..scalars.len() {
+        count_x25519();
+    }
+    if backend.x25519_many(scalars, points, out).is_err() {
+        out.iter_mut().for_each(|o| *o = [0; KEY_LEN]);
+    }
+}
+
+/// A lane's result as a DH result: `None` when all zeros (a low-order point), as
+/// [`PrivateKey::dh`] says.
+fn lane_secret(shared: &[u8; KEY_LEN]) -> Option<Secret> {
+    (!wgpmd_x25519::is_zero(shared)).then(|| Secret(*shared))
 }
 
 /// The public key of `private`, counted in tests.
@@ -256,10 +290,21 @@ pub fn begin_consume_initiation<T: AsRef<[u8]>>(
     identity: &Identity,
     msg: &HandshakeInitiation<T>,
 ) -> Result<InitiationStart, NoiseError> {
-    let mut sym = Symmetric::start(&identity.public);
     let e = msg.unencrypted_ephemeral();
+    finish_begin(identity, msg, e, dh(&identity.private, &e))
+}
+
+/// [`begin_consume_initiation`] after its DH: `es` is DH(our static, the message's ephemeral
+/// `e`).
+fn finish_begin<T: AsRef<[u8]>>(
+    identity: &Identity,
+    msg: &HandshakeInitiation<T>,
+    e: [u8; KEY_LEN],
+    es: Option<Secret>,
+) -> Result<InitiationStart, NoiseError> {
+    let mut sym = Symmetric::start(&identity.public);
     sym.mix_ephemeral(&e);
-    let key = sym.mix_dh_key(dh(&identity.private, &e))?;
+    let key = sym.mix_dh_key(es)?;
     let mut s = [0u8; KEY_LEN];
     sym.decrypt(&key, msg.encrypted_static(), &mut s).map_err(|_| NoiseError::DecryptStatic)?;
     let sealed_timestamp = msg.encrypted_timestamp().try_into().map_err(|_| NoiseError::DecryptTimestamp)?;
@@ -271,6 +316,113 @@ pub fn begin_consume_initiation<T: AsRef<[u8]>>(
         sealed_timestamp,
         generation: identity.generation,
     })
+}
+
+/// The responder's Diffie-Hellman work for one initiation, done before its peer is known
+/// ([`begin_consume_initiations`]): a fresh ephemeral key, its public key, `ee` = DH(e_r, E_i)
+/// and `se` = DH(e_r, S_i). [`Handshake::create_response_with`] builds the response from it
+/// without a DH. The ephemeral private key is not kept (the responder needs it for nothing
+/// else; [`begin_consume_initiations`] wipes it); the DH results are wiped on drop, and Debug
+/// does not print them.
+pub struct ResponderDh {
+    ephemeral_public: [u8; KEY_LEN],
+    /// `None`: all zeros (the initiator's ephemeral has a small order).
+    ee: Option<Secret>,
+    /// `None`: all zeros (the initiator's static key has a small order).
+    se: Option<Secret>,
+}
+
+impl core::fmt::Debug for ResponderDh {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ResponderDh").field("ephemeral_public", &self.ephemeral_public).finish_non_exhaustive()
+    }
+}
+
+impl ResponderDh {
+    /// The ephemeral public key the response will carry.
+    pub fn ephemeral_public(&self) -> &[u8; KEY_LEN] {
+        &self.ephemeral_public
+    }
+}
+
+/// Fewest `se` DHs worth a lane call in the second round of [`begin_consume_initiations`]: one
+/// eight-lane kernel call (about 43 µs on the machine of docs/PERFORMANCE.md, whatever its
+/// fill) costs less than two aws-lc DHs with the import of the ephemeral key (about 26 µs each:
+/// aws-lc computes the public key on import), more than one. So a lone `se` is done with aws-lc.
+pub const SE_LANES_MIN: usize = 2;
+
+/// [`begin_consume_initiation`] of several initiations, with the responder's DHs of each (see
+/// [`ResponderDh`]) computed together in X25519 lanes on `backend`, in two rounds: `es`, the
+/// fresh ephemeral's public key and `ee` of every message, then `se` of every message whose
+/// static key decrypted (with aws-lc instead when fewer than [`SE_LANES_MIN`] did). Results in
+/// message order; each fails where [`begin_consume_initiation`] would fail it (`es` all zeros:
+/// [`NoiseError::DhFailure`]; the static key does not decrypt: [`NoiseError::DecryptStatic`]).
+/// A zero `ee` or `se` fails later, in [`Handshake::create_response_with`], where
+/// [`Handshake::create_response`] would fail it. The `rng` gives each message's ephemeral key.
+pub fn begin_consume_initiations<T: AsRef<[u8]>, R: RngCore + CryptoRng>(
+    identity: &Identity,
+    msgs: &[HandshakeInitiation<T>],
+    rng: &mut R,
+    backend: Backend,
+) -> Vec<Result<(InitiationStart, ResponderDh), NoiseError>> {
+    const BASE: [u8; KEY_LEN] = {
+        let mut b = [0u8; KEY_LEN];
+        b[0] = 9;
+        b
+    };
+    let n = msgs.len();
+    // Round 1: lanes 3i, 3i+1, 3i+2 are es, e_r's public key and ee of message i.
+    let mut scalars = Zeroizing::new(vec![[0u8; KEY_LEN]; 3 * n]);
+    let mut points = vec![[0u8; KEY_LEN]; 3 * n];
+    let mut ephemerals: Vec<Zeroizing<[u8; KEY_LEN]>> = Vec::with_capacity(n);
+    for (i, msg) in msgs.iter().enumerate() {
+        let mut eph = Zeroizing::new([0u8; KEY_LEN]);
+        rng.fill_bytes(&mut eph[..]);
+        let e = msg.unencrypted_ephemeral();
+        scalars[3 * i] = *identity.private_bytes;
+        points[3 * i] = e;
+        scalars[3 * i + 1] = *eph;
+        points[3 * i + 1] = BASE;
+        scalars[3 * i + 2] = *eph;
+        points[3 * i + 2] = e;
+        ephemerals.push(eph);
+    }
+    let mut round1 = Zeroizing::new(vec![[0u8; KEY_LEN]; 3 * n]);
+    dh_lanes(backend, &scalars, &points, &mut round1);
+    let mut starts: Vec<Result<InitiationStart, NoiseError>> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, msg)| finish_begin(identity, msg, points[3 * i], lane_secret(&round1[3 * i])))
+        .collect();
+    // Round 2: se = DH(e_r, S_i) for each message whose static key decrypted.
+    let mut scalars2 = Zeroizing::new(Vec::with_capacity(n));
+    let mut points2 = Vec::with_capacity(n);
+    for (start, eph) in starts.iter().zip(&ephemerals) {
+        if let Ok(start) = start {
+            scalars2.push(**eph);
+            points2.push(start.remote_static);
+        }
+    }
+    let mut round2 = Zeroizing::new(vec![[0u8; KEY_LEN]; points2.len()]);
+    let mut se: Vec<Option<Secret>> = if points2.len() >= SE_LANES_MIN {
+        dh_lanes(backend, &scalars2, &points2, &mut round2);
+        round2.iter().map(lane_secret).collect()
+    } else {
+        scalars2.iter().zip(&points2).map(|(k, p)| dh(&PrivateKey::from_bytes(*k), p)).collect()
+    };
+    let mut se = se.drain(..);
+    starts
+        .drain(..)
+        .enumerate()
+        .map(|(i, start)| {
+            let start = start?;
+            // One `se` per decrypted static key, in order.
+            let se = se.next().flatten();
+            // The public key of a clamped scalar (base point 9, of prime order) is never zero.
+            let ephemeral_public = round1[3 * i + 1];
+            Ok((start, ResponderDh { ephemeral_public, ee: lane_secret(&round1[3 * i + 2]), se }))
+        })
+        .collect()
 }
 
 /// Keys for a new session, produced by [`Handshake::begin_session`]. Wiped on drop.
@@ -495,6 +647,51 @@ impl Handshake {
         rng: &mut R,
         local_index: u32,
     ) -> Result<Response, NoiseError> {
+        if !self.flight.as_deref().is_some_and(|f| f.state == State::ConsumedInitiation) {
+            return Err(NoiseError::WrongState);
+        }
+        // e
+        let eph = PrivateKey::generate(rng);
+        let e_pub = public_of(&eph);
+        let remote_static = self.remote_static;
+        self.respond(local_index, &e_pub, Some(eph), |sym, eph, remote_ephemeral| {
+            // `respond` passes back the key given to it.
+            let eph = eph.ok_or(NoiseError::WrongState)?;
+            // ee
+            sym.mix_dh(dh(eph, remote_ephemeral))?;
+            // se
+            sym.mix_dh(dh(eph, &remote_static))
+        })
+    }
+
+    /// [`Self::create_response`] from DHs computed beforehand ([`begin_consume_initiations`]
+    /// made `dh` for the initiation just consumed): the same symmetric steps and failures, no
+    /// X25519. `dh` is wiped as it drops.
+    pub fn create_response_with(&mut self, dh: ResponderDh, local_index: u32) -> Result<Response, NoiseError> {
+        if !self.flight.as_deref().is_some_and(|f| f.state == State::ConsumedInitiation) {
+            return Err(NoiseError::WrongState);
+        }
+        let ResponderDh { ephemeral_public, ee, se } = dh;
+        // The responder never uses its ephemeral private key after the response: there is
+        // none to keep.
+        self.respond(local_index, &ephemeral_public, None, |sym, _, _| {
+            // ee
+            sym.mix_dh(ee)?;
+            // se
+            sym.mix_dh(se)
+        })
+    }
+
+    /// The response's steps around the DHs: `e` (the public key `e_pub`), then `dhs` mixes ee
+    /// and se into the symmetric state (given the ephemeral key if any and the initiator's
+    /// ephemeral), then psk and the empty payload. The state must be `ConsumedInitiation`.
+    fn respond(
+        &mut self,
+        local_index: u32,
+        e_pub: &[u8; KEY_LEN],
+        eph: Option<PrivateKey>,
+        dhs: impl FnOnce(&mut Symmetric, Option<&PrivateKey>, &[u8; KEY_LEN]) -> Result<(), NoiseError>,
+    ) -> Result<Response, NoiseError> {
         let Some(f) = self.flight.as_deref_mut().filter(|f| f.state == State::ConsumedInitiation) else {
             return Err(NoiseError::WrongState);
         };
@@ -504,20 +701,16 @@ impl Handshake {
         out.set_receiver_index(f.remote_index);
         let mut sym = f.sym.clone();
         // e
-        let eph = PrivateKey::generate(rng);
-        let e_pub = public_of(&eph);
-        out.set_unencrypted_ephemeral(&e_pub);
-        sym.mix_ephemeral(&e_pub);
-        // ee
-        sym.mix_dh(dh(&eph, &f.remote_ephemeral))?;
-        // se
-        sym.mix_dh(dh(&eph, &self.remote_static))?;
+        out.set_unencrypted_ephemeral(e_pub);
+        sym.mix_ephemeral(e_pub);
+        // ee, se
+        dhs(&mut sym, eph.as_ref(), &f.remote_ephemeral)?;
         // psk
         let key = sym.mix_psk(&self.psk);
         // {}
         sym.encrypt(&key, &[], out.encrypted_nothing_mut());
         f.sym = sym;
-        f.ephemeral = Some(eph);
+        f.ephemeral = eph;
         f.local_index = local_index;
         f.state = State::CreatedResponse;
         Ok(out)
@@ -743,6 +936,135 @@ mod tests {
         let (ka, kb) = (ha.begin_session().unwrap(), hb.begin_session().unwrap());
         assert_eq!((ka.send.0, ka.generation, kb.generation), (kb.recv.0, a2.generation(), b2.generation()));
         assert!(!ha.in_flight() && !hb.in_flight(), "handshake state freed");
+    }
+
+    /// The backends the batched responder is tested on: the portable one always (the batch
+    /// logic on any CPU), the IFMA lanes where this CPU has them.
+    fn lane_backends() -> Vec<Backend> {
+        Backend::ALL.into_iter().filter(|b| b.is_supported()).collect()
+    }
+
+    /// N initiators, one batched responder round ([`begin_consume_initiations`], then
+    /// `consume_initiation` and `create_response_with` per initiation), N responses consumed:
+    /// both sides derive the same keys, for N = 1..=9 (more than one eight-lane call in both
+    /// rounds at 9), on every backend; and the batch does exactly the X25519 operations of the
+    /// one-at-a-time path (es, e, ee, se, and ss the first time).
+    #[test]
+    fn batched_responder_agrees_on_keys() {
+        for backend in lane_backends() {
+            for n in 1..=9usize {
+                let mut rng = ChaCha20Rng::seed_from_u64(100 + n as u64);
+                let b = Identity::new(PrivateKey::generate(&mut rng));
+                let mut inits = Vec::new();
+                let mut sides = Vec::new();
+                for i in 0..n {
+                    let a = Identity::new(PrivateKey::generate(&mut rng));
+                    let psk = Secret([i as u8; 32]);
+                    let mut ha = Handshake::new(*b.public_key(), psk.clone());
+                    let hb = Handshake::new(*a.public_key(), psk);
+                    let t = crate::time::tai64n(1_000_000_000 * (i as u64 + 1));
+                    inits.push(ha.create_initiation(&a, &mut rng, t, 0x100 + i as u32).unwrap());
+                    sides.push((a, ha, hb));
+                }
+                let ops = x25519_ops();
+                let started = begin_consume_initiations(&b, &inits, &mut rng, backend);
+                assert_eq!(started.len(), n);
+                for (i, (r, (a, ha, hb))) in started.into_iter().zip(sides.iter_mut()).enumerate() {
+                    let (start, dh) = r.unwrap();
+                    assert_eq!(start.remote_static(), a.public_key());
+                    hb.consume_initiation(&b, start, Timestamp::from_secs(1)).unwrap();
+                    let resp = hb.create_response_with(dh, 0x200 + i as u32).unwrap();
+                    assert_eq!((resp.sender_index(), resp.receiver_index()), (0x200 + i as u32, 0x100 + i as u32));
+                    ha.consume_response(a, &resp).unwrap();
+                    let (ka, kb) = (ha.begin_session().unwrap(), hb.begin_session().unwrap());
+                    assert!(ka.initiator && !kb.initiator);
+                    assert_eq!((ka.send.0, ka.recv.0), (kb.recv.0, kb.send.0), "{backend:?} n={n} i={i}");
+                }
+                // Per initiation: es, e, ee, se, ss (first handshake), and the initiator's
+                // ee and se.
+                assert_eq!(x25519_ops() - ops, 7 * n as u64, "{backend:?} n={n}");
+            }
+        }
+    }
+
+    /// Failures inside a batch fail as the one-at-a-time path fails them, and only them: a
+    /// low-order ephemeral (es all zeros: DhFailure), a corrupted encrypted static
+    /// (DecryptStatic), an initiation for another responder (DecryptStatic), a replay (the
+    /// same message twice in the batch: the second is refused by `consume_initiation`).
+    #[test]
+    fn batched_responder_fails_each_initiation_as_one_at_a_time() {
+        for backend in lane_backends() {
+            let mut rng = ChaCha20Rng::seed_from_u64(200);
+            let b = Identity::new(PrivateKey::generate(&mut rng));
+            let other = Identity::new(PrivateKey::generate(&mut rng));
+            let mut inits = Vec::new();
+            let mut sides = Vec::new();
+            for i in 0..8u32 {
+                let a = Identity::new(PrivateKey::generate(&mut rng));
+                let mut ha = Handshake::new(*if i == 5 { other.public_key() } else { b.public_key() }, Secret::zero());
+                let hb = Handshake::new(*a.public_key(), Secret::zero());
+                let ident = &a;
+                let t = crate::time::tai64n(1_000_000_000 * (u64::from(i) + 1));
+                let init = ha.create_initiation(ident, &mut rng, t, i).unwrap();
+                inits.push(init);
+                sides.push((a, ha, hb));
+            }
+            // 1: a low-order ephemeral (u = 1); 3: a bit flipped in the encrypted static; 5:
+            // sealed for another responder; 7: message 6 again.
+            let mut e = [0u8; 32];
+            e[0] = 1;
+            inits[1].set_unencrypted_ephemeral(&e);
+            let mut raw: [u8; INITIATION_LEN] = inits[3].as_ref().try_into().unwrap();
+            raw[40] ^= 0x20;
+            inits[3] = Initiation::new_unchecked(raw);
+            inits[7] = inits[6].clone();
+            let one: Vec<_> = inits.iter().map(|m| begin_consume_initiation(&b, m).map(|_| ()).err()).collect();
+            let started = begin_consume_initiations(&b, &inits, &mut rng, backend);
+            let many: Vec<_> = started.iter().map(|r| r.as_ref().map(|_| ()).err().copied()).collect();
+            assert_eq!(many, one, "{backend:?}");
+            let expect = [
+                None,
+                Some(NoiseError::DhFailure),
+                None,
+                Some(NoiseError::DecryptStatic),
+                None,
+                Some(NoiseError::DecryptStatic),
+                None,
+                None,
+            ];
+            assert_eq!(many, expect, "{backend:?}");
+            let mut done = 0;
+            for (i, r) in started.into_iter().enumerate() {
+                let Ok((start, dh)) = r else { continue };
+                let (a, ha, hb) = &mut sides[if i == 7 { 6 } else { i }];
+                let consumed = hb.consume_initiation(&b, start, Timestamp::from_secs(1 + i as u64));
+                if i == 7 {
+                    assert_eq!(consumed, Err(NoiseError::Replay), "{backend:?}");
+                    continue;
+                }
+                consumed.unwrap();
+                let resp = hb.create_response_with(dh, 0x200 + i as u32).unwrap();
+                ha.consume_response(a, &resp).unwrap();
+                assert_eq!(ha.begin_session().unwrap().send.0, hb.begin_session().unwrap().recv.0);
+                done += 1;
+            }
+            assert_eq!(done, 4, "{backend:?}");
+        }
+    }
+
+    /// A zero `se` (the initiator's static key of small order) fails the response with
+    /// DhFailure, as `create_response` fails it, and leaves the state to consume again.
+    #[test]
+    fn precomputed_zero_dh_fails_the_response() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let (a, b, mut ha, mut hb) = pair([0; 32]);
+        let init = ha.create_initiation(&a, &mut rng, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], 9).unwrap();
+        let (start, mut dh) = begin_consume_initiations(&b, &[init], &mut rng, Backend::Portable).remove(0).unwrap();
+        hb.consume_initiation(&b, start, Timestamp::from_secs(1)).unwrap();
+        dh.se = None;
+        assert_eq!(hb.create_response_with(dh, 10).err(), Some(NoiseError::DhFailure));
+        assert!(hb.in_flight());
+        assert!(!format!("{:?}", b).contains(&format!("{:?}", b.private_key().to_bytes())));
     }
 
     #[test]

@@ -374,3 +374,91 @@ fn boringtun_cookie_reply_is_consumed_by_us_and_our_retry_passes() {
     assert_eq!(r, Ok(HandshakeOutcome::Completed(p.peer)));
     let _ = p.bt_public;
 }
+
+/// Eight boringtun peers initiate at once; our device answers the eight initiations as one
+/// batch (screened together, then `receive_screened_batch_on` with the responder's X25519 in
+/// lanes: IFMA where the CPU has it, else the portable lanes); each boringtun consumes its
+/// response, and data passes both ways on every session.
+#[test]
+fn eight_boringtun_initiations_answered_as_one_batch() {
+    use wgpmd_proto::device::Screened;
+    use wgpmd_x25519::Backend;
+    let mut rng = ChaCha20Rng::seed_from_u64(88);
+    let mut dev = Device::new(&mut rng, 1_700_000_000_000_000_000);
+    let ours = PrivateKey::generate(&mut rng);
+    let our_public = bx::PublicKey::from(ours.public_key());
+    dev.set_private_key(Some(ours));
+    let now = Timestamp::from_secs(1);
+    let addr = |i: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10 + i)), 40000 + u16::from(i));
+    let inner = |i: u8| Ipv4Addr::new(10, 0, 1, 10 + i);
+    let mut bts = Vec::new();
+    let mut inits = Vec::new();
+    for i in 0..8u8 {
+        let secret = bx::StaticSecret::random_from_rng(&mut rng);
+        let public = bx::PublicKey::from(&secret).to_bytes();
+        let psk = (i % 2 == 1).then_some([i; 32]);
+        let peer = dev.add_peer(&mut rng, public).unwrap();
+        dev.add_allowed_ip(peer, IpAddr::V4(inner(i)), 32).unwrap();
+        if let Some(psk) = psk {
+            dev.set_preshared_key(peer, Secret(psk)).unwrap();
+        }
+        let mut bt = Tunn::new(secret, our_public, psk, None, 100 + u32::from(i), None);
+        let mut buf = vec![0u8; 256];
+        let init = match bt.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        inits.push((addr(i), init));
+        bts.push((peer, bt));
+    }
+    let mut out = Output::with_capacity(64);
+    // The screen (mac1), as a worker does it on arrival.
+    let burst: Vec<(SocketAddr, &[u8])> = inits.iter().map(|(a, m)| (*a, &m[..])).collect();
+    let mut screened = Vec::new();
+    dev.screen_handshakes(now, &mut rng, &burst, false, &mut out, &mut screened);
+    assert!(screened.iter().all(|s| *s == Ok(Screened::Admitted { cookie_checked: false })));
+    // The eight initiations as one batch.
+    let lanes = Backend::ALL.into_iter().find(|b| b.is_supported()).unwrap();
+    let jobs: Vec<(SocketAddr, &[u8], bool)> = inits.iter().map(|(a, m)| (*a, &m[..], false)).collect();
+    let mut results = Vec::new();
+    dev.receive_screened_batch_on(Some(lanes), now, &mut rng, &jobs, false, &mut out, &mut results);
+    let expect: Vec<_> = bts.iter().map(|(peer, _)| Ok(HandshakeOutcome::Responded(*peer))).collect();
+    assert_eq!(results, expect, "{lanes:?}");
+    assert_eq!(out.stats.responses_sent, 8);
+    let responses: Vec<_> = out.transmits.drain(..).collect();
+    assert_eq!(responses.len(), 8);
+    let mut buf = vec![0u8; 2048];
+    for (i, (peer, bt)) in bts.iter_mut().enumerate() {
+        let i = i as u8;
+        let resp = responses.iter().find(|t| t.to == addr(i)).expect("a response to each initiator");
+        assert_eq!(resp.peer, Some(*peer));
+        // Boringtun consumes the response and confirms with a keepalive.
+        let ka = match bt.decapsulate(Some(OUR_ADDR.ip()), resp.payload(), &mut buf) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("boringtun {i} refused our batched response: {other:?}"),
+        };
+        let mut m = ka.clone();
+        let d = dev.decapsulate(now, addr(i), &mut m, &mut out).unwrap();
+        assert!(d.is_keepalive());
+        assert!(out.events.contains(&Event::SessionConfirmed(*peer)));
+        // Boringtun to us.
+        let q = ipv4_udp(inner(i), OUR_INNER, &[i; 48]);
+        let m = match bt.encapsulate(&q, &mut buf) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let mut m2 = m.clone();
+        let d = dev.decapsulate(now, addr(i), &mut m2, &mut out).unwrap();
+        assert_eq!((d.peer, &m2[d.range]), (*peer, &q[..]));
+        // Us to boringtun.
+        let p = ipv4_udp(OUR_INNER, inner(i), &[0x80 | i; 60]);
+        let mut sbuf = vec![0u8; HEAD + p.len() + 64];
+        sbuf[HEAD..HEAD + p.len()].copy_from_slice(&p);
+        let e = dev.encapsulate(now, &mut sbuf, p.len(), &mut out).unwrap();
+        assert_eq!((e.peer, e.to), (*peer, addr(i)));
+        match bt.decapsulate(Some(OUR_ADDR.ip()), &sbuf[..e.len], &mut buf) {
+            TunnResult::WriteToTunnelV4(got, _) => assert_eq!(got, &p[..]),
+            other => panic!("boringtun {i} did not open our data: {other:?}"),
+        }
+    }
+}

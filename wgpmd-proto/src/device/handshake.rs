@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rand_core::{CryptoRng, RngCore};
+use wgpmd_x25519::Backend;
 
 use super::{Device, DropReason, Event, IndexEntry, Output, Peer, PeerId, Transmit};
 use crate::cookie::{MacState, Screening, BATCH};
@@ -107,7 +108,25 @@ impl Device {
         out: &mut Output,
     ) -> Result<HandshakeOutcome, DropReason> {
         out.stats.dh_operations += 1;
-        let start = match noise::begin_consume_initiation(identity, init) {
+        let started = noise::begin_consume_initiation(identity, init).map(|s| (s, None));
+        self.on_initiation_started(now, rng, src, init, identity, started, out)
+    }
+
+    /// [`Self::on_initiation`] after `es` (counted in `dh_operations` by the caller): `started`
+    /// is the initiation's start and, when the responder's DHs were computed with it
+    /// ([`noise::begin_consume_initiations`]), those; without them the response does its own.
+    #[allow(clippy::too_many_arguments)]
+    fn on_initiation_started<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        src: SocketAddr,
+        init: &HandshakeInitiation<&[u8]>,
+        identity: &crate::noise::Identity,
+        started: Result<(noise::InitiationStart, Option<noise::ResponderDh>), NoiseError>,
+        out: &mut Output,
+    ) -> Result<HandshakeOutcome, DropReason> {
+        let (start, precomputed) = match started {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("Invalid handshake initiation from {}: {}", src, e);
@@ -142,7 +161,11 @@ impl Device {
         tracing::debug!("Receiving handshake initiation from {} ({})", peer.name(), src);
         let local = self.index.insert_new(rng, IndexEntry::Handshake(id));
         out.stats.dh_operations += 2;
-        let mut resp = match hs.noise.create_response(rng, local) {
+        let made = match precomputed {
+            Some(dh) => hs.noise.create_response_with(dh, local),
+            None => hs.noise.create_response(rng, local),
+        };
+        let mut resp = match made {
             Ok(r) => r,
             Err(e) => {
                 self.remove_index(local);
@@ -571,6 +594,92 @@ impl Device {
             }
             Message::CookieReply(reply) => self.on_cookie_reply(now, &reply, out),
             Message::TransportData(_) => Err(out.stats.drop(DropReason::Malformed)),
+        }
+    }
+
+    /// [`Device::receive_screened`] of several admitted messages (`(source, message,
+    /// cookie_checked)`), with the responder's Diffie-Hellman work for the initiations among
+    /// them done together in X25519 lanes ([`noise::begin_consume_initiations`]) when this CPU
+    /// has AVX-512 IFMA and at least two initiations go on to DH work; otherwise one message
+    /// at a time, as [`Device::receive_screened`] does. `results` is cleared and gets one
+    /// result per job, in job order. Responses and cookie replies are processed one at a time
+    /// as they come; the under-load mac2 check of each initiation is made before it joins the
+    /// batch; the batch's initiations are then finished in job order. Counters and drops are
+    /// those of [`Device::receive_screened`] on each job.
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_screened_batch<R: RngCore + CryptoRng>(
+        &self,
+        now: Timestamp,
+        rng: &mut R,
+        jobs: &[(SocketAddr, &[u8], bool)],
+        under_load: bool,
+        out: &mut Output,
+        results: &mut Vec<Result<HandshakeOutcome, DropReason>>,
+    ) {
+        let lanes = (Backend::detect() == Backend::Ifma).then_some(Backend::Ifma);
+        self.receive_screened_batch_on(lanes, now, rng, jobs, under_load, out, results)
+    }
+
+    /// [`Device::receive_screened_batch`] with the lanes' backend given: `None` processes one
+    /// message at a time; `Some(backend)` batches the initiations on `backend` (tests force
+    /// [`Backend::Portable`] or [`Backend::Ifma`] with it; the portable backend is slower than
+    /// single aws-lc DHs and is never chosen otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_screened_batch_on<R: RngCore + CryptoRng>(
+        &self,
+        lanes: Option<Backend>,
+        now: Timestamp,
+        rng: &mut R,
+        jobs: &[(SocketAddr, &[u8], bool)],
+        under_load: bool,
+        out: &mut Output,
+        results: &mut Vec<Result<HandshakeOutcome, DropReason>>,
+    ) {
+        results.clear();
+        let (Some(backend), Some(identity)) = (lanes, self.identity.as_ref()) else {
+            results.extend(
+                jobs.iter()
+                    .map(|&(src, msg, checked)| self.receive_screened(now, rng, src, msg, checked, under_load, out)),
+            );
+            return;
+        };
+        results.resize(jobs.len(), Err(DropReason::Malformed));
+        // The initiations that go on to DH work: their job, source and view.
+        let mut batch: Vec<(usize, SocketAddr, HandshakeInitiation<&[u8]>)> = Vec::with_capacity(jobs.len());
+        for (i, &(src, msg, checked)) in jobs.iter().enumerate() {
+            results[i] = match Message::new_checked(msg) {
+                Ok(Message::HandshakeInitiation(init)) => {
+                    if under_load && !checked {
+                        match self.check_mac2(now, rng, src, &init, out) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                results[i] = Ok(HandshakeOutcome::CookieSent);
+                                continue;
+                            }
+                            Err(r) => {
+                                results[i] = Err(r);
+                                continue;
+                            }
+                        }
+                    }
+                    batch.push((i, src, init));
+                    continue;
+                }
+                _ => self.receive_screened(now, rng, src, msg, checked, under_load, out),
+            };
+        }
+        if batch.len() < 2 {
+            for (i, src, init) in batch {
+                results[i] = self.on_initiation(now, rng, src, &init, identity, out);
+            }
+            return;
+        }
+        let views: Vec<HandshakeInitiation<&[u8]>> = batch.iter().map(|(_, _, v)| v.clone()).collect();
+        out.stats.dh_operations += batch.len() as u64;
+        let started = noise::begin_consume_initiations(identity, &views, rng, backend);
+        for ((i, src, init), started) in batch.into_iter().zip(started) {
+            let started = started.map(|(s, dh)| (s, Some(dh)));
+            results[i] = self.on_initiation_started(now, rng, src, &init, identity, started, out);
         }
     }
 

@@ -12,6 +12,7 @@
 //! | [`Device::receive_handshake`] | the handshake stage (budgeted per poll, or a core of its own) | X25519, BLAKE2s |
 //! | [`Device::screen_handshake`], then [`Device::receive_screened`] | the same in two steps: where the message arrives, then from a bounded queue | BLAKE2s, then X25519 |
 //! | [`Device::screen_handshakes`] | the first step for several messages at once (their MACs and cookie replies computed together) | multi-buffer BLAKE2s, multi-lane ChaCha20-Poly1305 |
+//! | [`Device::receive_screened_batch`] | the second step for a queue's batch (the responder's DHs of its initiations computed together) | X25519 in AVX-512 IFMA lanes (`wgpmd-x25519`), BLAKE2s |
 //! | [`Device::initiate`] | the control core, on [`Event::HandshakeWanted`] | X25519 |
 //! | [`Device::poll_timers`] | the control core, when a peer's deadline is due | as needed |
 //!
@@ -836,6 +837,8 @@ impl Device {
     }
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod burst_tests;
 #[cfg(test)]
