@@ -49,6 +49,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod blake2s;
 #[cfg(target_arch = "x86_64")]
 mod burst;
 #[cfg(target_arch = "x86_64")]

@@ -4,6 +4,8 @@
 //! takes a token ([`Avx512`] or [`Avx2`]); a token is made only after CPUID reported the features,
 //! so holding one is the proof that calling the kernel is sound.
 
+mod blake2s_avx2;
+mod blake2s_avx512;
 mod chacha_avx2;
 mod chacha_avx512;
 #[cfg(feature = "ipsec-mb")]
@@ -12,6 +14,7 @@ mod poly_avx2;
 mod poly_ifma;
 mod wg_avx512;
 
+use crate::blake2s::Step;
 use crate::plan::{PolyPlan, MAX_SUBLANES};
 use crate::sched::{Job, KeyTable};
 use crate::{Lane, MAX_LANES, TAG_LEN};
@@ -60,6 +63,20 @@ pub(crate) fn chacha_avx2<'a>(_cpu: Avx2, table: &KeyTable, jobs: impl Iterator<
     // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `blocks` is
     // compiled for.
     unsafe { chacha_avx2::blocks(table, jobs) }
+}
+
+/// One BLAKE2s compression step of 16 lanes (`crate::blake2s`).
+pub(crate) fn blake2s_avx512(_cpu: Avx512, h: &mut [[u32; 16]; 8], step: &Step<16>) {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f (with bw and ifma), the
+    // feature `compress` is compiled for.
+    unsafe { blake2s_avx512::compress(h, step) }
+}
+
+/// One BLAKE2s compression step of 8 lanes (`crate::blake2s`).
+pub(crate) fn blake2s_avx2(_cpu: Avx2, h: &mut [[u32; 8]; 8], step: &Step<8>) {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `compress` is
+    // compiled for.
+    unsafe { blake2s_avx2::compress(h, step) }
 }
 
 /// The IFMA kernel's vectors of sub-lanes (8 each).
