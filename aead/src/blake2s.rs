@@ -16,9 +16,9 @@
 //! of this module (plain Rust, one job at a time), picked as for the AEAD.
 //!
 //! Constant time per job: what the code does depends on the jobs' lengths and key lengths (public
-//! in WireGuard), never on key, state or input bytes. The call's copies of keys, states and
-//! message words are wiped before it returns (registers and spilled temporaries of the kernels
-//! are not).
+//! in WireGuard), never on key, state or input bytes. The call's copies of keys and states are
+//! wiped before it returns (registers and spilled temporaries of the kernels are not); a MAC's
+//! input is not treated as secret (message words holding only input are not wiped).
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -106,10 +106,17 @@ pub struct KeyedState {
     out_len: u8,
 }
 
-impl Drop for KeyedState {
-    fn drop(&mut self) {
+/// Wiping leaves a state of all-zero words and key: MACs started from it are wrong (but safe).
+impl Zeroize for KeyedState {
+    fn zeroize(&mut self) {
         self.h.zeroize();
         self.key.zeroize();
+    }
+}
+
+impl Drop for KeyedState {
+    fn drop(&mut self) {
+        self.zeroize();
     }
 }
 
@@ -203,7 +210,10 @@ impl<'a> MacJob<'a> {
 /// How one job runs in the lanes: its starting state, whether its key block is compressed in
 /// the lanes (first), and its block count.
 struct Plan<'a> {
-    h: [u32; 8],
+    /// The precomputed state it starts from, if any (else `param`).
+    state: Option<&'a [u32; 8]>,
+    /// The parameter block's state words (public: they depend only on the lengths).
+    param: [u32; 8],
     /// Whether the input's blocks come after a key block (compressed already or in `key`).
     keyed: bool,
     key: Option<&'a [u8]>,
@@ -214,10 +224,11 @@ struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     fn new(job: &MacJob<'a>) -> Self {
-        let (h, key, out_len) = match job.start {
+        let (key, out_len) = match job.start {
             Start::Keyed(s) if !job.input.is_empty() => {
                 return Plan {
-                    h: s.h,
+                    state: Some(&s.h),
+                    param: IV,
                     keyed: true,
                     key: None,
                     input: job.input,
@@ -225,35 +236,50 @@ impl<'a> Plan<'a> {
                     out_len: s.out_len(),
                 };
             }
-            Start::Keyed(s) => {
-                (param_state(s.key_len as usize, s.out_len()), Some(&s.key[..s.key_len as usize]), s.out_len())
-            }
-            Start::Key { key, out_len } => {
-                (param_state(key.len(), out_len), Some(key).filter(|k| !k.is_empty()), out_len)
-            }
+            Start::Keyed(s) => (&s.key[..s.key_len as usize], s.out_len()),
+            Start::Key { key, out_len } => (key, out_len),
         };
+        let param = param_state(key.len(), out_len);
+        let key = Some(key).filter(|k| !k.is_empty());
         // The unkeyed hash of the empty input compresses one zero block.
         let blocks = (usize::from(key.is_some()) + job.input.len().div_ceil(BLOCK_LEN)).max(1);
-        Plan { h, keyed: key.is_some(), key, input: job.input, blocks, out_len }
+        Plan { state: None, param, keyed: key.is_some(), key, input: job.input, blocks, out_len }
     }
 
-    /// Block `i` of the job (zero-padded), into `out`, and the counter after it. `i` must be
-    /// below `blocks`.
-    fn block(&self, i: usize, out: &mut [u8; BLOCK_LEN]) -> u64 {
-        let k = usize::from(self.key.is_some());
-        if let (Some(key), 0) = (self.key, i) {
-            *out = [0; BLOCK_LEN];
-            out[..key.len()].copy_from_slice(key);
-            return BLOCK_LEN as u64;
+    /// The state words the job starts from.
+    fn start(&self) -> &[u32; 8] {
+        self.state.unwrap_or(&self.param)
+    }
+
+    /// Block `i` of the job (zero-padded), word by word into `put(word index, word)`, and the
+    /// counter after it. `i` must be below `blocks`.
+    fn block(&self, i: usize, mut put: impl FnMut(usize, u32)) -> u64 {
+        let (bytes, t) = match self.key {
+            Some(key) if i == 0 => (key, BLOCK_LEN),
+            _ => {
+                let at = (i - usize::from(self.key.is_some())) * BLOCK_LEN;
+                let end = (at + BLOCK_LEN).min(self.input.len());
+                (&self.input[at..end], usize::from(self.keyed) * BLOCK_LEN + end)
+            }
+        };
+        let mut chunks = bytes.chunks_exact(4);
+        let mut w = 0;
+        for c in &mut chunks {
+            put(w, u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            w += 1;
         }
-        let at = (i - k) * BLOCK_LEN;
-        let end = (at + BLOCK_LEN).min(self.input.len());
-        let part = &self.input[at..end];
-        if part.len() < BLOCK_LEN {
-            *out = [0; BLOCK_LEN];
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 4];
+            b[..rest.len()].copy_from_slice(rest);
+            put(w, u32::from_le_bytes(b));
+            b.zeroize();
+            w += 1;
         }
-        out[..part.len()].copy_from_slice(part);
-        (usize::from(self.keyed) * BLOCK_LEN + end) as u64
+        for w in w..16 {
+            put(w, 0);
+        }
+        t as u64
     }
 }
 
@@ -319,30 +345,29 @@ pub(crate) fn compress(h: &mut [u32; 8], m: &[u32; 16], t: u64, last: bool) {
 /// The portable backend: each job on its own.
 fn mac_portable(job: &mut MacJob<'_>) {
     let plan = Plan::new(job);
-    let mut h = plan.h;
-    let mut block = [0u8; BLOCK_LEN];
+    let mut h = *plan.start();
+    let mut m = [0u32; 16];
     for i in 0..plan.blocks {
-        let t = plan.block(i, &mut block);
-        let mut m = words(&block);
+        let t = plan.block(i, |w, x| m[w] = x);
         compress(&mut h, &m, t, i + 1 == plan.blocks);
-        m.zeroize();
     }
-    write_out(&h, plan.out_len, &mut job.out);
-    block.zeroize();
+    write_out(plan.out_len, &mut job.out, |w| h[w]);
+    m.zeroize();
     h.zeroize();
 }
 
-fn write_out(h: &[u32; 8], out_len: usize, out: &mut [u8; MAX_LEN]) {
-    let mut full = [0u8; MAX_LEN];
-    for (c, w) in full.chunks_exact_mut(4).zip(h) {
-        c.copy_from_slice(&w.to_le_bytes());
+/// The first `out_len` bytes of the state words `h(0)..h(7)` (little-endian) into `out`, zeros
+/// after them.
+fn write_out(out_len: usize, out: &mut [u8; MAX_LEN], h: impl Fn(usize) -> u32) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = if i < out_len { (h(i / 4) >> (8 * (i % 4))) as u8 } else { 0 };
     }
-    *out = [0; MAX_LEN];
-    out[..out_len].copy_from_slice(&full[..out_len]);
-    full.zeroize();
 }
 
 /// Runs up to `L` jobs in the lanes of `kernel` (one compression step of all lanes per call).
+///
+/// Wiped before it returns: the lanes' states, and the message words if a key block was among
+/// them. Message words of inputs alone are not: a MAC's input is not treated as secret.
 #[cfg(target_arch = "x86_64")]
 fn mac_simd<const L: usize>(jobs: &mut [MacJob<'_>], mut kernel: impl FnMut(&mut [[u32; L]; 8], &Step<L>)) {
     debug_assert!(jobs.len() <= L);
@@ -351,20 +376,16 @@ fn mac_simd<const L: usize>(jobs: &mut [MacJob<'_>], mut kernel: impl FnMut(&mut
     let plans = || plans.iter().flatten();
     let mut h = [[0u32; L]; 8];
     for (l, p) in plans().enumerate() {
-        for (w, hw) in h.iter_mut().zip(p.h) {
-            w[l] = hw;
+        for (w, hw) in h.iter_mut().zip(p.start()) {
+            w[l] = *hw;
         }
     }
     let steps = plans().map(|p| p.blocks).max().unwrap_or(0);
     let mut step = Step { m: [[0u32; L]; 16], t_lo: [0; L], t_hi: [0; L], f: [0; L], active: [0; L] };
-    let mut block = [0u8; BLOCK_LEN];
     for i in 0..steps {
         for (l, p) in plans().enumerate() {
             if i < p.blocks {
-                let t = p.block(i, &mut block);
-                for (w, c) in step.m.iter_mut().zip(block.chunks_exact(4)) {
-                    w[l] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
+                let t = p.block(i, |w, x| step.m[w][l] = x);
                 step.t_lo[l] = t as u32;
                 step.t_hi[l] = (t >> 32) as u32;
                 step.f[l] = if i + 1 == p.blocks { u32::MAX } else { 0 };
@@ -376,13 +397,12 @@ fn mac_simd<const L: usize>(jobs: &mut [MacJob<'_>], mut kernel: impl FnMut(&mut
         kernel(&mut h, &step);
     }
     for (l, (job, p)) in jobs.iter_mut().zip(plans()).enumerate() {
-        let mut hl: [u32; 8] = core::array::from_fn(|w| h[w][l]);
-        write_out(&hl, p.out_len, &mut job.out);
-        hl.zeroize();
+        write_out(p.out_len, &mut job.out, |w| h[w][l]);
     }
-    step.zeroize();
+    if plans().any(|p| p.key.is_some()) {
+        step.zeroize();
+    }
     h.zeroize();
-    block.zeroize();
 }
 
 impl Lanes {
@@ -406,6 +426,10 @@ impl Lanes {
             use crate::x86::{Avx2, Avx512};
             // The tokens exist here: a `Lanes` is made only on a backend this CPU supports.
             match (self.backend(), Avx512::new(), Avx2::new()) {
+                (Backend::Avx512, _, Some(cpu)) if jobs.len() <= 8 => {
+                    mac_simd::<8>(jobs, |h, s| crate::x86::blake2s_avx2(cpu, h, s));
+                    return Ok(());
+                }
                 (Backend::Avx512, Some(cpu), _) => {
                     mac_simd::<16>(jobs, |h, s| crate::x86::blake2s_avx512(cpu, h, s));
                     return Ok(());
