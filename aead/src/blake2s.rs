@@ -426,8 +426,8 @@ impl Lanes {
             use crate::x86::{Avx2, Avx512};
             // The tokens exist here: a `Lanes` is made only on a backend this CPU supports.
             match (self.backend(), Avx512::new(), Avx2::new()) {
-                (Backend::Avx512, _, Some(cpu)) if jobs.len() <= 8 => {
-                    mac_simd::<8>(jobs, |h, s| crate::x86::blake2s_avx2(cpu, h, s));
+                (Backend::Avx512, Some(cpu), _) if jobs.len() <= 8 => {
+                    mac_simd::<8>(jobs, |h, s| crate::x86::blake2s_avx512_8(cpu, h, s));
                     return Ok(());
                 }
                 (Backend::Avx512, Some(cpu), _) => {

@@ -7,11 +7,25 @@ use rand::{Rng, SeedableRng};
 use wgpmd_aead::blake2s::{Error, KeyedState, MacJob, Start, MAX_LEN};
 use wgpmd_aead::{Backend, Lanes, MAX_LANES};
 
-/// The engines of every backend this CPU runs; the detected one is among them.
+/// The engines of every backend this CPU runs (none skipped that CPUID offers); the detected one
+/// is among them.
 fn engines() -> Vec<Lanes> {
     let e: Vec<Lanes> = Backend::ALL.into_iter().filter_map(Lanes::with_backend).collect();
     assert!(e.iter().any(|l| l.backend() == Backend::Portable));
     assert!(e.iter().any(|l| l.backend() == Backend::detect()));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = |b| e.iter().any(|l: &Lanes| l.backend() == b);
+        assert_eq!(has(Backend::Avx2), std::is_x86_feature_detected!("avx2"));
+        assert_eq!(
+            has(Backend::Avx512),
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512ifma")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx2")
+        );
+    }
     e
 }
 
