@@ -160,8 +160,8 @@ impl KeyedState {
     }
 }
 
-/// Where a job starts.
-#[derive(Debug, Clone, Copy)]
+/// Where a job starts. (`Debug` shows lengths, not keys.)
+#[derive(Clone, Copy)]
 pub enum Start<'a> {
     /// A precomputed keyed state: only the input's blocks are compressed. For an empty input
     /// the job falls back to its key (as [`Start::Key`]).
@@ -177,7 +177,7 @@ pub enum Start<'a> {
 }
 
 /// One MAC of a [`Lanes::mac_lanes`] call: `out[..out_len]` receives `BLAKE2s(key, input)`.
-#[derive(Debug)]
+/// (`Debug` shows the start and lengths, not the key or the MAC.)
 pub struct MacJob<'a> {
     /// The key or its precomputed state.
     pub start: Start<'a>,
@@ -185,6 +185,21 @@ pub struct MacJob<'a> {
     pub input: &'a [u8],
     /// The MAC in its first `out_len` bytes, zeros after them, once the call returned.
     pub out: [u8; MAX_LEN],
+}
+
+impl core::fmt::Debug for Start<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Start::Keyed(s) => write!(f, "{s:?}"),
+            Start::Key { key, out_len } => write!(f, "Key(key_len {}, out_len {out_len})", key.len()),
+        }
+    }
+}
+
+impl core::fmt::Debug for MacJob<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "MacJob({:?}, input_len {})", self.start, self.input.len())
+    }
 }
 
 impl<'a> MacJob<'a> {
