@@ -1,5 +1,6 @@
 //! Multi-lane ChaCha20-Poly1305: up to [`MAX_LANES`] independent messages sealed or opened in
-//! one call, in place.
+//! one call, in place. And keyed BLAKE2s MACs of up to [`MAX_LANES`] inputs in one call, from
+//! precomputed keyed states or raw keys ([`blake2s`], [`Lanes::mac_lanes`]).
 //!
 //! The construction is the AEAD of RFC 8439 §2.8 exactly as WireGuard uses it: a 32-byte key, a
 //! 12-byte nonce (WireGuard's is 4 zero bytes and its 64-bit little-endian counter:
@@ -25,6 +26,7 @@
 //!   it reads at each step, and with which power of `r`.
 //! - `burst`: the phases of a burst on a SIMD backend.
 //! - [`Lanes`]: picks a [`Backend`] (once, from CPUID) and runs bursts on it.
+//! - [`blake2s`]: keyed BLAKE2s in lanes (its kernels are in `x86` too), on the same backends.
 //!
 //! # Open: verify, then decrypt
 //! [`Lanes::open_lanes`] computes every lane's tag over its ciphertext first and decrypts only the
@@ -49,6 +51,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod blake2s;
 #[cfg(target_arch = "x86_64")]
 mod burst;
 #[cfg(target_arch = "x86_64")]
@@ -143,10 +146,11 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// AVX-512F/BW ChaCha20 (16 lanes) and AVX-512 IFMA Poly1305 (8 messages per vector, two
-    /// vectors). Needs avx512f, avx512bw and avx512ifma.
+    /// vectors); BLAKE2s in 16 lanes (calls of at most 8 jobs in 8 lanes of 256 bits). Needs
+    /// avx512f, avx512bw, avx512ifma, avx512vl and avx2.
     Avx512,
     /// AVX2 ChaCha20 (8 lanes) and AVX2 Poly1305 with 26-bit limbs (4 messages per vector, up to
-    /// four vectors). Needs avx2.
+    /// four vectors); BLAKE2s in 8 lanes. Needs avx2.
     Avx2,
     /// The portable reference ([`portable`]), one message at a time. Always available.
     Portable,

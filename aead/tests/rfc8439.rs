@@ -25,7 +25,10 @@ fn engines() -> Vec<Lanes> {
         assert!(e.iter().any(|l| l.backend() == Backend::Avx2));
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512ifma") && std::is_x86_feature_detected!("avx512bw") {
+    if std::is_x86_feature_detected!("avx512ifma")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+    {
         assert!(e.iter().any(|l| l.backend() == Backend::Avx512));
     }
     e

@@ -35,7 +35,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{
-    ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, Secret,
+    ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, MacKey, Secret,
 };
 use crate::messages::{
     COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, KEY_LEN,
@@ -67,29 +67,41 @@ pub enum MacState {
     ValidMacWithCookie,
 }
 
-/// Keys derived from our static public key.
+/// Keys derived from our static public key, and the mac1 key's BLAKE2s state (what a batch's
+/// mac1s start from).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 struct DeviceKeys {
     mac1: [u8; KEY_LEN],
+    mac1_state: MacKey,
     cookie: [u8; KEY_LEN],
 }
 
 impl DeviceKeys {
     /// Without an identity the kernel zeroes both keys.
     fn new(public_key: Option<&[u8; KEY_LEN]>) -> Self {
-        match public_key {
-            Some(pk) => {
-                DeviceKeys { mac1: precompute_key(pk, WG_LABEL_MAC1), cookie: precompute_key(pk, WG_LABEL_COOKIE) }
-            }
-            None => DeviceKeys { mac1: [0; KEY_LEN], cookie: [0; KEY_LEN] },
-        }
+        let (mac1, cookie) = match public_key {
+            Some(pk) => (precompute_key(pk, WG_LABEL_MAC1), precompute_key(pk, WG_LABEL_COOKIE)),
+            None => ([0; KEY_LEN], [0; KEY_LEN]),
+        };
+        DeviceKeys { mac1, mac1_state: MacKey::new(&mac1), cookie }
     }
 }
 
-/// The random secret cookies are made from, with its birth.
+/// The random secret cookies are made from, with its birth, and its BLAKE2s state (what a
+/// batch's cookies start from), made again at each rotation.
 struct CookieSecret {
     secret: Secret,
+    state: MacKey,
     birth: Timestamp,
+}
+
+impl CookieSecret {
+    /// Replaces the secret with fresh random bytes born at `now`.
+    fn rotate<R: rand_core::RngCore + rand_core::CryptoRng>(&mut self, now: Timestamp, rng: &mut R) {
+        rng.fill_bytes(&mut self.secret.0);
+        self.state = MacKey::new(&self.secret.0);
+        self.birth = now;
+    }
 }
 
 /// The responder side (kernel `struct cookie_checker`): checks MACs on incoming handshakes and
@@ -122,9 +134,10 @@ impl CookieChecker {
     ) -> Self {
         let mut secret = Secret::zero();
         rng.fill_bytes(&mut secret.0);
+        let state = MacKey::new(&secret.0);
         CookieChecker {
             keys: DeviceKeys::new(public_key),
-            secret: Arc::new(RwLock::new(CookieSecret { secret, birth: now })),
+            secret: Arc::new(RwLock::new(CookieSecret { secret, state, birth: now })),
         }
     }
 
@@ -270,7 +283,7 @@ impl CookieChecker {
         chunk: &mut [Screening<'_>],
     ) {
         let mut jobs: arrayvec::ArrayVec<MacJob<'_>, BATCH> =
-            chunk.iter().map(|s| MacJob::new(&self.keys.mac1, s.msg.mac1_covered())).collect();
+            chunk.iter().map(|s| MacJob::keyed(&self.keys.mac1_state, s.msg.mac1_covered())).collect();
         mac_many(&mut jobs);
         let mut valid = [false; BATCH];
         for ((s, j), v) in chunk.iter_mut().zip(jobs.iter()).zip(valid.iter_mut()) {
@@ -298,7 +311,7 @@ impl CookieChecker {
                 .zip(valid)
                 .take(chunk.len())
                 .filter(|(_, v)| *v)
-                .map(|((b, n), _)| MacJob::new(&secret[..], &b[..*n]))
+                .map(|((b, n), _)| MacJob::keyed(&secret, &b[..*n]))
                 .collect();
             mac_many(&mut jobs);
             let mut outs = jobs.iter_mut();
@@ -372,24 +385,20 @@ impl CookieChecker {
         }
     }
 
-    /// A copy of the secret, first replacing it if it is [`COOKIE_SECRET_MAX_AGE`] old.
-    fn current_secret<R: rand_core::RngCore + rand_core::CryptoRng>(
-        &self,
-        now: Timestamp,
-        rng: &mut R,
-    ) -> Zeroizing<[u8; KEY_LEN]> {
+    /// A copy of the secret's BLAKE2s state, first replacing the secret if it is
+    /// [`COOKIE_SECRET_MAX_AGE`] old.
+    fn current_secret<R: rand_core::RngCore + rand_core::CryptoRng>(&self, now: Timestamp, rng: &mut R) -> MacKey {
         {
             let s = self.read_secret();
             if !s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
-                return Zeroizing::new(s.secret.0);
+                return s.state.clone();
             }
         }
         let mut s = self.write_secret();
         if s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
-            rng.fill_bytes(&mut s.secret.0);
-            s.birth = now;
+            s.rotate(now, rng);
         }
-        Zeroizing::new(s.secret.0)
+        s.state.clone()
     }
 
     /// The cookie for `src` (kernel `make_cookie`), first replacing the secret if it is
@@ -409,8 +418,7 @@ impl CookieChecker {
         let mut s = self.write_secret();
         // Another core may have rotated it while we waited for the lock.
         if s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
-            rng.fill_bytes(&mut s.secret.0);
-            s.birth = now;
+            s.rotate(now, rng);
         }
         cookie_for(&s.secret, src)
     }
@@ -441,8 +449,8 @@ fn cookie_input(src: SocketAddr) -> ([u8; 18], usize) {
     (b, n + 2)
 }
 
-/// Handshake messages [`CookieChecker::validate_many`] computes the MACs of together: the
-/// lanes of `blake2s_simd::many` with AVX2.
+/// Handshake messages [`CookieChecker::validate_many`] computes the MACs of together (the BLAKE2s
+/// lanes take up to 16; the worker holds and screens 8 at a time).
 pub const BATCH: usize = 8;
 
 /// One message of a batch for [`CookieChecker::validate_many`]: the message and its source in,

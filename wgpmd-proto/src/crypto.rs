@@ -7,7 +7,7 @@
 //! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]; a burst's replies: [`xseal_cookies`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 (one reply) or its multi-lane bursts (a burst's replies, one call) | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
-//! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `blake2s_simd`'s `many` (8 messages at once with AVX2, 4 with SSE4.1; run-time dispatch) | a burst's MACs together cost about half of `blake2` one at a time (docs/PERFORMANCE.md, "Screening a burst's handshake messages together") |
+//! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `wgpmd-aead`'s BLAKE2s lanes (`wgpmd_aead::blake2s`: 16 messages at once with AVX-512, 8 with AVX2; run-time dispatch), the mac1 key's and the cookie secret's states precomputed ([`MacKey`]) | a burst's MACs together cost a fraction of `blake2` one at a time, and the fixed keys' blocks are compressed once, not per message (docs/PERFORMANCE.md, "Screening a burst's handshake messages together" and "BLAKE2s lanes with precomputed key states") |
 //! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
 //! Every secret type here zeroizes on drop except [`AeadKey`]: ring keeps its key schedule in a
@@ -72,11 +72,42 @@ pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; COOKIE_LEN] {
     m.finalize_fixed().into()
 }
 
-/// One keyed BLAKE2s-128 ([`mac`]) of a batch for [`mac_many`]: `key` (at most 32 bytes) over
-/// `input`; [`mac_many`] writes the result to `out`.
+/// A MAC key's precomputed BLAKE2s state (the parameter and key blocks compressed) for
+/// [`MacJob::keyed`]: for keys that MAC many inputs (the device's mac1 key, the cookie secret
+/// between two rotations). Wiped on drop.
+#[derive(Clone, Zeroize)]
+pub struct MacKey(wgpmd_aead::blake2s::KeyedState);
+
+impl MacKey {
+    /// The state of `key` for [`mac`]'s 16-byte output.
+    pub fn new(key: &[u8; KEY_LEN]) -> Self {
+        // A 32-byte key and a 16-byte output: both in the 1..=32 that `KeyedState` takes.
+        MacKey(wgpmd_aead::blake2s::KeyedState::new(key, COOKIE_LEN).expect("32-byte key, 16-byte BLAKE2s MAC"))
+    }
+}
+
+impl ZeroizeOnDrop for MacKey {}
+
+impl core::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
+/// Where a [`MacJob`] starts: a raw key or a [`MacKey`].
+#[derive(Clone, Copy)]
+pub enum MacStart<'a> {
+    /// A key of at most 32 bytes, compressed as the job's first block.
+    Key(&'a [u8]),
+    /// A precomputed key state: only the input's blocks are compressed.
+    State(&'a MacKey),
+}
+
+/// One keyed BLAKE2s-128 ([`mac`]) of a batch for [`mac_many`]: its key (raw or precomputed)
+/// over `input`; [`mac_many`] writes the result to `out`.
 pub struct MacJob<'a> {
-    /// The key (16 or 32 bytes in WireGuard).
-    pub key: &'a [u8],
+    /// The key (16 or 32 bytes in WireGuard) or its precomputed state.
+    pub key: MacStart<'a>,
     /// What is MACed (one part: the callers' inputs are contiguous or copied together).
     pub input: &'a [u8],
     /// The MAC, once [`mac_many`] ran.
@@ -86,42 +117,37 @@ pub struct MacJob<'a> {
 impl<'a> MacJob<'a> {
     /// A job for `MAC(key, input)`.
     pub fn new(key: &'a [u8], input: &'a [u8]) -> Self {
-        MacJob { key, input, out: [0; COOKIE_LEN] }
+        MacJob { key: MacStart::Key(key), input, out: [0; COOKIE_LEN] }
+    }
+
+    /// A job for `MAC(key, input)` from `key`'s precomputed state.
+    pub fn keyed(key: &'a MacKey, input: &'a [u8]) -> Self {
+        MacJob { key: MacStart::State(key), input, out: [0; COOKIE_LEN] }
     }
 }
 
-/// [`mac`] of every job, several at once (`blake2s_simd::many`: 8 lanes with AVX2): the same
-/// results as [`mac`] one at a time. Jobs that share a key in a row share its parameter block
-/// (the key's own compression is still done per job: `blake2s_simd` does that one serially).
+/// [`mac`] of every job, up to 16 at once (`wgpmd_aead::blake2s` lanes: 16 with AVX-512, 8 with
+/// AVX2, run-time dispatch): the same results as [`mac`] one at a time. A job from a [`MacKey`]
+/// skips its key block; a raw key's block is compressed in the lanes with the input blocks.
+/// The lanes' copies of keys, states and outputs are wiped.
+///
+/// # Panics
+/// If a raw key is longer than 32 bytes (as [`mac`]).
 pub fn mac_many(jobs: &mut [MacJob<'_>]) {
-    use blake2s_simd::many::{hash_many, HashManyJob, MAX_DEGREE};
-    for chunk in jobs.chunks_mut(MAX_DEGREE) {
-        let mut params: arrayvec::ArrayVec<blake2s_simd::Params, MAX_DEGREE> = arrayvec::ArrayVec::new();
-        let mut which = [0usize; MAX_DEGREE];
-        for (i, j) in chunk.iter().enumerate() {
-            let same = params.len().checked_sub(1).filter(|_| i > 0 && core::ptr::eq(chunk[i - 1].key, j.key));
-            which[i] = match same {
-                Some(k) => k,
-                None => {
-                    let mut p = blake2s_simd::Params::new();
-                    p.hash_length(COOKIE_LEN).key(j.key);
-                    params.push(p);
-                    params.len() - 1
-                }
-            };
-        }
-        let mut hashes: arrayvec::ArrayVec<HashManyJob<'_>, MAX_DEGREE> =
-            chunk.iter().enumerate().map(|(i, j)| HashManyJob::new(&params[which[i]], j.input)).collect();
-        hash_many(hashes.iter_mut());
-        for (j, h) in chunk.iter_mut().zip(hashes.iter()) {
-            j.out.copy_from_slice(h.to_hash().as_bytes());
-        }
-        // The parameter blocks hold the keys (the cookie secret among them): overwrite them.
-        // Not wiped (as with `blake2` in [`mac`]): `blake2s_simd`'s job states, which hold the
-        // keyed state and then the outputs (cookies among them), and whose API offers no way to
-        // wipe them; the callers wipe their own copies of the cookies.
-        for p in params.iter_mut() {
-            p.key(&[]);
+    use wgpmd_aead::blake2s::{MacJob as Lane, MAX_LEN};
+    let engine = wgpmd_aead::Lanes::new();
+    for chunk in jobs.chunks_mut(wgpmd_aead::MAX_LANES) {
+        let mut lanes: arrayvec::ArrayVec<Lane<'_>, { wgpmd_aead::MAX_LANES }> = chunk
+            .iter()
+            .map(|j| match j.key {
+                MacStart::Key(k) => Lane::key(k, COOKIE_LEN, j.input),
+                MacStart::State(s) => Lane::keyed(&s.0, j.input),
+            })
+            .collect();
+        engine.mac_lanes(&mut lanes).expect("BLAKE2s MAC keys of at most 32 bytes");
+        for (j, l) in chunk.iter_mut().zip(lanes.iter_mut()) {
+            j.out.copy_from_slice(&l.out[..COOKIE_LEN]);
+            l.out = [0; MAX_LEN];
         }
     }
 }
@@ -731,7 +757,8 @@ mod tests {
     }
 
     /// `mac_many` gives `mac`'s results for any number of jobs, input lengths across block
-    /// boundaries, key lengths, and keys shared by neighbours or not.
+    /// boundaries (the empty input included), key lengths, keys shared by neighbours or not, and
+    /// jobs from a raw key or a precomputed state mixed.
     #[test]
     fn mac_many_matches_mac_one_at_a_time() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(11);
@@ -745,7 +772,9 @@ mod tests {
             .collect();
         let mut data = vec![0u8; 300];
         rand_core::RngCore::fill_bytes(&mut rng, &mut data);
-        for count in [0usize, 1, 3, 4, 7, 8, 9, 17] {
+        let state32 = MacKey::new(&keys[3].clone().try_into().unwrap());
+        let mut keyed = 0;
+        for count in [0usize, 1, 3, 4, 7, 8, 9, 16, 17, 33] {
             for round in 0..20usize {
                 let specs: Vec<(usize, usize, usize)> = (0..count)
                     .map(|i| {
@@ -759,14 +788,23 @@ mod tests {
                         (k, start, len)
                     })
                     .collect();
-                let mut jobs: Vec<MacJob<'_>> =
-                    specs.iter().map(|&(k, s, l)| MacJob::new(&keys[k], &data[s..s + l])).collect();
+                // The 32-byte key also from its precomputed state, every other job.
+                let mut jobs: Vec<MacJob<'_>> = specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(k, s, l))| match keys[k].len() {
+                        32 if (i + round).is_multiple_of(2) => MacJob::keyed(&state32, &data[s..s + l]),
+                        _ => MacJob::new(&keys[k], &data[s..s + l]),
+                    })
+                    .collect();
                 mac_many(&mut jobs);
+                keyed += jobs.iter().filter(|j| matches!(j.key, MacStart::State(_))).count();
                 for (j, &(k, s, l)) in jobs.iter().zip(&specs) {
                     assert_eq!(j.out, mac(&keys[k], &[&data[s..s + l]]), "count {count} round {round}");
                 }
             }
         }
+        assert!(keyed > 100);
     }
 
     /// `xseal_cookies` gives `xseal_cookie`'s bytes, and they open.

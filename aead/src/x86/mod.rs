@@ -4,6 +4,8 @@
 //! takes a token ([`Avx512`] or [`Avx2`]); a token is made only after CPUID reported the features,
 //! so holding one is the proof that calling the kernel is sound.
 
+mod blake2s_avx2;
+mod blake2s_avx512;
 mod chacha_avx2;
 mod chacha_avx512;
 #[cfg(feature = "ipsec-mb")]
@@ -12,15 +14,19 @@ mod poly_avx2;
 mod poly_ifma;
 mod wg_avx512;
 
+use crate::blake2s::Step;
 use crate::plan::{PolyPlan, MAX_SUBLANES};
 use crate::sched::{Job, KeyTable};
 use crate::{Lane, MAX_LANES, TAG_LEN};
 
-/// Whether the CPU has what [`Avx512`] needs: AVX-512F, BW (byte-masked loads and stores) and IFMA.
+/// Whether the CPU has what [`Avx512`] needs: AVX-512F, BW (byte-masked loads and stores), IFMA,
+/// and VL with AVX2 (the 8-lane BLAKE2s kernel's 256-bit `vprord`; every IFMA CPU has both).
 pub(crate) fn avx512_supported() -> bool {
     std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512ifma")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("avx2")
 }
 
 /// Whether the CPU has AVX2.
@@ -28,7 +34,7 @@ pub(crate) fn avx2_supported() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
-/// Proof that this CPU runs AVX-512F, AVX-512BW and AVX-512 IFMA code.
+/// Proof that this CPU runs AVX-512F, AVX-512BW, AVX-512 IFMA, AVX-512VL and AVX2 code.
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512(());
 
@@ -60,6 +66,27 @@ pub(crate) fn chacha_avx2<'a>(_cpu: Avx2, table: &KeyTable, jobs: impl Iterator<
     // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `blocks` is
     // compiled for.
     unsafe { chacha_avx2::blocks(table, jobs) }
+}
+
+/// One BLAKE2s compression step of 16 lanes (`crate::blake2s`).
+pub(crate) fn blake2s_avx512(_cpu: Avx512, h: &mut [[u32; 16]; 8], step: &Step<16>) {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f (with bw and ifma), the
+    // feature `compress` is compiled for.
+    unsafe { blake2s_avx512::compress(h, step) }
+}
+
+/// One BLAKE2s compression step of 8 lanes with AVX-512VL rotations (`crate::blake2s`).
+pub(crate) fn blake2s_avx512_8(_cpu: Avx512, h: &mut [[u32; 8]; 8], step: &Step<8>) {
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, avx512vl and avx2
+    // (with bw and ifma), the features `compress_vl` is compiled for.
+    unsafe { blake2s_avx2::compress_vl(h, step) }
+}
+
+/// One BLAKE2s compression step of 8 lanes (`crate::blake2s`).
+pub(crate) fn blake2s_avx2(_cpu: Avx2, h: &mut [[u32; 8]; 8], step: &Step<8>) {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `compress` is
+    // compiled for.
+    unsafe { blake2s_avx2::compress(h, step) }
 }
 
 /// The IFMA kernel's vectors of sub-lanes (8 each).
