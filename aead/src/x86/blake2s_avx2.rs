@@ -68,41 +68,53 @@ fn g(v: &mut [__m256i; 16], a: usize, b: usize, c: usize, d: usize, x: __m256i, 
     v[b] = ror7(_mm256_xor_si256(v[b], v[c]));
 }
 
-/// One compression step of 8 lanes (see [`Step`]).
-#[target_feature(enable = "avx2")]
-pub(super) fn compress(h: &mut [[u32; 8]; 8], s: &Step<8>) {
-    let mut m = [_mm256_setzero_si256(); 16];
-    for (v, w) in m.iter_mut().zip(s.m.iter()) {
-        *v = load(w);
-    }
-    let mut hv = [_mm256_setzero_si256(); 8];
-    for (v, w) in hv.iter_mut().zip(h.iter()) {
-        *v = load(w);
-    }
-    let mut v = [_mm256_setzero_si256(); 16];
-    v[..8].copy_from_slice(&hv);
-    for i in 0..8 {
-        v[8 + i] = _mm256_set1_epi32(IV[i] as i32);
-    }
-    v[12] = _mm256_xor_si256(v[12], load(&s.t_lo));
-    v[13] = _mm256_xor_si256(v[13], load(&s.t_hi));
-    v[14] = _mm256_xor_si256(v[14], load(&s.f));
-    for r in &SIGMA {
-        g(&mut v, 0, 4, 8, 12, m[r[0]], m[r[1]]);
-        g(&mut v, 1, 5, 9, 13, m[r[2]], m[r[3]]);
-        g(&mut v, 2, 6, 10, 14, m[r[4]], m[r[5]]);
-        g(&mut v, 3, 7, 11, 15, m[r[6]], m[r[7]]);
-        g(&mut v, 0, 5, 10, 15, m[r[8]], m[r[9]]);
-        g(&mut v, 1, 6, 11, 12, m[r[10]], m[r[11]]);
-        g(&mut v, 2, 7, 8, 13, m[r[12]], m[r[13]]);
-        g(&mut v, 3, 4, 9, 14, m[r[14]], m[r[15]]);
-    }
-    let active = load(&s.active);
-    for (i, w) in h.iter_mut().enumerate() {
-        let new = _mm256_xor_si256(hv[i], _mm256_xor_si256(v[i], v[i + 8]));
-        store(w, _mm256_blendv_epi8(hv[i], new, active));
-    }
+/// One compression step of 8 lanes (see [`Step`]), as a function `$name` with the target
+/// features `$features`, the G function `$g` and the word-array `$load` / `$store` of those
+/// features: the two kernels of this file differ only in their rotations.
+macro_rules! compress_fn {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $g:ident, $load:ident, $store:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub(super) fn $name(h: &mut [[u32; 8]; 8], s: &Step<8>) {
+            let mut m = [_mm256_setzero_si256(); 16];
+            for (v, w) in m.iter_mut().zip(s.m.iter()) {
+                *v = $load(w);
+            }
+            let mut hv = [_mm256_setzero_si256(); 8];
+            for (v, w) in hv.iter_mut().zip(h.iter()) {
+                *v = $load(w);
+            }
+            let mut v = [_mm256_setzero_si256(); 16];
+            v[..8].copy_from_slice(&hv);
+            for i in 0..8 {
+                v[8 + i] = _mm256_set1_epi32(IV[i] as i32);
+            }
+            v[12] = _mm256_xor_si256(v[12], $load(&s.t_lo));
+            v[13] = _mm256_xor_si256(v[13], $load(&s.t_hi));
+            v[14] = _mm256_xor_si256(v[14], $load(&s.f));
+            for r in &SIGMA {
+                $g(&mut v, 0, 4, 8, 12, m[r[0]], m[r[1]]);
+                $g(&mut v, 1, 5, 9, 13, m[r[2]], m[r[3]]);
+                $g(&mut v, 2, 6, 10, 14, m[r[4]], m[r[5]]);
+                $g(&mut v, 3, 7, 11, 15, m[r[6]], m[r[7]]);
+                $g(&mut v, 0, 5, 10, 15, m[r[8]], m[r[9]]);
+                $g(&mut v, 1, 6, 11, 12, m[r[10]], m[r[11]]);
+                $g(&mut v, 2, 7, 8, 13, m[r[12]], m[r[13]]);
+                $g(&mut v, 3, 4, 9, 14, m[r[14]], m[r[15]]);
+            }
+            let active = $load(&s.active);
+            for (i, w) in h.iter_mut().enumerate() {
+                let new = _mm256_xor_si256(hv[i], _mm256_xor_si256(v[i], v[i + 8]));
+                $store(w, _mm256_blendv_epi8(hv[i], new, active));
+            }
+        }
+    };
 }
+
+compress_fn!(
+    /// One compression step of 8 lanes (see [`Step`]).
+    compress, "avx2", g, load, store
+);
 
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512vl")]
@@ -117,41 +129,10 @@ fn g_vl(v: &mut [__m256i; 16], a: usize, b: usize, c: usize, d: usize, x: __m256
     v[b] = _mm256_ror_epi32::<7>(_mm256_xor_si256(v[b], v[c]));
 }
 
-/// [`compress`] with AVX-512VL's `vprord` for the four rotations.
-#[target_feature(enable = "avx2,avx512f,avx512vl")]
-pub(super) fn compress_vl(h: &mut [[u32; 8]; 8], s: &Step<8>) {
-    let mut m = [_mm256_setzero_si256(); 16];
-    for (v, w) in m.iter_mut().zip(s.m.iter()) {
-        *v = load_vl(w);
-    }
-    let mut hv = [_mm256_setzero_si256(); 8];
-    for (v, w) in hv.iter_mut().zip(h.iter()) {
-        *v = load_vl(w);
-    }
-    let mut v = [_mm256_setzero_si256(); 16];
-    v[..8].copy_from_slice(&hv);
-    for i in 0..8 {
-        v[8 + i] = _mm256_set1_epi32(IV[i] as i32);
-    }
-    v[12] = _mm256_xor_si256(v[12], load_vl(&s.t_lo));
-    v[13] = _mm256_xor_si256(v[13], load_vl(&s.t_hi));
-    v[14] = _mm256_xor_si256(v[14], load_vl(&s.f));
-    for r in &SIGMA {
-        g_vl(&mut v, 0, 4, 8, 12, m[r[0]], m[r[1]]);
-        g_vl(&mut v, 1, 5, 9, 13, m[r[2]], m[r[3]]);
-        g_vl(&mut v, 2, 6, 10, 14, m[r[4]], m[r[5]]);
-        g_vl(&mut v, 3, 7, 11, 15, m[r[6]], m[r[7]]);
-        g_vl(&mut v, 0, 5, 10, 15, m[r[8]], m[r[9]]);
-        g_vl(&mut v, 1, 6, 11, 12, m[r[10]], m[r[11]]);
-        g_vl(&mut v, 2, 7, 8, 13, m[r[12]], m[r[13]]);
-        g_vl(&mut v, 3, 4, 9, 14, m[r[14]], m[r[15]]);
-    }
-    let active = load_vl(&s.active);
-    for (i, w) in h.iter_mut().enumerate() {
-        let new = _mm256_xor_si256(hv[i], _mm256_xor_si256(v[i], v[i + 8]));
-        store_vl(w, _mm256_blendv_epi8(hv[i], new, active));
-    }
-}
+compress_fn!(
+    /// [`compress`] with AVX-512VL's `vprord` for the four rotations.
+    compress_vl, "avx2,avx512f,avx512vl", g_vl, load_vl, store_vl
+);
 
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512vl")]
