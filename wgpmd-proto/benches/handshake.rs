@@ -576,7 +576,12 @@ fn min_table(rounds: usize) {
     println!("responder: wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}", best[2] / 1e3, best[3] / 1e3, best[3] / best[2]);
     println!(
         "fastest of {rounds} batches of {N} x {MANY} initiations answered as one batch (lanes: {}; µs per handshake)",
-        wgpmd_x25519::backend()
+        // The device batches only on the IFMA backend (the portable lanes are slower than aws-lc).
+        if wgpmd_x25519::Backend::detect() == wgpmd_x25519::Backend::Ifma {
+            "avx512ifma"
+        } else {
+            "none on this CPU, so answered one at a time"
+        }
     );
     println!(
         "complete, responder batched by {MANY}:  wgpmd {:8.1}  boringtun {:8.1}  ratio {:.2}",

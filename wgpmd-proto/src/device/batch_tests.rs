@@ -291,3 +291,55 @@ fn garbled_initiations_in_random_batches_decide_as_one_at_a_time() {
         }
     }
 }
+
+/// Jobs take effect in job order: a response queued after an initiation from the same peer is
+/// processed after it, on every path. Device A initiated to B; B answered it and initiated in
+/// turn; A's queue holds B's initiation, then B's response. One at a time, the initiation
+/// replaces A's handshake in flight (its index is removed), so the response finds no handshake;
+/// the batch path must decide the same (before, it processed the response first and completed
+/// the older handshake as well).
+#[test]
+fn a_response_after_its_peers_initiation_takes_effect_in_job_order() {
+    let mut lanes: Vec<Option<Backend>> = vec![None];
+    lanes.extend(Backend::ALL.into_iter().filter(|b| b.is_supported()).map(Some));
+    let runs: Vec<(Vec<Result<HandshakeOutcome, DropReason>>, Stats)> = lanes
+        .iter()
+        .map(|&lanes| {
+            let mut rng = ChaCha20Rng::seed_from_u64(31);
+            let (ka, kb) = (PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng));
+            let (pa, pb) = (ka.public_key(), kb.public_key());
+            let (a_addr, b_addr) = (i_addr(0), i_addr(1));
+            let mut a = Device::new(&mut rng, WALL);
+            a.set_private_key(Some(ka));
+            let a_peer = a.add_peer(&mut rng, pb).unwrap();
+            a.set_endpoint(a_peer, b_addr).unwrap();
+            let mut b = Device::new(&mut rng, WALL + 1000);
+            b.set_private_key(Some(kb));
+            let b_peer = b.add_peer(&mut rng, pa).unwrap();
+            b.set_endpoint(b_peer, a_addr).unwrap();
+            let now = Timestamp::from_secs(10);
+            let mut out = Output::with_capacity(4);
+            a.initiate(now, &mut rng, a_peer, &mut out).unwrap();
+            let init_a = out.transmits.pop().unwrap().payload().to_vec();
+            let mut out = Output::with_capacity(4);
+            let r = b.receive_handshake(now, &mut rng, a_addr, &init_a, false, &mut out);
+            assert!(matches!(r, Ok(HandshakeOutcome::Responded(_))), "{r:?}");
+            let resp_b = out.transmits.pop().unwrap().payload().to_vec();
+            let later = Timestamp::from_secs(16);
+            let mut out = Output::with_capacity(4);
+            b.initiate(later, &mut rng, b_peer, &mut out).unwrap();
+            let init_b = out.transmits.pop().unwrap().payload().to_vec();
+            let jobs = [(b_addr, &init_b[..], false), (b_addr, &resp_b[..], false)];
+            let mut out = Output::with_capacity(8);
+            let mut results = Vec::new();
+            a.receive_screened_batch_on(lanes, later, &mut rng, &jobs, false, &mut out, &mut results);
+            (results, out.stats.clone())
+        })
+        .collect();
+    assert!(matches!(runs[0].0[0], Ok(HandshakeOutcome::Responded(_))), "{:?}", runs[0].0);
+    assert!(runs[0].0[1].is_err(), "one at a time the initiation replaced the handshake: {:?}", runs[0].0);
+    for (l, r) in lanes.iter().zip(&runs).skip(1) {
+        assert_eq!(r.0, runs[0].0, "{l:?}: results");
+        assert_eq!(r.1, runs[0].1, "{l:?}: counters");
+    }
+}

@@ -489,10 +489,11 @@ impl Device {
         // (not on a keypair of an old private key, which the kernel marks as not sending). The
         // kernel asks it of the peer's current keypair, whichever one the message came on: a
         // message on an old previous keypair while a fresh one is current asks nothing. The
-        // arriving keypair is tested first (it is at hand); the current one only when that is
-        // old too and the flag is not claimed yet.
-        if kp.needs_rekey_on_recv(now)
-            && kp.generation() == self.generation()
+        // arriving keypair's age is tested first (it is at hand, and a message arrives on the
+        // current keypair or an older one: the next is made current before this); the current
+        // one (ours as initiator, sending, of this identity) only when that is old too and the
+        // flag is not claimed yet.
+        if kp.past_rekey_on_recv(now)
             && !peer.timers.lastminute_claimed()
             && peer.keypairs.current_needs_rekey_on_recv(now, self.generation())
             && peer.timers.claim_lastminute_handshake()

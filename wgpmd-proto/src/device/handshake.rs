@@ -602,10 +602,12 @@ impl Device {
     /// them done together in X25519 lanes ([`noise::begin_consume_initiations`]) when this CPU
     /// has AVX-512 IFMA and at least two initiations go on to DH work; otherwise one message
     /// at a time, as [`Device::receive_screened`] does. `results` is cleared and gets one
-    /// result per job, in job order. Responses and cookie replies are processed one at a time
-    /// as they come; the under-load mac2 check of each initiation is made before it joins the
-    /// batch; the batch's initiations are then finished in job order. Counters and drops are
-    /// those of [`Device::receive_screened`] on each job.
+    /// result per job, in job order. Jobs take effect in job order: the under-load mac2 check
+    /// of each initiation is made before it joins the batch, and a response or cookie reply
+    /// first finishes the initiations batched before it (a response can complete a handshake
+    /// that an earlier initiation from the same peer replaces), then is processed on its own.
+    /// Counters and drops are those of [`Device::receive_screened`] on each job; only the order
+    /// of the random draws differs (each batch draws its ephemeral keys together).
     #[allow(clippy::too_many_arguments)]
     pub fn receive_screened_batch<R: RngCore + CryptoRng>(
         &self,
@@ -665,11 +667,31 @@ impl Device {
                     batch.push((i, src, init));
                     continue;
                 }
-                _ => self.receive_screened(now, rng, src, msg, checked, under_load, out),
+                _ => {
+                    // The initiations before it take effect first.
+                    self.finish_initiations(backend, identity, now, rng, &mut batch, out, results);
+                    self.receive_screened(now, rng, src, msg, checked, under_load, out)
+                }
             };
         }
+        self.finish_initiations(backend, identity, now, rng, &mut batch, out, results);
+    }
+
+    /// The DH work of the initiations `batch` holds (emptied), into their `results`: in lanes
+    /// on `backend` when there are at least two, else one at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_initiations<R: RngCore + CryptoRng>(
+        &self,
+        backend: Backend,
+        identity: &crate::noise::Identity,
+        now: Timestamp,
+        rng: &mut R,
+        batch: &mut Vec<(usize, SocketAddr, HandshakeInitiation<&[u8]>)>,
+        out: &mut Output,
+        results: &mut [Result<HandshakeOutcome, DropReason>],
+    ) {
         if batch.len() < 2 {
-            for (i, src, init) in batch {
+            for (i, src, init) in batch.drain(..) {
                 results[i] = self.on_initiation(now, rng, src, &init, identity, out);
             }
             return;
@@ -677,7 +699,7 @@ impl Device {
         let views: Vec<HandshakeInitiation<&[u8]>> = batch.iter().map(|(_, _, v)| v.clone()).collect();
         out.stats.dh_operations += batch.len() as u64;
         let started = noise::begin_consume_initiations(identity, &views, rng, backend);
-        for ((i, src, init), started) in batch.into_iter().zip(started) {
+        for ((i, src, init), started) in batch.drain(..).zip(started) {
             let started = started.map(|(s, dh)| (s, Some(dh)));
             results[i] = self.on_initiation_started(now, rng, src, &init, identity, started, out);
         }

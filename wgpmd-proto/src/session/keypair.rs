@@ -415,6 +415,13 @@ impl Keypair {
             && self.send.valid.load(Ordering::Relaxed)
     }
 
+    /// Whether the keypair is `REKEY_AFTER_TIME_RECV` old (whoever made it): the receive path's
+    /// cheap first test before it asks the peer's current keypair
+    /// ([`Self::needs_rekey_on_recv`]), which is never older than a keypair a message arrives on.
+    pub fn past_rekey_on_recv(&self, now: Timestamp) -> bool {
+        self.recv.birth.has_expired(REKEY_AFTER_TIME_RECV, now)
+    }
+
     /// Whether the keypair is `REJECT_AFTER_TIME` old and so unusable in both directions.
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.send.birth.has_expired(REJECT_AFTER_TIME, now)

@@ -238,7 +238,7 @@ impl<'a> FloodGen<'a> {
         let flood = self.data_phase(opts, Some(alone.pps_wall()))?;
         // The rekeyed sessions carry data.
         self.d = DataPhase::default();
-        self.one_chunk(0.0, true)?;
+        self.one_chunk(0.0, true, false)?;
         let after = std::mem::take(&mut self.d);
         Ok((storm, alone, flood, after))
     }

@@ -129,7 +129,7 @@ impl<'a> FloodGen<'a> {
                 }
             }
             let cookies_before = self.d.cookies_received[0];
-            let (wall_ns, cpu_ns, flood_sent) = self.one_chunk(ratio, counting)?;
+            let (wall_ns, cpu_ns, flood_sent) = self.one_chunk(ratio, counting, false)?;
             // Under load: most of the chunk's valid-MAC1 initiations got a cookie reply.
             let under_load = (self.d.cookies_received[0] - cookies_before) * 2 >= flood_sent;
             if !counting {
@@ -145,8 +145,10 @@ impl<'a> FloodGen<'a> {
                 self.d.not_under_load += u32::from(!under_load);
                 // Data alone right after, measured the same way: the pair sees the same machine
                 // (other load, caches, the generator's pace), which the phases seconds apart do
-                // not. The flood's load (a second, the kernel's rule) outlasts the chunk.
-                self.one_chunk(0.0, false)?;
+                // not. The flood's load (a second, the kernel's rule) outlasts the chunk. No
+                // initiation goes in it, and it does not count as a chunk for the rekeys' and
+                // retries' schedule.
+                self.one_chunk(0.0, false, true)?;
                 let (paired_ns, paired_data, _) = self.last_busy;
                 self.d.paired_busy_cpu_ns += paired_ns;
                 self.d.paired_busy_data += paired_data;
@@ -187,8 +189,9 @@ impl<'a> FloodGen<'a> {
 
     /// Build one chunk (data, and `ratio` flood messages per data packet), release it, wait until
     /// every data packet is out. Returns the drain's wall ns, the workers' CPU ns (summed) and
-    /// the valid-MAC1 initiations sent.
-    pub(super) fn one_chunk(&mut self, ratio: f64, counted: bool) -> Result<(u64, u64, u64), BenchError> {
+    /// the valid-MAC1 initiations sent. A `paired` chunk (data alone after a counted flood
+    /// chunk) carries no initiation and leaves the chunk count alone.
+    pub(super) fn one_chunk(&mut self, ratio: f64, counted: bool, paired: bool) -> Result<(u64, u64, u64), BenchError> {
         let w = self.wan.len();
         let mut data: Vec<VecDeque<Buffer>> = (0..w).map(|_| VecDeque::new()).collect();
         let n = self.established.len();
@@ -223,7 +226,7 @@ impl<'a> FloodGen<'a> {
             }
             self.d.flood_initiations += flood_sent;
         }
-        if self.rekeying {
+        if self.rekeying && !paired {
             // Initiations owed: the retry peers and the established peers.
             for i in 0..self.retry.len() {
                 let p = &self.retry[i];
@@ -271,9 +274,13 @@ impl<'a> FloodGen<'a> {
             merged.extend(fq.drain(..));
             chunk.push(merged);
         }
-        self.chunk_index += 1;
+        if !paired {
+            self.chunk_index += 1;
+        }
         let (wall, cpu) = self.drain(&mut chunk, &shares, CHUNK as u64, counted)?;
-        self.d.chunks += 1;
+        if !paired {
+            self.d.chunks += 1;
+        }
         if counted {
             self.d.counted_flood += flood_sent;
         }

@@ -118,7 +118,8 @@ pub struct DataPhase {
     pub warmup_ns: u64,
     /// DH operations during those.
     pub warmup_dh: u64,
-    /// The daemon's counters over the phase (under the flood: over the counted chunks).
+    /// The daemon's counters over the phase (under the flood: over the counted chunks and the
+    /// data-alone chunks paired with them).
     pub counters: Counters,
     /// Under the flood: counted chunks, and those of them in which the device was not under
     /// load (fewer than half of the chunk's valid-MAC1 initiations got a cookie reply).
