@@ -131,19 +131,5 @@ fn g_vl(v: &mut [__m256i; 16], a: usize, b: usize, c: usize, d: usize, x: __m256
 
 compress_fn!(
     /// [`compress`] with AVX-512VL's `vprord` for the four rotations.
-    compress_vl, "avx2,avx512f,avx512vl", g_vl, load_vl, store_vl
+    compress_vl, "avx2,avx512f,avx512vl", g_vl, load, store
 );
-
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl")]
-fn load_vl(a: &[u32; 8]) -> __m256i {
-    // SAFETY: `a` is 32 readable bytes; the load is unaligned.
-    unsafe { _mm256_loadu_si256(a.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl")]
-fn store_vl(a: &mut [u32; 8], v: __m256i) {
-    // SAFETY: `a` is 32 writable bytes; the store is unaligned.
-    unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) }
-}
