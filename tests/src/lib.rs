@@ -41,7 +41,7 @@ pub use exception::{
     address_exception_tap, during_iperf3, forget_neighbour, keep_kernel_off, link_mac, nc_transfer, need, udp_flood,
 };
 pub use keys::{public_key_b64, KeyPair};
-pub use net::{iperf3, iperf3_report, ping, ping_replied, wait_for_ping, IperfReport, PingStats};
+pub use net::{iperf3, iperf3_report, ping, ping_replied, ping_replies_within, wait_for_ping, IperfReport, PingStats};
 pub use netns::{enter_netns, Netns, VethPair, OWNER_ENV};
 pub use proc::Proc;
 pub use raw::{send_frames, RawSent};

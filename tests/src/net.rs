@@ -86,6 +86,31 @@ pub fn ping_replied(ns: &Netns, addr: impl Display, count: u32) -> Result<PingSt
     Ok(PingStats { received: count, loss_percent: 0.0, ..st })
 }
 
+/// Pings `addr` from `ns` one request at a time until `count` echo replies came back (counted
+/// by the namespace's kernel, `Icmp: InEchoReps`, so a late reply counts), sending at most
+/// `max_requests`; fails if fewer than `count` came. For a path that TCP traffic running at the
+/// same moment keeps saturated: its congestion drops at the bottleneck can take an echo request
+/// or reply as well, which [`ping_replied`] (every request answered) would call a failure.
+pub fn ping_replies_within(ns: &Netns, addr: impl Display, count: u32, max_requests: u32) -> Result<u32> {
+    let addr = addr.to_string();
+    let reps0 = ns.snmp_counter("Icmp", "InEchoReps")?;
+    let mut sent = 0;
+    while sent < max_requests {
+        ping(ns, &addr, 1)?;
+        sent += 1;
+        if ns.snmp_counter("Icmp", "InEchoReps")? - reps0 >= u64::from(count) {
+            return Ok(sent);
+        }
+    }
+    let mut got = 0;
+    wait_until(&format!("{count} echo replies from {addr} in {ns} ({sent} requests)"), secs(5), || {
+        got = ns.snmp_counter("Icmp", "InEchoReps")? - reps0;
+        Ok((got >= u64::from(count)).then_some(()))
+    })
+    .with_context(|| format!("the kernel of {ns} received {got} echo replies to {sent} requests"))?;
+    Ok(sent)
+}
+
 /// Pings `addr` from `ns` once a second (one packet each) until a reply comes back, and returns
 /// how long that took. Use it to wait for a tunnel (the first packet triggers the handshake).
 pub fn wait_for_ping(ns: &Netns, addr: impl Display, timeout: Duration) -> Result<Duration> {
