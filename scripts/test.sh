@@ -181,8 +181,8 @@ summary() {
 # with every failure listed, if any failed.
 status=0
 # The soak runs 90 s here (tests/tests/soak.rs defaults to two minutes; the hour-long run is by
-# hand, scripts/soak.sh, recorded in docs/TESTING.md): after its 30 s warm-up, four 15 s windows
-# for the rate check and three floods.
+# hand, scripts/soak.sh, recorded in docs/TESTING.md): after its 30 s warm-up, three 15 s windows
+# for the rate check (two compared with the first) and three floods.
 export WGPMD_SOAK_SECS="${WGPMD_SOAK_SECS:-90}"
 cargo test --workspace --release --no-fail-fast --features "$WORKSPACE_FEATURES" 2>&1 | tee "$results" || status=$?
 if ((status)); then

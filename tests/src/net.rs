@@ -90,7 +90,9 @@ pub fn ping_replied(ns: &Netns, addr: impl Display, count: u32) -> Result<PingSt
 /// by the namespace's kernel, `Icmp: InEchoReps`, so a late reply counts), sending at most
 /// `max_requests`; fails if fewer than `count` came. For a path that TCP traffic running at the
 /// same moment keeps saturated: its congestion drops at the bottleneck can take an echo request
-/// or reply as well, which [`ping_replied`] (every request answered) would call a failure.
+/// or reply as well, which [`ping_replied`] (every request answered) would call a failure. The
+/// counter is the namespace's: any echo reply reaching it counts (a caller pinging one address
+/// at a time, as here, sees only its own).
 pub fn ping_replies_within(ns: &Netns, addr: impl Display, count: u32, max_requests: u32) -> Result<u32> {
     let addr = addr.to_string();
     let reps0 = ns.snmp_counter("Icmp", "InEchoReps")?;

@@ -355,7 +355,7 @@ fn dpdk_exception_tap() {
             nc_transfer(ctx, &p.ns, &c.ns, KERNEL_ONLY, 7002, 256 << 10)?;
             // The WAN is a net_af_packet vdev whose kernel ring the iperf3 running meanwhile keeps
             // full: TCP's congestion drops there can take an echo request or reply too (one of
-            // these pings lost in about one run in five). So each asks for its replies within
+            // these pings lost in about one run in five or six). So each asks for its replies within
             // twice as many requests.
             let ping = |addr: Ipv4Addr, n: u32| -> Result<()> {
                 let sent = ping_replies_within(&p.ns, addr, n, 2 * n)?;

@@ -294,7 +294,7 @@ fn garbled_initiations_in_random_batches_decide_as_one_at_a_time() {
 
 /// Jobs take effect in job order: a response queued after an initiation from the same peer is
 /// processed after it, on every path. Device A initiated to B; B answered it and initiated in
-/// turn; A's queue holds B's initiation, then B's response. One at a time, the initiation
+/// turn; A's queue holds C's initiation and B's (two: a lane batch), then B's response. One at a time, the initiation
 /// replaces A's handshake in flight (its index is removed), so the response finds no handshake;
 /// the batch path must decide the same (before, it processed the response first and completed
 /// the older handshake as well).
@@ -306,13 +306,19 @@ fn a_response_after_its_peers_initiation_takes_effect_in_job_order() {
         .iter()
         .map(|&lanes| {
             let mut rng = ChaCha20Rng::seed_from_u64(31);
-            let (ka, kb) = (PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng));
-            let (pa, pb) = (ka.public_key(), kb.public_key());
-            let (a_addr, b_addr) = (i_addr(0), i_addr(1));
+            let (ka, kb, kc) =
+                (PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng), PrivateKey::generate(&mut rng));
+            let (pa, pb, pc) = (ka.public_key(), kb.public_key(), kc.public_key());
+            let (a_addr, b_addr, c_addr) = (i_addr(0), i_addr(1), i_addr(2));
             let mut a = Device::new(&mut rng, WALL);
             a.set_private_key(Some(ka));
             let a_peer = a.add_peer(&mut rng, pb).unwrap();
             a.set_endpoint(a_peer, b_addr).unwrap();
+            a.add_peer(&mut rng, pc).unwrap();
+            let mut c = Device::new(&mut rng, WALL + 2000);
+            c.set_private_key(Some(kc));
+            let c_peer = c.add_peer(&mut rng, pa).unwrap();
+            c.set_endpoint(c_peer, a_addr).unwrap();
             let mut b = Device::new(&mut rng, WALL + 1000);
             b.set_private_key(Some(kb));
             let b_peer = b.add_peer(&mut rng, pa).unwrap();
@@ -329,15 +335,22 @@ fn a_response_after_its_peers_initiation_takes_effect_in_job_order() {
             let mut out = Output::with_capacity(4);
             b.initiate(later, &mut rng, b_peer, &mut out).unwrap();
             let init_b = out.transmits.pop().unwrap().payload().to_vec();
-            let jobs = [(b_addr, &init_b[..], false), (b_addr, &resp_b[..], false)];
+            let mut out = Output::with_capacity(4);
+            c.initiate(later, &mut rng, c_peer, &mut out).unwrap();
+            let init_c = out.transmits.pop().unwrap().payload().to_vec();
+            let jobs = [(c_addr, &init_c[..], false), (b_addr, &init_b[..], false), (b_addr, &resp_b[..], false)];
             let mut out = Output::with_capacity(8);
             let mut results = Vec::new();
             a.receive_screened_batch_on(lanes, later, &mut rng, &jobs, false, &mut out, &mut results);
             (results, out.stats.clone())
         })
         .collect();
-    assert!(matches!(runs[0].0[0], Ok(HandshakeOutcome::Responded(_))), "{:?}", runs[0].0);
-    assert!(runs[0].0[1].is_err(), "one at a time the initiation replaced the handshake: {:?}", runs[0].0);
+    assert!(
+        matches!(runs[0].0[..2], [Ok(HandshakeOutcome::Responded(_)), Ok(HandshakeOutcome::Responded(_))]),
+        "{:?}",
+        runs[0].0
+    );
+    assert!(runs[0].0[2].is_err(), "one at a time B's initiation replaced the handshake: {:?}", runs[0].0);
     for (l, r) in lanes.iter().zip(&runs).skip(1) {
         assert_eq!(r.0, runs[0].0, "{l:?}: results");
         assert_eq!(r.1, runs[0].1, "{l:?}: counters");

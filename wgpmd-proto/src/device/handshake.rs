@@ -603,11 +603,13 @@ impl Device {
     /// has AVX-512 IFMA and at least two initiations go on to DH work; otherwise one message
     /// at a time, as [`Device::receive_screened`] does. `results` is cleared and gets one
     /// result per job, in job order. Jobs take effect in job order: the under-load mac2 check
-    /// of each initiation is made before it joins the batch, and a response or cookie reply
-    /// first finishes the initiations batched before it (a response can complete a handshake
+    /// of each initiation is made before it joins the batch, and a response to a handshake of
+    /// ours or a cookie reply first finishes the initiations batched before it (a response can complete a handshake
     /// that an earlier initiation from the same peer replaces), then is processed on its own.
     /// Counters and drops are those of [`Device::receive_screened`] on each job; only the order
-    /// of the random draws differs (each batch draws its ephemeral keys together).
+    /// of the random draws differs (each batch draws its ephemeral keys together), and that of
+    /// the transmits (under load, a later initiation's cookie reply comes before the responses
+    /// of the initiations batched before it).
     #[allow(clippy::too_many_arguments)]
     pub fn receive_screened_batch<R: RngCore + CryptoRng>(
         &self,
@@ -667,9 +669,23 @@ impl Device {
                     batch.push((i, src, init));
                     continue;
                 }
-                _ => {
-                    // The initiations before it take effect first.
-                    self.finish_initiations(backend, identity, now, rng, &mut batch, out, results);
+                other => {
+                    // The initiations before it take effect first, where they can change what it
+                    // does: a response to a handshake of ours (an earlier initiation from its
+                    // peer can replace that handshake and remove its index; none creates one),
+                    // a cookie reply. A response whose index names no handshake of ours now is
+                    // dropped whatever the order (forged responses, which need only a valid
+                    // mac1 when not under load, then cannot cut a batch into single ones).
+                    let depends = match other {
+                        Ok(Message::HandshakeResponse(r)) => {
+                            self.index.with(r.receiver_index(), |e| matches!(e, IndexEntry::Handshake(_))) == Some(true)
+                        }
+                        Ok(Message::CookieReply(_)) => true,
+                        _ => false,
+                    };
+                    if depends {
+                        self.finish_initiations(backend, identity, now, rng, &mut batch, out, results);
+                    }
                     self.receive_screened(now, rng, src, msg, checked, under_load, out)
                 }
             };
