@@ -38,12 +38,13 @@
 //! an [`Error`], reported before any buffer is touched.
 //!
 //! # Unsafe code
-//! This crate is one of the workspace's crates made for `unsafe` (with `vfio` and
-//! `nic-backends`): it is the SIMD crate. SIMD intrinsics need `target_feature` functions and raw
+//! This crate is one of the workspace's crates made for `unsafe` (with `vfio`, `nic-backends`
+//! and `wgpmd-x25519`): it is the SIMD crate of the AEAD and the BLAKE2s lanes. SIMD intrinsics need `target_feature` functions and raw
 //! vector loads and stores, and the optional libipsec-mb benchmark reference (feature `ipsec-mb`)
 //! is a C library reached through FFI. All of it is fenced in the one `x86` module (the FFI in
 //! its child `x86::ipsec_mb`); the crate root denies `unsafe_code` everywhere else (the
-//! scheduler, the Poly1305 plan, the portable reference, the public API), and every `unsafe`
+//! scheduler, the Poly1305 plan, the BLAKE2s lanes' driver, the portable reference, the public
+//! API), and every `unsafe`
 //! block and the `extern` block in `x86` carry a `// SAFETY:` comment (clippy's
 //! `undocumented_unsafe_blocks` is denied). The protocol crate and the daemon forbid `unsafe`.
 #![deny(unsafe_code)]

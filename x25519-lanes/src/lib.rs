@@ -26,8 +26,10 @@
 //! registers or spill slots are outside its reach (as in every Rust implementation).
 //!
 //! # Unsafe code
-//! The SIMD kernel needs `target_feature` functions and vector loads and stores from memory. It
-//! is fenced in the one `x86` module; the crate root denies `unsafe_code` everywhere else, and
+//! This crate is one of the workspace's crates made for `unsafe` (with `vfio`, `nic-backends` and
+//! `wgpmd-aead`): it is the SIMD crate of the X25519 lanes, and has no FFI. The SIMD kernel needs
+//! `target_feature` functions and vector loads and stores from memory. It is fenced in the one
+//! `x86` module; the crate root denies `unsafe_code` everywhere else, and
 //! every `unsafe` block in `x86` carries a `// SAFETY:` comment (clippy's
 //! `undocumented_unsafe_blocks` is denied).
 #![deny(unsafe_code)]
