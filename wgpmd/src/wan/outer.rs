@@ -8,7 +8,7 @@
 //! each message there (about as much as a memcpy; a NIC with checksum offload could take it
 //! over, packet sockets cannot).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use wgpmd_proto::wire::{
     ethernet, ipv4, ipv6, udp, Checksum, ChecksumCapabilities, Error, EthernetAddress, IpPair, IpProtocol,
@@ -143,6 +143,74 @@ impl Outer {
     /// IPv6). Returns the frame length. A short `frame` is [`Error::Truncated`]; mixed
     /// families or a datagram over 65535 bytes are [`Error::Malformed`].
     pub fn emit(&self, frame: &mut [u8], payload_len: usize) -> Result<usize, Error> {
+        match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => self.emit_v4(src, dst, frame, payload_len),
+            _ => self.emit_reprs(frame, payload_len),
+        }
+    }
+
+    /// IPv4, every packet a worker seals takes this: the 42 (46 tagged) bytes written field by
+    /// field, the header checksum summed from the values in registers. The same bytes and
+    /// errors as [`emit_reprs`](Self::emit_reprs) (`tests::the_ipv4_writer_matches_the_reprs`
+    /// compares them on random headers); the `Repr` path through the wire module cost about a
+    /// tenth of a 64-byte packet's send (docs/PERFORMANCE.md).
+    fn emit_v4(&self, src: Ipv4Addr, dst: Ipv4Addr, frame: &mut [u8], payload_len: usize) -> Result<usize, Error> {
+        let udp_len = payload_len + udp::HEADER_LEN;
+        let total = udp_len + ipv4::HEADER_LEN;
+        let l2 = ethernet::HEADER_LEN + if self.vlan.is_some() { ethernet::VLAN_TAG_LEN } else { 0 };
+        let frame = frame.get_mut(..l2 + total).ok_or(Error::Truncated)?;
+        let (Ok(udp_len16), Ok(total16)) = (u16::try_from(udp_len), u16::try_from(total)) else {
+            return Err(Error::Malformed);
+        };
+        let (eth, l3) = frame.split_at_mut(l2);
+        eth[..6].copy_from_slice(&self.dst_mac.0);
+        eth[6..12].copy_from_slice(&self.src_mac.0);
+        let ethertype = ethernet::EtherType::IPV4.0.to_be_bytes();
+        match self.vlan {
+            Some(v) => {
+                eth[12..14].copy_from_slice(&ethernet::EtherType::VLAN.0.to_be_bytes());
+                eth[14..16].copy_from_slice(&ethernet::VlanTag::new(v).tci().to_be_bytes());
+                eth[16..18].copy_from_slice(&ethertype);
+            }
+            None => eth[12..14].copy_from_slice(&ethertype),
+        }
+        let (s, d) = (src.octets(), dst.octets());
+        let ttl_proto = u16::from_be_bytes([HOP_LIMIT, IpProtocol::UDP.0]);
+        // Version 4, IHL 5; no flags, fragment offset 0; the checksum field itself summed as 0.
+        let words = [
+            0x4500 | u16::from(self.tos),
+            total16,
+            self.ident,
+            0,
+            ttl_proto,
+            u16::from_be_bytes([s[0], s[1]]),
+            u16::from_be_bytes([s[2], s[3]]),
+            u16::from_be_bytes([d[0], d[1]]),
+            u16::from_be_bytes([d[2], d[3]]),
+        ];
+        let sum: u32 = words.iter().map(|&w| u32::from(w)).sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let checksum = !(sum as u16);
+        let ip = &mut l3[..ipv4::HEADER_LEN + udp::HEADER_LEN];
+        ip[0..2].copy_from_slice(&words[0].to_be_bytes());
+        ip[2..4].copy_from_slice(&total16.to_be_bytes());
+        ip[4..6].copy_from_slice(&self.ident.to_be_bytes());
+        ip[6..8].copy_from_slice(&[0, 0]);
+        ip[8..10].copy_from_slice(&ttl_proto.to_be_bytes());
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        ip[12..16].copy_from_slice(&s);
+        ip[16..20].copy_from_slice(&d);
+        // UDP: the checksum left 0 over IPv4 (see the module documentation).
+        ip[20..22].copy_from_slice(&self.src.port().to_be_bytes());
+        ip[22..24].copy_from_slice(&self.dst.port().to_be_bytes());
+        ip[24..26].copy_from_slice(&udp_len16.to_be_bytes());
+        ip[26..28].copy_from_slice(&[0, 0]);
+        Ok(l2 + total)
+    }
+
+    /// Both families through the wire `Repr`s (IPv6's path; IPv4's reference in the tests).
+    fn emit_reprs(&self, frame: &mut [u8], payload_len: usize) -> Result<usize, Error> {
         let udp = udp::Repr { src_port: self.src.port(), dst_port: self.dst.port(), payload_len };
         let ip = self.ip(udp.buffer_len())?;
         let eth = self.eth(ip.ethertype());
@@ -272,6 +340,51 @@ mod tests {
             let c = ours(vlan).classify(&f, PORT);
             assert_eq!(c, Ok(Classified::WireGuard { src: o.src, src_mac: PEER_MAC, offset: hl, len: MSG.len() }));
         }
+    }
+
+    /// The IPv4 writer against the `Repr` path: random headers (tags or none, every TOS, ident,
+    /// address and port), lengths up to and past the 65535-byte limit, frames long enough and
+    /// one byte short; the bytes written and the results must agree.
+    #[test]
+    fn the_ipv4_writer_matches_the_reprs() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut frames = 0;
+        for round in 0..20_000u32 {
+            let r = next();
+            let mac = |v: u64| EthernetAddress(v.to_be_bytes()[2..].try_into().unwrap());
+            let o = Outer {
+                src_mac: mac(next()),
+                dst_mac: mac(next()),
+                vlan: (r & 1 == 0).then_some((r >> 8) as u16),
+                src: SocketAddr::new(Ipv4Addr::from(next() as u32).into(), next() as u16),
+                dst: SocketAddr::new(Ipv4Addr::from(next() as u32).into(), next() as u16),
+                tos: (r >> 24) as u8,
+                ident: (r >> 32) as u16,
+            };
+            let payload_len = match round % 4 {
+                0 => (r >> 48) as usize % 2048,
+                1 => 65_535 - 28 - (r >> 48) as usize % 4,
+                2 => 65_535 - 28 + 1 + (r >> 48) as usize % 4,
+                _ => (r >> 48) as usize % 200,
+            };
+            let hl = o.header_len();
+            let room = (hl + payload_len).min(70_000) - (r >> 40) as usize % 2;
+            let mut a = vec![0x5au8; room];
+            let mut b = a.clone();
+            let (ra, rb) = (o.emit(&mut a, payload_len), o.emit_reprs(&mut b, payload_len));
+            assert_eq!(ra, rb, "{o:?} payload {payload_len} room {room}");
+            if ra.is_ok() {
+                frames += 1;
+                assert_eq!(a[..hl], b[..hl], "{o:?}");
+            }
+        }
+        assert!(frames > 5_000, "{frames} frames written");
     }
 
     #[test]
