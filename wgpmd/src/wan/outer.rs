@@ -1,6 +1,7 @@
 //! The outer headers of a WireGuard datagram on the WAN: Ethernet [+ 802.1Q] + IPv4 or IPv6 +
-//! UDP, written in front of the message through the wire `Repr`s. One path for both families:
-//! [`Outer`] picks the IP `Repr` from its addresses.
+//! UDP, written in front of the message. [`Outer`] picks the family from its addresses: IPv4,
+//! every data packet's family on a typical WAN, is written field by field; IPv6 goes through the
+//! wire `Repr`s, which are also the IPv4 writer's reference in the tests.
 //!
 //! Checksums: the IPv4 header checksum is filled; the UDP checksum is left zero over IPv4
 //! ("none", RFC 768), since a NIC without checksum offload would otherwise spend a pass over the
