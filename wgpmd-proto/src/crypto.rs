@@ -47,7 +47,10 @@ impl core::fmt::Debug for Secret {
 
 /// Constant-time equality of two byte strings (length is not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && bool::from(a.ct_eq(b))
+    // The differences OR-ed together without a branch, then one constant-time comparison of
+    // the result (subtle's slice comparison calls its non-inlined barrier once per byte).
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && bool::from(diff.ct_eq(&0))
 }
 
 /// BLAKE2s-256 over the concatenation of `parts` (Noise `HASH`).
@@ -467,6 +470,24 @@ impl core::fmt::Debug for PrivateKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ct_eq_finds_every_difference() {
+        let a: Vec<u8> = (0..48u8).collect();
+        for len in [0usize, 1, 16, 32, 48] {
+            assert!(ct_eq(&a[..len], &a[..len]));
+            for at in 0..len {
+                for bit in 0..8 {
+                    let mut b = a[..len].to_vec();
+                    b[at] ^= 1 << bit;
+                    assert!(!ct_eq(&a[..len], &b), "length {len}, byte {at}, bit {bit}");
+                }
+            }
+        }
+        assert!(!ct_eq(&a[..16], &a[..15]), "lengths differ");
+        assert!(!ct_eq(&a[..15], &a[..16]), "lengths differ");
+        assert!(!ct_eq(&[0u8; 16], &a[..16]));
+    }
     use chacha20poly1305::aead::{AeadInPlace, KeyInit};
     use rand::SeedableRng;
 
