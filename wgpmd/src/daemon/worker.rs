@@ -48,6 +48,8 @@ pub(crate) struct Worker {
     c: Local,
     ident: u16,
     neigh: NeighCache,
+    /// The last destination `send_wg` resolved in this poll iteration (see [`LastHop`]).
+    last_hop: Option<LastHop>,
     pmtu_limit: icmp::RateLimit,
     /// Handshake-stage messages: screened on arrival, DH work a budget per iteration.
     hs: Stage,
@@ -103,6 +105,7 @@ impl Worker {
             c: Local::default(),
             ident: 0,
             neigh: NeighCache::new(),
+            last_hop: None,
             pmtu_limit: icmp::RateLimit::new(),
             hs,
             #[cfg(feature = "test-hooks")]
@@ -123,6 +126,7 @@ impl Worker {
         while !sh.stopping() {
             let now = sh.data.clock.now();
             self.neigh.sync(&sh.data.neigh);
+            self.last_hop = None;
             let mut work = 0;
             {
                 let dev = sh.data.device.load();
@@ -508,27 +512,48 @@ impl Worker {
     /// queue it on the WAN, or park it until the next hop resolves.
     fn send_wg(&mut self, mut buf: Buffer, to: SocketAddr, tos: u8, now: Timestamp) {
         let wan = self.sh.data.wan;
-        let route = match wan.route(to.ip()) {
-            Ok(r) => r,
-            Err(Unroutable::NoIpv6Address) => {
-                self.c.no_ipv6_wan += 1;
-                return;
-            }
-            Err(Unroutable::NoIpv4Address | Unroutable::NoNextHop) => {
-                self.c.no_route += 1;
-                return;
+        // Consecutive messages to one address (a burst to peers behind one NAT) reuse the first
+        // one's route and resolved next hop, and messages to other addresses behind the same
+        // next hop (a gateway) its MAC, for the rest of the poll iteration.
+        let (src, hop, mac, probe) = match self.last_hop {
+            Some(h) if h.at == now && h.dst == to.ip() => (h.src, h.hop, Some(h.mac), false),
+            _ => {
+                let route = match wan.route(to.ip()) {
+                    Ok(r) => r,
+                    Err(Unroutable::NoIpv6Address) => {
+                        self.c.no_ipv6_wan += 1;
+                        return;
+                    }
+                    Err(Unroutable::NoIpv4Address | Unroutable::NoNextHop) => {
+                        self.c.no_route += 1;
+                        return;
+                    }
+                };
+                // Another address behind the same next hop (a gateway): its MAC again.
+                if let Some(h) = self.last_hop.as_mut().filter(|h| h.at == now && h.hop == route.hop) {
+                    h.dst = to.ip();
+                    (route.src, route.hop, Some(h.mac), false)
+                } else {
+                    let res = self.neigh.lookup(&self.sh.data.neigh, route.hop, now);
+                    self.last_hop = match res.mac {
+                        Some(mac) if !res.probe => {
+                            Some(LastHop { dst: to.ip(), src: route.src, hop: route.hop, mac, at: now })
+                        }
+                        _ => None,
+                    };
+                    (route.src, route.hop, res.mac, res.probe)
+                }
             }
         };
         let payload_len = buf.len();
         let port = self.sh.data.listen_port.load(Ordering::Relaxed);
         self.ident = self.ident.wrapping_add(1);
-        let res = self.neigh.lookup(&self.sh.data.neigh, route.hop, now);
         let outer = Outer {
             src_mac: wan.mac,
             // Unresolved: rewritten when the next hop is learned (`learn`).
-            dst_mac: res.mac.unwrap_or(EthernetAddress([0; 6])),
+            dst_mac: mac.unwrap_or(EthernetAddress([0; 6])),
             vlan: wan.vlan,
-            src: SocketAddr::new(route.src, port),
+            src: SocketAddr::new(src, port),
             dst: to,
             tos,
             ident: self.ident,
@@ -540,17 +565,17 @@ impl Worker {
         if outer.emit(buf.data_mut(), payload_len).is_err() {
             return;
         }
-        if res.mac.is_some() {
+        if mac.is_some() {
             self.wan_tx.push(buf);
-            if res.probe {
-                self.solicit(route.hop);
+            if probe {
+                self.solicit(hop);
             }
             return;
         }
-        let parked = self.sh.data.neigh.park(route.hop, buf, now);
+        let parked = self.sh.data.neigh.park(hop, buf, now);
         self.c.unresolved_dropped += parked.dropped as u64;
         if parked.ask {
-            self.solicit(route.hop);
+            self.solicit(hop);
         }
     }
 
@@ -570,6 +595,7 @@ impl Worker {
     /// Learn a neighbour as the table's rules allow (refusals are counted there).
     fn learn(&mut self, ip: impl Into<IpAddr>, mac: EthernetAddress, heard: Heard, now: Timestamp) {
         let ip = ip.into();
+        self.last_hop = None;
         let Ok(frames) = self.sh.data.neigh.learn(&self.sh.data.wan, ip, mac, heard, now) else { return };
         // Our copy may be the old address; the others drop theirs at the generation change.
         self.neigh.forget(ip);
@@ -628,6 +654,18 @@ impl Worker {
             self.out.transmits = transmits;
         }
     }
+}
+
+/// A destination resolved by `send_wg` in the current poll iteration (`at`): its route's source
+/// and next hop, and the hop's MAC, fresh and needing no probe. Forgotten at the start of each
+/// iteration and whenever this worker learns a neighbour.
+#[derive(Clone, Copy)]
+struct LastHop {
+    dst: IpAddr,
+    src: IpAddr,
+    hop: IpAddr,
+    mac: EthernetAddress,
+    at: Timestamp,
 }
 
 /// How many frames of a burst ahead of the one being classified have their headers requested.
