@@ -19,10 +19,16 @@
 //! dequeue time): a backlog that built up before the load was noticed costs cookie replies, not
 //! DH work.
 //!
+//! The data path comes first ([`Share`]): while a worker has a backlog of data, its DH work
+//! takes at most one part in [`SHARE_DIV`] of its time, as the kernel's packet processing runs
+//! before its handshake work queue; with no backlog, handshakes get all the time they need.
+//!
 //! Under load (the kernel's rule, [`wgpmd_proto::ratelimit::LoadDetector`]): while the
 //! handshakes waiting in all workers' queues together ([`Load`]) are at least
 //! [`UNDER_LOAD_QUEUE_DEPTH`], one eighth of the kernel's [`MAX_QUEUED_INCOMING_HANDSHAKES`], and
-//! for a second after. The workers share that bound: each queue holds
+//! for a second after. The queue of a worker with a backlog of data counts [`SHARE_DIV`]
+//! times: it drains that many times slower, so the depth is counted in the time an idle
+//! worker would take to work through it. The workers share that bound: each queue holds
 //! `MAX_QUEUED_INCOMING_HANDSHAKES / workers`, but never fewer than twice the under-load depth,
 //! so that one worker's queue can alone put the device under load (a flood from one source
 //! lands on one worker).
@@ -56,6 +62,41 @@ use super::rng::CoreRng;
 /// that a burst of handshakes beyond what the worker can do shows in its queue (the under-load
 /// input), and the data path pauses for a few DHs at most (each message costs up to three).
 pub const BUDGET: usize = 8;
+
+/// While a worker has a backlog of data (a full inner burst, or a full WAN burst at least half
+/// data messages), its DH work takes at most one part in `SHARE_DIV` of its time ([`Share`]);
+/// otherwise all the time it needs.
+pub const SHARE_DIV: u64 = 4;
+
+/// The data path first, as the kernel's packet processing (softirq) comes before its handshake
+/// work queue: while a worker has a backlog of data, a batch of DH work is followed by
+/// `SHARE_DIV - 1` times its duration of everything else before the next batch. Without that
+/// bound, a flood of valid-mac1 initiations too thin to fill the queue to the under-load depth
+/// (a few per receive burst) would be answered one DH each, [`BUDGET`] per iteration, and the
+/// established peers' traffic would get what is left; with it, such a flood fills the queue
+/// (the device goes under load and answers it with cookie replies) while the data keeps at
+/// least the rest of the time.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// Nanoseconds of other work still owed before the next batch (0: a batch may run).
+    owed_ns: u64,
+}
+
+impl Share {
+    /// Whether DH work may run in this iteration (`backlog`: a backlog of data).
+    pub fn may_process(&self, backlog: bool) -> bool {
+        !backlog || self.owed_ns == 0
+    }
+    /// Account an iteration: `hs_ns` of DH work and `other_ns` of everything else. Without a
+    /// backlog nothing is owed.
+    pub fn account(&mut self, backlog: bool, hs_ns: u64, other_ns: u64) {
+        self.owed_ns = if backlog {
+            self.owed_ns.saturating_sub(other_ns).saturating_add(hs_ns.saturating_mul(SHARE_DIV - 1))
+        } else {
+            0
+        };
+    }
+}
 
 /// Each worker's queue capacity: the kernel's bound shared out, at least twice the under-load
 /// depth (see the module doc).
@@ -189,6 +230,10 @@ impl HsTimes {
 /// and the messages turned away on arrival under load since the load was last renewed by them.
 pub(crate) struct Load {
     depths: Box<[Gauge]>,
+    /// Each worker had a backlog of data in its last iteration (1) or not (0): its queue then
+    /// drains at most at one part in [`SHARE_DIV`] of its speed ([`Share`]), and counts that
+    /// many times towards the load.
+    busy: Box<[Gauge]>,
     turned_away: Gauge,
 }
 
@@ -200,11 +245,26 @@ struct Gauge(AtomicUsize);
 impl Load {
     /// Gauges for `workers` workers, all zero.
     pub fn new(workers: usize) -> Load {
-        Load { depths: (0..workers).map(|_| Gauge::default()).collect(), turned_away: Gauge::default() }
+        let gauges = || (0..workers).map(|_| Gauge::default()).collect();
+        Load { depths: gauges(), busy: gauges(), turned_away: Gauge::default() }
     }
-    /// Handshakes waiting in every worker's queue.
+    /// Handshakes waiting in every worker's queue, each busy worker's counted [`SHARE_DIV`]
+    /// times (in time, that is: what an idle worker would take to process that many).
     pub fn total(&self) -> usize {
-        self.depths.iter().map(|g| g.0.load(Ordering::Relaxed)).sum()
+        self.depths
+            .iter()
+            .zip(self.busy.iter())
+            .map(|(d, b)| {
+                let w = if b.0.load(Ordering::Relaxed) != 0 { SHARE_DIV as usize } else { 1 };
+                d.0.load(Ordering::Relaxed).saturating_mul(w)
+            })
+            .fold(0, usize::saturating_add)
+    }
+    /// Worker `i` had a backlog of data in its last iteration, or not (written when it changes).
+    pub fn set_busy(&self, i: usize, busy: bool) {
+        if let Some(g) = self.busy.get(i) {
+            g.0.store(usize::from(busy), Ordering::Relaxed);
+        }
     }
     /// Handshakes waiting in worker `i`'s queue.
     pub fn depth(&self, i: usize) -> usize {
@@ -412,6 +472,11 @@ impl Stage {
             Ok(_) => {}
             Err(r) => self.count(HsDrop::of(r, msg)),
         }
+    }
+
+    /// Whether messages wait for DH work.
+    pub fn pending(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Do the DH work for up to `budget` queued messages; returns how many were taken.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use super::{HsDrop, Load, Stage, BUDGET};
+use super::{HsDrop, Load, Share, Stage, BUDGET, SHARE_DIV};
 use crate::daemon::rng::CoreRng;
 use wgpmd_proto::crypto::PrivateKey;
 use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
@@ -309,6 +309,48 @@ fn messages_turned_away_under_load_renew_it_as_a_deep_queue_would() {
         assert_eq!(s.stage.len(), 0);
         assert_eq!(s.load.under_load(&s.conc, ms(21_500)), renewed, "{turned_away} turned away");
     }
+}
+
+/// The data path first: with a backlog of data, a batch of DH work is followed by
+/// `SHARE_DIV - 1` times its duration of other work before the next one may run; without a
+/// backlog there is no wait, and what was owed is forgotten.
+#[test]
+fn with_a_backlog_of_data_dh_work_waits_for_its_share() {
+    let mut sh = Share::default();
+    assert!(sh.may_process(true) && sh.may_process(false));
+    // A busy iteration: 100 µs of DH work, 10 µs of the rest.
+    sh.account(true, 100_000, 10_000);
+    let owed = 100_000 * (SHARE_DIV - 1);
+    assert!(!sh.may_process(true), "{owed} ns of data work owed");
+    assert!(sh.may_process(false), "no backlog: no wait");
+    sh.account(true, 0, owed - 1);
+    assert!(!sh.may_process(true), "one nanosecond still owed");
+    sh.account(true, 0, 1);
+    assert!(sh.may_process(true), "paid");
+    sh.account(true, 50_000, 0);
+    assert!(!sh.may_process(true));
+    sh.account(false, 0, 0);
+    assert!(sh.may_process(true), "the backlog ended: nothing owed");
+}
+
+/// A busy worker's queue drains at one part in `SHARE_DIV` of the speed, so it counts that many
+/// times towards the under-load depth; an idle worker's counts once.
+#[test]
+fn a_busy_workers_queue_counts_share_div_times_towards_the_load() {
+    let s = setup(1024);
+    let quarter = UNDER_LOAD_QUEUE_DEPTH / SHARE_DIV as usize;
+    s.load.set(1, quarter);
+    assert_eq!(s.load.total(), quarter);
+    assert!(!s.load.under_load(&s.conc, secs(20)));
+    s.load.set_busy(1, true);
+    assert_eq!(s.load.total(), UNDER_LOAD_QUEUE_DEPTH);
+    assert!(s.load.under_load(&s.conc, secs(30)));
+    s.load.set_busy(1, false);
+    assert_eq!(s.load.total(), quarter);
+    assert_eq!(s.load.depth(1), quarter, "the gauge itself is the queue's length");
+    // The load noticed at 30 s lasts a second, then lapses with the idle queue.
+    assert!(s.load.under_load(&s.conc, secs(30)));
+    assert!(!s.load.under_load(&s.conc, secs(32)));
 }
 
 #[test]

@@ -53,6 +53,13 @@ pub(crate) struct Worker {
     pmtu_limit: icmp::RateLimit,
     /// Handshake-stage messages: screened on arrival, DH work a budget per iteration.
     hs: Stage,
+    /// The DH work's share of this worker's time while its ports have a backlog.
+    share: handshakes::Share,
+    /// Whether the last iteration had a full burst (published in the handshake load when it
+    /// changes).
+    backlogged: bool,
+    /// Data messages in the last WAN burst.
+    wan_data: usize,
     /// This worker's share of the exception path's rate (`None`: no exception path).
     exc_bucket: Option<TokenBucket>,
     /// The WAN burst's data messages (with their source and its MAC), opened as one burst.
@@ -108,6 +115,9 @@ impl Worker {
             last_hop: None,
             pmtu_limit: icmp::RateLimit::new(),
             hs,
+            share: handshakes::Share::default(),
+            backlogged: false,
+            wan_data: 0,
             #[cfg(feature = "test-hooks")]
             panic_hook: std::env::var(PANIC_HOOK_ENV).is_ok_and(|v| v.parse() == Ok(id)),
         }
@@ -128,11 +138,25 @@ impl Worker {
             self.neigh.sync(&sh.data.neigh);
             self.last_hop = None;
             let mut work = 0;
+            let mut hs_ns = 0u64;
+            let backlog;
             {
                 let dev = sh.data.device.load();
-                work += self.wan_rx(&dev, now);
-                work += self.inner_rx(&dev, now);
-                work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
+                let (wan_n, inner_n) = (self.wan_rx(&dev, now), self.inner_rx(&dev, now));
+                work += wan_n + inner_n;
+                // A backlog of data: a full inner burst, or a full WAN burst at least half of
+                // which were data messages (a burst of handshake messages is the handshake
+                // stage's own backlog, which the under-load rule paces).
+                backlog = inner_n >= BURST || (wan_n >= BURST && 2 * self.wan_data >= wan_n);
+                if backlog != self.backlogged {
+                    self.backlogged = backlog;
+                    sh.handoff.hs_load.set_busy(self.id, backlog);
+                }
+                if self.hs.pending() && self.share.may_process(backlog) {
+                    let t = sh.data.clock.now();
+                    work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
+                    hs_ns = (sh.data.clock.now() - t).as_nanos() as u64;
+                }
                 // While this copy is held: a publish waits for it, so configuration, which
                 // clears a removed peer's notifications after publishing, never runs between a
                 // device call and its notification.
@@ -143,7 +167,9 @@ impl Worker {
             // Responses and cookie replies leave in this iteration's burst.
             self.forward_transmits();
             self.flush();
-            let took_us = (sh.data.clock.now() - now).as_micros() as u64;
+            let took_ns = (sh.data.clock.now() - now).as_nanos() as u64;
+            self.share.account(backlog, hs_ns, took_ns.saturating_sub(hs_ns));
+            let took_us = took_ns / 1000;
             if now - window_start >= super::stats::ITERATION_WINDOW {
                 (window_start, prev_window_max, window_max) = (now, window_max, 0);
             }
@@ -314,6 +340,7 @@ impl Worker {
         self.rx = rx;
         // Handshake messages, screened several at a time (held over a few full bursts at most).
         self.hs.screen_when_ready(dev, &self.sh.handoff.hs_load, now, n < BURST, &mut self.out);
+        self.wan_data = self.data.len();
         self.data_in(dev, now);
         n
     }
