@@ -197,7 +197,7 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
     // per byte (subtle's byte-slice comparison calls its non-inlined barrier for every byte).
     let mut ok = 0u16;
     for (i, (l, t)) in lanes.iter().zip(expected.iter()).enumerate() {
-        ok |= u16::from(bool::from(tag_word(&l.tag).ct_eq(&tag_word(t)))) << i;
+        ok |= u16::from(bool::from(crate::portable::tag_word(&l.tag).ct_eq(&crate::portable::tag_word(t)))) << i;
     }
     expected.as_flattened_mut().zeroize();
     match simd {
@@ -205,10 +205,4 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
         Simd::Avx2(_) => simd.chacha(&table, data_jobs(lanes, ok)),
     }
     ok
-}
-
-/// A 16-byte tag as one word, for a single constant-time comparison.
-#[inline]
-pub(crate) fn tag_word(tag: &[u8; TAG_LEN]) -> u128 {
-    u128::from_ne_bytes(*tag)
 }

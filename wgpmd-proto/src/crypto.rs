@@ -49,7 +49,7 @@ impl core::fmt::Debug for Secret {
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     // The differences OR-ed together without a branch, then one constant-time comparison of
     // the result (subtle's slice comparison calls its non-inlined barrier once per byte).
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = core::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)));
     a.len() == b.len() && bool::from(diff.ct_eq(&0))
 }
 

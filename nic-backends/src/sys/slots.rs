@@ -39,12 +39,16 @@ pub unsafe trait Region: Send + Sync + 'static {
     fn iova_base(&self) -> u64;
 }
 
-/// Anonymous private memory (`mmap(MAP_ANONYMOUS | MAP_POPULATE)`), owned by the value and
-/// unmapped on drop. Its IOVA is its virtual address: what the socket backends and `mem` use.
+/// Anonymous private memory, resident from the start (populated when mapped), owned by the value
+/// and unmapped on drop; from 2 MiB up advised onto transparent huge pages (see [`MmapRegion::new`]).
+/// Its IOVA is its virtual address: what the socket backends and `mem` use.
 #[derive(Debug)]
 pub struct MmapRegion {
     base: NonNull<u8>,
     size: usize,
+    /// Placed on a huge-page boundary and advised `MADV_HUGEPAGE` (whether the kernel then gave
+    /// huge pages is its THP setting's and free memory's business).
+    huge: bool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; moving the owner to another thread
@@ -88,12 +92,18 @@ impl MmapRegion {
             return Err(std::io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(MmapRegion { base, size })
+        Ok(MmapRegion { base, size, huge: false })
+    }
+
+    /// Whether the region was placed on a huge-page boundary and advised `MADV_HUGEPAGE`.
+    pub fn huge_pages_advised(&self) -> bool {
+        self.huge
     }
 
     /// `size` rounded up to whole huge pages, on a huge-page boundary, advised `MADV_HUGEPAGE`,
-    /// then populated (`MADV_POPULATE_WRITE`, Linux 5.14). None if any step fails (nothing is
-    /// left mapped): the caller maps small pages instead.
+    /// then populated (`MADV_POPULATE_WRITE`, Linux 5.14; on older kernels by writing a zero to
+    /// each page). None if the advice or the population fails (nothing is left mapped): the
+    /// caller maps small pages instead.
     fn huge(size: usize) -> Option<MmapRegion> {
         let size = size.checked_next_multiple_of(HUGE_PAGE)?;
         let span = size.checked_add(HUGE_PAGE)?;
@@ -126,17 +136,31 @@ impl MmapRegion {
             }
         }
         let a = aligned as *mut libc::c_void;
-        // SAFETY: advice and population of the range this function owns (mapped above); neither
-        // changes its contents (fresh zero pages) nor any other mapping.
-        let ok = unsafe {
-            libc::madvise(a, size, libc::MADV_HUGEPAGE) == 0 && libc::madvise(a, size, libc::MADV_POPULATE_WRITE) == 0
-        };
-        if !ok {
+        let give_up = || {
             // SAFETY: the range mapped above, not handed out to anyone.
             unsafe { libc::munmap(a, size) };
-            return None;
+            None
+        };
+        // `aligned` lies inside a successful mapping, so it is not null.
+        let Some(base) = NonNull::new(aligned as *mut u8) else { return give_up() };
+        // SAFETY: advice about the range this function owns (mapped above); it changes neither its
+        // contents (fresh zero pages) nor any other mapping.
+        if unsafe { libc::madvise(a, size, libc::MADV_HUGEPAGE) } != 0 {
+            return give_up();
         }
-        Some(MmapRegion { base: NonNull::new(aligned as *mut u8)?, size })
+        // SAFETY: as above: population allocates the range's pages, zero-filled, as touching them would.
+        if unsafe { libc::madvise(a, size, libc::MADV_POPULATE_WRITE) } != 0 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return give_up();
+            }
+            // A kernel before 5.14: touch every page instead.
+            for off in (0..size).step_by(page_size()) {
+                // SAFETY: `aligned + off` lies inside the readable and writable range mapped above,
+                // which nothing else refers to yet; writing the zero it holds allocates its page.
+                unsafe { core::ptr::write_volatile((aligned + off) as *mut u8, 0) };
+            }
+        }
+        Some(MmapRegion { base, size, huge: true })
     }
 }
 
@@ -145,7 +169,8 @@ const HUGE_PAGE: usize = 2 << 20;
 
 impl Drop for MmapRegion {
     fn drop(&mut self) {
-        // SAFETY: `base`/`size` are exactly the mapping created in `new`, and no slot outlives
+        // SAFETY: `base`/`size` are exactly the mapping created in `new` (or `huge`, which kept
+        // exactly that range mapped), and no slot outlives
         // the region (the `Slots` that owns the region is freed only when its reference count,
         // which counts every slot out of the shared free list, reaches zero).
         unsafe {
@@ -922,43 +947,49 @@ mod tests {
         assert_eq!(r.iova_base(), r.base().as_ptr() as usize as u64);
     }
 
-    /// A region of a huge page or more: whole huge pages on a huge-page boundary, zeroed, and
-    /// with transparent huge pages enabled (`always` or `madvise`), backed by them
-    /// (`AnonHugePages` of its mapping in /proc/self/smaps); with THP `never` by none.
+    /// A region of a huge page or more: advised onto huge pages exactly when the kernel has
+    /// transparent huge pages; then whole huge pages on a huge-page boundary, zeroed, and with THP
+    /// enabled for 2 MiB pages (`always` or `madvise`, and not `never` for that size) backed by
+    /// them (`AnonHugePages` of its mapping in /proc/self/smaps); with THP `never`, by none.
     #[test]
     fn a_large_region_sits_on_huge_pages() {
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage");
         let r = MmapRegion::new(3 * HUGE_PAGE + 1).unwrap();
         let base = r.base().as_ptr() as usize;
-        assert_eq!(base % HUGE_PAGE, 0);
-        assert_eq!(r.size(), 4 * HUGE_PAGE);
+        assert_eq!(r.huge_pages_advised(), thp.exists(), "advised exactly when the kernel has THP");
+        if r.huge_pages_advised() {
+            assert_eq!(base % HUGE_PAGE, 0);
+            assert_eq!(r.size(), 4 * HUGE_PAGE);
+        } else {
+            assert!(r.size() > 3 * HUGE_PAGE);
+        }
         // SAFETY: `r` maps `size()` readable bytes that nothing writes while `r` is borrowed.
         let bytes = unsafe { std::slice::from_raw_parts(r.base().as_ptr(), r.size()) };
         assert!(bytes.iter().step_by(4096).all(|&b| b == 0), "zeroed");
-        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-        let enabled = mode.contains("[always]") || mode.contains("[madvise]");
+        let read = |f: &str| std::fs::read_to_string(thp.join(f)).unwrap_or_default();
+        let (mode, per_size) = (read("enabled"), read("hugepages-2048kB/enabled"));
+        let pmd_is_2m = read("hpage_pmd_size").trim() == HUGE_PAGE.to_string();
+        let enabled = (mode.contains("[always]") || mode.contains("[madvise]")) && !per_size.contains("[never]");
+        // The mapping holding the region (it may have merged with a neighbour of the same kind).
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut huge_kb = None;
-        let mut inside = false;
+        let (mut huge_kb, mut inside) = (None, false);
         for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((a, _)) = range.split_once('-') {
-                    if let Ok(start) = usize::from_str_radix(a, 16) {
-                        inside = start == base;
-                        continue;
-                    }
-                }
-            }
-            if inside {
-                if let Some(v) = line.strip_prefix("AnonHugePages:") {
-                    huge_kb = v.trim().trim_end_matches("kB").trim().parse::<u64>().ok();
-                }
+            let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+            if let Some((Ok(lo), Ok(hi))) =
+                range.map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
+            {
+                inside = lo <= base && base < hi;
+            } else if let Some(v) = line.strip_prefix("AnonHugePages:").filter(|_| inside) {
+                huge_kb = v.trim().trim_end_matches("kB").trim().parse::<u64>().ok();
             }
         }
         let huge_kb = huge_kb.expect("the region's mapping in /proc/self/smaps");
-        if enabled {
-            assert!(huge_kb >= 2048, "THP {mode:?}: {huge_kb} kB of huge pages in the region");
+        if !pmd_is_2m {
+            eprintln!("huge pages are not 2 MiB here: {huge_kb} kB in huge pages, not checked");
+        } else if enabled {
+            assert!(huge_kb >= 2048, "THP {mode:?} / {per_size:?}: {huge_kb} kB of huge pages in the region");
         } else {
-            assert_eq!(huge_kb, 0, "THP {mode:?}");
+            assert_eq!(huge_kb, 0, "THP {mode:?} / {per_size:?}");
         }
     }
 

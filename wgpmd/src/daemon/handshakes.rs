@@ -68,6 +68,14 @@ pub const BUDGET: usize = 8;
 /// otherwise all the time it needs.
 pub const SHARE_DIV: u64 = 4;
 
+/// Whether a poll iteration found a backlog of data ([`Share`]): a full inner burst, or a full
+/// WAN burst (`wan_n` frames) of which at least half were data messages that authenticated
+/// (`wan_data`). A burst of handshake messages is the handshake stage's own backlog, paced by the
+/// under-load rule, and forged data messages do not make a worker busy.
+pub fn data_backlog(wan_n: usize, wan_data: usize, inner_n: usize, burst: usize) -> bool {
+    inner_n >= burst || (wan_n >= burst && 2 * wan_data >= wan_n)
+}
+
 /// The data path first, as the kernel's packet processing (softirq) comes before its handshake
 /// work queue: while a worker has a backlog of data, a batch of DH work is followed by
 /// `SHARE_DIV - 1` times its duration of everything else before the next batch. Without that
@@ -248,8 +256,12 @@ impl Load {
         let gauges = || (0..workers).map(|_| Gauge::default()).collect();
         Load { depths: gauges(), busy: gauges(), turned_away: Gauge::default() }
     }
-    /// Handshakes waiting in every worker's queue, each busy worker's counted [`SHARE_DIV`]
-    /// times (in time, that is: what an idle worker would take to process that many).
+    /// Handshakes waiting in every worker's queues together (the `handshake_queue_depth` gauge).
+    pub fn queued(&self) -> usize {
+        self.depths.iter().map(|g| g.0.load(Ordering::Relaxed)).fold(0, usize::saturating_add)
+    }
+    /// The under-load input: [`Load::queued`] with each busy worker's queue counted
+    /// [`SHARE_DIV`] times (in time, that is: what an idle worker would take to process that many).
     pub fn total(&self) -> usize {
         self.depths
             .iter()

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use super::{HsDrop, Load, Share, Stage, BUDGET, SHARE_DIV};
+use super::{data_backlog, HsDrop, Load, Share, Stage, BUDGET, SHARE_DIV};
 use crate::daemon::rng::CoreRng;
 use wgpmd_proto::crypto::PrivateKey;
 use wgpmd_proto::device::{Device, HandshakeOutcome, Output, PeerId};
@@ -333,6 +333,25 @@ fn with_a_backlog_of_data_dh_work_waits_for_its_share() {
     assert!(sh.may_process(true), "the backlog ended: nothing owed");
 }
 
+/// A backlog of data is a full inner burst, or a full WAN burst at least half authenticated
+/// data; a burst of handshakes (a storm), a short burst, or forged data is none.
+#[test]
+fn what_counts_as_a_backlog_of_data() {
+    // (WAN frames, of them authenticated data, inner packets) -> backlog
+    for (wan, data, inner, want) in [
+        (32, 32, 0, true),
+        (32, 16, 0, true),
+        (32, 15, 0, false),
+        (32, 0, 0, false),
+        (31, 31, 0, false),
+        (0, 0, 32, true),
+        (32, 0, 32, true),
+        (10, 10, 31, false),
+    ] {
+        assert_eq!(data_backlog(wan, data, inner, 32), want, "{wan} frames, {data} data, {inner} inner");
+    }
+}
+
 /// A busy worker's queue drains at one part in `SHARE_DIV` of the speed, so it counts that many
 /// times towards the under-load depth; an idle worker's counts once.
 #[test]
@@ -344,6 +363,7 @@ fn a_busy_workers_queue_counts_share_div_times_towards_the_load() {
     assert!(!s.load.under_load(&s.conc, secs(20)));
     s.load.set_busy(1, true);
     assert_eq!(s.load.total(), UNDER_LOAD_QUEUE_DEPTH);
+    assert_eq!(s.load.queued(), quarter, "the gauge of waiting handshakes is not weighted");
     assert!(s.load.under_load(&s.conc, secs(30)));
     s.load.set_busy(1, false);
     assert_eq!(s.load.total(), quarter);

@@ -287,6 +287,11 @@ const WORKER_COUNTERS: &[(&str, &str, WorkerField)] = &[
     ("wgpmd_handshakes_processed", "Queued handshake messages processed", |l| l.hs.processed),
     ("wgpmd_handshakes_failed", "Processed handshake messages that failed", |l| l.hs.failed),
     ("wgpmd_cookie_replies_accepted", "Cookie replies accepted", |l| l.hs.cookie_replies),
+    (
+        "wgpmd_handshakes_deferred",
+        "Poll iterations in which queued handshake DH work waited for its share of the time behind a backlog of data",
+        |l| l.hs_deferred,
+    ),
 ];
 
 /// Device counters, kept by each worker and by the control core (`worker="control"`).

@@ -56,6 +56,9 @@ pub(crate) struct Local {
     /// Frames from the kernel put on the WAN transmit list.
     pub exc_from_kernel: u64,
     pub wan_drops: [u64; WanDrop::COUNT],
+    /// Poll iterations in which queued DH work waited for its share of the time behind a
+    /// backlog of data (`handshakes::Share`).
+    pub hs_deferred: u64,
     /// Longest iteration since start, in µs (polling and processing; not the idle sleep).
     pub max_iteration_us: u64,
     /// Longest iteration in the current and the previous window of [`ITERATION_WINDOW`], in µs.
@@ -130,6 +133,7 @@ pub(crate) fn render(sh: &Shared) -> String {
             ("handshakes_processed", l.hs.processed),
             ("handshakes_failed", l.hs.failed),
             ("handshake_queue_depth", sh.handoff.hs_load.depth(i) as u64),
+            ("handshakes_deferred", l.hs_deferred),
             ("cookie_replies_accepted", l.hs.cookie_replies),
             ("transmits_dropped", l.transmits_dropped),
             ("staged_dropped", l.staged_dropped),
@@ -260,7 +264,7 @@ fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
         ("event_queue_depth", h.notes.depth() as u64),
         ("event_queue_capacity", super::notify::DIRTY_CAPACITY as u64),
         ("events_overflowed", h.notes.overflows()),
-        ("handshake_queue_depth", h.hs_load.total() as u64),
+        ("handshake_queue_depth", h.hs_load.queued() as u64),
         ("handshake_queue_capacity", (h.hs_capacity * sh.workers.len()) as u64),
         ("tx_jobs_depth", h.tx_jobs.len() as u64),
         ("tx_jobs_capacity", super::TX_JOBS as u64),

@@ -58,7 +58,7 @@ pub(crate) struct Worker {
     /// Whether the last iteration had a full burst (published in the handshake load when it
     /// changes).
     backlogged: bool,
-    /// Data messages in the last WAN burst.
+    /// Data messages of the last WAN burst that authenticated.
     wan_data: usize,
     /// This worker's share of the exception path's rate (`None`: no exception path).
     exc_bucket: Option<TokenBucket>,
@@ -144,18 +144,19 @@ impl Worker {
                 let dev = sh.data.device.load();
                 let (wan_n, inner_n) = (self.wan_rx(&dev, now), self.inner_rx(&dev, now));
                 work += wan_n + inner_n;
-                // A backlog of data: a full inner burst, or a full WAN burst at least half of
-                // which were data messages (a burst of handshake messages is the handshake
-                // stage's own backlog, which the under-load rule paces).
-                backlog = inner_n >= BURST || (wan_n >= BURST && 2 * self.wan_data >= wan_n);
+                backlog = handshakes::data_backlog(wan_n, self.wan_data, inner_n, BURST);
                 if backlog != self.backlogged {
                     self.backlogged = backlog;
                     sh.handoff.hs_load.set_busy(self.id, backlog);
                 }
-                if self.hs.pending() && self.share.may_process(backlog) {
-                    let t = sh.data.clock.now();
-                    work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
-                    hs_ns = (sh.data.clock.now() - t).as_nanos() as u64;
+                if self.hs.pending() {
+                    if self.share.may_process(backlog) {
+                        let t = sh.data.clock.now();
+                        work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
+                        hs_ns = (sh.data.clock.now() - t).as_nanos() as u64;
+                    } else {
+                        self.c.hs_deferred += 1;
+                    }
                 }
                 // While this copy is held: a publish waits for it, so configuration, which
                 // clears a removed peer's notifications after publishing, never runs between a
@@ -208,6 +209,7 @@ impl Worker {
             }
         }
         self.flush();
+        sh.handoff.hs_load.set_busy(self.id, false);
         self.publish(true);
     }
 
@@ -260,9 +262,9 @@ impl Worker {
         let exc = self.exc_bucket.is_some();
         // The frames arrive cold (a NIC's DMA, or another core's writes): each one's headers are
         // requested `AHEAD` frames before it is classified, so the misses overlap.
-        let mut starts = [0usize; BURST];
+        let mut starts = [core::ptr::null::<u8>(); BURST];
         for (a, b) in starts.iter_mut().zip(rx.iter()) {
-            *a = b.data().as_ptr() as usize;
+            *a = b.data().as_ptr();
         }
         for &a in starts.iter().take(AHEAD.min(n)) {
             prefetch_frame(a);
@@ -340,7 +342,6 @@ impl Worker {
         self.rx = rx;
         // Handshake messages, screened several at a time (held over a few full bursts at most).
         self.hs.screen_when_ready(dev, &self.sh.handoff.hs_load, now, n < BURST, &mut self.out);
-        self.wan_data = self.data.len();
         self.data_in(dev, now);
         n
     }
@@ -396,6 +397,7 @@ impl Worker {
     /// per source and the inner packets queued in order.
     fn data_in(&mut self, dev: &Device, now: Timestamp) {
         if self.data.is_empty() {
+            self.wan_data = 0;
             return;
         }
         let mut items = recycle(std::mem::take(&mut self.rx_items));
@@ -404,6 +406,7 @@ impl Worker {
         dev.decapsulate_burst(now, &mut items, &mut self.rx_results, &mut self.out);
         self.rx_items = recycle(items);
         let mut results = std::mem::take(&mut self.rx_results);
+        self.wan_data = results.iter().filter(|r| r.is_ok()).count();
         let mut data = std::mem::take(&mut self.data);
         let mut learned: Option<(SocketAddr, EthernetAddress)> = None;
         for ((mut buf, src, src_mac), r) in data.drain(..).zip(results.drain(..)) {
@@ -558,12 +561,12 @@ impl Worker {
                 };
                 // Another address behind the same next hop (a gateway): its MAC again.
                 if let Some(h) = self.last_hop.as_mut().filter(|h| h.at == now && h.hop == route.hop) {
-                    h.dst = to.ip();
+                    (h.dst, h.src) = (to.ip(), route.src);
                     (route.src, route.hop, Some(h.mac), false)
                 } else {
                     let res = self.neigh.lookup(&self.sh.data.neigh, route.hop, now);
                     self.last_hop = match res.mac {
-                        Some(mac) if !res.probe => {
+                        Some(mac) if !res.probe && now < res.stale_at => {
                             Some(LastHop { dst: to.ip(), src: route.src, hop: route.hop, mac, at: now })
                         }
                         _ => None,
@@ -701,7 +704,7 @@ const AHEAD: usize = 4;
 /// Start loading the first two lines of the frame at `addr`: the Ethernet, IP and UDP headers
 /// and the WireGuard header after them. A hint: nothing is read.
 #[inline(always)]
-fn prefetch_frame(addr: usize) {
-    wgpmd_aead::prefetch::read_ptr(addr as *const u8);
-    wgpmd_aead::prefetch::read_ptr(addr.wrapping_add(64) as *const u8);
+fn prefetch_frame(addr: *const u8) {
+    wgpmd_aead::prefetch::read_ptr(addr);
+    wgpmd_aead::prefetch::read_ptr(addr.wrapping_add(64));
 }
