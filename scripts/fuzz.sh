@@ -58,6 +58,7 @@ max_len() {
         handshake_batch) echo 160 ;;
         device_live) echo 257 ;;
         aead_lanes) echo 512 ;;
+        blake2s_lanes) echo 65 ;;
         uapi_request|wg_conf) echo 4096 ;;
         virtio_rings) echo 1024 ;;
         *) echo 4096 ;;
