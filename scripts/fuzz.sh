@@ -50,13 +50,15 @@ if [[ ${#targets[@]} -eq 0 ]]; then
 fi
 
 # The longest input worth trying, per target (frames: a jumbo-less MTU; messages: an initiation
-# plus room; text: a few peers' worth).
+# plus room; recipes: their longest; text: a few peers' worth).
 max_len() {
     case "$1" in
         wire_frame|wan_frame) echo 1600 ;;
         wireguard_message|device_message) echo 400 ;;
+        handshake_batch) echo 160 ;;
         device_live) echo 257 ;;
         aead_lanes) echo 512 ;;
+        blake2s_lanes) echo 65 ;;
         uapi_request|wg_conf) echo 4096 ;;
         virtio_rings) echo 1024 ;;
         *) echo 4096 ;;

@@ -1,12 +1,16 @@
-//! The fuzz body and the hooks the tests use to reach the kernels directly. Behind the `fuzzing`
-//! feature: for the fuzz crate and the tests only.
+//! The fuzz bodies and the hooks the tests use to reach the kernels directly. Behind the
+//! `fuzzing` feature: for the fuzz crate and the tests only.
 //!
 //! [`lanes`] turns fuzz input into a burst (lane count, keys, nonces, additional data, lengths,
 //! contents, corruptions) and checks every backend this CPU runs against the portable reference
-//! and against ring. It panics on any disagreement: that is what a fuzzer looks for.
+//! and against ring. [`blake2s_lanes`] turns it into a call of 1 to 16 BLAKE2s MACs (raw keys,
+//! precomputed keyed states, some shared, the unkeyed hash, output and input lengths) and checks
+//! every backend against the `blake2` crate. They panic on any disagreement: that is what a
+//! fuzzer looks for.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 
+use crate::blake2s::{self, KeyedState, MacJob};
 use crate::portable::{self, Poly1305};
 use crate::{Backend, Lane, Lanes, MAX_LANES, NONCE_LEN, TAG_LEN};
 
@@ -237,4 +241,225 @@ pub fn lanes(data: &[u8]) -> usize {
         checked += cases.len();
     }
     checked
+}
+
+/// One MAC of a BLAKE2s fuzz call.
+struct MacCase {
+    /// The raw key (empty: the unkeyed hash).
+    key: Vec<u8>,
+    out_len: usize,
+    input: Vec<u8>,
+    /// The keyed state it starts from (an index into the call's states), if any.
+    state: Option<usize>,
+}
+
+/// A key several jobs of a BLAKE2s fuzz call share.
+struct Slot {
+    key: Vec<u8>,
+    out_len: usize,
+    /// Its keyed state (an index into the call's states), once a job asked for one.
+    state: Option<usize>,
+}
+
+/// Input lengths at and around BLAKE2s block boundaries (64 bytes), and the longest.
+const BOUNDARY_LENS: [usize; 19] =
+    [0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 191, 192, 193, 255, 256, 257, 300];
+
+/// Reads a BLAKE2s call from fuzz input: byte 0 (bits 0–3: job count − 1; bit 4: also make a call
+/// the engine must refuse, bits 5–7 which), then 4 header bytes per job:
+/// - `h0`: bits 0–4 key length − 1; bit 5 unkeyed (a raw start with an empty key); bit 6 start
+///   from a precomputed [`KeyedState`]; bit 7 the key of a shared slot (`h1 >> 6`), whose key,
+///   output length and state every job naming it uses (fixed by the first);
+/// - `h1`: bit 5 set: output length `(h1 & 31) + 1`; else 32 if bit 0, 16 if not;
+/// - `h2`, `h3`: the input length: `h3 & 0x80` set, `BOUNDARY_LENS[h2 % 19]`; else the 15-bit
+///   number modulo 301.
+///
+/// Keys and inputs come from a generator seeded by the header. Returns the cases and the keyed
+/// states they name.
+fn mac_cases(data: &[u8]) -> (Vec<MacCase>, Vec<KeyedState>, u8) {
+    let mut it = data.iter().copied();
+    let mut byte = || it.next().unwrap_or(0);
+    let head = byte();
+    let n = usize::from(head & 15) + 1;
+    let mut cases = Vec::with_capacity(n);
+    let mut states: Vec<KeyedState> = Vec::new();
+    let mut slots: [Option<Slot>; 4] = Default::default();
+    for j in 0..n {
+        let h: [u8; 4] = core::array::from_fn(|_| byte());
+        let mut mix = Mix(u64::from_le_bytes([h[0], h[1], h[2], h[3], j as u8, 0, 0, 0]) ^ 0xb1a2);
+        let len = if h[3] & 0x80 != 0 {
+            BOUNDARY_LENS[usize::from(h[2]) % BOUNDARY_LENS.len()]
+        } else {
+            usize::from(u16::from_le_bytes([h[2], h[3] & 0x7f])) % 301
+        };
+        let mut input = vec![0u8; len];
+        mix.fill(&mut input);
+        let mut out_len = if h[1] & 0x20 != 0 { usize::from(h[1] & 31) + 1 } else { [16, 32][usize::from(h[1] & 1)] };
+        let mut key = vec![0u8; usize::from(h[0] & 31) + 1];
+        mix.fill(&mut key);
+        let keyed_state = h[0] & 0x40 != 0;
+        let state = if h[0] & 0x20 != 0 {
+            key.clear();
+            None
+        } else if h[0] & 0x80 != 0 {
+            let slot =
+                slots[usize::from(h[1] >> 6)].get_or_insert_with(|| Slot { key: key.clone(), out_len, state: None });
+            (key, out_len) = (slot.key.clone(), slot.out_len);
+            keyed_state.then(|| {
+                *slot.state.get_or_insert_with(|| {
+                    states.push(
+                        KeyedState::new(&slot.key, slot.out_len).expect("a key of 1 to 32 bytes, an output of 1 to 32"),
+                    );
+                    states.len() - 1
+                })
+            })
+        } else {
+            keyed_state.then(|| {
+                states.push(KeyedState::new(&key, out_len).expect("a key of 1 to 32 bytes, an output of 1 to 32"));
+                states.len() - 1
+            })
+        };
+        cases.push(MacCase { key, out_len, input, state });
+    }
+    (cases, states, head)
+}
+
+/// The `blake2` crate's BLAKE2s of `input` under `key` (the unkeyed hash if empty), `out_len`
+/// bytes (1 to 32).
+fn reference_blake2s(key: &[u8], out_len: usize, input: &[u8]) -> Vec<u8> {
+    use blake2::digest::consts::*;
+    use blake2::digest::generic_array::ArrayLength;
+    use blake2::digest::typenum::{IsLessOrEqual, LeEq, NonZero};
+    use blake2::digest::{FixedOutput, KeyInit, Update, VariableOutput};
+
+    fn keyed<N>(key: &[u8], input: &[u8]) -> Vec<u8>
+    where
+        N: ArrayLength<u8> + IsLessOrEqual<U32>,
+        LeEq<N, U32>: NonZero,
+    {
+        let mut m = <blake2::Blake2sMac<N> as KeyInit>::new_from_slice(key).expect("a key of 1 to 32 bytes");
+        Update::update(&mut m, input);
+        m.finalize_fixed().to_vec()
+    }
+    if key.is_empty() {
+        // (`Blake2sMac` with an empty key is not the unkeyed hash: it compresses a zero block.)
+        let mut h = blake2::Blake2sVar::new(out_len).expect("an output of 1 to 32 bytes");
+        h.update(input);
+        let mut out = vec![0u8; out_len];
+        h.finalize_variable(&mut out).expect("the length it was made with");
+        return out;
+    }
+    macro_rules! by_len {
+        ($($n:literal $t:ident)*) => {
+            match out_len {
+                $($n => keyed::<$t>(key, input),)*
+                _ => unreachable!("output lengths are 1 to 32"),
+            }
+        };
+    }
+    by_len!(1 U1 2 U2 3 U3 4 U4 5 U5 6 U6 7 U7 8 U8 9 U9 10 U10 11 U11 12 U12 13 U13 14 U14 15 U15 16 U16
+        17 U17 18 U18 19 U19 20 U20 21 U21 22 U22 23 U23 24 U24 25 U25 26 U26 27 U27 28 U28 29 U29 30 U30
+        31 U31 32 U32)
+}
+
+/// What one [`blake2s_lanes`] input checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Blake2sReached {
+    /// MACs checked against the `blake2` crate (jobs times backends).
+    pub macs: usize,
+    /// Jobs of the call started from a precomputed keyed state.
+    pub keyed_states: usize,
+    /// Jobs of the call that are the unkeyed hash.
+    pub unkeyed: usize,
+    /// Calls refused as they had to be (one per backend when the input asks for one).
+    pub refused: usize,
+}
+
+/// The BLAKE2s fuzz body: a call of 1 to 16 MACs from `data` (see `mac_cases`), made on every
+/// backend this CPU runs (each forced in turn), every MAC compared with the `blake2` crate's and
+/// the bytes after it checked to be zero; when the input asks for it, a call the engine must
+/// refuse (17 jobs, a 33-byte key, an output length of 0 or 33), which must leave every output as
+/// it was.
+///
+/// # Panics
+/// On any disagreement, or when a refused call wrote an output.
+pub fn blake2s_lanes(data: &[u8]) -> Blake2sReached {
+    const POISON: [u8; blake2s::MAX_LEN] = [0xa5; blake2s::MAX_LEN];
+    let (cases, states, head) = mac_cases(data);
+    let expected: Vec<Vec<u8>> = cases.iter().map(|c| reference_blake2s(&c.key, c.out_len, &c.input)).collect();
+    let jobs = || -> Vec<MacJob<'_>> {
+        cases
+            .iter()
+            .map(|c| {
+                let mut j = match c.state {
+                    Some(s) => MacJob::keyed(&states[s], &c.input),
+                    None => MacJob::key(&c.key, c.out_len, &c.input),
+                };
+                j.out = POISON;
+                j
+            })
+            .collect()
+    };
+    let mut reached = Blake2sReached {
+        keyed_states: cases.iter().filter(|c| c.state.is_some()).count(),
+        unkeyed: cases.iter().filter(|c| c.key.is_empty()).count(),
+        ..Blake2sReached::default()
+    };
+    for backend in Backend::ALL {
+        let Some(engine) = Lanes::with_backend(backend) else { continue };
+        let mut js = jobs();
+        engine.mac_lanes(&mut js).expect("1 to 16 jobs of valid lengths");
+        for (i, ((j, c), want)) in js.iter().zip(&cases).zip(&expected).enumerate() {
+            let ctx = format!(
+                "{} job {i} of {}: key {} bytes{}, output {}, input {}",
+                backend.name(),
+                cases.len(),
+                c.key.len(),
+                if c.state.is_some() { " (keyed state)" } else { "" },
+                c.out_len,
+                c.input.len()
+            );
+            assert_eq!(j.out_len(), c.out_len, "{ctx}");
+            assert_eq!(&j.out[..c.out_len], &want[..], "{ctx}: differs from the blake2 crate");
+            assert!(j.out[c.out_len..].iter().all(|&b| b == 0), "{ctx}: bytes after the MAC not zero");
+        }
+        reached.macs += cases.len();
+        if head & 0x10 != 0 {
+            // A call the engine must refuse, before writing anything.
+            static BAD_KEY: [u8; blake2s::MAX_LEN + 1] = [0x5a; blake2s::MAX_LEN + 1];
+            let mut js = jobs();
+            // A bad job among the others (in place of one in a full call, which 17 jobs would
+            // make a call of too many).
+            let put = |js: &mut Vec<MacJob<'_>>, bad| {
+                let at = js.len() / 2;
+                if js.len() == MAX_LANES {
+                    js[at] = bad;
+                } else {
+                    js.insert(at, bad);
+                }
+            };
+            let want = match (head >> 5) % 3 {
+                0 => {
+                    while js.len() <= MAX_LANES {
+                        let c = &cases[js.len() % cases.len()];
+                        js.push(MacJob { out: POISON, ..MacJob::key(&c.key, c.out_len, &c.input) });
+                    }
+                    blake2s::Error::TooManyJobs { count: MAX_LANES + 1 }
+                }
+                1 => {
+                    put(&mut js, MacJob { out: POISON, ..MacJob::key(&BAD_KEY, 16, b"x") });
+                    blake2s::Error::KeyLength { len: BAD_KEY.len() }
+                }
+                _ => {
+                    let len = if head & 0x80 != 0 { 0 } else { blake2s::MAX_LEN + 1 };
+                    put(&mut js, MacJob { out: POISON, ..MacJob::key(&BAD_KEY[..16], len, b"") });
+                    blake2s::Error::OutputLength { len }
+                }
+            };
+            assert_eq!(engine.mac_lanes(&mut js), Err(want), "{}: a call to refuse", backend.name());
+            assert!(js.iter().all(|j| j.out == POISON), "{}: a refused call wrote an output", backend.name());
+            reached.refused += 1;
+        }
+    }
+    reached
 }

@@ -132,32 +132,43 @@ impl Identity {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 thread_local! {
     /// X25519 operations (DH and public-key derivation) done by this module on this thread.
     static X25519_OPS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    /// Initiations whose responder DHs [`begin_consume_initiations`] computed in lanes on this
+    /// thread.
+    static LANE_INITIATIONS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
 }
 
-/// X25519 operations this module has done on the calling thread (tests only).
-#[cfg(test)]
+/// X25519 operations this module has done on the calling thread (tests and fuzz bodies only).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn x25519_ops() -> u64 {
     X25519_OPS.with(|c| c.get())
 }
 
+/// Initiations [`begin_consume_initiations`] has taken on the calling thread (tests and fuzz
+/// bodies only: what tells a fuzz body that a batch ran in lanes).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn lane_initiations() -> u64 {
+    LANE_INITIATIONS.with(|c| c.get())
+}
+
 #[inline]
 fn count_x25519() {
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     X25519_OPS.with(|c| c.set(c.get() + 1));
 }
 
-/// X25519 with a public key, counted in tests.
+/// X25519 with a public key, counted in tests and fuzz builds.
 fn dh(private: &PrivateKey, public: &[u8; KEY_LEN]) -> Option<Secret> {
     count_x25519();
     private.dh(public)
 }
 
-/// `out[i] = X25519(scalars[i], points[i])` in lanes on `backend`, each counted in tests. All
-/// zeros where the backend cannot run (the callers treat a zero result as a failed DH).
+/// `out[i] = X25519(scalars[i], points[i])` in lanes on `backend`, each counted in tests and fuzz
+/// builds. All zeros where the backend cannot run (the callers treat a zero result as a failed
+/// DH).
 fn dh_lanes(backend: Backend, scalars: &[[u8; KEY_LEN]], points: &[[u8; KEY_LEN]], out: &mut [[u8; KEY_LEN]]) {
     for _ in 0..scalars.len() {
         count_x25519();
@@ -173,7 +184,7 @@ fn lane_secret(shared: &[u8; KEY_LEN]) -> Option<Secret> {
     (!wgpmd_x25519::is_zero(shared)).then(|| Secret(*shared))
 }
 
-/// The public key of `private`, counted in tests.
+/// The public key of `private`, counted in tests and fuzz builds.
 fn public_of(private: &PrivateKey) -> [u8; KEY_LEN] {
     count_x25519();
     private.public_key()
@@ -371,6 +382,8 @@ pub fn begin_consume_initiations<T: AsRef<[u8]>, R: RngCore + CryptoRng>(
         b
     };
     let n = msgs.len();
+    #[cfg(any(test, feature = "fuzzing"))]
+    LANE_INITIATIONS.with(|c| c.set(c.get() + n as u64));
     // Round 1: lanes 3i, 3i+1, 3i+2 are es, e_r's public key and ee of message i.
     let mut scalars = Zeroizing::new(vec![[0u8; KEY_LEN]; 3 * n]);
     let mut points = vec![[0u8; KEY_LEN]; 3 * n];

@@ -32,6 +32,11 @@ impl HashDrbg {
     pub fn new(seed: u64) -> Self {
         HashDrbg { seed: hash(&[b"wgpmd fuzz drbg", &seed.to_le_bytes()]), counter: 0, buf: [0; 32], used: 32 }
     }
+
+    /// The bytes drawn so far (two generators from one seed that drew as many are equal).
+    pub fn drawn(&self) -> u64 {
+        self.counter * 32 + self.used as u64 - 32
+    }
 }
 
 impl RngCore for HashDrbg {

@@ -1,8 +1,8 @@
 //! Fuzz target bodies, shared by the cargo-fuzz crate (the repository's `fuzz/`, nightly) and
 //! this crate's stable robustness tests (`tests/wire_robustness.rs` runs [`wire_frame`] and
 //! [`wireguard_message`], `tests/device_robustness.rs` runs [`device_message`],
-//! `tests/fuzz_corpus.rs` runs [`device_live`], [`uapi_request`], [`wg_conf`] and replays every
-//! committed corpus), so both run exactly the same code.
+//! `tests/fuzz_corpus.rs` runs [`device_live`], [`uapi_request`], [`wg_conf`],
+//! [`handshake_batch`] and replays every committed corpus), so both run exactly the same code.
 //!
 //! Owns no protocol rules; it drives [`crate::wire`] the way the datapath will: a frame goes
 //! through every layer's `new_checked`, `Repr::parse` and accessors, as deep as it parses, and
@@ -16,11 +16,13 @@
 //! Only on a broken invariant (a parse/emit round trip that does not hold, a view that
 //! disagrees with [`classify`]): that is what the fuzzer looks for.
 
+mod batch;
 mod conf;
 mod device;
 mod live;
 mod uapi;
 
+pub use batch::{handshake_batch, BatchReached, MAX_JOBS, PEERS};
 pub use conf::{conf_resolver, wg_conf};
 pub use device::{device_message, DeviceReached};
 pub use live::{device_live, LiveReached, RESET_EVERY};
