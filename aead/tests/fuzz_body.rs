@@ -49,13 +49,7 @@ fn hooks_refuse_oversized_bursts() {
 /// The `aead_lanes` target's committed corpus (`fuzz/corpus/aead_lanes/`) through the body.
 #[test]
 fn corpus_aead_lanes_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/aead_lanes");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{}: {} inputs", dir.display(), files.len());
+    let files = corpus("aead_lanes");
     let lanes: usize = files.iter().map(|f| fuzzing::lanes(&std::fs::read(f).unwrap())).sum();
     assert!(lanes >= files.len() * backends(), "{lanes} lanes");
 }
@@ -190,13 +184,7 @@ fn blake2s_seeded_random_inputs() {
 /// The `blake2s_lanes` target's committed corpus (`fuzz/corpus/blake2s_lanes/`) through the body.
 #[test]
 fn corpus_blake2s_lanes_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/blake2s_lanes");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{}: {} inputs", dir.display(), files.len());
+    let files = corpus("blake2s_lanes");
     let (mut macs, mut refused) = (0, 0);
     for f in &files {
         let r = fuzzing::blake2s_lanes(&std::fs::read(f).unwrap());
@@ -216,4 +204,17 @@ fn write_blake2s_seeds() {
     for (name, input) in blake2s_seeds() {
         std::fs::write(dir.join(name), input).unwrap();
     }
+}
+
+/// The committed corpus of fuzz target `target` (`fuzz/corpus/<target>/`), in name order; at
+/// least five inputs.
+fn corpus(target: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{}: {} inputs", dir.display(), files.len());
+    files
 }

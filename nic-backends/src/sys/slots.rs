@@ -76,21 +76,7 @@ impl MmapRegion {
                 return Ok(r);
             }
         }
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks: no existing memory is
-        // affected; the result is checked against MAP_FAILED before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        let p = map_anonymous(size, libc::MAP_POPULATE)?;
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
         Ok(MmapRegion { base, size, huge: false })
     }
@@ -107,21 +93,8 @@ impl MmapRegion {
     fn huge(size: usize) -> Option<MmapRegion> {
         let size = size.checked_next_multiple_of(HUGE_PAGE)?;
         let span = size.checked_add(HUGE_PAGE)?;
-        // SAFETY: a fresh anonymous reservation at an address the kernel picks (not populated);
-        // checked against MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                span,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
+        // A reservation, not populated: only the aligned part is kept and populated below.
+        let p = map_anonymous(span, libc::MAP_NORESERVE).ok()?;
         let start = p as usize;
         let aligned = start.next_multiple_of(HUGE_PAGE);
         let (head, tail) = (aligned - start, start + span - (aligned + size));
@@ -162,6 +135,27 @@ impl MmapRegion {
         }
         Some(MmapRegion { base, size, huge: true })
     }
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes at an address the kernel picks,
+/// with `flags` added (`MAP_POPULATE`, `MAP_NORESERVE`).
+fn map_anonymous(len: usize, flags: libc::c_int) -> std::io::Result<*mut libc::c_void> {
+    // SAFETY: a new mapping at an address the kernel chooses: no existing memory is affected; the
+    // result is checked against MAP_FAILED before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p)
 }
 
 /// The x86-64 (and aarch64 with 4 KiB pages) transparent huge page size.
