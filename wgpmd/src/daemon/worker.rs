@@ -55,8 +55,8 @@ pub(crate) struct Worker {
     hs: Stage,
     /// The DH work's share of this worker's time while its ports have a backlog.
     share: handshakes::Share,
-    /// Whether the last iteration had a full burst (published in the handshake load when it
-    /// changes).
+    /// Whether the last iteration had a backlog of data (`handshakes::data_backlog`; published
+    /// in the handshake load when it changes).
     backlogged: bool,
     /// Data messages of the last WAN burst that authenticated.
     wan_data: usize,
