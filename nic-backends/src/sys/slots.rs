@@ -163,10 +163,9 @@ const HUGE_PAGE: usize = 2 << 20;
 
 impl Drop for MmapRegion {
     fn drop(&mut self) {
-        // SAFETY: `base`/`size` are exactly the mapping created in `new` (or `huge`, which kept
-        // exactly that range mapped), and no slot outlives
-        // the region (the `Slots` that owns the region is freed only when its reference count,
-        // which counts every slot out of the shared free list, reaches zero).
+        // The region is freed only when its `Slots`' reference count, which counts every slot out
+        // of the shared free list, reaches zero: no slot outlives it.
+        // SAFETY: `base`/`size` are exactly what `new` (or `huge`) left mapped, and no slot is out.
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.size);
         }

@@ -491,10 +491,18 @@ impl Stage {
         !self.queue.is_empty()
     }
 
-    /// Do the DH work for up to `budget` queued messages; returns how many were taken.
-    pub fn process(&mut self, dev: &Device, load: &Load, now: Timestamp, budget: usize, out: &mut Output) -> usize {
+    /// Do the DH work for up to `budget` queued messages; returns how many were taken and how
+    /// long their batch took (nanoseconds: what [`Share`] accounts).
+    pub fn process(
+        &mut self,
+        dev: &Device,
+        load: &Load,
+        now: Timestamp,
+        budget: usize,
+        out: &mut Output,
+    ) -> (usize, u64) {
         if self.queue.is_empty() {
-            return 0;
+            return (0, 0);
         }
         let under_load = load.under_load(dev, now);
         let n = budget.min(self.queue.len());
@@ -507,7 +515,8 @@ impl Stage {
         // message); each message is counted with an equal share of the batch's time.
         let started = Instant::now();
         dev.receive_screened_batch(now, &mut self.rng, &jobs, under_load, out, &mut results);
-        let share = started.elapsed().as_nanos() as u64 / n.max(1) as u64;
+        let batch_ns = started.elapsed().as_nanos() as u64;
+        let share = batch_ns / n.max(1) as u64;
         for r in results.drain(..) {
             self.c.times.observe(share);
             match r {
@@ -525,7 +534,7 @@ impl Stage {
         taken.clear();
         self.taken = taken;
         load.set(self.id, self.queue.len());
-        n
+        (n, batch_ns)
     }
 
     fn count(&mut self, r: HsDrop) {

@@ -89,7 +89,7 @@ impl Setup {
         self.stage.screen_arrivals(&self.conc, &self.load, secs(now), &mut self.out);
     }
     fn process(&mut self, now: u64, budget: usize) -> usize {
-        self.stage.process(&self.conc, &self.load, secs(now), budget, &mut self.out)
+        self.stage.process(&self.conc, &self.load, secs(now), budget, &mut self.out).0
     }
     fn dropped(&self, r: HsDrop) -> u64 {
         self.stage.c.dropped[r as usize]

@@ -58,8 +58,6 @@ pub(crate) struct Worker {
     /// Whether the last iteration had a backlog of data (`handshakes::data_backlog`; published
     /// in the handshake load when it changes).
     backlogged: bool,
-    /// Data messages of the last WAN burst that authenticated.
-    wan_data: usize,
     /// This worker's share of the exception path's rate (`None`: no exception path).
     exc_bucket: Option<TokenBucket>,
     /// The WAN burst's data messages (with their source and its MAC), opened as one burst.
@@ -117,7 +115,6 @@ impl Worker {
             hs,
             share: handshakes::Share::default(),
             backlogged: false,
-            wan_data: 0,
             #[cfg(feature = "test-hooks")]
             panic_hook: std::env::var(PANIC_HOOK_ENV).is_ok_and(|v| v.parse() == Ok(id)),
         }
@@ -142,18 +139,18 @@ impl Worker {
             let backlog;
             {
                 let dev = sh.data.device.load();
-                let (wan_n, inner_n) = (self.wan_rx(&dev, now), self.inner_rx(&dev, now));
+                let ((wan_n, wan_data), inner_n) = (self.wan_rx(&dev, now), self.inner_rx(&dev, now));
                 work += wan_n + inner_n;
-                backlog = handshakes::data_backlog(wan_n, self.wan_data, inner_n, BURST);
+                backlog = handshakes::data_backlog(wan_n, wan_data, inner_n, BURST);
                 if backlog != self.backlogged {
                     self.backlogged = backlog;
                     sh.handoff.hs_load.set_busy(self.id, backlog);
                 }
                 if self.hs.pending() {
                     if self.share.may_process(backlog) {
-                        let t = sh.data.clock.now();
-                        work += self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
-                        hs_ns = (sh.data.clock.now() - t).as_nanos() as u64;
+                        let (n, ns) =
+                            self.hs.process(&dev, &sh.handoff.hs_load, now, handshakes::BUDGET, &mut self.out);
+                        (work, hs_ns) = (work + n, ns);
                     } else {
                         self.c.hs_deferred += 1;
                     }
@@ -253,7 +250,8 @@ impl Worker {
     }
 
     /// WAN: classify, answer ARP/ND/ICMP, decrypt data, screen handshakes.
-    fn wan_rx(&mut self, dev: &Device, now: Timestamp) -> usize {
+    /// Returns the frames taken and, of them, the data messages that authenticated.
+    fn wan_rx(&mut self, dev: &Device, now: Timestamp) -> (usize, usize) {
         let mut rx = std::mem::take(&mut self.rx);
         let n = self.wan.rx_burst(&self.pool, &mut rx, BURST);
         self.c.wan_rx += n as u64;
@@ -342,8 +340,7 @@ impl Worker {
         self.rx = rx;
         // Handshake messages, screened several at a time (held over a few full bursts at most).
         self.hs.screen_when_ready(dev, &self.sh.handoff.hs_load, now, n < BURST, &mut self.out);
-        self.data_in(dev, now);
-        n
+        (n, self.data_in(dev, now))
     }
 
     /// A frame wgpmd did not consume: to the kernel's exception TAP if it is for us, within
@@ -394,11 +391,10 @@ impl Worker {
     }
 
     /// The WAN burst's data messages: opened as one device burst, then neighbours learned once
-    /// per source and the inner packets queued in order.
-    fn data_in(&mut self, dev: &Device, now: Timestamp) {
+    /// per source and the inner packets queued in order. Returns how many authenticated.
+    fn data_in(&mut self, dev: &Device, now: Timestamp) -> usize {
         if self.data.is_empty() {
-            self.wan_data = 0;
-            return;
+            return 0;
         }
         let mut items = recycle(std::mem::take(&mut self.rx_items));
         items.extend(self.data.iter_mut().map(|(b, src, _)| RxItem { src: *src, msg: b.data_mut() }));
@@ -406,7 +402,7 @@ impl Worker {
         dev.decapsulate_burst(now, &mut items, &mut self.rx_results, &mut self.out);
         self.rx_items = recycle(items);
         let mut results = std::mem::take(&mut self.rx_results);
-        self.wan_data = results.iter().filter(|r| r.is_ok()).count();
+        let authenticated = results.iter().filter(|r| r.is_ok()).count();
         let mut data = std::mem::take(&mut self.data);
         let mut learned: Option<(SocketAddr, EthernetAddress)> = None;
         for ((mut buf, src, src_mac), r) in data.drain(..).zip(results.drain(..)) {
@@ -434,6 +430,7 @@ impl Worker {
         }
         self.data = data;
         self.rx_results = results;
+        authenticated
     }
 
     /// Inner side: route, encrypt in place, add the outer header.
