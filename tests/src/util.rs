@@ -54,7 +54,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Resul
 }
 
 /// Runs `cmd` to completion with stdout and stderr captured, killing it (SIGKILL) if it is still
-/// running after `timeout`. The exit status is not checked: see [`check_output`].
+/// running after `timeout`. The exit status is not checked: see `check_output`.
 pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     let desc = describe(cmd);
     let child = cmd

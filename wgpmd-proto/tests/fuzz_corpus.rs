@@ -272,8 +272,10 @@ fn device_live_body_on_random_scripts() {
     assert!(opened >= 1_000 && sessions >= 500 && cookies >= 10, "{opened} {sessions} {cookies}");
 }
 
-/// Writes the seed corpora and dictionaries of `uapi_request`, `wg_conf`, `device_live` and
-/// `device_message`. Run by hand when the bodies change:
+/// Writes the seed corpora and dictionaries of `uapi_request` and `wg_conf` and the seed corpus
+/// of `device_live` (`device_message`'s corpus is what a fuzzing campaign kept, minimized;
+/// `handshake_batch`'s is written by `write_handshake_batch_seeds`). Run by hand when the bodies
+/// change:
 /// `cargo test --release -p wgpmd-proto --test fuzz_corpus -- --ignored write_fuzz_seeds`.
 #[test]
 #[ignore = "writes fuzz/corpus/ and fuzz/dict/ (run by hand)"]

@@ -14,7 +14,7 @@
 //! - [`conf`]: reading a wg.conf(5) file with the system resolver;
 //! - [`sdnotify`]: telling systemd when the daemon is ready, reloading or stopping;
 //! - [`privs`]: the capabilities kept after setup, and `PR_SET_NO_NEW_PRIVS`;
-//! - [`bench`]: `wgpmd bench`, the daemon's pipeline over `mem` ports with a built-in traffic
+//! - [`mod@bench`]: `wgpmd bench`, the daemon's pipeline over `mem` ports with a built-in traffic
 //!   generator.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

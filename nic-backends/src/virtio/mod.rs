@@ -10,7 +10,7 @@
 //!   `kmsg`: IOMMU faults in the kernel log);
 //! - `queue_core`: the queue pair's data path over its two rings, `bounds`: the IOVA ranges it
 //!   may post;
-//! - [`virtq`]: the split virtqueue, driver side, with a simulated device for the tests;
+//! - `virtq`: the split virtqueue, driver side, with a simulated device for the tests;
 //! - `test_hook` (feature `test-hooks` only): fault injection for the guest tests.
 
 pub(crate) mod bounds;

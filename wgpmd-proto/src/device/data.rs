@@ -70,7 +70,7 @@ impl Device {
     /// message is `buf[..len]`.
     ///
     /// `Err(NoSession)` means the caller should stage the packet: a handshake was requested
-    /// with [`Event::HandshakeWanted`].
+    /// with [`Event::HandshakeWanted`](super::Event::HandshakeWanted).
     pub fn encapsulate(
         &self,
         now: Timestamp,

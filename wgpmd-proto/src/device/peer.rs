@@ -75,7 +75,7 @@ impl HandshakeState {
 /// that the allocator places side by side without aligning them to cache lines, so a line at
 /// the edge of one peer's block can hold the neighbouring block's bytes: those edge lines hold
 /// no hot field, and two workers serving two distinct peers never write one line
-/// ([`HOT_FIELDS`] and its test).
+/// (`HOT_FIELDS` and its test).
 #[repr(C)]
 pub struct Peer {
     handshake: Mutex<HandshakeState>,

@@ -386,7 +386,7 @@ impl Keypair {
         self.recv.retired.store(true, Ordering::Release);
     }
 
-    /// Whether [`retire`](Self::retire) was called.
+    /// Whether `retire` was called.
     #[inline]
     pub fn is_retired(&self) -> bool {
         self.recv.retired.load(Ordering::Acquire)

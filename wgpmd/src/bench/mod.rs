@@ -2,7 +2,7 @@
 //! generator, next to raw AEAD and boringtun measured in the same run.
 //!
 //! For each packet size the bench
-//! 1. times the references on one core ([`reference`]): ring ChaCha20-Poly1305 seal and open,
+//! 1. times the references on one core ([`mod@reference`]): ring ChaCha20-Poly1305 seal and open,
 //!    libipsec-mb's (feature `bench-ipsec-mb`, x86-64), our multi-lane AEAD alone, boringtun
 //!    0.7.1 `encapsulate` and `decapsulate` (feature `bench-boringtun`);
 //! 2. starts a concentrator exactly as `wgpmd run` does ([`crate::daemon::run_with_ports`]:

@@ -80,7 +80,7 @@ pub enum PollMode {
 /// Everything `wgpmd run` needs.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// Interface name (UAPI socket /var/run/wireguard/<name>.sock).
+    /// Interface name (UAPI socket `/var/run/wireguard/<name>.sock`).
     pub name: String,
     /// wg.conf(5) file applied at start.
     pub config: Option<PathBuf>,
@@ -113,7 +113,7 @@ pub struct DaemonConfig {
     pub fanout: Fanout,
     /// Tunnel MTU (inner).
     pub mtu: usize,
-    /// Serve the UAPI (/var/run/wireguard/<name>.sock) and stats sockets, and tell systemd
+    /// Serve the UAPI (`/var/run/wireguard/<name>.sock`) and stats sockets, and tell systemd
     /// (`$NOTIFY_SOCKET`) when ready and when stopping.
     pub sockets: bool,
     /// The WAN exception path's port (`tap:NAME`): what wgpmd does not consume goes to the

@@ -1,5 +1,5 @@
 //! Counters: each worker counts locally and publishes every few iterations; the stats socket
-//! (/var/run/wgpmd/<name>.sock, `wgpmd stats <name>`) prints them as `key=value` lines.
+//! (`/var/run/wgpmd/<name>.sock`, `wgpmd stats <name>`) prints them as `key=value` lines.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
