@@ -487,12 +487,12 @@ impl Worker {
         self.tx_items = recycle(items);
         let mut results = std::mem::take(&mut self.tx_results);
         let mut seal = std::mem::take(&mut self.seal);
-        for ((mut buf, peer, _), r) in seal.drain(..).zip(results.drain(..)) {
+        for ((mut buf, peer, _), r) in seal.drain(..).zip(results.iter()) {
             match r {
                 Ok(e) => {
                     if buf.set_len(e.len).is_ok() {
                         self.c.data_tx += 1;
-                        self.send_wg(buf, e.to, 0, now);
+                        self.send_wg(buf, &e.to, 0, now);
                     }
                 }
                 Err(DropReason::NoSession) => {
@@ -504,6 +504,7 @@ impl Worker {
                 Err(_) => {}
             }
         }
+        results.clear();
         self.seal = seal;
         self.tx_results = results;
     }
@@ -529,7 +530,7 @@ impl Worker {
         let mut n = 0;
         while n < BURST {
             let Some(job) = self.sh.handoff.tx_jobs.pop() else { break };
-            self.send_wg(job.buf, job.to, job.tos, now);
+            self.send_wg(job.buf, &job.to, job.tos, now);
             n += 1;
         }
         n
@@ -537,15 +538,17 @@ impl Worker {
 
     /// Put the outer headers in front of a WireGuard message (to an IPv4 or IPv6 endpoint) and
     /// queue it on the WAN, or park it until the next hop resolves.
-    fn send_wg(&mut self, mut buf: Buffer, to: SocketAddr, tos: u8, now: Timestamp) {
-        let wan = self.sh.data.wan;
+    fn send_wg(&mut self, mut buf: Buffer, to: &SocketAddr, tos: u8, now: Timestamp) {
+        // The WAN's description is read where it lies, not copied (some 60 bytes per message).
+        let wan = &self.sh.data.wan;
+        let dst = to.ip();
         // Consecutive messages to one address (a burst to peers behind one NAT) reuse the first
         // one's route and resolved next hop, and messages to other addresses behind the same
         // next hop (a gateway) its MAC, for the rest of the poll iteration.
         let (src, hop, mac, probe) = match self.last_hop {
-            Some(h) if h.at == now && h.dst == to.ip() => (h.src, h.hop, Some(h.mac), false),
+            Some(h) if h.at == now && h.dst == dst => (h.src, h.hop, Some(h.mac), false),
             _ => {
-                let route = match wan.route(to.ip()) {
+                let route = match wan.route(dst) {
                     Ok(r) => r,
                     Err(Unroutable::NoIpv6Address) => {
                         self.c.no_ipv6_wan += 1;
@@ -558,13 +561,13 @@ impl Worker {
                 };
                 // Another address behind the same next hop (a gateway): its MAC again.
                 if let Some(h) = self.last_hop.as_mut().filter(|h| h.at == now && h.hop == route.hop) {
-                    (h.dst, h.src) = (to.ip(), route.src);
+                    (h.dst, h.src) = (dst, route.src);
                     (route.src, route.hop, Some(h.mac), false)
                 } else {
                     let res = self.neigh.lookup(&self.sh.data.neigh, route.hop, now);
                     self.last_hop = match res.mac {
                         Some(mac) if !res.probe && now < res.stale_at => {
-                            Some(LastHop { dst: to.ip(), src: route.src, hop: route.hop, mac, at: now })
+                            Some(LastHop { dst, src: route.src, hop: route.hop, mac, at: now })
                         }
                         _ => None,
                     };
@@ -581,7 +584,7 @@ impl Worker {
             dst_mac: mac.unwrap_or(EthernetAddress([0; 6])),
             vlan: wan.vlan,
             src: SocketAddr::new(src, port),
-            dst: to,
+            dst: *to,
             tos,
             ident: self.ident,
         };
@@ -665,7 +668,8 @@ impl Worker {
         }
         let now = self.sh.data.clock.now();
         let mut transmits = std::mem::take(&mut self.out.transmits);
-        for t in transmits.drain(..) {
+        // By reference: a transmit is some 200 bytes, not worth moving out of the list.
+        for t in &transmits {
             let Some(mut b) = self.pool.alloc() else {
                 self.c.transmits_dropped += 1;
                 continue;
@@ -673,9 +677,10 @@ impl Worker {
             if let Ok(d) = b.append(t.payload().len()) {
                 d.copy_from_slice(t.payload());
                 let tos = if t.payload().first() == Some(&MESSAGE_DATA) { 0 } else { HANDSHAKE_DSCP };
-                self.send_wg(b, t.to, tos, now);
+                self.send_wg(b, &t.to, tos, now);
             }
         }
+        transmits.clear();
         // Keep the capacity for the next burst's replies.
         if self.out.transmits.is_empty() {
             self.out.transmits = transmits;
