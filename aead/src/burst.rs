@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use crate::plan::{aead_blocks, aead_pieces, split, PolyPlan};
-use crate::portable::finalize;
+use crate::portable::{finalize, tag_word};
 use crate::sched::{data_jobs, key_jobs, Job, KeyTable};
 use crate::x86::{self, Avx2, Avx512};
 use crate::{Backend, Lane, MAX_LANES, TAG_LEN};
@@ -197,7 +197,7 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
     // per byte (subtle's byte-slice comparison calls its non-inlined barrier for every byte).
     let mut ok = 0u16;
     for (i, (l, t)) in lanes.iter().zip(expected.iter()).enumerate() {
-        ok |= u16::from(bool::from(crate::portable::tag_word(&l.tag).ct_eq(&crate::portable::tag_word(t)))) << i;
+        ok |= u16::from(bool::from(tag_word(&l.tag).ct_eq(&tag_word(t)))) << i;
     }
     expected.as_flattened_mut().zeroize();
     match simd {

@@ -3,6 +3,7 @@
 //! portable reference and ring. The body is `wgpmd_aead::fuzzing::lanes`, which the stable test
 //! suite (`aead/tests/fuzz_body.rs`) also runs.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -4,6 +4,7 @@
 //! `wgpmd_aead::fuzzing::blake2s_lanes`, which the stable test suite (`aead/tests/fuzz_body.rs`)
 //! also runs.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -3,6 +3,7 @@
 //! cookies under load, a lossy network. The body is `wgpmd_proto::fuzzing::device_live`, which
 //! the stable test suite also runs (`wgpmd-proto/tests/fuzz_corpus.rs`).
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -2,6 +2,7 @@
 //! initiation. The body is `wgpmd_proto::fuzzing::device_message`, which the stable test suite also
 //! runs (wgpmd-proto/tests/device_robustness.rs).
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -5,6 +5,7 @@
 //! `wgpmd_proto::fuzzing::handshake_batch`, which the stable test suite also runs
 //! (`wgpmd-proto/tests/fuzz_corpus.rs`).
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

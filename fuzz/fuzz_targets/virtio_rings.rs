@@ -3,6 +3,7 @@
 //! `nic_backends::fuzzing::virtio_rings`, which the stable test suite also runs
 //! (`nic-backends/tests/fuzz_corpus.rs`).
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -4,6 +4,7 @@
 //! mutations get past the checksum checks. The body is `wgpmd::wan::fuzzing::wan_frame_both`, which
 //! the stable test suite (`wgpmd/tests/wan_robustness.rs`, `wgpmd/tests/fuzz_corpus.rs`) also runs.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

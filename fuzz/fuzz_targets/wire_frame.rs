@@ -2,6 +2,7 @@
 //! ICMPv6, WireGuard), with parse/emit round trips. The body is `wgpmd_proto::fuzzing::wire_frame`,
 //! which the stable test suite (`wgpmd-proto/tests/wire_robustness.rs`) also runs.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

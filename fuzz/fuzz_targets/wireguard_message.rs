@@ -2,6 +2,7 @@
 //! setters. The body is `wgpmd_proto::fuzzing::wireguard_message`, which the stable test suite also
 //! runs (`wgpmd-proto/tests/wire_robustness.rs`).
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

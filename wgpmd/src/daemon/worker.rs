@@ -402,11 +402,12 @@ impl Worker {
         dev.decapsulate_burst(now, &mut items, &mut self.rx_results, &mut self.out);
         self.rx_items = recycle(items);
         let mut results = std::mem::take(&mut self.rx_results);
-        let authenticated = results.iter().filter(|r| r.is_ok()).count();
         let mut data = std::mem::take(&mut self.data);
         let mut learned: Option<(SocketAddr, EthernetAddress)> = None;
+        let mut authenticated = 0;
         for ((mut buf, src, src_mac), r) in data.drain(..).zip(results.drain(..)) {
             let Ok(d) = r else { continue };
+            authenticated += 1;
             // The sender's MAC is the next hop back to it: learn from authenticated traffic,
             // once per source and MAC in a row.
             if learned != Some((src, src_mac)) {
