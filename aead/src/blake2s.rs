@@ -341,16 +341,31 @@ pub(crate) fn compress(h: &mut [u32; 8], m: &[u32; 16], t: u64, last: bool) {
         v[c] = v[c].wrapping_add(v[d]);
         v[b] = (v[b] ^ v[c]).rotate_right(7);
     }
-    for s in &SIGMA {
-        g(&mut v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
-        g(&mut v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
-        g(&mut v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
-        g(&mut v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
-        g(&mut v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
-        g(&mut v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
-        g(&mut v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
-        g(&mut v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
+    // The ten rounds written out, so that every message index is a constant (a loop over
+    // `SIGMA` is not unrolled by the compiler, and then loads each index from the table).
+    macro_rules! round {
+        ($r:expr) => {{
+            const S: [usize; 16] = SIGMA[$r];
+            g(&mut v, 0, 4, 8, 12, m[S[0]], m[S[1]]);
+            g(&mut v, 1, 5, 9, 13, m[S[2]], m[S[3]]);
+            g(&mut v, 2, 6, 10, 14, m[S[4]], m[S[5]]);
+            g(&mut v, 3, 7, 11, 15, m[S[6]], m[S[7]]);
+            g(&mut v, 0, 5, 10, 15, m[S[8]], m[S[9]]);
+            g(&mut v, 1, 6, 11, 12, m[S[10]], m[S[11]]);
+            g(&mut v, 2, 7, 8, 13, m[S[12]], m[S[13]]);
+            g(&mut v, 3, 4, 9, 14, m[S[14]], m[S[15]]);
+        }};
     }
+    round!(0);
+    round!(1);
+    round!(2);
+    round!(3);
+    round!(4);
+    round!(5);
+    round!(6);
+    round!(7);
+    round!(8);
+    round!(9);
     for i in 0..8 {
         h[i] ^= v[i] ^ v[i + 8];
     }
@@ -369,6 +384,20 @@ fn mac_portable(job: &mut MacJob<'_>) {
     write_out(plan.out_len, &mut job.out, |w| h[w]);
     m.zeroize();
     h.zeroize();
+}
+
+/// The keyed BLAKE2s MAC of one job into its `out`, in plain Rust (the portable backend): for a
+/// message checked on its own, where the lanes' per-call setup would cost more than they share.
+/// The same bytes as [`Lanes::mac_lanes`] on every backend.
+///
+/// # Errors
+/// [`Error`] if a raw key or output length is out of range; then `job` was not written.
+pub fn mac_one(job: &mut MacJob<'_>) -> Result<(), Error> {
+    if let Start::Key { key, out_len } = job.start {
+        check_lengths(key.len(), out_len)?;
+    }
+    mac_portable(job);
+    Ok(())
 }
 
 /// The first `out_len` bytes of the state words `h(0)..h(7)` (little-endian) into `out`, zeros

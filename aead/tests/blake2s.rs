@@ -1,10 +1,11 @@
 //! The BLAKE2s lanes (`wgpmd_aead::blake2s`) against RFC 7693's vector, the BLAKE2 keyed known
 //! answers, and two independent implementations (`blake2` 0.10's `Blake2sMac`, `blake2s_simd`'s
-//! keyed hashing), on every backend this CPU runs, each forced in turn.
+//! keyed hashing), on every backend this CPU runs, each forced in turn, and the one-job call
+//! (`mac_one`) the same way.
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use rand::{Rng, SeedableRng};
-use wgpmd_aead::blake2s::{Error, KeyedState, MacJob, Start, MAX_LEN};
+use wgpmd_aead::blake2s::{mac_one, Error, KeyedState, MacJob, Start, MAX_LEN};
 use wgpmd_aead::{Backend, Lanes, MAX_LANES};
 
 /// The engines of every backend this CPU runs (none skipped that CPUID offers); the detected one
@@ -133,6 +134,11 @@ fn check_batch(e: &Lanes, specs: &[Spec]) {
             if let Some(r) = rustcrypto_mac(&s.key, s.out_len, &s.input).filter(|_| !s.key.is_empty()) {
                 assert_eq!(r, want, "{ctx}");
             }
+            // The one-job call, from the same start.
+            let mut single = MacJob { start: j.start, input: j.input, out: [0xaa; MAX_LEN] };
+            mac_one(&mut single).unwrap();
+            assert_eq!(&single.out[..s.out_len], &want[..], "mac_one {ctx}");
+            assert!(single.out[s.out_len..].iter().all(|&b| b == 0), "mac_one {ctx}");
         }
     }
 }
@@ -202,6 +208,9 @@ fn bad_calls_are_refused() {
             let mut jobs = [MacJob::key(&key[..32], 16, b"a"), MacJob::key(&key[..k], o, b"b")];
             assert_eq!(e.mac_lanes(&mut jobs), Err(err));
             assert!(jobs.iter().all(|j| j.out == [0; MAX_LEN]));
+            let mut single = MacJob::key(&key[..k], o, b"b");
+            assert_eq!(mac_one(&mut single), Err(err));
+            assert_eq!(single.out, [0; MAX_LEN]);
         }
         let mut none: [MacJob<'_>; 0] = [];
         assert_eq!(e.mac_lanes(&mut none), Ok(()));

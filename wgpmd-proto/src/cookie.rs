@@ -35,7 +35,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{
-    ct_eq, hash, mac, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, MacKey, Secret,
+    ct_eq, hash, mac, mac_keyed, mac_many, xopen_cookie, xseal_cookie, xseal_cookies, CookieSeal, MacJob, MacKey,
+    Secret,
 };
 use crate::messages::{
     COOKIE_LEN, COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, COOKIE_SECRET_LATENCY, COOKIE_SECRET_MAX_AGE, KEY_LEN,
@@ -149,7 +150,7 @@ impl CookieChecker {
 
     /// Whether `msg`'s mac1 is right for our key (cheap: no secret, no lock).
     pub fn check_mac1<M: MacMessage>(&self, msg: &M) -> bool {
-        let computed = mac(&self.keys.mac1, &[msg.mac1_covered()]);
+        let computed = mac_keyed(&self.keys.mac1_state, msg.mac1_covered());
         ct_eq(&computed, &msg.mac1())
     }
 
@@ -412,7 +413,7 @@ impl CookieChecker {
         {
             let s = self.read_secret();
             if !s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
-                return cookie_for(&s.secret, src);
+                return cookie_for(&s.state, src);
             }
         }
         let mut s = self.write_secret();
@@ -420,7 +421,7 @@ impl CookieChecker {
         if s.birth.has_expired(COOKIE_SECRET_MAX_AGE, now) {
             s.rotate(now, rng);
         }
-        cookie_for(&s.secret, src)
+        cookie_for(&s.state, src)
     }
 
     fn read_secret(&self) -> RwLockReadGuard<'_, CookieSecret> {
@@ -473,13 +474,10 @@ impl<'a> Screening<'a> {
     }
 }
 
-/// `MAC(secret, source IP ‖ source port big-endian)`.
-fn cookie_for(secret: &Secret, src: SocketAddr) -> Zeroizing<[u8; COOKIE_LEN]> {
-    let port = src.port().to_be_bytes();
-    Zeroizing::new(match src {
-        SocketAddr::V4(a) => mac(&secret.0, &[&a.ip().octets(), &port]),
-        SocketAddr::V6(a) => mac(&secret.0, &[&a.ip().octets(), &port]),
-    })
+/// `MAC(secret, source IP ‖ source port big-endian)`, from the secret's precomputed state.
+fn cookie_for(state: &MacKey, src: SocketAddr) -> Zeroizing<[u8; COOKIE_LEN]> {
+    let (b, n) = cookie_input(src);
+    Zeroizing::new(mac_keyed(state, &b[..n]))
 }
 
 /// Why a cookie reply was not accepted.

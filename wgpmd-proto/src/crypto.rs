@@ -7,6 +7,7 @@
 //! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
 //! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]; a burst's replies: [`xseal_cookies`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 (one reply) or its multi-lane bursts (a burst's replies, one call) | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
+//! | BLAKE2s MAC of one message from a precomputed key state ([`mac_keyed`]: a lone message's mac1, a source's cookie) | `wgpmd-aead`'s portable BLAKE2s (`wgpmd_aead::blake2s::mac_one`) | the key block is compressed once per key, not per message: a mac1 costs two compressions instead of three |
 //! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `wgpmd-aead`'s BLAKE2s lanes (`wgpmd_aead::blake2s`: 16 messages at once with AVX-512, 8 with AVX2; run-time dispatch), the mac1 key's and the cookie secret's states precomputed ([`MacKey`]) | a burst's MACs together cost a fraction of `blake2` one at a time, and the fixed keys' blocks are compressed once, not per message (docs/PERFORMANCE.md, "Screening a burst's handshake messages together" and "BLAKE2s lanes with precomputed key states") |
 //! | X25519 | `aws-lc-rs` | twice as fast as x25519-dalek here, constant time, with run-time CPU dispatch (docs/PERFORMANCE.md); ring offers X25519 only for single-use ephemeral keys |
 //!
@@ -95,6 +96,20 @@ impl core::fmt::Debug for MacKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("MacKey(..)")
     }
+}
+
+/// [`mac`] of `input` from a precomputed key state, one message on its own: the key block was
+/// compressed once, so this compresses only the input's blocks (two for a mac1, one for a
+/// source's cookie, against three and two from the raw key). The result is wiped from the
+/// scratch job; the caller's copy is its own.
+pub fn mac_keyed(key: &MacKey, input: &[u8]) -> [u8; COOKIE_LEN] {
+    let mut job = wgpmd_aead::blake2s::MacJob::keyed(&key.0, input);
+    // A keyed start is never refused (its lengths were checked when the state was made).
+    wgpmd_aead::blake2s::mac_one(&mut job).expect("BLAKE2s MAC from a keyed state");
+    let mut out = [0u8; COOKIE_LEN];
+    out.copy_from_slice(&job.out[..COOKIE_LEN]);
+    job.out.zeroize();
+    out
 }
 
 /// Where a [`MacJob`] starts: a raw key or a [`MacKey`].
@@ -826,6 +841,23 @@ mod tests {
             }
         }
         assert!(keyed > 100);
+    }
+
+    /// `mac_keyed` from a key's state gives `mac`'s result from the key, for the lengths a
+    /// WireGuard MAC covers and across block boundaries (the empty input included).
+    #[test]
+    fn mac_keyed_matches_mac() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(13);
+        for _ in 0..200 {
+            let mut key = [0u8; KEY_LEN];
+            rand_core::RngCore::fill_bytes(&mut rng, &mut key);
+            let state = MacKey::new(&key);
+            for len in [0usize, 1, 6, 18, 63, 64, 65, 116, 128, 132, 200] {
+                let mut data = vec![0u8; len];
+                rand_core::RngCore::fill_bytes(&mut rng, &mut data);
+                assert_eq!(mac_keyed(&state, &data), mac(&key, &[&data]), "len {len}");
+            }
+        }
     }
 
     /// `xseal_cookies` gives `xseal_cookie`'s bytes, and they open.

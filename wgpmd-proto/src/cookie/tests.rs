@@ -309,7 +309,7 @@ fn mac2_is_bound_to_source_address_and_port() {
     // Independent computation of the cookie for an IPv4 source: MAC(secret, ip ‖ port BE).
     let s = checker.read_secret();
     let want = mac(&s.secret.0, &[&[192, 0, 2, 1, 0xca, 0x6c]]);
-    assert_eq!(*cookie_for(&s.secret, src()), want);
+    assert_eq!(*cookie_for(&s.state, src()), want);
 }
 
 #[test]
