@@ -266,6 +266,17 @@ impl<'a> Plan<'a> {
         self.state.unwrap_or(&self.param)
     }
 
+    /// Block `i` of the job if it is 64 bytes of the input (not the key block, not a padded
+    /// last block), and the counter after it: what [`Plan::block`] gives, read as one array.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn whole_block(&self, i: usize) -> Option<(&'a [u8; BLOCK_LEN], u64)> {
+        let at = i.checked_sub(usize::from(self.key.is_some()))? * BLOCK_LEN;
+        let end = at.checked_add(BLOCK_LEN)?;
+        let b = self.input.get(at..end)?.try_into().ok()?;
+        Some((b, (usize::from(self.keyed) * BLOCK_LEN + end) as u64))
+    }
+
     /// Block `i` of the job (zero-padded), word by word into `put(word index, word)`, and the
     /// counter after it. `i` must be below `blocks`.
     fn block(&self, i: usize, mut put: impl FnMut(usize, u32)) -> u64 {
@@ -428,7 +439,16 @@ fn mac_simd<const L: usize>(jobs: &mut [MacJob<'_>], mut kernel: impl FnMut(&mut
     let mut step = Step { m: [[0u32; L]; 16], t_lo: [0; L], t_hi: [0; L], f: [0; L], active: [0; L] };
     for i in 0..steps {
         for (l, p) in plans().enumerate() {
-            if i < p.blocks {
+            if let Some((b, t)) = p.whole_block(i) {
+                // A whole input block: its 16 words read at once, then one column of `m`.
+                for (w, x) in step.m.iter_mut().zip(words(b)) {
+                    w[l] = x;
+                }
+                step.t_lo[l] = t as u32;
+                step.t_hi[l] = (t >> 32) as u32;
+                step.f[l] = if i + 1 == p.blocks { u32::MAX } else { 0 };
+                step.active[l] = u32::MAX;
+            } else if i < p.blocks {
                 let t = p.block(i, |w, x| step.m[w][l] = x);
                 step.t_lo[l] = t as u32;
                 step.t_hi[l] = (t >> 32) as u32;

@@ -27,6 +27,7 @@
 //! - `burst`: the phases of a burst on a SIMD backend.
 //! - [`Lanes`]: picks a [`Backend`] (once, from CPUID) and runs bursts on it.
 //! - [`blake2s`]: keyed BLAKE2s in lanes (its kernels are in `x86` too), on the same backends.
+//! - [`hchacha`]: HChaCha20 (XChaCha20's subkey) in the lanes of the ChaCha20 kernels.
 //!
 //! # Open: verify, then decrypt
 //! [`Lanes::open_lanes`] computes every lane's tag over its ciphertext first and decrypts only the
@@ -55,6 +56,7 @@
 pub mod blake2s;
 #[cfg(target_arch = "x86_64")]
 mod burst;
+pub mod hchacha;
 #[cfg(target_arch = "x86_64")]
 mod plan;
 pub mod portable;

@@ -5,7 +5,7 @@
 //! | ChaCha20-Poly1305 (data messages) | `wgpmd-aead`'s multi-lane bursts, in `device::burst` (not in this module) | up to 16 messages of a burst at once, faster than any one-message implementation measured, key material wiped after each burst (the repository's docs/PERFORMANCE.md) |
 //! | ChaCha20-Poly1305, one message with a prepared key ([`AeadKey`]) | `ring` | only for tests and the benchmarks' references (`Keypair::seal`/`open`): the daemon does not use it |
 //! | ChaCha20-Poly1305 (handshake fields: [`aead_seal`], [`aead_open`]) | `wgpmd-aead`'s portable reference (`wgpmd_aead::portable`) | no ring key schedule is made (and left unwiped) per handshake; it wipes its copies of key material; for one short message it is faster than a one-lane SIMD burst (docs/PERFORMANCE.md) |
-//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]; a burst's replies: [`xseal_cookies`]) | HChaCha20 from `chacha20`, then `wgpmd-aead`'s portable ChaCha20-Poly1305 (one reply) or its multi-lane bursts (a burst's replies, one call) | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
+//! | XChaCha20-Poly1305 (cookie replies: [`xseal_cookie`], [`xopen_cookie`]; a burst's replies: [`xseal_cookies`]) | `wgpmd-aead`'s HChaCha20 and ChaCha20-Poly1305: the portable references (one reply), or its multi-lane calls (a burst's replies: one HChaCha20 call, one AEAD call) | neither ring nor `wgpmd-aead` has XChaCha; composed this way a cookie reply costs a fraction of RustCrypto's `XChaCha20Poly1305` (cookie replies are what a flood costs under load) |
 //! | BLAKE2s (HASH, MAC, HMAC, KDF) | `blake2` | RustCrypto's, which boringtun uses too; HMAC is composed here (no `hmac` crate) |
 //! | BLAKE2s MAC of one message from a precomputed key state ([`mac_keyed`]: a lone message's mac1, a source's cookie) | `wgpmd-aead`'s portable BLAKE2s (`wgpmd_aead::blake2s::mac_one`) | the key block is compressed once per key, not per message: a mac1 costs two compressions instead of three |
 //! | BLAKE2s MACs of a burst's handshake messages ([`mac_many`]: mac1, cookies, mac2) | `wgpmd-aead`'s BLAKE2s lanes (`wgpmd_aead::blake2s`: 16 messages at once with AVX-512, 8 with AVX2; run-time dispatch), the mac1 key's and the cookie secret's states precomputed ([`MacKey`]) | a burst's MACs together cost a fraction of `blake2` one at a time, and the fixed keys' blocks are compressed once, not per message (docs/PERFORMANCE.md, "Screening a burst's handshake messages together" and "BLAKE2s lanes with precomputed key states") |
@@ -308,19 +308,20 @@ pub fn aead_open(
 }
 
 /// The XChaCha20-Poly1305 construction (draft-irtf-cfrg-xchacha): HChaCha20 of the key and the
-/// nonce's first 16 bytes is the ChaCha20-Poly1305 key, and `0^4 ‖ nonce[16..24]` its nonce. The
-/// ChaCha20-Poly1305 is `wgpmd-aead`'s portable reference. WireGuard's cookie key is a hash
-/// of a public key, not a secret; the subkey is wiped anyway.
+/// nonce's first 16 bytes is the ChaCha20-Poly1305 key, and `0^4 ‖ nonce[16..24]` its nonce.
+/// Both are `wgpmd-aead`'s portable references. WireGuard's cookie key is a hash of a public
+/// key, not a secret; the subkey is wiped anyway.
 fn xchacha_key(key: &[u8; KEY_LEN], nonce: &[u8; COOKIE_NONCE_LEN]) -> (Zeroizing<[u8; KEY_LEN]>, [u8; 12]) {
-    use chacha20::cipher::consts::U10;
-    use chacha20::cipher::generic_array::GenericArray;
-    let mut sub = chacha20::hchacha::<U10>(key.into(), GenericArray::from_slice(&nonce[..16]));
-    let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    out.copy_from_slice(&sub);
-    sub.as_mut_slice().zeroize();
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&nonce[..16]);
+    (Zeroizing::new(wgpmd_aead::hchacha::hchacha(key, &h)), xchacha_nonce(nonce))
+}
+
+/// The ChaCha20-Poly1305 nonce of an XChaCha20 nonce: 4 zero bytes and its last 8 bytes.
+fn xchacha_nonce(nonce: &[u8; COOKIE_NONCE_LEN]) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&nonce[16..]);
-    (out, n)
+    n
 }
 
 /// XChaCha20-Poly1305 seal of a cookie: `out` receives 16 bytes of ciphertext and the tag.
@@ -348,19 +349,34 @@ pub struct CookieSeal {
     pub sealed: [u8; COOKIE_LEN + TAG_LEN],
 }
 
-/// [`xseal_cookie`] of every job under `key`, at most `wgpmd_aead::MAX_LANES` at a time: an
-/// HChaCha20 each, then one multi-lane ChaCha20-Poly1305 call (`wgpmd_aead::Lanes`) for all.
-/// The same bytes as [`xseal_cookie`] one at a time. Key material is wiped.
+/// [`xseal_cookie`] of every job under `key`, at most `wgpmd_aead::MAX_LANES` at a time: the
+/// HChaCha20 subkeys in one multi-lane call (`wgpmd_aead::Lanes::hchacha_lanes`), then one
+/// multi-lane ChaCha20-Poly1305 call (`wgpmd_aead::Lanes`) for all. The same bytes as
+/// [`xseal_cookie`] one at a time. Key material is wiped.
 pub fn xseal_cookies(key: &[u8; KEY_LEN], jobs: &mut [CookieSeal]) {
     const LANES: usize = 8;
     let engine = wgpmd_aead::Lanes::new();
     for chunk in jobs.chunks_mut(LANES) {
         let mut subs: Zeroizing<[[u8; KEY_LEN]; LANES]> = Zeroizing::new([[0; KEY_LEN]; LANES]);
         let mut nonces = [[0u8; 12]; LANES];
-        for ((j, sub), n) in chunk.iter().zip(subs.iter_mut()).zip(nonces.iter_mut()) {
-            let (k, nonce) = xchacha_key(key, &j.nonce);
-            *sub = *k;
-            *n = nonce;
+        {
+            let mut h: arrayvec::ArrayVec<wgpmd_aead::hchacha::HChaCha<'_>, LANES> = chunk
+                .iter()
+                .map(|j| {
+                    let mut n = [0u8; 16];
+                    n.copy_from_slice(&j.nonce[..16]);
+                    wgpmd_aead::hchacha::HChaCha::new(key, n)
+                })
+                .collect();
+            // At most eight jobs: always within the engine's limit.
+            if engine.hchacha_lanes(&mut h).is_err() {
+                h.iter_mut().for_each(|j| j.out = wgpmd_aead::hchacha::hchacha(j.key, &j.nonce));
+            }
+            for (((s, n), j), c) in subs.iter_mut().zip(nonces.iter_mut()).zip(h.iter_mut()).zip(chunk.iter()) {
+                *s = j.out;
+                j.out.zeroize();
+                *n = xchacha_nonce(&c.nonce);
+            }
         }
         let mut lanes: arrayvec::ArrayVec<wgpmd_aead::Lane<'_>, LANES> = chunk
             .iter_mut()
