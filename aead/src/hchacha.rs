@@ -26,13 +26,20 @@ pub struct HChaCha<'a> {
     pub key: &'a [u8; KEY_LEN],
     /// The first 16 bytes of an XChaCha20 nonce.
     pub nonce: [u8; HNONCE_LEN],
-    /// The subkey, once the call returned. The caller wipes it when done.
+    /// The subkey, once the call returned. Wiped when the job is dropped.
     pub out: [u8; KEY_LEN],
 }
 
 impl core::fmt::Debug for HChaCha<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("HChaCha(..)")
+    }
+}
+
+/// The subkey is wiped when the job is dropped (the caller copies it out first).
+impl Drop for HChaCha<'_> {
+    fn drop(&mut self) {
+        self.out.zeroize();
     }
 }
 

@@ -68,11 +68,10 @@ pub enum MacState {
     ValidMacWithCookie,
 }
 
-/// Keys derived from our static public key, and the mac1 key's BLAKE2s state (what a batch's
-/// mac1s start from).
+/// Keys derived from our static public key: the mac1 key as its BLAKE2s state (what every mac1
+/// we check starts from), and the cookie reply key.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 struct DeviceKeys {
-    mac1: [u8; KEY_LEN],
     mac1_state: MacKey,
     cookie: [u8; KEY_LEN],
 }
@@ -80,11 +79,13 @@ struct DeviceKeys {
 impl DeviceKeys {
     /// Without an identity the kernel zeroes both keys.
     fn new(public_key: Option<&[u8; KEY_LEN]>) -> Self {
-        let (mac1, cookie) = match public_key {
+        let (mut mac1, cookie) = match public_key {
             Some(pk) => (precompute_key(pk, WG_LABEL_MAC1), precompute_key(pk, WG_LABEL_COOKIE)),
             None => ([0; KEY_LEN], [0; KEY_LEN]),
         };
-        DeviceKeys { mac1, mac1_state: MacKey::new(&mac1), cookie }
+        let keys = DeviceKeys { mac1_state: MacKey::new(&mac1), cookie };
+        mac1.zeroize();
+        keys
     }
 }
 
@@ -442,8 +443,8 @@ impl CookieChecker {
 /// mac2 of all zeros with probability 2^-128 (that message would get a cookie reply, and the
 /// sender's next message, with a new ephemeral, would pass). The field is the sender's own
 /// bytes, so skipping the MAC reveals nothing secret; a flood's messages, without cookies,
-/// cost four BLAKE2s compressions fewer each (the MAC's key block and the three blocks of the
-/// 132 bytes it covers).
+/// cost fewer BLAKE2s compressions each: the MAC's key block and the blocks it covers (four for
+/// an initiation, whose mac2 covers 132 bytes; three for a response, 76 bytes).
 fn no_mac2<M: MacMessage + ?Sized>(msg: &M) -> bool {
     msg.mac2() == [0u8; COOKIE_LEN]
 }

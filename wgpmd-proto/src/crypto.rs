@@ -750,7 +750,8 @@ mod tests {
         assert_ne!(PrivateKey::generate(&mut r1).to_bytes(), bytes);
     }
 
-    /// HChaCha20 + ring agrees with RustCrypto's XChaCha20Poly1305 (what boringtun uses), both
+    /// Our XChaCha20-Poly1305 (`wgpmd-aead`'s HChaCha20 and ChaCha20-Poly1305) agrees with
+    /// RustCrypto's XChaCha20Poly1305 (what boringtun uses), both
     /// ways, on random keys, nonces, cookies and AADs.
     #[test]
     fn xchacha_cookie_matches_rustcrypto() {

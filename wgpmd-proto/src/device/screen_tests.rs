@@ -25,7 +25,10 @@ fn device(seed: u64) -> (Device, ChaCha20Rng) {
 fn source(rng: &mut ChaCha20Rng, n: u32) -> SocketAddr {
     let k = rng.next_u32() % n;
     if k.is_multiple_of(3) {
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, k as u16)), 1000 + k as u16)
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, k as u16)),
+            1000u16.wrapping_add(k as u16),
+        )
     } else {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, (k >> 8) as u8, k as u8)), 40000 + (k % 7) as u16)
     }
