@@ -144,6 +144,11 @@ impl<'a> MacJob<'a> {
     }
 }
 
+/// Fewer jobs than this in a call of [`mac_many`] or [`xseal_cookies`] run one at a time on the
+/// portable code: a SIMD lane kernel costs its whole width (8 or 16 lanes) however few are busy,
+/// and below this the one-at-a-time code is cheaper (docs/PERFORMANCE.md, "Cheaper screening").
+pub const LANES_FROM: usize = 3;
+
 /// [`mac`] of every job, up to 16 at once (`wgpmd_aead::blake2s` lanes: 16 with AVX-512, 8 with
 /// AVX2, run-time dispatch): the same results as [`mac`] one at a time. A job from a [`MacKey`]
 /// skips its key block; a raw key's block is compressed in the lanes with the input blocks.
@@ -162,7 +167,15 @@ pub fn mac_many(jobs: &mut [MacJob<'_>]) {
                 MacStart::State(s) => Lane::keyed(&s.0, j.input),
             })
             .collect();
-        engine.mac_lanes(&mut lanes).expect("BLAKE2s MAC keys of at most 32 bytes");
+        if lanes.len() < LANES_FROM {
+            // A lane kernel costs its full width however few lanes are busy: a few jobs are
+            // cheaper one by one.
+            for l in lanes.iter_mut() {
+                wgpmd_aead::blake2s::mac_one(l).expect("BLAKE2s MAC keys of at most 32 bytes");
+            }
+        } else {
+            engine.mac_lanes(&mut lanes).expect("BLAKE2s MAC keys of at most 32 bytes");
+        }
         for (j, l) in chunk.iter_mut().zip(lanes.iter_mut()) {
             j.out.copy_from_slice(&l.out[..COOKIE_LEN]);
             l.out = [0; MAX_LEN];
@@ -357,6 +370,15 @@ pub fn xseal_cookies(key: &[u8; KEY_LEN], jobs: &mut [CookieSeal]) {
     const LANES: usize = 8;
     let engine = wgpmd_aead::Lanes::new();
     for chunk in jobs.chunks_mut(LANES) {
+        if chunk.len() < LANES_FROM {
+            for j in chunk.iter_mut() {
+                let mut cookie = [0u8; COOKIE_LEN];
+                cookie.copy_from_slice(&j.sealed[..COOKIE_LEN]);
+                j.sealed = xseal_cookie(key, &j.nonce, &j.aad, &cookie);
+                cookie.zeroize();
+            }
+            continue;
+        }
         let mut subs: Zeroizing<[[u8; KEY_LEN]; LANES]> = Zeroizing::new([[0; KEY_LEN]; LANES]);
         let mut nonces = [[0u8; 12]; LANES];
         {
@@ -827,7 +849,7 @@ mod tests {
         rand_core::RngCore::fill_bytes(&mut rng, &mut data);
         let state32 = MacKey::new(&keys[3].clone().try_into().unwrap());
         let mut keyed = 0;
-        for count in [0usize, 1, 3, 4, 7, 8, 9, 16, 17, 33] {
+        for count in [0usize, 1, 2, 3, 4, 7, 8, 9, 16, 17, 33] {
             for round in 0..20usize {
                 let specs: Vec<(usize, usize, usize)> = (0..count)
                     .map(|i| {
@@ -883,7 +905,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
         let mut key = [0u8; KEY_LEN];
         rand_core::RngCore::fill_bytes(&mut rng, &mut key);
-        for count in [0usize, 1, 5, 8, 9, 20] {
+        for count in [0usize, 1, 2, 3, 5, 8, 9, 10, 20] {
             let mut jobs: Vec<CookieSeal> = (0..count)
                 .map(|_| {
                     let mut j = CookieSeal { nonce: [0; COOKIE_NONCE_LEN], aad: [0; COOKIE_LEN], sealed: [0; 32] };
