@@ -150,7 +150,8 @@ impl<'a> MacJob<'a> {
 pub const LANES_FROM: usize = 3;
 
 /// [`mac`] of every job, up to 16 at once (`wgpmd_aead::blake2s` lanes: 16 with AVX-512, 8 with
-/// AVX2, run-time dispatch): the same results as [`mac`] one at a time. A job from a [`MacKey`]
+/// AVX2, run-time dispatch; fewer than [`LANES_FROM`] one at a time): the same results as [`mac`]
+/// one at a time. A job from a [`MacKey`]
 /// skips its key block; a raw key's block is compressed in the lanes with the input blocks.
 /// The lanes' copies of keys, states and outputs are wiped.
 ///
@@ -362,10 +363,10 @@ pub struct CookieSeal {
     pub sealed: [u8; COOKIE_LEN + TAG_LEN],
 }
 
-/// [`xseal_cookie`] of every job under `key`, at most `wgpmd_aead::MAX_LANES` at a time: the
-/// HChaCha20 subkeys in one multi-lane call (`wgpmd_aead::Lanes::hchacha_lanes`), then one
-/// multi-lane ChaCha20-Poly1305 call (`wgpmd_aead::Lanes`) for all. The same bytes as
-/// [`xseal_cookie`] one at a time. Key material is wiped.
+/// [`xseal_cookie`] of every job under `key`, eight at a time: the HChaCha20 subkeys in one
+/// multi-lane call (`wgpmd_aead::Lanes::hchacha_lanes`), then one multi-lane ChaCha20-Poly1305
+/// call (`wgpmd_aead::Lanes`) for all; a group of fewer than [`LANES_FROM`], one at a time. The
+/// same bytes as [`xseal_cookie`] one at a time. Key material is wiped.
 pub fn xseal_cookies(key: &[u8; KEY_LEN], jobs: &mut [CookieSeal]) {
     const LANES: usize = 8;
     let engine = wgpmd_aead::Lanes::new();
