@@ -246,6 +246,20 @@ impl Buffer {
         Ok(new)
     }
 
+    /// Grow the window at the end by a copy of `src` (no zeroing first, unlike
+    /// [`append`](Self::append)).
+    #[inline]
+    pub fn extend_from_slice(&mut self, src: &[u8]) -> Result<(), BufError> {
+        let have = self.tailroom();
+        if src.len() > have {
+            return Err(BufError::NoTailroom { need: src.len(), have });
+        }
+        let start = self.off as usize + self.len as usize;
+        self.slot.bytes_mut()[start..start + src.len()].copy_from_slice(src);
+        self.len += src.len() as u32;
+        Ok(())
+    }
+
     /// Shorten the packet to `len` bytes; no effect if it is already that short.
     #[inline]
     pub fn truncate(&mut self, len: usize) {
@@ -365,6 +379,21 @@ mod tests {
         assert_eq!(b.prepend(HEADROOM).unwrap().len(), HEADROOM);
         assert_eq!(b.data().len(), BUF_SIZE);
         assert_eq!(b.headroom(), 0);
+    }
+
+    #[test]
+    fn extend_from_slice_copies_at_the_end_and_refuses_what_does_not_fit() {
+        let pool = Pool::new("t", 1).unwrap();
+        let mut b = pool.alloc().unwrap();
+        b.extend_from_slice(b"abc").unwrap();
+        b.extend_from_slice(b"de").unwrap();
+        assert_eq!(b.data(), b"abcde");
+        let room = b.tailroom();
+        let big = vec![7u8; room + 1];
+        assert_eq!(b.extend_from_slice(&big), Err(BufError::NoTailroom { need: room + 1, have: room }));
+        assert_eq!(b.data(), b"abcde", "a refused copy writes nothing");
+        b.extend_from_slice(&big[..room]).unwrap();
+        assert_eq!((b.len(), b.tailroom()), (5 + room, 0));
     }
 
     #[test]
