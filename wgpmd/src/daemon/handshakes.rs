@@ -50,6 +50,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use nic_backends::buffer::Buffer;
 use wgpmd_proto::device::{recycle, Device, DropReason, HandshakeOutcome, Output, Screened};
 use wgpmd_proto::messages::{INITIATION_LEN, MAX_QUEUED_INCOMING_HANDSHAKES, UNDER_LOAD_QUEUE_DEPTH};
 use wgpmd_proto::time::Timestamp;
@@ -291,10 +292,14 @@ impl Load {
     pub fn under_load(&self, dev: &Device, now: Timestamp) -> bool {
         dev.update_load(now, self.total())
     }
-    /// Under load, a message was answered with a cookie reply on arrival instead of waiting:
-    /// every [`UNDER_LOAD_QUEUE_DEPTH`] of them renew the load (see the module doc).
-    fn turned_away(&self, dev: &Device, now: Timestamp) {
-        if self.turned_away.0.fetch_add(1, Ordering::Relaxed) + 1 >= UNDER_LOAD_QUEUE_DEPTH {
+    /// Under load, `n` messages were answered with a cookie reply on arrival instead of waiting
+    /// (counted once per screen: the counter is shared by the workers): every
+    /// [`UNDER_LOAD_QUEUE_DEPTH`] of them renew the load (see the module doc).
+    fn turned_away(&self, dev: &Device, now: Timestamp, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.turned_away.0.fetch_add(n, Ordering::Relaxed) + n >= UNDER_LOAD_QUEUE_DEPTH {
             self.turned_away.0.store(0, Ordering::Relaxed);
             dev.update_load(now, UNDER_LOAD_QUEUE_DEPTH);
         }
@@ -312,11 +317,15 @@ pub const SCREEN_BATCH: usize = wgpmd_proto::cookie::BATCH;
 /// full ([`Stage::screen_when_ready`]).
 pub const HOLD_MAX: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// A message that arrived and waits for the burst's screen.
+/// Screened messages' buffers kept for the worker's next transmits ([`Stage::take_spare`]), at
+/// most.
+const SPARE: usize = INBOX;
+
+/// A message that arrived and waits for the burst's screen: its frame's buffer, trimmed to the
+/// WireGuard message (not copied out of it).
 struct Held {
     src: SocketAddr,
-    len: u8,
-    msg: [u8; INITIATION_LEN],
+    buf: Buffer,
 }
 
 /// A message waiting for its DH work.
@@ -338,6 +347,8 @@ pub(crate) struct Stage {
     arrival_load: Option<(Timestamp, bool)>,
     /// Arrivals waiting for [`Stage::screen_arrivals`] (at most [`INBOX`]).
     inbox: Vec<Held>,
+    /// Buffers of screened messages, for the replies (at most [`SPARE`]).
+    spare: Vec<Buffer>,
     /// When the oldest of them arrived (the poll iteration's time).
     held_since: Timestamp,
     /// The screen's list of `(source, message)` borrows and its results, kept for their
@@ -364,6 +375,7 @@ impl Stage {
             capacity,
             arrival_load: None,
             inbox: Vec::with_capacity(INBOX),
+            spare: Vec::with_capacity(SPARE),
             held_since: Timestamp::ZERO,
             screen_items: Vec::with_capacity(INBOX),
             screen_results: Vec::with_capacity(INBOX),
@@ -381,26 +393,50 @@ impl Stage {
         self.queue.len()
     }
 
-    /// A handshake-stage message arrived from `src`: held for the burst's screen
-    /// ([`Stage::screen_arrivals`], which the worker calls after each WAN burst and which runs
-    /// here when [`INBOX`] messages are held). A message longer than any handshake message is
-    /// screened (and dropped) at once.
-    pub fn arrive(&mut self, dev: &Device, load: &Load, now: Timestamp, src: SocketAddr, msg: &[u8], out: &mut Output) {
-        if msg.len() > INITIATION_LEN {
+    /// A handshake-stage message arrived from `src` in `buf` (trimmed to the WireGuard
+    /// message): held for the burst's screen ([`Stage::screen_arrivals`], which the worker calls
+    /// after each WAN burst and which runs here when [`INBOX`] messages are held). A message
+    /// longer than any handshake message is screened (and dropped) at once.
+    pub fn arrive(
+        &mut self,
+        dev: &Device,
+        load: &Load,
+        now: Timestamp,
+        src: SocketAddr,
+        buf: Buffer,
+        out: &mut Output,
+    ) {
+        if buf.len() > INITIATION_LEN {
             let under_load = self.arrival_load(dev, load, now);
-            let r = dev.screen_handshake(now, &mut self.rng, src, msg, under_load, out);
-            self.screened(dev, load, now, src, msg, r);
+            let r = dev.screen_handshake(now, &mut self.rng, src, buf.data(), under_load, out);
+            let turned = self.screened(src, buf.data(), r, load);
+            load.turned_away(dev, now, usize::from(turned));
+            self.keep_spare(buf);
             return;
         }
-        let mut held = Held { src, len: msg.len() as u8, msg: [0; INITIATION_LEN] };
-        held.msg[..msg.len()].copy_from_slice(msg);
         if self.inbox.is_empty() {
             self.held_since = now;
         }
-        self.inbox.push(held);
+        self.inbox.push(Held { src, buf });
         if self.inbox.len() >= INBOX {
             self.screen_arrivals(dev, load, now, out);
         }
+    }
+
+    /// A screened message's buffer: kept for a reply while fewer than [`SPARE`] are, else
+    /// returned to its pool.
+    fn keep_spare(&mut self, buf: Buffer) {
+        if self.spare.len() < SPARE {
+            self.spare.push(buf);
+        }
+    }
+
+    /// An empty buffer for a transmit, from the screened messages' (they were just read on this
+    /// core: writing the replies into them costs no allocation and no cold lines).
+    pub fn take_spare(&mut self) -> Option<Buffer> {
+        let mut b = self.spare.pop()?;
+        b.reset();
+        Some(b)
     }
 
     /// After a WAN burst: screen the held messages once [`SCREEN_BATCH`] of them are there, the
@@ -423,17 +459,22 @@ impl Stage {
             return;
         }
         let under_load = self.arrival_load(dev, load, now);
-        let inbox = std::mem::take(&mut self.inbox);
+        let mut inbox = std::mem::take(&mut self.inbox);
         let mut items: Vec<(SocketAddr, &[u8])> = recycle(std::mem::take(&mut self.screen_items));
-        items.extend(inbox.iter().map(|h| (h.src, &h.msg[..usize::from(h.len)])));
+        items.extend(inbox.iter().map(|h| (h.src, h.buf.data())));
         let mut results = std::mem::take(&mut self.screen_results);
         dev.screen_handshakes(now, &mut self.rng, &items, under_load, out, &mut results);
+        let mut turned = 0;
         for (&(src, msg), r) in items.iter().zip(results.drain(..)) {
-            self.screened(dev, load, now, src, msg, r);
+            turned += usize::from(self.screened(src, msg, r, load));
         }
+        load.turned_away(dev, now, turned);
         self.screen_items = recycle(items);
         self.screen_results = results;
-        self.inbox = recycle(inbox);
+        for h in inbox.drain(..) {
+            self.keep_spare(h.buf);
+        }
+        self.inbox = inbox;
     }
 
     /// One load decision per poll iteration for what arrives in it.
@@ -452,21 +493,14 @@ impl Stage {
         }
     }
 
-    /// What the screen decided about `msg`: queue it, or count it.
-    fn screened(
-        &mut self,
-        dev: &Device,
-        load: &Load,
-        now: Timestamp,
-        src: SocketAddr,
-        msg: &[u8],
-        r: Result<Screened, DropReason>,
-    ) {
+    /// What the screen decided about `msg`: queue it, or count it. True when it was turned
+    /// away under load (answered with a cookie reply), for [`Load::turned_away`].
+    fn screened(&mut self, src: SocketAddr, msg: &[u8], r: Result<Screened, DropReason>, load: &Load) -> bool {
         match r {
             Ok(Screened::Admitted { cookie_checked }) => {
                 if self.queue.len() >= self.capacity {
                     self.count(HsDrop::QueueFull);
-                    return;
+                    return false;
                 }
                 let mut job = Job { src, len: msg.len() as u8, cookie_checked, msg: [0; INITIATION_LEN] };
                 // Admitted messages are 148 or 92 bytes.
@@ -477,13 +511,14 @@ impl Stage {
             }
             Ok(Screened::Handled(HandshakeOutcome::CookieSent)) => {
                 self.count(HsDrop::BadMac2);
-                load.turned_away(dev, now);
+                return true;
             }
             Ok(Screened::Handled(HandshakeOutcome::CookieStored(_))) => self.c.cookie_replies += 1,
             // No other outcome comes out of the screen.
             Ok(_) => {}
             Err(r) => self.count(HsDrop::of(r, msg)),
         }
+        false
     }
 
     /// Whether messages wait for DH work.

@@ -2,7 +2,9 @@
 //! stranger it does not, each a `Device` of its own making real initiations.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
+use nic_backends::buffer::{Buffer, Pool, HEADROOM};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -23,6 +25,17 @@ fn addr(s: &str) -> SocketAddr {
 
 fn secs(n: u64) -> Timestamp {
     Timestamp::from_secs(n)
+}
+
+/// `msg` in a buffer, as the worker hands a received message to the stage (trimmed to it).
+fn buf(msg: &[u8]) -> Buffer {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    let pool = POOL.get_or_init(|| Pool::new("handshakes-tests", 4096).unwrap());
+    let mut b = pool.alloc().expect("test pool not empty");
+    b.append(42).unwrap();
+    b.extend_from_slice(msg).unwrap();
+    b.trim_front(42).unwrap();
+    b
 }
 
 /// An initiator (a `Device` with the concentrator as its only peer) and its clock.
@@ -85,7 +98,7 @@ fn setup(capacity: usize) -> Setup {
 
 impl Setup {
     fn arrive(&mut self, now: u64, src: &str, msg: &[u8]) {
-        self.stage.arrive(&self.conc, &self.load, secs(now), addr(src), msg, &mut self.out);
+        self.stage.arrive(&self.conc, &self.load, secs(now), addr(src), buf(msg), &mut self.out);
         self.stage.screen_arrivals(&self.conc, &self.load, secs(now), &mut self.out);
     }
     fn process(&mut self, now: u64, budget: usize) -> usize {
@@ -302,7 +315,7 @@ fn messages_turned_away_under_load_renew_it_as_a_deep_queue_would() {
         s.load.set(1, 0);
         let m = s.stranger.initiation();
         for _ in 0..turned_away {
-            s.stage.arrive(&s.conc, &s.load, ms(20_900), addr(STRANGER), &m, &mut s.out);
+            s.stage.arrive(&s.conc, &s.load, ms(20_900), addr(STRANGER), buf(&m), &mut s.out);
             s.stage.screen_arrivals(&s.conc, &s.load, ms(20_900), &mut s.out);
         }
         assert_eq!(s.dropped(HsDrop::BadMac2), turned_away as u64);
@@ -383,23 +396,47 @@ fn held_messages_are_screened_eight_at_a_time_when_drained_or_after_the_hold() {
     let (conc, load) = (&s.conc, &s.load);
     // Fewer than a batch, the queue still full: held, nothing answered yet.
     for _ in 0..SCREEN_BATCH - 1 {
-        s.stage.arrive(conc, load, at(0), addr(STRANGER), &m, &mut s.out);
+        s.stage.arrive(conc, load, at(0), addr(STRANGER), buf(&m), &mut s.out);
     }
     s.stage.screen_when_ready(conc, load, at(0), false, &mut s.out);
     assert_eq!(s.out.transmits.len(), 0);
     // The batch's last message: all eight answered (under load: cookie replies).
-    s.stage.arrive(conc, load, at(1), addr(STRANGER), &m, &mut s.out);
+    s.stage.arrive(conc, load, at(1), addr(STRANGER), buf(&m), &mut s.out);
     s.stage.screen_when_ready(conc, load, at(1), false, &mut s.out);
     assert_eq!(s.out.transmits.len(), SCREEN_BATCH);
     // One held: screened once the hold has passed, or at once when the queue is drained.
-    s.stage.arrive(conc, load, at(2), addr(STRANGER), &m, &mut s.out);
+    s.stage.arrive(conc, load, at(2), addr(STRANGER), buf(&m), &mut s.out);
     let hold_us = HOLD_MAX.as_micros() as u64;
     s.stage.screen_when_ready(conc, load, at(1 + hold_us), false, &mut s.out);
     assert_eq!(s.out.transmits.len(), SCREEN_BATCH);
     s.stage.screen_when_ready(conc, load, at(2 + hold_us), false, &mut s.out);
     assert_eq!(s.out.transmits.len(), SCREEN_BATCH + 1);
-    s.stage.arrive(conc, load, at(3 + hold_us), addr(STRANGER), &m, &mut s.out);
+    s.stage.arrive(conc, load, at(3 + hold_us), addr(STRANGER), buf(&m), &mut s.out);
     s.stage.screen_when_ready(conc, load, at(3 + hold_us), true, &mut s.out);
     assert_eq!(s.out.transmits.len(), SCREEN_BATCH + 2);
     assert_eq!(s.dropped(HsDrop::BadMac2), SCREEN_BATCH as u64 + 2);
+}
+
+/// The buffers screened messages came in are kept for the replies: at most `SPARE`, each
+/// handed out empty at the standard headroom, whatever the message was.
+#[test]
+fn screened_buffers_are_kept_for_replies_up_to_the_bound() {
+    use super::SPARE;
+    let mut s = setup(64);
+    s.overload(20);
+    assert!(s.stage.take_spare().is_none(), "nothing screened yet");
+    let m = s.stranger.initiation();
+    let long = junk([1, 0, 0, 0], 300, 7);
+    for i in 0..SPARE + 5 {
+        let msg: &[u8] = if i % 3 == 0 { &long } else { &m };
+        s.arrive(20, STRANGER, msg);
+    }
+    let mut kept = 0;
+    while let Some(b) = s.stage.take_spare() {
+        assert_eq!((b.len(), b.headroom()), (0, HEADROOM));
+        kept += 1;
+    }
+    assert_eq!(kept, SPARE);
+    // The screen's outcome is the same as before: every valid-MAC1 message got a cookie reply.
+    assert_eq!(s.dropped(HsDrop::BadMac2) as usize, s.out.transmits.len());
 }

@@ -251,9 +251,40 @@ impl Worker {
 
     /// WAN: classify, answer ARP/ND/ICMP, decrypt data, screen handshakes.
     /// Returns the frames taken and, of them, the data messages that authenticated.
+    ///
+    /// The data messages are decrypted [`BURST`] at a time, in whole groups of the AEAD's
+    /// lanes: a lane kernel costs its whole width however few of its lanes are busy, so a
+    /// burst of which a few frames were handshakes, ARP or junk would decrypt, say, 16 + 12
+    /// messages at the price of 16 + 16. While the queue has more, the data is topped up to a
+    /// full burst from it, up to [`TOP_UP_MAX`] frames in all.
     fn wan_rx(&mut self, dev: &Device, now: Timestamp) -> (usize, usize) {
+        let (mut taken, mut want) = (0, BURST);
+        let drained = loop {
+            let n = self.wan_frames(dev, now, want);
+            taken += n;
+            if n < want {
+                break true;
+            }
+            // No data to fill (a flood of handshakes alone), or the data is a whole burst.
+            if self.data.is_empty() || self.data.len() >= BURST {
+                break false;
+            }
+            want = (BURST - self.data.len()).min(TOP_UP_MAX.saturating_sub(taken));
+            if want == 0 {
+                break false;
+            }
+        };
+        // Handshake messages, screened several at a time (held over a few full bursts at most).
+        self.hs.screen_when_ready(dev, &self.sh.handoff.hs_load, now, drained, &mut self.out);
+        (taken, self.data_in(dev, now))
+    }
+
+    /// Take up to `want` (at most [`BURST`]) frames from the WAN queue and dispatch them: data
+    /// messages to `self.data`, handshake messages to the stage, ARP/ND/ICMP answered.
+    /// Returns how many were taken.
+    fn wan_frames(&mut self, dev: &Device, now: Timestamp, want: usize) -> usize {
         let mut rx = std::mem::take(&mut self.rx);
-        let n = self.wan.rx_burst(&self.pool, &mut rx, BURST);
+        let n = self.wan.rx_burst(&self.pool, &mut rx, want.min(BURST));
         self.c.wan_rx += n as u64;
         let wan = self.sh.data.wan;
         let port = self.sh.data.listen_port.load(Ordering::Relaxed);
@@ -309,7 +340,7 @@ impl Worker {
                     if buf.data().first() == Some(&MESSAGE_DATA) {
                         self.data.push((buf, src, src_mac));
                     } else {
-                        self.hs.arrive(dev, &self.sh.handoff.hs_load, now, src, buf.data(), &mut self.out);
+                        self.hs.arrive(dev, &self.sh.handoff.hs_load, now, src, buf, &mut self.out);
                     }
                 }
                 Ok(Classified::NeighborSolicit { ip, mac, learn }) => {
@@ -338,9 +369,7 @@ impl Worker {
             }
         }
         self.rx = rx;
-        // Handshake messages, screened several at a time (held over a few full bursts at most).
-        self.hs.screen_when_ready(dev, &self.sh.handoff.hs_load, now, n < BURST, &mut self.out);
-        (n, self.data_in(dev, now))
+        n
     }
 
     /// A frame wgpmd did not consume: to the kernel's exception TAP if it is for us, within
@@ -671,12 +700,13 @@ impl Worker {
         let mut transmits = std::mem::take(&mut self.out.transmits);
         // By reference: a transmit is some 200 bytes, not worth moving out of the list.
         for t in &transmits {
-            let Some(mut b) = self.pool.alloc() else {
+            // A screened handshake message's buffer first: the cookie replies of a flood go
+            // out in the buffers their initiations came in.
+            let Some(mut b) = self.hs.take_spare().or_else(|| self.pool.alloc()) else {
                 self.c.transmits_dropped += 1;
                 continue;
             };
-            if let Ok(d) = b.append(t.payload().len()) {
-                d.copy_from_slice(t.payload());
+            if b.extend_from_slice(t.payload()).is_ok() {
                 let tos = if t.payload().first() == Some(&MESSAGE_DATA) { 0 } else { HANDSHAKE_DSCP };
                 self.send_wg(b, &t.to, tos, now);
             }
@@ -703,6 +733,11 @@ struct LastHop {
 
 /// How many frames of a burst ahead of the one being classified have their headers requested.
 const AHEAD: usize = 4;
+
+/// The most WAN frames one poll iteration takes to fill its data burst (see
+/// [`Worker::wan_rx`]): two bursts' worth, so that a queue of mostly non-data frames does not
+/// hold the iteration.
+const TOP_UP_MAX: usize = 2 * BURST;
 
 /// Start loading the first two lines of the frame at `addr`: the Ethernet, IP and UDP headers
 /// and the WireGuard header after them. A hint: nothing is read.
