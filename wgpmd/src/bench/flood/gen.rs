@@ -236,10 +236,9 @@ impl<'a> FloodGen<'a> {
         let storm = self.storm_phase(opts)?;
         let alone = self.data_phase(opts, None)?;
         let flood = self.data_phase(opts, Some(alone.pps_wall()))?;
-        // The rekeyed sessions carry data.
-        self.d = DataPhase::default();
-        self.one_chunk(0.0, true, false)?;
-        let after = std::mem::take(&mut self.d);
+        // Data alone again, on the rekeyed sessions, measured as the first: the two phases
+        // around the flood bracket what the machine (and the buffers' history) gave the data.
+        let after = self.data_phase(opts, None)?;
         Ok((storm, alone, flood, after))
     }
 

@@ -194,7 +194,7 @@ pub struct FloodRun {
     pub alone: DataPhase,
     /// Data under the flood.
     pub flood: DataPhase,
-    /// Data after the flood, on the rekeyed sessions.
+    /// Data alone after the flood, on the rekeyed sessions (measured as `alone`).
     pub after: DataPhase,
 }
 
@@ -315,24 +315,29 @@ impl std::fmt::Display for FloodReport {
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "Established peers' data, alone and under the flood (per core = per second of the workers' CPU time while they had a backlog; paired = a chunk of data alone after each counted flood chunk, measured the same way; flood rate = valid-MAC1 initiations reaching the device per second of a worker's CPU time, i.e. as if each worker had a core of its own; the warm-up chunks, until the flood settles at its rate and the device is under load, not counted)")?;
-        writeln!(f, "| workers | alone Mpps/core | flood Mpps/core | ratio | paired alone Mpps/core | paired ratio | alone wall Mpps | flood wall Mpps | ratio | flood /s of worker CPU | flood /s wall | counted chunks not under load | junk | cookies sent | DH | retries with MAC2 | retry handshakes | rekeys | lost | damaged |")?;
+        writeln!(f, "Established peers' data, alone and under the flood (per core = per second of the workers' CPU time while they had a backlog; paired = a chunk of data alone after each counted flood chunk, measured the same way; after = data alone again after the flood phase, on the rekeyed sessions; bracketed ratio = flood against the mean of alone and after, the phases around it; flood rate = valid-MAC1 initiations reaching the device per second of a worker's CPU time, i.e. as if each worker had a core of its own; the warm-up chunks, until the flood settles at its rate and the device is under load, not counted)")?;
+        writeln!(f, "| workers | alone Mpps/core | flood Mpps/core | ratio | paired alone Mpps/core | paired ratio | after Mpps/core | bracketed ratio | alone wall Mpps | flood wall Mpps | ratio | flood /s of worker CPU | flood /s wall | counted chunks not under load | junk | cookies sent | DH | retries with MAC2 | retry handshakes | rekeys | lost | damaged |")?;
         writeln!(
             f,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         )?;
         for r in &self.runs {
             let (a, x, z) = (&r.alone, &r.flood, &r.after);
             let ratio = |a: f64, b: f64| if a > 0.0 { format!("{:.2}", b / a) } else { "—".into() };
+            // Both phases around the flood, or none (a phase without a busy stretch reads 0).
+            let (before_pps, after_pps) = (a.pps_per_core(), z.pps_per_core());
+            let bracket = if before_pps > 0.0 && after_pps > 0.0 { (before_pps + after_pps) / 2.0 } else { 0.0 };
             writeln!(
                 f,
-                "| {} | {:.3} | {:.3} | {} | {:.3} | {} | {:.3} | {:.3} | {} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
+                "| {} | {:.3} | {:.3} | {} | {:.3} | {} | {:.3} | {} | {:.3} | {:.3} | {} | {} | {} | {} of {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
                 r.plan.workers.len(),
                 a.pps_per_core() / 1e6,
                 x.pps_per_core() / 1e6,
                 ratio(a.pps_per_core(), x.pps_per_core()),
                 x.paired_pps_per_core() / 1e6,
                 ratio(x.paired_pps_per_core(), x.pps_per_core()),
+                z.pps_per_core() / 1e6,
+                ratio(bracket, x.pps_per_core()),
                 a.pps_wall() / 1e6,
                 x.pps_wall() / 1e6,
                 ratio(a.pps_wall(), x.pps_wall()),
@@ -358,7 +363,7 @@ impl std::fmt::Display for FloodReport {
                 x.counters.dropped.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")).collect();
             writeln!(
                 f,
-                "{} worker(s), under the flood: over whole drains (idle polling at the ends included) alone {:.3} and flood {:.3} Mpps/core; {} warm-up chunk(s), {:.0} ms, {} DH, before the rate settled with the device under load (not counted); counted chunks: hs_dropped {}; processed {}; cookie replies received by flood sources {}, retry peers {}, established peers {}; rekey initiations {}; data after the flood on the new sessions: {} of {} packets",
+                "{} worker(s), under the flood: over whole drains (idle polling at the ends included) alone {:.3} and flood {:.3} Mpps/core; {} warm-up chunk(s), {:.0} ms, {} DH, before the rate settled with the device under load (not counted); counted chunks: hs_dropped {}; processed {}; cookie replies received by flood sources {}, retry peers {}, established peers {}; rekey initiations {}; data after the flood on the new sessions: {} packets, {} lost",
                 r.plan.workers.len(),
                 r.alone.pps_per_core_drain() / 1e6,
                 x.pps_per_core_drain() / 1e6,
@@ -372,7 +377,7 @@ impl std::fmt::Display for FloodReport {
                 x.cookies_received[2],
                 x.rekey_initiations,
                 r.after.packets,
-                CHUNK,
+                r.after.lost,
             )?;
         }
         let broken = self.broken();
