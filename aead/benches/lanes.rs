@@ -230,7 +230,39 @@ fn summary(_c: &mut Criterion) {
     // A simple IMIX-like burst: 7 x 64, 4 x 576, 5 x 1420 bytes, interleaved.
     let imix = [64, 576, 1420, 64, 64, 1420, 576, 64, 1420, 64, 576, 1420, 64, 576, 64, 1420];
     println!("{}", summary_line("imix", &imix, &keys, &rkeys));
+    lane_count_summary(&keys);
     ipsec_mb_summary(&keys, &rkeys);
+}
+
+/// What a call costs per packet when fewer lanes are busy (the fastest backend's seal, calls of
+/// 4, 8, 12 and 16 packets): a lane kernel runs its whole width, so a burst of data cut short
+/// by other frames pays for lanes it does not use (the worker tops its data up to whole bursts).
+fn lane_count_summary(keys: &[[u8; 32]]) {
+    let engine = Lanes::new();
+    let (rounds, per_round) = if quick() { (10, Duration::from_millis(10)) } else { (40, Duration::from_millis(25)) };
+    println!("\nseal by lanes in use ({}), best of rounds: ns per packet (per call)", engine.backend().name());
+    for len in SIZES {
+        let mut line = format!("{len:>6} B:");
+        for n in [4usize, 8, 12, 16] {
+            let mut bufs: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; len]).collect();
+            let mut best = f64::INFINITY;
+            let mut ctr = 0u64;
+            for _ in 0..rounds {
+                let start = Instant::now();
+                let mut calls = 0u64;
+                while start.elapsed() < per_round {
+                    ctr += 1;
+                    let mut lanes: Vec<Lane<'_>> =
+                        bufs.iter_mut().zip(keys).map(|(b, k)| Lane::wireguard(k, ctr, b)).collect();
+                    engine.seal_lanes(black_box(&mut lanes)).unwrap();
+                    calls += 1;
+                }
+                best = best.min(start.elapsed().as_nanos() as f64 / calls as f64);
+            }
+            line += &format!(" | {n:2} lanes {:6.1} ({best:7.1})", best / n as f64);
+        }
+        println!("{line}");
+    }
 }
 
 /// libipsec-mb (feature `ipsec-mb`): its single-buffer ChaCha20-Poly1305, one packet at a time,
