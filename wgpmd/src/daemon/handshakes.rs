@@ -299,9 +299,21 @@ impl Load {
         if n == 0 {
             return;
         }
-        if self.turned_away.0.fetch_add(n, Ordering::Relaxed) + n >= UNDER_LOAD_QUEUE_DEPTH {
-            self.turned_away.0.store(0, Ordering::Relaxed);
-            dev.update_load(now, UNDER_LOAD_QUEUE_DEPTH);
+        // What passes the depth counts towards the next renewal (a screen adds up to `INBOX`).
+        let mut cur = self.turned_away.0.load(Ordering::Relaxed);
+        loop {
+            let sum = cur.saturating_add(n);
+            let (next, renew) =
+                if sum >= UNDER_LOAD_QUEUE_DEPTH { (sum - UNDER_LOAD_QUEUE_DEPTH, true) } else { (sum, false) };
+            match self.turned_away.0.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    if renew {
+                        dev.update_load(now, UNDER_LOAD_QUEUE_DEPTH);
+                    }
+                    return;
+                }
+                Err(now_there) => cur = now_there,
+            }
         }
     }
 }
@@ -431,12 +443,17 @@ impl Stage {
         }
     }
 
-    /// An empty buffer for a transmit, from the screened messages' (they were just read on this
-    /// core: writing the replies into them costs no allocation and no cold lines).
+    /// An empty buffer for a transmit, from the screened messages' (just read on this core: a
+    /// reply written into one costs no allocation, and its own bytes land on lines in cache).
     pub fn take_spare(&mut self) -> Option<Buffer> {
         let mut b = self.spare.pop()?;
         b.reset();
         Some(b)
+    }
+
+    /// Give the kept buffers back to their pools (an idle worker holds none).
+    pub fn release_spare(&mut self) {
+        self.spare.clear();
     }
 
     /// After a WAN burst: screen the held messages once [`SCREEN_BATCH`] of them are there, the

@@ -437,6 +437,43 @@ fn screened_buffers_are_kept_for_replies_up_to_the_bound() {
         kept += 1;
     }
     assert_eq!(kept, SPARE);
-    // The screen's outcome is the same as before: every valid-MAC1 message got a cookie reply.
-    assert_eq!(s.dropped(HsDrop::BadMac2) as usize, s.out.transmits.len());
+    // The screens themselves: 24 valid-MAC1 initiations answered with cookie replies, 13 long
+    // messages dropped for their length.
+    assert_eq!((s.dropped(HsDrop::BadMac2), s.out.transmits.len()), (24, 24));
+    assert_eq!(s.dropped(HsDrop::BadLength), 13);
+    // An idle worker gives them back.
+    s.arrive(20, STRANGER, &m);
+    s.stage.release_spare();
+    assert!(s.stage.take_spare().is_none());
+}
+
+/// Turned-away messages counted a screen at a time renew the load at the same counts as one at
+/// a time: what passes the depth in one screen counts towards the next renewal.
+#[test]
+fn turned_away_counted_per_screen_renew_at_the_depth() {
+    let ms = |n: u64| Timestamp::from_nanos(n * 1_000_000);
+    let mut s = setup(64);
+    let m = s.stranger.initiation();
+    s.overload(20);
+    s.load.set(1, 0);
+    let screen = |s: &mut Setup, k: usize, at: u64| {
+        for _ in 0..k {
+            s.stage.arrive(&s.conc, &s.load, ms(at), addr(STRANGER), buf(&m), &mut s.out);
+        }
+        s.stage.screen_arrivals(&s.conc, &s.load, ms(at), &mut s.out);
+    };
+    // 74 screens of 7 at 20.9 s: 518 turned away, the load renewed at the 512th (until 21.9 s),
+    // 6 carried over.
+    for _ in 0..74 {
+        screen(&mut s, 7, 20_900);
+    }
+    assert!(s.load.under_load(&s.conc, ms(21_800)), "renewed at 20.9 s");
+    // 506 more at 21.8 s: 1024 in all, the second renewal exactly there (until 22.8 s). Had
+    // the overshoot been dropped, the count would stand at 506 and the load lapse at 21.9 s.
+    for _ in 0..72 {
+        screen(&mut s, 7, 21_800);
+    }
+    screen(&mut s, 2, 21_800);
+    assert_eq!(s.dropped(HsDrop::BadMac2), 1024);
+    assert!(s.load.under_load(&s.conc, ms(22_500)), "renewed again at 21.8 s, at the 1024th");
 }

@@ -186,6 +186,11 @@ impl Worker {
                     break;
                 }
             }
+            if work == 0 {
+                // Nothing came in: the buffers kept for replies go back to their pools (a
+                // pool of a few hundred slots, VFIO's, should not lose 32 to an idle worker).
+                self.hs.release_spare();
+            }
             if work > 0 || sh.data.poll == PollMode::Busy {
                 idle = 0;
                 sleep = Duration::from_micros(10);
@@ -252,11 +257,12 @@ impl Worker {
     /// WAN: classify, answer ARP/ND/ICMP, decrypt data, screen handshakes.
     /// Returns the frames taken and, of them, the data messages that authenticated.
     ///
-    /// The data messages are decrypted [`BURST`] at a time, in whole groups of the AEAD's
-    /// lanes: a lane kernel costs its whole width however few of its lanes are busy, so a
-    /// burst of which a few frames were handshakes, ARP or junk would decrypt, say, 16 + 12
-    /// messages at the price of 16 + 16. While the queue has more, the data is topped up to a
-    /// full burst from it, up to [`TOP_UP_MAX`] frames in all.
+    /// The data messages are decrypted [`BURST`] at a time, in groups of the AEAD's lanes: a
+    /// call with fewer lanes busy costs more per packet (12 lanes some 4–8 % more than 16, the
+    /// AEAD bench's lane-count line), so a burst of which a few frames were handshakes, ARP or
+    /// junk would decrypt, say, 16 + 12 messages at a higher price per message. While the
+    /// queue has more, the data is topped up to a full burst from it, up to [`TOP_UP_MAX`]
+    /// frames in all.
     fn wan_rx(&mut self, dev: &Device, now: Timestamp) -> (usize, usize) {
         let (mut taken, mut want) = (0, BURST);
         let drained = loop {

@@ -39,8 +39,8 @@
 //!    that the ratio can also be read against data measured moments apart rather than in a phase
 //!    seconds earlier; and the counted chunks in which the device was not under load (fewer than
 //!    half of their valid-MAC1 initiations answered with a cookie reply) are counted and
-//!    reported. (A paired chunk runs a few percent slower than either phase of data alone:
-//!    it is not free of the flood chunk before it, so its ratio reads high.)
+//!    reported. (A paired chunk can run a few percent slower than the phases of data alone
+//!    around it: it is not quite free of the flood chunk before it, so its ratio can read high.)
 //! 5. **Data after**: data alone again, measured as in 3, on the new sessions, all of which
 //!    must arrive. The "bracketed" ratio sets the flood against the mean of the phases before
 //!    and after it, which cancels a drift of the machine's speed over the run.
