@@ -5,7 +5,7 @@
 #
 #   scripts/soak.sh [--duration SECS] [--min-rate RATIO]      (as root)
 #
-# Default 120 s (scripts/test.sh runs 75 s). The recorded long run: --duration 3600. The samples
+# Default 120 s (scripts/test.sh runs 80 s). The recorded long run: --duration 3600. The samples
 # are written to soak-samples.csv in the test's log directory (printed when it fails; kept with
 # WGPMD_E2E_KEEP=1 otherwise, see docs/TESTING.md).
 set -euo pipefail
