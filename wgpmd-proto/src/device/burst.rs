@@ -11,8 +11,10 @@
 //!    prefetch the table slots of the cache's misses, then look at them and prefetch their
 //!    keypairs (reference count, replay window, key) and peer-table slots, then take them, then
 //!    read the peers and prefetch their lines (endpoint, counters, timers);
-//! 2. per keypair: the age check, then ONE replay-window lock for every message's pre-check
-//!    (limit, replay); the messages that pass are the ones decrypted;
+//! 2. per keypair: the age check and, per message, the counter's limit; the messages that pass
+//!    are the ones decrypted. The replay window is not read before decrypting (as the kernel's
+//!    receive path: a replay costs what any forged message with a known index costs, one
+//!    decryption), so it is locked once per keypair per chunk, in step 4;
 //! 3. the AEAD over the burst, [`wgpmd_aead::Lanes::open_lanes`] in calls of at most 16 lanes, with
 //!    the keypair's raw key bytes (verify, then decrypt: a failing lane keeps its ciphertext);
 //! 4. per keypair: ONE lock to mark, deciding every message in burst order exactly as the
@@ -139,17 +141,28 @@ struct RxPeer<'a> {
     data: u32,
 }
 
-/// A peer of a send chunk.
+/// A peer of a send chunk (its keypair: `kps` in [`Device::tx_chunk`]).
 struct TxGroup {
     peer: PeerId,
     to: Option<SocketAddr>,
-    kp: Option<Arc<Keypair>>,
     usable: bool,
     want: bool,
     need: u64,
     sealed: u32,
     bytes: usize,
     data: bool,
+}
+
+/// The set bits of `mask`, lowest first.
+#[inline]
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
 }
 
 fn wake(events: &mut Vec<Event>, peer: PeerId, at: Option<Timestamp>) {
@@ -214,6 +227,8 @@ impl Device {
         let mut group_of = [0u8; CHUNK];
         let mut counter = [0u64; CHUNK];
         let mut groups: [RxGroup; CHUNK] = core::array::from_fn(|_| RxGroup::default());
+        // Per group, its messages (bit i: item i), walked in burst order.
+        let mut members = [0u32; CHUNK];
         let mut owned: [Option<Arc<Keypair>>; CHUNK] = core::array::from_fn(|_| None);
         let mut expired = [false; CHUNK];
         let mut confirmed = [false; CHUNK];
@@ -294,7 +309,10 @@ impl Device {
             }
             match group_of_look[look_of[i] as usize] {
                 u8::MAX => verdict[i] = Verdict::Drop(DropReason::UnknownIndex),
-                g => group_of[i] = g,
+                g => {
+                    group_of[i] = g;
+                    members[g as usize] |= 1 << i;
+                }
             }
         }
 
@@ -305,22 +323,18 @@ impl Device {
             None => cache.get(groups[g].slot),
         });
 
-        // 2. Age, then one lock per keypair for the pre-checks.
+        // 2. Age and the counter's limit, without the window's lock (step 4 decides the rest).
         for g in 0..ngroups {
             let Some(kp) = kps[g] else { continue };
             expired[g] = kp.recv_expired(now);
-            let mut window = (!expired[g]).then(|| kp.lock_window());
-            for i in 0..n {
-                if group_of[i] as usize != g || verdict[i] != Verdict::Pending {
+            for i in bits(members[g]) {
+                if verdict[i] != Verdict::Pending {
                     continue;
                 }
-                verdict[i] = match window.as_mut() {
-                    None => Verdict::Drop(DropReason::KeypairExpired),
-                    Some(w) if counter[i] >= REJECT_AFTER_MESSAGES || w.counter() >= REJECT_AFTER_MESSAGES => {
-                        Verdict::Drop(DropReason::KeypairExpired)
-                    }
-                    Some(w) if !w.check(counter[i]) => Verdict::Drop(DropReason::Replay),
-                    Some(_) => Verdict::Open,
+                verdict[i] = if expired[g] || counter[i] >= REJECT_AFTER_MESSAGES {
+                    Verdict::Drop(DropReason::KeypairExpired)
+                } else {
+                    Verdict::Open
                 };
             }
         }
@@ -356,17 +370,13 @@ impl Device {
         for g in 0..ngroups {
             let Some(kp) = kps[g].filter(|_| !expired[g]) else { continue };
             let mut w = kp.lock_window();
-            for i in 0..n {
-                if group_of[i] as usize != g || !matches!(verdict[i], Verdict::Open | Verdict::Drop(DropReason::Replay))
-                {
+            for i in bits(members[g]) {
+                if verdict[i] != Verdict::Open {
                     continue;
                 }
                 let c = counter[i];
-                verdict[i] = if c >= REJECT_AFTER_MESSAGES || w.counter() >= REJECT_AFTER_MESSAGES {
+                verdict[i] = if w.counter() >= REJECT_AFTER_MESSAGES {
                     Verdict::Drop(DropReason::KeypairExpired)
-                } else if verdict[i] != Verdict::Open {
-                    // Refused by the pre-check: still refused (the window only moves on).
-                    verdict[i]
                 } else if !auth[i] {
                     if w.check(c) {
                         Verdict::Drop(DropReason::DecryptFailed)
@@ -543,6 +553,8 @@ impl Device {
         let mut ngroups = 0usize;
         let mut by_peer = SmallMap::new();
         let generation = self.generation();
+        let Output { stats, events, lanes, send_cache, .. } = out;
+        send_cache.begin_burst();
 
         // 1. Per peer its endpoint and keypair; per message the buffer check. First, for the
         // whole chunk, the loads of the peers' slots, then of their lines, then of their current
@@ -566,9 +578,16 @@ impl Device {
         }
         for &id in &distinct[..ndistinct] {
             if let Some(peer) = self.peer(id) {
-                peer.keypairs.prefetch_current();
+                match send_cache.peek(id, &peer.keypairs) {
+                    Some(kp) => kp.prefetch_send(),
+                    None => peer.keypairs.prefetch_current(),
+                }
             }
         }
+        // The peers' current keypairs, from the worker's send cache (no reference taken on a
+        // hit), or held here when the cache's slot is another peer's for this chunk.
+        let mut slot_of = [usize::MAX; CHUNK];
+        let mut owned: [Option<Arc<Keypair>>; CHUNK] = core::array::from_fn(|_| None);
         let mut by_peer = SmallMap::new();
         for (i, it) in items.iter().enumerate() {
             let g = match by_peer.get(it.peer) {
@@ -578,15 +597,15 @@ impl Device {
                         verdict[i] = Verdict::Drop(DropReason::NoRoute);
                         continue;
                     };
-                    let to = peer.endpoint();
-                    // A keypair made with a previous private key does not seal (see set_private_key).
-                    let kp = peer.keypairs.current().filter(|kp| kp.generation() == generation);
-                    let usable = kp.as_ref().is_some_and(|kp| kp.send_usable(now));
+                    match send_cache.current(it.peer, &peer.keypairs) {
+                        Some(Found::Slot(s)) => slot_of[ngroups] = s,
+                        Some(Found::Owned(kp)) => owned[ngroups] = Some(kp),
+                        None => {}
+                    }
                     groups[ngroups] = Some(TxGroup {
                         peer: it.peer,
-                        to,
-                        kp,
-                        usable,
+                        to: peer.endpoint(),
+                        usable: false,
                         want: false,
                         need: 0,
                         sealed: 0,
@@ -599,10 +618,26 @@ impl Device {
                 }
             };
             group_of[i] = g as u8;
+        }
+        // A keypair made with a previous private key does not seal (see set_private_key).
+        let send_cache = &*send_cache;
+        let kps: [Option<&Arc<Keypair>>; CHUNK] = core::array::from_fn(|g| {
+            owned[g].as_ref().or_else(|| send_cache.get(slot_of[g])).filter(|kp| kp.generation() == generation)
+        });
+        for (gr, kp) in groups.iter_mut().zip(&kps).take(ngroups) {
+            if let Some(gr) = gr.as_mut() {
+                gr.usable = kp.is_some_and(|kp| kp.send_usable(now));
+            }
+        }
+        for (i, it) in items.iter().enumerate() {
+            if verdict[i] != Verdict::Pending {
+                continue;
+            }
+            let g = group_of[i] as usize;
             let Some(gr) = groups[g].as_mut() else { continue };
             verdict[i] = if gr.to.is_none() {
                 Verdict::Drop(DropReason::NoEndpoint)
-            } else if gr.kp.is_none() {
+            } else if kps[g].is_none() {
                 gr.want = true;
                 Verdict::Drop(DropReason::NoSession)
             } else if padded_len(it.plain_len, self.mtu).checked_add(DATA_OVERHEAD).is_none_or(|t| t > it.buf.len()) {
@@ -621,7 +656,7 @@ impl Device {
         let mut left = [0u64; CHUNK];
         for (g, gr) in groups.iter_mut().enumerate().take(ngroups) {
             let Some(gr) = gr.as_mut() else { continue };
-            if let (Some(kp), true) = (gr.kp.as_ref(), gr.need > 0) {
+            if let (Some(kp), true) = (kps[g], gr.need > 0) {
                 (next[g], left[g]) = kp.reserve_counters(gr.need);
             }
         }
@@ -643,7 +678,6 @@ impl Device {
         }
 
         // 3. Headers, padding, and the AEAD, at most 16 lanes a call.
-        let Output { stats, events, lanes, .. } = out;
         let engine = Lanes::new();
         let mut lanes_v = recycle(std::mem::take(lanes));
         let mut lens = [0usize; CHUNK];
@@ -654,7 +688,7 @@ impl Device {
         let mut pending = items.iter_mut().enumerate().filter(|(i, _)| verdict[*i] == Verdict::Open).peekable();
         while pending.peek().is_some() {
             for (i, it) in pending.by_ref().take(MAX_LANES) {
-                let Some(kp) = groups[group_of[i] as usize].as_ref().and_then(|g| g.kp.as_ref()) else { continue };
+                let Some(kp) = kps[group_of[i] as usize] else { continue };
                 let padded = padded_len(it.plain_len, self.mtu);
                 lens[i] = padded + DATA_OVERHEAD;
                 // The header's view gets exactly the header's bytes: with its length known, the
@@ -715,7 +749,8 @@ impl Device {
             };
             emit(i, r.map_err(|e| stats.drop(e)));
         }
-        for gr in groups.iter().take(ngroups).flatten() {
+        for (gr, kp) in groups.iter().zip(&kps).take(ngroups) {
+            let Some(gr) = gr else { continue };
             let id = gr.peer;
             let Some(peer) = self.peer(id) else { continue };
             let mut want = gr.want;
@@ -727,8 +762,7 @@ impl Device {
                     wake(events, id, peer.timers.data_sent(now));
                 }
                 // keep_key_fresh (send side): counter or age says rekey.
-                if gr.kp.as_ref().is_some_and(|kp| kp.needs_rekey_on_send(now)) && peer.timers.may_send_initiation(now)
-                {
+                if kp.is_some_and(|kp| kp.needs_rekey_on_send(now)) && peer.timers.may_send_initiation(now) {
                     want = true;
                 }
             }

@@ -862,6 +862,49 @@ fn forgetting_dropped_keys_keeps_the_live_lookups() {
     assert_eq!(r.out.index_cache_used(), 0);
 }
 
+/// The worker's send cache follows the peer's current keypair: a new session seals with the new
+/// keypair at once, a removed peer's id taken by a new peer seals with the new peer's keypair,
+/// and a keypair only the cache still holds is freed when the worker forgets dropped keys.
+#[test]
+fn the_send_cache_follows_the_current_keypair() {
+    let mut r = rig(23);
+    let mut rng = ChaCha20Rng::seed_from_u64(230);
+    // Seal one message to `id`: the receiver index it carries.
+    let seal = |r: &mut Rig, id: PeerId| -> Result<u32, DropReason> {
+        let mut buf = vec![0u8; 16 + 60 + 32];
+        buf[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 40));
+        let mut items = vec![TxItem { peer: id, buf: &mut buf[..], plain_len: 60 }];
+        let mut results = Vec::new();
+        r.dev.encapsulate_burst(t(101), &mut items, &mut results, &mut r.out);
+        drop(items);
+        let e = results[0]?;
+        Ok(TransportData::new_checked(&buf[..e.len]).unwrap().receiver_index())
+    };
+    let id = r.peers[0];
+    assert_eq!(seal(&mut r, id), Ok(0x1000));
+    assert_eq!(seal(&mut r, id), Ok(0x1000), "from the cache");
+    r.dev.bench_install_session(&mut rng, id, &Secret([50; 32]), &Secret([51; 32]), 0x3000, t(101)).unwrap();
+    assert_eq!(seal(&mut r, id), Ok(0x3000), "the new session's keypair, not the cached one");
+    let held = Arc::downgrade(&r.dev.peer(id).unwrap().keypairs.current().unwrap());
+    r.dev.remove_peer(id).unwrap();
+    assert_eq!(seal(&mut r, id), Err(DropReason::NoRoute));
+    assert!(held.upgrade().is_some(), "the send cache still holds the removed peer's keypair");
+    assert!(r.out.forget_dropped_keys() >= 1);
+    assert!(held.upgrade().is_none(), "its keys are gone once the cache lets go");
+    // A new peer takes the removed one's id.
+    let pk = PrivateKey::generate(&mut rng).public_key();
+    let new = r.dev.add_peer(&mut rng, pk).unwrap();
+    assert_eq!(new, id);
+    r.dev.set_endpoint(new, src_addr(0, false)).unwrap();
+    assert_eq!(seal(&mut r, new), Err(DropReason::NoSession));
+    r.dev.bench_install_session(&mut rng, new, &Secret([60; 32]), &Secret([61; 32]), 0x4000, t(101)).unwrap();
+    assert_eq!(seal(&mut r, new), Ok(0x4000));
+    let other = r.peers[1];
+    assert_eq!(seal(&mut r, other), Ok(0x1001), "another peer's entry is its own");
+    r.out.forget_keys();
+    assert_eq!(seal(&mut r, new), Ok(0x4000), "refilled after forgetting every key");
+}
+
 /// Each worker's `Output` (its per-packet counters and index cache) fills whole cache lines,
 /// so two of them never share one, side by side in memory included.
 #[test]

@@ -35,6 +35,7 @@ mod journal;
 mod keymap;
 mod peer;
 mod published;
+mod sendcache;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -283,6 +284,8 @@ pub struct Output {
     pub stats: Stats,
     /// The worker's cache of receiver index -> keypair (`indexcache`).
     pub(crate) cache: indexcache::IndexCache,
+    /// The worker's cache of peer -> current keypair (`sendcache`).
+    pub(crate) send_cache: sendcache::SendCache,
     /// Room for one multi-lane AEAD call's lanes, reused (no allocation per burst).
     pub(crate) lanes: Vec<wgpmd_aead::Lane<'static>>,
 }
@@ -295,6 +298,7 @@ impl Output {
             events: Vec::with_capacity(n),
             stats: Stats::default(),
             cache: indexcache::IndexCache::new(),
+            send_cache: sendcache::SendCache::new(),
             lanes: Vec::with_capacity(wgpmd_aead::MAX_LANES),
         }
     }
@@ -303,20 +307,22 @@ impl Output {
         self.transmits.clear();
         self.events.clear();
     }
-    /// Forget all the data path's cached receiver-index lookups: each holds a reference to a
-    /// keypair, which keeps its keys alive after the device dropped it until the entry is
-    /// replaced.
+    /// Forget all the data path's cached keypairs (receiver-index lookups and peers' current
+    /// keypairs): each entry holds a reference to a keypair, which keeps its keys alive after
+    /// the device dropped it until the entry is replaced.
     pub fn forget_keys(&mut self) {
         self.cache.clear();
+        self.send_cache.clear();
     }
 
-    /// Forget the cached receiver-index lookups whose keypair the device has dropped (its index
-    /// left the table: the cache's reference may be the last one, keeping its keys alive), and
-    /// keep the others, whose keypairs the device still holds: the next burst hits on them
-    /// rather than going to the shared table. Returns how many were forgotten. The daemon calls
-    /// this when a worker is idle and at least every minute.
+    /// Forget the cached receiver-index lookups and current keypairs whose keypair the device
+    /// has dropped (its index left the table: the cache's reference may be the last one, keeping
+    /// its keys alive), and keep the others, whose keypairs the device still holds: the next
+    /// burst hits on them rather than going to the shared table or the peer's slots. Returns
+    /// how many were forgotten. The daemon calls this when a worker is idle and at least every
+    /// minute.
     pub fn forget_dropped_keys(&mut self) -> usize {
-        self.cache.release_retired()
+        self.cache.release_retired() + self.send_cache.release_retired()
     }
 
     /// Entries of the receiver-index cache holding a keypair (at most

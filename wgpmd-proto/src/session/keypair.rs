@@ -106,6 +106,10 @@ struct Receiving {
     /// Set once the keypair's index has left the device's index table (see
     /// [`Keypair::retire`]): a worker's cached lookup of the index is then stale.
     retired: AtomicBool,
+    /// Set once the keypair is known to need no key confirmation: made by the initiator, or
+    /// made current by its first message (see [`Keypair::confirm`]). Lets the receive path skip
+    /// looking at the peer's pending keypair for every other message.
+    confirmed: AtomicBool,
 }
 
 /// The transport state of one completed handshake (kernel `struct noise_keypair`).
@@ -177,6 +181,7 @@ impl Keypair {
                 local_index,
                 initiator,
                 retired: AtomicBool::new(false),
+                confirmed: AtomicBool::new(initiator),
             },
         }
     }
@@ -390,6 +395,19 @@ impl Keypair {
     #[inline]
     pub fn is_retired(&self) -> bool {
         self.recv.retired.load(Ordering::Acquire)
+    }
+
+    /// Note that this keypair needs no key confirmation any more (the responder's keypair was
+    /// made current by [`Keypairs::received_with`](super::Keypairs::received_with)).
+    pub(crate) fn confirm(&self) {
+        self.recv.confirmed.store(true, Ordering::Release);
+    }
+
+    /// Whether this keypair needs no key confirmation: made by the initiator, or confirmed. A
+    /// `false` says nothing (the keypair may be pending, or replaced before its confirmation).
+    #[inline]
+    pub(crate) fn is_confirmed(&self) -> bool {
+        self.recv.confirmed.load(Ordering::Acquire)
     }
 
     /// The next counter [`seal`](Self::seal) will use (the number of messages sealed so far).

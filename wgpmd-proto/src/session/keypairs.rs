@@ -19,6 +19,7 @@
 //! returns the local indices of the keypairs that left every slot ([`Dropped`]), for the caller to
 //! remove from its receiver-index table (the kernel's `wg_noise_keypair_put(.., true)`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwapOption;
@@ -68,10 +69,17 @@ impl<'a> IntoIterator for &'a Dropped {
     }
 }
 
+/// The last stamp given out ([`Keypairs::stamp`]): process-wide, so no two changes of any
+/// peer's current slot share one. At a million rotations a second it would take half a million
+/// years to wrap.
+static STAMPS: AtomicU64 = AtomicU64::new(0);
+
 /// One peer's keypair slots (kernel `struct noise_keypairs`). Shared between worker threads.
 #[derive(Default)]
 pub struct Keypairs {
     current: ArcSwapOption<Keypair>,
+    /// Changed, under the update lock, after every store to `current` ([`Keypairs::stamp`]).
+    stamp: AtomicU64,
     previous: ArcSwapOption<Keypair>,
     next: ArcSwapOption<Keypair>,
     /// Serialises transitions (kernel `keypair_update_lock`); readers never take it.
@@ -102,6 +110,20 @@ impl Keypairs {
     /// The keypair to seal with (lock-free).
     pub fn current(&self) -> Option<Arc<Keypair>> {
         self.current.load_full()
+    }
+    /// A number that changes whenever the current slot does, never given to another change in
+    /// this process (0 before the first). A reader that takes the stamp, then [`current`], and
+    /// later finds the same stamp, still holds the current keypair (or the one before a
+    /// rotation in progress): the worker's send cache rests on this (`device::sendcache`).
+    ///
+    /// [`current`]: Self::current
+    #[inline]
+    pub fn stamp(&self) -> u64 {
+        self.stamp.load(Ordering::Acquire)
+    }
+    /// After a store to `current`, under the update lock.
+    fn restamp(&self) {
+        self.stamp.store(STAMPS.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Release);
     }
     /// Whether the current keypair, made under identity `generation`, asks for the receive
     /// side's last-minute handshake (kernel `keep_key_fresh`); no reference is taken.
@@ -135,11 +157,13 @@ impl Keypairs {
                 Some(next) => {
                     let old_previous = self.previous.swap(Some(next));
                     let old_current = self.current.swap(Some(kp));
+                    self.restamp();
                     [old_current, old_previous]
                 }
                 None => {
                     let old_previous = self.previous.swap(self.current.load_full());
                     self.current.store(Some(kp));
+                    self.restamp();
                     [old_previous, None]
                 }
             }
@@ -153,9 +177,10 @@ impl Keypairs {
 
     /// Note that a message was opened with `kp` (kernel `wg_noise_received_with_keypair`). If `kp`
     /// is the pending next keypair, this is its confirmation: rotate and return what was dropped.
-    /// Otherwise `None`, after one lock-free load (the common case).
+    /// Otherwise `None`: for a keypair made by the initiator or already confirmed (the common
+    /// case) from a flag on the keypair, with no load of the slots; else after one lock-free load.
     pub fn received_with(&self, kp: &Arc<Keypair>) -> Option<Dropped> {
-        if !is(&self.next.load(), kp) {
+        if kp.is_confirmed() || !is(&self.next.load(), kp) {
             return None;
         }
         let _guard = self.lock();
@@ -165,7 +190,9 @@ impl Keypairs {
         }
         let old_previous = self.previous.swap(self.current.load_full());
         self.current.store(Some(Arc::clone(kp)));
+        self.restamp();
         self.next.store(None);
+        kp.confirm();
         Some(self.dropped(&[old_previous]))
     }
 
@@ -176,6 +203,7 @@ impl Keypairs {
         let next = self.next.swap(None);
         let previous = self.previous.swap(None);
         let current = self.current.swap(None);
+        self.restamp();
         self.dropped(&[next, previous, current])
     }
 
@@ -304,6 +332,25 @@ mod tests {
         assert_eq!(slots(&k), (Some(2), Some(1), None));
         assert_eq!(k.received_with(&n), None, "confirmed only once");
         assert_eq!(k.received_with(&a), None, "previous is not a confirmation");
+        assert!(a.is_confirmed() && n.is_confirmed());
+    }
+
+    #[test]
+    fn a_pending_keypair_is_not_confirmed_until_its_first_message() {
+        let k = Keypairs::new();
+        let n = kp(2, false);
+        k.install(Arc::clone(&n));
+        assert!(!n.is_confirmed(), "the responder's keypair waits for the initiator's first message");
+        // Replaced by a newer handshake before any message came: never confirmed, and a late
+        // message on it confirms nothing (the slow path still looks at the pending slot).
+        let m = kp(3, false);
+        k.install(Arc::clone(&m));
+        assert_eq!(k.received_with(&n), None);
+        assert!(!n.is_confirmed());
+        assert_eq!(slots(&k), (None, None, Some(3)));
+        assert!(k.received_with(&m).is_some());
+        assert!(m.is_confirmed());
+        assert_eq!(slots(&k), (Some(3), None, None));
     }
 
     #[test]
