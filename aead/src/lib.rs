@@ -90,6 +90,7 @@ pub const TAG_LEN: usize = 16;
 pub const MAX_MESSAGE_LEN: u64 = 64 * (u32::MAX as u64);
 
 /// WireGuard's nonce for a message counter: 4 zero bytes, then the counter little-endian.
+#[inline]
 pub fn wireguard_nonce(counter: u64) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     n[4..].copy_from_slice(&counter.to_le_bytes());
@@ -118,11 +119,13 @@ pub struct Lane<'a> {
 impl<'a> Lane<'a> {
     /// A WireGuard data lane: nonce from `counter`, no additional data, a zero tag (set it before
     /// an open).
+    #[inline]
     pub fn wireguard(key: &'a [u8; KEY_LEN], counter: u64, buf: &'a mut [u8]) -> Self {
         Lane { key, nonce: wireguard_nonce(counter), aad: &[], buf, tag: [0; TAG_LEN] }
     }
 
     /// A lane with an arbitrary nonce and additional data, and a zero tag.
+    #[inline]
     pub fn new(key: &'a [u8; KEY_LEN], nonce: [u8; NONCE_LEN], aad: &'a [u8], buf: &'a mut [u8]) -> Self {
         Lane { key, nonce, aad, buf, tag: [0; TAG_LEN] }
     }
