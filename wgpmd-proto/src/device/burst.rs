@@ -219,7 +219,7 @@ impl Device {
         now: Timestamp,
         items: &mut [RxItem<'_>],
         out: &mut Output,
-        emit: &mut dyn FnMut(usize, Result<Decapsulated, DropReason>),
+        emit: &mut impl FnMut(usize, Result<Decapsulated, DropReason>),
     ) {
         let n = items.len().min(CHUNK);
         let items = &mut items[..n];
@@ -542,7 +542,7 @@ impl Device {
         now: Timestamp,
         items: &mut [TxItem<'_>],
         out: &mut Output,
-        emit: &mut dyn FnMut(usize, Result<Encapsulated, DropReason>),
+        emit: &mut impl FnMut(usize, Result<Encapsulated, DropReason>),
     ) {
         let n = items.len().min(CHUNK);
         let items = &mut items[..n];
