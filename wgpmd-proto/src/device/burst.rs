@@ -580,7 +580,7 @@ impl Device {
             if let Some(peer) = self.peer(id) {
                 match send_cache.peek(id, &peer.keypairs) {
                     Some(kp) => kp.prefetch_send(),
-                    None => peer.keypairs.prefetch_current(),
+                    None => send_cache.prefetch_miss(id, &peer.keypairs),
                 }
             }
         }

@@ -20,6 +20,9 @@
 //!   entry.
 //! - Within one burst, an entry a message of the burst already uses is pinned: another peer
 //!   mapping to the same slot keeps its keypair outside the cache for the burst (one clone).
+//!   Nor does a miss take another peer's entry used in the last [`AGE`] bursts (see
+//!   `SendCache::evicts`): with many more active peers than entries, evictions would cost more
+//!   than the rare hits they buy.
 //! - An entry keeps its keypair (and so its keys) alive until it is replaced, released or
 //!   cleared. Released with the receive cache's entries ([`super::Output::forget_dropped_keys`]):
 //!   those whose keypair is retired, that is, left every slot of its peer and so the device's
@@ -30,12 +33,14 @@
 use std::sync::Arc;
 
 use super::PeerId;
-use crate::session::{Keypair, Keypairs};
+use crate::session::{prefetch_refcount, Keypair, Keypairs};
 
 pub(crate) use super::indexcache::Found;
 
 /// Entries per worker (a power of two).
 pub const SLOTS: usize = 256;
+/// Bursts an entry must go unused before a miss of another peer takes it.
+const AGE: u64 = 64;
 
 #[derive(Default)]
 struct Entry {
@@ -88,6 +93,31 @@ impl SendCache {
         (e.peer == peer && e.stamp == keypairs.stamp()).then_some(e.kp.as_ref()).flatten()
     }
 
+    /// Cache hints for a peer that [`peek`](Self::peek) missed: the reference count of the
+    /// keypair its entry would evict (a line no recent message may have touched, with many more
+    /// peers than entries), and the current keypair's reference count and sending line.
+    #[inline]
+    pub(crate) fn prefetch_miss(&self, peer: PeerId, keypairs: &Keypairs) {
+        let e = &self.entries[Self::slot(peer)];
+        if self.evicts(e, peer) {
+            if let Some(old) = e.kp.as_ref() {
+                prefetch_refcount(old);
+            }
+        }
+        keypairs.prefetch_current();
+    }
+
+    /// Whether a miss of `peer` takes entry `e` (else it keeps its keypair for the burst): when
+    /// the entry is free or the peer's own (stale), or unused for [`AGE`] bursts; never when a
+    /// message of this burst uses it. With far more active peers than entries (a million
+    /// subscribers, a message each now and then) an entry is rarely used twice, and evicting
+    /// it would write a reference count on a line no recent message touched: such misses cost
+    /// what a load of the peer's slot costs, and the entries stay with peers that send often.
+    #[inline]
+    fn evicts(&self, e: &Entry, peer: PeerId) -> bool {
+        e.pinned != self.burst && (e.kp.is_none() || e.peer == peer || self.burst - e.pinned >= AGE)
+    }
+
     /// The current keypair of `peer`, whose slots are `keypairs`: from the cache (the slot,
     /// pinned for the burst) while the peer's stamp is unchanged, else loaded and cached, or
     /// held outside the cache when the slot is pinned by another peer of the burst. `None`:
@@ -105,10 +135,10 @@ impl SendCache {
             return Some(Found::Slot(slot));
         }
         let kp = keypairs.current()?;
-        if e.pinned == burst {
+        if !self.evicts(&self.entries[slot], peer) {
             return Some(Found::Owned(kp));
         }
-        *e = Entry { peer, stamp, kp: Some(kp), pinned: burst };
+        self.entries[slot] = Entry { peer, stamp, kp: Some(kp), pinned: burst };
         Some(Found::Slot(slot))
     }
 
@@ -141,5 +171,74 @@ impl SendCache {
     /// Entries holding a keypair.
     pub(crate) fn used(&self) -> usize {
         self.entries.iter().filter(|e| e.kp.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Secret;
+    use crate::time::Timestamp;
+
+    fn keypairs(remote: u32) -> Keypairs {
+        let k = Keypairs::new();
+        let kp = Keypair::new(&Secret([1; 32]), &Secret([2; 32]), remote, remote, true, Timestamp::from_secs(1));
+        k.install(Arc::new(kp));
+        k
+    }
+
+    fn remote(cache: &SendCache, f: &Found) -> (bool, u32) {
+        match f {
+            Found::Slot(s) => (true, cache.get(*s).unwrap().remote_index()),
+            Found::Owned(kp) => (false, kp.remote_index()),
+        }
+    }
+
+    /// (cached?, the keypair's remote index) for `peer` in a new burst.
+    fn look(cache: &mut SendCache, peer: PeerId, k: &Keypairs) -> (bool, u32) {
+        cache.begin_burst();
+        let f = cache.current(peer, k).unwrap();
+        remote(cache, &f)
+    }
+
+    #[test]
+    fn a_busy_entry_is_not_evicted_by_another_peer_until_it_ages() {
+        let mut c = SendCache::new();
+        let (a, b) = (keypairs(1), keypairs(2));
+        // Peers 0 and SLOTS share a slot.
+        let (pa, pb) = (0, SLOTS as PeerId);
+        assert_eq!(look(&mut c, pa, &a), (true, 1), "a free entry is taken");
+        assert_eq!(look(&mut c, pb, &b), (false, 2), "peer 0 used it a burst ago: held outside");
+        assert_eq!(look(&mut c, pa, &a), (true, 1), "and peer 0 still hits");
+        for _ in 0..AGE {
+            c.begin_burst();
+        }
+        assert_eq!(look(&mut c, pb, &b), (true, 2), "unused for AGE bursts: taken");
+        assert_eq!(look(&mut c, pb, &b), (true, 2));
+        assert_eq!(look(&mut c, pa, &a), (false, 1));
+    }
+
+    #[test]
+    fn a_peer_s_own_stale_entry_is_replaced_at_once() {
+        let mut c = SendCache::new();
+        let a = keypairs(1);
+        assert_eq!(look(&mut c, 0, &a), (true, 1));
+        let kp = Keypair::new(&Secret([3; 32]), &Secret([4; 32]), 9, 9, true, Timestamp::from_secs(2));
+        a.install(Arc::new(kp));
+        assert_eq!(look(&mut c, 0, &a), (true, 9), "the new current keypair, cached in place");
+        assert_eq!(c.used(), 1);
+    }
+
+    #[test]
+    fn a_pinned_entry_is_kept_for_its_burst() {
+        let mut c = SendCache::new();
+        let (a, b) = (keypairs(1), keypairs(2));
+        for _ in 0..AGE {
+            c.begin_burst();
+        }
+        c.begin_burst();
+        let fa = c.current(0, &a).unwrap();
+        let fb = c.current(SLOTS as PeerId, &b).unwrap();
+        assert_eq!((remote(&c, &fa), remote(&c, &fb)), ((true, 1), (false, 2)));
     }
 }
