@@ -871,7 +871,7 @@ fn the_send_cache_follows_the_current_keypair() {
     let mut rng = ChaCha20Rng::seed_from_u64(230);
     // Seal one message to `id`: the receiver index it carries.
     let seal = |r: &mut Rig, id: PeerId| -> Result<u32, DropReason> {
-        let mut buf = vec![0u8; 16 + 60 + 32];
+        let mut buf = [0u8; 16 + 60 + 32];
         buf[16..76].copy_from_slice(&ipv4_packet(Ipv4Addr::new(10, 9, 0, 1), inner_src(0), 40));
         let mut items = vec![TxItem { peer: id, buf: &mut buf[..], plain_len: 60 }];
         let mut results = Vec::new();
