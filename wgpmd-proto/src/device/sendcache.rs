@@ -12,8 +12,9 @@
 //!   so the first [`SLOTS`] peers never collide). Bounded: [`SLOTS`] entries, each holding one
 //!   `Arc<Keypair>`.
 //! - Validity: every change of a peer's current slot publishes a stamp no other change in the
-//!   process has used ([`Keypairs::stamp`]). An entry is the peer's id, the stamp read before
-//!   its keypair was loaded, and that keypair; it hits while the peer's stamp is unchanged, so
+//!   process has used ([`Keypairs::stamp`], odd while a transition runs, which is never
+//!   cached). An entry is the peer's id, the stamp read before its keypair was loaded, and
+//!   that keypair; it hits while the peer's stamp is unchanged, so
 //!   the keypair it gives is the one the slot held when the stamp was published, or a later one
 //!   (the same race a load of the slot has with a concurrent rotation). A stamp is never reused,
 //!   so neither a removed peer's id given to a new peer nor any later rotation can match an old
@@ -135,7 +136,9 @@ impl SendCache {
             return Some(Found::Slot(slot));
         }
         let kp = keypairs.current()?;
-        if !self.evicts(&self.entries[slot], peer) {
+        // An odd stamp: a transition in progress, whose end the entry could not tell from its
+        // start.
+        if stamp & 1 != 0 || !self.evicts(&self.entries[slot], peer) {
             return Some(Found::Owned(kp));
         }
         self.entries[slot] = Entry { peer, stamp, kp: Some(kp), pinned: burst };

@@ -729,7 +729,7 @@ fn per_peer_sizes() {
         ("Peer", size_of::<Peer>(), 512),
         ("  HandshakeState (in Peer, behind its Mutex)", size_of::<peer::HandshakeState>(), 256),
         ("    noise::Handshake", size_of::<crate::noise::Handshake>(), 192),
-        ("  Keypairs (in Peer)", size_of::<crate::session::Keypairs>(), 40),
+        ("  Keypairs (in Peer)", size_of::<crate::session::Keypairs>(), 32),
         ("  PeerTimers (in Peer)", size_of::<crate::timers::PeerTimers>(), 96),
         ("  EndpointCell (in Peer)", size_of::<endpoint::EndpointCell>(), 40),
         ("Arc<Peer> allocation", size_of::<Peer>() + 16, 528),

@@ -14,13 +14,15 @@
 //!   previous, next becomes current;
 //! - clearing drops all three, next first (so a concurrent confirmation finds nothing to rotate).
 //!
-//! Readers load slots lock-free (`arc_swap`); every transition holds one small mutex, so
-//! transitions are serialised exactly as under the kernel's `keypair_update_lock`. Each transition
+//! Readers load slots lock-free (`arc_swap`); every transition holds one small lock, so
+//! transitions are serialised exactly as under the kernel's `keypair_update_lock`. The lock is
+//! the low bit of the current slot's stamp ([`Keypairs::stamp`]): transitions are rare and a
+//! few stores long, so a spin lock on the word readers check anyway costs a peer no bytes. Each transition
 //! returns the local indices of the keypairs that left every slot ([`Dropped`]), for the caller to
 //! remove from its receiver-index table (the kernel's `wg_noise_keypair_put(.., true)`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
@@ -69,21 +71,44 @@ impl<'a> IntoIterator for &'a Dropped {
     }
 }
 
-/// The last stamp given out ([`Keypairs::stamp`]): process-wide, so no two changes of any
-/// peer's current slot share one. At a million rotations a second it would take half a million
-/// years to wrap.
+/// Stamps given out so far ([`Keypairs::stamp`]): process-wide, so no two changes of any
+/// peer's current slot share one. At a million rotations a second it would take a quarter of a
+/// million years to wrap.
 static STAMPS: AtomicU64 = AtomicU64::new(0);
+
+/// The lock bit of a stamp word.
+const LOCKED: u64 = 1;
 
 /// One peer's keypair slots (kernel `struct noise_keypairs`). Shared between worker threads.
 #[derive(Default)]
 pub struct Keypairs {
     current: ArcSwapOption<Keypair>,
-    /// Changed, under the update lock, after every store to `current` ([`Keypairs::stamp`]).
+    /// An even number, changed after every store to `current` ([`Keypairs::stamp`]); its low
+    /// bit is the lock that serialises transitions (kernel `keypair_update_lock`), which
+    /// readers never take.
     stamp: AtomicU64,
     previous: ArcSwapOption<Keypair>,
     next: ArcSwapOption<Keypair>,
-    /// Serialises transitions (kernel `keypair_update_lock`); readers never take it.
-    update: Mutex<()>,
+}
+
+/// A transition in progress: holds the lock bit of `keypairs`' stamp, and on drop releases it
+/// with the stamp as it was, or a new one if `current` changed.
+struct Transition<'a> {
+    keypairs: &'a Keypairs,
+    stamp: u64,
+}
+
+impl Transition<'_> {
+    /// Note a store to `current`: the stamp changes at the end of the transition.
+    fn restamp(&mut self) {
+        self.stamp = (STAMPS.fetch_add(1, Ordering::Relaxed) + 1) << 1;
+    }
+}
+
+impl Drop for Transition<'_> {
+    fn drop(&mut self) {
+        self.keypairs.stamp.store(self.stamp, Ordering::Release);
+    }
 }
 
 impl core::fmt::Debug for Keypairs {
@@ -112,18 +137,15 @@ impl Keypairs {
         self.current.load_full()
     }
     /// A number that changes whenever the current slot does, never given to another change in
-    /// this process (0 before the first). A reader that takes the stamp, then [`current`], and
-    /// later finds the same stamp, still holds the current keypair (or the one before a
-    /// rotation in progress): the worker's send cache rests on this (`device::sendcache`).
+    /// this process (0 before the first), and odd while a transition is in progress. A reader
+    /// that takes an even stamp, then [`current`], and later finds the same stamp, still holds
+    /// the current keypair (or the one before a rotation in progress): the worker's send cache
+    /// rests on this (`device::sendcache`).
     ///
     /// [`current`]: Self::current
     #[inline]
     pub fn stamp(&self) -> u64 {
         self.stamp.load(Ordering::Acquire)
-    }
-    /// After a store to `current`, under the update lock.
-    fn restamp(&self) {
-        self.stamp.store(STAMPS.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Release);
     }
     /// Whether the current keypair, made under identity `generation`, asks for the receive
     /// side's last-minute handshake (kernel `keep_key_fresh`); no reference is taken.
@@ -151,19 +173,19 @@ impl Keypairs {
     /// Install the keypair of a completed handshake (kernel `add_new_keypair`); see the module
     /// documentation for where it goes and what leaves.
     pub fn install(&self, kp: Arc<Keypair>) -> Dropped {
-        let _guard = self.lock();
+        let mut t = self.lock();
         let gone: [Option<Arc<Keypair>>; 2] = if kp.initiator() {
             match self.next.swap(None) {
                 Some(next) => {
                     let old_previous = self.previous.swap(Some(next));
                     let old_current = self.current.swap(Some(kp));
-                    self.restamp();
+                    t.restamp();
                     [old_current, old_previous]
                 }
                 None => {
                     let old_previous = self.previous.swap(self.current.load_full());
                     self.current.store(Some(kp));
-                    self.restamp();
+                    t.restamp();
                     [old_previous, None]
                 }
             }
@@ -183,14 +205,14 @@ impl Keypairs {
         if kp.is_confirmed() || !is(&self.next.load(), kp) {
             return None;
         }
-        let _guard = self.lock();
+        let mut t = self.lock();
         // Re-check: another core may have confirmed it, or a new handshake replaced it.
         if !is(&self.next.load(), kp) {
             return None;
         }
         let old_previous = self.previous.swap(self.current.load_full());
         self.current.store(Some(Arc::clone(kp)));
-        self.restamp();
+        t.restamp();
         self.next.store(None);
         kp.confirm();
         Some(self.dropped(&[old_previous]))
@@ -199,11 +221,11 @@ impl Keypairs {
     /// Empty all three slots (kernel `wg_noise_keypairs_clear`): next first, then previous, then
     /// current.
     pub fn clear(&self) -> Dropped {
-        let _guard = self.lock();
+        let mut t = self.lock();
         let next = self.next.swap(None);
         let previous = self.previous.swap(None);
         let current = self.current.swap(None);
-        self.restamp();
+        t.restamp();
         self.dropped(&[next, previous, current])
     }
 
@@ -236,9 +258,23 @@ impl Keypairs {
         out
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        // The lock guards no data, so poisoning carries no meaning.
-        self.update.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Take the transition lock (spinning: the holder only swaps a few slots).
+    fn lock(&self) -> Transition<'_> {
+        let mut spins = 0u32;
+        loop {
+            let s = self.stamp.load(Ordering::Relaxed);
+            if s & LOCKED == 0
+                && self.stamp.compare_exchange_weak(s, s | LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                return Transition { keypairs: self, stamp: s };
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
