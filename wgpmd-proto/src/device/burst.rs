@@ -731,10 +731,14 @@ impl Device {
                     gr.sealed += 1;
                     gr.bytes += len;
                     gr.data |= it.plain_len > 0;
-                    match gr.to {
-                        Some(to) => Ok(Encapsulated { peer: gr.peer, to, len }),
-                        None => Err(DropReason::NoEndpoint),
+                    if let Some(to) = gr.to {
+                        // Emitted from here, so that the result is built where it goes rather
+                        // than copied there (a `SocketAddr` built field by field and read back
+                        // whole at once stalls the copy).
+                        emit(i, Ok(Encapsulated { peer: gr.peer, to, len }));
+                        continue;
                     }
+                    Err(DropReason::NoEndpoint)
                 }
                 (Verdict::Drop(r), gr) => {
                     if r == DropReason::NoEndpoint {

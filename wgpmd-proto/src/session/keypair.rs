@@ -7,8 +7,9 @@
 //! - a keypair seals and opens nothing once `birth + REJECT_AFTER_TIME` has passed;
 //! - the send counter is the nonce; it is taken with an atomic increment that refuses to pass
 //!   [`REJECT_AFTER_MESSAGES`], so a nonce is never used twice even under concurrent sealing;
-//! - the receive path pre-checks the replay window, decrypts, then marks the window, and refuses
-//!   everything once the window has reached `REJECT_AFTER_MESSAGES`;
+//! - the receive path marks the replay window after decrypting, and refuses everything once the
+//!   window has reached `REJECT_AFTER_MESSAGES` ([`Keypair::open`] also pre-checks the window
+//!   before decrypting; the device's burst path does not, as the kernel's does not);
 //! - rekey is wanted on send after `REKEY_AFTER_MESSAGES` messages, or (initiator only) after
 //!   `REKEY_AFTER_TIME`; on receive (initiator only) after `REKEY_AFTER_TIME_RECV`.
 
@@ -378,8 +379,8 @@ impl Keypair {
         wgpmd_aead::prefetch::write(&self.send);
     }
 
-    /// The replay window, locked (the device's burst path takes it once per keypair per burst
-    /// for the pre-checks and once for marking).
+    /// The replay window, locked (the device's burst path takes it once per keypair per burst,
+    /// to mark after decrypting).
     #[inline]
     pub(crate) fn lock_window(&self) -> MutexGuard<'_, ReplayWindow> {
         self.window()
