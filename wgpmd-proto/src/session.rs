@@ -20,17 +20,19 @@
 //!   `REJECT_AFTER_MESSAGES`: every sealed message gets a unique nonce, and refused calls do not
 //!   move the counter (a plain `fetch_add` would creep past the limit and, after 8130 refusals,
 //!   wrap to nonces already used).
-//! - The replay window sits behind a `std::sync::Mutex`, held only for the bit tests (pre-checks
-//!   before decrypting, the marking after), never across crypto: [`Keypair::open`] takes it twice
-//!   per message, the device's burst path twice per keypair per burst. Measured
+//! - The replay window sits behind a `std::sync::Mutex`, held only for the bit tests, never
+//!   across crypto: [`Keypair::open`] takes it twice per message (a pre-check before decrypting,
+//!   the marking after), the device's burst path once per keypair per burst (the marking after
+//!   decrypting, as the kernel's receive path: no pre-check). Measured
 //!   cost of `open` over the raw AEAD: about 25 ns per message, against about 0.7 µs to decrypt a
 //!   full-size packet (the repository's docs/PERFORMANCE.md). This mirrors the kernel's
 //!   `spin_lock_bh` in `counter_validate`. A lock-free window (CAS on the counter, `fetch_or` on
 //!   bit words) was not chosen: sliding the window must clear words and move the counter as one
 //!   step, and doing that without a lock needs either a sequence lock or a looser rule than the
 //!   kernel's; the exact kernel semantics, with a test for concurrent use, were worth more here.
-//! - Slot transitions take one per-peer mutex (the kernel's `keypair_update_lock`); the data path
-//!   takes it only on key confirmation, after a lock-free check.
+//! - Slot transitions take one per-peer lock (the kernel's `keypair_update_lock`: the low bit of
+//!   the slots' stamp, a spin lock); the data path takes it only on key confirmation, and only
+//!   for a keypair not yet confirmed (a flag on the keypair), after a lock-free check.
 
 pub mod keypair;
 pub mod keypairs;

@@ -28,9 +28,11 @@
 //! 6. per peer: the endpoint (the last authenticated source: roaming), byte counter, timers.
 //!
 //! Send ([`Device::encapsulate_burst`]): first the loads of the chunk's peer-table slots, then
-//! of the peers' lines, then of their current keypairs' sending lines and reference counts are
-//! started (three passes, each reading what the one before loaded); then per peer its endpoint
-//! and current keypair once; per
+//! of the peers' lines, then of their current keypairs' sending lines are started (three
+//! passes, each reading what the one before loaded; the keypair from the worker's send cache,
+//! `sendcache`, when the peer's stamp still matches it, else from the peer's slots with its
+//! reference count); then per peer its endpoint and current keypair once (a send-cache hit
+//! takes no reference); per
 //! message the buffer check; per keypair the counters reserved with one atomic operation that
 //! stops at `REJECT_AFTER_MESSAGES`; headers and padding; [`wgpmd_aead::Lanes::seal_lanes`] in
 //! calls of at most 16 lanes; per peer the byte counter, timers and the rekey check.

@@ -476,7 +476,7 @@ fn a_burst_at_the_counter_limit_seals_the_last_counters_and_drops_the_rest() {
 
 /// Two workers on one device and one peer at once, in bursts: every send counter is used once
 /// (the reservation is one atomic step per keypair and burst), and every received counter is
-/// accepted by exactly one of them (the replay window's pre-check and mark under its lock).
+/// accepted by exactly one of them (the replay window's mark under its lock).
 #[test]
 fn two_threads_never_share_a_counter() {
     const BURSTS: usize = 400;
@@ -889,20 +889,76 @@ fn the_send_cache_follows_the_current_keypair() {
     r.dev.remove_peer(id).unwrap();
     assert_eq!(seal(&mut r, id), Err(DropReason::NoRoute));
     assert!(held.upgrade().is_some(), "the send cache still holds the removed peer's keypair");
+    // A new peer takes the removed one's id while the cache still holds the old entry: no
+    // session yet, so nothing to seal with (not the removed peer's keypair).
+    let mut reuse = |r: &mut Rig, rng: &mut ChaCha20Rng| {
+        let pk = PrivateKey::generate(rng).public_key();
+        let new = r.dev.add_peer(rng, pk).unwrap();
+        assert_eq!(new, id);
+        r.dev.set_endpoint(new, src_addr(0, false)).unwrap();
+        new
+    };
+    let new = reuse(&mut r, &mut rng);
+    assert_eq!(seal(&mut r, new), Err(DropReason::NoSession), "not the removed peer's keypair");
     assert!(r.out.forget_dropped_keys() >= 1);
     assert!(held.upgrade().is_none(), "its keys are gone once the cache lets go");
-    // A new peer takes the removed one's id.
-    let pk = PrivateKey::generate(&mut rng).public_key();
-    let new = r.dev.add_peer(&mut rng, pk).unwrap();
-    assert_eq!(new, id);
-    r.dev.set_endpoint(new, src_addr(0, false)).unwrap();
-    assert_eq!(seal(&mut r, new), Err(DropReason::NoSession));
     r.dev.bench_install_session(&mut rng, new, &Secret([60; 32]), &Secret([61; 32]), 0x4000, t(101)).unwrap();
     assert_eq!(seal(&mut r, new), Ok(0x4000));
+    // Again, now with the new peer's session installed while the old entry is still cached.
+    let held = Arc::downgrade(&r.dev.peer(id).unwrap().keypairs.current().unwrap());
+    r.dev.remove_peer(id).unwrap();
+    let new = reuse(&mut r, &mut rng);
+    r.dev.bench_install_session(&mut rng, new, &Secret([70; 32]), &Secret([71; 32]), 0x5000, t(101)).unwrap();
+    assert_eq!(seal(&mut r, new), Ok(0x5000), "the new peer's keypair, not the cached one");
+    assert!(held.upgrade().is_none(), "the stale entry was replaced");
     let other = r.peers[1];
     assert_eq!(seal(&mut r, other), Ok(0x1001), "another peer's entry is its own");
     r.out.forget_keys();
-    assert_eq!(seal(&mut r, new), Ok(0x4000), "refilled after forgetting every key");
+    assert_eq!(seal(&mut r, new), Ok(0x5000), "refilled after forgetting every key");
+}
+
+/// At the message limit, received: counters at and past `REJECT_AFTER_MESSAGES` are refused
+/// before decrypting, the last counters below it are accepted, and once the window has reached
+/// the limit everything on the keypair is refused, all as the one-message rules (the model, on
+/// `Keypair::open` with its pre-check) decide them, in one burst and in the next.
+#[test]
+fn receive_bursts_at_the_counter_limit_decide_as_messages_one_at_a_time() {
+    let (mut burst, mut model) = (rig(31), rig(31));
+    let r = REJECT_AFTER_MESSAGES;
+    burst.senders[0].as_ref().unwrap().set_sending_counter_for_test(r - 3);
+    let inner = ipv4_packet(inner_src(0), Ipv4Addr::new(10, 9, 0, 1), 40);
+    let m: Vec<Vec<u8>> = (0..3).map(|_| sealed(&burst, 0, &inner, t(100))).collect();
+    let forged = |c: u64| {
+        let mut f = m[0].clone();
+        f[8..16].copy_from_slice(&c.to_le_bytes());
+        f
+    };
+    let rounds = [
+        vec![m[0].clone(), forged(r), m[2].clone(), m[2].clone(), forged(r + 5), m[1].clone()],
+        vec![m[1].clone(), forged(r - 10), m[0].clone()],
+    ];
+    let mut results = Vec::new();
+    let mut seen = Vec::new();
+    for (round, msgs) in rounds.iter().enumerate() {
+        let mut a = msgs.clone();
+        let mut items: Vec<RxItem<'_>> =
+            a.iter_mut().map(|msg| RxItem { src: src_addr(0, false), msg: &mut msg[..] }).collect();
+        burst.dev.decapsulate_burst(t(101), &mut items, &mut results, &mut burst.out);
+        drop(items);
+        for (k, msg) in msgs.iter().enumerate() {
+            let mut c = msg.clone();
+            let want = model_decapsulate(&model.dev, t(101), src_addr(0, false), &mut c, &mut model.out);
+            assert_eq!(results[k], want, "round {round}, message {k}");
+            seen.push(results[k].clone().map(|_| ()));
+        }
+        assert_eq!(without_cache_counts(&burst.out.stats), without_cache_counts(&model.out.stats), "round {round}");
+    }
+    let expired = Err(DropReason::KeypairExpired);
+    assert_eq!(
+        seen,
+        vec![Ok(()), expired, Ok(()), expired, expired, expired, expired, expired, expired],
+        "the limit's decisions"
+    );
 }
 
 /// Each worker's `Output` (its per-packet counters and index cache) fills whole cache lines,

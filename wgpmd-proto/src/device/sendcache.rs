@@ -40,8 +40,10 @@ pub(crate) use super::indexcache::Found;
 
 /// Entries per worker (a power of two).
 pub const SLOTS: usize = 256;
-/// Bursts an entry must go unused before a miss of another peer takes it.
+/// Bursts an entry must go unused before a miss of another peer takes it. At least 1: an entry
+/// used in the current burst is never taken (the chunk reads its keypair from the slot).
 const AGE: u64 = 64;
+const _: () = assert!(AGE >= 1);
 
 #[derive(Default)]
 struct Entry {
@@ -232,8 +234,11 @@ mod tests {
         assert_eq!(c.used(), 1);
     }
 
+    /// An entry handed out in a burst is not taken by another peer's miss in the same burst
+    /// (the chunk reads its keypair from the slot until the end): guaranteed both by the pin
+    /// and by the age rule (`AGE` is at least 1).
     #[test]
-    fn a_pinned_entry_is_kept_for_its_burst() {
+    fn a_slot_handed_out_is_kept_for_its_burst() {
         let mut c = SendCache::new();
         let (a, b) = (keypairs(1), keypairs(2));
         for _ in 0..AGE {

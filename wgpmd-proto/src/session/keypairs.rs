@@ -72,15 +72,19 @@ impl<'a> IntoIterator for &'a Dropped {
 }
 
 /// Stamps given out so far ([`Keypairs::stamp`]): process-wide, so no two changes of any
-/// peer's current slot share one. At a million rotations a second it would take a quarter of a
+/// peer's current slot, and no two peers' first stamps, share one. At a million rotations a second it would take a quarter of a
 /// million years to wrap.
 static STAMPS: AtomicU64 = AtomicU64::new(0);
 
 /// The lock bit of a stamp word.
 const LOCKED: u64 = 1;
 
+/// A stamp no other change has used (even: the lock bit clear).
+fn fresh_stamp() -> u64 {
+    (STAMPS.fetch_add(1, Ordering::Relaxed) + 1) << 1
+}
+
 /// One peer's keypair slots (kernel `struct noise_keypairs`). Shared between worker threads.
-#[derive(Default)]
 pub struct Keypairs {
     current: ArcSwapOption<Keypair>,
     /// An even number, changed after every store to `current` ([`Keypairs::stamp`]); its low
@@ -101,7 +105,7 @@ struct Transition<'a> {
 impl Transition<'_> {
     /// Note a store to `current`: the stamp changes at the end of the transition.
     fn restamp(&mut self) {
-        self.stamp = (STAMPS.fetch_add(1, Ordering::Relaxed) + 1) << 1;
+        self.stamp = fresh_stamp();
     }
 }
 
@@ -126,18 +130,31 @@ fn is(slot: &Option<Arc<Keypair>>, kp: &Arc<Keypair>) -> bool {
     slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, kp))
 }
 
+impl Default for Keypairs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Keypairs {
-    /// Three empty slots.
+    /// Three empty slots, with a stamp of their own: a new peer's slots never show a stamp
+    /// another peer's (a removed one's whose id it took included) showed.
     pub fn new() -> Self {
-        Self::default()
+        Keypairs {
+            current: ArcSwapOption::empty(),
+            stamp: AtomicU64::new(fresh_stamp()),
+            previous: ArcSwapOption::empty(),
+            next: ArcSwapOption::empty(),
+        }
     }
 
     /// The keypair to seal with (lock-free).
     pub fn current(&self) -> Option<Arc<Keypair>> {
         self.current.load_full()
     }
-    /// A number that changes whenever the current slot does, never given to another change in
-    /// this process (0 before the first), and odd while a transition is in progress. A reader
+    /// A number that changes whenever the current slot does, never given to another change or
+    /// to another peer's slots in this process (a fresh one from [`Keypairs::new`]), and odd
+    /// while a transition is in progress. A reader
     /// that takes an even stamp, then [`current`], and later finds the same stamp, still holds
     /// the current keypair (or the one before a rotation in progress): the worker's send cache
     /// rests on this (`device::sendcache`).
@@ -369,6 +386,34 @@ mod tests {
         assert_eq!(k.received_with(&n), None, "confirmed only once");
         assert_eq!(k.received_with(&a), None, "previous is not a confirmation");
         assert!(a.is_confirmed() && n.is_confirmed());
+    }
+
+    /// The stamp changes with every change of the current slot and only then, and no two
+    /// peers' slots start with the same one (the send cache's validity rests on both).
+    #[test]
+    fn the_stamp_follows_the_current_slot() {
+        let (k, other) = (Keypairs::new(), Keypairs::new());
+        assert_ne!(k.stamp(), other.stamp(), "each peer's slots start with a stamp of their own");
+        let s0 = k.stamp();
+        assert_eq!(s0 & 1, 0);
+        let n = kp(2, false);
+        k.install(Arc::clone(&n));
+        assert_eq!(k.stamp(), s0, "a responder's keypair waits in next: current unchanged");
+        assert!(k.received_with(&n).is_some());
+        let s1 = k.stamp();
+        assert_ne!(s1, s0, "confirmation made it current");
+        k.expire_current();
+        assert_eq!(k.stamp(), s1, "expiring leaves the slot as it was");
+        k.install(kp(3, true));
+        let s2 = k.stamp();
+        assert!(s2 != s1 && s2 != s0, "the initiator's keypair became current");
+        k.install(kp(4, false));
+        assert!(k.received_with(&kp(9, false)).is_none());
+        assert_eq!(k.stamp(), s2, "a message on no pending keypair changes nothing");
+        k.clear();
+        let s3 = k.stamp();
+        assert!(![s0, s1, s2].contains(&s3), "cleared");
+        assert!([s0, s1, s2, s3].iter().all(|s| s & 1 == 0), "no transition left the lock bit set");
     }
 
     #[test]
