@@ -891,7 +891,7 @@ fn the_send_cache_follows_the_current_keypair() {
     assert!(held.upgrade().is_some(), "the send cache still holds the removed peer's keypair");
     // A new peer takes the removed one's id while the cache still holds the old entry: no
     // session yet, so nothing to seal with (not the removed peer's keypair).
-    let mut reuse = |r: &mut Rig, rng: &mut ChaCha20Rng| {
+    let reuse = |r: &mut Rig, rng: &mut ChaCha20Rng| {
         let pk = PrivateKey::generate(rng).public_key();
         let new = r.dev.add_peer(rng, pk).unwrap();
         assert_eq!(new, id);
