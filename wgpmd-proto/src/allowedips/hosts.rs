@@ -9,9 +9,10 @@
 //! Linear probing over 8-byte slots (the address, and the peer's slot number plus one; zero is
 //! a free slot), Fibonacci hashing (subscribers' addresses are often consecutive: the multiply
 //! spreads them) mapped onto any table size by a multiply-shift, deletion by backward shift (no
-//! tombstones, so probe sequences never grow with churn). The table is kept between 60 % and
-//! 75 % full (grown, or shrunk by `shrink_to_fit`, to 60 %), so a /32 costs 10.7 to 13.3 bytes
-//! of it: the bound on a peer's memory counts it twice (both copies of the tables). The keys are the
+//! tombstones, so probe sequences never grow with churn). The table is at most 75 % full, and
+//! grown (or shrunk by `shrink_to_fit`) to 60 %, so while routes are added a /32 costs 10.7 to
+//! about 13.3 bytes of it (more after removals, until the table is compacted): the bound on a
+//! peer's memory counts it twice (both copies of the tables). The keys are the
 //! operator's configuration; a packet's address only looks one up, and every probe sequence
 //! ends at a free slot, which the load limit guarantees.
 

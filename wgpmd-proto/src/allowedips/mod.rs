@@ -36,7 +36,7 @@
 //! [`AllowedIps::lookup_v4_batch`] interleaves lookups so that their cache misses overlap.
 //!
 //! IPv4 /32s, a carrier subscriber's usual prefix, are also kept in an open-addressed table
-//! (the `hosts` submodule, 8 bytes a slot, kept 60–75 % full): a /32 is the longest prefix there is, so an
+//! (the `hosts` submodule, 8 bytes a slot, grown to 60 % full, at most 75 %): a /32 is the longest prefix there is, so an
 //! address found there needs no walk of the trie, one cache line instead of three or four.
 //!
 //! Lookups allocate nothing and cannot panic. The table is single-writer: share it behind an

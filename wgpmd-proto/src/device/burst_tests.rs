@@ -864,7 +864,9 @@ fn forgetting_dropped_keys_keeps_the_live_lookups() {
 
 /// The worker's send cache follows the peer's current keypair: a new session seals with the new
 /// keypair at once, a removed peer's id taken by a new peer seals with the new peer's keypair,
-/// and a keypair only the cache still holds is freed when the worker forgets dropped keys.
+/// and a keypair only the cache still holds is freed when the worker forgets dropped keys. (An
+/// entry filled while a peer's first session is being installed carries the peer's first stamp:
+/// that no other peer's slots start with it is `keypairs::tests::the_stamp_follows_the_current_slot`.)
 #[test]
 fn the_send_cache_follows_the_current_keypair() {
     let mut r = rig(23);

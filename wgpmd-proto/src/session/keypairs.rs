@@ -72,8 +72,8 @@ impl<'a> IntoIterator for &'a Dropped {
 }
 
 /// Stamps given out so far ([`Keypairs::stamp`]): process-wide, so no two changes of any
-/// peer's current slot, and no two peers' first stamps, share one. At a million rotations a second it would take a quarter of a
-/// million years to wrap.
+/// peer's current slot, and no two peers' first stamps, share one. At a million rotations a
+/// second it would take a quarter of a million years to wrap.
 static STAMPS: AtomicU64 = AtomicU64::new(0);
 
 /// The lock bit of a stamp word.
@@ -410,10 +410,14 @@ mod tests {
         k.install(kp(4, false));
         assert!(k.received_with(&kp(9, false)).is_none());
         assert_eq!(k.stamp(), s2, "a message on no pending keypair changes nothing");
-        k.clear();
+        // An initiator's keypair while a responder's waits in next: current changes.
+        k.install(kp(5, true));
         let s3 = k.stamp();
-        assert!(![s0, s1, s2].contains(&s3), "cleared");
-        assert!([s0, s1, s2, s3].iter().all(|s| s & 1 == 0), "no transition left the lock bit set");
+        assert!(![s0, s1, s2].contains(&s3), "the initiator's keypair became current over a pending one");
+        k.clear();
+        let s4 = k.stamp();
+        assert!(![s0, s1, s2, s3].contains(&s4), "cleared");
+        assert!([s0, s1, s2, s3, s4].iter().all(|s| s & 1 == 0), "no transition left the lock bit set");
     }
 
     #[test]
