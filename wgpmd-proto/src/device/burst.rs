@@ -244,7 +244,7 @@ impl Device {
         // misses' first look at the shared table, starting the loads of their keypairs (the
         // reference count included) without taking a reference; (c) the misses taken from the
         // table; (d) the peers, whose lines are started for phases 5 and 6.
-        out.cache.begin_burst();
+        out.cache.slots.begin_burst();
         let mut by_index = SmallMap::new();
         let mut look_index = [0u32; CHUNK];
         let mut look_counter = [0u64; CHUNK];
@@ -266,7 +266,7 @@ impl Device {
             }
             match out.cache.probe(index, &mut out.stats) {
                 Some((peer, slot)) => {
-                    if let Some(kp) = out.cache.get(slot) {
+                    if let Some(kp) = out.cache.slots.get(slot) {
                         kp.prefetch_recv(counter[i]);
                     }
                     self.prefetch_peer_slot(peer);
@@ -322,7 +322,7 @@ impl Device {
         let kps: [Option<&Arc<Keypair>>; CHUNK] = core::array::from_fn(|g| match &owned[g] {
             _ if g >= ngroups => None,
             Some(kp) => Some(kp),
-            None => cache.get(groups[g].slot),
+            None => cache.slots.get(groups[g].slot),
         });
 
         // 2. Age and the counter's limit, without the window's lock (step 4 decides the rest).
@@ -556,7 +556,7 @@ impl Device {
         let mut by_peer = SmallMap::new();
         let generation = self.generation();
         let Output { stats, events, lanes, send_cache, .. } = out;
-        send_cache.begin_burst();
+        send_cache.slots.begin_burst();
 
         // 1. Per peer its endpoint and keypair; per message the buffer check. First, for the
         // whole chunk, the loads of the peers' slots, then of their lines, then of their current
@@ -624,7 +624,7 @@ impl Device {
         // A keypair made with a previous private key does not seal (see set_private_key).
         let send_cache = &*send_cache;
         let kps: [Option<&Arc<Keypair>>; CHUNK] = core::array::from_fn(|g| {
-            owned[g].as_ref().or_else(|| send_cache.get(slot_of[g])).filter(|kp| kp.generation() == generation)
+            owned[g].as_ref().or_else(|| send_cache.slots.get(slot_of[g])).filter(|kp| kp.generation() == generation)
         });
         for (gr, kp) in groups.iter_mut().zip(&kps).take(ngroups) {
             if let Some(gr) = gr.as_mut() {

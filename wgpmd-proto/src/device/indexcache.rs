@@ -24,8 +24,8 @@
 //!   maps to the same slot keeps its keypair outside the cache for the burst (one clone) instead
 //!   of evicting it.
 //! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
-//!   entry is replaced, [`IndexCache::release_retired`] drops it (the entries whose keypair is
-//!   retired, that is, no longer in the device's table) or [`IndexCache::clear`] drops all: the
+//!   entry is replaced, [`KeySlots::release_retired`] drops it (the entries whose keypair is
+//!   retired, that is, no longer in the device's table) or [`KeySlots::clear`] drops all: the
 //!   worker releases the retired entries when idle and at least every minute (the keys are
 //!   wiped when the last reference goes). The other entries stay: their keypairs are in the
 //!   table, so the cache keeps nothing alive that the device does not, and the next burst after
@@ -34,6 +34,7 @@
 
 use std::sync::Arc;
 
+use super::keyslots::{Held, KeySlots};
 use super::{IndexEntry, PeerId, Stats};
 use crate::index::IndexTable;
 use crate::session::{prefetch_refcount, Keypair};
@@ -42,12 +43,18 @@ use crate::session::{prefetch_refcount, Keypair};
 pub const SLOTS: usize = 256;
 
 #[derive(Default)]
-struct Entry {
+pub(crate) struct Entry {
     index: u32,
     peer: PeerId,
     kp: Option<Arc<Keypair>>,
-    /// The burst that last used the entry ([`IndexCache::begin_burst`]).
+    /// The burst that last used the entry ([`KeySlots::begin_burst`]).
     pinned: u64,
+}
+
+impl Held for Entry {
+    fn kp(&self) -> Option<&Arc<Keypair>> {
+        self.kp.as_ref()
+    }
 }
 
 /// Where a burst finds a looked-up keypair.
@@ -60,8 +67,7 @@ pub(crate) enum Found {
 
 /// See the module documentation.
 pub(crate) struct IndexCache {
-    entries: Box<[Entry]>,
-    burst: u64,
+    pub(crate) slots: KeySlots<Entry>,
 }
 
 impl Default for IndexCache {
@@ -72,19 +78,13 @@ impl Default for IndexCache {
 
 impl core::fmt::Debug for IndexCache {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("IndexCache").field("used", &self.used()).finish_non_exhaustive()
+        f.debug_struct("IndexCache").field("used", &self.slots.used()).finish_non_exhaustive()
     }
 }
 
 impl IndexCache {
     pub(crate) fn new() -> Self {
-        IndexCache { entries: (0..SLOTS).map(|_| Entry::default()).collect(), burst: 0 }
-    }
-
-    /// Start a burst: entries used from now on are pinned until the next call.
-    #[inline]
-    pub(crate) fn begin_burst(&mut self) {
-        self.burst += 1;
+        IndexCache { slots: KeySlots::new(SLOTS) }
     }
 
     /// The cache alone: on a hit (counted) the peer and the slot, pinned for the burst. A miss
@@ -92,8 +92,8 @@ impl IndexCache {
     #[inline]
     pub(crate) fn probe(&mut self, index: u32, stats: &mut Stats) -> Option<(PeerId, usize)> {
         let slot = index as usize & (SLOTS - 1);
-        let burst = self.burst;
-        let e = &mut self.entries[slot];
+        let burst = self.slots.burst;
+        let e = &mut self.slots.entries[slot];
         if e.index == index && e.kp.as_ref().is_some_and(|kp| !kp.is_retired()) {
             e.pinned = burst;
             stats.index_cache_hits += 1;
@@ -108,8 +108,8 @@ impl IndexCache {
     /// overlap. Returns the peer the index belongs to, for its own hints.
     #[inline]
     pub(crate) fn prefetch_miss(&self, table: &IndexTable<IndexEntry>, index: u32, counter: u64) -> Option<PeerId> {
-        let e = &self.entries[index as usize & (SLOTS - 1)];
-        if e.pinned != self.burst {
+        let e = &self.slots.entries[index as usize & (SLOTS - 1)];
+        if e.pinned != self.slots.burst {
             if let Some(old) = e.kp.as_ref() {
                 prefetch_refcount(old);
             }
@@ -136,47 +136,16 @@ impl IndexCache {
         stats: &mut Stats,
     ) -> Option<(PeerId, Found)> {
         let slot = index as usize & (SLOTS - 1);
-        let burst = self.burst;
+        let burst = self.slots.burst;
         stats.index_cache_misses += 1;
         let Some(IndexEntry::Keypair(peer, kp)) = table.get(index) else {
             return None;
         };
-        let e = &mut self.entries[slot];
+        let e = &mut self.slots.entries[slot];
         if e.pinned == burst {
             return Some((peer, Found::Owned(kp)));
         }
         *e = Entry { index, peer, kp: Some(kp), pinned: burst };
         Some((peer, Found::Slot(slot)))
-    }
-
-    /// The keypair in `slot` (as [`probe`](Self::probe) or [`fill`](Self::fill) returned it).
-    #[inline]
-    pub(crate) fn get(&self, slot: usize) -> Option<&Arc<Keypair>> {
-        self.entries.get(slot).and_then(|e| e.kp.as_ref())
-    }
-
-    /// Drop every entry (and so the cache's references to keypairs).
-    pub(crate) fn clear(&mut self) {
-        for e in self.entries.iter_mut() {
-            *e = Entry::default();
-        }
-    }
-
-    /// Drop the entries whose keypair is retired (its index left the device's table: the entry
-    /// alone may be keeping its keys alive); keep the others. Returns how many were dropped.
-    pub(crate) fn release_retired(&mut self) -> usize {
-        let mut n = 0;
-        for e in self.entries.iter_mut() {
-            if e.kp.as_ref().is_some_and(|kp| kp.is_retired()) {
-                *e = Entry::default();
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Entries holding a keypair.
-    pub(crate) fn used(&self) -> usize {
-        self.entries.iter().filter(|e| e.kp.is_some()).count()
     }
 }

@@ -33,6 +33,7 @@ mod handshake;
 mod indexcache;
 mod journal;
 mod keymap;
+mod keyslots;
 mod peer;
 mod published;
 mod sendcache;
@@ -311,8 +312,8 @@ impl Output {
     /// keypairs): each entry holds a reference to a keypair, which keeps its keys alive after
     /// the device dropped it until the entry is replaced.
     pub fn forget_keys(&mut self) {
-        self.cache.clear();
-        self.send_cache.clear();
+        self.cache.slots.clear();
+        self.send_cache.slots.clear();
     }
 
     /// Forget the cached receiver-index lookups and current keypairs whose keypair the device
@@ -322,13 +323,13 @@ impl Output {
     /// how many were forgotten. The daemon calls this when a worker is idle and at least every
     /// minute.
     pub fn forget_dropped_keys(&mut self) -> usize {
-        self.cache.release_retired() + self.send_cache.release_retired()
+        self.cache.slots.release_retired() + self.send_cache.slots.release_retired()
     }
 
     /// Entries of the receiver-index cache holding a keypair (at most
     /// [`INDEX_CACHE_SLOTS`]).
     pub fn index_cache_used(&self) -> usize {
-        self.cache.used()
+        self.cache.slots.used()
     }
     pub(crate) fn wake(&mut self, peer: PeerId, at: Option<Timestamp>) {
         if let Some(at) = at {

@@ -33,6 +33,7 @@
 
 use std::sync::Arc;
 
+use super::keyslots::{Held, KeySlots};
 use super::PeerId;
 use crate::session::{prefetch_refcount, Keypair, Keypairs};
 
@@ -46,18 +47,23 @@ const AGE: u64 = 64;
 const _: () = assert!(AGE >= 1);
 
 #[derive(Default)]
-struct Entry {
+pub(crate) struct Entry {
     peer: PeerId,
     stamp: u64,
     kp: Option<Arc<Keypair>>,
-    /// The burst that last used the entry ([`SendCache::begin_burst`]).
+    /// The burst that last used the entry ([`KeySlots::begin_burst`]).
     pinned: u64,
+}
+
+impl Held for Entry {
+    fn kp(&self) -> Option<&Arc<Keypair>> {
+        self.kp.as_ref()
+    }
 }
 
 /// See the module documentation.
 pub(crate) struct SendCache {
-    entries: Box<[Entry]>,
-    burst: u64,
+    pub(crate) slots: KeySlots<Entry>,
 }
 
 impl Default for SendCache {
@@ -68,19 +74,13 @@ impl Default for SendCache {
 
 impl core::fmt::Debug for SendCache {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SendCache").field("used", &self.used()).finish_non_exhaustive()
+        f.debug_struct("SendCache").field("used", &self.slots.used()).finish_non_exhaustive()
     }
 }
 
 impl SendCache {
     pub(crate) fn new() -> Self {
-        SendCache { entries: (0..SLOTS).map(|_| Entry::default()).collect(), burst: 0 }
-    }
-
-    /// Start a burst: entries used from now on are pinned until the next call.
-    #[inline]
-    pub(crate) fn begin_burst(&mut self) {
-        self.burst += 1;
+        SendCache { slots: KeySlots::new(SLOTS) }
     }
 
     #[inline]
@@ -92,7 +92,7 @@ impl SendCache {
     /// slots), for cache hints before [`current`](Self::current); nothing is written.
     #[inline]
     pub(crate) fn peek(&self, peer: PeerId, keypairs: &Keypairs) -> Option<&Arc<Keypair>> {
-        let e = &self.entries[Self::slot(peer)];
+        let e = &self.slots.entries[Self::slot(peer)];
         (e.peer == peer && e.stamp == keypairs.stamp()).then_some(e.kp.as_ref()).flatten()
     }
 
@@ -101,7 +101,7 @@ impl SendCache {
     /// peers than entries), and the current keypair's reference count and sending line.
     #[inline]
     pub(crate) fn prefetch_miss(&self, peer: PeerId, keypairs: &Keypairs) {
-        let e = &self.entries[Self::slot(peer)];
+        let e = &self.slots.entries[Self::slot(peer)];
         if self.evicts(e, peer) {
             if let Some(old) = e.kp.as_ref() {
                 prefetch_refcount(old);
@@ -118,7 +118,7 @@ impl SendCache {
     /// what a load of the peer's slot costs, and the entries stay with peers that send often.
     #[inline]
     fn evicts(&self, e: &Entry, peer: PeerId) -> bool {
-        e.pinned != self.burst && (e.kp.is_none() || e.peer == peer || self.burst - e.pinned >= AGE)
+        e.pinned != self.slots.burst && (e.kp.is_none() || e.peer == peer || self.slots.burst - e.pinned >= AGE)
     }
 
     /// The current keypair of `peer`, whose slots are `keypairs`: from the cache (the slot,
@@ -128,11 +128,11 @@ impl SendCache {
     #[inline]
     pub(crate) fn current(&mut self, peer: PeerId, keypairs: &Keypairs) -> Option<Found> {
         let slot = Self::slot(peer);
-        let burst = self.burst;
+        let burst = self.slots.burst;
         // The stamp first, then the slot: a rotation in between leaves an older stamp with a
         // newer keypair, which the next look misses on.
         let stamp = keypairs.stamp();
-        let e = &mut self.entries[slot];
+        let e = &mut self.slots.entries[slot];
         if e.peer == peer && e.stamp == stamp && e.kp.is_some() {
             e.pinned = burst;
             return Some(Found::Slot(slot));
@@ -140,42 +140,11 @@ impl SendCache {
         let kp = keypairs.current()?;
         // An odd stamp: a transition in progress, whose end the entry could not tell from its
         // start.
-        if stamp & 1 != 0 || !self.evicts(&self.entries[slot], peer) {
+        if stamp & 1 != 0 || !self.evicts(&self.slots.entries[slot], peer) {
             return Some(Found::Owned(kp));
         }
-        self.entries[slot] = Entry { peer, stamp, kp: Some(kp), pinned: burst };
+        self.slots.entries[slot] = Entry { peer, stamp, kp: Some(kp), pinned: burst };
         Some(Found::Slot(slot))
-    }
-
-    /// The keypair in `slot` (as [`current`](Self::current) returned it).
-    #[inline]
-    pub(crate) fn get(&self, slot: usize) -> Option<&Arc<Keypair>> {
-        self.entries.get(slot).and_then(|e| e.kp.as_ref())
-    }
-
-    /// Drop every entry (and so the cache's references to keypairs).
-    pub(crate) fn clear(&mut self) {
-        for e in self.entries.iter_mut() {
-            *e = Entry::default();
-        }
-    }
-
-    /// Drop the entries whose keypair is retired (it left every slot of its peer: the entry
-    /// alone may be keeping its keys alive); keep the others. Returns how many were dropped.
-    pub(crate) fn release_retired(&mut self) -> usize {
-        let mut n = 0;
-        for e in self.entries.iter_mut() {
-            if e.kp.as_ref().is_some_and(|kp| kp.is_retired()) {
-                *e = Entry::default();
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Entries holding a keypair.
-    pub(crate) fn used(&self) -> usize {
-        self.entries.iter().filter(|e| e.kp.is_some()).count()
     }
 }
 
@@ -194,14 +163,14 @@ mod tests {
 
     fn remote(cache: &SendCache, f: &Found) -> (bool, u32) {
         match f {
-            Found::Slot(s) => (true, cache.get(*s).unwrap().remote_index()),
+            Found::Slot(s) => (true, cache.slots.get(*s).unwrap().remote_index()),
             Found::Owned(kp) => (false, kp.remote_index()),
         }
     }
 
     /// (cached?, the keypair's remote index) for `peer` in a new burst.
     fn look(cache: &mut SendCache, peer: PeerId, k: &Keypairs) -> (bool, u32) {
-        cache.begin_burst();
+        cache.slots.begin_burst();
         let f = cache.current(peer, k).unwrap();
         remote(cache, &f)
     }
@@ -216,7 +185,7 @@ mod tests {
         assert_eq!(look(&mut c, pb, &b), (false, 2), "peer 0 used it a burst ago: held outside");
         assert_eq!(look(&mut c, pa, &a), (true, 1), "and peer 0 still hits");
         for _ in 0..AGE {
-            c.begin_burst();
+            c.slots.begin_burst();
         }
         assert_eq!(look(&mut c, pb, &b), (true, 2), "unused for AGE bursts: taken");
         assert_eq!(look(&mut c, pb, &b), (true, 2));
@@ -231,7 +200,7 @@ mod tests {
         let kp = Keypair::new(&Secret([3; 32]), &Secret([4; 32]), 9, 9, true, Timestamp::from_secs(2));
         a.install(Arc::new(kp));
         assert_eq!(look(&mut c, 0, &a), (true, 9), "the new current keypair, cached in place");
-        assert_eq!(c.used(), 1);
+        assert_eq!(c.slots.used(), 1);
     }
 
     /// An entry handed out in a burst is not taken by another peer's miss in the same burst
@@ -242,9 +211,9 @@ mod tests {
         let mut c = SendCache::new();
         let (a, b) = (keypairs(1), keypairs(2));
         for _ in 0..AGE {
-            c.begin_burst();
+            c.slots.begin_burst();
         }
-        c.begin_burst();
+        c.slots.begin_burst();
         let fa = c.current(0, &a).unwrap();
         let fb = c.current(SLOTS as PeerId, &b).unwrap();
         assert_eq!((remote(&c, &fa), remote(&c, &fb)), ((true, 1), (false, 2)));
