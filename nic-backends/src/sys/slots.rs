@@ -1380,15 +1380,23 @@ mod tests {
         let mut theirs = mine.split_off(20);
         // A thread with slots parked in its cache and buffers of its own.
         let (go, wait) = mpsc::channel::<()>();
+        let (ready, parked_ready) = mpsc::channel::<()>();
         let p = pool.clone();
         let parked = std::thread::spawn(move || {
             drop(p.alloc().unwrap());
             let keep = p.alloc().unwrap();
             drop(p);
+            ready.send(()).unwrap();
             wait.recv().unwrap();
             drop(keep);
             wait.recv().unwrap();
         });
+        // Its handle is gone first, so that this thread's drop is the last one (closing the
+        // pool and retiring this thread's cache now). Without the wait, a slow start of that
+        // thread made its drop the last: this thread's cache then stayed (it retires at this
+        // thread's next operation on the pool, which may come before that drop), keeping the
+        // region.
+        parked_ready.recv().unwrap();
         drop(pool);
         assert!(!gone.load(Ordering::SeqCst), "buffers are out");
         for b in mine.iter_mut().chain(theirs.iter_mut()) {
