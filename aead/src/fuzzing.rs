@@ -114,13 +114,17 @@ struct Case {
     bad_ct: Option<usize>,
 }
 
-/// Reads a burst from fuzz input: one byte for the lane count, then per lane 12 header bytes
-/// (key seed, nonce counter, lengths, corruption). Contents come from a generator seeded by the
-/// header, so short inputs still make long messages.
+/// Reads a burst from fuzz input: one byte for the lane count (its top bit: every lane of the
+/// first lane's length, none with additional data, WireGuard's shape), then per lane 12 header
+/// bytes (key seed, nonce counter, lengths, corruption). Contents come from a generator seeded by
+/// the header, so short inputs still make long messages.
 fn cases(data: &[u8]) -> Vec<Case> {
     let mut it = data.iter().copied();
     let mut byte = || it.next().unwrap_or(0);
-    let n = usize::from(byte()) % MAX_LANES + 1;
+    let first = byte();
+    let n = usize::from(first & 0x0f) % MAX_LANES + 1;
+    let uniform = first & 0x80 != 0;
+    let mut first_len = None;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let h: [u8; 12] = core::array::from_fn(|_| byte());
@@ -139,8 +143,9 @@ fn cases(data: &[u8]) -> Vec<Case> {
                 n
             }
         };
-        let aad_len = if h[8] & 0x20 != 0 { usize::from(h[9] % 40) } else { 0 };
-        let len = usize::from(u16::from_le_bytes([h[10], h[11]])) % 1537;
+        let aad_len = if h[8] & 0x20 != 0 && !uniform { usize::from(h[9] % 40) } else { 0 };
+        let own_len = usize::from(u16::from_le_bytes([h[10], h[11]])) % 1537;
+        let len = if uniform { *first_len.get_or_insert(own_len) } else { own_len };
         let mut aad = vec![0u8; aad_len];
         mix.fill(&mut aad);
         let mut plain = vec![0u8; len];

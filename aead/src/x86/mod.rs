@@ -186,11 +186,11 @@ pub(crate) fn decrypt_avx512(_cpu: Avx512, table: &KeyTable, lanes: &mut [Lane<'
     unsafe { wg_avx512::decrypt(table, lanes, mask) }
 }
 
-/// The length of a WireGuard-shaped burst: 1 to 16 lanes, all of one length, a multiple of 16
-/// bytes, none with additional data. `None` for any other shape.
+/// The length of a WireGuard-shaped burst: 1 to 16 lanes, all of one length, none with
+/// additional data. `None` for any other shape.
 pub(crate) fn wg_len(lanes: &[Lane<'_>]) -> Option<usize> {
     let len = lanes.first()?.buf.len();
-    let ok = lanes.len() <= MAX_LANES && len % 16 == 0 && lanes.iter().all(|l| l.aad.is_empty() && l.buf.len() == len);
+    let ok = lanes.len() <= MAX_LANES && lanes.iter().all(|l| l.aad.is_empty() && l.buf.len() == len);
     ok.then_some(len)
 }
 

@@ -1,11 +1,11 @@
 //! The WireGuard-shaped burst on AVX-512, fused: every lane without additional data and all of
-//! one length, a multiple of 16 bytes (WireGuard pads its plaintexts to 16 bytes, and a burst of a
-//! bulk flow or of small packets is uniform).
+//! one length (WireGuard pads its plaintexts to 16 bytes but not beyond the MTU, so a bulk flow's
+//! full-size packets are 1420 bytes, and a burst of a bulk flow or of small packets is uniform).
 //!
 //! Such a burst needs none of the general path's bookkeeping. Its Poly1305 input is the
-//! ciphertext's blocks and one length block that is the same for every lane, so every sub-lane
-//! starts at step 0 and steps 16 bytes at a time: no [`crate::plan::PolyPlan`], no epochs, no
-//! split. The one-time keys never go through memory: block 0 of the 16 lanes is computed in the
+//! ciphertext's blocks (the last one zero-padded when the length is not a multiple of 16) and one
+//! length block that is the same for every lane, so every sub-lane starts at step 0 and steps 16
+//! bytes at a time: no [`crate::plan::PolyPlan`], no epochs, no split. The one-time keys never go through memory: block 0 of the 16 lanes is computed in the
 //! vertical layout, and its words 0 to 7 (`r` and `s` of every lane) are widened straight into the
 //! Poly1305 kernel's 64-bit lanes, with no transpose. The data blocks are XORed lane after lane in
 //! vectors of 16, built in a plain loop rather than through the job iterators.
@@ -51,8 +51,8 @@ fn one_time_keys(kw: &[__m512i; 11]) -> [PolyKeys; 2] {
     [poly_keys::<0>(&x), poly_keys::<1>(&x)]
 }
 
-/// The AEAD tags of the lanes (1 to `8 G`, each `len` bytes, `len` a multiple of 16, no
-/// additional data) over their current buffers.
+/// The AEAD tags of the lanes (1 to `8 G`, each `len` bytes, no additional data) over their
+/// current buffers.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn tags<const G: usize>(keys: &[PolyKeys; 2], lanes: &[Lane<'_>], len: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
@@ -62,10 +62,11 @@ fn tags<const G: usize>(keys: &[PolyKeys; 2], lanes: &[Lane<'_>], len: usize) ->
     let zero = _mm512_setzero_si512();
     let bit128 = _mm512_set1_epi64(1 << 40); // 2^128 = 2^40 in limb 2 (2^88)
     let mut h = [[zero; 3]; G];
-    for _ in 0..len / 16 {
+    let full = len / 16;
+    // One step: every sub-lane's 16-byte block at its pointer, as a full block (with 2^128).
+    let step = |p: &[*const u8; MAX_LANES], h: &mut [[__m512i; 3]; G]| {
         for g in 0..G {
-            // SAFETY: every lane's buffer is `len` bytes; at step `t` (< len / 16) each pointer is
-            // its lane's buffer + 16 t, so 16 readable bytes.
+            // SAFETY: the callers below point every sub-lane at 16 readable bytes.
             let (lo, hi) = unsafe { load8(&p[8 * g..8 * g + 8]) };
             let m = limbs(lo, hi);
             let s = [
@@ -75,9 +76,25 @@ fn tags<const G: usize>(keys: &[PolyKeys; 2], lanes: &[Lane<'_>], len: usize) ->
             ];
             h[g] = mul(s, &keys[g].key);
         }
+    };
+    for _ in 0..full {
+        // Every lane's buffer is `len` bytes; at step `t` (< len / 16) each pointer is its lane's
+        // buffer + 16 t: 16 readable bytes.
+        step(&p, &mut h);
         for q in p.iter_mut() {
             *q = q.wrapping_add(16);
         }
+    }
+    let rem = len % 16;
+    if rem != 0 {
+        // The last, partial block, zero-padded to 16 bytes (RFC 8439 §2.8 pads the ciphertext):
+        // copied out, so that the loads stay inside 16-byte arrays. Ciphertext: nothing to wipe.
+        let mut tail = [[0u8; 16]; MAX_LANES];
+        for (i, t) in tail.iter_mut().enumerate().take(8 * G) {
+            t[..rem].copy_from_slice(&lanes[i.min(n - 1)].buf[16 * full..]);
+        }
+        let q: [*const u8; MAX_LANES] = core::array::from_fn(|i| tail[i].as_ptr());
+        step(&q, &mut h);
     }
     // The length block: 0 (additional data) in the low half, `len` in the high half.
     let m = limbs(zero, _mm512_set1_epi64(len as i64));
