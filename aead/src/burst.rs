@@ -126,15 +126,17 @@ fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MA
 }
 
 /// Whether a burst is worth the fused WireGuard-shaped kernel (`x86::wg_len` checks the shape
-/// itself): it runs every lane unsplit, one sub-lane each, so a long message in a burst that
-/// leaves sub-lanes idle can be better spread by the general path. Measured (the lanes bench's
-/// lane-count line, seal): with 2 to 7 lanes of 512 to 1024 bytes the fused kernel costs 8–37 %
-/// less per call, with one of 512 18 % less; one lane of 768 bytes, and fewer than 8 of 1420,
-/// cost about the same either way, one of 1024 7 % less on the general path.
+/// itself): it runs every lane unsplit, one sub-lane each, so one long message alone can be
+/// better spread by the general path over idle sub-lanes. Measured (the lanes bench's lane-count
+/// line, seal, ns per packet, general → fused): one lane of 1200 or 1420 bytes 1,297–1,306 →
+/// 1,379–1,577, of 1024 about the same either way; two lanes of 1200 to 1420 about the same
+/// (814–869 → 778–873); three 716–804 → 592–718, four 608–718 → 492–598, six 593–672 →
+/// 418–491; with 2 to 7 lanes of 512 to 1024 bytes the fused kernel costs 8–37 % less per call,
+/// one of 512 18 % less.
 #[inline]
 fn fused(lanes: &[Lane<'_>]) -> bool {
     let len = lanes.first().map_or(0, |l| l.buf.len());
-    lanes.len() >= 8 || len <= 768 || (len <= 1024 && lanes.len() >= 2)
+    lanes.len() >= 2 || len <= 768
 }
 
 /// Seals every lane (at most [`MAX_LANES`], lengths checked by the caller).
