@@ -128,7 +128,7 @@ fn tags(simd: Simd, lanes: &[Lane<'_>], otk: &OneTimeKeys) -> [[u8; TAG_LEN]; MA
 /// Whether a burst is worth the fused WireGuard-shaped kernel (`x86::wg_len` checks the shape
 /// itself): it runs every lane unsplit, one sub-lane each, so one long message alone can be
 /// better spread by the general path over idle sub-lanes. Measured (the lanes bench's lane-count
-/// line, seal, ns per packet, general → fused): one lane of 1200 or 1420 bytes 1,297–1,306 →
+/// line in a temporary edit, each path forced in turn; seal, ns per packet, general → fused): one lane of 1200 or 1420 bytes 1,297–1,306 →
 /// 1,379–1,577, of 1024 about the same either way; two lanes of 1200 to 1420 about the same
 /// (814–869 → 778–873); three 716–804 → 592–718, four 608–718 → 492–598, six 593–672 →
 /// 418–491; with 2 to 7 lanes of 512 to 1024 bytes the fused kernel costs 8–37 % less per call,

@@ -163,8 +163,9 @@ pub(crate) fn wg_seal_avx512(
     lanes: &mut [Lane<'_>],
 ) -> Option<[[u8; TAG_LEN]; MAX_LANES]> {
     let len = wg_len(lanes)?;
-    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, avx512bw and avx512ifma,
-    // the features `seal` is compiled for; `wg_len` checked the shape its loads rely on.
+    // SAFETY: an `Avx512` token exists only if CPUID reported avx512f, avx512bw, avx512vl and
+    // avx512ifma, the features `seal` is compiled for; `wg_len` checked the shape its loads rely
+    // on.
     Some(unsafe { wg_avx512::seal(table, lanes, len) })
 }
 

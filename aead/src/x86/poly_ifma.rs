@@ -50,6 +50,31 @@ pub(super) unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
     (_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
 }
 
+/// Eight short blocks, zero-padded to 16 bytes: as [`load8`], reading only the bytes `k`
+/// selects at each pointer (masked loads: the bytes left out are not accessed).
+///
+/// # Safety
+/// At each of the 8 pointers, the bytes `k` selects are readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn load8_masked(p: &[*const u8], k: __mmask16) -> (__m512i, __m512i) {
+    // SAFETY: the caller guarantees the selected bytes readable; AVX-512BW masked loads suppress
+    // faults on the bytes the mask leaves out.
+    let (a, b) = unsafe {
+        let ld = |i: usize| _mm_maskz_loadu_epi8(k, p[i].cast());
+        let mut a = _mm512_castsi128_si512(ld(0));
+        let mut b = _mm512_castsi128_si512(ld(1));
+        a = _mm512_inserti32x4::<1>(a, ld(2));
+        b = _mm512_inserti32x4::<1>(b, ld(3));
+        a = _mm512_inserti32x4::<2>(a, ld(4));
+        b = _mm512_inserti32x4::<2>(b, ld(5));
+        a = _mm512_inserti32x4::<3>(a, ld(6));
+        b = _mm512_inserti32x4::<3>(b, ld(7));
+        (a, b)
+    };
+    (_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+}
+
 /// A 128-bit value (low and high halves) in limbs of 44, 44 and 40 bits.
 #[inline]
 #[target_feature(enable = "avx512f")]

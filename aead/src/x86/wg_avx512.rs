@@ -3,17 +3,20 @@
 //! full-size packets are 1420 bytes, and a burst of a bulk flow or of small packets is uniform).
 //!
 //! Such a burst needs none of the general path's bookkeeping. Its Poly1305 input is the
-//! ciphertext's blocks (the last one zero-padded when the length is not a multiple of 16) and one
-//! length block that is the same for every lane, so every sub-lane starts at step 0 and steps 16
-//! bytes at a time: no [`crate::plan::PolyPlan`], no epochs, no split. The one-time keys never go through memory: block 0 of the 16 lanes is computed in the
-//! vertical layout, and its words 0 to 7 (`r` and `s` of every lane) are widened straight into the
-//! Poly1305 kernel's 64-bit lanes, with no transpose. The data blocks are XORed lane after lane in
-//! vectors of 16, built in a plain loop rather than through the job iterators.
+//! ciphertext's blocks (the last one, when short, read with byte-masked loads: zero-padded) and
+//! one length block that is the same for every lane, so every sub-lane starts at step 0 and steps
+//! 16 bytes at a time: no [`crate::plan::PolyPlan`], no epochs, no split. The one-time keys are
+//! never transposed or stored in an array: block 0 of the 16 lanes is computed in the vertical
+//! layout, and its words 0 to 7 (`r` and `s` of every lane) are widened straight into the
+//! Poly1305 kernel's 64-bit lanes. (What the compiler spills of them and of the Poly1305 state
+//! stays in the stack frame after the call, as any function's locals do: nothing here wipes the
+//! stack.) The data blocks are XORed lane after lane in vectors of 16, built in a plain loop
+//! rather than through the job iterators.
 
 use core::arch::x86_64::*;
 
 use super::chacha_avx512::{blocks16, key_words, state16};
-use super::poly_ifma::{finish, key, limbs, load8, mul, store_tags, Key};
+use super::poly_ifma::{finish, key, limbs, load8, load8_masked, mul, store_tags, Key};
 use crate::sched::KeyTable;
 use crate::{Lane, MAX_LANES, TAG_LEN};
 
@@ -54,7 +57,7 @@ fn one_time_keys(kw: &[__m512i; 11]) -> [PolyKeys; 2] {
 /// The AEAD tags of the lanes (1 to `8 G`, each `len` bytes, no additional data) over their
 /// current buffers.
 #[inline]
-#[target_feature(enable = "avx512f,avx512ifma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
 fn tags<const G: usize>(keys: &[PolyKeys; 2], lanes: &[Lane<'_>], len: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
     let n = lanes.len().clamp(1, 8 * G);
     // Sub-lanes past the last lane follow the last lane again; their results are dropped.
@@ -62,39 +65,40 @@ fn tags<const G: usize>(keys: &[PolyKeys; 2], lanes: &[Lane<'_>], len: usize) ->
     let zero = _mm512_setzero_si512();
     let bit128 = _mm512_set1_epi64(1 << 40); // 2^128 = 2^40 in limb 2 (2^88)
     let mut h = [[zero; 3]; G];
-    let full = len / 16;
-    // One step: every sub-lane's 16-byte block at its pointer, as a full block (with 2^128).
-    let step = |p: &[*const u8; MAX_LANES], h: &mut [[__m512i; 3]; G]| {
-        for g in 0..G {
-            // SAFETY: the callers below point every sub-lane at 16 readable bytes.
-            let (lo, hi) = unsafe { load8(&p[8 * g..8 * g + 8]) };
-            let m = limbs(lo, hi);
-            let s = [
-                _mm512_add_epi64(h[g][0], m[0]),
-                _mm512_add_epi64(h[g][1], m[1]),
-                _mm512_add_epi64(h[g][2], _mm512_or_si512(m[2], bit128)),
-            ];
-            h[g] = mul(s, &keys[g].key);
-        }
+    // Absorb one block per sub-lane (`lo`, `hi`: group `g`'s 8 blocks), as a full block (with
+    // 2^128).
+    let absorb = |h: &mut [__m512i; 3], (lo, hi): (__m512i, __m512i), key: &Key| {
+        let m = limbs(lo, hi);
+        let s = [
+            _mm512_add_epi64(h[0], m[0]),
+            _mm512_add_epi64(h[1], m[1]),
+            _mm512_add_epi64(h[2], _mm512_or_si512(m[2], bit128)),
+        ];
+        *h = mul(s, key);
     };
+    let full = len / 16;
     for _ in 0..full {
-        // Every lane's buffer is `len` bytes; at step `t` (< len / 16) each pointer is its lane's
-        // buffer + 16 t: 16 readable bytes.
-        step(&p, &mut h);
+        for g in 0..G {
+            // SAFETY: every lane's buffer is `len` bytes; at step `t` (< len / 16) each pointer
+            // is its lane's buffer + 16 t: 16 readable bytes.
+            let blocks = unsafe { load8(&p[8 * g..8 * g + 8]) };
+            absorb(&mut h[g], blocks, &keys[g].key);
+        }
         for q in p.iter_mut() {
             *q = q.wrapping_add(16);
         }
     }
     let rem = len % 16;
     if rem != 0 {
-        // The last, partial block, zero-padded to 16 bytes (RFC 8439 §2.8 pads the ciphertext):
-        // copied out, so that the loads stay inside 16-byte arrays. Ciphertext: nothing to wipe.
-        let mut tail = [[0u8; 16]; MAX_LANES];
-        for (i, t) in tail.iter_mut().enumerate().take(8 * G) {
-            t[..rem].copy_from_slice(&lanes[i.min(n - 1)].buf[16 * full..]);
+        // The last, partial block, zero-padded to 16 bytes (RFC 8439 §2.8 pads the ciphertext),
+        // read with byte-masked loads.
+        let k: __mmask16 = (1 << rem) - 1;
+        for g in 0..G {
+            // SAFETY: each pointer is its lane's buffer + 16 * (len / 16): `rem` readable bytes,
+            // the ones `k` selects.
+            let blocks = unsafe { load8_masked(&p[8 * g..8 * g + 8], k) };
+            absorb(&mut h[g], blocks, &keys[g].key);
         }
-        let q: [*const u8; MAX_LANES] = core::array::from_fn(|i| tail[i].as_ptr());
-        step(&q, &mut h);
     }
     // The length block: 0 (additional data) in the low half, `len` in the high half.
     let m = limbs(zero, _mm512_set1_epi64(len as i64));
@@ -145,7 +149,7 @@ fn xor_data(kw: &[__m512i; 11], lanes: &mut [Lane<'_>], mask: u16) {
 
 /// Seals a WireGuard-shaped burst (see the module doc; 1 to 16 lanes of `len` bytes): encrypts in
 /// place and returns the tags.
-#[target_feature(enable = "avx512f,avx512bw,avx512ifma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
 pub(super) fn seal(table: &KeyTable, lanes: &mut [Lane<'_>], len: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
     let kw = key_words(table);
     let keys = one_time_keys(&kw);
@@ -158,7 +162,7 @@ pub(super) fn seal(table: &KeyTable, lanes: &mut [Lane<'_>], len: usize) -> [[u8
 }
 
 /// The expected tags of a WireGuard-shaped burst being opened (the buffers hold ciphertext).
-#[target_feature(enable = "avx512f,avx512bw,avx512ifma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
 pub(super) fn open_tags(table: &KeyTable, lanes: &[Lane<'_>], len: usize) -> [[u8; TAG_LEN]; MAX_LANES] {
     let kw = key_words(table);
     let keys = one_time_keys(&kw);
