@@ -227,6 +227,9 @@ fn summary(_c: &mut Criterion) {
     let mut one_long = [64; BURST];
     one_long[0] = 1420;
     println!("{}", summary_line("1x1420+64", &one_long, &keys, &rkeys));
+    // A bulk flow with acknowledgements among its full-size packets: 12 x 1420, 4 x 64 bytes.
+    let bulk = [1420, 1420, 1420, 64, 1420, 1420, 1420, 1420, 64, 1420, 1420, 1420, 64, 1420, 1420, 64];
+    println!("{}", summary_line("12x1420+4x64", &bulk, &keys, &rkeys));
     // A simple IMIX-like burst: 7 x 64, 4 x 576, 5 x 1420 bytes, interleaved.
     let imix = [64, 576, 1420, 64, 64, 1420, 576, 64, 1420, 64, 576, 1420, 64, 576, 64, 1420];
     println!("{}", summary_line("imix", &imix, &keys, &rkeys));

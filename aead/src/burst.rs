@@ -4,6 +4,10 @@
 //! lane, XORed in place; (3) Poly1305 over each lane's additional data and ciphertext; (4) the
 //! final reduction and `+ s`, per lane. Open runs (1), (3) and (4) over the received ciphertext,
 //! compares the tags in constant time, and runs (2) only for the lanes that matched.
+//!
+//! On AVX-512 a burst of WireGuard's shape (one length, no additional data) takes the fused
+//! kernel instead (`x86::wg_avx512`), and a mixed burst whose largest such class has 8 lanes or
+//! more runs as two calls, the class on the fused kernel ([`major_class`]).
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
@@ -139,6 +143,84 @@ fn fused(lanes: &[Lane<'_>]) -> bool {
     lanes.len() >= 2 || len <= 768
 }
 
+/// The fewest lanes of one shape that a mixed burst's call runs apart, on the fused kernel.
+const MAJOR_CLASS: u32 = 8;
+
+/// A mixed burst's largest class of WireGuard's shape (no additional data, one length), as a
+/// mask of its lanes, when it has at least [`MAJOR_CLASS`] lanes and is not the whole burst: a
+/// bulk flow's full-size packets among a few others (acknowledgements, keepalives) go through
+/// the fused kernel on their own, and the others through a second call, rather than all through
+/// the general path.
+fn major_class(lanes: &[Lane<'_>]) -> Option<u16> {
+    let n = lanes.len().min(MAX_LANES);
+    // Each lane's length, or none for a lane with additional data.
+    let mut len = [usize::MAX; MAX_LANES];
+    for (l, lane) in len.iter_mut().zip(lanes) {
+        if lane.aad.is_empty() {
+            *l = lane.buf.len();
+        }
+    }
+    let (mut best, mut count) = (0u16, 0u32);
+    // A class of `MAJOR_CLASS` or more has a lane among the first `n - MAJOR_CLASS + 1`; each
+    // class is counted from its first lane on.
+    for i in 0..(n + 1).saturating_sub(MAJOR_CLASS as usize) {
+        if len[i] == usize::MAX {
+            continue;
+        }
+        let mut mask = 0u16;
+        for (j, &l) in len.iter().enumerate().take(n).skip(i) {
+            mask |= u16::from(l == len[i]) << j;
+        }
+        if mask.count_ones() > count {
+            (best, count) = (mask, mask.count_ones());
+        }
+    }
+    (count >= MAJOR_CLASS && (count as usize) < n).then_some(best)
+}
+
+/// Puts the lanes of `mask` first and the others after them, each part in its order; returns
+/// where each lane came from (`from[j]`: the position before of the lane now at `j`) and the
+/// size of the first part.
+fn class_first(lanes: &mut [Lane<'_>], mask: u16) -> ([u8; MAX_LANES], usize) {
+    let n = lanes.len().min(MAX_LANES);
+    let mut from = [0u8; MAX_LANES];
+    let firsts = (0..n).filter(|i| mask >> i & 1 != 0);
+    let others = (0..n).filter(|i| mask >> i & 1 == 0);
+    for (f, i) in from.iter_mut().zip(firsts.chain(others)) {
+        *f = i as u8;
+    }
+    permute(&mut lanes[..n], &from);
+    (from, (mask.count_ones() as usize).min(n))
+}
+
+/// Undoes [`class_first`]: every lane back where it was.
+fn restore(lanes: &mut [Lane<'_>], from: &[u8; MAX_LANES]) {
+    let n = lanes.len().min(MAX_LANES);
+    let mut to = [0u8; MAX_LANES];
+    for (j, &f) in from.iter().enumerate().take(n) {
+        to[f as usize] = j as u8;
+    }
+    permute(&mut lanes[..n], &to);
+}
+
+/// The lane at `j` becomes the one that was at `from[j]`, for a permutation `from` of
+/// `0..lanes.len()`: each cycle walked once with swaps, carrying its first lane along.
+fn permute(lanes: &mut [Lane<'_>], from: &[u8; MAX_LANES]) {
+    let mut done = 0u16;
+    for start in 0..lanes.len() {
+        let mut j = start;
+        while done >> j & 1 == 0 {
+            done |= 1 << j;
+            let f = from[j] as usize;
+            if f == start {
+                break;
+            }
+            lanes.swap(j, f);
+            j = f;
+        }
+    }
+}
+
 /// Seals every lane (at most [`MAX_LANES`], lengths checked by the caller).
 pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
     let Some(simd) = Simd::new(backend) else {
@@ -148,6 +230,15 @@ pub(crate) fn seal(backend: Backend, lanes: &mut [Lane<'_>]) {
         }
         return;
     };
+    if let (Simd::Avx512(_), None) = (simd, x86::wg_len(lanes)) {
+        if let Some(mask) = major_class(lanes) {
+            let (from, k) = class_first(lanes, mask);
+            seal(backend, &mut lanes[..k]);
+            seal(backend, &mut lanes[k..]);
+            restore(lanes, &from);
+            return;
+        }
+    }
     let n = lanes.len().min(MAX_LANES);
     let mut table = KeyTable::zeroed();
     fill_table(&mut table, lanes);
@@ -183,6 +274,20 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
         }
         return ok;
     };
+    if let (Simd::Avx512(_), None) = (simd, x86::wg_len(lanes)) {
+        if let Some(mask) = major_class(lanes) {
+            let (from, k) = class_first(lanes, mask);
+            let first = open(backend, &mut lanes[..k]);
+            let rest = open(backend, &mut lanes[k..]);
+            restore(lanes, &from);
+            let both = u32::from(first) | u32::from(rest) << k;
+            let mut ok = 0u16;
+            for (j, &f) in from.iter().enumerate().take(lanes.len()) {
+                ok |= ((both >> j & 1) as u16) << f;
+            }
+            return ok;
+        }
+    }
     let n = lanes.len().min(MAX_LANES);
     let mut table = KeyTable::zeroed();
     fill_table(&mut table, lanes);
