@@ -34,20 +34,7 @@ const M42: i64 = (1 << 42) - 1;
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
     // SAFETY: the caller guarantees 16 readable bytes at each pointer; the loads are unaligned.
-    let (a, b) = unsafe {
-        let ld = |i: usize| _mm_loadu_si128(p[i].cast());
-        let mut a = _mm512_castsi128_si512(ld(0));
-        let mut b = _mm512_castsi128_si512(ld(1));
-        a = _mm512_inserti32x4::<1>(a, ld(2));
-        b = _mm512_inserti32x4::<1>(b, ld(3));
-        a = _mm512_inserti32x4::<2>(a, ld(4));
-        b = _mm512_inserti32x4::<2>(b, ld(5));
-        a = _mm512_inserti32x4::<3>(a, ld(6));
-        b = _mm512_inserti32x4::<3>(b, ld(7));
-        (a, b)
-    };
-    // 128-bit lane k of a is block 2k, of b block 2k + 1: the interleaves keep the order.
-    (_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
+    halves8(|i| unsafe { _mm_loadu_si128(p[i].cast()) })
 }
 
 /// Eight short blocks, zero-padded to 16 bytes: as [`load8`], reading only the bytes `k`
@@ -60,18 +47,22 @@ pub(super) unsafe fn load8(p: &[*const u8]) -> (__m512i, __m512i) {
 pub(super) unsafe fn load8_masked(p: &[*const u8], k: __mmask16) -> (__m512i, __m512i) {
     // SAFETY: the caller guarantees the selected bytes readable; AVX-512BW masked loads suppress
     // faults on the bytes the mask leaves out.
-    let (a, b) = unsafe {
-        let ld = |i: usize| _mm_maskz_loadu_epi8(k, p[i].cast());
-        let mut a = _mm512_castsi128_si512(ld(0));
-        let mut b = _mm512_castsi128_si512(ld(1));
-        a = _mm512_inserti32x4::<1>(a, ld(2));
-        b = _mm512_inserti32x4::<1>(b, ld(3));
-        a = _mm512_inserti32x4::<2>(a, ld(4));
-        b = _mm512_inserti32x4::<2>(b, ld(5));
-        a = _mm512_inserti32x4::<3>(a, ld(6));
-        b = _mm512_inserti32x4::<3>(b, ld(7));
-        (a, b)
-    };
+    halves8(|i| unsafe { _mm_maskz_loadu_epi8(k, p[i].cast()) })
+}
+
+/// The blocks `block(0)` to `block(7)` as their low and high 64-bit halves (lane `i`: block `i`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn halves8(block: impl Fn(usize) -> __m128i) -> (__m512i, __m512i) {
+    let mut a = _mm512_castsi128_si512(block(0));
+    let mut b = _mm512_castsi128_si512(block(1));
+    a = _mm512_inserti32x4::<1>(a, block(2));
+    b = _mm512_inserti32x4::<1>(b, block(3));
+    a = _mm512_inserti32x4::<2>(a, block(4));
+    b = _mm512_inserti32x4::<2>(b, block(5));
+    a = _mm512_inserti32x4::<3>(a, block(6));
+    b = _mm512_inserti32x4::<3>(b, block(7));
+    // 128-bit lane k of a is block 2k, of b block 2k + 1: the interleaves keep the order.
     (_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
 }
 
