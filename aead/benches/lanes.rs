@@ -200,7 +200,7 @@ fn ns_per_packet(mut a: impl FnMut(u64), mut b: impl FnMut(u64)) -> (f64, f64) {
 fn summary_line(label: &str, lens: &[usize], keys: &[[u8; 32]], rkeys: &[LessSafeKey]) -> String {
     let mut ring_bufs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &len)| vec![i as u8; len]).collect();
     let mut bufs = ring_bufs.clone();
-    let mut line = format!("{label:>10}:");
+    let mut line = format!("{label:>12}:");
     for engine in engines() {
         let (ring, ours) = ns_per_packet(
             |ctr| {

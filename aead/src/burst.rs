@@ -316,3 +316,89 @@ pub(crate) fn open(backend: Backend, lanes: &mut [Lane<'_>]) -> u16 {
     }
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    /// A burst of lanes of `lens` (a lane of `None` has additional data and 64 bytes), each
+    /// buffer's first byte its position.
+    fn bufs(lens: &[Option<usize>]) -> Vec<Vec<u8>> {
+        lens.iter().enumerate().map(|(i, l)| vec![i as u8; l.unwrap_or(64).max(1)]).collect()
+    }
+
+    fn burst<'a>(lens: &[Option<usize>], bufs: &'a mut [Vec<u8>]) -> Vec<Lane<'a>> {
+        const AAD: [u8; 3] = [1, 2, 3];
+        bufs.iter_mut()
+            .zip(lens)
+            .map(|(b, l)| {
+                Lane::new(&KEY, [0; 12], if l.is_some() { &[] } else { &AAD }, &mut b[..l.unwrap_or(64).max(1)])
+            })
+            .collect()
+    }
+
+    fn mask(bits: &[usize]) -> u16 {
+        bits.iter().fold(0, |m, &i| m | 1 << i)
+    }
+
+    #[test]
+    fn the_major_class_is_the_largest_of_eight_or_more_and_never_the_whole_burst() {
+        let l = |n: usize| Some(n);
+        let cases: Vec<(Vec<Option<usize>>, Option<u16>)> = vec![
+            // A bulk flow with acknowledgements.
+            (
+                [l(1420), l(1420), l(64), l(1420), l(1420), l(1420), l(64), l(1420), l(1420), l(1420), l(1420), l(48)]
+                    .to_vec(),
+                Some(mask(&[0, 1, 3, 4, 5, 7, 8, 9, 10])),
+            ),
+            // Uniform: no split (the fused kernel takes it whole).
+            (vec![l(1420); 16], None),
+            // Seven of a kind: too few.
+            ([vec![l(1420); 7], vec![l(64); 5]].concat(), None),
+            // Eight lanes in all: a class of 8 would be the whole burst.
+            ([vec![l(100); 7], vec![l(64)]].concat(), None),
+            // Additional data takes a lane out of the class.
+            ([vec![l(64); 7], vec![None; 5], vec![l(64); 1]].concat(), Some(mask(&[0, 1, 2, 3, 4, 5, 6, 12]))),
+            (vec![None; 16], None),
+            // A tie: the class met first.
+            ([vec![l(64); 8], vec![l(80); 8]].concat(), Some(0x00ff)),
+            ([vec![l(80); 8], vec![l(64); 8]].concat(), Some(0x00ff)),
+            // The class's first lane as late as it can be.
+            ([vec![l(3)], vec![l(7); 8]].concat(), Some(0x01fe)),
+            ([vec![l(1), l(2), l(3), l(4), l(5), l(6), l(7), l(8)], vec![l(9); 8]].concat(), Some(0xff00)),
+        ];
+        for (lens, want) in cases {
+            let mut b = bufs(&lens);
+            let lanes = burst(&lens, &mut b);
+            assert_eq!(major_class(&lanes), want, "{lens:?}");
+        }
+    }
+
+    #[test]
+    fn class_first_keeps_each_part_in_order_and_restore_puts_every_lane_back() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 1..=MAX_LANES {
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let m = (x as u16) & (((1u32 << n) - 1) as u16);
+                let lens = vec![Some(16); n];
+                let mut b = bufs(&lens);
+                let mut lanes = burst(&lens, &mut b);
+                let (from, k) = class_first(&mut lanes, m);
+                let firsts: Vec<u8> = (0..n as u8).filter(|i| m >> i & 1 != 0).collect();
+                let others: Vec<u8> = (0..n as u8).filter(|i| m >> i & 1 == 0).collect();
+                let now: Vec<u8> = lanes.iter().map(|l| l.buf[0]).collect();
+                assert_eq!(k, firsts.len());
+                assert_eq!(now, [firsts, others].concat(), "n {n}, mask {m:#x}");
+                assert_eq!(now, from[..n].to_vec(), "`from` says where each lane came from");
+                restore(&mut lanes, &from);
+                let back: Vec<u8> = lanes.iter().map(|l| l.buf[0]).collect();
+                assert_eq!(back, (0..n as u8).collect::<Vec<_>>(), "n {n}, mask {m:#x}");
+            }
+        }
+    }
+}

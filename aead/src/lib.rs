@@ -244,8 +244,8 @@ impl Lanes {
     }
 
     /// Opens every lane. Returns a mask with bit `i` set when lane `i`'s tag verified; those lanes
-    /// hold their plaintext. A lane whose tag did not verify keeps its ciphertext (tags are checked
-    /// before anything is decrypted).
+    /// hold their plaintext. A lane whose tag did not verify keeps its ciphertext (each lane's tag
+    /// is checked before that lane is decrypted).
     ///
     /// # Errors
     /// [`Error`] if the burst has more than [`MAX_LANES`] lanes or a message is too long; then no

@@ -51,6 +51,7 @@ pub(super) unsafe fn load8_masked(p: &[*const u8], k: __mmask16) -> (__m512i, __
 }
 
 /// The blocks `block(0)` to `block(7)` as their low and high 64-bit halves (lane `i`: block `i`).
+/// Calls `block` with 0 to 7 only (what the callers' safety rests on).
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn halves8(block: impl Fn(usize) -> __m128i) -> (__m512i, __m512i) {
