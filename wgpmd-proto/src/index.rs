@@ -5,8 +5,11 @@
 //! random, retried while taken, and looked up on every data packet. Here it is an array of
 //! [`SHARDS`] cache-line-aligned shards picked by the low index bits, each an open-addressed
 //! table under an `RwLock`: data-path lookups from several cores take shared read locks on
-//! different shards, handshakes take a short write lock on one shard, and no operation ever
-//! holds two locks.
+//! different shards, handshakes take a short write lock on one shard. Only a burst's read view
+//! ([`IndexTable::read_shards`]) holds more than one lock: read locks only, taken in ascending
+//! shard order and all released together. Every other operation holds one lock at a time, so no
+//! cycle of waits can form (a writer waits on readers holding one shard; a reader holding some
+//! shards waits only on a higher one).
 //!
 //! # Size
 //! The table is sized for millions of sessions: a carrier device with four million peers holds
@@ -53,6 +56,10 @@ use rand_core::{CryptoRng, RngCore};
 
 /// Number of shards (a power of two; the low index bits choose one).
 pub const SHARDS: usize = 1024;
+/// Most shards one [`ShardReads`] holds (a burst's chunk of messages).
+pub const MAX_READS: usize = 32;
+// Shard numbers are kept as u16.
+const _: () = assert!(SHARDS <= 1 << 16);
 /// Random draws before falling back to a linear search for a free index.
 pub const MAX_RANDOM_TRIES: usize = 64;
 
@@ -407,6 +414,65 @@ impl<V> IndexTable<V> {
     }
 }
 
+impl<V> IndexTable<V> {
+    /// A read view of the shards of `indices` (each shard once; the first [`MAX_READS`]
+    /// distinct ones): their read locks, taken in ascending shard order, held until the view is
+    /// dropped. A burst looks its messages up through it and borrows what it finds for the whole
+    /// burst, without cloning (no reference count written).
+    ///
+    /// While it holds a view, the calling thread must not use the table in any other way (a
+    /// write would wait on its own read lock, a second read could wait behind a queued writer):
+    /// it collects what it has to remove and removes it once the view is dropped.
+    pub fn read_shards(&self, indices: &[u32]) -> ShardReads<'_, V> {
+        let mut shard = [0u16; MAX_READS];
+        let mut n = 0;
+        for &index in indices {
+            let s = (index as usize & (SHARDS - 1)) as u16;
+            if n < MAX_READS && !shard[..n].contains(&s) {
+                shard[n] = s;
+                n += 1;
+            }
+        }
+        shard[..n].sort_unstable();
+        let mut guards: [Option<RwLockReadGuard<'_, Slots<V>>>; MAX_READS] = Default::default();
+        // In ascending shard order (see the module documentation).
+        for (guard, &s) in guards.iter_mut().zip(&shard[..n]) {
+            *guard = Some(self.shards[usize::from(s)].map.read().unwrap_or_else(PoisonError::into_inner));
+        }
+        ShardReads { shard, guards, n }
+    }
+}
+
+/// Read locks on a few shards of an [`IndexTable`] (see [`IndexTable::read_shards`]).
+pub struct ShardReads<'a, V> {
+    /// The shards held, ascending (the first `n`).
+    shard: [u16; MAX_READS],
+    guards: [Option<RwLockReadGuard<'a, Slots<V>>>; MAX_READS],
+    n: usize,
+}
+
+impl<V> core::fmt::Debug for ShardReads<'_, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ShardReads").field("shards", &&self.shard[..self.n]).finish()
+    }
+}
+
+impl<V> ShardReads<'_, V> {
+    /// The value at `index`, borrowed for as long as the view holds its shard; `None` if absent
+    /// or if the view does not hold its shard.
+    #[inline]
+    pub fn get(&self, index: u32) -> Option<&V> {
+        let s = (index as usize & (SHARDS - 1)) as u16;
+        let k = self.shard[..self.n].binary_search(&s).ok()?;
+        self.guards.get(k)?.as_ref()?.get(index)
+    }
+
+    /// How many shards the view holds.
+    pub fn shards(&self) -> usize {
+        self.n
+    }
+}
+
 impl<V: Clone> IndexTable<V> {
     /// A clone of the value at `index` (a data-path lookup: one shared lock, one probe).
     #[inline]
@@ -689,6 +755,77 @@ mod tests {
         assert_eq!(table.len(), 1000);
         for &(index, value) in stable.iter() {
             assert_eq!(table.get(index), Some(value));
+        }
+    }
+
+    /// A read view answers for the shards it holds (each once, whatever the order and
+    /// repetitions of the indices it was given), and nothing for the others.
+    #[test]
+    fn a_read_view_answers_for_its_shards_only() {
+        let table = IndexTable::<u64>::new();
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let entries: Vec<(u32, u64)> = (0..2000u64).map(|v| (table.insert_new(&mut rng, v), v)).collect();
+        let asked: Vec<u32> = entries.iter().take(40).map(|&(i, _)| i).chain([entries[3].0, entries[0].0]).collect();
+        let view = table.read_shards(&asked);
+        let distinct: HashSet<usize> = asked.iter().map(|&i| i as usize & (SHARDS - 1)).collect();
+        assert_eq!(view.shards(), distinct.len().min(MAX_READS));
+        let held: HashSet<u16> = view.shard[..view.n].iter().copied().collect();
+        assert!(view.shard[..view.n].windows(2).all(|w| w[0] < w[1]), "ascending, each once");
+        for &(i, v) in &entries {
+            let shard = (i as usize & (SHARDS - 1)) as u16;
+            assert_eq!(view.get(i).copied(), held.contains(&shard).then_some(v), "index {i:#x}");
+        }
+        // An absent index in a held shard just misses.
+        let absent =
+            (0..).map(|k: u32| (entries[0].0 & (SHARDS as u32 - 1)) | (k << 10)).find(|&i| table.get(i).is_none());
+        assert_eq!(absent.and_then(|i| view.get(i)), None);
+        drop(view);
+        assert_eq!(table.read_shards(&[]).shards(), 0);
+    }
+
+    /// A writer to a shard a view holds waits for the view to go; views and writers on many
+    /// threads, over random shard sets, never deadlock (shards are taken in ascending order).
+    #[test]
+    fn views_hold_off_writers_and_never_deadlock() {
+        let table = Arc::new(IndexTable::<u64>::new());
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let entries: Arc<Vec<(u32, u64)>> =
+            Arc::new((0..4096u64).map(|v| (table.insert_new(&mut rng, v), v)).collect());
+        let (index, value) = entries[7];
+        let view = table.read_shards(&[index]);
+        let writer = {
+            let table = Arc::clone(&table);
+            std::thread::spawn(move || assert!(table.replace(index, value + 1)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!writer.is_finished(), "the writer went past the view's read lock");
+        assert_eq!(view.get(index), Some(&value));
+        drop(view);
+        writer.join().unwrap();
+        assert_eq!(table.get(index), Some(value + 1));
+
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..4u64 {
+            let (table, entries, done) = (Arc::clone(&table), Arc::clone(&entries), done_tx.clone());
+            std::thread::spawn(move || {
+                let mut rng = ChaCha20Rng::seed_from_u64(100 + t);
+                for _ in 0..3000 {
+                    let pick = |rng: &mut ChaCha20Rng| entries[rng.next_u32() as usize % entries.len()].0;
+                    if t % 2 == 0 {
+                        let asked: Vec<u32> = (0..32).map(|_| pick(&mut rng)).collect();
+                        let view = table.read_shards(&asked);
+                        assert!(asked.iter().all(|&i| view.get(i).is_some()));
+                    } else {
+                        let i = pick(&mut rng);
+                        let v = table.get(i).unwrap();
+                        assert!(table.replace(i, v));
+                    }
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..4 {
+            done_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("views and writers deadlocked");
         }
     }
 }

@@ -347,6 +347,10 @@ impl PeerTimers {
     /// An authenticated data packet (not a keepalive) was sent (kernel `wg_timers_data_sent`):
     /// expect to hear back within `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` + jitter.
     pub fn data_sent(&self, now: Timestamp) -> Option<Timestamp> {
+        // Armed already (the common case): no deadline to compute, no jitter to read.
+        if self.new_handshake.load(ORD) != 0 {
+            return None;
+        }
         arm_if_unarmed(&self.new_handshake, now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter())
     }
 

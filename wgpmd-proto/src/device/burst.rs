@@ -50,9 +50,9 @@ use wgpmd_aead::{Lane, Lanes, MAX_LANES, TAG_LEN};
 
 use super::data::{inner_addrs, Decapsulated, Encapsulated};
 use super::indexcache::Found;
-use super::{Device, DropReason, Event, Output, Peer, PeerId};
+use super::{Device, DropReason, Event, IndexEntry, Output, Peer, PeerId};
 use crate::messages::{DATA_HEADER_LEN, DATA_OVERHEAD, REJECT_AFTER_MESSAGES};
-use crate::session::{padded_len, Keypair};
+use crate::session::{padded_len, prefetch_refcount, Dropped, Keypair};
 use crate::time::Timestamp;
 use crate::wire::wireguard::TransportData;
 
@@ -126,6 +126,15 @@ enum Verdict {
     Open,
     /// Authenticated and marked in the window.
     Accepted,
+}
+
+/// Where a receive chunk found an index's keypair.
+enum RxFound<'r> {
+    /// In the worker's index cache, this slot (pinned for the burst).
+    Slot(usize),
+    /// In the index table, borrowed through the chunk's read view of its shards: no reference
+    /// taken.
+    Table(&'r Arc<Keypair>),
 }
 
 /// A keypair of a receive chunk.
@@ -231,7 +240,7 @@ impl Device {
         let mut groups: [RxGroup; CHUNK] = core::array::from_fn(|_| RxGroup::default());
         // Per group, its messages (bit i: item i), walked in burst order.
         let mut members = [0u32; CHUNK];
-        let mut owned: [Option<Arc<Keypair>>; CHUNK] = core::array::from_fn(|_| None);
+        let mut borrowed: [Option<&Arc<Keypair>>; CHUNK] = [None; CHUNK];
         let mut expired = [false; CHUNK];
         let mut confirmed = [false; CHUNK];
         let mut ngroups = 0usize;
@@ -240,18 +249,22 @@ impl Device {
         // so that the cold lines of a large table are loaded for the whole chunk at once rather
         // than one packet's misses after another's: (a) every header, and each distinct index
         // against the worker's cache, starting the loads of what a hit will touch, and for a
-        // miss of the index table's slot (`IndexTable::prefetch`); (b) the
-        // misses' first look at the shared table, starting the loads of their keypairs (the
-        // reference count included) without taking a reference; (c) the misses taken from the
-        // table; (d) the peers, whose lines are started for phases 5 and 6.
+        // miss of the index table's slot (`IndexTable::prefetch`); (b) the misses looked up
+        // through one read view of their shards (`IndexTable::read_shards`), which the chunk
+        // holds until its messages are decided: each miss's keypair is borrowed from the table,
+        // with no reference count written, and the loads of its lines and peer-table slot are
+        // started; (c) the misses cached, when the cache is working (below); (d) the peers,
+        // whose lines are started for phases 5 and 6.
         out.cache.slots.begin_burst();
         let mut by_index = SmallMap::new();
         let mut look_index = [0u32; CHUNK];
         let mut look_counter = [0u64; CHUNK];
         let mut look_of = [0u8; CHUNK];
-        let mut look: [Option<(PeerId, Found)>; CHUNK] = core::array::from_fn(|_| None);
+        let mut look: [Option<(PeerId, RxFound<'_>)>; CHUNK] = core::array::from_fn(|_| None);
         let mut missed = 0u32;
         let mut nlook = 0usize;
+        let mut miss_index = [0u32; CHUNK];
+        let mut nmiss = 0usize;
         for (i, it) in items.iter().enumerate() {
             // Type and length, checked together before any other byte is read.
             let Ok(data) = TransportData::new_checked(&*it.msg) else {
@@ -270,11 +283,13 @@ impl Device {
                         kp.prefetch_recv(counter[i]);
                     }
                     self.prefetch_peer_slot(peer);
-                    look[nlook] = Some((peer, Found::Slot(slot)));
+                    look[nlook] = Some((peer, RxFound::Slot(slot)));
                 }
                 None => {
                     self.index.prefetch(index);
                     missed |= 1 << nlook;
+                    miss_index[nmiss] = index;
+                    nmiss += 1;
                 }
             }
             (look_index[nlook], look_counter[nlook]) = (index, counter[i]);
@@ -282,14 +297,34 @@ impl Device {
             look_of[i] = nlook as u8;
             nlook += 1;
         }
-        let misses = || (0..nlook).filter(move |u| missed & (1 << u) != 0);
-        for u in misses() {
-            if let Some(peer) = out.cache.prefetch_miss(&self.index, look_index[u], look_counter[u]) {
-                self.prefetch_peer_slot(peer);
+        // The cache is filled from the misses while at least half of the chunk's indices hit
+        // it (a few peers, or trains of packets per peer: a fill costs two reference counts
+        // written, the new keypair's and the evicted one's, and pays for itself at the next
+        // hit); otherwise (traffic spread over more peers than it holds, where a fill is evicted
+        // before it is used) only the chunk's first miss is, so that the cache notices when
+        // the traffic narrows again.
+        let fill_all = 2 * nmiss <= nlook;
+        let reads = self.index.read_shards(&miss_index[..nmiss]);
+        let mut found: [Option<(PeerId, &Arc<Keypair>)>; CHUNK] = [None; CHUNK];
+        let mut first = true;
+        let mut fill = 0u32;
+        for u in (0..nlook).filter(|u| missed & (1 << u) != 0) {
+            out.stats.index_cache_misses += 1;
+            let Some(IndexEntry::Keypair(peer, kp)) = reads.get(look_index[u]) else { continue };
+            kp.prefetch_recv(look_counter[u]);
+            self.prefetch_peer_slot(*peer);
+            if fill_all || first {
+                prefetch_refcount(kp);
+                out.cache.prefetch_evictee(look_index[u]);
+                fill |= 1 << u;
+                first = false;
             }
+            found[u] = Some((*peer, kp));
         }
-        for u in misses() {
-            look[u] = out.cache.fill(&self.index, look_index[u], &mut out.stats);
+        for (u, f) in found.iter().enumerate().take(nlook) {
+            let Some((peer, kp)) = *f else { continue };
+            let slot = if fill & (1 << u) != 0 { out.cache.fill(look_index[u], peer, kp) } else { None };
+            look[u] = Some((peer, slot.map_or(RxFound::Table(kp), RxFound::Slot)));
         }
         // Lookups to groups: a found index of a peer still configured.
         let mut group_of_look = [u8::MAX; CHUNK];
@@ -299,8 +334,8 @@ impl Device {
             p.prefetch();
             groups[ngroups] = RxGroup { peer, slot: 0 };
             match found {
-                Found::Slot(s) => groups[ngroups].slot = s,
-                Found::Owned(kp) => owned[ngroups] = Some(kp),
+                RxFound::Slot(s) => groups[ngroups].slot = s,
+                RxFound::Table(kp) => borrowed[ngroups] = Some(kp),
             }
             group_of_look[u] = ngroups as u8;
             ngroups += 1;
@@ -319,7 +354,7 @@ impl Device {
         }
 
         let Output { stats, events, cache, lanes, .. } = out;
-        let kps: [Option<&Arc<Keypair>>; CHUNK] = core::array::from_fn(|g| match &owned[g] {
+        let kps: [Option<&Arc<Keypair>>; CHUNK] = core::array::from_fn(|g| match borrowed[g] {
             _ if g >= ngroups => None,
             Some(kp) => Some(kp),
             None => cache.slots.get(groups[g].slot),
@@ -424,6 +459,8 @@ impl Device {
         }
         let mut peers: [Option<RxPeer<'_>>; CHUNK] = core::array::from_fn(|_| None);
         let mut npeers = 0usize;
+        let mut removals = [Dropped::default(); CHUNK];
+        let mut nremovals = 0usize;
         let mut by_peer = SmallMap::new();
         for (i, it) in items.iter().enumerate() {
             let r = match verdict[i] {
@@ -434,7 +471,10 @@ impl Device {
                         (Some(kp), Some(peer)) if !kp.is_retired() => {
                             if !confirmed[g] {
                                 confirmed[g] = true;
-                                self.confirm(now, id, peer, kp, events);
+                                if let Some(d) = Self::confirm(now, id, peer, kp, events) {
+                                    removals[nremovals] = d;
+                                    nremovals += 1;
+                                }
                             }
                             let p = match by_peer.get(id) {
                                 Some(p) => p as usize,
@@ -457,6 +497,15 @@ impl Device {
             emit(i, r.map_err(|e| stats.drop(e)));
         }
 
+        // The chunk's messages are decided: the read view goes, and then the indices of the
+        // keypairs that confirmations dropped (retired already) leave the table.
+        drop(reads);
+        for d in &removals[..nremovals] {
+            for idx in d.iter() {
+                self.remove_index(idx);
+            }
+        }
+
         // 6. Per peer, once.
         for agg in peers.iter().take(npeers).flatten() {
             let (peer, id) = (agg.peer, agg.peer.id());
@@ -471,14 +520,13 @@ impl Device {
     }
 
     /// Key confirmation: the responder's next keypair becomes current on its first message.
-    fn confirm(&self, now: Timestamp, id: PeerId, peer: &Peer, kp: &Arc<Keypair>, events: &mut Vec<Event>) {
-        if let Some(dropped) = peer.keypairs.received_with(kp) {
-            for idx in dropped.iter() {
-                self.remove_index(idx);
-            }
-            peer.timers.handshake_complete(now);
-            events.push(Event::SessionConfirmed(id));
-        }
+    /// Returns the keypairs it dropped (retired already) for the caller to remove from the index
+    /// table once it holds no read view of it.
+    fn confirm(now: Timestamp, id: PeerId, peer: &Peer, kp: &Arc<Keypair>, events: &mut Vec<Event>) -> Option<Dropped> {
+        let dropped = peer.keypairs.received_with(kp)?;
+        peer.timers.handshake_complete(now);
+        events.push(Event::SessionConfirmed(id));
+        Some(dropped)
     }
 
     /// The per-message rest of an authenticated message: keep_key_fresh, the peer's share, the

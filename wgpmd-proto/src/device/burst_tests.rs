@@ -419,6 +419,28 @@ fn the_index_cache_never_answers_with_a_retired_keypair() {
     assert_eq!(r.out.index_cache_used(), 0);
 }
 
+/// The index cache is filled from a burst's misses while at least half of the burst's indices
+/// hit it; otherwise only the first miss is cached and the others are opened with the keypair
+/// borrowed from the table. Every message is accepted either way.
+#[test]
+fn the_index_cache_fills_while_it_works() {
+    let mut r = rig(23);
+    let msg = |r: &Rig, p: u8| sealed(r, p, &ipv4_packet(inner_src(p), Ipv4Addr::new(10, 9, 0, 1), 40), t(100));
+    let mut results = Vec::new();
+    // (hits, misses, entries) after each burst of one message from each of peers 0, 1, 2.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let mut msgs: Vec<Vec<u8>> = (0..3).map(|p| msg(&r, p)).collect();
+        let mut items: Vec<RxItem<'_>> =
+            msgs.iter_mut().zip(0u8..).map(|(m, p)| RxItem { src: src_addr(p, false), msg: &mut m[..] }).collect();
+        r.dev.decapsulate_burst(t(101), &mut items, &mut results, &mut r.out);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        seen.push((r.out.stats.index_cache_hits, r.out.stats.index_cache_misses, r.out.index_cache_used()));
+    }
+    // 3 misses of 3: one cached. 2 of 3: one more. 1 of 3: cached. Then all hit.
+    assert_eq!(seen, [(0, 3, 1), (1, 5, 2), (3, 6, 3), (6, 6, 3)]);
+}
+
 /// `recycle` keeps the allocation: the burst paths rebuild their borrow lists every burst
 /// without allocating.
 #[test]

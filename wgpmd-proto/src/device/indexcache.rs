@@ -35,8 +35,7 @@
 use std::sync::Arc;
 
 use super::keyslots::{Held, KeySlots};
-use super::{IndexEntry, PeerId, Stats};
-use crate::index::IndexTable;
+use super::{PeerId, Stats};
 use crate::session::{prefetch_refcount, Keypair};
 
 /// Entries per worker (a power of two).
@@ -57,11 +56,11 @@ impl Held for Entry {
     }
 }
 
-/// Where a burst finds a looked-up keypair.
+/// Where a send burst finds a peer's keypair (`sendcache`).
 pub(crate) enum Found {
     /// In the cache's slot (pinned for the burst).
     Slot(usize),
-    /// Outside the cache (its slot was pinned by another index of the same burst).
+    /// Outside the cache (its slot was pinned by another peer of the same burst).
     Owned(Arc<Keypair>),
 }
 
@@ -102,50 +101,29 @@ impl IndexCache {
         None
     }
 
-    /// A first look at a miss, taking no reference: starts loading what [`fill`](Self::fill)
-    /// will touch (the keypair's reference count and receive lines, `counter`'s window word, and
-    /// the reference count of the keypair the fill would evict), so that a burst's misses
-    /// overlap. Returns the peer the index belongs to, for its own hints.
+    /// Cache hint for a fill of `index`'s slot: starts loading the reference count that the fill
+    /// will drop (the keypair the slot holds, unless the burst pinned it and it stays).
     #[inline]
-    pub(crate) fn prefetch_miss(&self, table: &IndexTable<IndexEntry>, index: u32, counter: u64) -> Option<PeerId> {
+    pub(crate) fn prefetch_evictee(&self, index: u32) {
         let e = &self.slots.entries[index as usize & (SLOTS - 1)];
         if e.pinned != self.slots.burst {
             if let Some(old) = e.kp.as_ref() {
                 prefetch_refcount(old);
             }
         }
-        table
-            .with(index, |v| match v {
-                IndexEntry::Keypair(peer, kp) => {
-                    prefetch_refcount(kp);
-                    kp.prefetch_recv(counter);
-                    Some(*peer)
-                }
-                IndexEntry::Handshake(_) => None,
-            })
-            .flatten()
     }
 
-    /// A miss (counted): the peer and keypair from `table`, cached unless the slot is pinned.
-    /// `None`: not a keypair's index.
+    /// Cache a miss's keypair (one reference taken) in its slot, pinned for the burst, unless
+    /// the slot is pinned by another index of the burst: the slot, or `None`.
     #[inline]
-    pub(crate) fn fill(
-        &mut self,
-        table: &IndexTable<IndexEntry>,
-        index: u32,
-        stats: &mut Stats,
-    ) -> Option<(PeerId, Found)> {
+    pub(crate) fn fill(&mut self, index: u32, peer: PeerId, kp: &Arc<Keypair>) -> Option<usize> {
         let slot = index as usize & (SLOTS - 1);
         let burst = self.slots.burst;
-        stats.index_cache_misses += 1;
-        let Some(IndexEntry::Keypair(peer, kp)) = table.get(index) else {
-            return None;
-        };
         let e = &mut self.slots.entries[slot];
         if e.pinned == burst {
-            return Some((peer, Found::Owned(kp)));
+            return None;
         }
-        *e = Entry { index, peer, kp: Some(kp), pinned: burst };
-        Some((peer, Found::Slot(slot)))
+        *e = Entry { index, peer, kp: Some(Arc::clone(kp)), pinned: burst };
+        Some(slot)
     }
 }

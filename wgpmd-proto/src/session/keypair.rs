@@ -95,22 +95,26 @@ struct Sending {
     valid: AtomicBool,
 }
 
-/// Everything opening touches, on cache lines of their own: the replay window (written by
-/// opening cores), the opening key, and copies of the two fields the receive checks read.
+/// Everything opening touches, on cache lines of their own: the opening key, copies of the two
+/// fields the receive checks read, and the replay window (written by opening cores). In this
+/// order, so that the key, the flags, the window's lock and its counter (48 bytes, then the
+/// standard library's 8-byte mutex header, then the window's counter) share the first line:
+/// a message of a peer whose keypair is not in cache misses on that line and on its counter's
+/// word of the window's bitmap, nothing else (`tests::receive_fields_share_a_line`).
 #[repr(C, align(64))]
 struct Receiving {
-    window: Mutex<ReplayWindow>,
     key: Secret,
     birth: Timestamp,
     local_index: u32,
     initiator: bool,
-    /// Set once the keypair's index has left the device's index table (see
-    /// [`Keypair::retire`]): a worker's cached lookup of the index is then stale.
+    /// Set once the keypair has left its peer's slots (see [`Keypair::retire`]): a worker's
+    /// lookup of its index (cached, or in the table before the index is removed) is then stale.
     retired: AtomicBool,
     /// Set once the keypair is known to need no key confirmation: made by the initiator, or
     /// made current by its first message (see [`Keypair::confirm`]). Lets the receive path skip
     /// looking at the peer's pending keypair for every other message.
     confirmed: AtomicBool,
+    window: Mutex<ReplayWindow>,
 }
 
 /// The transport state of one completed handshake (kernel `struct noise_keypair`).
@@ -356,20 +360,18 @@ impl Keypair {
     }
 
     /// Cache hints for a burst that will open a message with `counter` under this keypair
-    /// (`crate::device::burst`): starts loading the lines the receive path touches, the window's
-    /// lock and counter, the window word `counter` falls in, and the line of the key, the birth
-    /// time and the `retired` flag, so that a burst's misses overlap instead of queueing. Changes
-    /// nothing.
+    /// (`crate::device::burst`): starts loading the lines the receive path touches, the first
+    /// (key, birth time, flags, the window's lock and counter) and the window word `counter`
+    /// falls in, so that a burst's misses overlap instead of queueing. Changes nothing.
     #[inline]
     pub(crate) fn prefetch_recv(&self, counter: u64) {
         use wgpmd_aead::prefetch;
-        prefetch::write(&self.recv.window);
+        // The first line: key, flags, the window's lock and counter.
+        prefetch::write(&self.recv);
         // Where the word of `counter` lies inside the locked window (a hint: the mutex's
         // layout is the standard library's, so this is an estimate, never dereferenced).
         let word = (counter / u64::BITS as u64) as usize % (crate::messages::COUNTER_BITS_TOTAL as usize / 64);
         prefetch::write_ptr(core::ptr::from_ref(&self.recv.window).cast::<u8>().wrapping_add(16 + 8 * word));
-        prefetch::read(&self.recv.key);
-        prefetch::read(&self.recv.retired);
     }
 
     /// Cache hints for a burst that will seal with this keypair: the sending line (counter, key,
@@ -386,8 +388,9 @@ impl Keypair {
         self.window()
     }
 
-    /// Mark the keypair as gone from the device's index table: a worker's cached lookup of its
-    /// index is no longer used. Never undone.
+    /// Mark the keypair as gone from its peer's slots and so, once its index is removed, from the
+    /// device's index table: a worker's lookup of its index (cached, or in the table before the
+    /// removal) is no longer used. Never undone.
     pub(crate) fn retire(&self) {
         self.recv.retired.store(true, Ordering::Release);
     }
@@ -498,6 +501,27 @@ mod tests {
         let a = Keypair::new(&k1, &k2, 0x0a0a_0a0a, 0x1234_5678, true, BIRTH);
         let b = Keypair::new(&k2, &k1, 0x1234_5678, 0x0a0a_0a0a, false, BIRTH);
         (a, b)
+    }
+
+    /// The receive path's first line holds the key, the flags, the window's lock and the
+    /// window's counter (the lock's layout is the standard library's: this checks it).
+    #[test]
+    fn receive_fields_share_a_line() {
+        let (a, _) = pair();
+        let start = core::ptr::from_ref(&a.recv) as usize;
+        assert_eq!(start % 64, 0);
+        let w = a.lock_window();
+        let window = core::ptr::from_ref(&*w) as usize;
+        // The window's counter is its first field (repr(C)), 8 bytes.
+        assert!(window + 8 <= start + 64, "window data at offset {}", window - start);
+        for field in [
+            core::ptr::from_ref(&a.recv.key) as usize,
+            core::ptr::from_ref(&a.recv.retired) as usize,
+            core::ptr::from_ref(&a.recv.confirmed) as usize,
+            core::ptr::from_ref(&a.recv.window) as usize,
+        ] {
+            assert!((start..start + 64).contains(&field));
+        }
     }
 
     /// A buffer pre-filled with 0xa5, with `payload` at the plaintext offset.

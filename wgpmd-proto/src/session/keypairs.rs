@@ -258,9 +258,11 @@ impl Keypairs {
         }
     }
 
-    /// The local indices of those of `gone` that are no longer in any slot. Called under the
-    /// update lock, so the slots are stable. (Only a caller installing one keypair twice could
-    /// make a removed keypair still present in another slot.)
+    /// The local indices of those of `gone` that are no longer in any slot, each keypair retired
+    /// as it is listed ([`Keypair::retire`]: a worker that still finds it, in its cache or in the
+    /// table before the caller has removed its index, drops its messages as of an unknown
+    /// index). Called under the update lock, so the slots are stable. (Only a caller installing
+    /// one keypair twice could make a removed keypair still present in another slot.)
     fn dropped(&self, gone: &[Option<Arc<Keypair>>]) -> Dropped {
         let slots = [self.current.load_full(), self.previous.load_full(), self.next.load_full()];
         let mut out = Dropped::default();
@@ -269,6 +271,7 @@ impl Keypairs {
             let still_held = slots.iter().any(|s| is(s, kp));
             let listed = gone.iter().take(i).any(|g| is(g, kp));
             if !still_held && !listed {
+                kp.retire();
                 out.push(kp.local_index());
             }
         }

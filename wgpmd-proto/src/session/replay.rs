@@ -24,8 +24,10 @@ const WORDS: usize = (COUNTER_BITS_TOTAL / WORD_BITS) as usize;
 // The ring index is taken with a mask, so the word count must be a power of two.
 const _: () = assert!(WORDS.is_power_of_two() && WORD_BITS == u64::BITS as u64);
 
-/// Anti-replay bitmap of one receiving keypair (kernel `struct noise_replay_counter`).
+/// Anti-replay bitmap of one receiving keypair (kernel `struct noise_replay_counter`). The counter
+/// first (`repr(C)`): a keypair keeps it on the line of its key and the window's lock.
 #[derive(Clone)]
+#[repr(C)]
 pub struct ReplayWindow {
     /// One more than the highest accepted counter (kernel `counter->counter`).
     counter: u64,
