@@ -8,9 +8,12 @@
 //! 1. parse every header, look every receiver index up (the worker's index cache: no lock, no
 //!    reference count on a hit) and group the messages by keypair. In stages over the whole
 //!    chunk, so that a large table's cache misses overlap instead of queueing (the DPDK way):
-//!    prefetch the table slots of the cache's misses, then look at them and prefetch their
-//!    keypairs (reference count, replay window, key) and peer-table slots, then take them, then
-//!    read the peers and prefetch their lines (endpoint, counters, timers);
+//!    prefetch the table slots of the cache's misses, then look them up through one read view
+//!    of their shards (`IndexTable::read_shards`, held until the chunk's messages are decided:
+//!    a miss's keypair is borrowed from the table, no reference count written) and prefetch
+//!    their keypairs (key, flags, the window's lock and counter on one line; the counter's
+//!    window word) and peer-table slots, then cache some (while the cache is working), then read
+//!    the peers and prefetch their lines (endpoint, counters, timers);
 //! 2. per keypair: the age check and, per message, the counter's limit; the messages that pass
 //!    are the ones decrypted. The replay window is not read before decrypting (as the kernel's
 //!    receive path: a replay costs what any forged message with a known index costs, one
@@ -24,7 +27,8 @@
 //! 5. in burst order: key confirmation (`received_with`) once per keypair, keep_key_fresh, the
 //!    inner-header and allowed-IPs checks (the IPv4 sources looked up together beforehand, with
 //!    `AllowedIps::lookup_v4_batch`); a message whose keypair an earlier message's
-//!    confirmation retired is an unknown index, as it would have been one message later;
+//!    confirmation retired is an unknown index, as it would have been one message later (the
+//!    dropped keypairs' indices leave the table once the read view is released);
 //! 6. per peer: the endpoint (the last authenticated source: roaming), byte counter, timers.
 //!
 //! Send ([`Device::encapsulate_burst`]): first the loads of the chunk's peer-table slots, then

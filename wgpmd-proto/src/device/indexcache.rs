@@ -11,18 +11,20 @@
 //!   uniformly at random by us, so they spread; an attacker's unknown indices miss and are not
 //!   cached). Bounded: [`SLOTS`] entries, each holding one `Arc<Keypair>`; hits and misses are
 //!   counted in [`super::Stats`].
-//! - Validity without the table lock: when the device removes a keypair's index from the table it
-//!   [`retire`](crate::session::Keypair::retire)s the keypair, and a retired entry is a miss. An
-//!   index is never reused while its keypair is in the table, so a cached (index, keypair) whose
-//!   keypair is not retired is what the table holds (up to the same race a table lookup has with
-//!   a concurrent removal).
-//! - A burst looks up in stages ([`IndexCache::probe`] for every index, then for the misses
-//!   [`IndexCache::prefetch_miss`], a first look at the table entry that takes no reference and
-//!   only starts loading what comes next, then [`IndexCache::fill`]), so that the misses of a
-//!   burst overlap.
+//! - Validity without the table lock: a keypair is
+//!   [`retire`](crate::session::Keypair::retire)d when it leaves its peer's slots, before its
+//!   index leaves the table, and a retired entry is a miss. An index is never reused while its
+//!   keypair is in the table, so a cached (index, keypair) whose keypair is not retired is what
+//!   the table holds (up to the same race a table lookup has with a concurrent removal).
+//! - A burst looks up in stages ([`IndexCache::probe`] for every index; then the misses through
+//!   one read view of their shards, `IndexTable::read_shards`, borrowing each keypair from the
+//!   table for the burst without taking a reference; then [`IndexCache::fill`] for those the
+//!   burst caches), so that the misses of a burst overlap. A burst fills the cache from its
+//!   misses only while at least half of its indices hit (the rule is in `burst.rs`): with traffic
+//!   spread over far more keypairs than entries, a fill (two reference counts written, the new
+//!   keypair's and the evicted one's) would be evicted before its next use.
 //! - Within one burst, an entry a packet of the burst already uses is pinned: a later miss that
-//!   maps to the same slot keeps its keypair outside the cache for the burst (one clone) instead
-//!   of evicting it.
+//!   maps to the same slot is not cached (its keypair stays borrowed from the table).
 //! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
 //!   entry is replaced, [`KeySlots::release_retired`] drops it (the entries whose keypair is
 //!   retired, that is, no longer in the device's table) or [`KeySlots::clear`] drops all: the

@@ -128,7 +128,8 @@ struct Receiving {
 /// references) prepare ring's key for each message; the device's data path seals and opens
 /// bursts with the multi-lane `wgpmd_aead` straight from the raw bytes
 /// (`crate::device::burst`), so no prepared copy of a key exists there. Layout: one 64-byte line for sealing
-/// and 17 for opening (the 1 KiB replay window and the rest), 1152 bytes
+/// and 17 for opening (the first with the key, the flags, the window's lock and counter, then
+/// the window's 1 KiB bitmap), 1152 bytes
 /// (`docs/PERFORMANCE.md`).
 #[repr(C)]
 pub struct Keypair {
