@@ -1,6 +1,6 @@
 //! ChaCha20 on AVX2: 8 blocks at once, one block per 32-bit lane.
 //!
-//! The layout of [`super::chacha_avx512`] at half the width. The key table has 16 lanes, two
+//! The layout of [`super::chacha_avx512`](mod@super::chacha_avx512) at half the width. The key table has 16 lanes, two
 //! vectors per word: a job's word is picked from both halves with `vpermd` and blended on
 //! `lane >= 8`. Rotations by 16 and 8 are byte shuffles, by 12 and 7 shifts.
 

@@ -134,7 +134,7 @@ pub(crate) fn finish_ifma(
     }
 }
 
-/// As [`poly_ifma`] with AVX2, in `groups` vectors of 4 (one of [`AVX2_GROUPS`]); the 26-bit
+/// As [`poly_ifma()`] with AVX2, in `groups` vectors of 4 (one of [`AVX2_GROUPS`]); the 26-bit
 /// limbs are converted to 44-bit ones on the way out.
 pub(crate) fn poly_avx2(
     _cpu: Avx2,

@@ -32,7 +32,7 @@ pub(crate) fn pool_bufs(max_region: Option<usize>) -> usize {
 }
 /// `VIRTIO_NET_S_LINK_UP` in the device configuration's status (§5.1.4).
 const LINK_UP: u16 = 1;
-/// Device configuration (§5.1.4): mac[6], status le16, max_virtqueue_pairs le16.
+/// Device configuration (§5.1.4): `mac[6]`, status le16, max_virtqueue_pairs le16.
 const CFG_STATUS: usize = 6;
 const CFG_MAX_PAIRS: usize = 8;
 /// `VIRTIO_NET_CTRL_MQ`, `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`, `VIRTIO_NET_OK` (§5.1.6.5.5).

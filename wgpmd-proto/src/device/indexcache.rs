@@ -1,7 +1,7 @@
 //! A worker's cache of receiver index -> (peer, keypair), so the data path's common case takes
 //! no lock on the shared index table and writes no shared reference count.
 //!
-//! The shared [`IndexTable`] answers a lookup under a shard read lock and with a clone of the
+//! The shared [`IndexTable`](crate::index::IndexTable) answers a lookup under a shard read lock and with a clone of the
 //! `Arc<Keypair>`: two writes to cache lines other cores write too (the lock word and the
 //! reference count), per packet. This cache is owned by one worker (it lives in its
 //! [`super::Output`]); a hit reads the worker's own entry and the keypair's `retired` flag, and

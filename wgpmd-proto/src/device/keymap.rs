@@ -77,7 +77,7 @@ impl KeyMap {
         self.insert_hashed(self.hash(&key), key, id)
     }
 
-    /// [`KeyMap::insert`] with the key's hash already computed ([`KeyMap::hash`]).
+    /// `KeyMap::insert` with the key's hash already computed ([`KeyMap::hash`]).
     pub(crate) fn insert_hashed(&mut self, h: KeyHash, key: [u8; KEY_LEN], id: PeerId) -> Option<PeerId> {
         let (k0, k1) = (self.k0, self.k1);
         let shard = self.shards.get_mut(Self::shard(h))?;

@@ -210,7 +210,7 @@ fn ipsec_mb_refs(_: &ThreadClock, _: &[u8], _: Duration) -> Option<IpsecMbRates>
     None
 }
 
-/// The multi-lane AEAD alone: bursts of [`LANES`] messages of the packet's size, each lane its
+/// The multi-lane AEAD alone: bursts of [`wgpmd_aead::MAX_LANES`] messages of the packet's size, each lane its
 /// own key, WireGuard nonces, no additional data (the data path's shape). The `Lane` list is
 /// built per burst (one small allocation per burst, as the caller of a library would).
 fn lanes_refs(clock: &ThreadClock, plain: &[u8], budget: Duration) -> (Rate, Rate) {

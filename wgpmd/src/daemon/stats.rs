@@ -287,7 +287,7 @@ fn bounded(sh: &Shared, line: &mut impl FnMut(&str, u64)) {
     }
 }
 
-/// Serves `render` on /var/run/wgpmd/<name>.sock until dropped.
+/// Serves `render` on `/var/run/wgpmd/<name>.sock` until dropped.
 pub(crate) struct StatsServer {
     path: PathBuf,
 }
