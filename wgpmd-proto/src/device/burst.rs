@@ -62,6 +62,9 @@ use crate::wire::wireguard::TransportData;
 
 /// Messages per chunk: the most a burst call works on at once (longer bursts are cut).
 pub const CHUNK: usize = 32;
+// A chunk's misses fit in one read view of the index table (beyond its shards, `get` answers
+// nothing, and the message would count as of an unknown index).
+const _: () = assert!(CHUNK <= crate::index::MAX_READS);
 // Per-chunk bit masks (`unsealed`) are `u32`.
 const _: () = assert!(CHUNK <= u32::BITS as usize);
 
@@ -301,33 +304,40 @@ impl Device {
             look_of[i] = nlook as u8;
             nlook += 1;
         }
-        // The cache is filled from the misses while at least half of the chunk's indices hit
-        // it (a few peers, or trains of packets per peer: a fill costs two reference counts
-        // written, the new keypair's and the evicted one's, and pays for itself at the next
-        // hit); otherwise (traffic spread over more peers than it holds, where a fill is evicted
-        // before it is used) only the chunk's first miss is, so that the cache notices when
-        // the traffic narrows again.
-        let fill_all = 2 * nmiss <= nlook;
         let reads = self.index.read_shards(&miss_index[..nmiss]);
         let mut found: [Option<(PeerId, &Arc<Keypair>)>; CHUNK] = [None; CHUNK];
-        let mut first = true;
-        let mut fill = 0u32;
+        let mut nfound = 0usize;
         for u in (0..nlook).filter(|u| missed & (1 << u) != 0) {
             out.stats.index_cache_misses += 1;
             let Some(IndexEntry::Keypair(peer, kp)) = reads.get(look_index[u]) else { continue };
             kp.prefetch_recv(look_counter[u]);
             self.prefetch_peer_slot(*peer);
-            if fill_all || first {
+            found[u] = Some((*peer, kp));
+            nfound += 1;
+        }
+        // The cache is filled from the misses while at least half of the chunk's known indices
+        // (hits, and misses found in the table: unknown indices, forged or stale, do not count)
+        // hit it: a few peers, or trains of packets per peer, where a fill (two reference counts
+        // written, the new keypair's and the evicted one's) pays for itself at the next hit.
+        // Otherwise (traffic spread over more keypairs than it holds, where a fill is evicted
+        // before it is used) only the first miss found is offered to the cache (not cached if
+        // its slot is pinned), so that the cache notices when the traffic narrows again.
+        let fill_all = 2 * nfound <= nlook - nmiss + nfound;
+        let mut fill = 0u32;
+        for (u, f) in found.iter().enumerate().take(nlook) {
+            let Some((_, kp)) = *f else { continue };
+            if fill_all || fill == 0 {
                 prefetch_refcount(kp);
                 out.cache.prefetch_evictee(look_index[u]);
                 fill |= 1 << u;
-                first = false;
             }
-            found[u] = Some((*peer, kp));
         }
         for (u, f) in found.iter().enumerate().take(nlook) {
             let Some((peer, kp)) = *f else { continue };
-            let slot = if fill & (1 << u) != 0 { out.cache.fill(look_index[u], peer, kp) } else { None };
+            // A retired keypair (its index about to leave the table) is not cached: it would
+            // evict a live entry for nothing (step 2 drops its messages).
+            let cache = fill & (1 << u) != 0 && !kp.is_retired();
+            let slot = if cache { out.cache.fill(look_index[u], peer, kp) } else { None };
             look[u] = Some((peer, slot.map_or(RxFound::Table(kp), RxFound::Slot)));
         }
         // Lookups to groups: a found index of a peer still configured.
@@ -365,14 +375,19 @@ impl Device {
         });
 
         // 2. Age and the counter's limit, without the window's lock (step 4 decides the rest).
+        // A keypair found in the table but retired (it left its peer's slots; its index is about
+        // to leave the table) is an unknown index, as it is to the cache: nothing is decrypted.
         for g in 0..ngroups {
             let Some(kp) = kps[g] else { continue };
-            expired[g] = kp.recv_expired(now);
+            let gone = kp.is_retired();
+            expired[g] = gone || kp.recv_expired(now);
             for i in bits(members[g]) {
                 if verdict[i] != Verdict::Pending {
                     continue;
                 }
-                verdict[i] = if expired[g] || counter[i] >= REJECT_AFTER_MESSAGES {
+                verdict[i] = if gone {
+                    Verdict::Drop(DropReason::UnknownIndex)
+                } else if expired[g] || counter[i] >= REJECT_AFTER_MESSAGES {
                     Verdict::Drop(DropReason::KeypairExpired)
                 } else {
                     Verdict::Open
@@ -432,7 +447,9 @@ impl Device {
             }
         }
 
-        // 5. In order: confirmation, keep_key_fresh, inner checks. The IPv4 sources of the
+        // 5. In order: confirmation, keep_key_fresh, inner checks. The read view is still held:
+        // nothing here may use the index table or take a peer's handshake state (see
+        // `IndexTable::read_shards`); a confirmation's dropped indices are removed after it. The IPv4 sources of the
         // authenticated messages are looked up in the allowed IPs first, all together, so that
         // the trie's misses overlap (the table does not change during the call).
         // A source that is its peer's host route (an allowed /32, kept in the peer-table slot

@@ -27,12 +27,13 @@
 //!   maps to the same slot is not cached (its keypair stays borrowed from the table).
 //! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
 //!   entry is replaced, [`KeySlots::release_retired`] drops it (the entries whose keypair is
-//!   retired, that is, no longer in the device's table) or [`KeySlots::clear`] drops all: the
+//!   retired, that is, gone from its peer's slots, its index removed from the device's table
+//!   or about to be) or [`KeySlots::clear`] drops all: the
 //!   worker releases the retired entries when idle and at least every minute (the keys are
 //!   wiped when the last reference goes). The other entries stay: their keypairs are in the
 //!   table, so the cache keeps nothing alive that the device does not, and the next burst after
 //!   a pause still hits instead of going to the shared table (a read lock on a shard other
-//!   peers' lookups share, and a reference count written) for every packet.
+//!   peers' lookups share) for every packet.
 
 use std::sync::Arc;
 
@@ -89,7 +90,7 @@ impl IndexCache {
     }
 
     /// The cache alone: on a hit (counted) the peer and the slot, pinned for the burst. A miss
-    /// is not counted here ([`fill`](Self::fill) counts it).
+    /// is not counted here (the burst counts it when it looks it up in the table).
     #[inline]
     pub(crate) fn probe(&mut self, index: u32, stats: &mut Stats) -> Option<(PeerId, usize)> {
         let slot = index as usize & (SLOTS - 1);

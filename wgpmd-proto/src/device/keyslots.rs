@@ -44,8 +44,9 @@ impl<E: Held> KeySlots<E> {
         self.entries.iter_mut().for_each(|e| *e = E::default());
     }
 
-    /// Drop the entries whose keypair is retired (it left the device's index table, and so
-    /// every slot of its peer: the entry alone may be keeping its keys alive); keep the others.
+    /// Drop the entries whose keypair is retired (it left every slot of its peer, and its index
+    /// has left the device's table or is about to: the entry alone may be keeping its keys
+    /// alive); keep the others.
     /// Returns how many were dropped.
     pub(crate) fn release_retired(&mut self) -> usize {
         let mut n = 0;

@@ -832,7 +832,8 @@ impl Device {
     /// Remove an index from the table; a keypair's is retired, so workers' cached lookups of
     /// it stop being used (`indexcache`).
     fn remove_index(&self, idx: u32) {
-        // Retired first: a worker that still finds it (in the table or its cache) sees the flag.
+        // A keypair's index comes from `Keypairs`' `Dropped`, which retired it already; retired
+        // again here (first, as before) so that no caller depends on where it came from.
         if let Some(IndexEntry::Keypair(_, kp)) = self.index.get(idx) {
             kp.retire();
         }

@@ -157,7 +157,7 @@ mod tests {
     fn keypairs(remote: u32) -> Keypairs {
         let k = Keypairs::new();
         let kp = Keypair::new(&Secret([1; 32]), &Secret([2; 32]), remote, remote, true, Timestamp::from_secs(1));
-        k.install(Arc::new(kp));
+        let _ = k.install(Arc::new(kp));
         k
     }
 
@@ -198,7 +198,7 @@ mod tests {
         let a = keypairs(1);
         assert_eq!(look(&mut c, 0, &a), (true, 1));
         let kp = Keypair::new(&Secret([3; 32]), &Secret([4; 32]), 9, 9, true, Timestamp::from_secs(2));
-        a.install(Arc::new(kp));
+        let _ = a.install(Arc::new(kp));
         assert_eq!(look(&mut c, 0, &a), (true, 9), "the new current keypair, cached in place");
         assert_eq!(c.slots.used(), 1);
     }

@@ -100,7 +100,9 @@ struct Sending {
 /// order, so that the key, the flags, the window's lock and its counter (48 bytes, then the
 /// standard library's 8-byte mutex header, then the window's counter) share the first line:
 /// a message of a peer whose keypair is not in cache misses on that line and on its counter's
-/// word of the window's bitmap, nothing else (`tests::receive_fields_share_a_line`).
+/// word of the window's bitmap, nothing else (`tests::receive_fields_share_a_line`). The price:
+/// two cores opening for one keypair (one peer spread over two queues, which RSS does not do)
+/// write the line the other reads the key from, once per burst each.
 #[repr(C, align(64))]
 struct Receiving {
     key: Secret,

@@ -31,8 +31,10 @@ use super::keypair::Keypair;
 /// Most keypairs one transition can drop (`clear` drops all three slots).
 const MAX_DROPPED: usize = 3;
 
-/// Local indices of keypairs that a transition removed from every slot. Fixed size, no heap.
+/// Local indices of keypairs that a transition removed from every slot (retired already): the
+/// caller removes them from its index table, as nothing else will. Fixed size, no heap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "the dropped keypairs' indices must be removed from the index table"]
 pub struct Dropped {
     indices: [u32; MAX_DROPPED],
     len: u8,
@@ -347,8 +349,8 @@ mod tests {
     #[test]
     fn initiator_with_pending_next() {
         let k = Keypairs::new();
-        k.install(kp(1, true));
-        k.install(kp(2, true));
+        let _ = k.install(kp(1, true));
+        let _ = k.install(kp(2, true));
         // A responder handshake left 3 pending; it drops the previous (1).
         assert_eq!(k.install(kp(3, false)).as_slice(), &[1]);
         assert_eq!(slots(&k), (Some(2), None, Some(3)));
@@ -361,8 +363,8 @@ mod tests {
     #[test]
     fn responder_installs_next_and_keeps_current() {
         let k = Keypairs::new();
-        k.install(kp(1, true));
-        k.install(kp(2, true));
+        let _ = k.install(kp(1, true));
+        let _ = k.install(kp(2, true));
         assert_eq!(k.install(kp(3, false)).as_slice(), &[1]);
         assert_eq!(slots(&k), (Some(2), None, Some(3)));
         // A second responder handshake before confirmation replaces the unconfirmed next.
@@ -378,9 +380,9 @@ mod tests {
     fn confirmation_rotates_next_into_current() {
         let k = Keypairs::new();
         let a = kp(1, true);
-        k.install(Arc::clone(&a));
+        let _ = k.install(Arc::clone(&a));
         let n = kp(2, false);
-        k.install(Arc::clone(&n));
+        let _ = k.install(Arc::clone(&n));
         assert_eq!(k.received_with(&a), None, "current is not a confirmation");
         // A different Arc with the same contents is not the pending keypair.
         assert_eq!(k.received_with(&kp(2, false)), None);
@@ -400,24 +402,24 @@ mod tests {
         let s0 = k.stamp();
         assert_eq!(s0 & 1, 0);
         let n = kp(2, false);
-        k.install(Arc::clone(&n));
+        let _ = k.install(Arc::clone(&n));
         assert_eq!(k.stamp(), s0, "a responder's keypair waits in next: current unchanged");
         assert!(k.received_with(&n).is_some());
         let s1 = k.stamp();
         assert_ne!(s1, s0, "confirmation made it current");
         k.expire_current();
         assert_eq!(k.stamp(), s1, "expiring leaves the slot as it was");
-        k.install(kp(3, true));
+        let _ = k.install(kp(3, true));
         let s2 = k.stamp();
         assert!(s2 != s1 && s2 != s0, "the initiator's keypair became current");
-        k.install(kp(4, false));
+        let _ = k.install(kp(4, false));
         assert!(k.received_with(&kp(9, false)).is_none());
         assert_eq!(k.stamp(), s2, "a message on no pending keypair changes nothing");
         // An initiator's keypair while a responder's waits in next: current changes.
-        k.install(kp(5, true));
+        let _ = k.install(kp(5, true));
         let s3 = k.stamp();
         assert!(![s0, s1, s2].contains(&s3), "the initiator's keypair became current over a pending one");
-        k.clear();
+        let _ = k.clear();
         let s4 = k.stamp();
         assert!(![s0, s1, s2, s3].contains(&s4), "cleared");
         assert!([s0, s1, s2, s3, s4].iter().all(|s| s & 1 == 0), "no transition left the lock bit set");
@@ -427,12 +429,12 @@ mod tests {
     fn a_pending_keypair_is_not_confirmed_until_its_first_message() {
         let k = Keypairs::new();
         let n = kp(2, false);
-        k.install(Arc::clone(&n));
+        let _ = k.install(Arc::clone(&n));
         assert!(!n.is_confirmed(), "the responder's keypair waits for the initiator's first message");
         // Replaced by a newer handshake before any message came: never confirmed, and a late
         // message on it confirms nothing (the slow path still looks at the pending slot).
         let m = kp(3, false);
-        k.install(Arc::clone(&m));
+        let _ = k.install(Arc::clone(&m));
         assert_eq!(k.received_with(&n), None);
         assert!(!n.is_confirmed());
         assert_eq!(slots(&k), (None, None, Some(3)));
@@ -468,7 +470,7 @@ mod tests {
     fn a_keypair_still_in_a_slot_is_not_reported_dropped() {
         let k = Keypairs::new();
         let a = kp(1, true);
-        k.install(Arc::clone(&a));
+        let _ = k.install(Arc::clone(&a));
         assert!(k.install(Arc::clone(&a)).is_empty()); // misuse: the same keypair twice
         assert_eq!(slots(&k), (Some(1), Some(1), None));
         // Previous (1) leaves its slot but stays as the new previous: not dropped.
@@ -479,11 +481,11 @@ mod tests {
     #[test]
     fn expire_current_stops_sealing_on_current_and_next_only() {
         let k = Keypairs::new();
-        k.install(kp(1, true));
-        k.install(kp(2, true));
-        k.install(kp(3, false));
-        k.install(kp(4, true)); // current 4, previous 3
-        k.install(kp(5, false)); // next 5, previous dropped
+        let _ = k.install(kp(1, true));
+        let _ = k.install(kp(2, true));
+        let _ = k.install(kp(3, false));
+        let _ = k.install(kp(4, true)); // current 4, previous 3
+        let _ = k.install(kp(5, false)); // next 5, previous dropped
         let prev = kp(6, true);
         k.previous.store(Some(Arc::clone(&prev)));
         k.expire_current();
@@ -499,9 +501,9 @@ mod tests {
     fn concurrent_confirmation_rotates_once() {
         for _ in 0..200 {
             let k = Keypairs::new();
-            k.install(kp(1, true));
+            let _ = k.install(kp(1, true));
             let n = kp(2, false);
-            k.install(Arc::clone(&n));
+            let _ = k.install(Arc::clone(&n));
             let (x, y) = std::thread::scope(|s| {
                 let hx = s.spawn(|| k.received_with(&n));
                 let hy = s.spawn(|| k.received_with(&n));
