@@ -6,11 +6,13 @@
 //! [`SHARDS`] cache-line-aligned shards picked by the low index bits, each an open-addressed
 //! table under an `RwLock`: data-path lookups from several cores take shared read locks on
 //! different shards, handshakes take a short write lock on one shard. Only a burst's read view
-//! ([`IndexTable::read_shards`]) holds more than one shard lock: read locks only, taken in
-//! ascending shard order and all released together; every other table operation holds one. So
-//! no cycle of waits forms through the table: a reader holding some shards waits only on a
-//! higher one, and a writer waits on that shard's readers. What keeps cycles out through other
-//! locks is a rule for the view's holder, in [`IndexTable::read_shards`].
+//! ([`IndexTable::read_shards`]) holds more than one shard lock: read locks only, taken with
+//! `parking_lot`'s `read_recursive` (which waits for a writer holding the shard, never for one
+//! waiting) and all released together; every other table operation holds one lock, and a writer
+//! holding one waits on nothing. So no cycle of waits forms through the table: a view waits only
+//! for writers that are making their change, and a writer waits for the readers of its shard.
+//! What keeps cycles out through other locks is a rule for the view's holder, in
+//! [`IndexTable::read_shards`].
 //!
 //! # Size
 //! The table is sized for millions of sessions: a carrier device with four million peers holds
@@ -51,7 +53,7 @@
 
 use core::hash::{BuildHasherDefault, Hasher};
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rand_core::{CryptoRng, RngCore};
 
@@ -288,17 +290,16 @@ impl<V> IndexTable<V> {
         &self.shards[index as usize & (SHARDS - 1)]
     }
 
-    // A panic while a write lock was held can only come from a `remove_if` predicate (or
-    // allocation failure), which runs before the table is changed: the table is intact, so a
-    // poisoned lock is used as is rather than taking the data path down.
+    // The locks do not poison: a panic while a write lock was held can only come from a
+    // `remove_if` predicate (or allocation failure), which runs before the table is changed.
     #[inline]
     fn read(&self, index: u32) -> RwLockReadGuard<'_, Slots<V>> {
-        self.shard(index).map.read().unwrap_or_else(PoisonError::into_inner)
+        self.shard(index).map.read()
     }
 
     #[inline]
     fn write(&self, index: u32) -> RwLockWriteGuard<'_, Slots<V>> {
-        self.shard(index).map.write().unwrap_or_else(PoisonError::into_inner)
+        self.shard(index).map.write()
     }
 
     /// Start loading the line of `index`'s home slot (a burst's first pass over its indices),
@@ -417,12 +418,13 @@ impl<V> IndexTable<V> {
 
 impl<V> IndexTable<V> {
     /// A read view of the shards of `indices` (each shard once; the first [`MAX_READS`]
-    /// distinct ones): their read locks, taken in ascending shard order, held until the view is
-    /// dropped. A burst looks its messages up through it and borrows what it finds for the whole
-    /// burst, without cloning (no reference count written).
+    /// distinct ones): their read locks, taken in ascending shard order (the view's lookups
+    /// search them in that order) with `read_recursive`, held until the view is dropped. A
+    /// burst looks its messages up through it and borrows what it finds for the whole burst,
+    /// without cloning (no reference count written).
     ///
     /// While it holds a view, the calling thread must not use the table in any other way (a
-    /// write would wait on its own read lock, a second read could wait behind a queued writer):
+    /// write would wait on its own read lock, a plain read could wait behind a queued writer):
     /// it collects what it has to remove and removes it once the view is dropped. Nor may it
     /// take a lock that another thread may hold while it waits for a shard: handshakes hold
     /// their peer's handshake state (`Peer::handshake`) around `insert_new` and `remove_index`,
@@ -430,10 +432,11 @@ impl<V> IndexTable<V> {
     /// keypair's window lock and the keypair slots' transition lock, are never held around a
     /// table operation.
     ///
-    /// The standard `RwLock` lets no new reader in while a writer waits: a view that meets a
-    /// shard with a queued writer waits for that shard's readers (at most a burst each) while
-    /// holding its lower shards, and views that need those wait too. Not measured under
-    /// handshake load (the benchmarks' bursts run without handshakes).
+    /// A view does not queue behind a waiting writer (a handshake's write never stalls a burst,
+    /// nor, through one view, the views of other workers); the writer waits instead, for every
+    /// view holding its shard (at most a burst each), and new views keep coming in, so on a
+    /// busy shard it may wait more than one burst. Not measured under handshake load (the
+    /// benchmarks' bursts run without handshakes).
     pub fn read_shards(&self, indices: &[u32]) -> ShardReads<'_, V> {
         let mut shard = [0u16; MAX_READS];
         let mut n = 0;
@@ -448,7 +451,7 @@ impl<V> IndexTable<V> {
         let mut guards: [Option<RwLockReadGuard<'_, Slots<V>>>; MAX_READS] = Default::default();
         // In ascending shard order (see the module documentation).
         for (guard, &s) in guards.iter_mut().zip(&shard[..n]) {
-            *guard = Some(self.shards[usize::from(s)].map.read().unwrap_or_else(PoisonError::into_inner));
+            *guard = Some(self.shards[usize::from(s)].map.read_recursive());
         }
         ShardReads { shard, guards, n }
     }
@@ -794,8 +797,9 @@ mod tests {
         assert_eq!(table.read_shards(&[]).shards(), 0);
     }
 
-    /// A writer to a shard a view holds waits for the view to go; views and writers on many
-    /// threads, over random shard sets, never deadlock (shards are taken in ascending order).
+    /// A writer to a shard a view holds waits for the view to go, and other views of that shard
+    /// do not wait for the writer; views and writers on many threads, over random shard sets,
+    /// never deadlock.
     #[test]
     fn views_hold_off_writers_and_never_deadlock() {
         let table = Arc::new(IndexTable::<u64>::new());
@@ -816,6 +820,16 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!writer.is_finished(), "the writer went past the view's read lock");
         assert_eq!(view.get(index), Some(&value));
+        // Another view of the same shard gets in while the writer waits (it does not queue
+        // behind it: with a writer-preferring lock this one would wait for the first view).
+        let (second_tx, second_rx) = std::sync::mpsc::channel();
+        let second = {
+            let table = Arc::clone(&table);
+            std::thread::spawn(move || second_tx.send(table.read_shards(&[index]).get(index).copied()).unwrap())
+        };
+        let got = second_rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(got, Ok(Some(value)), "a view queued behind a waiting writer");
+        second.join().unwrap();
         drop(view);
         writer.join().unwrap();
         assert_eq!(table.get(index), Some(value + 1));
