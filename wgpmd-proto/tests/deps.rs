@@ -6,17 +6,10 @@
 //! this test can see.) This reads `cargo tree -e normal` (the tree a user of the crate builds)
 //! and refuses each crate that would bring I/O in.
 //!
-//! Two exceptions, checked as narrowly as they can be:
-//! - ring (the data path's ChaCha20-Poly1305) always depends on getrandom, and getrandom on
-//!   libc, for ring's own `SystemRandom`, which this crate never calls (randomness comes from
-//!   the caller);
-//! - parking_lot (the index table's shard locks: a burst's read view must not queue behind a
-//!   waiting writer, which the standard library's lock does) parks threads with the futex
-//!   system call through `parking_lot_core -> libc`, as the standard library's own locks do
-//!   without a crate.
-//!
-//! So `getrandom` may appear only under ring, and `libc` only under getrandom and
-//! parking_lot_core, each of those only under its one parent, and nowhere else.
+//! One exception, checked as narrowly as it can be: ring (the data path's ChaCha20-Poly1305)
+//! always depends on getrandom, and getrandom on libc, for ring's own `SystemRandom`, which this
+//! crate never calls (randomness comes from the caller). So `getrandom` and `libc` may appear
+//! only on that one path: `ring -> getrandom -> libc`, and nowhere else.
 //!
 //! Not visible here: C code that calls the C library without a crate. aws-lc (under aws-lc-rs,
 //! the X25519) allocates with malloc/free and reads `OPENSSL_ia32cap` from the environment
@@ -135,22 +128,11 @@ fn libc_and_getrandom_come_only_through_ring() {
     }
     for spec in specs("libc") {
         let who = inverted(&spec);
-        let mut parents: Vec<&str> = who.iter().filter(|(d, _)| *d == 1).map(|(_, n)| n.as_str()).collect();
-        parents.sort_unstable();
+        let parents: Vec<&str> = who.iter().filter(|(d, _)| *d == 1).map(|(_, n)| n.as_str()).collect();
         assert_eq!(
             parents,
-            ["getrandom", "parking_lot_core"],
-            "{spec} is depended on by {parents:?}; only getrandom (under ring) and parking_lot_core may: {who:?}"
+            ["getrandom"],
+            "{spec} is depended on by {parents:?}; only getrandom (under ring) may: {who:?}"
         );
-    }
-    for spec in specs("parking_lot_core") {
-        let who = inverted(&spec);
-        let parents: Vec<&str> = who.iter().filter(|(d, _)| *d == 1).map(|(_, n)| n.as_str()).collect();
-        assert_eq!(parents, ["parking_lot"], "{spec} is depended on by {parents:?}; only parking_lot may: {who:?}");
-    }
-    for spec in specs("parking_lot") {
-        let who = inverted(&spec);
-        let parents: Vec<&str> = who.iter().filter(|(d, _)| *d == 1).map(|(_, n)| n.as_str()).collect();
-        assert_eq!(parents, ["wgpmd-proto"], "{spec} is depended on by {parents:?}; only wgpmd-proto may: {who:?}");
     }
 }

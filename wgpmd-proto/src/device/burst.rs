@@ -14,7 +14,8 @@
 //!    their keypairs (key, flags, the window's lock and counter on one line; the counter's
 //!    window word) and peer-table slots, then cache some (while the cache is working), then read
 //!    the peers and prefetch their lines (endpoint, counters, timers);
-//! 2. per keypair: the age check and, per message, the counter's limit; the messages that pass
+//! 2. per keypair: retired (found in the table after leaving its peer's slots: an unknown
+//!    index), the age check and, per message, the counter's limit; the messages that pass
 //!    are the ones decrypted. The replay window is not read before decrypting (as the kernel's
 //!    receive path: a replay costs what any forged message with a known index costs, one
 //!    decryption), so it is locked once per keypair per chunk, in step 4;

@@ -1,9 +1,10 @@
 //! A worker's cache of receiver index -> (peer, keypair), so the data path's common case takes
 //! no lock on the shared index table and writes no shared reference count.
 //!
-//! The shared [`IndexTable`](crate::index::IndexTable) answers a lookup under a shard read lock and with a clone of the
-//! `Arc<Keypair>`: two writes to cache lines other cores write too (the lock word and the
-//! reference count), per packet. This cache is owned by one worker (it lives in its
+//! The shared [`IndexTable`](crate::index::IndexTable) answers a lookup under a shard read lock
+//! (a burst borrows what it finds for the burst, through one read view of its shards): a write
+//! to a cache line other cores write too (the lock word), per shard per burst. This cache is
+//! owned by one worker (it lives in its
 //! [`super::Output`]); a hit reads the worker's own entry and the keypair's `retired` flag, and
 //! writes only the entry.
 //!
@@ -20,7 +21,7 @@
 //!   one read view of their shards, `IndexTable::read_shards`, borrowing each keypair from the
 //!   table for the burst without taking a reference; then [`IndexCache::fill`] for those the
 //!   burst caches), so that the misses of a burst overlap. A burst fills the cache from its
-//!   misses only while at least half of its indices hit (the rule is in `burst.rs`): with traffic
+//!   misses only while at least half of its known indices hit (the rule is in `burst.rs`): with traffic
 //!   spread over far more keypairs than entries, a fill (two reference counts written, the new
 //!   keypair's and the evicted one's) would be evicted before its next use.
 //! - Within one burst, an entry a packet of the burst already uses is pinned: a later miss that

@@ -220,6 +220,7 @@ impl Keypairs {
     /// is the pending next keypair, this is its confirmation: rotate and return what was dropped.
     /// Otherwise `None`: for a keypair made by the initiator or already confirmed (the common
     /// case) from a flag on the keypair, with no load of the slots; else after one lock-free load.
+    #[must_use = "the dropped keypairs' indices must be removed from the index table"]
     pub fn received_with(&self, kp: &Arc<Keypair>) -> Option<Dropped> {
         if kp.is_confirmed() || !is(&self.next.load(), kp) {
             return None;
