@@ -433,7 +433,8 @@ fn the_index_cache_fills_while_it_works() {
         let mut msgs: Vec<Vec<u8>> = (0..SESSIONS).map(|p| msg(&r, p)).collect();
         if burst == 2 {
             // An unknown index (a forged message): a miss, but not one that counts against the
-            // rule (with it counted, 2 hits of 5 would not be half, and nothing more cached).
+            // rule (with it counted, 2 hits of 5 would not be half: only one more cached, 3
+            // entries instead of 4).
             let mut forged = msg(&r, 0);
             forged[4..8].copy_from_slice(&0x0bad_f00du32.to_le_bytes());
             msgs.push(forged);

@@ -21,9 +21,10 @@
 //!   one read view of their shards, `IndexTable::read_shards`, borrowing each keypair from the
 //!   table for the burst without taking a reference; then [`IndexCache::fill`] for those the
 //!   burst caches), so that the misses of a burst overlap. A burst fills the cache from its
-//!   misses only while at least half of its known indices hit (the rule is in `burst.rs`): with traffic
-//!   spread over far more keypairs than entries, a fill (two reference counts written, the new
-//!   keypair's and the evicted one's) would be evicted before its next use.
+//!   misses only while at least half of its known indices hit, otherwise from its first miss
+//!   found (the rule is in `burst.rs`): with traffic spread over far more keypairs than
+//!   entries, a fill (two reference counts written, the new keypair's and the evicted one's)
+//!   would be evicted before its next use.
 //! - Within one burst, an entry a packet of the burst already uses is pinned: a later miss that
 //!   maps to the same slot is not cached (its keypair stays borrowed from the table).
 //! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
