@@ -450,9 +450,10 @@ impl Device {
 
         // 5. In order: confirmation, keep_key_fresh, inner checks. The read view is still held:
         // nothing here may use the index table or take a peer's handshake state (see
-        // `IndexTable::read_shards`); a confirmation's dropped indices are removed after it. The IPv4 sources of the
-        // authenticated messages are looked up in the allowed IPs first, all together, so that
-        // the trie's misses overlap (the table does not change during the call).
+        // `IndexTable::read_shards`); a confirmation's dropped indices are removed after it.
+        // The IPv4 sources of the authenticated messages are looked up in the allowed IPs
+        // first, all together, so that the trie's misses overlap (the table does not change
+        // during the call).
         // A source that is its peer's host route (an allowed /32, kept in the peer-table slot
         // this phase reads anyway) needs no walk of the trie.
         let mut v4 = [Ipv4Addr::UNSPECIFIED; CHUNK];

@@ -30,8 +30,8 @@
 //! - An entry keeps its keypair (and so its keys) alive after the device dropped it, until the
 //!   entry is replaced, [`KeySlots::release_retired`] drops it (the entries whose keypair is
 //!   retired, that is, gone from its peer's slots, its index removed from the device's table
-//!   or about to be) or [`KeySlots::clear`] drops all: the
-//!   worker releases the retired entries when idle and at least every minute (the keys are
+//!   or about to be) or [`KeySlots::clear`] drops all: the worker releases the retired
+//!   entries when idle and at least every minute (the keys are
 //!   wiped when the last reference goes). The other entries stay: their keypairs are in the
 //!   table, so the cache keeps nothing alive that the device does not, and the next burst after
 //!   a pause still hits instead of going to the shared table (a read lock on a shard other
