@@ -49,4 +49,6 @@ pub use tools::{boringtun_cli, require_tools, TOOLS};
 pub use topology::{Site, Topology, CONCENTRATOR_PORT, INNER_NET, OUTER_NET};
 pub use util::{run_cmd, secs, timeout_scale, unique_ifname, wait_until};
 pub use wg::{wg_show, BoringtunPeer, DeviceConfig, PeerConfig, WgDevice, WgGo, WgImpl, WgShow, WgShowPeer, UAPI_DIR};
-pub use wgpmd::{wgpmd_bin, wgpmd_run_to_exit, Counters, FailedRun, Wgpmd, WgpmdOptions, STATS_DIR};
+pub use wgpmd::{
+    wgpmd_bin, wgpmd_run_to_exit, wgpmd_start_or_exit, Counters, FailedRun, Wgpmd, WgpmdOptions, STATS_DIR,
+};

@@ -427,6 +427,68 @@ pub fn wgpmd_run_to_exit(ns: &Netns, wrapper: &[&str], args: &[&str], timeout: D
     })
 }
 
+/// Runs `wgpmd args...` (prefixed by `wrapper`) in `ns` until it either exits (`Ok(Some(run))`,
+/// its status and output) or says it is ready: `READY=1` on a `$NOTIFY_SOCKET` this function
+/// listens on in `dir` (then it is killed: `Ok(None)`). Fails if neither happens within
+/// `timeout` (then killed). For finding where start-up fails without waiting out every start
+/// that succeeds.
+pub fn wgpmd_start_or_exit(
+    ns: &Netns,
+    dir: &Path,
+    wrapper: &[&str],
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Option<FailedRun>> {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    let path = dir.join(format!("notify-{}.sock", unique_ifname("n")));
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let bin = wgpmd_bin()?.to_string_lossy().into_owned();
+    let mut v: Vec<&str> = wrapper.to_vec();
+    v.push(&bin);
+    v.extend_from_slice(args);
+    let notify = path.to_string_lossy().into_owned();
+    let child = ns.spawn(&v, &[("NOTIFY_SOCKET", &notify)], Stdio::piped(), Stdio::piped())?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let outcome = loop {
+        if let Ok(out) = rx.try_recv() {
+            let out = out.context("waiting for wgpmd")?;
+            break Some(FailedRun {
+                status: out.status,
+                output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        if let Ok(n) = sock.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                break None;
+            }
+        }
+        if t0.elapsed() > timeout {
+            // Our own child, unreaped until the waiter's wait returns.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+            let _ = waiter.join();
+            let _ = std::fs::remove_file(&path);
+            bail!("wgpmd {args:?} neither exited nor became ready within {:.1} s (killed)", timeout.as_secs_f64());
+        }
+    };
+    if outcome.is_none() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+    }
+    let _ = waiter.join();
+    crate::netns::unregister_pid(pid.as_raw() as u32);
+    let _ = std::fs::remove_file(&path);
+    Ok(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
