@@ -84,8 +84,22 @@ fn transpose8(x: &[__m256i]) -> [__m256i; 8] {
 /// The key stream blocks of 8 jobs, as (words 0..8, words 8..16) per job.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn blocks8(klo: &[__m256i; 11], khi: &[__m256i; 11], idx: &[u32; 8], ctr: &[u32; 8]) -> ([__m256i; 8], [__m256i; 8]) {
-    let idx = load8(idx);
+pub(super) fn blocks8(
+    klo: &[__m256i; 11],
+    khi: &[__m256i; 11],
+    idx: &[u32; 8],
+    ctr: &[u32; 8],
+) -> ([__m256i; 8], [__m256i; 8]) {
+    let x = state8(klo, khi, load8(idx), load8(ctr));
+    (transpose8(&x[..8]), transpose8(&x[8..]))
+}
+
+/// The final state words (after the feed-forward) of 8 jobs, in the vertical layout: `x[w]` is
+/// word `w` of the jobs of lanes `idx` (8 lane indices into the key table) at block counters
+/// `ctr`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn state8(klo: &[__m256i; 11], khi: &[__m256i; 11], idx: __m256i, ctr: __m256i) -> [__m256i; 16] {
     let high = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7));
     let pick = |w: usize| {
         _mm256_blendv_epi8(_mm256_permutevar8x32_epi32(klo[w], idx), _mm256_permutevar8x32_epi32(khi[w], idx), high)
@@ -97,7 +111,7 @@ fn blocks8(klo: &[__m256i; 11], khi: &[__m256i; 11], idx: &[u32; 8], ctr: &[u32;
     for w in 0..8 {
         x[4 + w] = pick(w);
     }
-    x[12] = load8(ctr);
+    x[12] = ctr;
     for w in 0..3 {
         x[13 + w] = pick(8 + w);
     }
@@ -115,14 +129,14 @@ fn blocks8(klo: &[__m256i; 11], khi: &[__m256i; 11], idx: &[u32; 8], ctr: &[u32;
     for w in 0..16 {
         x[w] = _mm256_add_epi32(x[w], init[w]);
     }
-    (transpose8(&x[..8]), transpose8(&x[8..]))
+    x
 }
 
 /// XORs one key stream block (two halves) into `dst` (1 to 64 bytes); a short block goes through
 /// `spill`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn xor_block(dst: &mut [u8], lo: __m256i, hi: __m256i, spill: &mut [u8; 64]) {
+pub(super) fn xor_block(dst: &mut [u8], lo: __m256i, hi: __m256i, spill: &mut [u8; 64]) {
     let p = dst.as_mut_ptr();
     if dst.len() >= 64 {
         // SAFETY: `dst` has at least 64 bytes (offsets 0 and 32, 32 bytes each), borrowed mutably;
@@ -145,15 +159,23 @@ fn xor_block(dst: &mut [u8], lo: __m256i, hi: __m256i, spill: &mut [u8; 64]) {
     }
 }
 
-/// XORs the key stream of every job into its destination, 8 jobs per vector.
+/// The key table's words for lanes 0 to 7 and 8 to 15, one vector per word each.
+#[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn blocks<'a>(table: &KeyTable, mut jobs: impl Iterator<Item = Job<'a>>) {
+pub(super) fn key_halves(table: &KeyTable) -> ([__m256i; 11], [__m256i; 11]) {
     let mut klo = [_mm256_setzero_si256(); 11];
     let mut khi = [_mm256_setzero_si256(); 11];
     for (w, words) in table.words.iter().enumerate() {
         klo[w] = load8(&words[..8]);
         khi[w] = load8(&words[8..]);
     }
+    (klo, khi)
+}
+
+/// XORs the key stream of every job into its destination, 8 jobs per vector.
+#[target_feature(enable = "avx2")]
+pub(super) fn blocks<'a>(table: &KeyTable, mut jobs: impl Iterator<Item = Job<'a>>) {
+    let (klo, khi) = key_halves(table);
     let mut spill = [0u8; 64];
     loop {
         let mut idx = [0u32; 8];

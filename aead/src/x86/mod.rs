@@ -12,6 +12,7 @@ mod chacha_avx512;
 pub mod ipsec_mb;
 mod poly_avx2;
 mod poly_ifma;
+mod wg_avx2;
 mod wg_avx512;
 
 use crate::blake2s::Step;
@@ -185,6 +186,34 @@ pub(crate) fn decrypt_avx512(_cpu: Avx512, table: &KeyTable, lanes: &mut [Lane<'
     // SAFETY: an `Avx512` token exists only if CPUID reported avx512f and avx512bw, the features
     // `decrypt` is compiled for.
     unsafe { wg_avx512::decrypt(table, lanes, mask) }
+}
+
+/// Seals a WireGuard-shaped burst ([`wg_len`]) with the fused AVX2 kernel and returns the tags;
+/// `None`, touching nothing, if the burst has another shape.
+pub(crate) fn wg_seal_avx2(_cpu: Avx2, table: &KeyTable, lanes: &mut [Lane<'_>]) -> Option<[[u8; TAG_LEN]; MAX_LANES]> {
+    let len = wg_len(lanes)?;
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `seal` is compiled
+    // for; `wg_len` checked the shape its loads rely on.
+    Some(unsafe { wg_avx2::seal(table, lanes, len) })
+}
+
+/// The expected tags of a WireGuard-shaped burst being opened (as [`wg_seal_avx2`]).
+pub(crate) fn wg_open_tags_avx2(
+    _cpu: Avx2,
+    table: &KeyTable,
+    lanes: &[Lane<'_>],
+) -> Option<[[u8; TAG_LEN]; MAX_LANES]> {
+    let len = wg_len(lanes)?;
+    // SAFETY: as in `wg_seal_avx2`.
+    Some(unsafe { wg_avx2::open_tags(table, lanes, len) })
+}
+
+/// Decrypts (XORs the data key stream into) the lanes selected by `mask`, any shape, 8 blocks
+/// per vector lane after lane.
+pub(crate) fn decrypt_avx2(_cpu: Avx2, table: &KeyTable, lanes: &mut [Lane<'_>], mask: u16) {
+    // SAFETY: an `Avx2` token exists only if CPUID reported avx2, the feature `decrypt` is
+    // compiled for.
+    unsafe { wg_avx2::decrypt(table, lanes, mask) }
 }
 
 /// The length of a WireGuard-shaped burst: 1 to 16 lanes, all of one length, none with

@@ -28,7 +28,7 @@ const M26: i64 = (1 << 26) - 1;
 /// Each of the 4 pointers points at 16 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn load4(p: &[*const u8]) -> (__m256i, __m256i) {
+pub(super) unsafe fn load4(p: &[*const u8]) -> (__m256i, __m256i) {
     // SAFETY: the caller guarantees 16 readable bytes at each pointer; the loads are unaligned.
     let (a, b) = unsafe {
         let a = _mm256_inserti128_si256::<1>(
@@ -47,7 +47,7 @@ unsafe fn load4(p: &[*const u8]) -> (__m256i, __m256i) {
 /// A 128-bit value (low and high halves) in limbs of 26 bits (the top one 24).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn limbs(lo: __m256i, hi: __m256i) -> [__m256i; 5] {
+pub(super) fn limbs(lo: __m256i, hi: __m256i) -> [__m256i; 5] {
     let m = _mm256_set1_epi64x(M26);
     [
         _mm256_and_si256(lo, m),
@@ -59,7 +59,7 @@ fn limbs(lo: __m256i, hi: __m256i) -> [__m256i; 5] {
 }
 
 /// The clamped `r` of one vector of lanes and `5 r`.
-struct Key {
+pub(super) struct Key {
     r: [__m256i; 5],
     s: [__m256i; 5],
 }
@@ -67,7 +67,7 @@ struct Key {
 /// `h * r mod 2^130 - 5`, partly carried (see the module doc).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
+pub(super) fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
     let [r0, r1, r2, r3, r4] = k.r;
     let [_, s1, s2, s3, s4] = k.s;
     let [h0, h1, h2, h3, h4] = h;
@@ -92,7 +92,7 @@ fn mul(h: [__m256i; 5], k: &Key) -> [__m256i; 5] {
 /// `Key` (limbs and their multiples of 5) for a multiplier in limbs.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn key(r: [__m256i; 5]) -> Key {
+pub(super) fn key(r: [__m256i; 5]) -> Key {
     let five = |x: __m256i| _mm256_mul_epu32(x, _mm256_set1_epi64x(5)); // x < 2^32
     Key { r, s: [five(r[0]), five(r[1]), five(r[2]), five(r[3]), five(r[4])] }
 }
