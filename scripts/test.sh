@@ -204,18 +204,18 @@ fi
 # here would rebuild them with other features, about 100 s), found through cargo's JSON messages.
 test_exes="$(mktemp)"
 trap 'rm -f "$results" "$test_exes"' EXIT
-cargo test --workspace --release --features "$WORKSPACE_FEATURES" --no-run --message-format=json 2>/dev/null |
+cargo test --workspace --release --features "$WORKSPACE_FEATURES" --no-run --quiet --message-format=json |
     python3 -c '
 import json, os, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(os.path.basename(os.path.dirname(m["manifest_path"])), m["target"]["kind"][0], m["target"]["name"], m["executable"])
+        print(os.path.basename(os.path.dirname(m["manifest_path"])), m["target"]["kind"][0], m["target"]["name"], m["executable"], sep="\t")
 ' >"$test_exes"
 # test_exe DIR KIND NAME: the test executable of target NAME (KIND lib or test) of the package in DIR.
 test_exe() {
     local exe
-    exe="$(awk -v d="$1" -v k="$2" -v n="$3" '$1 == d && $2 == k && $3 == n { print $4 }' "$test_exes")"
+    exe="$(awk -F'\t' -v d="$1" -v k="$2" -v n="$3" '$1 == d && $2 == k && $3 == n { print $4 }' "$test_exes")"
     if [[ ! -x "$exe" ]]; then
         echo "no test executable for $1 $2 $3 (cargo test --no-run --message-format=json)" >&2
         exit 1
@@ -259,7 +259,12 @@ if [[ "${QUICK_BENCH:-1}" == 1 ]]; then
     # the docs quote come from full or quick runs by hand.
     step "benchmarks, shortest mode (full runs: cargo bench -p wgpmd-proto; see docs/PERFORMANCE.md)"
     # (the protocol crate's four, by name, built with the suite's features: `-p wgpmd-proto` alone
-    # would rebuild the crate with others)
+    # would rebuild the crate with others; a bench added there must be added here, checked first)
+    proto_benches="$(sed -n 's/^name = "\(.*\)"/\1/p' <(sed -n '/^\[\[bench\]\]/,/^$/p' wgpmd-proto/Cargo.toml) | sort | tr '\n' ' ')"
+    if [[ "$proto_benches" != "allowedips crypto handshake x25519 " ]]; then
+        echo "wgpmd-proto's benches are now: $proto_benches; update the list below" >&2
+        exit 1
+    fi
     WGPMD_BENCH_QUICK=1 cargo bench --workspace --features "$WORKSPACE_FEATURES" \
         --bench crypto --bench handshake --bench x25519 --bench allowedips \
         -- --warm-up-time 0.1 --measurement-time 0.3 --sample-size 10

@@ -51,7 +51,7 @@ fn run(backend: Backend, seed: u64) -> usize {
             rng.fill(&mut k[..]);
         }
         // An eighth of the bursts: a major class, 8 lanes or more of one length without
-        // additional data among others, which the AVX-512 backend runs as two calls (the class on
+        // additional data among others, which the SIMD backends run as two calls (the class on
         // the fused kernel, the others apart) and puts back in order.
         let major_len = rng.gen_bool(0.125).then(|| if rng.gen_bool(0.5) { 1420 } else { rng.gen_range(0..=MAX_LEN) });
         let n = if major_len.is_some() { rng.gen_range(9..=MAX_LANES) } else { rng.gen_range(1..=MAX_LANES) };
@@ -63,7 +63,7 @@ fn run(backend: Backend, seed: u64) -> usize {
             None => 0,
         };
         // A quarter of the others have WireGuard's shape (one length, no additional data): the
-        // fused AVX-512 path takes those. Half of them padded to 16 bytes, half of any length
+        // fused AVX-512 and AVX2 paths take those. Half of them padded to 16 bytes, half of any length
         // (a full-MTU packet is not padded: 1420 bytes).
         let wg_len = (major_len.is_none() && rng.gen_bool(0.25)).then(|| match rng.gen_range(0..4) {
             0 => rng.gen_range(0..=16) * 16,

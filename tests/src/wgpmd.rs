@@ -431,7 +431,8 @@ pub fn wgpmd_run_to_exit(ns: &Netns, wrapper: &[&str], args: &[&str], timeout: D
 /// its status and output) or says it is ready: `READY=1` on a `$NOTIFY_SOCKET` this function
 /// listens on in `dir` (then it is killed: `Ok(None)`). Fails if neither happens within
 /// `timeout` (then killed). For finding where start-up fails without waiting out every start
-/// that succeeds.
+/// that succeeds. The child stays in this thread's hands until it is reaped, so a kill can only
+/// reach it, never a process that reused its pid.
 pub fn wgpmd_start_or_exit(
     ns: &Netns,
     dir: &Path,
@@ -441,31 +442,49 @@ pub fn wgpmd_start_or_exit(
 ) -> Result<Option<FailedRun>> {
     use std::os::unix::net::UnixDatagram;
     use std::process::Stdio;
-    use std::sync::mpsc;
+    /// Removes the notify socket and forgets the pid however the function returns.
+    struct Cleanup {
+        path: PathBuf,
+        pid: Option<u32>,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+            if let Some(pid) = self.pid {
+                crate::netns::unregister_pid(pid);
+            }
+        }
+    }
     let path = dir.join(format!("notify-{}.sock", unique_ifname("n")));
+    // sun_path holds 108 bytes with its terminating NUL.
+    ensure!(path.as_os_str().len() < 108, "{}: too long for a unix socket address (TMPDIR?)", path.display());
     let _ = std::fs::remove_file(&path);
     let sock = UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let mut cleanup = Cleanup { path: path.clone(), pid: None };
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let bin = wgpmd_bin()?.to_string_lossy().into_owned();
     let mut v: Vec<&str> = wrapper.to_vec();
     v.push(&bin);
     v.extend_from_slice(args);
     let notify = path.to_string_lossy().into_owned();
-    let child = ns.spawn(&v, &[("NOTIFY_SOCKET", &notify)], Stdio::piped(), Stdio::piped())?;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
+    let mut child = ns.spawn(&v, &[("NOTIFY_SOCKET", &notify)], Stdio::piped(), Stdio::piped())?;
+    cleanup.pid = Some(child.id());
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let t0 = std::time::Instant::now();
     let mut buf = [0u8; 512];
-    let outcome = loop {
-        if let Ok(out) = rx.try_recv() {
-            let out = out.context("waiting for wgpmd")?;
-            break Some(FailedRun {
-                status: out.status,
-                output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-            });
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for wgpmd")? {
+            break Some(status);
         }
         if let Ok(n) = sock.recv(&mut buf) {
             if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
@@ -473,20 +492,21 @@ pub fn wgpmd_start_or_exit(
             }
         }
         if t0.elapsed() > timeout {
-            // Our own child, unreaped until the waiter's wait returns.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
-            let _ = waiter.join();
-            let _ = std::fs::remove_file(&path);
+            let _ = child.kill();
+            let _ = child.wait();
             bail!("wgpmd {args:?} neither exited nor became ready within {:.1} s (killed)", timeout.as_secs_f64());
         }
     };
-    if outcome.is_none() {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+    if status.is_none() {
+        // Not reaped yet (try_wait saw it running), so the pid is still this child's.
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = waiter.join();
-    crate::netns::unregister_pid(pid.as_raw() as u32);
-    let _ = std::fs::remove_file(&path);
-    Ok(outcome)
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    Ok(status.map(|status| FailedRun {
+        status,
+        output: format!("{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err)),
+    }))
 }
 
 #[cfg(test)]

@@ -141,8 +141,10 @@ fn tags<const G: usize>(
         let (g, j) = (i / 4, i % 4);
         let l = &limb[g];
         let mut acc = to_radix44([l[0][j], l[1][j], l[2][j], l[3][j], l[4][j]]);
-        *tag = finalize(acc, [half[g][0][j], half[g][1][j]]);
+        let mut s = [half[g][0][j], half[g][1][j]];
+        *tag = finalize(acc, s);
         acc.zeroize();
+        s.zeroize();
     }
     limb.as_flattened_mut().as_flattened_mut().zeroize();
     half.as_flattened_mut().as_flattened_mut().zeroize();
