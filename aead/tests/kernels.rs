@@ -1,7 +1,8 @@
 //! The kernels on their own and at their edges, on every backend this CPU runs: raw Poly1305
 //! (any length, the 0x01-padded last block) against RustCrypto's `poly1305`, with extreme keys and
 //! messages that push the limbs to their bounds; ChaCha20 blocks at edge counters against the
-//! reference; long messages (up to 65535 bytes) among short ones against ring.
+//! reference; long messages (up to 65535 bytes) among short ones against ring; bursts of
+//! WireGuard's shape at every lane count and the lengths where blocks end, against ring.
 #![forbid(unsafe_code)]
 
 use poly1305::universal_hash::KeyInit;
@@ -120,6 +121,66 @@ fn long_messages_among_short_ones() {
             drop(lanes);
             assert_eq!(ok.count_ones() as usize, n, "{}", backend.name());
             assert_eq!(bufs, plains, "{}", backend.name());
+        }
+    }
+}
+
+/// Bursts of WireGuard's shape (every lane one length, no additional data: the fused kernels'
+/// input on AVX-512 and AVX2, and the general path's for one lane longer than 768 bytes) at every
+/// lane count and at the lengths where blocks and vectors end: sealed as ring seals each
+/// message, opened back, and a corrupted tag in one lane fails that lane alone and leaves its
+/// ciphertext as it was.
+#[test]
+fn uniform_bursts_at_edge_lengths_and_every_lane_count() {
+    const LENS: [usize; 17] = [0, 1, 15, 16, 17, 63, 64, 65, 127, 128, 511, 767, 768, 769, 1419, 1420, 1504];
+    let mut rng = ChaCha8Rng::seed_from_u64(0xed9e);
+    for backend in backends() {
+        let engine = Lanes::with_backend(backend).expect("supported");
+        for n in 1..=MAX_LANES {
+            for len in LENS {
+                let keys: Vec<[u8; 32]> = (0..n).map(|_| rng.gen()).collect();
+                let ctr: u64 = rng.gen();
+                let plains: Vec<Vec<u8>> = (0..n).map(|_| (0..len).map(|_| rng.gen()).collect()).collect();
+                let mut bufs = plains.clone();
+                let mut lanes: Vec<Lane<'_>> = bufs
+                    .iter_mut()
+                    .zip(&keys)
+                    .enumerate()
+                    .map(|(i, (b, k))| Lane::wireguard(k, ctr.wrapping_add(i as u64), b))
+                    .collect();
+                engine.seal_lanes(&mut lanes).unwrap();
+                let mut tags: Vec<[u8; 16]> = lanes.iter().map(|l| l.tag).collect();
+                drop(lanes);
+                for i in 0..n {
+                    let mut want = plains[i].clone();
+                    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &keys[i]).unwrap());
+                    let nonce = Nonce::assume_unique_for_key(wgpmd_aead::wireguard_nonce(ctr.wrapping_add(i as u64)));
+                    let tag = key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut want).unwrap();
+                    assert!(
+                        bufs[i] == want && tags[i][..] == *tag.as_ref(),
+                        "{} {n} lanes of {len}: lane {i}",
+                        backend.name()
+                    );
+                }
+                let bad = rng.gen_range(0..n);
+                tags[bad][rng.gen_range(0..16)] ^= 1 << rng.gen_range(0..8);
+                let sealed = bufs.clone();
+                let mut lanes: Vec<Lane<'_>> = bufs
+                    .iter_mut()
+                    .zip(&keys)
+                    .zip(&tags)
+                    .enumerate()
+                    .map(|(i, ((b, k), t))| Lane { tag: *t, ..Lane::wireguard(k, ctr.wrapping_add(i as u64), b) })
+                    .collect();
+                let ok = engine.open_lanes(&mut lanes).unwrap();
+                drop(lanes);
+                let all = (1u32 << n) - 1;
+                assert_eq!(u32::from(ok), all & !(1 << bad), "{} {n} lanes of {len}", backend.name());
+                for i in 0..n {
+                    let want = if i == bad { &sealed[i] } else { &plains[i] };
+                    assert!(bufs[i] == *want, "{} {n} lanes of {len}: lane {i} (bad {bad})", backend.name());
+                }
+            }
         }
     }
 }
